@@ -1,0 +1,437 @@
+//! Prometheus metrics in the text exposition format 0.0.4, written by hand: replica and
+//! collection gauges and counters, peer status, and per-route HTTP request counts and latency
+//! histograms collected by the [`track`] middleware in atomic counters.
+
+use std::fmt::{Display, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::params::parse_query;
+use super::status::{store_status, PeerStatus, StoreStatus};
+use super::ApiState;
+use crate::replica::CollectionInfo;
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Route labels: the router's path templates, and `unmatched` for everything else.
+const ROUTES: [&str; 7] = [
+    "/v1/collections/{c}/records/{*key}",
+    "/v1/collections/{c}/records",
+    "/v1/collections",
+    "/v1/status",
+    "/health",
+    "/metrics",
+    "unmatched",
+];
+const UNMATCHED: usize = ROUTES.len() - 1;
+/// Method labels.
+const METHODS: [&str; 5] = ["GET", "HEAD", "PUT", "DELETE", "other"];
+/// Status class labels.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// HTTP request counters: by route, method and status class, and a latency histogram by route.
+#[derive(Debug)]
+pub(crate) struct HttpMetrics {
+    /// `ROUTES × METHODS × CLASSES` request counts.
+    requests: Vec<AtomicU64>,
+    /// `ROUTES × (BUCKETS + 1)` non-cumulative bucket counts; the extra one is above the last.
+    buckets: Vec<AtomicU64>,
+    /// Per route, total latency in nanoseconds.
+    sum_nanos: Vec<AtomicU64>,
+}
+
+impl HttpMetrics {
+    pub(crate) fn new() -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            requests: zeros(ROUTES.len() * METHODS.len() * CLASSES.len()),
+            buckets: zeros(ROUTES.len() * (BUCKETS.len() + 1)),
+            sum_nanos: zeros(ROUTES.len()),
+        }
+    }
+
+    fn observe(&self, route: usize, method: usize, status: StatusCode, elapsed: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, CLASSES.len()) - 1;
+        bump(
+            &self.requests,
+            (route * METHODS.len() + method) * CLASSES.len() + class,
+            1,
+        );
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
+        bump(&self.buckets, route * (BUCKETS.len() + 1) + bucket, 1);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        bump(&self.sum_nanos, route, nanos);
+    }
+
+    fn load(counters: &[AtomicU64], at: usize) -> u64 {
+        counters.get(at).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+fn bump(counters: &[AtomicU64], at: usize, by: u64) {
+    if let Some(c) = counters.get(at) {
+        c.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+/// The route label of a request path, mirroring the router's matching.
+fn route_of(path: &str) -> usize {
+    match path {
+        "/health" => 4,
+        "/metrics" => 5,
+        "/v1/status" => 3,
+        "/v1/collections" => 2,
+        _ => match path
+            .strip_prefix("/v1/collections/")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            Some((c, "records")) if !c.is_empty() => 1,
+            Some((c, rest)) if !c.is_empty() && rest.starts_with("records/") => 0,
+            _ => UNMATCHED,
+        },
+    }
+}
+
+fn method_of(method: &Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Middleware counting every request by route, method and status class, and timing it.
+pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = route_of(req.uri().path());
+    let method = method_of(req.method());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    state
+        .http
+        .observe(route, method, response.status(), start.elapsed());
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<ApiState>, uri: Uri) -> Result<Response, ApiError> {
+    parse_query(uri.query(), &[])?;
+    let collections = state.replica.collections().await?;
+    let store = store_status(&state).await?;
+    let peers = state.peers.peers();
+    let text = render(&state, &collections, &store, &peers);
+    Ok(([(CONTENT_TYPE, CONTENT_TYPE_0_0_4)], text).into_response())
+}
+
+/// Builds an exposition: one `# HELP` and `# TYPE` per family, then its samples.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+pub(crate) fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn render(
+    state: &ApiState,
+    collections: &[CollectionInfo],
+    store: &StoreStatus,
+    peers: &[PeerStatus],
+) -> String {
+    let mut x = Exposition {
+        out: String::with_capacity(8 * 1024),
+    };
+    let replica = &state.replica;
+    x.family("officesync_info", "gauge", "This node; always 1.");
+    x.sample(
+        "officesync_info",
+        &[("node", replica.node()), ("replica", replica.id().as_str())],
+        1,
+    );
+    x.single(
+        "officesync_uptime_seconds",
+        "gauge",
+        "Seconds since the API started.",
+        state.started.elapsed().as_secs(),
+    );
+
+    type Field = fn(&CollectionInfo) -> u64;
+    let per_collection: [(&str, &str, Field); 3] = [
+        (
+            "officesync_collection_records",
+            "Keys whose winner is not a tombstone.",
+            |c| c.meta.records,
+        ),
+        (
+            "officesync_collection_keys",
+            "Keys with at least one version, tombstones included.",
+            |c| c.meta.keys,
+        ),
+        (
+            "officesync_collection_versions",
+            "Current versions, siblings and tombstones included.",
+            |c| c.meta.versions,
+        ),
+    ];
+    for (name, help, field) in per_collection {
+        x.family(name, "gauge", help);
+        for c in collections {
+            x.sample(name, &[("collection", &c.name)], field(c));
+        }
+    }
+
+    x.single(
+        "officesync_store_size_bytes",
+        "gauge",
+        "Bytes the store occupies on disk.",
+        store.size_bytes,
+    );
+    x.single(
+        "officesync_store_unsynced_blob_files",
+        "gauge",
+        "Files the engine keeps outside its fsynced log; must stay 0.",
+        store.blob_files,
+    );
+
+    let stats = replica.stats();
+    let counters = [
+        (
+            "officesync_local_writes_total",
+            "Local writes acknowledged.",
+            &stats.local_writes,
+        ),
+        (
+            "officesync_remote_applied_total",
+            "Versions received from peers and applied.",
+            &stats.remote_applied,
+        ),
+        (
+            "officesync_remote_rejected_total",
+            "Versions received from peers and rejected (clock skew, invalid).",
+            &stats.remote_rejected,
+        ),
+        (
+            "officesync_syncs_total",
+            "Durable syncs of the store.",
+            &stats.syncs,
+        ),
+        (
+            "officesync_synced_writes_total",
+            "Writes made durable by those syncs.",
+            &stats.synced_writes,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        x.single(name, "counter", help, counter.load(Ordering::Relaxed));
+    }
+
+    x.single(
+        "officesync_peers_connected",
+        "gauge",
+        "Peers with an open session.",
+        peers.iter().filter(|p| p.connected).count(),
+    );
+    type PeerField = fn(&PeerStatus) -> u64;
+    let per_peer: [(&str, &str, &str, PeerField); 4] = [
+        (
+            "officesync_peer_connected",
+            "gauge",
+            "1 while a session with the peer is open.",
+            |p| u64::from(p.connected),
+        ),
+        (
+            "officesync_peer_lag_versions",
+            "gauge",
+            "Versions the peer has not acknowledged yet.",
+            |p| p.lag_versions,
+        ),
+        (
+            "officesync_peer_sent_bytes_total",
+            "counter",
+            "Bytes sent to the peer.",
+            |p| p.bytes_sent,
+        ),
+        (
+            "officesync_peer_received_bytes_total",
+            "counter",
+            "Bytes received from the peer.",
+            |p| p.bytes_received,
+        ),
+    ];
+    for (name, kind, help, field) in per_peer {
+        x.family(name, kind, help);
+        for p in peers {
+            x.sample(name, &[("peer", &p.name)], field(p));
+        }
+    }
+
+    render_http(&mut x, &state.http);
+    x.out
+}
+
+fn render_http(x: &mut Exposition, http: &HttpMetrics) {
+    let name = "officesync_http_requests_total";
+    x.family(
+        name,
+        "counter",
+        "HTTP requests answered, by route, method and status class.",
+    );
+    for (r, route) in ROUTES.iter().enumerate() {
+        for (m, method) in METHODS.iter().enumerate() {
+            for (c, class) in CLASSES.iter().enumerate() {
+                let n =
+                    HttpMetrics::load(&http.requests, (r * METHODS.len() + m) * CLASSES.len() + c);
+                if n > 0 {
+                    x.sample(
+                        name,
+                        &[("route", route), ("method", method), ("status", class)],
+                        n,
+                    );
+                }
+            }
+        }
+    }
+
+    let name = "officesync_http_request_duration_seconds";
+    x.family(name, "histogram", "Time to answer HTTP requests, by route.");
+    for (r, route) in ROUTES.iter().enumerate() {
+        let base = r * (BUCKETS.len() + 1);
+        let count: u64 = (0..=BUCKETS.len())
+            .map(|b| HttpMetrics::load(&http.buckets, base + b))
+            .sum();
+        if count == 0 {
+            continue;
+        }
+        let mut cumulative = 0;
+        for (b, le) in BUCKETS.iter().enumerate() {
+            cumulative += HttpMetrics::load(&http.buckets, base + b);
+            let le = le.to_string();
+            x.sample(
+                &format!("{name}_bucket"),
+                &[("route", route), ("le", &le)],
+                cumulative,
+            );
+        }
+        x.sample(
+            &format!("{name}_bucket"),
+            &[("route", route), ("le", "+Inf")],
+            count,
+        );
+        let sum = HttpMetrics::load(&http.sum_nanos, r) as f64 / 1e9;
+        x.sample(&format!("{name}_sum"), &[("route", route)], sum);
+        x.sample(&format!("{name}_count"), &[("route", route)], count);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn routes_classify_like_the_router() {
+        assert_eq!(ROUTES[route_of("/v1/collections/c/records/a/b")], ROUTES[0]);
+        assert_eq!(ROUTES[route_of("/v1/collections/c/records/")], ROUTES[0]);
+        assert_eq!(ROUTES[route_of("/v1/collections/c/records")], ROUTES[1]);
+        assert_eq!(ROUTES[route_of("/v1/collections")], ROUTES[2]);
+        assert_eq!(ROUTES[route_of("/v1/status")], ROUTES[3]);
+        assert_eq!(ROUTES[route_of("/health")], ROUTES[4]);
+        assert_eq!(ROUTES[route_of("/metrics")], ROUTES[5]);
+        for other in [
+            "/",
+            "/v1/collections/",
+            "/v1/collections//records",
+            "/v1/collections/c",
+            "/x",
+        ] {
+            assert_eq!(route_of(other), UNMATCHED, "{other}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn histogram_counts_land_in_buckets() {
+        let m = HttpMetrics::new();
+        m.observe(4, 0, StatusCode::OK, Duration::from_micros(700));
+        m.observe(4, 0, StatusCode::NOT_FOUND, Duration::from_secs(60));
+        let mut x = Exposition { out: String::new() };
+        render_http(&mut x, &m);
+        let text = x.out;
+        assert!(text.contains(
+            "officesync_http_requests_total{route=\"/health\",method=\"GET\",status=\"2xx\"} 1"
+        ));
+        assert!(text.contains(
+            "officesync_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.0005\"} 0"
+        ));
+        assert!(text.contains(
+            "officesync_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.001\"} 1"
+        ));
+        assert!(text.contains(
+            "officesync_http_request_duration_seconds_bucket{route=\"/health\",le=\"5\"} 1"
+        ));
+        assert!(text.contains(
+            "officesync_http_request_duration_seconds_bucket{route=\"/health\",le=\"+Inf\"} 2"
+        ));
+        assert!(
+            text.contains("officesync_http_request_duration_seconds_count{route=\"/health\"} 2")
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The local HTTP API of `officesyncd`: records, scans, collections, status, health and
+//! Prometheus metrics, served by axum over one [`Replica`].
+//!
+//! Routes (see DESIGN.md, "HTTP API"):
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | `PUT` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` |
+//! | `GET` | `/v1/collections/{c}/records/{key}` | the winner's raw bytes, or `?all=true`: `{"siblings": [..]}` |
+//! | `DELETE` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` of the tombstone |
+//! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=` | `{"records": [..], "next"}` |
+//! | `GET` | `/v1/collections` | `{"collections": [..]}` |
+//! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
+//! | `GET` | `/health` | `{"status": "ok"}` |
+//! | `GET` | `/metrics` | Prometheus text format 0.0.4 |
+//!
+//! The key is the rest of the path after `/records/`, percent-decoded strictly (so it may
+//! contain `/`). Every 4xx and 5xx answer is JSON `{"error": "..."}` ([`ApiError`]).
+
+mod error;
+mod metrics;
+mod params;
+mod records;
+mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{middleware, Router};
+
+use crate::replica::Replica;
+
+pub use error::ApiError;
+pub use metrics::CONTENT_TYPE_0_0_4;
+pub use records::{
+    DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
+};
+pub use status::{rfc3339, PeerStatus, PeerStatusSource, PeerTable};
+
+use metrics::HttpMetrics;
+
+/// Everything the handlers share: the replica, the start time, the peer status source and
+/// the HTTP request counters. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    replica: Replica,
+    started: Instant,
+    peers: Arc<dyn PeerStatusSource>,
+    http: Arc<HttpMetrics>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("replica", &self.replica)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// State serving `replica`, started now, with no peers (an empty [`PeerTable`]).
+    pub fn new(replica: Replica) -> Self {
+        Self {
+            replica,
+            started: Instant::now(),
+            peers: Arc::new(PeerTable::new()),
+            http: Arc::new(HttpMetrics::new()),
+        }
+    }
+
+    /// Reports peers from `source` (the replication layer's [`PeerTable`], usually) in
+    /// `/v1/status` and `/metrics`.
+    pub fn with_peers(mut self, source: Arc<dyn PeerStatusSource>) -> Self {
+        self.peers = source;
+        self
+    }
+
+    /// The replica served.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+}
+
+/// Extra body bytes accepted by the body limit beyond `max_value_bytes`, so that a value just
+/// over the limit is measured and refused by the replica's own check (with its exact length).
+const BODY_LIMIT_MARGIN: usize = 1;
+
+/// The API's router with every route of DESIGN.md, JSON errors for unknown paths and methods,
+/// a body limit of the replica's `max_value_bytes` (plus a margin) and request metrics.
+pub fn router(state: ApiState) -> Router {
+    let body_limit = state
+        .replica
+        .max_value_bytes()
+        .saturating_add(BODY_LIMIT_MARGIN);
+    Router::new()
+        .route(
+            "/v1/collections/{c}/records/{*key}",
+            get(records::get_record)
+                .put(records::put_record)
+                .delete(records::delete_record),
+        )
+        // `{*key}` never matches an empty rest; route it anyway so an empty key is a 400.
+        .route(
+            "/v1/collections/{c}/records/",
+            get(records::get_record)
+                .put(records::put_record)
+                .delete(records::delete_record),
+        )
+        .route("/v1/collections/{c}/records", get(records::scan))
+        .route("/v1/collections", get(status::collections))
+        .route("/v1/status", get(status::status))
+        .route("/health", get(status::health))
+        .route("/metrics", get(metrics::metrics))
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

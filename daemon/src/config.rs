@@ -1,0 +1,1378 @@
+//! Node configuration (TOML): parsing, defaults and validation.
+//!
+//! The file format is the one in DESIGN.md ("Config"). Unknown keys are
+//! errors; every [`ConfigError`] renders as one line naming the file, the key
+//! and the fix, so `officesyncd` can print it and exit.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use officesync_protocol::names::validate_node_name;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::pki::{self, PkiError};
+
+/// Default QUIC (UDP) listen port for replication.
+pub const DEFAULT_SYNC_PORT: u16 = 7400;
+/// Default TCP port of the local HTTP API.
+pub const DEFAULT_API_PORT: u16 = 7480;
+/// Default `sync.listen`: every interface, port 7400.
+pub const DEFAULT_SYNC_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_SYNC_PORT);
+/// Default `api.listen`: loopback only, port 7480.
+pub const DEFAULT_API_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_API_PORT);
+/// Default `sync.max_clock_skew_ms` (5 minutes).
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 300_000;
+/// Smallest accepted `sync.max_clock_skew_ms`.
+pub const MIN_MAX_CLOCK_SKEW_MS: u64 = 1_000;
+/// Default `sync.heartbeat_interval_ms`.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+/// Accepted range of `sync.heartbeat_interval_ms`.
+pub const HEARTBEAT_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
+/// Default `storage.flush_interval_ms`.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 100;
+/// Accepted range of `storage.flush_interval_ms` with periodic durability.
+pub const FLUSH_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=60_000;
+/// Default `storage.max_value_bytes` (4 MiB).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest accepted `storage.max_value_bytes` (64 MiB).
+pub const MAX_VALUE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The whole node configuration, one TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`: who this node is and where it keeps its data.
+    pub node: NodeConfig,
+    /// `[sync]`: replication listener and the peers this node dials.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// `[tls]`: the node's certificate bundle.
+    pub tls: TlsConfig,
+    /// `[api]`: the local HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[storage]`: durability and limits of the local store.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[cluster]`: deployment-wide settings every node must agree on.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// The file this config was read from, used in error messages (empty when
+    /// built in code). Not part of the TOML.
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name; must equal the name in the node certificate.
+    pub name: String,
+    /// Directory of the sled store (relative paths are taken from the config file's directory).
+    pub data_dir: PathBuf,
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// QUIC (UDP) listen address.
+    pub listen: SocketAddr,
+    /// Peers this node dials (it accepts any peer with a valid certificate).
+    pub peers: Vec<PeerConfig>,
+    /// HLC timestamps further ahead of the local clock than this are rejected.
+    pub max_clock_skew_ms: u64,
+    /// Interval between heartbeats on an idle session.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            listen: DEFAULT_SYNC_LISTEN,
+            peers: Vec::new(),
+            max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+        }
+    }
+}
+
+/// One entry of `sync.peers`: a node this node dials.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Expected node name (checked against the peer's certificate).
+    pub name: String,
+    /// `host:port` to dial; the host may be a DNS name or an IP (IPv6 in brackets).
+    pub addr: String,
+}
+
+/// `[tls]`: paths of the bundle written by `officesync ca issue`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (`ca.pem`).
+    pub ca: PathBuf,
+    /// Node certificate (`node.pem`).
+    pub cert: PathBuf,
+    /// Node private key (`node.key`).
+    pub key: PathBuf,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP listen address of the HTTP API.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: DEFAULT_API_LISTEN,
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// When a write is flushed to disk relative to its acknowledgement.
+    pub durability: Durability,
+    /// Flush interval with [`Durability::Periodic`].
+    pub flush_interval_ms: u64,
+    /// Largest accepted record value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::Sync,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// `storage.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Flush to disk before acknowledging each write (`"sync"`, the default).
+    #[default]
+    Sync,
+    /// Flush every `flush_interval_ms`; a crash may lose acknowledged writes (`"periodic"`).
+    Periodic,
+}
+
+impl Durability {
+    /// The TOML spelling: `"sync"` or `"periodic"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::Periodic => "periodic",
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Admin nodes: may write `_policy` and relay versions of other origins.
+    pub admins: Vec<String>,
+}
+
+/// Why a config was refused. `Display` is always one line: file, key and fix.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config {}: cannot read it: {source} (fix: check the --config path and that the file is readable)", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file is not TOML, or its structure does not match (unknown key,
+    /// missing key, wrong type or value).
+    #[error("config {} line {line}: {message} (fix: {fix})", path.display())]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// Dotted key of the problem, when it could be determined.
+        key: Option<String>,
+        /// What is wrong (one line).
+        message: String,
+        /// How to fix it (one line).
+        fix: String,
+    },
+    /// A value is out of range, inconsistent, or names unusable TLS files.
+    #[error("config {}: {message} (fix: {fix})", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key of the offending value, like `storage.durability`.
+        key: String,
+        /// What is wrong (one line, names the key).
+        message: String,
+        /// How to fix it (one line).
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    /// Dotted key the error is about, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and fully validates a config file, TLS bundle included.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load_offline(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file and checks its values, without touching
+    /// the TLS files (see [`Config::validate_syntax`]).
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses TOML `text` read from `origin` and checks its values without
+    /// touching the filesystem ([`Config::validate_syntax`]).
+    ///
+    /// Relative `node.data_dir` and `tls.*` paths are resolved against the
+    /// directory of `origin`.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(origin, text, &e))?;
+        config.origin = origin.to_owned();
+        if let Some(base) = origin.parent().filter(|p| !p.as_os_str().is_empty()) {
+            for path in [
+                &mut config.node.data_dir,
+                &mut config.tls.ca,
+                &mut config.tls.cert,
+                &mut config.tls.key,
+            ] {
+                if path.is_relative() && !path.as_os_str().is_empty() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        config.validate_syntax()?;
+        Ok(config)
+    }
+
+    /// Every check: [`Config::validate_syntax`], then the TLS bundle at the current time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_syntax()?;
+        self.validate_files(pki::unix_now())
+    }
+
+    /// Checks values alone, without the filesystem: names, peer addresses,
+    /// admins and numeric ranges.
+    pub fn validate_syntax(&self) -> Result<(), ConfigError> {
+        if validate_node_name(&self.node.name).is_err() {
+            return Err(self.invalid(
+                "node.name",
+                format!(
+                    "node.name = {:?} is invalid: {NODE_NAME_RULE}",
+                    self.node.name
+                ),
+                "set it to this office's name as written in its certificate, e.g. \"hefei\"",
+            ));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(self.invalid(
+                "node.data_dir",
+                "node.data_dir is empty".to_owned(),
+                "set it to a directory for the store, e.g. \"/var/lib/officesync\"",
+            ));
+        }
+
+        let mut seen = HashSet::new();
+        for (i, peer) in self.sync.peers.iter().enumerate() {
+            let key = format!("sync.peers[{i}].name");
+            if validate_node_name(&peer.name).is_err() {
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} = {:?} is invalid: {NODE_NAME_RULE}", peer.name),
+                    "use the peer's name as written in its certificate, e.g. \"general-office\"",
+                ));
+            }
+            if peer.name == self.node.name {
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} = {:?} is this node itself", peer.name),
+                    "remove this node from its own peers",
+                ));
+            }
+            if !seen.insert(peer.name.as_str()) {
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} = {:?} is listed twice in sync.peers", peer.name),
+                    "keep one entry per peer",
+                ));
+            }
+            if let Err(problem) = check_host_port(&peer.addr) {
+                let key = format!("sync.peers[{i}].addr");
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} = {:?} is invalid: {problem}", peer.addr),
+                    "use host:port, e.g. \"gov.example.cn:7400\" or \"[2001:db8::1]:7400\"",
+                ));
+            }
+        }
+        if self.sync.max_clock_skew_ms < MIN_MAX_CLOCK_SKEW_MS {
+            return Err(self.invalid(
+                "sync.max_clock_skew_ms",
+                format!(
+                    "sync.max_clock_skew_ms = {} is too small",
+                    self.sync.max_clock_skew_ms
+                ),
+                &format!(
+                    "use at least {MIN_MAX_CLOCK_SKEW_MS} (default {DEFAULT_MAX_CLOCK_SKEW_MS})"
+                ),
+            ));
+        }
+        if !HEARTBEAT_INTERVAL_RANGE_MS.contains(&self.sync.heartbeat_interval_ms) {
+            return Err(self.invalid(
+                "sync.heartbeat_interval_ms",
+                format!(
+                    "sync.heartbeat_interval_ms = {} is out of range",
+                    self.sync.heartbeat_interval_ms
+                ),
+                &format!(
+                    "use {}..={} (default {DEFAULT_HEARTBEAT_INTERVAL_MS})",
+                    HEARTBEAT_INTERVAL_RANGE_MS.start(),
+                    HEARTBEAT_INTERVAL_RANGE_MS.end()
+                ),
+            ));
+        }
+
+        if self.storage.durability == Durability::Periodic
+            && !FLUSH_INTERVAL_RANGE_MS.contains(&self.storage.flush_interval_ms)
+        {
+            return Err(self.invalid(
+                "storage.flush_interval_ms",
+                format!(
+                    "storage.flush_interval_ms = {} is out of range for durability \"periodic\"",
+                    self.storage.flush_interval_ms
+                ),
+                &format!(
+                    "use {}..={} (default {DEFAULT_FLUSH_INTERVAL_MS}) or durability = \"sync\"",
+                    FLUSH_INTERVAL_RANGE_MS.start(),
+                    FLUSH_INTERVAL_RANGE_MS.end()
+                ),
+            ));
+        }
+        if !(1..=MAX_VALUE_BYTES_LIMIT).contains(&self.storage.max_value_bytes) {
+            return Err(self.invalid(
+                "storage.max_value_bytes",
+                format!(
+                    "storage.max_value_bytes = {} is out of range",
+                    self.storage.max_value_bytes
+                ),
+                &format!(
+                    "use 1..={MAX_VALUE_BYTES_LIMIT} (64 MiB; default {DEFAULT_MAX_VALUE_BYTES})"
+                ),
+            ));
+        }
+
+        for (i, admin) in self.cluster.admins.iter().enumerate() {
+            if validate_node_name(admin).is_err() {
+                let key = format!("cluster.admins[{i}]");
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} = {admin:?} is invalid: {NODE_NAME_RULE}"),
+                    "list admin nodes by their certificate names, e.g. \"general-office\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the TLS bundle at `now_unix` (unix seconds): the three files are
+    /// readable, `tls.cert` chains to `tls.ca` and is valid now, names
+    /// `node.name`, and `tls.key` is its key.
+    pub fn validate_files(&self, now_unix: i64) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        let ca_pem = self.read_tls("tls.ca", &tls.ca, "the CA certificate (ca.pem)")?;
+        let cert_pem =
+            self.read_tls("tls.cert", &tls.cert, "this node's certificate (node.pem)")?;
+        let key_pem = self.read_tls("tls.key", &tls.key, "this node's private key (node.key)")?;
+        let name = &self.node.name;
+        let reissue = format!(
+            "issue a bundle for {name} with `officesync ca issue {name}` and point [tls] at it"
+        );
+
+        pki::ca_fingerprint(&ca_pem).map_err(|e| {
+            self.invalid(
+                "tls.ca",
+                format!("tls.ca {}: {e}", tls.ca.display()),
+                "point tls.ca at the ca.pem of this node's bundle",
+            )
+        })?;
+        let identity = pki::read_identity(&cert_pem).map_err(|e| {
+            self.invalid(
+                "tls.cert",
+                format!("tls.cert {}: {e}", tls.cert.display()),
+                &reissue,
+            )
+        })?;
+        match pki::verify_chain(&cert_pem, &ca_pem, now_unix) {
+            Ok(()) => {}
+            Err(e @ PkiError::NotValidNow { .. }) => {
+                return Err(self.invalid(
+                    "tls.cert",
+                    format!("tls.cert {}: {e}", tls.cert.display()),
+                    &format!("check this machine's clock, or {reissue}"),
+                ))
+            }
+            Err(e) => {
+                return Err(self.invalid(
+                    "tls.cert",
+                    format!(
+                        "tls.cert {} does not chain to tls.ca {}: {e}",
+                        tls.cert.display(),
+                        tls.ca.display()
+                    ),
+                    "use the ca.pem and node.pem from the same bundle",
+                ))
+            }
+        }
+        if identity.name != *name {
+            return Err(self.invalid(
+                "tls.cert",
+                format!(
+                    "tls.cert names {:?} but node.name is {name:?}",
+                    identity.name
+                ),
+                &format!(
+                    "issue a bundle for {name} with `officesync ca issue {name}` or correct node.name"
+                ),
+            ));
+        }
+        let matches = pki::key_matches_cert(&key_pem, &cert_pem).map_err(|e| {
+            self.invalid(
+                "tls.key",
+                format!("tls.key {}: {e}", tls.key.display()),
+                "point tls.key at the node.key of this node's bundle",
+            )
+        })?;
+        if !matches {
+            return Err(self.invalid(
+                "tls.key",
+                format!(
+                    "tls.key {} is not the key of tls.cert {}",
+                    tls.key.display(),
+                    tls.cert.display()
+                ),
+                "use the node.key and node.pem from the same bundle",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A builder for tests and demos: `tls_dir` holds `ca.pem`, `node.pem` and
+    /// `node.key`; everything else has its default.
+    pub fn builder(
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        tls_dir: impl AsRef<Path>,
+    ) -> ConfigBuilder {
+        let tls_dir = tls_dir.as_ref();
+        ConfigBuilder {
+            config: Config {
+                node: NodeConfig {
+                    name: name.into(),
+                    data_dir: data_dir.into(),
+                },
+                sync: SyncConfig::default(),
+                tls: TlsConfig {
+                    ca: tls_dir.join(pki::CA_CERT_FILE),
+                    cert: tls_dir.join(pki::NODE_CERT_FILE),
+                    key: tls_dir.join(pki::NODE_KEY_FILE),
+                },
+                api: ApiConfig::default(),
+                storage: StorageConfig::default(),
+                cluster: ClusterConfig::default(),
+                origin: PathBuf::new(),
+            },
+        }
+    }
+
+    /// Renders the config as TOML that [`Config::from_toml_str`] reads back
+    /// unchanged (paths that are not UTF-8 are written lossily).
+    pub fn to_toml_string(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail, so the `fmt::Result`s below are ignored.
+        let _ = self.write_toml(&mut out);
+        out
+    }
+
+    fn write_toml(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "[node]")?;
+        writeln!(out, "name = {}", toml_str(&self.node.name))?;
+        writeln!(out, "data_dir = {}", toml_path(&self.node.data_dir))?;
+        writeln!(out)?;
+        writeln!(out, "[sync]")?;
+        writeln!(out, "listen = {}", toml_str(&self.sync.listen.to_string()))?;
+        if self.sync.peers.is_empty() {
+            writeln!(out, "peers = []")?;
+        } else {
+            writeln!(out, "peers = [")?;
+            for peer in &self.sync.peers {
+                writeln!(
+                    out,
+                    "  {{ name = {}, addr = {} }},",
+                    toml_str(&peer.name),
+                    toml_str(&peer.addr)
+                )?;
+            }
+            writeln!(out, "]")?;
+        }
+        writeln!(out, "max_clock_skew_ms = {}", self.sync.max_clock_skew_ms)?;
+        writeln!(
+            out,
+            "heartbeat_interval_ms = {}",
+            self.sync.heartbeat_interval_ms
+        )?;
+        writeln!(out)?;
+        writeln!(out, "[tls]")?;
+        writeln!(out, "ca = {}", toml_path(&self.tls.ca))?;
+        writeln!(out, "cert = {}", toml_path(&self.tls.cert))?;
+        writeln!(out, "key = {}", toml_path(&self.tls.key))?;
+        writeln!(out)?;
+        writeln!(out, "[api]")?;
+        writeln!(out, "listen = {}", toml_str(&self.api.listen.to_string()))?;
+        writeln!(out)?;
+        writeln!(out, "[storage]")?;
+        writeln!(
+            out,
+            "durability = {}",
+            toml_str(self.storage.durability.as_str())
+        )?;
+        writeln!(
+            out,
+            "flush_interval_ms = {}",
+            self.storage.flush_interval_ms
+        )?;
+        writeln!(out, "max_value_bytes = {}", self.storage.max_value_bytes)?;
+        writeln!(out)?;
+        writeln!(out, "[cluster]")?;
+        let admins: Vec<String> = self.cluster.admins.iter().map(|a| toml_str(a)).collect();
+        writeln!(out, "admins = [{}]", admins.join(", "))
+    }
+
+    fn read_tls(&self, key: &str, path: &Path, what: &str) -> Result<String, ConfigError> {
+        pki::read_pem_file(path).map_err(|e| {
+            self.invalid(
+                key,
+                format!("{key}: {e}"),
+                &format!("point {key} at {what}, or install the bundle from `officesync ca issue`"),
+            )
+        })
+    }
+
+    fn invalid(&self, key: &str, message: String, fix: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin_for_errors(),
+            key: key.to_owned(),
+            message: one_line(&message),
+            fix: one_line(fix),
+        }
+    }
+
+    fn origin_for_errors(&self) -> PathBuf {
+        if self.origin.as_os_str().is_empty() {
+            PathBuf::from("<built in code>")
+        } else {
+            self.origin.clone()
+        }
+    }
+}
+
+/// Builds a [`Config`] in code (tests, demos). [`ConfigBuilder::build`] does
+/// not validate, so tests can also build invalid configs.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+impl ConfigBuilder {
+    /// Sets `api.listen`.
+    pub fn api_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.api.listen = addr;
+        self
+    }
+
+    /// Sets `sync.listen`.
+    pub fn sync_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.sync.listen = addr;
+        self
+    }
+
+    /// Adds a peer to dial (`addr` is `host:port`).
+    pub fn peer(mut self, name: impl Into<String>, addr: impl Into<String>) -> Self {
+        self.config.sync.peers.push(PeerConfig {
+            name: name.into(),
+            addr: addr.into(),
+        });
+        self
+    }
+
+    /// Sets `storage.durability`.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.storage.durability = durability;
+        self
+    }
+
+    /// Sets `storage.flush_interval_ms`.
+    pub fn flush_interval_ms(mut self, ms: u64) -> Self {
+        self.config.storage.flush_interval_ms = ms;
+        self
+    }
+
+    /// Sets `cluster.admins`.
+    pub fn admins<I, S>(mut self, admins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.cluster.admins = admins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets `storage.max_value_bytes`.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config.storage.max_value_bytes = bytes;
+        self
+    }
+
+    /// Sets `sync.max_clock_skew_ms`.
+    pub fn max_clock_skew_ms(mut self, ms: u64) -> Self {
+        self.config.sync.max_clock_skew_ms = ms;
+        self
+    }
+
+    /// Sets `sync.heartbeat_interval_ms`.
+    pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
+        self.config.sync.heartbeat_interval_ms = ms;
+        self
+    }
+
+    /// Sets the file name used in error messages.
+    pub fn origin(mut self, origin: impl Into<PathBuf>) -> Self {
+        self.config.origin = origin.into();
+        self
+    }
+
+    /// The config (not validated).
+    pub fn build(self) -> Config {
+        self.config
+    }
+}
+
+const NODE_NAME_RULE: &str =
+    "use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit";
+
+/// Checks `host:port`: non-empty host (IPv6 in brackets), numeric port 1..=65535.
+fn check_host_port(addr: &str) -> Result<(), &'static str> {
+    let (host, port) = addr.rsplit_once(':').ok_or("no :port")?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err("the port must be a number in 1..=65535"),
+        Ok(_) => {}
+    }
+    if host.is_empty() {
+        return Err("the host is empty");
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("unbalanced [ in the host")?;
+        inner
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "the bracketed host is not an IPv6 address")?;
+        return Ok(());
+    }
+    if host.contains(':') {
+        return Err("an IPv6 host must be in brackets");
+    }
+    if host
+        .bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
+    {
+        return Err("the host has characters not allowed in a host name");
+    }
+    Ok(())
+}
+
+/// Collapses any line breaks so messages stay on one line.
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_path(p: &Path) -> String {
+    toml_str(&p.to_string_lossy())
+}
+
+/// Turns a TOML/serde error into a one-line [`ConfigError::Parse`] with the
+/// line, the dotted key (inferred from the text around the span) and a fix.
+fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let message = one_line(err.message());
+    let loc = err.span().map(|s| locate(text, s.start));
+    let line = loc.as_ref().map_or(1, |l| l.line);
+    let field = backticked(&message);
+
+    let (key, message, fix) =
+        if let Some(field) = field.filter(|_| message.starts_with("unknown field")) {
+            if loc.as_ref().is_some_and(|l| l.is_top_level_header(field)) {
+                let rest = message.split_once(',').map_or("", |(_, rest)| rest);
+                (
+                    Some(field.to_owned()),
+                    format!("unknown section [{field}],{rest}"),
+                    "correct or remove that section".to_owned(),
+                )
+            } else {
+                let table = loc.as_ref().and_then(|l| l.table_for_field(field));
+                let message = match &table {
+                    Some(t) => insert_after_field(&message, &format!(" in [{t}]")),
+                    None => message.clone(),
+                };
+                let key = Some(dotted(table.as_deref(), field));
+                (key, message, "correct or remove that key".to_owned())
+            }
+        } else if let Some(field) = field.filter(|_| message.starts_with("missing field")) {
+            if TOP_SECTIONS.contains(&field) {
+                (
+                    Some(field.to_owned()),
+                    format!("missing section [{field}]"),
+                    format!("add it: {}", example(field)),
+                )
+            } else {
+                let table = loc.as_ref().and_then(|l| l.table_for_field(field));
+                let key = dotted(table.as_deref(), field);
+                let message = match &table {
+                    Some(t) => insert_after_field(&message, &format!(" in [{t}]")),
+                    None => message.clone(),
+                };
+                let fix = format!("add it: {}", example(&key));
+                (Some(key), message, fix)
+            }
+        } else {
+            let key = loc.as_ref().and_then(Location::value_key);
+            let fix = if message.starts_with("unknown variant") {
+                match &key {
+                    Some(k) => format!("set {k} to one of the expected values"),
+                    None => "use one of the expected values".to_owned(),
+                }
+            } else if message.contains("socket address") {
+                "use ip:port, e.g. \"0.0.0.0:7400\" or \"127.0.0.1:7480\"".to_owned()
+            } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
+                match &key {
+                    Some(k) => format!("give {k} a value like: {}", example(k)),
+                    None => "give the key a value of the expected type".to_owned(),
+                }
+            } else if message.contains("duplicate key") {
+                "keep one definition of it (merge repeated sections)".to_owned()
+            } else {
+                "correct the TOML syntax".to_owned()
+            };
+            let message = match &key {
+                Some(k) => format!("{k}: {message}"),
+                None => message,
+            };
+            (key, message, fix)
+        };
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        key,
+        message: one_line(&message),
+        fix: one_line(&fix),
+    }
+}
+
+const TOP_SECTIONS: [&str; 6] = ["node", "sync", "tls", "api", "storage", "cluster"];
+
+fn example(key: &str) -> &'static str {
+    match key {
+        "node" => "[node] with name = \"hefei\" and data_dir = \"/var/lib/officesync\"",
+        "tls" => "[tls] with ca, cert and key paths from the bundle (ca.pem, node.pem, node.key)",
+        "node.name" => "name = \"hefei\"",
+        "node.data_dir" => "data_dir = \"/var/lib/officesync\"",
+        "tls.ca" => "ca = \"/etc/officesync/ca.pem\"",
+        "tls.cert" => "cert = \"/etc/officesync/node.pem\"",
+        "tls.key" => "key = \"/etc/officesync/node.key\"",
+        "sync.listen" => "listen = \"0.0.0.0:7400\"",
+        "api.listen" => "listen = \"127.0.0.1:7480\"",
+        "sync.peers" => "peers = [{ name = \"general-office\", addr = \"gov.example.cn:7400\" }]",
+        "sync.peers.name" => "{ name = \"general-office\", addr = \"gov.example.cn:7400\" }",
+        "sync.peers.addr" => "{ name = \"general-office\", addr = \"gov.example.cn:7400\" }",
+        "storage.durability" => "durability = \"sync\" (or \"periodic\")",
+        "cluster.admins" => "admins = [\"general-office\"]",
+        "sync.max_clock_skew_ms" => "max_clock_skew_ms = 300000",
+        "sync.heartbeat_interval_ms" => "heartbeat_interval_ms = 5000",
+        "storage.flush_interval_ms" => "flush_interval_ms = 100",
+        "storage.max_value_bytes" => "max_value_bytes = 4194304",
+        _ => "see the example config in DESIGN.md",
+    }
+}
+
+fn dotted(table: Option<&str>, field: &str) -> String {
+    match table {
+        Some(t) => format!("{t}.{field}"),
+        None => field.to_owned(),
+    }
+}
+
+/// The first `` `name` `` in a serde message.
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// Inserts `extra` right after the first backticked token.
+fn insert_after_field(message: &str, extra: &str) -> String {
+    let Some(open) = message.find('`') else {
+        return format!("{message}{extra}");
+    };
+    match message[open + 1..].find('`') {
+        Some(close) => {
+            let at = open + 1 + close + 1;
+            format!("{}{extra}{}", &message[..at], &message[at..])
+        }
+        None => format!("{message}{extra}"),
+    }
+}
+
+/// Where a span starts: its line, the enclosing `[section]`, and the key of
+/// the nearest `key = ...` line at or before it within that section.
+#[derive(Debug)]
+struct Location {
+    line: usize,
+    section: Option<String>,
+    /// True when the span's line is a `[section]` header.
+    on_header: bool,
+    /// Key of the nearest assignment at or above the span in the same section.
+    assigned: Option<String>,
+}
+
+impl Location {
+    /// True when the span is the name in a one-part header like `[bogus]`.
+    fn is_top_level_header(&self, field: &str) -> bool {
+        self.on_header && self.section.as_deref() == Some(field)
+    }
+
+    /// The table that holds (or lacks) `field`: the section, or
+    /// `section.key` when the span is inside an inline table of `key`. For a
+    /// span on a header `[a.b]` naming `b`, the table is `a`.
+    fn table_for_field(&self, field: &str) -> Option<String> {
+        let section = self.section.clone();
+        if self.on_header {
+            let section = section?;
+            return match section.rsplit_once('.') {
+                Some((parent, last)) if last == field => Some(parent.to_owned()),
+                _ => Some(section),
+            };
+        }
+        match &self.assigned {
+            Some(key) if key != field => Some(dotted(section.as_deref(), key)),
+            _ => section,
+        }
+    }
+
+    /// The dotted key whose value the span points into.
+    fn value_key(&self) -> Option<String> {
+        if self.on_header {
+            return None;
+        }
+        let key = self.assigned.as_deref()?;
+        Some(dotted(self.section.as_deref(), key))
+    }
+}
+
+fn locate(text: &str, offset: usize) -> Location {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line = text[..offset].matches('\n').count() + 1;
+    let mut loc = Location {
+        line,
+        section: None,
+        on_header: false,
+        assigned: None,
+    };
+    for (i, raw) in text.lines().enumerate().take(line) {
+        let content = strip_comment(raw).trim();
+        if let Some(header) = header_name(content) {
+            loc.section = Some(header);
+            loc.assigned = None;
+            loc.on_header = i + 1 == line;
+        } else if let Some((key, _)) = content.split_once('=') {
+            let key = key.trim();
+            if is_bare_key(key) {
+                loc.assigned = Some(key.to_owned());
+            }
+        }
+    }
+    loc
+}
+
+fn strip_comment(line: &str) -> &str {
+    // Good enough for locating keys: a '#' inside a string is rare in this file.
+    line.split_once('#').map_or(line, |(before, _)| before)
+}
+
+fn header_name(line: &str) -> Option<String> {
+    let inner = line
+        .strip_prefix("[[")
+        .and_then(|l| l.strip_suffix("]]"))
+        .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))?;
+    let name: String = inner
+        .split('.')
+        .map(|p| p.trim().trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join(".");
+    (!name.is_empty()).then_some(name)
+}
+
+fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
+mod tests {
+    use super::*;
+    use crate::pki::{init_ca, issue, IssueOptions};
+
+    const ORIGIN: &str = "/etc/officesync/node.toml";
+
+    const DESIGN_EXAMPLE: &str = r#"
+[node]
+name = "hefei"                      # must equal the name in node.pem
+data_dir = "/var/lib/officesync"
+[sync]
+listen = "0.0.0.0:7400"             # QUIC over UDP
+peers = [{ name = "general-office", addr = "gov.example.cn:7400" }]  # who this node dials
+[tls]
+ca = "/etc/officesync/ca.pem"
+cert = "/etc/officesync/node.pem"
+key = "/etc/officesync/node.key"
+[api]
+listen = "127.0.0.1:7480"
+[storage]
+durability = "sync"                 # or "periodic"
+[cluster]
+admins = ["general-office"]         # may write _policy and relay for others
+"#;
+
+    const MINIMAL: &str = "[node]\nname = \"hefei\"\ndata_dir = \"/var/lib/officesync\"\n\
+        [tls]\nca = \"/t/ca.pem\"\ncert = \"/t/node.pem\"\nkey = \"/t/node.key\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new(ORIGIN))
+    }
+
+    /// The error's one line, checked to be one line naming the file.
+    fn line(err: &ConfigError) -> String {
+        let msg = err.to_string();
+        assert!(
+            !msg.contains('\n') && !msg.contains('\r'),
+            "multi-line: {msg:?}"
+        );
+        assert!(msg.starts_with("config "), "{msg}");
+        assert!(msg.contains("(fix: "), "{msg}");
+        msg
+    }
+
+    fn parse_err(text: &str) -> (String, Option<String>) {
+        let err = parse(text).unwrap_err();
+        (line(&err), err.key().map(str::to_owned))
+    }
+
+    /// A bundle for `name` (admin when `admin`) in `dir/name`, from the CA in `dir/ca`.
+    fn bundle(dir: &Path, name: &str) -> PathBuf {
+        let ca = dir.join("ca");
+        if !ca.join(pki::CA_CERT_FILE).exists() {
+            init_ca(&ca, false).unwrap();
+        }
+        let out = dir.join(name);
+        issue(name, &ca, &out, &IssueOptions::default()).unwrap();
+        out
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let config = parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(config.node.name, "hefei");
+        assert_eq!(config.node.data_dir, Path::new("/var/lib/officesync"));
+        assert_eq!(config.sync.listen, DEFAULT_SYNC_LISTEN);
+        assert_eq!(
+            config.sync.peers,
+            vec![PeerConfig {
+                name: "general-office".into(),
+                addr: "gov.example.cn:7400".into()
+            }]
+        );
+        assert_eq!(config.tls.key, Path::new("/etc/officesync/node.key"));
+        assert_eq!(config.api.listen, DEFAULT_API_LISTEN);
+        assert_eq!(config.storage.durability, Durability::Sync);
+        assert_eq!(config.cluster.admins, vec!["general-office".to_owned()]);
+        assert_eq!(config.origin, Path::new(ORIGIN));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.sync, SyncConfig::default());
+        assert_eq!(config.sync.listen.to_string(), "0.0.0.0:7400");
+        assert!(config.sync.peers.is_empty());
+        assert_eq!(config.sync.max_clock_skew_ms, 300_000);
+        assert_eq!(config.sync.heartbeat_interval_ms, 5_000);
+        assert_eq!(config.api.listen.to_string(), "127.0.0.1:7480");
+        assert_eq!(config.storage.durability, Durability::Sync);
+        assert_eq!(config.storage.flush_interval_ms, 100);
+        assert_eq!(config.storage.max_value_bytes, 4 * 1024 * 1024);
+        assert!(config.cluster.admins.is_empty());
+        // A present section with some keys still defaults the others.
+        let config = parse(&format!("{MINIMAL}[storage]\ndurability = \"periodic\"\n")).unwrap();
+        assert_eq!(config.storage.durability, Durability::Periodic);
+        assert_eq!(config.storage.flush_interval_ms, 100);
+    }
+
+    #[test]
+    fn unknown_key_in_each_section() {
+        for section in TOP_SECTIONS {
+            let header = format!("[{section}]\n");
+            let text = DESIGN_EXAMPLE.replace(&header, &format!("{header}bogus_key = 1\n"));
+            let (msg, key) = parse_err(&text);
+            assert!(msg.contains("bogus_key"), "{msg}");
+            assert!(msg.contains(&format!("[{section}]")), "{msg}");
+            assert!(msg.contains("line "), "{msg}");
+            assert_eq!(key.as_deref(), Some(&*format!("{section}.bogus_key")));
+        }
+        let (msg, key) = parse_err(&format!("{MINIMAL}[bogus]\nx = 1\n"));
+        assert!(msg.contains("unknown section [bogus]"), "{msg}");
+        assert_eq!(key.as_deref(), Some("bogus"));
+
+        let text = format!("{MINIMAL}[sync]\npeers = [{{ name = \"a\", adr = \"b:1\" }}]\n");
+        let (msg, key) = parse_err(&text);
+        assert!(msg.contains("`adr`") && msg.contains("sync.peers"), "{msg}");
+        assert_eq!(key.as_deref(), Some("sync.peers.adr"));
+
+        let typo = "[node]\nnmae = \"hefei\"\ndata_dir = \"/d\"\n";
+        let (msg, key) = parse_err(typo);
+        assert_eq!(
+            msg,
+            "config /etc/officesync/node.toml line 2: unknown field `nmae` in [node], \
+             expected `name` or `data_dir` (fix: correct or remove that key)"
+        );
+        assert_eq!(key.as_deref(), Some("node.nmae"));
+    }
+
+    #[test]
+    fn missing_keys() {
+        let (msg, key) =
+            parse_err("[node]\ndata_dir = \"/d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n");
+        assert!(
+            msg.contains("line 1: missing field `name` in [node]"),
+            "{msg}"
+        );
+        assert_eq!(key.as_deref(), Some("node.name"));
+
+        let (msg, key) = parse_err("[node]\nname = \"hefei\"\ndata_dir = \"/d\"\n");
+        assert!(msg.contains("missing section [tls]"), "{msg}");
+        assert_eq!(key.as_deref(), Some("tls"));
+
+        let (msg, key) = parse_err(&format!(
+            "{MINIMAL}[sync]\npeers = [\n  {{ name = \"a\" }},\n]\n"
+        ));
+        assert!(msg.contains("missing field `addr`"), "{msg}");
+        assert_eq!(key.as_deref(), Some("sync.peers.addr"));
+    }
+
+    #[test]
+    fn bad_values() {
+        let (msg, key) = parse_err(&format!("{MINIMAL}[storage]\ndurability = \"fast\"\n"));
+        assert!(
+            msg.contains("storage.durability") && msg.contains("`fast`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("`sync`") && msg.contains("`periodic`"),
+            "{msg}"
+        );
+        assert_eq!(key.as_deref(), Some("storage.durability"));
+
+        let (msg, key) = parse_err(&format!("{MINIMAL}[api]\nlisten = \"localhost\"\n"));
+        assert!(msg.contains("api.listen"), "{msg}");
+        assert_eq!(key.as_deref(), Some("api.listen"));
+
+        let (msg, key) = parse_err("[node]\nname = 5\n");
+        assert!(msg.contains("node.name") && msg.contains("line 2"), "{msg}");
+        assert_eq!(key.as_deref(), Some("node.name"));
+
+        let (msg, _) = parse_err("[node\nname = 5\n");
+        assert!(msg.contains("line 1"), "{msg}");
+        let (msg, _) = parse_err(&format!("{MINIMAL}[node]\nname = \"x\"\n"));
+        assert!(msg.contains("duplicate") && msg.contains("line 8"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_node_name() {
+        let err = parse(&MINIMAL.replace("\"hefei\"", "\"Hefei\"")).unwrap_err();
+        let msg = line(&err);
+        assert!(
+            msg.starts_with("config /etc/officesync/node.toml: node.name = \"Hefei\" is invalid: "),
+            "{msg}"
+        );
+        assert_eq!(err.key(), Some("node.name"));
+    }
+
+    #[test]
+    fn value_checks() {
+        let base = || Config::builder("hefei", "/d", "/t").origin(ORIGIN);
+        let cases: Vec<(Config, &str)> = vec![
+            (base().peer("Bad", "a:1").build(), "sync.peers[0].name"),
+            (
+                base().peer("a", "x:1").peer("a", "y:1").build(),
+                "sync.peers[1].name",
+            ),
+            (base().peer("hefei", "x:1").build(), "sync.peers[0].name"),
+            (
+                base().peer("a", "gov.example.cn").build(),
+                "sync.peers[0].addr",
+            ),
+            (
+                base().peer("a", "gov.example.cn:http").build(),
+                "sync.peers[0].addr",
+            ),
+            (base().peer("a", ":7400").build(), "sync.peers[0].addr"),
+            (base().peer("a", "::1:7400").build(), "sync.peers[0].addr"),
+            (
+                base().admins(["general_office"]).build(),
+                "cluster.admins[0]",
+            ),
+            (
+                base()
+                    .durability(Durability::Periodic)
+                    .flush_interval_ms(0)
+                    .build(),
+                "storage.flush_interval_ms",
+            ),
+            (
+                base()
+                    .durability(Durability::Periodic)
+                    .flush_interval_ms(60_001)
+                    .build(),
+                "storage.flush_interval_ms",
+            ),
+            (base().max_value_bytes(0).build(), "storage.max_value_bytes"),
+            (
+                base().max_value_bytes(MAX_VALUE_BYTES_LIMIT + 1).build(),
+                "storage.max_value_bytes",
+            ),
+            (
+                base().max_clock_skew_ms(999).build(),
+                "sync.max_clock_skew_ms",
+            ),
+            (Config::builder("hefei", "", "/t").build(), "node.data_dir"),
+        ];
+        for (config, key) in cases {
+            let err = config.validate_syntax().unwrap_err();
+            let msg = line(&err);
+            assert_eq!(err.key(), Some(key), "{msg}");
+            assert!(msg.contains(key), "{msg}");
+        }
+        let ok = base()
+            .peer("general-office", "gov.example.cn:7400")
+            .peer("b", "[2001:db8::1]:7400")
+            .peer("c", "10.0.0.1:7400")
+            .admins(["general-office"])
+            .durability(Durability::Periodic)
+            .max_value_bytes(MAX_VALUE_BYTES_LIMIT)
+            .build();
+        ok.validate_syntax().unwrap();
+    }
+
+    #[test]
+    fn valid_bundle_passes_and_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tls = bundle(tmp.path(), "hefei");
+        let config = Config::builder("hefei", tmp.path().join("data"), &tls)
+            .api_listen("127.0.0.1:0".parse().unwrap())
+            .sync_listen("127.0.0.1:0".parse().unwrap())
+            .peer("general-office", "127.0.0.1:7400")
+            .admins(["general-office"])
+            .durability(Durability::Periodic)
+            .max_value_bytes(1024)
+            .build();
+        config.validate().unwrap();
+
+        let path = tmp.path().join("node.toml");
+        std::fs::write(&path, config.to_toml_string()).unwrap();
+        let loaded = Config::load(&path).unwrap();
+        assert_eq!(loaded.origin, path);
+        assert_eq!(
+            Config {
+                origin: PathBuf::new(),
+                ..loaded
+            },
+            config
+        );
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        bundle(tmp.path(), "hefei");
+        let text = "[node]\nname = \"hefei\"\ndata_dir = \"data\"\n\
+            [tls]\nca = \"hefei/ca.pem\"\ncert = \"hefei/node.pem\"\nkey = \"hefei/node.key\"\n";
+        let path = tmp.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.node.data_dir, tmp.path().join("data"));
+        assert_eq!(config.tls.cert, tmp.path().join("hefei/node.pem"));
+    }
+
+    #[test]
+    fn cert_name_mismatch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tls = bundle(tmp.path(), "beijing");
+        let config = Config::builder("hefei", "/d", &tls).origin(ORIGIN).build();
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            line(&err),
+            "config /etc/officesync/node.toml: tls.cert names \"beijing\" but node.name is \
+             \"hefei\" (fix: issue a bundle for hefei with `officesync ca issue hefei` or \
+             correct node.name)"
+        );
+        assert_eq!(err.key(), Some("tls.cert"));
+    }
+
+    #[test]
+    fn broken_bundles_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hefei = bundle(tmp.path(), "hefei");
+        let beijing = bundle(tmp.path(), "beijing");
+        let good = || {
+            Config::builder("hefei", "/d", &hefei)
+                .origin(ORIGIN)
+                .build()
+        };
+
+        // Missing file: names the key and the path.
+        let mut config = good();
+        config.tls.ca = tmp.path().join("nowhere/ca.pem");
+        let err = config.validate().unwrap_err();
+        let msg = line(&err);
+        assert_eq!(err.key(), Some("tls.ca"));
+        assert!(msg.contains("nowhere/ca.pem"), "{msg}");
+
+        // Key from another bundle.
+        let mut config = good();
+        config.tls.key = beijing.join(pki::NODE_KEY_FILE);
+        let err = config.validate().unwrap_err();
+        line(&err);
+        assert_eq!(err.key(), Some("tls.key"));
+
+        // Certificate from another CA.
+        let other = tmp.path().join("other");
+        init_ca(&other.join("ca"), false).unwrap();
+        let mut config = good();
+        config.tls.ca = other.join("ca").join(pki::CA_CERT_FILE);
+        let err = config.validate().unwrap_err();
+        let msg = line(&err);
+        assert_eq!(err.key(), Some("tls.cert"));
+        assert!(msg.contains("does not chain"), "{msg}");
+
+        // Expired (checked at a time after not_after).
+        let config = good();
+        let id = pki::load_identity(&config.tls.cert).unwrap();
+        let err = config.validate_files(id.not_after + 1).unwrap_err();
+        let msg = line(&err);
+        assert!(msg.contains("not valid now"), "{msg}");
+
+        // Not a certificate at all.
+        let mut config = good();
+        config.tls.cert = hefei.join(pki::NODE_KEY_FILE);
+        let err = config.validate().unwrap_err();
+        line(&err);
+        assert_eq!(err.key(), Some("tls.cert"));
+    }
+
+    #[test]
+    fn unreadable_config_file() {
+        let err = Config::load(Path::new("/nonexistent/officesync.toml")).unwrap_err();
+        let msg = line(&err);
+        assert!(msg.contains("/nonexistent/officesync.toml"), "{msg}");
+    }
+
+    #[test]
+    fn toml_strings_escape() {
+        assert_eq!(toml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+        let config = Config::builder("hefei", "/odd \"dir\"\\x", "/t").build();
+        let back = Config::from_toml_str(&config.to_toml_string(), Path::new("")).unwrap();
+        assert_eq!(back, config);
+    }
+}

@@ -1,0 +1,3 @@
+//! officesyncd: the officesync node daemon (placeholder until the node runner lands).
+
+fn main() {}

@@ -1,0 +1,94 @@
+//! The replica's key layout inside a [`Store`](crate::store::Store).
+//!
+//! - `M` + name: node metadata (format, replica id).
+//! - `C` + collection: the collection's [`CollectionMeta`](super::CollectionMeta).
+//! - `K` + len + collection + key: the key's sibling set.
+//! - `D` + len + collection + len + origin + counter: dot index of live versions → key.
+//! - `V` + len + collection + len + origin + counter + chunk: pieces of large values.
+//!
+//! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
+//! chunk numbers are big-endian so they sort numerically.
+
+use officesync_protocol::{Dot, ReplicaId};
+
+pub(crate) const META: u8 = b'M';
+pub(crate) const COLLECTION: u8 = b'C';
+pub(crate) const KEY: u8 = b'K';
+pub(crate) const DOT: u8 = b'D';
+pub(crate) const CHUNK: u8 = b'V';
+
+pub(crate) fn meta(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn collection(coll: &str) -> Vec<u8> {
+    let mut k = vec![COLLECTION];
+    k.extend_from_slice(coll.as_bytes());
+    k
+}
+
+fn with_coll(tag: u8, coll: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + coll.len() + 32);
+    k.push(tag);
+    k.push(coll.len() as u8);
+    k.extend_from_slice(coll.as_bytes());
+    k
+}
+
+/// Prefix of every sibling-set key of `coll`.
+pub(crate) fn record_prefix(coll: &str) -> Vec<u8> {
+    with_coll(KEY, coll)
+}
+
+pub(crate) fn record(coll: &str, key: &str) -> Vec<u8> {
+    let mut k = record_prefix(coll);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Prefix of the dot index of `origin` in `coll`.
+pub(crate) fn dot_origin_prefix(coll: &str, origin: &ReplicaId) -> Vec<u8> {
+    let mut k = with_coll(DOT, coll);
+    k.push(origin.as_str().len() as u8);
+    k.extend_from_slice(origin.as_str().as_bytes());
+    k
+}
+
+pub(crate) fn dot(coll: &str, dot: &Dot) -> Vec<u8> {
+    let mut k = dot_origin_prefix(coll, &dot.origin);
+    k.extend_from_slice(&dot.counter.to_be_bytes());
+    k
+}
+
+/// Prefix of every chunk of the value of `dot`.
+pub(crate) fn chunk_prefix(coll: &str, d: &Dot) -> Vec<u8> {
+    let mut k = with_coll(CHUNK, coll);
+    k.push(d.origin.as_str().len() as u8);
+    k.extend_from_slice(d.origin.as_str().as_bytes());
+    k.extend_from_slice(&d.counter.to_be_bytes());
+    k
+}
+
+pub(crate) fn chunk(coll: &str, d: &Dot, index: u32) -> Vec<u8> {
+    let mut k = chunk_prefix(coll, d);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_keys_sort_by_counter_and_parse_back() {
+        let r = ReplicaId::new("hefei", 1).expect("valid");
+        let a = dot("situation", &Dot::new(r.clone(), 2));
+        let b = dot("situation", &Dot::new(r.clone(), 10));
+        assert!(a < b);
+        assert!(a.starts_with(&dot_origin_prefix("situation", &r)));
+        // A collection that is a prefix of another never shares key space.
+        assert!(!record("ab", "c").starts_with(&record_prefix("a")));
+    }
+}

@@ -1,0 +1,430 @@
+//! The replica: versioned records of every collection on top of a [`Store`], with the merge
+//! rules, dot index, version vectors and digests kept in step in one atomic batch per write.
+//!
+//! All mutations go through one writer thread (see [`writer`]), which gives group commit for
+//! free: it drains every queued write, applies each as its own batch, syncs once and then
+//! acknowledges them all. Reads run on the blocking pool straight against the store.
+
+mod keys;
+mod read;
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bincode::{Decode, Encode};
+use officesync_protocol::names::{self, NameError};
+use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Store, StoreError};
+
+pub use writer::ApplyReport;
+
+/// Values longer than this are stored in chunks rather than inside the sibling record.
+pub const INLINE_VALUE_MAX: usize = 1024;
+/// Size of one stored chunk of a large value.
+pub const CHUNK_SIZE: usize = 8 * 1024;
+
+/// Errors from the replica.
+#[derive(Debug, Error)]
+pub enum ReplicaError {
+    /// A collection name or key was invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// A value exceeded the configured maximum.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes (storage.max_value_bytes)")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record could not be decoded.
+    #[error("stored record {what} is unreadable: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// The data dir belongs to another node.
+    #[error("data dir belongs to node {found:?}, but this node is {expected:?} (fix node.data_dir or node.name)")]
+    WrongNode {
+        /// Name found in the store.
+        found: String,
+        /// Name configured.
+        expected: String,
+    },
+    /// The replica is shutting down.
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// When writes become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Flush (and fsync) before acknowledging; concurrent writers share one flush.
+    Sync,
+    /// Acknowledge once applied; flush every given interval.
+    Periodic(Duration),
+}
+
+/// How to open a replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// This node's name.
+    pub node: String,
+    /// Durability of acknowledged writes.
+    pub commit: CommitMode,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// Largest tolerated lead of a received HLC over the local clock.
+    pub max_clock_skew_ms: u64,
+}
+
+impl ReplicaOptions {
+    /// Defaults for node `node`: sync durability, 4 MiB values, 5 minutes of skew.
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            commit: CommitMode::Sync,
+            max_value_bytes: 4 << 20,
+            max_clock_skew_ms: 300_000,
+        }
+    }
+}
+
+/// Per-collection state, persisted with every write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct CollectionMeta {
+    /// Per origin, the highest counter fully received (own writes included).
+    pub vv: VersionVector,
+    /// Order-independent hash of every current version.
+    pub digest: Digest,
+    /// Keys with at least one version (tombstones included).
+    pub keys: u64,
+    /// Keys whose winner is not a tombstone.
+    pub records: u64,
+    /// Current versions (siblings and tombstones included).
+    pub versions: u64,
+    /// Highest HLC held.
+    pub max_hlc: Hlc,
+}
+
+/// A collection and its state.
+#[derive(Debug, Clone)]
+pub struct CollectionInfo {
+    /// The collection's name.
+    pub name: String,
+    /// Its state.
+    pub meta: CollectionMeta,
+}
+
+/// The acknowledgement of a local write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriteAck {
+    /// The new version's dot.
+    pub dot: Dot,
+    /// Its timestamp.
+    pub hlc: Hlc,
+}
+
+/// One sibling of a key as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    /// Its dot.
+    pub dot: Dot,
+    /// Its timestamp.
+    pub hlc: Hlc,
+    /// The value, `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A key with every current sibling, the winner first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The key.
+    pub key: String,
+    /// Siblings, winner first, the rest in dot order. Never empty.
+    pub siblings: Vec<Sibling>,
+}
+
+impl Record {
+    /// The winning sibling.
+    pub fn winner(&self) -> &Sibling {
+        // Invariant: a Record is only built from a non-empty sibling set.
+        &self.siblings[0]
+    }
+
+    /// True when the winner is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.winner().value.is_none()
+    }
+}
+
+/// A page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Live records (winner not a tombstone), in key order.
+    pub records: Vec<Record>,
+    /// The key to pass as `after` for the next page, when there is one.
+    pub next: Option<String>,
+}
+
+/// Counters kept by the replica for status and metrics.
+#[derive(Debug, Default)]
+pub struct ReplicaStats {
+    /// Local writes acknowledged.
+    pub local_writes: AtomicU64,
+    /// Received versions applied.
+    pub remote_applied: AtomicU64,
+    /// Received versions rejected (clock skew, invalid).
+    pub remote_rejected: AtomicU64,
+    /// Durable syncs performed.
+    pub syncs: AtomicU64,
+    /// Writes acknowledged by those syncs (their ratio is the group-commit size).
+    pub synced_writes: AtomicU64,
+}
+
+pub(crate) enum Request {
+    Local {
+        collection: String,
+        key: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<WriteAck, ReplicaError>>,
+    },
+    Remote {
+        versions: Vec<Version>,
+        complete: Vec<(String, ReplicaId, u64)>,
+        reply: oneshot::Sender<Result<ApplyReport, ReplicaError>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<(), ReplicaError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), ReplicaError>>,
+    },
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    id: ReplicaId,
+    node: String,
+    max_value_bytes: usize,
+    requests: mpsc::Sender<Request>,
+    stats: Arc<ReplicaStats>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop_flusher: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// A cloneable handle on the replica.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("id", &self.inner.id).finish()
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Replica {
+    /// Opens the replica on `store`, creating its identity on first use, and starts the writer
+    /// (and, in periodic mode, the flusher) thread.
+    pub fn open(store: Arc<dyn Store>, opts: ReplicaOptions) -> Result<Self, ReplicaError> {
+        names::validate_node_name(&opts.node)?;
+        let id = writer::load_or_create_identity(store.as_ref(), &opts.node)?;
+        let stats = Arc::new(ReplicaStats::default());
+        let (tx, rx) = mpsc::channel(4096);
+        let mut threads = Vec::new();
+        let w = writer::Writer::new(store.clone(), id.clone(), &opts, stats.clone())?;
+        threads.push(
+            std::thread::Builder::new()
+                .name("officesync-writer".into())
+                .spawn(move || w.run(rx))
+                .map_err(|e| StoreError::Io(format!("cannot start writer thread: {e}")))?,
+        );
+        let mut stop_flusher = None;
+        if let CommitMode::Periodic(every) = opts.commit {
+            let (stop, stopped) = std::sync::mpsc::channel();
+            stop_flusher = Some(stop);
+            let (store, stats) = (store.clone(), stats.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("officesync-flusher".into())
+                    .spawn(move || writer::periodic_flusher(store.as_ref(), &stats, every, stopped))
+                    .map_err(|e| StoreError::Io(format!("cannot start flusher thread: {e}")))?,
+            );
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                id,
+                node: opts.node,
+                max_value_bytes: opts.max_value_bytes,
+                requests: tx,
+                stats,
+                threads: Mutex::new(threads),
+                stop_flusher: Mutex::new(stop_flusher),
+            }),
+        })
+    }
+
+    /// This replica's id (`name@incarnation`).
+    pub fn id(&self) -> &ReplicaId {
+        &self.inner.id
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The configured value limit.
+    pub fn max_value_bytes(&self) -> usize {
+        self.inner.max_value_bytes
+    }
+
+    /// Counters for status and metrics.
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.inner.stats
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ReplicaError>>) -> Request,
+    ) -> Result<T, ReplicaError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .requests
+            .send(make(reply))
+            .await
+            .map_err(|_| ReplicaError::Closed)?;
+        rx.await.map_err(|_| ReplicaError::Closed)?
+    }
+
+    /// Writes `value` (`None`: a tombstone) to `key`, superseding every version held.
+    /// Returns once the write is applied and, in sync mode, durable.
+    pub async fn write(
+        &self,
+        collection: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<WriteAck, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        names::validate_key(key)?;
+        if let Some(v) = &value {
+            if v.len() > self.inner.max_value_bytes {
+                return Err(ReplicaError::ValueTooLarge {
+                    len: v.len(),
+                    max: self.inner.max_value_bytes,
+                });
+            }
+        }
+        let (collection, key) = (collection.to_owned(), key.to_owned());
+        let ack = self
+            .call(|reply| Request::Local { collection, key, value, reply })
+            .await?;
+        self.inner.stats.local_writes.fetch_add(1, Ordering::Relaxed);
+        Ok(ack)
+    }
+
+    /// Applies versions received from a peer and, in the same batch as the last of them,
+    /// raises the vector of each `(collection, origin)` in `complete` to the given counter.
+    pub async fn apply_remote(
+        &self,
+        versions: Vec<Version>,
+        complete: Vec<(String, ReplicaId, u64)>,
+    ) -> Result<ApplyReport, ReplicaError> {
+        self.call(|reply| Request::Remote { versions, complete, reply }).await
+    }
+
+    /// Makes every applied write durable now.
+    pub async fn sync(&self) -> Result<(), ReplicaError> {
+        self.call(|reply| Request::Sync { reply }).await
+    }
+
+    /// Reads every sibling of `key`, or `None` when the key was never written.
+    pub async fn get(&self, collection: &str, key: &str) -> Result<Option<Record>, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        names::validate_key(key)?;
+        let (store, c, k) = (self.inner.store.clone(), collection.to_owned(), key.to_owned());
+        blocking(move || read::record(store.as_ref(), &c, &k)).await
+    }
+
+    /// Up to `limit` live records of `collection` whose key starts with `prefix` and sorts
+    /// after `after`.
+    pub async fn scan(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let store = self.inner.store.clone();
+        let (c, p, a) = (collection.to_owned(), prefix.to_owned(), after.map(str::to_owned));
+        blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), limit)).await
+    }
+
+    /// Every collection this node holds, with its state.
+    pub async fn collections(&self) -> Result<Vec<CollectionInfo>, ReplicaError> {
+        let store = self.inner.store.clone();
+        blocking(move || read::collections(store.as_ref())).await
+    }
+
+    /// Stops the writer after the queued writes, syncs the store and joins the threads.
+    /// Every handle gets [`ReplicaError::Closed`] afterwards.
+    pub async fn close(&self) -> Result<(), ReplicaError> {
+        let synced = self.call(|reply| Request::Shutdown { reply }).await;
+        self.inner
+            .stop_flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let threads = std::mem::take(
+            &mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        // Join off the async workers.
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await
+        .map_err(|_| ReplicaError::Closed)?;
+        synced
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReplicaError> + Send + 'static,
+) -> Result<T, ReplicaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ReplicaError::Closed)?
+}
+
+#[cfg(test)]
+mod tests;

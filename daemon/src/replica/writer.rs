@@ -1,0 +1,486 @@
+//! The single writer thread: local writes, received versions and syncs, applied one atomic
+//! batch each, with one durable sync per drained group (group commit).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bincode::{Decode, Encode};
+use officesync_protocol::hlc::check_skew;
+use officesync_protocol::merge::{self, Applied};
+use officesync_protocol::names;
+use officesync_protocol::{codec, Causal, HlcClock, ReplicaId, Version, VersionHeader};
+use tokio::sync::mpsc;
+
+use super::keys;
+use super::{
+    now_ms, CollectionMeta, CommitMode, ReplicaError, ReplicaOptions, ReplicaStats, Request,
+    WriteAck, CHUNK_SIZE, INLINE_VALUE_MAX,
+};
+use crate::store::{Store, StoreError, WriteBatch};
+
+/// Most requests drained into one group commit.
+const MAX_GROUP: usize = 1024;
+
+/// How a version's value is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) enum Body {
+    /// A tombstone: no value.
+    None,
+    /// Small values live inside the sibling record.
+    Inline(Vec<u8>),
+    /// Large values live in `chunks` pieces of [`CHUNK_SIZE`] under the `V` prefix.
+    Chunked {
+        /// Number of pieces.
+        chunks: u32,
+    },
+}
+
+/// One sibling as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct StoredSibling {
+    pub header: VersionHeader,
+    pub body: Body,
+}
+
+impl Causal for StoredSibling {
+    fn dot(&self) -> &officesync_protocol::Dot {
+        &self.header.dot
+    }
+    fn context(&self) -> &officesync_protocol::VersionVector {
+        &self.header.context
+    }
+    fn hlc(&self) -> officesync_protocol::Hlc {
+        self.header.hlc
+    }
+}
+
+/// What applying a batch of received versions did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Versions that became siblings.
+    pub applied: u64,
+    /// Versions already held or already superseded.
+    pub ignored: u64,
+    /// Versions refused (invalid, too large, or too far in the future), with the reason.
+    pub rejected: Vec<(String, String)>,
+}
+
+pub(crate) fn decode_siblings(bytes: &[u8], what: &str) -> Result<Vec<StoredSibling>, ReplicaError> {
+    codec::decode(bytes).map_err(|e| ReplicaError::Corrupt {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, ReplicaError> {
+    codec::encode(value).map_err(|e| ReplicaError::Corrupt {
+        what: "new record".into(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reads the replica id from the store, or creates a new incarnation in an empty store.
+/// A store that holds data but no identity is corrupt and is refused.
+pub(crate) fn load_or_create_identity(
+    store: &dyn Store,
+    node: &str,
+) -> Result<ReplicaId, ReplicaError> {
+    let corrupt = |detail: String| ReplicaError::Corrupt { what: "node identity".into(), detail };
+    if let Some(raw) = store.get(&keys::meta("replica"))? {
+        let text = String::from_utf8(raw).map_err(|e| corrupt(e.to_string()))?;
+        let id: ReplicaId = text.parse().map_err(|e| corrupt(format!("{e}")))?;
+        if id.node_name() != node {
+            return Err(ReplicaError::WrongNode {
+                found: id.node_name().to_owned(),
+                expected: node.to_owned(),
+            });
+        }
+        match store.get(&keys::meta("format"))?.as_deref() {
+            Some([codec::FORMAT_VERSION]) => {}
+            other => return Err(corrupt(format!("unsupported store format {other:?}"))),
+        }
+        return Ok(id);
+    }
+    if !store.range(b"", None, 1)?.is_empty() {
+        return Err(corrupt("the store holds records but no node identity".into()));
+    }
+    let mut incarnation = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
+        .map_err(|_| StoreError::Io("no system randomness for the incarnation".into()))?;
+    let id = ReplicaId::new(node, u32::from_be_bytes(incarnation))
+        .map_err(|e| corrupt(e.to_string()))?;
+    let mut batch = WriteBatch::default();
+    batch.put(keys::meta("format"), vec![codec::FORMAT_VERSION]);
+    batch.put(keys::meta("replica"), id.as_str().as_bytes().to_vec());
+    store.apply(batch)?;
+    store.sync()?;
+    Ok(id)
+}
+
+pub(crate) fn load_meta(store: &dyn Store, coll: &str) -> Result<CollectionMeta, ReplicaError> {
+    match store.get(&keys::collection(coll))? {
+        None => Ok(CollectionMeta::default()),
+        Some(raw) => codec::decode(&raw).map_err(|e| ReplicaError::Corrupt {
+            what: format!("collection {coll} state"),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// The writer's state.
+pub(crate) struct Writer {
+    store: Arc<dyn Store>,
+    id: ReplicaId,
+    clock: HlcClock,
+    metas: HashMap<String, CollectionMeta>,
+    commit: CommitMode,
+    max_value_bytes: usize,
+    max_clock_skew_ms: u64,
+    stats: Arc<ReplicaStats>,
+}
+
+enum Reply {
+    Write(
+        tokio::sync::oneshot::Sender<Result<WriteAck, ReplicaError>>,
+        Result<WriteAck, ReplicaError>,
+    ),
+    Apply(
+        tokio::sync::oneshot::Sender<Result<super::ApplyReport, ReplicaError>>,
+        Result<ApplyReport, ReplicaError>,
+    ),
+    Unit(tokio::sync::oneshot::Sender<Result<(), ReplicaError>>),
+}
+
+/// The writes of one drained group of requests: applied to the store as one atomic batch.
+/// Sibling sets and collection states touched by the group are kept here so later requests
+/// in the same group see earlier ones, and are written once at the end.
+#[derive(Default)]
+struct Group {
+    batch: WriteBatch,
+    siblings: HashMap<(String, String), Vec<StoredSibling>>,
+    metas: HashMap<String, CollectionMeta>,
+    writes: u64,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        id: ReplicaId,
+        opts: &ReplicaOptions,
+        stats: Arc<ReplicaStats>,
+    ) -> Result<Self, ReplicaError> {
+        let mut metas = HashMap::new();
+        let mut last = officesync_protocol::Hlc::default();
+        for info in super::read::collections(store.as_ref())? {
+            last = last.max(info.meta.max_hlc);
+            metas.insert(info.name, info.meta);
+        }
+        Ok(Self {
+            store,
+            id,
+            clock: HlcClock::resume(last),
+            metas,
+            commit: opts.commit,
+            max_value_bytes: opts.max_value_bytes,
+            max_clock_skew_ms: opts.max_clock_skew_ms,
+            stats,
+        })
+    }
+
+    /// Serves requests until shutdown or until every handle is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut replies = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut shutdown = None;
+            let mut next = Some(first);
+            let mut group = Group::default();
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Local { collection, key, value, reply } => {
+                        let r = self.local_write(&mut group, &collection, &key, value);
+                        replies.push(Reply::Write(reply, r));
+                    }
+                    Request::Remote { versions, complete, reply } => {
+                        let r = self.apply_remote(&mut group, versions, complete);
+                        replies.push(Reply::Apply(reply, r));
+                    }
+                    Request::Sync { reply } => replies.push(Reply::Unit(reply)),
+                    Request::Shutdown { reply } => {
+                        shutdown = Some(reply);
+                        break;
+                    }
+                }
+                if replies.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let writes = group.writes;
+            let mut outcome = self.commit_group(group);
+            let must_sync = self.commit == CommitMode::Sync
+                || shutdown.is_some()
+                || replies.iter().any(|r| matches!(r, Reply::Unit(_)));
+            if outcome.is_ok() && must_sync {
+                outcome = self.sync(writes);
+            }
+            if outcome.is_err() {
+                // What was applied may or may not be durable: reload the cached state.
+                self.reload();
+            }
+            answer(&mut replies, outcome);
+            if let Some(reply) = shutdown {
+                let _ = reply.send(Ok(()));
+                return;
+            }
+        }
+        let _ = self.store.sync();
+    }
+
+    fn commit_group(&mut self, mut g: Group) -> Result<(), String> {
+        let mut write_back = || -> Result<(), ReplicaError> {
+            for ((coll, key), siblings) in &g.siblings {
+                g.batch.put(keys::record(coll, key), encode(siblings)?);
+            }
+            for (coll, meta) in &g.metas {
+                g.batch.put(keys::collection(coll), encode(meta)?);
+            }
+            if !g.batch.is_empty() {
+                self.store.apply(std::mem::take(&mut g.batch))?;
+            }
+            Ok(())
+        };
+        match write_back() {
+            Ok(()) => {
+                self.metas.extend(g.metas);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; failing the writes of this group");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn sync(&mut self, writes: u64) -> Result<(), String> {
+        match self.store.sync() {
+            Ok(()) => {
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                self.stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store sync failed; failing the writes of this group");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match super::read::collections(self.store.as_ref()) {
+            Ok(list) => self.metas = list.into_iter().map(|i| (i.name, i.meta)).collect(),
+            Err(e) => tracing::error!(error = %e, "cannot reload collection state"),
+        }
+    }
+
+    /// The group's copy of a collection's state, taken from the cache or the store.
+    fn meta<'g>(&self, g: &'g mut Group, coll: &str) -> Result<&'g mut CollectionMeta, ReplicaError> {
+        if !g.metas.contains_key(coll) {
+            let meta = match self.metas.get(coll) {
+                Some(m) => m.clone(),
+                None => load_meta(self.store.as_ref(), coll)?,
+            };
+            g.metas.insert(coll.to_owned(), meta);
+        }
+        // Invariant: inserted just above when missing.
+        g.metas.get_mut(coll).ok_or(ReplicaError::Closed)
+    }
+
+    /// Takes a key's sibling set out of the group, or reads it from the store.
+    fn take_siblings(&self, g: &mut Group, coll: &str, key: &str) -> Result<Vec<StoredSibling>, ReplicaError> {
+        if let Some(s) = g.siblings.remove(&(coll.to_owned(), key.to_owned())) {
+            return Ok(s);
+        }
+        match self.store.get(&keys::record(coll, key))? {
+            None => Ok(Vec::new()),
+            Some(raw) => decode_siblings(&raw, &format!("{coll}/{key}")),
+        }
+    }
+
+    fn local_write(
+        &mut self,
+        g: &mut Group,
+        coll: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<WriteAck, ReplicaError> {
+        // The fallible reads come first, so an error leaves the group as it was.
+        self.meta(g, coll)?;
+        let siblings = self.take_siblings(g, coll, key)?;
+        let hlc = self.clock.tick(now_ms());
+        let id = self.id.clone();
+        let meta = self.meta(g, coll)?;
+        let dot = officesync_protocol::Dot::new(id, meta.vv.get(&self.id) + 1);
+        meta.vv.add_dot(&dot);
+        let version = Version {
+            collection: coll.to_owned(),
+            key: key.to_owned(),
+            dot: dot.clone(),
+            hlc,
+            context: merge::local_context(&siblings),
+            value,
+        };
+        let mut meta = std::mem::take(meta);
+        let (applied, siblings) = merge_version(&mut meta, siblings, version, &mut g.batch);
+        debug_assert!(applied, "a local write always supersedes what the node holds");
+        g.metas.insert(coll.to_owned(), meta);
+        g.siblings.insert((coll.to_owned(), key.to_owned()), siblings);
+        g.writes += 1;
+        Ok(WriteAck { dot, hlc })
+    }
+
+    fn apply_remote(
+        &mut self,
+        g: &mut Group,
+        versions: Vec<Version>,
+        complete: Vec<(String, ReplicaId, u64)>,
+    ) -> Result<ApplyReport, ReplicaError> {
+        let mut report = ApplyReport::default();
+        let now = now_ms();
+        for v in versions {
+            if let Err(reason) = self.check_remote(&v, now) {
+                self.stats.remote_rejected.fetch_add(1, Ordering::Relaxed);
+                report.rejected.push((v.dot.to_string(), reason));
+                continue;
+            }
+            if self.meta(g, &v.collection)?.vv.covers(&v.dot) {
+                report.ignored += 1;
+                continue;
+            }
+            let (coll, key) = (v.collection.clone(), v.key.clone());
+            let siblings = self.take_siblings(g, &coll, &key)?;
+            let mut meta = std::mem::take(self.meta(g, &coll)?);
+            let (applied, siblings) = merge_version(&mut meta, siblings, v, &mut g.batch);
+            if applied {
+                report.applied += 1;
+            } else {
+                report.ignored += 1;
+            }
+            g.metas.insert(coll.clone(), meta);
+            g.siblings.insert((coll, key), siblings);
+        }
+        for (coll, origin, counter) in complete {
+            names::validate_collection_name(&coll)?;
+            self.meta(g, &coll)?.vv.raise(&origin, counter);
+        }
+        g.writes += 1;
+        self.stats.remote_applied.fetch_add(report.applied, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    fn check_remote(&mut self, v: &Version, now: u64) -> Result<(), String> {
+        names::validate_collection_name(&v.collection).map_err(|e| e.to_string())?;
+        names::validate_key(&v.key).map_err(|e| e.to_string())?;
+        if v.dot.counter == 0 {
+            return Err("counter 0 is not a valid dot".into());
+        }
+        if let Some(val) = &v.value {
+            if val.len() > self.max_value_bytes {
+                return Err(format!("value of {} bytes exceeds the limit", val.len()));
+            }
+        }
+        check_skew(v.hlc, now, self.max_clock_skew_ms).map_err(|e| e.to_string())?;
+        self.clock
+            .observe(v.hlc, now, self.max_clock_skew_ms)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn answer(replies: &mut Vec<Reply>, outcome: Result<(), String>) {
+    let fail = |e: &String| ReplicaError::Store(StoreError::Io(format!("commit failed: {e}")));
+    for r in replies.drain(..) {
+        match (r, &outcome) {
+            (Reply::Write(tx, res), Ok(())) => drop(tx.send(res)),
+            (Reply::Write(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Reply::Apply(tx, res), Ok(())) => drop(tx.send(res)),
+            (Reply::Apply(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Reply::Unit(tx), Ok(())) => drop(tx.send(Ok(()))),
+            (Reply::Unit(tx), Err(e)) => drop(tx.send(Err(fail(e)))),
+        }
+    }
+}
+
+/// Merges one version into `siblings`: queues its chunks and dot index, drops what it
+/// supersedes (with their index entries and chunks) and updates the counts and digest.
+/// Returns whether it became a sibling, and the new sibling set.
+fn merge_version(
+    meta: &mut CollectionMeta,
+    mut siblings: Vec<StoredSibling>,
+    v: Version,
+    batch: &mut WriteBatch,
+) -> (bool, Vec<StoredSibling>) {
+    let coll = v.collection.as_str();
+    let key = v.key.as_str();
+    let header = v.header();
+    let was_empty = siblings.is_empty();
+    let was_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
+    let body = match &v.value {
+        None => Body::None,
+        Some(bytes) if bytes.len() <= INLINE_VALUE_MAX => Body::Inline(bytes.clone()),
+        Some(bytes) => Body::Chunked { chunks: bytes.chunks(CHUNK_SIZE).len() as u32 },
+    };
+    let new = StoredSibling { header: header.clone(), body };
+    match merge::apply(&mut siblings, new) {
+        Applied::Duplicate | Applied::Obsolete => return (false, siblings),
+        Applied::Inserted { removed } => {
+            for old in removed {
+                meta.digest.toggle(key, &old.header.dot, &old.header.value);
+                meta.versions -= 1;
+                batch.remove(keys::dot(coll, &old.header.dot));
+                if let Body::Chunked { chunks } = old.body {
+                    for i in 0..chunks {
+                        batch.remove(keys::chunk(coll, &old.header.dot, i));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bytes) = &v.value {
+        if bytes.len() > INLINE_VALUE_MAX {
+            for (i, piece) in bytes.chunks(CHUNK_SIZE).enumerate() {
+                batch.put(keys::chunk(coll, &header.dot, i as u32), piece.to_vec());
+            }
+        }
+    }
+    batch.put(keys::dot(coll, &header.dot), key.as_bytes().to_vec());
+    meta.digest.toggle(key, &header.dot, &header.value);
+    meta.versions += 1;
+    meta.max_hlc = meta.max_hlc.max(header.hlc);
+    let is_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
+    if was_empty {
+        meta.keys += 1;
+    }
+    match (was_live, is_live) {
+        (false, true) => meta.records += 1,
+        (true, false) => meta.records -= 1,
+        _ => {}
+    }
+    (true, siblings)
+}
+
+/// In periodic mode: syncs the store every `every` until told to stop.
+pub(crate) fn periodic_flusher(
+    store: &dyn Store,
+    stats: &ReplicaStats,
+    every: Duration,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        match store.sync() {
+            Ok(()) => {
+                stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "periodic flush failed"),
+        }
+    }
+}

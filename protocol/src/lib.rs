@@ -1,0 +1,16 @@
+//! Sans-IO core of officesync: names, dots, version vectors, hybrid logical clocks,
+//! versions with their causal context, the merge rules and collection digests.
+//! No sockets, no clock, no storage: callers pass `now` in and persist what comes out.
+
+pub mod codec;
+pub mod digest;
+pub mod dot;
+pub mod hlc;
+pub mod merge;
+pub mod names;
+pub mod version;
+
+pub use digest::Digest;
+pub use dot::{Dot, ReplicaId, VersionVector};
+pub use hlc::{Hlc, HlcClock};
+pub use version::{Causal, ValueMeta, Version, VersionHeader};
