@@ -5,3 +5,4 @@ pub mod pki;
 pub mod store;
 pub mod replica;
 pub mod api;
+pub mod node;

@@ -1,0 +1,395 @@
+//! The HTTP client of the officesyncd API: the `--api` address and
+//! `--timeout`, one request helper, and the translation of transport errors
+//! and HTTP statuses into [`CliError`]s with the right exit code.
+
+use std::fmt;
+use std::io::Read;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use ureq::http::{self, HeaderMap, Method};
+
+use crate::exit::{CliError, Exit};
+
+/// Default `--api`: the daemon's default `[api] listen`.
+pub const DEFAULT_API: &str = "127.0.0.1:7480";
+/// Port used when `--api` names only a host.
+const DEFAULT_PORT: u16 = officesync_daemon::config::DEFAULT_API_PORT;
+/// Largest JSON answer read into memory (a scan page, `get --all`).
+const MAX_JSON_BYTES: u64 = 1 << 30;
+/// Largest error body read for its message.
+const MAX_ERROR_BYTES: u64 = 64 * 1024;
+/// Longest error message taken from a body that is not JSON.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// Where the daemon's HTTP API listens: `host:port`, parsed from `host:port`,
+/// `http://host:port`, `[v6]:port` or a bare host (port 7480).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiAddr {
+    /// Host name or IP; an IPv6 address keeps its brackets.
+    host: String,
+    /// TCP port.
+    port: u16,
+}
+
+impl FromStr for ApiAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ApiAddr, String> {
+        let text = text.trim();
+        let rest = match text.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{text:?}: the officesyncd API is plain HTTP, not {scheme}:// \
+                     (use host:port or http://host:port)"
+                ))
+            }
+            None => text,
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let bad = || {
+            format!("{text:?} is not an API address (use host:port or http://host:port, e.g. 127.0.0.1:7480)")
+        };
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '\t']) {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (v6, tail) = inner.split_once(']').ok_or_else(bad)?;
+            if v6.is_empty() {
+                return Err(bad());
+            }
+            let port = match tail {
+                "" => None,
+                _ => Some(tail.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (format!("[{v6}]"), port)
+        } else {
+            match rest.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(format!(
+                        "{text:?}: write an IPv6 address in brackets, e.g. [::1]:7480"
+                    ))
+                }
+                Some((host, port)) => (host.to_owned(), Some(port)),
+                None => (rest.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(port) => match port.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => return Err(format!("{text:?}: port must be a number in 1..=65535")),
+            },
+        };
+        Ok(ApiAddr { host, port })
+    }
+}
+
+impl fmt::Display for ApiAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses `--timeout`: seconds (`10`, `2.5`) or a number with `ms`, `s` or
+/// `m` (`500ms`, `30s`, `2m`); more than zero, at most a day.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let secs = number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .ok_or_else(|| {
+            format!("{text:?} is not a timeout (use seconds like 10, or 500ms, 30s, 2m)")
+        })?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A client of one daemon's API (connections are pooled by the agent).
+#[derive(Debug)]
+pub struct Client {
+    /// The HTTP agent, configured for the API (no proxy, no redirects).
+    agent: ureq::Agent,
+    /// Where the API listens.
+    addr: ApiAddr,
+    /// The whole-request timeout, for messages.
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of the API at `addr`; each request may take up to `timeout`.
+    pub fn new(addr: ApiAddr, timeout: Duration) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // The API is local or on the office LAN: an http_proxy meant for
+            // the Internet must not intercept it.
+            .proxy(None)
+            .max_redirects(0)
+            .timeout_global(Some(timeout))
+            .user_agent(concat!("officesync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Client {
+            agent,
+            addr,
+            timeout,
+        }
+    }
+
+    /// The API address, for messages.
+    pub fn addr(&self) -> &ApiAddr {
+        &self.addr
+    }
+
+    /// Sends one request; `path` starts with `/` and is already encoded.
+    /// Fails only when no HTTP answer came back; any status is a [`Reply`].
+    pub fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply<'_>, CliError> {
+        let what = format!("{method} {path}");
+        let builder = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        let result = match body {
+            Some(body) => builder
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .map(|request| self.agent.run(request)),
+            None => builder.body(()).map(|request| self.agent.run(request)),
+        };
+        let response = result
+            .map_err(|e| CliError::usage(format!("cannot build {what} for {}: {e}", self.addr)))?
+            .map_err(|e| self.transport_error(&what, &e))?;
+        let (parts, body) = response.into_parts();
+        Ok(Reply {
+            client: self,
+            what,
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// The error for a request that got no (complete) HTTP answer.
+    fn transport_error(&self, what: &str, error: &ureq::Error) -> CliError {
+        let addr = &self.addr;
+        match Exit::for_transport(error) {
+            Exit::Unreachable => {
+                let detail = match error {
+                    ureq::Error::Timeout(_) => {
+                        format!("no answer within {:?} (see --timeout)", self.timeout)
+                    }
+                    other => other.to_string(),
+                };
+                CliError::new(
+                    Exit::Unreachable,
+                    format!(
+                        "cannot reach officesyncd at {addr}: {detail}; check that officesyncd \
+                         is running and that --api or OFFICESYNC_API names its [api] listen address"
+                    ),
+                )
+            }
+            exit => CliError::new(
+                exit,
+                format!("{what} to officesyncd at {addr} failed: {error}"),
+            ),
+        }
+    }
+}
+
+/// An HTTP answer from the daemon, body not read yet.
+#[derive(Debug)]
+pub struct Reply<'c> {
+    /// The client that sent the request.
+    client: &'c Client,
+    /// `METHOD /path`, for messages.
+    what: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// The response headers.
+    headers: HeaderMap,
+    /// The unread body.
+    body: ureq::Body,
+}
+
+impl<'c> Reply<'c> {
+    /// The API address the answer came from.
+    pub fn addr(&self) -> &ApiAddr {
+        &self.client.addr
+    }
+
+    /// A response header as text, if present and ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Passes a 2xx answer through and turns any other into its error.
+    ///
+    /// `missing` is the message for a 404 on a request naming one record
+    /// (exit 1); with `None` a 404 means the daemon lacks the endpoint.
+    pub fn check(self, missing: Option<&str>) -> Result<Reply<'c>, CliError> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(self.into_error(missing))
+        }
+    }
+
+    /// The error for a non-2xx answer, with the daemon's `error` message.
+    pub fn into_error(self, missing: Option<&str>) -> CliError {
+        let status = self.status;
+        let exit = Exit::for_status(status, missing.is_some());
+        if let (Exit::NotFound, Some(message)) = (exit, missing) {
+            return CliError::new(exit, message);
+        }
+        let addr = self.client.addr.clone();
+        let what = self.what.clone();
+        let (detail, from_daemon) = self.error_detail();
+        let message = match (status, exit) {
+            // A 404 without a JSON error is a route the daemon does not have.
+            (404, _) if !from_daemon => format!(
+                "officesyncd at {addr} does not serve {what} (HTTP 404: {detail}); \
+                 is it an older version?"
+            ),
+            (_, Exit::Usage) => format!("{detail} (HTTP {status} from officesyncd)"),
+            _ => format!("officesyncd at {addr} failed {what}: {detail} (HTTP {status})"),
+        };
+        CliError::new(exit, message)
+    }
+
+    /// The explanation of an error: the JSON `error` (then `true`: the
+    /// daemon's own message), else the start of the body or the status reason.
+    fn error_detail(self) -> (String, bool) {
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("no reason given")
+            .to_owned();
+        let mut body = Vec::new();
+        if self
+            .body
+            .into_reader()
+            .take(MAX_ERROR_BYTES)
+            .read_to_end(&mut body)
+            .is_err()
+        {
+            return (reason, false);
+        }
+        if let Ok(json) = serde_json::from_slice::<Value>(&body) {
+            match json.get("error") {
+                Some(Value::String(message)) => return (message.clone(), true),
+                Some(other) if !other.is_null() => return (other.to_string(), true),
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&body);
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+        let detail = match line {
+            Some(line) => line.chars().take(MAX_ERROR_CHARS).collect(),
+            None => reason,
+        };
+        (detail, false)
+    }
+
+    /// The whole body (at most 1 GiB).
+    pub fn bytes(self) -> Result<Vec<u8>, CliError> {
+        let client = self.client;
+        let what = self.what;
+        self.body
+            .into_with_config()
+            .limit(MAX_JSON_BYTES)
+            .read_to_vec()
+            .map_err(|e| client.transport_error(&what, &e))
+    }
+
+    /// The body as JSON.
+    pub fn json(self) -> Result<Value, CliError> {
+        let client = self.client;
+        let what = self.what.clone();
+        let body = self.bytes()?;
+        serde_json::from_slice(&body).map_err(|e| {
+            CliError::failure(format!(
+                "officesyncd at {} answered {what} with invalid JSON: {e}",
+                client.addr
+            ))
+        })
+    }
+
+    /// The body as a reader, for streaming a value to stdout.
+    pub fn into_reader(self) -> impl Read {
+        self.body.into_reader()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> Result<String, String> {
+        text.parse::<ApiAddr>().map(|a| a.to_string())
+    }
+
+    #[test]
+    fn api_addresses_parse() {
+        assert_eq!(addr("127.0.0.1:7480").as_deref(), Ok("127.0.0.1:7480"));
+        assert_eq!(
+            addr("http://127.0.0.1:9000").as_deref(),
+            Ok("127.0.0.1:9000")
+        );
+        assert_eq!(addr("HTTP://node-a:80/").as_deref(), Ok("node-a:80"));
+        assert_eq!(addr("localhost").as_deref(), Ok("localhost:7480"));
+        assert_eq!(addr("[::1]:7481").as_deref(), Ok("[::1]:7481"));
+        assert_eq!(addr("http://[::1]").as_deref(), Ok("[::1]:7480"));
+    }
+
+    #[test]
+    fn bad_api_addresses_are_refused() {
+        for bad in [
+            "",
+            "https://host:7480",
+            "host:0",
+            "host:http",
+            "host:70000",
+            "::1",
+            "host:7480/v1",
+            "user@host:1",
+            "[::1",
+            ":7480",
+        ] {
+            assert!(addr(bad).is_err(), "{bad:?} was accepted");
+        }
+        let https = addr("https://h:1").expect_err("https refused");
+        assert!(https.contains("plain HTTP"), "{https}");
+    }
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(parse_timeout("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["0", "-1", "ten", "", "NaN", "inf", "2d", "100000"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

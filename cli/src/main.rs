@@ -1,0 +1,183 @@
+//! `officesync`: the control CLI of officesync nodes.
+//!
+//! Most commands are thin clients of the local officesyncd HTTP API
+//! (`--api`, `OFFICESYNC_API`); `ca` and `config` work offline through the
+//! daemon library. Exit codes are documented on [`exit::Exit`].
+//!
+//! Adding a subcommand `foo` takes three lines here: `mod foo;`, a variant
+//! `Foo(foo::FooArgs),` in [`Command`] (its help comes from the doc comment
+//! of `FooArgs`), and the arm `Command::Foo(args) => foo::run(args, global),`
+//! in [`Command::run`], where `run(args, &Global) -> Result<(), CliError>`.
+
+mod client;
+mod exit;
+mod node;
+mod offline;
+mod output;
+mod records;
+mod urlenc;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{ApiAddr, Client};
+use crate::exit::{CliError, Exit};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "officesync",
+    version,
+    about = "Control an officesync node: read and write records, check status, manage certificates.",
+    after_help = "Exit codes: 0 success, 1 key not found, 2 usage error or request rejected \
+                  by the daemon, 3 daemon unreachable, 4 other failure."
+)]
+struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Help heading of the options in [`Global`].
+const GLOBAL: &str = "Global options";
+
+/// Options every subcommand takes, before or after its name.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Address of the officesyncd HTTP API: host:port or http://host:port.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "OFFICESYNC_API",
+        value_name = "ADDR",
+        default_value = client::DEFAULT_API
+    )]
+    pub api: ApiAddr,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub json: bool,
+    /// Give up on a request after this long: seconds, or 500ms, 30s, 2m.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = client::parse_timeout
+    )]
+    pub timeout: Duration,
+}
+
+impl Global {
+    /// A client of the daemon named by `--api`.
+    pub fn client(&self) -> Client {
+        Client::new(self.api.clone(), self.timeout)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a record: VALUE, --file FILE, or - for stdin, stored byte for byte.
+    Put(records::PutArgs),
+    /// Print a record's value exactly as stored (notes siblings on stderr).
+    Get(records::GetArgs),
+    /// Delete a record (writes a tombstone that replicates).
+    Delete(records::DeleteArgs),
+    /// List records of a collection in key order: key, version, value.
+    Scan(records::ScanArgs),
+    /// List the collections this node holds.
+    Collections,
+    /// Show the node: uptime, collections with digests, peers.
+    Status,
+    /// Show the replication peers: connected, last seen, lag, traffic.
+    Peers,
+    /// Compare collection digests with peers now and repair differences.
+    Verify,
+    /// Manage the deployment CA and node certificates (offline).
+    #[command(subcommand)]
+    Ca(offline::CaCommand),
+    /// Check node configuration files (offline).
+    #[command(subcommand)]
+    Config(offline::ConfigCommand),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    fn run(self, global: &Global) -> Result<(), CliError> {
+        match self {
+            Command::Put(args) => records::put(args, global),
+            Command::Get(args) => records::get(args, global),
+            Command::Delete(args) => records::delete(args, global),
+            Command::Scan(args) => records::scan(args, global),
+            Command::Collections => node::collections(global),
+            Command::Status => node::status(global),
+            Command::Peers => node::peers(global),
+            Command::Verify => node::verify(global),
+            Command::Ca(command) => command.run(global),
+            Command::Config(command) => command.run(global),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 here, inside clap.
+    let cli = Cli::parse();
+    match cli.command.run(&cli.global) {
+        Ok(()) => Exit::Success.into(),
+        Err(error) => {
+            if let Some(message) = &error.message {
+                eprintln!("error: {message}");
+            }
+            error.exit.into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "officesync",
+            "get",
+            "situation",
+            "hefei/grain",
+            "--json",
+            "--api",
+            "http://10.0.0.5:7481",
+            "--timeout",
+            "2s",
+        ])
+        .expect("parses");
+        assert!(cli.global.json);
+        assert_eq!(cli.global.api.to_string(), "10.0.0.5:7481");
+        assert_eq!(cli.global.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn put_needs_exactly_one_value_source() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        assert!(parse(&["officesync", "put", "c", "k", "v"]).is_ok());
+        assert!(parse(&["officesync", "put", "c", "k", "-"]).is_ok());
+        assert!(parse(&["officesync", "put", "c", "k", "--file", "f"]).is_ok());
+        // Neither source parses; `ValueSource::select` refuses it (exit 2).
+        assert!(parse(&["officesync", "put", "c", "k"]).is_ok());
+        let both = parse(&["officesync", "put", "c", "k", "v", "--file", "f"]).expect_err("both");
+        assert_eq!(both.exit_code(), 2);
+    }
+}

@@ -1,0 +1,387 @@
+//! Node commands: `collections`, `status`, `peers` and `verify`.
+//!
+//! The text forms read the fields DESIGN.md names ("Status") and tolerate
+//! the rest of the answer's shape: a list may come as an array of objects
+//! with a `name` or as an object keyed by name.
+
+use serde_json::{json, Map, Value};
+use ureq::http::Method;
+
+use crate::client::Client;
+use crate::exit::CliError;
+use crate::output::{self, print_json, print_text, scalar, Table};
+use crate::Global;
+
+/// Status fields the text form of `status` shows in their own section.
+const SHOWN_STATUS_FIELDS: &[&str] = &[
+    "node",
+    "replica",
+    "replica_id",
+    "uptime",
+    "uptime_secs",
+    "uptime_seconds",
+    "uptime_s",
+    "uptime_ms",
+    "collections",
+    "peers",
+    "vv",
+];
+/// Hex digits of a digest shown in tables.
+const DIGEST_CHARS: usize = 16;
+
+/// `collections`: the collections this node holds.
+pub fn collections(global: &Global) -> Result<(), CliError> {
+    let answer = global
+        .client()
+        .send(Method::GET, "/v1/collections", None)?
+        .check(None)?
+        .json()?;
+    if global.json {
+        return print_json(&answer);
+    }
+    let list = answer.get("collections").unwrap_or(&answer);
+    print_text(&collections_table(list).unwrap_or_else(|| "no collections\n".to_owned()))
+}
+
+/// `status`: node, uptime, collections and peers.
+pub fn status(global: &Global) -> Result<(), CliError> {
+    let status = fetch_status(&global.client())?;
+    if global.json {
+        return print_json(&status);
+    }
+    print_text(&render_status(&status, output::unix_now_secs()))
+}
+
+/// `peers`: the peers part of `status`.
+pub fn peers(global: &Global) -> Result<(), CliError> {
+    let status = fetch_status(&global.client())?;
+    let peers = status.get("peers").cloned().unwrap_or(Value::Null);
+    if global.json {
+        return print_json(&json!({ "peers": peers }));
+    }
+    print_text(
+        &peers_table(&peers, output::unix_now_secs()).unwrap_or_else(|| "no peers\n".to_owned()),
+    )
+}
+
+/// `verify`: asks the daemon to compare collection digests with its peers
+/// and repair what differs.
+pub fn verify(global: &Global) -> Result<(), CliError> {
+    let client = global.client();
+    let reply = client.send(Method::POST, "/v1/verify", None)?;
+    if reply.status == 404 {
+        // This officesyncd has no verify endpoint, which it gains with
+        // replication. Without peers there is nothing to compare anyway.
+        drop(reply);
+        let status = fetch_status(&client)?;
+        let peers = status.get("peers").map(named_entries);
+        return match peers {
+            Some(peers) if peers.is_empty() => {
+                let node = scalar(status.get("node").unwrap_or(&Value::Null));
+                if global.json {
+                    print_json(&json!({
+                        "node": node,
+                        "peers": 0,
+                        "verified": false,
+                        "message": "nothing to verify",
+                    }))
+                } else {
+                    print_text(&format!(
+                        "nothing to verify: verify compares collection digests with peers, \
+                         and node {node} has none"
+                    ))
+                }
+            }
+            peers => Err(CliError::failure(format!(
+                "officesyncd at {} cannot verify (POST /v1/verify answered 404): verify needs \
+                 replication with peers, which this officesyncd does not serve yet, and it {}",
+                client.addr(),
+                match peers {
+                    Some(peers) => format!("lists {} peers; upgrade officesyncd", peers.len()),
+                    None => "reports no peers field in its status".to_owned(),
+                }
+            ))),
+        };
+    }
+    let body = reply.check(None)?.bytes()?;
+    // An empty answer (202/204) means the daemon started the repair.
+    let answer = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            CliError::failure(format!(
+                "officesyncd at {} answered verify with invalid JSON: {e}",
+                client.addr()
+            ))
+        })?
+    };
+    if global.json {
+        return print_json(&answer);
+    }
+    match answer {
+        Value::Null => print_text("verify started"),
+        answer => print_text(&render_generic(&answer)),
+    }
+}
+
+/// `GET /v1/status` as JSON.
+fn fetch_status(client: &Client) -> Result<Value, CliError> {
+    client
+        .send(Method::GET, "/v1/status", None)?
+        .check(None)?
+        .json()
+}
+
+/// The entries of a list field: `[{"name": ..}, ..]`, `["name", ..]` or
+/// `{"name": {..}, ..}`, each as `(name, fields)`.
+fn named_entries(list: &Value) -> Vec<(String, Map<String, Value>)> {
+    match list {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Object(fields) => (
+                    scalar(fields.get("name").unwrap_or(&Value::Null)),
+                    fields.clone(),
+                ),
+                other => (scalar(other), Map::new()),
+            })
+            .collect(),
+        Value::Object(entries) => entries
+            .iter()
+            .map(|(name, fields)| {
+                let fields = fields.as_object().cloned().unwrap_or_default();
+                (name.clone(), fields)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// NAME / RECORDS / DIGEST table of a collections list, `None` if empty.
+fn collections_table(list: &Value) -> Option<String> {
+    let entries = named_entries(list);
+    if entries.is_empty() {
+        return None;
+    }
+    let mut table = Table::new(&["NAME", "RECORDS", "DIGEST"]);
+    for (name, fields) in entries {
+        let digest = match fields.get("digest") {
+            Some(Value::String(hex)) => hex.chars().take(DIGEST_CHARS).collect(),
+            other => scalar(other.unwrap_or(&Value::Null)),
+        };
+        table.row(vec![
+            name,
+            scalar(fields.get("records").unwrap_or(&Value::Null)),
+            digest,
+        ]);
+    }
+    Some(table.render(""))
+}
+
+/// The peers table, `None` without peers. `now` (unix seconds) turns
+/// timestamps into ages.
+fn peers_table(peers: &Value, now: u64) -> Option<String> {
+    let entries = named_entries(peers);
+    if entries.is_empty() {
+        return None;
+    }
+    let mut table = Table::new(&["PEER", "CONNECTED", "LAST SEEN", "LAG", "SENT", "RECEIVED"]);
+    for (name, fields) in entries {
+        let field = |key: &str| fields.get(key).unwrap_or(&Value::Null);
+        let connected = match field("connected") {
+            Value::Bool(true) => "yes".to_owned(),
+            Value::Bool(false) => "no".to_owned(),
+            other => scalar(other),
+        };
+        let bytes = |key: &str| match field(key).as_u64() {
+            Some(n) => output::human_bytes(n),
+            None => scalar(field(key)),
+        };
+        table.row(vec![
+            name,
+            connected,
+            last_seen(field("last_seen"), now),
+            scalar(field("lag_versions")),
+            bytes("bytes_sent"),
+            bytes("bytes_received"),
+        ]);
+    }
+    Some(table.render(""))
+}
+
+/// A peer's `last_seen` as an age: `never` for null, unix milliseconds or
+/// seconds as `3s ago`, anything else as given.
+fn last_seen(value: &Value, now: u64) -> String {
+    let Some(n) = value.as_u64() else {
+        return match value {
+            Value::Null => "never".to_owned(),
+            other => scalar(other),
+        };
+    };
+    let secs = match n {
+        0 => return "never".to_owned(),
+        n if n >= 100_000_000_000 => n / 1000,
+        n if n >= 1_000_000_000 => n,
+        n => return n.to_string(),
+    };
+    format!("{} ago", output::human_duration(now.saturating_sub(secs)))
+}
+
+/// How long the daemon has run, from whichever uptime field it sends.
+fn uptime(status: &Value) -> Option<String> {
+    let secs = |key: &str| status.get(key).and_then(Value::as_u64);
+    if let Some(s) = secs("uptime_secs")
+        .or_else(|| secs("uptime_seconds"))
+        .or_else(|| secs("uptime_s"))
+        .or_else(|| secs("uptime"))
+    {
+        return Some(output::human_duration(s));
+    }
+    if let Some(ms) = secs("uptime_ms") {
+        return Some(output::human_duration(ms / 1000));
+    }
+    status.get("uptime").map(scalar)
+}
+
+/// The text form of `status`.
+fn render_status(status: &Value, now: u64) -> String {
+    let mut out = String::new();
+    let field = |key: &str| status.get(key).filter(|v| !v.is_null());
+    out.push_str(&format!(
+        "node:     {}\n",
+        scalar(field("node").unwrap_or(&Value::Null))
+    ));
+    if let Some(replica) = field("replica").or_else(|| field("replica_id")) {
+        out.push_str(&format!("replica:  {}\n", scalar(replica)));
+    }
+    if let Some(uptime) = uptime(status) {
+        out.push_str(&format!("uptime:   {uptime}\n"));
+    }
+    if let Some(fields) = status.as_object() {
+        for (key, value) in fields {
+            if !SHOWN_STATUS_FIELDS.contains(&key.as_str())
+                && !value.is_object()
+                && !value.is_array()
+            {
+                out.push_str(&format!("{key}: {}\n", scalar(value)));
+            }
+        }
+    }
+    match field("collections").and_then(collections_table) {
+        Some(table) => {
+            out.push_str("collections:\n");
+            out.push_str(&indent(&table));
+        }
+        None => out.push_str("collections: none\n"),
+    }
+    match field("peers").and_then(|p| peers_table(p, now)) {
+        Some(table) => {
+            out.push_str("peers:\n");
+            out.push_str(&indent(&table));
+        }
+        None => out.push_str("peers: none\n"),
+    }
+    out
+}
+
+/// Indents every line by two spaces.
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+/// A JSON answer as text: `key: value` for scalars, indented JSON for the rest.
+fn render_generic(value: &Value) -> String {
+    let Some(fields) = value.as_object() else {
+        return serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    };
+    let mut out = String::new();
+    for (key, value) in fields {
+        if value.is_object() || value.is_array() {
+            let pretty = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+            out.push_str(&format!("{key}:\n{}", indent(&pretty)));
+        } else {
+            out.push_str(&format!("{key}: {}\n", scalar(value)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_750_000_000;
+
+    #[test]
+    fn status_renders_node_collections_and_peers() {
+        let status = json!({
+            "node": "hefei",
+            "replica": "hefei.7f3a",
+            "uptime_secs": 3725,
+            "durability": "sync",
+            "vv": {"situation": {"hefei.7f3a": 3}},
+            "collections": {
+                "situation": {"records": 12, "digest": "0123456789abcdef0123456789abcdef"},
+            },
+            "peers": [{
+                "name": "general-office", "connected": true, "last_seen": (NOW - 3) * 1000,
+                "lag_versions": 0, "bytes_sent": 2048, "bytes_received": 100,
+            }, {
+                "name": "beijing-office", "connected": false, "last_seen": null,
+                "lag_versions": 7, "bytes_sent": 0, "bytes_received": 0,
+            }],
+        });
+        let text = render_status(&status, NOW);
+        let expected = "\
+node:     hefei
+replica:  hefei.7f3a
+uptime:   1h 2m 5s
+durability: sync
+collections:
+  NAME       RECORDS  DIGEST
+  situation  12       0123456789abcdef
+peers:
+  PEER            CONNECTED  LAST SEEN  LAG  SENT     RECEIVED
+  general-office  yes        3s ago     0    2.0 KiB  100 B
+  beijing-office  no         never      7    0 B      0 B
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn empty_status_says_none() {
+        let text = render_status(
+            &json!({"node": "hefei", "collections": [], "peers": []}),
+            NOW,
+        );
+        assert_eq!(text, "node:     hefei\ncollections: none\npeers: none\n");
+    }
+
+    #[test]
+    fn lists_come_as_arrays_or_maps() {
+        let array = json!([{"name": "a", "records": 1}, "b"]);
+        let names: Vec<String> = named_entries(&array).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b"]);
+        let map = json!({"a": {"records": 1}});
+        let entries = named_entries(&map);
+        assert_eq!(entries[0].0, "a");
+        assert_eq!(entries[0].1.get("records"), Some(&json!(1)));
+    }
+
+    #[test]
+    fn last_seen_reads_as_an_age() {
+        assert_eq!(last_seen(&Value::Null, NOW), "never");
+        assert_eq!(last_seen(&json!(NOW - 65), NOW), "1m 5s ago");
+        assert_eq!(last_seen(&json!((NOW - 2) * 1000), NOW), "2s ago");
+        assert_eq!(
+            last_seen(&json!("2025-06-15T10:00:00Z"), NOW),
+            "2025-06-15T10:00:00Z"
+        );
+    }
+
+    #[test]
+    fn generic_answers_render_as_lines() {
+        let text = render_generic(&json!({"collections": ["a"], "repaired": 0}));
+        assert_eq!(text, "collections:\n  [\n    \"a\"\n  ]\nrepaired: 0\n");
+    }
+}

@@ -1,0 +1,234 @@
+//! Offline commands that need no daemon: `ca init`, `ca issue` and
+//! `config check`, thin wrappers over the daemon library.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use officesync_daemon::config::{Config, ConfigError};
+use officesync_daemon::pki::{self, IssueOptions, PkiError, DEFAULT_CERT_DAYS, MAX_CERT_DAYS};
+use serde_json::json;
+
+use crate::exit::{CliError, Exit};
+use crate::output::{format_unix, print_json, print_text};
+use crate::Global;
+
+/// `ca ...`: the deployment's private certificate authority.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the deployment CA: DIR/ca.pem and DIR/ca.key (keep the key at the general office).
+    Init(CaInitArgs),
+    /// Issue a node bundle: OUT/node.pem, OUT/node.key and OUT/ca.pem.
+    Issue(CaIssueArgs),
+}
+
+/// `ca init --dir DIR [--force]`.
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// Directory for ca.pem and ca.key (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Replace an existing CA in DIR (every issued certificate stops working).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `ca issue NAME --ca-dir DIR --out DIR [--admin] [--force] [--days N]`.
+#[derive(Debug, Args)]
+pub struct CaIssueArgs {
+    /// Node name to put in the certificate, e.g. hefei.
+    pub name: String,
+    /// Directory holding the CA's ca.pem and ca.key.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: PathBuf,
+    /// Directory to write the bundle into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Make it an admin node's certificate (also list the node in [cluster] admins).
+    #[arg(long)]
+    pub admin: bool,
+    /// Replace an existing bundle in the output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Validity in days.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CERT_DAYS)))]
+    pub days: u32,
+}
+
+/// `config ...`: node configuration files.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a node config file, TLS bundle included, as officesyncd would.
+    Check {
+        /// The config file (TOML).
+        file: PathBuf,
+    },
+}
+
+impl CaCommand {
+    /// Runs `ca init` or `ca issue`.
+    pub fn run(self, global: &Global) -> Result<(), CliError> {
+        match self {
+            CaCommand::Init(args) => ca_init(args, global),
+            CaCommand::Issue(args) => ca_issue(args, global),
+        }
+    }
+}
+
+impl ConfigCommand {
+    /// Runs `config check`.
+    pub fn run(self, global: &Global) -> Result<(), CliError> {
+        match self {
+            ConfigCommand::Check { file } => config_check(file, global),
+        }
+    }
+}
+
+/// The exit code for a certificate error: bad input (exit 2) or a failure
+/// of this machine (exit 4).
+fn pki_exit(error: &PkiError) -> Exit {
+    match error {
+        PkiError::Write { .. } | PkiError::Generate(_) | PkiError::Random | PkiError::Time(_) => {
+            Exit::Failure
+        }
+        _ => Exit::Usage,
+    }
+}
+
+/// Turns a certificate error into the command's error.
+fn pki_error(error: PkiError) -> CliError {
+    CliError::new(pki_exit(&error), error.to_string())
+}
+
+/// `ca init`.
+fn ca_init(args: CaInitArgs, global: &Global) -> Result<(), CliError> {
+    let ca = pki::init_ca(&args.dir, args.force).map_err(pki_error)?;
+    if global.json {
+        return print_json(&json!({
+            "cert": ca.cert_path.display().to_string(),
+            "key": ca.key_path.display().to_string(),
+            "fingerprint": ca.fingerprint,
+            "serial": ca.serial_hex,
+            "not_before": ca.not_before,
+            "not_after": ca.not_after,
+        }));
+    }
+    print_text(&format!(
+        "created the deployment CA in {}\n  \
+         certificate: {}\n  \
+         private key: {} (keep it secret, at the general office)\n  \
+         cluster id:  {}\n  \
+         valid until: {}\n\
+         next: officesync ca issue NAME --ca-dir {} --out DIR",
+        args.dir.display(),
+        ca.cert_path.display(),
+        ca.key_path.display(),
+        ca.fingerprint,
+        format_unix(ca.not_after),
+        args.dir.display(),
+    ))
+}
+
+/// `ca issue`.
+fn ca_issue(args: CaIssueArgs, global: &Global) -> Result<(), CliError> {
+    let opts = IssueOptions {
+        admin: args.admin,
+        force: args.force,
+        days: args.days,
+    };
+    let issued = pki::issue(&args.name, &args.ca_dir, &args.out, &opts).map_err(pki_error)?;
+    if global.json {
+        return print_json(&json!({
+            "name": issued.name,
+            "admin": issued.admin,
+            "serial": issued.serial_hex,
+            "not_before": issued.not_before,
+            "not_after": issued.not_after,
+            "cert": issued.cert_path.display().to_string(),
+            "key": issued.key_path.display().to_string(),
+            "ca": issued.ca_path.display().to_string(),
+            "ca_fingerprint": issued.ca_fingerprint,
+        }));
+    }
+    let role = if issued.admin { "admin node" } else { "node" };
+    print_text(&format!(
+        "issued a certificate for {role} {}\n  \
+         certificate: {}\n  \
+         private key: {}\n  \
+         CA:          {}\n  \
+         serial:      {}\n  \
+         valid until: {}\n  \
+         cluster id:  {}",
+        issued.name,
+        issued.cert_path.display(),
+        issued.key_path.display(),
+        issued.ca_path.display(),
+        issued.serial_hex,
+        format_unix(issued.not_after),
+        issued.ca_fingerprint,
+    ))
+}
+
+/// `config check`: exit 0 with a summary, or 2 with the one-line error.
+fn config_check(file: PathBuf, global: &Global) -> Result<(), CliError> {
+    match Config::load(&file) {
+        Ok(config) => {
+            let peers = config.sync.peers.len();
+            if global.json {
+                return print_json(&json!({
+                    "ok": true,
+                    "node": config.node.name,
+                    "data_dir": config.node.data_dir.display().to_string(),
+                    "api": config.api.listen.to_string(),
+                    "listen": config.sync.listen.to_string(),
+                    "peers": peers,
+                    "durability": config.storage.durability.as_str(),
+                }));
+            }
+            print_text(&format!(
+                "ok: node {}, data_dir {}, api {}, {peers} {}",
+                config.node.name,
+                config.node.data_dir.display(),
+                config.api.listen,
+                if peers == 1 { "peer" } else { "peers" },
+            ))
+        }
+        Err(error) => {
+            if global.json {
+                print_json(&config_error_json(&error))?;
+            }
+            Err(CliError::usage(error.to_string()))
+        }
+    }
+}
+
+/// The `--json` form of a refused config.
+fn config_error_json(error: &ConfigError) -> serde_json::Value {
+    json!({ "ok": false, "key": error.key(), "error": error.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn pki_errors_split_into_usage_and_failure() {
+        let exists = PkiError::Exists {
+            path: PathBuf::from("ca.pem"),
+        };
+        assert_eq!(pki_exit(&exists), Exit::Usage);
+        assert_eq!(pki_exit(&PkiError::InvalidDays(0)), Exit::Usage);
+        let read = PkiError::Read {
+            path: PathBuf::from("ca/ca.pem"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert_eq!(pki_exit(&read), Exit::Usage);
+        let write = PkiError::Write {
+            path: PathBuf::from("out"),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(pki_exit(&write), Exit::Failure);
+        assert_eq!(pki_exit(&PkiError::Random), Exit::Failure);
+    }
+}

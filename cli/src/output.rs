@@ -1,0 +1,263 @@
+//! Writing results: raw bytes and JSON on stdout, aligned tables, and the
+//! human forms of values, sizes, durations and dates.
+
+use std::io::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::exit::{CliError, Exit};
+
+/// Writes `bytes` to stdout exactly as given and flushes.
+///
+/// A closed stdout (`officesync get ... | head -c 10`) stops the command
+/// quietly with exit 0, as `cat` would; other write errors are failures.
+pub fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+/// Copies `reader` to stdout byte for byte, without buffering it all.
+///
+/// `on_read_error` turns a failure of the reader (the daemon's connection)
+/// into the command's error.
+pub fn copy_to_stdout(
+    reader: &mut impl io::Read,
+    on_read_error: impl FnOnce(io::Error) -> CliError,
+) -> Result<(), CliError> {
+    let mut out = io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(on_read_error(e)),
+        };
+        out.write_all(&buf[..n]).map_err(stdout_error)?;
+    }
+    out.flush().map_err(stdout_error)
+}
+
+/// The error for a failed write to stdout.
+fn stdout_error(error: io::Error) -> CliError {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        CliError::quiet(Exit::Success)
+    } else {
+        CliError::failure(format!("cannot write to stdout: {error}"))
+    }
+}
+
+/// Prints `value` as pretty JSON and a newline on stdout.
+pub fn print_json(value: &impl Serialize) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::failure(format!("cannot render JSON: {e}")))?;
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
+
+/// Prints `text` on stdout, adding a final newline if it has none.
+pub fn print_text(text: &str) -> Result<(), CliError> {
+    if text.ends_with('\n') || text.is_empty() {
+        write_stdout(text.as_bytes())
+    } else {
+        write_stdout(format!("{text}\n").as_bytes())
+    }
+}
+
+/// Decodes a `value_base64` field of an API answer.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, CliError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| CliError::failure(format!("officesyncd sent a value that is not base64: {e}")))
+}
+
+/// Encodes bytes as standard base64.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A value as text if it is UTF-8 without control characters (so it fits on
+/// one line of a listing), else `<N bytes>`.
+pub fn value_inline(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
+        _ => format!("<{} bytes>", bytes.len()),
+    }
+}
+
+/// A JSON scalar as plain text: strings unquoted, `null` as `-`, anything
+/// else as compact JSON.
+pub fn scalar(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut size = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while size >= 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", UNITS[unit])
+}
+
+/// Whole seconds as `1d 2h 3m 4s`, leaving out leading zero units.
+pub fn human_duration(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let start = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    parts[start..]
+        .iter()
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_unix(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Seconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn unix_now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Rows of cells printed as left-aligned columns separated by two spaces.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The rows, header included.
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table whose first row is `header`.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    /// Appends a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table as text, each line prefixed by `indent`; the last column
+    /// is not padded.
+    pub fn render(&self, indent: &str) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = indent.to_owned();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 < row.len() {
+                    let pad = widths[c].saturating_sub(cell.chars().count()) + 2;
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_show_inline_only_when_printable() {
+        assert_eq!(value_inline(b"{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(value_inline(b"two\nlines"), "<9 bytes>");
+        assert_eq!(value_inline(b"tab\there"), "<8 bytes>");
+        assert_eq!(value_inline(&[0xff, 0x00]), "<2 bytes>");
+        assert_eq!(value_inline("合肥".as_bytes()), "合肥");
+    }
+
+    #[test]
+    fn sizes_durations_and_dates_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(3600), "1h 0m 0s");
+        assert_eq!(human_duration(90_061), "1d 1h 1m 1s");
+        assert_eq!(format_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_unix(1_735_689_599), "2024-12-31 23:59:59 UTC");
+        assert_eq!(format_unix(-1), "1969-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut table = Table::new(&["NAME", "N"]);
+        table.row(vec!["situation".into(), "3".into()]);
+        table.row(vec!["hefei".into(), "12".into()]);
+        assert_eq!(
+            table.render("  "),
+            "  NAME       N\n  situation  3\n  hefei      12\n"
+        );
+    }
+
+    #[test]
+    fn scalars_print_plainly() {
+        assert_eq!(scalar(&Value::Null), "-");
+        assert_eq!(scalar(&serde_json::json!("x")), "x");
+        assert_eq!(scalar(&serde_json::json!(3)), "3");
+        assert_eq!(scalar(&serde_json::json!({"a": 1})), "{\"a\":1}");
+    }
+}

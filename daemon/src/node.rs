@@ -1,0 +1,114 @@
+//! A running node: the store, replica and local API assembled from a [`Config`], and their
+//! orderly shutdown (stop accepting, finish in-flight requests, flush the store).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, Durability};
+use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
+use crate::store::{SledStore, StoreError};
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The store could not be opened (locked, corrupt, unreadable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The replica could not be opened on the store.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// The API address could not be bound.
+    #[error("cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The replica options a config asks for.
+pub fn replica_options(config: &Config) -> ReplicaOptions {
+    let mut opts = ReplicaOptions::new(&config.node.name);
+    opts.commit = match config.storage.durability {
+        Durability::Sync => CommitMode::Sync,
+        Durability::Periodic => {
+            CommitMode::Periodic(Duration::from_millis(config.storage.flush_interval_ms))
+        }
+    };
+    opts.max_value_bytes = config.storage.max_value_bytes;
+    opts.max_clock_skew_ms = config.sync.max_clock_skew_ms;
+    opts
+}
+
+/// A started node.
+pub struct Node {
+    replica: Replica,
+    api_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// Opens the store in `node.data_dir`, the replica on it, and serves the API on
+    /// `api.listen`. The config must already be validated.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let data_dir = config.node.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))??;
+        let replica = Replica::open(Arc::new(store), replica_options(config))?;
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let (stop, mut stopped) = watch::channel(false);
+        let app = api::router(ApiState::new(replica.clone()));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(
+            node = %config.node.name,
+            replica = %replica.id(),
+            api = %api_addr,
+            durability = %config.storage.durability,
+            "node started"
+        );
+        Ok(Self { replica, api_addr, stop, server })
+    }
+
+    /// The address the API listens on.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, then syncs and closes the store.
+    pub async fn shutdown(self) -> Result<(), ReplicaError> {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "API server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "API server task failed"),
+        }
+        self.replica.close().await?;
+        tracing::info!("node stopped; store flushed");
+        Ok(())
+    }
+}
