@@ -10,6 +10,7 @@
 //! in [`Command::run`], where `run(args, &Global) -> Result<(), CliError>`.
 
 mod client;
+mod demo;
 mod exit;
 mod node;
 mod offline;
@@ -106,6 +107,8 @@ enum Command {
     /// Check node configuration files (offline).
     #[command(subcommand)]
     Config(offline::ConfigCommand),
+    /// Run a live local demo: a CA, a general office node and sample records (Ctrl-C stops).
+    Demo(demo::DemoArgs),
 }
 
 impl Command {
@@ -122,6 +125,7 @@ impl Command {
             Command::Verify => node::verify(global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),
+            Command::Demo(args) => demo::run(args, global),
         }
     }
 }

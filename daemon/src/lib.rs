@@ -1,8 +1,8 @@
 //! officesyncd as a library: configuration, certificates, the versioned store and the local API.
 
-pub mod config;
-pub mod pki;
-pub mod store;
-pub mod replica;
 pub mod api;
+pub mod config;
 pub mod node;
+pub mod pki;
+pub mod replica;
+pub mod store;

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         println!("officesyncd: config {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("officesyncd: cannot start the async runtime: {e}");
@@ -71,9 +74,10 @@ async fn run(config: Config) -> ExitCode {
 
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the daemon can only be killed; wait on Ctrl-C instead.
         let _ = tokio::signal::ctrl_c().await;
         return "SIGINT";

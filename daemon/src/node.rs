@@ -24,7 +24,9 @@ pub enum StartError {
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     /// The API address could not be bound.
-    #[error("cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)")]
+    #[error(
+        "cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)"
+    )]
     Bind {
         /// The configured address.
         addr: SocketAddr,
@@ -66,10 +68,14 @@ impl Node {
         let replica = Replica::open(Arc::new(store), replica_options(config))?;
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
-        let api_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.api.listen,
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.api.listen,
+            source,
+        })?;
         let (stop, mut stopped) = watch::channel(false);
         let app = api::router(ApiState::new(replica.clone()));
         let server = tokio::spawn(async move {
@@ -86,7 +92,12 @@ impl Node {
             durability = %config.storage.durability,
             "node started"
         );
-        Ok(Self { replica, api_addr, stop, server })
+        Ok(Self {
+            replica,
+            api_addr,
+            stop,
+            server,
+        })
     }
 
     /// The address the API listens on.

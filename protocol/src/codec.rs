@@ -94,14 +94,34 @@ mod tests {
         let mut bytes = encode(&sample()).expect("encodes");
         assert!(matches!(decode::<Version>(&[]), Err(DecodeError::Empty)));
         bytes[0] = 9;
-        assert!(matches!(decode::<Version>(&bytes), Err(DecodeError::Format(9))));
+        assert!(matches!(
+            decode::<Version>(&bytes),
+            Err(DecodeError::Format(9))
+        ));
         bytes[0] = FORMAT_VERSION;
         bytes.push(0);
-        assert!(matches!(decode::<Version>(&bytes), Err(DecodeError::Trailing(1))));
+        assert!(matches!(
+            decode::<Version>(&bytes),
+            Err(DecodeError::Trailing(1))
+        ));
         let truncated = &bytes[..bytes.len() - 5];
-        assert!(matches!(decode::<Version>(truncated), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<Version>(truncated),
+            Err(DecodeError::Malformed(_))
+        ));
         // A huge declared length must fail without allocating it.
-        let huge = [FORMAT_VERSION, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        let huge = [
+            FORMAT_VERSION,
+            0xfd,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+        ];
         assert!(decode::<Vec<u8>>(&huge).is_err());
     }
 }

@@ -11,7 +11,9 @@ use crate::version::ValueMeta;
 
 /// XOR of the SHA-256 of every current version's `(key, dot, value)`; equal on two replicas
 /// exactly when they hold the same versions (up to hash collisions).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode,
+)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {

@@ -57,7 +57,11 @@ impl FromStr for ReplicaId {
             .split_once('@')
             .ok_or_else(|| ParseDotError::ReplicaId(s.to_owned()))?;
         validate_node_name(name)?;
-        if inc.len() != 8 || !inc.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if inc.len() != 8
+            || !inc
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(ParseDotError::ReplicaId(s.to_owned()));
         }
         Ok(Self(s.to_owned()))

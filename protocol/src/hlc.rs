@@ -74,7 +74,10 @@ impl HlcClock {
     /// Issues a timestamp for a local event at wall time `now_ms`, greater than any before.
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
         self.last = if now_ms > self.last.ms {
-            Hlc { ms: now_ms, logical: 0 }
+            Hlc {
+                ms: now_ms,
+                logical: 0,
+            }
         } else {
             successor(self.last)
         };
@@ -83,7 +86,12 @@ impl HlcClock {
 
     /// Checks a remote timestamp against the skew bound and, if accepted, moves the clock
     /// past it so later local events order after it.
-    pub fn observe(&mut self, remote: Hlc, now_ms: u64, max_skew_ms: u64) -> Result<(), ClockSkewError> {
+    pub fn observe(
+        &mut self,
+        remote: Hlc,
+        now_ms: u64,
+        max_skew_ms: u64,
+    ) -> Result<(), ClockSkewError> {
         check_skew(remote, now_ms, max_skew_ms)?;
         if remote > self.last {
             self.last = remote;
@@ -96,7 +104,11 @@ impl HlcClock {
 pub fn check_skew(remote: Hlc, now_ms: u64, max_skew_ms: u64) -> Result<(), ClockSkewError> {
     let ahead_ms = remote.ms.saturating_sub(now_ms);
     if ahead_ms > max_skew_ms {
-        Err(ClockSkewError { remote, ahead_ms, max_skew_ms })
+        Err(ClockSkewError {
+            remote,
+            ahead_ms,
+            max_skew_ms,
+        })
     } else {
         Ok(())
     }
@@ -105,7 +117,10 @@ pub fn check_skew(remote: Hlc, now_ms: u64, max_skew_ms: u64) -> Result<(), Cloc
 fn successor(t: Hlc) -> Hlc {
     match t.logical.checked_add(1) {
         Some(logical) => Hlc { ms: t.ms, logical },
-        None => Hlc { ms: t.ms + 1, logical: 0 },
+        None => Hlc {
+            ms: t.ms + 1,
+            logical: 0,
+        },
     }
 }
 
@@ -121,31 +136,69 @@ mod tests {
         let d = c.tick(1000);
         let e = c.tick(1001);
         assert!(a < b && b < d && d < e);
-        assert_eq!(e, Hlc { ms: 1001, logical: 0 });
+        assert_eq!(
+            e,
+            Hlc {
+                ms: 1001,
+                logical: 0
+            }
+        );
     }
 
     #[test]
     fn observe_moves_clock_forward_within_bound() {
         let mut c = HlcClock::new();
         c.tick(1000);
-        c.observe(Hlc { ms: 5000, logical: 3 }, 1000, 10_000).expect("within bound");
-        assert!(c.tick(1000) > Hlc { ms: 5000, logical: 3 });
+        c.observe(
+            Hlc {
+                ms: 5000,
+                logical: 3,
+            },
+            1000,
+            10_000,
+        )
+        .expect("within bound");
+        assert!(
+            c.tick(1000)
+                > Hlc {
+                    ms: 5000,
+                    logical: 3
+                }
+        );
     }
 
     #[test]
     fn observe_rejects_far_future() {
         let mut c = HlcClock::new();
         let err = c
-            .observe(Hlc { ms: 400_001, logical: 0 }, 100_000, 300_000)
+            .observe(
+                Hlc {
+                    ms: 400_001,
+                    logical: 0,
+                },
+                100_000,
+                300_000,
+            )
             .expect_err("too far ahead");
         assert_eq!(err.ahead_ms, 300_001);
         assert_eq!(c.last(), Hlc::default());
-        assert!(check_skew(Hlc { ms: 400_000, logical: 9 }, 100_000, 300_000).is_ok());
+        assert!(check_skew(
+            Hlc {
+                ms: 400_000,
+                logical: 9
+            },
+            100_000,
+            300_000
+        )
+        .is_ok());
     }
 
     #[test]
     fn logical_overflow_carries_into_ms() {
-        let mut c = HlcClock::resume(Hlc { ms: 10, logical: u32::MAX });
+        let mut c = HlcClock::resume(Hlc {
+            ms: 10,
+            logical: u32::MAX,
+        });
         assert_eq!(c.tick(5), Hlc { ms: 11, logical: 0 });
     }
 }

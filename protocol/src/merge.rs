@@ -86,12 +86,21 @@ mod tests {
     #[test]
     fn concurrent_writes_become_siblings_and_a_later_write_supersedes_both() {
         let mut s = Vec::new();
-        assert!(matches!(apply(&mut s, v("a", 1, 10, &[])), Applied::Inserted { .. }));
-        assert!(matches!(apply(&mut s, v("b", 1, 20, &[])), Applied::Inserted { .. }));
+        assert!(matches!(
+            apply(&mut s, v("a", 1, 10, &[])),
+            Applied::Inserted { .. }
+        ));
+        assert!(matches!(
+            apply(&mut s, v("b", 1, 20, &[])),
+            Applied::Inserted { .. }
+        ));
         assert_eq!(s.len(), 2);
         assert_eq!(winner(&s).map(|w| w.dot.origin.node_name()), Some("b"));
         let ctx = local_context(&s);
-        let w = VersionHeader { context: ctx, ..v("a", 2, 5, &[]) };
+        let w = VersionHeader {
+            context: ctx,
+            ..v("a", 2, 5, &[])
+        };
         match apply(&mut s, w) {
             Applied::Inserted { removed } => assert_eq!(removed.len(), 2),
             other => panic!("unexpected {other:?}"),
@@ -102,7 +111,10 @@ mod tests {
     #[test]
     fn duplicates_and_obsolete_versions_change_nothing() {
         let mut s = vec![v("a", 3, 10, &[("a", 2), ("b", 1)])];
-        assert_eq!(apply(&mut s, v("a", 3, 10, &[("a", 2), ("b", 1)])), Applied::Duplicate);
+        assert_eq!(
+            apply(&mut s, v("a", 3, 10, &[("a", 2), ("b", 1)])),
+            Applied::Duplicate
+        );
         assert_eq!(apply(&mut s, v("a", 1, 1, &[])), Applied::Obsolete);
         assert_eq!(apply(&mut s, v("b", 1, 99, &[])), Applied::Obsolete);
         assert_eq!(s.len(), 1);

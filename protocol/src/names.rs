@@ -85,7 +85,16 @@ mod tests {
         for ok in ["situation", "a.b-c_d", "_policy", "0", &"x".repeat(64)] {
             assert!(validate_collection_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "_", "__x", "Situation", ".a", "a/b", &"x".repeat(65), "a b"] {
+        for bad in [
+            "",
+            "_",
+            "__x",
+            "Situation",
+            ".a",
+            "a/b",
+            &"x".repeat(65),
+            "a b",
+        ] {
             assert!(validate_collection_name(bad).is_err(), "{bad}");
         }
     }

@@ -28,7 +28,10 @@ impl ValueMeta {
     pub fn of(value: Option<&[u8]>) -> Self {
         match value {
             None => Self::Tombstone,
-            Some(v) => Self::Present { len: v.len() as u64, hash: value_hash(v) },
+            Some(v) => Self::Present {
+                len: v.len() as u64,
+                hash: value_hash(v),
+            },
         }
     }
 

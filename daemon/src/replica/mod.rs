@@ -233,7 +233,9 @@ pub struct Replica {
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").field("id", &self.inner.id).finish()
+        f.debug_struct("Replica")
+            .field("id", &self.inner.id)
+            .finish()
     }
 }
 
@@ -344,9 +346,17 @@ impl Replica {
         }
         let (collection, key) = (collection.to_owned(), key.to_owned());
         let ack = self
-            .call(|reply| Request::Local { collection, key, value, reply })
+            .call(|reply| Request::Local {
+                collection,
+                key,
+                value,
+                reply,
+            })
             .await?;
-        self.inner.stats.local_writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .local_writes
+            .fetch_add(1, Ordering::Relaxed);
         Ok(ack)
     }
 
@@ -357,7 +367,12 @@ impl Replica {
         versions: Vec<Version>,
         complete: Vec<(String, ReplicaId, u64)>,
     ) -> Result<ApplyReport, ReplicaError> {
-        self.call(|reply| Request::Remote { versions, complete, reply }).await
+        self.call(|reply| Request::Remote {
+            versions,
+            complete,
+            reply,
+        })
+        .await
     }
 
     /// Makes every applied write durable now.
@@ -369,7 +384,11 @@ impl Replica {
     pub async fn get(&self, collection: &str, key: &str) -> Result<Option<Record>, ReplicaError> {
         names::validate_collection_name(collection)?;
         names::validate_key(key)?;
-        let (store, c, k) = (self.inner.store.clone(), collection.to_owned(), key.to_owned());
+        let (store, c, k) = (
+            self.inner.store.clone(),
+            collection.to_owned(),
+            key.to_owned(),
+        );
         blocking(move || read::record(store.as_ref(), &c, &k)).await
     }
 
@@ -384,7 +403,11 @@ impl Replica {
     ) -> Result<ScanPage, ReplicaError> {
         names::validate_collection_name(collection)?;
         let store = self.inner.store.clone();
-        let (c, p, a) = (collection.to_owned(), prefix.to_owned(), after.map(str::to_owned));
+        let (c, p, a) = (
+            collection.to_owned(),
+            prefix.to_owned(),
+            after.map(str::to_owned),
+        );
         blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), limit)).await
     }
 
@@ -403,9 +426,8 @@ impl Replica {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let threads = std::mem::take(
-            &mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
         // Join off the async workers.
         tokio::task::spawn_blocking(move || {
             for t in threads {

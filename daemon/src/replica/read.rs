@@ -6,13 +6,17 @@ use officesync_protocol::{codec, ValueMeta};
 
 use super::keys;
 use super::writer::{decode_siblings, Body, StoredSibling};
-use super::{CollectionInfo, ReplicaError, Record, ScanPage, Sibling};
+use super::{CollectionInfo, Record, ReplicaError, ScanPage, Sibling};
 use crate::store::{prefix_end, Store};
 
 /// Rows fetched per store call while scanning.
 const SCAN_BATCH: usize = 256;
 
-pub(crate) fn record(store: &dyn Store, coll: &str, key: &str) -> Result<Option<Record>, ReplicaError> {
+pub(crate) fn record(
+    store: &dyn Store,
+    coll: &str,
+    key: &str,
+) -> Result<Option<Record>, ReplicaError> {
     match store.get(&keys::record(coll, key))? {
         None => Ok(None),
         Some(raw) => {
@@ -43,12 +47,23 @@ fn to_record(
     let mut out = Vec::with_capacity(siblings.len());
     for s in siblings {
         let value = load_value(store, coll, &s)?;
-        out.push(Sibling { dot: s.header.dot, hlc: s.header.hlc, value });
+        out.push(Sibling {
+            dot: s.header.dot,
+            hlc: s.header.hlc,
+            value,
+        });
     }
-    Ok(Record { key: key.to_owned(), siblings: out })
+    Ok(Record {
+        key: key.to_owned(),
+        siblings: out,
+    })
 }
 
-fn load_value(store: &dyn Store, coll: &str, s: &StoredSibling) -> Result<Option<Vec<u8>>, ReplicaError> {
+fn load_value(
+    store: &dyn Store,
+    coll: &str,
+    s: &StoredSibling,
+) -> Result<Option<Vec<u8>>, ReplicaError> {
     let bytes = match &s.body {
         Body::None => return Ok(None),
         Body::Inline(v) => v.clone(),
@@ -119,7 +134,11 @@ pub(crate) fn scan(
             _ => break,
         }
     }
-    let next = if more { records.last().map(|r| r.key.clone()) } else { None };
+    let next = if more {
+        records.last().map(|r| r.key.clone())
+    } else {
+        None
+    };
     Ok(ScanPage { records, next })
 }
 

@@ -26,7 +26,14 @@ async fn meta(r: &Replica, coll: &str) -> CollectionMeta {
         .unwrap_or_default()
 }
 
-fn remote(origin: &ReplicaId, counter: u64, key: &str, ms: u64, ctx: VersionVector, value: Option<&[u8]>) -> Version {
+fn remote(
+    origin: &ReplicaId,
+    counter: u64,
+    key: &str,
+    ms: u64,
+    ctx: VersionVector,
+    value: Option<&[u8]>,
+) -> Version {
     Version {
         collection: "situation".into(),
         key: key.into(),
@@ -40,20 +47,47 @@ fn remote(origin: &ReplicaId, counter: u64, key: &str, ms: u64, ctx: VersionVect
 #[tokio::test]
 async fn write_read_overwrite_delete() {
     let r = memory("hefei");
-    let a = r.write("situation", "hefei/grain", Some(b"100t".to_vec())).await.expect("write");
+    let a = r
+        .write("situation", "hefei/grain", Some(b"100t".to_vec()))
+        .await
+        .expect("write");
     assert_eq!(a.dot.counter, 1);
     assert_eq!(a.dot.origin, *r.id());
-    let rec = r.get("situation", "hefei/grain").await.expect("get").expect("present");
+    let rec = r
+        .get("situation", "hefei/grain")
+        .await
+        .expect("get")
+        .expect("present");
     assert_eq!(rec.winner().value.as_deref(), Some(&b"100t"[..]));
-    let b = r.write("situation", "hefei/grain", Some(b"90t".to_vec())).await.expect("write");
+    let b = r
+        .write("situation", "hefei/grain", Some(b"90t".to_vec()))
+        .await
+        .expect("write");
     assert!(b.hlc > a.hlc);
-    let rec = r.get("situation", "hefei/grain").await.expect("get").expect("present");
-    assert_eq!(rec.siblings.len(), 1, "a local write supersedes what the node holds");
+    let rec = r
+        .get("situation", "hefei/grain")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        rec.siblings.len(),
+        1,
+        "a local write supersedes what the node holds"
+    );
     assert_eq!(rec.winner().dot, b.dot);
     let m = meta(&r, "situation").await;
-    assert_eq!((m.keys, m.records, m.versions, m.vv.get(r.id())), (1, 1, 1, 2));
-    r.write("situation", "hefei/grain", None).await.expect("delete");
-    let rec = r.get("situation", "hefei/grain").await.expect("get").expect("tombstone kept");
+    assert_eq!(
+        (m.keys, m.records, m.versions, m.vv.get(r.id())),
+        (1, 1, 1, 2)
+    );
+    r.write("situation", "hefei/grain", None)
+        .await
+        .expect("delete");
+    let rec = r
+        .get("situation", "hefei/grain")
+        .await
+        .expect("get")
+        .expect("tombstone kept");
     assert!(rec.is_deleted());
     let m = meta(&r, "situation").await;
     assert_eq!((m.keys, m.records, m.versions), (1, 0, 1));
@@ -66,10 +100,19 @@ async fn invalid_input_writes_nothing() {
     let mut opts = ReplicaOptions::new("hefei");
     opts.max_value_bytes = 10;
     let r = Replica::open(store, opts).expect("open");
-    assert!(matches!(r.write("Bad!", "k", Some(vec![])).await, Err(ReplicaError::Name(_))));
-    assert!(matches!(r.write("c", "", Some(vec![])).await, Err(ReplicaError::Name(_))));
+    assert!(matches!(
+        r.write("Bad!", "k", Some(vec![])).await,
+        Err(ReplicaError::Name(_))
+    ));
+    assert!(matches!(
+        r.write("c", "", Some(vec![])).await,
+        Err(ReplicaError::Name(_))
+    ));
     let long = "k".repeat(1025);
-    assert!(matches!(r.write("c", &long, Some(vec![])).await, Err(ReplicaError::Name(_))));
+    assert!(matches!(
+        r.write("c", &long, Some(vec![])).await,
+        Err(ReplicaError::Name(_))
+    ));
     assert!(matches!(
         r.write("c", "k", Some(vec![0; 11])).await,
         Err(ReplicaError::ValueTooLarge { len: 11, max: 10 })
@@ -81,25 +124,71 @@ async fn invalid_input_writes_nothing() {
 async fn concurrent_versions_are_siblings_with_one_winner_everywhere() {
     let a = memory("hefei");
     let b = memory("wuhu");
-    let wa = a.write("situation", "k", Some(b"from hefei".to_vec())).await.expect("write");
-    let wb = b.write("situation", "k", Some(b"from wuhu".to_vec())).await.expect("write");
-    let va = a.get("situation", "k").await.expect("get").expect("present");
-    let vb = b.get("situation", "k").await.expect("get").expect("present");
+    let wa = a
+        .write("situation", "k", Some(b"from hefei".to_vec()))
+        .await
+        .expect("write");
+    let wb = b
+        .write("situation", "k", Some(b"from wuhu".to_vec()))
+        .await
+        .expect("write");
+    let va = a
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
+    let vb = b
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
     let to_version = |w: &WriteAck, v: &[u8]| {
-        remote(&w.dot.origin, w.dot.counter, "k", w.hlc.ms, VersionVector::new(), Some(v))
+        remote(
+            &w.dot.origin,
+            w.dot.counter,
+            "k",
+            w.hlc.ms,
+            VersionVector::new(),
+            Some(v),
+        )
     };
-    a.apply_remote(vec![to_version(&wb, b"from wuhu")], vec![]).await.expect("apply");
-    b.apply_remote(vec![to_version(&wa, b"from hefei")], vec![]).await.expect("apply");
-    let ra = a.get("situation", "k").await.expect("get").expect("present");
-    let rb = b.get("situation", "k").await.expect("get").expect("present");
+    a.apply_remote(vec![to_version(&wb, b"from wuhu")], vec![])
+        .await
+        .expect("apply");
+    b.apply_remote(vec![to_version(&wa, b"from hefei")], vec![])
+        .await
+        .expect("apply");
+    let ra = a
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
+    let rb = b
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
     assert_eq!(ra.siblings.len(), 2);
     assert_eq!(ra, rb, "same siblings, same winner first");
-    assert_eq!(meta(&a, "situation").await.digest, meta(&b, "situation").await.digest);
+    assert_eq!(
+        meta(&a, "situation").await.digest,
+        meta(&b, "situation").await.digest
+    );
     assert_ne!(va, ra);
     drop(vb);
     // A later write at either node supersedes both siblings.
-    a.write("situation", "k", Some(b"settled".to_vec())).await.expect("write");
-    assert_eq!(a.get("situation", "k").await.expect("get").expect("present").siblings.len(), 1);
+    a.write("situation", "k", Some(b"settled".to_vec()))
+        .await
+        .expect("write");
+    assert_eq!(
+        a.get("situation", "k")
+            .await
+            .expect("get")
+            .expect("present")
+            .siblings
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -116,20 +205,32 @@ async fn digest_depends_on_versions_not_order() {
     ];
     let x = memory("x");
     let y = memory("y");
-    x.apply_remote(versions.clone(), vec![]).await.expect("apply");
+    x.apply_remote(versions.clone(), vec![])
+        .await
+        .expect("apply");
     for v in versions.iter().rev() {
-        y.apply_remote(vec![v.clone()], vec![]).await.expect("apply");
+        y.apply_remote(vec![v.clone()], vec![])
+            .await
+            .expect("apply");
     }
     // Applying again is idempotent.
-    let again = y.apply_remote(versions.clone(), vec![]).await.expect("apply");
+    let again = y
+        .apply_remote(versions.clone(), vec![])
+        .await
+        .expect("apply");
     assert_eq!((again.applied, again.ignored), (0, 4));
     let (mx, my) = (meta(&x, "situation").await, meta(&y, "situation").await);
     assert_eq!(mx.digest, my.digest);
     assert_eq!((mx.keys, mx.records, mx.versions), (3, 2, 3));
     let z = memory("z");
-    z.apply_remote(versions[..3].to_vec(), vec![]).await.expect("apply");
+    z.apply_remote(versions[..3].to_vec(), vec![])
+        .await
+        .expect("apply");
     assert_ne!(meta(&z, "situation").await.digest, mx.digest);
-    let changed = Version { value: Some(b"other".to_vec()), ..versions[3].clone() };
+    let changed = Version {
+        value: Some(b"other".to_vec()),
+        ..versions[3].clone()
+    };
     z.apply_remote(vec![changed], vec![]).await.expect("apply");
     assert_ne!(meta(&z, "situation").await.digest, mx.digest);
 }
@@ -144,7 +245,10 @@ async fn remote_versions_are_checked() {
             vec![
                 remote(&o, 1, "k", far, VersionVector::new(), Some(b"x")),
                 remote(&o, 0, "k", 1, VersionVector::new(), Some(b"x")),
-                Version { collection: "Bad".into(), ..remote(&o, 2, "k", 1, VersionVector::new(), None) },
+                Version {
+                    collection: "Bad".into(),
+                    ..remote(&o, 2, "k", 1, VersionVector::new(), None)
+                },
             ],
             vec![],
         )
@@ -168,7 +272,10 @@ async fn complete_through_raises_the_vector_and_skips_covered_dots() {
     .expect("apply");
     assert_eq!(meta(&r, "situation").await.vv.get(&o), 3);
     let late = r
-        .apply_remote(vec![remote(&o, 2, "j", 6, VersionVector::new(), Some(b"y"))], vec![])
+        .apply_remote(
+            vec![remote(&o, 2, "j", 6, VersionVector::new(), Some(b"y"))],
+            vec![],
+        )
         .await
         .expect("apply");
     assert_eq!((late.applied, late.ignored), (0, 1));
@@ -178,14 +285,21 @@ async fn complete_through_raises_the_vector_and_skips_covered_dots() {
 async fn scan_pages_skip_deleted_records() {
     let r = memory("hefei");
     for i in 0..25 {
-        r.write("docs", &format!("k{i:02}"), Some(vec![i])).await.expect("write");
+        r.write("docs", &format!("k{i:02}"), Some(vec![i]))
+            .await
+            .expect("write");
     }
     r.write("docs", "k03", None).await.expect("delete");
-    r.write("docs", "other", Some(vec![1])).await.expect("write");
+    r.write("docs", "other", Some(vec![1]))
+        .await
+        .expect("write");
     let mut keys = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = r.scan("docs", "k", after.as_deref(), 10).await.expect("scan");
+        let page = r
+            .scan("docs", "k", after.as_deref(), 10)
+            .await
+            .expect("scan");
         assert!(page.records.len() <= 10);
         keys.extend(page.records.iter().map(|rec| rec.key.clone()));
         match page.next {
@@ -208,7 +322,11 @@ async fn sled_restart_keeps_every_acknowledged_write_and_identity() {
         let mut acks = Vec::new();
         for i in 0..50u32 {
             let v = format!("value {i}").into_bytes();
-            acks.push(r.write("situation", &format!("k{i}"), Some(v)).await.expect("write"));
+            acks.push(
+                r.write("situation", &format!("k{i}"), Some(v))
+                    .await
+                    .expect("write"),
+            );
         }
         r.write("situation", "k7", None).await.expect("delete");
         let id = r.id().clone();
@@ -219,7 +337,11 @@ async fn sled_restart_keeps_every_acknowledged_write_and_identity() {
     let r = sled_at(dir.path(), "hefei");
     assert_eq!(r.id(), &id);
     for (i, ack) in acks.iter().enumerate() {
-        let rec = r.get("situation", &format!("k{i}")).await.expect("get").expect("kept");
+        let rec = r
+            .get("situation", &format!("k{i}"))
+            .await
+            .expect("get")
+            .expect("kept");
         if i == 7 {
             assert!(rec.is_deleted());
         } else {
@@ -228,12 +350,16 @@ async fn sled_restart_keeps_every_acknowledged_write_and_identity() {
         }
     }
     // The counter continues: no dot is reused after a restart.
-    let next = r.write("situation", "k0", Some(vec![1])).await.expect("write");
+    let next = r
+        .write("situation", "k0", Some(vec![1]))
+        .await
+        .expect("write");
     assert_eq!(next.dot.counter, 52);
     assert!(next.hlc > acks[49].hlc);
     r.close().await.expect("close");
     drop(r);
-    let err = SledStore::open(dir.path()).map(|s| Replica::open(Arc::new(s), ReplicaOptions::new("wuhu")));
+    let err = SledStore::open(dir.path())
+        .map(|s| Replica::open(Arc::new(s), ReplicaOptions::new("wuhu")));
     assert!(matches!(err, Ok(Err(ReplicaError::WrongNode { .. }))));
 }
 
@@ -241,12 +367,22 @@ async fn sled_restart_keeps_every_acknowledged_write_and_identity() {
 async fn large_values_are_chunked_and_never_become_sled_blobs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let r = sled_at(dir.path(), "hefei");
-    let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..4 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     for i in 0..6 {
-        r.write("documents", &format!("scan-{i}"), Some(big.clone())).await.expect("write");
+        r.write("documents", &format!("scan-{i}"), Some(big.clone()))
+            .await
+            .expect("write");
     }
-    r.write("documents", "scan-0", Some(b"small".to_vec())).await.expect("overwrite");
-    let rec = r.get("documents", "scan-1").await.expect("get").expect("present");
+    r.write("documents", "scan-0", Some(b"small".to_vec()))
+        .await
+        .expect("overwrite");
+    let rec = r
+        .get("documents", "scan-1")
+        .await
+        .expect("get")
+        .expect("present");
     assert_eq!(rec.winner().value.as_deref(), Some(&big[..]));
     assert_eq!(r.store().unsynced_blob_files(), 0, "sled wrote blob files");
     // The superseded large value's chunks are gone.
@@ -255,7 +391,11 @@ async fn large_values_are_chunked_and_never_become_sled_blobs() {
     r.close().await.expect("close");
     drop(r);
     let r = sled_at(dir.path(), "hefei");
-    let rec = r.get("documents", "scan-5").await.expect("get").expect("present");
+    let rec = r
+        .get("documents", "scan-5")
+        .await
+        .expect("get")
+        .expect("present");
     assert_eq!(rec.winner().value.as_deref(), Some(&big[..]));
     assert_eq!(r.store().unsynced_blob_files(), 0);
 }
@@ -279,7 +419,9 @@ async fn concurrent_sync_writers_share_flushes() {
         let r = r.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
-                r.write("bench", &format!("w{w}-{i}"), Some(vec![0; 100])).await.expect("write");
+                r.write("bench", &format!("w{w}-{i}"), Some(vec![0; 100]))
+                    .await
+                    .expect("write");
             }
         }));
     }
@@ -289,7 +431,10 @@ async fn concurrent_sync_writers_share_flushes() {
     let syncs = r.stats().syncs.load(Ordering::Relaxed);
     let writes = r.stats().synced_writes.load(Ordering::Relaxed);
     assert_eq!(writes, 640);
-    assert!(syncs < writes, "group commit: {syncs} syncs for {writes} writes");
+    assert!(
+        syncs < writes,
+        "group commit: {syncs} syncs for {writes} writes"
+    );
     assert_eq!(meta(&r, "bench").await.records, 640);
 }
 
@@ -298,7 +443,8 @@ async fn periodic_mode_acknowledges_and_flushes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = ReplicaOptions::new("hefei");
     opts.commit = CommitMode::Periodic(std::time::Duration::from_millis(20));
-    let r = Replica::open(Arc::new(SledStore::open(dir.path()).expect("open")), opts).expect("open");
+    let r =
+        Replica::open(Arc::new(SledStore::open(dir.path()).expect("open")), opts).expect("open");
     r.write("c", "k", Some(b"v".to_vec())).await.expect("write");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(r.stats().syncs.load(Ordering::Relaxed) >= 1);

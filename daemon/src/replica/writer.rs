@@ -67,7 +67,10 @@ pub struct ApplyReport {
     pub rejected: Vec<(String, String)>,
 }
 
-pub(crate) fn decode_siblings(bytes: &[u8], what: &str) -> Result<Vec<StoredSibling>, ReplicaError> {
+pub(crate) fn decode_siblings(
+    bytes: &[u8],
+    what: &str,
+) -> Result<Vec<StoredSibling>, ReplicaError> {
     codec::decode(bytes).map_err(|e| ReplicaError::Corrupt {
         what: what.to_owned(),
         detail: e.to_string(),
@@ -87,7 +90,10 @@ pub(crate) fn load_or_create_identity(
     store: &dyn Store,
     node: &str,
 ) -> Result<ReplicaId, ReplicaError> {
-    let corrupt = |detail: String| ReplicaError::Corrupt { what: "node identity".into(), detail };
+    let corrupt = |detail: String| ReplicaError::Corrupt {
+        what: "node identity".into(),
+        detail,
+    };
     if let Some(raw) = store.get(&keys::meta("replica"))? {
         let text = String::from_utf8(raw).map_err(|e| corrupt(e.to_string()))?;
         let id: ReplicaId = text.parse().map_err(|e| corrupt(format!("{e}")))?;
@@ -104,7 +110,9 @@ pub(crate) fn load_or_create_identity(
         return Ok(id);
     }
     if !store.range(b"", None, 1)?.is_empty() {
-        return Err(corrupt("the store holds records but no node identity".into()));
+        return Err(corrupt(
+            "the store holds records but no node identity".into(),
+        ));
     }
     let mut incarnation = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
@@ -198,11 +206,20 @@ impl Writer {
             let mut group = Group::default();
             while let Some(req) = next.take() {
                 match req {
-                    Request::Local { collection, key, value, reply } => {
+                    Request::Local {
+                        collection,
+                        key,
+                        value,
+                        reply,
+                    } => {
                         let r = self.local_write(&mut group, &collection, &key, value);
                         replies.push(Reply::Write(reply, r));
                     }
-                    Request::Remote { versions, complete, reply } => {
+                    Request::Remote {
+                        versions,
+                        complete,
+                        reply,
+                    } => {
                         let r = self.apply_remote(&mut group, versions, complete);
                         replies.push(Reply::Apply(reply, r));
                     }
@@ -266,7 +283,9 @@ impl Writer {
         match self.store.sync() {
             Ok(()) => {
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                self.stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
+                self.stats
+                    .synced_writes
+                    .fetch_add(writes, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -284,7 +303,11 @@ impl Writer {
     }
 
     /// The group's copy of a collection's state, taken from the cache or the store.
-    fn meta<'g>(&self, g: &'g mut Group, coll: &str) -> Result<&'g mut CollectionMeta, ReplicaError> {
+    fn meta<'g>(
+        &self,
+        g: &'g mut Group,
+        coll: &str,
+    ) -> Result<&'g mut CollectionMeta, ReplicaError> {
         if !g.metas.contains_key(coll) {
             let meta = match self.metas.get(coll) {
                 Some(m) => m.clone(),
@@ -297,7 +320,12 @@ impl Writer {
     }
 
     /// Takes a key's sibling set out of the group, or reads it from the store.
-    fn take_siblings(&self, g: &mut Group, coll: &str, key: &str) -> Result<Vec<StoredSibling>, ReplicaError> {
+    fn take_siblings(
+        &self,
+        g: &mut Group,
+        coll: &str,
+        key: &str,
+    ) -> Result<Vec<StoredSibling>, ReplicaError> {
         if let Some(s) = g.siblings.remove(&(coll.to_owned(), key.to_owned())) {
             return Ok(s);
         }
@@ -332,9 +360,13 @@ impl Writer {
         };
         let mut meta = std::mem::take(meta);
         let (applied, siblings) = merge_version(&mut meta, siblings, version, &mut g.batch);
-        debug_assert!(applied, "a local write always supersedes what the node holds");
+        debug_assert!(
+            applied,
+            "a local write always supersedes what the node holds"
+        );
         g.metas.insert(coll.to_owned(), meta);
-        g.siblings.insert((coll.to_owned(), key.to_owned()), siblings);
+        g.siblings
+            .insert((coll.to_owned(), key.to_owned()), siblings);
         g.writes += 1;
         Ok(WriteAck { dot, hlc })
     }
@@ -374,7 +406,9 @@ impl Writer {
             self.meta(g, &coll)?.vv.raise(&origin, counter);
         }
         g.writes += 1;
-        self.stats.remote_applied.fetch_add(report.applied, Ordering::Relaxed);
+        self.stats
+            .remote_applied
+            .fetch_add(report.applied, Ordering::Relaxed);
         Ok(report)
     }
 
@@ -427,9 +461,14 @@ fn merge_version(
     let body = match &v.value {
         None => Body::None,
         Some(bytes) if bytes.len() <= INLINE_VALUE_MAX => Body::Inline(bytes.clone()),
-        Some(bytes) => Body::Chunked { chunks: bytes.chunks(CHUNK_SIZE).len() as u32 },
+        Some(bytes) => Body::Chunked {
+            chunks: bytes.chunks(CHUNK_SIZE).len() as u32,
+        },
     };
-    let new = StoredSibling { header: header.clone(), body };
+    let new = StoredSibling {
+        header: header.clone(),
+        body,
+    };
     match merge::apply(&mut siblings, new) {
         Applied::Duplicate | Applied::Obsolete => return (false, siblings),
         Applied::Inserted { removed } => {

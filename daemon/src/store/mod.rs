@@ -62,12 +62,7 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Up to `limit` entries with `start <= key < end` (no end: to the last key), in key order.
-    fn range(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Rows, StoreError>;
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Rows, StoreError>;
     /// Applies a batch atomically: after a crash either all of it or none of it is visible.
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes everything applied so far durable on disk.

@@ -37,8 +37,12 @@ impl SledStore {
     /// Opens (creating if needed) the store in `data_dir`, taking an exclusive lock on
     /// `data_dir/LOCK` first so a second daemon on the same dir is refused.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| io(format!("cannot create data dir {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            io(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
         let lock_path = data_dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
@@ -77,7 +81,11 @@ impl SledStore {
             Err(_) => return Err(corrupt("sled panicked while recovering its log".into())),
         };
         fsync_dir(data_dir)?;
-        Ok(Self { db, dir, _lock: lock })
+        Ok(Self {
+            db,
+            dir,
+            _lock: lock,
+        })
     }
 
     fn map_err(&self, e: sled::Error) -> StoreError {
@@ -99,7 +107,11 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl Store for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key).map_err(|e| self.map_err(e))?.map(|v| v.to_vec()))
+        Ok(self
+            .db
+            .get(key)
+            .map_err(|e| self.map_err(e))?
+            .map(|v| v.to_vec()))
     }
 
     fn range(
