@@ -192,6 +192,8 @@ pub struct ReplicaStats {
     pub syncs: AtomicU64,
     /// Writes acknowledged by those syncs (their ratio is the group-commit size).
     pub synced_writes: AtomicU64,
+    /// Writes applied and waiting for the next sync.
+    pub pending_sync_writes: AtomicU64,
 }
 
 pub(crate) enum Request {

@@ -198,10 +198,27 @@ impl Writer {
     }
 
     /// Serves requests until shutdown or until every handle is gone.
+    ///
+    /// Durable syncs run on a second thread so the next group is applied while the previous
+    /// one is being flushed; each sync acknowledges every group applied before it started.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut replies = Vec::new();
+        let (to_syncer, syncer_rx) = std::sync::mpsc::channel::<Vec<Reply>>();
+        let syncer = {
+            let (store, stats) = (self.store.clone(), self.stats.clone());
+            std::thread::Builder::new()
+                .name("officesync-syncer".into())
+                .spawn(move || syncer(store.as_ref(), &stats, syncer_rx))
+        };
+        let syncer = match syncer {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the syncer thread; syncing inline");
+                None
+            }
+        };
+        let mut shutdown = None;
         while let Some(first) = rx.blocking_recv() {
-            let mut shutdown = None;
+            let mut replies = Vec::new();
             let mut next = Some(first);
             let mut group = Group::default();
             while let Some(req) = next.take() {
@@ -234,24 +251,40 @@ impl Writer {
                 }
             }
             let writes = group.writes;
-            let mut outcome = self.commit_group(group);
-            let must_sync = self.commit == CommitMode::Sync
-                || shutdown.is_some()
-                || replies.iter().any(|r| matches!(r, Reply::Unit(_)));
-            if outcome.is_ok() && must_sync {
-                outcome = self.sync(writes);
+            let committed = self.commit_group(group);
+            if committed.is_err() {
+                answer(&mut replies, committed);
+            } else if self.commit == CommitMode::Sync
+                || replies.iter().any(|r| matches!(r, Reply::Unit(_)))
+            {
+                self.stats
+                    .pending_sync_writes
+                    .fetch_add(writes, Ordering::Relaxed);
+                let unsent = match syncer {
+                    Some(_) => to_syncer.send(replies).err().map(|e| e.0),
+                    None => Some(replies),
+                };
+                if let Some(mut replies) = unsent {
+                    // No syncer thread: sync here.
+                    let outcome = sync_store(self.store.as_ref(), &self.stats);
+                    answer(&mut replies, outcome);
+                }
+            } else {
+                answer(&mut replies, Ok(()));
             }
-            if outcome.is_err() {
-                // What was applied may or may not be durable: reload the cached state.
-                self.reload();
-            }
-            answer(&mut replies, outcome);
-            if let Some(reply) = shutdown {
-                let _ = reply.send(Ok(()));
-                return;
+            if shutdown.is_some() {
+                break;
             }
         }
-        let _ = self.store.sync();
+        // Let the syncer drain and make everything durable before answering shutdown.
+        drop(to_syncer);
+        if let Some(handle) = syncer {
+            let _ = handle.join();
+        }
+        let last = sync_store(self.store.as_ref(), &self.stats);
+        if let Some(reply) = shutdown {
+            let _ = reply.send(last.map_err(|e| ReplicaError::Store(StoreError::Io(e))));
+        }
     }
 
     fn commit_group(&mut self, mut g: Group) -> Result<(), String> {
@@ -276,29 +309,6 @@ impl Writer {
                 tracing::error!(error = %e, "store write failed; failing the writes of this group");
                 Err(e.to_string())
             }
-        }
-    }
-
-    fn sync(&mut self, writes: u64) -> Result<(), String> {
-        match self.store.sync() {
-            Ok(()) => {
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .synced_writes
-                    .fetch_add(writes, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store sync failed; failing the writes of this group");
-                Err(e.to_string())
-            }
-        }
-    }
-
-    fn reload(&mut self) {
-        match super::read::collections(self.store.as_ref()) {
-            Ok(list) => self.metas = list.into_iter().map(|i| (i.name, i.meta)).collect(),
-            Err(e) => tracing::error!(error = %e, "cannot reload collection state"),
         }
     }
 
@@ -430,6 +440,36 @@ impl Writer {
     }
 }
 
+/// Syncs the store once for every batch of groups queued since the last sync, then
+/// acknowledges them all.
+fn syncer(store: &dyn Store, stats: &ReplicaStats, rx: std::sync::mpsc::Receiver<Vec<Reply>>) {
+    while let Ok(first) = rx.recv() {
+        let mut replies = first;
+        while let Ok(more) = rx.try_recv() {
+            replies.extend(more);
+        }
+        let outcome = sync_store(store, stats);
+        answer(&mut replies, outcome);
+    }
+}
+
+/// One durable sync; counts the writes it made durable.
+fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), String> {
+    // Writes applied before this point are covered by the sync below.
+    let writes = stats.pending_sync_writes.swap(0, Ordering::Relaxed);
+    match store.sync() {
+        Ok(()) => {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store sync failed; failing the writes it covered");
+            Err(e.to_string())
+        }
+    }
+}
+
 fn answer(replies: &mut Vec<Reply>, outcome: Result<(), String>) {
     let fail = |e: &String| ReplicaError::Store(StoreError::Io(format!("commit failed: {e}")));
     for r in replies.drain(..) {
@@ -515,11 +555,7 @@ pub(crate) fn periodic_flusher(
     stop: std::sync::mpsc::Receiver<()>,
 ) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-        match store.sync() {
-            Ok(()) => {
-                stats.syncs.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::error!(error = %e, "periodic flush failed"),
-        }
+        // Failures are logged inside; writes were acknowledged already in this mode.
+        let _ = sync_store(store, stats);
     }
 }
