@@ -1,0 +1,378 @@
+//! Tests of the `config` module.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
+
+use super::*;
+
+use crate::pki::{init_ca, issue, IssueOptions};
+
+const ORIGIN: &str = "/etc/officesync/node.toml";
+
+const DESIGN_EXAMPLE: &str = r#"
+[node]
+name = "hefei"                      # must equal the name in node.pem
+data_dir = "/var/lib/officesync"
+[sync]
+listen = "0.0.0.0:7400"             # QUIC over UDP
+peers = [{ name = "general-office", addr = "gov.example.cn:7400" }]  # who this node dials
+[tls]
+ca = "/etc/officesync/ca.pem"
+cert = "/etc/officesync/node.pem"
+key = "/etc/officesync/node.key"
+[api]
+listen = "127.0.0.1:7480"
+[storage]
+durability = "sync"                 # or "periodic"
+[cluster]
+admins = ["general-office"]         # may write _policy and relay for others
+"#;
+
+const MINIMAL: &str = "[node]\nname = \"hefei\"\ndata_dir = \"/var/lib/officesync\"\n\
+    [tls]\nca = \"/t/ca.pem\"\ncert = \"/t/node.pem\"\nkey = \"/t/node.key\"\n";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, Path::new(ORIGIN))
+}
+
+/// The error's one line, checked to be one line naming the file.
+fn line(err: &ConfigError) -> String {
+    let msg = err.to_string();
+    assert!(
+        !msg.contains('\n') && !msg.contains('\r'),
+        "multi-line: {msg:?}"
+    );
+    assert!(msg.starts_with("config "), "{msg}");
+    assert!(msg.contains("(fix: "), "{msg}");
+    msg
+}
+
+fn parse_err(text: &str) -> (String, Option<String>) {
+    let err = parse(text).unwrap_err();
+    (line(&err), err.key().map(str::to_owned))
+}
+
+/// A bundle for `name` (admin when `admin`) in `dir/name`, from the CA in `dir/ca`.
+fn bundle(dir: &Path, name: &str) -> PathBuf {
+    let ca = dir.join("ca");
+    if !ca.join(pki::CA_CERT_FILE).exists() {
+        init_ca(&ca, false).unwrap();
+    }
+    let out = dir.join(name);
+    issue(name, &ca, &out, &IssueOptions::default()).unwrap();
+    out
+}
+
+#[test]
+fn design_example_parses() {
+    let config = parse(DESIGN_EXAMPLE).unwrap();
+    assert_eq!(config.node.name, "hefei");
+    assert_eq!(config.node.data_dir, Path::new("/var/lib/officesync"));
+    assert_eq!(config.sync.listen, DEFAULT_SYNC_LISTEN);
+    assert_eq!(
+        config.sync.peers,
+        vec![PeerConfig {
+            name: "general-office".into(),
+            addr: "gov.example.cn:7400".into()
+        }]
+    );
+    assert_eq!(config.tls.key, Path::new("/etc/officesync/node.key"));
+    assert_eq!(config.api.listen, DEFAULT_API_LISTEN);
+    assert_eq!(config.storage.durability, Durability::Sync);
+    assert_eq!(config.cluster.admins, vec!["general-office".to_owned()]);
+    assert_eq!(config.origin, Path::new(ORIGIN));
+}
+
+#[test]
+fn defaults_apply() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.sync, SyncConfig::default());
+    assert_eq!(config.sync.listen.to_string(), "0.0.0.0:7400");
+    assert!(config.sync.peers.is_empty());
+    assert_eq!(config.sync.max_clock_skew_ms, 300_000);
+    assert_eq!(config.sync.heartbeat_interval_ms, 5_000);
+    assert_eq!(config.api.listen.to_string(), "127.0.0.1:7480");
+    assert_eq!(config.storage.durability, Durability::Sync);
+    assert_eq!(config.storage.flush_interval_ms, 100);
+    assert_eq!(config.storage.max_value_bytes, 4 * 1024 * 1024);
+    assert!(config.cluster.admins.is_empty());
+    // A present section with some keys still defaults the others.
+    let config = parse(&format!("{MINIMAL}[storage]\ndurability = \"periodic\"\n")).unwrap();
+    assert_eq!(config.storage.durability, Durability::Periodic);
+    assert_eq!(config.storage.flush_interval_ms, 100);
+}
+
+#[test]
+fn unknown_key_in_each_section() {
+    for section in TOP_SECTIONS {
+        let header = format!("[{section}]\n");
+        let text = DESIGN_EXAMPLE.replace(&header, &format!("{header}bogus_key = 1\n"));
+        let (msg, key) = parse_err(&text);
+        assert!(msg.contains("bogus_key"), "{msg}");
+        assert!(msg.contains(&format!("[{section}]")), "{msg}");
+        assert!(msg.contains("line "), "{msg}");
+        assert_eq!(key.as_deref(), Some(&*format!("{section}.bogus_key")));
+    }
+    let (msg, key) = parse_err(&format!("{MINIMAL}[bogus]\nx = 1\n"));
+    assert!(msg.contains("unknown section [bogus]"), "{msg}");
+    assert_eq!(key.as_deref(), Some("bogus"));
+
+    let text = format!("{MINIMAL}[sync]\npeers = [{{ name = \"a\", adr = \"b:1\" }}]\n");
+    let (msg, key) = parse_err(&text);
+    assert!(msg.contains("`adr`") && msg.contains("sync.peers"), "{msg}");
+    assert_eq!(key.as_deref(), Some("sync.peers.adr"));
+
+    let typo = "[node]\nnmae = \"hefei\"\ndata_dir = \"/d\"\n";
+    let (msg, key) = parse_err(typo);
+    assert_eq!(
+        msg,
+        "config /etc/officesync/node.toml line 2: unknown field `nmae` in [node], \
+         expected `name` or `data_dir` (fix: correct or remove that key)"
+    );
+    assert_eq!(key.as_deref(), Some("node.nmae"));
+}
+
+#[test]
+fn missing_keys() {
+    let (msg, key) =
+        parse_err("[node]\ndata_dir = \"/d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n");
+    assert!(
+        msg.contains("line 1: missing field `name` in [node]"),
+        "{msg}"
+    );
+    assert_eq!(key.as_deref(), Some("node.name"));
+
+    let (msg, key) = parse_err("[node]\nname = \"hefei\"\ndata_dir = \"/d\"\n");
+    assert!(msg.contains("missing section [tls]"), "{msg}");
+    assert_eq!(key.as_deref(), Some("tls"));
+
+    let (msg, key) = parse_err(&format!(
+        "{MINIMAL}[sync]\npeers = [\n  {{ name = \"a\" }},\n]\n"
+    ));
+    assert!(msg.contains("missing field `addr`"), "{msg}");
+    assert_eq!(key.as_deref(), Some("sync.peers.addr"));
+}
+
+#[test]
+fn bad_values() {
+    let (msg, key) = parse_err(&format!("{MINIMAL}[storage]\ndurability = \"fast\"\n"));
+    assert!(
+        msg.contains("storage.durability") && msg.contains("`fast`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("`sync`") && msg.contains("`periodic`"),
+        "{msg}"
+    );
+    assert_eq!(key.as_deref(), Some("storage.durability"));
+
+    let (msg, key) = parse_err(&format!("{MINIMAL}[api]\nlisten = \"localhost\"\n"));
+    assert!(msg.contains("api.listen"), "{msg}");
+    assert_eq!(key.as_deref(), Some("api.listen"));
+
+    let (msg, key) = parse_err("[node]\nname = 5\n");
+    assert!(msg.contains("node.name") && msg.contains("line 2"), "{msg}");
+    assert_eq!(key.as_deref(), Some("node.name"));
+
+    let (msg, _) = parse_err("[node\nname = 5\n");
+    assert!(msg.contains("line 1"), "{msg}");
+    let (msg, _) = parse_err(&format!("{MINIMAL}[node]\nname = \"x\"\n"));
+    assert!(msg.contains("duplicate") && msg.contains("line 8"), "{msg}");
+}
+
+#[test]
+fn invalid_node_name() {
+    let err = parse(&MINIMAL.replace("\"hefei\"", "\"Hefei\"")).unwrap_err();
+    let msg = line(&err);
+    assert!(
+        msg.starts_with("config /etc/officesync/node.toml: node.name = \"Hefei\" is invalid: "),
+        "{msg}"
+    );
+    assert_eq!(err.key(), Some("node.name"));
+}
+
+#[test]
+fn value_checks() {
+    let base = || Config::builder("hefei", "/d", "/t").origin(ORIGIN);
+    let cases: Vec<(Config, &str)> = vec![
+        (base().peer("Bad", "a:1").build(), "sync.peers[0].name"),
+        (
+            base().peer("a", "x:1").peer("a", "y:1").build(),
+            "sync.peers[1].name",
+        ),
+        (base().peer("hefei", "x:1").build(), "sync.peers[0].name"),
+        (
+            base().peer("a", "gov.example.cn").build(),
+            "sync.peers[0].addr",
+        ),
+        (
+            base().peer("a", "gov.example.cn:http").build(),
+            "sync.peers[0].addr",
+        ),
+        (base().peer("a", ":7400").build(), "sync.peers[0].addr"),
+        (base().peer("a", "::1:7400").build(), "sync.peers[0].addr"),
+        (
+            base().admins(["general_office"]).build(),
+            "cluster.admins[0]",
+        ),
+        (
+            base()
+                .durability(Durability::Periodic)
+                .flush_interval_ms(0)
+                .build(),
+            "storage.flush_interval_ms",
+        ),
+        (
+            base()
+                .durability(Durability::Periodic)
+                .flush_interval_ms(60_001)
+                .build(),
+            "storage.flush_interval_ms",
+        ),
+        (base().max_value_bytes(0).build(), "storage.max_value_bytes"),
+        (
+            base().max_value_bytes(MAX_VALUE_BYTES_LIMIT + 1).build(),
+            "storage.max_value_bytes",
+        ),
+        (
+            base().max_clock_skew_ms(999).build(),
+            "sync.max_clock_skew_ms",
+        ),
+        (Config::builder("hefei", "", "/t").build(), "node.data_dir"),
+    ];
+    for (config, key) in cases {
+        let err = config.validate_syntax().unwrap_err();
+        let msg = line(&err);
+        assert_eq!(err.key(), Some(key), "{msg}");
+        assert!(msg.contains(key), "{msg}");
+    }
+    let ok = base()
+        .peer("general-office", "gov.example.cn:7400")
+        .peer("b", "[2001:db8::1]:7400")
+        .peer("c", "10.0.0.1:7400")
+        .admins(["general-office"])
+        .durability(Durability::Periodic)
+        .max_value_bytes(MAX_VALUE_BYTES_LIMIT)
+        .build();
+    ok.validate_syntax().unwrap();
+}
+
+#[test]
+fn valid_bundle_passes_and_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = bundle(tmp.path(), "hefei");
+    let config = Config::builder("hefei", tmp.path().join("data"), &tls)
+        .api_listen("127.0.0.1:0".parse().unwrap())
+        .sync_listen("127.0.0.1:0".parse().unwrap())
+        .peer("general-office", "127.0.0.1:7400")
+        .admins(["general-office"])
+        .durability(Durability::Periodic)
+        .max_value_bytes(1024)
+        .build();
+    config.validate().unwrap();
+
+    let path = tmp.path().join("node.toml");
+    std::fs::write(&path, config.to_toml_string()).unwrap();
+    let loaded = Config::load(&path).unwrap();
+    assert_eq!(loaded.origin, path);
+    assert_eq!(
+        Config {
+            origin: PathBuf::new(),
+            ..loaded
+        },
+        config
+    );
+}
+
+#[test]
+fn relative_paths_follow_the_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    bundle(tmp.path(), "hefei");
+    let text = "[node]\nname = \"hefei\"\ndata_dir = \"data\"\n\
+        [tls]\nca = \"hefei/ca.pem\"\ncert = \"hefei/node.pem\"\nkey = \"hefei/node.key\"\n";
+    let path = tmp.path().join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.node.data_dir, tmp.path().join("data"));
+    assert_eq!(config.tls.cert, tmp.path().join("hefei/node.pem"));
+}
+
+#[test]
+fn cert_name_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = bundle(tmp.path(), "beijing");
+    let config = Config::builder("hefei", "/d", &tls).origin(ORIGIN).build();
+    let err = config.validate().unwrap_err();
+    assert_eq!(
+        line(&err),
+        "config /etc/officesync/node.toml: tls.cert names \"beijing\" but node.name is \
+         \"hefei\" (fix: issue a bundle for hefei with `officesync ca issue hefei` or \
+         correct node.name)"
+    );
+    assert_eq!(err.key(), Some("tls.cert"));
+}
+
+#[test]
+fn broken_bundles_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hefei = bundle(tmp.path(), "hefei");
+    let beijing = bundle(tmp.path(), "beijing");
+    let good = || {
+        Config::builder("hefei", "/d", &hefei)
+            .origin(ORIGIN)
+            .build()
+    };
+
+    // Missing file: names the key and the path.
+    let mut config = good();
+    config.tls.ca = tmp.path().join("nowhere/ca.pem");
+    let err = config.validate().unwrap_err();
+    let msg = line(&err);
+    assert_eq!(err.key(), Some("tls.ca"));
+    assert!(msg.contains("nowhere/ca.pem"), "{msg}");
+
+    // Key from another bundle.
+    let mut config = good();
+    config.tls.key = beijing.join(pki::NODE_KEY_FILE);
+    let err = config.validate().unwrap_err();
+    line(&err);
+    assert_eq!(err.key(), Some("tls.key"));
+
+    // Certificate from another CA.
+    let other = tmp.path().join("other");
+    init_ca(&other.join("ca"), false).unwrap();
+    let mut config = good();
+    config.tls.ca = other.join("ca").join(pki::CA_CERT_FILE);
+    let err = config.validate().unwrap_err();
+    let msg = line(&err);
+    assert_eq!(err.key(), Some("tls.cert"));
+    assert!(msg.contains("does not chain"), "{msg}");
+
+    // Expired (checked at a time after not_after).
+    let config = good();
+    let id = pki::load_identity(&config.tls.cert).unwrap();
+    let err = config.validate_files(id.not_after + 1).unwrap_err();
+    let msg = line(&err);
+    assert!(msg.contains("not valid now"), "{msg}");
+
+    // Not a certificate at all.
+    let mut config = good();
+    config.tls.cert = hefei.join(pki::NODE_KEY_FILE);
+    let err = config.validate().unwrap_err();
+    line(&err);
+    assert_eq!(err.key(), Some("tls.cert"));
+}
+
+#[test]
+fn unreadable_config_file() {
+    let err = Config::load(Path::new("/nonexistent/officesync.toml")).unwrap_err();
+    let msg = line(&err);
+    assert!(msg.contains("/nonexistent/officesync.toml"), "{msg}");
+}
+
+#[test]
+fn toml_strings_escape() {
+    assert_eq!(toml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+    let config = Config::builder("hefei", "/odd \"dir\"\\x", "/t").build();
+    let back = Config::from_toml_str(&config.to_toml_string(), Path::new("")).unwrap();
+    assert_eq!(back, config);
+}
