@@ -37,7 +37,7 @@ pub use metrics::CONTENT_TYPE_0_0_4;
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
 };
-pub use status::{rfc3339, PeerStatus, PeerStatusSource, PeerTable};
+pub use status::{civil_from_days, rfc3339, PeerStatus, PeerStatusSource, PeerTable};
 
 use metrics::HttpMetrics;
 
