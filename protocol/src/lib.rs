@@ -9,6 +9,7 @@ pub mod hlc;
 pub mod merge;
 pub mod names;
 pub mod version;
+pub mod wire;
 
 pub use digest::Digest;
 pub use dot::{Dot, ReplicaId, VersionVector};

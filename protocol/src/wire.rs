@@ -1,0 +1,63 @@
+//! The sync protocol on the wire: versioned messages, their framing on QUIC streams, bounded
+//! sans-IO decoding and semantic validation of everything a peer sends.
+//!
+//! A stream carries a sequence of frames. Each frame is
+//!
+//! ```text
+//! +----------------------+-----------+---------------------------+
+//! | payload length (u32, | flags (u8)| payload (length bytes)    |
+//! | big-endian)          |           |                           |
+//! +----------------------+-----------+---------------------------+
+//! ```
+//!
+//! where the payload is the bincode (standard configuration) of a [`Message`], zstd-compressed
+//! when [`FrameFlags::ZSTD`] is set. The codec only carries the flag: the daemon compresses
+//! before [`encode_raw_frame`] and decompresses (bounded by [`MAX_FRAME_BYTES`]) before
+//! [`decode_message`].
+//!
+//! Decoding a peer's bytes is three steps, each of which refuses hostile input with a
+//! [`WireError`] whose [`WireError::code`] is the [`ErrorCode`] to close the stream with:
+//! [`FrameDecoder`] cuts frames out of the byte stream, [`decode_message`] turns a payload into a
+//! [`Message`], and [`Message::validate`] checks names, counters, ordering and sizes.
+
+mod error;
+mod frame;
+mod message;
+mod validate;
+
+pub use error::{ErrorCode, WireError};
+pub use frame::{
+    decode_message, encode_frame, encode_message, encode_raw_frame, Frame, FrameDecoder,
+    FrameFlags, FRAME_HEADER_LEN,
+};
+pub use message::{
+    Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, Heartbeat, Hello,
+    HelloAck, Message, MessageV1,
+};
+pub use validate::{validate_cluster_id, MAX_CLUSTER_ID_LEN, MAX_ERROR_DETAIL_BYTES};
+
+/// The protocol version this build speaks; sent in [`Hello::protocol`] and carried by
+/// [`Message::V1`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame payload, in bytes, that is sent or accepted (after decompression too).
+///
+/// Values are at most [`DEFAULT_MAX_VALUE_BYTES`] (4 MiB) by default, so a [`Batch`] frame
+/// always has room for one version with a maximum-size value plus its key, causal context and
+/// framing overhead. Senders split batches so that each frame stays under this limit.
+pub const MAX_FRAME_BYTES: usize = 8 << 20;
+
+/// Largest value, in bytes, accepted by default (the configurable record value limit).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+
+/// The memory bincode may claim while decoding one payload (its size limit).
+///
+/// bincode counts the in-memory size of what it decodes (`size_of` of every container
+/// element up front, 8 bytes for every varint `u64`), which for a batch of many tiny versions is
+/// several times the encoded size: the densest valid batch filling a [`MAX_FRAME_BYTES`]
+/// payload claims about 6 times its length. Eight times [`MAX_FRAME_BYTES`] lets it decode while
+/// still bounding what a hostile length prefix inside a payload can make the receiver allocate.
+pub const MAX_DECODED_BYTES: usize = 8 * MAX_FRAME_BYTES;
+
+/// The QUIC ALPN protocol id of officesync sessions.
+pub const ALPN: &[u8] = b"officesync/1";

@@ -1,0 +1,261 @@
+//! Semantic validation of decoded messages: everything bincode cannot check (names, replica
+//! ids, counters, batch order and origin, sizes) is checked here before a message is acted on.
+
+use std::collections::BTreeSet;
+
+use crate::dot::{ReplicaId, VersionVector};
+use crate::names::{validate_collection_name, validate_key, validate_node_name, NameError};
+use crate::version::Version;
+
+use super::error::{clip, WireError};
+use super::message::{
+    Ack, Batch, Complete, DigestReply, DigestRequest, ErrorFrame, Hello, HelloAck, Message,
+    MessageV1,
+};
+
+/// Longest cluster id, in characters (the hex of a SHA-512 fingerprint).
+pub const MAX_CLUSTER_ID_LEN: usize = 128;
+
+/// Longest [`ErrorFrame::detail`], in bytes.
+pub const MAX_ERROR_DETAIL_BYTES: usize = 4096;
+
+impl Message {
+    /// Checks everything about the message that decoding does not: valid node and collection
+    /// names, keys and replica ids; counters of at least 1; batches of one origin and
+    /// collection in strictly increasing counter order; values of at most `max_value_bytes`
+    /// (the configured value limit, [`DEFAULT_MAX_VALUE_BYTES`](super::DEFAULT_MAX_VALUE_BYTES)
+    /// by default).
+    ///
+    /// It does not check what needs session state or policy (cluster id equality, the peer's
+    /// certificate name, authorisation, clock skew, continuity with earlier batches).
+    pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
+        match self {
+            Self::V1(m) => m.validate(max_value_bytes),
+        }
+    }
+}
+
+impl MessageV1 {
+    /// See [`Message::validate`].
+    pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
+        match self {
+            Self::Hello(m) => m.validate(),
+            Self::HelloAck(m) => m.validate(),
+            Self::Batch(m) => m.validate(max_value_bytes),
+            Self::Complete(m) => m.validate(),
+            Self::Ack(m) => m.validate(),
+            Self::Heartbeat(_) => Ok(()),
+            Self::DigestRequest(m) => m.validate(),
+            Self::DigestReply(m) => m.validate(),
+            Self::Error(m) => m.validate(),
+        }
+    }
+}
+
+impl Hello {
+    /// Checks the protocol version is not 0, the cluster id, node name, replica id (which must
+    /// belong to `node`) and the version vectors (see [`Message::validate`]).
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_protocol(self.protocol)?;
+        validate_cluster_id(&self.cluster_id)?;
+        check_node(&self.node)?;
+        check_replica(&self.replica)?;
+        if self.replica.node_name() != self.node {
+            return Err(WireError::ReplicaNodeMismatch {
+                node: clip(&self.node),
+                replica: clip(self.replica.as_str()),
+            });
+        }
+        check_vvs(&self.vvs)
+    }
+}
+
+impl HelloAck {
+    /// Checks the protocol version is not 0 and the version vectors.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_protocol(self.protocol)?;
+        check_vvs(&self.vvs)
+    }
+}
+
+impl Batch {
+    /// Checks the batch is non-empty, every version is of the batch's collection and origin
+    /// with a valid key, a counter of at least 1 above the previous version's, a valid context
+    /// that does not cover its own dot, and a value of at most `max_value_bytes`.
+    pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_replica(&self.origin)?;
+        if self.versions.is_empty() {
+            return Err(WireError::EmptyBatch);
+        }
+        let mut previous = 0;
+        for v in &self.versions {
+            if v.collection != self.collection {
+                return Err(WireError::WrongCollection {
+                    expected: clip(&self.collection),
+                    found: clip(&v.collection),
+                });
+            }
+            if v.dot.origin != self.origin {
+                return Err(WireError::WrongOrigin {
+                    expected: clip(self.origin.as_str()),
+                    found: clip(v.dot.origin.as_str()),
+                });
+            }
+            check_counter(&self.origin, v.dot.counter)?;
+            if v.dot.counter <= previous {
+                return Err(WireError::OutOfOrder {
+                    previous,
+                    counter: v.dot.counter,
+                });
+            }
+            previous = v.dot.counter;
+            check_version_body(v, max_value_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl Complete {
+    /// Checks the collection name, origin and that `through` is at least 1.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_replica(&self.origin)?;
+        check_counter(&self.origin, self.through)
+    }
+}
+
+impl Ack {
+    /// Checks the collection name, origin and that `through` is at least 1.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_replica(&self.origin)?;
+        check_counter(&self.origin, self.through)
+    }
+}
+
+impl DigestRequest {
+    /// Checks the collection name and version vector.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_vv(&self.vv)
+    }
+}
+
+impl DigestReply {
+    /// Checks the collection name and version vector.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_vv(&self.vv)
+    }
+}
+
+impl ErrorFrame {
+    /// Checks the detail is at most [`MAX_ERROR_DETAIL_BYTES`].
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.detail.len() > MAX_ERROR_DETAIL_BYTES {
+            return Err(WireError::DetailTooLong {
+                len: self.detail.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a cluster id: 1..=[`MAX_CLUSTER_ID_LEN`] lowercase hex digits (the CA certificate's
+/// fingerprint, as `Digest::to_hex` writes a SHA-256).
+pub fn validate_cluster_id(id: &str) -> Result<(), WireError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_CLUSTER_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'a'..=b'f'));
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::InvalidClusterId(clip(id)))
+    }
+}
+
+fn check_protocol(protocol: u16) -> Result<(), WireError> {
+    if protocol == 0 {
+        Err(WireError::UnsupportedVersion { version: 0 })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_node(name: &str) -> Result<(), WireError> {
+    // Refuse long names before the name module copies them into its error.
+    if name.len() > 63 {
+        return Err(NameError::Node(clip(name)).into());
+    }
+    Ok(validate_node_name(name)?)
+}
+
+fn check_collection(name: &str) -> Result<(), WireError> {
+    if name.len() > 65 {
+        return Err(NameError::Collection(clip(name)).into());
+    }
+    Ok(validate_collection_name(name)?)
+}
+
+/// Replica ids are not validated by decoding (the type wraps any string).
+fn check_replica(id: &ReplicaId) -> Result<(), WireError> {
+    let s = id.as_str();
+    // `name@` + 8 hex digits, with a node name of at most 63 bytes.
+    if s.len() > 63 + 9 || s.parse::<ReplicaId>().is_err() {
+        return Err(WireError::InvalidReplicaId(clip(s)));
+    }
+    Ok(())
+}
+
+fn check_counter(origin: &ReplicaId, counter: u64) -> Result<(), WireError> {
+    if counter == 0 {
+        Err(WireError::ZeroCounter {
+            origin: clip(origin.as_str()),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_vv(vv: &VersionVector) -> Result<(), WireError> {
+    for (origin, counter) in vv.iter() {
+        check_replica(origin)?;
+        check_counter(origin, counter)?;
+    }
+    Ok(())
+}
+
+fn check_vvs(vvs: &[(String, VersionVector)]) -> Result<(), WireError> {
+    let mut seen = BTreeSet::new();
+    for (collection, vv) in vvs {
+        check_collection(collection)?;
+        if !seen.insert(collection.as_str()) {
+            return Err(WireError::DuplicateCollection(clip(collection)));
+        }
+        check_vv(vv)?;
+    }
+    Ok(())
+}
+
+/// The checks of one version that do not depend on its batch: key, context and value size.
+fn check_version_body(v: &Version, max_value_bytes: usize) -> Result<(), WireError> {
+    validate_key(&v.key)?;
+    if let Some(value) = &v.value {
+        if value.len() > max_value_bytes {
+            return Err(WireError::ValueTooLarge {
+                len: value.len(),
+                limit: max_value_bytes,
+            });
+        }
+    }
+    check_vv(&v.context)?;
+    if v.context.covers(&v.dot) {
+        return Err(WireError::SelfSuperseding {
+            dot: clip(&v.dot.to_string()),
+        });
+    }
+    Ok(())
+}
