@@ -14,6 +14,9 @@ use crate::config::{Config, Durability};
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
 use crate::store::{SledStore, StoreError};
 
+/// How long shutdown waits for in-flight API requests before closing their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Why a node could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -113,10 +116,20 @@ impl Node {
     /// Stops accepting requests, lets in-flight ones finish, then syncs and closes the store.
     pub async fn shutdown(self) -> Result<(), ReplicaError> {
         let _ = self.stop.send(true);
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "API server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "API server task failed"),
+        let mut server = self.server;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "API server task failed"),
+            Err(_) => {
+                // A stalled client (half-sent request) must not hold the shutdown forever.
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "API requests still open after the grace period; closing them"
+                );
+                server.abort();
+                let _ = server.await;
+            }
         }
         self.replica.close().await?;
         tracing::info!("node stopped; store flushed");

@@ -194,6 +194,8 @@ pub struct ReplicaStats {
     pub synced_writes: AtomicU64,
     /// Writes applied and waiting for the next sync.
     pub pending_sync_writes: AtomicU64,
+    /// Generation of the last group of writes applied to the store.
+    pub committed_generation: AtomicU64,
 }
 
 pub(crate) enum Request {
@@ -253,8 +255,12 @@ impl Replica {
     /// (and, in periodic mode, the flusher) thread.
     pub fn open(store: Arc<dyn Store>, opts: ReplicaOptions) -> Result<Self, ReplicaError> {
         names::validate_node_name(&opts.node)?;
+        let generation = writer::check_durable_mark(store.as_ref())?;
         let id = writer::load_or_create_identity(store.as_ref(), &opts.node)?;
         let stats = Arc::new(ReplicaStats::default());
+        stats
+            .committed_generation
+            .store(generation, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(4096);
         let mut threads = Vec::new();
         let w = writer::Writer::new(store.clone(), id.clone(), &opts, stats.clone())?;

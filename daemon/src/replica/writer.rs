@@ -84,6 +84,32 @@ fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, ReplicaError> {
     })
 }
 
+/// The store's generation: how many groups of writes it has applied. Refuses a store whose
+/// generation is below the mark recorded after an earlier durable sync: the engine lost
+/// acknowledged writes (sled 0.34 can cut its log short at a damaged spot and open anyway).
+pub(crate) fn check_durable_mark(store: &dyn Store) -> Result<u64, ReplicaError> {
+    let generation =
+        match store.get(&keys::meta("generation"))? {
+            None => 0,
+            Some(raw) => u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| {
+                ReplicaError::Corrupt {
+                    what: "store generation".into(),
+                    detail: "not 8 bytes".into(),
+                }
+            })?),
+        };
+    match store.durable_mark() {
+        Some(mark) if mark > generation => Err(ReplicaError::Store(StoreError::Corrupt {
+            path: "the data dir".into(),
+            detail: format!(
+                "it holds changes up to generation {generation}, but generation {mark} was \
+                 made durable before: acknowledged writes are missing"
+            ),
+        })),
+        _ => Ok(generation),
+    }
+}
+
 /// Reads the replica id from the store, or creates a new incarnation in an empty store.
 /// A store that holds data but no identity is corrupt and is refused.
 pub(crate) fn load_or_create_identity(
@@ -147,6 +173,7 @@ pub(crate) struct Writer {
     max_value_bytes: usize,
     max_clock_skew_ms: u64,
     stats: Arc<ReplicaStats>,
+    generation: u64,
 }
 
 enum Reply {
@@ -193,6 +220,7 @@ impl Writer {
             commit: opts.commit,
             max_value_bytes: opts.max_value_bytes,
             max_clock_skew_ms: opts.max_clock_skew_ms,
+            generation: stats.committed_generation.load(Ordering::Relaxed),
             stats,
         })
     }
@@ -296,13 +324,21 @@ impl Writer {
                 g.batch.put(keys::collection(coll), encode(meta)?);
             }
             if !g.batch.is_empty() {
+                g.batch.put(
+                    keys::meta("generation"),
+                    (self.generation + 1).to_be_bytes().to_vec(),
+                );
                 self.store.apply(std::mem::take(&mut g.batch))?;
+                self.generation += 1;
             }
             Ok(())
         };
         match write_back() {
             Ok(()) => {
                 self.metas.extend(g.metas);
+                self.stats
+                    .committed_generation
+                    .store(self.generation, Ordering::Release);
                 Ok(())
             }
             Err(e) => {
@@ -457,8 +493,12 @@ fn syncer(store: &dyn Store, stats: &ReplicaStats, rx: std::sync::mpsc::Receiver
 fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), String> {
     // Writes applied before this point are covered by the sync below.
     let writes = stats.pending_sync_writes.swap(0, Ordering::Relaxed);
+    let generation = stats.committed_generation.load(Ordering::Acquire);
     match store.sync() {
         Ok(()) => {
+            if let Err(e) = store.mark_durable(generation) {
+                tracing::warn!(error = %e, "cannot record the durable generation");
+            }
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
             Ok(())

@@ -6,7 +6,7 @@ mod memory;
 mod sled;
 
 pub use self::memory::MemoryStore;
-pub use self::sled::{SledStore, SLED_DIR};
+pub use self::sled::{SledStore, MARK_FILE, SLED_DIR};
 
 use thiserror::Error;
 
@@ -69,6 +69,16 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError>;
     /// Bytes the store occupies on disk (0 in memory).
     fn size_on_disk(&self) -> u64;
+    /// Records that every change up to `generation` is durable; called after each successful
+    /// [`Store::sync`]. Kept outside the engine so that an engine that silently loses the end
+    /// of its log on open is caught (see [`Store::durable_mark`]). Default: not kept.
+    fn mark_durable(&self, _generation: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The highest generation recorded durable before this open, when the store keeps one.
+    fn durable_mark(&self) -> Option<u64> {
+        None
+    }
     /// Files the engine keeps outside its fsynced log (sled blobs); must stay 0.
     fn unsynced_blob_files(&self) -> u64 {
         0

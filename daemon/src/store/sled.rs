@@ -16,10 +16,18 @@ pub const SLED_DIR: &str = "sled";
 /// node the replica writes (values are chunked into small pieces above this layer).
 const SEGMENT_SIZE: usize = 4 << 20;
 
+/// Name of the durable-generation mark file inside the data dir.
+pub const MARK_FILE: &str = "DURABLE";
+
+/// Tags a valid mark (so a torn or foreign file is not taken for one).
+const MARK_MAGIC: u64 = 0x6f66_6669_6365_7379;
+
 /// A [`Store`] on sled.
 pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
+    mark: File,
+    mark_at_open: Option<u64>,
     _lock: File,
 }
 
@@ -80,10 +88,21 @@ impl SledStore {
             Ok(Err(e)) => return Err(io(e)),
             Err(_) => return Err(corrupt("sled panicked while recovering its log".into())),
         };
+        let mark_path = data_dir.join(MARK_FILE);
+        let mark = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&mark_path)
+            .map_err(|e| io(format!("cannot open {}: {e}", mark_path.display())))?;
+        let mark_at_open = read_mark(&mark);
         fsync_dir(data_dir)?;
         Ok(Self {
             db,
             dir,
+            mark,
+            mark_at_open,
             _lock: lock,
         })
     }
@@ -97,6 +116,17 @@ impl SledStore {
             other => io(other),
         }
     }
+}
+
+/// The generation in a mark file: 8 bytes little-endian, then the same XOR [`MARK_MAGIC`].
+fn read_mark(file: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 16];
+    file.read_exact_at(&mut buf, 0).ok()?;
+    let (g, check) = buf.split_at(8);
+    let g = u64::from_le_bytes(g.try_into().ok()?);
+    let check = u64::from_le_bytes(check.try_into().ok()?);
+    (check == g ^ MARK_MAGIC).then_some(g)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -157,6 +187,22 @@ impl Store for SledStore {
         self.db.size_on_disk().unwrap_or(0)
     }
 
+    fn mark_durable(&self, generation: u64) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 16];
+        buf[..8].copy_from_slice(&generation.to_le_bytes());
+        buf[8..].copy_from_slice(&(generation ^ MARK_MAGIC).to_le_bytes());
+        // Not fsynced: after a crash the mark may be older than the store, never newer, since
+        // it is written only after the sync that made `generation` durable returned.
+        self.mark
+            .write_all_at(&buf, 0)
+            .map_err(|e| io(format!("cannot write {MARK_FILE}: {e}")))
+    }
+
+    fn durable_mark(&self) -> Option<u64> {
+        self.mark_at_open
+    }
+
     fn unsynced_blob_files(&self) -> u64 {
         std::fs::read_dir(self.dir.join("blobs")).map_or(0, |d| d.count() as u64)
     }
@@ -194,6 +240,25 @@ mod tests {
         }
         let s = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(s.get(b"k").expect("get"), Some(vec![7; 1000]));
+    }
+
+    #[test]
+    fn durable_mark_survives_reopen_and_ignores_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = SledStore::open(dir.path()).expect("open");
+            assert_eq!(s.durable_mark(), None);
+            s.mark_durable(41).expect("mark");
+            s.mark_durable(42).expect("mark");
+        }
+        let s = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.durable_mark(), Some(42));
+        drop(s);
+        std::fs::write(dir.path().join(MARK_FILE), [7u8; 16]).expect("overwrite");
+        assert_eq!(
+            SledStore::open(dir.path()).expect("reopen").durable_mark(),
+            None
+        );
     }
 
     #[test]
