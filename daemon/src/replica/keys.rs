@@ -77,6 +77,12 @@ pub(crate) fn chunk(coll: &str, d: &Dot, index: u32) -> Vec<u8> {
     k
 }
 
+/// The counter at the end of a dot-index key.
+pub(crate) fn counter_of_dot_key(k: &[u8]) -> Option<u64> {
+    let at = k.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(k[at..].try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +94,7 @@ mod tests {
         let b = dot("situation", &Dot::new(r.clone(), 10));
         assert!(a < b);
         assert!(a.starts_with(&dot_origin_prefix("situation", &r)));
+        assert_eq!(counter_of_dot_key(&b), Some(10));
         // A collection that is a prefix of another never shares key space.
         assert!(!record("ab", "c").starts_with(&record_prefix("a")));
     }

@@ -196,6 +196,70 @@ pub struct ReplicaStats {
     pub pending_sync_writes: AtomicU64,
     /// Generation of the last group of writes applied to the store.
     pub committed_generation: AtomicU64,
+    /// What is applied, and what of it is durable (published to replication).
+    pub(crate) durable: DurableCell,
+}
+
+/// The version vectors of every collection as of one durable sync. Replication only ever
+/// offers peers what is durable here, so a crash can never make this node reuse a dot that a
+/// peer already holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DurableState {
+    /// Generation of the last group of writes covered.
+    pub generation: u64,
+    /// Per collection, the version vector covered.
+    pub vvs: std::collections::BTreeMap<String, VersionVector>,
+}
+
+/// The applied state (updated by the writer) and the durable one (published after syncs).
+#[derive(Debug)]
+pub(crate) struct DurableCell {
+    pub(crate) applied: Mutex<DurableState>,
+    pub(crate) published: tokio::sync::watch::Sender<Arc<DurableState>>,
+}
+
+impl Default for DurableCell {
+    fn default() -> Self {
+        Self {
+            applied: Mutex::new(DurableState::default()),
+            published: tokio::sync::watch::Sender::new(Arc::new(DurableState::default())),
+        }
+    }
+}
+
+impl DurableCell {
+    /// Records collection vectors applied by the writer (not yet durable).
+    pub(crate) fn applied(
+        &self,
+        generation: u64,
+        vvs: impl Iterator<Item = (String, VersionVector)>,
+    ) {
+        let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        a.generation = generation;
+        for (coll, vv) in vvs {
+            a.vvs.insert(coll, vv);
+        }
+    }
+
+    /// The applied state now; a sync that starts after this call covers it.
+    pub(crate) fn snapshot(&self) -> DurableState {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Publishes a state that a completed sync covers.
+    pub(crate) fn publish(&self, state: DurableState) {
+        self.published.send_if_modified(|cur| {
+            if state.generation > cur.generation || (cur.vvs.is_empty() && !state.vvs.is_empty()) {
+                *cur = Arc::new(state);
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 pub(crate) enum Request {
@@ -208,6 +272,7 @@ pub(crate) enum Request {
     Remote {
         versions: Vec<Version>,
         complete: Vec<(String, ReplicaId, u64)>,
+        repair: bool,
         reply: oneshot::Sender<Result<ApplyReport, ReplicaError>>,
     },
     Sync {
@@ -257,7 +322,22 @@ impl Replica {
         names::validate_node_name(&opts.node)?;
         let generation = writer::check_durable_mark(store.as_ref())?;
         let id = writer::load_or_create_identity(store.as_ref(), &opts.node)?;
+        // Whatever the store recovered is made durable now, so it may be offered to peers.
+        store.sync()?;
         let stats = Arc::new(ReplicaStats::default());
+        let recovered = DurableState {
+            generation,
+            vvs: read::collections(store.as_ref())?
+                .into_iter()
+                .map(|c| (c.name, c.meta.vv))
+                .collect(),
+        };
+        *stats
+            .durable
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = recovered.clone();
+        stats.durable.published.send_replace(Arc::new(recovered));
         stats
             .committed_generation
             .store(generation, Ordering::Relaxed);
@@ -378,9 +458,56 @@ impl Replica {
         self.call(|reply| Request::Remote {
             versions,
             complete,
+            repair: false,
             reply,
         })
         .await
+    }
+
+    /// Applies versions during a full reconciliation: even dots the version vector covers are
+    /// merged (a diverged replica may have lost them); the merge rules keep this idempotent.
+    pub async fn apply_repair(&self, versions: Vec<Version>) -> Result<ApplyReport, ReplicaError> {
+        self.call(|reply| Request::Remote {
+            versions,
+            complete: Vec::new(),
+            repair: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Live versions of `origin` in `collection` with `after < counter <= through`, in counter
+    /// order, at most `max_versions` and about `max_bytes` of values; with the counter the scan
+    /// covered (`through` unless a limit stopped it early).
+    pub async fn versions_since(
+        &self,
+        collection: &str,
+        origin: &ReplicaId,
+        after: u64,
+        through: u64,
+        max_versions: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Version>, u64), ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let store = self.inner.store.clone();
+        let (c, o) = (collection.to_owned(), origin.clone());
+        blocking(move || {
+            read::versions_since(
+                store.as_ref(),
+                &c,
+                &o,
+                after,
+                through,
+                max_versions,
+                max_bytes,
+            )
+        })
+        .await
+    }
+
+    /// Watches the durable state: every collection's vector as of the last durable sync.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<Arc<DurableState>> {
+        self.inner.stats.durable.published.subscribe()
     }
 
     /// Makes every applied write durable now.

@@ -166,3 +166,72 @@ pub(crate) fn collections(store: &dyn Store) -> Result<Vec<CollectionInfo>, Repl
         }
     }
 }
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn versions_since(
+    store: &dyn Store,
+    coll: &str,
+    origin: &officesync_protocol::ReplicaId,
+    after: u64,
+    through: u64,
+    max_versions: usize,
+    max_bytes: usize,
+) -> Result<(Vec<officesync_protocol::Version>, u64), ReplicaError> {
+    let mut out = Vec::new();
+    if through <= after {
+        return Ok((out, through));
+    }
+    let start = keys::dot(
+        coll,
+        &officesync_protocol::Dot::new(origin.clone(), after + 1),
+    );
+    let end = keys::dot(
+        coll,
+        &officesync_protocol::Dot::new(origin.clone(), through.saturating_add(1)),
+    );
+    let mut bytes = 0usize;
+    let mut cursor = start;
+    loop {
+        let rows = store.range(&cursor, Some(&end), SCAN_BATCH)?;
+        for (k, key) in &rows {
+            let counter = keys::counter_of_dot_key(k).ok_or_else(|| ReplicaError::Corrupt {
+                what: format!("{coll} dot index"),
+                detail: "short key".into(),
+            })?;
+            if out.len() >= max_versions || (bytes >= max_bytes && !out.is_empty()) {
+                return Ok((out, counter - 1));
+            }
+            let key = String::from_utf8(key.clone()).map_err(|e| ReplicaError::Corrupt {
+                what: format!("{coll} dot index"),
+                detail: e.to_string(),
+            })?;
+            let dot = officesync_protocol::Dot::new(origin.clone(), counter);
+            let Some(raw) = store.get(&keys::record(coll, &key))? else {
+                continue;
+            };
+            let siblings = decode_siblings(&raw, &format!("{coll}/{key}"))?;
+            // Superseded since the index was read: the superseding version goes out in its
+            // own origin's stream.
+            let Some(s) = siblings.into_iter().find(|s| s.header.dot == dot) else {
+                continue;
+            };
+            let value = load_value(store, coll, &s)?;
+            bytes += value.as_ref().map_or(0, Vec::len) + key.len();
+            out.push(officesync_protocol::Version {
+                collection: coll.to_owned(),
+                key,
+                dot,
+                hlc: s.header.hlc,
+                context: s.header.context,
+                value,
+            });
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == SCAN_BATCH => {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            _ => return Ok((out, through)),
+        }
+    }
+}

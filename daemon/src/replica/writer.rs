@@ -263,9 +263,10 @@ impl Writer {
                     Request::Remote {
                         versions,
                         complete,
+                        repair,
                         reply,
                     } => {
-                        let r = self.apply_remote(&mut group, versions, complete);
+                        let r = self.apply_remote(&mut group, versions, complete, repair);
                         replies.push(Reply::Apply(reply, r));
                     }
                     Request::Sync { reply } => replies.push(Reply::Unit(reply)),
@@ -335,6 +336,10 @@ impl Writer {
         };
         match write_back() {
             Ok(()) => {
+                self.stats.durable.applied(
+                    self.generation,
+                    g.metas.iter().map(|(c, m)| (c.clone(), m.vv.clone())),
+                );
                 self.metas.extend(g.metas);
                 self.stats
                     .committed_generation
@@ -422,6 +427,7 @@ impl Writer {
         g: &mut Group,
         versions: Vec<Version>,
         complete: Vec<(String, ReplicaId, u64)>,
+        repair: bool,
     ) -> Result<ApplyReport, ReplicaError> {
         let mut report = ApplyReport::default();
         let now = now_ms();
@@ -431,7 +437,7 @@ impl Writer {
                 report.rejected.push((v.dot.to_string(), reason));
                 continue;
             }
-            if self.meta(g, &v.collection)?.vv.covers(&v.dot) {
+            if !repair && self.meta(g, &v.collection)?.vv.covers(&v.dot) {
                 report.ignored += 1;
                 continue;
             }
@@ -494,11 +500,13 @@ fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), String> {
     // Writes applied before this point are covered by the sync below.
     let writes = stats.pending_sync_writes.swap(0, Ordering::Relaxed);
     let generation = stats.committed_generation.load(Ordering::Acquire);
+    let applied = stats.durable.snapshot();
     match store.sync() {
         Ok(()) => {
             if let Err(e) = store.mark_durable(generation) {
                 tracing::warn!(error = %e, "cannot record the durable generation");
             }
+            stats.durable.publish(applied);
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
             Ok(())
