@@ -22,6 +22,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod fault_proxy;
 pub mod http;
 pub mod node;
 pub mod process;
