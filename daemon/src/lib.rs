@@ -6,3 +6,4 @@ pub mod node;
 pub mod pki;
 pub mod replica;
 pub mod store;
+pub mod transport;

@@ -1,0 +1,145 @@
+//! The accept loop: admits connection attempts within the handshake limits, completes each
+//! handshake on its own task and hands authenticated connections over.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use quinn::{Connecting, Endpoint, Incoming};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::error::TransportError;
+use super::limits::{MAX_PENDING_HANDSHAKES, RETRY_ABOVE_PENDING};
+use super::tls;
+use super::{wait_shutdown, PeerConnection, Role, Shared, HANDSHAKE_TIMEOUT};
+
+/// Counts a handshake in progress for as long as it lives.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until shutdown or until the endpoint closes.
+pub(crate) async fn run(
+    endpoint: Endpoint,
+    tx: mpsc::Sender<PeerConnection>,
+    mut shutdown: watch::Receiver<bool>,
+    shared: Shared,
+) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    let mut handshakes = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            () = wait_shutdown(&mut shutdown) => break,
+            // Nobody takes connections any more.
+            () = tx.closed() => break,
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let Some(incoming) = admit(incoming, &pending, &shared) else {
+            continue;
+        };
+        let remote = incoming.remote_address();
+        match incoming.accept() {
+            Ok(connecting) => {
+                let guard = Pending::new(&pending);
+                let span = tracing::info_span!("accept", %remote);
+                handshakes.spawn(
+                    handshake(connecting, remote, tx.clone(), shared.clone(), guard)
+                        .instrument(span),
+                );
+            }
+            Err(e) => {
+                shared.counters.handshake_failed();
+                tracing::debug!(%remote, error = %e, "connection attempt failed");
+            }
+        }
+    }
+    handshakes.shutdown().await;
+    tracing::debug!("accept loop stopped");
+}
+
+/// Applies the handshake limits to a new attempt: refuse beyond [`MAX_PENDING_HANDSHAKES`];
+/// above [`RETRY_ABOVE_PENDING`], make an unvalidated address prove itself with a Retry first.
+fn admit(incoming: Incoming, pending: &AtomicUsize, shared: &Shared) -> Option<Incoming> {
+    let remote = incoming.remote_address();
+    let in_progress = pending.load(Ordering::Relaxed);
+    if in_progress >= MAX_PENDING_HANDSHAKES {
+        shared.counters.handshake_refused();
+        tracing::warn!(%remote, in_progress, "too many handshakes in progress; refusing");
+        incoming.refuse();
+        return None;
+    }
+    if in_progress >= RETRY_ABOVE_PENDING && !incoming.remote_address_validated() {
+        // An unvalidated address may always be sent a Retry.
+        return match incoming.retry() {
+            Ok(()) => None,
+            Err(e) => Some(e.into_incoming()),
+        };
+    }
+    Some(incoming)
+}
+
+/// Completes one handshake and hands the connection over.
+async fn handshake(
+    connecting: Connecting,
+    remote: SocketAddr,
+    tx: mpsc::Sender<PeerConnection>,
+    shared: Shared,
+    pending: Pending,
+) {
+    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            shared.counters.handshake_failed();
+            let err = TransportError::from_handshake(remote, &e);
+            tracing::warn!(error = %err, "incoming handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.counters.handshake_failed();
+            tracing::warn!("incoming handshake timed out");
+            return;
+        }
+    };
+    let peer = match tls::peer_identity(&connection, remote) {
+        Ok(peer) => peer,
+        Err(err) => {
+            shared.counters.handshake_failed();
+            let code = err.code().map_or(0, |c| c.as_u32());
+            connection.close(code.into(), b"no usable node identity");
+            tracing::warn!(error = %err, "refused incoming connection");
+            return;
+        }
+    };
+    shared.counters.accepted();
+    tracing::info!(
+        peer = %peer.name,
+        conn = connection.stable_id(),
+        serial = %peer.serial_hex,
+        "accepted"
+    );
+    let delivered = PeerConnection::new(peer, Role::Acceptor, connection.clone(), remote, None);
+    // Still counted as pending until the session layer takes it: if the daemon falls behind,
+    // new attempts are refused rather than piling up.
+    if tx.send(delivered).await.is_err() {
+        connection.close(0u32.into(), b"node shutting down");
+    }
+    drop(pending);
+}

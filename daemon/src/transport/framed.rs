@@ -1,0 +1,292 @@
+//! Protocol messages on QUIC streams: [`FramedSend`] frames (and optionally zstd-compresses)
+//! messages onto a send stream, [`FramedRecv`] cuts, decompresses and decodes them from a receive
+//! stream with every size bounded, and [`TrafficCounters`] counts the bytes both move.
+//!
+//! Compression and decompression run inline on the calling task: at most one
+//! [`MAX_FRAME_BYTES`] payload at zstd level 3, a few milliseconds of CPU.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use officesync_protocol::wire::{
+    decode_message, encode_frame, encode_message, encode_raw_frame, ErrorCode, Frame, FrameDecoder,
+    FrameFlags, Message, WireError, MAX_FRAME_BYTES,
+};
+use quinn::{RecvStream, SendStream, VarInt};
+
+use super::error::TransportError;
+
+/// Payloads shorter than this are never compressed: zstd's frame overhead eats the gain.
+pub const COMPRESS_MIN_BYTES: usize = 256;
+
+/// zstd level for payloads: fast, and most of the gain on JSON values.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Most bytes taken from a stream per read.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Largest zstd window (2^23 = 8 MiB, one [`MAX_FRAME_BYTES`] payload) a peer's compressed
+/// payload may ask the decoder to allocate. Level 3 on our payloads uses at most 2^21.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// Byte counters shared by the framed streams of one peer (or anything else that wants them).
+/// Clones count into the same totals.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficCounters {
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+impl TrafficCounters {
+    /// Fresh counters at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes written to streams (frame headers included, after compression).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from streams (as received, before decompression).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn add_sent(&self, n: usize) {
+        self.sent
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn add_received(&self, n: usize) {
+        self.received
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Sends [`Message`]s as frames on a QUIC send stream.
+#[derive(Debug)]
+pub struct FramedSend {
+    stream: SendStream,
+    counters: TrafficCounters,
+}
+
+impl FramedSend {
+    /// Frames messages onto `stream`, counting into fresh [`TrafficCounters`].
+    pub fn new(stream: SendStream) -> Self {
+        Self {
+            stream,
+            counters: TrafficCounters::new(),
+        }
+    }
+
+    /// Counts into `counters` (e.g. the peer's) instead.
+    pub fn with_counters(mut self, counters: TrafficCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The counters this stream counts into.
+    pub fn counters(&self) -> &TrafficCounters {
+        &self.counters
+    }
+
+    /// Sends one message as one frame and returns the bytes written (header included).
+    ///
+    /// With `compress`, a payload of at least [`COMPRESS_MIN_BYTES`] is zstd-compressed (level
+    /// [`ZSTD_LEVEL`], flag [`FrameFlags::ZSTD`]) when that makes it smaller; otherwise it goes
+    /// as it is. A message whose payload exceeds [`MAX_FRAME_BYTES`] is refused with
+    /// [`TransportError::Encode`] before anything is written. Waits for flow-control credit,
+    /// which is the backpressure of a slow peer.
+    pub async fn send(&mut self, msg: &Message, compress: bool) -> Result<usize, TransportError> {
+        let frame = if compress {
+            let payload = encode_message(msg).map_err(TransportError::Encode)?;
+            if payload.len() >= COMPRESS_MIN_BYTES {
+                let packed = zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| {
+                    TransportError::Compress {
+                        detail: e.to_string(),
+                    }
+                })?;
+                if packed.len() < payload.len() {
+                    encode_raw_frame(FrameFlags::ZSTD, &packed)
+                } else {
+                    encode_raw_frame(FrameFlags::NONE, &payload)
+                }
+            } else {
+                encode_raw_frame(FrameFlags::NONE, &payload)
+            }
+        } else {
+            encode_frame(msg, FrameFlags::NONE)
+        }
+        .map_err(TransportError::Encode)?;
+        self.stream.write_all(&frame).await?;
+        self.counters.add_sent(frame.len());
+        Ok(frame.len())
+    }
+
+    /// Ends the stream gracefully once everything written is delivered.
+    pub fn finish(&mut self) -> Result<(), TransportError> {
+        self.stream.finish().map_err(|_| TransportError::Closed)
+    }
+
+    /// Abandons the stream, telling the peer why with `code`.
+    pub fn reset(&mut self, code: ErrorCode) {
+        // Already finished or reset: nothing left to abandon.
+        let _ = self.stream.reset(VarInt::from_u32(code.as_u32()));
+    }
+
+    /// The underlying stream.
+    pub fn stream_mut(&mut self) -> &mut SendStream {
+        &mut self.stream
+    }
+
+    /// Gives back the underlying stream.
+    pub fn into_inner(self) -> SendStream {
+        self.stream
+    }
+}
+
+/// Receives [`Message`]s from a QUIC receive stream, every size bounded.
+///
+/// A frame longer than the limit is refused as soon as its header arrives, before its payload
+/// is buffered; a compressed payload is refused as soon as it decompresses past the limit. On
+/// any invalid input the stream is stopped with the matching [`ErrorCode`] and every later
+/// call returns [`TransportError::Closed`]. Messages are decoded but not validated: call
+/// [`Message::validate`] with the configured value limit.
+#[derive(Debug)]
+pub struct FramedRecv {
+    stream: RecvStream,
+    decoder: FrameDecoder,
+    counters: TrafficCounters,
+    failed: bool,
+}
+
+impl FramedRecv {
+    /// Reads frames of up to [`MAX_FRAME_BYTES`] from `stream`, counting into fresh
+    /// [`TrafficCounters`].
+    pub fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::with_limit(MAX_FRAME_BYTES),
+            counters: TrafficCounters::new(),
+            failed: false,
+        }
+    }
+
+    /// Accepts payloads of at most `limit` bytes (compressed or not; capped at
+    /// [`MAX_FRAME_BYTES`]), e.g. a small limit on a control stream.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.decoder = FrameDecoder::with_limit(limit);
+        self
+    }
+
+    /// Counts into `counters` (e.g. the peer's) instead.
+    pub fn with_counters(mut self, counters: TrafficCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The counters this stream counts into.
+    pub fn counters(&self) -> &TrafficCounters {
+        &self.counters
+    }
+
+    /// The payload limit in force.
+    pub fn limit(&self) -> usize {
+        self.decoder.limit()
+    }
+
+    /// The next message; `Ok(None)` when the peer finished the stream cleanly between frames.
+    pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
+        loop {
+            if self.failed {
+                return Err(TransportError::Closed);
+            }
+            match self.decoder.poll_frame() {
+                Ok(Some(frame)) => {
+                    return match decode(frame, self.decoder.limit()) {
+                        Ok(msg) => Ok(Some(msg)),
+                        Err(e) => Err(self.fail(e)),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e.into())),
+            }
+            match self.stream.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    self.counters.add_received(chunk.bytes.len());
+                    self.decoder.push(&chunk.bytes);
+                }
+                Ok(None) => {
+                    return match self.decoder.finish() {
+                        Ok(()) => Ok(None),
+                        Err(e) => Err(self.fail(e.into())),
+                    };
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Stops the stream with the error's code and poisons this reader.
+    fn fail(&mut self, err: TransportError) -> TransportError {
+        self.failed = true;
+        if let Some(code) = err.code() {
+            // Already stopped or finished: the peer has nothing more to send anyway.
+            let _ = self.stream.stop(VarInt::from_u32(code.as_u32()));
+        }
+        err
+    }
+
+    /// The underlying stream.
+    pub fn stream_mut(&mut self) -> &mut RecvStream {
+        &mut self.stream
+    }
+
+    /// Gives back the underlying stream (bytes buffered in the decoder are lost).
+    pub fn into_inner(self) -> RecvStream {
+        self.stream
+    }
+}
+
+/// Decompresses (if flagged) and decodes one frame's payload.
+fn decode(frame: Frame, limit: usize) -> Result<Message, TransportError> {
+    if frame.flags.is_zstd() {
+        let payload = decompress(&frame.payload, limit)?;
+        Ok(decode_message(&payload)?)
+    } else {
+        Ok(decode_message(&frame.payload)?)
+    }
+}
+
+/// Decompresses a zstd payload, refusing one that would exceed `limit` bytes. Memory is bounded
+/// by `limit` plus a window of at most 2^[`ZSTD_WINDOW_LOG_MAX`] bytes, whatever the payload
+/// claims; the output grows only as bytes are actually produced.
+pub(super) fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, TransportError> {
+    let bad = |e: std::io::Error| TransportError::Decompress {
+        detail: e.to_string(),
+    };
+    let too_large = |len: u64| TransportError::Decode(WireError::FrameTooLarge { len, limit });
+    let limit64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    // The declared size is only a hint (a peer may lie), but a declared excess is refused early.
+    let declared = zstd::zstd_safe::get_frame_content_size(data).ok().flatten();
+    if let Some(n) = declared.filter(|&n| n > limit64) {
+        return Err(too_large(n));
+    }
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(bad)?;
+    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(bad)?;
+    let hint = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let mut out = Vec::with_capacity(hint.min(limit));
+    decoder
+        .take(limit64.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() > limit {
+        return Err(too_large(u64::try_from(out.len()).unwrap_or(u64::MAX)));
+    }
+    Ok(out)
+}

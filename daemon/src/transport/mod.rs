@@ -1,0 +1,331 @@
+//! The QUIC transport between offices: one endpoint per node that both accepts and dials,
+//! mutual TLS against the deployment CA, a dialer per configured peer that reconnects forever
+//! with jittered backoff, and framed message streams.
+//!
+//! Every connection handed to the rest of the daemon ([`PeerConnection`]) is authenticated:
+//! the peer's certificate chains to `ca.pem`, and its node name ([`PeerIdentity`]) was read
+//! from that certificate. A dialed peer must also be the node configured for that address.
+//! What the peer may do (revocation, read and write rights) is decided by the session layer
+//! on top, from `_policy`.
+//!
+//! ```text
+//! Transport::bind ──► Endpoint (sync.listen, UDP)
+//! Transport::start ─┬─► accept loop ── handshake task per attempt ──┐
+//!                   └─► dialer per peer ── dial, confirm, check name ┴─► mpsc<PeerConnection>
+//! ```
+
+mod accept;
+mod dial;
+mod error;
+mod framed;
+mod limits;
+mod tls;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Endpoint, VarInt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, PeerConfig};
+
+pub use dial::{BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX, STABLE_AFTER};
+pub use error::TransportError;
+pub use framed::{FramedRecv, FramedSend, TrafficCounters, COMPRESS_MIN_BYTES, ZSTD_LEVEL};
+pub use limits::{
+    CONNECTION_RECEIVE_WINDOW, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_IDLE_TIMEOUT,
+    MAX_PENDING_HANDSHAKES, MAX_UNI_STREAMS, RETRY_ABOVE_PENDING, SEND_WINDOW,
+    STREAM_RECEIVE_WINDOW,
+};
+pub use tls::PeerIdentity;
+
+/// Longest a handshake may take, dialing or accepting (several round trips on the slowest
+/// links, with retransmissions).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest [`Transport::close`] waits for connections to finish closing.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Authenticated connections waiting for the session layer before dialers and handshakes wait.
+const CHANNEL_CAPACITY: usize = 16;
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// This node dialed the peer (it is in `sync.peers`) and opens the session (sends `Hello`).
+    Dialer,
+    /// The peer dialed this node and opens the session.
+    Acceptor,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Dialer => "dialer",
+            Role::Acceptor => "acceptor",
+        })
+    }
+}
+
+/// An authenticated connection to a peer, either direction.
+#[derive(Debug)]
+pub struct PeerConnection {
+    /// Who the peer is, from its verified certificate.
+    pub peer: PeerIdentity,
+    /// Whether this node dialed or accepted the connection.
+    pub role: Role,
+    /// The QUIC connection; open streams on it, close it with an
+    /// [`ErrorCode`](officesync_protocol::wire::ErrorCode) when the session fails.
+    pub connection: quinn::Connection,
+    /// The peer's UDP address.
+    pub remote: SocketAddr,
+    /// Byte counters for the framed streams of this connection
+    /// ([`FramedSend::with_counters`], [`FramedRecv::with_counters`]).
+    pub counters: TrafficCounters,
+    /// For dialed connections: send `()` on it, or drop it, when the session is over. The dialer
+    /// then closes the connection (if still open) and redials after a backoff pause. Keep it
+    /// alive as long as the session runs. The dialer also redials on its own once the
+    /// connection closes. `None` for accepted connections.
+    pub closed_notify: Option<oneshot::Sender<()>>,
+}
+
+impl PeerConnection {
+    fn new(
+        peer: PeerIdentity,
+        role: Role,
+        connection: quinn::Connection,
+        remote: SocketAddr,
+        closed_notify: Option<oneshot::Sender<()>>,
+    ) -> Self {
+        Self {
+            peer,
+            role,
+            connection,
+            remote,
+            counters: TrafficCounters::new(),
+            closed_notify,
+        }
+    }
+}
+
+/// Transport-wide counts, for metrics and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Connections this node dialed that were authenticated and handed over.
+    pub connections_dialed: u64,
+    /// Connections this node accepted that were authenticated and handed over.
+    pub connections_accepted: u64,
+    /// Dial attempts that failed (unreachable, refused, wrong certificate or name).
+    pub dials_failed: u64,
+    /// Incoming handshakes that failed (bad certificate, timeout, protocol error).
+    pub handshakes_failed: u64,
+    /// Incoming connection attempts refused because too many handshakes were in progress.
+    pub handshakes_refused: u64,
+}
+
+/// Live counters behind [`TransportStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    dialed: AtomicU64,
+    accepted: AtomicU64,
+    dials_failed: AtomicU64,
+    handshakes_failed: AtomicU64,
+    handshakes_refused: AtomicU64,
+}
+
+impl Counters {
+    fn dialed(&self) {
+        self.dialed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    fn dial_failed(&self) {
+        self.dials_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn handshake_failed(&self) {
+        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn handshake_refused(&self) {
+        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> TransportStats {
+        TransportStats {
+            connections_dialed: self.dialed.load(Ordering::Relaxed),
+            connections_accepted: self.accepted.load(Ordering::Relaxed),
+            dials_failed: self.dials_failed.load(Ordering::Relaxed),
+            handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
+            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// State the transport's tasks share.
+#[derive(Debug, Clone, Default)]
+struct Shared {
+    counters: Arc<Counters>,
+}
+
+/// This node's QUIC endpoint: bound at [`Transport::bind`], running after
+/// [`Transport::start`], stopped by the shutdown signal and [`Transport::close`].
+#[derive(Debug)]
+pub struct Transport {
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    cluster_id: String,
+    identity: PeerIdentity,
+    shared: Shared,
+    started: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Transport {
+    /// Loads the `[tls]` bundle, builds the TLS and QUIC configurations and binds the UDP
+    /// socket of `sync.listen`. Must be called inside a tokio runtime.
+    ///
+    /// Fails when the bundle is unreadable, the node certificate is not issued by the CA or
+    /// not valid now, `node.name` is not the name in the certificate, or the address is taken.
+    pub fn bind(config: &Config) -> Result<Transport, TransportError> {
+        let setup = tls::load(&config.tls)?;
+        if setup.identity.name != config.node.name {
+            return Err(TransportError::TlsConfig {
+                detail: format!(
+                    "node.name is {:?} but {} is issued to {:?} (fix: set node.name to the name in the certificate, or install that node's bundle)",
+                    config.node.name,
+                    config.tls.cert.display(),
+                    setup.identity.name
+                ),
+            });
+        }
+        let addr = config.sync.listen;
+        let bind_err = |source| TransportError::Bind { addr, source };
+        let mut endpoint =
+            Endpoint::server(limits::server_config(setup.server), addr).map_err(bind_err)?;
+        endpoint.set_default_client_config(limits::client_config(setup.client));
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        tracing::info!(
+            %local_addr,
+            node = %setup.identity.name,
+            cluster = %setup.cluster_id,
+            "sync endpoint listening"
+        );
+        Ok(Transport {
+            endpoint,
+            local_addr,
+            cluster_id: setup.cluster_id,
+            identity: setup.identity,
+            shared: Shared::default(),
+            started: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The bound UDP address (the real port when `sync.listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The cluster id: lowercase hex SHA-256 of the CA certificate.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// This node's own identity, from its certificate.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    /// Connection and handshake counts so far.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Starts the accept loop and one dialer per entry of `peers`; every authenticated
+    /// connection (either direction) is delivered on the returned channel.
+    ///
+    /// Everything stops when `shutdown` becomes true (or its sender is dropped); the channel
+    /// then ends once the tasks are gone. A peer named like this node is skipped. Call once:
+    /// a second call returns a channel that is already closed.
+    pub fn start(
+        &self,
+        peers: Vec<PeerConfig>,
+        shutdown: watch::Receiver<bool>,
+    ) -> mpsc::Receiver<PeerConnection> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        if self.started.swap(true, Ordering::SeqCst) {
+            tracing::warn!("transport already started; ignoring a second start");
+            return rx;
+        }
+        let mut handles = Vec::with_capacity(peers.len() + 1);
+        handles.push(tokio::spawn(accept::run(
+            self.endpoint.clone(),
+            tx.clone(),
+            shutdown.clone(),
+            self.shared.clone(),
+        )));
+        for peer in peers {
+            if peer.name == self.identity.name {
+                tracing::warn!(peer = %peer.name, "sync.peers lists this node itself; not dialing it");
+                continue;
+            }
+            handles.push(tokio::spawn(dial::run(
+                self.endpoint.clone(),
+                peer,
+                tx.clone(),
+                shutdown.clone(),
+                self.shared.clone(),
+            )));
+        }
+        self.tasks_lock().extend(handles);
+        rx
+    }
+
+    /// Closes every connection (telling each peer), stops the tasks and waits at most
+    /// [`CLOSE_TIMEOUT`] for the closed connections to drain.
+    pub async fn close(&self) {
+        self.endpoint
+            .close(VarInt::from_u32(0), b"node shutting down");
+        let handles = std::mem::take(&mut *self.tasks_lock());
+        for handle in handles {
+            handle.abort();
+            // A task that was aborted or panicked has nothing left to clean up.
+            let _ = handle.await;
+        }
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            // Closed connections linger for three probe timeouts (RFC 9000 §10.2) to absorb
+            // the peer's last packets; nothing is lost by not waiting for all of them.
+            tracing::debug!("connections still draining at close");
+        }
+    }
+
+    fn tasks_lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        // The list stays valid even if a holder panicked.
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for handle in self.tasks_lock().drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+/// Resolves once `shutdown` is true or its sender is gone.
+async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender was dropped: nobody can ever start us again, so stop too.
+    let _ = shutdown.wait_for(|&stop| stop).await;
+}
+
+#[cfg(test)]
+mod tests;
