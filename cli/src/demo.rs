@@ -1,8 +1,11 @@
 //! `officesync demo`: a live local deployment in a temporary directory. It makes a CA, issues
-//! the general office's certificate bundle, writes its config, starts `officesyncd` on free
-//! loopback ports, writes sample situation records and shows the node's status until Ctrl-C
-//! (or `--duration`), then stops the daemon cleanly.
+//! bundles for a general office (the hub) and two city offices, writes their configs, starts
+//! three `officesyncd` on free loopback ports (the offices dial the hub), writes sample
+//! situation records at each office, shows each record's arrival at the other offices as it
+//! happens and every node's status every few seconds until Ctrl-C (or `--duration`), then
+//! stops the daemons cleanly.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use clap::Args;
 use officesync_daemon::config::Config;
 use officesync_daemon::pki::{self, IssueOptions};
@@ -36,38 +40,52 @@ pub struct DemoArgs {
     keep: bool,
 }
 
-/// The demo's sample records: (collection, key, JSON value).
-const SAMPLES: &[(&str, &str, &str)] = &[
+/// The hub: every office dials it, and it relays between them.
+const HUB: &str = "general-office";
+/// The city offices.
+const OFFICES: &[&str] = &["hefei", "beijing-office"];
+
+/// The demo's sample records: (office that writes it, collection, key, JSON value).
+const SAMPLES: &[(&str, &str, &str, &str)] = &[
     (
+        "hefei",
         "situation",
         "hefei/grain",
-        r#"{"office":"hefei","stock_t":12500,"status":"normal"}"#,
+        r#"{"office":"hefei","stock_t":12500}"#,
     ),
     (
+        "hefei",
         "situation",
         "hefei/flood-level",
-        r#"{"office":"hefei","river":"Nanfei","level_m":7.9}"#,
+        r#"{"river":"Nanfei","level_m":7.9}"#,
     ),
     (
+        "beijing-office",
         "situation",
-        "wuhu/flood-level",
-        r#"{"office":"wuhu","river":"Yangtze","level_m":10.2}"#,
+        "beijing/traffic",
+        r#"{"status":"heavy"}"#,
     ),
     (
+        "general-office",
         "situation",
-        "general-office/alert",
-        r#"{"level":"yellow","issued_by":"general-office"}"#,
+        "province/alert",
+        r#"{"level":"yellow"}"#,
     ),
     (
+        "general-office",
         "documents",
         "2026/notice-17",
-        r#"{"title":"Flood season duty roster","pages":3}"#,
+        r#"{"title":"Duty roster"}"#,
     ),
 ];
+
+/// A key written at two offices at once: it ends with two siblings and one winner everywhere.
+const CONTESTED: (&str, &str) = ("situation", "province/duty-officer");
 
 /// A daemon started by the demo.
 struct DemoNode {
     name: String,
+    sync: SocketAddr,
     child: Child,
     client: Client,
     log: PathBuf,
@@ -90,7 +108,19 @@ pub fn run(args: DemoArgs, _global: &Global) -> Result<(), CliError> {
         ca_dir.display(),
         &ca.fingerprint[..16]
     );
-    let mut nodes = vec![start_node(&dir, &ca_dir, "general-office", true)?];
+    let mut nodes = vec![start_node(&dir, &ca_dir, HUB, true, None)?];
+    let hub_sync = nodes[0].sync;
+    for office in OFFICES {
+        match start_node(&dir, &ca_dir, office, false, Some(hub_sync)) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                for node in &mut nodes {
+                    stop_node(node);
+                }
+                return Err(e);
+            }
+        }
+    }
     let result = demo_loop(&args, &mut nodes, &stop);
     for node in &mut nodes {
         stop_node(node);
@@ -157,7 +187,13 @@ fn daemon_path() -> Result<PathBuf, CliError> {
     }
 }
 
-fn start_node(dir: &Path, ca_dir: &Path, name: &str, admin: bool) -> Result<DemoNode, CliError> {
+fn start_node(
+    dir: &Path,
+    ca_dir: &Path,
+    name: &str,
+    admin: bool,
+    hub: Option<SocketAddr>,
+) -> Result<DemoNode, CliError> {
     let node_dir = dir.join(name);
     let tls = node_dir.join("tls");
     let opts = IssueOptions {
@@ -166,11 +202,15 @@ fn start_node(dir: &Path, ca_dir: &Path, name: &str, admin: bool) -> Result<Demo
     };
     pki::issue(name, ca_dir, &tls, &opts).map_err(fail)?;
     let api = free_tcp_port()?;
-    let config = Config::builder(name, node_dir.join("data"), &tls)
+    let sync = free_udp_port()?;
+    let mut builder = Config::builder(name, node_dir.join("data"), &tls)
         .api_listen(api)
-        .sync_listen(free_udp_port()?)
-        .admins(vec!["general-office".to_owned()])
-        .build();
+        .sync_listen(sync)
+        .admins(vec![HUB.to_owned()]);
+    if let Some(hub) = hub {
+        builder = builder.peer(HUB, hub.to_string());
+    }
+    let config = builder.build();
     let config_path = node_dir.join("officesync.toml");
     std::fs::write(&config_path, config.to_toml_string()).map_err(fail)?;
     let log = node_dir.join("officesyncd.log");
@@ -185,15 +225,16 @@ fn start_node(dir: &Path, ca_dir: &Path, name: &str, admin: bool) -> Result<Demo
     let addr: ApiAddr = api.to_string().parse().map_err(CliError::usage)?;
     let mut node = DemoNode {
         name: name.to_owned(),
+        sync,
         child,
         client: Client::new(addr, Duration::from_secs(5)),
         log,
     };
     wait_healthy(&mut node)?;
     println!(
-        "  {name}: officesyncd pid {} — API http://{api}, config {}",
+        "  {name}: officesyncd pid {} — API http://{api}, QUIC {sync}{}",
         node.child.id(),
-        config_path.display()
+        hub.map_or(String::new(), |h| format!(", dials {HUB} at {h}"))
     );
     Ok(node)
 }
@@ -221,27 +262,71 @@ fn wait_healthy(node: &mut DemoNode) -> Result<(), CliError> {
     )))
 }
 
+fn put(node: &DemoNode, coll: &str, key: &str, value: &str) -> Result<String, CliError> {
+    let path = format!("/v1/collections/{coll}/records/{}", urlenc::encode_key(key));
+    let ack = node
+        .client
+        .send(Method::PUT, &path, Some(value.as_bytes().to_vec()))?
+        .check(None)?
+        .json()?;
+    Ok(ack["version"].as_str().unwrap_or("?").to_owned())
+}
+
+/// Every live record of `coll` at `node`: key → (version, value).
+fn records(node: &DemoNode, coll: &str) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    let path = format!("/v1/collections/{coll}/records?limit=1000");
+    let Ok(page) = node
+        .client
+        .send(Method::GET, &path, None)
+        .and_then(|r| r.check(None)?.json())
+    else {
+        return out;
+    };
+    for r in page["records"].as_array().into_iter().flatten() {
+        let value = r["value_base64"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        if let (Some(k), Some(v)) = (r["key"].as_str(), r["version"].as_str()) {
+            out.insert(k.to_owned(), (v.to_owned(), value));
+        }
+    }
+    out
+}
+
 fn demo_loop(args: &DemoArgs, nodes: &mut [DemoNode], stop: &AtomicBool) -> Result<(), CliError> {
-    let node = nodes.first().ok_or_else(|| fail("no demo node"))?;
-    println!("\nwriting sample records at {}:", node.name);
-    for (coll, key, value) in SAMPLES {
-        let path = format!("/v1/collections/{coll}/records/{}", urlenc::encode_key(key));
-        let ack = node
-            .client
-            .send(Method::PUT, &path, Some(value.as_bytes().to_vec()))?
-            .check(None)?
-            .json()?;
+    println!("\nwriting sample records, each at its own office:");
+    let mut written: BTreeMap<(String, String), Instant> = BTreeMap::new();
+    for (office, coll, key, value) in SAMPLES {
+        let Some(node) = nodes.iter().find(|n| n.name == *office) else {
+            continue;
+        };
+        let version = put(node, coll, key, value)?;
+        written.insert((coll.to_string(), key.to_string()), Instant::now());
+        println!("  {office}: put {coll} {key} → {version}");
+    }
+    let (coll, key) = CONTESTED;
+    for node in nodes.iter().filter(|n| n.name != HUB) {
+        let value = format!(r#"{{"officer":"on duty at {}"}}"#, node.name);
+        let version = put(node, coll, key, &value)?;
         println!(
-            "  put {coll} {key} → {}",
-            ack["version"].as_str().unwrap_or("?")
+            "  {}: put {coll} {key} → {version} (written at both offices at once)",
+            node.name
         );
     }
+    written.insert((coll.to_string(), key.to_string()), Instant::now());
+    let hub = nodes.first().ok_or_else(|| fail("no demo node"))?;
     println!(
-        "\ntry it from another terminal:\n  export OFFICESYNC_API={}\n  officesync scan situation\n  officesync get situation hefei/grain\n  officesync put situation hefei/grain '{{\"stock_t\":12000}}'\n  officesync status\n\nCtrl-C stops the demo.\n",
-        node.client.addr()
+        "\ntry it from another terminal (the general office's API):\n  export OFFICESYNC_API={}\n  officesync scan situation\n  officesync get situation {key} --all\n  officesync put situation hefei/grain '{{\"stock_t\":12000}}'\n  officesync status\n\narrivals as they happen, status every {} s; Ctrl-C stops the demo.\n",
+        hub.client.addr(),
+        args.every.max(1)
     );
+    let colls = ["situation", "documents"];
+    let mut seen: BTreeMap<(String, String, String), String> = BTreeMap::new();
     let started = Instant::now();
-    let mut next_status = Instant::now();
+    let mut next_status = Instant::now() + Duration::from_secs(args.every.max(1));
     while !stop.load(Ordering::SeqCst) {
         if args
             .duration
@@ -249,13 +334,38 @@ fn demo_loop(args: &DemoArgs, nodes: &mut [DemoNode], stop: &AtomicBool) -> Resu
         {
             break;
         }
+        for node in nodes.iter() {
+            for coll in colls {
+                for (key, (version, value)) in records(node, coll) {
+                    let slot = (node.name.clone(), coll.to_owned(), key.clone());
+                    if seen.get(&slot) == Some(&version) {
+                        continue;
+                    }
+                    let origin = version.split('@').next().unwrap_or("?");
+                    if origin != node.name {
+                        let after = written
+                            .get(&(coll.to_owned(), key.clone()))
+                            .map_or(String::new(), |t| {
+                                format!(" {} ms after the write", t.elapsed().as_millis())
+                            });
+                        println!(
+                            "  arrived at {:<15} {coll}/{key} = {value} (version {version}{after})",
+                            node.name
+                        );
+                    }
+                    seen.insert(slot, version);
+                }
+            }
+        }
         if Instant::now() >= next_status {
+            println!();
             for node in nodes.iter_mut() {
                 print_status(node);
             }
+            println!();
             next_status = Instant::now() + Duration::from_secs(args.every.max(1));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
     println!("\nstopping…");
     Ok(())
@@ -289,10 +399,28 @@ fn print_status(node: &mut DemoNode) {
                     .collect::<Vec<_>>()
                     .join("; ")
             });
+            let peers = s["peers"].as_array().map_or(String::new(), |ps| {
+                ps.iter()
+                    .map(|p| {
+                        let up = p["connected"].as_bool() == Some(true);
+                        format!(
+                            "{} {} lag {}",
+                            p["name"].as_str().unwrap_or("?"),
+                            if up { "up" } else { "DOWN" },
+                            p["lag_versions"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
             println!(
-                "  [{}] {} — {colls}",
+                "  [{:<14}] {colls}; peers: {}",
                 s["node"].as_str().unwrap_or("?"),
-                s["replica"].as_str().unwrap_or("?")
+                if peers.is_empty() {
+                    "none".to_owned()
+                } else {
+                    peers
+                }
             );
         }
         Err(e) => println!(

@@ -40,8 +40,9 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 100;
 pub const FLUSH_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=60_000;
 /// Default `storage.max_value_bytes` (4 MiB).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
-/// Largest accepted `storage.max_value_bytes` (64 MiB).
-pub const MAX_VALUE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest accepted `storage.max_value_bytes` (6 MiB): a version of that size, with its
+/// longest key and context, still fits one replication frame (`wire::MAX_FRAME_BYTES`, 8 MiB).
+pub const MAX_VALUE_BYTES_LIMIT: usize = 6 * 1024 * 1024;
 
 /// The whole node configuration, one TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -403,7 +404,7 @@ impl Config {
                     self.storage.max_value_bytes
                 ),
                 &format!(
-                    "use 1..={MAX_VALUE_BYTES_LIMIT} (64 MiB; default {DEFAULT_MAX_VALUE_BYTES})"
+                    "use 1..={MAX_VALUE_BYTES_LIMIT} (6 MiB, so a value fits one replication frame; default {DEFAULT_MAX_VALUE_BYTES})"
                 ),
             ));
         }

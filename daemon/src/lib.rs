@@ -6,4 +6,5 @@ pub mod node;
 pub mod pki;
 pub mod replica;
 pub mod store;
+pub mod sync;
 pub mod transport;

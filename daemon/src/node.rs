@@ -9,10 +9,12 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, PeerTable};
 use crate::config::{Config, Durability};
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
 use crate::store::{SledStore, StoreError};
+use crate::sync::SyncService;
+use crate::transport::{Transport, TransportError};
 
 /// How long shutdown waits for in-flight API requests before closing their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -26,6 +28,9 @@ pub enum StartError {
     /// The replica could not be opened on the store.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// The replication endpoint could not be set up (certificates, UDP port).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// The API address could not be bound.
     #[error(
         "cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)"
@@ -56,6 +61,7 @@ pub fn replica_options(config: &Config) -> ReplicaOptions {
 pub struct Node {
     replica: Replica,
     api_addr: SocketAddr,
+    sync: Arc<SyncService>,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -80,7 +86,19 @@ impl Node {
             source,
         })?;
         let (stop, mut stopped) = watch::channel(false);
-        let app = api::router(ApiState::new(replica.clone()));
+        let transport = Transport::bind(config)?;
+        let peers = PeerTable::new();
+        let sync = Arc::new(SyncService::start(
+            config,
+            transport,
+            replica.clone(),
+            peers.clone(),
+            stopped.clone(),
+        ));
+        let state = ApiState::new(replica.clone())
+            .with_peers(Arc::new(peers))
+            .with_verifier(Arc::new(VerifyVia(sync.clone())));
+        let app = api::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -92,12 +110,14 @@ impl Node {
             node = %config.node.name,
             replica = %replica.id(),
             api = %api_addr,
+            sync = %sync.local_addr(),
             durability = %config.storage.durability,
             "node started"
         );
         Ok(Self {
             replica,
             api_addr,
+            sync,
             stop,
             server,
         })
@@ -106,6 +126,11 @@ impl Node {
     /// The address the API listens on.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The address replication (QUIC) listens on.
+    pub fn sync_addr(&self) -> SocketAddr {
+        self.sync.local_addr()
     }
 
     /// The replica.
@@ -131,8 +156,22 @@ impl Node {
                 let _ = server.await;
             }
         }
+        self.sync.close().await;
         self.replica.close().await?;
         tracing::info!("node stopped; store flushed");
         Ok(())
+    }
+}
+
+/// Serves `POST /v1/verify` through the replication service.
+struct VerifyVia(Arc<SyncService>);
+
+impl api::Verifier for VerifyVia {
+    fn verify(&self) -> api::futures_boxed::BoxFuture<serde_json::Value> {
+        let sync = self.0.clone();
+        Box::pin(async move {
+            let results = sync.verify().await;
+            serde_json::json!({ "results": results })
+        })
     }
 }

@@ -8,6 +8,7 @@ pub mod dot;
 pub mod hlc;
 pub mod merge;
 pub mod names;
+pub mod sync;
 pub mod version;
 pub mod wire;
 

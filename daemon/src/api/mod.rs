@@ -48,7 +48,20 @@ pub struct ApiState {
     replica: Replica,
     started: Instant,
     peers: Arc<dyn PeerStatusSource>,
+    verifier: Option<Arc<dyn Verifier>>,
     http: Arc<HttpMetrics>,
+}
+
+/// Runs `officesync verify`: compares collection digests with peers now.
+pub trait Verifier: Send + Sync + 'static {
+    /// One JSON report per peer and collection.
+    fn verify(&self) -> futures_boxed::BoxFuture<serde_json::Value>;
+}
+
+/// A boxed future, for [`Verifier`] (kept local to avoid a futures dependency).
+pub mod futures_boxed {
+    /// A pinned, boxed, sendable future.
+    pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 }
 
 impl std::fmt::Debug for ApiState {
@@ -67,6 +80,7 @@ impl ApiState {
             replica,
             started: Instant::now(),
             peers: Arc::new(PeerTable::new()),
+            verifier: None,
             http: Arc::new(HttpMetrics::new()),
         }
     }
@@ -75,6 +89,12 @@ impl ApiState {
     /// `/v1/status` and `/metrics`.
     pub fn with_peers(mut self, source: Arc<dyn PeerStatusSource>) -> Self {
         self.peers = source;
+        self
+    }
+
+    /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
+    pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
+        self.verifier = Some(verifier);
         self
     }
 
@@ -112,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/collections/{c}/records", get(records::scan))
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
+        .route("/v1/verify", axum::routing::post(verify))
         .route("/health", get(status::health))
         .route("/metrics", get(metrics::metrics))
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -126,3 +147,15 @@ pub fn router(state: ApiState) -> Router {
 
 #[cfg(test)]
 mod tests;
+
+/// `POST /v1/verify`: `{"results": [{"peer", "collection", "outcome"}]}`.
+async fn verify(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    match &state.verifier {
+        Some(v) => Ok(axum::Json(v.verify().await)),
+        None => Err(ApiError::NotFound(
+            "verify needs replication, which is not running".into(),
+        )),
+    }
+}

@@ -33,6 +33,15 @@ pub struct PeerStatus {
     pub bytes_sent: u64,
     /// Bytes received from the peer since this daemon started.
     pub bytes_received: u64,
+    /// The peer's address of the current (or last) connection.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Round-trip time measured by heartbeats, in milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
+    /// Versions from this peer refused (relay rule, clock skew, invalid).
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 /// Where the API reads peer status from. The replication layer implements it (or feeds a

@@ -546,6 +546,13 @@ impl Replica {
         blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), limit)).await
     }
 
+    /// One collection's state (empty if it holds nothing yet).
+    pub async fn collection(&self, collection: &str) -> Result<CollectionMeta, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let (store, c) = (self.inner.store.clone(), collection.to_owned());
+        blocking(move || writer::load_meta(store.as_ref(), &c)).await
+    }
+
     /// Every collection this node holds, with its state.
     pub async fn collections(&self) -> Result<Vec<CollectionInfo>, ReplicaError> {
         let store = self.inner.store.clone();

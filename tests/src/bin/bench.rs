@@ -1,6 +1,14 @@
-//! officesync benchmark: prints one JSON line per figure, each beside a raw sled baseline
-//! measured in the same run, then a markdown summary table. Not a test: nothing here asserts
-//! timings. `--quick` runs small sizes in seconds (CI uses it so the program never rots).
+//! officesync benchmark: prints one JSON line per figure, each beside a baseline measured in
+//! the same run (raw sled for local and catch-up figures), then a markdown summary table that
+//! says which targets are met. Not a test: nothing here asserts timings. `--quick` runs small
+//! sizes in seconds (CI uses it so the program never rots).
+//!
+//! Local figures: write and read throughput of one replica against raw sled. Replication
+//! figures ([`replication`]): bulk catch-up, live relay latency and wire efficiency, with
+//! nodes running in this process on loopback.
+
+#[path = "bench/replication.rs"]
+mod replication;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,14 +151,119 @@ async fn replica_reads(ops: usize) -> Result<f64> {
     Ok(rate)
 }
 
-fn emit(rows: &mut Vec<serde_json::Value>, row: serde_json::Value) {
-    println!("{row}");
+/// One row of the final markdown table.
+pub(crate) struct TableRow {
+    figure: String,
+    case: String,
+    result: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+    /// `None` when the row has no target.
+    met: Option<bool>,
+}
+
+/// Prints `line` as one JSON line and keeps `row` for the table.
+pub(crate) fn emit(rows: &mut Vec<TableRow>, line: serde_json::Value, row: TableRow) {
+    println!("{line}");
     rows.push(row);
+}
+
+fn print_table(rows: &[TableRow]) {
+    println!("| figure | case | result | baseline | ratio | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.figure,
+            r.case,
+            r.result,
+            r.baseline,
+            r.ratio.map_or("-".to_string(), |x| format!("{x:.2}")),
+            r.target,
+            match r.met {
+                None => "-",
+                Some(true) => "yes",
+                Some(false) => "**no**",
+            },
+        );
+    }
+}
+
+/// Figure groups `--only` can pick.
+const GROUPS: [&str; 4] = ["local", "bulk_catch_up", "live_relay", "wire_efficiency"];
+
+/// Command line: `[--quick] [--only GROUP[,GROUP...]]`.
+struct Args {
+    quick: bool,
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    fn parse() -> Result<Self> {
+        let mut args = Args {
+            quick: false,
+            only: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => args.quick = true,
+                "--only" => {
+                    let list = it.next().context("--only needs a list of figure groups")?;
+                    let groups: Vec<String> = list.split(',').map(str::to_owned).collect();
+                    for g in &groups {
+                        anyhow::ensure!(
+                            GROUPS.contains(&g.as_str()),
+                            "unknown figure group {g:?} (known: {})",
+                            GROUPS.join(", ")
+                        );
+                    }
+                    args.only = Some(groups);
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "usage: officesync-bench [--quick] [--only GROUP[,GROUP...]]\n\
+                         groups: {}",
+                        GROUPS.join(", ")
+                    );
+                    std::process::exit(0);
+                }
+                other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        Ok(args)
+    }
+
+    /// True when figure group `group` runs.
+    fn wants(&self, group: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|g| g == group))
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args = match Args::parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("officesync-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rows = Vec::new();
+    if args.wants("local") {
+        local_figures(args.quick, &mut rows).await?;
+    }
+    replication::run(&args, &mut rows).await;
+    println!();
+    print_table(&rows);
+    Ok(())
+}
+
+/// Local write and read figures against raw sled.
+async fn local_figures(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
     let s = if quick {
         Sizes {
             sync_ops: 640,
@@ -164,7 +277,6 @@ async fn main() -> Result<()> {
             read_ops: 400_000,
         }
     };
-    let mut rows = Vec::new();
     for writers in [1usize, 64] {
         let ops = if writers == 1 {
             s.sync_ops / 8
@@ -175,15 +287,27 @@ async fn main() -> Result<()> {
         // Baseline: raw sled inserts flushed in the batch sizes our group commit achieved.
         let batch = run.mean_group.round().max(1.0) as usize;
         let base = raw_sled_writes(ops, batch, true)?;
+        let ratio = run.ops_per_sec / base;
+        let target = (writers == 64).then_some(0.5);
         emit(
-            &mut rows,
+            rows,
             json!({
                 "figure": "local_write", "durability": "sync", "writers": writers, "ops": ops,
                 "ops_per_sec": run.ops_per_sec.round(), "mean_group_commit": run.mean_group,
                 "baseline": format!("raw sled insert + flush every {batch}"),
                 "baseline_ops_per_sec": base.round(), "ratio": run.ops_per_sec / base,
-                "target_ratio": if writers == 64 { json!(0.5) } else { json!(null) },
+                "target_ratio": target,
+                "target_met": target.map(|t| ratio >= t),
             }),
+            TableRow {
+                figure: "local_write".into(),
+                case: format!("sync, {writers} writers, {ops} ops"),
+                result: format!("{:.0} ops/s", run.ops_per_sec),
+                baseline: format!("{base:.0} ops/s (raw sled insert + flush every {batch})"),
+                ratio: Some(ratio),
+                target: target.map_or("-".into(), |t| format!("ratio ≥ {t}")),
+                met: target.map(|t| ratio >= t),
+            },
         );
     }
     for writers in [1usize, 64] {
@@ -195,45 +319,47 @@ async fn main() -> Result<()> {
         )
         .await?;
         let base = raw_sled_writes(ops, ops, false)?;
+        let ratio = run.ops_per_sec / base;
+        let target = (writers == 64).then_some(0.7);
         emit(
-            &mut rows,
+            rows,
             json!({
                 "figure": "local_write", "durability": "periodic", "writers": writers, "ops": ops,
                 "ops_per_sec": run.ops_per_sec.round(),
                 "baseline": "raw sled insert, one flush at the end",
                 "baseline_ops_per_sec": base.round(), "ratio": run.ops_per_sec / base,
-                "target_ratio": if writers == 64 { json!(0.7) } else { json!(null) },
+                "target_ratio": target,
+                "target_met": target.map(|t| ratio >= t),
             }),
+            TableRow {
+                figure: "local_write".into(),
+                case: format!("periodic, {writers} writers, {ops} ops"),
+                result: format!("{:.0} ops/s", run.ops_per_sec),
+                baseline: format!("{base:.0} ops/s (raw sled insert, one flush)"),
+                ratio: Some(ratio),
+                target: target.map_or("-".into(), |t| format!("ratio ≥ {t}")),
+                met: target.map(|t| ratio >= t),
+            },
         );
     }
     let reads = replica_reads(s.read_ops).await?;
     let base = raw_sled_reads(s.read_ops)?;
     emit(
-        &mut rows,
+        rows,
         json!({
             "figure": "local_read", "readers": 8, "ops": s.read_ops, "ops_per_sec": reads.round(),
             "baseline": "raw sled get, one thread", "baseline_ops_per_sec": base.round(),
             "ratio": reads / base,
         }),
+        TableRow {
+            figure: "local_read".into(),
+            case: format!("8 readers, {} ops", s.read_ops),
+            result: format!("{reads:.0} ops/s"),
+            baseline: format!("{base:.0} ops/s (raw sled get, one thread)"),
+            ratio: Some(reads / base),
+            target: "-".into(),
+            met: None,
+        },
     );
-    println!();
-    println!("| figure | durability | writers | ops/s | baseline ops/s | ratio | target |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {:.2} | {} |",
-            r["figure"].as_str().unwrap_or(""),
-            r["durability"].as_str().unwrap_or("-"),
-            r.get("writers")
-                .or(r.get("readers"))
-                .map_or(String::new(), |v| v.to_string()),
-            r["ops_per_sec"],
-            r["baseline_ops_per_sec"],
-            r["ratio"].as_f64().unwrap_or(0.0),
-            r.get("target_ratio")
-                .filter(|v| !v.is_null())
-                .map_or("-".to_string(), |v| format!("≥ {v}")),
-        );
-    }
     Ok(())
 }

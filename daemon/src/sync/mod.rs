@@ -1,0 +1,328 @@
+//! Replication service: turns each authenticated QUIC connection from the [`transport`]
+//! into a running [`Session`](officesync_protocol::sync::Session) driven against the local
+//! [`Replica`], keeps the peer table for status, and runs on-demand verification.
+//!
+//! [`transport`]: crate::transport
+
+mod driver;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use officesync_protocol::sync::VerifyOutcome;
+use officesync_protocol::{ReplicaId, VersionVector};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::api::PeerTable;
+use crate::config::Config;
+use crate::replica::Replica;
+use crate::transport::{PeerConnection, Transport};
+
+/// How long `verify` waits for every peer and collection to answer.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One line of a verification report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The peer compared with.
+    pub peer: String,
+    /// The collection compared.
+    pub collection: String,
+    /// `equal`, `vectors_differ` (still syncing), `repaired`, `still_different` or `timeout`.
+    pub outcome: String,
+}
+
+fn outcome_name(o: VerifyOutcome) -> &'static str {
+    match o {
+        VerifyOutcome::Equal => "equal",
+        VerifyOutcome::VectorsDiffer => "vectors_differ",
+        VerifyOutcome::Repaired => "repaired",
+        VerifyOutcome::StillDifferent => "still_different",
+    }
+}
+
+/// Commands the service sends to a running session.
+pub(crate) enum Command {
+    /// Compare every collection with the peer now; answer with one report per collection.
+    Verify {
+        collections: Vec<String>,
+        reply: oneshot::Sender<Vec<VerifyReport>>,
+    },
+}
+
+/// Settings every session of this node shares.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncSettings {
+    pub node: String,
+    pub cluster_id: String,
+    pub admins: Vec<String>,
+    pub max_value_bytes: usize,
+    pub heartbeat_interval_ms: u64,
+    pub is_admin: bool,
+}
+
+/// Handles of the sessions running now, by connection id, and what is known of peers whose
+/// session ended (their last version vectors), so their lag keeps growing while they are away.
+#[derive(Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<u64, (String, mpsc::Sender<Command>)>>,
+    next: AtomicU64,
+    last_known: Mutex<HashMap<String, Vec<(String, VersionVector)>>>,
+}
+
+impl Registry {
+    fn add(&self, peer: &str, tx: mpsc::Sender<Command>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (peer.to_owned(), tx));
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// True while another session with `peer` than `id` is running.
+    fn other_session(&self, peer: &str, id: u64) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(other, (name, _))| *other != id && name == peer)
+    }
+
+    fn remember(&self, peer: &str, vvs: Vec<(String, VersionVector)>) {
+        if !vvs.is_empty() {
+            self.last_known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer.to_owned(), vvs);
+        }
+    }
+
+    /// Peers with no running session and their last known vectors.
+    fn away(&self) -> Vec<(String, Vec<(String, VersionVector)>)> {
+        let running: Vec<String> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.last_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(n, _)| !running.contains(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
+    fn all(&self) -> Vec<(String, mpsc::Sender<Command>)> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The running replication service.
+pub struct SyncService {
+    transport: Transport,
+    registry: Arc<Registry>,
+    replica: Replica,
+    tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl SyncService {
+    /// Starts dialing the configured peers and accepting connections; every authenticated
+    /// connection gets a session. Stops when `shutdown` turns true.
+    pub fn start(
+        config: &Config,
+        transport: Transport,
+        replica: Replica,
+        peers: PeerTable,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let settings = Arc::new(SyncSettings {
+            node: config.node.name.clone(),
+            cluster_id: transport.cluster_id().to_owned(),
+            admins: config.cluster.admins.clone(),
+            max_value_bytes: config.storage.max_value_bytes,
+            heartbeat_interval_ms: config.sync.heartbeat_interval_ms,
+            is_admin: config.cluster.admins.contains(&config.node.name)
+                && transport.identity().admin_cert,
+        });
+        for p in &config.sync.peers {
+            peers.set(crate::api::PeerStatus {
+                name: p.name.clone(),
+                ..Default::default()
+            });
+        }
+        let registry = Arc::new(Registry::default());
+        tokio::spawn(lag_of_absent_peers(
+            registry.clone(),
+            replica.clone(),
+            peers.clone(),
+            settings.is_admin,
+            shutdown.clone(),
+        ));
+        let mut incoming = transport.start(config.sync.peers.clone(), shutdown.clone());
+        let tasks = {
+            let (registry, replica) = (registry.clone(), replica.clone());
+            tokio::spawn(async move {
+                let mut sessions = JoinSet::new();
+                while let Some(conn) = incoming.recv().await {
+                    sessions.spawn(run_connection(
+                        conn,
+                        settings.clone(),
+                        replica.clone(),
+                        peers.clone(),
+                        registry.clone(),
+                        shutdown.clone(),
+                    ));
+                    while sessions.try_join_next().is_some() {}
+                }
+                while sessions.join_next().await.is_some() {}
+            })
+        };
+        Self {
+            transport,
+            registry,
+            replica,
+            tasks: Mutex::new(Some(tasks)),
+        }
+    }
+
+    /// The QUIC address this node listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// Compares every collection with every connected peer now (repairing divergence the log
+    /// cannot explain) and reports per peer and collection.
+    pub async fn verify(&self) -> Vec<VerifyReport> {
+        let collections: Vec<String> = match self.replica.collections().await {
+            Ok(c) => c.into_iter().map(|c| c.name).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut waits = Vec::new();
+        for (peer, tx) in self.registry.all() {
+            let (reply, rx) = oneshot::channel();
+            let cmd = Command::Verify {
+                collections: collections.clone(),
+                reply,
+            };
+            if tx.send(cmd).await.is_ok() {
+                waits.push((peer, rx));
+            }
+        }
+        let mut out = Vec::new();
+        for (peer, rx) in waits {
+            match tokio::time::timeout(VERIFY_TIMEOUT, rx).await {
+                Ok(Ok(reports)) => out.extend(reports),
+                _ => out.extend(collections.iter().map(|c| VerifyReport {
+                    peer: peer.clone(),
+                    collection: c.clone(),
+                    outcome: "timeout".into(),
+                })),
+            }
+        }
+        out.sort_by(|a, b| (&a.peer, &a.collection).cmp(&(&b.peer, &b.collection)));
+        out
+    }
+
+    /// Waits for the sessions to end (after shutdown) and closes the endpoint.
+    pub async fn close(&self) {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tasks) = tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), tasks).await;
+        }
+        self.transport.close().await;
+    }
+}
+
+async fn run_connection(
+    conn: PeerConnection,
+    settings: Arc<SyncSettings>,
+    replica: Replica,
+    peers: PeerTable,
+    registry: Arc<Registry>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(4);
+    let name = conn.peer.name.clone();
+    let id = registry.add(&name, cmd_tx);
+    let span = tracing::info_span!("peer", peer = %name, conn = conn.connection.stable_id());
+    let (outcome, peer_vvs) = {
+        use tracing::Instrument;
+        driver::drive(conn, &settings, &replica, &peers, cmd_rx, shutdown)
+            .instrument(span.clone())
+            .await
+    };
+    registry.remember(&name, peer_vvs);
+    registry.remove(id);
+    if !registry.other_session(&name, id) {
+        peers.update(&name, |p| p.connected = false);
+    }
+    let _enter = span.enter();
+    tracing::info!(reason = %outcome, "session ended");
+}
+
+/// Versions this node holds that a peer with vectors `peer` lacks: every origin's for a relay,
+/// only this node's own otherwise (what a session would send it).
+pub(crate) fn lag(
+    ours: &std::collections::BTreeMap<String, VersionVector>,
+    peer: &[(String, VersionVector)],
+    me: &ReplicaId,
+    relay: bool,
+) -> u64 {
+    let mut total = 0;
+    for (coll, vv) in ours {
+        let theirs = peer.iter().find(|(c, _)| c == coll).map(|(_, v)| v);
+        for (origin, n) in vv.iter() {
+            if relay || origin == me {
+                total += n.saturating_sub(theirs.map_or(0, |t| t.get(origin)));
+            }
+        }
+    }
+    total
+}
+
+/// Keeps the lag of peers without a session current, from their last known vectors.
+async fn lag_of_absent_peers(
+    registry: Arc<Registry>,
+    replica: Replica,
+    peers: PeerTable,
+    relay: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut durable = replica.durable();
+    loop {
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let ours = durable.borrow_and_update().vvs.clone();
+        for (name, vvs) in registry.away() {
+            let n = lag(&ours, &vvs, replica.id(), relay);
+            peers.update(&name, |p| {
+                if !p.connected {
+                    p.lag_versions = n;
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! What a session asks of its driver ([`Action`]), what it reports ([`Event`]) and its
+//! observable state ([`SessionStatus`]).
+
+use crate::dot::{ReplicaId, VersionVector};
+use crate::version::Version;
+use crate::wire::{Compression, ErrorCode};
+
+/// Work for the local store. Execute actions in the order they are polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read the live versions of `origin` in `collection` with `after < counter <= through`,
+    /// in counter order, at most `max_versions` and about `max_bytes` of values (but at least
+    /// one version when there is one), and answer with
+    /// [`Session::handle_loaded`](super::Session::handle_loaded), giving the counter the scan
+    /// reached: `through` when it was not cut short, else the counter of the last version
+    /// returned. `repair` marks a full re-stream (for metrics; the read is the same).
+    Load {
+        /// The collection.
+        collection: String,
+        /// The origin whose versions to read.
+        origin: ReplicaId,
+        /// Exclusive lower bound of counters.
+        after: u64,
+        /// Inclusive upper bound of counters (never above the local vector).
+        through: u64,
+        /// Most versions to return.
+        max_versions: usize,
+        /// About the most value bytes to return.
+        max_bytes: usize,
+        /// Part of a repair re-stream.
+        repair: bool,
+    },
+    /// Apply `versions` with the merge rules and raise the vector entry of `origin` to
+    /// `through`, atomically (one store batch), then answer with
+    /// [`Session::handle_applied`](super::Session::handle_applied). Versions whose dot the
+    /// vector already covers may be skipped, unless `repair` is set (full reconciliation: apply
+    /// them all; the merge rules make that idempotent). Received HLC timestamps are the
+    /// store's to check against `max_clock_skew`.
+    Apply {
+        /// The collection.
+        collection: String,
+        /// The origin of every version.
+        origin: ReplicaId,
+        /// The versions, in counter order (possibly none: only the vector advances).
+        versions: Vec<Version>,
+        /// The counter the origin is complete through.
+        through: u64,
+        /// Apply even versions whose dot the vector covers.
+        repair: bool,
+    },
+    /// Compute the collection's digest and vector (of the same state) and answer with
+    /// [`Session::handle_local_digest`](super::Session::handle_local_digest).
+    Digest {
+        /// The collection.
+        collection: String,
+    },
+}
+
+/// What happened, for the driver to log, count or act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed.
+    Established {
+        /// The peer's replica id: from its `Hello` on the acceptor side; the dialer learns it
+        /// only if the acceptor's vectors name exactly one replica of the peer's node
+        /// (`HelloAck` carries no replica id).
+        peer_replica: Option<ReplicaId>,
+        /// The compression both sides may use on bulk frames (chosen by the acceptor from the
+        /// dialer's offer among those it supports).
+        compression: Compression,
+    },
+    /// Versions refused by the relay rule (their origin is not the peer's node and the peer
+    /// is not a relay).
+    Rejected {
+        /// Why.
+        reason: String,
+        /// How many versions were dropped.
+        count: u64,
+    },
+    /// The peer has durably applied `origin` through `through` in `collection`.
+    Acked {
+        /// The collection.
+        collection: String,
+        /// The origin.
+        origin: ReplicaId,
+        /// The counter.
+        through: u64,
+    },
+    /// Equal vectors but different digests: a full reconciliation of the collection started.
+    DigestMismatch {
+        /// The collection.
+        collection: String,
+    },
+    /// A digest round asked for with [`Session::request_verify`](super::Session::request_verify)
+    /// has ended.
+    Verified {
+        /// The collection.
+        collection: String,
+        /// What it found.
+        outcome: VerifyOutcome,
+    },
+    /// The session is over; the driver closes the connection with `code`.
+    Closed {
+        /// Why, as a protocol error code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        reason: String,
+    },
+}
+
+/// The result of a digest round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerifyOutcome {
+    /// Both replicas hold exactly the same versions.
+    Equal,
+    /// The vectors differ: replication in flight explains any difference; try again later.
+    VectorsDiffer,
+    /// The digests differed at equal vectors; after a full reconciliation they are equal.
+    Repaired,
+    /// The digests still differ after a full reconciliation (another one has started).
+    StillDifferent,
+}
+
+/// A snapshot of the session, for `status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The peer's node name (from its certificate).
+    pub peer_node: String,
+    /// The peer's replica id, when known.
+    pub peer_replica: Option<ReplicaId>,
+    /// The handshake completed and the session is not closed.
+    pub established: bool,
+    /// The session is closed.
+    pub closed: bool,
+    /// What the peer is known to hold per collection: its handshake vectors, raised by its
+    /// completions and acknowledgements.
+    pub peer_vvs: Vec<(String, VersionVector)>,
+    /// Per collection this side sends.
+    pub collections: Vec<CollectionStatus>,
+    /// When the peer was last heard from (the `now_ms` of that input).
+    pub last_heard_ms: u64,
+    /// The latest heartbeat round-trip time.
+    pub rtt_ms: Option<u64>,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Versions sent.
+    pub versions_sent: u64,
+    /// Batches received.
+    pub batches_received: u64,
+    /// Versions received (rejected ones included).
+    pub versions_received: u64,
+    /// Versions refused by the relay rule.
+    pub rejected: u64,
+    /// Full reconciliations started.
+    pub repairs: u64,
+}
+
+/// Replication state of one collection towards the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionStatus {
+    /// The collection.
+    pub collection: String,
+    /// Versions the peer lacks by our vector: the sum over the origins we send of our counter
+    /// minus the counter the peer is known to hold.
+    pub lag_versions: u64,
+    /// Our vector (what we may offer).
+    pub local_vv: VersionVector,
+}

@@ -1,0 +1,82 @@
+//! What a session is configured with: the local node, the peer's authenticated identity, the
+//! session's role and the streams it talks on.
+
+use crate::dot::ReplicaId;
+use crate::wire::{Compression, DEFAULT_MAX_VALUE_BYTES};
+
+/// The local side of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// This node's name (as in its certificate).
+    pub node: String,
+    /// This node's current replica id.
+    pub replica: ReplicaId,
+    /// The cluster id: lowercase hex of the CA certificate fingerprint.
+    pub cluster_id: String,
+    /// Largest value accepted from the peer, in bytes.
+    pub max_value_bytes: usize,
+    /// Most versions asked of one [`Action::Load`](super::Action::Load) and put in one batch.
+    pub batch_max_versions: usize,
+    /// About the most value bytes asked of one Load and put in one batch.
+    pub batch_max_bytes: usize,
+    /// Interval between heartbeat probes, in milliseconds (0: no probes).
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which the session closes, in milliseconds (0: never).
+    pub idle_timeout_ms: u64,
+    /// Interval between periodic digest rounds, in milliseconds (0: only on demand).
+    pub repair_interval_ms: u64,
+    /// The compressions this node can receive, in order of preference.
+    pub compression: Vec<Compression>,
+    /// This node is a relay (an admin named in `[cluster] admins`): it forwards versions of
+    /// every origin. A node that is not only sends versions of its own node's origins, since
+    /// peers would refuse the others.
+    pub relay: bool,
+}
+
+impl SessionConfig {
+    /// The defaults for node `node` with replica id `replica` in cluster `cluster_id`:
+    /// 4 MiB values, batches of at most 512 versions and 1 MiB, a heartbeat every 5 s,
+    /// 30 s idle timeout, a digest round every 5 min, zstd preferred, not a relay.
+    pub fn new(node: &str, replica: ReplicaId, cluster_id: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            replica,
+            cluster_id: cluster_id.to_owned(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            batch_max_versions: 512,
+            batch_max_bytes: 1 << 20,
+            heartbeat_interval_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            repair_interval_ms: 300_000,
+            compression: vec![Compression::Zstd, Compression::None],
+            relay: false,
+        }
+    }
+}
+
+/// Who the peer is, from its certificate: never from anything it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The node name in the peer's certificate.
+    pub node: String,
+    /// The peer is an admin named in `[cluster] admins`, so it may relay others' versions.
+    pub is_relay: bool,
+}
+
+/// Which side of the connection this session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Opened the connection; sends `Hello` and runs the periodic digest rounds.
+    Dialer,
+    /// Accepted the connection; answers `HelloAck`.
+    Acceptor,
+}
+
+/// The stream a frame travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// The bidirectional control stream: handshake, acks, heartbeats, digests, errors.
+    Control,
+    /// The unidirectional bulk stream of each direction: batches and completions.
+    Bulk,
+}

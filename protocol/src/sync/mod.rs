@@ -1,0 +1,104 @@
+//! The per-connection sync session: a deterministic state machine with no sockets, no clock
+//! and no randomness (the `quinn-proto` model).
+//!
+//! One [`Session`] runs per authenticated connection to a peer. The driver owns the QUIC
+//! connection — one bidirectional **control** stream and one unidirectional **bulk** stream in
+//! each direction — and the local replica. It feeds the session with `handle_*` calls (each
+//! given what it needs, time included) and drains `poll_*` outputs after every call:
+//!
+//! * [`Session::poll_transmit`]: frames to write, tagged with their [`StreamKind`]. Control
+//!   frames (handshake, acks, heartbeats, digests, errors) come out before bulk frames
+//!   (batches, completions), so control never waits behind data.
+//!   [`Session::poll_transmit_on`] drains one stream only, for a driver whose bulk stream is
+//!   blocked by flow control.
+//! * [`Session::poll_action`]: work for the local store ([`Action::Load`], [`Action::Apply`],
+//!   [`Action::Digest`]). Actions **must be executed in the order they are polled** (one store
+//!   writer); each is answered with [`Session::handle_loaded`], [`Session::handle_applied`] or
+//!   [`Session::handle_local_digest`].
+//! * [`Session::poll_event`]: what the driver reports or counts ([`Event`]).
+//! * [`Session::poll_timeout`]: when to call [`Session::handle_timeout`].
+//!
+//! # Protocol
+//!
+//! **Handshake.** The [`Role::Dialer`] sends `Hello` at creation; the [`Role::Acceptor`]
+//! checks it (protocol, cluster id, the node name against the certificate's, validity) and
+//! answers `HelloAck`. A refusal, or anything else before the handshake completes, closes the
+//! session with an `Error` frame. The dialer sends an immediate heartbeat when it receives
+//! `HelloAck`; the acceptor starts sending data only after it has heard a frame from the
+//! established dialer, so its bulk frames can never overtake the `HelloAck` (the two streams
+//! are not ordered with each other).
+//!
+//! **Sending** (catch-up and live push are one loop). Per `(collection, origin)` the session
+//! tracks `sent_through`, starting at the peer's handshake vector. While the local vector
+//! (as given by [`Session::handle_local_vv`]: what this node may offer, i.e. what is durable)
+//! is ahead of it — and of what the peer is known to hold — it asks the store for the next
+//! chunk with [`Action::Load`]. At most one Load is in flight per session, and the next one is
+//! only issued once the bulk queue has been drained by the driver: the driver's stream writes
+//! give backpressure. A loaded chunk goes out as `Batch` frame(s) followed by `Complete`.
+//! A node that is not a relay ([`SessionConfig::relay`]) only sends origins of its own node.
+//!
+//! **Receiving.** A `Batch` is accepted only for an origin of the peer's own node, or from a
+//! relay ([`PeerIdentity::is_relay`]); otherwise it is dropped and counted
+//! ([`Event::Rejected`]) and its `Complete` is ignored. Batches must continue where the last
+//! `Complete` of their `(collection, origin)` left off; on `Complete` the buffered versions
+//! and the vector advance become one [`Action::Apply`], so a cut anywhere resumes exactly (the
+//! next session starts from the store's vector). Once applied, an `Ack` goes back.
+//!
+//! **Heartbeats.** Every `heartbeat_interval_ms` each side sends a probe `Heartbeat { now_ms,
+//! seq }`. The dialer numbers its probes odd, the acceptor even; a heartbeat whose `seq` has
+//! the peer's parity is a probe and is echoed back unchanged in `seq` (with the echoer's
+//! `now_ms`), one with our parity is the echo of our probe and gives the round-trip time.
+//! Nothing heard for `idle_timeout_ms` closes the session
+//! ([`ErrorCode::Internal`](crate::wire::ErrorCode::Internal), reason
+//! "idle timeout").
+//!
+//! **Repair.** Every `repair_interval_ms`, when the session is idle, the dialer picks one
+//! collection (round-robin), asks the store for its digest ([`Action::Digest`]) and sends
+//! `DigestRequest { digest, vv }`. The peer takes its own digest the same way and answers
+//! `DigestReply { equal }`. When the vectors are equal but the digests differ, the log cannot
+//! explain the difference: both sides emit [`Event::DigestMismatch`] and re-stream every live
+//! version of the collection from counter 0 with `repair: true` Loads and Applies (the merge
+//! rules make re-applying covered dots safe and idempotent). When the vectors differ the log
+//! explains it and nothing is done. [`Session::request_verify`] runs a round now (on either
+//! side) and reports it with one [`Event::Verified`]: `Equal`, `VectorsDiffer`, or — after a
+//! repair and a follow-up round — `Repaired` or `StillDifferent`.
+//!
+//! The wire has no explicit "restart" marker, so a repair re-stream is recognisable by shape:
+//! its first frame for each origin covers exactly counter 1 (a `Batch` starting at counter 1,
+//! or `Complete { through: 1 }`), which a normal stream never sends once that origin is past
+//! counter 1. Such a frame is accepted as a restart only in a collection for which a digest
+//! round has been armed in this session (the requester arms when it sends its request, the
+//! replier when it answers "different"), at most once per armed round.
+//!
+//! Everything from the peer is validated ([`Message::validate`](crate::wire::Message::validate)
+//! plus the session's own rules) and bounded; nothing panics on any input.
+
+mod api;
+mod config;
+mod error;
+mod handshake;
+mod heartbeat;
+mod recv;
+mod repair;
+mod send;
+mod session;
+
+pub use api::{Action, CollectionStatus, Event, SessionStatus, VerifyOutcome};
+pub use config::{PeerIdentity, Role, SessionConfig, StreamKind};
+pub use error::SyncError;
+pub use session::Session;
+
+#[cfg(test)]
+mod tests;
+
+/// Most versions (summed over all origins) buffered from unfinished batches.
+pub const MAX_BUFFERED_VERSIONS: usize = 64 * 1024;
+
+/// Most bytes (estimated) buffered from unfinished batches: two maximum-size frames.
+pub const MAX_BUFFERED_BYTES: usize = 2 * crate::wire::MAX_FRAME_BYTES;
+
+/// Most `(collection, origin)` streams a peer may make a session track.
+pub const MAX_STREAMS: usize = 1 << 20;
+
+/// Most digest requests from the peer awaiting an answer (a conforming peer has one).
+pub const MAX_PENDING_DIGEST_REQUESTS: usize = 16;

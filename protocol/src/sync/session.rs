@@ -1,0 +1,402 @@
+//! The session itself: its state, dispatch of peer frames, the idle timeout, closing, and the
+//! `poll_*` outputs. The handshake, heartbeats, sending, receiving and repair live in sibling
+//! modules as further `impl Session` blocks.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::dot::{ReplicaId, VersionVector};
+use crate::wire::{
+    Compression, ErrorFrame, Hello, Message, MessageV1, MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
+};
+
+use super::api::{Action, CollectionStatus, Event, SessionStatus};
+use super::config::{PeerIdentity, Role, SessionConfig, StreamKind};
+use super::error::{clip, SyncError};
+use super::heartbeat::Heartbeats;
+use super::recv::Rx;
+use super::repair::Repair;
+use super::send::{sends_origin, Tx};
+
+/// One sync session with one peer over one connection. See the [module docs](super) for the
+/// protocol and the driver contract.
+#[derive(Debug)]
+pub struct Session {
+    pub(super) role: Role,
+    pub(super) cfg: SessionConfig,
+    pub(super) peer: PeerIdentity,
+    pub(super) phase: Phase,
+    /// The latest `now_ms` given to any input.
+    pub(super) now: u64,
+    pub(super) last_heard: u64,
+    pub(super) peer_replica: Option<ReplicaId>,
+    pub(super) compression: Compression,
+    /// The acceptor has heard the established dialer, so its bulk frames cannot overtake
+    /// `HelloAck` (always true for the dialer).
+    pub(super) peer_confirmed: bool,
+    /// Our vectors: what we may offer (the driver's durable state).
+    pub(super) local: BTreeMap<String, VersionVector>,
+    /// Our vectors as sent in the handshake: where the peer's streams to us start.
+    pub(super) advertised: BTreeMap<String, VersionVector>,
+    /// What the peer is known to hold: its handshake vectors raised by its completions and
+    /// acknowledgements.
+    pub(super) peer_vvs: BTreeMap<String, VersionVector>,
+    pub(super) tx: Tx,
+    pub(super) rx: Rx,
+    pub(super) repair: Repair,
+    pub(super) hb: Heartbeats,
+    pub(super) control_q: VecDeque<Message>,
+    pub(super) bulk_q: VecDeque<Message>,
+    pub(super) actions: VecDeque<Action>,
+    pub(super) events: VecDeque<Event>,
+    pub(super) stats: Stats,
+}
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Handshake,
+    Established,
+    Closed,
+}
+
+/// Counters reported by [`Session::status`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stats {
+    pub(super) batches_sent: u64,
+    pub(super) versions_sent: u64,
+    pub(super) batches_received: u64,
+    pub(super) versions_received: u64,
+    pub(super) rejected: u64,
+}
+
+impl Session {
+    /// A new session of `role` with `peer` (identified by its certificate). `local_vvs` are
+    /// the local replica's vectors this node may offer — the durable ones, never above what
+    /// the store has applied: they go into the handshake, and the peer streams from them. The
+    /// dialer's `Hello` is queued at once.
+    pub fn new(
+        role: Role,
+        cfg: SessionConfig,
+        peer: PeerIdentity,
+        local_vvs: Vec<(String, VersionVector)>,
+        now_ms: u64,
+    ) -> Self {
+        let mut local: BTreeMap<String, VersionVector> = BTreeMap::new();
+        for (c, vv) in local_vvs {
+            local.entry(c).or_default().merge(&vv);
+        }
+        let mut s = Self {
+            role,
+            cfg,
+            peer,
+            phase: Phase::Handshake,
+            now: now_ms,
+            last_heard: now_ms,
+            peer_replica: None,
+            compression: Compression::None,
+            peer_confirmed: role == Role::Dialer,
+            local,
+            advertised: BTreeMap::new(),
+            peer_vvs: BTreeMap::new(),
+            tx: Tx::default(),
+            rx: Rx::default(),
+            repair: Repair::default(),
+            hb: Heartbeats::default(),
+            control_q: VecDeque::new(),
+            bulk_q: VecDeque::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        if role == Role::Dialer {
+            s.advertised = s.local.clone();
+            let hello = Hello {
+                protocol: PROTOCOL_VERSION,
+                cluster_id: s.cfg.cluster_id.clone(),
+                node: s.cfg.node.clone(),
+                replica: s.cfg.replica.clone(),
+                compression: s.cfg.compression.clone(),
+                vvs: s.local_vv_list(),
+            };
+            s.control_q.push_back(hello.into());
+        }
+        s
+    }
+
+    /// A frame `msg` received on `stream` at `now_ms`. Any violation closes the session:
+    /// [`Event::Closed`] plus an `Error` frame queued on the control stream.
+    pub fn handle_frame(&mut self, stream: StreamKind, msg: Message, now_ms: u64) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.now = self.now.max(now_ms);
+        self.last_heard = self.now;
+        if let Err(e) = self.on_frame(stream, msg) {
+            self.fail(e);
+        }
+        self.drive();
+    }
+
+    /// The local replica's vector of `collection` grew (a local write or applied relayed
+    /// data became offerable). Give the vector this node may offer peers: in the daemon, the
+    /// durable one, so a crash can never make it reuse a dot a peer holds.
+    pub fn handle_local_vv(&mut self, collection: &str, vv: VersionVector) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.raise_local(collection, &vv);
+        self.drive();
+    }
+
+    /// Time passed: sends due heartbeats, closes an idle session, starts due digest rounds.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.now = self.now.max(now_ms);
+        if self.cfg.idle_timeout_ms > 0
+            && self.now >= self.last_heard.saturating_add(self.cfg.idle_timeout_ms)
+        {
+            self.fail(SyncError::IdleTimeout(self.cfg.idle_timeout_ms));
+            return;
+        }
+        if self.phase == Phase::Established
+            && self.cfg.heartbeat_interval_ms > 0
+            && self.now >= self.hb.next_at
+        {
+            self.send_probe();
+        }
+        self.drive();
+    }
+
+    /// Closes the session from the driver's side (shutdown, revocation...): queues an `Error`
+    /// frame with `code` and emits [`Event::Closed`].
+    pub fn close(&mut self, code: crate::wire::ErrorCode, reason: &str) {
+        self.fail(SyncError::Local {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// The next frame to send: control frames first, then bulk; in order per stream.
+    pub fn poll_transmit(&mut self) -> Option<(StreamKind, Message)> {
+        if let Some(m) = self.control_q.pop_front() {
+            return Some((StreamKind::Control, m));
+        }
+        let m = self.bulk_q.pop_front()?;
+        self.drive();
+        Some((StreamKind::Bulk, m))
+    }
+
+    /// The next frame for `stream` only (for a driver whose other stream is blocked).
+    pub fn poll_transmit_on(&mut self, stream: StreamKind) -> Option<Message> {
+        match stream {
+            StreamKind::Control => self.control_q.pop_front(),
+            StreamKind::Bulk => {
+                let m = self.bulk_q.pop_front()?;
+                self.drive();
+                Some(m)
+            }
+        }
+    }
+
+    /// The next store action. Execute them in this order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] should next be called (`None` once closed).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        if self.cfg.idle_timeout_ms > 0 {
+            at(self.last_heard.saturating_add(self.cfg.idle_timeout_ms));
+        }
+        if self.phase == Phase::Established && self.cfg.heartbeat_interval_ms > 0 {
+            at(self.hb.next_at);
+        }
+        if let Some(r) = self.repair_deadline() {
+            at(r);
+        }
+        t
+    }
+
+    /// The observable state of the session.
+    pub fn status(&self) -> SessionStatus {
+        let collections = self
+            .local
+            .iter()
+            .filter(|(c, _)| self.may_send(c))
+            .map(|(c, vv)| {
+                let peer = self.peer_vvs.get(c);
+                let lag_versions = vv
+                    .iter()
+                    .filter(|(o, _)| sends_origin(&self.cfg, o))
+                    .map(|(o, n)| n.saturating_sub(peer.map_or(0, |p| p.get(o))))
+                    .sum();
+                CollectionStatus {
+                    collection: c.clone(),
+                    lag_versions,
+                    local_vv: vv.clone(),
+                }
+            })
+            .collect();
+        SessionStatus {
+            peer_node: self.peer.node.clone(),
+            peer_replica: self.peer_replica.clone(),
+            established: self.phase == Phase::Established,
+            closed: self.phase == Phase::Closed,
+            peer_vvs: self
+                .peer_vvs
+                .iter()
+                .map(|(c, v)| (c.clone(), v.clone()))
+                .collect(),
+            collections,
+            last_heard_ms: self.last_heard,
+            rtt_ms: self.hb.rtt,
+            batches_sent: self.stats.batches_sent,
+            versions_sent: self.stats.versions_sent,
+            batches_received: self.stats.batches_received,
+            versions_received: self.stats.versions_received,
+            rejected: self.stats.rejected,
+            repairs: self.repair.started,
+        }
+    }
+
+    /// True once the session is over (an error, a peer's error frame, an idle timeout or
+    /// [`Session::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// True while the handshake has completed and the session is not closed.
+    pub fn is_established(&self) -> bool {
+        self.phase == Phase::Established
+    }
+
+    /// Applies emitted and not yet answered: a driver may stop reading the bulk stream while
+    /// this is high, which backpressures the peer through QUIC flow control.
+    pub fn applies_in_flight(&self) -> usize {
+        self.rx.applying
+    }
+
+    /// Our vectors as a handshake list.
+    pub(super) fn local_vv_list(&self) -> Vec<(String, VersionVector)> {
+        self.local
+            .iter()
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .collect()
+    }
+
+    fn on_frame(&mut self, stream: StreamKind, msg: Message) -> Result<(), SyncError> {
+        msg.validate(self.cfg.max_value_bytes)?;
+        let Message::V1(m) = msg;
+        if let MessageV1::Error(e) = &m {
+            return Err(SyncError::Peer {
+                code: e.code,
+                detail: clip(&e.detail),
+            });
+        }
+        let expected = match &m {
+            MessageV1::Batch(_) | MessageV1::Complete(_) => StreamKind::Bulk,
+            _ => StreamKind::Control,
+        };
+        if stream != expected {
+            return Err(SyncError::WrongStream {
+                kind: m.kind(),
+                stream: match stream {
+                    StreamKind::Control => "control",
+                    StreamKind::Bulk => "bulk",
+                },
+            });
+        }
+        match self.phase {
+            Phase::Closed => Ok(()),
+            Phase::Handshake => match (self.role, m) {
+                (Role::Acceptor, MessageV1::Hello(h)) => self.on_hello(h),
+                (Role::Dialer, MessageV1::HelloAck(a)) => self.on_hello_ack(a),
+                (_, m) => Err(SyncError::Unexpected {
+                    kind: m.kind(),
+                    when: "before the handshake completed",
+                }),
+            },
+            Phase::Established => {
+                self.peer_confirmed = true;
+                match m {
+                    MessageV1::Batch(b) => self.on_batch(b),
+                    MessageV1::Complete(c) => self.on_complete(c),
+                    MessageV1::Ack(a) => self.on_ack(a),
+                    MessageV1::Heartbeat(h) => {
+                        self.on_heartbeat(h);
+                        Ok(())
+                    }
+                    MessageV1::DigestRequest(r) => self.on_digest_request(r),
+                    MessageV1::DigestReply(r) => self.on_digest_reply(r),
+                    m @ (MessageV1::Hello(_) | MessageV1::HelloAck(_) | MessageV1::Error(_)) => {
+                        Err(SyncError::Unexpected {
+                            kind: m.kind(),
+                            when: "after the handshake",
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the session with `err`: drops everything queued, queues an `Error` frame (unless
+    /// the peer closed first) and emits [`Event::Closed`].
+    pub(super) fn fail(&mut self, err: SyncError) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let code = err.code();
+        let mut reason = err.to_string();
+        if reason.len() > MAX_ERROR_DETAIL_BYTES {
+            let mut end = MAX_ERROR_DETAIL_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        self.control_q.clear();
+        self.bulk_q.clear();
+        self.actions.clear();
+        self.tx.loading = None;
+        if !matches!(err, SyncError::Peer { .. }) {
+            self.control_q.push_back(
+                ErrorFrame {
+                    code,
+                    detail: reason.clone(),
+                }
+                .into(),
+            );
+        }
+        self.events.push_back(Event::Closed { code, reason });
+        self.phase = Phase::Closed;
+    }
+
+    /// Moves the sending loop and the repair rounds forward after any input.
+    pub(super) fn drive(&mut self) {
+        if self.phase != Phase::Established || !self.peer_confirmed {
+            return;
+        }
+        self.pump_loads();
+        if let Err(e) = self.maybe_start_round() {
+            self.fail(e);
+        }
+    }
+
+    /// Nothing in flight in either direction: no Load, no queued bulk frame, nothing left to
+    /// send, no buffered batch, no Apply awaiting its answer.
+    pub(super) fn is_idle(&self) -> bool {
+        self.tx_idle() && self.rx.applying == 0 && self.rx.buffered_versions == 0
+    }
+}

@@ -1,0 +1,272 @@
+//! One session fed frames by hand: handshake refusals and negotiation, the relay rule,
+//! stream continuity, acknowledgements, the idle timeout and driver contract violations.
+
+use super::*;
+
+#[test]
+fn handshake_refuses_wrong_cluster_name_mismatch_and_version() {
+    let wrong_cluster = Hello {
+        cluster_id: "ffff".into(),
+        ..hello("hefei")
+    };
+    let code = refused(
+        acceptor("hefei", false),
+        StreamKind::Control,
+        wrong_cluster.into(),
+    );
+    assert_eq!(code, ErrorCode::WrongCluster);
+
+    // The certificate says hefei; the hello claims (validly) to be anqing.
+    let code = refused(
+        acceptor("hefei", false),
+        StreamKind::Control,
+        hello("anqing").into(),
+    );
+    assert_eq!(code, ErrorCode::NotAuthorized);
+
+    let v0 = Hello {
+        protocol: 0,
+        ..hello("hefei")
+    };
+    let code = refused(acceptor("hefei", false), StreamKind::Control, v0.into());
+    assert_eq!(code, ErrorCode::UnsupportedVersion);
+
+    // A dialer offered protocol 1; an acceptor answering 2 is refused.
+    let dialer = Session::new(
+        Role::Dialer,
+        cfg("hefei", false),
+        peer("hub", true),
+        vec![],
+        0,
+    );
+    let ack = HelloAck {
+        protocol: 2,
+        accepted_compression: Compression::None,
+        vvs: vec![],
+    };
+    let code = refused(dialer, StreamKind::Control, ack.into());
+    assert_eq!(code, ErrorCode::UnsupportedVersion);
+
+    // Invalid messages (a replica id of another node) are refused by validation.
+    let bad = Hello {
+        replica: rid("anqing"),
+        ..hello("hefei")
+    };
+    let code = refused(acceptor("hefei", false), StreamKind::Control, bad.into());
+    assert_eq!(code, ErrorCode::Malformed);
+}
+
+#[test]
+fn nothing_but_the_handshake_before_it_completes() {
+    let early = Complete {
+        collection: COLL.into(),
+        origin: rid("hefei"),
+        through: 1,
+    };
+    let code = refused(acceptor("hefei", false), StreamKind::Bulk, early.into());
+    assert_eq!(code, ErrorCode::Malformed);
+    let code = refused(
+        acceptor("hefei", false),
+        StreamKind::Bulk,
+        hello("hefei").into(),
+    );
+    assert_eq!(code, ErrorCode::Malformed, "hello on the bulk stream");
+}
+
+#[test]
+fn handshake_negotiates_and_acceptor_waits_for_the_dialer_before_sending_data() {
+    let vv: VersionVector = [(rid("hub"), 2)].into_iter().collect();
+    let mut acc = Session::new(
+        Role::Acceptor,
+        cfg("hub", true),
+        peer("hefei", false),
+        vec![(COLL.into(), vv)],
+        0,
+    );
+    let mut dial = Session::new(
+        Role::Dialer,
+        cfg("hefei", false),
+        peer("hub", true),
+        vec![],
+        0,
+    );
+    let (k, m) = dial.poll_transmit().expect("hello");
+    assert_eq!(k, StreamKind::Control);
+    acc.handle_frame(k, m, 1);
+    assert!(acc.is_established());
+    assert!(matches!(
+        drain_events(&mut acc).as_slice(),
+        [Event::Established { peer_replica: Some(r), compression: Compression::Zstd }] if *r == rid("hefei")
+    ));
+    // Data is due but must not overtake the HelloAck: no Load until the dialer is heard.
+    assert_eq!(acc.poll_action(), None);
+    let (k, ack) = acc.poll_transmit().expect("hello ack");
+    dial.handle_frame(k, ack, 2);
+    assert!(dial.is_established());
+    let (k, probe) = dial.poll_transmit().expect("first heartbeat");
+    acc.handle_frame(k, probe, 3);
+    assert!(matches!(
+        acc.poll_action(),
+        Some(Action::Load {
+            after: 0,
+            through: 2,
+            ..
+        })
+    ));
+    // The acceptor echoed the probe; the dialer measures the round trip.
+    let (k, echo) = acc.poll_transmit().expect("echo");
+    dial.handle_frame(k, echo, 10);
+    assert_eq!(dial.status().rtt_ms, Some(8));
+}
+
+#[test]
+fn relay_rule_drops_foreign_versions_and_their_complete() {
+    let mut s = established_acceptor("hefei", false);
+    let foreign = Batch {
+        collection: COLL.into(),
+        origin: rid("anqing"),
+        versions: vec![version("anqing", 1)],
+    };
+    s.handle_frame(StreamKind::Bulk, foreign.into(), 3);
+    let complete = Complete {
+        collection: COLL.into(),
+        origin: rid("anqing"),
+        through: 1,
+    };
+    s.handle_frame(StreamKind::Bulk, complete.into(), 3);
+    assert!(!s.is_closed());
+    assert_eq!(s.poll_action(), None, "nothing applied");
+    assert!(matches!(
+        drain_events(&mut s).as_slice(),
+        [Event::Rejected { count: 1, .. }]
+    ));
+    assert_eq!(s.status().rejected, 1);
+
+    // Its own versions are accepted; a relay's foreign ones too.
+    let own = Batch {
+        collection: COLL.into(),
+        origin: rid("hefei"),
+        versions: vec![version("hefei", 1)],
+    };
+    s.handle_frame(StreamKind::Bulk, own.into(), 4);
+    let mut r = established_acceptor("hefei", true);
+    let relayed = Batch {
+        collection: COLL.into(),
+        origin: rid("anqing"),
+        versions: vec![version("anqing", 1)],
+    };
+    r.handle_frame(StreamKind::Bulk, relayed.into(), 4);
+    assert!(!s.is_closed() && !r.is_closed());
+    assert_eq!(r.status().rejected, 0);
+}
+
+#[test]
+fn out_of_order_completes_and_batches_close_the_session() {
+    let complete = |through| -> Message {
+        Complete {
+            collection: COLL.into(),
+            origin: rid("hefei"),
+            through,
+        }
+        .into()
+    };
+    let batch = |counters: &[u64]| -> Message {
+        Batch {
+            collection: COLL.into(),
+            origin: rid("hefei"),
+            versions: counters.iter().map(|c| version("hefei", *c)).collect(),
+        }
+        .into()
+    };
+    let mut s = established_acceptor("hefei", false);
+    s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
+    s.handle_frame(StreamKind::Bulk, complete(4), 3);
+    assert!(matches!(
+        s.poll_action(),
+        Some(Action::Apply { through: 4, repair: false, ref versions, .. }) if versions.len() == 2
+    ));
+    s.handle_frame(StreamKind::Bulk, complete(4), 3); // a repeat is harmless
+    assert!(!s.is_closed());
+    let code = refused(s, StreamKind::Bulk, complete(3));
+    assert_eq!(code, ErrorCode::OutOfOrder);
+
+    let mut s = established_acceptor("hefei", false);
+    s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
+    s.handle_frame(StreamKind::Bulk, complete(2), 3);
+    assert_eq!(
+        refused(s, StreamKind::Bulk, batch(&[2, 3])),
+        ErrorCode::OutOfOrder
+    );
+
+    let mut s = established_acceptor("hefei", false);
+    s.handle_frame(StreamKind::Bulk, batch(&[3, 4]), 3);
+    assert_eq!(
+        refused(s, StreamKind::Bulk, complete(3)),
+        ErrorCode::OutOfOrder
+    );
+
+    // A restart shape (counter 1 again) without an armed digest round is out of order too.
+    let mut s = established_acceptor("hefei", false);
+    s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
+    s.handle_frame(StreamKind::Bulk, complete(2), 3);
+    assert_eq!(
+        refused(s, StreamKind::Bulk, batch(&[1])),
+        ErrorCode::OutOfOrder
+    );
+}
+
+#[test]
+fn acks_beyond_what_was_sent_are_refused() {
+    let mut s = established_acceptor("hefei", false);
+    let ack = crate::wire::Ack {
+        collection: COLL.into(),
+        origin: rid("hub"),
+        through: 1,
+    };
+    s.handle_frame(StreamKind::Control, ack.into(), 3);
+    assert_eq!(
+        closed_code(&drain_events(&mut s)),
+        Some(ErrorCode::OutOfOrder)
+    );
+}
+
+#[test]
+fn idle_timeout_closes() {
+    let mut s = established_acceptor("hefei", false);
+    let mut t = 2;
+    while let Some(next) = s.poll_timeout() {
+        assert!(next >= t, "deadlines never go back");
+        t = next;
+        s.handle_timeout(t);
+        drain_tx(&mut s);
+    }
+    assert_eq!(t, 2 + 10_000);
+    let events = drain_events(&mut s);
+    assert_eq!(closed_code(&events), Some(ErrorCode::Internal));
+}
+
+#[test]
+fn a_load_answer_outside_its_range_closes_with_internal() {
+    let vv: VersionVector = [(rid("hub"), 5)].into_iter().collect();
+    let mut s = Session::new(
+        Role::Dialer,
+        cfg("hub", true),
+        peer("hefei", false),
+        vec![(COLL.into(), vv)],
+        0,
+    );
+    let ack = HelloAck {
+        protocol: PROTOCOL_VERSION,
+        accepted_compression: Compression::None,
+        vvs: vec![],
+    };
+    s.handle_frame(StreamKind::Control, ack.into(), 1);
+    let Some(Action::Load { through, .. }) = s.poll_action() else {
+        panic!("expected a load");
+    };
+    s.handle_loaded(COLL, &rid("hub"), vec![version("hub", 9)], through);
+    assert_eq!(
+        closed_code(&drain_events(&mut s)),
+        Some(ErrorCode::Internal)
+    );
+}
