@@ -200,60 +200,113 @@ pub struct ReplicaStats {
     pub(crate) durable: DurableCell,
 }
 
-/// The version vectors of every collection as of one durable sync. Replication only ever
-/// offers peers what is durable here, so a crash can never make this node reuse a dot that a
-/// peer already holds.
+/// What replication may offer peers, per collection: this node's own writes once they are
+/// durable (so a crash can never make it reuse a dot a peer already holds), and other
+/// origins' versions once applied (they are durable at their origin, which sends them again
+/// if this node loses them), so a relay forwards without waiting for its own flush.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DurableState {
-    /// Generation of the last group of writes covered.
+    /// Generation of the last group of writes applied.
     pub generation: u64,
-    /// Per collection, the version vector covered.
+    /// Per collection, the version vector that may be offered.
     pub vvs: std::collections::BTreeMap<String, VersionVector>,
 }
 
-/// The applied state (updated by the writer) and the durable one (published after syncs).
+/// The applied state (updated by the writer), how far this node's own writes are durable
+/// (updated after syncs), and the offerable state computed from both and published.
 #[derive(Debug)]
 pub(crate) struct DurableCell {
-    pub(crate) applied: Mutex<DurableState>,
+    state: Mutex<CellState>,
     pub(crate) published: tokio::sync::watch::Sender<Arc<DurableState>>,
+}
+
+#[derive(Debug, Default)]
+struct CellState {
+    own: Option<ReplicaId>,
+    applied: DurableState,
+    durable_own: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for DurableCell {
     fn default() -> Self {
         Self {
-            applied: Mutex::new(DurableState::default()),
+            state: Mutex::new(CellState::default()),
             published: tokio::sync::watch::Sender::new(Arc::new(DurableState::default())),
         }
     }
 }
 
 impl DurableCell {
-    /// Records collection vectors applied by the writer (not yet durable).
+    fn lock(&self) -> std::sync::MutexGuard<'_, CellState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts from what the store recovered, all of it durable.
+    pub(crate) fn init(&self, own: ReplicaId, recovered: DurableState) {
+        let mut st = self.lock();
+        st.durable_own = recovered
+            .vvs
+            .iter()
+            .map(|(c, vv)| (c.clone(), vv.get(&own)))
+            .collect();
+        st.own = Some(own);
+        st.applied = recovered;
+        self.publish_locked(&st);
+    }
+
+    /// Records collection vectors applied by the writer and publishes what became offerable.
     pub(crate) fn applied(
         &self,
         generation: u64,
         vvs: impl Iterator<Item = (String, VersionVector)>,
     ) {
-        let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        a.generation = generation;
+        let mut st = self.lock();
+        st.applied.generation = generation;
         for (coll, vv) in vvs {
-            a.vvs.insert(coll, vv);
+            st.applied.vvs.insert(coll, vv);
         }
+        self.publish_locked(&st);
     }
 
     /// The applied state now; a sync that starts after this call covers it.
     pub(crate) fn snapshot(&self) -> DurableState {
-        self.applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().applied.clone()
     }
 
-    /// Publishes a state that a completed sync covers.
-    pub(crate) fn publish(&self, state: DurableState) {
+    /// Records that a completed sync covers `synced`, and publishes.
+    pub(crate) fn publish(&self, synced: DurableState) {
+        let mut st = self.lock();
+        let Some(own) = st.own.clone() else { return };
+        for (coll, vv) in &synced.vvs {
+            let n = vv.get(&own);
+            let slot = st.durable_own.entry(coll.clone()).or_default();
+            *slot = (*slot).max(n);
+        }
+        self.publish_locked(&st);
+    }
+
+    fn publish_locked(&self, st: &CellState) {
+        let Some(own) = &st.own else { return };
+        let vvs = st
+            .applied
+            .vvs
+            .iter()
+            .map(|(coll, vv)| {
+                let durable = st.durable_own.get(coll).copied().unwrap_or(0);
+                let offer: VersionVector = vv
+                    .iter()
+                    .map(|(o, n)| (o.clone(), if o == own { n.min(durable) } else { n }))
+                    .collect();
+                (coll.clone(), offer)
+            })
+            .collect();
+        let next = DurableState {
+            generation: st.applied.generation,
+            vvs,
+        };
         self.published.send_if_modified(|cur| {
-            if state.generation > cur.generation || (cur.vvs.is_empty() && !state.vvs.is_empty()) {
-                *cur = Arc::new(state);
+            if cur.vvs != next.vvs {
+                *cur = Arc::new(next);
                 true
             } else {
                 false
@@ -332,12 +385,7 @@ impl Replica {
                 .map(|c| (c.name, c.meta.vv))
                 .collect(),
         };
-        *stats
-            .durable
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = recovered.clone();
-        stats.durable.published.send_replace(Arc::new(recovered));
+        stats.durable.init(id.clone(), recovered);
         stats
             .committed_generation
             .store(generation, Ordering::Relaxed);
@@ -505,7 +553,7 @@ impl Replica {
         .await
     }
 
-    /// Watches the durable state: every collection's vector as of the last durable sync.
+    /// Watches what replication may offer peers (see [`DurableState`]).
     pub fn durable(&self) -> tokio::sync::watch::Receiver<Arc<DurableState>> {
         self.inner.stats.durable.published.subscribe()
     }

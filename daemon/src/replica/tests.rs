@@ -546,3 +546,43 @@ async fn repair_applies_versions_the_vector_covers() {
     let again = r.apply_repair(vec![v]).await.expect("repair");
     assert_eq!((again.applied, again.ignored), (0, 1));
 }
+
+#[tokio::test]
+async fn own_writes_are_offered_once_durable_relayed_ones_once_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = ReplicaOptions::new("hub");
+    // A flush interval far longer than the test: nothing is flushed unless asked.
+    opts.commit = CommitMode::Periodic(std::time::Duration::from_secs(3600));
+    let r =
+        Replica::open(Arc::new(SledStore::open(dir.path()).expect("open")), opts).expect("open");
+    let offer = r.durable();
+    r.write("situation", "own", Some(b"v".to_vec()))
+        .await
+        .expect("write");
+    let o = ReplicaId::new("wuhu", 1).expect("valid");
+    r.apply_remote(
+        vec![remote(
+            &o,
+            1,
+            "relayed",
+            5,
+            VersionVector::new(),
+            Some(b"x"),
+        )],
+        vec![("situation".into(), o.clone(), 1)],
+    )
+    .await
+    .expect("apply");
+    let state = offer.borrow().clone();
+    let vv = state.vvs.get("situation").cloned().unwrap_or_default();
+    assert_eq!(vv.get(&o), 1, "relayed versions are offered once applied");
+    assert_eq!(vv.get(r.id()), 0, "own writes wait for a flush");
+    r.sync().await.expect("sync");
+    let vv = offer
+        .borrow()
+        .vvs
+        .get("situation")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(vv.get(r.id()), 1);
+}
