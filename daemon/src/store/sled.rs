@@ -79,7 +79,18 @@ impl SledStore {
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput);
         // sled 0.34 can panic instead of returning an error on some damaged logs.
-        let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+        let mut opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+        // Our LOCK is held, so a conflict on sled's own lock can only be an instance of this
+        // process still being torn down (sled's I/O threads drop it last): wait it out briefly.
+        for _ in 0..100 {
+            match &opened {
+                Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+                }
+                _ => break,
+            }
+        }
         let corrupt = |detail: String| StoreError::Corrupt {
             path: dir.display().to_string(),
             detail,

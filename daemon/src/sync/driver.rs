@@ -187,7 +187,10 @@ pub(crate) async fn drive(
                             break;
                         }
                     }
-                    apply_batches(&mut session, replica, applies).await;
+                    apply_batches(&mut session, replica, applies, false).await;
+                }
+                repair @ Action::Apply { repair: true, .. } => {
+                    apply_batches(&mut session, replica, vec![repair], true).await;
                 }
                 other => run_action(&mut session, replica, other).await,
             }
@@ -326,7 +329,13 @@ fn feed(session: &mut Session, input: Input, last_heard: &mut Option<SystemTime>
 
 /// Applies several received batches, each with its vector advance, in one atomic store
 /// commit, then tells the session about each in order.
-async fn apply_batches(session: &mut Session, replica: &Replica, applies: Vec<Action>) {
+/// `repair`: merge even versions the vectors cover (a full reconciliation).
+async fn apply_batches(
+    session: &mut Session,
+    replica: &Replica,
+    applies: Vec<Action>,
+    repair: bool,
+) {
     let mut versions = Vec::new();
     let mut complete = Vec::new();
     for a in applies {
@@ -342,7 +351,23 @@ async fn apply_batches(session: &mut Session, replica: &Replica, applies: Vec<Ac
             complete.push((collection, origin, through));
         }
     }
-    let report = match replica.apply_remote(versions, complete.clone()).await {
+    let applied = if repair {
+        // Two commits: the merge may not skip covered dots, the vector advance is ordinary.
+        match replica.apply_repair(versions).await {
+            Ok(r) => replica
+                .apply_remote(Vec::new(), complete.clone())
+                .await
+                .map(|mut c| {
+                    c.applied += r.applied;
+                    c.rejected.extend(r.rejected);
+                    c
+                }),
+            Err(e) => Err(e),
+        }
+    } else {
+        replica.apply_remote(versions, complete.clone()).await
+    };
+    let report = match applied {
         Ok(r) => r,
         Err(e) => {
             let reason = format!("cannot apply received versions: {e}");
@@ -414,51 +439,8 @@ async fn run_action(session: &mut Session, replica: &Replica, action: Action) {
                 Err(e) => Some(format!("cannot read versions to send: {e}")),
             }
         }
-        Action::Apply {
-            collection,
-            origin,
-            versions,
-            through,
-            repair,
-        } => {
-            let complete = vec![(collection.clone(), origin.clone(), through)];
-            let applied = if repair {
-                match replica.apply_repair(versions).await {
-                    Ok(r) => replica
-                        .apply_remote(Vec::new(), complete)
-                        .await
-                        .map(|mut c| {
-                            c.applied += r.applied;
-                            c.rejected.extend(r.rejected);
-                            c
-                        }),
-                    Err(e) => Err(e),
-                }
-            } else {
-                replica.apply_remote(versions, complete).await
-            };
-            match applied {
-                Ok(report) => {
-                    if !report.rejected.is_empty() {
-                        tracing::warn!(
-                            %collection,
-                            rejected = report.rejected.len(),
-                            first = ?report.rejected.first(),
-                            "refused versions from peer"
-                        );
-                    }
-                    tracing::debug!(%collection, %origin, through, applied = report.applied, "applied batch");
-                    match replica.collection(&collection).await {
-                        Ok(meta) => {
-                            session.handle_applied(&collection, &origin, through, meta.vv);
-                            None
-                        }
-                        Err(e) => Some(format!("cannot read collection state: {e}")),
-                    }
-                }
-                Err(e) => Some(format!("cannot apply received versions: {e}")),
-            }
-        }
+        // Applies go through `apply_batches`.
+        Action::Apply { .. } => None,
         Action::Digest { collection } => match replica.collection(&collection).await {
             Ok(meta) => {
                 session.handle_local_digest(&collection, meta.digest, meta.vv);
