@@ -198,6 +198,56 @@ pub struct ReplicaStats {
     pub committed_generation: AtomicU64,
     /// What is applied, and what of it is durable (published to replication).
     pub(crate) durable: DurableCell,
+    /// Versions superseded by local writes that are not durable yet.
+    pub(crate) shadow: Shadow,
+}
+
+/// Versions superseded by local writes that are not yet durable. Catch-up skips superseded
+/// versions (their superseder is sent instead) while its "complete through" still covers
+/// them; if a crash then lost the superseding write, a peer would lack the old version for
+/// good. So until the sync that makes the superseding write durable, the old versions stay
+/// here and are still offered.
+#[derive(Debug, Default)]
+pub(crate) struct Shadow {
+    versions: Mutex<Vec<(u64, Version)>>,
+}
+
+impl Shadow {
+    /// Keeps `versions`, superseded by the group of writes `generation`.
+    pub(crate) fn add(&self, generation: u64, versions: Vec<Version>) {
+        if versions.is_empty() {
+            return;
+        }
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.extend(versions.into_iter().map(|x| (generation, x)));
+    }
+
+    /// Forgets what groups up to `generation` superseded: those writes are durable now.
+    pub(crate) fn forget_through(&self, generation: u64) {
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.retain(|(g, _)| *g > generation);
+    }
+
+    /// Shadowed versions of `origin` in `collection` with `after < counter <= through`.
+    fn select(
+        &self,
+        collection: &str,
+        origin: &ReplicaId,
+        after: u64,
+        through: u64,
+    ) -> Vec<Version> {
+        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter()
+            .map(|(_, x)| x)
+            .filter(|x| {
+                x.collection == collection
+                    && x.dot.origin == *origin
+                    && x.dot.counter > after
+                    && x.dot.counter <= through
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// What replication may offer peers, per collection: this node's own writes once they are
@@ -539,7 +589,7 @@ impl Replica {
         names::validate_collection_name(collection)?;
         let store = self.inner.store.clone();
         let (c, o) = (collection.to_owned(), origin.clone());
-        blocking(move || {
+        let (mut versions, scanned) = blocking(move || {
             read::versions_since(
                 store.as_ref(),
                 &c,
@@ -550,7 +600,21 @@ impl Replica {
                 max_bytes,
             )
         })
-        .await
+        .await?;
+        let shadowed = self
+            .inner
+            .stats
+            .shadow
+            .select(collection, origin, after, scanned);
+        if !shadowed.is_empty() {
+            for v in shadowed {
+                if !versions.iter().any(|x| x.dot == v.dot) {
+                    versions.push(v);
+                }
+            }
+            versions.sort_by_key(|v| v.dot.counter);
+        }
+        Ok((versions, scanned))
     }
 
     /// Watches what replication may offer peers (see [`DurableState`]).

@@ -59,7 +59,7 @@ fn to_record(
     })
 }
 
-fn load_value(
+pub(crate) fn load_value(
     store: &dyn Store,
     coll: &str,
     s: &StoredSibling,

@@ -586,3 +586,42 @@ async fn own_writes_are_offered_once_durable_relayed_ones_once_applied() {
         .unwrap_or_default();
     assert_eq!(vv.get(r.id()), 1);
 }
+
+#[tokio::test]
+async fn versions_superseded_by_unflushed_writes_are_still_offered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = ReplicaOptions::new("hefei");
+    opts.commit = CommitMode::Periodic(std::time::Duration::from_secs(3600));
+    let r =
+        Replica::open(Arc::new(SledStore::open(dir.path()).expect("open")), opts).expect("open");
+    let me = r.id().clone();
+    let big = vec![7u8; 20_000];
+    r.write("situation", "k", Some(b"old".to_vec()))
+        .await
+        .expect("write");
+    r.write("situation", "doc", Some(big.clone()))
+        .await
+        .expect("write");
+    r.sync().await.expect("sync");
+    r.write("situation", "k", Some(b"new".to_vec()))
+        .await
+        .expect("overwrite");
+    r.write("situation", "doc", None).await.expect("delete");
+    // Not flushed yet: a crash could lose the new writes, so the old versions are still sent.
+    let (vs, _) = r
+        .versions_since("situation", &me, 0, 4, 100, 1 << 20)
+        .await
+        .expect("load");
+    let counters: Vec<u64> = vs.iter().map(|v| v.dot.counter).collect();
+    assert_eq!(counters, vec![1, 2, 3, 4]);
+    assert_eq!(vs[1].value.as_deref(), Some(&big[..]));
+    r.sync().await.expect("sync");
+    let (vs, _) = r
+        .versions_since("situation", &me, 0, 4, 100, 1 << 20)
+        .await
+        .expect("load");
+    assert_eq!(
+        vs.iter().map(|v| v.dot.counter).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+}

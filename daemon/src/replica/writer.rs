@@ -197,6 +197,8 @@ struct Group {
     siblings: HashMap<(String, String), Vec<StoredSibling>>,
     metas: HashMap<String, CollectionMeta>,
     writes: u64,
+    /// Versions superseded by this group's local writes (see [`super::Shadow`]).
+    superseded: Vec<Version>,
 }
 
 impl Writer {
@@ -336,6 +338,9 @@ impl Writer {
         };
         match write_back() {
             Ok(()) => {
+                self.stats
+                    .shadow
+                    .add(self.generation, std::mem::take(&mut g.superseded));
                 self.stats.durable.applied(
                     self.generation,
                     g.metas.iter().map(|(c, m)| (c.clone(), m.vv.clone())),
@@ -410,6 +415,19 @@ impl Writer {
             value,
         };
         let mut meta = std::mem::take(meta);
+        // Until this write is durable, peers may still need what it supersedes.
+        for s in &siblings {
+            if let Ok(value) = super::read::load_value(self.store.as_ref(), coll, s) {
+                g.superseded.push(Version {
+                    collection: coll.to_owned(),
+                    key: key.to_owned(),
+                    dot: s.header.dot.clone(),
+                    hlc: s.header.hlc,
+                    context: s.header.context.clone(),
+                    value,
+                });
+            }
+        }
         let (applied, siblings) = merge_version(&mut meta, siblings, version, &mut g.batch);
         debug_assert!(
             applied,
@@ -506,6 +524,7 @@ fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), String> {
             if let Err(e) = store.mark_durable(generation) {
                 tracing::warn!(error = %e, "cannot record the durable generation");
             }
+            stats.shadow.forget_through(generation);
             stats.durable.publish(applied);
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
