@@ -176,31 +176,14 @@ fn write_at_one_office_is_read_at_another_through_the_hub() {
 fn partitioned_office_reconciles_after_heal() {
     let seed = test_seed("partitioned_office_reconciles_after_heal");
     // A 1 s heartbeat puts the session idle timeout at 10 s, so the cut is noticed quickly.
-    let tuning = "heartbeat_interval_ms = 1000";
-    let cluster = Cluster::new();
-    let hub_cfg = hub_config(&cluster);
-    let hub = start_with_lines(&hub_cfg, "sync", tuning);
-    let proxy = FaultProxy::start(hub_cfg.sync_listen, seed);
-    let hefei = start_with_lines(
-        &office_config(&cluster, HEFEI, proxy.listen_addr()),
-        "sync",
-        tuning,
-    );
-    let beijing = start_with_lines(
-        &office_config(&cluster, BEIJING, hub_cfg.sync_listen),
-        "sync",
-        tuning,
-    );
+    let CutStar {
+        cluster: _cluster,
+        hub,
+        proxy,
+        hefei,
+        beijing,
+    } = CutStar::start(seed);
     let all = [&hub, &hefei, &beijing];
-    wait_connected(
-        &[
-            (&hefei, HUB),
-            (&beijing, HUB),
-            (&hub, HEFEI),
-            (&hub, BEIJING),
-        ],
-        CONNECT_TIMEOUT,
-    );
     hefei.put("situation", "warmup", b"before the cut");
     assert_converged(&all, CONVERGE_TIMEOUT);
 
@@ -413,31 +396,14 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
     const COUNT: usize = 3_000;
     let seed = test_seed("restarts_mid_stream_lose_no_acknowledged_write");
     // A 1 s heartbeat: dead sessions (cut link, killed hub) are given up after 10 s.
-    let tuning = "heartbeat_interval_ms = 1000";
-    let cluster = Cluster::new();
-    let hub_cfg = hub_config(&cluster);
-    let hub = start_with_lines(&hub_cfg, "sync", tuning);
-    let proxy = FaultProxy::start(hub_cfg.sync_listen, seed);
-    let hefei = start_with_lines(
-        &office_config(&cluster, HEFEI, proxy.listen_addr()),
-        "sync",
-        tuning,
-    );
-    let beijing = start_with_lines(
-        &office_config(&cluster, BEIJING, hub_cfg.sync_listen),
-        "sync",
-        tuning,
-    );
+    let CutStar {
+        cluster: _cluster,
+        hub,
+        proxy,
+        hefei,
+        beijing,
+    } = CutStar::start(seed);
     let all = [&hub, &hefei, &beijing];
-    wait_connected(
-        &[
-            (&hefei, HUB),
-            (&beijing, HUB),
-            (&hub, HEFEI),
-            (&hub, BEIJING),
-        ],
-        CONNECT_TIMEOUT,
-    );
 
     let hub_replica = replica_of(&hub);
     let progress = AtomicUsize::new(0);
@@ -894,4 +860,51 @@ fn largest_values_replicate_and_oversize_ones_are_refused_without_wedging() {
         .as_u64()
         .unwrap_or(0);
     assert!(refused >= 1, "the refusal is counted: {}", hub.status());
+}
+
+/// The general office, hefei dialling it through a fault proxy (so its link can be cut) and
+/// beijing-office dialling it directly; a 1 s heartbeat so dead sessions are given up after
+/// 10 s. Returns once every session is up.
+struct CutStar {
+    cluster: Cluster,
+    hub: TestNode,
+    proxy: FaultProxy,
+    hefei: TestNode,
+    beijing: TestNode,
+}
+
+impl CutStar {
+    fn start(seed: u64) -> CutStar {
+        let tuning = "heartbeat_interval_ms = 1000";
+        let cluster = Cluster::new();
+        let hub_cfg = hub_config(&cluster);
+        let hub = start_with_lines(&hub_cfg, "sync", tuning);
+        let proxy = FaultProxy::start(hub_cfg.sync_listen, seed);
+        let hefei = start_with_lines(
+            &office_config(&cluster, HEFEI, proxy.listen_addr()),
+            "sync",
+            tuning,
+        );
+        let beijing = start_with_lines(
+            &office_config(&cluster, BEIJING, hub_cfg.sync_listen),
+            "sync",
+            tuning,
+        );
+        wait_connected(
+            &[
+                (&hefei, HUB),
+                (&beijing, HUB),
+                (&hub, HEFEI),
+                (&hub, BEIJING),
+            ],
+            CONNECT_TIMEOUT,
+        );
+        CutStar {
+            cluster,
+            hub,
+            proxy,
+            hefei,
+            beijing,
+        }
+    }
 }
