@@ -93,14 +93,24 @@ fn params(seed: u64, rng: &mut Rng) -> Params {
             }
         }
         Topology::Mesh => {
-            let n = rng.range(6, 8) as usize;
+            // A partial mesh of 20-22 nodes: two admins relay (linked to each other and to
+            // every office, since offices accept others' versions only through a relay), and
+            // every office also links to two other offices directly.
+            let n = rng.range(20, 22) as usize;
             for i in 0..n {
-                // Two admins relay; the others only send their own writes.
-                nodes.push(node(format!("mesh-{i}"), i < 2));
+                nodes.push(node(format!("mesh-{i:02}"), i < 2));
             }
-            for a in 0..n {
-                for b in a + 1..n {
-                    links.push((b, a));
+            links.push((1, 0));
+            for a in 2..n {
+                links.push((a, 0));
+                links.push((a, 1));
+            }
+            for a in 2..n {
+                for _ in 0..2 {
+                    let b = 2 + rng.range(0, (n - 3) as u64) as usize;
+                    if b != a && !links.contains(&(a, b)) && !links.contains(&(b, a)) {
+                        links.push((a, b));
+                    }
                 }
             }
         }
