@@ -10,12 +10,14 @@
 //! in [`Command::run`], where `run(args, &Global) -> Result<(), CliError>`.
 
 mod client;
+mod completions;
 mod demo;
 mod exit;
 mod node;
 mod offline;
 mod output;
 mod records;
+mod transfer;
 mod urlenc;
 
 use std::process::ExitCode;
@@ -93,6 +95,10 @@ enum Command {
     Delete(records::DeleteArgs),
     /// List records of a collection in key order: key, version, value.
     Scan(records::ScanArgs),
+    /// Load records from JSON Lines (or - for stdin) or a directory tree into a collection.
+    Import(transfer::ImportArgs),
+    /// Write a collection as JSON Lines on stdout or to --output FILE.
+    Export(transfer::ExportArgs),
     /// List the collections this node holds.
     Collections,
     /// Show the node: uptime, collections with digests, peers.
@@ -109,6 +115,8 @@ enum Command {
     Config(offline::ConfigCommand),
     /// Run a live local demo: a CA, a general office node and sample records (Ctrl-C stops).
     Demo(demo::DemoArgs),
+    /// Print the shell completion script for officesync (bash, zsh or fish).
+    Completions(completions::CompletionsArgs),
 }
 
 impl Command {
@@ -119,6 +127,8 @@ impl Command {
             Command::Get(args) => records::get(args, global),
             Command::Delete(args) => records::delete(args, global),
             Command::Scan(args) => records::scan(args, global),
+            Command::Import(args) => transfer::import(args, global),
+            Command::Export(args) => transfer::export(args, global),
             Command::Collections => node::collections(global),
             Command::Status => node::status(global),
             Command::Peers => node::peers(global),
@@ -126,6 +136,7 @@ impl Command {
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),
             Command::Demo(args) => demo::run(args, global),
+            Command::Completions(args) => completions::run(args, global),
         }
     }
 }

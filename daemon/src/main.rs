@@ -5,9 +5,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use officesync_daemon::config::Config;
 use officesync_daemon::node::Node;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// The officesync node daemon.
@@ -20,17 +21,67 @@ struct Args {
     /// Check the config (and certificates) and exit.
     #[arg(long)]
     check: bool,
+    /// Log format on stderr: human-readable text, or one JSON object per line (with the
+    /// current span's fields) for log collectors. `RUST_LOG` sets the level either way.
+    #[arg(
+        long,
+        value_enum,
+        env = "OFFICESYNC_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+}
+
+/// How officesyncd writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (coloured only when stderr is a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields and the current span.
+    Json,
+}
+
+/// The log subscriber for `format`, filtered by `filter`, writing to `writer`.
+///
+/// `ansi` colours text lines; JSON lines are never coloured.
+fn log_subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .with_ansi(false)
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = log_subscriber(
+        args.log_format,
+        filter,
+        std::io::stderr().is_terminal(),
+        std::io::stderr,
+    );
+    if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
+        eprintln!("officesyncd: cannot set up logging: {e}");
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -87,5 +138,102 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    /// A log writer that keeps what it is given, for the tests to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            String::from_utf8(bytes.clone()).expect("UTF-8 log")
+        }
+    }
+
+    /// Logs one event inside a `peer` span, and one filtered out, with `format`.
+    fn log_sample(format: LogFormat) -> String {
+        let out = Captured::default();
+        let subscriber = log_subscriber(format, EnvFilter::new("info"), false, out.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("peer", peer = "hefei");
+            let _entered = span.enter();
+            tracing::info!(records = 3, "caught up");
+            tracing::debug!("not shown at info");
+        });
+        out.text()
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_the_span() {
+        let text = log_sample(LogFormat::Json);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON object");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["fields"]["message"], "caught up");
+        assert_eq!(line["fields"]["records"], 3);
+        assert_eq!(line["span"]["name"], "peer");
+        assert_eq!(line["span"]["peer"], "hefei");
+        assert!(line["timestamp"].is_string());
+        assert!(line.get("spans").is_none(), "no span list: {line}");
+    }
+
+    #[test]
+    fn text_lines_stay_plain_text() {
+        let text = log_sample(LogFormat::Text);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("caught up"));
+        assert!(text.contains("peer{peer=\"hefei\"}"), "{text}");
+        assert!(!text.contains('\u{1b}'), "no ANSI codes: {text}");
+        assert!(serde_json::from_str::<serde_json::Value>(text.trim()).is_err());
+    }
+
+    #[test]
+    fn log_format_comes_from_flag_env_or_default() {
+        let parse = |args: &[&str]| Args::try_parse_from(args).map(|a| a.log_format);
+        // The environment variable is not set in tests, so the default applies.
+        if std::env::var_os("OFFICESYNC_LOG_FORMAT").is_none() {
+            assert_eq!(
+                parse(&["officesyncd", "-c", "x.toml"]).ok(),
+                Some(LogFormat::Text)
+            );
+        }
+        assert_eq!(
+            parse(&["officesyncd", "-c", "x.toml", "--log-format", "json"]).ok(),
+            Some(LogFormat::Json)
+        );
+        assert!(parse(&["officesyncd", "-c", "x.toml", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
     }
 }
