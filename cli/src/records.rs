@@ -171,8 +171,8 @@ fn record_path(collection: &str, key: &str) -> Result<String, CliError> {
     Ok(format!("{}/{}", records_path(collection)?, encode_key(key)))
 }
 
-/// `/v1/collections/{c}/records`.
-fn records_path(collection: &str) -> Result<String, CliError> {
+/// `/v1/collections/{c}/records`, after checking the name is non-empty.
+pub(crate) fn records_path(collection: &str) -> Result<String, CliError> {
     if collection.is_empty() {
         return Err(CliError::usage("the collection name must not be empty"));
     }

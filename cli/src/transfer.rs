@@ -21,6 +21,7 @@ use ureq::http::Method;
 use crate::client::Client;
 use crate::exit::{CliError, Exit};
 use crate::output::{self, print_json, print_text};
+use crate::records::records_path;
 use crate::urlenc::{encode_component, encode_key};
 use crate::Global;
 
@@ -77,17 +78,6 @@ struct Parsed {
     items: Vec<Item>,
     /// `(origin, message)` for each input line or file skipped.
     bad: Vec<(String, String)>,
-}
-
-/// `/v1/collections/{c}/records`, after checking the name is non-empty.
-fn records_path(collection: &str) -> Result<String, CliError> {
-    if collection.is_empty() {
-        return Err(CliError::usage("the collection name must not be empty"));
-    }
-    Ok(format!(
-        "/v1/collections/{}/records",
-        encode_component(collection)
-    ))
 }
 
 /// Why `key` cannot be a record key, if it cannot.
