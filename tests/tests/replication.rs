@@ -28,22 +28,42 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Small data sets converge within this on a busy 2-core machine.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A hub and two offices that dial it directly; the offices have no link to each other.
+/// A hub and two offices that dial it; the offices have no link to each other. With a cut-able
+/// link, hefei dials through a fault proxy and every node runs a 1 s heartbeat (dead
+/// sessions are given up after 10 s). Returns once every session is up.
 struct Star {
     hub: TestNode,
     hefei: TestNode,
     beijing: TestNode,
+    proxy: Option<FaultProxy>,
     // Last, so that the nodes are killed before their temp dir goes.
     _cluster: Cluster,
 }
 
 impl Star {
     fn start() -> Star {
+        Star::build(None)
+    }
+
+    fn with_cut_link(seed: u64) -> Star {
+        Star::build(Some(seed))
+    }
+
+    fn build(proxy_seed: Option<u64>) -> Star {
+        let tuning = "heartbeat_interval_ms = 1000";
         let cluster = Cluster::new();
         let hub_cfg = hub_config(&cluster);
-        let hub = cluster.start(&hub_cfg);
-        let hefei = cluster.start(&office_config(&cluster, HEFEI, hub_cfg.sync_listen));
-        let beijing = cluster.start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
+        let start = |cfg: &officesync_tests::TestConfig| match proxy_seed {
+            Some(_) => start_with_lines(cfg, "sync", tuning),
+            None => cluster.start(cfg),
+        };
+        let hub = start(&hub_cfg);
+        let proxy = proxy_seed.map(|seed| FaultProxy::start(hub_cfg.sync_listen, seed));
+        let hefei_dials = proxy
+            .as_ref()
+            .map_or(hub_cfg.sync_listen, FaultProxy::listen_addr);
+        let hefei = start(&office_config(&cluster, HEFEI, hefei_dials));
+        let beijing = start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
         wait_connected(
             &[
                 (&hefei, HUB),
@@ -57,12 +77,18 @@ impl Star {
             hub,
             hefei,
             beijing,
+            proxy,
             _cluster: cluster,
         }
     }
 
     fn all(&self) -> [&TestNode; 3] {
         [&self.hub, &self.hefei, &self.beijing]
+    }
+
+    /// The proxy on hefei's link (only with [`Star::with_cut_link`]).
+    fn proxy(&self) -> &FaultProxy {
+        self.proxy.as_ref().expect("built with a cut-able link")
     }
 }
 
@@ -176,14 +202,9 @@ fn write_at_one_office_is_read_at_another_through_the_hub() {
 fn partitioned_office_reconciles_after_heal() {
     let seed = test_seed("partitioned_office_reconciles_after_heal");
     // A 1 s heartbeat puts the session idle timeout at 10 s, so the cut is noticed quickly.
-    let CutStar {
-        cluster: _cluster,
-        hub,
-        proxy,
-        hefei,
-        beijing,
-    } = CutStar::start(seed);
-    let all = [&hub, &hefei, &beijing];
+    let star = Star::with_cut_link(seed);
+    let (hub, hefei, beijing, proxy) = (&star.hub, &star.hefei, &star.beijing, star.proxy());
+    let all = star.all();
     hefei.put("situation", "warmup", b"before the cut");
     assert_converged(&all, CONVERGE_TIMEOUT);
 
@@ -202,19 +223,19 @@ fn partitioned_office_reconciles_after_heal() {
             })
             .collect::<Vec<_>>()
     };
-    hefei_acked.extend(write(&hefei, "k", 1..=25));
-    beijing_acked.extend(write(&beijing, "j", 1..=25));
+    hefei_acked.extend(write(hefei, "k", 1..=25));
+    beijing_acked.extend(write(beijing, "j", 1..=25));
     // ... half once the session is known to be gone.
     wait_for("hefei to notice the cut", Duration::from_secs(45), || {
-        if is_connected(&hefei, HUB) || is_connected(&hub, HEFEI) {
+        if is_connected(hefei, HUB) || is_connected(hub, HEFEI) {
             Err("still connected".into())
         } else {
             Ok(())
         }
     });
     eprintln!("cut noticed after {:?}", cut_at.elapsed());
-    hefei_acked.extend(write(&hefei, "k", 26..=50));
-    beijing_acked.extend(write(&beijing, "j", 26..=50));
+    hefei_acked.extend(write(hefei, "k", 26..=50));
+    beijing_acked.extend(write(beijing, "j", 26..=50));
     let shared_hefei = hefei.put("situation", "shared", b"hefei's view");
     let shared_beijing = beijing.put("situation", "shared", b"beijing's view");
 
@@ -238,7 +259,7 @@ fn partitioned_office_reconciles_after_heal() {
 
     proxy.heal();
     let healed_at = Instant::now();
-    wait_connected(&[(&hefei, HUB), (&hub, HEFEI)], Duration::from_secs(60));
+    wait_connected(&[(hefei, HUB), (hub, HEFEI)], Duration::from_secs(60));
     eprintln!("reconnected {:?} after the heal", healed_at.elapsed());
     assert_converged(&all, CONVERGE_TIMEOUT);
 
@@ -396,16 +417,11 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
     const COUNT: usize = 3_000;
     let seed = test_seed("restarts_mid_stream_lose_no_acknowledged_write");
     // A 1 s heartbeat: dead sessions (cut link, killed hub) are given up after 10 s.
-    let CutStar {
-        cluster: _cluster,
-        hub,
-        proxy,
-        hefei,
-        beijing,
-    } = CutStar::start(seed);
-    let all = [&hub, &hefei, &beijing];
+    let star = Star::with_cut_link(seed);
+    let (hub, hefei, proxy) = (&star.hub, &star.hefei, star.proxy());
+    let all = star.all();
 
-    let hub_replica = replica_of(&hub);
+    let hub_replica = replica_of(hub);
     let progress = AtomicUsize::new(0);
     let deadline = Instant::now() + Duration::from_secs(150);
     let api = hefei.api();
@@ -429,7 +445,7 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
         );
         at(COUNT / 2);
         proxy.cut(Direction::Both);
-        let held_at_cut = record_count(&hub, "bulk");
+        let held_at_cut = record_count(hub, "bulk");
         eprintln!(
             "link cut at {} writes, hub held {held_at_cut}",
             progress.load(Ordering::Relaxed)
@@ -446,14 +462,14 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
         "hefei to give up the cut session",
         Duration::from_secs(45),
         || {
-            if is_connected(&hefei, HUB) || is_connected(&hub, HEFEI) {
+            if is_connected(hefei, HUB) || is_connected(hub, HEFEI) {
                 Err("still connected".into())
             } else {
                 Ok(())
             }
         },
     );
-    let backlog = COUNT as u64 - record_count(&hub, "bulk");
+    let backlog = COUNT as u64 - record_count(hub, "bulk");
     assert!(backlog > 0, "nothing was held back by the cut");
 
     // A WAN-like link slows the catch-up down enough to kill the hub in the middle of it.
@@ -462,11 +478,11 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
     let healed_at = Instant::now();
     let mut seen = Vec::new();
     let killed_mid_catch_up = wait_until_or_false(Duration::from_secs(60), || {
-        let n = record_count(&hub, "bulk");
+        let n = record_count(hub, "bulk");
         seen.push(n);
         n >= held_at_cut.max(COUNT as u64 - backlog) + 50 && n < COUNT as u64
     });
-    let at_kill = record_count(&hub, "bulk");
+    let at_kill = record_count(hub, "bulk");
     hub.kill9();
     eprintln!(
         "backlog {backlog}; hub killed {:?} after the heal holding {at_kill} of {COUNT} \
@@ -481,7 +497,7 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
     thread::sleep(Duration::from_millis(300));
     hub.restart();
     assert_eq!(
-        replica_of(&hub),
+        replica_of(hub),
         hub_replica,
         "kill -9 changed the hub's incarnation"
     );
@@ -860,51 +876,4 @@ fn largest_values_replicate_and_oversize_ones_are_refused_without_wedging() {
         .as_u64()
         .unwrap_or(0);
     assert!(refused >= 1, "the refusal is counted: {}", hub.status());
-}
-
-/// The general office, hefei dialling it through a fault proxy (so its link can be cut) and
-/// beijing-office dialling it directly; a 1 s heartbeat so dead sessions are given up after
-/// 10 s. Returns once every session is up.
-struct CutStar {
-    cluster: Cluster,
-    hub: TestNode,
-    proxy: FaultProxy,
-    hefei: TestNode,
-    beijing: TestNode,
-}
-
-impl CutStar {
-    fn start(seed: u64) -> CutStar {
-        let tuning = "heartbeat_interval_ms = 1000";
-        let cluster = Cluster::new();
-        let hub_cfg = hub_config(&cluster);
-        let hub = start_with_lines(&hub_cfg, "sync", tuning);
-        let proxy = FaultProxy::start(hub_cfg.sync_listen, seed);
-        let hefei = start_with_lines(
-            &office_config(&cluster, HEFEI, proxy.listen_addr()),
-            "sync",
-            tuning,
-        );
-        let beijing = start_with_lines(
-            &office_config(&cluster, BEIJING, hub_cfg.sync_listen),
-            "sync",
-            tuning,
-        );
-        wait_connected(
-            &[
-                (&hefei, HUB),
-                (&beijing, HUB),
-                (&hub, HEFEI),
-                (&hub, BEIJING),
-            ],
-            CONNECT_TIMEOUT,
-        );
-        CutStar {
-            cluster,
-            hub,
-            proxy,
-            hefei,
-            beijing,
-        }
-    }
 }
