@@ -2,13 +2,17 @@
 //! a tiny hand-written HTTP/1.1 server on 127.0.0.1:0 that records every
 //! request and answers from a per-test table.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use common::run_with;
 
 /// A request as the fake daemon saw it.
 #[derive(Debug, Clone)]
@@ -134,28 +138,6 @@ fn serve(stream: TcpStream, router: &Router, log: &Mutex<Vec<Seen>>) -> std::io:
     out.write_all(head.as_bytes())?;
     out.write_all(&answer.body)?;
     out.flush()
-}
-
-/// Runs `officesync` with `args`, `stdin` as its input, no inherited API address.
-fn run_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_officesync"));
-    command
-        .args(args)
-        .env_remove("OFFICESYNC_API")
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("ALL_PROXY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().expect("spawn officesync");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("officesync output")
 }
 
 fn run(args: &[&str]) -> Output {

@@ -1,13 +1,15 @@
 //! `officesync import` and `export` against a real `officesyncd` started from
 //! the workspace's target directory (built by `cargo build --workspace --bins`).
 
-use std::io::Write;
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::run_with;
 use officesync_daemon::config::{Config, Durability};
 use serde_json::{json, Value};
 
@@ -65,22 +67,7 @@ fn free_udp_port() -> u16 {
 
 /// Runs `officesync` with `args` and `stdin` against no inherited API.
 fn officesync(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_officesync"))
-        .args(args)
-        .env_remove("OFFICESYNC_API")
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("ALL_PROXY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn officesync");
-    let mut input = child.stdin.take().expect("stdin");
-    // The command may not read stdin at all: ignore a broken pipe.
-    let _ = input.write_all(stdin);
-    drop(input);
-    child.wait_with_output().expect("officesync output")
+    run_with(args, stdin, &[])
 }
 
 fn succeed(args: &[&str]) -> Output {
