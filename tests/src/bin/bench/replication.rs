@@ -21,7 +21,7 @@ use anyhow::{ensure, Context, Result};
 use officesync_daemon::config::{Config, Durability};
 use officesync_daemon::node::Node;
 use officesync_daemon::pki::{self, init_ca, issue, IssueOptions};
-use officesync_daemon::replica::Replica;
+use officesync_daemon::replica::{CollectionMeta, Replica};
 use officesync_protocol::{Digest, ReplicaId};
 use officesync_tests::fault_proxy::{Direction, FaultProxy};
 use officesync_tests::{ApiClient, TestRng};
@@ -300,6 +300,22 @@ async fn shutdown(nodes: Vec<Node>) -> Result<()> {
 
 /// Writes records `0..n` of `kind` to `COLL` at `replica` with [`FILL_WRITERS`] concurrent
 /// writers, then makes them durable (so replication offers them).
+/// A hub (periodic durability, for speed) in `dir/hub` holding `n` records of `kind`, its
+/// collection state, and the seconds the fill took.
+async fn filled_hub(
+    pki: &Pki,
+    dir: &Path,
+    n: usize,
+    kind: Kind,
+) -> Result<(Node, CollectionMeta, f64)> {
+    let hub = start(pki, HUB, &dir.join("hub"), None, Durability::Periodic).await?;
+    let fill_start = Instant::now();
+    fill(hub.replica(), n, kind).await?;
+    let fill_secs = fill_start.elapsed().as_secs_f64();
+    let target = hub.replica().collection(COLL).await?;
+    Ok((hub, target, fill_secs))
+}
+
 async fn fill(replica: &Replica, n: usize, kind: Kind) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..FILL_WRITERS {
@@ -436,18 +452,7 @@ async fn bulk_catch_up(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) -> Result
     ));
 
     let dir = tempfile::tempdir()?;
-    let hub = start(
-        pki,
-        HUB,
-        &dir.path().join("hub"),
-        None,
-        Durability::Periodic,
-    )
-    .await?;
-    let fill_start = Instant::now();
-    fill(hub.replica(), n, kind).await?;
-    let fill_secs = fill_start.elapsed().as_secs_f64();
-    let target = hub.replica().collection(COLL).await?;
+    let (hub, target, fill_secs) = filled_hub(pki, dir.path(), n, kind).await?;
     ensure!(
         target.records == n as u64,
         "hub holds {} records, wrote {n}",
@@ -806,16 +811,7 @@ async fn wire_efficiency(pki: &Pki, s: &Sizes, kind: Kind, rows: &mut Vec<TableR
         s.wire_live
     ));
     let dir = tempfile::tempdir()?;
-    let hub = start(
-        pki,
-        HUB,
-        &dir.path().join("hub"),
-        None,
-        Durability::Periodic,
-    )
-    .await?;
-    fill(hub.replica(), n, kind).await?;
-    let target = hub.replica().collection(COLL).await?;
+    let (hub, target, _) = filled_hub(pki, dir.path(), n, kind).await?;
     let hub_origin = hub.replica().id().clone();
     // B dials the hub through a clean UDP proxy, which counts the datagrams' bytes.
     let proxy = FaultProxy::start(hub.sync_addr(), 1);
