@@ -1,14 +1,30 @@
-//! officesync benchmark: prints one JSON line per figure, each beside a baseline measured in
-//! the same run (raw sled for local and catch-up figures), then a markdown summary table that
-//! says which targets are met. Not a test: nothing here asserts timings. `--quick` runs small
-//! sizes in seconds (CI uses it so the program never rots).
+//! officesync benchmark: prints one JSON line per figure, each beside baselines measured in
+//! the same run on the same machine (raw sled, a raw QUIC stream, Redis and NATS JetStream
+//! when their servers are installed; skipped with a reason otherwise), then a markdown table
+//! that says which targets are met. Not a test: nothing here asserts timings. `--quick` runs
+//! small sizes in seconds (CI uses it so the program never rots).
 //!
-//! Local figures: write and read throughput of one replica against raw sled. Replication
-//! figures ([`replication`]): bulk catch-up, live relay latency and wire efficiency, with
-//! nodes running in this process on loopback.
+//! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
+//! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
+//! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
+//! servers and their clients in [`servers`].
 
+#[path = "bench/catch_up.rs"]
+mod catch_up;
+#[path = "bench/fanout.rs"]
+mod fanout;
+#[path = "bench/heal.rs"]
+mod heal;
+#[path = "bench/live.rs"]
+mod live;
 #[path = "bench/replication.rs"]
 mod replication;
+#[path = "bench/servers.rs"]
+mod servers;
+#[path = "bench/sustained.rs"]
+mod sustained;
+#[path = "bench/wire.rs"]
+mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -191,7 +207,15 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 4] = ["local", "bulk_catch_up", "live_relay", "wire_efficiency"];
+const GROUPS: [&str; 7] = [
+    "local",
+    "bulk_catch_up",
+    "partition_heal",
+    "live_propagation",
+    "fan_out",
+    "sustained",
+    "wire_efficiency",
+];
 
 /// Command line: `[--quick] [--only GROUP[,GROUP...]]`.
 struct Args {

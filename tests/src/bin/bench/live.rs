@@ -1,0 +1,509 @@
+//! Workload 3, live propagation: open-loop writes at 100, 1,000 and 10,000 per second at one
+//! office, timestamped on arrival at another office through the hub (all three nodes in this
+//! process, `sync` durability); latency = arrival at the receiver − the write's send time,
+//! on one clock. Beside it, at the same rates: Redis chained replication (primary → replica
+//! → replica, arrival seen as a keyspace notification on the last replica) and a NATS
+//! JetStream KV bucket mirrored over a leaf node (arrival seen by a push consumer on the
+//! mirror).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use officesync_daemon::config::Durability;
+use serde_json::json;
+
+use crate::replication::{
+    failed, pct, progress, shutdown, skipped, start, wait_durable, Kind, Pki, Sizes, COLL, HUB,
+    OFFICE_A, OFFICE_B,
+};
+use crate::servers::{self, NatsConn, NatsPair, RedisConn, BUCKET};
+use crate::{emit, TableRow};
+
+/// Target from the brief: p99 at 1,000 writes/s.
+const TARGET_P99_MS: f64 = 5.0;
+/// Rates of the workload.
+const RATES: [u64; 3] = [100, 1_000, 10_000];
+/// How long arrivals may trail the last write.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Latencies of one run.
+struct Run {
+    written: usize,
+    /// Latency of each write that arrived, ms.
+    lat: Vec<f64>,
+    achieved_rate: f64,
+}
+
+/// Writes one key per record index: `live-<run>-<i>`.
+fn live_key(run: u64, i: usize) -> String {
+    format!("live{run}-{i:09}")
+}
+
+/// The index in a `live_key`, if it is one of run `run`.
+fn parse_live_key(run: u64, key: &str) -> Option<usize> {
+    key.strip_prefix(&format!("live{run}-"))?.parse().ok()
+}
+
+/// Calls `send(i)` for `i` in `0..n` at `rate` per second on an absolute schedule (late
+/// writes go at once); returns each write's send time.
+fn paced(
+    rate: u64,
+    n: usize,
+    mut send: impl FnMut(usize) -> Result<()>,
+) -> Result<(Vec<Instant>, f64)> {
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let begin = Instant::now();
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let due = begin + period.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        sent.push(Instant::now());
+        send(i)?;
+    }
+    let secs = begin.elapsed().as_secs_f64().max(1e-9);
+    Ok((sent, n as f64 / secs))
+}
+
+/// Collects arrivals `(index, at)` until all `n` are in or [`DRAIN`] passed after `sent_done`
+/// resolves; pairs them with the send times.
+fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec<f64> {
+    let n = sent.len();
+    let mut at: Vec<Option<Instant>> = vec![None; n];
+    let mut got = 0;
+    let deadline = Instant::now() + DRAIN;
+    while got < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match arrivals.recv_timeout(left) {
+            Ok((i, t)) if i < n && at[i].is_none() => {
+                at[i] = Some(t);
+                got += 1;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    at.iter()
+        .zip(sent)
+        .filter_map(|(a, s)| a.map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3))
+        .collect()
+}
+
+/// Writes per rate.
+fn writes_at(s: &Sizes, rate: u64) -> usize {
+    let secs = if rate >= 10_000 {
+        s.live_secs / 2.0
+    } else {
+        s.live_secs
+    };
+    ((rate as f64 * secs) as usize).max(50)
+}
+
+/// Runs officesync and both baselines at every rate.
+pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
+    let mut ours_p99: Vec<(u64, f64)> = Vec::new();
+    match officesync(pki, s).await {
+        Ok(runs) => {
+            for (rate, run) in runs {
+                let mut lat = run.lat.clone();
+                ours_p99.push((rate, pct(&mut lat, 0.99)));
+                report(
+                    rows,
+                    "officesync",
+                    "office A → hub → office B (QUIC, mTLS, sync durability)",
+                    rate,
+                    &run,
+                    None,
+                );
+            }
+        }
+        Err(e) => failed(rows, "live_propagation", "officesync", &e),
+    }
+    match servers::find_binary("redis-server") {
+        Err(why) => skipped(rows, "live_propagation", "Redis chained replication", &why),
+        Ok(bin) => {
+            let sizes: Vec<(u64, usize)> = RATES.iter().map(|&r| (r, writes_at(s, r))).collect();
+            match tokio::task::spawn_blocking(move || redis_chain(&bin, &sizes)).await {
+                Ok(Ok(runs)) => {
+                    for (rate, run) in runs {
+                        report(
+                            rows,
+                            "Redis",
+                            "primary → replica → replica (no persistence)",
+                            rate,
+                            &run,
+                            ours_at(&ours_p99, rate),
+                        );
+                    }
+                }
+                Ok(Err(e)) => failed(rows, "live_propagation", "Redis chained replication", &e),
+                Err(e) => failed(
+                    rows,
+                    "live_propagation",
+                    "Redis chained replication",
+                    &e.into(),
+                ),
+            }
+        }
+    }
+    match servers::find_binary("nats-server") {
+        Err(why) => skipped(rows, "live_propagation", "NATS KV mirror", &why),
+        Ok(bin) => {
+            let sizes: Vec<(u64, usize)> = RATES.iter().map(|&r| (r, writes_at(s, r))).collect();
+            match tokio::task::spawn_blocking(move || nats_mirror(&bin, &sizes)).await {
+                Ok(Ok(runs)) => {
+                    for (rate, run) in runs {
+                        report(
+                            rows,
+                            "NATS",
+                            "KV bucket → mirror over a leaf node (file storage)",
+                            rate,
+                            &run,
+                            ours_at(&ours_p99, rate),
+                        );
+                    }
+                }
+                Ok(Err(e)) => failed(rows, "live_propagation", "NATS KV mirror", &e),
+                Err(e) => failed(rows, "live_propagation", "NATS KV mirror", &e.into()),
+            }
+        }
+    }
+}
+
+/// officesync's p99 at `rate`, if measured.
+fn ours_at(ours: &[(u64, f64)], rate: u64) -> Option<f64> {
+    ours.iter().find(|(r, _)| *r == rate).map(|(_, p)| *p)
+}
+
+/// Emits one system's figure at one rate; `ours_p99` (for a baseline) is officesync's p99 at
+/// the same rate, and the ratio is baseline p99 / officesync p99 (> 1: officesync faster).
+fn report(
+    rows: &mut Vec<TableRow>,
+    system: &str,
+    path: &str,
+    rate: u64,
+    run: &Run,
+    ours_p99: Option<f64>,
+) {
+    let ours = system == "officesync";
+    let mut lat = run.lat.clone();
+    let received = lat.len();
+    let (p50, p99, p999) = (
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 0.999),
+    );
+    let max = lat.last().copied().unwrap_or(f64::NAN);
+    let target = (ours && rate == 1_000).then_some(TARGET_P99_MS);
+    let met = target.map(|t| received == run.written && p99 <= t);
+    emit(
+        rows,
+        json!({
+            "figure": "live_propagation", "system": system, "path": path,
+            "rate_per_sec": rate, "achieved_rate_per_sec": run.achieved_rate.round(),
+            "written": run.written, "received": received,
+            "latency_ms": { "p50": p50, "p99": p99, "p999": p999, "max": max },
+            "measured": "arrival at the receiver − send time of the write, one clock",
+            "target_p99_ms": target, "target_met": met,
+            "officesync_p99_ms": ours_p99, "ratio": ours_p99.map(|o| p99 / o),
+            "ratio_of": ours_p99.map(|_| "baseline p99 / officesync p99 (> 1: officesync faster)"),
+        }),
+        TableRow {
+            figure: "live_propagation".into(),
+            case: format!(
+                "{system}: {path}, {rate}/s, received {received}/{}",
+                run.written
+            ),
+            result: format!("p50 {p50:.2} / p99 {p99:.2} / p999 {p999:.2} ms"),
+            baseline: ours_p99.map_or("-".into(), |o| format!("officesync p99 {o:.2} ms")),
+            ratio: ours_p99.map(|o| p99 / o),
+            target: target.map_or("-".into(), |t| format!("p99 ≤ {t} ms")),
+            met,
+        },
+    );
+}
+
+/// officesync: hub and two offices in this process; writes at A, arrivals at B.
+async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
+    let dir = tempfile::tempdir()?;
+    let hub = start(pki, HUB, &dir.path().join("hub"), None, Durability::Sync).await?;
+    let a = start(
+        pki,
+        OFFICE_A,
+        &dir.path().join("a"),
+        Some(hub.sync_addr()),
+        Durability::Sync,
+    )
+    .await?;
+    let b = start(
+        pki,
+        OFFICE_B,
+        &dir.path().join("b"),
+        Some(hub.sync_addr()),
+        Durability::Sync,
+    )
+    .await?;
+    let origin = a.replica().id().clone();
+    let ack = a
+        .replica()
+        .write(COLL, "warmup", Some(b"warmup".to_vec()))
+        .await?;
+    wait_durable(
+        b.replica(),
+        &origin,
+        ack.dot.counter,
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    let mut runs = Vec::new();
+    for (run_id, rate) in RATES.into_iter().enumerate() {
+        let run_id = run_id as u64;
+        let n = writes_at(s, rate);
+        progress(format_args!("live_propagation: officesync {rate}/s × {n}"));
+        // Receiver: a task on B's durable-state watch reads A's new versions as they land.
+        let (tx, rx) = mpsc::channel();
+        let mut durable = b.replica().durable();
+        let mut after = durable
+            .borrow_and_update()
+            .vvs
+            .get(COLL)
+            .map_or(0, |vv| vv.get(&origin));
+        let watcher = {
+            let (r, origin) = (b.replica().clone(), origin.clone());
+            tokio::spawn(async move {
+                while durable.changed().await.is_ok() {
+                    let at = Instant::now();
+                    let through = durable
+                        .borrow_and_update()
+                        .vvs
+                        .get(COLL)
+                        .map_or(0, |vv| vv.get(&origin));
+                    while after < through {
+                        let (versions, scanned) = r
+                            .versions_since(COLL, &origin, after, through, 4_096, 8 << 20)
+                            .await?;
+                        for v in versions {
+                            if let Some(i) = parse_live_key(run_id, &v.key) {
+                                let _ = tx.send((i, at));
+                            }
+                        }
+                        if scanned <= after {
+                            break;
+                        }
+                        after = scanned;
+                    }
+                }
+                anyhow::Ok(())
+            })
+        };
+        let rt = tokio::runtime::Handle::current();
+        let writer = a.replica().clone();
+        let sender = std::thread::spawn(move || {
+            let mut tasks = Vec::with_capacity(n);
+            let out = paced(rate, n, |i| {
+                let r = writer.clone();
+                let key = live_key(run_id, i);
+                let value = Kind::Random.value(u64::MAX - i as u64);
+                tasks.push(rt.spawn(async move { r.write(COLL, &key, Some(value)).await }));
+                Ok(())
+            });
+            (out, tasks)
+        });
+        let (out, tasks) = tokio::task::spawn_blocking(move || sender.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
+        let (sent, achieved_rate) = out?;
+        for t in tasks {
+            t.await??;
+        }
+        let lat = tokio::task::spawn_blocking(move || collect(&rx, &sent)).await?;
+        watcher.abort();
+        let _ = watcher.await;
+        runs.push((
+            rate,
+            Run {
+                written: n,
+                lat,
+                achieved_rate,
+            },
+        ));
+    }
+    shutdown(vec![a, b, hub]).await?;
+    Ok(runs)
+}
+
+/// Redis: primary → replica → replica; writes (pipelined `SET`s) at the primary, arrivals
+/// as keyspace notifications on the last replica.
+fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64, Run)>> {
+    let primary = servers::redis(bin, None)?;
+    let mid = servers::redis(bin, Some(primary.port))?;
+    let last = servers::redis(bin, Some(mid.port))?;
+    for r in [&mid, &last] {
+        servers::redis_wait_synced(r.port, 0, Duration::from_secs(30))?
+            .context("redis replica never synced")?;
+    }
+    RedisConn::connect(last.port)?.cmd(&["CONFIG", "SET", "notify-keyspace-events", "K$"])?;
+    let mut sub = RedisConn::connect(last.port)?;
+    sub.cmd(&["PSUBSCRIBE", "__keyspace@0__:live*"])?;
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        while let Ok(servers::Resp::Array(Some(items))) = sub.read() {
+            let at = Instant::now();
+            if let Some(chan) = items.get(2) {
+                let key = chan.text().trim_start_matches("__keyspace@0__:").to_owned();
+                if tx.send((key, at)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut w = RedisConn::connect(primary.port)?;
+    // Warm-up: one write seen at the end of the chain.
+    w.cmd(&["SET", "live-warmup", "x"])?;
+    let warm = rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("redis warm-up never arrived")?;
+    ensure!(warm.0 == "live-warmup", "unexpected key {}", warm.0);
+    let mut runs = Vec::new();
+    for (run_id, &(rate, n)) in sizes.iter().enumerate() {
+        let run_id = run_id as u64;
+        progress(format_args!("live_propagation: Redis {rate}/s × {n}"));
+        let replies = RedisConn::connect(primary.port)?;
+        let mut out = replies.writer_handle()?;
+        let drain = std::thread::spawn(move || -> Result<()> {
+            let mut replies = replies;
+            for _ in 0..n {
+                replies.read()?;
+            }
+            Ok(())
+        });
+        let (sent, achieved_rate) = paced(rate, n, |i| {
+            let value = Kind::Random.value(u64::MAX - i as u64);
+            servers::write_command(&mut out, &[b"SET", live_key(run_id, i).as_bytes(), &value])?;
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        })?;
+        drain
+            .join()
+            .map_err(|_| anyhow::anyhow!("reply thread panicked"))??;
+        let (itx, irx) = mpsc::channel();
+        let lat = {
+            let deadline = Instant::now() + DRAIN;
+            let mut got = 0;
+            while got < n && Instant::now() < deadline {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok((key, at)) => {
+                        if let Some(i) = parse_live_key(run_id, &key) {
+                            got += 1;
+                            let _ = itx.send((i, at));
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            drop(itx);
+            collect(&irx, &sent)
+        };
+        runs.push((
+            rate,
+            Run {
+                written: n,
+                lat,
+                achieved_rate,
+            },
+        ));
+    }
+    Ok(runs)
+}
+
+/// NATS: KV puts at the hub server; arrivals through a push consumer on the leaf's mirror.
+fn nats_mirror(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64, Run)>> {
+    let pair = NatsPair::start(bin)?;
+    pair.create_bucket()?;
+    pair.create_mirror()?;
+    let mut recv = NatsConn::connect(pair.leaf.port)?;
+    let deliver = "bench.deliver";
+    recv.subscribe(deliver)?;
+    recv.flush()?;
+    let consumer = json!({
+        "stream_name": format!("KV_{BUCKET}_mirror"),
+        "config": { "deliver_subject": deliver, "deliver_policy": "new", "ack_policy": "none",
+                    "replay_policy": "instant", "mem_storage": true, "num_replicas": 1 },
+    });
+    recv.request(
+        &format!("$JS.API.CONSUMER.CREATE.KV_{BUCKET}_mirror"),
+        consumer.to_string().as_bytes(),
+        servers::JS_TIMEOUT,
+    )?;
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        while let Ok(m) = recv.next_msg() {
+            let at = Instant::now();
+            let key = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
+            if tx.send((key, at)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut w = NatsConn::connect(pair.hub.port)?;
+    let subject = |k: &str| format!("$KV.{BUCKET}.{k}");
+    // Warm-up: retry until the mirror delivers (its consumer on the hub may still be starting).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        w.publish(&subject("live-warmup"), None, b"x")?;
+        w.flush()?;
+        if let Ok((k, _)) = rx.recv_timeout(Duration::from_millis(500)) {
+            if k == "live-warmup" {
+                break;
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "NATS mirror warm-up never arrived"
+        );
+    }
+    while rx.try_recv().is_ok() {}
+    let mut runs = Vec::new();
+    for (run_id, &(rate, n)) in sizes.iter().enumerate() {
+        let run_id = run_id as u64;
+        progress(format_args!("live_propagation: NATS {rate}/s × {n}"));
+        let mut out = w.writer_handle()?;
+        let (sent, achieved_rate) = paced(rate, n, |i| {
+            let value = Kind::Random.value(u64::MAX - i as u64);
+            servers::nats_pub(&mut out, &subject(&live_key(run_id, i)), &value)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        })?;
+        let (itx, irx) = mpsc::channel();
+        let deadline = Instant::now() + DRAIN;
+        let mut got = 0;
+        while got < n && Instant::now() < deadline {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((key, at)) => {
+                    if let Some(i) = parse_live_key(run_id, &key) {
+                        got += 1;
+                        let _ = itx.send((i, at));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        drop(itx);
+        let lat = collect(&irx, &sent);
+        runs.push((
+            rate,
+            Run {
+                written: n,
+                lat,
+                achieved_rate,
+            },
+        ));
+    }
+    w.round_trip()?;
+    drop(pair);
+    Ok(runs)
+}

@@ -1,0 +1,213 @@
+//! Workload 5, sustained throughput: the highest open-loop write rate at one office that the
+//! hub and a second office keep up with (all three in this process), for `sync` and
+//! `periodic` durability. A probe at rate R writes for a few seconds; it passes when the
+//! office accepts ≥ 95 % of R with at most [`MAX_IN_FLIGHT`] writes waiting, and the second
+//! office holds every write within [`KEEP_UP`] of the last acknowledgement. Rates double from
+//! 500/s until a probe fails, one step refines between the last pass and the failure, and the
+//! best rate is then confirmed for 60 s (full mode).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use officesync_daemon::config::Durability;
+use officesync_daemon::node::Node;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::replication::{
+    failed, progress, shutdown, start, wait_durable, Kind, Pki, Sizes, COLL, HUB, OFFICE_A,
+    OFFICE_B,
+};
+use crate::{emit, TableRow};
+
+/// Writes waiting for their acknowledgement beyond which the office is not keeping up.
+const MAX_IN_FLIGHT: usize = 4_096;
+/// How long after the last acknowledgement the second office may take to hold everything.
+const KEEP_UP: Duration = Duration::from_secs(2);
+/// First rate tried.
+const START_RATE: u64 = 500;
+
+/// One probe's outcome.
+struct Probe {
+    rate: u64,
+    secs: f64,
+    achieved: f64,
+    /// Seconds from the last acknowledgement until the second office held everything
+    /// (`None`: not within the drain limit).
+    drain: Option<f64>,
+    pass: bool,
+}
+
+/// Runs the search for both durability modes.
+pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
+    for durability in [Durability::Sync, Durability::Periodic] {
+        if let Err(e) = one_mode(pki, s, durability, rows).await {
+            failed(rows, "sustained", durability.as_str(), &e);
+        }
+    }
+}
+
+async fn one_mode(
+    pki: &Pki,
+    s: &Sizes,
+    durability: Durability,
+    rows: &mut Vec<TableRow>,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = start(pki, HUB, &dir.path().join("hub"), None, durability).await?;
+    let a = start(
+        pki,
+        OFFICE_A,
+        &dir.path().join("a"),
+        Some(hub.sync_addr()),
+        durability,
+    )
+    .await?;
+    let b = start(
+        pki,
+        OFFICE_B,
+        &dir.path().join("b"),
+        Some(hub.sync_addr()),
+        durability,
+    )
+    .await?;
+    let ack = a
+        .replica()
+        .write(COLL, "warmup", Some(b"warmup".to_vec()))
+        .await?;
+    a.replica().sync().await?;
+    wait_durable(
+        b.replica(),
+        a.replica().id(),
+        ack.dot.counter,
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    let mut probes: Vec<Probe> = Vec::new();
+    let mut best: Option<u64> = None;
+    let mut failed_at: Option<u64> = None;
+    let mut rate = START_RATE;
+    while rate <= s.sustain_max_rate {
+        let p = probe(&a, &b, probes.len(), rate, s.sustain_probe_secs).await?;
+        let pass = p.pass;
+        probes.push(p);
+        if !pass {
+            failed_at = Some(rate);
+            break;
+        }
+        best = Some(rate);
+        rate *= 2;
+    }
+    if let (Some(ok), Some(bad)) = (best, failed_at) {
+        let mid = (ok + bad) / 2;
+        let p = probe(&a, &b, probes.len(), mid, s.sustain_probe_secs).await?;
+        if p.pass {
+            best = Some(mid);
+        }
+        probes.push(p);
+    }
+    let mut confirmed = None;
+    if let Some(r) = best.filter(|_| s.sustain_confirm_secs > 0.0) {
+        let p = probe(&a, &b, probes.len(), r, s.sustain_confirm_secs).await?;
+        confirmed = Some(p.pass);
+        probes.push(p);
+    }
+    shutdown(vec![a, b, hub]).await?;
+
+    let mode = durability.as_str();
+    let list: Vec<_> = probes
+        .iter()
+        .map(|p| {
+            json!({ "rate": p.rate, "secs": p.secs, "achieved": p.achieved.round(),
+                    "drain_secs": p.drain, "pass": p.pass })
+        })
+        .collect();
+    let window = if s.sustain_confirm_secs > 0.0 {
+        s.sustain_confirm_secs
+    } else {
+        s.sustain_probe_secs
+    };
+    emit(
+        rows,
+        json!({
+            "figure": "sustained", "durability": mode, "path": "writes at office A; hub and office B keep up",
+            "highest_rate_per_sec": best, "confirmed_secs": window, "confirmed": confirmed,
+            "keep_up_rule": format!("achieved ≥ 95 % of the rate, ≤ {MAX_IN_FLIGHT} writes waiting, office B holds all within {} s of the last ack", KEEP_UP.as_secs()),
+            "probes": list,
+        }),
+        TableRow {
+            figure: "sustained".into(),
+            case: format!("{mode} durability, A → hub → B, held for {window:.0} s"),
+            result: match (best, confirmed) {
+                (None, _) => format!("below {START_RATE} writes/s"),
+                (Some(r), Some(false)) => {
+                    format!("{r} writes/s in probes, NOT held for {window:.0} s")
+                }
+                (Some(r), _) => format!("{r} writes/s"),
+            },
+            baseline: "-".into(),
+            ratio: None,
+            target: "-".into(),
+            met: None,
+        },
+    );
+    Ok(())
+}
+
+/// Writes at `rate` for `secs` at A; see the module doc for the pass rule.
+async fn probe(a: &Node, b: &Node, id: usize, rate: u64, secs: f64) -> Result<Probe> {
+    let n = ((rate as f64 * secs) as usize).max(1);
+    progress(format_args!("sustained: probe {rate}/s for {secs} s"));
+    let sem = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut overloaded = false;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let begin = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until(begin + period.mul_f64(i as f64)).await;
+        let permit = match sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                overloaded = true;
+                break;
+            }
+        };
+        let r = a.replica().clone();
+        let key = format!("s{id}-{i:09}");
+        let value = Kind::Random.value((id as u64) << 32 | i as u64);
+        tasks.spawn(async move {
+            let ack = r.write(COLL, &key, Some(value)).await;
+            drop(permit);
+            ack.map(|a| a.dot.counter)
+        });
+        // Reap finished writes so the set stays small.
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    let mut last = 0;
+    while let Some(done) = tasks.join_next().await {
+        last = last.max(done??);
+    }
+    let send_secs = begin.elapsed().as_secs_f64();
+    let written = if overloaded { 0 } else { n };
+    let achieved = written as f64 / send_secs.max(1e-9);
+    a.replica().sync().await?;
+    let acked = Instant::now();
+    let drain = wait_durable(b.replica(), a.replica().id(), last, Duration::from_secs(30))
+        .await
+        .ok()
+        .map(|()| acked.elapsed().as_secs_f64());
+    let pass = !overloaded
+        && achieved >= 0.95 * rate as f64
+        && drain.is_some_and(|d| d <= KEEP_UP.as_secs_f64());
+    Ok(Probe {
+        rate,
+        secs,
+        achieved,
+        drain,
+        pass,
+    })
+}
