@@ -117,6 +117,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print the shell completion script for officesync (bash, zsh or fish).
     Completions(completions::CompletionsArgs),
+    /// Write the manual pages (one per subcommand) to --dir DIR, or print the main page.
+    Man(completions::ManArgs),
 }
 
 impl Command {
@@ -137,6 +139,7 @@ impl Command {
             Command::Config(command) => command.run(global),
             Command::Demo(args) => demo::run(args, global),
             Command::Completions(args) => completions::run(args, global),
+            Command::Man(args) => completions::man(args, global),
         }
     }
 }
