@@ -21,10 +21,12 @@
 //! `OFFICESYNC_TEST_KEEP=1` to keep the temp dirs for inspection.
 
 pub mod bins;
+pub mod chaos;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod http;
 pub mod node;
+pub mod powerfs;
 pub mod process;
 pub mod rng;
 

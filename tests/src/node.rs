@@ -81,6 +81,8 @@ struct Running {
 pub struct TestNode {
     spec: DaemonSpec,
     state: Mutex<Running>,
+    /// Extra environment variables for the daemon's next runs (see [`TestNode::set_env`]).
+    env: Mutex<Vec<(String, String)>>,
     /// Keeps the directory holding the config, data and log alive as long as the node.
     _keep: Option<Arc<dyn Send + Sync + fmt::Debug>>,
 }
@@ -95,10 +97,11 @@ impl TestNode {
     /// Like [`TestNode::start`], but returns the failure (exit status and log) instead of
     /// panicking, for tests of refused start-ups.
     pub fn try_start(spec: DaemonSpec) -> Result<TestNode, StartFailure> {
-        let running = spawn(&spec)?;
+        let running = spawn(&spec, &[])?;
         Ok(TestNode {
             spec,
             state: Mutex::new(running),
+            env: Mutex::new(Vec::new()),
             _keep: None,
         })
     }
@@ -257,9 +260,20 @@ impl TestNode {
                 self.current_log()
             );
         }
-        let running = spawn(&self.spec)?;
+        let env = self.env.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let running = spawn(&self.spec, &env)?;
         *self.lock() = running;
         Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the daemon from its next
+    /// (re)start on, e.g. the test-only `OFFICESYNC_CLOCK_OFFSET_MS`.
+    pub fn set_env(&self, key: &str, value: Option<&str>) {
+        let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            env.push((key.to_owned(), value.to_owned()));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Running> {
@@ -287,7 +301,7 @@ fn reap(state: &mut Running) {
 }
 
 /// Spawns the daemon and waits for health, exit or the start timeout.
-fn spawn(spec: &DaemonSpec) -> Result<Running, StartFailure> {
+fn spawn(spec: &DaemonSpec, env: &[(String, String)]) -> Result<Running, StartFailure> {
     let log_offset = std::fs::metadata(&spec.log_path).map_or(0, |m| m.len());
     let log = open_log(&spec.log_path);
     let err = log
@@ -303,7 +317,8 @@ fn spawn(spec: &DaemonSpec) -> Result<Running, StartFailure> {
         .env(
             "RUST_LOG",
             std::env::var("OFFICESYNC_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        );
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let line = process::command_line(&cmd);
     let mut child = cmd
         .spawn()

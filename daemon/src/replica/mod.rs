@@ -411,11 +411,23 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
+/// Environment variable, for tests only, that shifts this daemon's wall clock by a signed
+/// number of milliseconds (the chaos suite starts a node hours off with it).
+pub const CLOCK_OFFSET_ENV: &str = "OFFICESYNC_CLOCK_OFFSET_MS";
+
+/// Wall-clock milliseconds since the Unix epoch (shifted by [`CLOCK_OFFSET_ENV`] when set).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET_MS.get_or_init(|| {
+        std::env::var(CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    wall.saturating_add_signed(offset)
 }
 
 impl Replica {
