@@ -280,9 +280,27 @@ pub fn issue(
     out: &Path,
     opts: &IssueOptions,
 ) -> Result<IssuedSummary, PkiError> {
-    validate_node_name(name)?;
     if opts.days == 0 || opts.days > MAX_CERT_DAYS {
         return Err(PkiError::InvalidDays(opts.days));
+    }
+    let now = unix_now();
+    let window = (now - BACKDATE_SECS, now + i64::from(opts.days) * DAY_SECS);
+    issue_with_validity(name, ca_dir, out, opts, window)
+}
+
+/// [`issue`] with an explicit validity window `(not_before, not_after)` in unix seconds
+/// instead of `opts.days` from now (which is ignored), e.g. an already expired or not yet
+/// valid certificate for tests. The window must not be empty.
+pub fn issue_with_validity(
+    name: &str,
+    ca_dir: &Path,
+    out: &Path,
+    opts: &IssueOptions,
+    (not_before, not_after): (i64, i64),
+) -> Result<IssuedSummary, PkiError> {
+    validate_node_name(name)?;
+    if not_after <= not_before {
+        return Err(PkiError::InvalidDays(0));
     }
 
     let ca_cert_path = ca_dir.join(CA_CERT_FILE);
@@ -311,9 +329,6 @@ pub fn issue(
         refuse_existing(&[&cert_path, &key_path, &ca_path])?;
     }
 
-    let now = unix_now();
-    let not_before = now - BACKDATE_SECS;
-    let not_after = now + i64::from(opts.days) * DAY_SECS;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);

@@ -5,6 +5,8 @@
 pub mod codec;
 pub mod digest;
 pub mod dot;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hlc;
 pub mod merge;
 pub mod names;

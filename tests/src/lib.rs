@@ -29,6 +29,7 @@ pub mod node;
 pub mod powerfs;
 pub mod process;
 pub mod rng;
+pub mod rogue;
 
 pub use cluster::{copy_dir, Cluster, TestConfig};
 pub use http::{ApiClient, HttpReply, Record, ScanEntry, WriteAck};

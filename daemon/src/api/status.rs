@@ -42,6 +42,13 @@ pub struct PeerStatus {
     /// Versions from this peer refused (relay rule, clock skew, invalid).
     #[serde(default)]
     pub rejected: u64,
+    /// Sessions closed because the peer sent bad input (undecodable or invalid frames,
+    /// protocol violations, timestamps beyond the skew bound) since this daemon started.
+    #[serde(default)]
+    pub bad_input: u64,
+    /// The error code name and detail of the last such closure; null if none.
+    #[serde(default)]
+    pub last_bad_input: Option<String>,
 }
 
 /// Where the API reads peer status from. The replication layer implements it (or feeds a

@@ -795,8 +795,8 @@ async fn peers_come_from_the_peer_table() {
     assert_eq!(
         s["peers"],
         serde_json::json!([
-            {"name": "beijing-office", "connected": false, "last_seen": null, "lag_versions": 0, "bytes_sent": 0, "bytes_received": 0, "address": null, "rtt_ms": null, "rejected": 0},
-            {"name": "hefei", "connected": true, "last_seen": "2024-05-01T08:30:00.123Z", "lag_versions": 3, "bytes_sent": 100, "bytes_received": 50, "address": null, "rtt_ms": null, "rejected": 0},
+            {"name": "beijing-office", "connected": false, "last_seen": null, "lag_versions": 0, "bytes_sent": 0, "bytes_received": 0, "address": null, "rtt_ms": null, "rejected": 0, "bad_input": 0, "last_bad_input": null},
+            {"name": "hefei", "connected": true, "last_seen": "2024-05-01T08:30:00.123Z", "lag_versions": 3, "bytes_sent": 100, "bytes_received": 50, "address": null, "rtt_ms": null, "rejected": 0, "bad_input": 0, "last_bad_input": null},
         ])
     );
     let m = String::from_utf8(get(&app, "/metrics").await.body).expect("utf8");

@@ -232,3 +232,35 @@ fn missing_ca_names_the_path() {
     assert!(matches!(err, PkiError::Read { .. }));
     assert!(err.to_string().contains("ca.pem"), "{err}");
 }
+
+#[test]
+fn explicit_validity_window_is_written_and_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    ca(&ca_dir);
+    let now = unix_now();
+    let ca_der = load_cert_ders(&ca_dir.join(CA_CERT_FILE))
+        .unwrap()
+        .remove(0);
+    let windows = [
+        ("expired", (now - 10 * 86_400, now - 86_400), false),
+        ("future", (now + 86_400, now + 10 * 86_400), false),
+        ("current", (now - 60, now + 86_400), true),
+    ];
+    for (name, window, valid_now) in windows {
+        let out = tmp.path().join(name);
+        let s = issue_with_validity(name, &ca_dir, &out, &IssueOptions::default(), window).unwrap();
+        assert_eq!((s.not_before, s.not_after), window, "{name}");
+        let leaf = load_cert_ders(&out.join(NODE_CERT_FILE)).unwrap().remove(0);
+        let verdict = verify_chain_der(&leaf, &ca_der, now);
+        assert_eq!(verdict.is_ok(), valid_now, "{name}: {verdict:?}");
+    }
+    let empty = issue_with_validity(
+        "empty",
+        &ca_dir,
+        &tmp.path().join("empty"),
+        &IssueOptions::default(),
+        (now, now),
+    );
+    assert!(empty.is_err());
+}

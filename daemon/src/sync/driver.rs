@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use officesync_protocol::sync::{
     Action, Event, PeerIdentity, Role, Session, SessionConfig, StreamKind,
 };
-use officesync_protocol::wire::{Compression, ErrorCode, Message};
+use officesync_protocol::wire::{Compression, ErrorCode, Message, MessageV1};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{outcome_name, Command, SyncSettings, VerifyReport};
@@ -31,6 +31,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 enum Input {
     Frame(StreamKind, Message),
     Ended(StreamKind, String),
+    /// The peer sent a frame that does not decode or validate: close with this code.
+    Invalid(StreamKind, ErrorCode, String),
 }
 
 /// A verification in progress.
@@ -57,6 +59,7 @@ pub(crate) async fn drive(
         remote,
         counters,
         closed_notify,
+        misbehavior,
     } = conn;
     // Dropped when this function returns: tells a dialer to redial.
     let _closed_notify = closed_notify;
@@ -110,13 +113,13 @@ pub(crate) async fn drive(
                 .with_counters(counters.clone()),
             StreamKind::Control,
             input_tx.clone(),
-            settings.max_value_bytes,
+            (settings.max_value_bytes, settings.max_clock_skew_ms),
         )),
         tokio::spawn(accept_bulk(
             connection.clone(),
             counters.clone(),
             input_tx,
-            settings.max_value_bytes,
+            (settings.max_value_bytes, settings.max_clock_skew_ms),
         )),
     ];
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
@@ -141,6 +144,8 @@ pub(crate) async fn drive(
     let mut verifying: Vec<PendingVerify> = Vec::new();
     let mut last_heard = None::<SystemTime>;
     let mut next_status = Instant::now();
+    let mut bad = BadInput::default();
+    let mut close_code = 0u32;
     let why = loop {
         // Outputs: control first, then bulk as far as the bulk queue takes it.
         while let Some(msg) = session.poll_transmit_on(StreamKind::Control) {
@@ -176,7 +181,7 @@ pub(crate) async fn drive(
                     // Take in the frames already received, so that every batch waiting is
                     // applied in one store commit (one flush) instead of one flush each.
                     while let Ok(input) = inputs.try_recv() {
-                        feed(&mut session, input, &mut last_heard);
+                        feed(&mut session, input, &mut last_heard, &mut bad);
                     }
                     let mut applies = vec![action];
                     while let Some(next) = session.poll_action() {
@@ -232,6 +237,10 @@ pub(crate) async fn drive(
                 }
                 Event::Acked { .. } => {}
                 Event::Closed { code, reason } => {
+                    close_code = code.as_u32();
+                    if bad.take_frame_fault() {
+                        bad.report(&misbehavior, peers, &peer.name, code, &reason);
+                    }
                     tracing::info!(?code, %reason, "session closed");
                 }
             }
@@ -259,7 +268,7 @@ pub(crate) async fn drive(
             .min(next_status);
         tokio::select! {
             input = inputs.recv() => match input {
-                Some(input) => feed(&mut session, input, &mut last_heard),
+                Some(input) => feed(&mut session, input, &mut last_heard, &mut bad),
                 None => session.close(ErrorCode::Internal, "streams ended"),
             },
             changed = durable.changed() => {
@@ -306,17 +315,65 @@ pub(crate) async fn drive(
     for r in readers {
         r.abort();
     }
-    connection.close(0u32.into(), why.as_bytes());
+    connection.close(close_code.into(), why.as_bytes());
     report_status(peers, &session, &counters, base, remote, last_heard);
     (why, session.status().peer_vvs)
 }
 
+/// Bad input from the peer, reported when the session's `Closed` event is drained.
+#[derive(Default)]
+struct BadInput {
+    /// The last input from the peer made the session fail.
+    frame_fault: bool,
+}
+
+impl BadInput {
+    fn take_frame_fault(&mut self) -> bool {
+        std::mem::take(&mut self.frame_fault)
+    }
+
+    /// Logs the closure (naming the peer), strikes the peer for backoff and counts it in the
+    /// peer's status.
+    fn report(
+        &self,
+        misbehavior: &transport::Misbehavior,
+        peers: &PeerTable,
+        peer: &str,
+        code: ErrorCode,
+        reason: &str,
+    ) {
+        misbehavior.report(code, reason);
+        peers.update(peer, |p| {
+            p.bad_input += 1;
+            p.last_bad_input = Some(format!("{code}: {reason}"));
+        });
+    }
+}
+
 /// Hands one input from the peer to the session.
-fn feed(session: &mut Session, input: Input, last_heard: &mut Option<SystemTime>) {
+fn feed(
+    session: &mut Session,
+    input: Input,
+    last_heard: &mut Option<SystemTime>,
+    bad: &mut BadInput,
+) {
     match input {
         Input::Frame(stream, msg) => {
             *last_heard = Some(SystemTime::now());
+            let peer_closing = matches!(msg, Message::V1(MessageV1::Error(_)));
+            let was_closed = session.is_closed();
             session.handle_frame(stream, msg, now_ms());
+            // A frame (other than the peer's own error frame) that made the session fail is
+            // the peer's bad input; it is reported when the Closed event is drained.
+            if !was_closed && session.is_closed() && !peer_closing {
+                bad.frame_fault = true;
+            }
+        }
+        Input::Invalid(stream, code, why) => {
+            if !session.is_closed() {
+                bad.frame_fault = true;
+                session.close(code, &format!("{stream:?} stream: {why}"));
+            }
         }
         Input::Ended(stream, why) => {
             session.close(
@@ -478,29 +535,38 @@ fn report_status(
     });
 }
 
+/// Reads, decodes and validates the peer's frames; `limits` are this node's value limit and
+/// `sync.max_clock_skew_ms`. Bad input ends the stream as [`Input::Invalid`] with its code.
 async fn read_frames(
     mut recv: FramedRecv,
     stream: StreamKind,
     tx: mpsc::Sender<Input>,
-    max_value_bytes: usize,
+    limits: (usize, u64),
 ) {
+    let (max_value_bytes, max_skew_ms) = limits;
     loop {
         let ended = match recv.recv().await {
             // Values above this node's own limit are refused one by one (and counted) when
             // applied, so a peer configured with a larger limit cannot wedge the stream.
-            Ok(Some(msg)) => match msg.validate(max_value_bytes.max(WIRE_VALUE_BOUND)) {
+            Ok(Some(msg)) => match msg
+                .validate(max_value_bytes.max(WIRE_VALUE_BOUND))
+                .and_then(|()| msg.check_clock(now_ms(), max_skew_ms))
+            {
                 Ok(()) => {
                     if tx.send(Input::Frame(stream, msg)).await.is_err() {
                         return;
                     }
                     continue;
                 }
-                Err(e) => format!("invalid message ({:?}): {e}", e.code()),
+                Err(e) => Input::Invalid(stream, e.code(), format!("invalid {}: {e}", msg.kind())),
             },
-            Ok(None) => "finished by the peer".to_owned(),
-            Err(e) => e.to_string(),
+            Ok(None) => Input::Ended(stream, "finished by the peer".to_owned()),
+            Err(e) => match e.code() {
+                Some(code) => Input::Invalid(stream, code, e.to_string()),
+                None => Input::Ended(stream, e.to_string()),
+            },
         };
-        let _ = tx.send(Input::Ended(stream, ended)).await;
+        let _ = tx.send(ended).await;
         return;
     }
 }
@@ -509,14 +575,14 @@ async fn accept_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
     tx: mpsc::Sender<Input>,
-    max_value_bytes: usize,
+    limits: (usize, u64),
 ) {
     match connection.accept_uni().await {
         Ok(stream) => {
             let recv = FramedRecv::new(stream)
                 .with_limit(officesync_protocol::wire::MAX_FRAME_BYTES)
                 .with_counters(counters);
-            read_frames(recv, StreamKind::Bulk, tx, max_value_bytes).await;
+            read_frames(recv, StreamKind::Bulk, tx, limits).await;
         }
         Err(e) => {
             let _ = tx.send(Input::Ended(StreamKind::Bulk, e.to_string())).await;

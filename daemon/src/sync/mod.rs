@@ -63,6 +63,8 @@ pub(crate) struct SyncSettings {
     pub max_value_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub is_admin: bool,
+    /// `sync.max_clock_skew_ms`: a batch with a timestamp further ahead closes the session.
+    pub max_clock_skew_ms: u64,
 }
 
 /// Handles of the sessions running now, by connection id, and what is known of peers whose
@@ -161,6 +163,7 @@ impl SyncService {
             admins: config.cluster.admins.clone(),
             max_value_bytes: config.storage.max_value_bytes,
             heartbeat_interval_ms: config.sync.heartbeat_interval_ms,
+            max_clock_skew_ms: config.sync.max_clock_skew_ms,
             is_admin: config.cluster.admins.contains(&config.node.name)
                 && transport.identity().admin_cert,
         });

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use officesync_protocol::wire::ErrorCode;
 use quinn::{Connecting, Endpoint, Incoming};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -128,6 +129,14 @@ async fn handshake(
             return;
         }
     };
+    if let Some(wait) = shared.penalties.remaining(&peer.name) {
+        shared.counters.backoff_refused();
+        let secs = wait.as_secs_f64();
+        let reason = format!("refused for {secs:.1} s more after repeated bad input");
+        connection.close(ErrorCode::Backoff.as_u32().into(), reason.as_bytes());
+        tracing::warn!(peer = %peer.name, refused_for_s = secs, "refused connection from peer in backoff");
+        return;
+    }
     shared.counters.accepted();
     tracing::info!(
         peer = %peer.name,
@@ -135,7 +144,14 @@ async fn handshake(
         serial = %peer.serial_hex,
         "accepted"
     );
-    let delivered = PeerConnection::new(peer, Role::Acceptor, connection.clone(), remote, None);
+    let delivered = PeerConnection::new(
+        peer,
+        Role::Acceptor,
+        connection.clone(),
+        remote,
+        None,
+        &shared.penalties,
+    );
     // Still counted as pending until the session layer takes it: if the daemon falls behind,
     // new attempts are refused rather than piling up.
     if tx.send(delivered).await.is_err() {

@@ -105,6 +105,18 @@ pub(crate) async fn run(
         let mut attempt: usize = 0;
         let mut last_error: Option<String> = None;
         loop {
+            // A peer in backoff after bad input is not dialed until its refusal ends.
+            if let Some(wait) = shared.penalties.remaining(&peer.name) {
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "peer in backoff after bad input; waiting before dialing"
+                );
+                tokio::select! {
+                    biased;
+                    () = wait_shutdown(&mut shutdown) => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
             let outcome = tokio::select! {
                 biased;
                 () = wait_shutdown(&mut shutdown) => return,
@@ -116,7 +128,7 @@ pub(crate) async fn run(
                     last_error = None;
                     shared.counters.dialed();
                     let started = Instant::now();
-                    if !deliver(connection, identity, remote, &tx, &mut shutdown).await {
+                    if !deliver(connection, identity, remote, &tx, &mut shutdown, &shared).await {
                         return;
                     }
                     if started.elapsed() >= STABLE_AFTER {
@@ -162,6 +174,7 @@ async fn deliver(
     remote: SocketAddr,
     tx: &mpsc::Sender<PeerConnection>,
     shutdown: &mut watch::Receiver<bool>,
+    shared: &Shared,
 ) -> bool {
     tracing::info!(%remote, conn = connection.stable_id(), serial = %peer.serial_hex, "connected");
     let (notify_tx, mut notify_rx) = oneshot::channel();
@@ -171,6 +184,7 @@ async fn deliver(
         connection.clone(),
         remote,
         Some(notify_tx),
+        &shared.penalties,
     );
     let sent = tokio::select! {
         biased;

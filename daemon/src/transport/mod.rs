@@ -19,6 +19,7 @@ mod dial;
 mod error;
 mod framed;
 mod limits;
+mod penalty;
 mod tls;
 
 use std::fmt;
@@ -41,6 +42,7 @@ pub use limits::{
     MAX_PENDING_HANDSHAKES, MAX_UNI_STREAMS, RETRY_ABOVE_PENDING, SEND_WINDOW,
     STREAM_RECEIVE_WINDOW,
 };
+pub use penalty::{Misbehavior, Penalties, PENALTY_BASE, PENALTY_FORGIVE_AFTER, PENALTY_MAX};
 pub use tls::PeerIdentity;
 
 /// Longest a handshake may take, dialing or accepting (several round trips on the slowest
@@ -91,6 +93,8 @@ pub struct PeerConnection {
     /// alive as long as the session runs. The dialer also redials on its own once the
     /// connection closes. `None` for accepted connections.
     pub closed_notify: Option<oneshot::Sender<()>>,
+    /// Report the peer's bad input here: it is logged and counts toward the peer's backoff.
+    pub misbehavior: Misbehavior,
 }
 
 impl PeerConnection {
@@ -100,8 +104,10 @@ impl PeerConnection {
         connection: quinn::Connection,
         remote: SocketAddr,
         closed_notify: Option<oneshot::Sender<()>>,
+        penalties: &Penalties,
     ) -> Self {
         Self {
+            misbehavior: Misbehavior::new(&peer.name, penalties.clone()),
             peer,
             role,
             connection,
@@ -125,6 +131,8 @@ pub struct TransportStats {
     pub handshakes_failed: u64,
     /// Incoming connection attempts refused because too many handshakes were in progress.
     pub handshakes_refused: u64,
+    /// Authenticated connections refused because the peer is in backoff after bad input.
+    pub backoff_refused: u64,
 }
 
 /// Live counters behind [`TransportStats`].
@@ -135,6 +143,7 @@ struct Counters {
     dials_failed: AtomicU64,
     handshakes_failed: AtomicU64,
     handshakes_refused: AtomicU64,
+    backoff_refused: AtomicU64,
 }
 
 impl Counters {
@@ -153,6 +162,9 @@ impl Counters {
     fn handshake_refused(&self) {
         self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
     }
+    fn backoff_refused(&self) {
+        self.backoff_refused.fetch_add(1, Ordering::Relaxed);
+    }
     fn snapshot(&self) -> TransportStats {
         TransportStats {
             connections_dialed: self.dialed.load(Ordering::Relaxed),
@@ -160,6 +172,7 @@ impl Counters {
             dials_failed: self.dials_failed.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            backoff_refused: self.backoff_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -168,6 +181,7 @@ impl Counters {
 #[derive(Debug, Clone, Default)]
 struct Shared {
     counters: Arc<Counters>,
+    penalties: Penalties,
 }
 
 /// This node's QUIC endpoint: bound at [`Transport::bind`], running after
@@ -237,6 +251,11 @@ impl Transport {
     /// This node's own identity, from its certificate.
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
+    }
+
+    /// The peers' strikes and refusals (see [`Penalties`]).
+    pub fn penalties(&self) -> &Penalties {
+        &self.shared.penalties
     }
 
     /// Connection and handshake counts so far.

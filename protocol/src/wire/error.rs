@@ -36,11 +36,13 @@ pub enum ErrorCode {
     OutOfOrder = 8,
     /// The sender hit a bug or a local failure (storage, encoding); not the peer's fault.
     Internal = 9,
+    /// The peer sent bad input repeatedly and is refused for a while (growing backoff).
+    Backoff = 10,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         Self::Malformed,
         Self::FrameTooLarge,
         Self::UnsupportedVersion,
@@ -50,6 +52,7 @@ impl ErrorCode {
         Self::ClockSkew,
         Self::OutOfOrder,
         Self::Internal,
+        Self::Backoff,
     ];
 
     /// The code for a number received from a peer (`None` for a code this build does not know).
@@ -74,6 +77,7 @@ impl ErrorCode {
             Self::ClockSkew => "clock_skew",
             Self::OutOfOrder => "out_of_order",
             Self::Internal => "internal",
+            Self::Backoff => "backoff",
         }
     }
 }
@@ -99,7 +103,7 @@ impl Encode for ErrorCode {
 
 impl<Context> Decode<Context> for ErrorCode {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        const ALLOWED: AllowedEnumVariants = AllowedEnumVariants::Range { min: 1, max: 9 };
+        const ALLOWED: AllowedEnumVariants = AllowedEnumVariants::Range { min: 1, max: 10 };
         let found = u32::decode(decoder)?;
         Self::from_u32(found).ok_or(DecodeError::UnexpectedVariant {
             type_name: "ErrorCode",
@@ -244,6 +248,16 @@ pub enum WireError {
     /// A collection appears twice in a list of version vectors.
     #[error("collection {0:?} listed twice")]
     DuplicateCollection(String),
+    /// A version's timestamp is further ahead of the receiver's clock than the allowed skew.
+    #[error("version {dot} has a timestamp {ahead_ms} ms ahead of this node's clock (at most {max_skew_ms} ms allowed)")]
+    ClockSkew {
+        /// The version's dot, as `origin:counter`.
+        dot: String,
+        /// How far ahead of the receiver's clock the timestamp is.
+        ahead_ms: u64,
+        /// The allowed skew.
+        max_skew_ms: u64,
+    },
     /// An error frame's detail is longer than
     /// [`MAX_ERROR_DETAIL_BYTES`](super::MAX_ERROR_DETAIL_BYTES).
     #[error("error detail of {len} bytes is too long")]
@@ -263,6 +277,7 @@ impl WireError {
             }
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             Self::OutOfOrder { .. } => ErrorCode::OutOfOrder,
+            Self::ClockSkew { .. } => ErrorCode::ClockSkew,
             Self::Encode { .. } => ErrorCode::Internal,
             Self::UnknownFlags { .. }
             | Self::TruncatedFrame { .. }
@@ -332,8 +347,9 @@ mod tests {
             assert_eq!(ErrorCode::from_u32(code.as_u32()), Some(code));
         }
         assert_eq!(ErrorCode::from_u32(0), None);
-        assert_eq!(ErrorCode::from_u32(10), None);
+        assert_eq!(ErrorCode::from_u32(11), None);
         assert_eq!(ErrorCode::Internal.as_u32(), 9);
+        assert_eq!(ErrorCode::Backoff.as_u32(), 10);
         assert_eq!(ErrorCode::OutOfOrder.to_string(), "out_of_order");
     }
 

@@ -35,6 +35,26 @@ impl Message {
     }
 }
 
+impl Message {
+    /// Refuses a batch holding a version whose HLC timestamp is more than `max_skew_ms` ahead
+    /// of the receiver's clock `now_ms` ([`WireError::ClockSkew`]): such a version is never
+    /// stored, and the stream stops before it so nothing after it is skipped.
+    pub fn check_clock(&self, now_ms: u64, max_skew_ms: u64) -> Result<(), WireError> {
+        let Self::V1(MessageV1::Batch(batch)) = self else {
+            return Ok(());
+        };
+        let bound = now_ms.saturating_add(max_skew_ms);
+        match batch.versions.iter().find(|v| v.hlc.ms > bound) {
+            Some(v) => Err(WireError::ClockSkew {
+                dot: clip(&v.dot.to_string()),
+                ahead_ms: v.hlc.ms - now_ms,
+                max_skew_ms,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl MessageV1 {
     /// See [`Message::validate`].
     pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
