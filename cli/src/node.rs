@@ -11,6 +11,7 @@ use crate::client::Client;
 use crate::exit::CliError;
 use crate::output::{self, print_json, print_text, scalar, Table};
 use crate::Global;
+use officesync_daemon::api::parse_rfc3339_ms;
 
 /// Status fields the text form of `status` shows in their own section.
 const SHOWN_STATUS_FIELDS: &[&str] = &[
@@ -59,9 +60,13 @@ pub fn peers(global: &Global) -> Result<(), CliError> {
     if global.json {
         return print_json(&json!({ "peers": peers }));
     }
-    print_text(
-        &peers_table(&peers, output::unix_now_secs()).unwrap_or_else(|| "no peers\n".to_owned()),
-    )
+    let now = output::unix_now_secs();
+    let mut text = peers_table(&peers, now).unwrap_or_else(|| "no peers\n".to_owned());
+    if let Some(table) = staleness_table(&peers, now) {
+        text.push_str("\nstaleness (this node's copy of each peer's data):\n");
+        text.push_str(&indent(&table));
+    }
+    print_text(&text)
 }
 
 /// `verify`: asks the daemon to compare collection digests with its peers
@@ -180,51 +185,171 @@ fn collections_table(list: &Value) -> Option<String> {
 
 /// The peers table, `None` without peers. `now` (unix seconds) turns
 /// timestamps into ages.
+///
+/// `PEER LACKS` is how many versions the peer is behind this node and
+/// `SINCE` since when; `WE LACK` how many this node is behind the peer (as of
+/// the last contact); `DATA AS OF` the stalest of this node's copies of the
+/// peer's collections.
 fn peers_table(peers: &Value, now: u64) -> Option<String> {
     let entries = named_entries(peers);
     if entries.is_empty() {
         return None;
     }
-    let mut table = Table::new(&["PEER", "CONNECTED", "LAST SEEN", "LAG", "SENT", "RECEIVED"]);
+    let mut table = Table::new(&[
+        "PEER",
+        "CONNECTED",
+        "ADDRESS",
+        "RTT",
+        "LAST SEEN",
+        "PEER LACKS",
+        "SINCE",
+        "WE LACK",
+        "DATA AS OF",
+        "SENT",
+        "RECEIVED",
+        "REJECTED",
+    ]);
     for (name, fields) in entries {
         let field = |key: &str| fields.get(key).unwrap_or(&Value::Null);
         let connected = match field("connected") {
-            Value::Bool(true) => "yes".to_owned(),
-            Value::Bool(false) => "no".to_owned(),
+            Value::Bool(true) => match unix_secs(field("connected_since")) {
+                Some(t) => format!("yes, for {}", output::human_duration(now.saturating_sub(t))),
+                None => "yes".to_owned(),
+            },
+            Value::Bool(false) => match unix_secs(field("disconnected_since")) {
+                Some(t) => format!("NO, for {}", output::human_duration(now.saturating_sub(t))),
+                None => "no".to_owned(),
+            },
             other => scalar(other),
         };
         let bytes = |key: &str| match field(key).as_u64() {
             Some(n) => output::human_bytes(n),
             None => scalar(field(key)),
         };
+        let rtt = match field("rtt_ms").as_u64() {
+            Some(ms) => format!("{ms} ms"),
+            None => scalar(field("rtt_ms")),
+        };
+        let lag_since = match field("lag_versions").as_u64() {
+            Some(0) => "-".to_owned(),
+            _ => ago(field("lag_since"), now).unwrap_or_else(|| "-".to_owned()),
+        };
         table.row(vec![
             name,
             connected,
+            scalar(field("address")),
+            rtt,
             last_seen(field("last_seen"), now),
             scalar(field("lag_versions")),
+            lag_since,
+            scalar(field("behind_versions")),
+            data_as_of(field("collections"), now),
             bytes("bytes_sent"),
             bytes("bytes_received"),
+            scalar(field("rejected")),
         ]);
     }
     Some(table.render(""))
 }
 
-/// A peer's `last_seen` as an age: `never` for null, unix milliseconds or
-/// seconds as `3s ago`, anything else as given.
-fn last_seen(value: &Value, now: u64) -> String {
-    let Some(n) = value.as_u64() else {
-        return match value {
-            Value::Null => "never".to_owned(),
-            other => scalar(other),
+/// PEER / COLLECTION / PEER LACKS / WE LACK / NEWEST FROM PEER / DATA AS OF /
+/// STALE rows of every peer's `collections`, `None` if there are none.
+fn staleness_table(peers: &Value, now: u64) -> Option<String> {
+    let mut table = Table::new(&[
+        "PEER",
+        "COLLECTION",
+        "PEER LACKS",
+        "WE LACK",
+        "NEWEST FROM PEER",
+        "DATA AS OF",
+        "STALE",
+    ]);
+    let mut rows = 0;
+    for (name, fields) in named_entries(peers) {
+        let Some(collections) = fields.get("collections").and_then(Value::as_array) else {
+            continue;
         };
+        for c in collections {
+            let field = |key: &str| c.get(key).unwrap_or(&Value::Null);
+            let stale = match field("staleness_ms").as_u64() {
+                Some(ms) => output::human_duration(ms / 1000),
+                None => "-".to_owned(),
+            };
+            table.row(vec![
+                name.clone(),
+                scalar(field("collection")),
+                scalar(field("lag_versions")),
+                scalar(field("behind_versions")),
+                time_and_age(field("newest_version_at"), now),
+                time_and_age(field("data_as_of"), now),
+                stale,
+            ]);
+            rows += 1;
+        }
+    }
+    (rows > 0).then(|| table.render(""))
+}
+
+/// Unix seconds of an RFC 3339 string, or of unix seconds or milliseconds.
+fn unix_secs(value: &Value) -> Option<u64> {
+    match value {
+        Value::String(text) => parse_rfc3339_ms(text).map(|ms| ms / 1000),
+        Value::Number(_) => match value.as_u64()? {
+            0 => None,
+            n if n >= 100_000_000_000 => Some(n / 1000),
+            n if n >= 1_000_000_000 => Some(n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A timestamp as `3s ago`, `None` when absent or unreadable.
+fn ago(value: &Value, now: u64) -> Option<String> {
+    unix_secs(value).map(|secs| format!("{} ago", output::human_duration(now.saturating_sub(secs))))
+}
+
+/// A timestamp as `YYYY-MM-DD HH:MM:SS UTC (3s ago)`, `never` for null.
+fn time_and_age(value: &Value, now: u64) -> String {
+    match (value, unix_secs(value)) {
+        (Value::Null, _) => "never".to_owned(),
+        (_, Some(secs)) => format!(
+            "{} ({} ago)",
+            output::format_unix(i64::try_from(secs).unwrap_or(i64::MAX)),
+            output::human_duration(now.saturating_sub(secs))
+        ),
+        (other, None) => scalar(other),
+    }
+}
+
+/// The stalest `data_as_of` of a peer's collections as an age; `never` if a
+/// collection has none yet, `-` without collections.
+fn data_as_of(collections: &Value, now: u64) -> String {
+    let Some(list) = collections.as_array().filter(|l| !l.is_empty()) else {
+        return "-".to_owned();
     };
-    let secs = match n {
-        0 => return "never".to_owned(),
-        n if n >= 100_000_000_000 => n / 1000,
-        n if n >= 1_000_000_000 => n,
-        n => return n.to_string(),
-    };
-    format!("{} ago", output::human_duration(now.saturating_sub(secs)))
+    let mut oldest: Option<u64> = None;
+    for c in list {
+        match unix_secs(c.get("data_as_of").unwrap_or(&Value::Null)) {
+            Some(secs) => oldest = Some(oldest.map_or(secs, |o| o.min(secs))),
+            None => return "never".to_owned(),
+        }
+    }
+    oldest.map_or_else(
+        || "never".to_owned(),
+        |secs| format!("{} ago", output::human_duration(now.saturating_sub(secs))),
+    )
+}
+
+/// A peer's `last_seen` as an age: `never` for null, RFC 3339 or unix
+/// milliseconds or seconds as `3s ago`, anything else as given.
+fn last_seen(value: &Value, now: u64) -> String {
+    match (value, ago(value, now)) {
+        (Value::Null, _) => "never".to_owned(),
+        (Value::Number(n), None) if n.as_u64() == Some(0) => "never".to_owned(),
+        (_, Some(age)) => age,
+        (other, None) => scalar(other),
+    }
 }
 
 /// How long the daemon has run, from whichever uptime field it sends.
@@ -281,6 +406,10 @@ fn render_status(status: &Value, now: u64) -> String {
         }
         None => out.push_str("peers: none\n"),
     }
+    if let Some(table) = field("peers").and_then(|p| staleness_table(p, now)) {
+        out.push_str("staleness (this node's copy of each peer's data):\n");
+        out.push_str(&indent(&table));
+    }
     out
 }
 
@@ -326,9 +455,18 @@ mod tests {
             "peers": [{
                 "name": "general-office", "connected": true, "last_seen": (NOW - 3) * 1000,
                 "lag_versions": 0, "bytes_sent": 2048, "bytes_received": 100,
+                "connected_since": "2025-06-15T15:06:40.000Z", "address": "10.0.0.1:7400",
+                "rtt_ms": 12, "behind_versions": 0, "rejected": 0,
+                "collections": [{
+                    "collection": "situation", "lag_versions": 0, "behind_versions": 0,
+                    "newest_version_at": "2025-06-15T15:06:00.000Z",
+                    "data_as_of": "2025-06-15T15:06:37.000Z", "staleness_ms": 3000,
+                }],
             }, {
                 "name": "beijing-office", "connected": false, "last_seen": null,
                 "lag_versions": 7, "bytes_sent": 0, "bytes_received": 0,
+                "lag_since": "2025-06-15T14:06:40.000Z",
+                "disconnected_since": "2025-06-15T14:06:40.000Z",
             }],
         });
         let text = render_status(&status, NOW);
@@ -341,9 +479,12 @@ collections:
   NAME       RECORDS  DIGEST
   situation  12       0123456789abcdef
 peers:
-  PEER            CONNECTED  LAST SEEN  LAG  SENT     RECEIVED
-  general-office  yes        3s ago     0    2.0 KiB  100 B
-  beijing-office  no         never      7    0 B      0 B
+  PEER            CONNECTED         ADDRESS        RTT    LAST SEEN  PEER LACKS  SINCE         WE LACK  DATA AS OF  SENT     RECEIVED  REJECTED
+  general-office  yes, for 0s       10.0.0.1:7400  12 ms  3s ago     0           -             0        3s ago      2.0 KiB  100 B     0
+  beijing-office  NO, for 1h 0m 0s  -              -      never      7           1h 0m 0s ago  -        -           0 B      0 B       -
+staleness (this node's copy of each peer's data):
+  PEER            COLLECTION  PEER LACKS  WE LACK  NEWEST FROM PEER                   DATA AS OF                        STALE
+  general-office  situation   0           0        2025-06-15 15:06:00 UTC (40s ago)  2025-06-15 15:06:37 UTC (3s ago)  3s
 ";
         assert_eq!(text, expected);
     }
@@ -373,10 +514,8 @@ peers:
         assert_eq!(last_seen(&Value::Null, NOW), "never");
         assert_eq!(last_seen(&json!(NOW - 65), NOW), "1m 5s ago");
         assert_eq!(last_seen(&json!((NOW - 2) * 1000), NOW), "2s ago");
-        assert_eq!(
-            last_seen(&json!("2025-06-15T10:00:00Z"), NOW),
-            "2025-06-15T10:00:00Z"
-        );
+        assert_eq!(last_seen(&json!("2025-06-15T15:06:00Z"), NOW), "40s ago");
+        assert_eq!(last_seen(&json!("yesterday"), NOW), "yesterday");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -84,6 +85,12 @@ fn succeed(args: &[&str]) -> Output {
 /// Issues a bundle, writes a config and starts `officesyncd`; `None` when the
 /// daemon binary has not been built.
 fn start_daemon() -> Option<Daemon> {
+    start_daemon_with(None)
+}
+
+/// [`start_daemon`] with `[storage] max_value_bytes` set to `max_value_bytes`
+/// when given.
+fn start_daemon_with(max_value_bytes: Option<usize>) -> Option<Daemon> {
     let Some(bin) = daemon_binary() else {
         eprintln!(
             "skipping: officesyncd is not built next to the test executable; \
@@ -107,11 +114,14 @@ fn start_daemon() -> Option<Daemon> {
     ]);
     let api = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
     let sync = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()));
-    let config = Config::builder("hefei", dir.path().join("data"), &tls)
+    let mut builder = Config::builder("hefei", dir.path().join("data"), &tls)
         .api_listen(api)
         .sync_listen(sync)
-        .durability(Durability::Periodic)
-        .build();
+        .durability(Durability::Periodic);
+    if let Some(bytes) = max_value_bytes {
+        builder = builder.max_value_bytes(bytes);
+    }
+    let config = builder.build();
     let config_path = dir.path().join("officesyncd.toml");
     std::fs::write(&config_path, config.to_toml_string()).expect("write config");
     let log = dir.path().join("officesyncd.log");
@@ -353,4 +363,121 @@ fn import_into_an_unreachable_daemon_exits_3() {
     );
     let out = officesync(&["--api", &api, "export", "c"], b"");
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// Lines in the bulk import test.
+const BULK_LINES: usize = 100_000;
+
+#[test]
+fn import_of_100k_lines_reports_every_bad_line_and_imports_the_rest() {
+    // A 64 KiB value limit, so the daemon itself refuses one record.
+    let Some(daemon) = start_daemon_with(Some(64 * 1024)) else {
+        return;
+    };
+    let started = Instant::now();
+    // Bad lines at the start, in the middle and at the end; each kind of fault once. The
+    // numbers are 1-based line numbers in the file.
+    let bad_at: BTreeMap<usize, String> = [
+        (1, "{\"key\": \"bad/1\", \"value\": ".to_owned()),
+        (
+            37_001,
+            "{\"key\": \"bad/2\", \"value_base64\": \"not base64!\"}".to_owned(),
+        ),
+        (50_000, "{\"value\": 1}".to_owned()),
+        (
+            77_777,
+            json!({"key": "bad/4", "value": 1, "value_base64": "AA=="}).to_string(),
+        ),
+        (BULK_LINES, "[1, 2, 3]".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    // Refused by the daemon (over its value limit), reported by line as not imported.
+    let refused_at = 64_000;
+    let mut text = String::with_capacity(BULK_LINES * 48);
+    let mut good = 0;
+    for line in 1..=BULK_LINES {
+        if let Some(bad) = bad_at.get(&line) {
+            text.push_str(bad);
+        } else if line == refused_at {
+            let big = "x".repeat(80 * 1024);
+            text.push_str(&json!({"key": "big", "value": big}).to_string());
+        } else {
+            good += 1;
+            text.push_str(&json!({"key": format!("r/{line:06}"), "value": line}).to_string());
+        }
+        text.push('\n');
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("bulk.jsonl");
+    std::fs::write(&file, &text).expect("write input");
+    let out = officesync(
+        &[
+            "--api",
+            &daemon.api,
+            "import",
+            "bulk",
+            file.to_str().expect("utf-8"),
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let reported: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        reported.len(),
+        bad_at.len() + 1,
+        "one line per bad or refused line:\n{stderr}"
+    );
+    for line in bad_at.keys() {
+        assert!(
+            reported
+                .iter()
+                .any(|r| r.starts_with(&format!("line {line}: skipped:"))),
+            "line {line} not reported:\n{stderr}"
+        );
+    }
+    assert!(
+        reported
+            .iter()
+            .any(|r| r.starts_with(&format!("line {refused_at}: not imported:"))),
+        "line {refused_at} not reported:\n{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "imported {good} records, {} bad lines, 1 failed",
+            bad_at.len()
+        )
+    );
+
+    // Exactly the good lines are in the store: the count, both ends, and no bad key.
+    let agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let body = agent
+        .get(format!("http://{}/v1/collections", daemon.api))
+        .call()
+        .expect("GET /v1/collections")
+        .into_body()
+        .read_to_string()
+        .expect("body");
+    let collections: Value = serde_json::from_str(&body).expect("JSON");
+    let bulk = collections["collections"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "bulk"))
+        .unwrap_or_else(|| panic!("no bulk collection: {collections}"));
+    assert_eq!(bulk["records"], good, "{bulk}");
+    assert_eq!(get(&daemon, "bulk", "r/000002"), b"2");
+    assert_eq!(get(&daemon, "bulk", "r/099999"), b"99999");
+    for key in ["bad/1", "bad/2", "bad/4", "big"] {
+        let out = officesync(&["--api", &daemon.api, "get", "bulk", key], b"");
+        assert_eq!(out.status.code(), Some(1), "{key} must be absent");
+    }
+    eprintln!(
+        "imported {good} of {BULK_LINES} lines in {:?}",
+        started.elapsed()
+    );
 }

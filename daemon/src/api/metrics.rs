@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::status::{store_status, PeerStatus, StoreStatus};
+use super::status::{peers_at, store_status, unix_ms_now, PeerStatus, StoreStatus};
 use super::ApiState;
 use crate::replica::CollectionInfo;
 
@@ -22,18 +22,21 @@ use crate::replica::CollectionInfo;
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Route labels: the router's path templates, and `unmatched` for everything else.
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 10] = [
     "/v1/collections/{c}/records/{*key}",
     "/v1/collections/{c}/records",
     "/v1/collections",
     "/v1/status",
     "/health",
     "/metrics",
+    "/ready",
+    "/",
+    "/v1/verify",
     "unmatched",
 ];
 const UNMATCHED: usize = ROUTES.len() - 1;
 /// Method labels.
-const METHODS: [&str; 5] = ["GET", "HEAD", "PUT", "DELETE", "other"];
+const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "DELETE", "POST", "other"];
 /// Status class labels.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upper bounds of the latency buckets, in seconds.
@@ -97,6 +100,9 @@ fn route_of(path: &str) -> usize {
         "/metrics" => 5,
         "/v1/status" => 3,
         "/v1/collections" => 2,
+        "/ready" => 6,
+        "/" => 7,
+        "/v1/verify" => 8,
         _ => match path
             .strip_prefix("/v1/collections/")
             .and_then(|rest| rest.split_once('/'))
@@ -132,7 +138,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>, uri: Uri) -> Result<R
     parse_query(uri.query(), &[])?;
     let collections = state.replica.collections().await?;
     let store = store_status(&state).await?;
-    let peers = state.peers.peers();
+    let peers = peers_at(state.peers.as_ref(), unix_ms_now());
     let text = render(&state, &collections, &store, &peers);
     Ok(([(CONTENT_TYPE, CONTENT_TYPE_0_0_4)], text).into_response())
 }
@@ -286,42 +292,183 @@ fn render(
         "Peers with an open session.",
         peers.iter().filter(|p| p.connected).count(),
     );
-    type PeerField = fn(&PeerStatus) -> u64;
-    let per_peer: [(&str, &str, &str, PeerField); 4] = [
+    render_peers(&mut x, peers);
+    render_http(&mut x, &state.http);
+    x.out
+}
+
+/// Seconds (with milliseconds) of `ms`.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
+    type PeerField = fn(&PeerStatus) -> Option<f64>;
+    let per_peer: [(&str, &str, &str, PeerField); 13] = [
         (
             "officesync_peer_connected",
             "gauge",
             "1 while a session with the peer is open.",
-            |p| u64::from(p.connected),
+            |p| Some(f64::from(u8::from(p.connected))),
         ),
         (
             "officesync_peer_lag_versions",
             "gauge",
-            "Versions the peer has not acknowledged yet.",
-            |p| p.lag_versions,
+            "Versions this node holds that the peer has not acknowledged: how far the peer is behind this node.",
+            |p| Some(p.lag_versions as f64),
+        ),
+        (
+            "officesync_peer_behind_versions",
+            "gauge",
+            "Versions the peer was last known to hold that this node has not applied: how far this node is behind the peer (catch-up remaining).",
+            |p| Some(p.behind_versions as f64),
+        ),
+        (
+            "officesync_peer_catch_up_complete",
+            "gauge",
+            "1 while the session with the peer has finished its catch-up and nothing from the peer is pending.",
+            |p| Some(f64::from(u8::from(p.caught_up))),
+        ),
+        (
+            "officesync_peer_last_seen_timestamp_seconds",
+            "gauge",
+            "When the peer was last heard from (Unix time).",
+            |p| p.last_seen.as_deref().and_then(parse_rfc3339_ms).map(secs),
+        ),
+        (
+            "officesync_peer_rtt_seconds",
+            "gauge",
+            "Latest heartbeat round-trip time to the peer.",
+            |p| p.rtt_ms.map(secs),
         ),
         (
             "officesync_peer_sent_bytes_total",
             "counter",
             "Bytes sent to the peer.",
-            |p| p.bytes_sent,
+            |p| Some(p.bytes_sent as f64),
         ),
         (
             "officesync_peer_received_bytes_total",
             "counter",
             "Bytes received from the peer.",
-            |p| p.bytes_received,
+            |p| Some(p.bytes_received as f64),
+        ),
+        (
+            "officesync_peer_versions_sent_total",
+            "counter",
+            "Versions sent to the peer.",
+            |p| Some(p.versions_sent as f64),
+        ),
+        (
+            "officesync_peer_versions_received_total",
+            "counter",
+            "Versions received from the peer, rejected ones included.",
+            |p| Some(p.versions_received as f64),
+        ),
+        (
+            "officesync_peer_versions_applied_total",
+            "counter",
+            "Versions received from the peer that became part of this replica.",
+            |p| Some(p.versions_applied as f64),
+        ),
+        (
+            "officesync_peer_lag_since_timestamp_seconds",
+            "gauge",
+            "Since when the peer has been behind this node (Unix time); absent when it is not.",
+            |p| p.lag_since.as_deref().and_then(parse_rfc3339_ms).map(secs),
+        ),
+        (
+            "officesync_peer_caught_up_timestamp_seconds",
+            "gauge",
+            "When the last catch-up from the peer completed (Unix time).",
+            |p| p.caught_up_at.as_deref().and_then(parse_rfc3339_ms).map(secs),
         ),
     ];
     for (name, kind, help, field) in per_peer {
         x.family(name, kind, help);
         for p in peers {
-            x.sample(name, &[("peer", &p.name)], field(p));
+            if let Some(v) = field(p) {
+                x.sample(name, &[("peer", &p.name)], v);
+            }
         }
     }
 
-    render_http(&mut x, &state.http);
-    x.out
+    let name = "officesync_peer_versions_rejected_total";
+    x.family(
+        name,
+        "counter",
+        "Versions from the peer refused, by reason (relay_rule, policy, clock_skew, too_large, invalid).",
+    );
+    for p in peers {
+        for (reason, n) in &p.rejected_by_reason {
+            x.sample(name, &[("peer", &p.name), ("reason", reason)], n);
+        }
+    }
+
+    type CollField = fn(&super::status::PeerCollectionStatus) -> Option<f64>;
+    let per_collection: [(&str, &str, CollField); 5] = [
+        (
+            "officesync_peer_collection_lag_versions",
+            "Versions of the collection the peer lacks from this node.",
+            |c| Some(c.lag_versions as f64),
+        ),
+        (
+            "officesync_peer_collection_behind_versions",
+            "Versions of the collection this node lacks from the peer, as of the last contact.",
+            |c| Some(c.behind_versions as f64),
+        ),
+        (
+            "officesync_peer_staleness_seconds",
+            "Seconds since this node was last known to hold everything the peer held of the collection (now minus data as of); absent before a first catch-up.",
+            |c| c.staleness_ms.map(secs),
+        ),
+        (
+            "officesync_peer_data_as_of_timestamp_seconds",
+            "The last moment this node was known to hold everything the peer held of the collection (Unix time).",
+            |c| c.data_as_of_ms.map(secs),
+        ),
+        (
+            "officesync_peer_newest_version_timestamp_seconds",
+            "Wall time of the newest version this node holds whose origin is the peer (Unix time, from its HLC).",
+            |c| c.newest_version_ms.map(secs),
+        ),
+    ];
+    for (name, help, field) in per_collection {
+        x.family(name, "gauge", help);
+        for p in peers {
+            for c in &p.collections {
+                if let Some(v) = field(c) {
+                    x.sample(name, &[("peer", &p.name), ("collection", &c.collection)], v);
+                }
+            }
+        }
+    }
+}
+
+/// Unix milliseconds of an RFC 3339 UTC time as [`super::rfc3339`] writes it
+/// (`YYYY-MM-DDTHH:MM:SS[.fff]Z`); `None` for anything else.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let frac: String = frac.chars().chain("000".chars()).take(3).collect();
+    let millis: u64 = frac.parse().ok()?;
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis)
 }
 
 fn render_http(x: &mut Exposition, http: &HttpMetrics) {
@@ -391,14 +538,37 @@ mod unit {
         assert_eq!(ROUTES[route_of("/v1/status")], ROUTES[3]);
         assert_eq!(ROUTES[route_of("/health")], ROUTES[4]);
         assert_eq!(ROUTES[route_of("/metrics")], ROUTES[5]);
+        assert_eq!(ROUTES[route_of("/ready")], "/ready");
+        assert_eq!(ROUTES[route_of("/")], "/");
+        assert_eq!(ROUTES[route_of("/v1/verify")], "/v1/verify");
         for other in [
-            "/",
+            "/index.html",
             "/v1/collections/",
             "/v1/collections//records",
             "/v1/collections/c",
             "/x",
         ] {
             assert_eq!(route_of(other), UNMATCHED, "{other}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for ms in [0, 1_714_552_200_123, 951_782_400_000, 4_102_444_799_999] {
+            assert_eq!(parse_rfc3339_ms(&super::super::rfc3339_ms(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T08:30:00Z"),
+            Some(1_714_552_200_000)
+        );
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "x-y-zT1:2:3Z",
+            "2024-05-01T08:30:00",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }
 

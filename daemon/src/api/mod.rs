@@ -11,8 +11,10 @@
 //! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=` | `{"records": [..], "next"}` |
 //! | `GET` | `/v1/collections` | `{"collections": [..]}` |
 //! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
-//! | `GET` | `/health` | `{"status": "ok"}` |
+//! | `GET` | `/health` | `{"status": "ok"}` (liveness) |
+//! | `GET` | `/ready` | 200 `{"ready": true, ..}` once the store answers and every configured peer was dialled, else 503 |
 //! | `GET` | `/metrics` | Prometheus text format 0.0.4 |
+//! | `GET` | `/` | the read-only HTML status page (refreshes itself) |
 //!
 //! The key is the rest of the path after `/records/`, percent-decoded strictly (so it may
 //! contain `/`). Every 4xx and 5xx answer is JSON `{"error": "..."}` ([`ApiError`]).
@@ -22,6 +24,7 @@ mod metrics;
 mod params;
 mod records;
 mod status;
+mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,11 +36,14 @@ use axum::{middleware, Router};
 use crate::replica::Replica;
 
 pub use error::ApiError;
-pub use metrics::CONTENT_TYPE_0_0_4;
+pub use metrics::{parse_rfc3339_ms, CONTENT_TYPE_0_0_4};
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
 };
-pub use status::{civil_from_days, rfc3339, PeerStatus, PeerStatusSource, PeerTable};
+pub use status::{
+    civil_from_days, rfc3339, rfc3339_ms, PeerCollectionStatus, PeerStatus, PeerStatusSource,
+    PeerTable,
+};
 
 use metrics::HttpMetrics;
 
@@ -134,6 +140,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))
         .route("/health", get(status::health))
+        .route("/ready", get(status::ready))
+        .route("/", get(web::page))
         .route("/metrics", get(metrics::metrics))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

@@ -670,7 +670,12 @@ async fn bad_input_is_refused_with_json_and_nothing_written() {
             vec![],
             StatusCode::NOT_FOUND,
         ),
-        (Method::GET, "/".into(), vec![], StatusCode::NOT_FOUND),
+        (
+            Method::GET,
+            "/index.html".into(),
+            vec![],
+            StatusCode::NOT_FOUND,
+        ),
         (
             Method::GET,
             "/v1/collections/situation".into(),
@@ -792,13 +797,30 @@ async fn peers_come_from_the_peer_table() {
         ..PeerStatus::default()
     });
     let s = get(&app, "/v1/status").await.json();
-    assert_eq!(
-        s["peers"],
-        serde_json::json!([
-            {"name": "beijing-office", "connected": false, "last_seen": null, "lag_versions": 0, "bytes_sent": 0, "bytes_received": 0, "address": null, "rtt_ms": null, "rejected": 0, "bad_input": 0, "last_bad_input": null},
-            {"name": "hefei", "connected": true, "last_seen": "2024-05-01T08:30:00.123Z", "lag_versions": 3, "bytes_sent": 100, "bytes_received": 50, "address": null, "rtt_ms": null, "rejected": 0, "bad_input": 0, "last_bad_input": null},
-        ])
-    );
+    let peers = s["peers"].as_array().expect("peers");
+    let names: Vec<&str> = peers.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["beijing-office", "hefei"]);
+    let (beijing, hefei) = (&peers[0], &peers[1]);
+    for (p, connected, last_seen, lag, sent, received) in [
+        (beijing, false, Value::Null, 0, 0, 0),
+        (hefei, true, "2024-05-01T08:30:00.123Z".into(), 3, 100, 50),
+    ] {
+        assert_eq!(p["connected"], connected, "{p}");
+        assert_eq!(p["last_seen"], last_seen, "{p}");
+        assert_eq!(p["lag_versions"], lag, "{p}");
+        assert_eq!(p["bytes_sent"], sent, "{p}");
+        assert_eq!(p["bytes_received"], received, "{p}");
+        assert_eq!(p["address"], Value::Null, "{p}");
+        assert_eq!(p["rtt_ms"], Value::Null, "{p}");
+        assert_eq!(p["rejected"], 0, "{p}");
+        assert_eq!(p["behind_versions"], 0, "{p}");
+        assert_eq!(p["collections"], serde_json::json!([]), "{p}");
+    }
+    // The table stamps when the session came up and when the lag began.
+    assert!(hefei["connected_since"].is_string(), "{hefei}");
+    assert!(hefei["lag_since"].is_string(), "{hefei}");
+    assert_eq!(beijing["lag_since"], Value::Null);
+    assert_eq!(beijing["connected_since"], Value::Null);
     let m = String::from_utf8(get(&app, "/metrics").await.body).expect("utf8");
     assert!(
         m.contains("officesync_peer_lag_versions{peer=\"hefei\"} 3\n"),
@@ -1039,4 +1061,144 @@ async fn served_over_tcp() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("{\"error\":"), "{answer}");
     server.abort();
+}
+
+#[test]
+fn peer_table_tracks_since_when() {
+    let table = PeerTable::new();
+    table.update("hefei", |p| p.connected = true);
+    let p = table.get("hefei").expect("hefei");
+    assert!(p.connected_since.is_some() && p.disconnected_since.is_none());
+    assert!(p.lag_since.is_none() && p.behind_since.is_none());
+    table.update("hefei", |p| {
+        p.lag_versions = 4;
+        p.behind_versions = 2;
+        p.caught_up = true;
+    });
+    let lagging = table.get("hefei").expect("hefei");
+    assert!(lagging.lag_since.is_some() && lagging.behind_since.is_some());
+    // The start of the lag stays put while it lasts.
+    std::thread::sleep(Duration::from_millis(5));
+    table.update("hefei", |p| p.lag_versions = 9);
+    assert_eq!(
+        table.get("hefei").expect("hefei").lag_since,
+        lagging.lag_since
+    );
+    table.update("hefei", |p| {
+        p.connected = false;
+        p.lag_versions = 0;
+    });
+    let p = table.get("hefei").expect("hefei");
+    assert!(p.connected_since.is_none() && p.disconnected_since.is_some());
+    assert!(!p.caught_up, "a peer away is not caught up");
+    assert!(p.lag_since.is_none());
+    assert!(!table.update_existing("nobody", |p| p.lag_versions = 1));
+    assert!(table.get("nobody").is_none());
+}
+
+#[tokio::test]
+async fn staleness_is_computed_when_read() {
+    let replica = Replica::open(
+        Arc::new(MemoryStore::new()),
+        ReplicaOptions::new("general-office"),
+    )
+    .expect("open");
+    let table = PeerTable::new();
+    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    let as_of = now_ms() - 60_000;
+    table.update("hefei", |p| {
+        let c = p.collection_mut("situation");
+        c.data_as_of_ms = Some(as_of);
+        c.data_as_of = Some(rfc3339_ms(as_of));
+        c.behind_versions = 2;
+        p.behind_versions = 2;
+    });
+    let s = get(&app, "/v1/status").await.json();
+    let c = &s["peers"][0]["collections"][0];
+    assert_eq!(c["collection"], "situation");
+    let staleness = c["staleness_ms"].as_u64().expect("staleness_ms");
+    assert!((60_000..120_000).contains(&staleness), "{c}");
+    assert_eq!(c["data_as_of"], rfc3339_ms(as_of));
+    let m = String::from_utf8(get(&app, "/metrics").await.body).expect("utf8");
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "officesync_peer_staleness_seconds{peer=\"hefei\",collection=\"situation\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no staleness sample in {m}"));
+    let secs: f64 = line
+        .rsplit_once(' ')
+        .expect("value")
+        .1
+        .parse()
+        .expect("number");
+    assert!((60.0..120.0).contains(&secs), "{line}");
+    assert!(
+        m.contains("officesync_peer_behind_versions{peer=\"hefei\"} 2\n"),
+        "{m}"
+    );
+    assert!(m.contains("officesync_peer_collection_behind_versions{peer=\"hefei\",collection=\"situation\"} 2\n"), "{m}");
+}
+
+#[tokio::test]
+async fn ready_waits_for_dialling_and_an_open_store() {
+    let (app, replica) = app();
+    let r = get(&app, "/ready").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["ready"], true);
+
+    let table = PeerTable::new();
+    table.set_dialled(false);
+    let app2 = router(ApiState::new(replica.clone()).with_peers(Arc::new(table.clone())));
+    let msg = get(&app2, "/ready")
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(msg.contains("dialled"), "{msg}");
+    table.set_dialled(true);
+    assert_eq!(get(&app2, "/ready").await.status, StatusCode::OK);
+
+    replica.close().await.expect("close");
+    let r = get(&app, "/ready").await;
+    let msg = r.error(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(msg.contains("store"), "{msg}");
+    assert_eq!(r.json()["store"], "unavailable");
+    // Liveness does not depend on the store.
+    assert_eq!(get(&app, "/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn status_page_is_html_that_refreshes() {
+    let replica = Replica::open(
+        Arc::new(MemoryStore::new()),
+        ReplicaOptions::new("general-office"),
+    )
+    .expect("open");
+    let table = PeerTable::new();
+    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    put(&app, "/v1/collections/situation/records/a", "1").await;
+    table.update("hefei", |p| {
+        p.connected = true;
+        p.lag_versions = 1;
+    });
+    let r = get(&app, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), "text/html; charset=utf-8");
+    let html = String::from_utf8(r.body).expect("utf8");
+    assert!(
+        html.contains("<meta http-equiv=\"refresh\" content=\"5\">"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<span id=\"node\">general-office</span>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("id=\"peer-hefei\" data-peer=\"hefei\""),
+        "{html}"
+    );
+    assert!(html.contains("data-connected=\"yes\""), "{html}");
+    assert!(html.contains("<tr class=\"collection\" data-collection=\"situation\"><td class=\"name\">situation</td><td class=\"records\">1</td>"), "{html}");
+    get(&app, "/?x=1").await.error(StatusCode::BAD_REQUEST);
 }

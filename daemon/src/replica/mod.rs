@@ -511,6 +511,11 @@ impl Replica {
         &self.inner.store
     }
 
+    /// False once the writer has stopped ([`Replica::close`], or a failure): writes fail.
+    pub fn is_open(&self) -> bool {
+        !self.inner.requests.is_closed()
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, ReplicaError>>) -> Request,

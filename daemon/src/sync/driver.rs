@@ -91,6 +91,15 @@ pub(crate) async fn drive(
     let mut base = (0, 0);
     peers.update(&peer.name, |p| base = (p.bytes_sent, p.bytes_received));
     tracing::info!(%remote, ?role, relay = is_relay, "session starting");
+    // Lag each way, catch-up, staleness and refusals by reason, for status and metrics.
+    let mut observer = super::observe::SessionObserver::start(
+        peers,
+        replica,
+        &peer.name,
+        is_relay,
+        connection.stable_id() as u64,
+    )
+    .await;
 
     // Control stream: the dialer opens it (its Hello goes first), the acceptor accepts it.
     let opened = match role {
@@ -192,10 +201,10 @@ pub(crate) async fn drive(
                             break;
                         }
                     }
-                    apply_batches(&mut session, replica, applies, false).await;
+                    apply_batches(&mut session, replica, applies, false, &observer).await;
                 }
                 repair @ Action::Apply { repair: true, .. } => {
-                    apply_batches(&mut session, replica, vec![repair], true).await;
+                    apply_batches(&mut session, replica, vec![repair], true, &observer).await;
                 }
                 other => run_action(&mut session, replica, other).await,
             }
@@ -214,6 +223,7 @@ pub(crate) async fn drive(
                     tracing::info!(?compression, peer_replica = ?peer_replica, "session established");
                 }
                 Event::Rejected { reason, count } => {
+                    observer.rejected(&reason, count);
                     tracing::warn!(%reason, count, "rejected versions from peer");
                 }
                 Event::DigestMismatch { collection } => {
@@ -256,6 +266,7 @@ pub(crate) async fn drive(
         }
         if Instant::now() >= next_status {
             report_status(peers, &session, &counters, base, remote, last_heard);
+            observer.report(&session.status(), last_heard);
             next_status = Instant::now() + STATUS_EVERY;
         }
         if session.is_closed() {
@@ -317,6 +328,7 @@ pub(crate) async fn drive(
     }
     connection.close(close_code.into(), why.as_bytes());
     report_status(peers, &session, &counters, base, remote, last_heard);
+    observer.report(&session.status(), last_heard);
     (why, session.status().peer_vvs)
 }
 
@@ -392,6 +404,7 @@ async fn apply_batches(
     replica: &Replica,
     applies: Vec<Action>,
     repair: bool,
+    observer: &super::observe::SessionObserver,
 ) {
     let mut versions = Vec::new();
     let mut complete = Vec::new();
@@ -408,6 +421,7 @@ async fn apply_batches(
             complete.push((collection, origin, through));
         }
     }
+    let newest = observer.newest_of(&versions);
     let applied = if repair {
         // Two commits: the merge may not skip covered dots, the vector advance is ordinary.
         match replica.apply_repair(versions).await {
@@ -433,6 +447,7 @@ async fn apply_batches(
             return;
         }
     };
+    observer.applied(&report, newest);
     if !report.rejected.is_empty() {
         tracing::warn!(
             rejected = report.rejected.len(),

@@ -5,6 +5,7 @@
 //! [`transport`]: crate::transport
 
 mod driver;
+mod observe;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +142,7 @@ impl Registry {
 
 /// The running replication service.
 pub struct SyncService {
-    transport: Transport,
+    transport: Arc<Transport>,
     registry: Arc<Registry>,
     replica: Replica,
     tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -174,6 +175,22 @@ impl SyncService {
             });
         }
         let registry = Arc::new(Registry::default());
+        let transport = Arc::new(transport);
+        let dialled = config
+            .sync
+            .peers
+            .iter()
+            .filter(|p| p.name != config.node.name)
+            .count() as u64;
+        peers.set_dialled(dialled == 0);
+        if dialled > 0 {
+            tokio::spawn(mark_dialled(
+                transport.clone(),
+                peers.clone(),
+                dialled,
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(lag_of_absent_peers(
             registry.clone(),
             replica.clone(),
@@ -283,24 +300,47 @@ async fn run_connection(
     tracing::info!(reason = %outcome, "session ended");
 }
 
-/// Versions this node holds that a peer with vectors `peer` lacks: every origin's for a relay,
-/// only this node's own otherwise (what a session would send it).
-pub(crate) fn lag(
+/// Per collection this node holds, the versions a peer with vectors `peer` lacks: every
+/// origin's for a relay, only this node's own otherwise (what a session would send it).
+pub(crate) fn lag_by_collection(
     ours: &std::collections::BTreeMap<String, VersionVector>,
     peer: &[(String, VersionVector)],
     me: &ReplicaId,
     relay: bool,
-) -> u64 {
-    let mut total = 0;
+) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
     for (coll, vv) in ours {
         let theirs = peer.iter().find(|(c, _)| c == coll).map(|(_, v)| v);
+        let mut total = 0;
         for (origin, n) in vv.iter() {
             if relay || origin == me {
                 total += n.saturating_sub(theirs.map_or(0, |t| t.get(origin)));
             }
         }
+        out.push((coll.clone(), total));
     }
-    total
+    out
+}
+
+/// Marks the peer table's peers as dialled (for `/ready`) once the dialers have finished as
+/// many attempts, successful or not, as there are peers to dial.
+async fn mark_dialled(
+    transport: Arc<Transport>,
+    peers: PeerTable,
+    dialled: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stats = transport.stats();
+        if stats.connections_dialed + stats.dials_failed >= dialled {
+            peers.set_dialled(true);
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {},
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Keeps the lag of peers without a session current, from their last known vectors.
@@ -320,10 +360,13 @@ async fn lag_of_absent_peers(
         }
         let ours = durable.borrow_and_update().vvs.clone();
         for (name, vvs) in registry.away() {
-            let n = lag(&ours, &vvs, replica.id(), relay);
+            let per_collection = lag_by_collection(&ours, &vvs, replica.id(), relay);
             peers.update(&name, |p| {
                 if !p.connected {
-                    p.lag_versions = n;
+                    p.lag_versions = per_collection.iter().map(|(_, n)| n).sum();
+                    for (collection, n) in &per_collection {
+                        p.collection_mut(collection).lag_versions = *n;
+                    }
                 }
             });
         }

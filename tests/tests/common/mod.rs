@@ -207,3 +207,84 @@ pub fn record_count(node: &TestNode, collection: &str) -> u64 {
         .and_then(|s| s["collections"][collection]["records"].as_u64())
         .unwrap_or(0)
 }
+
+/// A city office's node name in [`Star`].
+#[allow(dead_code)] // not every suite uses every helper
+pub const HEFEI: &str = "hefei";
+/// The other city office's node name in [`Star`].
+#[allow(dead_code)]
+pub const BEIJING: &str = "beijing-office";
+
+/// A hub and two offices that dial it (the offices have no link to each other). With a
+/// cut-able link, hefei dials through a fault proxy and every node runs a 1 s heartbeat (dead
+/// sessions are given up after 10 s). Built once every session is up.
+#[allow(dead_code)]
+pub struct Star {
+    /// The general office.
+    pub hub: TestNode,
+    /// The office behind the fault proxy, with a cut-able link.
+    pub hefei: TestNode,
+    /// The office with a direct link.
+    pub beijing: TestNode,
+    /// The proxy on hefei's link (only with [`Star::with_cut_link`]).
+    pub proxy: Option<officesync_tests::fault_proxy::FaultProxy>,
+    // Last, so that the nodes are killed before their temp dir goes.
+    _cluster: Cluster,
+}
+
+#[allow(dead_code)]
+impl Star {
+    /// Three nodes on direct links, within `timeout` of being connected.
+    pub fn start(timeout: Duration) -> Star {
+        Star::build(None, timeout)
+    }
+
+    /// Three nodes; hefei dials through a fault proxy seeded with `seed`.
+    pub fn with_cut_link(seed: u64, timeout: Duration) -> Star {
+        Star::build(Some(seed), timeout)
+    }
+
+    fn build(proxy_seed: Option<u64>, timeout: Duration) -> Star {
+        use officesync_tests::fault_proxy::FaultProxy;
+        let tuning = "heartbeat_interval_ms = 1000";
+        let cluster = Cluster::new();
+        let hub_cfg = hub_config(&cluster);
+        let start = |cfg: &TestConfig| match proxy_seed {
+            Some(_) => start_with_lines(cfg, "sync", tuning),
+            None => cluster.start(cfg),
+        };
+        let hub = start(&hub_cfg);
+        let proxy = proxy_seed.map(|seed| FaultProxy::start(hub_cfg.sync_listen, seed));
+        let hefei_dials = proxy
+            .as_ref()
+            .map_or(hub_cfg.sync_listen, FaultProxy::listen_addr);
+        let hefei = start(&office_config(&cluster, HEFEI, hefei_dials));
+        let beijing = start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
+        wait_connected(
+            &[
+                (&hefei, HUB),
+                (&beijing, HUB),
+                (&hub, HEFEI),
+                (&hub, BEIJING),
+            ],
+            timeout,
+        );
+        Star {
+            hub,
+            hefei,
+            beijing,
+            proxy,
+            _cluster: cluster,
+        }
+    }
+
+    /// The three nodes.
+    pub fn all(&self) -> [&TestNode; 3] {
+        [&self.hub, &self.hefei, &self.beijing]
+    }
+
+    /// The proxy on hefei's link (only with [`Star::with_cut_link`]).
+    pub fn proxy(&self) -> &officesync_tests::fault_proxy::FaultProxy {
+        self.proxy.as_ref().expect("built with a cut-able link")
+    }
+}

@@ -1,0 +1,198 @@
+//! The read-only web status page at `/`, loaded in headless Chromium (Debian `chromium`)
+//! against a running three-node cluster: the hub's page lists both offices as connected
+//! peers, their staleness rows and the collections, and keeps refreshing itself; after one
+//! office stops, the page (reloaded) shows it as disconnected. Skips when Chromium is missing.
+
+#[allow(dead_code)] // every suite uses part of the shared helpers
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{is_connected, wait_for, Star, BEIJING, HEFEI, HUB};
+use officesync_tests::{run_bounded, TestNode};
+
+/// Sessions come up within a few dial attempts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous bound for the page and the cluster on a busy 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one headless Chromium run may take.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The Chromium binary on `PATH`, if any.
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|name| {
+        Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The page at `/` of `node` as Chromium's DOM after loading it.
+fn dump_dom(browser: &str, node: &TestNode) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(format!("http://{}/", node.api_addr()))
+    .env("HOME", profile.path());
+    let out = run_bounded(cmd, None, BROWSER_TIMEOUT);
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
+
+/// The value of attribute `name` in the start tag `tag`.
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
+
+/// Rows of the table with id `table`: each row's start tag and its text content.
+fn rows<'a>(dom: &'a str, table: &str) -> Vec<(&'a str, String)> {
+    let Some(start) = dom.find(&format!("<table id=\"{table}\"")) else {
+        return Vec::new();
+    };
+    let body = &dom[start..];
+    let body = &body[..body.find("</table>").unwrap_or(body.len())];
+    body.split("<tr")
+        .skip(1)
+        .filter_map(|row| {
+            let end = row.find('>')?;
+            let tag = &row[..end];
+            let mut text = String::new();
+            let mut in_tag = false;
+            for c in row[end + 1..].chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' => {
+                        in_tag = false;
+                        text.push(' ');
+                    }
+                    c if !in_tag => text.push(c),
+                    _ => {}
+                }
+            }
+            Some((tag, text.split_whitespace().collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+/// Peer name to `data-connected` of every `tr.peer` row.
+fn peer_rows(dom: &str) -> BTreeMap<String, String> {
+    rows(dom, "peers")
+        .into_iter()
+        .filter(|(tag, _)| attr(tag, "class").is_some_and(|c| c.split(' ').any(|c| c == "peer")))
+        .filter_map(|(tag, text)| {
+            let name = attr(tag, "data-peer")?.to_owned();
+            assert!(text.starts_with(&name), "row text {text:?}");
+            let connected = if text.contains(" yes") {
+                "yes"
+            } else if text.contains(" no") {
+                "no"
+            } else {
+                "?"
+            };
+            Some((name, connected.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_status_page_lists_the_peers_in_a_real_browser() {
+    let Some(browser) = chromium() else {
+        eprintln!("skipping: chromium is not installed (Debian package `chromium`)");
+        return;
+    };
+    let star = Star::start(CONNECT_TIMEOUT);
+    for node in star.all() {
+        node.api()
+            .put("situation", &format!("{}/page", node.name()), b"{}");
+    }
+    common::assert_converged(&star.all(), TIMEOUT);
+
+    let dom = dump_dom(browser, &star.hub);
+    assert!(
+        dom.contains("<meta http-equiv=\"refresh\" content=\"5\">"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<span id=\"node\">general-office</span>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<script"), "no JavaScript: {dom}");
+    let peers = peer_rows(&dom);
+    assert_eq!(
+        peers,
+        BTreeMap::from([
+            (BEIJING.to_owned(), "yes".to_owned()),
+            (HEFEI.to_owned(), "yes".to_owned()),
+        ]),
+        "{dom}"
+    );
+    let staleness: Vec<String> = rows(&dom, "staleness")
+        .into_iter()
+        .filter_map(|(tag, _)| {
+            Some(format!(
+                "{}/{}",
+                attr(tag, "data-peer")?,
+                attr(tag, "data-collection")?
+            ))
+        })
+        .collect();
+    assert_eq!(
+        staleness,
+        [format!("{BEIJING}/situation"), format!("{HEFEI}/situation")],
+        "{dom}"
+    );
+    let collections: Vec<(String, String)> = rows(&dom, "collections")
+        .into_iter()
+        .filter_map(|(tag, text)| Some((attr(tag, "data-collection")?.to_owned(), text)))
+        .collect();
+    assert_eq!(collections.len(), 1, "{dom}");
+    assert!(
+        collections[0].1.starts_with("situation 3 "),
+        "{collections:?}"
+    );
+
+    // An office's page lists the hub it dials.
+    let dom = dump_dom(browser, &star.hefei);
+    assert_eq!(
+        peer_rows(&dom),
+        BTreeMap::from([(HUB.to_owned(), "yes".to_owned())])
+    );
+
+    // Stop beijing: the hub's page shows it disconnected once the session ends.
+    let Star {
+        hub,
+        beijing,
+        hefei,
+        ..
+    } = &star;
+    beijing.stop();
+    wait_for("the hub to notice beijing left", TIMEOUT, || {
+        (!is_connected(hub, BEIJING))
+            .then_some(())
+            .ok_or_else(|| "still connected".to_owned())
+    });
+    let dom = dump_dom(browser, hub);
+    let peers = peer_rows(&dom);
+    assert_eq!(peers.get(BEIJING).map(String::as_str), Some("no"), "{dom}");
+    assert_eq!(peers.get(HEFEI).map(String::as_str), Some("yes"), "{dom}");
+    assert!(is_connected(hefei, HUB));
+}
