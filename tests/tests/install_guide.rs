@@ -1,0 +1,711 @@
+//! `deploy/INSTALL.md`, followed to the letter on loopback: every fenced `sh` block of the
+//! guide runs with bash, in document order, on the simulated machine its first comment names
+//! (`# build machine`, `# general office`, `# office (hefei)`, `# every node`), and must
+//! exit 0. So the guide and this test cannot drift: a new block runs as soon as it is written.
+//!
+//! A machine is a directory standing for its `/`. What the test changes, and nothing else:
+//! - **paths**: absolute paths under [`ROOTED`] are rewritten into the machine's directory
+//!   (`/etc/officesync` → `<machine>/etc/officesync`);
+//! - **addresses**: `gov.example.cn:7400` → the general office's loopback replication port,
+//!   `0.0.0.0:7400` → the machine's own, `127.0.0.1:7480` → the machine's own API port (and
+//!   `OFFICESYNC_API` names it, the CLI's default address on that machine);
+//! - **commands that change the host**, by stand-ins first on `PATH` (see [`STANDINS`]):
+//!   `cargo` copies the binaries this test run uses (debug info stripped) instead of
+//!   compiling a release again;
+//!   `scp` copies into the named machine's directory; `useradd` records the user in the
+//!   machine's `/etc/passwd`; `install` and `chown` check that the owner and group exist
+//!   there and leave ownership alone; `systemctl` runs the unit's `ExecStart` as systemd
+//!   would (its `Environment=`, drop-ins, `StateDirectory=`, SIGTERM on stop, and "failed"
+//!   when the daemon exits non-zero); `journalctl` reads that output; `firewall-cmd` and
+//!   `ufw` check and record the rule.
+//!
+//! A block whose comment says "a moment later" is retried for up to [`MOMENT`], as the
+//! reader would.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use officesync_tests::process::{free_tcp_port, free_udp_port, run_bounded};
+use officesync_tests::{bins, OutputExt};
+
+/// Paths of a machine's file system that the guide writes or reads (longest first).
+const ROOTED: &[&str] = &[
+    "/etc/systemd/system",
+    "/etc/bash_completion.d",
+    "/etc/officesync",
+    "/usr/local/share/man",
+    "/usr/local/bin",
+    "/var/lib/officesync",
+    "/var/backups",
+    "/root",
+];
+
+/// How long one block may run.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a "a moment later" block may be retried.
+const MOMENT: Duration = Duration::from_secs(30);
+
+/// The stand-ins for commands that would change the host, as `(name, bash script)`.
+const STANDINS: &[(&str, &str)] = &[
+    ("systemctl", SYSTEMCTL),
+    ("journalctl", JOURNALCTL),
+    ("cargo", CARGO),
+    ("scp", SCP),
+    ("useradd", USERADD),
+    ("install", INSTALL),
+    ("chown", CHOWN),
+    ("firewall-cmd", FIREWALL_CMD),
+    ("ufw", UFW),
+];
+
+/// `systemctl` on a machine: the unit's service as a background process.
+const SYSTEMCTL: &str = r#"#!/usr/bin/env bash
+# Stand-in for systemctl on the machine in $MACHINE_ROOT.
+set -euo pipefail
+R="$MACHINE_ROOT"
+units="$R/etc/systemd/system"
+run="$R/run/systemd"
+mkdir -p "$run"
+fail() { echo "systemctl: $*" >&2; exit 1; }
+unit_file() {
+  local u="${1%.service}.service"
+  [ -f "$units/$u" ] || fail "Unit $u not found."
+  echo "$units/$u"
+}
+# The unit and its drop-ins, in order (later settings win, as in systemd).
+settings() {
+  local f d
+  f=$(unit_file "$1")
+  cat "$f"
+  for d in "$f.d"/*.conf; do [ -f "$d" ] && cat "$d"; done
+  return 0
+}
+value() { settings "$1" | sed -n "s/^$2=//p"; }
+alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
+
+start() {
+  local name="${1%.service}"
+  if alive "$name"; then return 0; fi
+  local exec w e state mode log from
+  exec=$(value "$name" ExecStart | tail -n1)
+  [ -n "$exec" ] || fail "$name.service has no ExecStart"
+  local -a cmd=() envs=()
+  for w in $exec; do case "$w" in /*) cmd+=("$R$w") ;; *) cmd+=("$w") ;; esac; done
+  for e in $(value "$name" Environment); do envs+=("$e"); done
+  state=$(value "$name" StateDirectory | tail -n1)
+  if [ -n "$state" ]; then
+    mode=$(value "$name" StateDirectoryMode | tail -n1)
+    mkdir -p "$R/var/lib/$state"
+    chmod "${mode:-0755}" "$R/var/lib/$state"
+  fi
+  log="$run/$name.log"
+  touch "$log"
+  from=$(wc -l < "$log")
+  rm -f "$run/$name.exit" "$run/$name.pid"
+  PIDFILE="$run/$name.pid" EXITFILE="$run/$name.exit" setsid env "${envs[@]}" \
+    bash -c '"$@" & echo $! > "$PIDFILE"; wait $!; echo $? > "$EXITFILE"' _ "${cmd[@]}" \
+    < /dev/null >> "$log" 2>&1 &
+  # Type=simple: systemd returns at once; the reader types the next command seconds later.
+  # Wait (bounded) for the daemon to be up, or to fail as systemd would report it.
+  for _ in $(seq 200); do
+    if tail -n +"$((from + 1))" "$log" | grep -q "node started"; then return 0; fi
+    if [ -f "$run/$name.exit" ]; then
+      tail -n 5 "$log" >&2
+      fail "Job for $name.service failed: the daemon exited with status $(cat "$run/$name.exit")"
+    fi
+    sleep 0.1
+  done
+  fail "$name.service did not start within 20 s"
+}
+
+stop() {
+  local name="${1%.service}" pid code
+  if ! alive "$name"; then rm -f "$run/$name.pid"; return 0; fi
+  pid=$(cat "$run/$name.pid")
+  kill -TERM "$pid"
+  for _ in $(seq 300); do [ -f "$run/$name.exit" ] && break; sleep 0.1; done
+  if [ ! -f "$run/$name.exit" ]; then kill -KILL "$pid"; fail "$name.service did not stop within 30 s; killed"; fi
+  rm -f "$run/$name.pid"
+  code=$(cat "$run/$name.exit")
+  [ "$code" = 0 ] || fail "$name.service failed: the daemon exited with status $code on stop"
+}
+
+status() {
+  local name="${1%.service}"
+  unit_file "$name" > /dev/null
+  echo "● $name.service - $(value "$name" Description | tail -n1)"
+  if alive "$name"; then
+    echo "     Active: active (running)"
+    echo "   Main PID: $(cat "$run/$name.pid")"
+    tail -n 3 "$run/$name.log"
+    return 0
+  fi
+  echo "     Active: inactive (dead)"
+  exit 3
+}
+
+now=no
+args=()
+for a in "$@"; do
+  case "$a" in
+    --now) now=yes ;;
+    --no-pager|--quiet|-q) ;;
+    -*) fail "option $a is not supported by this stand-in" ;;
+    *) args+=("$a") ;;
+  esac
+done
+[ ${#args[@]} -ge 1 ] || fail "no command"
+verb=${args[0]}
+case "$verb" in
+  daemon-reload) for u in "$units"/*.service; do [ -f "$u" ] && grep -q '^\[Service\]' "$u"; done ;;
+  enable)
+    [ ${#args[@]} -eq 2 ] || fail "enable takes one unit"
+    wanted=$(value "${args[1]}" WantedBy | tail -n1)
+    mkdir -p "$units/$wanted.wants"
+    ln -sf "$(unit_file "${args[1]}")" "$units/$wanted.wants/"
+    if [ "$now" = yes ]; then start "${args[1]}"; fi ;;
+  start) start "${args[1]}" ;;
+  stop) stop "${args[1]}" ;;
+  restart) stop "${args[1]}"; start "${args[1]}" ;;
+  status) status "${args[1]}" ;;
+  reset-failed) unit_file "${args[1]}" > /dev/null ;;
+  *) fail "command $verb is not supported by this stand-in" ;;
+esac
+"#;
+
+/// `journalctl -u UNIT [-n N] [-p warning] [-o cat]`: the output `systemctl` collected.
+const JOURNALCTL: &str = r#"#!/usr/bin/env bash
+# Stand-in for journalctl on the machine in $MACHINE_ROOT.
+set -euo pipefail
+unit= lines= priority=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u) unit=${2%.service}; shift 2 ;;
+    -n) lines=$2; shift 2 ;;
+    -p) priority=$2; shift 2 ;;
+    -o) [ "$2" = cat ] || { echo "journalctl: -o $2 is not supported" >&2; exit 1; }; shift 2 ;;
+    -b|--no-pager) shift ;;
+    *) echo "journalctl: $1 is not supported by this stand-in" >&2; exit 1 ;;
+  esac
+done
+[ -n "$unit" ] || { echo "journalctl: -u UNIT is required here" >&2; exit 1; }
+log="$MACHINE_ROOT/run/systemd/$unit.log"
+[ -f "$log" ] || exit 0
+case "$priority" in
+  '') cat "$log" ;;
+  warning) grep -E ' (WARN|ERROR) |"level":"(WARN|ERROR)"' "$log" || true ;;
+  *) echo "journalctl: -p $priority is not supported" >&2; exit 1 ;;
+esac | if [ -n "$lines" ]; then tail -n "$lines"; else cat; fi
+"#;
+
+/// `cargo build --release --bins`: the binaries this test run uses, without a second build.
+const CARGO: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+[ "$*" = "build --release --bins" ] || { echo "cargo stand-in: only 'build --release --bins', not '$*'" >&2; exit 1; }
+[ -f Cargo.toml ] || { echo "cargo: not in the source tree" >&2; exit 1; }
+mkdir -p target/release
+cp "$OFFICESYNC_TEST_BIN_DIR/officesyncd" "$OFFICESYNC_TEST_BIN_DIR/officesync" target/release/
+# A release build carries line tables only; drop the debug build's full debug info likewise
+# (10x smaller, so the guide's tar and copies take a moment, as they do for a real release).
+if command -v strip > /dev/null; then strip --strip-debug target/release/officesyncd target/release/officesync; fi
+echo "    Finished release (stand-in: the binaries of this test run)" >&2
+"#;
+
+/// `scp [-r] SRC... root@HOST:PATH` between simulated machines.
+const SCP: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+fail() { echo "scp: $*" >&2; exit 1; }
+recursive=
+args=()
+for a in "$@"; do
+  case "$a" in -r) recursive=-r ;; -*) fail "option $a is not supported" ;; *) args+=("$a") ;; esac
+done
+[ ${#args[@]} -ge 2 ] || fail "usage: scp [-r] SRC... root@HOST:PATH"
+dest=${args[-1]}
+unset 'args[-1]'
+host=${dest%%:*}
+path=${dest#*:}
+[ "$host" != "$dest" ] || fail "the destination $dest names no host"
+case "$host" in
+  root@gov.example.cn) root=$GOV_ROOT ;;
+  root@hefei.example.cn) root=$HEFEI_ROOT ;;
+  *) fail "unknown host $host" ;;
+esac
+case "$path" in /*) target=$root$path ;; '') target=$root/root/ ;; *) target=$root/root/$path ;; esac
+cp $recursive "${args[@]}" "$target"
+"#;
+
+/// `useradd --system ... NAME`: the user and its group in the machine's /etc/passwd and group.
+const USERADD: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+name=${!#}
+case " $* " in *" --system "*) ;; *) echo "useradd: the guide must create a --system user" >&2; exit 1 ;; esac
+if grep -q "^$name:" "$MACHINE_ROOT/etc/passwd"; then echo "useradd: user '$name' already exists" >&2; exit 9; fi
+echo "$name:x:999:999::/var/lib/$name:/usr/sbin/nologin" >> "$MACHINE_ROOT/etc/passwd"
+echo "$name:x:999:" >> "$MACHINE_ROOT/etc/group"
+"#;
+
+/// `install [-o USER] [-g GROUP] ...`: checks the names, then the real install without them.
+const INSTALL: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) grep -q "^$2:" "$MACHINE_ROOT/etc/passwd" || { echo "install: invalid user '$2'" >&2; exit 1; }; shift 2 ;;
+    -g) grep -q "^$2:" "$MACHINE_ROOT/etc/group" || { echo "install: invalid group '$2'" >&2; exit 1; }; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+exec /usr/bin/install "${args[@]}"
+"#;
+
+/// `chown USER[:GROUP] FILE...`: checks the names and the files.
+const CHOWN: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+[ $# -ge 2 ] || { echo "chown: missing operand" >&2; exit 1; }
+owner=${1%%:*}
+group=${1#*:}
+grep -q "^$owner:" "$MACHINE_ROOT/etc/passwd" || { echo "chown: invalid user: '$1'" >&2; exit 1; }
+[ "$group" = "$1" ] || grep -q "^$group:" "$MACHINE_ROOT/etc/group" || { echo "chown: invalid group: '$1'" >&2; exit 1; }
+shift
+for f in "$@"; do [ -e "$f" ] || { echo "chown: cannot access '$f'" >&2; exit 1; }; done
+"#;
+
+/// `firewall-cmd --permanent --add-port=7400/udp`, `firewall-cmd --reload`.
+const FIREWALL_CMD: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+case "$*" in
+  "--permanent --add-port=7400/udp"|"--reload") echo "firewall-cmd $*" >> "$MACHINE_ROOT/run/firewall"; echo success ;;
+  *) echo "firewall-cmd stand-in: unexpected '$*'" >&2; exit 1 ;;
+esac
+"#;
+
+/// `ufw allow 7400/udp`.
+const UFW: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+[ "$*" = "allow 7400/udp" ] || { echo "ufw stand-in: unexpected '$*'" >&2; exit 1; }
+echo "ufw $*" >> "$MACHINE_ROOT/run/firewall"
+echo "Rules updated"
+"#;
+
+/// One simulated machine.
+struct Machine {
+    /// The label the guide uses: `build machine`, `general office`, `office (hefei)`.
+    label: &'static str,
+    /// The directory standing for its `/`.
+    root: PathBuf,
+    /// Its loopback replication port (for `0.0.0.0:7400`).
+    sync_port: u16,
+    /// Its loopback API port (for `127.0.0.1:7480`).
+    api_port: u16,
+}
+
+impl Machine {
+    /// A machine with the skeleton of a fresh Debian install under `base/dir`.
+    fn new(base: &Path, dir: &str, label: &'static str) -> Machine {
+        let root = base.join(dir);
+        for sub in [
+            "etc/systemd/system",
+            "etc/bash_completion.d",
+            "usr/local/bin",
+            "usr/local/share/man",
+            "var/lib",
+            "var/backups",
+            "root",
+            "run",
+        ] {
+            std::fs::create_dir_all(root.join(sub)).expect("machine skeleton");
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n")
+            .expect("passwd");
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+        Machine {
+            label,
+            root,
+            sync_port: free_udp_port(),
+            api_port: free_tcp_port(),
+        }
+    }
+
+    /// The machine's directory as a string.
+    fn root_str(&self) -> &str {
+        self.root.to_str().expect("UTF-8 temp path")
+    }
+
+    /// `text` with the machine's paths and addresses (see the module doc).
+    fn localize(&self, text: &str, hub_sync: u16) -> String {
+        let text = text
+            .replace("gov.example.cn:7400", &format!("127.0.0.1:{hub_sync}"))
+            .replace("0.0.0.0:7400", &format!("127.0.0.1:{}", self.sync_port))
+            .replace("127.0.0.1:7480", &format!("127.0.0.1:{}", self.api_port));
+        root_paths(&text, self.root_str())
+    }
+
+    /// `text` (a command's output) with the machine's paths and addresses as in the guide.
+    fn delocalize(&self, text: &str) -> String {
+        text.replace(self.root_str(), "")
+            .replace(&format!("127.0.0.1:{}", self.api_port), "127.0.0.1:7480")
+    }
+
+    /// Stops a daemon the guide left running (the test failed midway): SIGTERM, then SIGKILL.
+    fn kill_leftovers(&self) {
+        let Ok(pid) = std::fs::read_to_string(self.root.join("run/systemd/officesyncd.pid")) else {
+            return;
+        };
+        let pid = pid.trim();
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+/// Rewrites absolute paths under [`ROOTED`] in `text` into `root`: a prefix counts where it
+/// starts a word (after whitespace, a quote, `=`, `(`, `<`, `>` or at the start) and is not
+/// followed by a name character.
+fn root_paths(text: &str, root: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    'outer: while let Some(c) = rest.chars().next() {
+        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "\"'=(<>".contains(p));
+        if c == '/' && starts_word {
+            for prefix in ROOTED {
+                if let Some(after) = rest.strip_prefix(prefix) {
+                    let ends = after
+                        .chars()
+                        .next()
+                        .is_none_or(|n| !(n.is_alphanumeric() || n == '_' || n == '-'));
+                    if ends {
+                        out.push_str(root);
+                        out.push_str(prefix);
+                        prev = prefix.chars().last();
+                        rest = after;
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+        out.push(c);
+        prev = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// A fenced block of the guide.
+#[derive(Debug)]
+struct Block {
+    /// The info string: `sh`, `text`, `toml`.
+    lang: String,
+    /// Line number of the opening fence (1-based).
+    line: usize,
+    /// The lines between the fences.
+    body: String,
+}
+
+/// Every fenced block of `markdown`, in order.
+fn fenced_blocks(markdown: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut open: Option<Block> = None;
+    for (i, line) in markdown.lines().enumerate() {
+        if let Some(info) = line.strip_prefix("```") {
+            match open.take() {
+                Some(block) => blocks.push(block),
+                None => {
+                    open = Some(Block {
+                        lang: info.trim().to_owned(),
+                        line: i + 1,
+                        body: String::new(),
+                    })
+                }
+            }
+        } else if let Some(block) = open.as_mut() {
+            block.body.push_str(line);
+            block.body.push('\n');
+        }
+    }
+    assert!(open.is_none(), "an unclosed code fence in the guide");
+    blocks
+}
+
+/// The machines a block's first comment names, and whether it says "a moment later".
+fn block_target(block: &Block) -> (Vec<&'static str>, bool) {
+    let first = block.body.lines().next().unwrap_or_default();
+    let marker = first.strip_prefix("# ").unwrap_or_else(|| {
+        panic!(
+            "INSTALL.md line {}: a command block must start with a comment naming its machine \
+             (`# general office`, ...), not {first:?}",
+            block.line
+        )
+    });
+    let (machine, note) = marker.split_once(", ").unwrap_or((marker, ""));
+    let machines = match machine {
+        "build machine" => vec!["build machine"],
+        "general office" => vec!["general office"],
+        "office (hefei)" => vec!["office (hefei)"],
+        "every node" => vec!["general office", "office (hefei)"],
+        other => panic!(
+            "INSTALL.md line {}: unknown machine {other:?} (use build machine, general office, \
+             office (hefei) or every node)",
+            block.line
+        ),
+    };
+    (machines, note.contains("a moment later"))
+}
+
+/// The lines of a TOML text that carry settings (no comments, no blank lines).
+fn settings(toml: &str) -> Vec<String> {
+    toml.lines()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The body of the `cat > FILE <<'EOF'` here-document in `script`.
+fn heredoc<'s>(script: &'s str, file: &str) -> Option<&'s str> {
+    let start = script.find(&format!("cat > {file} <<'EOF'\n"))?;
+    let body = &script[start..];
+    let body = &body[body.find('\n')? + 1..];
+    Some(&body[..body.find("\nEOF\n")? + 1])
+}
+
+/// Everything the guide's machines run, stopped at the end (also when the test fails).
+struct Deployment {
+    machines: Vec<Machine>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for machine in &self.machines {
+            machine.kill_leftovers();
+        }
+    }
+}
+
+#[test]
+fn install_guide_runs_as_written() {
+    let started = Instant::now();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned();
+    let guide = std::fs::read_to_string(repo.join("deploy/INSTALL.md")).expect("read guide");
+    let blocks = fenced_blocks(&guide);
+
+    let tmp = tempfile::Builder::new()
+        .prefix("officesync-install-")
+        .tempdir()
+        .expect("temp dir");
+    let standins = tmp.path().join("standins");
+    std::fs::create_dir_all(&standins).expect("standins dir");
+    for (name, script) in STANDINS {
+        let path = standins.join(name);
+        std::fs::write(&path, script).expect("write stand-in");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    let deployment = Deployment {
+        machines: vec![
+            Machine::new(tmp.path(), "build", "build machine"),
+            Machine::new(tmp.path(), "gov", "general office"),
+            Machine::new(tmp.path(), "hefei", "office (hefei)"),
+        ],
+    };
+    let machine = |label: &str| -> &Machine {
+        deployment
+            .machines
+            .iter()
+            .find(|m| m.label == label)
+            .expect("known machine")
+    };
+    let hub_sync = machine("general office").sync_port;
+
+    // The build machine holds the source tree: the parts the guide uses.
+    let src = machine("build machine").root.join("src");
+    std::fs::create_dir_all(&src).expect("src dir");
+    std::fs::copy(repo.join("Cargo.toml"), src.join("Cargo.toml")).expect("copy Cargo.toml");
+    officesync_tests::copy_dir(&repo.join("deploy"), &src.join("deploy"));
+    let bin_dir = bins::officesyncd_path()
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    assert!(bin_dir.join(bins::CLI).is_file(), "officesync is not built");
+
+    let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut outputs: Vec<(&'static str, String, String)> = Vec::new();
+    for block in blocks.iter().filter(|b| b.lang == "sh") {
+        let (targets, retry) = block_target(block);
+        for label in targets {
+            let m = machine(label);
+            let script = m.localize(&block.body, hub_sync);
+            let cwd = if label == "build machine" {
+                src.clone()
+            } else {
+                m.root.join("root")
+            };
+            let run = || -> Output {
+                let mut bash = Command::new("bash");
+                bash.args(["-euo", "pipefail", "-c", &script])
+                    .current_dir(&cwd)
+                    .env_clear()
+                    .env(
+                        "PATH",
+                        format!(
+                            "{}:{}/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            standins.display(),
+                            m.root_str()
+                        ),
+                    )
+                    .env("HOME", m.root.join("root"))
+                    .env("LANG", "C.UTF-8")
+                    .env("TMPDIR", tmp.path())
+                    .env("MACHINE_ROOT", &m.root)
+                    .env("GOV_ROOT", &machine("general office").root)
+                    .env("HEFEI_ROOT", &machine("office (hefei)").root)
+                    .env("OFFICESYNC_TEST_BIN_DIR", &bin_dir)
+                    .env("OFFICESYNC_API", format!("127.0.0.1:{}", m.api_port));
+                run_bounded(bash, None, BLOCK_TIMEOUT)
+            };
+            let block_started = Instant::now();
+            let deadline = Instant::now() + if retry { MOMENT } else { Duration::ZERO };
+            let out = loop {
+                let out = run();
+                if out.status.success() || Instant::now() >= deadline {
+                    break out;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            assert!(
+                out.status.success(),
+                "INSTALL.md line {} failed on the {label}:\n{}\n--- script as run ---\n{script}",
+                block.line,
+                out.describe()
+            );
+            eprintln!(
+                "INSTALL.md line {} on the {label}: {:?}",
+                block.line,
+                block_started.elapsed()
+            );
+            *ran.entry(label).or_default() += 1;
+            outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
+        }
+    }
+
+    // The guide still walks the whole way: CA, bundle, copy, install, start, confirm.
+    let all_sh: String = blocks
+        .iter()
+        .filter(|b| b.lang == "sh")
+        .map(|b| b.body.as_str())
+        .collect();
+    for step in [
+        "officesync ca init --dir",
+        "officesync ca issue hefei",
+        "scp -r /root/bundles/hefei root@hefei.example.cn:",
+        "/usr/local/bin/",
+        "/etc/systemd/system/officesyncd.service",
+        "useradd --system",
+        "officesync config check /etc/officesync/officesync.toml",
+        "systemctl enable --now officesyncd",
+        "officesync status",
+        "officesync get situation install-test/hefei",
+    ] {
+        assert!(all_sh.contains(step), "the guide lost the step {step:?}");
+    }
+    for label in ["build machine", "general office", "office (hefei)"] {
+        assert!(
+            ran.get(label).copied().unwrap_or(0) > 0,
+            "nothing ran on the {label}"
+        );
+    }
+
+    // The configs the guide writes are the example configs, comments aside.
+    for (label, example) in [
+        ("general office", "general-office.toml"),
+        ("office (hefei)", "hefei.toml"),
+    ] {
+        let written = outputs
+            .iter()
+            .find_map(|(l, body, _)| {
+                (*l == label)
+                    .then(|| heredoc(body, "/etc/officesync/officesync.toml"))
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("the guide writes no config on the {label}"));
+        let file = std::fs::read_to_string(repo.join("deploy/examples").join(example))
+            .expect("read example");
+        assert_eq!(
+            settings(written),
+            settings(&file),
+            "the {label}'s config in INSTALL.md differs from deploy/examples/{example}"
+        );
+    }
+
+    // What the guide says `config check` prints is what it printed at hefei.
+    let promised = blocks
+        .iter()
+        .find(|b| b.lang == "text" && b.body.starts_with("ok: node hefei"))
+        .expect("the guide shows config check's output");
+    let printed = outputs
+        .iter()
+        .find(|(l, body, _)| *l == "office (hefei)" && body.contains("config check"))
+        .map(|(_, _, out)| out.as_str())
+        .expect("config check ran at hefei");
+    assert!(
+        printed.contains(promised.body.trim()),
+        "config check printed {printed:?}, the guide shows {:?}",
+        promised.body.trim()
+    );
+    // The JSON log drop-in took effect.
+    let json_log = outputs
+        .iter()
+        .find(|(_, body, _)| body.contains("json-logs.conf"))
+        .map(|(_, _, out)| out.lines().last().unwrap_or_default().to_owned())
+        .expect("the guide switches to JSON logs");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&json_log).is_ok(),
+        "not a JSON log line: {json_log:?}"
+    );
+
+    // Both services still run; they stop cleanly (the stand-in fails on a non-zero exit).
+    for label in ["office (hefei)", "general office"] {
+        let m = machine(label);
+        let mut stop = Command::new(standins.join("systemctl"));
+        stop.args(["stop", "officesyncd"])
+            .env("MACHINE_ROOT", &m.root);
+        run_bounded(stop, None, BLOCK_TIMEOUT).expect_success(&format!("stop on the {label}"));
+        let log = std::fs::read_to_string(m.root.join("run/systemd/officesyncd.log"))
+            .expect("service log");
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        assert!(
+            last.contains("node stopped; store flushed"),
+            "the {label}'s service did not end with a clean stop:\n{log}"
+        );
+    }
+    eprintln!(
+        "install guide: {} command blocks ran ({ran:?}) in {:?}",
+        ran.values().sum::<usize>(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn paths_are_rooted_only_where_they_start() {
+    let rooted = root_paths(
+        "install -m 0640 a /etc/officesync/node.key\ncd /root && x=\"/var/lib/officesync\"\n\
+         mv /var/lib/officesync /var/lib/officesync.damaged-1 /rootfs /usr/local/binx a/root",
+        "/M",
+    );
+    assert_eq!(
+        rooted,
+        "install -m 0640 a /M/etc/officesync/node.key\ncd /M/root && x=\"/M/var/lib/officesync\"\n\
+         mv /M/var/lib/officesync /M/var/lib/officesync.damaged-1 /rootfs /usr/local/binx a/root"
+    );
+}
