@@ -100,11 +100,7 @@ impl Node {
             .with_verifier(Arc::new(VerifyVia(sync.clone())));
         let app = api::router(state);
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            api::serve(listener, app, api::ServeLimits::default(), stopped).await
         });
         tracing::info!(
             node = %config.node.name,

@@ -23,6 +23,7 @@ mod error;
 mod metrics;
 mod params;
 mod records;
+mod serve;
 mod status;
 mod web;
 
@@ -36,6 +37,7 @@ use axum::{middleware, Router};
 use crate::replica::Replica;
 
 pub use error::ApiError;
+pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
 pub use metrics::{parse_rfc3339_ms, CONTENT_TYPE_0_0_4};
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,

@@ -1,0 +1,261 @@
+//! The API's HTTP/1 server loop, bounded against slow and greedy clients: a client must send
+//! a request's headers within [`ServeLimits::header_read_timeout`] (slowloris), the whole
+//! request — body included — must be answered within [`ServeLimits::request_timeout`] (a 408
+//! with a JSON error otherwise), and at most [`ServeLimits::max_connections`] connections are
+//! served at once (further ones are closed at once). Shutdown stops accepting, lets requests in
+//! flight finish, and gives up on stalled connections after [`SHUTDOWN_GRACE`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Longest the server waits for connections still open at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Bounds on what one client may hold of the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// A request's headers must arrive within this (from the first byte of the request, or
+    /// from the end of the previous response on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// A request must be read and answered within this (a 408 otherwise). Longer than any
+    /// handler legitimately takes (`/v1/verify` waits at most 20 s).
+    pub request_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    /// 10 s for headers, 60 s per request, 512 connections.
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` turns true (or its sender is
+/// dropped).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = app.layer(middleware::from_fn_with_state(
+        limits.request_timeout,
+        request_deadline,
+    ));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            biased;
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, limit = limits.max_connections, "too many API connections; closing this one");
+            drop(stream);
+            continue;
+        };
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "API connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("API connections still open after the shutdown grace; dropping them");
+    }
+    Ok(())
+}
+
+/// Resolves once `shutdown` is true or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: nobody can stop us later, so stop now.
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Answers 408 when the request (reading its body included) takes longer than `limit`.
+async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(serde_json::json!({
+                "error": format!("request not completed within {} s", limit.as_secs_f64())
+            })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use axum::body::Bytes;
+    use axum::routing::{get, put};
+
+    use super::*;
+
+    /// Starts the server on a free port with short limits and two connection slots; returns
+    /// its address and the stop switch. The clients below use blocking sockets on the test's
+    /// thread while the server runs on the runtime's workers.
+    fn start(rt: &tokio::runtime::Runtime) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let limits = ServeLimits {
+            header_read_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(800),
+            max_connections: 2,
+        };
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/echo", put(|body: Bytes| async move { body }));
+        let (stop, stopped) = watch::channel(false);
+        rt.spawn(serve(listener, app, limits, stopped));
+        (addr, stop)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn connect(addr: std::net::SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        s
+    }
+
+    /// Reads until the server closes the connection; `false` if it was still open after 5 s.
+    fn read_to_close(stream: &mut TcpStream) -> (String, bool) {
+        let mut out = Vec::new();
+        // A reset is a close too; only the read timeout means the connection is still open.
+        let closed = match stream.read_to_end(&mut out) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        (String::from_utf8_lossy(&out).into_owned(), closed)
+    }
+
+    #[test]
+    fn a_request_is_served() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        let mut s = connect(addr);
+        s.write_all(
+            b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .expect("write");
+        let (reply, closed) = read_to_close(&mut s);
+        assert!(closed && reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("hello"), "{reply}");
+    }
+
+    #[test]
+    fn slow_headers_are_cut_off() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        let mut s = connect(addr);
+        let start = Instant::now();
+        // One header byte every 100 ms, for at most 3 s: never a complete head in time.
+        let head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+        for b in head {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (reply, closed) = read_to_close(&mut s);
+        assert!(closed, "the connection is still open: {reply}");
+        assert!(!reply.contains("200 OK"), "{reply}");
+        // The server hung up long before the head was done (6.5 s of dribbling).
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "closed only after {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_stalled_body_gets_408() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        let mut s = connect(addr);
+        s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part")
+            .expect("write");
+        let start = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).expect("answered within the read timeout");
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("\"error\""), "{reply}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        // Two idle connections hold both slots (within their header timeout).
+        let _a = connect(addr);
+        let _b = connect(addr);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = connect(addr);
+        let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (reply, closed) = read_to_close(&mut c);
+        assert!(
+            closed && reply.is_empty(),
+            "served beyond the limit: {reply}"
+        );
+        // Once the idle ones are cut off by the header timeout, a new client is served.
+        std::thread::sleep(Duration::from_millis(800));
+        let mut d = connect(addr);
+        d.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let (reply, _) = read_to_close(&mut d);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+}
