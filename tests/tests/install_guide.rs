@@ -709,3 +709,149 @@ fn paths_are_rooted_only_where_they_start() {
          mv /M/var/lib/officesync /M/var/lib/officesync.damaged-1 /rootfs /usr/local/binx a/root"
     );
 }
+
+/// Whether `text` holds the parts of `pattern` (split at `...`) in order.
+fn matches_elided(text: &str, pattern: &str) -> bool {
+    let mut rest = text;
+    for part in pattern.split("...") {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[test]
+fn troubleshooting_quotes_what_the_tools_print() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned();
+    let guide = std::fs::read_to_string(repo.join("deploy/INSTALL.md")).expect("read guide");
+    let troubleshooting = &guide[guide
+        .find("## Troubleshooting")
+        .expect("the guide has a Troubleshooting section")..];
+    let example = std::fs::read_to_string(repo.join("deploy/examples/hefei.toml"))
+        .expect("read the hefei example");
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // Readable by the unprivileged user of the permission case below.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = |name: &str| tmp.path().join(name);
+    let cli = |args: &[&str]| -> Output {
+        let out = officesync_tests::officesync(args);
+        assert!(out.code().is_some(), "{}", out.describe());
+        out
+    };
+    let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
+    cli(&["ca", "init", "--dir", &s(&dir("ca"))]).expect_success("ca init");
+    cli(&["ca", "init", "--dir", &s(&dir("other-ca"))]).expect_success("ca init");
+    for (name, ca, out) in [
+        ("hefei", "ca", "hefei"),
+        ("wuhu", "ca", "wuhu"),
+        ("hefei", "other-ca", "hefei-other-ca"),
+    ] {
+        cli(&[
+            "ca",
+            "issue",
+            name,
+            "--ca-dir",
+            &s(&dir(ca)),
+            "--out",
+            &s(&dir(out)),
+        ])
+        .expect_success("ca issue");
+    }
+    for bundle in ["hefei", "wuhu", "hefei-other-ca"] {
+        std::fs::set_permissions(dir(bundle), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    // hefei's example config with its [tls] files taken from the named bundles.
+    let config = |file: &str, ca: &str, cert: &str, key: &str, extra: &str| -> String {
+        let text = example
+            .replace("/etc/officesync/ca.pem", &s(&dir(ca).join("ca.pem")))
+            .replace("/etc/officesync/node.pem", &s(&dir(cert).join("node.pem")))
+            .replace("/etc/officesync/node.key", &s(&dir(key).join("node.key")))
+            .replace("/var/lib/officesync", &s(&dir("data")));
+        let path = dir(file);
+        std::fs::write(&path, format!("{text}{extra}")).expect("write config");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        s(&path)
+    };
+    let check = |path: String| -> Output {
+        let out = cli(&["config", "check", &path]);
+        out.expect_code(2, "config check of a broken config");
+        out
+    };
+
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            r#"tls.cert names "wuhu" but node.name is "hefei""#,
+            check(config("a.toml", "wuhu", "wuhu", "wuhu", "")).stderr_text(),
+        ),
+        (
+            "tls.cert ... does not chain to tls.ca",
+            check(config(
+                "b.toml",
+                "hefei",
+                "hefei-other-ca",
+                "hefei-other-ca",
+                "",
+            ))
+            .stderr_text(),
+        ),
+        (
+            "tls.key ... is not the key of tls.cert",
+            check(config("c.toml", "hefei", "hefei", "wuhu", "")).stderr_text(),
+        ),
+        (
+            "unknown field `colour` in [cluster]",
+            check(config("d.toml", "hefei", "hefei", "hefei", "colour = 1\n")).stderr_text(),
+        ),
+    ];
+
+    // The key as ca issue writes it (0600, root's) read by a user outside its group: as root,
+    // run the check as nobody; otherwise take the owner's read permission away.
+    let readable_config = config("e.toml", "hefei", "hefei", "hefei", "");
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let denied = if root {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bins::officesync_path())
+            .args(["config", "check", &readable_config]);
+        run_bounded(cmd, None, Duration::from_secs(30))
+    } else {
+        let key = dir("hefei").join("node.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        cli(&["config", "check", &readable_config])
+    };
+    denied.expect_code(2, "config check with an unreadable key");
+    cases.push((
+        "tls.key: cannot read ...: Permission denied",
+        denied.stderr_text(),
+    ));
+
+    let port = free_tcp_port();
+    let unreachable = cli(&["--api", &format!("127.0.0.1:{port}"), "status"]);
+    unreachable.expect_code(3, "status without a daemon");
+    cases.push((
+        "cannot reach officesyncd at 127.0.0.1:7480",
+        unreachable
+            .stderr_text()
+            .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:7480"),
+    ));
+
+    for (quoted, printed) in cases {
+        assert!(
+            troubleshooting.contains(quoted),
+            "the troubleshooting table no longer quotes {quoted:?}"
+        );
+        assert!(
+            printed.lines().count() == 1 && matches_elided(&printed, quoted),
+            "the guide quotes {quoted:?}, the tool printed {printed:?}"
+        );
+    }
+}
