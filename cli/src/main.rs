@@ -16,6 +16,7 @@ mod exit;
 mod node;
 mod offline;
 mod output;
+mod policy;
 mod records;
 mod transfer;
 mod urlenc;
@@ -107,6 +108,9 @@ enum Command {
     Peers,
     /// Compare collection digests with peers now and repair differences.
     Verify,
+    /// Show or change the access policy (`_policy`): grants, revocations.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Manage the deployment CA and node certificates (offline).
     #[command(subcommand)]
     Ca(offline::CaCommand),
@@ -135,6 +139,7 @@ impl Command {
             Command::Status => node::status(global),
             Command::Peers => node::peers(global),
             Command::Verify => node::verify(global),
+            Command::Policy(command) => command.run(global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),
             Command::Demo(args) => demo::run(args, global),

@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod node;
 pub mod pki;
+pub mod policy;
 pub mod replica;
 pub mod store;
 pub mod sync;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState, PeerTable};
+use crate::policy::PolicyHandle;
 use crate::config::{Config, Durability};
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
 use crate::store::{SledStore, StoreError};
@@ -88,14 +89,21 @@ impl Node {
         let (stop, mut stopped) = watch::channel(false);
         let transport = Transport::bind(config)?;
         let peers = PeerTable::new();
+        let policy =
+            PolicyHandle::start(replica.clone(), config.cluster.admins.clone(), stopped.clone())
+                .await?;
+        let is_admin = config.cluster.admins.contains(&config.node.name)
+            && transport.identity().admin_cert;
         let sync = Arc::new(SyncService::start(
             config,
             transport,
             replica.clone(),
             peers.clone(),
+            policy.clone(),
             stopped.clone(),
         ));
         let state = ApiState::new(replica.clone())
+            .with_access(api::Access::new(&config.node.name, is_admin, policy))
             .with_peers(Arc::new(peers))
             .with_verifier(Arc::new(VerifyVia(sync.clone())));
         let app = api::router(state);

@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod hlc;
 pub mod merge;
 pub mod names;
+pub mod policy;
 pub mod sync;
 pub mod version;
 pub mod wire;

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// No such record, or no such route (404).
     #[error("{0}")]
     NotFound(String),
+    /// The access policy does not let this node read or write the collection (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The route exists but not for this method (405).
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -54,6 +57,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body { status, .. } => *status,

@@ -19,6 +19,7 @@
 //! The key is the rest of the path after `/records/`, percent-decoded strictly (so it may
 //! contain `/`). Every 4xx and 5xx answer is JSON `{"error": "..."}` ([`ApiError`]).
 
+mod access;
 mod error;
 mod metrics;
 mod params;
@@ -36,6 +37,7 @@ use axum::{middleware, Router};
 
 use crate::replica::Replica;
 
+pub use access::Access;
 pub use error::ApiError;
 pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
 pub use metrics::{parse_rfc3339_ms, CONTENT_TYPE_0_0_4};
@@ -58,6 +60,7 @@ pub struct ApiState {
     peers: Arc<dyn PeerStatusSource>,
     verifier: Option<Arc<dyn Verifier>>,
     http: Arc<HttpMetrics>,
+    access: Access,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -84,13 +87,26 @@ impl std::fmt::Debug for ApiState {
 impl ApiState {
     /// State serving `replica`, started now, with no peers (an empty [`PeerTable`]).
     pub fn new(replica: Replica) -> Self {
+        let access = Access::new(
+            replica.node(),
+            false,
+            crate::policy::PolicyHandle::fixed(Default::default()),
+        );
         Self {
             replica,
             started: Instant::now(),
             peers: Arc::new(PeerTable::new()),
             verifier: None,
             http: Arc::new(HttpMetrics::new()),
+            access,
         }
+    }
+
+    /// Enforces `access` (the node's policy) on record reads and writes; without it every
+    /// collection but `_policy` is open.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
     }
 
     /// Reports peers from `source` (the replication layer's [`PeerTable`], usually) in

@@ -98,6 +98,7 @@ pub(crate) async fn put_record(
     parse_query(uri.query(), &[])?;
     let max = state.replica.max_value_bytes();
     let body = body.map_err(|r| ApiError::from_body(r, max))?;
+    state.access.check_write(&collection, &key, Some(&body))?;
     let ack = state
         .replica
         .write(&collection, &key, Some(body.to_vec()))
@@ -118,6 +119,7 @@ pub(crate) async fn get_record(
     let (collection, key) = record_target(uri.path())?;
     let query = parse_query(uri.query(), &["all"])?;
     let all = parse_flag("all", query.get("all").map(String::as_str))?;
+    state.access.check_read(&collection)?;
     let record = state
         .replica
         .get(&collection, &key)
@@ -155,6 +157,7 @@ pub(crate) async fn delete_record(
 ) -> Result<Json<WriteBody>, ApiError> {
     let (collection, key) = record_target(uri.path())?;
     parse_query(uri.query(), &[])?;
+    state.access.check_write(&collection, &key, None)?;
     let live = state
         .replica
         .get(&collection, &key)
@@ -199,6 +202,7 @@ pub(crate) async fn scan(
             )));
         }
     }
+    state.access.check_read(&collection)?;
     let page = state
         .replica
         .scan(&collection, prefix, after, limit)

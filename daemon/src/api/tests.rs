@@ -853,7 +853,7 @@ fn rfc3339_formats_utc() {
 async fn metrics_are_prometheus_text() {
     let (app, _replica) = app();
     put(&app, "/v1/collections/situation/records/a", "1").await;
-    put(&app, "/v1/collections/_policy/records/p", "{}").await;
+    put(&app, "/v1/collections/documents/records/p", "{}").await;
     get(&app, "/v1/collections/situation/records/a").await;
     get(&app, "/v1/collections/situation/records/nope").await;
     get(&app, "/nowhere").await;
@@ -942,7 +942,7 @@ async fn metrics_are_prometheus_text() {
         1.0
     );
     assert_eq!(
-        samples["officesync_collection_records{collection=\"_policy\"}"],
+        samples["officesync_collection_records{collection=\"documents\"}"],
         1.0
     );
     assert_eq!(samples["officesync_local_writes_total"], 2.0);
@@ -1201,4 +1201,87 @@ async fn status_page_is_html_that_refreshes() {
     assert!(html.contains("data-connected=\"yes\""), "{html}");
     assert!(html.contains("<tr class=\"collection\" data-collection=\"situation\"><td class=\"name\">situation</td><td class=\"records\">1</td>"), "{html}");
     get(&app, "/?x=1").await.error(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn policy_writes_need_an_admin_and_a_valid_entry() {
+    use crate::api::Access;
+    use crate::policy::PolicyHandle;
+    use officesync_protocol::policy::Policy;
+
+    let replica = Replica::open(
+        Arc::new(MemoryStore::new()),
+        ReplicaOptions::new("general-office"),
+    )
+    .expect("open replica");
+    let (policy, _) = Policy::from_entries(
+        ["general-office"],
+        [(
+            "collections/secret",
+            br#"{"read": ["hefei"], "write": ["hefei"]}"#.as_slice(),
+        )],
+    );
+    let fixed = PolicyHandle::fixed(policy);
+    // An office: may not write _policy, may not read or write `secret`; other collections open.
+    let office = router(ApiState::new(replica.clone()).with_access(Access::new(
+        "beijing",
+        false,
+        fixed.clone(),
+    )));
+    let entry = "/v1/collections/_policy/records/default";
+    put(&office, entry, r#"{"read":["*"]}"#)
+        .await
+        .error(StatusCode::FORBIDDEN);
+    put(&office, "/v1/collections/secret/records/k", "v")
+        .await
+        .error(StatusCode::FORBIDDEN);
+    get(&office, "/v1/collections/secret/records/k")
+        .await
+        .error(StatusCode::FORBIDDEN);
+    get(&office, "/v1/collections/secret/records")
+        .await
+        .error(StatusCode::FORBIDDEN);
+    delete(&office, "/v1/collections/secret/records/k")
+        .await
+        .error(StatusCode::FORBIDDEN);
+    assert_eq!(
+        put(&office, "/v1/collections/news/records/k", "v")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // The admin: valid entries only, and nothing written for an invalid one.
+    let admin = router(ApiState::new(replica.clone()).with_access(Access::new(
+        "general-office",
+        true,
+        fixed,
+    )));
+    put(&admin, entry, "{nope")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    put(&admin, "/v1/collections/_policy/records/bogus", "{}")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert!(replica
+        .get("_policy", "default")
+        .await
+        .expect("get")
+        .is_none());
+    let ok = put(
+        &admin,
+        entry,
+        r#"{"read": ["*"], "write": ["general-office"]}"#,
+    )
+    .await;
+    assert_eq!(
+        ok.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&ok.body)
+    );
+    assert_eq!(
+        delete(&admin, entry).await.status,
+        StatusCode::OK,
+        "an admin deletes entries"
+    );
 }

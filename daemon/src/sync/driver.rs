@@ -86,7 +86,17 @@ pub(crate) async fn drive(
         node: peer.name.clone(),
         is_relay,
     };
+    // A node revoked by `_policy` is refused at once, before anything is exchanged.
+    let mut policy_rx = settings.policy.subscribe();
+    let policy = policy_rx.borrow_and_update().clone();
+    if policy.is_revoked(&peer.name, Some(&peer.serial_hex)) {
+        tracing::warn!(%remote, serial = %peer.serial_hex, "refused a node revoked by _policy");
+        connection.close(ErrorCode::Revoked.as_u32().into(), b"revoked by _policy");
+        return ("the peer is revoked by _policy".into(), Vec::new());
+    }
     let mut session = Session::new(role, cfg, identity, local_vvs, now_ms());
+    session.handle_policy(policy);
+    let mut policy_live = true;
     // Traffic counters are per connection; the table keeps totals since the daemon started.
     let mut base = (0, 0);
     peers.update(&peer.name, |p| base = (p.bytes_sent, p.bytes_received));
@@ -291,6 +301,19 @@ pub(crate) async fn drive(
                     session.handle_local_vv(collection, vv.clone());
                 }
             },
+            changed = policy_rx.changed(), if policy_live => {
+                if changed.is_err() {
+                    policy_live = false;
+                } else {
+                    let policy = policy_rx.borrow_and_update().clone();
+                    if policy.is_revoked(&peer.name, Some(&peer.serial_hex)) {
+                        tracing::warn!(serial = %peer.serial_hex, "closing: the peer was revoked by _policy");
+                        session.close(ErrorCode::Revoked, "revoked by _policy");
+                    } else {
+                        session.handle_policy(policy);
+                    }
+                }
+            },
             permit = bulk_tx.reserve(), if bulk_pending.is_some() => {
                 if let (Ok(permit), Some(msg)) = (permit, bulk_pending.take()) {
                     permit.send(msg);
@@ -372,6 +395,7 @@ fn feed(
     match input {
         Input::Frame(stream, msg) => {
             *last_heard = Some(SystemTime::now());
+            tracing::debug!(?stream, kind = msg.kind(), "frame received");
             let peer_closing = matches!(msg, Message::V1(MessageV1::Error(_)));
             let was_closed = session.is_closed();
             session.handle_frame(stream, msg, now_ms());

@@ -66,6 +66,9 @@ pub(crate) struct SyncSettings {
     pub is_admin: bool,
     /// `sync.max_clock_skew_ms`: a batch with a timestamp further ahead closes the session.
     pub max_clock_skew_ms: u64,
+    /// The access policy in force (what peers may read, whose versions are accepted, who is
+    /// revoked).
+    pub policy: crate::policy::PolicyHandle,
 }
 
 /// Handles of the sessions running now, by connection id, and what is known of peers whose
@@ -156,6 +159,7 @@ impl SyncService {
         transport: Transport,
         replica: Replica,
         peers: PeerTable,
+        policy: crate::policy::PolicyHandle,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let settings = Arc::new(SyncSettings {
@@ -167,6 +171,7 @@ impl SyncService {
             max_clock_skew_ms: config.sync.max_clock_skew_ms,
             is_admin: config.cluster.admins.contains(&config.node.name)
                 && transport.identity().admin_cert,
+            policy,
         });
         for p in &config.sync.peers {
             peers.set(crate::api::PeerStatus {

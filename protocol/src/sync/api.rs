@@ -70,7 +70,7 @@ pub enum Event {
         compression: Compression,
     },
     /// Versions refused by the relay rule (their origin is not the peer's node and the peer
-    /// is not a relay).
+    /// is not a relay) or by the access policy (their origin may not write the collection).
     Rejected {
         /// Why.
         reason: String,

@@ -44,6 +44,15 @@
 //! and the vector advance become one [`Action::Apply`], so a cut anywhere resumes exactly (the
 //! next session starts from the store's vector). Once applied, an `Ack` goes back.
 //!
+//! **Access policy** ([`Session::handle_policy`], [`crate::policy`]). The session sends a
+//! collection only while the peer's node may read it, and accepts a `(collection, origin)`
+//! stream only while the origin's node may write it (`_policy` itself only from a relay and
+//! of an admin). A refused stream stays refused for the rest of the session, its `Complete`
+//! ignored, so the vector never advances past versions that were not applied. A policy change
+//! that takes a collection away from the peer, or would now accept a refused stream, closes
+//! the session (`NotAuthorized`) so that the next one starts clean; a grant of read access
+//! starts streaming the collection's whole history at once.
+//!
 //! **Heartbeats.** Every `heartbeat_interval_ms` each side sends a probe `Heartbeat { now_ms,
 //! seq }`. The dialer numbers its probes odd, the acceptor even; a heartbeat whose `seq` has
 //! the peer's parity is a probe and is echoed back unchanged in `seq` (with the echoer's

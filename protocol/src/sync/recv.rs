@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::dot::{ReplicaId, VersionVector};
+use crate::policy::POLICY_COLLECTION;
 use crate::version::Version;
 use crate::wire::{Ack, Batch, Complete};
 
@@ -48,6 +49,10 @@ pub(super) struct InStream {
     pub(super) last_restart_arm: u64,
     /// Applies of this stream carry `repair: true` (a re-stream may hold covered dots).
     repairing: bool,
+    /// A batch was refused by the access policy: everything else of this stream is refused
+    /// for the rest of the session (applying later batches would leave a gap behind the
+    /// completion marker).
+    refused: bool,
 }
 
 impl InStream {
@@ -107,6 +112,22 @@ impl Session {
         self.peer.is_relay || origin.node_name() == self.peer.node
     }
 
+    /// The access policy: versions of `origin` may be accepted in `collection`. Only a relay
+    /// (an admin with an admin certificate) may bring `_policy` versions, and only of admins.
+    pub(super) fn accepts_write(&self, collection: &str, origin: &ReplicaId) -> bool {
+        self.policy.may_write(origin.node_name(), collection)
+            && (collection != POLICY_COLLECTION || self.peer.is_relay)
+    }
+
+    /// Some stream refused earlier in this session would be accepted under the current policy.
+    pub(super) fn rx_refused_now_allowed(&self) -> bool {
+        self.rx.collections.iter().any(|(c, col)| {
+            col.streams
+                .iter()
+                .any(|(o, s)| s.refused && self.accepts_write(c, o))
+        })
+    }
+
     /// Arms `collection` for one repair restart per origin; returns the new arm count.
     pub(super) fn arm_rx(&mut self, collection: &str) -> Result<u64, SyncError> {
         let col = self.rx_collection(collection)?;
@@ -138,6 +159,29 @@ impl Session {
                 reason: format!(
                     "{} is not a relay: refused versions of {} in {}",
                     self.peer.node, b.origin, b.collection
+                ),
+                count: n,
+            });
+            return Ok(());
+        }
+        if !self.accepts_write(&b.collection, &b.origin) {
+            let (stream, _) = self.rx_stream(&b.collection, &b.origin)?;
+            stream.refused = true;
+        }
+        if self
+            .rx
+            .collections
+            .get(&b.collection)
+            .and_then(|c| c.streams.get(&b.origin))
+            .is_some_and(|s| s.refused)
+        {
+            self.stats.rejected += n;
+            self.events.push_back(Event::Rejected {
+                reason: format!(
+                    "policy: {} may not write {}: refused versions from {}",
+                    b.origin.node_name(),
+                    b.collection,
+                    self.peer.node
                 ),
                 count: n,
             });
@@ -189,6 +233,9 @@ impl Session {
             return Ok(()); // its batches were refused by the relay rule
         }
         let (stream, arms) = self.rx_stream(&c.collection, &c.origin)?;
+        if stream.refused {
+            return Ok(()); // its batches were refused by the policy
+        }
         match stream.buffer.last().map(|v| v.dot.counter) {
             Some(last) if c.through < last => {
                 return Err(SyncError::OutOfOrder {

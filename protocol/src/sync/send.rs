@@ -5,9 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use std::sync::Arc;
+
 use crate::dot::{ReplicaId, VersionVector};
+use crate::policy::Policy;
 use crate::version::Version;
-use crate::wire::{Ack, Batch, Complete};
+use crate::wire::{Ack, Batch, Complete, ErrorCode};
 
 use super::api::{Action, Event};
 use super::config::SessionConfig;
@@ -82,11 +85,41 @@ pub(super) fn version_size(v: &Version) -> usize {
 }
 
 impl Session {
-    /// Whether this node may send `collection` to the peer. Every node may read every
-    /// collection for now; this is the hook where the `_policy` read rules will go.
+    /// Whether this node may send `collection` to the peer: the policy lets the peer's node
+    /// read it.
     pub fn may_send(&self, collection: &str) -> bool {
-        let _ = collection;
-        true
+        self.policy.may_read(&self.peer.node, collection)
+    }
+
+    /// The access policy changed (see [`Policy`]). Collections the peer may now read start
+    /// streaming their whole history above the peer's vector. If the peer may no longer read a
+    /// collection, or versions refused earlier in this session are now allowed, the session
+    /// closes ([`ErrorCode::NotAuthorized`]) dropping everything queued: the reconnect starts
+    /// clean under the new policy.
+    pub fn handle_policy(&mut self, policy: Arc<Policy>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let old = std::mem::replace(&mut self.policy, policy);
+        let collections: Vec<String> = self.local.keys().cloned().collect();
+        let mut lost_read = false;
+        for c in collections {
+            let (was, now) = (old.may_read(&self.peer.node, &c), self.may_send(&c));
+            if was && !now {
+                // Before the handshake completes nothing was sent: the new policy just applies.
+                lost_read |= self.phase == Phase::Established;
+            } else if !was && now && self.phase == Phase::Established {
+                self.ready_all(&c);
+            }
+        }
+        if lost_read || self.rx_refused_now_allowed() {
+            self.close(
+                ErrorCode::NotAuthorized,
+                "access policy changed: reconnecting under the new policy",
+            );
+            return;
+        }
+        self.drive();
     }
 
     /// The driver's answer to [`Action::Load`]: `versions` of `origin` in `collection` in

@@ -3,8 +3,10 @@
 //! modules as further `impl Session` blocks.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use crate::dot::{ReplicaId, VersionVector};
+use crate::policy::Policy;
 use crate::wire::{
     Compression, ErrorFrame, Hello, Message, MessageV1, MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
 };
@@ -24,6 +26,8 @@ pub struct Session {
     pub(super) role: Role,
     pub(super) cfg: SessionConfig,
     pub(super) peer: PeerIdentity,
+    /// The access policy in force: what the peer may read, whose versions we accept.
+    pub(super) policy: Arc<Policy>,
     pub(super) phase: Phase,
     /// The latest `now_ms` given to any input.
     pub(super) now: u64,
@@ -89,6 +93,7 @@ impl Session {
             role,
             cfg,
             peer,
+            policy: Arc::new(Policy::default()),
             phase: Phase::Handshake,
             now: now_ms,
             last_heard: now_ms,

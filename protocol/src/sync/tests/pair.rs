@@ -243,3 +243,156 @@ fn verify_at_different_vectors_does_nothing() {
     );
     assert_eq!(p.s[0].status().repairs, 0);
 }
+
+fn policy(entries: &[(&str, &str)]) -> std::sync::Arc<crate::policy::Policy> {
+    let (p, errors) = crate::policy::Policy::from_entries(
+        ["hub"],
+        entries.iter().map(|(k, v)| (*k, v.as_bytes())),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    std::sync::Arc::new(p)
+}
+
+#[test]
+fn a_collection_the_peer_may_not_read_is_never_sent_until_granted() {
+    let mut hub = Store::default();
+    for c in 1..=5 {
+        hub.write("writer", c);
+    }
+    let mut pair = Pair::new([Store::default(), hub], [false, true]);
+    let closed = policy(&[(
+        "collections/situation",
+        r#"{"read": ["writer"], "write": ["writer"]}"#,
+    )]);
+    for s in &mut pair.s {
+        s.handle_policy(closed.clone());
+    }
+    pair.run();
+    assert!(pair.store[0].versions.is_empty(), "nothing reached the spoke");
+    assert_eq!(pair.s[1].status().versions_sent, 0);
+    assert!(pair.s[1].status().collections.is_empty(), "no lag reported");
+
+    let open = policy(&[(
+        "collections/situation",
+        r#"{"read": ["writer", "spoke"], "write": ["writer"]}"#,
+    )]);
+    for s in &mut pair.s {
+        s.handle_policy(open.clone());
+    }
+    // The acceptor streams once it has heard the established dialer: a heartbeat does it.
+    pair.now += 1_500;
+    let now = pair.now;
+    for s in &mut pair.s {
+        s.handle_timeout(now);
+    }
+    pair.run();
+    assert_eq!(pair.store[0].vv.get(&rid("writer")), 5, "whole history");
+    assert_eq!(pair.store[0].digest(), pair.store[1].digest());
+}
+
+#[test]
+fn versions_of_an_origin_that_may_not_write_are_refused_until_granted() {
+    let mut spoke = Store::default();
+    for c in 1..=4 {
+        spoke.write("spoke", c);
+    }
+    let mut pair = Pair::new([spoke, Store::default()], [false, true]);
+    let ro = policy(&[(
+        "collections/situation",
+        r#"{"read": ["*"], "write": ["hub"]}"#,
+    )]);
+    for s in &mut pair.s {
+        s.handle_policy(ro.clone());
+    }
+    pair.run();
+    assert!(pair.store[1].versions.is_empty(), "the hub refused them");
+    assert_eq!(pair.s[1].status().rejected, 4);
+    let rejected: u64 = drain_events(&mut pair.s[1])
+        .iter()
+        .map(|e| match e {
+            Event::Rejected { count, .. } => *count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(rejected, 4);
+    assert!(!pair.s[1].is_closed());
+
+    // A grant makes the hub close the session so that the reconnect re-streams them.
+    let rw = policy(&[(
+        "collections/situation",
+        r#"{"read": ["*"], "write": ["hub", "spoke"]}"#,
+    )]);
+    pair.s[1].handle_policy(rw.clone());
+    assert_eq!(
+        closed_code(&drain_events(&mut pair.s[1])),
+        Some(ErrorCode::NotAuthorized)
+    );
+    let mut again = Pair::new(pair.store.clone(), [false, true]);
+    for s in &mut again.s {
+        s.handle_policy(rw.clone());
+    }
+    again.run();
+    assert_eq!(again.store[1].vv.get(&rid("spoke")), 4);
+}
+
+#[test]
+fn losing_read_access_closes_the_session() {
+    let mut hub = Store::default();
+    hub.write("writer", 1);
+    let mut pair = Pair::new([Store::default(), hub], [false, true]);
+    pair.run();
+    assert_eq!(pair.store[0].vv.get(&rid("writer")), 1);
+    pair.s[1].handle_policy(policy(&[(
+        "collections/situation",
+        r#"{"read": ["writer"], "write": ["*"]}"#,
+    )]));
+    assert_eq!(
+        closed_code(&drain_events(&mut pair.s[1])),
+        Some(ErrorCode::NotAuthorized)
+    );
+}
+
+#[test]
+fn policy_versions_only_from_a_relay_and_of_an_admin() {
+    let policy_version = |origin: &str| Version {
+        collection: crate::policy::POLICY_COLLECTION.into(),
+        ..version(origin, 1)
+    };
+    // An office (not a relay) sending its own `_policy` version, even one named as admin.
+    for (peer_node, relay) in [("spoke", false), ("hub", false)] {
+        let mut s = established_acceptor(peer_node, relay);
+        s.handle_policy(policy(&[]));
+        let mut p = (*policy(&[])).clone();
+        p = crate::policy::Policy::from_entries(
+            p.admins().iter().cloned().chain([peer_node.to_owned()]),
+            std::iter::empty(),
+        )
+        .0;
+        s.handle_policy(std::sync::Arc::new(p));
+        s.handle_frame(
+            StreamKind::Bulk,
+            Batch {
+                collection: crate::policy::POLICY_COLLECTION.into(),
+                origin: rid(peer_node),
+                versions: vec![policy_version(peer_node)],
+            }
+            .into(),
+            3,
+        );
+        assert_eq!(s.status().rejected, 1, "{peer_node} relay={relay}");
+    }
+    // A relay bringing an admin's `_policy` version is accepted.
+    let mut s = established_acceptor("hub", true);
+    s.handle_policy(policy(&[]));
+    s.handle_frame(
+        StreamKind::Bulk,
+        Batch {
+            collection: crate::policy::POLICY_COLLECTION.into(),
+            origin: rid("hub"),
+            versions: vec![policy_version("hub")],
+        }
+        .into(),
+        3,
+    );
+    assert_eq!(s.status().rejected, 0);
+}

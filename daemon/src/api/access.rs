@@ -1,0 +1,77 @@
+//! Access checks of the local API against the policy in force: which collections this node
+//! may read and write, and the validation of `_policy` entries written here.
+
+use officesync_protocol::policy::{parse_entry, parse_key, POLICY_COLLECTION};
+
+use super::error::ApiError;
+use crate::policy::PolicyHandle;
+
+/// What the API needs to decide access: this node's name, whether it is an admin (named in
+/// `[cluster] admins` and holding an admin certificate), and the policy.
+#[derive(Debug, Clone)]
+pub struct Access {
+    node: String,
+    is_admin: bool,
+    policy: PolicyHandle,
+}
+
+impl Access {
+    /// Access of `node` (an admin when `is_admin`) under `policy`.
+    pub fn new(node: &str, is_admin: bool, policy: PolicyHandle) -> Self {
+        Self {
+            node: node.to_owned(),
+            is_admin,
+            policy,
+        }
+    }
+
+    /// The policy handle.
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.policy
+    }
+
+    /// May this node's staff read `collection`?
+    pub(crate) fn check_read(&self, collection: &str) -> Result<(), ApiError> {
+        if self.policy.current().may_read(&self.node, collection) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "node {} may not read collection {collection:?} (see `officesync policy show`)",
+                self.node
+            )))
+        }
+    }
+
+    /// May this node write `value` (`None`: a delete) at `key` of `collection`? `_policy`
+    /// takes only valid entries, and only at an admin node.
+    pub(crate) fn check_write(
+        &self,
+        collection: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), ApiError> {
+        if collection == POLICY_COLLECTION {
+            if !self.is_admin {
+                return Err(ApiError::Forbidden(format!(
+                    "node {} may not write {POLICY_COLLECTION}: only an admin node (named in \
+                     [cluster] admins, with a certificate issued with --admin) may",
+                    self.node
+                )));
+            }
+            match value {
+                Some(v) => parse_entry(key, v).map(drop),
+                None => parse_key(key).map(drop),
+            }
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            return Ok(());
+        }
+        if self.policy.current().may_write(&self.node, collection) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "node {} may not write collection {collection:?} (see `officesync policy show`)",
+                self.node
+            )))
+        }
+    }
+}
