@@ -177,9 +177,9 @@ async fn two_nodes_connect_and_frames_round_trip() {
     let n2 = s_send.send(&big_message(), false).await.unwrap();
     let n3 = s_send.send(&big_message(), true).await.unwrap();
     assert!(n3 < n2 / 4, "zstd did not help: {n3} vs {n2}");
-    // Small payloads are never compressed.
+    // Small payloads go through the stream's zstd stream: a few bytes of block header at most.
     let n4 = s_send.send(&heartbeat(8), true).await.unwrap();
-    assert_eq!(n4, n1);
+    assert!(n4 <= n1 + 8, "{n4} vs {n1}");
     s_send.finish().unwrap();
     assert_eq!(at_spoke.counters.bytes_sent(), (n1 + n2 + n3 + n4) as u64);
 

@@ -23,8 +23,11 @@ impl FrameFlags {
     pub const NONE: Self = Self(0);
     /// Bit 0: the payload is zstd-compressed bincode.
     pub const ZSTD: Self = Self(1);
+    /// Bit 3: the payload continues the zstd stream of this QUIC stream (one flushed block
+    /// run; its bytes decode only after every earlier such frame of the stream, in order).
+    pub const ZSTD_STREAM: Self = Self(8);
     /// Every bit this build knows.
-    pub const KNOWN_BITS: u8 = Self::ZSTD.0;
+    pub const KNOWN_BITS: u8 = Self::ZSTD.0 | Self::ZSTD_STREAM.0;
 
     /// Flags from a received byte; [`WireError::UnknownFlags`] when an unknown bit is set.
     pub fn from_bits(bits: u8) -> Result<Self, WireError> {
@@ -43,6 +46,11 @@ impl FrameFlags {
     /// True when the payload is zstd-compressed.
     pub fn is_zstd(self) -> bool {
         self.0 & Self::ZSTD.0 != 0
+    }
+
+    /// True when the payload continues the stream's zstd stream ([`FrameFlags::ZSTD_STREAM`]).
+    pub fn is_zstd_stream(self) -> bool {
+        self.0 & Self::ZSTD_STREAM.0 != 0
     }
 }
 
