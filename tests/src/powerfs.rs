@@ -175,6 +175,22 @@ impl State {
         Ok(ino)
     }
 
+    /// The path of every inode reachable from the root, relative to the mount.
+    fn paths(&self) -> BTreeMap<u64, String> {
+        let mut out = BTreeMap::new();
+        let mut todo = vec![(1u64, String::new())];
+        while let Some((ino, path)) = todo.pop() {
+            if let Ok(children) = self.children(ino) {
+                for (name, child) in children {
+                    let p = format!("{path}/{}", name.to_string_lossy());
+                    todo.push((*child, p));
+                }
+            }
+            out.insert(ino, path);
+        }
+        out
+    }
+
     /// Removes inode `ino` and everything below it.
     fn drop_tree(&mut self, ino: u64) {
         if let Some(node) = self.inodes.remove(&ino) {
@@ -619,12 +635,14 @@ impl Filesystem for Fs {
 }
 
 /// What a power loss threw away.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PowerLoss {
     /// Files whose contents were rolled back.
     pub files: u64,
     /// Bytes of unsynced writes (and truncations) undone, counted as the undo log holds them.
     pub bytes: u64,
+    /// Paths (relative to the mount) of the files rolled back, at most 20.
+    pub paths: Vec<String>,
 }
 
 /// A mounted powerfs. Dropping it unmounts.
@@ -681,12 +699,16 @@ impl PowerFs {
     pub fn power_loss(&self) -> PowerLoss {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut lost = PowerLoss::default();
-        for node in state.inodes.values_mut() {
+        let names = state.paths();
+        for (ino, node) in state.inodes.iter_mut() {
             if let Kind::File { data, undo } = &mut node.kind {
                 if undo.is_empty() {
                     continue;
                 }
                 lost.files += 1;
+                if lost.paths.len() < 20 {
+                    lost.paths.push(names.get(ino).cloned().unwrap_or_default());
+                }
                 for u in undo.drain(..).rev() {
                     lost.bytes +=
                         u.old.len() as u64 + (data.len().saturating_sub(u.old_len)) as u64;

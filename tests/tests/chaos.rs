@@ -5,8 +5,12 @@
 //! Each run prints its JSON summary on stdout (`-- --nocapture` shows it) and fails on any
 //! acknowledged write lost, resurrected delete, foreign value or divergence.
 
+use std::time::Duration;
+
+use officesync_tests::chaos::nemesis::CLOCK_ENV;
 use officesync_tests::chaos::{self, ChaosOptions, LONG_ENV};
-use officesync_tests::test_seed;
+use officesync_tests::powerfs::{PowerFs, PowerLoss};
+use officesync_tests::{test_seed, wait_until, Cluster, TestNode};
 
 /// Seeds of the short run: the first is the baseline schedule, the others are regressions
 /// (schedules that once found a bug; see each note).
@@ -39,4 +43,129 @@ fn chaos_long() {
         return;
     }
     run_and_check(&ChaosOptions::long(test_seed("chaos_long")));
+}
+
+/// Writes `n` keys one by one through `node`, each acknowledged, then `kill -9` and a power
+/// loss on `fs`, then a restart; returns how many acknowledged keys are gone.
+fn acked_lost_after_power_loss(node: &TestNode, fs: &PowerFs, n: usize) -> (usize, PowerLoss) {
+    for i in 0..n {
+        node.put("power", &format!("k{i}"), format!("v{i}").as_bytes());
+    }
+    node.kill9();
+    let lost = fs.power_loss();
+    node.restart();
+    let missing = (0..n)
+        .filter(|i| {
+            node.get("power", &format!("k{i}"))
+                .is_none_or(|r| r.value != format!("v{i}").as_bytes())
+        })
+        .count();
+    (missing, lost)
+}
+
+/// The power-loss model and the store's durability, one node on powerfs: with
+/// `durability = "sync"` no acknowledged write is lost when the power goes right after the
+/// acknowledgements; with `"periodic"` (flushed once a minute) the same power loss does take
+/// acknowledged writes, which shows the filesystem really drops unsynced data and that the
+/// check can fail.
+#[test]
+fn power_loss_drops_only_unsynced_writes() {
+    let cluster = Cluster::new();
+    let fs = match PowerFs::mount(&cluster.dir().join("powerfs")) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("power_loss_drops_only_unsynced_writes: skipped, FUSE unusable here: {e:#}");
+            return;
+        }
+    };
+    for (durability, flush) in [("sync", None), ("periodic", Some(60_000))] {
+        let mut config = cluster.config("office-p");
+        config.data_dir = fs.mountpoint().join(durability);
+        config.durability = durability.to_owned();
+        config.flush_interval_ms = flush;
+        let node = cluster.start(&config);
+        let (missing, lost) = acked_lost_after_power_loss(&node, &fs, 200);
+        eprintln!(
+            "{durability}: {missing} of 200 acknowledged writes lost; power loss dropped {} bytes in {:?}",
+            lost.bytes, lost.paths
+        );
+        if durability == "sync" {
+            assert_eq!(missing, 0, "sync mode lost acknowledged writes");
+        } else {
+            assert!(
+                missing > 0,
+                "periodic mode lost nothing: the power loss dropped no unsynced data"
+            );
+        }
+        node.kill9();
+    }
+}
+
+/// Starts the general office and `office-a` (dialing it directly), then restarts the office
+/// with its clock 3 h fast and writes at both while it is.
+fn office_three_hours_ahead(cluster: &Cluster) -> (TestNode, TestNode) {
+    cluster.issue("general-office", true);
+    let mut hub_config = cluster.config("general-office");
+    hub_config.admins = vec!["general-office".into()];
+    let hub = cluster.start(&hub_config);
+    let mut office = cluster.config("office-a");
+    office.admins = vec!["general-office".into()];
+    office.peers = vec![("general-office".into(), hub_config.sync_listen.to_string())];
+    let office = cluster.start(&office);
+    office.set_env(CLOCK_ENV, Some(&(3 * 3600 * 1000).to_string()));
+    office.kill9();
+    office.restart();
+    office.put("c", "ahead", b"stamped 3 h in the future");
+    hub.put("c", "hub/1", b"while the office is ahead");
+    std::thread::sleep(Duration::from_secs(4));
+    (hub, office)
+}
+
+/// DESIGN rule 6 under a clock hours ahead: an office started 3 h fast still acknowledges
+/// and keeps its writes (also after its clock is fixed), and the general office never stores
+/// a version stamped beyond `max_clock_skew`.
+#[test]
+fn clock_hours_ahead_is_refused_never_stored() {
+    let cluster = Cluster::new();
+    let (hub, office) = office_three_hours_ahead(&cluster);
+    assert!(
+        hub.get("c", "ahead").is_none(),
+        "the hub stored a version 3 h ahead"
+    );
+    office.set_env(CLOCK_ENV, None);
+    office.kill9();
+    office.restart();
+    assert!(
+        office.get("c", "ahead").is_some(),
+        "the office lost its own acknowledged write"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        hub.get("c", "ahead").is_none(),
+        "the hub stored a version 3 h ahead"
+    );
+}
+
+/// Finding of the chaos suite, open: once the office's clock is fixed it should receive the
+/// general office's writes again, but the general office treats the office's future-stamped
+/// version (re-offered in every session) as bad input, closes each session and refuses the
+/// office with a growing backoff, so the office stays cut off both ways until real time
+/// reaches the stamp (hours); only sessions that last long enough carry some data (this test
+/// failed 3 runs of 5). Un-ignore once a skewed version only stops its origin's stream.
+#[test]
+#[ignore = "open finding: a node once hours ahead stays isolated after its clock is fixed"]
+fn clock_fixed_office_receives_again() {
+    let cluster = Cluster::new();
+    let (hub, office) = office_three_hours_ahead(&cluster);
+    office.set_env(CLOCK_ENV, None);
+    office.kill9();
+    office.restart();
+    hub.put("c", "hub/2", b"after the fix");
+    let arrived = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        office.get("c", "hub/1").is_some() && office.get("c", "hub/2").is_some()
+    });
+    assert!(
+        arrived,
+        "the hub's writes did not reach the office after its clock was fixed"
+    );
 }

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::fault_proxy::{Direction, LinkFaults};
+use crate::powerfs::PowerLoss;
 use crate::process::{run_bounded, wait_until, CLI_TIMEOUT};
 use crate::TestRng;
 
@@ -207,7 +208,7 @@ impl Nemesis {
             _ => (Direction::Both, "both"),
         };
         link.proxy.cut(direction);
-        let heal_at = self.step + self.rng.range(1, 6);
+        let heal_at = self.step + self.rng.range(1, 10);
         self.cuts.push(Cut { link: at, heal_at });
         self.counts.partitions += 1;
         if direction != Direction::Both {
@@ -248,13 +249,16 @@ impl Nemesis {
         thread::sleep(down);
         restart_after_kill(n)?;
         self.counts.kills += 1;
-        if let Some(bytes) = dropped {
+        if let Some(lost) = &dropped {
             self.counts.power_losses += 1;
-            self.counts.power_loss_bytes += bytes;
+            self.counts.power_loss_bytes += lost.bytes;
         }
         self.note(
             "kill-9",
-            json!({"node": n.config.name, "down_ms": down.as_millis() as u64, "power_loss_bytes": dropped}),
+            json!({
+                "node": n.config.name, "down_ms": down.as_millis() as u64,
+                "power_loss": dropped.map(|l| json!({"bytes": l.bytes, "files": l.paths})),
+            }),
         );
         Ok(())
     }
@@ -397,12 +401,12 @@ fn own_writes_replicated(node: &WorldNode, hub: &WorldNode) -> bool {
 
 /// `kill -9` of a running node; on the power-loss filesystem, the power goes too. Returns the
 /// bytes of unsynced data dropped, for a node on the power-loss filesystem.
-pub fn kill9(world: &World, n: &WorldNode) -> Option<u64> {
+pub fn kill9(world: &World, n: &WorldNode) -> Option<PowerLoss> {
     if n.node.is_running() {
         n.node.kill9();
     }
     match (&world.powerfs, n.on_powerfs) {
-        (Some(fs), true) => Some(fs.power_loss().bytes),
+        (Some(fs), true) => Some(fs.power_loss()),
         _ => None,
     }
 }
