@@ -200,6 +200,7 @@ impl SyncService {
             registry.clone(),
             replica.clone(),
             peers.clone(),
+            settings.policy.clone(),
             settings.is_admin,
             shutdown.clone(),
         ));
@@ -353,6 +354,7 @@ async fn lag_of_absent_peers(
     registry: Arc<Registry>,
     replica: Replica,
     peers: PeerTable,
+    policy: crate::policy::PolicyHandle,
     relay: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -364,8 +366,15 @@ async fn lag_of_absent_peers(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let ours = durable.borrow_and_update().vvs.clone();
+        let policy = policy.current();
         for (name, vvs) in registry.away() {
-            let per_collection = lag_by_collection(&ours, &vvs, replica.id(), relay);
+            // Only what the peer may read is owed to it.
+            let readable = ours
+                .iter()
+                .filter(|(c, _)| policy.may_read(&name, c))
+                .map(|(c, v)| (c.clone(), v.clone()))
+                .collect();
+            let per_collection = lag_by_collection(&readable, &vvs, replica.id(), relay);
             peers.update(&name, |p| {
                 if !p.connected {
                     p.lag_versions = per_collection.iter().map(|(_, n)| n).sum();
