@@ -344,6 +344,24 @@ fn a_cut_office_shows_growing_lag_and_staleness_until_the_link_heals() {
         "{p}"
     );
     assert_eq!(p["behind_versions"], 0, "{p}");
+
+    // Logs: one span per peer session naming the peer and the connection; lifecycle at info,
+    // and no line per record written or relayed.
+    let log = star.hub.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("peer{{peer={HEFEI} conn="))
+                && l.contains("session established")),
+        "no session span for hefei in the hub's log:\n{log}"
+    );
+    for node in star.all() {
+        let log = node.log();
+        assert!(
+            !log.contains("while-cut"),
+            "{} logs records:\n{log}",
+            node.name()
+        );
+    }
 }
 
 #[test]
