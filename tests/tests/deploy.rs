@@ -325,7 +325,12 @@ fn container_etc(ca: &Path, name: &str, dir: &Path, config: &str) {
 
 #[test]
 fn container_image_runs_a_general_office_and_two_offices() {
-    if !docker(&["info"]).status.success() {
+    // `docker info` asks the engine; a missing client counts as no engine.
+    let engine = Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine {
         eprintln!("skipping the container test: no Docker engine answers `docker info`");
         return;
     }
