@@ -484,3 +484,34 @@ fn garbage_and_connection_floods_leave_replication_running() {
         "hub RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+#[test]
+fn one_peer_cannot_hold_more_than_a_few_connections() {
+    let cluster = Cluster::new();
+    let hub_cfg = hub_config(&cluster);
+    let hub = cluster.start(&hub_cfg);
+    let bundle = cluster.issue("greedy", false);
+    let rt = runtime();
+    let (held, refused) = rt.block_on(async {
+        let mut held = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..6 {
+            match Rogue::connect(&bundle, hub_cfg.sync_listen, HUB).await {
+                Ok(rogue) => held.push(rogue),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        let counts = (held.len(), refused.clone());
+        for rogue in held {
+            rogue.shutdown().await;
+        }
+        counts
+    });
+    assert_eq!(held, 4, "refusals: {refused:?}");
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused.iter().all(|e| e.contains("too many connections")),
+        "{refused:?}"
+    );
+    assert!(hub.log().contains("too many from this peer"));
+}

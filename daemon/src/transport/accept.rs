@@ -1,9 +1,10 @@
 //! The accept loop: admits connection attempts within the handshake limits, completes each
 //! handshake on its own task and hands authenticated connections over.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use officesync_protocol::wire::ErrorCode;
 use quinn::{Connecting, Endpoint, Incoming};
@@ -12,7 +13,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::error::TransportError;
-use super::limits::{MAX_PENDING_HANDSHAKES, RETRY_ABOVE_PENDING};
+use super::limits::{MAX_CONNECTIONS_PER_PEER, MAX_PENDING_HANDSHAKES, RETRY_ABOVE_PENDING};
 use super::tls;
 use super::{wait_shutdown, PeerConnection, Role, Shared, HANDSHAKE_TIMEOUT};
 
@@ -29,6 +30,37 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepted connections per peer name, each counted until the connection closes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LivePeers(Arc<Mutex<HashMap<String, usize>>>);
+
+impl LivePeers {
+    /// Counts one more connection of `name`, unless it already holds
+    /// [`MAX_CONNECTIONS_PER_PEER`]; the count drops when `connection` closes.
+    fn enter(&self, name: &str, connection: &quinn::Connection) -> bool {
+        {
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = map.entry(name.to_owned()).or_insert(0);
+            if *n >= MAX_CONNECTIONS_PER_PEER {
+                return false;
+            }
+            *n += 1;
+        }
+        let (live, name, connection) = (self.clone(), name.to_owned(), connection.clone());
+        tokio::spawn(async move {
+            connection.closed().await;
+            let mut map = live.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&name);
+                }
+            }
+        });
+        true
     }
 }
 
@@ -135,6 +167,15 @@ async fn handshake(
         let reason = format!("refused for {secs:.1} s more after repeated bad input");
         connection.close(ErrorCode::Backoff.as_u32().into(), reason.as_bytes());
         tracing::warn!(peer = %peer.name, refused_for_s = secs, "refused connection from peer in backoff");
+        return;
+    }
+    if !shared.live.enter(&peer.name, &connection) {
+        shared.counters.backoff_refused();
+        connection.close(
+            ErrorCode::Backoff.as_u32().into(),
+            b"too many connections from this node",
+        );
+        tracing::warn!(peer = %peer.name, limit = MAX_CONNECTIONS_PER_PEER, "refused connection: too many from this peer");
         return;
     }
     shared.counters.accepted();

@@ -43,6 +43,11 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// under a flood or when the daemon stops taking connections.
 pub const MAX_PENDING_HANDSHAKES: usize = 32;
 
+/// Accepted connections one node name (one certificate) may hold at once. A real office holds
+/// one, two while a dropped link is replaced; a peer opening more is refused, so one
+/// authenticated peer cannot multiply its flow-control windows (16 MiB each) without bound.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
+
 /// Above this many handshakes in progress, a new attempt from an address that has not proven
 /// it can receive our packets is answered with a QUIC Retry (address validation) before any
 /// TLS work is done. Below it, no Retry: a Retry costs a round trip, which on a 600 ms link is

@@ -38,8 +38,8 @@ pub use dial::{BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX, STABLE_AFTER};
 pub use error::TransportError;
 pub use framed::{FramedRecv, FramedSend, TrafficCounters, COMPRESS_MIN_BYTES, ZSTD_LEVEL};
 pub use limits::{
-    CONNECTION_RECEIVE_WINDOW, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_IDLE_TIMEOUT,
-    MAX_PENDING_HANDSHAKES, MAX_UNI_STREAMS, RETRY_ABOVE_PENDING, SEND_WINDOW,
+    CONNECTION_RECEIVE_WINDOW, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_CONNECTIONS_PER_PEER,
+    MAX_IDLE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_UNI_STREAMS, RETRY_ABOVE_PENDING, SEND_WINDOW,
     STREAM_RECEIVE_WINDOW,
 };
 pub use penalty::{Misbehavior, Penalties, PENALTY_BASE, PENALTY_FORGIVE_AFTER, PENALTY_MAX};
@@ -131,7 +131,8 @@ pub struct TransportStats {
     pub handshakes_failed: u64,
     /// Incoming connection attempts refused because too many handshakes were in progress.
     pub handshakes_refused: u64,
-    /// Authenticated connections refused because the peer is in backoff after bad input.
+    /// Authenticated connections refused because the peer is in backoff after bad input or
+    /// already holds [`MAX_CONNECTIONS_PER_PEER`] connections.
     pub backoff_refused: u64,
 }
 
@@ -182,6 +183,7 @@ impl Counters {
 struct Shared {
     counters: Arc<Counters>,
     penalties: Penalties,
+    live: accept::LivePeers,
 }
 
 /// This node's QUIC endpoint: bound at [`Transport::bind`], running after
