@@ -19,7 +19,8 @@ use super::world::{World, COLLECTION};
 /// What the checker found.
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
-    /// Acknowledged puts (not possibly deleted) missing or different on at least one node.
+    /// Acknowledged puts (not possibly deleted) missing or different on at least one node
+    /// (each counted once).
     pub lost: u64,
     /// Keys whose acknowledged delete was undone on some node.
     pub resurrected: u64,
@@ -99,6 +100,7 @@ pub fn check(world: &World, ops: &[Op]) -> anyhow::Result<CheckReport> {
         let deletes: Vec<&&Op> = key_ops.iter().filter(|o| o.delete).collect();
         let deleted = deletes.iter().any(|d| d.outcome == Outcome::Ok);
         let maybe_deleted = deletes.iter().any(|d| d.outcome != Outcome::Failed);
+        let mut lost_here = false;
         for (node, records) in &nodes {
             let held = records.get(*key);
             let present = held.is_some_and(|(_, v)| v == value);
@@ -108,7 +110,7 @@ pub fn check(world: &World, ops: &[Op]) -> anyhow::Result<CheckReport> {
                     report.problem(format!("{key}: deleted (acknowledged) but live on {node}"));
                 }
                 Outcome::Ok if !maybe_deleted && !present => {
-                    report.lost += 1;
+                    lost_here = true;
                     report.problem(format!(
                         "{key}: put {} acknowledged as {:?} is {} on {node}",
                         put.id,
@@ -129,6 +131,9 @@ pub fn check(world: &World, ops: &[Op]) -> anyhow::Result<CheckReport> {
                 }
                 _ => {}
             }
+        }
+        if lost_here {
+            report.lost += 1;
         }
     }
     // Values: each one written by a client, for that key.

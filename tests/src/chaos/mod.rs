@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use crate::TestRng;
 
 use history::{Client, ClientSpec, History, Outcome};
-use nemesis::Nemesis;
+use nemesis::{Action, Nemesis};
 use world::{World, COLLECTION, RELAY};
 
 /// Environment variable selecting the long run.
@@ -49,14 +49,17 @@ pub struct ChaosOptions {
     /// A quiet checkpoint (clients paused, faults healed, convergence timed) every this many
     /// steps; 0 for none before the end.
     pub checkpoint_every: u64,
-    /// Run one of each fault kind in the first steps.
-    pub cover_all: bool,
+    /// Faults done first, in order, before the random schedule (see [`nemesis::COVER`]).
+    pub cover: Vec<Action>,
     /// Clients per node.
     pub clients_per_node: usize,
     /// Pause between a client's operations.
     pub client_pause: Duration,
     /// Put `office-b`'s data on the power-loss filesystem.
     pub power_loss: bool,
+    /// `office-b`'s `storage.durability`: `"sync"`, or `"periodic"` (flushed every 15 s)
+    /// only for the negative control that shows the checker catching lost writes.
+    pub office_b_durability: &'static str,
     /// How long convergence may take after a heal.
     pub converge_timeout: Duration,
 }
@@ -73,10 +76,11 @@ impl ChaosOptions {
             target_partitions: 0,
             target_kills: 0,
             checkpoint_every: 0,
-            cover_all: true,
+            cover: nemesis::COVER.to_vec(),
             clients_per_node: 1,
             client_pause: Duration::from_millis(30),
             power_loss: true,
+            office_b_durability: "sync",
             converge_timeout: Duration::from_secs(90),
         }
     }
@@ -92,10 +96,11 @@ impl ChaosOptions {
             target_partitions: 1000,
             target_kills: 100,
             checkpoint_every: 150,
-            cover_all: true,
+            cover: nemesis::COVER.to_vec(),
             clients_per_node: 1,
             client_pause: Duration::from_millis(40),
             power_loss: true,
+            office_b_durability: "sync",
             converge_timeout: Duration::from_secs(120),
         }
     }
@@ -106,7 +111,7 @@ impl ChaosOptions {
 /// convergence after a heal).
 pub fn run(opts: &ChaosOptions) -> anyhow::Result<Value> {
     let start = Instant::now();
-    let world = World::start(opts.seed, opts.power_loss)?;
+    let world = World::start(opts.seed, opts.power_loss, opts.office_b_durability)?;
     let dir = world.log_dir();
     eprintln!("chaos seed {}: files in {}", opts.seed, dir.display());
     if let Some(why) = &world.powerfs_skipped {
@@ -213,8 +218,8 @@ fn fault_phase(
         if (elapsed >= opts.duration && targets_met) || elapsed >= opts.hard_cap {
             break;
         }
-        if opts.cover_all && step <= nemesis::COVER.len() as u64 {
-            nemesis.forced(world, nemesis::COVER[step as usize - 1])?;
+        if let Some(&action) = opts.cover.get(step as usize - 1) {
+            nemesis.forced(world, action)?;
         } else {
             nemesis.step(world)?;
         }

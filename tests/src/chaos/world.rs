@@ -95,7 +95,10 @@ fn write_config(config: &TestConfig) -> anyhow::Result<()> {
 impl World {
     /// Sets up the CA, configs, proxies and (when `power_loss`) the power-loss filesystem, and
     /// starts every daemon.
-    pub fn start(seed: u64, power_loss: bool) -> anyhow::Result<World> {
+    ///
+    /// `office_b_durability` is `office-b`'s `storage.durability` (`"periodic"` flushes every
+    /// 15 s).
+    pub fn start(seed: u64, power_loss: bool, office_b_durability: &str) -> anyhow::Result<World> {
         let cluster = Cluster::new();
         let admins = vec![HUB.to_owned(), RELAY.to_owned()];
         cluster.issue(HUB, true);
@@ -136,6 +139,10 @@ impl World {
         };
         if let Some(fs) = &powerfs {
             offices[1].data_dir = fs.mountpoint().join("office-b-data");
+        }
+        offices[1].durability = office_b_durability.to_owned();
+        if office_b_durability == "periodic" {
+            offices[1].flush_interval_ms = Some(15_000);
         }
         let mut nodes = Vec::new();
         for config in [hub, relay].into_iter().chain(offices) {
