@@ -242,13 +242,18 @@ fn a_cut_office_shows_growing_lag_and_staleness_until_the_link_heals() {
         let (p, c) = views(&s, HEFEI).ok_or("no hefei view")?;
         let (b, _) = views(&s, BEIJING).ok_or("no beijing view")?;
         let stale = c["staleness_ms"].as_u64().unwrap_or(0);
-        let ok = p["lag_versions"].as_u64() >= Some(WRITES_WHILE_CUT)
+        // The cut office, on its side, sees its copy of the hub's data age the same way.
+        let at_hefei = try_status(&star.hefei).ok_or("no status at hefei")?;
+        let (_, hub_view) = views(&at_hefei, HUB).ok_or("no hub view at hefei")?;
+        let stale_at_hefei = hub_view["staleness_ms"].as_u64().unwrap_or(0);
+        let ok = stale_at_hefei >= STALE_WHILE_CUT_MS
+            && p["lag_versions"].as_u64() >= Some(WRITES_WHILE_CUT)
             && c["lag_versions"].as_u64() >= Some(WRITES_WHILE_CUT)
             && p["lag_since"].is_string()
             && stale >= STALE_WHILE_CUT_MS
             && b["lag_versions"] == 0;
         ok.then_some(())
-            .ok_or_else(|| format!("hefei: {p}\nbeijing: {b}"))
+            .ok_or_else(|| format!("hefei: {p}\nbeijing: {b}\nhub seen from hefei: {hub_view}"))
     });
     let text = metrics_text(&star.hub);
     promtool_check(&text);

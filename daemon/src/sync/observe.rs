@@ -271,5 +271,9 @@ mod tests {
             "too_large"
         );
         assert_eq!(reason_label("counter 0 is not a valid dot"), "invalid");
+        assert_eq!(
+            reason_label("policy: hefei may not write secret: refused versions from hefei"),
+            "policy"
+        );
     }
 }
