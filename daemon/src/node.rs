@@ -86,7 +86,7 @@ impl Node {
             addr: config.api.listen,
             source,
         })?;
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let transport = Transport::bind(config)?;
         let peers = PeerTable::new();
         let policy =

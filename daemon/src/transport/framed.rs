@@ -405,8 +405,8 @@ impl StreamDecoder {
             let pos = out.len();
             let mut output = OutBuffer::around_pos(&mut out, pos);
             self.0.run(&mut input, &mut output).map_err(bad)?;
+            // `output` borrows `out` only up to here (it has no destructor).
             let full = output.pos() == output.capacity();
-            drop(output);
             // Done when every input byte is consumed and the decoder had room to spare: a
             // flushed part leaves nothing buffered inside.
             if input.pos() == data.len() && !full {
