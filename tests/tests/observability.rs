@@ -367,6 +367,29 @@ fn a_cut_office_shows_growing_lag_and_staleness_until_the_link_heals() {
             node.name()
         );
     }
+
+    // The same with `--log-format json` (here through OFFICESYNC_LOG_FORMAT): one JSON object
+    // per line, the session's lines carrying its span with the peer and the connection id.
+    star.hefei.set_env("OFFICESYNC_LOG_FORMAT", Some("json"));
+    star.hefei.restart();
+    common::wait_connected(&[(&star.hefei, HUB), (&star.hub, HEFEI)], TIMEOUT);
+    wait_for("a JSON session line at hefei", TIMEOUT, || {
+        let log = star.hefei.current_log();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("not JSON ({e}): {l}")))
+            .collect::<Result<_, _>>()?;
+        let established = lines.iter().any(|l| {
+            l["fields"]["message"] == "session established"
+                && l["span"]["name"] == "peer"
+                && l["span"]["peer"] == HUB
+                && l["span"]["conn"].is_u64()
+        });
+        established
+            .then_some(())
+            .ok_or_else(|| format!("no session span yet:\n{log}"))
+    });
 }
 
 #[test]
