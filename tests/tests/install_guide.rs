@@ -23,13 +23,14 @@
 //! reader would.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use officesync_tests::process::{free_tcp_port, free_udp_port, run_bounded};
-use officesync_tests::{bins, OutputExt};
+use officesync_tests::process::{free_tcp_port, free_udp_port, run_bounded, wait_until};
+use officesync_tests::{bins, ApiClient, OutputExt};
 
 /// Paths of a machine's file system that the guide writes or reads (longest first).
 const ROOTED: &[&str] = &[
@@ -473,6 +474,32 @@ fn heredoc<'s>(script: &'s str, file: &str) -> Option<&'s str> {
     Some(&body[..body.find("\nEOF\n")? + 1])
 }
 
+/// Whether `machine`'s node reports a live session with the general office.
+fn connected_to_hub(machine: &Machine) -> bool {
+    let api = ApiClient::new(SocketAddr::from(([127, 0, 0, 1], machine.api_port)));
+    api.status()["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["name"] == "general-office" && p["connected"] == true)
+}
+
+/// Checks what the guide says a block does, where the exit code alone cannot show it.
+fn follow_up(block: &str, hefei: &Machine) {
+    let (expect, what) = if block.contains("policy revoke-node hefei") {
+        (false, "the revoked hefei is shut out")
+    } else if block.contains("policy unrevoke-node hefei") {
+        (true, "hefei reconnects once the revocation is lifted")
+    } else {
+        return;
+    };
+    // Dialers back off up to 30 s between attempts, so a reconnection may take that long.
+    let ok = wait_until(Duration::from_secs(45), Duration::from_millis(200), || {
+        connected_to_hub(hefei) == expect
+    });
+    assert!(ok, "after INSTALL.md's block\n{block}\nexpected: {what}");
+}
+
 /// Everything the guide's machines run, stopped at the end (also when the test fails).
 struct Deployment {
     machines: Vec<Machine>,
@@ -590,6 +617,7 @@ fn install_guide_runs_as_written() {
                 block.line,
                 block_started.elapsed()
             );
+            follow_up(&block.body, &machine("office (hefei)"));
             *ran.entry(label).or_default() += 1;
             outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
         }
