@@ -617,7 +617,7 @@ fn install_guide_runs_as_written() {
                 block.line,
                 block_started.elapsed()
             );
-            follow_up(&block.body, &machine("office (hefei)"));
+            follow_up(&block.body, machine("office (hefei)"));
             *ran.entry(label).or_default() += 1;
             outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
         }
