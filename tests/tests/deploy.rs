@@ -285,6 +285,57 @@ impl Drop for DockerScope {
     }
 }
 
+/// The Docker label on this test's containers and networks: the pid of the test process.
+const LABEL: &str = "officesync-test-pid";
+
+/// Whether process `pid` is alive on this machine.
+fn alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid.trim()).exists()
+}
+
+/// Removes what an earlier run of this test left behind when it was killed before its
+/// [`DockerScope`] could clean up: containers, networks and images of dead test processes.
+fn remove_leftovers() {
+    let listed = |args: &[&str]| -> Vec<(String, String)> {
+        let out = docker(args);
+        out.stdout_text()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(id, pid)| (id.to_owned(), pid.to_owned()))
+            .collect()
+    };
+    let label_format = format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}");
+    let filter = format!("label={LABEL}");
+    for (id, pid) in listed(&["ps", "-a", "--filter", &filter, "--format", &label_format]) {
+        if !alive(&pid) {
+            let _ = docker(&["rm", "--force", "--volumes", &id]);
+        }
+    }
+    for (id, pid) in listed(&[
+        "network",
+        "ls",
+        "--filter",
+        &filter,
+        "--format",
+        &label_format,
+    ]) {
+        if !alive(&pid) {
+            let _ = docker(&["network", "rm", &id]);
+        }
+    }
+    // Images are named officesync-test-PID-NANOS:latest.
+    let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for image in images.stdout_text().lines() {
+        let Some(rest) = image.strip_prefix("officesync-test-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) && !alive(pid) {
+            let _ = docker(&["rmi", "--force", image]);
+        }
+    }
+}
+
 /// The node's log (`docker logs`, which holds its stderr).
 fn container_log(container: &str) -> String {
     let out = docker(&["logs", container]);
@@ -335,6 +386,7 @@ fn container_image_runs_a_general_office_and_two_offices() {
         return;
     }
     let started = Instant::now();
+    remove_leftovers();
     let id = format!(
         "{}-{}",
         std::process::id(),
@@ -380,13 +432,15 @@ fn container_image_runs_a_general_office_and_two_offices() {
     }
 
     let network = format!("officesync-test-{id}");
-    docker_ok(&["network", "create", &network]);
+    let label = format!("{LABEL}={}", std::process::id());
+    docker_ok(&["network", "create", "--label", &label, &network]);
     scope.networks.push(network.clone());
     let container = |name: &str| format!("officesync-test-{id}-{name}");
     for name in [HUB, OFFICES[0], OFFICES[1]] {
         let c = container(name);
         let mount = format!("{}:{ETC}:ro", arg(&etcs[name]));
-        let mut args = vec!["run", "--detach", "--name", &c, "--network", &network];
+        let mut args = vec!["run", "--detach", "--label", &label, "--name", &c];
+        args.extend(["--network", &network]);
         if name == HUB {
             // The offices' configs dial gov.example.cn:7400: the hub answers to that name
             // on this network (and to its node name, for the API check below).
