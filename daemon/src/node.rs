@@ -107,8 +107,9 @@ impl Node {
             .with_peers(Arc::new(peers))
             .with_verifier(Arc::new(VerifyVia(sync.clone())));
         let app = api::router(state);
+        let limits = api::ServeLimits::for_values(replica.max_value_bytes());
         let server = tokio::spawn(async move {
-            api::serve(listener, app, api::ServeLimits::default(), stopped).await
+            api::serve(listener, app, limits, stopped).await
         });
         tracing::info!(
             node = %config.node.name,

@@ -33,6 +33,10 @@ pub struct ServeLimits {
     pub request_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Largest value accepted (`storage.max_value_bytes`): a request declaring a longer body
+    /// gets its 413 at once, before any of the body is read. `None`: no early check (the
+    /// router's own body limit still applies as the body arrives).
+    pub max_value_bytes: Option<usize>,
 }
 
 impl Default for ServeLimits {
@@ -42,6 +46,17 @@ impl Default for ServeLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_connections: 512,
+            max_value_bytes: None,
+        }
+    }
+}
+
+impl ServeLimits {
+    /// The defaults, with requests declaring a body over `max_value_bytes` refused at once.
+    pub fn for_values(max_value_bytes: usize) -> Self {
+        Self {
+            max_value_bytes: Some(max_value_bytes),
+            ..Self::default()
         }
     }
 }
@@ -54,10 +69,7 @@ pub async fn serve(
     limits: ServeLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = app.layer(middleware::from_fn_with_state(
-        limits.request_timeout,
-        request_deadline,
-    ));
+    let app = app.layer(middleware::from_fn_with_state(limits, request_bounds));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
@@ -107,8 +119,23 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Answers 408 when the request (reading its body included) takes longer than `limit`.
-async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+/// Answers 413 at once when the request declares a body over the value limit, and 408 when
+/// the request (reading its body included) takes longer than the request timeout.
+async fn request_bounds(State(limits): State<ServeLimits>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let (Some(len), Some(max)) = (declared, limits.max_value_bytes) {
+        if len > u64::try_from(max).unwrap_or(u64::MAX) {
+            return super::ApiError::PayloadTooLarge(format!(
+                "value exceeds the limit of {max} bytes (storage.max_value_bytes)"
+            ))
+            .into_response();
+        }
+    }
+    let limit = limits.request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => (
@@ -140,6 +167,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(800),
             max_connections: 2,
+            max_value_bytes: Some(16),
         };
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -220,11 +248,25 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_oversize_body_gets_413_before_it_is_sent() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        let mut s = connect(addr);
+        s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n")
+            .expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).expect("answered without the body");
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        assert!(reply.contains("\"error\""), "{reply}");
+    }
+
+    #[test]
     fn a_stalled_body_gets_408() {
         let rt = runtime();
         let (addr, _stop) = start(&rt);
         let mut s = connect(addr);
-        s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part")
+        s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nonly")
             .expect("write");
         let start = Instant::now();
         let mut buf = vec![0u8; 4096];
