@@ -64,7 +64,7 @@ pub fn peers(global: &Global) -> Result<(), CliError> {
     let mut text = peers_table(&peers, now).unwrap_or_else(|| "no peers\n".to_owned());
     if let Some(table) = staleness_table(&peers, now) {
         text.push_str("\nstaleness (this node's copy of each peer's data):\n");
-        text.push_str(&indent(&table));
+        text.push_str(&table);
     }
     print_text(&text)
 }

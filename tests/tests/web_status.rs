@@ -93,22 +93,24 @@ fn rows<'a>(dom: &'a str, table: &str) -> Vec<(&'a str, String)> {
         .collect()
 }
 
-/// Peer name to `data-connected` of every `tr.peer` row.
+/// Peer name to the connected cell's first word (`yes` or `no`) of every `tr.peer` row,
+/// checked against the cell's `data-connected`.
 fn peer_rows(dom: &str) -> BTreeMap<String, String> {
     rows(dom, "peers")
         .into_iter()
         .filter(|(tag, _)| attr(tag, "class").is_some_and(|c| c.split(' ').any(|c| c == "peer")))
         .filter_map(|(tag, text)| {
             let name = attr(tag, "data-peer")?.to_owned();
-            assert!(text.starts_with(&name), "row text {text:?}");
-            let connected = if text.contains(" yes") {
-                "yes"
-            } else if text.contains(" no") {
-                "no"
-            } else {
-                "?"
-            };
-            Some((name, connected.to_owned()))
+            let rest = text.strip_prefix(&name)?.trim_start();
+            let shown = rest.split(' ').next().unwrap_or("").to_owned();
+            let row = &dom[dom.find(tag)?..];
+            let cell = &row[row.find("<td class=\"connected\"")?..];
+            assert_eq!(
+                attr(cell, "data-connected"),
+                Some(shown.as_str()),
+                "{name}: {text:?}"
+            );
+            Some((name, shown))
         })
         .collect()
 }

@@ -74,15 +74,40 @@ fn age(ms: u64) -> String {
         .join(" ")
 }
 
-/// An RFC 3339 time as `TIME (AGE ago)`, or `-`.
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS UTC (AGE ago)`, or `-`.
 fn when(at: Option<&str>, now: u64) -> String {
     match at {
         None => "-".to_owned(),
         Some(t) => match super::metrics::parse_rfc3339_ms(t) {
-            Some(ms) => format!("{t} ({} ago)", age(now.saturating_sub(ms))),
+            Some(ms) => format!("{} ({} ago)", utc(ms), age(now.saturating_sub(ms))),
             None => t.to_owned(),
         },
     }
+}
+
+/// An RFC 3339 time as HTML: `AGE ago`, with the UTC time as its tooltip; `-` if absent.
+fn ago_html(at: Option<&str>, now: u64) -> String {
+    elapsed_html(at, now, " ago")
+}
+
+/// The time elapsed since an RFC 3339 time, then `suffix`, as HTML with the UTC time as its
+/// tooltip; `-` if absent.
+fn elapsed_html(at: Option<&str>, now: u64, suffix: &str) -> String {
+    match at.map(|t| (t, super::metrics::parse_rfc3339_ms(t))) {
+        None => "-".to_owned(),
+        Some((_, Some(ms))) => format!(
+            "<span title=\"{}\">{}{suffix}</span>",
+            utc(ms),
+            age(now.saturating_sub(ms))
+        ),
+        Some((t, None)) => escape(t),
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(ms: u64) -> String {
+    let t = rfc3339_ms(ms);
+    format!("{} {} UTC", &t[..10], &t[11..19])
 }
 
 fn bytes(n: u64) -> String {
@@ -101,9 +126,9 @@ fn bytes(n: u64) -> String {
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin-bottom:1.5em}\
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;white-space:nowrap}\
 th{background:#f0f0f0}.no{color:#b00;font-weight:bold}.yes{color:#070}\
-.behind{background:#fff3cd}small{color:#666}";
+.lagging{background:#fff3cd}small{color:#666}";
 
 /// The whole page.
 fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now: u64) -> String {
@@ -140,13 +165,13 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
         };
         let connected = match since {
             Some(_) => format!(
-                "<span class=\"{word}\">{word}</span> <small>since {}</small>",
-                escape(&when(since, now))
+                "<span class=\"{word}\">{word}</span> <small>for {}</small>",
+                elapsed_html(since, now, "")
             ),
             None => format!("<span class=\"{word}\">{word}</span>"),
         };
         let row_class = if p.lag_versions > 0 || p.behind_versions > 0 || !p.connected {
-            "peer behind"
+            "peer lagging"
         } else {
             "peer"
         };
@@ -163,11 +188,11 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
             if p.connected { "yes" } else { "no" },
             escape(p.address.as_deref().unwrap_or("-")),
             p.rtt_ms.map_or("-".to_owned(), |r| format!("{r} ms")),
-            escape(&when(p.last_seen.as_deref(), now)),
+            ago_html(p.last_seen.as_deref(), now),
             p.lag_versions,
-            escape(&when(p.lag_since.as_deref(), now)),
+            ago_html(p.lag_since.as_deref(), now),
             p.behind_versions,
-            escape(&when(p.caught_up_at.as_deref(), now)),
+            ago_html(p.caught_up_at.as_deref(), now),
             bytes(p.bytes_sent),
             bytes(p.bytes_received),
             p.rejected,
@@ -186,15 +211,23 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
             let coll = escape(&c.collection);
             let _ = writeln!(
                 h,
-                "<tr class=\"staleness\" data-peer=\"{name}\" data-collection=\"{coll}\">\
+                "<tr class=\"{}\" data-peer=\"{name}\" data-collection=\"{coll}\">\
                  <td class=\"peer\">{name}</td><td class=\"collection\">{coll}</td>\
                  <td class=\"lag\">{}</td><td class=\"behind\">{}</td>\
                  <td class=\"newest\">{}</td><td class=\"data-as-of\">{}</td>\
                  <td class=\"staleness\">{}</td></tr>",
+                if c.lag_versions > 0 || c.behind_versions > 0 {
+                    "staleness lagging"
+                } else {
+                    "staleness"
+                },
                 c.lag_versions,
                 c.behind_versions,
                 escape(&when(c.newest_version_at.as_deref(), now)),
-                escape(c.data_as_of.as_deref().unwrap_or("never")),
+                match c.data_as_of.as_deref() {
+                    Some(t) => escape(&when(Some(t), now)),
+                    None => "never".to_owned(),
+                },
                 c.staleness_ms.map_or("-".to_owned(), age),
             );
         }
@@ -264,11 +297,11 @@ mod unit {
         assert!(html.contains(
             "<tr class=\"peer\" id=\"peer-hefei\" data-peer=\"hefei\"><td class=\"name\">hefei</td>\
              <td class=\"connected\" data-connected=\"yes\"><span class=\"yes\">yes</span> \
-             <small>since 2024-05-01T08:28:55.000Z (1m 5s ago)</small></td>"
+             <small>for <span title=\"2024-05-01 08:28:55 UTC\">1m 5s</span></small></td>"
         ));
         assert!(html.contains("data-peer=\"&lt;evil&gt;\""), "{html}");
         assert!(!html.contains("<evil>"));
-        assert!(html.contains("<td class=\"lag\">7</td><td class=\"lag-since\">2024-05-01T07:30:00.000Z (1h 0m 0s ago)</td>"));
+        assert!(html.contains("<td class=\"lag\">7</td><td class=\"lag-since\"><span title=\"2024-05-01 07:30:00 UTC\">1h 0m 0s ago</span></td>"));
         assert!(html.contains("<td class=\"staleness\">2s</td>"));
         assert!(!html.contains("<script"));
     }
