@@ -1285,3 +1285,41 @@ async fn policy_writes_need_an_admin_and_a_valid_entry() {
         "an admin deletes entries"
     );
 }
+
+#[tokio::test]
+async fn refusals_are_counted_by_reason_with_escaped_labels() {
+    let replica = Replica::open(
+        Arc::new(MemoryStore::new()),
+        ReplicaOptions::new("general-office"),
+    )
+    .expect("open");
+    let table = PeerTable::new();
+    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    table.update("odd\"peer\\", |p| {
+        p.rejected_by_reason.insert("relay_rule".into(), 2);
+        p.rejected_by_reason.insert("clock_skew".into(), 1);
+        p.rejected = 3;
+        p.versions_received = 10;
+        p.versions_applied = 7;
+        p.rtt_ms = Some(25);
+    });
+    let m = String::from_utf8(get(&app, "/metrics").await.body).expect("utf8");
+    for line in [
+        "officesync_peer_versions_rejected_total{peer=\"odd\\\"peer\\\\\",reason=\"clock_skew\"} 1\n",
+        "officesync_peer_versions_rejected_total{peer=\"odd\\\"peer\\\\\",reason=\"relay_rule\"} 2\n",
+        "officesync_peer_versions_received_total{peer=\"odd\\\"peer\\\\\"} 10\n",
+        "officesync_peer_versions_applied_total{peer=\"odd\\\"peer\\\\\"} 7\n",
+        "officesync_peer_rtt_seconds{peer=\"odd\\\"peer\\\\\"} 0.025\n",
+        "# TYPE officesync_peer_versions_rejected_total counter\n",
+    ] {
+        assert!(m.contains(line), "missing {line:?} in:\n{m}");
+    }
+    let s = get(&app, "/v1/status").await.json();
+    assert_eq!(
+        s["peers"][0]["rejected_by_reason"],
+        serde_json::json!({"clock_skew": 1, "relay_rule": 2})
+    );
+    // The page escapes the name.
+    let html = String::from_utf8(get(&app, "/").await.body).expect("utf8");
+    assert!(html.contains("data-peer=\"odd&quot;peer\\\""), "{html}");
+}
