@@ -4,6 +4,15 @@
 //!
 //! Each run prints its JSON summary on stdout (`-- --nocapture` shows it) and fails on any
 //! acknowledged write lost, resurrected delete, foreign value or divergence.
+//!
+//! ```sh
+//! cargo test -p officesync-tests --test chaos -- --nocapture                 # CI, about 1 min
+//! OFFICESYNC_CHAOS_LONG=1 cargo test -p officesync-tests --test chaos chaos_long -- --nocapture
+//! OFFICESYNC_TEST_SEED=42 cargo test -p officesync-tests --test chaos chaos_short -- --nocapture
+//! ```
+//!
+//! `OFFICESYNC_TEST_KEEP=1` keeps each run's directory: daemon logs, `history.jsonl` (every
+//! operation invoked and completed) and `nemesis.jsonl` (every fault, with its step and time).
 
 use std::time::Duration;
 
