@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bincode::{Decode, Encode};
 use officesync_protocol::names::{self, NameError};
-use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
+use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionHeader, VersionVector};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -365,6 +365,37 @@ impl DurableCell {
     }
 }
 
+/// Value bytes up to which received versions are hashed on the calling task; larger batches
+/// hash on the blocking pool (a runtime worker never stalls for more than about a millisecond).
+const INLINE_HASH_MAX: usize = 256 << 10;
+
+/// Pairs each received version with its header, hashing its value here rather than on the
+/// single writer thread, which is the bottleneck of a catch-up.
+async fn with_headers(
+    versions: Vec<Version>,
+) -> Result<Vec<(Version, VersionHeader)>, ReplicaError> {
+    fn pair(versions: Vec<Version>) -> Vec<(Version, VersionHeader)> {
+        versions
+            .into_iter()
+            .map(|v| {
+                let h = v.header();
+                (v, h)
+            })
+            .collect()
+    }
+    let bytes: usize = versions
+        .iter()
+        .map(|v| v.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    if bytes <= INLINE_HASH_MAX {
+        Ok(pair(versions))
+    } else {
+        tokio::task::spawn_blocking(move || pair(versions))
+            .await
+            .map_err(|_| ReplicaError::Closed)
+    }
+}
+
 pub(crate) enum Request {
     Local {
         collection: String,
@@ -373,7 +404,8 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<WriteAck, ReplicaError>>,
     },
     Remote {
-        versions: Vec<Version>,
+        /// Each version with its header (value hashed before it reaches the writer thread).
+        versions: Vec<(Version, VersionHeader)>,
         complete: Vec<(String, ReplicaId, u64)>,
         repair: bool,
         reply: oneshot::Sender<Result<ApplyReport, ReplicaError>>,
@@ -570,6 +602,7 @@ impl Replica {
         versions: Vec<Version>,
         complete: Vec<(String, ReplicaId, u64)>,
     ) -> Result<ApplyReport, ReplicaError> {
+        let versions = with_headers(versions).await?;
         self.call(|reply| Request::Remote {
             versions,
             complete,
@@ -582,6 +615,7 @@ impl Replica {
     /// Applies versions during a full reconciliation: even dots the version vector covers are
     /// merged (a diverged replica may have lost them); the merge rules keep this idempotent.
     pub async fn apply_repair(&self, versions: Vec<Version>) -> Result<ApplyReport, ReplicaError> {
+        let versions = with_headers(versions).await?;
         self.call(|reply| Request::Remote {
             versions,
             complete: Vec::new(),

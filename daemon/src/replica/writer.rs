@@ -428,7 +428,8 @@ impl Writer {
                 });
             }
         }
-        let (applied, siblings) = merge_version(&mut meta, siblings, version, &mut g.batch);
+        let header = version.header();
+        let (applied, siblings) = merge_version(&mut meta, siblings, version, header, &mut g.batch);
         debug_assert!(
             applied,
             "a local write always supersedes what the node holds"
@@ -443,13 +444,13 @@ impl Writer {
     fn apply_remote(
         &mut self,
         g: &mut Group,
-        versions: Vec<Version>,
+        versions: Vec<(Version, VersionHeader)>,
         complete: Vec<(String, ReplicaId, u64)>,
         repair: bool,
     ) -> Result<ApplyReport, ReplicaError> {
         let mut report = ApplyReport::default();
         let now = now_ms();
-        for v in versions {
+        for (v, header) in versions {
             if let Err(reason) = self.check_remote(&v, now) {
                 self.stats.remote_rejected.fetch_add(1, Ordering::Relaxed);
                 report.rejected.push((v.dot.to_string(), reason));
@@ -462,7 +463,7 @@ impl Writer {
             let (coll, key) = (v.collection.clone(), v.key.clone());
             let siblings = self.take_siblings(g, &coll, &key)?;
             let mut meta = std::mem::take(self.meta(g, &coll)?);
-            let (applied, siblings) = merge_version(&mut meta, siblings, v, &mut g.batch);
+            let (applied, siblings) = merge_version(&mut meta, siblings, v, header, &mut g.batch);
             if applied {
                 report.applied += 1;
             } else {
@@ -551,18 +552,19 @@ fn answer(replies: &mut Vec<Reply>, outcome: Result<(), String>) {
     }
 }
 
-/// Merges one version into `siblings`: queues its chunks and dot index, drops what it
-/// supersedes (with their index entries and chunks) and updates the counts and digest.
-/// Returns whether it became a sibling, and the new sibling set.
+/// Merges one version (with its `header`, [`Version::header`]) into `siblings`: queues its
+/// chunks and dot index, drops what it supersedes (with their index entries and chunks) and
+/// updates the counts and digest. Returns whether it became a sibling, and the new sibling
+/// set.
 fn merge_version(
     meta: &mut CollectionMeta,
     mut siblings: Vec<StoredSibling>,
     v: Version,
+    header: VersionHeader,
     batch: &mut WriteBatch,
 ) -> (bool, Vec<StoredSibling>) {
     let coll = v.collection.as_str();
     let key = v.key.as_str();
-    let header = v.header();
     let was_empty = siblings.is_empty();
     let was_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
     let body = match &v.value {
