@@ -217,10 +217,13 @@ const GROUPS: [&str; 7] = [
     "wire_efficiency",
 ];
 
-/// Command line: `[--quick] [--only GROUP[,GROUP...]]`.
+/// Command line: `[--quick] [--only GROUP[,GROUP...]] [--records N]`.
 struct Args {
     quick: bool,
     only: Option<Vec<String>>,
+    /// Overrides the record count of the bulk catch-up (256 B values; a tenth with 4 KiB
+    /// values) and of the partition heal.
+    records: Option<usize>,
 }
 
 impl Args {
@@ -228,6 +231,7 @@ impl Args {
         let mut args = Args {
             quick: false,
             only: None,
+            records: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -245,9 +249,18 @@ impl Args {
                     }
                     args.only = Some(groups);
                 }
+                "--records" => {
+                    let n = it.next().context("--records needs a number")?;
+                    let n: usize = n
+                        .parse()
+                        .ok()
+                        .filter(|&n| n >= 10)
+                        .with_context(|| format!("--records {n:?}: a number ≥ 10"))?;
+                    args.records = Some(n);
+                }
                 "-h" | "--help" => {
                     println!(
-                        "usage: officesync-bench [--quick] [--only GROUP[,GROUP...]]\n\
+                        "usage: officesync-bench [--quick] [--only GROUP[,GROUP...]] [--records N]\n\
                          groups: {}",
                         GROUPS.join(", ")
                     );

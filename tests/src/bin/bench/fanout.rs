@@ -26,7 +26,7 @@ const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) -> Result<()> {
     let counts = s.fanout_offices.clone();
     let writes = s.fanout_writes;
-    // Issue every bundle first (in this task: the CA is not shared across threads).
+    // Issue every bundle before any clock starts.
     let max = counts.iter().copied().max().unwrap_or(0);
     for i in 0..max {
         pki.bundle(&office_name(i))?;

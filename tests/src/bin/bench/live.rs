@@ -1,7 +1,8 @@
 //! Workload 3, live propagation: open-loop writes at 100, 1,000 and 10,000 per second at one
 //! office, timestamped on arrival at another office through the hub (all three nodes in this
 //! process, `sync` durability); latency = arrival at the receiver − the write's send time,
-//! on one clock. Beside it, at the same rates: Redis chained replication (primary → replica
+//! on one clock. Arrival is when B's replica publishes the version as applied (readable;
+//! another origin's version is offered once applied), seen by a task on B's state watch. Beside it, at the same rates: Redis chained replication (primary → replica
 //! → replica, arrival seen as a keyspace notification on the last replica) and a NATS
 //! JetStream KV bucket mirrored over a leaf node (arrival seen by a push consumer on the
 //! mirror).

@@ -96,7 +96,12 @@ impl Sizes {
 /// Runs every replication workload `args` asks for; one that fails prints an error line and
 /// row instead of stopping the others.
 pub(crate) async fn run(args: &Args, rows: &mut Vec<TableRow>) {
-    let s = Sizes::new(args.quick);
+    let mut s = Sizes::new(args.quick);
+    if let Some(n) = args.records {
+        s.bulk_records = n;
+        s.bulk_records_4k = (n / 10).max(10);
+        s.heal_records = n;
+    }
     let pki = match Pki::new() {
         Ok(p) => p,
         Err(e) => {

@@ -40,7 +40,6 @@ pub(crate) struct Server {
     pub(crate) port: u16,
     /// Its working directory (data, logs).
     pub(crate) dir: tempfile::TempDir,
-    name: String,
 }
 
 impl Server {
@@ -63,12 +62,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
-        let mut server = Server {
-            child,
-            port,
-            dir,
-            name: name.to_owned(),
-        };
+        let mut server = Server { child, port, dir };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -104,7 +98,6 @@ impl Drop for Server {
         // Already exited: nothing to kill; the reap below still collects it.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = &self.name;
     }
 }
 

@@ -4,7 +4,7 @@
 //! office accepts ≥ 95 % of R with at most [`MAX_IN_FLIGHT`] writes waiting, and the second
 //! office holds every write within [`KEEP_UP`] of the last acknowledgement. Rates double from
 //! 500/s until a probe fails, one step refines between the last pass and the failure, and the
-//! best rate is then confirmed for 60 s (full mode).
+//! best rate is then confirmed for 60 s (full mode; if that fails, once more at 3/4 of it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,9 @@ use crate::{emit, TableRow};
 /// Writes waiting for their acknowledgement beyond which the office is not keeping up.
 const MAX_IN_FLIGHT: usize = 4_096;
 /// How long after the last acknowledgement the second office may take to hold everything.
-const KEEP_UP: Duration = Duration::from_secs(2);
+const KEEP_UP: Duration = Duration::from_millis(500);
+/// Confirming runs tried, each at 3/4 of the rate of the one before when it fails.
+const CONFIRM_TRIES: usize = 2;
 /// First rate tried.
 const START_RATE: u64 = 500;
 
@@ -109,10 +111,17 @@ async fn one_mode(
         probes.push(p);
     }
     let mut confirmed = None;
-    if let Some(r) = best.filter(|_| s.sustain_confirm_secs > 0.0) {
-        let p = probe(&a, &b, probes.len(), r, s.sustain_confirm_secs).await?;
-        confirmed = Some(p.pass);
-        probes.push(p);
+    if let Some(mut r) = best.filter(|_| s.sustain_confirm_secs > 0.0) {
+        for _ in 0..CONFIRM_TRIES {
+            let p = probe(&a, &b, probes.len(), r, s.sustain_confirm_secs).await?;
+            let pass = p.pass;
+            probes.push(p);
+            if pass {
+                confirmed = Some(r);
+                break;
+            }
+            r = r * 3 / 4;
+        }
     }
     shutdown(vec![a, b, hub]).await?;
 
@@ -133,8 +142,9 @@ async fn one_mode(
         rows,
         json!({
             "figure": "sustained", "durability": mode, "path": "writes at office A; hub and office B keep up",
-            "highest_rate_per_sec": best, "confirmed_secs": window, "confirmed": confirmed,
-            "keep_up_rule": format!("achieved ≥ 95 % of the rate, ≤ {MAX_IN_FLIGHT} writes waiting, office B holds all within {} s of the last ack", KEEP_UP.as_secs()),
+            "highest_probe_rate_per_sec": best, "confirmed_secs": window,
+            "sustained_rate_per_sec": if s.sustain_confirm_secs > 0.0 { confirmed } else { best },
+            "keep_up_rule": format!("achieved ≥ 95 % of the rate, ≤ {MAX_IN_FLIGHT} writes waiting, office B holds all within {} ms of the last ack", KEEP_UP.as_millis()),
             "probes": list,
         }),
         TableRow {
@@ -142,10 +152,15 @@ async fn one_mode(
             case: format!("{mode} durability, A → hub → B, held for {window:.0} s"),
             result: match (best, confirmed) {
                 (None, _) => format!("below {START_RATE} writes/s"),
-                (Some(r), Some(false)) => {
-                    format!("{r} writes/s in probes, NOT held for {window:.0} s")
-                }
-                (Some(r), _) => format!("{r} writes/s"),
+                (Some(r), _) if s.sustain_confirm_secs <= 0.0 => format!("{r} writes/s"),
+                (Some(r), Some(c)) => format!(
+                    "{c} writes/s ({r}/s passed a {:.0} s probe)",
+                    s.sustain_probe_secs
+                ),
+                (Some(r), None) => format!(
+                    "{r}/s passed a {:.0} s probe; NOT held for {window:.0} s at {r}/s or 3/4 of it",
+                    s.sustain_probe_secs
+                ),
             },
             baseline: "-".into(),
             ratio: None,
