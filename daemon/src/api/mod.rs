@@ -39,11 +39,11 @@ use crate::replica::Replica;
 
 pub use access::Access;
 pub use error::ApiError;
-pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
 pub use metrics::{parse_rfc3339_ms, CONTENT_TYPE_0_0_4};
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
 };
+pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
 pub use status::{
     civil_from_days, rfc3339, rfc3339_ms, PeerCollectionStatus, PeerStatus, PeerStatusSource,
     PeerTable,
