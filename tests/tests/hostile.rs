@@ -515,3 +515,75 @@ fn one_peer_cannot_hold_more_than_a_few_connections() {
     );
     assert!(hub.log().contains("too many from this peer"));
 }
+
+#[test]
+fn stream_floods_are_bounded_by_flow_control() {
+    let cluster = Cluster::new();
+    let hub_cfg = hub_config(&cluster);
+    let hub = cluster.start(&hub_cfg);
+    let pid = hub.pid().expect("running");
+    let rss_before = rss_kib(pid);
+    let bundle = cluster.issue("streamer", false);
+    let origin = ReplicaId::new("streamer", 1).expect("valid");
+    let rt = runtime();
+    let (opened, written) = rt.block_on(async {
+        let mut rogue = Rogue::connect(&bundle, hub_cfg.sync_listen, HUB)
+            .await
+            .expect("handshake");
+        rogue
+            .hello("streamer", &origin, Vec::new())
+            .await
+            .expect("session");
+        // Try to open 20 unidirectional streams; only the peer's allowance opens.
+        let mut streams = Vec::new();
+        for _ in 0..20 {
+            match tokio::time::timeout(Duration::from_millis(300), rogue.connection.open_uni())
+                .await
+            {
+                Ok(Ok(s)) => streams.push(s),
+                _ => break,
+            }
+        }
+        // Then try to push 64 MiB into them (never a complete frame: the first is the bulk
+        // stream the hub reads, which waits for the rest of a 8 MiB frame).
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0usize;
+        let header = {
+            let mut h = (8u32 << 20).to_be_bytes().to_vec();
+            h.push(0);
+            h
+        };
+        for s in &mut streams {
+            let _ = s.write_all(&header).await;
+        }
+        'outer: for _ in 0..16 {
+            for s in &mut streams {
+                match tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk)).await {
+                    Ok(Ok(())) => written += chunk.len(),
+                    _ => break 'outer,
+                }
+            }
+        }
+        let opened = streams.len();
+        rogue.shutdown().await;
+        (opened, written)
+    });
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "stream flood: {opened} streams opened, {} MiB accepted; hub RSS {rss_before} KiB before, {rss_after} KiB after",
+        written >> 20
+    );
+    assert!(opened <= 4, "{opened} concurrent streams opened");
+    // The connection window (16 MiB) plus the one frame the hub is reading (8 MiB), whose
+    // bytes it has taken off the stream and so credited back.
+    assert!(
+        written <= (24 << 20) + (1 << 20),
+        "{written} bytes accepted beyond the connection window and one frame"
+    );
+    assert!(
+        rss_after < rss_before + 128 * 1024,
+        "hub RSS grew to {rss_after} KiB"
+    );
+    let health = hub.api().request("GET", "/health", None).expect("health");
+    assert_eq!(health.status, 200);
+}
