@@ -484,20 +484,46 @@ fn connected_to_hub(machine: &Machine) -> bool {
         .any(|p| p["name"] == "general-office" && p["connected"] == true)
 }
 
-/// Checks what the guide says a block does, where the exit code alone cannot show it.
-fn follow_up(block: &str, hefei: &Machine) {
-    let (expect, what) = if block.contains("policy revoke-node hefei") {
-        (false, "the revoked hefei is shut out")
-    } else if block.contains("policy unrevoke-node hefei") {
-        (true, "hefei reconnects once the revocation is lifted")
-    } else {
-        return;
-    };
+/// Waits (bounded) until hefei's session with the general office is up (`true`) or down.
+fn wait_hub_link(hefei: &Machine, up: bool, what: &str, block: &str) {
     // Dialers back off up to 30 s between attempts, so a reconnection may take that long.
+    let waited = Instant::now();
     let ok = wait_until(Duration::from_secs(45), Duration::from_millis(200), || {
-        connected_to_hub(hefei) == expect
+        connected_to_hub(hefei) == up
     });
-    assert!(ok, "after INSTALL.md's block\n{block}\nexpected: {what}");
+    assert!(ok, "around INSTALL.md's block\n{block}\nexpected: {what}");
+    eprintln!("{what}: after {:?}", waited.elapsed());
+}
+
+/// Sets up what a block's check needs: an office connected before it is revoked.
+fn before_block(block: &str, hefei: &Machine) {
+    if block.contains("policy revoke-node hefei") {
+        wait_hub_link(
+            hefei,
+            true,
+            "hefei is connected before the revocation",
+            block,
+        );
+    }
+}
+
+/// Checks what the guide says a block does, where the exit code alone cannot show it.
+fn after_block(block: &str, hefei: &Machine) {
+    if block.contains("policy revoke-node hefei") {
+        wait_hub_link(hefei, false, "the revoked hefei is shut out", block);
+        // And stays out: its dialer retries and is refused at the handshake.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!connected_to_hub(hefei), "the revoked hefei got back in");
+        }
+    } else if block.contains("policy unrevoke-node hefei") {
+        wait_hub_link(
+            hefei,
+            true,
+            "hefei reconnects once the revocation is lifted",
+            block,
+        );
+    }
 }
 
 /// Everything the guide's machines run, stopped at the end (also when the test fails).
@@ -597,6 +623,7 @@ fn install_guide_runs_as_written() {
                     .env("OFFICESYNC_API", format!("127.0.0.1:{}", m.api_port));
                 run_bounded(bash, None, BLOCK_TIMEOUT)
             };
+            before_block(&block.body, machine("office (hefei)"));
             let block_started = Instant::now();
             let deadline = Instant::now() + if retry { MOMENT } else { Duration::ZERO };
             let out = loop {
@@ -617,7 +644,7 @@ fn install_guide_runs_as_written() {
                 block.line,
                 block_started.elapsed()
             );
-            follow_up(&block.body, machine("office (hefei)"));
+            after_block(&block.body, machine("office (hefei)"));
             *ran.entry(label).or_default() += 1;
             outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
         }
