@@ -7,6 +7,7 @@
 //! return early.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -248,6 +249,64 @@ fn systemd_unit_is_hardened_and_passes_systemd_analyze() {
     );
 }
 
+#[test]
+fn image_context_holds_the_binaries_and_everything_they_load() {
+    // What `docker build` gets, checked without Docker: `build.sh --context DIR`.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let context = tmp.path().join("context");
+    let bin_dir = bins::officesyncd_path()
+        .parent()
+        .expect("binary dir")
+        .to_owned();
+    let mut build = Command::new(deploy_dir().join("container").join("build.sh"));
+    build.args(["--bin-dir", arg(&bin_dir), "--context", arg(&context)]);
+    let out = run_bounded(build, None, DOCKER_TIMEOUT);
+    out.expect_success("build.sh --context");
+    assert!(
+        out.stdout_text().contains("docker build -t officesync:"),
+        "{}",
+        out.describe()
+    );
+    let dockerfile = std::fs::read_to_string(context.join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.lines().any(|l| l == "FROM scratch"),
+        "{dockerfile}"
+    );
+
+    let root = context.join("rootfs");
+    for bin in [bins::DAEMON, bins::CLI] {
+        let path = root.join("usr/local/bin").join(bin);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "{bin} mode");
+        // Every library (and the loader) the binary loads is in the image at the same path.
+        let ldd = Command::new("ldd").arg(&path).output().expect("run ldd");
+        let listed = String::from_utf8_lossy(&ldd.stdout).into_owned();
+        for lib in listed.split_whitespace().filter(|w| w.starts_with('/')) {
+            let inside = root.join(lib.trim_start_matches('/'));
+            assert!(inside.is_file(), "{bin} loads {lib}, missing in the image");
+        }
+    }
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("passwd");
+    assert!(
+        passwd.contains(&format!("officesync:x:{CONTAINER_UID}:{CONTAINER_UID}:")),
+        "{passwd}"
+    );
+    assert!(
+        dockerfile.contains(&format!("USER {CONTAINER_UID}:{CONTAINER_UID}")),
+        "the image runs as the officesync user"
+    );
+    let data = std::fs::metadata(context.join("data")).expect("data dir");
+    assert_eq!(data.permissions().mode() & 0o777, 0o700, "data dir mode");
+
+    // A second run refuses to write over a context.
+    let mut again = Command::new(deploy_dir().join("container").join("build.sh"));
+    again.args(["--bin-dir", arg(&bin_dir), "--context", arg(&context)]);
+    run_bounded(again, None, DOCKER_TIMEOUT).expect_code(2, "build.sh into a non-empty context");
+}
+
 /// Runs `docker ARGS`, bounded by [`DOCKER_TIMEOUT`].
 fn docker(args: &[&str]) -> Output {
     let mut cmd = Command::new("docker");
@@ -359,7 +418,6 @@ fn container_etc(ca: &Path, name: &str, dir: &Path, config: &str) {
     let root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
-    use std::os::unix::fs::PermissionsExt;
     let (dir_mode, file_mode) = if root { (0o750, 0o640) } else { (0o755, 0o644) };
     for entry in std::fs::read_dir(dir).expect("read bundle dir") {
         let path = entry.expect("entry").path();
