@@ -268,7 +268,10 @@ fn a_collection_the_peer_may_not_read_is_never_sent_until_granted() {
         s.handle_policy(closed.clone());
     }
     pair.run();
-    assert!(pair.store[0].versions.is_empty(), "nothing reached the spoke");
+    assert!(
+        pair.store[0].versions.is_empty(),
+        "nothing reached the spoke"
+    );
     assert_eq!(pair.s[1].status().versions_sent, 0);
     assert!(pair.s[1].status().collections.is_empty(), "no lag reported");
 
