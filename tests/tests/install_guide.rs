@@ -508,7 +508,7 @@ fn before_block(block: &str, hefei: &Machine) {
 }
 
 /// Checks what the guide says a block does, where the exit code alone cannot show it.
-fn after_block(block: &str, hefei: &Machine) {
+fn after_block(block: &str, hub: &Machine, hefei: &Machine) {
     if block.contains("policy revoke-node hefei") {
         wait_hub_link(hefei, false, "the revoked hefei is shut out", block);
         // And stays out: its dialer retries and is refused at the handshake.
@@ -516,6 +516,14 @@ fn after_block(block: &str, hefei: &Machine) {
             std::thread::sleep(Duration::from_millis(300));
             assert!(!connected_to_hub(hefei), "the revoked hefei got back in");
         }
+        // What the troubleshooting table tells the reader to look for in the journal.
+        let journal = std::fs::read_to_string(hub.root.join("run/systemd/officesyncd.log"))
+            .expect("the general office's journal");
+        let quoted = "refused a node revoked by _policy";
+        assert!(
+            journal.contains(quoted),
+            "the general office never logged {quoted:?}:\n{journal}"
+        );
     } else if block.contains("policy unrevoke-node hefei") {
         wait_hub_link(
             hefei,
@@ -644,7 +652,11 @@ fn install_guide_runs_as_written() {
                 block.line,
                 block_started.elapsed()
             );
-            after_block(&block.body, machine("office (hefei)"));
+            after_block(
+                &block.body,
+                machine("general office"),
+                machine("office (hefei)"),
+            );
             *ran.entry(label).or_default() += 1;
             outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
         }
