@@ -66,7 +66,22 @@ pub(crate) fn load_value(
 ) -> Result<Option<Vec<u8>>, ReplicaError> {
     let bytes = match &s.body {
         Body::None => return Ok(None),
-        Body::Inline(v) => v.clone(),
+        // An inline value is part of the sibling record itself, whose bytes sled checksums in
+        // its log like the header holding the hash: re-hashing it on every read (each version
+        // sent to every peer) only costs CPU, so only its length is checked.
+        Body::Inline(v) => {
+            let len_matches = matches!(
+                s.header.value,
+                ValueMeta::Present { len, .. } if u64::try_from(v.len()) == Ok(len)
+            );
+            if !len_matches {
+                return Err(ReplicaError::Corrupt {
+                    what: format!("{coll} value of {}", s.header.dot),
+                    detail: "stored bytes do not match the version's length".into(),
+                });
+            }
+            return Ok(Some(v.clone()));
+        }
         Body::Chunked { chunks } => {
             let prefix = keys::chunk_prefix(coll, &s.header.dot);
             let end = prefix_end(&prefix);
