@@ -177,3 +177,43 @@ fn ca_issue_refuses_to_overwrite_without_force() {
         first
     );
 }
+
+#[test]
+fn an_office_certificate_listed_as_admin_cannot_write_policy() {
+    let cluster = Cluster::new();
+    // An office certificate whose own config falsely lists it as an admin...
+    let mut office = cluster.config("shanghai");
+    office.admins = vec!["shanghai".into()];
+    let office = cluster.start(&office);
+    // ...and a real admin (admin certificate, listed) as the control.
+    let admin = cluster.start(&hub_config(&cluster));
+    let entry = br#"{"read": ["*"], "write": ["*"]}"#.to_vec();
+    let path = "/v1/collections/_policy/records/default";
+    let refused = office
+        .api()
+        .request("PUT", path, Some(&entry))
+        .expect("office API");
+    assert_eq!(
+        refused.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(refused.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("--admin")));
+    assert!(
+        office.get("_policy", "default").is_none(),
+        "the office wrote _policy"
+    );
+    let accepted = admin
+        .api()
+        .request("PUT", path, Some(&entry))
+        .expect("admin API");
+    assert_eq!(
+        accepted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&accepted.body)
+    );
+}
