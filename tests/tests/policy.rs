@@ -61,6 +61,21 @@ fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
     })
 }
 
+/// `Ok` when `node`'s entry for `peer` shows `(behind_versions, lag_versions)` = `want`.
+fn behind_and_lag(node: &TestNode, peer: &str, want: (u64, u64)) -> Result<(), String> {
+    let status = node.status();
+    let entry = peer_entry(&status, peer).ok_or("no peer entry")?;
+    let got = (
+        entry["behind_versions"].as_u64().unwrap_or(u64::MAX),
+        entry["lag_versions"].as_u64().unwrap_or(u64::MAX),
+    );
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("(behind, lag) = {got:?}"))
+    }
+}
+
 fn bytes_received_from(node: &TestNode, peer: &str) -> u64 {
     peer_entry(&node.status(), peer)
         .and_then(|p| p["bytes_received"].as_u64())
@@ -210,6 +225,16 @@ fn restricted_collection_never_reaches_an_office_until_a_late_grant() {
         "the secret marker is in beijing's store"
     );
 
+    // What beijing may not read is not counted as owed to it, either way.
+    wait_for(
+        "beijing to be caught up with the hub",
+        CONVERGE_TIMEOUT,
+        || behind_and_lag(&star.beijing, HUB, (0, 0)),
+    );
+    wait_for("the hub to owe beijing nothing", CONVERGE_TIMEOUT, || {
+        behind_and_lag(&star.hub, BEIJING, (0, 0))
+    });
+
     // A late grant: beijing receives the whole history.
     cli_ok(&star.hub, &["policy", "grant", "secret", BEIJING, "read"]);
     wait_for(
@@ -342,6 +367,20 @@ fn writes_of_an_office_that_may_not_write_are_refused_at_the_hub() {
             );
         }
     }
+    // Refused versions are not counted as what the hub lacks.
+    wait_for(
+        "the hub to be caught up with beijing",
+        CONVERGE_TIMEOUT,
+        || {
+            let status = star.hub.status();
+            let behind = peer_entry(&status, BEIJING).map(|p| p["behind_versions"].clone());
+            if behind == Some(Value::from(0)) {
+                Ok(())
+            } else {
+                Err(format!("behind {behind:?}"))
+            }
+        },
+    );
     // And beijing's API now refuses further writes.
     let reply =
         star.beijing

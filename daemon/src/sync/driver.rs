@@ -108,6 +108,7 @@ pub(crate) async fn drive(
         &peer.name,
         is_relay,
         connection.stable_id() as u64,
+        (&settings.node, settings.policy.clone()),
     )
     .await;
 

@@ -20,6 +20,7 @@ use officesync_protocol::{Hlc, ReplicaId, Version, VersionVector};
 use tokio::sync::watch;
 
 use crate::api::{rfc3339, rfc3339_ms, PeerStatus, PeerTable};
+use crate::policy::PolicyHandle;
 use crate::replica::{ApplyReport, DurableState, Replica};
 
 /// Largest value bytes read when looking up the newest version of an origin at session start.
@@ -41,6 +42,10 @@ pub(crate) struct SessionObserver {
     durable: watch::Receiver<Arc<DurableState>>,
     base: Base,
     caught_up: bool,
+    /// This node's name and policy: what it may read, and whose versions it accepts, bound
+    /// what it can be behind by.
+    node: String,
+    policy: PolicyHandle,
 }
 
 impl SessionObserver {
@@ -52,6 +57,7 @@ impl SessionObserver {
         peer: &str,
         peer_relays: bool,
         conn: u64,
+        policy: (&str, PolicyHandle),
     ) -> Self {
         let mut base = Base::default();
         peers.update(peer, |p| {
@@ -89,6 +95,8 @@ impl SessionObserver {
             durable,
             base,
             caught_up: false,
+            node: policy.0.to_owned(),
+            policy: policy.1,
         }
     }
 
@@ -101,9 +109,19 @@ impl SessionObserver {
         for c in &st.collections {
             per_collection.entry(&c.collection).or_default().0 = c.lag_versions;
         }
+        let policy = self.policy.current();
         for (collection, theirs) in &st.peer_vvs {
+            // Only what this node may read, of origins that may write it, can be owed to it.
+            if !policy.may_read(&self.node, collection) {
+                continue;
+            }
+            let allowed: VersionVector = theirs
+                .iter()
+                .filter(|(o, _)| policy.may_write(o.node_name(), collection))
+                .map(|(o, n)| (o.clone(), n))
+                .collect();
             per_collection.entry(collection).or_default().1 =
-                behind(theirs, ours.get(collection), &self.peer, self.peer_relays);
+                behind(&allowed, ours.get(collection), &self.peer, self.peer_relays);
         }
         let all_in = live && per_collection.values().all(|(_, b)| *b == 0);
         let newly_caught_up = all_in && !self.caught_up;
