@@ -682,6 +682,10 @@ fn install_guide_runs_as_written() {
     ] {
         assert!(all_sh.contains(step), "the guide lost the step {step:?}");
     }
+    assert!(
+        guide.contains("`refused a node revoked by _policy`"),
+        "the troubleshooting table no longer quotes the revocation log line checked above"
+    );
     for label in ["build machine", "general office", "office (hefei)"] {
         assert!(
             ran.get(label).copied().unwrap_or(0) > 0,
