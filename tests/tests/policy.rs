@@ -451,3 +451,61 @@ fn revoked_node_is_refused_during_and_before_a_session() {
     assert_converged(&star.all(), CONVERGE_TIMEOUT);
     assert!(star.hefei.get("situation", "beijing/after").is_some());
 }
+
+#[test]
+fn revoking_one_certificate_lets_a_reissued_one_in() {
+    let star = Star::start(CONNECT_TIMEOUT);
+    let serial = peer_entry(&star.hub.status(), BEIJING)
+        .and_then(|p| p["cert_serial"].as_str().map(str::to_owned))
+        .expect("the hub reports beijing's certificate serial");
+    cli_ok(
+        &star.hub,
+        &["policy", "revoke-node", BEIJING, "--serial", &serial],
+    );
+    wait_for(
+        "beijing's session to close",
+        Duration::from_secs(15),
+        || {
+            if is_connected(&star.hub, BEIJING) {
+                Err("still connected".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    // A new certificate for the same office (the bundle dir is <tmp>/bundles/NAME, the CA
+    // <tmp>/ca, as the harness lays them out).
+    let config = std::fs::read_to_string(star.beijing.config_path()).expect("config");
+    let cert = config
+        .lines()
+        .find_map(|l| l.strip_prefix("cert = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("cert path in config");
+    let bundle = Path::new(&cert).parent().expect("bundle dir").to_owned();
+    let ca = bundle.join("../../ca");
+    let out = star.beijing.cli(&[
+        "ca".as_ref(),
+        "issue".as_ref(),
+        BEIJING.as_ref(),
+        "--ca-dir".as_ref(),
+        ca.as_os_str(),
+        "--out".as_ref(),
+        bundle.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    out.expect_success("officesync ca issue --force");
+    star.beijing.restart();
+    wait_connected(&[(&star.hub, BEIJING)], CONNECT_TIMEOUT);
+    let now = peer_entry(&star.hub.status(), BEIJING)
+        .and_then(|p| p["cert_serial"].as_str().map(str::to_owned))
+        .expect("serial");
+    assert_ne!(now, serial, "a new certificate");
+    // And it writes again: a serial revocation does not stop the node's name.
+    star.beijing.put("situation", "beijing/reissued", b"back");
+    wait_for("the hub to hold beijing's write", CONVERGE_TIMEOUT, || {
+        star.hub
+            .get("situation", "beijing/reissued")
+            .map(drop)
+            .ok_or_else(|| "not yet".to_owned())
+    });
+}

@@ -51,6 +51,10 @@ pub struct PeerStatus {
     /// too large, invalid); `rejected_by_reason` splits them.
     #[serde(default)]
     pub rejected: u64,
+    /// Serial number (lowercase hex) of the certificate the peer presented on its current (or
+    /// last) connection: what `officesync policy revoke-node NODE --serial` takes.
+    #[serde(default)]
+    pub cert_serial: Option<String>,
     /// The QUIC connection id of the current (or last) session, as in the logs' `conn` field.
     #[serde(default)]
     pub conn: Option<u64>,
