@@ -215,8 +215,14 @@ fn systemd_unit_is_hardened_and_passes_systemd_analyze() {
     officesync(&["man", "--dir", arg(&man.join("man1"))]).expect_success("officesync man");
 
     let mut verify = Command::new("systemd-analyze");
+    verify.arg("verify");
+    if !have("man") {
+        // verify looks Documentation=man:... up with `man`, which this machine lacks.
+        eprintln!("`man` is not installed: systemd-analyze verify skips Documentation=");
+        verify.arg("--man=no");
+    }
     verify
-        .args(["verify", arg(&installed)])
+        .arg(arg(&installed))
         .env("MANPATH", arg(&man))
         .env("SYSTEMD_LOG_COLOR", "0");
     let out = run_bounded(verify, None, CLI_TIMEOUT);
