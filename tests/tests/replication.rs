@@ -4,6 +4,7 @@
 //! `officesync verify` and the peer status fields. Every test ends with the digests (and
 //! version vectors) equal on every node for every collection.
 
+#[allow(dead_code)] // every suite uses part of the shared helpers
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,84 +14,17 @@ use std::time::{Duration, Instant};
 
 use common::{
     assert_converged, hub_config, is_connected, office_config, peer_entry, record_count, siblings,
-    start_with_lines, try_status, wait_connected, wait_for, HUB,
+    start_with_lines, try_status, wait_connected, wait_for, Star, BEIJING, HEFEI, HUB,
 };
-use officesync_tests::fault_proxy::{Direction, FaultProxy};
+use officesync_tests::fault_proxy::Direction;
 use officesync_tests::http::split_version;
 use officesync_tests::{test_seed, ApiClient, Cluster, OutputExt, TestNode, TestRng, WriteAck};
 use serde_json::Value;
-
-const HEFEI: &str = "hefei";
-const BEIJING: &str = "beijing-office";
 
 /// Sessions come up within a few dial attempts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Small data sets converge within this on a busy 2-core machine.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A hub and two offices that dial it; the offices have no link to each other. With a cut-able
-/// link, hefei dials through a fault proxy and every node runs a 1 s heartbeat (dead
-/// sessions are given up after 10 s). Returns once every session is up.
-struct Star {
-    hub: TestNode,
-    hefei: TestNode,
-    beijing: TestNode,
-    proxy: Option<FaultProxy>,
-    // Last, so that the nodes are killed before their temp dir goes.
-    _cluster: Cluster,
-}
-
-impl Star {
-    fn start() -> Star {
-        Star::build(None)
-    }
-
-    fn with_cut_link(seed: u64) -> Star {
-        Star::build(Some(seed))
-    }
-
-    fn build(proxy_seed: Option<u64>) -> Star {
-        let tuning = "heartbeat_interval_ms = 1000";
-        let cluster = Cluster::new();
-        let hub_cfg = hub_config(&cluster);
-        let start = |cfg: &officesync_tests::TestConfig| match proxy_seed {
-            Some(_) => start_with_lines(cfg, "sync", tuning),
-            None => cluster.start(cfg),
-        };
-        let hub = start(&hub_cfg);
-        let proxy = proxy_seed.map(|seed| FaultProxy::start(hub_cfg.sync_listen, seed));
-        let hefei_dials = proxy
-            .as_ref()
-            .map_or(hub_cfg.sync_listen, FaultProxy::listen_addr);
-        let hefei = start(&office_config(&cluster, HEFEI, hefei_dials));
-        let beijing = start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
-        wait_connected(
-            &[
-                (&hefei, HUB),
-                (&beijing, HUB),
-                (&hub, HEFEI),
-                (&hub, BEIJING),
-            ],
-            CONNECT_TIMEOUT,
-        );
-        Star {
-            hub,
-            hefei,
-            beijing,
-            proxy,
-            _cluster: cluster,
-        }
-    }
-
-    fn all(&self) -> [&TestNode; 3] {
-        [&self.hub, &self.hefei, &self.beijing]
-    }
-
-    /// The proxy on hefei's link (only with [`Star::with_cut_link`]).
-    fn proxy(&self) -> &FaultProxy {
-        self.proxy.as_ref().expect("built with a cut-able link")
-    }
-}
 
 /// The node's replica id (the origin of its dots).
 fn replica_of(node: &TestNode) -> String {
@@ -146,7 +80,7 @@ fn assert_acked_present(node: &TestNode, collection: &str, acked: &[(String, Vec
 /// 1. A write at hefei is read at beijing-office through the hub alone.
 #[test]
 fn write_at_one_office_is_read_at_another_through_the_hub() {
-    let star = Star::start();
+    let star = Star::start(CONNECT_TIMEOUT);
     let hefei_replica = replica_of(&star.hefei);
 
     let mut acked = Vec::new();
@@ -202,7 +136,7 @@ fn write_at_one_office_is_read_at_another_through_the_hub() {
 fn partitioned_office_reconciles_after_heal() {
     let seed = test_seed("partitioned_office_reconciles_after_heal");
     // A 1 s heartbeat puts the session idle timeout at 10 s, so the cut is noticed quickly.
-    let star = Star::with_cut_link(seed);
+    let star = Star::with_cut_link(seed, CONNECT_TIMEOUT);
     let (hub, hefei, beijing, proxy) = (&star.hub, &star.hefei, &star.beijing, star.proxy());
     let all = star.all();
     hefei.put("situation", "warmup", b"before the cut");
@@ -417,7 +351,7 @@ fn restarts_mid_stream_lose_no_acknowledged_write() {
     const COUNT: usize = 3_000;
     let seed = test_seed("restarts_mid_stream_lose_no_acknowledged_write");
     // A 1 s heartbeat: dead sessions (cut link, killed hub) are given up after 10 s.
-    let star = Star::with_cut_link(seed);
+    let star = Star::with_cut_link(seed, CONNECT_TIMEOUT);
     let (hub, hefei, proxy) = (&star.hub, &star.hefei, star.proxy());
     let all = star.all();
 
@@ -731,7 +665,7 @@ fn traffic(star: &Star) {
 /// 7. `officesync verify` on a converged cluster says `equal` everywhere and exits 0.
 #[test]
 fn verify_on_a_converged_cluster_reports_equal() {
-    let star = Star::start();
+    let star = Star::start(CONNECT_TIMEOUT);
     traffic(&star);
     let collections = ["documents", "situation"];
     for (node, peers) in [
@@ -779,7 +713,7 @@ fn verify_on_a_converged_cluster_reports_equal() {
 /// 8. After traffic, every session's status entry is filled in on both ends.
 #[test]
 fn peer_status_fields_after_traffic() {
-    let star = Star::start();
+    let star = Star::start(CONNECT_TIMEOUT);
     traffic(&star);
     let pairs = [
         (&star.hefei, HUB),
