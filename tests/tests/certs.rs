@@ -131,11 +131,15 @@ fn an_office_certificate_listed_as_admin_cannot_relay() {
         .expect("session");
     }
     // The admin certificate's relay is applied (so the refusal below is the rule at work).
-    wait_for("the admin certificate's relayed version", TIMEOUT, || {
-        hub.get("situation", "relayed")
-            .map(|_| ())
-            .ok_or_else(|| "not yet".into())
-    });
+    wait_for(
+        "the admin certificate's relayed version",
+        TIMEOUT,
+        || match hub.api().try_get("situation", "relayed") {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("not yet".to_owned()),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    );
     assert!(
         hub.get("situation", "forged").is_none(),
         "an office certificate relayed another origin's version"
