@@ -509,6 +509,8 @@ fn container_image_runs_a_general_office_and_two_offices() {
             // The offices' configs dial gov.example.cn:7400: the hub answers to that name
             // on this network (and to its node name, for the API check below).
             args.extend(["--network-alias", HUB_HOST, "--network-alias", HUB]);
+            // The image's health check, run every second instead of every 30 s.
+            args.extend(["--health-interval", "1s"]);
         }
         if name == "wuhu" {
             args.extend(["--publish", "127.0.0.1::7480"]);
@@ -563,6 +565,30 @@ fn container_image_runs_a_general_office_and_two_offices() {
     let hub_get = exec_cli(&container(HUB), &["get", "situation", "hefei/grain"]);
     hub_get.expect_success("get at the general office");
     assert_eq!(hub_get.stdout, value.as_bytes());
+
+    // The image's HEALTHCHECK (`officesync status` inside the container) finds the hub healthy.
+    let healthy = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Health.Status}}",
+            &container(HUB),
+        ])
+        .stdout_text()
+        .trim()
+            == "healthy"
+    });
+    assert!(
+        healthy,
+        "the hub never became healthy: {}",
+        docker(&[
+            "inspect",
+            "--format",
+            "{{json .State.Health}}",
+            &container(HUB)
+        ])
+        .stdout_text()
+    );
 
     // The hub's API is on its loopback (as its config says): another container cannot use it.
     let from_wuhu = exec_cli(
