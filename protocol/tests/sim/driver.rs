@@ -48,7 +48,11 @@ impl World {
                 node: w.nodes[other].spec.name.clone(),
                 is_relay: w.nodes[other].spec.relay,
             };
-            Session::new(role, w.cfg(me), peer, vvs, w.now)
+            let mut s = Session::new(role, w.cfg(me), peer, vvs, w.now);
+            if let Some(p) = &w.policy {
+                s.handle_policy(p.clone());
+            }
+            s
         };
         let s = [mk(self, a, b, Role::Dialer), mk(self, b, a, Role::Acceptor)];
         let id = self.next_conn;

@@ -130,3 +130,100 @@ fn an_unrepairable_rot_backs_off() {
         w.stats.protocol_errors
     );
 }
+
+/// Access policy on a three-tier tree (office-c reaches the hub only through a second relay):
+/// a restricted collection reaches exactly the nodes that may read it, over two hops, and
+/// versions of an origin that may not write it (written before it knew the policy) reach
+/// nobody; the open collection converges everywhere.
+#[test]
+fn a_restricted_collection_reaches_only_its_readers_over_two_hops() {
+    use officesync_protocol::policy::Policy;
+    let params = Params {
+        nodes: vec![
+            spec("general-office", true),
+            spec("relay-2", true),
+            spec("office-a", false),
+            spec("office-b", false),
+            spec("office-c", false),
+        ],
+        links: vec![(1, 0), (2, 0), (3, 0), (4, 1)],
+        writes: 0,
+        active_ms: 0,
+        crashes: 0,
+        drops: 0,
+        partitions: 0,
+        rots: 0,
+        batch_max_versions: 4,
+        batch_max_bytes: 1 << 16,
+        repair_ms: 0,
+        auto_flush: false,
+    };
+    let mut w = World::new(23, params);
+    let (policy, errors) = Policy::from_entries(
+        ["general-office", "relay-2"],
+        [(
+            "collections/secret",
+            br#"{"read": ["office-a", "office-c"], "write": ["office-a"]}"#.as_slice(),
+        )],
+    );
+    assert!(errors.is_empty());
+    w.policy = Some(std::sync::Arc::new(policy));
+    w.run_until(3_000);
+    assert_eq!(w.established(), 4);
+    let mut allowed = Vec::new();
+    for i in 0..10 {
+        allowed.push(
+            w.write_key(2, "secret", &format!("a/{i}"), Some(b"a".to_vec()))
+                .dot,
+        );
+    }
+    let refused: Vec<_> = (0..10)
+        .map(|i| {
+            w.write_key(3, "secret", &format!("b/{i}"), Some(b"b".to_vec()))
+                .dot
+        })
+        .collect();
+    for n in 0..5 {
+        w.write_key(n, "situation", &format!("n{n}"), Some(b"open".to_vec()));
+    }
+    for _ in 0..8 {
+        for n in 0..5 {
+            w.flush_node(n);
+        }
+        let t = w.now + 1_000;
+        w.run_until(t);
+    }
+    let holds = |w: &World, n: usize, dot: &officesync_protocol::Dot| {
+        w.nodes[n]
+            .replica
+            .colls
+            .get("secret")
+            .is_some_and(|c| c.versions().any(|v| v.dot == *dot))
+    };
+    for dot in &allowed {
+        for n in [0, 1, 2, 4] {
+            assert!(holds(&w, n, dot), "node {n} lacks {dot}");
+        }
+        assert!(!holds(&w, 3, dot), "office-b may not read secret");
+    }
+    for dot in &refused {
+        for n in [0, 1, 2, 4] {
+            assert!(
+                !holds(&w, n, dot),
+                "node {n} accepted an unauthorized {dot}"
+            );
+        }
+    }
+    let digest = |n: usize, c: &str| w.nodes[n].replica.digest(c);
+    for n in 1..5 {
+        assert_eq!(digest(n, "situation"), digest(0, "situation"), "node {n}");
+    }
+    for n in [1, 2, 4] {
+        assert_eq!(digest(n, "secret"), digest(0, "secret"), "node {n}");
+    }
+    assert!(
+        w.stats.protocol_errors.is_empty(),
+        "{:?}",
+        w.stats.protocol_errors
+    );
+}

@@ -177,6 +177,8 @@ pub struct World {
     pub acked: Vec<Version>,
     pub stats: Stats,
     pub healing: bool,
+    /// The access policy every session enforces (none: open).
+    pub policy: Option<std::sync::Arc<officesync_protocol::policy::Policy>>,
 }
 
 impl World {
@@ -223,6 +225,7 @@ impl World {
             acked: Vec::new(),
             stats: Stats::default(),
             healing: false,
+            policy: None,
         };
         w.schedule_start();
         w
