@@ -451,6 +451,37 @@ pub(super) fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, Transport
     Ok(out)
 }
 
+/// Fuzz entry point (used by `daemon/fuzz` and its corpus replay test): cuts `data` into frames
+/// as one receive stream would, then decompresses (either zstd mode, with the stream's state)
+/// and decodes each, checking that nothing decodes past [`MAX_FRAME_BYTES`] and that every
+/// refusal carries an error code. Panics only when an invariant breaks.
+#[doc(hidden)]
+pub fn fuzz_recv(data: &[u8]) {
+    let mut decoder = FrameDecoder::with_limit(MAX_FRAME_BYTES);
+    let mut zstream = None;
+    // Chunk by the first byte, so frames straddle reads at every offset.
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
+    for piece in rest.chunks(usize::from(head) + 1) {
+        decoder.push(piece);
+        loop {
+            match decoder.poll_frame() {
+                Ok(Some(frame)) => match decode(frame, MAX_FRAME_BYTES, &mut zstream) {
+                    Ok(msg) => {
+                        let payload = encode_message(&msg).expect("a decoded message re-encodes");
+                        assert!(payload.len() <= MAX_FRAME_BYTES);
+                        let _ = msg.validate(MAX_FRAME_BYTES);
+                    }
+                    Err(e) => assert!(e.code().is_some(), "refusal without a code: {e}"),
+                },
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

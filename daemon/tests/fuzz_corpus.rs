@@ -1,0 +1,131 @@
+//! Replays the committed corpus of the `framed_recv` fuzz target (`daemon/fuzz/corpus/`) on
+//! stable, and the seeds it started from: frames as `FramedSend` writes them (plain, one-shot
+//! zstd, and a run of streaming-zstd frames sharing one compressor), so the decompressors are
+//! exercised from valid input outward.
+
+use std::fs;
+use std::path::PathBuf;
+
+use officesync_daemon::transport::fuzz_recv;
+use officesync_protocol::wire::{encode_message, encode_raw_frame, Batch, FrameFlags, Message};
+use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/framed_recv")
+}
+
+#[test]
+fn framed_recv_corpus() {
+    let mut files: Vec<PathBuf> = fs::read_dir(corpus_dir())
+        .expect("the corpus directory")
+        .map(|e| e.expect("corpus entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "only {} corpus files", files.len());
+    for path in files {
+        let bytes = fs::read(&path).expect("corpus file");
+        let outcome = std::panic::catch_unwind(|| fuzz_recv(&bytes));
+        assert!(outcome.is_ok(), "framed_recv fails on {}", path.display());
+    }
+}
+
+fn batch(n: u64) -> Message {
+    let origin = ReplicaId::new("hefei", 3).expect("valid");
+    Batch {
+        collection: "situation".into(),
+        origin: origin.clone(),
+        versions: (1..=n)
+            .map(|c| Version {
+                collection: "situation".into(),
+                key: format!("hefei/grain-{c}"),
+                dot: Dot::new(origin.clone(), c),
+                hlc: Hlc { ms: c, logical: 0 },
+                context: VersionVector::new(),
+                value: Some(format!("{{\"stock_t\":{}}}", c * 100).into_bytes()),
+            })
+            .collect(),
+    }
+    .into()
+}
+
+/// Streaming-zstd parts as `FramedSend` makes them: level 3, 2^17 window, no checksum, one
+/// flush per part.
+fn stream_parts(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use zstd::stream::raw::{CParameter, Encoder, InBuffer, Operation, OutBuffer};
+    let mut enc = Encoder::new(3).expect("encoder");
+    enc.set_parameter(CParameter::WindowLog(17))
+        .expect("window");
+    enc.set_parameter(CParameter::ChecksumFlag(false))
+        .expect("checksum");
+    payloads
+        .iter()
+        .map(|payload| {
+            let mut out: Vec<u8> = Vec::with_capacity(payload.len() + 256);
+            let mut input = InBuffer::around(payload);
+            loop {
+                if out.capacity() - out.len() < 64 {
+                    out.reserve(payload.len() / 4 + 256);
+                }
+                let pos = out.len();
+                let mut output = OutBuffer::around_pos(&mut out, pos);
+                if input.pos() < payload.len() {
+                    enc.run(&mut input, &mut output).expect("compress");
+                } else if enc.flush(&mut output).expect("flush") == 0 {
+                    break;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// The seeds; set `OFFICESYNC_WRITE_SEEDS=1` to (re)write them into the corpus directory.
+#[test]
+fn framed_recv_seeds() {
+    let payloads: Vec<Vec<u8>> = [1, 3, 8]
+        .into_iter()
+        .map(|n| encode_message(&batch(n)).expect("encodes"))
+        .collect();
+    let mut seeds: Vec<Vec<u8>> = Vec::new();
+    let mut plain = vec![63u8];
+    for p in &payloads {
+        plain.extend(encode_raw_frame(FrameFlags::NONE, p).expect("frame"));
+    }
+    seeds.push(plain);
+    let mut oneshot = vec![255u8];
+    for p in &payloads {
+        let packed = zstd::bulk::compress(p, 3).expect("compress");
+        oneshot.extend(encode_raw_frame(FrameFlags::ZSTD, &packed).expect("frame"));
+    }
+    seeds.push(oneshot);
+    let mut streamed = vec![7u8];
+    for part in stream_parts(&payloads) {
+        streamed.extend(encode_raw_frame(FrameFlags::ZSTD_STREAM, &part).expect("frame"));
+    }
+    seeds.push(streamed);
+    // A bomb: 8 MiB + 1 of zeros compressed into a few hundred bytes.
+    let bomb = zstd::bulk::compress(&vec![0u8; (8 << 20) + 1], 3).expect("compress");
+    let mut bomb_frame = vec![255u8];
+    bomb_frame.extend(encode_raw_frame(FrameFlags::ZSTD, &bomb).expect("frame"));
+    seeds.push(bomb_frame);
+    let mut both = vec![255u8];
+    both.extend(
+        encode_raw_frame(
+            FrameFlags::from_bits(FrameFlags::ZSTD.bits() | FrameFlags::ZSTD_STREAM.bits())
+                .expect("known bits"),
+            b"x",
+        )
+        .expect("frame"),
+    );
+    seeds.push(both);
+    for seed in &seeds {
+        fuzz_recv(seed);
+    }
+    if std::env::var_os("OFFICESYNC_WRITE_SEEDS").is_some() {
+        fs::create_dir_all(corpus_dir()).expect("corpus dir");
+        for (i, seed) in seeds.iter().enumerate() {
+            fs::write(corpus_dir().join(format!("seed-{i:02}")), seed).expect("write seed");
+        }
+    }
+}
