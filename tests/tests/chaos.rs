@@ -189,14 +189,13 @@ fn clock_hours_ahead_is_refused_never_stored() {
     );
 }
 
-/// Finding of the chaos suite, open: once the office's clock is fixed it should receive the
-/// general office's writes again, but the general office treats the office's future-stamped
-/// version (re-offered in every session) as bad input, closes each session and refuses the
-/// office with a growing backoff, so the office stays cut off both ways until real time
-/// reaches the stamp (hours); only sessions that last long enough carry some data (this test
-/// failed 3 runs of 5). Un-ignore once a skewed version only stops its origin's stream.
+/// Regression of a chaos-suite finding: an office whose clock ran 3 h fast receives the
+/// general office's writes again once its clock is fixed. Before the fix the office re-offered
+/// its future-stamped version in every session, the general office refused it as bad input,
+/// closed the session and refused the office with a growing backoff, so the office stayed cut
+/// off both ways for hours (this test failed 3 runs of 5). Now the sender holds such a version
+/// (and its origin's stream after it) until its own clock comes within `max_clock_skew`.
 #[test]
-#[ignore = "open finding: a node once hours ahead stays isolated after its clock is fixed"]
 fn clock_fixed_office_receives_again() {
     let cluster = Cluster::new();
     let (hub, office) = office_three_hours_ahead(&cluster);

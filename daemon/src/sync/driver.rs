@@ -71,6 +71,7 @@ pub(crate) async fn drive(
     cfg.heartbeat_interval_ms = settings.heartbeat_interval_ms;
     cfg.idle_timeout_ms = (settings.heartbeat_interval_ms * 6).max(10_000);
     cfg.relay = settings.is_admin;
+    cfg.max_clock_skew_ms = settings.max_clock_skew_ms;
     let mut durable = replica.durable();
     let local_vvs: Vec<_> = durable
         .borrow_and_update()

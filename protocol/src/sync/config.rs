@@ -31,12 +31,17 @@ pub struct SessionConfig {
     /// every origin. A node that is not only sends versions of its own node's origins, since
     /// peers would refuse the others.
     pub relay: bool,
+    /// Peers refuse versions stamped more than this many milliseconds ahead of their clock
+    /// (`sync.max_clock_skew_ms`): such a version, and its origin's stream after it, is held
+    /// back until this node's own clock comes within this bound of it.
+    pub max_clock_skew_ms: u64,
 }
 
 impl SessionConfig {
     /// The defaults for node `node` with replica id `replica` in cluster `cluster_id`:
     /// 4 MiB values, batches of at most 512 versions and 1 MiB, a heartbeat every 5 s,
-    /// 30 s idle timeout, a digest round every 5 min, zstd preferred, not a relay.
+    /// 30 s idle timeout, a digest round every 5 min, zstd preferred, not a relay, 5 min of
+    /// clock skew.
     pub fn new(node: &str, replica: ReplicaId, cluster_id: &str) -> Self {
         Self {
             node: node.to_owned(),
@@ -50,6 +55,7 @@ impl SessionConfig {
             repair_interval_ms: 300_000,
             compression: vec![Compression::Zstd, Compression::None],
             relay: false,
+            max_clock_skew_ms: 300_000,
         }
     }
 }

@@ -44,6 +44,10 @@ pub(super) struct OutStream {
     epoch: u64,
     /// Set while re-streaming from counter 0 for a repair.
     repair: Option<RepairTx>,
+    /// The next version of this stream is stamped beyond what peers accept
+    /// (`max_clock_skew_ms` ahead of this node's clock): nothing more is sent before this
+    /// node's clock reaches this time (it was stamped while the clock ran fast).
+    held_until: u64,
 }
 
 /// A repair re-stream in progress.
@@ -313,17 +317,27 @@ impl Session {
         for k in after.chain(before.take(wrap)) {
             match self.plan(k) {
                 Some(p) => return (Some((k.clone(), p)), idle),
+                // A held stream stays ready: it goes on once the hold ends.
+                None if self.held(k) => {}
                 None => idle.push(k.clone()),
             }
         }
         (None, idle)
     }
 
+    /// True while `key` waits for this node's clock to reach a version's timestamp.
+    fn held(&self, key: &StreamKey) -> bool {
+        self.tx
+            .streams
+            .get(key)
+            .is_some_and(|s| s.held_until > self.now)
+    }
+
     /// What to load next for one stream, if anything.
     fn plan(&self, key: &StreamKey) -> Option<Plan> {
         let (collection, origin) = key;
         let s = self.tx.streams.get(key)?;
-        if !self.may_send(collection) {
+        if !self.may_send(collection) || s.held_until > self.now {
             return None;
         }
         let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));
@@ -375,6 +389,18 @@ impl Session {
             }
             previous = v.dot.counter;
         }
+        // A version stamped beyond what peers accept (its node's clock ran fast when it was
+        // written) would be refused and close the session: send what comes before it and hold
+        // the stream there until this node's clock gets within the bound.
+        let bound = self.now.saturating_add(self.cfg.max_clock_skew_ms);
+        let mut versions = versions;
+        let mut scanned = scanned;
+        let mut held_until = 0;
+        if let Some(at) = versions.iter().position(|v| v.hlc.ms > bound) {
+            held_until = versions[at].hlc.ms - self.cfg.max_clock_skew_ms;
+            scanned = versions[at].dot.counter - 1;
+            versions.truncate(at);
+        }
         let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));
         let Some(stream) = self.tx.streams.get_mut(&load.key) else {
             return Ok(());
@@ -382,9 +408,13 @@ impl Session {
         if stream.epoch != load.epoch {
             return Ok(()); // the stream restarted for a repair meanwhile
         }
+        stream.held_until = held_until;
+        self.tx.ready.insert(load.key.clone());
+        if scanned <= load.after {
+            return Ok(()); // held at its first version: nothing to send yet
+        }
         stream.sent_through = scanned;
         stream.completed = stream.completed.max(scanned);
-        self.tx.ready.insert(load.key.clone());
         if let Some(r) = &mut stream.repair {
             r.first = false;
             if scanned >= target {

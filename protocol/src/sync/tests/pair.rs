@@ -85,6 +85,11 @@ struct Pair {
 
 impl Pair {
     fn new(store: [Store; 2], relay: [bool; 2]) -> Self {
+        Self::new_at(store, relay, 0)
+    }
+
+    /// Like [`Pair::new`], the sessions starting at time `now`.
+    fn new_at(store: [Store; 2], relay: [bool; 2], now: u64) -> Self {
         let nodes = ["spoke", "hub"];
         let mk = |i: usize, role| {
             let mut c = cfg(nodes[i], relay[i]);
@@ -94,14 +99,14 @@ impl Pair {
                 c,
                 peer(nodes[1 - i], relay[1 - i]),
                 vec![(COLL.into(), store[i].vv.clone())],
-                0,
+                now,
             )
         };
         Self {
             s: [mk(0, Role::Dialer), mk(1, Role::Acceptor)],
             store,
             wire: [VecDeque::new(), VecDeque::new()],
-            now: 0,
+            now,
         }
     }
 
@@ -165,6 +170,34 @@ fn a_cut_mid_batch_resumes_without_gaps_or_double_applies() {
         assert!(!q.s[0].is_closed() && !q.s[1].is_closed());
         assert_eq!(q.s[1].status().collections[0].lag_versions, 0);
     }
+}
+
+#[test]
+fn a_version_stamped_beyond_the_skew_bound_is_held_not_sent() {
+    // Counter 2 was written while the spoke's clock ran hours fast: peers would refuse it.
+    let future = 10_000_000;
+    let mut spoke = Store::default();
+    for c in 1..=3 {
+        spoke.write("spoke", c);
+    }
+    if let Some(v) = spoke.versions.values_mut().find(|v| v.dot.counter == 2) {
+        v.hlc.ms = future;
+    }
+    let mut p = Pair::new([spoke, Store::default()], [false, true]);
+    p.run();
+    assert!(!p.s[0].is_closed() && !p.s[1].is_closed());
+    assert_eq!(p.store[1].vv.get(&rid("spoke")), 1, "held before counter 2");
+    assert_eq!(p.store[1].versions.len(), 1);
+    // Once the spoke's clock is within the bound of the stamp, the rest follows.
+    let max_skew = SessionConfig::new("spoke", rid("spoke"), CLUSTER).max_clock_skew_ms;
+    let mut q = Pair::new_at(
+        [p.store[0].clone(), p.store[1].clone()],
+        [false, true],
+        future - max_skew,
+    );
+    q.run();
+    assert_eq!(q.store[1].vv.get(&rid("spoke")), 3);
+    assert_eq!(q.store[1].versions, q.store[0].versions);
 }
 
 #[test]
