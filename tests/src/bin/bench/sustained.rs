@@ -35,6 +35,8 @@ struct Probe {
     rate: u64,
     secs: f64,
     achieved: f64,
+    /// More than [`MAX_IN_FLIGHT`] writes were waiting: the probe stopped writing there.
+    overloaded: bool,
     /// Seconds from the last acknowledgement until the second office held everything
     /// (`None`: not within the drain limit).
     drain: Option<f64>,
@@ -130,7 +132,7 @@ async fn one_mode(
         .iter()
         .map(|p| {
             json!({ "rate": p.rate, "secs": p.secs, "achieved": p.achieved.round(),
-                    "drain_secs": p.drain, "pass": p.pass })
+                    "overloaded": p.overloaded, "drain_secs": p.drain, "pass": p.pass })
         })
         .collect();
     let window = if s.sustain_confirm_secs > 0.0 {
@@ -177,6 +179,7 @@ async fn probe(a: &Node, b: &Node, id: usize, rate: u64, secs: f64) -> Result<Pr
     progress(format_args!("sustained: probe {rate}/s for {secs} s"));
     let sem = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut overloaded = false;
+    let mut sent = 0usize;
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let begin = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -189,6 +192,7 @@ async fn probe(a: &Node, b: &Node, id: usize, rate: u64, secs: f64) -> Result<Pr
                 break;
             }
         };
+        sent += 1;
         let r = a.replica().clone();
         let key = format!("s{id}-{i:09}");
         let value = Kind::Random.value((id as u64) << 32 | i as u64);
@@ -207,8 +211,7 @@ async fn probe(a: &Node, b: &Node, id: usize, rate: u64, secs: f64) -> Result<Pr
         last = last.max(done??);
     }
     let send_secs = begin.elapsed().as_secs_f64();
-    let written = if overloaded { 0 } else { n };
-    let achieved = written as f64 / send_secs.max(1e-9);
+    let achieved = sent as f64 / send_secs.max(1e-9);
     a.replica().sync().await?;
     let acked = Instant::now();
     let drain = wait_durable(b.replica(), a.replica().id(), last, Duration::from_secs(30))
@@ -222,6 +225,7 @@ async fn probe(a: &Node, b: &Node, id: usize, rate: u64, secs: f64) -> Result<Pr
         rate,
         secs,
         achieved,
+        overloaded,
         drain,
         pass,
     })
