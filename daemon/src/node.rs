@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState, PeerTable};
-use crate::policy::PolicyHandle;
 use crate::config::{Config, Durability};
+use crate::policy::PolicyHandle;
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
 use crate::store::{SledStore, StoreError};
 use crate::sync::SyncService;
@@ -89,11 +89,14 @@ impl Node {
         let (stop, stopped) = watch::channel(false);
         let transport = Transport::bind(config)?;
         let peers = PeerTable::new();
-        let policy =
-            PolicyHandle::start(replica.clone(), config.cluster.admins.clone(), stopped.clone())
-                .await?;
-        let is_admin = config.cluster.admins.contains(&config.node.name)
-            && transport.identity().admin_cert;
+        let policy = PolicyHandle::start(
+            replica.clone(),
+            config.cluster.admins.clone(),
+            stopped.clone(),
+        )
+        .await?;
+        let is_admin =
+            config.cluster.admins.contains(&config.node.name) && transport.identity().admin_cert;
         let sync = Arc::new(SyncService::start(
             config,
             transport,
@@ -108,9 +111,7 @@ impl Node {
             .with_verifier(Arc::new(VerifyVia(sync.clone())));
         let app = api::router(state);
         let limits = api::ServeLimits::for_values(replica.max_value_bytes());
-        let server = tokio::spawn(async move {
-            api::serve(listener, app, limits, stopped).await
-        });
+        let server = tokio::spawn(async move { api::serve(listener, app, limits, stopped).await });
         tracing::info!(
             node = %config.node.name,
             replica = %replica.id(),
