@@ -95,7 +95,9 @@ pub(crate) async fn drive(
         connection.close(ErrorCode::Revoked.as_u32().into(), b"revoked by _policy");
         return ("the peer is revoked by _policy".into(), Vec::new());
     }
-    peers.update(&peer.name, |p| p.cert_serial = Some(peer.serial_hex.clone()));
+    peers.update(&peer.name, |p| {
+        p.cert_serial = Some(peer.serial_hex.clone())
+    });
     let mut session = Session::new(role, cfg, identity, local_vvs, now_ms());
     session.handle_policy(policy);
     let mut policy_live = true;
