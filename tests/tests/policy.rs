@@ -44,6 +44,34 @@ fn wait_policy(node: &TestNode, key: &str, needle: &str) {
     );
 }
 
+/// Waits until `node` holds `collection`/`key` (live).
+fn wait_holds(node: &TestNode, collection: &str, key: &str) {
+    wait_for(
+        &format!("{} to hold {collection}/{key}", node.name()),
+        CONVERGE_TIMEOUT,
+        || {
+            node.get(collection, key)
+                .map(drop)
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    );
+}
+
+/// Waits until `node` has no session with `peer` (closed within 15 s); returns how long.
+fn wait_disconnected(node: &TestNode, peer: &str) -> Duration {
+    wait_for(
+        &format!("{}'s session with {peer} to close", node.name()),
+        Duration::from_secs(15),
+        || {
+            if is_connected(node, peer) {
+                Err("still connected".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
+}
+
 /// True when any file under `dir` contains `needle`.
 fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -181,16 +209,7 @@ fn restricted_collection_never_reaches_an_office_until_a_late_grant() {
     }
     // An open collection written after it: once beijing has it, the secret had its chance.
     star.hefei.put("situation", "after-secret", b"done");
-    wait_for(
-        "beijing to receive the open record",
-        CONVERGE_TIMEOUT,
-        || {
-            star.beijing
-                .get("situation", "after-secret")
-                .map(drop)
-                .ok_or_else(|| "not yet".to_owned())
-        },
-    );
+    wait_holds(&star.beijing, "situation", "after-secret");
     // The hub (an admin) holds it; beijing holds nothing of it and may not read it.
     wait_for(
         "the hub to hold the secret",
@@ -265,16 +284,7 @@ fn observer_office_reads_everything_and_writes_nothing() {
     );
     wait_policy(&star.beijing, "default", HEFEI);
     star.hefei.put("situation", "flood/level", b"3.2 m");
-    wait_for(
-        "the observer to read hefei's record",
-        CONVERGE_TIMEOUT,
-        || {
-            star.beijing
-                .get("situation", "flood/level")
-                .map(drop)
-                .ok_or_else(|| "not yet".to_owned())
-        },
-    );
+    wait_holds(&star.beijing, "situation", "flood/level");
     let reply =
         star.beijing
             .api()
@@ -352,12 +362,7 @@ fn writes_of_an_office_that_may_not_write_are_refused_at_the_hub() {
             }
         },
     );
-    wait_for("beijing to read hefei's write", CONVERGE_TIMEOUT, || {
-        star.beijing
-            .get("situation", "hefei/ok")
-            .map(drop)
-            .ok_or_else(|| "not yet".to_owned())
-    });
+    wait_holds(&star.beijing, "situation", "hefei/ok");
     for node in [&star.hub, &star.hefei] {
         for i in 0..20 {
             assert!(
@@ -394,12 +399,7 @@ fn writes_of_an_office_that_may_not_write_are_refused_at_the_hub() {
 fn revoked_node_is_refused_during_and_before_a_session() {
     let star = Star::start(CONNECT_TIMEOUT);
     star.beijing.put("situation", "beijing/before", b"fine");
-    wait_for("the hub to hold beijing's write", CONVERGE_TIMEOUT, || {
-        star.hub
-            .get("situation", "beijing/before")
-            .map(drop)
-            .ok_or_else(|| "not yet".to_owned())
-    });
+    wait_holds(&star.hub, "situation", "beijing/before");
     // During a session: the open session closes within seconds of the policy arriving.
     cli_ok(
         &star.hub,
@@ -411,17 +411,7 @@ fn revoked_node_is_refused_during_and_before_a_session() {
             "certificate lost",
         ],
     );
-    let took = wait_for(
-        "beijing's session to close",
-        Duration::from_secs(15),
-        || {
-            if is_connected(&star.hub, BEIJING) {
-                Err("still connected".to_owned())
-            } else {
-                Ok(())
-            }
-        },
-    );
+    let took = wait_disconnected(&star.hub, BEIJING);
     eprintln!("session closed {took:?} after the revocation");
     // Before a session: it stays refused at the handshake while it keeps redialing.
     star.beijing.put("situation", "beijing/after", b"revoked");
@@ -439,12 +429,7 @@ fn revoked_node_is_refused_during_and_before_a_session() {
     assert!(!is_connected(&star.hub, BEIJING));
     // hefei is unaffected.
     star.hefei.put("situation", "hefei/still", b"ok");
-    wait_for("the hub to hold hefei's write", CONVERGE_TIMEOUT, || {
-        star.hub
-            .get("situation", "hefei/still")
-            .map(drop)
-            .ok_or_else(|| "not yet".to_owned())
-    });
+    wait_holds(&star.hub, "situation", "hefei/still");
     // Lifting the revocation lets it back in, with what it wrote meanwhile.
     cli_ok(&star.hub, &["policy", "unrevoke-node", BEIJING]);
     wait_connected(&[(&star.hub, BEIJING)], CONNECT_TIMEOUT);
@@ -462,17 +447,7 @@ fn revoking_one_certificate_lets_a_reissued_one_in() {
         &star.hub,
         &["policy", "revoke-node", BEIJING, "--serial", &serial],
     );
-    wait_for(
-        "beijing's session to close",
-        Duration::from_secs(15),
-        || {
-            if is_connected(&star.hub, BEIJING) {
-                Err("still connected".to_owned())
-            } else {
-                Ok(())
-            }
-        },
-    );
+    wait_disconnected(&star.hub, BEIJING);
     // A new certificate for the same office (the bundle dir is <tmp>/bundles/NAME, the CA
     // <tmp>/ca, as the harness lays them out).
     let config = std::fs::read_to_string(star.beijing.config_path()).expect("config");
@@ -502,10 +477,5 @@ fn revoking_one_certificate_lets_a_reissued_one_in() {
     assert_ne!(now, serial, "a new certificate");
     // And it writes again: a serial revocation does not stop the node's name.
     star.beijing.put("situation", "beijing/reissued", b"back");
-    wait_for("the hub to hold beijing's write", CONVERGE_TIMEOUT, || {
-        star.hub
-            .get("situation", "beijing/reissued")
-            .map(drop)
-            .ok_or_else(|| "not yet".to_owned())
-    });
+    wait_holds(&star.hub, "situation", "beijing/reissued");
 }
