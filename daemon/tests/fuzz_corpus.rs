@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use officesync_daemon::transport::fuzz_recv;
+use officesync_daemon::transport::{fuzz_recv, fuzz_stream_parts};
 use officesync_protocol::wire::{encode_message, encode_raw_frame, Batch, FrameFlags, Message};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 
@@ -49,37 +49,6 @@ fn batch(n: u64) -> Message {
     .into()
 }
 
-/// Streaming-zstd parts as `FramedSend` makes them: level 3, 2^17 window, no checksum, one
-/// flush per part.
-fn stream_parts(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    use zstd::stream::raw::{CParameter, Encoder, InBuffer, Operation, OutBuffer};
-    let mut enc = Encoder::new(3).expect("encoder");
-    enc.set_parameter(CParameter::WindowLog(17))
-        .expect("window");
-    enc.set_parameter(CParameter::ChecksumFlag(false))
-        .expect("checksum");
-    payloads
-        .iter()
-        .map(|payload| {
-            let mut out: Vec<u8> = Vec::with_capacity(payload.len() + 256);
-            let mut input = InBuffer::around(payload);
-            loop {
-                if out.capacity() - out.len() < 64 {
-                    out.reserve(payload.len() / 4 + 256);
-                }
-                let pos = out.len();
-                let mut output = OutBuffer::around_pos(&mut out, pos);
-                if input.pos() < payload.len() {
-                    enc.run(&mut input, &mut output).expect("compress");
-                } else if enc.flush(&mut output).expect("flush") == 0 {
-                    break;
-                }
-            }
-            out
-        })
-        .collect()
-}
-
 /// The seeds; set `OFFICESYNC_WRITE_SEEDS=1` to (re)write them into the corpus directory.
 #[test]
 fn framed_recv_seeds() {
@@ -100,7 +69,7 @@ fn framed_recv_seeds() {
     }
     seeds.push(oneshot);
     let mut streamed = vec![7u8];
-    for part in stream_parts(&payloads) {
+    for part in fuzz_stream_parts(&payloads).expect("compress") {
         streamed.extend(encode_raw_frame(FrameFlags::ZSTD_STREAM, &part).expect("frame"));
     }
     seeds.push(streamed);

@@ -45,8 +45,8 @@ pub use records::{
 };
 pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
 pub use status::{
-    civil_from_days, rfc3339, rfc3339_ms, PeerCollectionStatus, PeerStatus, PeerStatusSource,
-    PeerTable,
+    civil_from_days, human_bytes, human_duration, rfc3339, rfc3339_ms, PeerCollectionStatus,
+    PeerStatus, PeerStatusSource, PeerTable,
 };
 
 use metrics::HttpMetrics;

@@ -51,9 +51,21 @@ impl Reply {
     }
 }
 
+fn memory_replica(opts: ReplicaOptions) -> Replica {
+    Replica::open(Arc::new(MemoryStore::new()), opts).expect("open replica")
+}
+
 fn open(opts: ReplicaOptions) -> (Router, Replica) {
-    let replica = Replica::open(Arc::new(MemoryStore::new()), opts).expect("open replica");
+    let replica = memory_replica(opts);
     (router(ApiState::new(replica.clone())), replica)
+}
+
+/// A `general-office` app whose peer status comes from the returned (empty) table.
+fn app_with_peers() -> (Router, PeerTable) {
+    let replica = memory_replica(ReplicaOptions::new("general-office"));
+    let table = PeerTable::new();
+    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    (app, table)
 }
 
 fn app() -> (Router, Replica) {
@@ -777,13 +789,7 @@ async fn collections_status_and_health() {
 
 #[tokio::test]
 async fn peers_come_from_the_peer_table() {
-    let replica = Replica::open(
-        Arc::new(MemoryStore::new()),
-        ReplicaOptions::new("general-office"),
-    )
-    .expect("open");
-    let table = PeerTable::new();
-    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    let (app, table) = app_with_peers();
     let seen = UNIX_EPOCH + Duration::from_millis(1_714_552_200_123);
     table.update("hefei", |p| {
         p.connected = true;
@@ -1098,13 +1104,7 @@ fn peer_table_tracks_since_when() {
 
 #[tokio::test]
 async fn staleness_is_computed_when_read() {
-    let replica = Replica::open(
-        Arc::new(MemoryStore::new()),
-        ReplicaOptions::new("general-office"),
-    )
-    .expect("open");
-    let table = PeerTable::new();
-    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    let (app, table) = app_with_peers();
     let as_of = now_ms() - 60_000;
     table.update("hefei", |p| {
         let c = p.collection_mut("situation");
@@ -1170,13 +1170,7 @@ async fn ready_waits_for_dialling_and_an_open_store() {
 
 #[tokio::test]
 async fn status_page_is_html_that_refreshes() {
-    let replica = Replica::open(
-        Arc::new(MemoryStore::new()),
-        ReplicaOptions::new("general-office"),
-    )
-    .expect("open");
-    let table = PeerTable::new();
-    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    let (app, table) = app_with_peers();
     put(&app, "/v1/collections/situation/records/a", "1").await;
     table.update("hefei", |p| {
         p.connected = true;
@@ -1209,11 +1203,7 @@ async fn policy_writes_need_an_admin_and_a_valid_entry() {
     use crate::policy::PolicyHandle;
     use officesync_protocol::policy::Policy;
 
-    let replica = Replica::open(
-        Arc::new(MemoryStore::new()),
-        ReplicaOptions::new("general-office"),
-    )
-    .expect("open replica");
+    let replica = memory_replica(ReplicaOptions::new("general-office"));
     let (policy, _) = Policy::from_entries(
         ["general-office"],
         [(
@@ -1288,13 +1278,7 @@ async fn policy_writes_need_an_admin_and_a_valid_entry() {
 
 #[tokio::test]
 async fn refusals_are_counted_by_reason_with_escaped_labels() {
-    let replica = Replica::open(
-        Arc::new(MemoryStore::new()),
-        ReplicaOptions::new("general-office"),
-    )
-    .expect("open");
-    let table = PeerTable::new();
-    let app = router(ApiState::new(replica).with_peers(Arc::new(table.clone())));
+    let (app, table) = app_with_peers();
     table.update("odd\"peer\\", |p| {
         p.rejected_by_reason.insert("relay_rule".into(), 2);
         p.rejected_by_reason.insert("clock_skew".into(), 1);

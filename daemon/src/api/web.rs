@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::status::{peers_at, rfc3339_ms, unix_ms_now, PeerStatus};
+use super::status::{human_bytes, human_duration, peers_at, rfc3339_ms, unix_ms_now, PeerStatus};
 use super::ApiState;
 use crate::replica::CollectionInfo;
 
@@ -57,29 +57,16 @@ pub(crate) fn escape(text: &str) -> String {
     out
 }
 
-/// Whole seconds as `1h 2m 3s`, leaving out leading zero units.
-fn age(ms: u64) -> String {
-    let secs = ms / 1000;
-    let parts = [
-        (secs / 86_400, "d"),
-        (secs / 3600 % 24, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-    ];
-    let start = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
-    parts[start..]
-        .iter()
-        .map(|(n, unit)| format!("{n}{unit}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS UTC (AGE ago)`, or `-`.
 fn when(at: Option<&str>, now: u64) -> String {
     match at {
         None => "-".to_owned(),
         Some(t) => match super::metrics::parse_rfc3339_ms(t) {
-            Some(ms) => format!("{} ({} ago)", utc(ms), age(now.saturating_sub(ms))),
+            Some(ms) => format!(
+                "{} ({} ago)",
+                utc(ms),
+                human_duration(now.saturating_sub(ms) / 1000)
+            ),
             None => t.to_owned(),
         },
     }
@@ -98,7 +85,7 @@ fn elapsed_html(at: Option<&str>, now: u64, suffix: &str) -> String {
         Some((_, Some(ms))) => format!(
             "<span title=\"{}\">{}{suffix}</span>",
             utc(ms),
-            age(now.saturating_sub(ms))
+            human_duration(now.saturating_sub(ms) / 1000)
         ),
         Some((t, None)) => escape(t),
     }
@@ -108,20 +95,6 @@ fn elapsed_html(at: Option<&str>, now: u64, suffix: &str) -> String {
 fn utc(ms: u64) -> String {
     let t = rfc3339_ms(ms);
     format!("{} {} UTC", &t[..10], &t[11..19])
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut size = n as f64 / 1024.0;
-    let mut unit = 0;
-    while size >= 1024.0 && unit + 1 < UNITS.len() {
-        size /= 1024.0;
-        unit += 1;
-    }
-    format!("{size:.1} {}", UNITS[unit])
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
@@ -193,8 +166,8 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
             ago_html(p.lag_since.as_deref(), now),
             p.behind_versions,
             ago_html(p.caught_up_at.as_deref(), now),
-            bytes(p.bytes_sent),
-            bytes(p.bytes_received),
+            human_bytes(p.bytes_sent),
+            human_bytes(p.bytes_received),
             p.rejected,
         );
     }
@@ -228,7 +201,8 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
                     Some(t) => escape(&when(Some(t), now)),
                     None => "never".to_owned(),
                 },
-                c.staleness_ms.map_or("-".to_owned(), age),
+                c.staleness_ms
+                    .map_or("-".to_owned(), |ms| human_duration(ms / 1000)),
             );
         }
     }

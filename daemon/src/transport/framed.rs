@@ -482,6 +482,14 @@ pub fn fuzz_recv(data: &[u8]) {
     }
 }
 
+/// Fuzz seed helper (used by the corpus replay test): compresses `payloads` as successive
+/// `ZSTD_STREAM` frame payloads sharing one compressor, exactly as [`FramedSend`] does.
+#[doc(hidden)]
+pub fn fuzz_stream_parts(payloads: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, TransportError> {
+    let mut enc = StreamEncoder::new()?;
+    payloads.iter().map(|p| enc.compress(p)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

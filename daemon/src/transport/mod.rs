@@ -37,7 +37,7 @@ use crate::config::{Config, PeerConfig};
 pub use dial::{BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX, STABLE_AFTER};
 pub use error::TransportError;
 #[doc(hidden)]
-pub use framed::fuzz_recv;
+pub use framed::{fuzz_recv, fuzz_stream_parts};
 pub use framed::{FramedRecv, FramedSend, TrafficCounters, COMPRESS_MIN_BYTES, ZSTD_LEVEL};
 pub use limits::{
     CONNECTION_RECEIVE_WINDOW, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_CONNECTIONS_PER_PEER,
