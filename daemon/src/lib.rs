@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod node;
+pub mod notify;
 pub mod pki;
 pub mod policy;
 pub mod replica;

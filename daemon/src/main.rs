@@ -114,8 +114,13 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Under a `Type=notify` systemd unit, `systemctl start` returns once the node serves.
+    if let Err(e) = officesync_daemon::notify::notify("READY=1\nSTATUS=serving") {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
     let signal = shutdown_signal().await;
     tracing::info!(signal, "shutting down");
+    let _ = officesync_daemon::notify::notify("STOPPING=1");
     match node.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

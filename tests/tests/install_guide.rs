@@ -109,7 +109,7 @@ start() {
   PIDFILE="$run/$name.pid" EXITFILE="$run/$name.exit" setsid env "${envs[@]}" \
     bash -c '"$@" & echo $! > "$PIDFILE"; wait $!; echo $? > "$EXITFILE"' _ "${cmd[@]}" \
     < /dev/null >> "$log" 2>&1 &
-  # Type=simple: systemd returns at once; the reader types the next command seconds later.
+  # Type=notify: systemd returns once the daemon has said READY=1 (after "node started").
   # Wait (bounded) for the daemon to be up, or to fail as systemd would report it.
   for _ in $(seq 200); do
     if tail -n +"$((from + 1))" "$log" | grep -q "node started"; then return 0; fi

@@ -438,3 +438,50 @@ fn sigterm_is_not_held_up_by_a_stalled_client() {
     eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
     drop((headers, body));
 }
+
+/// Under a `Type=notify` unit: READY=1 once the API serves, STOPPING=1 on SIGTERM.
+#[test]
+fn tells_systemd_when_it_serves_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let cluster = Cluster::new();
+    let config = cluster.config("hefei");
+    let path = config.write();
+    let socket_path = cluster.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut child = std::process::Command::new(bins::officesyncd_path())
+        .arg("--config")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start officesyncd");
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY within 30 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // By then the API answers.
+    let api = officesync_tests::ApiClient::new(config.api_listen);
+    assert!(api.healthy(), "READY came before the API served");
+    let pid = child.id().to_string();
+    let mut kill = std::process::Command::new("kill");
+    kill.args(["-TERM", &pid]);
+    run_bounded(kill, None, Duration::from_secs(5)).expect_success("kill -TERM");
+    let n = socket.recv(&mut buf).expect("STOPPING within 30 s");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
