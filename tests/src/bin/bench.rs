@@ -53,14 +53,21 @@ fn value(i: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Raw sled: `ops` inserts in batches of `batch`, each batch followed by `flush()` when
-/// `flush_each` (otherwise one flush at the end). Returns ops/s.
-fn raw_sled_writes(ops: usize, batch: usize, flush_each: bool) -> Result<f64> {
+/// A raw sled database in a new temporary directory (kept alive by the returned handle), with
+/// background flushing off: it writes to disk only on `flush()`.
+pub(crate) fn unflushed_sled() -> Result<(tempfile::TempDir, sled::Db)> {
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new()
         .path(dir.path())
         .flush_every_ms(None)
         .open()?;
+    Ok((dir, db))
+}
+
+/// Raw sled: `ops` inserts in batches of `batch`, each batch followed by `flush()` when
+/// `flush_each` (otherwise one flush at the end). Returns ops/s.
+fn raw_sled_writes(ops: usize, batch: usize, flush_each: bool) -> Result<f64> {
+    let (_dir, db) = unflushed_sled()?;
     let start = Instant::now();
     let mut i = 0;
     while i < ops {

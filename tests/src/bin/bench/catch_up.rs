@@ -13,8 +13,8 @@ use officesync_daemon::transport::{PeerConnection, Transport};
 use serde_json::json;
 
 use crate::replication::{
-    failed, filled_hub, progress, rec_key, shutdown, skipped, spawn_daemon, wait_api_digest, Kind,
-    Pki, Sizes, HUB, OFFICE_A,
+    failed, filled_hub, progress, rec_key, shutdown, spawn_daemon, wait_api_digest, with_server,
+    Kind, Pki, Sizes, HUB, OFFICE_A,
 };
 use crate::servers::{self, procfs, NatsConn, NatsPair, BUCKET};
 use crate::{emit, TableRow};
@@ -147,55 +147,44 @@ async fn one_size(
         None,
     );
 
-    match servers::find_binary("redis-server") {
-        Err(why) => skipped(
-            rows,
-            "bulk_catch_up",
-            &format!("{case}: Redis resync"),
-            &why,
-        ),
-        Ok(bin) => {
-            progress(format_args!(
-                "bulk_catch_up: Redis full resync of the same records"
-            ));
-            let timeout = s.catch_up_timeout;
-            let r = tokio::task::spawn_blocking(move || redis_resync(&bin, n, kind, timeout))
-                .await
-                .context("redis task")
-                .and_then(|r| r);
-            baseline_row(
-                rows,
-                "Redis primary → new replica full resync",
-                &case,
-                n,
-                payload,
-                secs,
-                r,
-                None,
-            );
-        }
+    /// One server baseline: its binary, the case named when it is skipped, the progress
+    /// line, the system named in its row, the measurement, and whether officesync must beat it.
+    struct Baseline {
+        server: &'static str,
+        skip_case: &'static str,
+        doing: &'static str,
+        system: &'static str,
+        measure: fn(&std::path::Path, usize, Kind, Duration) -> Result<Transfer>,
+        must_beat: Option<bool>,
     }
-    match servers::find_binary("nats-server") {
-        Err(why) => skipped(rows, "bulk_catch_up", &format!("{case}: NATS mirror"), &why),
-        Ok(bin) => {
-            progress(format_args!(
-                "bulk_catch_up: NATS KV mirror of the same records"
-            ));
-            let timeout = s.catch_up_timeout;
-            let r = tokio::task::spawn_blocking(move || nats_mirror(&bin, n, kind, timeout))
-                .await
-                .context("nats task")
-                .and_then(|r| r);
-            baseline_row(
-                rows,
-                "NATS JetStream KV mirror over a leaf node (file storage)",
-                &case,
-                n,
-                payload,
-                secs,
-                r,
-                Some(true),
-            );
+    let baselines = [
+        Baseline {
+            server: "redis-server",
+            skip_case: "Redis resync",
+            doing: "Redis full resync of the same records",
+            system: "Redis primary → new replica full resync",
+            measure: redis_resync,
+            must_beat: None,
+        },
+        Baseline {
+            server: "nats-server",
+            skip_case: "NATS mirror",
+            doing: "NATS KV mirror of the same records",
+            system: "NATS JetStream KV mirror over a leaf node (file storage)",
+            measure: nats_mirror,
+            must_beat: Some(true),
+        },
+    ];
+    for b in baselines {
+        let timeout = s.catch_up_timeout;
+        let (doing, measure) = (b.doing, b.measure);
+        let work = move |bin: std::path::PathBuf| {
+            progress(format_args!("bulk_catch_up: {doing}"));
+            measure(&bin, n, kind, timeout)
+        };
+        let skip_case = format!("{case}: {}", b.skip_case);
+        if let Some(r) = with_server(rows, "bulk_catch_up", &skip_case, b.server, work).await {
+            baseline_row(rows, b.system, &case, n, payload, secs, r, b.must_beat);
         }
     }
     Ok(())
@@ -256,11 +245,7 @@ fn baseline_row(
 /// Raw sled ingest of records `0..n`: inserts and one flush. Returns seconds.
 pub(crate) async fn raw_sled_ingest(n: usize, kind: Kind) -> Result<f64> {
     tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir()?;
-        let db = sled::Config::new()
-            .path(dir.path())
-            .flush_every_ms(None)
-            .open()?;
+        let (_dir, db) = crate::unflushed_sled()?;
         let start = Instant::now();
         for i in 0..n {
             db.insert(rec_key(i).as_bytes(), kind.value(i as u64))?;

@@ -15,8 +15,7 @@ use officesync_daemon::config::Durability;
 use serde_json::json;
 
 use crate::replication::{
-    failed, pct, progress, shutdown, skipped, start, wait_durable, Kind, Pki, Sizes, COLL, HUB,
-    OFFICE_A, OFFICE_B,
+    failed, pct, progress, shutdown, start_trio, wait_durable, with_server, Kind, Pki, Sizes, COLL,
 };
 use crate::servers::{self, NatsConn, NatsPair, RedisConn, BUCKET};
 use crate::{emit, TableRow};
@@ -93,6 +92,38 @@ fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec
         .collect()
 }
 
+/// Reads arrivals `(key, at)` of run `run_id` until all `sent.len()` writes are in or
+/// [`DRAIN`] passed (other keys ignored), then pairs them with the send times as [`collect`]
+/// does: the run's figures.
+fn collect_keys(
+    rx: &mpsc::Receiver<(String, Instant)>,
+    run_id: u64,
+    sent: &[Instant],
+    achieved_rate: f64,
+) -> Run {
+    let n = sent.len();
+    let (itx, irx) = mpsc::channel();
+    let deadline = Instant::now() + DRAIN;
+    let mut got = 0;
+    while got < n && Instant::now() < deadline {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((key, at)) => {
+                if let Some(i) = parse_live_key(run_id, &key) {
+                    got += 1;
+                    let _ = itx.send((i, at));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    drop(itx);
+    Run {
+        written: n,
+        lat: collect(&irx, sent),
+        achieved_rate,
+    }
+}
+
 /// Writes per rate.
 fn writes_at(s: &Sizes, rate: u64) -> usize {
     let secs = if rate >= 10_000 {
@@ -123,53 +154,35 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
         }
         Err(e) => failed(rows, "live_propagation", "officesync", &e),
     }
-    match servers::find_binary("redis-server") {
-        Err(why) => skipped(rows, "live_propagation", "Redis chained replication", &why),
-        Ok(bin) => {
-            let sizes: Vec<(u64, usize)> = RATES.iter().map(|&r| (r, writes_at(s, r))).collect();
-            match tokio::task::spawn_blocking(move || redis_chain(&bin, &sizes)).await {
-                Ok(Ok(runs)) => {
-                    for (rate, run) in runs {
-                        report(
-                            rows,
-                            "Redis",
-                            "primary → replica → replica (no persistence)",
-                            rate,
-                            &run,
-                            ours_at(&ours_p99, rate),
-                        );
-                    }
+    let sizes: Vec<(u64, usize)> = RATES.iter().map(|&r| (r, writes_at(s, r))).collect();
+    type Baseline = fn(&std::path::Path, &[(u64, usize)]) -> Result<Vec<(u64, Run)>>;
+    let baselines: [(&str, &str, &str, &str, Baseline); 2] = [
+        (
+            "redis-server",
+            "Redis chained replication",
+            "Redis",
+            "primary → replica → replica (no persistence)",
+            redis_chain,
+        ),
+        (
+            "nats-server",
+            "NATS KV mirror",
+            "NATS",
+            "KV bucket → mirror over a leaf node (file storage)",
+            nats_mirror,
+        ),
+    ];
+    for (server, case, system, path, measure) in baselines {
+        let sizes = sizes.clone();
+        let work = move |bin: std::path::PathBuf| measure(&bin, &sizes);
+        match with_server(rows, "live_propagation", case, server, work).await {
+            None => {}
+            Some(Ok(runs)) => {
+                for (rate, run) in runs {
+                    report(rows, system, path, rate, &run, ours_at(&ours_p99, rate));
                 }
-                Ok(Err(e)) => failed(rows, "live_propagation", "Redis chained replication", &e),
-                Err(e) => failed(
-                    rows,
-                    "live_propagation",
-                    "Redis chained replication",
-                    &e.into(),
-                ),
             }
-        }
-    }
-    match servers::find_binary("nats-server") {
-        Err(why) => skipped(rows, "live_propagation", "NATS KV mirror", &why),
-        Ok(bin) => {
-            let sizes: Vec<(u64, usize)> = RATES.iter().map(|&r| (r, writes_at(s, r))).collect();
-            match tokio::task::spawn_blocking(move || nats_mirror(&bin, &sizes)).await {
-                Ok(Ok(runs)) => {
-                    for (rate, run) in runs {
-                        report(
-                            rows,
-                            "NATS",
-                            "KV bucket → mirror over a leaf node (file storage)",
-                            rate,
-                            &run,
-                            ours_at(&ours_p99, rate),
-                        );
-                    }
-                }
-                Ok(Err(e)) => failed(rows, "live_propagation", "NATS KV mirror", &e),
-                Err(e) => failed(rows, "live_propagation", "NATS KV mirror", &e.into()),
-            }
+            Some(Err(e)) => failed(rows, "live_propagation", case, &e),
         }
     }
 }
@@ -230,23 +243,7 @@ fn report(
 /// officesync: hub and two offices in this process; writes at A, arrivals at B.
 async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
     let dir = tempfile::tempdir()?;
-    let hub = start(pki, HUB, &dir.path().join("hub"), None, Durability::Sync).await?;
-    let a = start(
-        pki,
-        OFFICE_A,
-        &dir.path().join("a"),
-        Some(hub.sync_addr()),
-        Durability::Sync,
-    )
-    .await?;
-    let b = start(
-        pki,
-        OFFICE_B,
-        &dir.path().join("b"),
-        Some(hub.sync_addr()),
-        Durability::Sync,
-    )
-    .await?;
+    let (hub, a, b) = start_trio(pki, dir.path(), Durability::Sync).await?;
     let origin = a.replica().id().clone();
     let ack = a
         .replica()
@@ -391,32 +388,7 @@ fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64
         drain
             .join()
             .map_err(|_| anyhow::anyhow!("reply thread panicked"))??;
-        let (itx, irx) = mpsc::channel();
-        let lat = {
-            let deadline = Instant::now() + DRAIN;
-            let mut got = 0;
-            while got < n && Instant::now() < deadline {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok((key, at)) => {
-                        if let Some(i) = parse_live_key(run_id, &key) {
-                            got += 1;
-                            let _ = itx.send((i, at));
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            drop(itx);
-            collect(&irx, &sent)
-        };
-        runs.push((
-            rate,
-            Run {
-                written: n,
-                lat,
-                achieved_rate,
-            },
-        ));
+        runs.push((rate, collect_keys(&rx, run_id, &sent, achieved_rate)));
     }
     Ok(runs)
 }
@@ -479,30 +451,7 @@ fn nats_mirror(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64
             std::io::Write::flush(&mut out)?;
             Ok(())
         })?;
-        let (itx, irx) = mpsc::channel();
-        let deadline = Instant::now() + DRAIN;
-        let mut got = 0;
-        while got < n && Instant::now() < deadline {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok((key, at)) => {
-                    if let Some(i) = parse_live_key(run_id, &key) {
-                        got += 1;
-                        let _ = itx.send((i, at));
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        drop(itx);
-        let lat = collect(&irx, &sent);
-        runs.push((
-            rate,
-            Run {
-                written: n,
-                lat,
-                achieved_rate,
-            },
-        ));
+        runs.push((rate, collect_keys(&rx, run_id, &sent, achieved_rate)));
     }
     w.round_trip()?;
     drop(pair);

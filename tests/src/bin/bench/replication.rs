@@ -335,6 +335,44 @@ pub(crate) async fn start(
         .with_context(|| format!("starting node {name}"))
 }
 
+/// A hub in `dir/hub` and offices A (`dir/a`) and B (`dir/b`) dialing it, all with
+/// `durability`.
+pub(crate) async fn start_trio(
+    pki: &Pki,
+    dir: &Path,
+    durability: Durability,
+) -> Result<(Node, Node, Node)> {
+    let hub = start(pki, HUB, &dir.join("hub"), None, durability).await?;
+    let dial = Some(hub.sync_addr());
+    let a = start(pki, OFFICE_A, &dir.join("a"), dial, durability).await?;
+    let b = start(pki, OFFICE_B, &dir.join("b"), dial, durability).await?;
+    Ok((hub, a, b))
+}
+
+/// Runs `work` on a blocking thread with the path of the installed server binary `server`
+/// (a baseline); when it is not installed, emits a skipped row for `figure`/`case` and
+/// returns `None`.
+pub(crate) async fn with_server<T: Send + 'static>(
+    rows: &mut Vec<TableRow>,
+    figure: &str,
+    case: &str,
+    server: &str,
+    work: impl FnOnce(PathBuf) -> Result<T> + Send + 'static,
+) -> Option<Result<T>> {
+    match crate::servers::find_binary(server) {
+        Err(why) => {
+            skipped(rows, figure, case, &why);
+            None
+        }
+        Ok(bin) => Some(
+            tokio::task::spawn_blocking(move || work(bin))
+                .await
+                .with_context(|| format!("{server} task"))
+                .and_then(|r| r),
+        ),
+    }
+}
+
 /// Shuts nodes down in order (offices before the hub), reporting the first error.
 pub(crate) async fn shutdown(nodes: Vec<Node>) -> Result<()> {
     let mut first = Ok(());
@@ -393,15 +431,32 @@ pub(crate) async fn wait_digest(
     target: &Digest,
     timeout: Duration,
 ) -> Result<Option<Instant>> {
+    poll_until(timeout, Duration::from_millis(2), || async move {
+        Ok(replica.collection(COLL).await?.digest == *target)
+    })
+    .await
+}
+
+/// Checks `reached` every `every` until it holds; returns when it did (`None`: not within
+/// `timeout`).
+async fn poll_until<F, Fut>(
+    timeout: Duration,
+    every: Duration,
+    mut reached: F,
+) -> Result<Option<Instant>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if replica.collection(COLL).await?.digest == *target {
+        if reached().await? {
             return Ok(Some(Instant::now()));
         }
         if Instant::now() >= deadline {
             return Ok(None);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -521,18 +576,12 @@ pub(crate) async fn wait_api_digest(
     target: &Digest,
     timeout: Duration,
 ) -> Result<Option<Instant>> {
-    let deadline = Instant::now() + timeout;
-    let hex = target.to_hex();
-    loop {
+    let hex = &target.to_hex();
+    poll_until(timeout, Duration::from_millis(10), || async move {
         let status = api_status(api).await?;
-        if status["collections"][COLL]["digest"].as_str() == Some(hex.as_str()) {
-            return Ok(Some(Instant::now()));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        Ok(status["collections"][COLL]["digest"].as_str() == Some(hex.as_str()))
+    })
+    .await
 }
 
 #[cfg(test)]

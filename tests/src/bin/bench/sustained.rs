@@ -16,8 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::replication::{
-    failed, progress, shutdown, start, wait_durable, Kind, Pki, Sizes, COLL, HUB, OFFICE_A,
-    OFFICE_B,
+    failed, progress, shutdown, start_trio, wait_durable, Kind, Pki, Sizes, COLL,
 };
 use crate::{emit, TableRow};
 
@@ -59,23 +58,7 @@ async fn one_mode(
     rows: &mut Vec<TableRow>,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = start(pki, HUB, &dir.path().join("hub"), None, durability).await?;
-    let a = start(
-        pki,
-        OFFICE_A,
-        &dir.path().join("a"),
-        Some(hub.sync_addr()),
-        durability,
-    )
-    .await?;
-    let b = start(
-        pki,
-        OFFICE_B,
-        &dir.path().join("b"),
-        Some(hub.sync_addr()),
-        durability,
-    )
-    .await?;
+    let (hub, a, b) = start_trio(pki, dir.path(), durability).await?;
     let ack = a
         .replica()
         .write(COLL, "warmup", Some(b"warmup".to_vec()))
