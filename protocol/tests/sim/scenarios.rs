@@ -11,6 +11,25 @@ fn spec(name: &str, relay: bool) -> NodeSpec {
     }
 }
 
+/// A scripted world of `nodes` and `links`: no random writes or faults, no automatic flush,
+/// batches of 16 versions, digest repair every `repair_ms` (0: never).
+fn scripted(nodes: Vec<NodeSpec>, links: Vec<(usize, usize)>, repair_ms: u64) -> Params {
+    Params {
+        nodes,
+        links,
+        writes: 0,
+        active_ms: 0,
+        crashes: 0,
+        drops: 0,
+        partitions: 0,
+        rots: 0,
+        batch_max_versions: 16,
+        batch_max_bytes: 1 << 16,
+        repair_ms,
+        auto_flush: false,
+    }
+}
+
 /// A local write supersedes a durable version and is lost in a crash before its flush. With
 /// loads that skip superseded versions (`Replica::naive_loads`), the
 /// Load right after the flush skips the durable version yet completes past it, so after the
@@ -19,20 +38,11 @@ fn spec(name: &str, relay: bool) -> NodeSpec {
 #[test]
 fn a_superseding_write_lost_in_a_crash() {
     for naive in [true, false] {
-        let params = Params {
-            nodes: vec![spec("general-office", true), spec("hefei", false)],
-            links: vec![(1, 0)],
-            writes: 0,
-            active_ms: 0,
-            crashes: 0,
-            drops: 0,
-            partitions: 0,
-            rots: 0,
-            batch_max_versions: 16,
-            batch_max_bytes: 1 << 16,
-            repair_ms: 0,
-            auto_flush: false,
-        };
+        let params = scripted(
+            vec![spec("general-office", true), spec("hefei", false)],
+            vec![(1, 0)],
+            0,
+        );
         let mut w = World::new(7, params);
         w.nodes[0].replica.naive_loads = naive;
         w.run_until(3_000);
@@ -78,24 +88,15 @@ fn a_superseding_write_lost_in_a_crash() {
 /// re-streams, in vain, but backs off instead of re-streaming every interval.
 #[test]
 fn an_unrepairable_rot_backs_off() {
-    let params = Params {
-        nodes: vec![
+    let params = scripted(
+        vec![
             spec("general-office", true),
             spec("hefei", false),
             spec("anqing", false),
         ],
-        links: vec![(1, 0), (2, 0)],
-        writes: 0,
-        active_ms: 0,
-        crashes: 0,
-        drops: 0,
-        partitions: 0,
-        rots: 0,
-        batch_max_versions: 16,
-        batch_max_bytes: 1 << 16,
-        repair_ms: 1_000,
-        auto_flush: false,
-    };
+        vec![(1, 0), (2, 0)],
+        1_000,
+    );
     let mut w = World::new(11, params);
     w.run_until(2_000);
     let v = w.write_key(0, "letters", "circular", Some(b"v".to_vec()));
@@ -139,24 +140,18 @@ fn an_unrepairable_rot_backs_off() {
 fn a_restricted_collection_reaches_only_its_readers_over_two_hops() {
     use officesync_protocol::policy::Policy;
     let params = Params {
-        nodes: vec![
-            spec("general-office", true),
-            spec("relay-2", true),
-            spec("office-a", false),
-            spec("office-b", false),
-            spec("office-c", false),
-        ],
-        links: vec![(1, 0), (2, 0), (3, 0), (4, 1)],
-        writes: 0,
-        active_ms: 0,
-        crashes: 0,
-        drops: 0,
-        partitions: 0,
-        rots: 0,
         batch_max_versions: 4,
-        batch_max_bytes: 1 << 16,
-        repair_ms: 0,
-        auto_flush: false,
+        ..scripted(
+            vec![
+                spec("general-office", true),
+                spec("relay-2", true),
+                spec("office-a", false),
+                spec("office-b", false),
+                spec("office-c", false),
+            ],
+            vec![(1, 0), (2, 0), (3, 0), (4, 1)],
+            0,
+        )
     };
     let mut w = World::new(23, params);
     let (policy, errors) = Policy::from_entries(
