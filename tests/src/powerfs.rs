@@ -64,6 +64,16 @@ enum Kind {
     File { data: Vec<u8>, undo: Vec<Undo> },
 }
 
+impl Kind {
+    /// A new, empty regular file.
+    fn empty_file() -> Self {
+        Kind::File {
+            data: Vec::new(),
+            undo: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inode {
     kind: Kind,
@@ -357,12 +367,8 @@ impl Filesystem for Fs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let file = Kind::File {
-            data: Vec::new(),
-            undo: Vec::new(),
-        };
         let mut state = self.lock();
-        match state.make(parent.0, name, file, perm(mode)) {
+        match state.make(parent.0, name, Kind::empty_file(), perm(mode)) {
             Ok(ino) => self.reply_entry(&state, ino, reply),
             Err(e) => reply.error(e),
         }
@@ -378,12 +384,8 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let file = Kind::File {
-            data: Vec::new(),
-            undo: Vec::new(),
-        };
         let mut state = self.lock();
-        match state.make(parent.0, name, file, perm(mode)) {
+        match state.make(parent.0, name, Kind::empty_file(), perm(mode)) {
             Ok(ino) => match state.attr(ino) {
                 Some(attr) => reply.created(
                     &TTL,
