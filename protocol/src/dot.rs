@@ -174,9 +174,10 @@ impl VersionVector {
         self.0.is_empty()
     }
 
-    /// Sum of counters: the number of versions a gapless vector covers.
+    /// Sum of counters: the number of versions a gapless vector covers (saturating: a
+    /// peer's counters may be as large as it likes).
     pub fn total(&self) -> u64 {
-        self.0.values().sum()
+        self.0.values().fold(0, |a, b| a.saturating_add(*b))
     }
 }
 

@@ -34,7 +34,10 @@ pub use message::{
     Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, Heartbeat, Hello,
     HelloAck, Message, MessageV1,
 };
-pub use validate::{validate_cluster_id, MAX_CLUSTER_ID_LEN, MAX_ERROR_DETAIL_BYTES};
+pub use validate::{
+    validate_cluster_id, MAX_CLUSTER_ID_LEN, MAX_ERROR_DETAIL_BYTES, MAX_HANDSHAKE_COLLECTIONS,
+    MAX_VECTOR_ENTRIES,
+};
 
 /// The protocol version this build speaks; sent in [`Hello::protocol`] and carried by
 /// [`Message::V1`].

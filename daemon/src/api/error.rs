@@ -65,9 +65,12 @@ impl ApiError {
             Self::Replica(e) => match e {
                 ReplicaError::Name(_) => StatusCode::BAD_REQUEST,
                 ReplicaError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ReplicaError::TooManyCollections { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 ReplicaError::Store(_)
                 | ReplicaError::Corrupt { .. }
-                | ReplicaError::WrongNode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                | ReplicaError::WrongNode { .. }
+                | ReplicaError::WriteSuperseded { .. }
+                | ReplicaError::CausalContext { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 ReplicaError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             },
         }

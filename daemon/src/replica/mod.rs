@@ -63,6 +63,35 @@ pub enum ReplicaError {
         /// Name configured.
         expected: String,
     },
+    /// A local write that the merge rules would drop: a version held here already covers
+    /// the new dot. It cannot happen while every stored context covers only dots this node
+    /// holds; it is refused (and counted) rather than acknowledged and lost.
+    #[error("write of {collection}/{key} refused: the version it would become ({dot}) is already superseded here (a corrupt causal context)")]
+    WriteSuperseded {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The dot the write would have had.
+        dot: String,
+    },
+    /// Received versions whose causal context covers dots this node does not hold (after
+    /// the whole batch): nothing of the batch is applied.
+    #[error("version {dot} covers {covers} in its causal context, beyond what this node holds")]
+    CausalContext {
+        /// The version's dot.
+        dot: String,
+        /// The first entry of its context this node does not hold, as `origin:counter`.
+        covers: String,
+    },
+    /// A collection past the limit of collections one node holds.
+    #[error("this node already holds {limit} collections; refused new collection {collection}")]
+    TooManyCollections {
+        /// The collection refused.
+        collection: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The replica is shutting down.
     #[error("the store is shutting down")]
     Closed,
@@ -186,8 +215,10 @@ pub struct ReplicaStats {
     pub local_writes: AtomicU64,
     /// Received versions applied.
     pub remote_applied: AtomicU64,
-    /// Received versions rejected (clock skew, invalid).
+    /// Received versions rejected (clock skew, invalid, siblings past the limit).
     pub remote_rejected: AtomicU64,
+    /// Local writes refused because the merge would have dropped them.
+    pub local_refused: AtomicU64,
     /// Durable syncs performed.
     pub syncs: AtomicU64,
     /// Writes acknowledged by those syncs (their ratio is the group-commit size).

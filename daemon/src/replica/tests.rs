@@ -205,11 +205,21 @@ async fn digest_depends_on_versions_not_order() {
     ];
     let x = memory("x");
     let y = memory("y");
-    x.apply_remote(versions.clone(), vec![])
-        .await
-        .expect("apply");
-    for v in versions.iter().rev() {
-        y.apply_remote(vec![v.clone()], vec![])
+    x.apply_remote(
+        versions.clone(),
+        vec![("situation".to_owned(), o.clone(), 2)],
+    )
+    .await
+    .expect("apply");
+    // Another order; a context may only cover what is held (p:1's covers o:1), so p:1 comes
+    // after o:1, with the vector advance that says so.
+    for (v, complete) in [
+        (&versions[3], vec![]),
+        (&versions[1], vec![]),
+        (&versions[0], vec![]),
+        (&versions[2], vec![("situation".to_owned(), o.clone(), 2)]),
+    ] {
+        y.apply_remote(vec![v.clone()], complete)
             .await
             .expect("apply");
     }
@@ -223,9 +233,12 @@ async fn digest_depends_on_versions_not_order() {
     assert_eq!(mx.digest, my.digest);
     assert_eq!((mx.keys, mx.records, mx.versions), (3, 2, 3));
     let z = memory("z");
-    z.apply_remote(versions[..3].to_vec(), vec![])
-        .await
-        .expect("apply");
+    z.apply_remote(
+        versions[..3].to_vec(),
+        vec![("situation".to_owned(), o.clone(), 2)],
+    )
+    .await
+    .expect("apply");
     assert_ne!(meta(&z, "situation").await.digest, mx.digest);
     let changed = Version {
         value: Some(b"other".to_vec()),

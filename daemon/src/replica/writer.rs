@@ -23,6 +23,14 @@ use crate::store::{Store, StoreError, WriteBatch};
 /// Most requests drained into one group commit.
 const MAX_GROUP: usize = 1024;
 
+/// Most siblings one key may hold: concurrent writes of that many replicas. A received
+/// version that would add one more is refused and counted (a local write replaces them all).
+pub const MAX_SIBLINGS: usize = 32;
+
+/// Largest encoded sibling record accepted from a peer: well below sled's large-value
+/// threshold (about 128 KiB), so no record ever becomes an unsynced blob file.
+pub const MAX_RECORD_BYTES: usize = 96 * 1024;
+
 /// How a version's value is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) enum Body {
@@ -398,13 +406,23 @@ impl Writer {
         key: &str,
         value: Option<Vec<u8>>,
     ) -> Result<WriteAck, ReplicaError> {
-        // The fallible reads come first, so an error leaves the group as it was.
-        self.meta(g, coll)?;
+        // The fallible reads and checks come first, so an error leaves the group as it was.
+        self.check_collection_room(g, coll)?;
+        let next = self.meta(g, coll)?.vv.get(&self.id) + 1;
+        let dot = officesync_protocol::Dot::new(self.id.clone(), next);
         let siblings = self.take_siblings(g, coll, key)?;
+        if siblings.iter().any(|s| s.header.context.covers(&dot)) {
+            g.siblings
+                .insert((coll.to_owned(), key.to_owned()), siblings);
+            self.stats.local_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ReplicaError::WriteSuperseded {
+                collection: coll.to_owned(),
+                key: key.to_owned(),
+                dot: dot.to_string(),
+            });
+        }
         let hlc = self.clock.tick(now_ms());
-        let id = self.id.clone();
         let meta = self.meta(g, coll)?;
-        let dot = officesync_protocol::Dot::new(id, meta.vv.get(&self.id) + 1);
         meta.vv.add_dot(&dot);
         let version = Version {
             collection: coll.to_owned(),
@@ -429,11 +447,8 @@ impl Writer {
             }
         }
         let header = version.header();
-        let (applied, siblings) = merge_version(&mut meta, siblings, version, header, &mut g.batch);
-        debug_assert!(
-            applied,
-            "a local write always supersedes what the node holds"
-        );
+        // Checked above: nothing held covers the new dot, so the merge inserts it.
+        let (_, siblings) = merge_version(&mut meta, siblings, version, header, &mut g.batch);
         g.metas.insert(coll.to_owned(), meta);
         g.siblings
             .insert((coll.to_owned(), key.to_owned()), siblings);
@@ -448,6 +463,7 @@ impl Writer {
         complete: Vec<(String, ReplicaId, u64)>,
         repair: bool,
     ) -> Result<ApplyReport, ReplicaError> {
+        self.check_contexts(g, &versions, &complete)?;
         let mut report = ApplyReport::default();
         let now = now_ms();
         for (v, header) in versions {
@@ -462,6 +478,12 @@ impl Writer {
             }
             let (coll, key) = (v.collection.clone(), v.key.clone());
             let siblings = self.take_siblings(g, &coll, &key)?;
+            if let Err(reason) = room_for(&siblings, &header, &v) {
+                g.siblings.insert((coll, key), siblings);
+                self.stats.remote_rejected.fetch_add(1, Ordering::Relaxed);
+                report.rejected.push((v.dot.to_string(), reason));
+                continue;
+            }
             let mut meta = std::mem::take(self.meta(g, &coll)?);
             let (applied, siblings) = merge_version(&mut meta, siblings, v, header, &mut g.batch);
             if applied {
@@ -481,6 +503,71 @@ impl Writer {
             .remote_applied
             .fetch_add(report.applied, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// Refuses a new collection past [`MAX_HANDSHAKE_COLLECTIONS`] (a handshake lists every
+    /// collection's vector, and its size is bounded).
+    ///
+    /// [`MAX_HANDSHAKE_COLLECTIONS`]: officesync_protocol::wire::MAX_HANDSHAKE_COLLECTIONS
+    fn check_collection_room(&self, g: &Group, coll: &str) -> Result<(), ReplicaError> {
+        use officesync_protocol::wire::MAX_HANDSHAKE_COLLECTIONS as LIMIT;
+        let known = self.metas.contains_key(coll) || g.metas.contains_key(coll);
+        let held = self.metas.len()
+            + g.metas
+                .keys()
+                .filter(|c| !self.metas.contains_key(*c))
+                .count();
+        if !known && held >= LIMIT {
+            return Err(ReplicaError::TooManyCollections {
+                collection: coll.to_owned(),
+                limit: LIMIT,
+            });
+        }
+        Ok(())
+    }
+
+    /// The last line of defence against a poisoned causal context (the sync session checks
+    /// first): every context entry of every version must be held once the request's vector
+    /// advances are applied, and none may claim more of this node's own origin than it issued.
+    /// A request that breaks this is refused whole, before anything changes.
+    fn check_contexts(
+        &mut self,
+        g: &mut Group,
+        versions: &[(Version, VersionHeader)],
+        complete: &[(String, ReplicaId, u64)],
+    ) -> Result<(), ReplicaError> {
+        let mut after: HashMap<&str, officesync_protocol::VersionVector> = HashMap::new();
+        for (v, _) in versions {
+            if names::validate_collection_name(&v.collection).is_err() {
+                continue; // refused on its own below
+            }
+            if !after.contains_key(v.collection.as_str()) {
+                self.check_collection_room(g, &v.collection)?;
+                let mut vv = self.meta(g, &v.collection)?.vv.clone();
+                for (c, origin, through) in complete {
+                    if *c == v.collection {
+                        vv.raise(origin, *through);
+                    }
+                }
+                after.insert(&v.collection, vv);
+            }
+            let Some(vv) = after.get(v.collection.as_str()) else {
+                continue;
+            };
+            // Its own origin's entry is below its counter (checked on receipt); any other,
+            // this node's own included, must be held.
+            let bad = v
+                .context
+                .iter()
+                .find(|(o, n)| *o != &v.dot.origin && *n > vv.get(o));
+            if let Some((o, n)) = bad {
+                return Err(ReplicaError::CausalContext {
+                    dot: v.dot.to_string(),
+                    covers: format!("{o}:{n}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn check_remote(&mut self, v: &Version, now: u64) -> Result<(), String> {
@@ -614,6 +701,44 @@ fn merge_version(
         _ => {}
     }
     (true, siblings)
+}
+
+/// Whether a received version may join `siblings`: refused when the key would hold more than
+/// [`MAX_SIBLINGS`] siblings or an encoded record above [`MAX_RECORD_BYTES`]. Versions it
+/// supersedes leave room; a duplicate or an obsolete version changes nothing and passes.
+fn room_for(siblings: &[StoredSibling], header: &VersionHeader, v: &Version) -> Result<(), String> {
+    let kept: Vec<&StoredSibling> = siblings
+        .iter()
+        .filter(|s| !header.context.covers(&s.header.dot))
+        .collect();
+    if siblings.iter().any(|s| s.header.dot == header.dot)
+        || kept.iter().any(|s| s.header.context.covers(&header.dot))
+    {
+        return Ok(());
+    }
+    if kept.len() >= MAX_SIBLINGS {
+        return Err(format!(
+            "{}/{} already has {MAX_SIBLINGS} siblings: the limit of siblings per key",
+            v.collection, v.key
+        ));
+    }
+    let inline = v.value.as_ref().filter(|b| b.len() <= INLINE_VALUE_MAX);
+    let new_bytes =
+        codec::encode(header).map_or(usize::MAX, |b| b.len()) + inline.map_or(0, Vec::len) + 16;
+    let held: usize = kept
+        .iter()
+        .map(|s| codec::encode(*s).map_or(usize::MAX, |b| b.len()))
+        .fold(0, usize::saturating_add);
+    if held.saturating_add(new_bytes) > MAX_RECORD_BYTES {
+        return Err(format!(
+            "{}/{} would hold a record of {} bytes with its siblings: the limit of siblings \
+             per key is {MAX_RECORD_BYTES} bytes",
+            v.collection,
+            v.key,
+            held.saturating_add(new_bytes)
+        ));
+    }
+    Ok(())
 }
 
 /// In periodic mode: syncs the store every `every` until told to stop.

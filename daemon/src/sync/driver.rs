@@ -23,6 +23,8 @@ const WIRE_VALUE_BOUND: usize = crate::config::MAX_VALUE_BYTES_LIMIT;
 const INPUT_QUEUE: usize = 16;
 /// Bulk frames waiting for the bulk stream writer (bounded: backpressure to loads).
 const BULK_QUEUE: usize = 4;
+/// Control frames waiting for the control stream writer: past this the peer is not reading.
+const CONTROL_QUEUE: usize = 1024;
 /// How often the peer table is refreshed from the session.
 const STATUS_EVERY: Duration = Duration::from_millis(250);
 /// How long to wait for the peer to open its control stream.
@@ -137,16 +139,16 @@ pub(crate) async fn drive(
                 .with_counters(counters.clone()),
             StreamKind::Control,
             input_tx.clone(),
-            (settings.max_value_bytes, settings.max_clock_skew_ms),
+            settings.max_value_bytes,
         )),
         tokio::spawn(accept_bulk(
             connection.clone(),
             counters.clone(),
             input_tx,
-            (settings.max_value_bytes, settings.max_clock_skew_ms),
+            settings.max_value_bytes,
         )),
     ];
-    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
     let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);
     let compress = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = [
@@ -171,9 +173,17 @@ pub(crate) async fn drive(
     let mut bad = BadInput::default();
     let mut close_code = 0u32;
     let why = loop {
-        // Outputs: control first, then bulk as far as the bulk queue takes it.
+        // Outputs: control first, then bulk as far as the bulk queue takes it. Control frames
+        // are few and small; a backlog past the bound means the peer does not read its
+        // control stream (a heartbeat flood, say): its bad input.
         while let Some(msg) = session.poll_transmit_on(StreamKind::Control) {
-            let _ = ctrl_tx.send(msg);
+            if let Err(mpsc::error::TrySendError::Full(_)) = ctrl_tx.try_send(msg) {
+                bad.frame_fault = true;
+                session.close(
+                    ErrorCode::FrameTooLarge,
+                    "control frames backed up: the peer does not read its control stream",
+                );
+            }
         }
         loop {
             if bulk_pending.is_none() {
@@ -336,7 +346,7 @@ pub(crate) async fn drive(
             _ = shutdown.wait_for(|s| *s) => {
                 session.close(ErrorCode::Internal, "node shutting down");
                 while let Some(msg) = session.poll_transmit_on(StreamKind::Control) {
-                    let _ = ctrl_tx.send(msg);
+                    let _ = ctrl_tx.try_send(msg);
                 }
                 break "node shutting down".to_owned();
             },
@@ -570,7 +580,11 @@ fn report_status(
         if let Some(t) = last_heard {
             p.last_seen = Some(rfc3339(t));
         }
-        p.lag_versions = st.collections.iter().map(|c| c.lag_versions).sum();
+        p.lag_versions = st
+            .collections
+            .iter()
+            .map(|c| c.lag_versions)
+            .fold(0, u64::saturating_add);
         p.bytes_sent = base.0 + counters.bytes_sent();
         p.bytes_received = base.1 + counters.bytes_received();
         p.address = Some(remote.to_string());
@@ -579,23 +593,21 @@ fn report_status(
     });
 }
 
-/// Reads, decodes and validates the peer's frames; `limits` are this node's value limit and
-/// `sync.max_clock_skew_ms`. Bad input ends the stream as [`Input::Invalid`] with its code.
+/// Reads, decodes and validates the peer's frames against this node's value limit. Bad input
+/// ends the stream as [`Input::Invalid`] with its code.
 async fn read_frames(
     mut recv: FramedRecv,
     stream: StreamKind,
     tx: mpsc::Sender<Input>,
-    limits: (usize, u64),
+    max_value_bytes: usize,
 ) {
-    let (max_value_bytes, max_skew_ms) = limits;
     loop {
         let ended = match recv.recv().await {
             // Values above this node's own limit are refused one by one (and counted) when
             // applied, so a peer configured with a larger limit cannot wedge the stream.
-            Ok(Some(msg)) => match msg
-                .validate(max_value_bytes.max(WIRE_VALUE_BOUND))
-                .and_then(|()| msg.check_clock(now_ms(), max_skew_ms))
-            {
+            // Timestamps are the session's to check: a version stamped too far ahead is
+            // refused alone, never the relay that carried it.
+            Ok(Some(msg)) => match msg.validate(max_value_bytes.max(WIRE_VALUE_BOUND)) {
                 Ok(()) => {
                     if tx.send(Input::Frame(stream, msg)).await.is_err() {
                         return;
@@ -619,14 +631,14 @@ async fn accept_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
     tx: mpsc::Sender<Input>,
-    limits: (usize, u64),
+    max_value_bytes: usize,
 ) {
     match connection.accept_uni().await {
         Ok(stream) => {
             let recv = FramedRecv::new(stream)
                 .with_limit(officesync_protocol::wire::MAX_FRAME_BYTES)
                 .with_counters(counters);
-            read_frames(recv, StreamKind::Bulk, tx, limits).await;
+            read_frames(recv, StreamKind::Bulk, tx, max_value_bytes).await;
         }
         Err(e) => {
             let _ = tx.send(Input::Ended(StreamKind::Bulk, e.to_string())).await;
@@ -634,7 +646,7 @@ async fn accept_bulk(
     }
 }
 
-async fn write_control(mut send: FramedSend, mut rx: mpsc::UnboundedReceiver<Message>) {
+async fn write_control(mut send: FramedSend, mut rx: mpsc::Receiver<Message>) {
     while let Some(msg) = rx.recv().await {
         if let Err(e) = send.send(&msg, false).await {
             tracing::debug!(error = %e, "control stream write failed");

@@ -377,7 +377,10 @@ async fn lag_of_absent_peers(
             let per_collection = lag_by_collection(&readable, &vvs, replica.id(), relay);
             peers.update(&name, |p| {
                 if !p.connected {
-                    p.lag_versions = per_collection.iter().map(|(_, n)| n).sum();
+                    p.lag_versions = per_collection
+                        .iter()
+                        .map(|(_, n)| *n)
+                        .fold(0, u64::saturating_add);
                     for (collection, n) in &per_collection {
                         p.collection_mut(collection).lag_versions = *n;
                     }

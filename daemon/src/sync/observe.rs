@@ -145,14 +145,20 @@ impl SessionObserver {
                     }
                 }
             }
-            p.behind_versions = per_collection.values().map(|(_, b)| b).sum();
+            p.behind_versions = per_collection
+                .values()
+                .map(|(_, b)| *b)
+                .fold(0, u64::saturating_add);
             p.caught_up = all_in;
             if newly_caught_up {
                 p.caught_up_at = Some(rfc3339(SystemTime::now()));
             }
             p.versions_sent = base.versions_sent + st.versions_sent;
             p.versions_received = base.versions_received + st.versions_received;
-            p.rejected = p.rejected_by_reason.values().sum();
+            p.rejected = p
+                .rejected_by_reason
+                .values()
+                .fold(0, |a, b| a.saturating_add(*b));
         });
     }
 
@@ -162,7 +168,10 @@ impl SessionObserver {
             *p.rejected_by_reason
                 .entry(reason_label(reason).to_owned())
                 .or_default() += count;
-            p.rejected = p.rejected_by_reason.values().sum();
+            p.rejected = p
+                .rejected_by_reason
+                .values()
+                .fold(0, |a, b| a.saturating_add(*b));
         });
     }
 
@@ -201,7 +210,10 @@ impl SessionObserver {
                     .entry(reason_label(reason).to_owned())
                     .or_default() += 1;
             }
-            p.rejected = p.rejected_by_reason.values().sum();
+            p.rejected = p
+                .rejected_by_reason
+                .values()
+                .fold(0, |a, b| a.saturating_add(*b));
             raise_newest(p, newest);
         });
     }
@@ -230,7 +242,7 @@ pub(crate) fn behind(
         .iter()
         .filter(|(o, _)| relays || o.node_name() == peer)
         .map(|(o, n): (&ReplicaId, u64)| n.saturating_sub(ours.map_or(0, |v| v.get(o))))
-        .sum()
+        .fold(0, u64::saturating_add)
 }
 
 /// The metric label of a refusal reason.
@@ -242,6 +254,12 @@ pub(crate) fn reason_label(reason: &str) -> &'static str {
         "policy"
     } else if r.contains("ahead of the local clock") {
         "clock_skew"
+    } else if r.contains("causal context") {
+        "causal_context"
+    } else if r.starts_with("incarnation") {
+        "incarnation"
+    } else if r.starts_with("limit") || r.contains("siblings") {
+        "limit"
     } else if r.contains("exceeds the limit") || r.contains("too large") {
         "too_large"
     } else {

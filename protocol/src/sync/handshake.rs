@@ -37,11 +37,10 @@ impl Session {
             .unwrap_or(Compression::None);
         self.peer_replica = Some(h.replica);
         self.peer_vvs = h.vvs.into_iter().collect();
-        self.advertised = self.local.clone();
         let ack = HelloAck {
             protocol: PROTOCOL_VERSION,
             accepted_compression: self.compression,
-            vvs: self.local_vv_list(),
+            vvs: self.advertise(),
         };
         self.control_q.push_back(ack.into());
         self.establish();

@@ -3,7 +3,8 @@
 //!
 //! Both sides probe every `heartbeat_interval_ms` with `Heartbeat { now_ms, seq }`. The dialer
 //! numbers its probes odd and the acceptor even, so a heartbeat with the peer's parity is a
-//! probe (echoed with the same `seq`) and one with ours is the echo of our probe.
+//! probe (echoed with the same `seq`, at most once per half interval) and one with ours is the
+//! echo of our probe.
 
 use crate::wire::Heartbeat;
 
@@ -21,6 +22,9 @@ pub(super) struct Heartbeats {
     outstanding: Option<(u64, u64)>,
     /// The latest round-trip time.
     pub(super) rtt: Option<u64>,
+    /// No echo is sent before this time: at most one per half interval, so a peer flooding
+    /// probes gets few answers and cannot grow the control queue.
+    next_echo_at: u64,
 }
 
 impl Session {
@@ -61,6 +65,10 @@ impl Session {
                 }
             }
         } else {
+            if self.now < self.hb.next_echo_at {
+                return; // a probe flood: the peer gets at most one echo per half interval
+            }
+            self.hb.next_echo_at = self.now.saturating_add(self.cfg.heartbeat_interval_ms / 2);
             self.control_q.push_back(
                 Heartbeat {
                     now_ms: self.now,

@@ -109,5 +109,10 @@ pub const MAX_BUFFERED_BYTES: usize = 2 * crate::wire::MAX_FRAME_BYTES;
 /// Most `(collection, origin)` streams a peer may make a session track.
 pub const MAX_STREAMS: usize = 1 << 20;
 
+/// Most incarnations (replica ids) of one node a node accepts from that node itself: a node
+/// gets a new one each time its data dir is wiped or restored, so a node past this is either
+/// misbehaving or must be cleaned up by an admin. Versions of further incarnations are refused.
+pub const MAX_INCARNATIONS_PER_NODE: usize = 32;
+
 /// Most digest requests from the peer awaiting an answer (a conforming peer has one).
 pub const MAX_PENDING_DIGEST_REQUESTS: usize = 16;

@@ -107,6 +107,8 @@ impl Session {
         let Some((_, purpose)) = waiters.remove(pos) else {
             return;
         };
+        // The peer learns this vector: what it covers may appear in contexts sent to us.
+        self.note_held(collection, &vv);
         let result = match purpose {
             Purpose::Round => self.send_digest_request(collection, digest, vv),
             Purpose::Reply => self.reply_digest(collection, digest, vv),
@@ -194,6 +196,10 @@ impl Session {
     }
 
     pub(super) fn on_digest_request(&mut self, r: DigestRequest) -> Result<(), SyncError> {
+        self.peer_vvs
+            .entry(r.collection.clone())
+            .or_default()
+            .merge(&r.vv);
         let again = self.repair.incoming.contains_key(&r.collection);
         if !again && self.repair.incoming.len() >= MAX_PENDING_DIGEST_REQUESTS {
             return Err(SyncError::LimitExceeded(
@@ -212,6 +218,10 @@ impl Session {
     }
 
     pub(super) fn on_digest_reply(&mut self, r: DigestReply) -> Result<(), SyncError> {
+        self.peer_vvs
+            .entry(r.collection.clone())
+            .or_default()
+            .merge(&r.vv);
         let matches = self
             .repair
             .round

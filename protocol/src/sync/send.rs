@@ -48,6 +48,10 @@ pub(super) struct OutStream {
     /// (`max_clock_skew_ms` ahead of this node's clock): nothing more is sent before this
     /// node's clock reaches this time (it was stamped while the clock ran fast).
     held_until: u64,
+    /// The next version's causal context covers `(origin, counter)` of this collection, which
+    /// the peer is not known to hold: nothing more is sent until it is (the peer would refuse
+    /// a context covering dots it has not seen).
+    waiting_for: Option<(ReplicaId, u64)>,
 }
 
 /// A repair re-stream in progress.
@@ -74,9 +78,16 @@ struct Plan {
 }
 
 /// True when this node sends versions of `origin`: relays send every origin, other nodes only
-/// their own (peers refuse the rest).
+/// their current incarnation (peers refuse the rest).
 pub(super) fn sends_origin(cfg: &SessionConfig, origin: &ReplicaId) -> bool {
-    cfg.relay || origin.node_name() == cfg.node
+    cfg.relay || *origin == cfg.replica
+}
+
+/// How far within the peer's clock skew bound a version must be stamped to be sent: a fifth of
+/// `max_clock_skew_ms`, at most a minute. A receiver with a slightly slower clock (or a
+/// version relayed from an office stamping just under the bound) then still accepts it.
+pub(super) fn skew_margin_ms(max_clock_skew_ms: u64) -> u64 {
+    (max_clock_skew_ms / 5).min(60_000)
 }
 
 /// Estimated size of a version on the wire.
@@ -105,6 +116,7 @@ impl Session {
             return;
         }
         let old = std::mem::replace(&mut self.policy, policy);
+        self.refresh_hello();
         let collections: Vec<String> = self.local.keys().cloned().collect();
         let mut lost_read = false;
         for c in collections {
@@ -325,19 +337,35 @@ impl Session {
         (None, idle)
     }
 
-    /// True while `key` waits for this node's clock to reach a version's timestamp.
+    /// True while `key` waits for this node's clock to reach a version's timestamp, or for
+    /// the peer to hold what its next version's context covers.
     fn held(&self, key: &StreamKey) -> bool {
-        self.tx
+        self.tx.streams.get(key).is_some_and(|s| {
+            s.held_until > self.now
+                || s.waiting_for
+                    .as_ref()
+                    .is_some_and(|(o, n)| self.peer_holds(&key.0, o) < *n)
+        })
+    }
+
+    /// The counter of `origin` the peer holds in `collection` as far as we know: its vector,
+    /// raised by its completions and acks, and what we completed to it in this session (it
+    /// applies our streams in order).
+    fn peer_holds(&self, collection: &str, origin: &ReplicaId) -> u64 {
+        let known = self.peer_vvs.get(collection).map_or(0, |vv| vv.get(origin));
+        let sent = self
+            .tx
             .streams
-            .get(key)
-            .is_some_and(|s| s.held_until > self.now)
+            .get(&(collection.to_owned(), origin.clone()))
+            .map_or(0, |s| s.completed);
+        known.max(sent)
     }
 
     /// What to load next for one stream, if anything.
     fn plan(&self, key: &StreamKey) -> Option<Plan> {
         let (collection, origin) = key;
         let s = self.tx.streams.get(key)?;
-        if !self.may_send(collection) || s.held_until > self.now {
+        if !self.may_send(collection) || self.held(key) {
             return None;
         }
         let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));
@@ -390,16 +418,35 @@ impl Session {
             previous = v.dot.counter;
         }
         // A version stamped beyond what peers accept (its node's clock ran fast when it was
-        // written) would be refused and close the session: send what comes before it and hold
-        // the stream there until this node's clock gets within the bound.
-        let bound = self.now.saturating_add(self.cfg.max_clock_skew_ms);
+        // written) would be refused: send what comes before it and hold the stream there until
+        // this node's clock gets within the bound, with a margin.
+        let window = self
+            .cfg
+            .max_clock_skew_ms
+            .saturating_sub(skew_margin_ms(self.cfg.max_clock_skew_ms));
+        let bound = self.now.saturating_add(window);
         let mut versions = versions;
         let mut scanned = scanned;
         let mut held_until = 0;
         if let Some(at) = versions.iter().position(|v| v.hlc.ms > bound) {
-            held_until = versions[at].hlc.ms - self.cfg.max_clock_skew_ms;
+            held_until = versions[at].hlc.ms - window;
             scanned = versions[at].dot.counter - 1;
             versions.truncate(at);
+        }
+        // A version whose context covers dots the peer is not known to hold would be refused:
+        // send what comes before it, then the dots it needs (their stream is marked ready),
+        // then it.
+        let mut waiting_for = None;
+        if let Some((at, need)) = versions
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| self.missing_dependency(collection, v).map(|d| (i, d)))
+        {
+            scanned = versions[at].dot.counter - 1;
+            versions.truncate(at);
+            held_until = 0;
+            self.mark_ready(collection, need.0.clone());
+            waiting_for = Some(need);
         }
         let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));
         let Some(stream) = self.tx.streams.get_mut(&load.key) else {
@@ -409,6 +456,7 @@ impl Session {
             return Ok(()); // the stream restarted for a repair meanwhile
         }
         stream.held_until = held_until;
+        stream.waiting_for = waiting_for;
         self.tx.ready.insert(load.key.clone());
         if scanned <= load.after {
             return Ok(()); // held at its first version: nothing to send yet
@@ -448,6 +496,16 @@ impl Session {
             .into(),
         );
         Ok(())
+    }
+
+    /// The first `(origin, counter)` of `v`'s context (other than its own origin, which its
+    /// stream sends first) that the peer is not known to hold.
+    fn missing_dependency(&self, collection: &str, v: &Version) -> Option<(ReplicaId, u64)> {
+        v.context
+            .iter()
+            .filter(|(o, _)| **o != v.dot.origin)
+            .find(|(o, n)| self.peer_holds(collection, o) < *n)
+            .map(|(o, n)| (o.clone(), n))
     }
 
     fn queue_batch(&mut self, collection: &str, origin: &ReplicaId, versions: Vec<Version>) {

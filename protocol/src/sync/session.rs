@@ -114,14 +114,14 @@ impl Session {
             stats: Stats::default(),
         };
         if role == Role::Dialer {
-            s.advertised = s.local.clone();
+            let vvs = s.advertise();
             let hello = Hello {
                 protocol: PROTOCOL_VERSION,
                 cluster_id: s.cfg.cluster_id.clone(),
                 node: s.cfg.node.clone(),
                 replica: s.cfg.replica.clone(),
                 compression: s.cfg.compression.clone(),
-                vvs: s.local_vv_list(),
+                vvs,
             };
             s.control_q.push_back(hello.into());
         }
@@ -171,6 +171,7 @@ impl Session {
         {
             self.send_probe();
         }
+        self.skew_retry_due();
         self.drive();
     }
 
@@ -231,6 +232,9 @@ impl Session {
         if let Some(r) = self.repair_deadline() {
             at(r);
         }
+        if let Some(r) = self.skew_retry_at() {
+            at(r);
+        }
         t
     }
 
@@ -246,7 +250,7 @@ impl Session {
                     .iter()
                     .filter(|(o, _)| sends_origin(&self.cfg, o))
                     .map(|(o, n)| n.saturating_sub(peer.map_or(0, |p| p.get(o))))
-                    .sum();
+                    .fold(0u64, u64::saturating_add);
                 CollectionStatus {
                     collection: c.clone(),
                     lag_versions,
@@ -293,12 +297,42 @@ impl Session {
         self.rx.applying
     }
 
-    /// Our vectors as a handshake list.
-    pub(super) fn local_vv_list(&self) -> Vec<(String, VersionVector)> {
+    /// Our vectors for the handshake: only of collections the peer may read or write, so a
+    /// peer learns nothing (not even the name) of the others. What the peer streams to us
+    /// starts from these ([`Session::advertised`]); it starts from 0 in the others.
+    pub(super) fn handshake_vvs(&self) -> BTreeMap<String, VersionVector> {
         self.local
+            .iter()
+            .filter(|(c, _)| {
+                self.policy.may_read(&self.peer.node, c)
+                    || self.policy.may_write(&self.peer.node, c)
+            })
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Advertises our vectors as of now: what goes into `Hello` or `HelloAck`.
+    pub(super) fn advertise(&mut self) -> Vec<(String, VersionVector)> {
+        self.advertised = self.handshake_vvs();
+        self.advertised
             .iter()
             .map(|(c, v)| (c.clone(), v.clone()))
             .collect()
+    }
+
+    /// The dialer's `Hello`, still queued, carries the vectors the current policy lets the
+    /// peer see (the driver gives the policy right after [`Session::new`]).
+    pub(super) fn refresh_hello(&mut self) {
+        if self.phase != Phase::Handshake || self.role != Role::Dialer {
+            return;
+        }
+        let vvs = self.advertise();
+        for m in &mut self.control_q {
+            if let Message::V1(MessageV1::Hello(h)) = m {
+                h.vvs = vvs;
+                return;
+            }
+        }
     }
 
     fn on_frame(&mut self, stream: StreamKind, msg: Message) -> Result<(), SyncError> {

@@ -258,6 +258,24 @@ pub enum WireError {
         /// The allowed skew.
         max_skew_ms: u64,
     },
+    /// A version vector or causal context names more origins than
+    /// [`MAX_VECTOR_ENTRIES`](super::MAX_VECTOR_ENTRIES).
+    #[error("a version vector of {len} origins exceeds the limit of {limit}")]
+    VectorTooLong {
+        /// How many origins it names.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A handshake lists more collections than
+    /// [`MAX_HANDSHAKE_COLLECTIONS`](super::MAX_HANDSHAKE_COLLECTIONS).
+    #[error("{len} collections in a handshake exceed the limit of {limit}")]
+    TooManyCollections {
+        /// How many it lists.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An error frame's detail is longer than
     /// [`MAX_ERROR_DETAIL_BYTES`](super::MAX_ERROR_DETAIL_BYTES).
     #[error("error detail of {len} bytes is too long")]
@@ -272,9 +290,11 @@ impl WireError {
     /// [`ErrorFrame`](super::ErrorFrame).
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::FrameTooLarge { .. } | Self::DecodeLimit { .. } | Self::ValueTooLarge { .. } => {
-                ErrorCode::FrameTooLarge
-            }
+            Self::FrameTooLarge { .. }
+            | Self::DecodeLimit { .. }
+            | Self::ValueTooLarge { .. }
+            | Self::VectorTooLong { .. }
+            | Self::TooManyCollections { .. } => ErrorCode::FrameTooLarge,
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             Self::OutOfOrder { .. } => ErrorCode::OutOfOrder,
             Self::ClockSkew { .. } => ErrorCode::ClockSkew,

@@ -16,6 +16,14 @@ use super::message::{
 /// Longest cluster id, in characters (the hex of a SHA-512 fingerprint).
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
 
+/// Most origins in one version vector or causal context: a collection written by at most this
+/// many replicas (nodes times their incarnations). It keeps one sibling record (a context plus an
+/// inline value) well below the store's large-value threshold.
+pub const MAX_VECTOR_ENTRIES: usize = 2048;
+
+/// Most collections in a handshake's vectors (and in one node's store).
+pub const MAX_HANDSHAKE_COLLECTIONS: usize = 1024;
+
 /// Longest [`ErrorFrame::detail`], in bytes.
 pub const MAX_ERROR_DETAIL_BYTES: usize = 4096;
 
@@ -31,26 +39,6 @@ impl Message {
     pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
         match self {
             Self::V1(m) => m.validate(max_value_bytes),
-        }
-    }
-}
-
-impl Message {
-    /// Refuses a batch holding a version whose HLC timestamp is more than `max_skew_ms` ahead
-    /// of the receiver's clock `now_ms` ([`WireError::ClockSkew`]): such a version is never
-    /// stored, and the stream stops before it so nothing after it is skipped.
-    pub fn check_clock(&self, now_ms: u64, max_skew_ms: u64) -> Result<(), WireError> {
-        let Self::V1(MessageV1::Batch(batch)) = self else {
-            return Ok(());
-        };
-        let bound = now_ms.saturating_add(max_skew_ms);
-        match batch.versions.iter().find(|v| v.hlc.ms > bound) {
-            Some(v) => Err(WireError::ClockSkew {
-                dot: clip(&v.dot.to_string()),
-                ahead_ms: v.hlc.ms - now_ms,
-                max_skew_ms,
-            }),
-            None => Ok(()),
         }
     }
 }
@@ -241,6 +229,12 @@ fn check_counter(origin: &ReplicaId, counter: u64) -> Result<(), WireError> {
 }
 
 fn check_vv(vv: &VersionVector) -> Result<(), WireError> {
+    if vv.len() > MAX_VECTOR_ENTRIES {
+        return Err(WireError::VectorTooLong {
+            len: vv.len(),
+            limit: MAX_VECTOR_ENTRIES,
+        });
+    }
     for (origin, counter) in vv.iter() {
         check_replica(origin)?;
         check_counter(origin, counter)?;
@@ -249,6 +243,12 @@ fn check_vv(vv: &VersionVector) -> Result<(), WireError> {
 }
 
 fn check_vvs(vvs: &[(String, VersionVector)]) -> Result<(), WireError> {
+    if vvs.len() > MAX_HANDSHAKE_COLLECTIONS {
+        return Err(WireError::TooManyCollections {
+            len: vvs.len(),
+            limit: MAX_HANDSHAKE_COLLECTIONS,
+        });
+    }
     let mut seen = BTreeSet::new();
     for (collection, vv) in vvs {
         check_collection(collection)?;

@@ -168,7 +168,12 @@ impl World {
             } => {
                 self.stats.verified.push((collection, outcome));
             }
-            Event::Rejected { count, .. } => self.stats.rejected += count,
+            Event::Rejected { count, reason } => {
+                if std::env::var("SIM_SEED").is_ok() {
+                    eprintln!("rejected {count}: {reason}");
+                }
+                self.stats.rejected += count
+            }
             Event::Established { .. } | Event::Acked { .. } => {}
         }
     }

@@ -188,12 +188,25 @@ fn a_version_stamped_beyond_the_skew_bound_is_held_not_sent() {
     assert!(!p.s[0].is_closed() && !p.s[1].is_closed());
     assert_eq!(p.store[1].vv.get(&rid("spoke")), 1, "held before counter 2");
     assert_eq!(p.store[1].versions.len(), 1);
-    // Once the spoke's clock is within the bound of the stamp, the rest follows.
+    // Still held one second before the spoke's clock is within the bound, less the margin.
     let max_skew = SessionConfig::new("spoke", rid("spoke"), CLUSTER).max_clock_skew_ms;
+    let window = max_skew - crate::sync::send::skew_margin_ms(max_skew);
+    let mut early = Pair::new_at(
+        [p.store[0].clone(), p.store[1].clone()],
+        [false, true],
+        future - window - 1_000,
+    );
+    early.run();
+    assert_eq!(
+        early.store[1].vv.get(&rid("spoke")),
+        1,
+        "held within the margin"
+    );
+    // Once it is, the rest follows.
     let mut q = Pair::new_at(
         [p.store[0].clone(), p.store[1].clone()],
         [false, true],
-        future - max_skew,
+        future - window,
     );
     q.run();
     assert_eq!(q.store[1].vv.get(&rid("spoke")), 3);
