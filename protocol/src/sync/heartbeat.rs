@@ -9,6 +9,7 @@
 use crate::wire::Heartbeat;
 
 use super::config::Role;
+use super::error::SyncError;
 use super::session::Session;
 
 /// Heartbeat probes and the round-trip time they measure.
@@ -25,7 +26,13 @@ pub(super) struct Heartbeats {
     /// No echo is sent before this time: at most one per half interval, so a peer flooding
     /// probes gets few answers and cannot grow the control queue.
     next_echo_at: u64,
+    /// Probes received since the last echo: past [`MAX_PROBES_PER_ECHO`] the peer is flooding.
+    probes_since_echo: u32,
 }
+
+/// Most probes a peer may send between two echoes (an honest peer sends one per interval):
+/// more is a flood, and closes the session as bad input.
+pub(super) const MAX_PROBES_PER_ECHO: u32 = 64;
 
 impl Session {
     /// Sends a heartbeat probe (odd `seq` from the dialer, even from the acceptor).
@@ -51,8 +58,9 @@ impl Session {
         );
     }
 
-    /// A peer heartbeat: echo a probe, or measure the round trip from an echo.
-    pub(super) fn on_heartbeat(&mut self, h: Heartbeat) {
+    /// A peer heartbeat: echo a probe, or measure the round trip from an echo. A probe flood
+    /// closes the session.
+    pub(super) fn on_heartbeat(&mut self, h: Heartbeat) -> Result<(), SyncError> {
         let our_parity = match self.role {
             Role::Dialer => 1,
             Role::Acceptor => 0,
@@ -66,8 +74,16 @@ impl Session {
             }
         } else {
             if self.now < self.hb.next_echo_at {
-                return; // a probe flood: the peer gets at most one echo per half interval
+                // At most one echo per half interval; a flood closes the session.
+                self.hb.probes_since_echo += 1;
+                if self.hb.probes_since_echo > MAX_PROBES_PER_ECHO {
+                    return Err(SyncError::LimitExceeded(
+                        "heartbeat probes: far more than one per interval",
+                    ));
+                }
+                return Ok(());
             }
+            self.hb.probes_since_echo = 0;
             self.hb.next_echo_at = self.now.saturating_add(self.cfg.heartbeat_interval_ms / 2);
             self.control_q.push_back(
                 Heartbeat {
@@ -77,5 +93,6 @@ impl Session {
                 .into(),
             );
         }
+        Ok(())
     }
 }

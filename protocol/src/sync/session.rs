@@ -373,10 +373,7 @@ impl Session {
                     MessageV1::Batch(b) => self.on_batch(b),
                     MessageV1::Complete(c) => self.on_complete(c),
                     MessageV1::Ack(a) => self.on_ack(a),
-                    MessageV1::Heartbeat(h) => {
-                        self.on_heartbeat(h);
-                        Ok(())
-                    }
+                    MessageV1::Heartbeat(h) => self.on_heartbeat(h),
                     MessageV1::DigestRequest(r) => self.on_digest_request(r),
                     MessageV1::DigestReply(r) => self.on_digest_reply(r),
                     m @ (MessageV1::Hello(_) | MessageV1::HelloAck(_) | MessageV1::Error(_)) => {

@@ -2,6 +2,7 @@
 //! sessions over a tiny in-memory store ([`pair`]).
 
 mod frames;
+mod hostile;
 mod pair;
 
 use super::*;

@@ -445,3 +445,21 @@ fn policy_versions_only_from_a_relay_and_of_an_admin() {
     );
     assert_eq!(s.status().rejected, 0);
 }
+
+#[test]
+fn a_relay_sends_what_a_context_covers_before_the_version_that_covers_it() {
+    // aa:1 supersedes bb:1 (its context covers it); streams are loaded in origin order, so
+    // without causal sending aa:1 would reach the spoke first and be refused.
+    let mut hub = Store::default();
+    hub.write("bb", 1);
+    hub.write("aa", 1);
+    if let Some(v) = hub.versions.get_mut(&Dot::new(rid("aa"), 1)) {
+        v.context = [(rid("bb"), 1)].into_iter().collect();
+    }
+    let mut p = Pair::new([Store::default(), hub.clone()], [false, true]);
+    p.run();
+    assert_eq!(p.s[0].status().rejected, 0, "nothing refused");
+    assert_eq!(p.store[0].versions, hub.versions);
+    assert_eq!(p.store[0].vv, hub.vv);
+    assert!(!p.s[0].is_closed() && !p.s[1].is_closed());
+}
