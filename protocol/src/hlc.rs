@@ -49,6 +49,13 @@ pub struct ClockSkewError {
     pub max_skew_ms: u64,
 }
 
+/// How far ahead of its own wall clock a received timestamp may move this clock. A version
+/// stamped further ahead (yet within the skew bound) is accepted but only pulls the clock this
+/// far: a fast office, or a hostile one stamping just under the bound, cannot drag every
+/// node's later writes into a future that nodes with a stricter bound refuse. Causal order
+/// does not depend on it (a write supersedes what it saw through its causal context).
+pub const MAX_ABSORB_AHEAD_MS: u64 = 1_000;
+
 /// The clock of one replica. Sans-IO: every call is given the wall time.
 #[derive(Debug, Clone, Default)]
 pub struct HlcClock {
@@ -85,7 +92,8 @@ impl HlcClock {
     }
 
     /// Checks a remote timestamp against the skew bound and, if accepted, moves the clock
-    /// past it so later local events order after it.
+    /// past it so later local events order after it, but never further than
+    /// [`MAX_ABSORB_AHEAD_MS`] ahead of `now_ms`.
     pub fn observe(
         &mut self,
         remote: Hlc,
@@ -93,8 +101,13 @@ impl HlcClock {
         max_skew_ms: u64,
     ) -> Result<(), ClockSkewError> {
         check_skew(remote, now_ms, max_skew_ms)?;
-        if remote > self.last {
-            self.last = remote;
+        let ceiling = Hlc {
+            ms: now_ms.saturating_add(MAX_ABSORB_AHEAD_MS),
+            logical: 0,
+        };
+        let absorbed = remote.min(ceiling);
+        if absorbed > self.last {
+            self.last = absorbed;
         }
         Ok(())
     }
@@ -149,21 +162,30 @@ mod tests {
     fn observe_moves_clock_forward_within_bound() {
         let mut c = HlcClock::new();
         c.tick(1000);
-        c.observe(
-            Hlc {
-                ms: 5000,
-                logical: 3,
-            },
-            1000,
-            10_000,
-        )
-        .expect("within bound");
+        let near = Hlc {
+            ms: 1500,
+            logical: 3,
+        };
+        c.observe(near, 1000, 10_000).expect("within bound");
+        assert!(c.tick(1000) > near);
+    }
+
+    #[test]
+    fn a_stamp_far_ahead_pulls_the_clock_only_a_little() {
+        let mut c = HlcClock::new();
+        let far = Hlc {
+            ms: 9_000,
+            logical: 3,
+        };
+        c.observe(far, 1000, 10_000).expect("within bound");
+        let next = c.tick(1000);
+        assert!(next < far, "{next} follows the stamp");
+        assert!(next.ms <= 1000 + MAX_ABSORB_AHEAD_MS);
         assert!(
-            c.tick(1000)
-                > Hlc {
-                    ms: 5000,
-                    logical: 3
-                }
+            next > Hlc {
+                ms: 1000,
+                logical: 0
+            }
         );
     }
 

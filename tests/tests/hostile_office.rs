@@ -17,5 +17,7 @@ mod context;
 mod handshake;
 #[path = "hostile_office/reads.rs"]
 mod reads;
+#[path = "hostile_office/session.rs"]
+mod session;
 #[path = "hostile_office/small.rs"]
 mod small;

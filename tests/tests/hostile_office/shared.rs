@@ -36,11 +36,21 @@ pub struct Scene {
 impl Scene {
     /// Starts the hub and both offices and has each office write one acknowledged record.
     pub fn start() -> Scene {
+        Scene::start_tuned("")
+    }
+
+    /// Like [`Scene::start`], with `hefei_sync` (TOML lines) added to hefei's `[sync]`.
+    pub fn start_tuned(hefei_sync: &str) -> Scene {
         let cluster = Cluster::new();
         let hub_cfg = hub_config(&cluster);
         let hub_addr = hub_cfg.sync_listen;
         let hub = cluster.start(&hub_cfg);
-        let hefei = cluster.start(&office_config(&cluster, "hefei", hub_addr));
+        let hefei_cfg = office_config(&cluster, "hefei", hub_addr);
+        let hefei = if hefei_sync.is_empty() {
+            cluster.start(&hefei_cfg)
+        } else {
+            crate::common::start_with_lines(&hefei_cfg, "sync", hefei_sync)
+        };
         let beijing = cluster.start(&office_config(&cluster, "beijing-office", hub_addr));
         wait_connected(&[(&hub, "hefei"), (&hub, "beijing-office")], TIMEOUT);
         let rogue_bundle = cluster.issue("rogue-office", false);
@@ -71,6 +81,9 @@ impl Scene {
     /// An acknowledged write at honest node `at`, remembered for [`Scene::assert_intact`].
     pub fn honest_put(&mut self, at: &str, collection: &str, key: &str, value: &[u8]) {
         self.node(at).put(collection, key, value);
+        // A later write of the same key replaces what is expected of it.
+        self.acknowledged
+            .retain(|(c, k, _)| (c.as_str(), k.as_str()) != (collection, key));
         self.acknowledged
             .push((collection.to_owned(), key.to_owned(), value.to_vec()));
     }
