@@ -268,8 +268,13 @@ fn render(
         ),
         (
             "officesync_remote_rejected_total",
-            "Versions received from peers and rejected (clock skew, invalid).",
+            "Versions received from peers and rejected (clock skew, invalid, siblings past the limit).",
             &stats.remote_rejected,
+        ),
+        (
+            "officesync_local_writes_refused_total",
+            "Local writes refused because the merge would have dropped them.",
+            &stats.local_refused,
         ),
         (
             "officesync_syncs_total",

@@ -410,6 +410,7 @@ pub(crate) struct WriteStats {
     local: u64,
     remote_applied: u64,
     remote_rejected: u64,
+    local_refused: u64,
     syncs: u64,
     synced_writes: u64,
 }
@@ -420,6 +421,7 @@ impl From<&ReplicaStats> for WriteStats {
             local: s.local_writes.load(Ordering::Relaxed),
             remote_applied: s.remote_applied.load(Ordering::Relaxed),
             remote_rejected: s.remote_rejected.load(Ordering::Relaxed),
+            local_refused: s.local_refused.load(Ordering::Relaxed),
             syncs: s.syncs.load(Ordering::Relaxed),
             synced_writes: s.synced_writes.load(Ordering::Relaxed),
         }

@@ -638,3 +638,161 @@ async fn versions_superseded_by_unflushed_writes_are_still_offered() {
         vec![3, 4]
     );
 }
+
+#[tokio::test]
+async fn a_local_write_the_merge_would_drop_is_an_error_not_an_ack() {
+    // A sibling whose context claims this node's future dots (as a poisoned context would):
+    // planted straight in the store, past every check that keeps it out.
+    let store = Arc::new(MemoryStore::new());
+    let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("open");
+    let rogue = ReplicaId::new("rogue-office", 9).expect("valid");
+    let poisoned = writer::StoredSibling {
+        header: officesync_protocol::VersionHeader {
+            dot: Dot::new(rogue, 1),
+            hlc: Hlc { ms: 5, logical: 0 },
+            context: [(r.id().clone(), u64::MAX)].into_iter().collect(),
+            value: officesync_protocol::ValueMeta::of(Some(b"x")),
+        },
+        body: writer::Body::Inline(b"x".to_vec()),
+    };
+    let mut batch = WriteBatch::default();
+    batch.put(
+        keys::record("situation", "k"),
+        officesync_protocol::codec::encode(&vec![poisoned]).expect("encode"),
+    );
+    store.apply(batch).expect("plant");
+    let err = r
+        .write("situation", "k", Some(b"honest".to_vec()))
+        .await
+        .expect_err("refused, not acknowledged");
+    assert!(matches!(err, ReplicaError::WriteSuperseded { .. }), "{err}");
+    assert_eq!(r.stats().local_refused.load(Ordering::Relaxed), 1);
+    // Nothing was written: the counter was not spent and other keys still take writes.
+    let ok = r
+        .write("situation", "other", Some(b"fine".to_vec()))
+        .await
+        .expect("write");
+    assert_eq!(ok.dot.counter, 1);
+}
+
+#[tokio::test]
+async fn received_contexts_must_cover_only_held_dots() {
+    let r = memory("hefei");
+    let o = ReplicaId::new("wuhu", 1).expect("valid");
+    let p = ReplicaId::new("beijing-office", 1).expect("valid");
+    let covers_p5: VersionVector = [(p.clone(), 5)].into_iter().collect();
+    // p:5 is not held: the whole request is refused, nothing applied, vector unchanged.
+    let err = r
+        .apply_remote(
+            vec![
+                remote(&o, 1, "a", 1, VersionVector::new(), Some(b"1")),
+                remote(&o, 2, "k", 2, covers_p5.clone(), Some(b"2")),
+            ],
+            vec![("situation".into(), o.clone(), 2)],
+        )
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, ReplicaError::CausalContext { .. }), "{err}");
+    assert_eq!(meta(&r, "situation").await.vv.get(&o), 0);
+    assert!(r.get("situation", "a").await.expect("get").is_none());
+    // More of this node's own origin than it issued: refused too.
+    let own: VersionVector = [(r.id().clone(), 1)].into_iter().collect();
+    let err = r
+        .apply_remote(
+            vec![remote(&o, 1, "k", 2, own, Some(b"2"))],
+            vec![("situation".into(), o.clone(), 1)],
+        )
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, ReplicaError::CausalContext { .. }), "{err}");
+    // Once p:5 is held (here: completed in the same request), the same version is fine.
+    let report = r
+        .apply_remote(
+            vec![
+                remote(&p, 5, "k", 1, VersionVector::new(), Some(b"p")),
+                remote(&o, 1, "k", 2, covers_p5, Some(b"o")),
+            ],
+            vec![
+                ("situation".into(), p.clone(), 5),
+                ("situation".into(), o.clone(), 1),
+            ],
+        )
+        .await
+        .expect("apply");
+    assert_eq!(report.applied, 2);
+    let rec = r
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(rec.siblings.len(), 1, "o:1 superseded p:5");
+}
+
+#[tokio::test]
+async fn siblings_per_key_are_capped() {
+    let r = memory("hefei");
+    let origin = |i: usize| ReplicaId::new(&format!("office-{i}"), 1).expect("valid");
+    let n = writer::MAX_SIBLINGS + 5;
+    let versions: Vec<Version> = (0..n)
+        .map(|i| remote(&origin(i), 1, "k", 10, VersionVector::new(), Some(b"v")))
+        .collect();
+    let complete = (0..n)
+        .map(|i| ("situation".to_owned(), origin(i), 1))
+        .collect();
+    let report = r.apply_remote(versions, complete).await.expect("apply");
+    assert_eq!(report.applied, writer::MAX_SIBLINGS as u64);
+    assert_eq!(report.rejected.len(), 5);
+    assert!(
+        report.rejected[0].1.contains("siblings"),
+        "{:?}",
+        report.rejected
+    );
+    let rec = r
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(rec.siblings.len(), writer::MAX_SIBLINGS);
+    // A local write replaces them all.
+    r.write("situation", "k", Some(b"one".to_vec()))
+        .await
+        .expect("write");
+    let rec = r
+        .get("situation", "k")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(rec.siblings.len(), 1);
+}
+
+#[tokio::test]
+async fn a_sibling_record_stays_below_the_large_value_threshold() {
+    // Two concurrent versions, each with a context of 850 long-named origins: together they
+    // would make a record past MAX_RECORD_BYTES, so the second is refused.
+    let r = memory("hefei");
+    let named = |i: usize| ReplicaId::new(&format!("{i:0>50}"), 1).expect("valid");
+    let ctx: VersionVector = (0..850).map(|i| (named(i), 1)).collect();
+    let mut complete: Vec<(String, ReplicaId, u64)> = (0..850)
+        .map(|i| ("situation".to_owned(), named(i), 1))
+        .collect();
+    let (a, b) = (named(900), named(901));
+    complete.push(("situation".into(), a.clone(), 1));
+    complete.push(("situation".into(), b.clone(), 1));
+    let report = r
+        .apply_remote(
+            vec![
+                remote(&a, 1, "k", 10, ctx.clone(), Some(b"a")),
+                remote(&b, 1, "k", 11, ctx, Some(b"b")),
+            ],
+            complete,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(report.applied, 1);
+    assert_eq!(report.rejected.len(), 1);
+    assert!(
+        report.rejected[0].1.contains("bytes"),
+        "{:?}",
+        report.rejected
+    );
+}

@@ -372,3 +372,69 @@ fn an_office_stamping_near_the_bound_cannot_get_the_hub_banned() {
     let hub_entry = peer_status(&scene.hefei, HUB);
     assert_eq!(hub_entry["bad_input"].as_u64(), Some(0), "{hub_entry}");
 }
+
+#[test]
+fn a_sibling_flood_is_capped_and_reads_stay_bounded() {
+    let mut scene = Scene::start();
+    scene.honest_put("hefei", "situation", "shared/flood", b"hefei");
+    crate::common::assert_converged(&[&scene.hub, &scene.hefei, &scene.beijing], TIMEOUT);
+    let rss_before = scene.hub_rss_mib("before the sibling flood");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut rogue = rogue_session(&scene).await;
+        let id = rogue_id();
+        // 500 versions of one key, none superseding another (empty contexts).
+        for chunk in 0..10u64 {
+            let versions = (1..=50)
+                .map(|i| {
+                    let n = chunk * 50 + i;
+                    version(&id, n, "shared/flood", now_ms(), VersionVector::new())
+                })
+                .collect();
+            rogue
+                .send_message(&batch(&id, versions))
+                .await
+                .expect("send");
+            rogue
+                .send_message(&complete(&id, chunk * 50 + 50))
+                .await
+                .expect("send");
+        }
+        let refused = wait_rejected(&scene.hub, "rogue-office", "limit");
+        eprintln!("hub refused {refused} siblings past the limit");
+        rogue.shutdown().await;
+    });
+    wait_for("the flood to be applied or refused", TIMEOUT, || {
+        let p = peer_status(&scene.hub, "rogue-office");
+        let refused = p["rejected_by_reason"]["limit"].as_u64().unwrap_or(0);
+        if refused >= 500 - 31 {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    for node in [&scene.hub, &scene.hefei, &scene.beijing] {
+        wait_for("the capped sibling set", TIMEOUT, || {
+            match node.get("situation", "shared/flood") {
+                Some(r) if r.siblings == 32 => Ok(()),
+                other => Err(format!("{}: {other:?}", node.name())),
+            }
+        });
+    }
+    // An honest write replaces them all.
+    scene.honest_put("beijing-office", "situation", "shared/flood", b"beijing");
+    wait_for(
+        "the honest write to win everywhere",
+        TIMEOUT,
+        || match scene.hefei.get("situation", "shared/flood") {
+            Some(r) if r.value == b"beijing" && r.siblings == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    scene.assert_intact("sibling-flood");
+    let rss_after = scene.hub_rss_mib("after the sibling flood");
+    assert!(
+        rss_after < rss_before + 64.0,
+        "{rss_before} -> {rss_after} MiB"
+    );
+}
