@@ -11,8 +11,6 @@ mod common;
 #[allow(dead_code)]
 mod shared;
 
-#[path = "hostile_office/context.rs"]
-mod context;
 #[path = "hostile_office/handshake.rs"]
 mod handshake;
 #[path = "hostile_office/reads.rs"]

@@ -39,10 +39,30 @@
 //!
 //! **Receiving.** A `Batch` is accepted only for an origin of the peer's own node, or from a
 //! relay ([`PeerIdentity::is_relay`]); otherwise it is dropped and counted
-//! ([`Event::Rejected`]) and its `Complete` is ignored. Batches must continue where the last
-//! `Complete` of their `(collection, origin)` left off; on `Complete` the buffered versions
-//! and the vector advance become one [`Action::Apply`], so a cut anywhere resumes exactly (the
-//! next session starts from the store's vector). Once applied, an `Ack` goes back.
+//! ([`Event::Rejected`]) and its `Complete` is ignored. A peer that is not a relay brings
+//! only the incarnation it announced (the `Hello`'s replica id; for the dialer, the first one
+//! the acceptor sends), and only while its node has fewer than [`MAX_INCARNATIONS_PER_NODE`];
+//! a new origin needs room in its collection's vector and a new collection room in the store
+//! ([`MAX_VECTOR_ENTRIES`](crate::wire::MAX_VECTOR_ENTRIES),
+//! [`MAX_HANDSHAKE_COLLECTIONS`](crate::wire::MAX_HANDSHAKE_COLLECTIONS)). Batches must
+//! continue where the last `Complete` of their `(collection, origin)` left off; on `Complete`
+//! the buffered versions and the vector advance become one [`Action::Apply`], so a cut
+//! anywhere resumes exactly (the next session starts from the store's vector). Once applied,
+//! an `Ack` goes back.
+//!
+//! **Versions a hostile sender could abuse.** A version stamped more than
+//! `max_clock_skew_ms` ahead of `now`, or whose causal context covers a dot (of another
+//! origin than its own) beyond what this node holds — its offerable vectors, everything
+//! applied since, and the vectors it told the peer in digest rounds — is refused: what came
+//! before it is applied through the counter before it, and the rest of that stream is refused
+//! for the session ([`Event::Rejected`]), without closing it or blaming the peer (a relay only
+//! carries what an origin stamped). A context may only cover what its origin could have seen,
+//! so a poisoned one can never make another origin's write vanish. The sender keeps this
+//! honest traffic's rule: before a version whose context covers dots the peer is not known to
+//! hold, it sends those (a relay) or waits until the peer has them (learned from its acks,
+//! completions and digest rounds); it also holds versions stamped within a margin of the
+//! peer's skew bound. A stream refused for skew closes the session once the clock would accept
+//! it, so the reconnect brings it.
 //!
 //! **Access policy** ([`Session::handle_policy`], [`crate::policy`]). The session sends a
 //! collection only while the peer's node may read it, and accepts a `(collection, origin)`
