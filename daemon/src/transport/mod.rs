@@ -127,8 +127,8 @@ impl PeerConnection {
     }
 }
 
-/// Transport-wide counts, for metrics and status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Transport-wide counts, for metrics and status (`transport` in `GET /v1/status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransportStats {
     /// Connections this node dialed that were authenticated and handed over.
     pub connections_dialed: u64,
@@ -224,6 +224,18 @@ impl Counters {
     }
 }
 
+/// A cloneable handle on a transport's counts, for readers that outlive or do not own the
+/// [`Transport`] (the HTTP API's status).
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<Counters>);
+
+impl StatsHandle {
+    /// The counts now.
+    pub fn snapshot(&self) -> TransportStats {
+        self.0.snapshot()
+    }
+}
+
 /// State the transport's tasks share.
 #[derive(Debug, Clone, Default)]
 struct Shared {
@@ -310,6 +322,11 @@ impl Transport {
     /// Connection and handshake counts so far.
     pub fn stats(&self) -> TransportStats {
         self.shared.counters.snapshot()
+    }
+
+    /// A handle that reads [`Transport::stats`] without holding the transport.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.counters.clone())
     }
 
     /// Starts the accept loop and one dialer per entry of `peers`; every authenticated
