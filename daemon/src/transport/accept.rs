@@ -232,6 +232,7 @@ async fn handshake(
         None,
         &shared.penalties,
     );
+    tls::close_at_expiry(&connection, &delivered.peer, &shared.counters);
     // Still holding its slot until the session layer takes it: if the daemon falls behind,
     // new attempts are refused rather than piling up, and this one gives up after a while.
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tx.send(delivered)).await {

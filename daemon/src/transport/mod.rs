@@ -155,6 +155,8 @@ pub struct TransportStats {
     /// Authenticated connections refused because the peer is in backoff after bad input or
     /// already holds [`MAX_CONNECTIONS_PER_PEER`] connections.
     pub backoff_refused: u64,
+    /// Connections closed because the peer's certificate expired while they were open.
+    pub certificates_expired: u64,
 }
 
 /// Live counters behind [`TransportStats`].
@@ -169,6 +171,7 @@ struct Counters {
     refused_busy: AtomicU64,
     retries_sent: AtomicU64,
     backoff_refused: AtomicU64,
+    certificates_expired: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -205,6 +208,9 @@ impl Counters {
     fn backoff_refused(&self) {
         bump(&self.backoff_refused);
     }
+    fn certificate_expired(&self) {
+        bump(&self.certificates_expired);
+    }
     fn snapshot(&self) -> TransportStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let per_address = get(&self.refused_per_address);
@@ -220,6 +226,7 @@ impl Counters {
             handshakes_refused_busy: busy,
             retries_sent: get(&self.retries_sent),
             backoff_refused: get(&self.backoff_refused),
+            certificates_expired: get(&self.certificates_expired),
         }
     }
 }

@@ -1,19 +1,24 @@
 //! Handshakes as an attack: floods of connection attempts that never authenticate (spoofed
 //! Initials posing as an office's address, and TLS handshakes stalled at the client
 //! certificate from a few hosts) do not lock an office out of the hub, are refused and
-//! counted, and leave the hub's memory bounded.
+//! counted, and leave the hub's memory bounded; and a session does not outlive the peer's
+//! certificate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use officesync_tests::rogue;
+use officesync_daemon::pki::{self, IssueOptions};
+use officesync_protocol::wire::ErrorCode;
+use officesync_protocol::ReplicaId;
+use officesync_tests::rogue::{self, Rogue};
+use officesync_tests::Cluster;
 use serde_json::Value;
 
-use crate::common::{is_connected, wait_for, HUB};
+use crate::common::{hub_config, is_connected, wait_for, HUB};
 use crate::shared::{runtime, Scene};
 
 /// An office that lost its link must be back within this while a flood goes on.
@@ -121,6 +126,68 @@ fn handshake_floods_do_not_lock_out_an_office() {
         rss_before < RSS_BOUND_MIB && rss_after < RSS_BOUND_MIB,
         "hub RSS {rss_before:.1} MiB before, {rss_after:.1} MiB after; bound {RSS_BOUND_MIB} MiB"
     );
+}
+
+#[test]
+fn a_certificate_that_expires_mid_session_loses_its_session() {
+    let cluster = Cluster::new();
+    let hub_cfg = hub_config(&cluster);
+    let hub = cluster.start(&hub_cfg);
+    let now = pki::unix_now();
+    let not_after = now + 8;
+    let bundle: PathBuf = cluster.dir().join("bundles").join("expiring-office");
+    pki::issue_with_validity(
+        "expiring-office",
+        cluster.ca_dir(),
+        &bundle,
+        &IssueOptions::default(),
+        (now - 60, not_after),
+    )
+    .expect("issue a certificate valid for seconds");
+    let rt = runtime();
+    let closed = rt.block_on(async {
+        let mut rogue = Rogue::connect(&bundle, hub_cfg.sync_listen, HUB)
+            .await
+            .expect("a valid certificate connects");
+        let origin = ReplicaId::new("expiring-office", 1).expect("replica id");
+        rogue
+            .hello("expiring-office", &origin, Vec::new())
+            .await
+            .expect("a valid certificate gets a session");
+        assert!(
+            pki::unix_now() <= not_after,
+            "the session must start before the certificate expires"
+        );
+        let bound = Duration::from_secs(30);
+        let reason = tokio::time::timeout(bound, rogue.connection.closed())
+            .await
+            .unwrap_or_else(|_| panic!("session still open {bound:?} after it started"));
+        let at = pki::unix_now();
+        rogue.shutdown().await;
+        (reason, at)
+    });
+    let (reason, closed_at) = closed;
+    eprintln!("expiring certificate: notAfter {not_after}, closed at {closed_at}: {reason}");
+    match &reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                u64::from(ErrorCode::NotAuthorized.as_u32()),
+                "{reason}"
+            );
+            assert_eq!(&close.reason[..], b"peer certificate expired", "{reason}");
+        }
+        other => panic!("expected the hub to close the session, got {other}"),
+    }
+    assert!(
+        closed_at > not_after,
+        "closed at {closed_at}, before the certificate expired ({not_after})"
+    );
+    let stats = &hub.status()["transport"];
+    assert_eq!(stats["certificates_expired"], 1, "{stats}");
+    // And it cannot come back with it.
+    let again = rt.block_on(Rogue::connect(&bundle, hub_cfg.sync_listen, HUB));
+    assert!(again.is_err(), "an expired certificate connected again");
 }
 
 /// Restarts hefei (it loses its link) and returns how long the restarted daemon took to be
