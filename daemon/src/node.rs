@@ -88,7 +88,7 @@ impl Node {
         })?;
         let (stop, stopped) = watch::channel(false);
         let transport = Transport::bind(config)?;
-        let peers = PeerTable::new();
+        let peers = PeerTable::new().with_transport(transport.stats_handle());
         let policy = PolicyHandle::start(
             replica.clone(),
             config.cluster.admins.clone(),

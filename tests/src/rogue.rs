@@ -7,6 +7,7 @@
 //! certificate), verifies the daemon's certificate against the bundle's `ca.pem`, and never
 //! reads the clock or a global RNG for anything a test asserts on.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -208,4 +209,167 @@ impl Rogue {
         self.connection.close(0u32.into(), b"rogue done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+}
+
+/// A quinn client endpoint on `from` (port 0) whose connections never get past their first
+/// flight: it trusts and presents the bundle like [`Rogue::connect`], but only datagrams
+/// made of Initial packets (the ClientHello, the answer to a Retry, acknowledgements) leave
+/// it; the client's second flight (certificate, Finished) and everything after it are dropped.
+/// The client then believes the handshake done while the daemon waits for the certificate
+/// until it gives up, and sees the daemon's close when it does.
+pub fn stalling_endpoint(bundle: &Path, from: std::net::IpAddr) -> Result<quinn::Endpoint> {
+    let (config, _) = client_config(bundle)?;
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(from, 0))?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let inner = quinn::Runtime::wrap_udp_socket(runtime.as_ref(), socket)?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        Arc::new(FirstFlightOnly(inner)),
+        runtime,
+    )?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// A UDP socket that sends only datagrams made of QUIC Initial packets and silently drops
+/// the others (see [`stalling_endpoint`]).
+#[derive(Debug)]
+struct FirstFlightOnly(Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for FirstFlightOnly {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        // One datagram per transmit: `max_transmit_segments` is 1.
+        if only_initial_packets(transmit.contents) {
+            self.0.try_send(transmit)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.may_fragment()
+    }
+}
+
+/// Whether every QUIC packet coalesced in `datagram` is an Initial packet (RFC 9000 §17.2.2);
+/// anything unparsable counts as not. The fixed bit is not looked at: peers may grease it
+/// (RFC 9287), as quinn does.
+fn only_initial_packets(datagram: &[u8]) -> bool {
+    let mut rest = datagram;
+    while let Some(&first) = rest.first() {
+        if rest.iter().all(|&b| b == 0) {
+            // Padding after the last packet.
+            break;
+        }
+        let long_header = first & 0x80 != 0;
+        let initial = (first >> 4) & 0x03 == 0;
+        if !long_header || !initial {
+            return false;
+        }
+        match initial_packet_len(rest) {
+            Some(len) if len <= rest.len() => rest = &rest[len..],
+            _ => return false,
+        }
+    }
+    !datagram.is_empty()
+}
+
+/// The length of the Initial packet at the start of `packet`, from its header.
+fn initial_packet_len(packet: &[u8]) -> Option<usize> {
+    // Flags and version, then the connection ids with their one-byte lengths.
+    let mut at = 5;
+    for _ in 0..2 {
+        at += 1 + usize::from(*packet.get(at)?);
+    }
+    let (token_len, n) = varint(packet.get(at..)?)?;
+    at += n + usize::try_from(token_len).ok()?;
+    let (len, n) = varint(packet.get(at..)?)?;
+    at.checked_add(n)?.checked_add(usize::try_from(len).ok()?)
+}
+
+/// A QUIC variable-length integer at the start of `bytes` and its length in bytes.
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let first = *bytes.first()?;
+    let n = 1usize << (first >> 6);
+    let mut value = u64::from(first & 0x3f);
+    for b in bytes.get(1..n)? {
+        value = (value << 8) | u64::from(*b);
+    }
+    Some((value, n))
+}
+
+/// `count` distinct QUIC Initial datagrams, each the first flight (ClientHello included) of a
+/// fresh connection attempt to daemon `server_name` as a client of `bundle` sends it. Made
+/// against a local sink, not the daemon. Replayed to the daemon from any socket, each starts
+/// a handshake that never continues: the replaying socket may pose as any host, since it
+/// never needs to read an answer.
+pub async fn capture_initials(
+    bundle: &Path,
+    server_name: &str,
+    count: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let (config, _) = client_config(bundle)?;
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let to = sink.local_addr()?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    let mut attempts = Vec::with_capacity(count);
+    let mut seen = HashSet::new();
+    let mut initials = Vec::with_capacity(count);
+    let mut buf = vec![0u8; 65_536];
+    while initials.len() < count {
+        attempts.push(endpoint.connect(to, server_name)?);
+        // Retransmissions and closes of earlier attempts arrive too: keep one per connection.
+        loop {
+            let (n, _) = tokio::time::timeout(ROGUE_TIMEOUT, sink.recv_from(&mut buf))
+                .await
+                .context("no Initial from the client")??;
+            let datagram = &buf[..n];
+            if let Some(dcid) = initial_dcid(datagram) {
+                if seen.insert(dcid.to_vec()) {
+                    initials.push(datagram.to_vec());
+                    break;
+                }
+            }
+        }
+    }
+    drop(attempts);
+    endpoint.close(0u32.into(), b"captured");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(initials)
+}
+
+/// The destination connection id of a QUIC v1 Initial packet (RFC 9000 §17.2.2), if
+/// `datagram` starts with one.
+fn initial_dcid(datagram: &[u8]) -> Option<&[u8]> {
+    let first = *datagram.first()?;
+    let long_header = first & 0x80 != 0;
+    let initial = (first >> 4) & 0x03 == 0;
+    if !long_header || !initial || datagram.get(1..5)? != [0, 0, 0, 1] {
+        return None;
+    }
+    let len = usize::from(*datagram.get(5)?);
+    datagram.get(6..6 + len)
 }

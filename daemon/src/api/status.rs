@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::params::parse_query;
 use super::ApiState;
 use crate::replica::ReplicaStats;
+use crate::transport::{StatsHandle, TransportStats};
 
 /// What `/v1/status` reports about one peer.
 ///
@@ -171,6 +172,11 @@ pub trait PeerStatusSource: Send + Sync + 'static {
     fn peers_dialled(&self) -> bool {
         true
     }
+
+    /// The transport's connection and handshake counts, if there is a transport.
+    fn transport(&self) -> Option<TransportStats> {
+        None
+    }
 }
 
 /// A shared, cloneable table of peer status, keyed by peer name: the replication layer keeps
@@ -179,6 +185,7 @@ pub trait PeerStatusSource: Send + Sync + 'static {
 pub struct PeerTable {
     inner: Arc<RwLock<BTreeMap<String, PeerStatus>>>,
     dialled: Arc<AtomicBool>,
+    transport: Option<StatsHandle>,
 }
 
 impl Default for PeerTable {
@@ -186,6 +193,7 @@ impl Default for PeerTable {
         Self {
             inner: Arc::default(),
             dialled: Arc::new(AtomicBool::new(true)),
+            transport: None,
         }
     }
 }
@@ -194,6 +202,12 @@ impl PeerTable {
     /// An empty table (with nothing to dial, so [`PeerStatusSource::peers_dialled`] holds).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reports the counts of `transport` in [`PeerStatusSource::transport`].
+    pub fn with_transport(mut self, transport: StatsHandle) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// Sets what [`PeerStatusSource::peers_dialled`] answers.
@@ -285,6 +299,10 @@ impl PeerStatusSource for PeerTable {
 
     fn peers_dialled(&self) -> bool {
         self.dialled.load(Ordering::Relaxed)
+    }
+
+    fn transport(&self) -> Option<TransportStats> {
+        self.transport.as_ref().map(StatsHandle::snapshot)
     }
 }
 
@@ -439,6 +457,8 @@ pub(crate) struct StatusBody {
     peers: Vec<PeerStatus>,
     store: StoreStatus,
     writes: WriteStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transport: Option<TransportStats>,
 }
 
 /// `GET /v1/status`.
@@ -476,6 +496,7 @@ pub(crate) async fn status(
         peers: peers_at(state.peers.as_ref(), unix_ms_now()),
         store,
         writes: replica.stats().into(),
+        transport: state.peers.transport(),
     }))
 }
 

@@ -1,10 +1,12 @@
-//! The accept loop: admits connection attempts within the handshake limits, completes each
-//! handshake on its own task and hands authenticated connections over.
+//! The accept loop: validates every new address with a QUIC Retry, admits connection attempts
+//! within the handshake limits (per source address and altogether), completes each handshake
+//! on its own task under a short deadline until the peer is authenticated, and hands
+//! authenticated connections over.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use officesync_protocol::wire::ErrorCode;
 use quinn::{Connecting, Endpoint, Incoming};
@@ -13,25 +15,15 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::error::TransportError;
-use super::limits::{MAX_CONNECTIONS_PER_PEER, MAX_PENDING_HANDSHAKES, RETRY_ABOVE_PENDING};
+use super::limits::{Refusal, Slot, MAX_CONNECTIONS_PER_PEER};
 use super::tls;
-use super::{wait_shutdown, PeerConnection, Role, Shared, HANDSHAKE_TIMEOUT};
+use super::{
+    wait_shutdown, PeerConnection, Role, Shared, HANDSHAKE_TIMEOUT, UNAUTHENTICATED_TIMEOUT,
+};
 
-/// Counts a handshake in progress for as long as it lives.
-struct Pending(Arc<AtomicUsize>);
-
-impl Pending {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// Refusals are logged at most this often (with the number since the last line), so a flood
+/// does not flood the log too; every refusal is counted in the stats.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepted connections per peer name, each counted until the connection closes.
 #[derive(Debug, Clone, Default)]
@@ -71,8 +63,8 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: Shared,
 ) {
-    let pending = Arc::new(AtomicUsize::new(0));
     let mut handshakes = JoinSet::new();
+    let mut refusals = RefusalLog::default();
     loop {
         let incoming = tokio::select! {
             biased;
@@ -85,16 +77,15 @@ pub(crate) async fn run(
                 None => break,
             },
         };
-        let Some(incoming) = admit(incoming, &pending, &shared) else {
+        let Some((incoming, slot)) = admit(incoming, &shared, &mut refusals) else {
             continue;
         };
         let remote = incoming.remote_address();
         match incoming.accept() {
             Ok(connecting) => {
-                let guard = Pending::new(&pending);
                 let span = tracing::info_span!("accept", %remote);
                 handshakes.spawn(
-                    handshake(connecting, remote, tx.clone(), shared.clone(), guard)
+                    handshake(connecting, remote, tx.clone(), shared.clone(), slot)
                         .instrument(span),
                 );
             }
@@ -108,36 +99,81 @@ pub(crate) async fn run(
     tracing::debug!("accept loop stopped");
 }
 
-/// Applies the handshake limits to a new attempt: refuse beyond [`MAX_PENDING_HANDSHAKES`];
-/// above [`RETRY_ABOVE_PENDING`], make an unvalidated address prove itself with a Retry first.
-fn admit(incoming: Incoming, pending: &AtomicUsize, shared: &Shared) -> Option<Incoming> {
-    let remote = incoming.remote_address();
-    let in_progress = pending.load(Ordering::Relaxed);
-    if in_progress >= MAX_PENDING_HANDSHAKES {
-        shared.counters.handshake_refused();
-        tracing::warn!(%remote, in_progress, "too many handshakes in progress; refusing");
-        incoming.refuse();
+/// Applies the handshake limits to a new attempt, before any TLS work: an address that has not
+/// proven it receives our packets is sent a Retry (stateless; a quinn client answers it with
+/// the token, and comes back validated); a validated one gets a [`Slot`] unless its address
+/// or the whole table is at its limit, in which case it is refused.
+fn admit(
+    incoming: Incoming,
+    shared: &Shared,
+    refusals: &mut RefusalLog,
+) -> Option<(Incoming, Slot)> {
+    if !incoming.remote_address_validated() {
+        match incoming.retry() {
+            Ok(()) => shared.counters.retry_sent(),
+            // quinn allows a Retry for every unvalidated address; should it not, the attempt
+            // is dropped unanswered rather than given TLS work.
+            Err(e) => e.into_incoming().ignore(),
+        }
         return None;
     }
-    if in_progress >= RETRY_ABOVE_PENDING && !incoming.remote_address_validated() {
-        // An unvalidated address may always be sent a Retry.
-        return match incoming.retry() {
-            Ok(()) => None,
-            Err(e) => Some(e.into_incoming()),
-        };
+    let remote = incoming.remote_address();
+    match shared.slots.take(remote.ip()) {
+        Ok(slot) => Some((incoming, slot)),
+        Err(why) => {
+            shared.counters.handshake_refused(why);
+            refusals.record(why, remote, shared.slots.in_progress());
+            incoming.refuse();
+            None
+        }
     }
-    Some(incoming)
 }
 
-/// Completes one handshake and hands the connection over.
+/// Rate-limited warnings about refused attempts.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// Logs this refusal, unless one was logged less than [`REFUSAL_LOG_EVERY`] ago.
+    fn record(&mut self, why: Refusal, remote: SocketAddr, in_progress: usize) {
+        self.unlogged += 1;
+        if self.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+            tracing::debug!(%remote, ?why, in_progress, "refused a connection attempt");
+            return;
+        }
+        let refused = std::mem::take(&mut self.unlogged);
+        self.last = Some(Instant::now());
+        match why {
+            Refusal::PerAddress => tracing::warn!(
+                %remote,
+                in_progress,
+                refused,
+                "too many handshakes in progress from this address; refusing its new attempts"
+            ),
+            Refusal::Busy => tracing::warn!(
+                %remote,
+                in_progress,
+                refused,
+                "too many handshakes in progress; refusing new attempts"
+            ),
+        }
+    }
+}
+
+/// Completes one handshake and hands the connection over; `slot` counts it until then.
 async fn handshake(
     connecting: Connecting,
     remote: SocketAddr,
     tx: mpsc::Sender<PeerConnection>,
     shared: Shared,
-    pending: Pending,
+    slot: Slot,
 ) {
-    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+    // Until its certificate is verified the peer is nobody: it gets a short deadline. Dropping
+    // `connecting` closes the connection.
+    let connection = match tokio::time::timeout(UNAUTHENTICATED_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
             shared.counters.handshake_failed();
@@ -146,8 +182,11 @@ async fn handshake(
             return;
         }
         Err(_) => {
-            shared.counters.handshake_failed();
-            tracing::warn!("incoming handshake timed out");
+            shared.counters.handshake_timed_out();
+            tracing::warn!(
+                timeout_ms = UNAUTHENTICATED_TIMEOUT.as_millis() as u64,
+                "incoming handshake not authenticated in time; dropped"
+            );
             return;
         }
     };
@@ -193,10 +232,16 @@ async fn handshake(
         None,
         &shared.penalties,
     );
-    // Still counted as pending until the session layer takes it: if the daemon falls behind,
-    // new attempts are refused rather than piling up.
-    if tx.send(delivered).await.is_err() {
-        connection.close(0u32.into(), b"node shutting down");
+    tls::close_at_expiry(&connection, &delivered.peer, &shared.counters);
+    // Still holding its slot until the session layer takes it: if the daemon falls behind,
+    // new attempts are refused rather than piling up, and this one gives up after a while.
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tx.send(delivered)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => connection.close(0u32.into(), b"node shutting down"),
+        Err(_) => {
+            connection.close(0u32.into(), b"node busy; try again");
+            tracing::warn!("the session layer did not take the connection in time; closed it");
+        }
     }
-    drop(pending);
+    drop(slot);
 }

@@ -177,6 +177,7 @@ async fn deliver(
     shared: &Shared,
 ) -> bool {
     tracing::info!(%remote, conn = connection.stable_id(), serial = %peer.serial_hex, "connected");
+    tls::close_at_expiry(&connection, &peer, &shared.counters);
     let (notify_tx, mut notify_rx) = oneshot::channel();
     let delivered = PeerConnection::new(
         peer,

@@ -41,15 +41,22 @@ pub use framed::{fuzz_recv, fuzz_stream_parts};
 pub use framed::{FramedRecv, FramedSend, TrafficCounters, COMPRESS_MIN_BYTES, ZSTD_LEVEL};
 pub use limits::{
     CONNECTION_RECEIVE_WINDOW, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_CONNECTIONS_PER_PEER,
-    MAX_IDLE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_UNI_STREAMS, RETRY_ABOVE_PENDING, SEND_WINDOW,
-    STREAM_RECEIVE_WINDOW,
+    MAX_HANDSHAKES_PER_ADDRESS, MAX_IDLE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_UNI_STREAMS,
+    SEND_WINDOW, STREAM_RECEIVE_WINDOW,
 };
 pub use penalty::{Misbehavior, Penalties, PENALTY_BASE, PENALTY_FORGIVE_AFTER, PENALTY_MAX};
 pub use tls::PeerIdentity;
 
-/// Longest a handshake may take, dialing or accepting (several round trips on the slowest
+/// Longest a handshake may take on the dialing side, and longest an authenticated incoming
+/// connection may wait for the session layer to take it (several round trips on the slowest
 /// links, with retransmissions).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest an incoming handshake may take from its (address-validated) first packet until the
+/// peer's certificate is verified. Until then the peer is nobody, so it gets little: one
+/// round trip plus one retransmission on a 600 ms link. A peer that stalls its certificate
+/// step loses its slot after this, and an honest office that ran out of time redials.
+pub const UNAUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest [`Transport::close`] waits for connections to finish closing.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -120,8 +127,8 @@ impl PeerConnection {
     }
 }
 
-/// Transport-wide counts, for metrics and status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Transport-wide counts, for metrics and status (`transport` in `GET /v1/status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransportStats {
     /// Connections this node dialed that were authenticated and handed over.
     pub connections_dialed: u64,
@@ -131,11 +138,25 @@ pub struct TransportStats {
     pub dials_failed: u64,
     /// Incoming handshakes that failed (bad certificate, timeout, protocol error).
     pub handshakes_failed: u64,
-    /// Incoming connection attempts refused because too many handshakes were in progress.
+    /// Of [`handshakes_failed`](Self::handshakes_failed): dropped because the peer was not
+    /// authenticated within [`UNAUTHENTICATED_TIMEOUT`].
+    pub handshakes_timed_out: u64,
+    /// Incoming connection attempts refused before any TLS work, for either reason below.
     pub handshakes_refused: u64,
+    /// Of [`handshakes_refused`](Self::handshakes_refused): the source address already had
+    /// [`MAX_HANDSHAKES_PER_ADDRESS`] in progress.
+    pub handshakes_refused_per_address: u64,
+    /// Of [`handshakes_refused`](Self::handshakes_refused): [`MAX_PENDING_HANDSHAKES`] were in
+    /// progress altogether.
+    pub handshakes_refused_busy: u64,
+    /// Incoming connection attempts answered with a QUIC Retry, to validate their address
+    /// before any TLS work (every new attempt gets one; quinn clients answer it themselves).
+    pub retries_sent: u64,
     /// Authenticated connections refused because the peer is in backoff after bad input or
     /// already holds [`MAX_CONNECTIONS_PER_PEER`] connections.
     pub backoff_refused: u64,
+    /// Connections closed because the peer's certificate expired while they were open.
+    pub certificates_expired: u64,
 }
 
 /// Live counters behind [`TransportStats`].
@@ -145,38 +166,80 @@ struct Counters {
     accepted: AtomicU64,
     dials_failed: AtomicU64,
     handshakes_failed: AtomicU64,
-    handshakes_refused: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    refused_per_address: AtomicU64,
+    refused_busy: AtomicU64,
+    retries_sent: AtomicU64,
     backoff_refused: AtomicU64,
+    certificates_expired: AtomicU64,
+}
+
+/// Adds one to a counter.
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Counters {
     fn dialed(&self) {
-        self.dialed.fetch_add(1, Ordering::Relaxed);
+        bump(&self.dialed);
     }
     fn accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        bump(&self.accepted);
     }
     fn dial_failed(&self) {
-        self.dials_failed.fetch_add(1, Ordering::Relaxed);
+        bump(&self.dials_failed);
     }
     fn handshake_failed(&self) {
-        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        bump(&self.handshakes_failed);
     }
-    fn handshake_refused(&self) {
-        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+    fn handshake_timed_out(&self) {
+        bump(&self.handshakes_failed);
+        bump(&self.handshakes_timed_out);
+    }
+    fn handshake_refused(&self, why: limits::Refusal) {
+        bump(match why {
+            limits::Refusal::PerAddress => &self.refused_per_address,
+            limits::Refusal::Busy => &self.refused_busy,
+        });
+    }
+    fn retry_sent(&self) {
+        bump(&self.retries_sent);
     }
     fn backoff_refused(&self) {
-        self.backoff_refused.fetch_add(1, Ordering::Relaxed);
+        bump(&self.backoff_refused);
+    }
+    fn certificate_expired(&self) {
+        bump(&self.certificates_expired);
     }
     fn snapshot(&self) -> TransportStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let per_address = get(&self.refused_per_address);
+        let busy = get(&self.refused_busy);
         TransportStats {
-            connections_dialed: self.dialed.load(Ordering::Relaxed),
-            connections_accepted: self.accepted.load(Ordering::Relaxed),
-            dials_failed: self.dials_failed.load(Ordering::Relaxed),
-            handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
-            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
-            backoff_refused: self.backoff_refused.load(Ordering::Relaxed),
+            connections_dialed: get(&self.dialed),
+            connections_accepted: get(&self.accepted),
+            dials_failed: get(&self.dials_failed),
+            handshakes_failed: get(&self.handshakes_failed),
+            handshakes_timed_out: get(&self.handshakes_timed_out),
+            handshakes_refused: per_address + busy,
+            handshakes_refused_per_address: per_address,
+            handshakes_refused_busy: busy,
+            retries_sent: get(&self.retries_sent),
+            backoff_refused: get(&self.backoff_refused),
+            certificates_expired: get(&self.certificates_expired),
         }
+    }
+}
+
+/// A cloneable handle on a transport's counts, for readers that outlive or do not own the
+/// [`Transport`] (the HTTP API's status).
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<Counters>);
+
+impl StatsHandle {
+    /// The counts now.
+    pub fn snapshot(&self) -> TransportStats {
+        self.0.snapshot()
     }
 }
 
@@ -186,6 +249,7 @@ struct Shared {
     counters: Arc<Counters>,
     penalties: Penalties,
     live: accept::LivePeers,
+    slots: limits::HandshakeSlots,
 }
 
 /// This node's QUIC endpoint: bound at [`Transport::bind`], running after
@@ -265,6 +329,11 @@ impl Transport {
     /// Connection and handshake counts so far.
     pub fn stats(&self) -> TransportStats {
         self.shared.counters.snapshot()
+    }
+
+    /// A handle that reads [`Transport::stats`] without holding the transport.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.counters.clone())
     }
 
     /// Starts the accept loop and one dialer per entry of `peers`; every authenticated

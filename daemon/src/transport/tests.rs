@@ -647,3 +647,175 @@ fn backoff_doubles_with_bounded_jitter_and_resets() {
         .collect();
     assert!(delays.windows(2).any(|w| w[0] != w[1]));
 }
+
+/// Opens once, for the stalled clients' certificate step to go on.
+#[derive(Debug, Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Blocks until the gate opens or `max` passes.
+    fn wait(&self, max: Duration) {
+        let open = self.open.lock().unwrap();
+        let _still_closed = self.opened.wait_timeout_while(open, max, |open| !*open);
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// A client certificate step that never finishes: blocks until the gate opens (or a minute
+/// passes), then offers no certificate.
+#[derive(Debug)]
+struct StallCertificate(Arc<Gate>);
+
+impl rustls::client::ResolvesClientCert for StallCertificate {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.wait(Duration::from_secs(60));
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Dials `server` from address `from` on its own thread (the stalled certificate step blocks
+/// it) and stalls the handshake at the client certificate until `gate` opens.
+fn stalled_client(
+    ca: &Path,
+    from: std::net::IpAddr,
+    server: SocketAddr,
+    gate: &Arc<Gate>,
+) -> std::thread::JoinHandle<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pki::load_cert_ders(ca).unwrap() {
+        roots.add(der.into()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(StallCertificate(gate.clone())));
+    tls.alpn_protocols = vec![officesync_protocol::wire::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn::ClientConfig::new(Arc::new(quic));
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut endpoint = quinn::Endpoint::client(SocketAddr::new(from, 0)).unwrap();
+            endpoint.set_default_client_config(config);
+            let connecting = endpoint.connect(server, "general-office").unwrap();
+            // Whatever the outcome, the thread ends; the test asserts on the server's side.
+            let _outcome = timeout(Duration::from_secs(20), connecting).await;
+            endpoint.close(0u32.into(), b"done");
+        });
+    })
+}
+
+#[tokio::test]
+async fn every_new_address_proves_itself_with_a_retry_first() {
+    let dep = Deployment::new();
+    let mut hub = Running::start(&dep.config("general-office", false, &[]));
+    let mut spoke = Running::start(&dep.config("hefei", false, &[("general-office", hub.addr())]));
+    // The dialer answers the Retry by itself and connects.
+    let _at_spoke = spoke.next().await;
+    let _at_hub = hub.next().await;
+    let stats = hub.transport.stats();
+    assert!(stats.retries_sent >= 1, "{stats:?}");
+    assert_eq!(stats.connections_accepted, 1, "{stats:?}");
+    spoke.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_handshake_stalled_before_the_certificate_is_dropped_early() {
+    let dep = Deployment::new();
+    let mut hub = Running::start(&dep.config("general-office", false, &[]));
+    let gate = Arc::new(Gate::default());
+    let ca = dep.ca_dir().join(pki::CA_CERT_FILE);
+    let client = stalled_client(&ca, [127, 0, 0, 2].into(), hub.addr(), &gate);
+    eventually("the stalled handshake to hold a slot", || {
+        hub.transport.shared.slots.in_progress() == 1
+    })
+    .await;
+    // Dropped at UNAUTHENTICATED_TIMEOUT, well before the later-stage HANDSHAKE_TIMEOUT.
+    let bound = UNAUTHENTICATED_TIMEOUT + Duration::from_secs(4);
+    assert!(bound < HANDSHAKE_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + bound;
+    while hub.transport.stats().handshakes_timed_out == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled handshake still pending after {bound:?}: {:?}",
+            hub.transport.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually("the slot to be free again", || {
+        hub.transport.shared.slots.in_progress() == 0
+    })
+    .await;
+    gate.open();
+    tokio::task::spawn_blocking(move || client.join().unwrap())
+        .await
+        .unwrap();
+    hub.expect_none().await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_stalling_handshakes_does_not_lock_out_the_others() {
+    let dep = Deployment::new();
+    let mut hub = Running::start(&dep.config("general-office", false, &[]));
+    let gate = Arc::new(Gate::default());
+    let ca = dep.ca_dir().join(pki::CA_CERT_FILE);
+    let flooder: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut clients: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+        .map(|_| stalled_client(&ca, flooder, hub.addr(), &gate))
+        .collect();
+    eventually("the flooding address to hold its share", || {
+        hub.transport.shared.slots.in_progress() == MAX_HANDSHAKES_PER_ADDRESS
+    })
+    .await;
+    // Beyond its share, the same address is refused (before any TLS work)...
+    clients.extend((0..2).map(|_| stalled_client(&ca, flooder, hub.addr(), &gate)));
+    eventually("the extra attempts to be refused", || {
+        hub.transport.stats().handshakes_refused_per_address == 2
+    })
+    .await;
+    assert_eq!(
+        hub.transport.shared.slots.in_progress(),
+        MAX_HANDSHAKES_PER_ADDRESS
+    );
+    // ...while an office from another address connects meanwhile.
+    let mut spoke = Running::start(&dep.config("hefei", false, &[("general-office", hub.addr())]));
+    let at_hub = hub.next().await;
+    assert_eq!(at_hub.peer.name, "hefei");
+    let _at_spoke = spoke.next().await;
+    let stats = hub.transport.stats();
+    assert_eq!(stats.handshakes_refused_busy, 0, "{stats:?}");
+    assert_eq!(stats.handshakes_refused, 2, "{stats:?}");
+
+    gate.open();
+    tokio::task::spawn_blocking(move || {
+        for client in clients {
+            client.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    spoke.stop().await;
+    hub.stop().await;
+}

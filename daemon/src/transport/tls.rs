@@ -4,12 +4,14 @@
 //! Both directions verify the peer's certificate against `ca.pem` alone (never the system
 //! roots), with the *ring* provider passed explicitly (never the process-wide default), TLS 1.3
 //! only (QUIC requires it), our ALPN only, and no 0-RTT or session resumption: every connection
-//! is a full handshake, so a certificate is checked every time a link comes up.
+//! is a full handshake, so a certificate is checked every time a link comes up. A connection
+//! does not outlive the peer's certificate: it is closed when the certificate expires.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use officesync_protocol::wire::ALPN;
+use officesync_protocol::wire::{ErrorCode, ALPN};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
@@ -18,6 +20,7 @@ use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::RootCertStore;
 
 use super::error::TransportError;
+use super::Counters;
 use crate::config::TlsConfig;
 use crate::pki::{self, CertIdentity};
 
@@ -32,6 +35,9 @@ pub struct PeerIdentity {
     /// Whether the certificate is marked as an admin node's (OU `officesync-admin`). Whether
     /// the node may act as an admin is decided by `[cluster] admins` and `_policy`.
     pub admin_cert: bool,
+    /// Last second of the certificate's validity (X.509 `notAfter`), unix seconds. A
+    /// connection with the peer is closed when it passes ([`close_at_expiry`]).
+    pub not_after: i64,
 }
 
 impl From<CertIdentity> for PeerIdentity {
@@ -40,6 +46,7 @@ impl From<CertIdentity> for PeerIdentity {
             name: id.name,
             serial_hex: id.serial_hex,
             admin_cert: id.admin,
+            not_after: id.not_after,
         }
     }
 }
@@ -175,4 +182,97 @@ pub(crate) fn peer_identity(
             remote,
             detail: e.to_string(),
         })
+}
+
+/// Longest single sleep while waiting for a certificate to expire: the wall clock is read
+/// again after it, so a clock step (NTP, suspend) moves the close with it.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
+
+/// The close reason sent when the peer's certificate expires.
+pub(crate) const EXPIRED_REASON: &[u8] = b"peer certificate expired";
+
+/// Closes `connection` with [`ErrorCode::NotAuthorized`] as soon as the certificate `peer`
+/// authenticated with has expired (at once if it already has), and counts it; the watch ends
+/// when the connection closes for another reason. A new connection then needs a valid
+/// certificate, which TLS checks at its handshake.
+pub(crate) fn close_at_expiry(
+    connection: &quinn::Connection,
+    peer: &PeerIdentity,
+    counters: &Arc<Counters>,
+) {
+    let (connection, counters) = (connection.clone(), counters.clone());
+    let (name, not_after) = (peer.name.clone(), peer.not_after);
+    tokio::spawn(async move {
+        loop {
+            let left = until_expiry(not_after, SystemTime::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = connection.closed() => return,
+                () = tokio::time::sleep(left.min(EXPIRY_RECHECK)) => {}
+            }
+        }
+        if connection.close_reason().is_some() {
+            return;
+        }
+        counters.certificate_expired();
+        connection.close(ErrorCode::NotAuthorized.as_u32().into(), EXPIRED_REASON);
+        tracing::warn!(
+            peer = %name,
+            conn = connection.stable_id(),
+            not_after,
+            "peer certificate expired; closed the connection"
+        );
+    });
+}
+
+/// How long after `now` a certificate whose `notAfter` is `not_after` (unix seconds; the
+/// certificate is valid through that whole second, as TLS verifies it) stops being valid:
+/// zero once it has. A `notAfter` beyond what the clock can represent never expires.
+pub(crate) fn until_expiry(not_after: i64, now: SystemTime) -> Duration {
+    let Ok(first_invalid) = u64::try_from(not_after.saturating_add(1)) else {
+        // Before 1970: long expired.
+        return Duration::ZERO;
+    };
+    match UNIX_EPOCH.checked_add(Duration::from_secs(first_invalid)) {
+        Some(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+        None => Duration::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn expiry_is_the_first_instant_after_not_after() {
+        let not_after = 1_800_000_000;
+        let n = not_after as u64;
+        assert_eq!(
+            until_expiry(not_after, at(n - 10, 0)),
+            Duration::from_secs(11)
+        );
+        // Still valid during its last second.
+        assert_eq!(
+            until_expiry(not_after, at(n, 250)),
+            Duration::from_millis(750)
+        );
+        assert_eq!(until_expiry(not_after, at(n + 1, 0)), Duration::ZERO);
+        assert_eq!(until_expiry(not_after, at(n + 3600, 0)), Duration::ZERO);
+    }
+
+    #[test]
+    fn expiry_of_extreme_dates_does_not_panic() {
+        let now = at(1_800_000_000, 0);
+        assert_eq!(until_expiry(-5, now), Duration::ZERO);
+        assert_eq!(until_expiry(i64::MIN, now), Duration::ZERO);
+        assert!(until_expiry(i64::MAX, now) > Duration::from_secs(1 << 40));
+        // Year 9999, the latest an X.509 GeneralizedTime can say.
+        assert!(until_expiry(253_402_300_799, now) > Duration::from_secs(100 * 365 * 86_400));
+    }
 }
