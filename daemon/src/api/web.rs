@@ -120,6 +120,15 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
         rfc3339_ms(now)
     );
 
+    render_peers(&mut h, peers, now);
+    render_staleness(&mut h, peers, now);
+    render_collections(&mut h, collections);
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// The peer table: one row a peer.
+fn render_peers(h: &mut String, peers: &[PeerStatus], now: u64) {
     h.push_str("<h2>Peers</h2>\n");
     if peers.is_empty() {
         h.push_str("<p id=\"no-peers\">No peers.</p>\n");
@@ -172,7 +181,10 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
         );
     }
     h.push_str("</tbody></table>\n");
+}
 
+/// The staleness table: one row a peer and collection.
+fn render_staleness(h: &mut String, peers: &[PeerStatus], now: u64) {
     h.push_str(
         "<h2>Staleness</h2>\n<table id=\"staleness\"><thead><tr><th>Peer</th>\
          <th>Collection</th><th>Peer lacks</th><th>We lack</th><th>Newest version from peer</th>\
@@ -207,7 +219,10 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
         }
     }
     h.push_str("</tbody></table>\n");
+}
 
+/// The collections table.
+fn render_collections(h: &mut String, collections: &[CollectionInfo]) {
     h.push_str(
         "<h2>Collections</h2>\n<table id=\"collections\"><thead><tr><th>Collection</th>\
          <th>Records</th><th>Versions</th><th>Digest</th></tr></thead><tbody>\n",
@@ -224,8 +239,7 @@ fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now:
             escape(&c.meta.digest.to_hex()),
         );
     }
-    h.push_str("</tbody></table>\n</body></html>\n");
-    h
+    h.push_str("</tbody></table>\n");
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ pub(crate) struct SyncSettings {
     pub max_value_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub is_admin: bool,
-    /// `sync.max_clock_skew_ms`: a batch with a timestamp further ahead closes the session.
+    /// `sync.max_clock_skew_ms`: a version stamped further ahead is refused (alone).
     pub max_clock_skew_ms: u64,
     /// The access policy in force (what peers may read, whose versions are accepted, who is
     /// revoked).
@@ -320,7 +320,10 @@ pub(crate) fn lag_by_collection(
         let mut total = 0;
         for (origin, n) in vv.iter() {
             if relay || origin == me {
-                total += n.saturating_sub(theirs.map_or(0, |t| t.get(origin)));
+                total = u64::saturating_add(
+                    total,
+                    n.saturating_sub(theirs.map_or(0, |t| t.get(origin))),
+                );
             }
         }
         out.push((coll.clone(), total));
