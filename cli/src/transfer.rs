@@ -31,8 +31,10 @@ const MAX_VALUE_BYTES: usize = officesync_daemon::config::MAX_VALUE_BYTES_LIMIT;
 const MAX_KEY_BYTES: usize = 1024;
 /// Concurrent PUT workers of `import`, each with its own connection.
 const WORKERS: usize = 4;
-/// Records asked for per page by `export` (the daemon's maximum).
-const EXPORT_PAGE_LIMIT: u64 = 1000;
+/// Records asked for per page by `export`. The daemon also ends a page at 8 MiB of values
+/// (or after 4096 keys examined) and hands back a `next` cursor, which `export` follows;
+/// asking for fewer records keeps each answer small even from a daemon without that budget.
+const EXPORT_PAGE_LIMIT: u64 = 100;
 /// Shortest interval between two progress updates on a terminal.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
