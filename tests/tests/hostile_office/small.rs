@@ -1,8 +1,58 @@
-//! The small ones, against a real daemon and the real CLI: `officesync scan` shows keys that
-//! carry terminal escapes escaped (`--json` keeps them exact).
+//! The small ones, against a real daemon and the real CLI: `officesync import DIR` does not
+//! follow a link planted in a folder others can write (a root-run import would otherwise
+//! replicate `node.key`), and `officesync scan` shows keys that carry terminal escapes escaped
+//! (`--json` keeps them exact).
+
+use std::fs;
+use std::os::unix::fs::symlink;
 
 use officesync_tests::Cluster;
 use serde_json::Value;
+
+#[test]
+fn import_of_a_folder_does_not_follow_a_planted_link_to_the_node_key() {
+    let cluster = Cluster::new();
+    let config = cluster.config("hefei");
+    let node = cluster.start(&config);
+    let key_file = config.tls_dir.join("node.key");
+    let secret = fs::read(&key_file).expect("node.key");
+
+    // A drop folder others can write: one honest file, a link to the node's key and a link
+    // to the directory holding it.
+    let drop = cluster.dir().join("drop");
+    fs::create_dir_all(drop.join("reports")).expect("mkdir");
+    fs::write(drop.join("reports/grain.txt"), b"100t").expect("write");
+    symlink(&key_file, drop.join("reports/node.key")).expect("symlink");
+    symlink(&config.tls_dir, drop.join("tls")).expect("symlink");
+
+    let out = node.cli(&["import", "documents", drop.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for name in ["reports/node.key", "tls"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("drop/{name}:")))
+            .unwrap_or_else(|| panic!("no word on {name}:\n{stderr}"));
+        assert!(line.contains("symbolic link"), "{line}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("imported 1 records"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        node.get("documents", "reports/grain.txt").map(|r| r.value),
+        Some(b"100t".to_vec())
+    );
+    for key in ["reports/node.key", "tls/node.key"] {
+        assert!(node.get("documents", key).is_none(), "{key} was imported");
+    }
+    let held = node.api().scan("documents", "");
+    assert!(
+        held.iter().all(|r| r.value.as_deref() != Some(&secret[..])),
+        "the node key's bytes were imported"
+    );
+}
 
 #[test]
 fn scan_shows_keys_with_terminal_escapes_escaped_and_json_keeps_them() {
