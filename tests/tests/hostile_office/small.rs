@@ -1,13 +1,22 @@
 //! The small ones, against a real daemon and the real CLI: `officesync import DIR` does not
 //! follow a link planted in a folder others can write (a root-run import would otherwise
-//! replicate `node.key`), and `officesync scan` shows keys that carry terminal escapes escaped
-//! (`--json` keeps them exact).
+//! replicate `node.key`), `officesync scan` shows keys that carry terminal escapes escaped
+//! (`--json` keeps them exact), and a data dir the daemon creates is its user's only.
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
 
 use officesync_tests::Cluster;
 use serde_json::Value;
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
 
 #[test]
 fn import_of_a_folder_does_not_follow_a_planted_link_to_the_node_key() {
@@ -94,4 +103,36 @@ fn scan_shows_keys_with_terminal_escapes_escaped_and_json_keeps_them() {
         .filter_map(|r| r["key"].as_str())
         .collect();
     assert_eq!(keys, ["plain", hostile], "--json keeps keys exact");
+}
+
+#[test]
+fn the_data_dir_the_daemon_creates_is_owner_only() {
+    let cluster = Cluster::new();
+    let config = cluster.config("hefei");
+    let data = config.data_dir.clone();
+    assert!(!data.exists(), "the harness made {}", data.display());
+    let node = cluster.start(&config);
+    node.put("situation", "k", b"v");
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    assert_eq!(mode(&data.join("sled")), 0o700);
+    for file in ["LOCK", "DURABLE"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    // sled's own files and directories follow the umask; the 0700 data dir is what keeps
+    // others out of them. Listed for the log.
+    let mut open_to_others = Vec::new();
+    let mut dirs = vec![data.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if fs::symlink_metadata(&path).expect("stat").is_dir() {
+                dirs.push(path.clone());
+            }
+            if mode(&path) & 0o077 != 0 {
+                open_to_others.push(path.strip_prefix(&data).expect("inside").to_owned());
+            }
+        }
+    }
+    eprintln!("inside the 0700 data dir, open to others by their own mode: {open_to_others:?}");
+    node.stop();
 }
