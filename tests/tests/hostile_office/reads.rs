@@ -290,25 +290,30 @@ fn a_key_with_many_large_siblings_is_read_within_the_budget() {
 }
 
 /// Runs `read` `times` times on each of `readers` threads while sampling the hub's RSS;
-/// returns the highest sample.
+/// returns the highest sample. A reader's panic fails the test once every reader has ended.
 fn concurrently(readers: usize, times: usize, read: impl Fn() + Sync, scene: &Scene) -> f64 {
-    let done = std::sync::atomic::AtomicUsize::new(0);
+    let pid = scene.hub.pid().expect("hub running");
     let mut peak = 0f64;
     std::thread::scope(|s| {
-        for _ in 0..readers {
-            s.spawn(|| {
-                for _ in 0..times {
-                    read();
-                }
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            });
-        }
-        let pid = scene.hub.pid().expect("hub running");
-        while done.load(std::sync::atomic::Ordering::Relaxed) < readers {
+        let handles: Vec<_> = (0..readers)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..times {
+                        read();
+                    }
+                })
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
             if let Some(mib) = crate::shared::rss_mib(pid) {
                 peak = peak.max(mib);
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
     });
     peak
