@@ -22,6 +22,9 @@ const SCAN_BATCH: usize = 256;
 /// (6 MiB), so the winner's value always fits.
 pub const SIBLING_VALUES_BUDGET: usize = 8 << 20;
 
+// The winner's value always fits the budget, whatever `storage.max_value_bytes` is.
+const _: () = assert!(SIBLING_VALUES_BUDGET >= crate::config::MAX_VALUE_BYTES_LIMIT);
+
 /// Bytes (values and keys) one scan page carries at most, beyond its first record: the page
 /// ends early, with a `next` cursor, before the record that would cross it.
 pub const SCAN_PAGE_BYTES: usize = 8 << 20;
