@@ -11,13 +11,15 @@ use serde_json::Value;
 use ureq::http::{self, HeaderMap, Method};
 
 use crate::exit::{CliError, Exit};
+use crate::output::escape_message;
 
 /// Default `--api`: the daemon's default `[api] listen`.
 pub const DEFAULT_API: &str = "127.0.0.1:7480";
 /// Port used when `--api` names only a host.
 const DEFAULT_PORT: u16 = officesync_daemon::config::DEFAULT_API_PORT;
-/// Largest JSON answer read into memory (a scan page, `get --all`).
-const MAX_JSON_BYTES: u64 = 1 << 30;
+/// Largest answer read into memory (a scan page, `get --all`): the daemon keeps both within
+/// 8 MiB of values (about 11 MiB as base64), plus one record of at most 6 MiB.
+const MAX_JSON_BYTES: u64 = 64 << 20;
 /// Largest error body read for its message.
 const MAX_ERROR_BYTES: u64 = 64 * 1024;
 /// Longest error message taken from a body that is not JSON.
@@ -277,8 +279,16 @@ impl<'c> Reply<'c> {
     }
 
     /// The explanation of an error: the JSON `error` (then `true`: the
-    /// daemon's own message), else the start of the body or the status reason.
+    /// daemon's own message), else the start of the body or the status reason;
+    /// characters that do not print are escaped (see [`escape_message`]), since
+    /// it goes to a terminal.
     fn error_detail(self) -> (String, bool) {
+        let (detail, from_daemon) = self.raw_error_detail();
+        (escape_message(&detail), from_daemon)
+    }
+
+    /// [`Reply::error_detail`] before escaping.
+    fn raw_error_detail(self) -> (String, bool) {
         let reason = http::StatusCode::from_u16(self.status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -310,7 +320,7 @@ impl<'c> Reply<'c> {
         (detail, false)
     }
 
-    /// The whole body (at most 1 GiB).
+    /// The whole body (at most 64 MiB).
     pub fn bytes(self) -> Result<Vec<u8>, CliError> {
         let client = self.client;
         let what = self.what;

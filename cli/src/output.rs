@@ -81,13 +81,71 @@ pub fn encode_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A value as text if it is UTF-8 without control characters (so it fits on
-/// one line of a listing), else `<N bytes>`.
+/// A value as text if it is UTF-8 that prints as it is (no control or
+/// invisible characters, so it fits on one line of a listing and cannot steer
+/// the terminal), else `<N bytes>`.
 pub fn value_inline(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
+        Ok(text) if text.chars().all(prints) => text.to_owned(),
         _ => format!("<{} bytes>", bytes.len()),
     }
+}
+
+/// True for a character that shows as itself on a terminal: not a control
+/// character (C0, DEL, C1: terminal escapes start with ESC or CSI) and not an
+/// invisible format character (zero-width, line and paragraph separators,
+/// bidirectional overrides that reorder what follows, tags).
+pub fn prints(c: char) -> bool {
+    !(c.is_control()
+        || matches!(c,
+            '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'))
+}
+
+/// Text from the daemon or the file system (a key, a path, a message) as it
+/// may be written to a terminal: unchanged when every character prints (see
+/// [`prints`]) and it does not start with `"`; else between double quotes with
+/// the others escaped as Rust writes them (`\n`, `\u{1b}`), and `"` and `\`
+/// escaped, so no byte of it can act on the terminal and the quoted form is
+/// never mistaken for a key that prints as it is. `--json` output keeps the
+/// exact text instead.
+pub fn escape_text(text: &str) -> String {
+    if !text.starts_with('"') && text.chars().all(prints) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if prints(c) => out.push(c),
+            c => out.extend(c.escape_default()),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A message (not a key) for a terminal: every character that does not print
+/// (see [`prints`]) escaped as Rust writes it, the rest unchanged and unquoted.
+pub fn escape_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if prints(c) {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
 }
 
 /// A JSON scalar as plain text: strings unquoted, `null` as `-`, anything
@@ -186,6 +244,29 @@ mod tests {
         assert_eq!(value_inline(b"tab\there"), "<8 bytes>");
         assert_eq!(value_inline(&[0xff, 0x00]), "<2 bytes>");
         assert_eq!(value_inline("合肥".as_bytes()), "合肥");
+        assert_eq!(value_inline("a\u{202e}b".as_bytes()), "<5 bytes>");
+    }
+
+    #[test]
+    fn text_with_control_or_invisible_characters_is_quoted_and_escaped() {
+        assert_eq!(escape_text("hefei/grain"), "hefei/grain");
+        assert_eq!(escape_text("合肥/粮食"), "合肥/粮食");
+        assert_eq!(escape_text("a\\nb"), "a\\nb", "a printable backslash stays");
+        assert_eq!(
+            escape_text("evil\u{1b}]0;owned\u{7}"),
+            "\"evil\\u{1b}]0;owned\\u{7}\""
+        );
+        assert_eq!(escape_text("a\nb\tc"), "\"a\\nb\\tc\"");
+        assert_eq!(escape_text("\u{9b}31m"), "\"\\u{9b}31m\"", "C1 CSI");
+        assert_eq!(escape_text("txt.\u{202e}exe"), "\"txt.\\u{202e}exe\"");
+        // Quoted text cannot pass for a key that prints as it is.
+        assert_eq!(escape_text("\"a\\n\""), "\"\\\"a\\\\n\\\"\"");
+        for text in ["\u{1b}[2J", "x\ry", "\u{0}", "a\u{7f}"] {
+            let shown = escape_text(text);
+            assert!(shown.chars().all(prints), "{shown:?}");
+            assert!(escape_message(text).chars().all(prints), "{text:?}");
+        }
+        assert_eq!(escape_message("key \"a\\b\"\u{1b}"), "key \"a\\b\"\\u{1b}");
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct GetArgs {
     /// Show every sibling (concurrent versions), not only the winner's value.
     #[arg(long)]
     pub all: bool,
+    /// Print the value of this sibling (`origin:counter`, as `--all` lists it)
+    /// instead of the winner's.
+    #[arg(long, value_name = "VERSION", conflicts_with = "all")]
+    pub version: Option<String>,
 }
 
 /// `delete COLL KEY`.
@@ -221,6 +225,12 @@ pub fn get(args: GetArgs, global: &Global) -> Result<(), CliError> {
             .send(Method::GET, &format!("{path}?all=true"), None)?
             .check(Some(&missing))?
             .json()?;
+        if answer.get("truncated") == Some(&Value::Bool(true)) {
+            eprintln!(
+                "note: the values of some siblings were left out to keep the answer small; \
+                 print one with --version VERSION"
+            );
+        }
         return if global.json {
             print_json(&answer)
         } else {
@@ -228,6 +238,16 @@ pub fn get(args: GetArgs, global: &Global) -> Result<(), CliError> {
         };
     }
 
+    let (path, missing) = match &args.version {
+        Some(version) => (
+            format!("{path}?version={}", encode_component(version)),
+            format!(
+                "key {:?} in collection {:?} has no current version {version:?}",
+                args.key, args.collection
+            ),
+        ),
+        None => (path, missing),
+    };
     let reply = client
         .send(Method::GET, &path, None)?
         .check(Some(&missing))?;
@@ -247,9 +267,12 @@ pub fn get(args: GetArgs, global: &Global) -> Result<(), CliError> {
             "value": std::str::from_utf8(&value).ok(),
         }));
     }
-    if siblings > 1 {
+    if siblings > 1 && args.version.is_none() {
         // Before the value: the value has no trailing newline to end a line.
-        eprintln!("note: {siblings} siblings; winner {version} (use --all to see all)");
+        eprintln!(
+            "note: {siblings} siblings; winner {} (use --all to see all)",
+            output::escape_text(&version)
+        );
     }
     stream_value(reply)
 }
@@ -283,16 +306,25 @@ fn render_siblings(answer: &Value) -> Result<String, CliError> {
             i + 1,
             siblings.len()
         ));
-        let field = |name: &str| scalar(sibling.get(name).unwrap_or(&Value::Null));
+        let field =
+            |name: &str| output::escape_text(&scalar(sibling.get(name).unwrap_or(&Value::Null)));
         out.push_str(&format!("  version: {}\n", field("version")));
         out.push_str(&format!("  hlc:     {}\n", field("hlc")));
         out.push_str(&format!("  deleted: {}\n", field("deleted")));
+        let omitted = sibling.get("value_omitted") == Some(&Value::Bool(true));
         match sibling.get("value_base64").and_then(Value::as_str) {
+            None if omitted => out.push_str(&format!(
+                "  value:   (left out: {} bytes; print it with --version {})\n",
+                field("value_bytes"),
+                field("version")
+            )),
             None => out.push_str("  value:   (none: tombstone)\n"),
             Some(encoded) => {
                 let bytes = output::decode_base64(encoded)?;
                 match String::from_utf8(bytes) {
-                    Ok(text) => out.push_str(&format!("  value:   {text}\n")),
+                    Ok(text) => {
+                        out.push_str(&format!("  value:   {}\n", output::escape_text(&text)))
+                    }
                     Err(_) => out.push_str(&format!("  value (base64): {encoded}\n")),
                 }
             }
@@ -404,9 +436,11 @@ fn parse_page(page: &Value) -> Result<(&Vec<Value>, Option<String>), CliError> {
     Ok((records, next))
 }
 
-/// One line of `scan`: `key<TAB>version<TAB>value-or-<N bytes>`.
+/// One line of `scan`: `key<TAB>version<TAB>value-or-<N bytes>`, the key and
+/// version escaped when they hold characters that do not print (see
+/// [`output::escape_text`]; `--json` keeps them exact).
 fn scan_line(record: &Value) -> Result<String, CliError> {
-    let field = |name: &str| scalar(record.get(name).unwrap_or(&Value::Null));
+    let field = |name: &str| output::escape_text(&scalar(record.get(name).unwrap_or(&Value::Null)));
     let value = match record.get("value_base64").and_then(Value::as_str) {
         Some(encoded) => output::value_inline(&output::decode_base64(encoded)?),
         None => "-".to_owned(),
@@ -495,6 +529,12 @@ mod tests {
         let binary = json!({"key": "k", "version": "a:1",
                             "value_base64": output::encode_base64(&[0, 1, 2])});
         assert_eq!(scan_line(&binary).expect("line"), "k\ta:1\t<3 bytes>\n");
+        let hostile = json!({"key": "x\u{1b}]2;pwned\u{7}\nfake\tline", "version": "a:1",
+                             "value_base64": output::encode_base64(b"v")});
+        assert_eq!(
+            scan_line(&hostile).expect("line"),
+            "\"x\\u{1b}]2;pwned\\u{7}\\nfake\\tline\"\ta:1\tv\n"
+        );
     }
 
     #[test]
@@ -505,10 +545,14 @@ mod tests {
             {"version": "beijing:5", "hlc": 16, "deleted": false,
              "value_base64": output::encode_base64(&[0xff])},
             {"version": "hefei:1", "hlc": 9, "deleted": true, "value_base64": null},
+            {"version": "wuhu:4", "hlc": 8, "deleted": false, "value_base64": null,
+             "value_bytes": 5000000, "value_omitted": true},
+            {"version": "wuhu:3", "hlc": 7, "deleted": false,
+             "value_base64": output::encode_base64(b"\x1b[2Jgone")},
         ]});
         let text = render_siblings(&answer).expect("render");
         assert!(
-            text.starts_with("sibling 1 of 3 (winner)\n  version: hefei:2\n"),
+            text.starts_with("sibling 1 of 5 (winner)\n  version: hefei:2\n"),
             "{text}"
         );
         assert!(text.contains("  value:   grain\n"), "{text}");
@@ -517,5 +561,11 @@ mod tests {
             text.contains("  deleted: true\n  value:   (none: tombstone)\n"),
             "{text}"
         );
+        assert!(
+            text.contains("  value:   (left out: 5000000 bytes; print it with --version wuhu:4)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  value:   \"\\u{1b}[2Jgone\"\n"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
     }
 }

@@ -31,8 +31,10 @@ const MAX_VALUE_BYTES: usize = officesync_daemon::config::MAX_VALUE_BYTES_LIMIT;
 const MAX_KEY_BYTES: usize = 1024;
 /// Concurrent PUT workers of `import`, each with its own connection.
 const WORKERS: usize = 4;
-/// Records asked for per page by `export` (the daemon's maximum).
-const EXPORT_PAGE_LIMIT: u64 = 1000;
+/// Records asked for per page by `export`. The daemon also ends a page at 8 MiB of values
+/// (or after 4096 keys examined) and hands back a `next` cursor, which `export` follows;
+/// asking for fewer records keeps each answer small even from a daemon without that budget.
+const EXPORT_PAGE_LIMIT: u64 = 100;
 /// Shortest interval between two progress updates on a terminal.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -144,15 +146,29 @@ fn parse_lines(input: &[u8]) -> Parsed {
     parsed
 }
 
-/// Every regular file under `root` (symbolic links are not followed), in
-/// path order, keyed by its path relative to `root` with `/` separators.
+/// Every regular file under `root`, in path order, keyed by its path relative
+/// to `root` with `/` separators. Symbolic links and other non-regular entries
+/// are reported and skipped, and each file is opened without following links
+/// and checked to be the very file listed (see [`open_listed`]): a folder that
+/// others can write cannot make the import read a file outside it.
 fn parse_dir(root: &Path) -> Result<Parsed, CliError> {
     let mut parsed = Parsed::default();
     let mut files = Vec::new();
-    collect_files(root, &mut files)?;
-    files.sort();
-    for path in files {
-        let shown = path.display().to_string();
+    let mut skipped = Vec::new();
+    collect_files(root, &mut files, &mut skipped)?;
+    for (path, message) in skipped {
+        parsed
+            .bad
+            .push((output::escape_text(&path.display().to_string()), message));
+    }
+    parsed.bad.sort();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let real_root = fs::canonicalize(root).map_err(|e| {
+        CliError::usage(format!("cannot resolve directory {}: {e}", root.display()))
+    })?;
+    for listed in files {
+        let path = &listed.path;
+        let shown = output::escape_text(&path.display().to_string());
         let relative = match path.strip_prefix(root) {
             Ok(relative) => relative,
             Err(_) => continue,
@@ -175,7 +191,7 @@ fn parse_dir(root: &Path) -> Result<Parsed, CliError> {
             parsed.bad.push((shown, format!("invalid key: {problem}")));
             continue;
         }
-        let value = match read_limited(&path) {
+        let value = match read_listed(&listed, &real_root.join(relative)) {
             Ok(value) => value,
             Err(message) => {
                 parsed.bad.push((shown, message));
@@ -191,9 +207,88 @@ fn parse_dir(root: &Path) -> Result<Parsed, CliError> {
     Ok(parsed)
 }
 
-/// Reads a file whole, refusing one larger than any daemon accepts.
-fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+/// A regular file found by the directory walk, with the identity (device and
+/// inode) it had when listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    /// Its path (under the import root).
+    path: PathBuf,
+    /// Device of the listed file.
+    dev: u64,
+    /// Inode of the listed file.
+    ino: u64,
+}
+
+/// `open(2)` flags that std does not name: do not follow a symbolic link in the
+/// last component (the open fails instead), and do not wait on a FIFO. Zero
+/// where the value is not known here; the identity checks of [`open_listed`]
+/// hold without them.
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86")))]
+const NO_FOLLOW_FLAGS: i32 = 0o400_000 | 0o4000;
+/// See the Linux x86 definition.
+#[cfg(all(target_os = "linux", any(target_arch = "aarch64", target_arch = "arm")))]
+const NO_FOLLOW_FLAGS: i32 = 0o100_000 | 0o4000;
+/// See the Linux x86 definition.
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm"
+    )
+)))]
+const NO_FOLLOW_FLAGS: i32 = 0;
+
+/// Opens a listed file for reading, refusing anything but the regular file
+/// that was listed: the last component is opened without following a link,
+/// the opened file must be regular and have the listed device and inode, and
+/// (on Linux) must really be `expected`, the file's place under the resolved
+/// import root, so a directory swapped for a link after the listing is caught.
+fn open_listed(listed: &Listed, expected: &Path) -> Result<File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NO_FOLLOW_FLAGS)
+        .open(&listed.path)
+        .map_err(|e| match fs::symlink_metadata(&listed.path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                "it became a symbolic link after it was listed; not followed".to_owned()
+            }
+            _ => format!("cannot open: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat the opened file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file once opened; refused".to_owned());
+    }
+    if (meta.dev(), meta.ino()) != (listed.dev, listed.ino) {
+        return Err("it was replaced after it was listed; refused".to_owned());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        if let Ok(real) = fs::read_link(&fd_path) {
+            if real != expected {
+                return Err(format!(
+                    "it resolves to {} outside the directory imported (a directory on \
+                     its path became a symbolic link); refused",
+                    output::escape_text(&real.display().to_string())
+                ));
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = expected;
+    Ok(file)
+}
+
+/// Reads a listed file whole (see [`open_listed`]), refusing one larger than
+/// any daemon accepts.
+fn read_listed(listed: &Listed, expected: &Path) -> Result<Vec<u8>, String> {
+    let file = open_listed(listed, expected)?;
     let mut value = Vec::new();
     file.take(MAX_VALUE_BYTES as u64 + 1)
         .read_to_end(&mut value)
@@ -207,8 +302,15 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     Ok(value)
 }
 
-/// Appends the regular files under `dir`, recursively, to `files`.
-fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), CliError> {
+/// Appends the regular files under `dir`, recursively, to `files`, and every
+/// other entry that is not a directory (symbolic links, devices, FIFOs) with
+/// the reason to `skipped`. Links are never followed.
+fn collect_files(
+    dir: &Path,
+    files: &mut Vec<Listed>,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
     let entries = fs::read_dir(dir)
         .map_err(|e| CliError::usage(format!("cannot read directory {}: {e}", dir.display())))?;
     for entry in entries {
@@ -216,13 +318,31 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), CliError> {
             CliError::failure(format!("cannot read directory {}: {e}", dir.display()))
         })?;
         let path = entry.path();
-        let kind = entry
-            .file_type()
+        // The entry itself, not what a link points to.
+        let meta = entry
+            .metadata()
             .map_err(|e| CliError::failure(format!("cannot stat {}: {e}", path.display())))?;
+        let kind = meta.file_type();
         if kind.is_dir() {
-            collect_files(&path, files)?;
+            collect_files(&path, files, skipped)?;
         } else if kind.is_file() {
-            files.push(path);
+            files.push(Listed {
+                path,
+                dev: meta.dev(),
+                ino: meta.ino(),
+            });
+        } else if kind.is_symlink() {
+            skipped.push((
+                path,
+                "a symbolic link; import reads only regular files and does not follow links"
+                    .to_owned(),
+            ));
+        } else {
+            skipped.push((
+                path,
+                "not a regular file (a device, FIFO or socket); import reads only regular files"
+                    .to_owned(),
+            ));
         }
     }
     Ok(())
@@ -552,5 +672,87 @@ mod tests {
                 ("top.txt", b"top")
             ]
         );
+    }
+
+    #[test]
+    fn links_and_special_files_are_reported_not_read() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let secret = outside.path().join("node.key");
+        fs::write(&secret, b"PRIVATE KEY").expect("write");
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("ok.txt"), b"ok").expect("write");
+        std::os::unix::fs::symlink(&secret, dir.path().join("key-link")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("dir-link")).expect("symlink");
+        let parsed = parse_dir(dir.path()).expect("dir");
+        let keys: Vec<&str> = parsed.items.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["ok.txt"]);
+        let bad: Vec<(String, &str)> = parsed
+            .bad
+            .iter()
+            .map(|(origin, message)| {
+                let name = Path::new(origin).file_name().expect("name");
+                (name.to_string_lossy().into_owned(), message.as_str())
+            })
+            .collect();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        for (name, message) in &bad {
+            assert!(["dir-link", "key-link"].contains(&name.as_str()), "{name}");
+            assert!(message.contains("symbolic link"), "{message}");
+        }
+    }
+
+    /// Lists `dir` and returns its one regular file.
+    fn list_one(dir: &Path) -> Listed {
+        let (mut files, mut skipped) = (Vec::new(), Vec::new());
+        collect_files(dir, &mut files, &mut skipped).expect("list");
+        assert_eq!(files.len(), 1, "{files:?}");
+        files.remove(0)
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_listing_is_refused() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let secret = outside.path().join("node.key");
+        fs::write(&secret, b"PRIVATE KEY").expect("write");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = fs::canonicalize(dir.path()).expect("root");
+        let file = dir.path().join("report.txt");
+        fs::write(&file, b"report").expect("write");
+
+        let listed = list_one(dir.path());
+        let expected = root.join("report.txt");
+        assert_eq!(read_listed(&listed, &expected).expect("read"), b"report");
+
+        // Swapped for a link to the secret between the listing and the open.
+        fs::remove_file(&file).expect("remove");
+        std::os::unix::fs::symlink(&secret, &file).expect("symlink");
+        let error = read_listed(&listed, &expected).expect_err("link followed");
+        assert!(error.contains("symbolic link"), "{error}");
+
+        // Swapped for another regular file (a copy, or a hard link to the secret).
+        // (Written beside it first, so it cannot reuse the listed inode.)
+        let other = dir.path().join("other");
+        fs::write(&other, b"PRIVATE KEY").expect("write");
+        fs::rename(&other, &file).expect("rename");
+        let error = read_listed(&listed, &expected).expect_err("replaced file read");
+        assert!(error.contains("replaced"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_listing_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = fs::canonicalize(dir.path()).expect("root");
+        fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        fs::write(dir.path().join("sub/f"), b"data").expect("write");
+        let listed = list_one(dir.path());
+        let expected = root.join("sub/f");
+        // The directory moves out of the tree (same file, same inode) and a link to its new
+        // place takes its name: the open would follow the link in the middle of the path.
+        let away = root.join("away");
+        fs::create_dir(&away).expect("mkdir");
+        fs::rename(dir.path().join("sub"), away.join("sub")).expect("move");
+        std::os::unix::fs::symlink(away.join("sub"), dir.path().join("sub")).expect("symlink");
+        let error = read_listed(&listed, &expected).expect_err("followed a directory link");
+        assert!(error.contains("outside the directory imported"), "{error}");
     }
 }

@@ -555,3 +555,124 @@ fn ca_init_issue_and_config_check() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("tls.cert"), "{}", stderr(&out));
 }
+
+#[test]
+fn export_asks_for_small_pages_and_follows_next_through_short_pages() {
+    // Pages as a daemon with a byte budget and a cap on rows examined sends them: one ends
+    // early with a single record, one holds none (only deleted keys examined), both with next.
+    let daemon = FakeDaemon::start(|seen| {
+        let page = if seen.target.contains("after=t8190") {
+            serde_json::json!({"records": [
+                {"key": "z", "version": "hefei:3", "siblings": 1, "value_base64": "Mg=="},
+            ], "next": null})
+        } else if seen.target.contains("after=t4095") {
+            serde_json::json!({"records": [], "next": "t8190"})
+        } else {
+            serde_json::json!({"records": [
+                {"key": "a", "version": "hefei:1", "siblings": 1, "value_base64": "MQ=="},
+            ], "next": "t4095"})
+        };
+        Answer::json(200, page)
+    });
+    let out = run(&["--api", &daemon.addr, "export", "situation"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "{\"key\":\"a\",\"value\":1}\n{\"key\":\"z\",\"value\":2}\n"
+    );
+    let targets: Vec<String> = daemon.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/collections/situation/records?limit=100",
+            "/v1/collections/situation/records?limit=100&after=t4095",
+            "/v1/collections/situation/records?limit=100&after=t8190",
+        ]
+    );
+}
+
+#[test]
+fn scan_escapes_keys_that_would_steer_the_terminal_and_json_keeps_them() {
+    let hostile = "x\u{1b}]0;owned\u{7}\u{1b}[2J\nfake\u{202e}";
+    let daemon = FakeDaemon::start(move |_| {
+        Answer::json(
+            200,
+            serde_json::json!({"records": [
+                {"key": hostile, "version": "hefei:1", "siblings": 1, "value_base64": "MQ=="},
+            ], "next": null}),
+        )
+    });
+    let out = run(&["--api", &daemon.addr, "scan", "situation"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "\"x\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\nfake\\u{202e}\"\thefei:1\t1\n"
+    );
+    let out = run(&["--api", &daemon.addr, "--json", "scan", "situation"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["records"][0]["key"], hostile, "--json is exact");
+}
+
+#[test]
+fn daemon_messages_and_sibling_values_are_escaped_on_the_terminal() {
+    let daemon = FakeDaemon::start(|seen| {
+        if seen.target.contains("all=true") {
+            Answer::json(
+                200,
+                serde_json::json!({"key": "k", "truncated": true, "value_budget_bytes": 8388608,
+                    "siblings": [
+                    {"version": "hefei:2", "hlc": 5, "deleted": false, "value_bytes": 6,
+                     "value_omitted": false, "value_base64": "G1syShtdMDs="},
+                    {"version": "wuhu:1", "hlc": 4, "deleted": false, "value_bytes": 9000000,
+                     "value_omitted": true, "value_base64": null},
+                ]}),
+            )
+        } else if seen.target.contains("version=") {
+            Answer::new(200, "the left-out value")
+                .header("officesync-version", "wuhu:1")
+                .header("officesync-hlc", "4")
+        } else {
+            Answer::json(
+                400,
+                serde_json::json!({"error": "bad key \u{1b}]0;owned\u{7}"}),
+            )
+        }
+    });
+    let out = run(&["--api", &daemon.addr, "get", "situation", "k", "--all"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(
+        text.contains("  value:   \"\\u{1b}[2J\\u{1b}]0;\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(left out: 9000000 bytes; print it with --version wuhu:1)"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("left out"), "{}", stderr(&out));
+
+    let out = run(&[
+        "--api",
+        &daemon.addr,
+        "get",
+        "situation",
+        "k",
+        "--version",
+        "wuhu:1",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "the left-out value");
+    let last = daemon.seen().pop().expect("asked");
+    assert_eq!(
+        last.target,
+        "/v1/collections/situation/records/k?version=wuhu%3A1"
+    );
+
+    let out = run(&["--api", &daemon.addr, "delete", "situation", "k"]);
+    assert_eq!(code(&out), 2);
+    let err = stderr(&out);
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    assert!(err.contains("bad key \\u{1b}]0;owned\\u{7}"), "{err}");
+}

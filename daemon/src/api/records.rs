@@ -10,13 +10,15 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use officesync_protocol::names::MAX_KEY_BYTES;
-use officesync_protocol::Hlc;
+use officesync_protocol::{Dot, Hlc};
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::params::{parse_flag, parse_query, record_target, scan_target};
 use super::ApiState;
-use crate::replica::{Record, Sibling, WriteAck};
+use crate::replica::{
+    Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, SIBLING_VALUES_BUDGET,
+};
 
 /// Header with the winner's version, `origin:counter`.
 pub const VERSION_HEADER: &str = "officesync-version";
@@ -47,29 +49,42 @@ impl From<WriteAck> for WriteBody {
     }
 }
 
+/// One sibling in the answer to `?all=true`.
 #[derive(Debug, Serialize)]
 pub(crate) struct SiblingBody {
     version: String,
     hlc: Hlc,
     deleted: bool,
+    /// The value; null for a tombstone or a value left out past the budget.
     value_base64: Option<String>,
+    /// The value's length; null for a tombstone.
+    value_bytes: Option<u64>,
+    /// True when the value was left out past the budget (fetch it with `?version=`).
+    value_omitted: bool,
 }
 
-impl From<&Sibling> for SiblingBody {
-    fn from(s: &Sibling) -> Self {
+impl From<&SiblingRead> for SiblingBody {
+    fn from(s: &SiblingRead) -> Self {
         Self {
             version: s.dot.to_string(),
             hlc: s.hlc,
-            deleted: s.value.is_none(),
+            deleted: s.is_deleted(),
             value_base64: s.value.as_deref().map(|v| BASE64.encode(v)),
+            value_bytes: s.len,
+            value_omitted: s.is_omitted(),
         }
     }
 }
 
+/// The answer to `?all=true`.
 #[derive(Debug, Serialize)]
 pub(crate) struct SiblingsBody {
     key: String,
     siblings: Vec<SiblingBody>,
+    /// True when some value was left out: the values listed would pass `value_budget_bytes`.
+    truncated: bool,
+    /// Most value bytes one answer carries ([`SIBLING_VALUES_BUDGET`]).
+    value_budget_bytes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,34 +121,102 @@ pub(crate) async fn put_record(
     Ok(Json(ack.into()))
 }
 
-/// `GET /v1/collections/{c}/records/{key}[?all=true]`.
+/// `GET /v1/collections/{c}/records/{key}[?all=true | ?version=origin:counter]`.
 ///
-/// Without `all`: the winner's raw bytes with the version, HLC and sibling-count headers;
-/// 404 when the key was never written or its winner is a tombstone. With `all=true`: every
-/// sibling as JSON, tombstones included, even when the winner is a tombstone (404 only when the
-/// key was never written).
+/// Without a parameter: the winner's raw bytes with the version, HLC and sibling-count
+/// headers (only the winner's value is read); 404 when the key was never written or its
+/// winner is a tombstone.
+///
+/// With `all=true`: every sibling as JSON, tombstones included, even when the winner is a
+/// tombstone (404 only when the key was never written). Values are included in list order
+/// (winner first) while their total stays within [`SIBLING_VALUES_BUDGET`] (8 MiB); the
+/// sibling whose value would cross it and every later one are listed with `value_base64`
+/// null, `value_omitted` true and their `value_bytes`, and the answer has `truncated` true.
+///
+/// With `version=V`: the raw bytes of the current sibling `V` (as listed by `all=true`), with
+/// its version and HLC headers; 404 when the key has no such sibling or it is a tombstone.
 pub(crate) async fn get_record(
     State(state): State<ApiState>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (collection, key) = record_target(uri.path())?;
-    let query = parse_query(uri.query(), &["all"])?;
+    let query = parse_query(uri.query(), &["all", "version"])?;
     let all = parse_flag("all", query.get("all").map(String::as_str))?;
+    let version = match query.get("version") {
+        None => None,
+        Some(raw) => Some(raw.parse::<Dot>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "invalid version={raw:?}: use origin:counter as listed by ?all=true"
+            ))
+        })?),
+    };
+    if all && version.is_some() {
+        return Err(ApiError::BadRequest(
+            "give either all=true or version=, not both".into(),
+        ));
+    }
     state.access.check_read(&collection)?;
-    let record = state
+    if all {
+        let read = state
+            .replica
+            .siblings(&collection, &key, SIBLING_VALUES_BUDGET)
+            .await?
+            .ok_or_else(|| not_found(&collection, &key))?;
+        return siblings_answer(read);
+    }
+    if let Some(dot) = version {
+        let sibling = state
+            .replica
+            .sibling(&collection, &key, &dot)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "key {key:?} in collection {collection:?} has no current version {dot}"
+                ))
+            })?;
+        let headers = [
+            header(VERSION_HEADER, sibling.dot.to_string())?,
+            header(HLC_HEADER, sibling.hlc.to_string())?,
+        ];
+        return value_answer(headers, sibling, &collection, &key);
+    }
+    let read = state
         .replica
-        .get(&collection, &key)
+        .winner(&collection, &key)
         .await?
         .ok_or_else(|| not_found(&collection, &key))?;
-    let headers = record_headers(&record)?;
-    if all {
-        let body = SiblingsBody {
-            key: record.key.clone(),
-            siblings: record.siblings.iter().map(SiblingBody::from).collect(),
-        };
-        return Ok((headers, Json(body)).into_response());
-    }
-    let Some(value) = record.siblings.into_iter().next().and_then(|w| w.value) else {
+    let headers = winner_headers(&read)?;
+    value_answer(headers, read.sibling, &collection, &key)
+}
+
+/// The JSON answer to `?all=true`, with the winner's headers.
+fn siblings_answer(read: SiblingsRead) -> Result<Response, ApiError> {
+    let first = read
+        .siblings
+        .first()
+        .ok_or_else(|| ApiError::Internal(format!("record {:?} has no version", read.key)))?;
+    let headers = [
+        header(VERSION_HEADER, first.dot.to_string())?,
+        header(SIBLINGS_HEADER, read.siblings.len().to_string())?,
+        header(HLC_HEADER, first.hlc.to_string())?,
+    ];
+    let body = SiblingsBody {
+        truncated: read.is_truncated(),
+        siblings: read.siblings.iter().map(SiblingBody::from).collect(),
+        key: read.key,
+        value_budget_bytes: SIBLING_VALUES_BUDGET,
+    };
+    Ok((headers, Json(body)).into_response())
+}
+
+/// One sibling's raw value with `headers`; 404 when it is a tombstone.
+fn value_answer<const N: usize>(
+    headers: [(HeaderName, HeaderValue); N],
+    sibling: Sibling,
+    collection: &str,
+    key: &str,
+) -> Result<Response, ApiError> {
+    let Some(value) = sibling.value else {
         return Err(ApiError::NotFound(format!(
             "key {key:?} in collection {collection:?} is deleted"
         )));
@@ -158,11 +241,12 @@ pub(crate) async fn delete_record(
     let (collection, key) = record_target(uri.path())?;
     parse_query(uri.query(), &[])?;
     state.access.check_write(&collection, &key, None)?;
+    // Sibling headers only: no value is loaded to decide.
     let live = state
         .replica
-        .get(&collection, &key)
+        .siblings(&collection, &key, 0)
         .await?
-        .is_some_and(|r| r.siblings.iter().any(|s| s.value.is_some()));
+        .is_some_and(|r| r.any_live());
     if !live {
         return Err(not_found(&collection, &key));
     }
@@ -172,7 +256,11 @@ pub(crate) async fn delete_record(
 
 /// `GET /v1/collections/{c}/records?prefix=&after=&limit=`: up to `limit` (default 100, at most
 /// 1000) live records whose key starts with `prefix` and sorts after `after`, in key order.
-/// `next`, when not null, is the `after` of the following page.
+/// `next`, when not null, is the `after` of the following page. A page also ends early, with
+/// a `next`, once its values reach [`crate::replica::SCAN_PAGE_BYTES`] (8 MiB; it always holds
+/// at least one record) or once it has examined [`crate::replica::SCAN_MAX_EXAMINED`] keys,
+/// deleted ones included (then it may hold fewer records than `limit`, even none): follow
+/// `next` until it is null.
 pub(crate) async fn scan(
     State(state): State<ApiState>,
     uri: Uri,
@@ -207,22 +295,22 @@ pub(crate) async fn scan(
         .replica
         .scan(&collection, prefix, after, limit)
         .await?;
-    let records = page.records.iter().filter_map(scan_record).collect();
+    let records = page.records.iter().map(scan_record).collect();
     Ok(Json(ScanBody {
         records,
         next: page.next,
     }))
 }
 
-fn scan_record(r: &Record) -> Option<ScanRecord> {
-    let winner = r.siblings.first()?;
-    Some(ScanRecord {
+fn scan_record(r: &WinnerRead) -> ScanRecord {
+    let winner = r.winner();
+    ScanRecord {
         key: r.key.clone(),
         version: winner.dot.to_string(),
         hlc: winner.hlc,
-        siblings: r.siblings.len(),
+        siblings: r.siblings,
         value_base64: winner.value.as_deref().map(|v| BASE64.encode(v)),
-    })
+    }
 }
 
 fn not_found(collection: &str, key: &str) -> ApiError {
@@ -231,27 +319,19 @@ fn not_found(collection: &str, key: &str) -> ApiError {
     ))
 }
 
-fn record_headers(record: &Record) -> Result<[(HeaderName, HeaderValue); 3], ApiError> {
-    let value = |text: String| {
-        HeaderValue::from_str(&text)
-            .map_err(|_| ApiError::Internal(format!("cannot put {text:?} in a header")))
-    };
-    let winner = record
-        .siblings
-        .first()
-        .ok_or_else(|| ApiError::Internal(format!("record {:?} has no version", record.key)))?;
+/// One response header; an internal error when `text` cannot be a header value.
+fn header(name: &'static str, text: String) -> Result<(HeaderName, HeaderValue), ApiError> {
+    let value = HeaderValue::from_str(&text)
+        .map_err(|_| ApiError::Internal(format!("cannot put {text:?} in a header")))?;
+    Ok((HeaderName::from_static(name), value))
+}
+
+/// The version, sibling-count and HLC headers of a plain read.
+fn winner_headers(read: &WinnerRead) -> Result<[(HeaderName, HeaderValue); 3], ApiError> {
+    let winner = read.winner();
     Ok([
-        (
-            HeaderName::from_static(VERSION_HEADER),
-            value(winner.dot.to_string())?,
-        ),
-        (
-            HeaderName::from_static(SIBLINGS_HEADER),
-            value(record.siblings.len().to_string())?,
-        ),
-        (
-            HeaderName::from_static(HLC_HEADER),
-            value(winner.hlc.to_string())?,
-        ),
+        header(VERSION_HEADER, winner.dot.to_string())?,
+        header(SIBLINGS_HEADER, read.siblings.to_string())?,
+        header(HLC_HEADER, winner.hlc.to_string())?,
     ])
 }

@@ -23,6 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Store, StoreError};
 
+pub use read::{
+    SiblingRead, SiblingsRead, WinnerRead, SCAN_MAX_EXAMINED, SCAN_PAGE_BYTES,
+    SIBLING_VALUES_BUDGET,
+};
 pub use writer::ApplyReport;
 
 /// Values longer than this are stored in chunks rather than inside the sibling record.
@@ -202,8 +206,8 @@ impl Record {
 /// A page of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanPage {
-    /// Live records (winner not a tombstone), in key order.
-    pub records: Vec<Record>,
+    /// Live records (winner not a tombstone), in key order: each winner with its value.
+    pub records: Vec<WinnerRead>,
     /// The key to pass as `after` for the next page, when there is one.
     pub next: Option<String>,
 }
@@ -709,8 +713,56 @@ impl Replica {
         self.call(|reply| Request::Sync { reply }).await
     }
 
-    /// Reads every sibling of `key`, or `None` when the key was never written.
+    /// Reads every sibling of `key` with every value, or `None` when the key was never
+    /// written. Loads as many values as the key has siblings: serve clients with
+    /// [`Replica::winner`] and [`Replica::siblings`], which are bounded.
     pub async fn get(&self, collection: &str, key: &str) -> Result<Option<Record>, ReplicaError> {
+        self.read_key(collection, key, read::record).await
+    }
+
+    /// Reads the winner of `key` with its value and the number of siblings (their values
+    /// are not loaded), or `None` when the key was never written.
+    pub async fn winner(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<WinnerRead>, ReplicaError> {
+        self.read_key(collection, key, read::winner).await
+    }
+
+    /// Lists every sibling of `key`, winner first, loading values in that order while their
+    /// total stays within `max_bytes` (see [`SiblingsRead`]); `None` when never written.
+    pub async fn siblings(
+        &self,
+        collection: &str,
+        key: &str,
+        max_bytes: usize,
+    ) -> Result<Option<SiblingsRead>, ReplicaError> {
+        self.read_key(collection, key, move |s, c, k| {
+            read::siblings(s, c, k, max_bytes)
+        })
+        .await
+    }
+
+    /// Reads the current sibling `dot` of `key` with its value; `None` when the key has no
+    /// such sibling.
+    pub async fn sibling(
+        &self,
+        collection: &str,
+        key: &str,
+        dot: &Dot,
+    ) -> Result<Option<Sibling>, ReplicaError> {
+        let dot = dot.clone();
+        self.read_key(collection, key, move |s, c, k| read::sibling(s, c, k, &dot))
+            .await
+    }
+
+    async fn read_key<T: Send + 'static>(
+        &self,
+        collection: &str,
+        key: &str,
+        read: impl FnOnce(&dyn Store, &str, &str) -> Result<T, ReplicaError> + Send + 'static,
+    ) -> Result<T, ReplicaError> {
         names::validate_collection_name(collection)?;
         names::validate_key(key)?;
         let (store, c, k) = (
@@ -718,11 +770,12 @@ impl Replica {
             collection.to_owned(),
             key.to_owned(),
         );
-        blocking(move || read::record(store.as_ref(), &c, &k)).await
+        blocking(move || read(store.as_ref(), &c, &k)).await
     }
 
     /// Up to `limit` live records of `collection` whose key starts with `prefix` and sorts
-    /// after `after`.
+    /// after `after`, each winner with its value; the page ends earlier, with a `next`
+    /// cursor, past [`SCAN_PAGE_BYTES`] of values or [`SCAN_MAX_EXAMINED`] rows examined.
     pub async fn scan(
         &self,
         collection: &str,
@@ -737,7 +790,8 @@ impl Replica {
             prefix.to_owned(),
             after.map(str::to_owned),
         );
-        blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), limit)).await
+        let budget = read::ScanBudget::new(limit);
+        blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), budget)).await
     }
 
     /// One collection's state (empty if it holds nothing yet).

@@ -1,8 +1,13 @@
-//! Reads straight from the store: one key's siblings, scans, collection states. Values kept
-//! in chunks are reassembled and checked against their hash.
+//! Reads straight from the store: one key's winner or siblings, scans, collection states.
+//! Values kept in chunks are reassembled and checked against their hash.
+//!
+//! Every read an API client can ask for is bounded: a plain read loads only the winner's
+//! value (the other siblings are counted from the sibling record, never loaded), a read of
+//! every sibling loads values only within a byte budget, and a scan page stops at a byte
+//! budget and at a number of rows examined (tombstoned keys included), handing back a cursor.
 
 use officesync_protocol::merge;
-use officesync_protocol::{codec, ValueMeta};
+use officesync_protocol::{codec, Dot, Hlc, ValueMeta};
 
 use super::keys;
 use super::writer::{decode_siblings, Body, StoredSibling};
@@ -12,38 +17,172 @@ use crate::store::{prefix_end, Store};
 /// Rows fetched per store call while scanning.
 const SCAN_BATCH: usize = 256;
 
+/// Value bytes a read of every sibling (`?all=true`) loads at most; past it, siblings are
+/// listed without their value (see [`SiblingsRead`]). Above the largest value a node accepts
+/// (6 MiB), so the winner's value always fits.
+pub const SIBLING_VALUES_BUDGET: usize = 8 << 20;
+
+// The winner's value always fits the budget, whatever `storage.max_value_bytes` is.
+const _: () = assert!(SIBLING_VALUES_BUDGET >= crate::config::MAX_VALUE_BYTES_LIMIT);
+
+/// Bytes (values and keys) one scan page carries at most, beyond its first record: the page
+/// ends early, with a `next` cursor, before the record that would cross it.
+pub const SCAN_PAGE_BYTES: usize = 8 << 20;
+
+/// Rows (keys, deleted ones included) one scan page examines at most: past it the page ends
+/// early with a `next` cursor, even with fewer records than asked (possibly none).
+pub const SCAN_MAX_EXAMINED: usize = 4096;
+
+/// The bounds of one scan page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScanBudget {
+    /// Records returned at most.
+    pub limit: usize,
+    /// Bytes of values and keys returned at most, beyond the first record.
+    pub max_bytes: usize,
+    /// Rows examined at most, deleted keys included.
+    pub max_examined: usize,
+}
+
+impl ScanBudget {
+    /// At most `limit` records, within [`SCAN_PAGE_BYTES`] and [`SCAN_MAX_EXAMINED`].
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            max_bytes: SCAN_PAGE_BYTES,
+            max_examined: SCAN_MAX_EXAMINED,
+        }
+    }
+}
+
+/// A key's winner with its value, and how many siblings the key has (theirs not loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WinnerRead {
+    /// The key.
+    pub key: String,
+    /// The winning sibling, value loaded (`None`: a tombstone).
+    pub sibling: Sibling,
+    /// Current siblings of the key, tombstones and the winner included.
+    pub siblings: usize,
+}
+
+impl WinnerRead {
+    /// The winning sibling.
+    pub fn winner(&self) -> &Sibling {
+        &self.sibling
+    }
+
+    /// True when the winner is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.sibling.value.is_none()
+    }
+}
+
+/// One sibling as listed by a bounded read of every sibling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiblingRead {
+    /// Its dot.
+    pub dot: Dot,
+    /// Its timestamp.
+    pub hlc: Hlc,
+    /// The value's length in bytes, `None` for a tombstone.
+    pub len: Option<u64>,
+    /// The value when it was loaded (within the budget); `None` for a tombstone or a value
+    /// left out.
+    pub value: Option<Vec<u8>>,
+}
+
+impl SiblingRead {
+    /// True for a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.len.is_none()
+    }
+
+    /// True when the sibling has a value that the budget left out.
+    pub fn is_omitted(&self) -> bool {
+        self.len.is_some() && self.value.is_none()
+    }
+}
+
+/// Every sibling of a key, winner first, with values loaded in that order while their total
+/// stays within the budget; the first value that would cross it and every later one are left
+/// out (listed with their length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiblingsRead {
+    /// The key.
+    pub key: String,
+    /// Siblings, winner first, the rest in dot order. Never empty.
+    pub siblings: Vec<SiblingRead>,
+}
+
+impl SiblingsRead {
+    /// True when some value was left out.
+    pub fn is_truncated(&self) -> bool {
+        self.siblings.iter().any(SiblingRead::is_omitted)
+    }
+
+    /// True when some sibling is not a tombstone.
+    pub fn any_live(&self) -> bool {
+        self.siblings.iter().any(|s| !s.is_deleted())
+    }
+}
+
+fn corrupt(coll: &str, key: &str, detail: &str) -> ReplicaError {
+    ReplicaError::Corrupt {
+        what: format!("{coll}/{key}"),
+        detail: detail.to_owned(),
+    }
+}
+
+/// The stored siblings of a key, winner first and the rest in dot order; `None` when the
+/// key was never written.
+fn stored(
+    store: &dyn Store,
+    coll: &str,
+    key: &str,
+) -> Result<Option<Vec<StoredSibling>>, ReplicaError> {
+    match store.get(&keys::record(coll, key))? {
+        None => Ok(None),
+        Some(raw) => {
+            let siblings = decode_siblings(&raw, &format!("{coll}/{key}"))?;
+            winner_first(coll, key, siblings).map(Some)
+        }
+    }
+}
+
+fn winner_first(
+    coll: &str,
+    key: &str,
+    mut siblings: Vec<StoredSibling>,
+) -> Result<Vec<StoredSibling>, ReplicaError> {
+    let win = merge::winner(&siblings)
+        .map(|w| w.header.dot.clone())
+        .ok_or_else(|| corrupt(coll, key, "empty sibling set"))?;
+    if let Some(at) = siblings.iter().position(|s| s.header.dot == win) {
+        let w = siblings.remove(at);
+        siblings.insert(0, w);
+    }
+    Ok(siblings)
+}
+
+fn value_len(s: &StoredSibling) -> Option<u64> {
+    match s.header.value {
+        ValueMeta::Present { len, .. } => Some(len),
+        ValueMeta::Tombstone => None,
+    }
+}
+
+/// Every sibling of `key` with every value loaded, or `None` when the key was never written.
+/// Unbounded (as many values as the key has siblings): for tests and internal use; the API
+/// reads with [`winner`] and [`siblings`].
 pub(crate) fn record(
     store: &dyn Store,
     coll: &str,
     key: &str,
 ) -> Result<Option<Record>, ReplicaError> {
-    match store.get(&keys::record(coll, key))? {
-        None => Ok(None),
-        Some(raw) => {
-            let siblings = decode_siblings(&raw, &format!("{coll}/{key}"))?;
-            to_record(store, coll, key, siblings).map(Some)
-        }
-    }
-}
-
-fn to_record(
-    store: &dyn Store,
-    coll: &str,
-    key: &str,
-    mut siblings: Vec<StoredSibling>,
-) -> Result<Record, ReplicaError> {
-    let corrupt = |detail: &str| ReplicaError::Corrupt {
-        what: format!("{coll}/{key}"),
-        detail: detail.to_owned(),
+    let Some(siblings) = stored(store, coll, key)? else {
+        return Ok(None);
     };
-    let win = merge::winner(&siblings)
-        .map(|w| w.header.dot.clone())
-        .ok_or_else(|| corrupt("empty sibling set"))?;
-    // Winner first, the rest in dot order (as stored).
-    if let Some(at) = siblings.iter().position(|s| s.header.dot == win) {
-        let w = siblings.remove(at);
-        siblings.insert(0, w);
-    }
     let mut out = Vec::with_capacity(siblings.len());
     for s in siblings {
         let value = load_value(store, coll, &s)?;
@@ -53,10 +192,103 @@ fn to_record(
             value,
         });
     }
-    Ok(Record {
+    Ok(Some(Record {
         key: key.to_owned(),
         siblings: out,
+    }))
+}
+
+/// The winner of `key` with its value and the number of siblings (their values not loaded),
+/// or `None` when the key was never written.
+pub(crate) fn winner(
+    store: &dyn Store,
+    coll: &str,
+    key: &str,
+) -> Result<Option<WinnerRead>, ReplicaError> {
+    match stored(store, coll, key)? {
+        None => Ok(None),
+        Some(siblings) => to_winner(store, coll, key, siblings).map(Some),
+    }
+}
+
+fn to_winner(
+    store: &dyn Store,
+    coll: &str,
+    key: &str,
+    mut siblings: Vec<StoredSibling>,
+) -> Result<WinnerRead, ReplicaError> {
+    let count = siblings.len();
+    // Invariant: `stored` and `winner_first` never return an empty set.
+    let w = siblings.swap_remove(0);
+    let value = load_value(store, coll, &w)?;
+    Ok(WinnerRead {
+        key: key.to_owned(),
+        sibling: Sibling {
+            dot: w.header.dot,
+            hlc: w.header.hlc,
+            value,
+        },
+        siblings: count,
     })
+}
+
+/// Every sibling of `key`, winner first, values loaded in order while their total stays
+/// within `max_bytes` (see [`SiblingsRead`]); `None` when the key was never written.
+pub(crate) fn siblings(
+    store: &dyn Store,
+    coll: &str,
+    key: &str,
+    max_bytes: usize,
+) -> Result<Option<SiblingsRead>, ReplicaError> {
+    let Some(stored) = stored(store, coll, key)? else {
+        return Ok(None);
+    };
+    let mut used: u64 = 0;
+    let mut full = false;
+    let mut out = Vec::with_capacity(stored.len());
+    for s in stored {
+        let len = value_len(&s);
+        let mut value = None;
+        if let Some(n) = len {
+            full = full || used.saturating_add(n) > max_bytes as u64;
+            if !full {
+                used += n;
+                value = load_value(store, coll, &s)?;
+            }
+        }
+        out.push(SiblingRead {
+            dot: s.header.dot,
+            hlc: s.header.hlc,
+            len,
+            value,
+        });
+    }
+    Ok(Some(SiblingsRead {
+        key: key.to_owned(),
+        siblings: out,
+    }))
+}
+
+/// The sibling `dot` of `key` with its value; `None` when the key has no such current
+/// sibling (never written, or superseded since).
+pub(crate) fn sibling(
+    store: &dyn Store,
+    coll: &str,
+    key: &str,
+    dot: &Dot,
+) -> Result<Option<Sibling>, ReplicaError> {
+    let Some(stored) = stored(store, coll, key)? else {
+        return Ok(None);
+    };
+    let Some(s) = stored.into_iter().find(|s| s.header.dot == *dot) else {
+        return Ok(None);
+    };
+    let value = load_value(store, coll, &s)?;
+    Ok(Some(Sibling {
+        dot: s.header.dot,
+        hlc: s.header.hlc,
+        value,
+    }))
 }
 
 pub(crate) fn load_value(
@@ -102,12 +334,17 @@ pub(crate) fn load_value(
     Ok(Some(bytes))
 }
 
+/// One page of the live records of `coll` whose key starts with `prefix` and sorts after
+/// `after`, in key order, within `budget`: each record's winner with its value and its
+/// sibling count. `next` is set when the page ended before the end of the range (limit,
+/// byte budget or rows examined reached); it is the last key examined, so the following
+/// page skips the deleted keys this one already walked over.
 pub(crate) fn scan(
     store: &dyn Store,
     coll: &str,
     prefix: &str,
     after: Option<&str>,
-    limit: usize,
+    budget: ScanBudget,
 ) -> Result<ScanPage, ReplicaError> {
     let base = keys::record_prefix(coll);
     let mut want = base.clone();
@@ -120,41 +357,61 @@ pub(crate) fn scan(
         after_key.push(0);
         start = start.max(after_key);
     }
-    let mut records = Vec::new();
-    let mut more = false;
+    let limit = budget.limit.max(1);
+    let max_examined = budget.max_examined.max(1);
+    let mut records: Vec<WinnerRead> = Vec::new();
+    let mut examined = 0usize;
+    let mut bytes = 0u64;
+    let mut last_examined: Option<String> = None;
     'outer: loop {
-        let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
-        let exhausted = rows.len() < SCAN_BATCH;
+        // One row more than the examined allowance, to learn whether the range goes on.
+        let want_rows = SCAN_BATCH.min(max_examined.saturating_sub(examined) + 1);
+        let rows = store.range(&start, end.as_deref(), want_rows)?;
+        let exhausted = rows.len() < want_rows;
         for (k, raw) in &rows {
             let key = std::str::from_utf8(&k[base.len()..]).map_err(|e| ReplicaError::Corrupt {
                 what: format!("{coll} key"),
                 detail: e.to_string(),
             })?;
-            let siblings = decode_siblings(raw, &format!("{coll}/{key}"))?;
-            let live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
-            if !live {
+            if examined >= max_examined {
+                return Ok(page_ending(records, last_examined));
+            }
+            examined += 1;
+            let siblings =
+                winner_first(coll, key, decode_siblings(raw, &format!("{coll}/{key}"))?)?;
+            let Some(len) = value_len(&siblings[0]) else {
+                last_examined = Some(key.to_owned());
                 continue;
+            };
+            let size = len.saturating_add(key.len() as u64);
+            let over_bytes = bytes.saturating_add(size) > budget.max_bytes as u64;
+            if records.len() >= limit || (!records.is_empty() && over_bytes) {
+                return Ok(page_ending(records, last_examined));
             }
-            if records.len() == limit {
-                more = true;
-                break 'outer;
-            }
-            records.push(to_record(store, coll, key, siblings)?);
+            bytes = bytes.saturating_add(size);
+            records.push(to_winner(store, coll, key, siblings)?);
+            last_examined = Some(key.to_owned());
         }
         match rows.last() {
             Some((k, _)) if !exhausted => {
                 start = k.clone();
                 start.push(0);
             }
-            _ => break,
+            _ => break 'outer,
         }
     }
-    let next = if more {
-        records.last().map(|r| r.key.clone())
-    } else {
-        None
-    };
-    Ok(ScanPage { records, next })
+    Ok(ScanPage {
+        records,
+        next: None,
+    })
+}
+
+/// A page that ends before its range does: the next page starts after `last_examined`.
+fn page_ending(records: Vec<WinnerRead>, last_examined: Option<String>) -> ScanPage {
+    ScanPage {
+        records,
+        next: last_examined,
+    }
 }
 
 pub(crate) fn collections(store: &dyn Store) -> Result<Vec<CollectionInfo>, ReplicaError> {
@@ -248,5 +505,264 @@ pub(crate) fn versions_since(
             }
             _ => return Ok((out, through)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use officesync_protocol::{ReplicaId, Version, VersionVector};
+
+    use super::*;
+    use crate::replica::{now_ms, Replica, ReplicaOptions};
+    use crate::store::{MemoryStore, Rows, StoreError, WriteBatch};
+
+    /// A memory store that counts the value bytes of chunk rows it hands out.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        chunk_bytes: AtomicU64,
+    }
+
+    impl Counting {
+        fn take(&self) -> u64 {
+            self.chunk_bytes.swap(0, Ordering::Relaxed)
+        }
+    }
+
+    impl Store for Counting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn range(
+            &self,
+            start: &[u8],
+            end: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Rows, StoreError> {
+            let rows = self.inner.range(start, end, limit)?;
+            let chunks: usize = rows
+                .iter()
+                .filter(|(k, _)| k.first() == Some(&keys::CHUNK))
+                .map(|(_, v)| v.len())
+                .sum();
+            self.chunk_bytes.fetch_add(chunks as u64, Ordering::Relaxed);
+            Ok(rows)
+        }
+        fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+            self.inner.apply(batch)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync()
+        }
+        fn size_on_disk(&self) -> u64 {
+            0
+        }
+    }
+
+    fn open() -> (Arc<Counting>, Replica) {
+        let store = Arc::new(Counting::default());
+        let mut opts = ReplicaOptions::new("hub");
+        opts.max_value_bytes = 6 << 20;
+        let r = Replica::open(store.clone(), opts).expect("open");
+        (store, r)
+    }
+
+    /// Version 1 of `origin` for `key` in `docs`, concurrent with every other.
+    fn concurrent(origin: &str, ms: u64, key: &str, value: Option<Vec<u8>>) -> Version {
+        Version {
+            collection: "docs".into(),
+            key: key.into(),
+            dot: Dot::new(ReplicaId::new(origin, 1).expect("valid"), 1),
+            hlc: Hlc { ms, logical: 0 },
+            context: VersionVector::new(),
+            value,
+        }
+    }
+
+    /// `n` concurrent siblings of `key`, sibling `i` holding `len` bytes of `i`; the last one
+    /// (highest HLC) wins.
+    async fn siblings_of(r: &Replica, key: &str, n: u8, len: usize) {
+        let ms = now_ms() - 60_000;
+        let versions = (0..n)
+            .map(|i| {
+                let origin = format!("office-{i}");
+                concurrent(&origin, ms + u64::from(i), key, Some(vec![i; len]))
+            })
+            .collect();
+        let report = r.apply_remote(versions, Vec::new()).await.expect("apply");
+        assert_eq!(report.applied, u64::from(n), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_read_loads_only_the_winner_value() {
+        let (store, r) = open();
+        siblings_of(&r, "k", 6, 100_000).await;
+        store.take();
+        let read = winner(store.as_ref(), "docs", "k")
+            .expect("read")
+            .expect("present");
+        assert_eq!(read.siblings, 6);
+        assert_eq!(read.winner().value, Some(vec![5; 100_000]));
+        assert_eq!(store.take(), 100_000, "only the winner's chunks are read");
+        let all = record(store.as_ref(), "docs", "k")
+            .expect("read")
+            .expect("present");
+        assert_eq!(all.siblings.len(), 6);
+        assert_eq!(store.take(), 600_000);
+    }
+
+    #[tokio::test]
+    async fn every_sibling_is_listed_but_values_stop_at_the_budget() {
+        let (store, r) = open();
+        siblings_of(&r, "k", 5, 3 << 20).await;
+        r.apply_remote(
+            vec![concurrent("gone", now_ms() - 120_000, "k", None)],
+            Vec::new(),
+        )
+        .await
+        .expect("tombstone");
+        store.take();
+        let read = siblings(store.as_ref(), "docs", "k", 8 << 20)
+            .expect("read")
+            .expect("present");
+        assert_eq!(read.siblings.len(), 6);
+        let loaded: Vec<bool> = read.siblings.iter().map(|s| s.value.is_some()).collect();
+        // The winner, then in dot order: the tombstone of `gone`, then `office-0..=3`.
+        assert_eq!(loaded, [true, false, true, false, false, false]);
+        assert_eq!(
+            read.siblings[0].value,
+            Some(vec![4; 3 << 20]),
+            "winner first"
+        );
+        let omitted: Vec<bool> = read.siblings.iter().map(SiblingRead::is_omitted).collect();
+        assert_eq!(omitted, [false, false, false, true, true, true]);
+        assert!(read.siblings[1].is_deleted());
+        assert!(read.is_truncated() && read.any_live());
+        assert_eq!(store.take(), 6 << 20, "values past the budget are not read");
+        // A budget of 0 reads headers only; a large one reads every value.
+        let headers = siblings(store.as_ref(), "docs", "k", 0)
+            .expect("read")
+            .expect("present");
+        assert!(headers.siblings.iter().all(|s| s.value.is_none()));
+        assert_eq!(store.take(), 0);
+        let whole = siblings(store.as_ref(), "docs", "k", 64 << 20)
+            .expect("read")
+            .expect("present");
+        assert!(!whole.is_truncated());
+        // Any listed sibling can be fetched on its own.
+        let third = &read.siblings[4];
+        let one = sibling(store.as_ref(), "docs", "k", &third.dot)
+            .expect("read")
+            .expect("current");
+        assert_eq!(one.value.map(|v| v.len() as u64), third.len);
+        let unknown = Dot::new(ReplicaId::new("nobody", 1).expect("valid"), 1);
+        assert!(sibling(store.as_ref(), "docs", "k", &unknown)
+            .expect("read")
+            .is_none());
+    }
+
+    /// Every page of a scan of `docs` under `budget`, following `next` to the end.
+    fn pages(store: &dyn Store, budget: ScanBudget) -> Vec<ScanPage> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = scan(store, "docs", "", after.as_deref(), budget).expect("scan");
+            let next = page.next.clone();
+            out.push(page);
+            assert!(out.len() < 1000, "the scan never ends");
+            match next {
+                Some(n) => {
+                    assert!(after.as_deref() < Some(n.as_str()), "next goes forward");
+                    after = Some(n);
+                }
+                None => return out,
+            }
+        }
+    }
+
+    fn keys_of(pages: &[ScanPage]) -> Vec<String> {
+        pages
+            .iter()
+            .flat_map(|p| p.records.iter().map(|r| r.key.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn scan_pages_end_at_the_byte_budget_with_at_least_one_record() {
+        let (store, r) = open();
+        for i in 0..10u8 {
+            r.write("docs", &format!("k{i}"), Some(vec![i; 1 << 20]))
+                .await
+                .expect("write");
+        }
+        r.write("docs", "k5", Some(vec![5; 5 << 20]))
+            .await
+            .expect("big");
+        siblings_of(&r, "k7", 4, 1 << 20).await;
+        let budget = ScanBudget {
+            limit: 1000,
+            max_bytes: 3 << 20,
+            max_examined: 1000,
+        };
+        let pages = pages(store.as_ref(), budget);
+        let sizes: Vec<usize> = pages.iter().map(|p| p.records.len()).collect();
+        // 1 MiB values, two per 3 MiB page (with their keys); the 5 MiB one (k5) alone.
+        assert_eq!(sizes, [2, 2, 1, 1, 2, 2], "records per page");
+        let want: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        assert_eq!(keys_of(&pages), want);
+        for p in &pages {
+            let bytes: usize = p
+                .records
+                .iter()
+                .map(|r| r.winner().value.as_ref().map_or(0, Vec::len))
+                .sum();
+            assert!(
+                p.records.len() == 1 || bytes <= 3 << 20,
+                "{bytes} bytes in a page"
+            );
+        }
+        let k7 = pages
+            .iter()
+            .flat_map(|p| &p.records)
+            .find(|r| r.key == "k7")
+            .expect("k7");
+        assert_eq!(k7.siblings, 5, "siblings counted");
+    }
+
+    #[tokio::test]
+    async fn scan_pages_end_after_max_examined_rows_even_without_records() {
+        let (_store, r) = open();
+        for i in 0..95 {
+            let key = format!("k{i:03}");
+            r.write("docs", &key, Some(b"v".to_vec()))
+                .await
+                .expect("write");
+            if i % 19 != 0 {
+                r.write("docs", &key, None).await.expect("delete");
+            }
+        }
+        let budget = ScanBudget {
+            limit: 1000,
+            max_bytes: SCAN_PAGE_BYTES,
+            max_examined: 10,
+        };
+        let pages = pages(r.store().as_ref(), budget);
+        assert_eq!(pages.len(), 10, "95 keys, 10 examined per page");
+        assert!(pages
+            .iter()
+            .any(|p| p.records.is_empty() && p.next.is_some()));
+        assert_eq!(keys_of(&pages), ["k000", "k019", "k038", "k057", "k076"]);
+        // The limit still holds, and the page after it starts where it stopped.
+        let limited = pages_with_limit(r.store().as_ref(), 2);
+        assert_eq!(limited, ["k000", "k019", "k038", "k057", "k076"]);
+    }
+
+    fn pages_with_limit(store: &dyn Store, limit: usize) -> Vec<String> {
+        let pages = pages(store, ScanBudget::new(limit));
+        assert!(pages.iter().all(|p| p.records.len() <= limit));
+        keys_of(&pages)
     }
 }

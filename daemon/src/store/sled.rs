@@ -3,6 +3,7 @@
 //! never-fsynced blob path.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,12 @@ const SEGMENT_SIZE: usize = 4 << 20;
 /// sled's page cache. sled's default (1 GiB) is more than an office server should give one
 /// daemon; hot sibling sets and the dot index fit well within this.
 const CACHE_BYTES: u64 = 256 << 20;
+
+/// Mode of the data dir and of the directories in it that the store creates: the daemon's
+/// user only (the store holds every record of the node in clear, unless encrypted).
+const DIR_MODE: u32 = 0o700;
+/// Mode of the files the store creates itself (`LOCK`, `DURABLE`).
+const FILE_MODE: u32 = 0o600;
 
 /// Name of the durable-generation mark file inside the data dir.
 pub const MARK_FILE: &str = "DURABLE";
@@ -48,8 +55,13 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 impl SledStore {
     /// Opens (creating if needed) the store in `data_dir`, taking an exclusive lock on
     /// `data_dir/LOCK` first so a second daemon on the same dir is refused.
+    ///
+    /// Directories it creates (the data dir, its missing parents, `sled/`) are owner-only
+    /// (0700) and so are the files it creates itself (0600), whatever the umask: outside the
+    /// systemd unit (which sets `StateDirectoryMode`) nothing else protects them. An existing
+    /// data dir keeps the mode its administrator gave it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        create_private_dir(data_dir).map_err(|e| {
             io(format!(
                 "cannot create data dir {}: {e}",
                 data_dir.display()
@@ -60,6 +72,7 @@ impl SledStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&lock_path)
             .map_err(|e| io(format!("cannot open {}: {e}", lock_path.display())))?;
         match lock.try_lock() {
@@ -72,6 +85,8 @@ impl SledStore {
             }
         }
         let dir = data_dir.join(SLED_DIR);
+        create_private_dir(&dir)
+            .map_err(|e| io(format!("cannot create {}: {e}", dir.display())))?;
         let config = sled::Config::new()
             .path(&dir)
             .segment_size(SEGMENT_SIZE)
@@ -110,6 +125,7 @@ impl SledStore {
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(FILE_MODE)
             .open(&mark_path)
             .map_err(|e| io(format!("cannot open {}: {e}", mark_path.display())))?;
         let mark_at_open = read_mark(&mark);
@@ -151,6 +167,15 @@ fn read_mark(file: &File) -> Option<u64> {
     let g = u64::from_le_bytes(g.try_into().ok()?);
     let check = u64::from_le_bytes(check.try_into().ok()?);
     (check == g ^ MARK_MAGIC).then_some(g)
+}
+
+/// Creates `dir` and its missing parents with mode [`DIR_MODE`] (before the umask, which
+/// can only remove bits); an existing directory is left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -240,6 +265,31 @@ mod tests {
     fn contract() {
         let dir = tempfile::tempdir().expect("tempdir");
         super::super::contract::exercise(&SledStore::open(dir.path()).expect("open"));
+    }
+
+    #[test]
+    fn a_new_data_dir_and_its_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().expect("tempdir");
+        let data = parent.path().join("var/lib/officesync");
+        let store = SledStore::open(&data).expect("open");
+        assert_eq!(mode(&data), 0o700, "the data dir");
+        assert_eq!(
+            mode(&parent.path().join("var")),
+            0o700,
+            "a parent it created"
+        );
+        assert_eq!(mode(&data.join(SLED_DIR)), 0o700, "sled's dir");
+        assert_eq!(mode(&data.join("LOCK")), 0o600);
+        assert_eq!(mode(&data.join(MARK_FILE)), 0o600);
+        drop(store);
+        // An existing data dir keeps the mode its administrator chose.
+        let chosen = parent.path().join("chosen");
+        std::fs::create_dir(&chosen).expect("mkdir");
+        std::fs::set_permissions(&chosen, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        drop(SledStore::open(&chosen).expect("open"));
+        assert_eq!(mode(&chosen), 0o750);
     }
 
     #[test]
