@@ -27,6 +27,8 @@ fn scripted(nodes: Vec<NodeSpec>, links: Vec<(usize, usize)>, repair_ms: u64) ->
         batch_max_bytes: 1 << 16,
         repair_ms,
         auto_flush: false,
+        hostile: None,
+        attacks: 0,
     }
 }
 
