@@ -395,9 +395,19 @@ fn holds_or_supersedes(w: &World, n: &sim::world::Node, a: &Version) -> Result<(
     match sibs.iter().find(|v| v.context.covers(&a.dot)) {
         Some(v) if written(v) => Ok(()),
         Some(v) => Err(format!(
-            "{}: acknowledged write {} of {}/{} superseded by {}, which no node wrote \
-             (its context {:?} covers what its node never saw)",
-            n.spec.name, a.dot, a.collection, a.key, v.dot, v.context
+            "{}: acknowledged write {} of {}/{} superseded by {}, which no node wrote as it \
+             is ({}; context {:?}, stamp {} ms)",
+            n.spec.name,
+            a.dot,
+            a.collection,
+            a.key,
+            v.dot,
+            match w.registry.get(&(v.collection.clone(), v.dot.clone())) {
+                Some(_) => "a tampered copy of a written version",
+                None => "never written",
+            },
+            v.context,
+            v.hlc.ms
         )),
         None => Err(format!(
             "{} lost acknowledged write {} of {}/{}",
