@@ -316,6 +316,11 @@ fn check(w: &World) -> Result<(), String> {
             w.stats.protocol_errors.len()
         ));
     }
+    if let Some(reason) = w.hostile.as_ref().and_then(|h| h.unexplained.first()) {
+        return Err(format!(
+            "an honest session refused the hostile node's input for no attack's reason: {reason}"
+        ));
+    }
     if w.stats.rejected > 0 {
         return Err(format!(
             "{} versions refused by the relay rule",

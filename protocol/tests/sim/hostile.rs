@@ -96,7 +96,7 @@ pub struct Hostile {
     /// The node.
     pub node: usize,
     /// Tampering armed per connection: it fires on the next batch of the hostile origin sent
-    /// there (and is dropped with the connection).
+    /// there (never, if the connection goes first: ids are not reused).
     armed: BTreeMap<u64, Attack>,
     /// Attacks sent, by name.
     pub sent: BTreeMap<&'static str, u64>,
@@ -104,6 +104,8 @@ pub struct Hostile {
     pub refused: BTreeMap<&'static str, u64>,
     /// Sessions the honest side closed, by the kind of reason.
     pub closed: BTreeMap<&'static str, u64>,
+    /// Refusals and closes for a reason none of the attacks explains.
+    pub unexplained: Vec<String>,
 }
 
 impl Hostile {
@@ -122,12 +124,23 @@ impl Hostile {
 
     /// Counts a refusal by the honest side of a connection with the hostile node.
     pub fn note_rejected(&mut self, reason: &str, count: u64) {
-        *self.refused.entry(reason_kind(reason)).or_default() += count;
+        let kind = self.kind(reason);
+        *self.refused.entry(kind).or_default() += count;
     }
 
     /// Counts a close by the honest side of a connection with the hostile node.
     pub fn note_closed(&mut self, reason: &str) {
-        *self.closed.entry(reason_kind(reason)).or_default() += 1;
+        let kind = self.kind(reason);
+        *self.closed.entry(kind).or_default() += 1;
+    }
+
+    /// The kind of `reason`, noting it when no attack explains it.
+    fn kind(&mut self, reason: &str) -> &'static str {
+        let kind = reason_kind(reason);
+        if kind == "other" {
+            self.unexplained.push(reason.to_owned());
+        }
+        kind
     }
 }
 
