@@ -8,8 +8,15 @@
 //! * [`session_sequence`]: a [`Session`] fed an arbitrary sequence of inputs (raw payloads,
 //!   well-formed but hostile messages, timers, store answers, local vector changes, verify
 //!   requests, closes), checking that it never panics, that every frame it emits is valid and
-//!   fits in a frame, that a non-relay's versions are never applied for another origin, that
-//!   loads never reach past what this node may offer, and that its outputs stay bounded.
+//!   fits in a frame, that a non-relay's versions are never applied for another origin nor for
+//!   more than one incarnation (the one it announced, when known), that no applied version has
+//!   a causal context covering a dot (of another origin) beyond what the session was told this
+//!   node holds, that loads never reach past what this node may offer, and that its outputs
+//!   stay bounded. Its messages are often hostile in the ways a node with a valid certificate
+//!   can be: contexts naming the session's own replica, the peer's or random incarnations with
+//!   counters up to `u64::MAX`, vectors and contexts up to and past
+//!   [`MAX_VECTOR_ENTRIES`](crate::wire::MAX_VECTOR_ENTRIES) entries, bare completions of random
+//!   incarnations, far-future stamps.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -21,7 +28,7 @@ use crate::version::Version;
 use crate::wire::{
     decode_message, encode_message, Ack, Batch, Complete, Compression, DigestReply, DigestRequest,
     ErrorCode, ErrorFrame, FrameDecoder, Heartbeat, Hello, HelloAck, Message, MessageV1, WireError,
-    FRAME_HEADER_LEN, MAX_FRAME_BYTES,
+    FRAME_HEADER_LEN, MAX_FRAME_BYTES, MAX_VECTOR_ENTRIES,
 };
 
 /// Frame payload limits [`frame_decoder`] picks from (the first input byte chooses).
@@ -125,6 +132,9 @@ impl Bytes<'_> {
     fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.u8(), self.u8()])
     }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
     fn u64(&mut self) -> u64 {
         (0..8).fold(0, |acc, _| (acc << 8) | u64::from(self.u8()))
     }
@@ -146,6 +156,15 @@ impl Bytes<'_> {
             _ => self.u64(),
         }
     }
+    /// A version's timestamp in ms: mostly within the session's clock skew bound (the
+    /// harness's clock starts at 1 000 s), sometimes far ahead of it, up to `u64::MAX`.
+    fn stamp(&mut self) -> u64 {
+        match self.u8() {
+            0..=223 => u64::from(self.u16()) * 32,
+            224..=239 => 1_000_000 + 300_000 + u64::from(self.u16()),
+            _ => self.u64(),
+        }
+    }
     fn pick<'s>(&mut self, of: &[&'s str]) -> &'s str {
         of[usize::from(self.u8()) % of.len()]
     }
@@ -154,7 +173,11 @@ impl Bytes<'_> {
     }
     fn replica(&mut self) -> ReplicaId {
         let node = self.node();
-        let inc = u32::from(self.u8() % 3);
+        let inc = match self.u8() {
+            // A random incarnation (of the peer's node: one it never announced).
+            n @ 252..=255 => self.u32().wrapping_add(u32::from(n)),
+            n => u32::from(n % 3),
+        };
         ReplicaId::new(node, inc)
             .or_else(|_| format!("{node}@xyz").parse())
             .unwrap_or_else(|_| replica(PEER, 0))
@@ -167,10 +190,23 @@ impl Bytes<'_> {
     }
     fn vv(&mut self) -> VersionVector {
         let mut vv = VersionVector::new();
-        for _ in 0..self.u8() % 3 {
-            let r = self.replica();
-            let c = self.counter();
-            vv.raise(&r, c);
+        match self.u8() {
+            n @ 252..=255 => {
+                // Up to and past the limit: one entry short of it, at it, one and two past.
+                many_entries(&mut vv, MAX_VECTOR_ENTRIES - 1 + usize::from(n - 252));
+                for r in [replica(LOCAL, 1), replica(PEER, 1)] {
+                    if self.bool() {
+                        vv.raise(&r, self.counter());
+                    }
+                }
+            }
+            n => {
+                for _ in 0..n % 3 {
+                    let r = self.replica();
+                    let c = self.counter();
+                    vv.raise(&r, c);
+                }
+            }
         }
         vv
     }
@@ -193,13 +229,44 @@ fn replica(node: &str, inc: u32) -> ReplicaId {
     ReplicaId::new(node, inc).expect("valid fixed node name")
 }
 
+/// Raises `vv` to `n` entries (incarnations of a third node, counter 1 each).
+fn many_entries(vv: &mut VersionVector, n: usize) {
+    for i in vv.len()..n {
+        vv.raise(&replica(OTHER, 1_000 + i as u32), 1);
+    }
+}
+
+/// Adds what a hostile sender puts in a context: entries for the session's own replica, the
+/// peer's, a third node's or a random incarnation, with counters up to `u64::MAX` (rarely,
+/// entries past the limit).
+fn hostile_context(context: &mut VersionVector, b: &mut Bytes<'_>) {
+    let n = b.u8();
+    if n == 255 {
+        many_entries(context, MAX_VECTOR_ENTRIES + 1);
+        return;
+    }
+    for _ in 0..=n % 4 {
+        let o = match b.u8() % 4 {
+            0 => replica(LOCAL, 1),
+            1 => replica(PEER, 1),
+            2 => replica(OTHER, 0),
+            _ => b.replica(),
+        };
+        // Of its own origin too: valid below the version's counter, refused by validation
+        // at or above it.
+        context.raise(&o, b.counter());
+    }
+}
+
 fn version(collection: &str, origin: &ReplicaId, counter: u64, b: &mut Bytes<'_>) -> Version {
     let mut context = VersionVector::new();
     if b.bool() {
         context.raise(origin, counter.saturating_sub(1));
     }
-    if b.u8() == 0 {
-        context.raise(origin, counter); // supersedes itself: invalid
+    match b.u8() {
+        0 => context.raise(origin, counter), // supersedes itself: invalid
+        240..=255 => hostile_context(&mut context, b),
+        _ => {}
     }
     let value = match b.u8() % 8 {
         0 => None,
@@ -216,7 +283,7 @@ fn version(collection: &str, origin: &ReplicaId, counter: u64, b: &mut Bytes<'_>
         key,
         dot: Dot::new(origin.clone(), counter),
         hlc: Hlc {
-            ms: b.u64(),
+            ms: b.stamp(),
             logical: u32::from(b.u8()),
         },
         context,
@@ -321,6 +388,15 @@ struct Harness {
     local_relay: bool,
     /// What this node may offer (every vector given to the session, merged).
     offerable: BTreeMap<String, VersionVector>,
+    /// What the session was told this node holds: `offerable`, every vector answered to an
+    /// Apply, and every Apply it emitted (actions run in order).
+    held: BTreeMap<String, VersionVector>,
+    /// The incarnation a non-relay peer announced, from [`Event::Established`].
+    announced: Option<ReplicaId>,
+    /// The origin of the first Apply from a non-relay peer: the only one it may bring.
+    incarnation: Option<ReplicaId>,
+    /// What the session did so far.
+    outcome: SessionOutcome,
     /// Actions polled and not yet answered, in order.
     actions: VecDeque<Action>,
     now: u64,
@@ -365,7 +441,11 @@ impl Harness {
             session: Session::new(role, cfg, peer, local, now),
             peer_is_relay,
             local_relay,
+            held: offerable.clone(),
             offerable,
+            announced: None,
+            incarnation: None,
+            outcome: SessionOutcome::default(),
             actions: VecDeque::new(),
             now,
             drained_closed: false,
@@ -414,6 +494,7 @@ impl Harness {
                 };
                 vv.raise(&origin, b.counter().min(1 << 20));
                 self.offerable.entry(c.clone()).or_default().merge(&vv);
+                self.held.entry(c.clone()).or_default().merge(&vv);
                 self.session.handle_local_vv(&c, vv);
             }
             8 => {
@@ -478,6 +559,7 @@ impl Harness {
                 let vv = self.offerable.entry(collection.clone()).or_default();
                 vv.raise(&origin, through);
                 let vv = vv.clone();
+                self.held.entry(collection.clone()).or_default().merge(&vv);
                 self.session
                     .handle_applied(&collection, &origin, through, vv);
             }
@@ -516,8 +598,14 @@ impl Harness {
         while let Some(event) = self.session.poll_event() {
             produced += 1;
             assert!(produced <= MAX_OUTPUTS_PER_STEP, "unbounded events");
-            if let Event::Rejected { count, .. } = event {
-                assert!(count > 0);
+            match event {
+                Event::Rejected { count, reason } => {
+                    assert!(count > 0);
+                    self.outcome.rejected.push(reason);
+                }
+                Event::Established { peer_replica, .. } => self.announced = peer_replica,
+                Event::Closed { reason, .. } => self.outcome.closed = Some(reason),
+                _ => {}
             }
         }
         if self.session.is_closed() {
@@ -528,7 +616,7 @@ impl Harness {
         produced
     }
 
-    fn check_action(&self, action: &Action) {
+    fn check_action(&mut self, action: &Action) {
         match action {
             Action::Apply {
                 collection,
@@ -541,12 +629,36 @@ impl Harness {
                     self.peer_is_relay || origin.node_name() == PEER,
                     "applied versions of {origin} from non-relay {PEER}"
                 );
+                if !self.peer_is_relay {
+                    let first = self.incarnation.get_or_insert_with(|| origin.clone());
+                    assert_eq!(first, origin, "a non-relay brought two incarnations");
+                    if let Some(announced) = &self.announced {
+                        assert_eq!(
+                            announced, origin,
+                            "a non-relay brought one it never announced"
+                        );
+                    }
+                }
+                let held = self.held.entry(collection.clone()).or_default();
                 for v in versions {
                     assert_eq!(&v.dot.origin, origin);
                     assert_eq!(&v.collection, collection);
                     assert!(v.dot.counter <= *through, "version above its completion");
                     assert!(v.value.as_ref().is_none_or(|x| x.len() <= MAX_VALUE_BYTES));
+                    if let Some((o, n)) = v
+                        .context
+                        .iter()
+                        .find(|(o, n)| *o != origin && *n > held.get(o))
+                    {
+                        panic!(
+                            "applied {} whose context covers {o}:{n}, beyond the {} held",
+                            v.dot,
+                            held.get(o)
+                        );
+                    }
                 }
+                held.raise(origin, *through);
+                self.outcome.applied += versions.len();
             }
             Action::Load {
                 collection,
@@ -571,8 +683,24 @@ impl Harness {
     }
 }
 
+/// What one run of the session target did, for tests that check a seed reaches its aim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOutcome {
+    /// The reason of every [`Event::Rejected`], in order.
+    pub rejected: Vec<String>,
+    /// Versions in the Applies the session emitted.
+    pub applied: usize,
+    /// Why the session closed, if it did.
+    pub closed: Option<String>,
+}
+
 /// Runs the session target on `data`.
 pub fn session_sequence(data: &[u8]) {
+    let _ = session_run(data);
+}
+
+/// Runs the session target on `data` and reports what the session did.
+pub fn session_run(data: &[u8]) -> SessionOutcome {
     let mut b = Bytes { data };
     let mut h = Harness::new(&mut b);
     h.drain();
@@ -582,4 +710,5 @@ pub fn session_sequence(data: &[u8]) {
         steps += 1;
     }
     let _ = h.session.status();
+    h.outcome
 }

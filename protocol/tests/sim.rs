@@ -8,6 +8,13 @@
 //! node must converge: same vectors, digests and sibling sets, every acknowledged write
 //! present or superseded, and no version that no node wrote.
 //!
+//! One seed in four of each topology has a hostile office (`sim/hostile.rs`): a node with a
+//! valid identity that tampers with its batches (poisoned contexts, future stamps) and injects
+//! crafted frames (other incarnations, bare completions, probe floods). There the checks hold
+//! for the honest nodes among themselves: every acknowledged honest write present or
+//! superseded by a version some node wrote, no vector naming an incarnation no node has, and
+//! versions refused or sessions closed only on sessions with the hostile node.
+//!
 //! The seed fixes everything (topology size, workload, faults, delays). On failure the seed
 //! and a replay command are printed; `SIM_SEED=<n>` runs exactly that seed, `SIM_SEEDS=<n>`
 //! runs `n` seeds per topology instead of the default.
@@ -15,6 +22,7 @@
 mod sim {
     pub mod driver;
     pub mod faults;
+    pub mod hostile;
     pub mod replica;
     pub mod rng;
     mod scenarios;
@@ -23,8 +31,11 @@ mod sim {
 
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use officesync_protocol::sync::VerifyOutcome;
-use officesync_protocol::{merge, Version};
+use officesync_protocol::{merge, ReplicaId, Version};
+use sim::hostile::Hostile;
 use sim::rng::Rng;
 use sim::world::{NodeSpec, Params, World, COLLECTIONS};
 
@@ -36,6 +47,14 @@ const DEFAULT_SEEDS: u64 = 70;
 
 /// Virtual time allowed for convergence once the faults stop.
 const HEAL_LIMIT_MS: u64 = 600_000;
+
+/// Attacks of the hostile office in a seed that has one.
+const HOSTILE_ATTACKS: usize = 40;
+
+/// Whether seed `seed` has a hostile office: one in four of each topology's seeds.
+fn is_hostile_seed(seed: u64) -> bool {
+    (seed / 3) % 4 == 3
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Topology {
@@ -122,7 +141,19 @@ fn params(seed: u64, rng: &mut Rng) -> Params {
     } else {
         rng.range(1, 2) as usize
     };
+    // One seed in four per topology has a hostile office (drawn last, so the other seeds run
+    // exactly as they did before there was one).
+    let hostile = is_hostile_seed(seed).then(|| {
+        let offices: Vec<usize> = (0..nodes.len()).filter(|n| !nodes[*n].relay).collect();
+        offices[rng.index(offices.len())]
+    });
     Params {
+        hostile,
+        attacks: if hostile.is_some() {
+            HOSTILE_ATTACKS
+        } else {
+            0
+        },
         writes: rng.range(100, 160) as usize,
         active_ms: 20_000,
         crashes: rng.range(0, 3) as usize,
@@ -156,6 +187,14 @@ struct Summary {
     messages: u64,
     bytes: u64,
     converged_at_ms: u64,
+    /// Seeds with a hostile office.
+    hostile_seeds: u64,
+    /// Its attacks sent, by kind.
+    attacks: BTreeMap<&'static str, u64>,
+    /// Versions the honest nodes refused, by kind of reason.
+    refused: BTreeMap<&'static str, u64>,
+    /// Sessions the honest nodes closed, by kind of reason.
+    closed: BTreeMap<&'static str, u64>,
 }
 
 impl Summary {
@@ -179,6 +218,16 @@ impl Summary {
         self.messages += o.messages;
         self.bytes += o.bytes;
         self.converged_at_ms = self.converged_at_ms.max(o.converged_at_ms);
+        self.hostile_seeds += o.hostile_seeds;
+        for (mine, theirs) in [
+            (&mut self.attacks, &o.attacks),
+            (&mut self.refused, &o.refused),
+            (&mut self.closed, &o.closed),
+        ] {
+            for (k, n) in theirs {
+                *mine.entry(k).or_default() += n;
+            }
+        }
     }
 }
 
@@ -194,7 +243,10 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     while !w.converged() {
         if w.now >= deadline {
             return Err(format!(
-                "no convergence {HEAL_LIMIT_MS} ms after healing\n{}",
+                "no convergence {HEAL_LIMIT_MS} ms after healing ({})\n{}",
+                check(&w)
+                    .err()
+                    .unwrap_or_else(|| "the final checks pass".into()),
                 describe(&w)
             ));
         }
@@ -231,7 +283,13 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
         ));
     }
     let st = &w.stats;
+    let h = w.hostile.as_ref();
+    let of = |f: fn(&Hostile) -> &BTreeMap<&'static str, u64>| h.map(f).cloned();
     Ok(Summary {
+        hostile_seeds: h.map_or(0, |_| 1),
+        attacks: of(|h| &h.sent).unwrap_or_default(),
+        refused: of(|h| &h.refused).unwrap_or_default(),
+        closed: of(|h| &h.closed).unwrap_or_default(),
         seeds: 1,
         min_nodes: w.nodes.len(),
         max_nodes: w.nodes.len(),
@@ -250,12 +308,17 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     })
 }
 
-/// The final checks on every node.
+/// The final checks on every honest node (the hostile one, if any, is left out).
 fn check(w: &World) -> Result<(), String> {
     if let Some(e) = w.stats.protocol_errors.first() {
         return Err(format!(
             "{} sessions closed with a protocol error, first: {e}",
             w.stats.protocol_errors.len()
+        ));
+    }
+    if let Some(reason) = w.hostile.as_ref().and_then(|h| h.unexplained.first()) {
+        return Err(format!(
+            "an honest session refused the hostile node's input for no attack's reason: {reason}"
         ));
     }
     if w.stats.rejected > 0 {
@@ -265,7 +328,27 @@ fn check(w: &World) -> Result<(), String> {
         ));
     }
     let first = &w.nodes[0];
-    for n in &w.nodes {
+    let hostile = w
+        .hostile
+        .as_ref()
+        .map(|h| w.nodes[h.node].spec.name.as_str());
+    let ids: Vec<&ReplicaId> = w.nodes.iter().map(|n| &n.replica.id).collect();
+    for n in w.honest_nodes() {
+        for a in w
+            .acked
+            .iter()
+            .filter(|a| Some(a.dot.origin.node_name()) != hostile)
+        {
+            holds_or_supersedes(w, n, a)?;
+        }
+        for (c, coll) in &n.replica.colls {
+            if let Some((o, _)) = coll.vv.iter().find(|(o, _)| !ids.contains(o)) {
+                return Err(format!(
+                    "{}'s vector of {c} names {o}, an incarnation no node has",
+                    n.spec.name
+                ));
+            }
+        }
         for c in COLLECTIONS {
             let mine = n.replica.colls.get(c);
             let theirs = first.replica.colls.get(c);
@@ -296,24 +379,46 @@ fn check(w: &World) -> Result<(), String> {
                 }
             }
         }
-        for a in &w.acked {
-            if !holds_or_supersedes(n, a) {
-                return Err(format!(
-                    "{} lost acknowledged write {} of {}/{}",
-                    n.spec.name, a.dot, a.collection, a.key
-                ));
-            }
-        }
     }
     Ok(())
 }
 
-fn holds_or_supersedes(n: &sim::world::Node, a: &Version) -> bool {
-    n.replica
+/// Node `n` holds acknowledged write `a`, or a version some node wrote (so with a context of
+/// what its node had seen) that supersedes it.
+fn holds_or_supersedes(w: &World, n: &sim::world::Node, a: &Version) -> Result<(), String> {
+    let sibs = n
+        .replica
         .colls
         .get(&a.collection)
         .and_then(|c| c.keys.get(&a.key))
-        .is_some_and(|s| s.iter().any(|v| v.dot == a.dot || v.context.covers(&a.dot)))
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if sibs.iter().any(|v| v.dot == a.dot) {
+        return Ok(());
+    }
+    let written = |v: &Version| w.registry.get(&(v.collection.clone(), v.dot.clone())) == Some(v);
+    match sibs.iter().find(|v| v.context.covers(&a.dot)) {
+        Some(v) if written(v) => Ok(()),
+        Some(v) => Err(format!(
+            "{}: acknowledged write {} of {}/{} superseded by {}, which no node wrote as it \
+             is ({}; context {:?}, stamp {} ms)",
+            n.spec.name,
+            a.dot,
+            a.collection,
+            a.key,
+            v.dot,
+            match w.registry.get(&(v.collection.clone(), v.dot.clone())) {
+                Some(_) => "a tampered copy of a written version",
+                None => "never written",
+            },
+            v.context,
+            v.hlc.ms
+        )),
+        None => Err(format!(
+            "{} lost acknowledged write {} of {}/{}",
+            n.spec.name, a.dot, a.collection, a.key
+        )),
+    }
 }
 
 fn describe(w: &World) -> String {
@@ -424,6 +529,36 @@ fn run_topology(topology: Topology) {
         total.converged_at_ms,
         started.elapsed()
     );
+    if total.hostile_seeds > 0 {
+        let list = |m: &BTreeMap<&str, u64>| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "{topology:?} hostile office in {} seeds: attacks sent: {}; versions refused: {}; \
+             sessions closed: {}",
+            total.hostile_seeds,
+            list(&total.attacks),
+            list(&total.refused),
+            list(&total.closed)
+        );
+        // The attacker has teeth only if its attacks arrive and are refused for what they are.
+        if total.hostile_seeds >= 10 {
+            let refused = ["causal-context", "clock-skew", "incarnation", "relay-rule"];
+            for kind in refused {
+                assert!(total.refused.contains_key(kind), "no refusal for {kind}");
+            }
+            for kind in ["probe-flood", "vector-too-long", "skew-retry"] {
+                assert!(
+                    total.closed.contains_key(kind),
+                    "no session closed for {kind}"
+                );
+            }
+            assert_eq!(total.attacks.len(), 9, "attacks sent: {:?}", total.attacks);
+        }
+    }
 }
 
 #[test]

@@ -144,7 +144,27 @@ impl World {
     }
 
     pub(crate) fn event(&mut self, id: u64, side: usize, e: Event) {
+        // The honest side of a connection with the hostile node refuses what it must: counted
+        // apart, and never a failure.
+        let hostile = self
+            .conns
+            .get(&id)
+            .filter(|c| self.is_hostile_conn(c))
+            .map(|c| self.is_hostile(c.ends[side]));
         match e {
+            Event::Closed { reason, .. } if hostile.is_some() => {
+                if let (Some(false), Some(h)) = (hostile, &mut self.hostile) {
+                    if !reason.contains("idle timeout") {
+                        h.note_closed(&reason);
+                    }
+                }
+                self.closing(id);
+            }
+            Event::Rejected { count, reason } if hostile == Some(false) => {
+                if let Some(h) = &mut self.hostile {
+                    h.note_rejected(&reason, count);
+                }
+            }
             Event::Closed { reason, .. } => {
                 if reason.contains("idle timeout") {
                     self.stats.idle_closes += 1;
@@ -153,13 +173,7 @@ impl World {
                         .protocol_errors
                         .push(format!("t={} conn {id} side {side}: {reason}", self.now));
                 }
-                if let Some(c) = self.conns.get_mut(&id) {
-                    if !c.closing {
-                        c.closing = true;
-                        let t = self.now + 20;
-                        self.at(t, Ev::Teardown { conn: id });
-                    }
-                }
+                self.closing(id);
             }
             Event::DigestMismatch { .. } => self.stats.mismatches += 1,
             Event::Verified {
@@ -178,7 +192,22 @@ impl World {
         }
     }
 
+    /// A session of connection `id` closed: the connection goes a little later.
+    fn closing(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if !c.closing {
+                c.closing = true;
+                let t = self.now + 20;
+                self.at(t, Ev::Teardown { conn: id });
+            }
+        }
+    }
+
     pub(crate) fn send(&mut self, id: u64, side: usize, stream: StreamKind, msg: Message) {
+        let msg = match stream {
+            StreamKind::Bulk if self.hostile.is_some() => self.tamper(id, side, msg),
+            _ => msg,
+        };
         let bytes = encode_message(&msg).expect("encodable");
         let back = decode_message(&bytes).expect("decodable");
         assert_eq!(back, msg, "wire round trip");

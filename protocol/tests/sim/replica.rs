@@ -100,9 +100,27 @@ impl Replica {
 
     /// A local write (`None`: a delete) superseding every sibling of `key`.
     pub fn write(&mut self, coll: &str, key: &str, value: Option<Vec<u8>>, now: u64) -> Version {
-        let c = self.colls.entry(coll.to_owned()).or_default();
-        let siblings = c.keys.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let siblings = self
+            .colls
+            .get(coll)
+            .and_then(|c| c.keys.get(key))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let context = merge::local_context(siblings);
+        self.write_with_context(coll, key, value, context, now)
+    }
+
+    /// A local write with the given causal context: an empty one makes it a sibling of every
+    /// version of `key` (a blind write, as a hostile node floods siblings).
+    pub fn write_with_context(
+        &mut self,
+        coll: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        context: VersionVector,
+        now: u64,
+    ) -> Version {
+        let c = self.colls.entry(coll.to_owned()).or_default();
         let counter = c.vv.get(&self.id) + 1;
         let v = Version {
             collection: coll.to_owned(),

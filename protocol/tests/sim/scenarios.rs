@@ -27,6 +27,8 @@ fn scripted(nodes: Vec<NodeSpec>, links: Vec<(usize, usize)>, repair_ms: u64) ->
         batch_max_bytes: 1 << 16,
         repair_ms,
         auto_flush: false,
+        hostile: None,
+        attacks: 0,
     }
 }
 
@@ -220,5 +222,71 @@ fn a_restricted_collection_reaches_only_its_readers_over_two_hops() {
         w.stats.protocol_errors.is_empty(),
         "{:?}",
         w.stats.protocol_errors
+    );
+}
+
+/// A limit of dependencies first (a known gap, not a goal): office-a holds office-b's version
+/// that the relay lacks when their session starts, then writes over it. Its version waits for
+/// the relay to hold office-b's dot; the relay gets it from office-b later, but nothing in the
+/// session tells office-a (the relay has nothing of office-b to send it: office-a's vector
+/// already covers it), so the write waits until a digest round exchanges vectors (every
+/// `repair_interval_ms`, or on demand) or the connection is replaced. With periodic repair off
+/// it waits for ever.
+#[test]
+fn a_dependency_the_relay_gets_later_waits_for_a_digest_round() {
+    let params = scripted(
+        vec![
+            spec("general-office", true),
+            spec("office-a", false),
+            spec("office-b", false),
+        ],
+        vec![(1, 0), (2, 0), (2, 1)],
+        0,
+    );
+    let mut w = World::new(5, params);
+    w.links[1].down_until = 10_000; // office-b reaches the relay only at 10 s
+    w.run_until(3_000);
+    let b = w.write_key(2, "letters", "k", Some(b"b".to_vec()));
+    w.flush_node(2);
+    let t = w.now + 2_000;
+    w.run_until(t);
+    w.flush_node(1);
+    let holds = |w: &World, n: usize, dot: &officesync_protocol::Dot| {
+        w.nodes[n]
+            .replica
+            .colls
+            .get("letters")
+            .is_some_and(|c| c.versions().any(|v| v.dot == *dot))
+    };
+    assert!(holds(&w, 1, &b.dot) && !holds(&w, 0, &b.dot));
+    // A new session of office-a and the relay: office-a's vector covers b, the relay's not.
+    let id = w.links[0].conn.expect("office-a is connected to the relay");
+    w.teardown(id);
+    let t = w.now + 2_000;
+    w.run_until(t);
+    let a = w.write_key(1, "letters", "k", Some(b"a".to_vec()));
+    for _ in 0..60 {
+        for n in 0..3 {
+            w.flush_node(n);
+        }
+        let t = w.now + 1_000;
+        w.run_until(t);
+    }
+    assert_eq!(w.established(), 3);
+    assert!(
+        holds(&w, 2, &a.dot),
+        "office-b has office-a's write directly"
+    );
+    assert!(
+        !holds(&w, 0, &a.dot),
+        "the relay got office-a's write without a digest round: update this test"
+    );
+    w.verify_all();
+    let t = w.now + 5_000;
+    w.run_until(t);
+    w.flush_node(0);
+    assert!(
+        holds(&w, 0, &a.dot),
+        "a digest round tells office-a the relay holds b"
     );
 }

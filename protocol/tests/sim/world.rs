@@ -10,6 +10,7 @@ use officesync_protocol::sync::{Action, Session, StreamKind, VerifyOutcome};
 use officesync_protocol::wire::Message;
 use officesync_protocol::{Dot, ReplicaId, Version};
 
+use super::hostile::Hostile;
 use super::replica::Replica;
 use super::rng::Rng;
 
@@ -93,6 +94,8 @@ pub(crate) enum Ev {
         until: u64,
     },
     Rot,
+    /// The hostile node attacks.
+    Attack,
 }
 
 pub(crate) struct Item {
@@ -136,6 +139,9 @@ pub struct Params {
     pub repair_ms: u64,
     /// Nodes flush at random intervals (off for scripted scenarios).
     pub auto_flush: bool,
+    /// The hostile node, if any (see `hostile`), and how many attacks it makes.
+    pub hostile: Option<usize>,
+    pub attacks: usize,
 }
 
 /// What happened, for the report and the checks.
@@ -179,6 +185,8 @@ pub struct World {
     pub healing: bool,
     /// The access policy every session enforces (none: open).
     pub policy: Option<std::sync::Arc<officesync_protocol::policy::Policy>>,
+    /// The hostile node and what it did.
+    pub hostile: Option<Hostile>,
 }
 
 impl World {
@@ -226,7 +234,9 @@ impl World {
             stats: Stats::default(),
             healing: false,
             policy: None,
+            hostile: None,
         };
+        w.hostile = w.params.hostile.map(Hostile::new);
         w.schedule_start();
         w
     }
@@ -275,6 +285,10 @@ impl World {
         for _ in 0..self.params.rots {
             let t = self.rng.range(active / 4, active);
             self.at(t, Ev::Rot);
+        }
+        for _ in 0..self.params.attacks {
+            let t = self.rng.range(0, active);
+            self.at(t, Ev::Attack);
         }
     }
 
@@ -337,23 +351,30 @@ impl World {
                 self.restart(n);
             }
         }
+        self.disarm();
     }
 
-    /// True when every node is up, flushed, and holds the same vector and digest of every
-    /// collection.
+    /// True when every honest node is up, flushed, and holds the same vector and digest of
+    /// every collection (the hostile node is left out).
     pub fn converged(&self) -> bool {
-        if self.nodes.iter().any(|n| !n.up || n.replica.dirty()) {
+        let honest = || self.honest_nodes();
+        if honest().any(|n| !n.up || n.replica.dirty()) {
             return false;
         }
-        let names: BTreeSet<&String> = self
-            .nodes
-            .iter()
-            .flat_map(|n| n.replica.colls.keys())
-            .collect();
+        let names: BTreeSet<&String> = honest().flat_map(|n| n.replica.colls.keys()).collect();
         names.iter().all(|c| {
             let first = self.nodes[0].replica.digest(c);
-            self.nodes.iter().all(|n| n.replica.digest(c) == first)
+            honest().all(|n| n.replica.digest(c) == first)
         })
+    }
+
+    /// Every node but the hostile one (node 0 is a relay, never hostile).
+    pub fn honest_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.is_hostile(*i))
+            .map(|(_, n)| n)
     }
 
     /// Asks every established session to verify every collection.
@@ -362,10 +383,11 @@ impl World {
         let mut asked = 0;
         for id in ids {
             for side in 0..2 {
+                let hostile = self.conns.get(&id).is_some_and(|c| self.is_hostile_conn(c));
                 let Some(conn) = self.conns.get_mut(&id) else {
                     continue;
                 };
-                if !conn.s[side].is_established() || conn.closing {
+                if !conn.s[side].is_established() || conn.closing || hostile {
                     continue;
                 }
                 for c in COLLECTIONS {
@@ -378,10 +400,11 @@ impl World {
         asked
     }
 
-    /// `lag_versions` summed over every established session.
+    /// `lag_versions` summed over every established session between honest nodes.
     pub fn total_lag(&self) -> u64 {
         self.conns
             .values()
+            .filter(|c| !self.is_hostile_conn(c))
             .flat_map(|c| c.s.iter())
             .filter(|s| s.is_established())
             .flat_map(|s| s.status().collections)
@@ -505,6 +528,11 @@ impl World {
             Ev::Rot => {
                 if !self.healing {
                     self.rot();
+                }
+            }
+            Ev::Attack => {
+                if !self.healing {
+                    self.attack();
                 }
             }
         }
