@@ -29,7 +29,14 @@ pub(super) struct Tx {
     ready: BTreeSet<StreamKey>,
     /// The stream last loaded, for round-robin between streams.
     cursor: Option<StreamKey>,
+    /// A stream waits for dots this node cannot send (they are not its own): a digest round of
+    /// that collection at this time tells it whether the peer got them elsewhere.
+    pub(super) dependency_round: Option<(u64, String)>,
 }
+
+/// How long a stream waits for a dependency this node cannot send before a digest round asks
+/// the peer what it holds.
+pub(super) const DEPENDENCY_ROUND_MS: u64 = 5_000;
 
 /// What has been sent of one origin in one collection.
 #[derive(Debug, Default)]
@@ -445,7 +452,12 @@ impl Session {
             scanned = versions[at].dot.counter - 1;
             versions.truncate(at);
             held_until = 0;
-            self.mark_ready(collection, need.0.clone());
+            if sends_origin(&self.cfg, &need.0) {
+                self.mark_ready(collection, need.0.clone());
+            } else if self.tx.dependency_round.is_none() {
+                let at = self.now.saturating_add(DEPENDENCY_ROUND_MS);
+                self.tx.dependency_round = Some((at, collection.clone()));
+            }
             waiting_for = Some(need);
         }
         let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));

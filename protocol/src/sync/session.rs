@@ -172,6 +172,9 @@ impl Session {
             self.send_probe();
         }
         self.skew_retry_due();
+        if let Some((_, collection)) = self.tx.dependency_round.take_if(|(at, _)| self.now >= *at) {
+            self.request_verify(&collection);
+        }
         self.drive();
     }
 
@@ -234,6 +237,9 @@ impl Session {
         }
         if let Some(r) = self.skew_retry_at() {
             at(r);
+        }
+        if let Some((r, _)) = &self.tx.dependency_round {
+            at(*r);
         }
         t
     }
