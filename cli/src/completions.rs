@@ -2,15 +2,15 @@
 //! completions SHELL` prints a shell completion script, `officesync man`
 //! writes the manual pages (one per subcommand).
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, ValueEnum};
 use clap_complete::Shell;
 use serde_json::json;
 
-use crate::exit::{CliError, Exit};
-use crate::output::{print_json, print_text};
+use crate::exit::CliError;
+use crate::output::{print_json, print_text, write_stdout};
 use crate::{Cli, Global};
 
 /// Print the shell completion script for officesync (bash, zsh or fish).
@@ -59,17 +59,6 @@ pub fn script(shell: CompletionShell) -> Vec<u8> {
 /// Runs `officesync completions SHELL`.
 pub fn run(args: CompletionsArgs, _global: &Global) -> Result<(), CliError> {
     write_stdout(&script(args.shell))
-}
-
-/// Writes `bytes` to stdout; a reader that went away (`officesync man | head`)
-/// stops the command quietly.
-fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
-    let mut stdout = io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(CliError::quiet(Exit::Success)),
-        Err(e) => Err(CliError::failure(format!("cannot write to stdout: {e}"))),
-    }
 }
 
 /// Write the manual pages of officesync (section 1), or print the main page.

@@ -173,11 +173,8 @@ impl Node {
 struct VerifyVia(Arc<SyncService>);
 
 impl api::Verifier for VerifyVia {
-    fn verify(&self) -> api::futures_boxed::BoxFuture<serde_json::Value> {
+    fn verify(&self) -> api::futures_boxed::BoxFuture<Vec<crate::sync::VerifyReport>> {
         let sync = self.0.clone();
-        Box::pin(async move {
-            let results = sync.verify().await;
-            serde_json::json!({ "results": results })
-        })
+        Box::pin(async move { sync.verify().await })
     }
 }

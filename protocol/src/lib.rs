@@ -5,7 +5,7 @@
 pub mod codec;
 pub mod digest;
 pub mod dot;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hlc;
 pub mod merge;

@@ -25,6 +25,7 @@ mod frame;
 mod message;
 mod validate;
 
+pub(crate) use error::clip;
 pub use error::{ErrorCode, WireError};
 pub use frame::{
     decode_message, encode_frame, encode_message, encode_raw_frame, Frame, FrameDecoder,

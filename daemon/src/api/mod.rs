@@ -65,8 +65,15 @@ pub struct ApiState {
 
 /// Runs `officesync verify`: compares collection digests with peers now.
 pub trait Verifier: Send + Sync + 'static {
-    /// One JSON report per peer and collection.
-    fn verify(&self) -> futures_boxed::BoxFuture<serde_json::Value>;
+    /// One report per peer and collection.
+    fn verify(&self) -> futures_boxed::BoxFuture<Vec<crate::sync::VerifyReport>>;
+}
+
+/// The answer of `POST /v1/verify`.
+#[derive(Debug, serde::Serialize)]
+pub struct VerifyResults {
+    /// One report per peer and collection.
+    pub results: Vec<crate::sync::VerifyReport>,
 }
 
 /// A boxed future, for [`Verifier`] (kept local to avoid a futures dependency).
@@ -177,9 +184,11 @@ mod tests;
 /// `POST /v1/verify`: `{"results": [{"peer", "collection", "outcome"}]}`.
 async fn verify(
     axum::extract::State(state): axum::extract::State<ApiState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<VerifyResults>, ApiError> {
     match &state.verifier {
-        Some(v) => Ok(axum::Json(v.verify().await)),
+        Some(v) => Ok(axum::Json(VerifyResults {
+            results: v.verify().await,
+        })),
         None => Err(ApiError::NotFound(
             "verify needs replication, which is not running".into(),
         )),

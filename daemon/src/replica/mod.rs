@@ -101,6 +101,21 @@ pub enum ReplicaError {
     Closed,
 }
 
+impl ReplicaError {
+    /// The same failure for another write of a group whose commit or sync failed: store and
+    /// corruption errors keep their kind, anything else is reported as a store error.
+    pub(crate) fn for_another_write(&self) -> ReplicaError {
+        match self {
+            Self::Store(e) => Self::Store(e.clone()),
+            Self::Corrupt { what, detail } => Self::Corrupt {
+                what: what.clone(),
+                detail: detail.clone(),
+            },
+            other => Self::Store(StoreError::Io(other.to_string())),
+        }
+    }
+}
+
 /// When writes become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitMode {

@@ -309,7 +309,7 @@ impl Writer {
                     answer(&mut replies, outcome);
                 }
             } else {
-                answer(&mut replies, Ok(()));
+                answer(&mut replies, Ok::<(), ReplicaError>(()));
             }
             if shutdown.is_some() {
                 break;
@@ -322,11 +322,11 @@ impl Writer {
         }
         let last = sync_store(self.store.as_ref(), &self.stats);
         if let Some(reply) = shutdown {
-            let _ = reply.send(last.map_err(|e| ReplicaError::Store(StoreError::Io(e))));
+            let _ = reply.send(last.map_err(ReplicaError::Store));
         }
     }
 
-    fn commit_group(&mut self, mut g: Group) -> Result<(), String> {
+    fn commit_group(&mut self, mut g: Group) -> Result<(), ReplicaError> {
         let mut write_back = || -> Result<(), ReplicaError> {
             for ((coll, key), siblings) in &g.siblings {
                 g.batch.put(keys::record(coll, key), encode(siblings)?);
@@ -361,7 +361,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; failing the writes of this group");
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -602,7 +602,7 @@ fn syncer(store: &dyn Store, stats: &ReplicaStats, rx: std::sync::mpsc::Receiver
 }
 
 /// One durable sync; counts the writes it made durable.
-fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), String> {
+fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), StoreError> {
     // Writes applied before this point are covered by the sync below.
     let writes = stats.pending_sync_writes.swap(0, Ordering::Relaxed);
     let generation = stats.committed_generation.load(Ordering::Acquire);
@@ -620,13 +620,14 @@ fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), String> {
         }
         Err(e) => {
             tracing::error!(error = %e, "store sync failed; failing the writes it covered");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }
 
-fn answer(replies: &mut Vec<Reply>, outcome: Result<(), String>) {
-    let fail = |e: &String| ReplicaError::Store(StoreError::Io(format!("commit failed: {e}")));
+fn answer<E: Into<ReplicaError>>(replies: &mut Vec<Reply>, outcome: Result<(), E>) {
+    let outcome = outcome.map_err(Into::into);
+    let fail = |e: &ReplicaError| e.for_another_write();
     for r in replies.drain(..) {
         match (r, &outcome) {
             (Reply::Write(tx, res), Ok(())) => drop(tx.send(res)),

@@ -11,7 +11,7 @@ pub use self::sled::{SledStore, MARK_FILE, SLED_DIR};
 use thiserror::Error;
 
 /// Errors from a store.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// Another process holds the data directory.
     #[error("data dir {0} is in use by another officesyncd (lock held on its LOCK file); stop that process or use another data_dir")]

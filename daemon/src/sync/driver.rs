@@ -133,7 +133,7 @@ struct Driver<'a> {
     session: Session,
     replica: &'a Replica,
     peers: &'a PeerTable,
-    peer: transport::PeerIdentity,
+    peer: transport::PeerCertificate,
     connection: quinn::Connection,
     misbehavior: transport::Misbehavior,
     /// Dropped when the driver is: tells a dialer to redial.
@@ -203,10 +203,6 @@ impl<'a> Driver<'a> {
             p.cert_serial = Some(peer.serial_hex.clone())
         });
         let mut durable = replica.durable();
-        let role = match role {
-            transport::Role::Dialer => Role::Dialer,
-            transport::Role::Acceptor => Role::Acceptor,
-        };
         let mut session = new_session(settings, replica, &peer, is_relay, role, &mut durable);
         session.handle_policy(policy);
         let mut base = (0, 0);
@@ -671,7 +667,7 @@ async fn join_all(set: &mut JoinSet<()>, limit: Duration) {
 fn new_session(
     settings: &SyncSettings,
     replica: &Replica,
-    peer: &transport::PeerIdentity,
+    peer: &transport::PeerCertificate,
     is_relay: bool,
     role: Role,
     durable: &mut watch::Receiver<Arc<DurableState>>,

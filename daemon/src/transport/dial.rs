@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::error::TransportError;
-use super::tls::{self, PeerIdentity};
+use super::tls::{self, PeerCertificate};
 use super::{wait_shutdown, PeerConnection, Role, Shared, HANDSHAKE_TIMEOUT};
 use crate::config::PeerConfig;
 
@@ -170,7 +170,7 @@ pub(crate) async fn run(
 /// session gives it up). False when the dialer must stop (shutdown or nobody listening).
 async fn deliver(
     connection: Connection,
-    peer: PeerIdentity,
+    peer: PeerCertificate,
     remote: SocketAddr,
     tx: &mpsc::Sender<PeerConnection>,
     shutdown: &mut watch::Receiver<bool>,
@@ -216,7 +216,7 @@ pub(super) async fn dial_once(
     endpoint: &Endpoint,
     peer: &PeerConfig,
     attempt: usize,
-) -> Result<(Connection, PeerIdentity, SocketAddr), TransportError> {
+) -> Result<(Connection, PeerCertificate, SocketAddr), TransportError> {
     let local_v4 = endpoint
         .local_addr()
         .map_err(|_| TransportError::Closed)?

@@ -3,7 +3,7 @@
 //! with jittered backoff, and framed message streams.
 //!
 //! Every connection handed to the rest of the daemon ([`PeerConnection`]) is authenticated:
-//! the peer's certificate chains to `ca.pem`, and its node name ([`PeerIdentity`]) was read
+//! the peer's certificate chains to `ca.pem`, and its node name ([`PeerCertificate`]) was read
 //! from that certificate. A dialed peer must also be the node configured for that address.
 //! What the peer may do (revocation, read and write rights) is decided by the session layer
 //! on top, from `_policy`.
@@ -22,7 +22,6 @@ mod limits;
 mod penalty;
 mod tls;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +44,7 @@ pub use limits::{
     SEND_WINDOW, STREAM_RECEIVE_WINDOW,
 };
 pub use penalty::{Misbehavior, Penalties, PENALTY_BASE, PENALTY_FORGIVE_AFTER, PENALTY_MAX};
-pub use tls::PeerIdentity;
+pub use tls::PeerCertificate;
 
 /// Longest a handshake may take on the dialing side, and longest an authenticated incoming
 /// connection may wait for the session layer to take it (several round trips on the slowest
@@ -64,29 +63,14 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Authenticated connections waiting for the session layer before dialers and handshakes wait.
 const CHANNEL_CAPACITY: usize = 16;
 
-/// Which side opened a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// This node dialed the peer (it is in `sync.peers`) and opens the session (sends `Hello`).
-    Dialer,
-    /// The peer dialed this node and opens the session.
-    Acceptor,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Dialer => "dialer",
-            Role::Acceptor => "acceptor",
-        })
-    }
-}
+/// Which side opened a connection: the session's own [`Role`] (the dialer sends `Hello`).
+pub use officesync_protocol::sync::Role;
 
 /// An authenticated connection to a peer, either direction.
 #[derive(Debug)]
 pub struct PeerConnection {
     /// Who the peer is, from its verified certificate.
-    pub peer: PeerIdentity,
+    pub peer: PeerCertificate,
     /// Whether this node dialed or accepted the connection.
     pub role: Role,
     /// The QUIC connection; open streams on it, close it with an
@@ -108,7 +92,7 @@ pub struct PeerConnection {
 
 impl PeerConnection {
     fn new(
-        peer: PeerIdentity,
+        peer: PeerCertificate,
         role: Role,
         connection: quinn::Connection,
         remote: SocketAddr,
@@ -259,7 +243,7 @@ pub struct Transport {
     endpoint: Endpoint,
     local_addr: SocketAddr,
     cluster_id: String,
-    identity: PeerIdentity,
+    identity: PeerCertificate,
     shared: Shared,
     started: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -317,7 +301,7 @@ impl Transport {
     }
 
     /// This node's own identity, from its certificate.
-    pub fn identity(&self) -> &PeerIdentity {
+    pub fn identity(&self) -> &PeerCertificate {
         &self.identity
     }
 

@@ -111,7 +111,7 @@ impl Running {
     async fn expect_none(&mut self) {
         if let Ok(Some(pc)) = timeout(QUIET, self.rx.recv()).await {
             panic!(
-                "unexpected connection from {:?} ({})",
+                "unexpected connection from {:?} ({:?})",
                 pc.peer.name, pc.role
             );
         }

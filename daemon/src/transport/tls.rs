@@ -27,7 +27,7 @@ use crate::pki::{self, CertIdentity};
 /// Who the peer of a connection is, read from its verified certificate (never from anything
 /// the peer says).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity {
+pub struct PeerCertificate {
     /// Node name (the certificate's common name, equal to its DNS subject alternative name).
     pub name: String,
     /// Certificate serial number, lowercase hex (for logs and revocation lists).
@@ -40,9 +40,9 @@ pub struct PeerIdentity {
     pub not_after: i64,
 }
 
-impl From<CertIdentity> for PeerIdentity {
+impl From<CertIdentity> for PeerCertificate {
     fn from(id: CertIdentity) -> Self {
-        PeerIdentity {
+        PeerCertificate {
             name: id.name,
             serial_hex: id.serial_hex,
             admin_cert: id.admin,
@@ -58,7 +58,7 @@ pub(crate) struct TlsSetup {
     /// The QUIC client crypto (presents our certificate, verifies the server's).
     pub client: Arc<QuicClientConfig>,
     /// This node's identity from its own certificate.
-    pub identity: PeerIdentity,
+    pub identity: PeerCertificate,
     /// SHA-256 of the CA certificate, lowercase hex: the cluster id.
     pub cluster_id: String,
 }
@@ -166,7 +166,7 @@ fn client_config(
 pub(crate) fn peer_identity(
     connection: &quinn::Connection,
     remote: SocketAddr,
-) -> Result<PeerIdentity, TransportError> {
+) -> Result<PeerCertificate, TransportError> {
     let missing = || TransportError::Identity {
         remote,
         detail: "no certificate after the handshake".to_owned(),
@@ -177,7 +177,7 @@ pub(crate) fn peer_identity(
         .ok_or_else(missing)?;
     let leaf = certs.first().ok_or_else(missing)?;
     pki::identity_from_der(leaf)
-        .map(PeerIdentity::from)
+        .map(PeerCertificate::from)
         .map_err(|e| TransportError::Identity {
             remote,
             detail: e.to_string(),
@@ -197,7 +197,7 @@ pub(crate) const EXPIRED_REASON: &[u8] = b"peer certificate expired";
 /// certificate, which TLS checks at its handshake.
 pub(crate) fn close_at_expiry(
     connection: &quinn::Connection,
-    peer: &PeerIdentity,
+    peer: &PeerCertificate,
     counters: &Arc<Counters>,
 ) {
     let (connection, counters) = (connection.clone(), counters.clone());

@@ -109,17 +109,5 @@ impl SyncError {
     }
 }
 
-/// Longest peer-chosen string quoted in an error, in bytes.
-const CLIP_BYTES: usize = 96;
-
-/// `s`, cut to at most [`CLIP_BYTES`] on a character boundary (with `…` when cut).
-pub(super) fn clip(s: &str) -> String {
-    if s.len() <= CLIP_BYTES {
-        return s.to_owned();
-    }
-    let mut end = CLIP_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", s.get(..end).unwrap_or_default())
-}
+/// `s`, cut for quoting in an error (one rule for the wire and the session).
+pub(super) use crate::wire::clip;

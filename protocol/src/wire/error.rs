@@ -353,7 +353,7 @@ pub(crate) fn clip(s: &str) -> String {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end])
+    format!("{}…", s.get(..end).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -527,7 +527,10 @@ pub(crate) fn spawn_daemon(
     let api = SocketAddr::from(([127, 0, 0, 1], crate::servers::free_port()?));
     let mut builder = Config::builder(name, dir.join("data"), tls)
         .api_listen(api)
-        .sync_listen(SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)))
+        .sync_listen(SocketAddr::from((
+            [127, 0, 0, 1],
+            officesync_tests::process::free_udp_port(),
+        )))
         .admins([HUB])
         .durability(durability);
     if let Some(addr) = dial {
@@ -543,13 +546,6 @@ pub(crate) fn spawn_daemon(
         log_path: dir.join("officesyncd.log"),
     };
     TestNode::try_start(spec).map_err(|e| anyhow::anyhow!("starting officesyncd {name}: {e}"))
-}
-
-/// A free loopback UDP port.
-pub(crate) fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The sync (UDP) address a spawned daemon listens on, from its config.
