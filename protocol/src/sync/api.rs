@@ -30,21 +30,17 @@ pub enum Action {
         /// Part of a repair re-stream.
         repair: bool,
     },
-    /// Apply `versions` with the merge rules and raise the vector entry of `origin` to
-    /// `through`, atomically (one store batch), then answer with
-    /// [`Session::handle_applied`](super::Session::handle_applied). Versions whose dot the
-    /// vector already covers may be skipped, unless `repair` is set (full reconciliation: apply
-    /// them all; the merge rules make that idempotent). Received HLC timestamps are the
-    /// store's to check against `max_clock_skew`.
+    /// For each part in order, apply its `versions` with the merge rules and raise the
+    /// vector entry of its `origin` to its `through`, all in one atomic store batch (one
+    /// flush: the session merges the streams completed back to back), then answer each part,
+    /// in order, with [`Session::handle_applied`](super::Session::handle_applied). Versions
+    /// whose dot the vector already covers may be skipped, unless `repair` is set (full
+    /// reconciliation: apply them all; the merge rules make that idempotent; a repair Apply
+    /// has one part). Received HLC timestamps are the store's to check against
+    /// `max_clock_skew`.
     Apply {
-        /// The collection.
-        collection: String,
-        /// The origin of every version.
-        origin: ReplicaId,
-        /// The versions, in counter order (possibly none: only the vector advances).
-        versions: Vec<Version>,
-        /// The counter the origin is complete through.
-        through: u64,
+        /// The streams' parts, at least one.
+        parts: Vec<ApplyPart>,
         /// Apply even versions whose dot the vector covers.
         repair: bool,
     },
@@ -54,6 +50,19 @@ pub enum Action {
         /// The collection.
         collection: String,
     },
+}
+
+/// One `(collection, origin)` stream's share of an [`Action::Apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyPart {
+    /// The collection.
+    pub collection: String,
+    /// The origin of every version.
+    pub origin: ReplicaId,
+    /// The versions, in counter order (possibly none: only the vector advances).
+    pub versions: Vec<Version>,
+    /// The counter the origin is complete through.
+    pub through: u64,
 }
 
 /// What happened, for the driver to log, count or act on.

@@ -10,10 +10,13 @@
 //!   frames (handshake, acks, heartbeats, digests, errors) come out before bulk frames
 //!   (batches, completions), so control never waits behind data.
 //!   [`Session::poll_transmit_on`] drains one stream only, for a driver whose bulk stream is
-//!   blocked by flow control.
+//!   blocked by flow control; [`Session::handle_bulk_blocked`] tells the session so, and it
+//!   issues no Load until the driver has room again.
 //! * [`Session::poll_action`]: work for the local store ([`Action::Load`], [`Action::Apply`],
 //!   [`Action::Digest`]). Actions **must be executed in the order they are polled** (one store
-//!   writer); each is answered with [`Session::handle_loaded`], [`Session::handle_applied`] or
+//!   writer), and the driver never reorders or merges them: the session already merges the
+//!   streams completed back to back into one Apply (one commit). Each is answered with
+//!   [`Session::handle_loaded`], [`Session::handle_applied`] (once per part) or
 //!   [`Session::handle_local_digest`].
 //! * [`Session::poll_event`]: what the driver reports or counts ([`Event`]).
 //! * [`Session::poll_timeout`]: when to call [`Session::handle_timeout`].
@@ -112,7 +115,7 @@ mod repair;
 mod send;
 mod session;
 
-pub use api::{Action, CollectionStatus, Event, SessionStatus, VerifyOutcome};
+pub use api::{Action, ApplyPart, CollectionStatus, Event, SessionStatus, VerifyOutcome};
 pub use config::{PeerIdentity, Role, SessionConfig, StreamKind};
 pub use error::SyncError;
 pub use session::Session;

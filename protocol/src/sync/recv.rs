@@ -11,11 +11,14 @@ use crate::policy::POLICY_COLLECTION;
 use crate::version::Version;
 use crate::wire::{Ack, Batch, Complete, ErrorCode, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
 
-use super::api::{Action, Event};
+use super::api::{Action, ApplyPart, Event};
 use super::error::{clip, SyncError};
 use super::send::version_size;
 use super::session::{Phase, Session};
 use super::{MAX_BUFFERED_BYTES, MAX_BUFFERED_VERSIONS, MAX_INCARNATIONS_PER_NODE, MAX_STREAMS};
+
+/// Most streams merged into one Apply (one store commit).
+const MAX_MERGED_PARTS: usize = 64;
 
 /// Most collections a peer may make a session track on the receiving side.
 const MAX_COLLECTIONS: usize = 1 << 16;
@@ -96,8 +99,9 @@ impl InStream {
 }
 
 impl Session {
-    /// The driver's answer to [`Action::Apply`]: `origin` is applied through `through` in
-    /// `collection`, and `vv` is the collection's vector after it. Queues the `Ack`.
+    /// The driver's answer to one part of an [`Action::Apply`]: `origin` is applied through
+    /// `through` in `collection`, and `vv` is the collection's vector after it. Queues the
+    /// `Ack`.
     ///
     /// Only `origin` through `through` becomes offerable to the peer (it was durable at the
     /// sender, so relaying it at once can never make this node reuse a dot). The rest of `vv`
@@ -467,6 +471,28 @@ impl Session {
         Ok(())
     }
 
+    /// Queues `part`: merged into the ordinary Apply at the end of the action queue when there
+    /// is one (so streams completed back to back cost the store one commit and one flush), up
+    /// to [`MAX_MERGED_PARTS`] parts; a repair part gets an Apply of its own.
+    fn push_apply(&mut self, part: ApplyPart, repair: bool) {
+        if !repair {
+            if let Some(Action::Apply {
+                parts,
+                repair: false,
+            }) = self.actions.back_mut()
+            {
+                if parts.len() < MAX_MERGED_PARTS {
+                    parts.push(part);
+                    return;
+                }
+            }
+        }
+        self.actions.push_back(Action::Apply {
+            parts: vec![part],
+            repair,
+        });
+    }
+
     /// Emits the Apply of a stream's buffered versions with its vector advance to `through`.
     fn finish_stream(&mut self, collection: String, origin: ReplicaId, through: u64) {
         let Some(stream) = self
@@ -493,13 +519,15 @@ impl Session {
             .entry(collection.clone())
             .or_default()
             .raise(&origin, through);
-        self.actions.push_back(Action::Apply {
-            collection,
-            origin,
-            versions,
-            through,
+        self.push_apply(
+            ApplyPart {
+                collection,
+                origin,
+                versions,
+                through,
+            },
             repair,
-        });
+        );
     }
 
     fn rx_collection(&mut self, collection: &str) -> Result<&mut RxCollection, SyncError> {

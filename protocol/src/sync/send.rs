@@ -229,6 +229,7 @@ impl Session {
         if self.phase != Phase::Established
             || !self.peer_confirmed
             || self.tx.loading.is_some()
+            || self.bulk_blocked
             || !self.bulk_q.is_empty()
         {
             return;
@@ -352,6 +353,16 @@ impl Session {
                 || s.waiting_for
                     .as_ref()
                     .is_some_and(|(o, n)| self.peer_holds(&key.0, o) < *n)
+        })
+    }
+
+    /// Some stream of `collection` waits for dots this node cannot send the peer.
+    pub(super) fn waits_for_others(&self, collection: &str) -> bool {
+        self.tx.streams.iter().any(|((c, _), s)| {
+            c == collection
+                && s.waiting_for.as_ref().is_some_and(|(o, n)| {
+                    !sends_origin(&self.cfg, o) && self.peer_holds(collection, o) < *n
+                })
         })
     }
 

@@ -50,6 +50,9 @@ pub struct Session {
     pub(super) hb: Heartbeats,
     pub(super) control_q: VecDeque<Message>,
     pub(super) bulk_q: VecDeque<Message>,
+    /// The driver has no room for more bulk frames (its stream is held by flow control): no
+    /// Load is issued until it has.
+    pub(super) bulk_blocked: bool,
     pub(super) actions: VecDeque<Action>,
     pub(super) events: VecDeque<Event>,
     pub(super) stats: Stats,
@@ -109,6 +112,7 @@ impl Session {
             hb: Heartbeats::default(),
             control_q: VecDeque::new(),
             bulk_q: VecDeque::new(),
+            bulk_blocked: false,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -153,6 +157,17 @@ impl Session {
         self.drive();
     }
 
+    /// The driver's room for bulk frames: `blocked` while its bulk stream takes no more (QUIC
+    /// flow control). Loads wait while it is blocked, so reading the store never runs ahead of
+    /// the link; everything else (applies, digests, control frames) goes on.
+    pub fn handle_bulk_blocked(&mut self, blocked: bool) {
+        if self.phase == Phase::Closed || self.bulk_blocked == blocked {
+            return;
+        }
+        self.bulk_blocked = blocked;
+        self.drive();
+    }
+
     /// Time passed: sends due heartbeats, closes an idle session, starts due digest rounds.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if self.phase == Phase::Closed {
@@ -173,7 +188,12 @@ impl Session {
         }
         self.skew_retry_due();
         if let Some((_, collection)) = self.tx.dependency_round.take_if(|(at, _)| self.now >= *at) {
-            self.request_verify(&collection);
+            // Again every few seconds while a stream of it still waits.
+            if self.waits_for_others(&collection) {
+                self.request_verify(&collection);
+                let next = self.now.saturating_add(super::send::DEPENDENCY_ROUND_MS);
+                self.tx.dependency_round = Some((next, collection));
+            }
         }
         self.drive();
     }

@@ -68,6 +68,7 @@ impl World {
                 last: [[0; 2]; 2],
                 timer: [None; 2],
                 closing: false,
+                store_busy: [false; 2],
             },
         );
         self.pump(id, 0);
@@ -97,11 +98,17 @@ impl World {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
+            let busy = &mut c.store_busy[side];
             let s = &mut c.s[side];
             loop {
                 let before = frames.len() + actions.len() + events.len();
                 frames.extend(std::iter::from_fn(|| s.poll_transmit()));
-                actions.extend(std::iter::from_fn(|| s.poll_action()));
+                if !*busy {
+                    if let Some(a) = s.poll_action() {
+                        *busy = true;
+                        actions.push(a);
+                    }
+                }
                 events.extend(std::iter::from_fn(|| s.poll_event()));
                 if frames.len() + actions.len() + events.len() == before {
                     break;
@@ -248,18 +255,14 @@ impl World {
         }
         let r = &mut self.nodes[node].replica;
         let Some(c) = self.conns.get_mut(&id) else {
-            if let Action::Apply {
-                collection,
-                origin,
-                versions,
-                through,
-                repair,
-            } = action
-            {
-                r.apply(&collection, &origin, versions, through, repair);
+            if let Action::Apply { parts, repair } = action {
+                for p in parts {
+                    r.apply(&p.collection, &p.origin, p.versions, p.through, repair);
+                }
             }
             return;
         };
+        c.store_busy[side] = false;
         let s = &mut c.s[side];
         match action {
             Action::Load {
@@ -281,16 +284,19 @@ impl World {
                 );
                 s.handle_loaded(&collection, &origin, vs, scanned);
             }
-            Action::Apply {
-                collection,
-                origin,
-                versions,
-                through,
-                repair,
-            } => {
-                r.apply(&collection, &origin, versions, through, repair);
-                let vv = r.durable_vvs.get(&collection).cloned().unwrap_or_default();
-                s.handle_applied(&collection, &origin, through, vv);
+            Action::Apply { parts, repair } => {
+                // One commit for every part, then one answer per part, in order.
+                let done: Vec<_> = parts
+                    .into_iter()
+                    .map(|p| {
+                        r.apply(&p.collection, &p.origin, p.versions, p.through, repair);
+                        (p.collection, p.origin, p.through)
+                    })
+                    .collect();
+                for (collection, origin, through) in done {
+                    let vv = r.durable_vvs.get(&collection).cloned().unwrap_or_default();
+                    s.handle_applied(&collection, &origin, through, vv);
+                }
             }
             Action::Digest { collection } => {
                 let (d, vv) = r.digest(&collection);

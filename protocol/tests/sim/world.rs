@@ -52,6 +52,9 @@ pub(crate) struct Conn {
     pub(crate) last: [[u64; 2]; 2],
     pub(crate) timer: [Option<u64>; 2],
     pub(crate) closing: bool,
+    /// An action of this side is with the store. As the daemon's driver does, the next one is
+    /// polled only once it is done, so streams completed meanwhile merge into one Apply.
+    pub(crate) store_busy: [bool; 2],
 }
 
 pub(crate) enum Ev {

@@ -1,36 +1,27 @@
 //! The session's store actions run against the replica: loads, digests, and applies (several
 //! received batches in one atomic commit), each answered back to the session.
 
-use officesync_protocol::sync::{Action, Session};
+use officesync_protocol::sync::{Action, ApplyPart, Session};
 use officesync_protocol::wire::ErrorCode;
 
 use super::super::observe::SessionObserver;
 use crate::replica::Replica;
 
-/// Applies several received batches, each with its vector advance, in one atomic store
-/// commit, then tells the session about each in order.
-/// `repair`: merge even versions the vectors cover (a full reconciliation).
-pub(super) async fn apply_batches(
+/// Runs one Apply: every part's versions and vector advance in one atomic store commit, then
+/// tells the session about each part in order. `repair`: merge even versions the vectors
+/// cover (a full reconciliation).
+pub(super) async fn apply(
     session: &mut Session,
     replica: &Replica,
-    applies: Vec<Action>,
+    parts: Vec<ApplyPart>,
     repair: bool,
     observer: &SessionObserver,
 ) {
     let mut versions = Vec::new();
     let mut complete = Vec::new();
-    for a in applies {
-        if let Action::Apply {
-            collection,
-            origin,
-            versions: v,
-            through,
-            ..
-        } = a
-        {
-            versions.extend(v);
-            complete.push((collection, origin, through));
-        }
+    for p in parts {
+        versions.extend(p.versions);
+        complete.push((p.collection, p.origin, p.through));
     }
     let newest = observer.newest_of(&versions);
     let applied = if repair {
@@ -102,7 +93,7 @@ async fn answer_applied(
     }
 }
 
-/// Runs a Load or a Digest and answers the session (Applies go through [`apply_batches`]).
+/// Runs a Load or a Digest and answers the session (Applies go through [`apply`]).
 pub(super) async fn run_action(session: &mut Session, replica: &Replica, action: Action) {
     let failed = match action {
         Action::Load {

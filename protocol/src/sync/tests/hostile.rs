@@ -51,18 +51,16 @@ fn hub_with(node: &str, local: VersionVector) -> Session {
 
 fn applies(s: &mut Session) -> Vec<(ReplicaId, Vec<u64>, u64)> {
     std::iter::from_fn(|| s.poll_action())
-        .filter_map(|a| match a {
-            Action::Apply {
-                origin,
-                versions,
-                through,
-                ..
-            } => Some((
-                origin,
-                versions.iter().map(|v| v.dot.counter).collect(),
-                through,
-            )),
-            _ => None,
+        .flat_map(|a| match a {
+            Action::Apply { parts, .. } => parts,
+            _ => Vec::new(),
+        })
+        .map(|p| {
+            (
+                p.origin,
+                p.versions.iter().map(|v| v.dot.counter).collect(),
+                p.through,
+            )
         })
         .collect()
 }

@@ -52,21 +52,21 @@ impl Store {
                 }
                 s.handle_loaded(&collection, &origin, out, scanned);
             }
-            Action::Apply {
-                collection,
-                origin,
-                versions,
-                through,
-                repair,
-            } => {
-                for v in versions {
-                    if repair || !self.vv.covers(&v.dot) {
-                        *self.applied.entry(v.dot.clone()).or_default() += 1;
-                        self.versions.insert(v.dot.clone(), v);
+            Action::Apply { parts, repair } => {
+                let mut done = Vec::new();
+                for p in parts {
+                    for v in p.versions {
+                        if repair || !self.vv.covers(&v.dot) {
+                            *self.applied.entry(v.dot.clone()).or_default() += 1;
+                            self.versions.insert(v.dot.clone(), v);
+                        }
                     }
+                    self.vv.raise(&p.origin, p.through);
+                    done.push((p.collection, p.origin, p.through));
                 }
-                self.vv.raise(&origin, through);
-                s.handle_applied(&collection, &origin, through, self.vv.clone());
+                for (collection, origin, through) in done {
+                    s.handle_applied(&collection, &origin, through, self.vv.clone());
+                }
             }
             Action::Digest { collection } => {
                 s.handle_local_digest(&collection, self.digest(), self.vv.clone());
