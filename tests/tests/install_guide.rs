@@ -901,7 +901,7 @@ fn troubleshooting_quotes_what_the_tools_print() {
     };
     denied.expect_code(2, "config check with an unreadable key");
     cases.push((
-        "tls.key: cannot read ...: Permission denied",
+        "tls.key: permission denied: user ... cannot read ...",
         denied.stderr_text(),
     ));
 
