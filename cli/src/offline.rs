@@ -108,6 +108,17 @@ fn pki_error(error: PkiError) -> CliError {
 
 /// `ca init`.
 fn ca_init(args: CaInitArgs, global: &Global) -> Result<(), CliError> {
+    let existing = [pki::CA_CERT_FILE, pki::CA_KEY_FILE]
+        .iter()
+        .any(|f| args.dir.join(f).exists());
+    if args.force && existing {
+        eprintln!(
+            "warning: replacing the deployment CA in {}: every certificate it issued stops \
+             working, so every office is cut off until it installs a bundle issued by the new \
+             CA (officesync ca issue, then INSTALL.md step 6 on each node)",
+            args.dir.display()
+        );
+    }
     let ca = pki::init_ca(&args.dir, args.force).map_err(pki_error)?;
     if global.json {
         return print_json(&json!({
