@@ -260,6 +260,10 @@ fn access_line(config: &Config, account: &Account, data_dir: Access) -> String {
     let who = account.describe();
     let dir = config.node.data_dir.display();
     match data_dir {
+        Access::Unknown => format!(
+            "ok: {who} can read the config and the [tls] files; data_dir {dir}: not checked, \
+             this user may not look into it (run config check as root)"
+        ),
         Access::Allowed => format!(
             "ok: {who} can read the config and the [tls] files, and write to data_dir {dir}"
         ),

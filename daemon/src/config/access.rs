@@ -45,6 +45,9 @@ pub enum Access {
     Allowed,
     /// The path does not exist; the account may search the directories above it that do.
     Missing,
+    /// This process may not look (it is not root, and a directory on the way is closed to
+    /// it): nothing is known.
+    Unknown,
 }
 
 /// Why an account cannot use a path: the path that stops it, as found on disk.
@@ -162,13 +165,14 @@ impl Account {
 
     /// Whether the account can do `need` to `path` (an absolute path), or what stops it.
     ///
-    /// Errors reading the file system other than a missing path count as allowed: the caller
-    /// reading the file reports those.
+    /// A path this process cannot look at gives [`Access::Unknown`].
     pub fn check(&self, path: &Path, need: Need) -> Result<Access, Box<Denied>> {
         let ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
         for dir in ancestors.into_iter().rev() {
-            let Ok(meta) = fs::metadata(dir) else {
-                return Ok(Access::Missing);
+            let meta = match fs::metadata(dir) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Access::Missing),
+                Err(_) => return Ok(Access::Unknown),
             };
             if !self.allowed(&meta, 1) {
                 return Err(self.denied(path, dir, &meta, Need::Read));
@@ -177,7 +181,7 @@ impl Account {
         let meta = match fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Access::Missing),
-            Err(_) => return Ok(Access::Allowed),
+            Err(_) => return Ok(Access::Unknown),
         };
         let want = match need {
             Need::Read if meta.is_dir() => 5,
