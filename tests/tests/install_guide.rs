@@ -10,8 +10,8 @@
 //!   `0.0.0.0:7400` → the machine's own, `127.0.0.1:7480` → the machine's own API port (and
 //!   `OFFICESYNC_API` names it, the CLI's default address on that machine);
 //! - **commands that change the host**, by stand-ins first on `PATH` (see [`STANDINS`]):
-//!   `cargo` copies the binaries this test run uses (debug info stripped) instead of
-//!   compiling a release again;
+//!   `cargo` copies the binaries this test run uses (with their debug info, which step 1
+//!   strips) instead of compiling a release again;
 //!   `scp` copies into the named machine's directory; `useradd` records the user in the
 //!   machine's `/etc/passwd`; `install` and `chown` check that the owner and group exist
 //!   there; `systemctl` runs the unit's `ExecStart` as systemd would (its `Environment=`,
@@ -27,7 +27,7 @@
 //!
 //! A block whose comment says "a moment later" is retried for up to [`MOMENT`], as the
 //! reader would. The upgrade block runs twice in a row on each node, as two upgrades would.
-//! Around some blocks the test checks what the guide says they do ([`after_block`]).
+//! Around some blocks the test checks what the guide says they do ([`Checks::after_block`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -227,9 +227,6 @@ set -euo pipefail
 [ -f Cargo.toml ] || { echo "cargo: not in the source tree" >&2; exit 1; }
 mkdir -p target/release
 cp "$OFFICESYNC_TEST_BIN_DIR/officesyncd" "$OFFICESYNC_TEST_BIN_DIR/officesync" target/release/
-# A release build carries line tables only; drop the debug build's full debug info likewise
-# (10x smaller, so the guide's tar and copies take a moment, as they do for a real release).
-if command -v strip > /dev/null; then strip --strip-debug target/release/officesyncd target/release/officesync; fi
 echo "    Finished release (stand-in: the binaries of this test run)" >&2
 "#;
 
@@ -638,7 +635,9 @@ impl Checks<'_> {
     /// cannot show it.
     fn after_block(&mut self, block: &str, machine: &Machine) {
         let (hub, hefei) = (self.hub, self.hefei);
-        if block.contains("officesync ca init --dir") {
+        if block.contains("tar czf officesync-dist.tar.gz") {
+            release_archive(machine, block);
+        } else if block.contains("officesync ca init --dir") {
             self.second_ca_init(block);
         } else if block.contains("cat > /etc/officesync/officesync.toml")
             && machine.label == "office (hefei)"
@@ -813,6 +812,54 @@ fn backup_is_one_copy(machine: &Machine, block: &str) {
         "on the {}, after running\n{block}\ntwice, the backup is not a copy of the data dir",
         machine.label
     );
+}
+
+/// Step 1: the archive's binaries carry no debug information, and its docs come along.
+fn release_archive(build: &Machine, block: &str) {
+    let dist = build.root.join("src/officesync-dist");
+    for doc in ["README.md", "INSTALL.md"] {
+        assert!(
+            dist.join(doc).is_file(),
+            "after\n{block}\nthe archive lacks {doc}"
+        );
+    }
+    for bin in ["officesyncd", "officesync"] {
+        let bytes = std::fs::read(dist.join(bin)).expect("a binary of the archive");
+        let sections = elf_section_names(&bytes);
+        assert!(!sections.is_empty(), "{bin}: no ELF sections found");
+        assert!(
+            !sections.iter().any(|s| s == ".debug_info"),
+            "after\n{block}\nthe archive's {bin} still carries debug information"
+        );
+    }
+}
+
+/// The section names of a 64-bit little-endian ELF file (empty if it is not one).
+fn elf_section_names(elf: &[u8]) -> Vec<String> {
+    let num = |at: usize, len: usize| -> Option<usize> {
+        let bytes = elf.get(at..at + len)?;
+        Some(
+            bytes
+                .iter()
+                .rev()
+                .fold(0usize, |n, b| n << 8 | usize::from(*b)),
+        )
+    };
+    let parse = || -> Option<Vec<String>> {
+        (elf.get(..6)? == b"\x7fELF\x02\x01").then_some(())?;
+        let (shoff, shentsize, shnum, shstrndx) =
+            (num(0x28, 8)?, num(0x3a, 2)?, num(0x3c, 2)?, num(0x3e, 2)?);
+        let header = |i: usize| shoff + i * shentsize;
+        let strtab = num(header(shstrndx) + 0x18, 8)?;
+        (0..shnum)
+            .map(|i| {
+                let start = strtab + num(header(i), 4)?;
+                let len = elf.get(start..)?.iter().position(|b| *b == 0)?;
+                Some(String::from_utf8_lossy(&elf[start..start + len]).into_owned())
+            })
+            .collect()
+    };
+    parse().unwrap_or_default()
 }
 
 /// Every file under `dir` (none if it does not exist).
