@@ -203,11 +203,11 @@ fn config_check(file: PathBuf, user: Option<String>, global: &Global) -> Result<
     };
     let account = service_account(user.as_deref())?;
     let access = match &account {
-        Ok(account) => match config.check_access(account) {
+        ServiceAccount::Found(account) => match config.check_access(account) {
             Ok(data_dir) => access_line(&config, account, data_dir),
             Err(error) => return refused(error),
         },
-        Err(note) => note.clone(),
+        ServiceAccount::Absent(note) => note.clone(),
     };
     let peers = config.sync.peers.len();
     if global.json {
@@ -219,7 +219,10 @@ fn config_check(file: PathBuf, user: Option<String>, global: &Global) -> Result<
             "listen": config.sync.listen.to_string(),
             "peers": peers,
             "durability": config.storage.durability.as_str(),
-            "user": account.as_ref().ok().map(|a| a.name.clone()),
+            "user": match &account {
+                ServiceAccount::Found(account) => Some(account.name.clone()),
+                ServiceAccount::Absent(_) => None,
+            },
             "access": access,
         }));
     }
@@ -232,9 +235,17 @@ fn config_check(file: PathBuf, user: Option<String>, global: &Global) -> Result<
     ))
 }
 
+/// Whose access to its files `config check` checks.
+enum ServiceAccount {
+    /// This account's.
+    Found(Account),
+    /// Nobody's: there is no user [`SERVICE_USER`] and none was named; the line saying so.
+    Absent(String),
+}
+
 /// The account whose access `config check` checks: `--user NAME`, or [`SERVICE_USER`] if it
-/// exists. `Ok(Err(note))` when there is none to check, with the line saying so.
-fn service_account(user: Option<&str>) -> Result<Result<Account, String>, CliError> {
+/// exists; an error if `--user` names no user.
+fn service_account(user: Option<&str>) -> Result<ServiceAccount, CliError> {
     let name = user.unwrap_or(SERVICE_USER);
     let found = Account::lookup(name).map_err(|e| {
         CliError::failure(format!(
@@ -243,12 +254,12 @@ fn service_account(user: Option<&str>) -> Result<Result<Account, String>, CliErr
         ))
     })?;
     match (found, user) {
-        (Some(account), _) => Ok(Ok(account)),
+        (Some(account), _) => Ok(ServiceAccount::Found(account)),
         (None, Some(name)) => Err(CliError::usage(format!(
             "--user {name}: no such user in /etc/passwd (fix: name the user officesyncd runs \
              as, or create it: INSTALL.md step 3)"
         ))),
-        (None, None) => Ok(Err(format!(
+        (None, None) => Ok(ServiceAccount::Absent(format!(
             "not checked: whether the daemon's user can read these files (there is no user \
              {SERVICE_USER} here: create it, INSTALL.md step 3, or pass --user NAME)"
         ))),
