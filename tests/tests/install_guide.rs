@@ -375,6 +375,10 @@ impl ServiceUser {
             "-o officesync -g officesync ",
         )
         .replace(&format!("root:{} ", self.group), "root:officesync ")
+        .replace(
+            &format!("chown {}:{} ", self.name, self.group),
+            "chown officesync:officesync ",
+        )
     }
 }
 
@@ -727,6 +731,30 @@ impl Checks<'_> {
         let daemon = run_bounded(daemon, None, BLOCK_TIMEOUT);
         std::os::unix::fs::chown(&key, Some(meta.uid()), Some(meta.gid())).expect("chown back");
         std::fs::set_permissions(&key, meta.permissions()).expect("chmod back");
+
+        // A data dir root made (0755): the daemon's failed start names the user and the fix.
+        let data = hefei.root.join("var/lib/officesync");
+        std::fs::create_dir(&data).expect("a root-owned data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut start = Command::new("setpriv");
+        start
+            .arg(format!("--reuid={}", service.uid))
+            .arg(format!("--regid={}", service.gid))
+            .arg("--clear-groups")
+            .arg(hefei.root.join("usr/local/bin/officesyncd"))
+            .args(["--config", config]);
+        let start = run_bounded(start, None, BLOCK_TIMEOUT);
+        std::fs::remove_dir_all(&data).expect("remove the data dir");
+        start.expect_code(1, "officesyncd over a data dir root owns");
+        let said = service.as_in_guide(&hefei.delocalize(&start.stderr_text()));
+        let expected = "node.data_dir: permission denied: user officesync (uid 999) cannot write \
+                        to /var/lib/officesync: it is root:root, mode 0755 (fix: chown \
+                        officesync:officesync /var/lib/officesync && chmod 0700 \
+                        /var/lib/officesync)";
+        assert!(
+            said.lines().count() == 1 && said.contains(expected),
+            "officesyncd over a data dir root owns said: {said}"
+        );
 
         eprintln!("permission check: config check and officesyncd refuse a key only root reads");
         check.expect_code(2, "config check of a key only root can read");
