@@ -18,6 +18,8 @@ const SHOWN_STATUS_FIELDS: &[&str] = &[
     "node",
     "replica",
     "replica_id",
+    "cluster_id",
+    "certificate",
     "uptime",
     "uptime_secs",
     "uptime_seconds",
@@ -382,6 +384,12 @@ fn render_status(status: &Value, now: u64) -> String {
     if let Some(uptime) = uptime(status) {
         out.push_str(&format!("uptime:   {uptime}\n"));
     }
+    if let Some(cluster) = field("cluster_id") {
+        out.push_str(&format!("cluster:  {}\n", scalar(cluster)));
+    }
+    if let Some(cert) = field("certificate") {
+        out.push_str(&format!("cert:     {}\n", certificate_line(cert, now)));
+    }
     if let Some(fields) = status.as_object() {
         for (key, value) in fields {
             if !SHOWN_STATUS_FIELDS.contains(&key.as_str())
@@ -411,6 +419,32 @@ fn render_status(status: &Value, now: u64) -> String {
         out.push_str(&indent(&table));
     }
     out
+}
+
+/// Days before expiry from which `status` says to renew the certificate.
+const RENEW_DAYS: i64 = 30;
+
+/// This node's certificate in `status`: expiry, time left, serial, and a reminder to renew
+/// within [`RENEW_DAYS`] of its expiry.
+fn certificate_line(cert: &Value, now: u64) -> String {
+    let Some(not_after) = cert.get("not_after_unix").and_then(Value::as_i64) else {
+        return scalar(cert);
+    };
+    let serial = scalar(cert.get("serial").unwrap_or(&Value::Null));
+    let left = not_after - i64::try_from(now).unwrap_or(i64::MAX);
+    let when = output::format_unix(not_after);
+    let days = left.div_euclid(86_400);
+    if left < 0 {
+        return format!(
+            "EXPIRED {when}, serial {serial}: peers refuse this node; renew it (INSTALL.md step 15)"
+        );
+    }
+    let renew = if days < RENEW_DAYS {
+        "; renew it now (INSTALL.md step 15)"
+    } else {
+        ""
+    };
+    format!("valid until {when} ({days} days left{renew}), serial {serial}")
 }
 
 /// Indents every line by two spaces.
@@ -487,6 +521,34 @@ staleness (this node's copy of each peer's data):
   general-office  situation   0           0        2025-06-15 15:06:00 UTC (40s ago)  2025-06-15 15:06:37 UTC (3s ago)  3s
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_shows_cluster_and_certificate_expiry() {
+        let status = |left: i64| {
+            json!({
+                "node": "hefei",
+                "cluster_id": "3f2a",
+                "certificate": {
+                    "serial": "4c01", "not_after": "ignored",
+                    "not_after_unix": NOW as i64 + left, "expires_in_secs": left,
+                },
+                "collections": [], "peers": [],
+            })
+        };
+        let text = render_status(&status(824 * 86_400 + 60), NOW);
+        assert!(
+            text.starts_with("node:     hefei\ncluster:  3f2a\ncert:     valid until 2027-09-17 "),
+            "{text}"
+        );
+        assert!(text.contains("(824 days left), serial 4c01\n"), "{text}");
+        let soon = render_status(&status(86_400 * 3), NOW);
+        assert!(
+            soon.contains("(3 days left; renew it now (INSTALL.md step 15))"),
+            "{soon}"
+        );
+        let gone = render_status(&status(-1), NOW);
+        assert!(gone.contains("cert:     EXPIRED "), "{gone}");
     }
 
     #[test]

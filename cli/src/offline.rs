@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use officesync_daemon::config::access::{Access, Account};
 use officesync_daemon::config::{Config, ConfigError};
 use officesync_daemon::pki::{self, IssueOptions, PkiError, DEFAULT_CERT_DAYS, MAX_CERT_DAYS};
 use serde_json::json;
@@ -58,10 +59,15 @@ pub struct CaIssueArgs {
 /// `config ...`: node configuration files.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a node config file, TLS bundle included, as officesyncd would.
+    /// Check a node config file, TLS bundle included, as officesyncd would, and that the
+    /// daemon's user can read its files and write its data_dir.
     Check {
         /// The config file (TOML).
         file: PathBuf,
+        /// The user officesyncd runs as, whose access to the files is checked [default:
+        /// officesync, if that user exists].
+        #[arg(long, env = "OFFICESYNC_USER", value_name = "NAME")]
+        user: Option<String>,
     },
 }
 
@@ -79,7 +85,7 @@ impl ConfigCommand {
     /// Runs `config check`.
     pub fn run(self, global: &Global) -> Result<(), CliError> {
         match self {
-            ConfigCommand::Check { file } => config_check(file, global),
+            ConfigCommand::Check { file, user } => config_check(file, user, global),
         }
     }
 }
@@ -102,6 +108,17 @@ fn pki_error(error: PkiError) -> CliError {
 
 /// `ca init`.
 fn ca_init(args: CaInitArgs, global: &Global) -> Result<(), CliError> {
+    let existing = [pki::CA_CERT_FILE, pki::CA_KEY_FILE]
+        .iter()
+        .any(|f| args.dir.join(f).exists());
+    if args.force && existing {
+        eprintln!(
+            "warning: replacing the deployment CA in {}: every certificate it issued stops \
+             working, so every office is cut off until it installs a bundle issued by the new \
+             CA (officesync ca issue, then INSTALL.md step 6 on each node)",
+            args.dir.display()
+        );
+    }
     let ca = pki::init_ca(&args.dir, args.force).map_err(pki_error)?;
     if global.json {
         return print_json(&json!({
@@ -169,36 +186,105 @@ fn ca_issue(args: CaIssueArgs, global: &Global) -> Result<(), CliError> {
     ))
 }
 
+/// The user `config check` checks file access for when none is named.
+const SERVICE_USER: &str = "officesync";
+
 /// `config check`: exit 0 with a summary, or 2 with the one-line error.
-fn config_check(file: PathBuf, global: &Global) -> Result<(), CliError> {
-    match Config::load(&file) {
-        Ok(config) => {
-            let peers = config.sync.peers.len();
-            if global.json {
-                return print_json(&json!({
-                    "ok": true,
-                    "node": config.node.name,
-                    "data_dir": config.node.data_dir.display().to_string(),
-                    "api": config.api.listen.to_string(),
-                    "listen": config.sync.listen.to_string(),
-                    "peers": peers,
-                    "durability": config.storage.durability.as_str(),
-                }));
-            }
-            print_text(&format!(
-                "ok: node {}, data_dir {}, api {}, {peers} {}",
-                config.node.name,
-                config.node.data_dir.display(),
-                config.api.listen,
-                if peers == 1 { "peer" } else { "peers" },
-            ))
+fn config_check(file: PathBuf, user: Option<String>, global: &Global) -> Result<(), CliError> {
+    let refused = |error: ConfigError| -> Result<(), CliError> {
+        if global.json {
+            print_json(&config_error_json(&error))?;
         }
-        Err(error) => {
-            if global.json {
-                print_json(&config_error_json(&error))?;
-            }
-            Err(CliError::usage(error.to_string()))
-        }
+        Err(CliError::usage(error.to_string()))
+    };
+    let config = match Config::load(&file) {
+        Ok(config) => config,
+        Err(error) => return refused(error),
+    };
+    let account = service_account(user.as_deref())?;
+    let access = match &account {
+        ServiceAccount::Found(account) => match config.check_access(account) {
+            Ok(data_dir) => access_line(&config, account, data_dir),
+            Err(error) => return refused(error),
+        },
+        ServiceAccount::Absent(note) => note.clone(),
+    };
+    let peers = config.sync.peers.len();
+    if global.json {
+        return print_json(&json!({
+            "ok": true,
+            "node": config.node.name,
+            "data_dir": config.node.data_dir.display().to_string(),
+            "api": config.api.listen.to_string(),
+            "listen": config.sync.listen.to_string(),
+            "peers": peers,
+            "durability": config.storage.durability.as_str(),
+            "user": match &account {
+                ServiceAccount::Found(account) => Some(account.name.clone()),
+                ServiceAccount::Absent(_) => None,
+            },
+            "access": access,
+        }));
+    }
+    print_text(&format!(
+        "ok: node {}, data_dir {}, api {}, {peers} {}\n{access}",
+        config.node.name,
+        config.node.data_dir.display(),
+        config.api.listen,
+        if peers == 1 { "peer" } else { "peers" },
+    ))
+}
+
+/// Whose access to its files `config check` checks.
+enum ServiceAccount {
+    /// This account's.
+    Found(Account),
+    /// Nobody's: there is no user [`SERVICE_USER`] and none was named; the line saying so.
+    Absent(String),
+}
+
+/// The account whose access `config check` checks: `--user NAME`, or [`SERVICE_USER`] if it
+/// exists; an error if `--user` names no user.
+fn service_account(user: Option<&str>) -> Result<ServiceAccount, CliError> {
+    let name = user.unwrap_or(SERVICE_USER);
+    let found = Account::lookup(name).map_err(|e| {
+        CliError::failure(format!(
+            "cannot read the user database /etc/passwd: {e} (fix: pass --user NAME on a \
+             machine that has it)"
+        ))
+    })?;
+    match (found, user) {
+        (Some(account), _) => Ok(ServiceAccount::Found(account)),
+        (None, Some(name)) => Err(CliError::usage(format!(
+            "--user {name}: no such user in /etc/passwd (fix: name the user officesyncd runs \
+             as, or create it: INSTALL.md step 3)"
+        ))),
+        (None, None) => Ok(ServiceAccount::Absent(format!(
+            "not checked: whether the daemon's user can read these files (there is no user \
+             {SERVICE_USER} here: create it, INSTALL.md step 3, or pass --user NAME)"
+        ))),
+    }
+}
+
+/// The second line of `config check`: what `account` may use.
+fn access_line(config: &Config, account: &Account, data_dir: Access) -> String {
+    let who = account.describe();
+    let dir = config.node.data_dir.display();
+    match data_dir {
+        Access::Unknown => format!(
+            "ok: {who} can read the config and the [tls] files; data_dir {dir}: not checked, \
+             this user may not look into it (run config check as root)"
+        ),
+        Access::Allowed => format!(
+            "ok: {who} can read the config and the [tls] files, and write to data_dir {dir}"
+        ),
+        Access::Missing => format!(
+            "ok: {who} can read the config and the [tls] files; data_dir {dir} does not exist \
+             yet (the systemd unit creates it; to run officesyncd by hand, first: install -d \
+             -o {user} -g {group} -m 0700 {dir})",
+            user = account.name,
+            group = account.group_name(),
+        ),
     }
 }
 

@@ -676,3 +676,105 @@ fn daemon_messages_and_sibling_values_are_escaped_on_the_terminal() {
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
     assert!(err.contains("bad key \\u{1b}]0;owned\\u{7}"), "{err}");
 }
+
+#[test]
+fn a_second_ca_init_says_it_would_cut_off_every_office() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    let ca_arg = ca.to_str().expect("utf-8");
+    let first = run(&["ca", "init", "--dir", ca_arg, "--force"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert_eq!(
+        stderr(&first),
+        "",
+        "no warning when there was no CA to replace"
+    );
+    let pem = || std::fs::read_to_string(ca.join("ca.pem")).expect("ca.pem");
+    let before = pem();
+
+    let again = run(&["ca", "init", "--dir", ca_arg]);
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
+    let refusal = stderr(&again);
+    assert_eq!(refusal.lines().count(), 1, "{refusal}");
+    assert!(refusal.contains("cuts off every office"), "{refusal}");
+    assert!(
+        refusal.contains("officesync ca issue NAME --ca-dir"),
+        "{refusal}"
+    );
+    assert_eq!(pem(), before, "the refused init changed the CA");
+
+    let forced = run(&["ca", "init", "--dir", ca_arg, "--force"]);
+    assert_eq!(code(&forced), 0, "{}", stderr(&forced));
+    let warning = stderr(&forced);
+    assert!(
+        warning.starts_with("warning: replacing the deployment CA"),
+        "{warning}"
+    );
+    assert!(warning.contains("every office is cut off"), "{warning}");
+    assert_ne!(pem(), before, "--force did not replace the CA");
+}
+
+#[test]
+fn config_check_checks_the_daemons_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let ca = dir.path().join("ca");
+    let bundle = dir.path().join("hefei");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    assert_eq!(code(&run(&["ca", "init", "--dir", &s(&ca)])), 0);
+    let issued = run(&[
+        "ca",
+        "issue",
+        "hefei",
+        "--ca-dir",
+        &s(&ca),
+        "--out",
+        &s(&bundle),
+    ]);
+    assert_eq!(code(&issued), 0, "{}", stderr(&issued));
+    let config = write_config(dir.path(), "hefei", &bundle);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let check = |user: &str| run(&["config", "check", &s(&config), "--user", user]);
+
+    let unknown = check("no-such-user-here");
+    assert_eq!(code(&unknown), 2, "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("no such user"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // The owner of the files can use them; data_dir does not exist yet.
+    let me = std::fs::metadata(&config).expect("stat");
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let uid = std::os::unix::fs::MetadataExt::uid(&me).to_string();
+    let Some(owner) = passwd
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some(&uid))
+        .and_then(|l| l.split(':').next())
+    else {
+        println!("skipped: uid {uid} is not in /etc/passwd");
+        return;
+    };
+    let out = check(owner);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("\nok: user {owner} (uid {uid}) can read")),
+        "{text}"
+    );
+    assert!(text.contains("does not exist yet"), "{text}");
+
+    // Another user, outside the key's group, cannot read the key `ca issue` wrote (0600).
+    if owner == "root" && passwd.lines().any(|l| l.starts_with("nobody:")) {
+        let out = check("nobody");
+        assert_eq!(code(&out), 2, "{}", stdout(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("tls.key: permission denied: user nobody"),
+            "{said}"
+        );
+        assert!(said.contains("mode 0600 (fix: chown root:"), "{said}");
+    }
+}

@@ -16,6 +16,10 @@ use thiserror::Error;
 
 use crate::pki::{self, PkiError};
 
+pub mod access;
+
+use access::{Access, Account, Need};
+
 /// Default QUIC (UDP) listen port for replication.
 pub const DEFAULT_SYNC_PORT: u16 = 7400;
 /// Default TCP port of the local HTTP API.
@@ -595,14 +599,89 @@ impl Config {
         writeln!(out, "admins = [{}]", admins.join(", "))
     }
 
+    /// Checks that `account` (the user `officesyncd` will run as) can read the config file and
+    /// the `[tls]` files, and read and write `node.data_dir` if it exists. Returns whether
+    /// `node.data_dir` exists ([`Access::Allowed`]) or not yet ([`Access::Missing`]); the
+    /// error names the file or directory in the way, its owner and mode, and the fix.
+    pub fn check_access(&self, account: &Account) -> Result<Access, ConfigError> {
+        let files = [
+            ("config", &self.origin),
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ];
+        for (key, path) in files {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            self.check_one(account, key, path, Need::Read)?;
+        }
+        self.check_one(account, "node.data_dir", &self.node.data_dir, Need::Manage)
+    }
+
+    /// [`Config::check_access`] for one path.
+    fn check_one(
+        &self,
+        account: &Account,
+        key: &str,
+        path: &Path,
+        need: Need,
+    ) -> Result<Access, ConfigError> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        account.check(&path, need).map_err(|denied| {
+            self.invalid(
+                key,
+                format!(
+                    "{key}: permission denied: {}",
+                    denied.describe(account, need)
+                ),
+                &denied.fix,
+            )
+        })
+    }
+
     fn read_tls(&self, key: &str, path: &Path, what: &str) -> Result<String, ConfigError> {
         pki::read_pem_file(path).map_err(|e| {
+            if let PkiError::Read { source, .. } = &e {
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    return self.unreadable(key, path, &e);
+                }
+            }
             self.invalid(
                 key,
                 format!("{key}: {e}"),
                 &format!("point {key} at {what}, or install the bundle from `officesync ca issue`"),
             )
         })
+    }
+
+    /// The error for a `[tls]` file this process may not read: which user it runs as, and
+    /// the owner and mode of the file or directory in the way.
+    fn unreadable(&self, key: &str, path: &Path, error: &PkiError) -> ConfigError {
+        let me = Account::current();
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        if let Some(me) = &me {
+            if let Err(denied) = me.check(&absolute, Need::Read) {
+                return self.invalid(
+                    key,
+                    format!(
+                        "{key}: permission denied: {}",
+                        denied.describe(me, Need::Read)
+                    ),
+                    &denied.fix,
+                );
+            }
+        }
+        let who = me.map_or_else(|| "this process".to_owned(), |me| me.describe());
+        self.invalid(
+            key,
+            format!("{key}: {error}"),
+            &format!(
+                "make it readable by {who}, the user officesyncd runs as: \
+                 chown root:officesync {p} && chmod 0640 {p}, and let that user enter its directory",
+                p = path.display()
+            ),
+        )
     }
 
     fn invalid(&self, key: &str, message: String, fix: &str) -> ConfigError {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use officesync_daemon::config::access::Account;
 use officesync_daemon::config::Config;
 use officesync_daemon::node::Node;
 use tracing_subscriber::fmt::MakeWriter;
@@ -110,7 +111,7 @@ async fn run(config: Config) -> ExitCode {
     let node = match Node::start(&config).await {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("officesyncd: {e}");
+            eprintln!("officesyncd: {e}{}", access_problem(&config));
             return ExitCode::FAILURE;
         }
     };
@@ -127,6 +128,18 @@ async fn run(config: Config) -> ExitCode {
             eprintln!("officesyncd: shutdown failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// After a failed start: `; ` and what stops this process's user from using the files `config`
+/// names (the data dir, most likely), from their owners and modes; empty if nothing does.
+fn access_problem(config: &Config) -> String {
+    let Some(me) = Account::current() else {
+        return String::new();
+    };
+    match config.check_access(&me) {
+        Ok(_) => String::new(),
+        Err(e) => format!("; {e}"),
     }
 }
 

@@ -88,7 +88,9 @@ impl Node {
         })?;
         let (stop, stopped) = watch::channel(false);
         let transport = Transport::bind(config)?;
-        let peers = PeerTable::new().with_transport(transport.stats_handle());
+        let peers = PeerTable::new()
+            .with_transport(transport.stats_handle())
+            .with_certificate_of(config);
         let policy = PolicyHandle::start(
             replica.clone(),
             config.cluster.admins.clone(),

@@ -74,6 +74,12 @@ pub enum PkiError {
         /// The existing file.
         path: PathBuf,
     },
+    /// `init_ca` found a CA in the directory and `force` was not given.
+    #[error("a deployment CA already exists in {} (ca.pem, ca.key); refusing to replace it: a new CA cuts off every office, since no node accepts certificates of another CA, until every node's certificate is reissued from the new CA and installed (fix: keep this CA and issue bundles from it with `officesync ca issue NAME --ca-dir {}`; to re-key the whole deployment on purpose, pass --force)", dir.display(), dir.display())]
+    CaExists {
+        /// The CA directory.
+        dir: PathBuf,
+    },
     /// The node name is not a valid node name.
     #[error("{0}")]
     InvalidName(#[from] NameError),
@@ -229,14 +235,16 @@ pub struct CertIdentity {
 
 /// Makes a new deployment CA in `dir` (`ca.pem`, and `ca.key` with mode 0600).
 ///
-/// Creates `dir` (mode 0700) if missing. Refuses to replace existing files
-/// unless `force`.
+/// Creates `dir` (mode 0700) if missing. Refuses to replace an existing CA
+/// ([`PkiError::CaExists`]) unless `force`.
 pub fn init_ca(dir: &Path, force: bool) -> Result<CaSummary, PkiError> {
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
     create_dir(dir, 0o700)?;
-    if !force {
-        refuse_existing(&[&cert_path, &key_path])?;
+    if !force && refuse_existing(&[&cert_path, &key_path]).is_err() {
+        return Err(PkiError::CaExists {
+            dir: dir.to_owned(),
+        });
     }
 
     let now = unix_now();

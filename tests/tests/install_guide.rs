@@ -10,21 +10,28 @@
 //!   `0.0.0.0:7400` → the machine's own, `127.0.0.1:7480` → the machine's own API port (and
 //!   `OFFICESYNC_API` names it, the CLI's default address on that machine);
 //! - **commands that change the host**, by stand-ins first on `PATH` (see [`STANDINS`]):
-//!   `cargo` copies the binaries this test run uses (debug info stripped) instead of
-//!   compiling a release again;
+//!   `cargo` copies the binaries this test run uses (with their debug info, which step 1
+//!   strips) instead of compiling a release again;
 //!   `scp` copies into the named machine's directory; `useradd` records the user in the
 //!   machine's `/etc/passwd`; `install` and `chown` check that the owner and group exist
-//!   there and leave ownership alone; `systemctl` runs the unit's `ExecStart` as systemd
-//!   would (its `Environment=`, drop-ins, `StateDirectory=`, SIGTERM on stop, and "failed"
-//!   when the daemon exits non-zero); `journalctl` reads that output; `firewall-cmd` and
-//!   `ufw` check and record the rule.
+//!   there; `systemctl` runs the unit's `ExecStart` as systemd would (its `Environment=`,
+//!   drop-ins, `StateDirectory=`, `User=`, SIGTERM on stop, and "failed" when the daemon
+//!   exits non-zero); `journalctl` reads that output; `firewall-cmd` and `ufw` check and
+//!   record the rule;
+//! - **the service user** (see [`ServiceUser`]): run as root, the guide's `officesync` user is
+//!   the host's `nobody` (uid and gid 65534): `useradd` records it with those ids, `install`
+//!   and `chown` really change ownership, `systemctl` really runs the daemon as it, and
+//!   `OFFICESYNC_USER=nobody` makes `config check` check access as it, so a file mode the
+//!   daemon cannot live with fails the walk-through. Run as another user, ownership is left
+//!   alone and everything runs as that user.
 //!
 //! A block whose comment says "a moment later" is retried for up to [`MOMENT`], as the
-//! reader would.
+//! reader would. The upgrade block runs twice in a row on each node, as two upgrades would.
+//! Around some blocks the test checks what the guide says they do ([`Checks::after_block`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -96,11 +103,22 @@ start() {
   local -a cmd=() envs=()
   for w in $exec; do case "$w" in /*) cmd+=("$R$w") ;; *) cmd+=("$w") ;; esac; done
   for e in $(value "$name" Environment); do envs+=("$e"); done
+  # User=, Group=: with REAL_OWNERS=1, the daemon runs as them and owns its state directory.
+  local user group uid= gid=
+  user=$(value "$name" User | tail -n1)
+  group=$(value "$name" Group | tail -n1)
+  if [ "$REAL_OWNERS" = 1 ] && [ -n "$user" ]; then
+    uid=$(awk -F: -v n="$user" '$1 == n { print $3; exit }' "$R/etc/passwd")
+    gid=$(awk -F: -v n="${group:-$user}" '$1 == n { print $3; exit }' "$R/etc/group")
+    [ -n "$uid" ] && [ -n "$gid" ] || fail "$name.service: User=$user or Group=$group does not exist"
+    cmd=(setpriv --reuid="$uid" --regid="$gid" --clear-groups "${cmd[@]}")
+  fi
   state=$(value "$name" StateDirectory | tail -n1)
   if [ -n "$state" ]; then
     mode=$(value "$name" StateDirectoryMode | tail -n1)
     mkdir -p "$R/var/lib/$state"
     chmod "${mode:-0755}" "$R/var/lib/$state"
+    if [ -n "$uid" ]; then /usr/bin/chown -R "$uid:$gid" "$R/var/lib/$state"; fi
   fi
   log="$run/$name.log"
   touch "$log"
@@ -209,9 +227,6 @@ set -euo pipefail
 [ -f Cargo.toml ] || { echo "cargo: not in the source tree" >&2; exit 1; }
 mkdir -p target/release
 cp "$OFFICESYNC_TEST_BIN_DIR/officesyncd" "$OFFICESYNC_TEST_BIN_DIR/officesync" target/release/
-# A release build carries line tables only; drop the debug build's full debug info likewise
-# (10x smaller, so the guide's tar and copies take a moment, as they do for a real release).
-if command -v strip > /dev/null; then strip --strip-debug target/release/officesyncd target/release/officesync; fi
 echo "    Finished release (stand-in: the binaries of this test run)" >&2
 "#;
 
@@ -245,34 +260,47 @@ set -euo pipefail
 name=${!#}
 case " $* " in *" --system "*) ;; *) echo "useradd: the guide must create a --system user" >&2; exit 1 ;; esac
 if grep -q "^$name:" "$MACHINE_ROOT/etc/passwd"; then echo "useradd: user '$name' already exists" >&2; exit 9; fi
-echo "$name:x:999:999::/var/lib/$name:/usr/sbin/nologin" >> "$MACHINE_ROOT/etc/passwd"
-echo "$name:x:999:" >> "$MACHINE_ROOT/etc/group"
+echo "$name:x:$SERVICE_UID:$SERVICE_GID::/var/lib/$name:/usr/sbin/nologin" >> "$MACHINE_ROOT/etc/passwd"
+echo "$name:x:$SERVICE_GID:" >> "$MACHINE_ROOT/etc/group"
 "#;
 
-/// `install [-o USER] [-g GROUP] ...`: checks the names, then the real install without them.
+/// `install [-o USER] [-g GROUP] ...`: checks the names, then the real install, with the
+/// machine's ids when `REAL_OWNERS=1`.
 const INSTALL: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
+id_of() { awk -F: -v n="$2" '$1 == n { print $3; exit }' "$MACHINE_ROOT/etc/$1"; }
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    -o) grep -q "^$2:" "$MACHINE_ROOT/etc/passwd" || { echo "install: invalid user '$2'" >&2; exit 1; }; shift 2 ;;
-    -g) grep -q "^$2:" "$MACHINE_ROOT/etc/group" || { echo "install: invalid group '$2'" >&2; exit 1; }; shift 2 ;;
+    -o) id=$(id_of passwd "$2"); [ -n "$id" ] || { echo "install: invalid user '$2'" >&2; exit 1; }
+        [ "$REAL_OWNERS" = 1 ] && args+=(-o "$id"); shift 2 ;;
+    -g) id=$(id_of group "$2"); [ -n "$id" ] || { echo "install: invalid group '$2'" >&2; exit 1; }
+        [ "$REAL_OWNERS" = 1 ] && args+=(-g "$id"); shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
 exec /usr/bin/install "${args[@]}"
 "#;
 
-/// `chown USER[:GROUP] FILE...`: checks the names and the files.
+/// `chown USER[:GROUP] FILE...`: checks the names and the files, and changes ownership to the
+/// machine's ids when `REAL_OWNERS=1`.
 const CHOWN: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
+id_of() { awk -F: -v n="$2" '$1 == n { print $3; exit }' "$MACHINE_ROOT/etc/$1"; }
 [ $# -ge 2 ] || { echo "chown: missing operand" >&2; exit 1; }
 owner=${1%%:*}
 group=${1#*:}
-grep -q "^$owner:" "$MACHINE_ROOT/etc/passwd" || { echo "chown: invalid user: '$1'" >&2; exit 1; }
-[ "$group" = "$1" ] || grep -q "^$group:" "$MACHINE_ROOT/etc/group" || { echo "chown: invalid group: '$1'" >&2; exit 1; }
+uid=$(id_of passwd "$owner")
+[ -n "$uid" ] || { echo "chown: invalid user: '$1'" >&2; exit 1; }
+spec=$uid
+if [ "$group" != "$1" ]; then
+  gid=$(id_of group "$group")
+  [ -n "$gid" ] || { echo "chown: invalid group: '$1'" >&2; exit 1; }
+  spec=$uid:$gid
+fi
 shift
 for f in "$@"; do [ -e "$f" ] || { echo "chown: cannot access '$f'" >&2; exit 1; }; done
+if [ "$REAL_OWNERS" = 1 ]; then /usr/bin/chown "$spec" "$@"; fi
 "#;
 
 /// `firewall-cmd --permanent --add-port=7400/udp`, `firewall-cmd --reload`.
@@ -292,6 +320,68 @@ echo "ufw $*" >> "$MACHINE_ROOT/run/firewall"
 echo "Rules updated"
 "#;
 
+/// The host account that stands for the guide's `officesync` user (see the module doc).
+#[derive(Debug, Clone)]
+struct ServiceUser {
+    /// Its name on the host (`nobody`, or the user running the test).
+    name: String,
+    /// Its user id.
+    uid: u32,
+    /// Its primary group id.
+    gid: u32,
+    /// The name of that group on the host.
+    group: String,
+    /// Whether ownership is real: the test runs as root and the daemon runs as this user.
+    real: bool,
+}
+
+impl ServiceUser {
+    /// `nobody` (65534:65534) when the test runs as root and the host has it; otherwise the
+    /// user running the test (`None` if the host's /etc/passwd does not name it).
+    fn for_this_host() -> Option<ServiceUser> {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let field = |db: &str, column: usize, value: &str| -> Option<Vec<String>> {
+            db.lines()
+                .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
+                .find(|f| f.get(column).map(String::as_str) == Some(value))
+        };
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
+        let (uid, real) = match field(&passwd, 0, "nobody") {
+            Some(f) if me == 0 && f[2] == "65534" && f[3] == "65534" => (65534, true),
+            _ => (me, false),
+        };
+        let user = field(&passwd, 2, &uid.to_string())?;
+        let gid: u32 = user[3].parse().ok()?;
+        let group =
+            field(&group, 2, &gid.to_string()).map_or_else(|| gid.to_string(), |f| f[0].clone());
+        Some(ServiceUser {
+            name: user[0].clone(),
+            uid,
+            gid,
+            group,
+            real,
+        })
+    }
+
+    /// `text` (a command's output) with this user as the guide names it: `officesync`, uid 999.
+    fn as_in_guide(&self, text: &str) -> String {
+        text.replace(
+            &format!("user {} (uid {})", self.name, self.uid),
+            "user officesync (uid 999)",
+        )
+        .replace(
+            &format!("-o {} -g {} ", self.name, self.group),
+            "-o officesync -g officesync ",
+        )
+        .replace(&format!("root:{} ", self.group), "root:officesync ")
+        .replace(
+            &format!("chown {}:{} ", self.name, self.group),
+            "chown officesync:officesync ",
+        )
+    }
+}
+
 /// One simulated machine.
 struct Machine {
     /// The label the guide uses: `build machine`, `general office`, `office (hefei)`.
@@ -310,7 +400,6 @@ impl Machine {
         let root = base.join(dir);
         for sub in [
             "etc/systemd/system",
-            "etc/bash_completion.d",
             "usr/local/bin",
             "usr/local/share/man",
             "var/lib",
@@ -495,43 +584,327 @@ fn wait_hub_link(hefei: &Machine, up: bool, what: &str, block: &str) {
     eprintln!("{what}: after {:?}", waited.elapsed());
 }
 
-/// Sets up what a block's check needs: an office connected before it is revoked.
-fn before_block(block: &str, hefei: &Machine) {
-    if block.contains("policy revoke-node hefei") {
+/// What the checks around the blocks share.
+struct Checks<'a> {
+    /// The general office.
+    hub: &'a Machine,
+    /// The office hefei.
+    hefei: &'a Machine,
+    /// Who stands for the `officesync` user, if anyone.
+    service: Option<&'a ServiceUser>,
+    /// Every fenced block of the guide (for the outputs it shows).
+    blocks: &'a [Block],
+    /// hefei's `certificate` status before its renewal.
+    cert_before: Option<serde_json::Value>,
+}
+
+impl Checks<'_> {
+    /// The body of the guide's `text` block that starts with `start`.
+    fn shown(&self, start: &str) -> &str {
+        self.blocks
+            .iter()
+            .find(|b| b.lang == "text" && b.body.starts_with(start))
+            .map(|b| b.body.trim())
+            .unwrap_or_else(|| panic!("the guide no longer shows output starting {start:?}"))
+    }
+
+    /// Runs `machine`'s `officesync` with `args` (as the guide's commands would).
+    fn officesync(&self, machine: &Machine, args: &[&str]) -> Output {
+        let mut cmd = Command::new(machine.root.join("usr/local/bin/officesync"));
+        cmd.args(args).env_remove("OFFICESYNC_API");
+        if let Some(service) = self.service {
+            cmd.env("OFFICESYNC_USER", &service.name);
+        }
+        run_bounded(cmd, None, BLOCK_TIMEOUT)
+    }
+
+    /// Sets up what a block's check needs: an office connected before it is revoked; hefei's
+    /// certificate before its renewal.
+    fn before_block(&mut self, block: &str) {
+        if block.contains("policy revoke-node hefei") {
+            wait_hub_link(
+                self.hefei,
+                true,
+                "hefei is connected before the revocation",
+                block,
+            );
+        }
+        if is_renewal(block) {
+            let status = hefei_api(self.hefei).status();
+            self.cert_before = Some(status["certificate"].clone());
+        }
+    }
+
+    /// Checks what the guide says a block run on `machine` does, where the exit code alone
+    /// cannot show it.
+    fn after_block(&mut self, block: &str, machine: &Machine) {
+        let (hub, hefei) = (self.hub, self.hefei);
+        if block.contains("tar czf officesync-dist.tar.gz") {
+            release_archive(machine, block);
+        } else if block.contains("officesync ca init --dir") {
+            self.second_ca_init(block);
+        } else if block.contains("cat > /etc/officesync/officesync.toml")
+            && machine.label == "office (hefei)"
+        {
+            self.config_check_catches_an_unreadable_key(block);
+        } else if block.contains("/var/backups/officesync-before-upgrade") {
+            backup_is_one_copy(machine, block);
+        } else if is_renewal(block) {
+            self.renewed(block);
+        } else if block.contains("policy revoke-node hefei") {
+            wait_hub_link(hefei, false, "the revoked hefei is shut out", block);
+            // And stays out: its dialer retries and is refused at the handshake.
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(!connected_to_hub(hefei), "the revoked hefei got back in");
+            }
+            // What the troubleshooting table tells the reader to look for in the journal.
+            let journal = std::fs::read_to_string(hub.root.join("run/systemd/officesyncd.log"))
+                .expect("the general office's journal");
+            let quoted = "refused a node revoked by _policy";
+            assert!(
+                journal.contains(quoted),
+                "the general office never logged {quoted:?}:\n{journal}"
+            );
+        } else if block.contains("policy unrevoke-node hefei") {
+            wait_hub_link(
+                hefei,
+                true,
+                "hefei reconnects once the revocation is lifted",
+                block,
+            );
+        }
+        if block.contains("/root/bundles/hefei root@hefei.example.cn") {
+            // Step 5 and 15: no private key stays at the general office.
+            let bundles = hub.root.join("root/bundles");
+            let left: Vec<_> = walk_files(&bundles)
+                .into_iter()
+                .filter(|f| f.file_name().is_some_and(|n| n == "node.key"))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "after\n{block}\nkeys left on the general office: {left:?}"
+            );
+        }
+    }
+
+    /// Step 4: a second `ca init` refuses with the message the guide shows, and keeps the CA.
+    fn second_ca_init(&self, block: &str) {
+        let hub = self.hub;
+        let ca = hub.root.join("root/officesync-ca");
+        let pem = || std::fs::read(ca.join("ca.pem")).expect("ca.pem");
+        let before = pem();
+        let again = self.officesync(hub, &["ca", "init", "--dir", ca.to_str().expect("UTF-8")]);
+        again.expect_code(2, "a second ca init");
+        let said = hub.delocalize(&again.stderr_text());
+        let shown = self.shown("error: a deployment CA already exists");
+        assert_eq!(
+            said.trim(),
+            shown,
+            "after\n{block}\nthe second ca init said otherwise"
+        );
+        assert_eq!(pem(), before, "the refused ca init changed the CA");
+    }
+
+    /// Step 7 at hefei: the key as `ca issue` wrote it (root's, 0600) fails the check, and the
+    /// daemon, naming the user and the fix.
+    fn config_check_catches_an_unreadable_key(&self, block: &str) {
+        let hefei = self.hefei;
+        let config = hefei.root.join("etc/officesync/officesync.toml");
+        let config = config.to_str().expect("UTF-8");
+        let Some(service) = self.service.filter(|s| s.real) else {
+            eprintln!("permission check skipped: ownership is real only when run as root");
+            return;
+        };
+        let key = hefei.root.join("etc/officesync/node.key");
+        let meta = std::fs::metadata(&key).expect("node.key");
+        std::os::unix::fs::chown(&key, Some(0), Some(0)).expect("chown");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let check = self.officesync(hefei, &["config", "check", config]);
+        let mut daemon = Command::new("setpriv");
+        daemon
+            .arg(format!("--reuid={}", service.uid))
+            .arg(format!("--regid={}", service.gid))
+            .arg("--clear-groups")
+            .arg(hefei.root.join("usr/local/bin/officesyncd"))
+            .args(["--check", "--config", config]);
+        let daemon = run_bounded(daemon, None, BLOCK_TIMEOUT);
+        std::os::unix::fs::chown(&key, Some(meta.uid()), Some(meta.gid())).expect("chown back");
+        std::fs::set_permissions(&key, meta.permissions()).expect("chmod back");
+
+        // A data dir root made (0755): the daemon's failed start names the user and the fix.
+        let data = hefei.root.join("var/lib/officesync");
+        std::fs::create_dir(&data).expect("a root-owned data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut start = Command::new("setpriv");
+        start
+            .arg(format!("--reuid={}", service.uid))
+            .arg(format!("--regid={}", service.gid))
+            .arg("--clear-groups")
+            .arg(hefei.root.join("usr/local/bin/officesyncd"))
+            .args(["--config", config]);
+        let start = run_bounded(start, None, BLOCK_TIMEOUT);
+        std::fs::remove_dir_all(&data).expect("remove the data dir");
+        start.expect_code(1, "officesyncd over a data dir root owns");
+        let said = service.as_in_guide(&hefei.delocalize(&start.stderr_text()));
+        let expected = "node.data_dir: permission denied: user officesync (uid 999) cannot write \
+                        to /var/lib/officesync: it is root:root, mode 0755 (fix: chown \
+                        officesync:officesync /var/lib/officesync && chmod 0700 \
+                        /var/lib/officesync)";
+        assert!(
+            said.lines().count() == 1 && said.contains(expected),
+            "officesyncd over a data dir root owns said: {said}"
+        );
+
+        eprintln!("permission check: config check and officesyncd refuse a key only root reads");
+        check.expect_code(2, "config check of a key only root can read");
+        daemon.expect_code(2, "officesyncd with a key only root can read");
+        let expected = "tls.key: permission denied: user officesync (uid 999) cannot read \
+                        /etc/officesync/node.key: it is root:root, mode 0600 (fix: chown \
+                        root:officesync /etc/officesync/node.key && chmod 0640 \
+                        /etc/officesync/node.key)";
+        for (who, said) in [
+            ("config check", check.stderr_text()),
+            ("officesyncd", daemon.stderr_text()),
+        ] {
+            let said = service.as_in_guide(&hefei.delocalize(&said));
+            assert!(
+                said.lines().count() == 1 && said.contains(expected),
+                "after\n{block}\n{who} with a 0600 root key said: {said}"
+            );
+        }
+    }
+
+    /// Step 15 at hefei: a new certificate, and the link to the general office back.
+    fn renewed(&self, block: &str) {
+        let status = hefei_api(self.hefei).status();
+        let before = self
+            .cert_before
+            .as_ref()
+            .expect("hefei's certificate before renewal");
+        let after = &status["certificate"];
+        assert_ne!(
+            after["serial"], before["serial"],
+            "hefei's certificate was not renewed"
+        );
+        assert!(
+            after["expires_in_secs"].as_i64() > Some(824 * 86_400),
+            "{after}"
+        );
         wait_hub_link(
-            hefei,
+            self.hefei,
             true,
-            "hefei is connected before the revocation",
+            "hefei reconnects with its new certificate",
             block,
+        );
+        let metrics = hefei_api(self.hefei).call("GET", "/metrics", None).text();
+        let serial = after["serial"].as_str().expect("serial");
+        assert!(
+            metrics.contains(&format!(
+                "officesync_certificate_expiry_timestamp_seconds{{serial=\"{serial}\""
+            )),
+            "{metrics}"
         );
     }
 }
 
-/// Checks what the guide says a block does, where the exit code alone cannot show it.
-fn after_block(block: &str, hub: &Machine, hefei: &Machine) {
-    if block.contains("policy revoke-node hefei") {
-        wait_hub_link(hefei, false, "the revoked hefei is shut out", block);
-        // And stays out: its dialer retries and is refused at the handshake.
-        for _ in 0..5 {
-            std::thread::sleep(Duration::from_millis(300));
-            assert!(!connected_to_hub(hefei), "the revoked hefei got back in");
-        }
-        // What the troubleshooting table tells the reader to look for in the journal.
-        let journal = std::fs::read_to_string(hub.root.join("run/systemd/officesyncd.log"))
-            .expect("the general office's journal");
-        let quoted = "refused a node revoked by _policy";
+/// Whether `block` is the office's half of a certificate renewal (step 15).
+fn is_renewal(block: &str) -> bool {
+    block.contains("/root/bundle/node.key") && block.contains("systemctl restart officesyncd")
+}
+
+/// The API client of hefei's node.
+fn hefei_api(hefei: &Machine) -> ApiClient {
+    ApiClient::new(SocketAddr::from(([127, 0, 0, 1], hefei.api_port)))
+}
+
+/// Step 13, run twice: the backup is one copy of the data dir, not a copy nested in the last.
+fn backup_is_one_copy(machine: &Machine, block: &str) {
+    let backup = machine.root.join("var/backups/officesync-before-upgrade");
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(&backup),
+        names(&machine.root.join("var/lib/officesync")),
+        "on the {}, after running\n{block}\ntwice, the backup is not a copy of the data dir",
+        machine.label
+    );
+}
+
+/// Step 1: the archive's binaries carry no debug information, and its docs come along.
+fn release_archive(build: &Machine, block: &str) {
+    let dist = build.root.join("src/officesync-dist");
+    for doc in ["README.md", "INSTALL.md"] {
         assert!(
-            journal.contains(quoted),
-            "the general office never logged {quoted:?}:\n{journal}"
-        );
-    } else if block.contains("policy unrevoke-node hefei") {
-        wait_hub_link(
-            hefei,
-            true,
-            "hefei reconnects once the revocation is lifted",
-            block,
+            dist.join(doc).is_file(),
+            "after\n{block}\nthe archive lacks {doc}"
         );
     }
+    for bin in ["officesyncd", "officesync"] {
+        let bytes = std::fs::read(dist.join(bin)).expect("a binary of the archive");
+        let sections = elf_section_names(&bytes);
+        assert!(!sections.is_empty(), "{bin}: no ELF sections found");
+        assert!(
+            !sections.iter().any(|s| s == ".debug_info"),
+            "after\n{block}\nthe archive's {bin} still carries debug information"
+        );
+    }
+}
+
+/// The section names of a 64-bit little-endian ELF file (empty if it is not one).
+fn elf_section_names(elf: &[u8]) -> Vec<String> {
+    let num = |at: usize, len: usize| -> Option<usize> {
+        let bytes = elf.get(at..at + len)?;
+        Some(
+            bytes
+                .iter()
+                .rev()
+                .fold(0usize, |n, b| n << 8 | usize::from(*b)),
+        )
+    };
+    let parse = || -> Option<Vec<String>> {
+        (elf.get(..6)? == b"\x7fELF\x02\x01").then_some(())?;
+        let (shoff, shentsize, shnum, shstrndx) =
+            (num(0x28, 8)?, num(0x3a, 2)?, num(0x3c, 2)?, num(0x3e, 2)?);
+        let header = |i: usize| shoff + i * shentsize;
+        let strtab = num(header(shstrndx) + 0x18, 8)?;
+        (0..shnum)
+            .map(|i| {
+                let start = strtab + num(header(i), 4)?;
+                let len = elf.get(start..)?.iter().position(|b| *b == 0)?;
+                Some(String::from_utf8_lossy(&elf[start..start + len]).into_owned())
+            })
+            .collect()
+    };
+    parse().unwrap_or_default()
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// Everything the guide's machines run, stopped at the end (also when the test fails).
@@ -561,6 +934,10 @@ fn install_guide_runs_as_written() {
         .prefix("officesync-install-")
         .tempdir()
         .expect("temp dir");
+    // The service user must reach the machines' files, as it reaches / on a real machine.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let service = ServiceUser::for_this_host();
+    eprintln!("the officesync user is played by {service:?}");
     let standins = tmp.path().join("standins");
     std::fs::create_dir_all(&standins).expect("standins dir");
     for (name, script) in STANDINS {
@@ -589,6 +966,7 @@ fn install_guide_runs_as_written() {
     let src = machine("build machine").root.join("src");
     std::fs::create_dir_all(&src).expect("src dir");
     std::fs::copy(repo.join("Cargo.toml"), src.join("Cargo.toml")).expect("copy Cargo.toml");
+    std::fs::copy(repo.join("README.md"), src.join("README.md")).expect("copy README.md");
     officesync_tests::copy_dir(&repo.join("deploy"), &src.join("deploy"));
     let bin_dir = bins::officesyncd_path()
         .parent()
@@ -596,6 +974,13 @@ fn install_guide_runs_as_written() {
         .to_owned();
     assert!(bin_dir.join(bins::CLI).is_file(), "officesync is not built");
 
+    let mut checks = Checks {
+        hub: machine("general office"),
+        hefei: machine("office (hefei)"),
+        service: service.as_ref(),
+        blocks: &blocks,
+        cert_before: None,
+    };
     let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
     let mut outputs: Vec<(&'static str, String, String)> = Vec::new();
     for block in blocks.iter().filter(|b| b.lang == "sh") {
@@ -628,35 +1013,64 @@ fn install_guide_runs_as_written() {
                     .env("GOV_ROOT", &machine("general office").root)
                     .env("HEFEI_ROOT", &machine("office (hefei)").root)
                     .env("OFFICESYNC_TEST_BIN_DIR", &bin_dir)
-                    .env("OFFICESYNC_API", format!("127.0.0.1:{}", m.api_port));
+                    .env("OFFICESYNC_API", format!("127.0.0.1:{}", m.api_port))
+                    .env(
+                        "SERVICE_UID",
+                        service.as_ref().map_or(999, |s| s.uid).to_string(),
+                    )
+                    .env(
+                        "SERVICE_GID",
+                        service.as_ref().map_or(999, |s| s.gid).to_string(),
+                    )
+                    .env(
+                        "REAL_OWNERS",
+                        if service.as_ref().is_some_and(|s| s.real) {
+                            "1"
+                        } else {
+                            "0"
+                        },
+                    );
+                if let Some(service) = &service {
+                    bash.env("OFFICESYNC_USER", &service.name);
+                }
                 run_bounded(bash, None, BLOCK_TIMEOUT)
             };
-            before_block(&block.body, machine("office (hefei)"));
+            checks.before_block(&block.body);
             let block_started = Instant::now();
-            let deadline = Instant::now() + if retry { MOMENT } else { Duration::ZERO };
-            let out = loop {
-                let out = run();
-                if out.status.success() || Instant::now() >= deadline {
-                    break out;
-                }
-                std::thread::sleep(Duration::from_millis(300));
+            // The upgrade step runs twice, as two upgrades would.
+            let times = if block
+                .body
+                .contains("/var/backups/officesync-before-upgrade")
+            {
+                2
+            } else {
+                1
             };
-            assert!(
-                out.status.success(),
-                "INSTALL.md line {} failed on the {label}:\n{}\n--- script as run ---\n{script}",
-                block.line,
-                out.describe()
-            );
+            let mut out = None;
+            for _ in 0..times {
+                let deadline = Instant::now() + if retry { MOMENT } else { Duration::ZERO };
+                let this = loop {
+                    let this = run();
+                    if this.status.success() || Instant::now() >= deadline {
+                        break this;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                };
+                assert!(
+                    this.status.success(),
+                    "INSTALL.md line {} failed on the {label}:\n{}\n--- script as run ---\n{script}",
+                    block.line,
+                    this.describe()
+                );
+                out = Some(this);
+            }
+            let out = out.expect("the block ran");
             eprintln!(
                 "INSTALL.md line {} on the {label}: {:?}",
                 block.line,
                 block_started.elapsed()
             );
-            after_block(
-                &block.body,
-                machine("general office"),
-                machine("office (hefei)"),
-            );
+            checks.after_block(&block.body, m);
             *ran.entry(label).or_default() += 1;
             outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
         }
@@ -725,10 +1139,17 @@ fn install_guide_runs_as_written() {
         .find(|(l, body, _)| *l == "office (hefei)" && body.contains("config check"))
         .map(|(_, _, out)| out.as_str())
         .expect("config check ran at hefei");
+    // Its second line names the user checked: the guide's officesync is the host's stand-in.
+    let (promised, printed) = match &service {
+        Some(service) => (promised.body.trim(), service.as_in_guide(printed)),
+        None => (
+            promised.body.lines().next().unwrap_or_default(),
+            printed.to_owned(),
+        ),
+    };
     assert!(
-        printed.contains(promised.body.trim()),
-        "config check printed {printed:?}, the guide shows {:?}",
-        promised.body.trim()
+        printed.contains(promised),
+        "config check printed {printed:?}, the guide shows {promised:?}"
     );
     // The JSON log drop-in took effect.
     let json_log = outputs
@@ -901,7 +1322,7 @@ fn troubleshooting_quotes_what_the_tools_print() {
     };
     denied.expect_code(2, "config check with an unreadable key");
     cases.push((
-        "tls.key: cannot read ...: Permission denied",
+        "tls.key: permission denied: user ... cannot read ...",
         denied.stderr_text(),
     ));
 

@@ -209,6 +209,18 @@ fn render(
         &[("node", replica.node()), ("replica", replica.id().as_str())],
         1,
     );
+    if let Some(cert) = state.peers.certificate() {
+        x.family(
+            "officesync_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When this node's certificate expires (notAfter), unix seconds; renew it before.",
+        );
+        x.sample(
+            "officesync_certificate_expiry_timestamp_seconds",
+            &[("serial", &cert.serial), ("cluster_id", &cert.cluster_id)],
+            cert.not_after_unix,
+        );
+    }
     x.single(
         "officesync_uptime_seconds",
         "gauge",

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::params::parse_query;
 use super::ApiState;
+use crate::config::Config;
+use crate::pki::{self, PkiError};
 use crate::replica::ReplicaStats;
 use crate::transport::{StatsHandle, TransportStats};
 
@@ -162,6 +164,57 @@ impl PeerStatus {
     }
 }
 
+/// This node's own certificate: the cluster id (the fingerprint of the CA that issued it) and
+/// when it expires, read from the `[tls]` files at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    /// SHA-256 of the CA certificate (`tls.ca`), lowercase hex: the cluster id `ca init` printed.
+    pub cluster_id: String,
+    /// Serial number of this node's certificate (`tls.cert`), lowercase hex.
+    pub serial: String,
+    /// Last second of its validity (X.509 `notAfter`), unix seconds.
+    pub not_after_unix: i64,
+}
+
+impl NodeCertificate {
+    /// Reads the cluster id and the certificate's serial and expiry from `config`'s `[tls]`
+    /// files.
+    pub fn read(config: &Config) -> Result<NodeCertificate, PkiError> {
+        let ca = pki::ca_fingerprint(&pki::read_pem_file(&config.tls.ca)?)?;
+        let id = pki::load_identity(&config.tls.cert)?;
+        Ok(NodeCertificate {
+            cluster_id: ca,
+            serial: id.serial_hex,
+            not_after_unix: id.not_after,
+        })
+    }
+}
+
+/// The `certificate` object of `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct CertificateStatus {
+    serial: String,
+    /// `notAfter` as RFC 3339.
+    not_after: String,
+    not_after_unix: i64,
+    /// Seconds from now until it expires; negative once expired.
+    expires_in_secs: i64,
+}
+
+impl CertificateStatus {
+    /// The status of `cert` at `now_unix` (seconds).
+    fn at(cert: &NodeCertificate, now_unix: i64) -> Self {
+        let not_after =
+            UNIX_EPOCH + std::time::Duration::from_secs(cert.not_after_unix.max(0) as u64);
+        CertificateStatus {
+            serial: cert.serial.clone(),
+            not_after: rfc3339(not_after),
+            not_after_unix: cert.not_after_unix,
+            expires_in_secs: cert.not_after_unix - now_unix,
+        }
+    }
+}
+
 /// Where the API reads peer status from. The replication layer implements it (or feeds a
 /// [`PeerTable`]); the API only takes snapshots.
 pub trait PeerStatusSource: Send + Sync + 'static {
@@ -177,6 +230,11 @@ pub trait PeerStatusSource: Send + Sync + 'static {
     fn transport(&self) -> Option<TransportStats> {
         None
     }
+
+    /// This node's certificate and cluster id, if known.
+    fn certificate(&self) -> Option<NodeCertificate> {
+        None
+    }
 }
 
 /// A shared, cloneable table of peer status, keyed by peer name: the replication layer keeps
@@ -186,6 +244,7 @@ pub struct PeerTable {
     inner: Arc<RwLock<BTreeMap<String, PeerStatus>>>,
     dialled: Arc<AtomicBool>,
     transport: Option<StatsHandle>,
+    certificate: Option<NodeCertificate>,
 }
 
 impl Default for PeerTable {
@@ -194,6 +253,7 @@ impl Default for PeerTable {
             inner: Arc::default(),
             dialled: Arc::new(AtomicBool::new(true)),
             transport: None,
+            certificate: None,
         }
     }
 }
@@ -207,6 +267,16 @@ impl PeerTable {
     /// Reports the counts of `transport` in [`PeerStatusSource::transport`].
     pub fn with_transport(mut self, transport: StatsHandle) -> Self {
         self.transport = Some(transport);
+        self
+    }
+
+    /// Reports the certificate and cluster id of `config`'s `[tls]` files in
+    /// [`PeerStatusSource::certificate`] (none, with a warning, if they cannot be read).
+    pub fn with_certificate_of(mut self, config: &Config) -> Self {
+        match NodeCertificate::read(config) {
+            Ok(cert) => self.certificate = Some(cert),
+            Err(e) => tracing::warn!(error = %e, "cannot read this node's certificate for status"),
+        }
         self
     }
 
@@ -303,6 +373,10 @@ impl PeerStatusSource for PeerTable {
 
     fn transport(&self) -> Option<TransportStats> {
         self.transport.as_ref().map(StatsHandle::snapshot)
+    }
+
+    fn certificate(&self) -> Option<NodeCertificate> {
+        self.certificate.clone()
     }
 }
 
@@ -450,6 +524,10 @@ impl From<&ReplicaStats> for WriteStats {
 pub(crate) struct StatusBody {
     node: String,
     replica: String,
+    /// The cluster id (CA fingerprint); null when the certificate is not known.
+    cluster_id: Option<String>,
+    /// This node's certificate: serial and expiry; null when not known.
+    certificate: Option<CertificateStatus>,
     uptime_secs: u64,
     max_value_bytes: usize,
     vv: BTreeMap<String, VersionVector>,
@@ -486,9 +564,14 @@ pub(crate) async fn status(
         vv.insert(info.name, m.vv);
     }
     let store = store_status(&state).await?;
+    let cert = state.peers.certificate();
     Ok(Json(StatusBody {
         node: replica.node().to_owned(),
         replica: replica.id().to_string(),
+        cluster_id: cert.as_ref().map(|c| c.cluster_id.clone()),
+        certificate: cert
+            .as_ref()
+            .map(|c| CertificateStatus::at(c, crate::pki::unix_now())),
         uptime_secs: state.started.elapsed().as_secs(),
         max_value_bytes: replica.max_value_bytes(),
         vv,

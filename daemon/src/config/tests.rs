@@ -376,3 +376,132 @@ fn toml_strings_escape() {
     let back = Config::from_toml_str(&config.to_toml_string(), Path::new("")).unwrap();
     assert_eq!(back, config);
 }
+
+#[test]
+fn accounts_come_from_passwd_and_group() {
+    let passwd = "root:x:0:0:root:/root:/bin/bash\nofficesync:x:999:998::/var/lib/officesync:/usr/sbin/nologin\n";
+    let group = "root:x:0:\nofficesync:x:998:\nadm:x:4:syslog,officesync\nother:x:5:officesyncd\n";
+    let account = access::Account::from_databases("officesync", passwd, group).unwrap();
+    assert_eq!((account.uid, account.gid), (999, 998));
+    assert_eq!(
+        account.groups,
+        vec![998, 4],
+        "primary, then member-of; not a prefix match"
+    );
+    assert!(access::Account::from_databases("nobody", passwd, group).is_none());
+}
+
+/// An account that owns nothing in the test's directory and is in none of its groups.
+fn stranger() -> access::Account {
+    access::Account {
+        name: "stranger".to_owned(),
+        uid: 4_000_001,
+        gid: 4_000_001,
+        groups: vec![4_000_001],
+    }
+}
+
+#[test]
+fn access_follows_owner_group_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    let tmp = tempfile::tempdir().unwrap();
+    mode(tmp.path(), 0o755).unwrap();
+    let me = access::Account::current().unwrap();
+    let stranger = stranger();
+    let key = tmp.path().join("node.key");
+    std::fs::write(&key, "k").unwrap();
+
+    // As `ca issue` writes it: the owner reads it, nobody else.
+    mode(&key, 0o600).unwrap();
+    let denied = stranger.check(&key, access::Need::Read).unwrap_err();
+    assert_eq!(denied.blocker, key);
+    assert_eq!(denied.mode, 0o600);
+    let said = denied.describe(&stranger, access::Need::Read);
+    assert!(
+        said.contains("user stranger (uid 4000001) cannot read"),
+        "{said}"
+    );
+    assert!(said.ends_with("mode 0600"), "{said}");
+    assert!(denied.fix.contains("chmod 0640"), "{}", denied.fix);
+    if me.uid != 0 {
+        assert_eq!(
+            me.check(&key, access::Need::Read).ok(),
+            Some(access::Access::Allowed)
+        );
+    }
+
+    // Readable by the file's group: the owner's group stands for the daemon's group here.
+    mode(&key, 0o640).unwrap();
+    let meta = std::fs::metadata(&key).unwrap();
+    let member = access::Account {
+        groups: vec![4_000_001, std::os::unix::fs::MetadataExt::gid(&meta)],
+        ..stranger.clone()
+    };
+    assert_eq!(
+        member.check(&key, access::Need::Read).ok(),
+        Some(access::Access::Allowed)
+    );
+    assert!(stranger.check(&key, access::Need::Read).is_err());
+
+    // A directory above that the account cannot enter is what stops it.
+    mode(&key, 0o644).unwrap();
+    mode(tmp.path(), 0o750).unwrap();
+    let denied = stranger.check(&key, access::Need::Read).unwrap_err();
+    assert_eq!(denied.blocker, tmp.path());
+    assert!(denied.fix.contains("chmod 0750"), "{}", denied.fix);
+    mode(tmp.path(), 0o755).unwrap();
+    assert_eq!(
+        stranger.check(&key, access::Need::Read).ok(),
+        Some(access::Access::Allowed)
+    );
+
+    // The data dir: missing is no error; present, it must be the account's to write.
+    let data = tmp.path().join("data");
+    assert_eq!(
+        stranger.check(&data, access::Need::Manage).ok(),
+        Some(access::Access::Missing)
+    );
+    std::fs::create_dir(&data).unwrap();
+    mode(&data, 0o755).unwrap();
+    let denied = stranger.check(&data, access::Need::Manage).unwrap_err();
+    let fixed = format!("chmod 0700 {}", data.display());
+    assert!(denied.fix.starts_with("chown stranger:"), "{}", denied.fix);
+    assert!(denied.fix.ends_with(&fixed), "{}", denied.fix);
+    mode(&data, 0o777).unwrap();
+    assert_eq!(
+        stranger.check(&data, access::Need::Manage).ok(),
+        Some(access::Access::Allowed)
+    );
+}
+
+#[test]
+fn check_access_names_the_key_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tls = bundle(tmp.path(), "hefei");
+    let config = Config::builder("hefei", tmp.path().join("data"), &tls)
+        .origin(tmp.path().join("node.toml"))
+        .build();
+    std::fs::write(&config.origin, config.to_toml_string()).unwrap();
+    std::fs::set_permissions(&config.origin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The key as `ca issue` writes it (0600) stops a user other than its owner.
+    let err = config.check_access(&stranger()).unwrap_err();
+    assert_eq!(err.key(), Some("tls.key"));
+    let msg = line(&err);
+    assert!(
+        msg.contains("cannot read") && msg.contains("mode 0600"),
+        "{msg}"
+    );
+    assert!(msg.contains("(fix: chown root:"), "{msg}");
+
+    let key = tls.join(pki::NODE_KEY_FILE);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(
+        config.check_access(&stranger()).unwrap(),
+        access::Access::Missing
+    );
+}

@@ -118,9 +118,10 @@ fn overwrite_needs_force() {
     let ca_dir = tmp.path().join("ca");
     let first = ca(&ca_dir);
     let err = init_ca(&ca_dir, false).unwrap_err();
-    assert!(matches!(err, PkiError::Exists { .. }));
+    assert!(matches!(err, PkiError::CaExists { .. }));
     let msg = err.to_string();
     assert!(msg.contains("ca.pem") && msg.contains("--force"), "{msg}");
+    assert!(msg.contains("cuts off every office"), "{msg}");
     let second = init_ca(&ca_dir, true).unwrap();
     assert_ne!(first.fingerprint, second.fingerprint);
 
