@@ -9,4 +9,5 @@ pub mod policy;
 pub mod replica;
 pub mod store;
 pub mod sync;
+pub mod time;
 pub mod transport;

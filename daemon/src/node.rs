@@ -88,9 +88,8 @@ impl Node {
         })?;
         let (stop, stopped) = watch::channel(false);
         let transport = Transport::bind(config)?;
-        let peers = PeerTable::new()
-            .with_transport(transport.stats_handle())
-            .with_certificate_of(config);
+        let peers = PeerTable::new();
+        let transport_stats = transport.stats_handle();
         let policy = PolicyHandle::start(
             replica.clone(),
             config.cluster.admins.clone(),
@@ -110,6 +109,8 @@ impl Node {
         let state = ApiState::new(replica.clone())
             .with_access(api::Access::new(&config.node.name, is_admin, policy))
             .with_peers(Arc::new(peers))
+            .with_transport(transport_stats)
+            .with_certificate_of(config)
             .with_verifier(Arc::new(VerifyVia(sync.clone())));
         let app = api::router(state);
         let limits = api::ServeLimits::for_values(replica.max_value_bytes());

@@ -14,9 +14,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::status::{peers_at, store_status, unix_ms_now, PeerStatus, StoreStatus};
+use super::status::{peers_at, store_status, StoreStatus};
 use super::ApiState;
 use crate::replica::CollectionInfo;
+use crate::sync::peers::PeerStatus;
+use crate::time::unix_ms_now;
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -209,7 +211,7 @@ fn render(
         &[("node", replica.node()), ("replica", replica.id().as_str())],
         1,
     );
-    if let Some(cert) = state.peers.certificate() {
+    if let Some(cert) = state.certificate.clone() {
         x.family(
             "officesync_certificate_expiry_timestamp_seconds",
             "gauge",
@@ -422,7 +424,7 @@ fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
         }
     }
 
-    type CollField = fn(&super::status::PeerCollectionStatus) -> Option<f64>;
+    type CollField = fn(&crate::sync::peers::PeerCollectionStatus) -> Option<f64>;
     let per_collection: [(&str, &str, CollField); 5] = [
         (
             "officesync_peer_collection_lag_versions",

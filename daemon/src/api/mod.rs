@@ -37,6 +37,8 @@ use axum::{middleware, Router};
 
 use crate::replica::Replica;
 
+pub use crate::sync::peers::{PeerCollectionStatus, PeerStatus, PeerTable};
+pub use crate::time::{civil_from_days, rfc3339, rfc3339_ms};
 pub use access::Access;
 pub use error::ApiError;
 pub use metrics::{parse_rfc3339_ms, CONTENT_TYPE_0_0_4};
@@ -44,10 +46,7 @@ pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
 };
 pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
-pub use status::{
-    civil_from_days, human_bytes, human_duration, rfc3339, rfc3339_ms, PeerCollectionStatus,
-    PeerStatus, PeerStatusSource, PeerTable,
-};
+pub use status::{human_bytes, human_duration, NodeCertificate, PeerStatusSource};
 
 use metrics::HttpMetrics;
 
@@ -58,6 +57,10 @@ pub struct ApiState {
     replica: Replica,
     started: Instant,
     peers: Arc<dyn PeerStatusSource>,
+    /// The transport's connection and handshake counts, when replication runs.
+    transport: Option<crate::transport::StatsHandle>,
+    /// This node's certificate and cluster id, when they could be read.
+    certificate: Option<NodeCertificate>,
     verifier: Option<Arc<dyn Verifier>>,
     http: Arc<HttpMetrics>,
     access: Access,
@@ -103,6 +106,8 @@ impl ApiState {
             replica,
             started: Instant::now(),
             peers: Arc::new(PeerTable::new()),
+            transport: None,
+            certificate: None,
             verifier: None,
             http: Arc::new(HttpMetrics::new()),
             access,
@@ -120,6 +125,22 @@ impl ApiState {
     /// `/v1/status` and `/metrics`.
     pub fn with_peers(mut self, source: Arc<dyn PeerStatusSource>) -> Self {
         self.peers = source;
+        self
+    }
+
+    /// Reports the counts of `transport` in `/v1/status`.
+    pub fn with_transport(mut self, transport: crate::transport::StatsHandle) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Reports the certificate and cluster id of `config`'s `[tls]` files in `/v1/status`
+    /// and `/metrics` (none, with a warning, if they cannot be read).
+    pub fn with_certificate_of(mut self, config: &crate::config::Config) -> Self {
+        match NodeCertificate::read(config) {
+            Ok(cert) => self.certificate = Some(cert),
+            Err(e) => tracing::warn!(error = %e, "cannot read this node's certificate for status"),
+        }
         self
     }
 

@@ -17,9 +17,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::status::{human_bytes, human_duration, peers_at, rfc3339_ms, unix_ms_now, PeerStatus};
+use super::status::{human_bytes, human_duration, peers_at};
 use super::ApiState;
 use crate::replica::CollectionInfo;
+use crate::sync::peers::PeerStatus;
+use crate::time::{rfc3339_ms, unix_ms_now};
 
 /// Seconds between the page's own reloads.
 pub const REFRESH_SECS: u32 = 5;

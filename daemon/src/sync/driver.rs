@@ -21,9 +21,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::observe::SessionObserver;
+use super::peers::PeerTable;
 use super::{outcome_name, Command, SyncSettings, VerifyReport};
-use crate::api::{rfc3339, PeerTable};
 use crate::replica::{now_ms, DurableState, Replica};
+use crate::time::rfc3339;
 use crate::transport::{self, FramedRecv, FramedSend, PeerConnection, TrafficCounters};
 use io::Input;
 use officesync_protocol::policy::Policy;

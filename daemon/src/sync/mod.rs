@@ -6,6 +6,7 @@
 
 mod driver;
 mod observe;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +19,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::api::PeerTable;
 use crate::config::Config;
 use crate::replica::Replica;
 use crate::transport::{PeerConnection, Transport};
+use peers::PeerTable;
 
 /// How long `verify` waits for every peer and collection to answer.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -174,7 +175,7 @@ impl SyncService {
             policy,
         });
         for p in &config.sync.peers {
-            peers.set(crate::api::PeerStatus {
+            peers.set(peers::PeerStatus {
                 name: p.name.clone(),
                 ..Default::default()
             });

@@ -19,9 +19,10 @@ use officesync_protocol::sync::SessionStatus;
 use officesync_protocol::{Hlc, ReplicaId, Version, VersionVector};
 use tokio::sync::watch;
 
-use crate::api::{rfc3339, rfc3339_ms, PeerStatus, PeerTable};
+use super::peers::{PeerStatus, PeerTable};
 use crate::policy::PolicyHandle;
 use crate::replica::{ApplyReport, DurableState, Replica};
+use crate::time::{rfc3339, rfc3339_ms};
 
 /// Largest value bytes read when looking up the newest version of an origin at session start.
 const SEED_MAX_BYTES: usize = 64 * 1024;
