@@ -1,6 +1,6 @@
 //! Node configuration (TOML): parsing, defaults and validation.
 //!
-//! The file format is the one in DESIGN.md ("Config"). Unknown keys are
+//! The file format is the one of `deploy/officesync.example.toml`. Unknown keys are
 //! errors; every [`ConfigError`] renders as one line naming the file, the key
 //! and the fix, so `officesyncd` can print it and exit.
 
@@ -306,6 +306,15 @@ impl Config {
     /// Checks values alone, without the filesystem: names, peer addresses,
     /// admins and numeric ranges.
     pub fn validate_syntax(&self) -> Result<(), ConfigError> {
+        self.validate_node()?;
+        self.validate_peers()?;
+        self.validate_sync_ranges()?;
+        self.validate_storage()?;
+        self.validate_admins()
+    }
+
+    /// `[node]`: a valid name and a data dir.
+    fn validate_node(&self) -> Result<(), ConfigError> {
         if validate_node_name(&self.node.name).is_err() {
             return Err(self.invalid(
                 "node.name",
@@ -323,7 +332,11 @@ impl Config {
                 "set it to a directory for the store, e.g. \"/var/lib/officesync\"",
             ));
         }
+        Ok(())
+    }
 
+    /// `sync.peers`: valid, distinct names other than this node's, and host:port addresses.
+    fn validate_peers(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (i, peer) in self.sync.peers.iter().enumerate() {
             let key = format!("sync.peers[{i}].name");
@@ -357,6 +370,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[sync]` numbers: the clock skew bound and the heartbeat interval.
+    fn validate_sync_ranges(&self) -> Result<(), ConfigError> {
         if self.sync.max_clock_skew_ms < MIN_MAX_CLOCK_SKEW_MS {
             return Err(self.invalid(
                 "sync.max_clock_skew_ms",
@@ -383,7 +401,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    /// `[storage]` numbers: the flush interval (periodic durability) and the value limit.
+    fn validate_storage(&self) -> Result<(), ConfigError> {
         if self.storage.durability == Durability::Periodic
             && !FLUSH_INTERVAL_RANGE_MS.contains(&self.storage.flush_interval_ms)
         {
@@ -412,7 +434,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    /// `cluster.admins`: valid node names.
+    fn validate_admins(&self) -> Result<(), ConfigError> {
         for (i, admin) in self.cluster.admins.iter().enumerate() {
             if validate_node_name(admin).is_err() {
                 let key = format!("cluster.admins[{i}]");
@@ -948,7 +974,7 @@ fn example(key: &str) -> &'static str {
         "sync.heartbeat_interval_ms" => "heartbeat_interval_ms = 5000",
         "storage.flush_interval_ms" => "flush_interval_ms = 100",
         "storage.max_value_bytes" => "max_value_bytes = 4194304",
-        _ => "see the example config in DESIGN.md",
+        _ => "see the commented example deploy/officesync.example.toml (installed with the docs)",
     }
 }
 

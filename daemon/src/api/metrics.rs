@@ -230,6 +230,21 @@ fn render(
         state.started.elapsed().as_secs(),
     );
 
+    render_collections(&mut x, collections, store);
+    render_writes(&mut x, replica.stats());
+    x.single(
+        "officesync_peers_connected",
+        "gauge",
+        "Peers with an open session.",
+        peers.iter().filter(|p| p.connected).count(),
+    );
+    render_peers(&mut x, peers);
+    render_http(&mut x, &state.http);
+    x.out
+}
+
+/// Per collection: records, keys, versions; and the store's size and unsynced blob files.
+fn render_collections(x: &mut Exposition, collections: &[CollectionInfo], store: &StoreStatus) {
     type Field = fn(&CollectionInfo) -> u64;
     let per_collection: [(&str, &str, Field); 3] = [
         (
@@ -267,8 +282,10 @@ fn render(
         "Files the engine keeps outside its fsynced log; must stay 0.",
         store.blob_files,
     );
+}
 
-    let stats = replica.stats();
+/// The replica's write counters.
+fn render_writes(x: &mut Exposition, stats: &crate::replica::ReplicaStats) {
     let counters = [
         (
             "officesync_local_writes_total",
@@ -304,16 +321,6 @@ fn render(
     for (name, help, counter) in counters {
         x.single(name, "counter", help, counter.load(Ordering::Relaxed));
     }
-
-    x.single(
-        "officesync_peers_connected",
-        "gauge",
-        "Peers with an open session.",
-        peers.iter().filter(|p| p.connected).count(),
-    );
-    render_peers(&mut x, peers);
-    render_http(&mut x, &state.http);
-    x.out
 }
 
 /// Seconds (with milliseconds) of `ms`.
@@ -412,6 +419,12 @@ fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
         }
     }
 
+    render_rejections(x, peers);
+    render_peer_collections(x, peers);
+}
+
+/// Versions refused from each peer, by reason.
+fn render_rejections(x: &mut Exposition, peers: &[PeerStatus]) {
     let name = "officesync_peer_versions_rejected_total";
     x.family(
         name,
@@ -423,7 +436,10 @@ fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
             x.sample(name, &[("peer", &p.name), ("reason", reason)], n);
         }
     }
+}
 
+/// Per peer and collection: lag each way, staleness, data as of, newest version.
+fn render_peer_collections(x: &mut Exposition, peers: &[PeerStatus]) {
     type CollField = fn(&crate::sync::peers::PeerCollectionStatus) -> Option<f64>;
     let per_collection: [(&str, &str, CollField); 5] = [
         (
