@@ -11,7 +11,7 @@ use crate::client::Client;
 use crate::exit::CliError;
 use crate::output::{self, print_json, print_text, scalar, Table};
 use crate::Global;
-use officesync_daemon::api::parse_rfc3339_ms;
+use officesync_daemon::time::parse_rfc3339_ms;
 
 /// Status fields the text form of `status` shows in their own section.
 const SHOWN_STATUS_FIELDS: &[&str] = &[

@@ -159,12 +159,12 @@ pub fn scalar(value: &Value) -> String {
 }
 
 /// Sizes and durations, written as the daemon's status page writes them.
-pub use officesync_daemon::api::{human_bytes, human_duration};
+pub use officesync_daemon::time::{human_bytes, human_duration};
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_unix(secs: i64) -> String {
     let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = officesync_daemon::api::civil_from_days(secs.div_euclid(86_400));
+    let (year, month, day) = officesync_daemon::time::civil_from_days(secs.div_euclid(86_400));
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
         rem / 3600,

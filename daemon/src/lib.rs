@@ -1,13 +1,21 @@
 //! officesyncd as a library: configuration, certificates, the versioned store and the local API.
 
+#[cfg(feature = "node")]
 pub mod api;
 pub mod config;
+#[cfg(feature = "node")]
 pub mod node;
+#[cfg(feature = "node")]
 pub mod notify;
 pub mod pki;
+#[cfg(feature = "node")]
 pub mod policy;
+#[cfg(feature = "node")]
 pub mod replica;
+#[cfg(feature = "node")]
 pub mod store;
+#[cfg(feature = "node")]
 pub mod sync;
 pub mod time;
+#[cfg(feature = "node")]
 pub mod transport;

@@ -18,7 +18,7 @@ use super::status::{peers_at, store_status, StoreStatus};
 use super::ApiState;
 use crate::replica::CollectionInfo;
 use crate::sync::peers::PeerStatus;
-use crate::time::unix_ms_now;
+use crate::time::{parse_rfc3339_ms, unix_ms_now};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -478,32 +478,6 @@ fn render_peer_collections(x: &mut Exposition, peers: &[PeerStatus]) {
             }
         }
     }
-}
-
-/// Unix milliseconds of an RFC 3339 UTC time as [`super::rfc3339`] writes it
-/// (`YYYY-MM-DDTHH:MM:SS[.fff]Z`); `None` for anything else.
-pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let frac: String = frac.chars().chain("000".chars()).take(3).collect();
-    let millis: u64 = frac.parse().ok()?;
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis)
 }
 
 fn render_http(x: &mut Exposition, http: &HttpMetrics) {

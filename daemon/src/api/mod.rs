@@ -38,15 +38,17 @@ use axum::{middleware, Router};
 use crate::replica::Replica;
 
 pub use crate::sync::peers::{PeerCollectionStatus, PeerStatus, PeerTable};
-pub use crate::time::{civil_from_days, rfc3339, rfc3339_ms};
+pub use crate::time::{
+    civil_from_days, human_bytes, human_duration, parse_rfc3339_ms, rfc3339, rfc3339_ms,
+};
 pub use access::Access;
 pub use error::ApiError;
-pub use metrics::{parse_rfc3339_ms, CONTENT_TYPE_0_0_4};
+pub use metrics::CONTENT_TYPE_0_0_4;
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
 };
 pub use serve::{serve, ServeLimits, SHUTDOWN_GRACE as SERVE_SHUTDOWN_GRACE};
-pub use status::{human_bytes, human_duration, NodeCertificate, PeerStatusSource};
+pub use status::{NodeCertificate, PeerStatusSource};
 
 use metrics::HttpMetrics;
 

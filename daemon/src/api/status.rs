@@ -105,37 +105,6 @@ pub(crate) fn peers_at(source: &dyn PeerStatusSource, now_ms: u64) -> Vec<PeerSt
     peers
 }
 
-/// Whole seconds as `1d 2h 3m 4s`, leaving out leading zero units.
-pub fn human_duration(secs: u64) -> String {
-    let parts = [
-        (secs / 86_400, "d"),
-        (secs / 3600 % 24, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-    ];
-    let start = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
-    parts[start..]
-        .iter()
-        .map(|(n, unit)| format!("{n}{unit}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut size = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while size >= 1024.0 && unit + 1 < UNITS.len() {
-        size /= 1024.0;
-        unit += 1;
-    }
-    format!("{size:.1} {}", UNITS[unit])
-}
-
 #[derive(Debug, Serialize)]
 pub(crate) struct CollectionSummary {
     name: String,

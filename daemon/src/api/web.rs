@@ -17,10 +17,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::status::{human_bytes, human_duration, peers_at};
+use super::status::peers_at;
 use super::ApiState;
 use crate::replica::CollectionInfo;
 use crate::sync::peers::PeerStatus;
+use crate::time::{human_bytes, human_duration, parse_rfc3339_ms};
 use crate::time::{rfc3339_ms, unix_ms_now};
 
 /// Seconds between the page's own reloads.
@@ -63,7 +64,7 @@ pub(crate) fn escape(text: &str) -> String {
 fn when(at: Option<&str>, now: u64) -> String {
     match at {
         None => "-".to_owned(),
-        Some(t) => match super::metrics::parse_rfc3339_ms(t) {
+        Some(t) => match parse_rfc3339_ms(t) {
             Some(ms) => format!(
                 "{} ({} ago)",
                 utc(ms),
@@ -82,7 +83,7 @@ fn ago_html(at: Option<&str>, now: u64) -> String {
 /// The time elapsed since an RFC 3339 time, then `suffix`, as HTML with the UTC time as its
 /// tooltip; `-` if absent.
 fn elapsed_html(at: Option<&str>, now: u64, suffix: &str) -> String {
-    match at.map(|t| (t, super::metrics::parse_rfc3339_ms(t))) {
+    match at.map(|t| (t, parse_rfc3339_ms(t))) {
         None => "-".to_owned(),
         Some((_, Some(ms))) => format!(
             "<span title=\"{}\">{}{suffix}</span>",
