@@ -80,8 +80,25 @@ impl Rogue {
     /// the bundle in `bundle`. Fails (with the TLS or close reason) when the daemon refuses
     /// the certificate or the connection.
     pub async fn connect(bundle: &Path, addr: SocketAddr, server_name: &str) -> Result<Rogue> {
+        Self::connect_from(
+            bundle,
+            addr,
+            server_name,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
+    }
+
+    /// Like [`Rogue::connect`], from the loopback address `from` (`127.0.0.2`, ...): another
+    /// host, as far as the daemon's per-address limits go.
+    pub async fn connect_from(
+        bundle: &Path,
+        addr: SocketAddr,
+        server_name: &str,
+        from: std::net::IpAddr,
+    ) -> Result<Rogue> {
         let (config, cluster_id) = client_config(bundle)?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::new(from, 0))?;
         endpoint.set_default_client_config(config);
         let connecting = endpoint.connect(addr, server_name)?;
         let connection = tokio::time::timeout(ROGUE_TIMEOUT, connecting)

@@ -439,8 +439,10 @@ fn garbage_and_connection_floods_leave_replication_running() {
     let rss_datagrams = rss_kib(pid);
     let cpu_datagrams = cpu_secs(pid) - cpu_before;
 
-    // Connection flood: 150 handshakes with a foreign CA's certificate and 40 with valid
-    // certificates that never open a stream, all at once.
+    // Connection flood: 150 handshakes with a foreign CA's certificate from one host and 40
+    // with valid certificates that never open a stream, all at once, from 10 other hosts
+    // (the daemon admits a few handshakes per address at a time, so the flood cannot lock
+    // the others out).
     let foreign = Cluster::new();
     let foreign_bundle = foreign.issue("intruder", false);
     let valid_bundle = cluster.issue("idle-office", false);
@@ -458,8 +460,13 @@ fn garbage_and_connection_floods_leave_replication_running() {
             } else {
                 foreign_bundle.clone()
             };
+            let from = if valid {
+                std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / 5 % 10) as u8).into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
             tasks.spawn(async move {
-                match Rogue::connect(&bundle, hub_addr, HUB).await {
+                match Rogue::connect_from(&bundle, hub_addr, HUB, from).await {
                     Ok(rogue) => {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         rogue.shutdown().await;
