@@ -328,6 +328,17 @@ fn a_node_of_another_ca_is_told_to_check_its_own_ca_and_the_hub_logs_what_it_can
         "expected {expected:?} in:\n{line}"
     );
     assert!(line.contains("remote=127.0.0.1:"), "the address: {line}");
+    // The troubleshooting table of INSTALL.md quotes these messages.
+    let guide = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/INSTALL.md"),
+    )
+    .expect("INSTALL.md");
+    for quoted in [
+        "is not the CA of the peer's certificate (...); fix: check that tls.ca is the deployment's CA",
+        "refused this node's certificate (TLS alert certificate_unknown; it says \"this node's ca.pem (",
+    ] {
+        assert!(guide.contains(quoted), "INSTALL.md no longer quotes {quoted:?}");
+    }
     // And beijing-office learns what the hub said of its certificate.
     wait_for("beijing-office's refused dial", TIMEOUT, || {
         let log = impostor.log();
