@@ -1,9 +1,12 @@
-//! The HTTP client of the officesyncd API: the `--api` address and
-//! `--timeout`, one request helper, and the translation of transport errors
-//! and HTTP statuses into [`CliError`]s with the right exit code.
+//! The HTTP client of the officesyncd API: the `--api` address (or the one in
+//! `--config`) and `--timeout`, one request helper, the translation of transport
+//! errors and HTTP statuses into [`CliError`]s with the right exit code, and
+//! telling officesyncd from another program that answers at the address.
 
 use std::fmt;
 use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,6 +27,10 @@ const MAX_JSON_BYTES: u64 = 64 << 20;
 const MAX_ERROR_BYTES: u64 = 64 * 1024;
 /// Longest error message taken from a body that is not JSON.
 const MAX_ERROR_CHARS: usize = 300;
+/// How the `server` header of every officesyncd answer starts (`officesyncd/VERSION`).
+const DAEMON_SERVER: &str = "officesyncd/";
+/// Longest excerpt of a foreign program's answer quoted in a message.
+const MAX_EXCERPT_CHARS: usize = 60;
 
 /// Where the daemon's HTTP API listens: `host:port`, parsed from `host:port`,
 /// `http://host:port`, `[v6]:port` or a bare host (port 7480).
@@ -90,6 +97,35 @@ impl FromStr for ApiAddr {
         };
         Ok(ApiAddr { host, port })
     }
+}
+
+impl ApiAddr {
+    /// The address to reach a daemon whose `[api] listen` is `listen`: an unspecified IP
+    /// (`0.0.0.0`, `[::]`, listening on every interface) is reached on loopback.
+    pub fn from_listen(listen: SocketAddr) -> ApiAddr {
+        let ip = match listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let host = match ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        ApiAddr {
+            host,
+            port: listen.port(),
+        }
+    }
+}
+
+/// The API address of the node whose config file is `path` (`--config`): its `[api] listen`,
+/// as [`ApiAddr::from_listen`] reaches it. Reads and checks the file alone: never the key or
+/// certificates it names, so any user who may read the config can use it.
+pub fn api_from_config(path: &Path) -> Result<ApiAddr, CliError> {
+    let config = officesync_daemon::config::Config::load_offline(path)
+        .map_err(|e| CliError::usage(format!("--config: {e}")))?;
+    Ok(ApiAddr::from_listen(config.api.listen))
 }
 
 impl fmt::Display for ApiAddr {
@@ -191,6 +227,53 @@ impl Client {
         })
     }
 
+    /// `None` if the program at the API address is officesyncd, else why it is not: judged
+    /// from the `server` header of an answer that made no sense (`server`), and when there is
+    /// none (an officesyncd older than that header), from a `GET /health` probe.
+    fn not_officesyncd(&self, server: Option<&str>) -> Option<String> {
+        match server {
+            Some(name) if name.starts_with(DAEMON_SERVER) => None,
+            Some(name) => Some(format!("it calls itself {:?}", escape_message(name))),
+            None => {
+                let probe = match self.send(Method::GET, "/health", None) {
+                    Ok(probe) => probe,
+                    Err(_) => return Some("no server header, and GET /health failed".to_owned()),
+                };
+                if let Some(name) = probe.header("server") {
+                    if !name.starts_with(DAEMON_SERVER) {
+                        return Some(format!("it calls itself {:?}", escape_message(name)));
+                    }
+                }
+                let status = probe.status;
+                let healthy = status == 200
+                    && probe.bytes().ok().is_some_and(|body| {
+                        serde_json::from_slice::<Value>(&body)
+                            .is_ok_and(|json| json.get("status") == Some(&Value::from("ok")))
+                    });
+                (!healthy).then(|| {
+                    format!(
+                        "no server header, and GET /health answered HTTP {status}, not \
+                         officesyncd's {{\"status\": \"ok\"}}"
+                    )
+                })
+            }
+        }
+    }
+
+    /// The error for an answer from a program that is not officesyncd: `why` from
+    /// [`Client::not_officesyncd`], `answer` what it said to `what`.
+    fn foreign(&self, what: &str, why: &str, answer: &str) -> CliError {
+        CliError::new(
+            Exit::Unreachable,
+            format!(
+                "{} answered, but it is not officesyncd ({why}; {what} answered {answer}); \
+                 check --api / api.listen: --api, OFFICESYNC_API or the config of --config \
+                 must name officesyncd's [api] listen address",
+                self.addr
+            ),
+        )
+    }
+
     /// The error for a request that got no (complete) HTTP answer.
     fn transport_error(&self, what: &str, error: &ureq::Error) -> CliError {
         let addr = &self.addr;
@@ -206,7 +289,8 @@ impl Client {
                     Exit::Unreachable,
                     format!(
                         "cannot reach officesyncd at {addr}: {detail}; check that officesyncd \
-                         is running and that --api or OFFICESYNC_API names its [api] listen address"
+                         is running and that --api or OFFICESYNC_API names its [api] listen address \
+                         (or leave them out and pass its config with --config)"
                     ),
                 )
             }
@@ -263,9 +347,20 @@ impl<'c> Reply<'c> {
         if let (Exit::NotFound, Some(message)) = (exit, missing) {
             return CliError::new(exit, message);
         }
-        let addr = self.client.addr.clone();
+        let client = self.client;
+        let addr = client.addr.clone();
         let what = self.what.clone();
+        let server = self.header("server").map(str::to_owned);
         let (detail, from_daemon) = self.error_detail();
+        if !from_daemon {
+            if let Some(why) = client.not_officesyncd(server.as_deref()) {
+                return client.foreign(
+                    &what,
+                    &why,
+                    &format!("HTTP {status}: {}", excerpt(&detail)),
+                );
+            }
+        }
         let message = match (status, exit) {
             // A 404 without a JSON error is a route the daemon does not have.
             (404, _) if !from_daemon => format!(
@@ -333,14 +428,36 @@ impl<'c> Reply<'c> {
 
     /// The body as JSON.
     pub fn json(self) -> Result<Value, CliError> {
+        let (addr, what) = (self.client.addr.clone(), self.what.clone());
+        self.json_or_empty()?.ok_or_else(|| {
+            CliError::failure(format!(
+                "officesyncd at {addr} answered {what} with an empty body, not JSON"
+            ))
+        })
+    }
+
+    /// The body as JSON, `None` if it is empty (a 202 or 204). A body that is not JSON is an
+    /// error that says whether the program answering is officesyncd at all.
+    pub fn json_or_empty(self) -> Result<Option<Value>, CliError> {
         let client = self.client;
         let what = self.what.clone();
+        let status = self.status;
+        let server = self.header("server").map(str::to_owned);
         let body = self.bytes()?;
-        serde_json::from_slice(&body).map_err(|e| {
-            CliError::failure(format!(
-                "officesyncd at {} answered {what} with invalid JSON: {e}",
-                client.addr
-            ))
+        if body.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            let text = String::from_utf8_lossy(&body);
+            match client.not_officesyncd(server.as_deref()) {
+                Some(why) => {
+                    client.foreign(&what, &why, &format!("HTTP {status}: {}", excerpt(&text)))
+                }
+                None => CliError::failure(format!(
+                    "officesyncd at {} answered {what} with invalid JSON: {e}",
+                    client.addr
+                )),
+            }
         })
     }
 
@@ -348,6 +465,20 @@ impl<'c> Reply<'c> {
     pub fn into_reader(self) -> impl Read {
         self.body.into_reader()
     }
+}
+
+/// The start of `text` on one line, quoted: at most [`MAX_EXCERPT_CHARS`] characters, with
+/// `...` when cut, and what does not print escaped (see [`escape_message`]).
+fn excerpt(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        return "nothing".to_owned();
+    }
+    let mut cut: String = line.chars().take(MAX_EXCERPT_CHARS).collect();
+    if cut.len() < line.len() {
+        cut.push_str("...");
+    }
+    format!("\"{}\"", escape_message(&cut))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `officesync`: the control CLI of officesync nodes.
 //!
 //! Most commands are thin clients of the local officesyncd HTTP API
-//! (`--api`, `OFFICESYNC_API`); `ca` and `config` work offline through the
-//! daemon library. Exit codes are documented on [`exit::Exit`].
+//! (`--api`, `OFFICESYNC_API`, or `[api] listen` of the node config named by
+//! `--config`); `ca` and `config` work offline through the daemon library. Exit codes are documented on [`exit::Exit`].
 //!
 //! Adding a subcommand `foo` takes three lines here: `mod foo;`, a variant
 //! `Foo(foo::FooArgs),` in [`Command`] (its help comes from the doc comment
@@ -21,6 +21,7 @@ mod records;
 mod transfer;
 mod urlenc;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,16 +54,26 @@ const GLOBAL: &str = "Global options";
 /// Options every subcommand takes, before or after its name.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Address of the officesyncd HTTP API: host:port or http://host:port.
+    /// Address of the officesyncd HTTP API: host:port or http://host:port [default: the
+    /// [api] listen of --config, else 127.0.0.1:7480].
     #[arg(
         long,
         global = true,
         help_heading = GLOBAL,
         env = "OFFICESYNC_API",
-        value_name = "ADDR",
-        default_value = client::DEFAULT_API
+        value_name = "ADDR"
     )]
-    pub api: ApiAddr,
+    pub api: Option<ApiAddr>,
+    /// The node's config file: the API address is its [api] listen, unless --api is given.
+    /// Only the file itself is read (not the key or certificates).
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "OFFICESYNC_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -79,9 +90,23 @@ pub struct Global {
 }
 
 impl Global {
-    /// A client of the daemon named by `--api`.
-    pub fn client(&self) -> Client {
-        Client::new(self.api.clone(), self.timeout)
+    /// A client of the daemon at [`Global::api_addr`].
+    pub fn client(&self) -> Result<Client, CliError> {
+        Ok(Client::new(self.api_addr()?, self.timeout))
+    }
+
+    /// Where the daemon's API listens: `--api` (or `OFFICESYNC_API`) if given, else the
+    /// `[api] listen` of `--config` (or `OFFICESYNC_CONFIG`), else [`client::DEFAULT_API`].
+    pub fn api_addr(&self) -> Result<ApiAddr, CliError> {
+        if let Some(api) = &self.api {
+            return Ok(api.clone());
+        }
+        match &self.config {
+            Some(path) => client::api_from_config(path),
+            None => client::DEFAULT_API
+                .parse()
+                .map_err(|e: String| CliError::failure(format!("default API address: {e}"))),
+        }
     }
 }
 
@@ -188,7 +213,10 @@ mod tests {
         ])
         .expect("parses");
         assert!(cli.global.json);
-        assert_eq!(cli.global.api.to_string(), "10.0.0.5:7481");
+        assert_eq!(
+            cli.global.api_addr().expect("address").to_string(),
+            "10.0.0.5:7481"
+        );
         assert_eq!(cli.global.timeout, Duration::from_secs(2));
     }
 

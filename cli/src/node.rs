@@ -9,7 +9,7 @@ use ureq::http::Method;
 
 use crate::client::Client;
 use crate::exit::CliError;
-use crate::output::{self, print_json, print_text, scalar, Table};
+use crate::output::{self, escape_message, escape_text, print_json, print_text, scalar, Table};
 use crate::Global;
 use officesync_daemon::time::parse_rfc3339_ms;
 
@@ -35,7 +35,7 @@ const DIGEST_CHARS: usize = 16;
 /// `collections`: the collections this node holds.
 pub fn collections(global: &Global) -> Result<(), CliError> {
     let answer = global
-        .client()
+        .client()?
         .send(Method::GET, "/v1/collections", None)?
         .check(None)?
         .json()?;
@@ -48,7 +48,7 @@ pub fn collections(global: &Global) -> Result<(), CliError> {
 
 /// `status`: node, uptime, collections and peers.
 pub fn status(global: &Global) -> Result<(), CliError> {
-    let status = fetch_status(&global.client())?;
+    let status = fetch_status(&global.client()?)?;
     if global.json {
         return print_json(&status);
     }
@@ -57,7 +57,7 @@ pub fn status(global: &Global) -> Result<(), CliError> {
 
 /// `peers`: the peers part of `status`.
 pub fn peers(global: &Global) -> Result<(), CliError> {
-    let status = fetch_status(&global.client())?;
+    let status = fetch_status(&global.client()?)?;
     let peers = status.get("peers").cloned().unwrap_or(Value::Null);
     if global.json {
         return print_json(&json!({ "peers": peers }));
@@ -74,7 +74,7 @@ pub fn peers(global: &Global) -> Result<(), CliError> {
 /// `verify`: asks the daemon to compare collection digests with its peers
 /// and repair what differs.
 pub fn verify(global: &Global) -> Result<(), CliError> {
-    let client = global.client();
+    let client = global.client()?;
     let reply = client.send(Method::POST, "/v1/verify", None)?;
     if reply.status == 404 {
         // This officesyncd has no verify endpoint, which it gains with
@@ -110,25 +110,85 @@ pub fn verify(global: &Global) -> Result<(), CliError> {
             ))),
         };
     }
-    let body = reply.check(None)?.bytes()?;
     // An empty answer (202/204) means the daemon started the repair.
-    let answer = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            CliError::failure(format!(
-                "officesyncd at {} answered verify with invalid JSON: {e}",
-                client.addr()
-            ))
-        })?
-    };
+    let answer = reply.check(None)?.json_or_empty()?.unwrap_or(Value::Null);
     if global.json {
         return print_json(&answer);
     }
     match answer {
         Value::Null => print_text("verify started"),
-        answer => print_text(&render_generic(&answer)),
+        answer => match answer.get("results").and_then(Value::as_array) {
+            Some(results) => print_text(&render_verify(results)),
+            None => print_text(&render_generic(&answer)),
+        },
     }
+}
+
+/// What each outcome of `verify` means, in the table: (daemon's word, shown as, counted as).
+const VERIFY_OUTCOMES: &[(&str, &str, &str)] = &[
+    ("equal", "equal", "equal"),
+    ("repaired", "repaired", "repaired"),
+    (
+        "vectors_differ",
+        "still syncing (run verify again later)",
+        "still syncing",
+    ),
+    (
+        "still_different",
+        "DIFFERENT after a repair (another repair started)",
+        "different",
+    ),
+    ("timeout", "NO ANSWER within 20 s", "no answer"),
+];
+
+/// The text form of `verify`'s `results`: PEER / COLLECTION / OUTCOME and a summary line.
+fn render_verify(results: &[Value]) -> String {
+    if results.is_empty() {
+        return "nothing to verify: no peer is connected (see `officesync peers`)\n".to_owned();
+    }
+    let mut table = Table::new(&["PEER", "COLLECTION", "OUTCOME"]);
+    let mut peers: Vec<String> = Vec::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for result in results {
+        let field = |key: &str| scalar(result.get(key).unwrap_or(&Value::Null));
+        let (peer, outcome) = (field("peer"), field("outcome"));
+        let known = VERIFY_OUTCOMES.iter().find(|(word, _, _)| *word == outcome);
+        let (shown, counted) = known.map_or((outcome.clone(), outcome.clone()), |(_, s, c)| {
+            ((*s).to_owned(), (*c).to_owned())
+        });
+        match counts.iter_mut().find(|(name, _)| *name == counted) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((counted, 1)),
+        }
+        if !peers.contains(&peer) {
+            peers.push(peer.clone());
+        }
+        table.row(vec![
+            escape_text(&peer),
+            escape_text(&field("collection")),
+            escape_message(&shown),
+        ]);
+    }
+    // The summary names the outcomes in the order of the table above.
+    counts.sort_by_key(|(name, _)| {
+        VERIFY_OUTCOMES
+            .iter()
+            .position(|(_, _, c)| c == name)
+            .unwrap_or(usize::MAX)
+    });
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{n} {}", escape_message(name)))
+        .collect();
+    format!(
+        "{}{} with {}: {}\n",
+        table.render(""),
+        plural(results.len(), "comparison", "comparisons"),
+        plural(peers.len(), "peer", "peers"),
+        summary.join(", ")
+    )
 }
 
 /// `GET /v1/status` as JSON.
@@ -578,6 +638,38 @@ staleness (this node's copy of each peer's data):
         assert_eq!(last_seen(&json!((NOW - 2) * 1000), NOW), "2s ago");
         assert_eq!(last_seen(&json!("2025-06-15T15:06:00Z"), NOW), "40s ago");
         assert_eq!(last_seen(&json!("yesterday"), NOW), "yesterday");
+    }
+
+    #[test]
+    fn verify_results_render_as_a_table_with_a_summary() {
+        let results = json!([
+            {"peer": "general-office", "collection": "situation", "outcome": "equal"},
+            {"peer": "general-office", "collection": "grain", "outcome": "repaired"},
+            {"peer": "wuhu", "collection": "situation", "outcome": "timeout"},
+            {"peer": "wuhu", "collection": "grain", "outcome": "equal"},
+        ]);
+        let text = render_verify(results.as_array().expect("array"));
+        let expected = "\
+PEER            COLLECTION  OUTCOME
+general-office  situation   equal
+general-office  grain       repaired
+wuhu            situation   NO ANSWER within 20 s
+wuhu            grain       equal
+4 comparisons with 2 peers: 2 equal, 1 repaired, 1 no answer
+";
+        assert_eq!(text, expected);
+        let one = json!([{"peer": "hub", "collection": "c", "outcome": "vectors_differ"}]);
+        let text = render_verify(one.as_array().expect("array"));
+        assert!(
+            text.ends_with("1 comparison with 1 peer: 1 still syncing\n"),
+            "{text}"
+        );
+        // An outcome this CLI does not know yet is shown as the daemon words it.
+        let new = json!([{"peer": "hub", "collection": "c", "outcome": "skipped"}]);
+        let text = render_verify(new.as_array().expect("array"));
+        assert!(text.contains("hub   c           skipped\n"), "{text}");
+        assert!(text.ends_with(": 1 skipped\n"), "{text}");
+        assert!(render_verify(&[]).starts_with("nothing to verify: no peer is connected"));
     }
 
     #[test]

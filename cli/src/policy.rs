@@ -131,7 +131,7 @@ impl PolicyCommand {
             PolicyCommand::UnrevokeNode(a) => {
                 let key = format!("revoked/{}", a.node);
                 let reply = global
-                    .client()
+                    .client()?
                     .send(Method::DELETE, &entry_path(&key)?, None)?
                     .check(Some(&format!("{} is not revoked", a.node)))?
                     .json()?;
@@ -187,7 +187,7 @@ fn entry_path(key: &str) -> Result<String, CliError> {
 
 /// Every live `_policy` entry at the node, as `(key, value)`.
 fn fetch_entries(global: &Global) -> Result<Vec<(String, Vec<u8>)>, CliError> {
-    let client = global.client();
+    let client = global.client()?;
     let base = records_path(POLICY_COLLECTION)?;
     let mut out = Vec::new();
     let mut after: Option<String> = None;
@@ -323,7 +323,7 @@ fn put_entry(global: &Global, key: &str, value: &Value) -> Result<(), CliError> 
         return Err(CliError::new(Exit::Usage, e.to_string()));
     }
     let ack = global
-        .client()
+        .client()?
         .send(Method::PUT, &entry_path(key)?, Some(bytes))?
         .check(None)?
         .json()?;

@@ -199,7 +199,7 @@ pub fn put(args: PutArgs, global: &Global) -> Result<(), CliError> {
         eprintln!("reading the value from stdin; end it with Ctrl-D");
     }
     let value = source.read(&mut io::stdin().lock())?;
-    let client = global.client();
+    let client = global.client()?;
     let ack = client
         .send(Method::PUT, &path, Some(value))?
         .check(None)?
@@ -219,7 +219,7 @@ fn print_ack(ack: &Value, json: bool) -> Result<(), CliError> {
 pub fn get(args: GetArgs, global: &Global) -> Result<(), CliError> {
     let path = record_path(&args.collection, &args.key)?;
     let missing = missing(&args.collection, &args.key);
-    let client = global.client();
+    let client = global.client()?;
     if args.all {
         let answer = client
             .send(Method::GET, &format!("{path}?all=true"), None)?
@@ -337,7 +337,7 @@ fn render_siblings(answer: &Value) -> Result<String, CliError> {
 pub fn delete(args: DeleteArgs, global: &Global) -> Result<(), CliError> {
     let path = record_path(&args.collection, &args.key)?;
     let missing = missing(&args.collection, &args.key);
-    let client = global.client();
+    let client = global.client()?;
     let body = client
         .send(Method::DELETE, &path, None)?
         .check(Some(&missing))?
@@ -357,7 +357,7 @@ pub fn delete(args: DeleteArgs, global: &Global) -> Result<(), CliError> {
 /// `scan`: follows `next` pages until `--limit` records or the end.
 pub fn scan(args: ScanArgs, global: &Global) -> Result<(), CliError> {
     let base = records_path(&args.collection)?;
-    let client = global.client();
+    let client = global.client()?;
     let mut after = args.after.clone();
     let mut printed: u64 = 0;
     let mut collected = Vec::new();

@@ -394,10 +394,19 @@ fn write_items(items: &[Item], base: &str, global: &Global) -> Outcome {
     let workers = WORKERS.min(items.len()).max(1);
     let progress = io::stderr().is_terminal();
 
+    let addr = match global.api_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            return Outcome {
+                unreachable: Some(error),
+                ..Outcome::default()
+            }
+        }
+    };
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                let client: Client = global.client();
+                let client = Client::new(addr.clone(), global.timeout);
                 while !stop.load(Ordering::Relaxed) {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(index) else { break };
@@ -533,7 +542,7 @@ pub fn export(args: ExportArgs, global: &Global) -> Result<(), CliError> {
             "stdout".to_owned(),
         ),
     };
-    let client = global.client();
+    let client = global.client()?;
     let mut after: Option<String> = None;
     let mut count: u64 = 0;
     loop {

@@ -778,3 +778,161 @@ fn config_check_checks_the_daemons_user() {
         assert!(said.contains("mode 0600 (fix: chown root:"), "{said}");
     }
 }
+
+/// A port with nothing listening (bound, noted, closed).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn verify_prints_a_table_and_a_summary() {
+    let results = serde_json::json!({"results": [
+        {"peer": "general-office", "collection": "grain", "outcome": "repaired"},
+        {"peer": "general-office", "collection": "situation", "outcome": "equal"},
+    ]});
+    let answer = results.clone();
+    let daemon = FakeDaemon::start(move |_| Answer::json(200, answer.clone()));
+    let out = run(&["--api", &daemon.addr, "verify"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "PEER            COLLECTION  OUTCOME\n\
+         general-office  grain       repaired\n\
+         general-office  situation   equal\n\
+         2 comparisons with 1 peer: 1 equal, 1 repaired\n"
+    );
+    assert_eq!(daemon.seen()[0].method, "POST");
+    assert_eq!(daemon.seen()[0].target, "/v1/verify");
+    // --json keeps the daemon's answer as it is.
+    let out = run(&["--api", &daemon.addr, "verify", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json, results);
+}
+
+#[test]
+fn another_program_on_the_api_port_is_not_taken_for_officesyncd() {
+    let html = "<!DOCTYPE html>\n<html><body>Welcome to nginx!</body></html>";
+    // A web server that names itself: every answer is a page.
+    let web = FakeDaemon::start(move |_| Answer::new(200, html).header("server", "nginx/1.24.0"));
+    // A program without a server header that knows none of the paths.
+    let bare = FakeDaemon::start(|_| Answer::new(404, "no such page"));
+    for (daemon, why) in [
+        (&web, "it calls itself \"nginx/1.24.0\""),
+        (&bare, "no server header, and GET /health answered HTTP 404"),
+    ] {
+        for command in [&["status"][..], &["collections"], &["verify"]] {
+            let mut args = vec!["--api", daemon.addr.as_str()];
+            args.extend_from_slice(command);
+            let out = run(&args);
+            let message = stderr(&out);
+            assert_eq!(code(&out), 3, "{command:?}: {message}");
+            assert!(
+                message.starts_with(&format!(
+                    "error: {} answered, but it is not officesyncd ({why}",
+                    daemon.addr
+                )),
+                "{command:?}: {message}"
+            );
+            assert!(message.contains("check --api / api.listen"), "{message}");
+            assert!(!message.contains("invalid JSON"), "{message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+    }
+    assert!(stderr(&run(&["--api", &web.addr, "status"])).contains("\"<!DOCTYPE html> <html>"));
+
+    // officesyncd itself answering nonsense is still called officesyncd: by its server
+    // header, or (an officesyncd older than that header) by its /health answer.
+    let named =
+        FakeDaemon::start(|_| Answer::new(200, "{oops").header("server", "officesyncd/9.9"));
+    let older = FakeDaemon::start(|seen| match seen.target.as_str() {
+        "/health" => Answer::json(200, serde_json::json!({"status": "ok"})),
+        _ => Answer::new(200, "{oops"),
+    });
+    for daemon in [&named, &older] {
+        let out = run(&["--api", &daemon.addr, "status"]);
+        let message = stderr(&out);
+        assert_eq!(code(&out), 4, "{message}");
+        assert!(
+            message.contains(&format!(
+                "officesyncd at {} answered GET /v1/status with invalid JSON",
+                daemon.addr
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn config_names_the_api_address_and_an_explicit_api_wins() {
+    let daemon = FakeDaemon::start(|_| Answer::json(200, status_json(serde_json::json!([]))));
+    let port: u16 = daemon
+        .addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The [tls] files do not exist: --config reads the config file alone.
+    let config = |name: &str, listen: &str| -> String {
+        let path = write_config(dir.path(), name, &dir.path().join("no-bundle"));
+        let mut text = std::fs::read_to_string(&path).expect("read config");
+        text.push_str(&format!("[api]\nlisten = \"{listen}\"\n"));
+        std::fs::write(&path, text).expect("write config");
+        path.to_str().expect("UTF-8 path").to_owned()
+    };
+    let moved = config("moved", &daemon.addr);
+    // Listening on every interface: reached on loopback.
+    let everywhere = config("everywhere", &format!("0.0.0.0:{port}"));
+    let elsewhere = config("elsewhere", &format!("127.0.0.1:{}", closed_port()));
+
+    for out in [
+        run(&["--config", &moved, "status"]),
+        run(&["status", "--config", &everywhere]),
+        run_with(&["status"], b"", &[("OFFICESYNC_CONFIG", &moved)]),
+        // An explicit --api or OFFICESYNC_API wins over the config.
+        run(&["--config", &elsewhere, "--api", &daemon.addr, "status"]),
+        run_with(
+            &["--config", &elsewhere, "status"],
+            b"",
+            &[("OFFICESYNC_API", &daemon.addr)],
+        ),
+    ] {
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            stdout(&out).starts_with("node:     hefei\n"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert_eq!(daemon.seen().len(), 5);
+
+    // The config's address is the one tried (and named) when nothing answers there.
+    let out = run(&["--config", &elsewhere, "status"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach officesyncd at 127.0.0.1:"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(daemon.seen().len(), 5);
+
+    // A config that cannot be read or parsed is a usage error naming the file.
+    let missing = dir.path().join("missing.toml");
+    let out = run(&["--config", missing.to_str().expect("UTF-8"), "status"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: --config: config ")
+            && stderr(&out).contains("missing.toml"),
+        "{}",
+        stderr(&out)
+    );
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[api]\nlisten = \"not an address\"\n").expect("write");
+    let out = run(&["--config", broken.to_str().expect("UTF-8"), "status"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("broken.toml"), "{}", stderr(&out));
+}

@@ -1,14 +1,14 @@
 //! Certificates against real daemons: expired and not-yet-valid certificates are refused at
 //! the handshake, an office certificate listed in `[cluster] admins` still cannot relay other
-//! origins (an admin certificate listed there can), and `ca issue` never overwrites a bundle
-//! without `--force`.
+//! origins (an admin certificate listed there can), `ca issue` never overwrites a bundle
+//! without `--force`, and a node holding another CA's bundle is told so in both logs.
 
 #[allow(dead_code)]
 mod common;
 
 use std::time::Duration;
 
-use common::{hub_config, peer_entry, wait_for, HUB};
+use common::{hub_config, office_config, peer_entry, wait_for, HUB};
 use officesync_daemon::pki::{self, IssueOptions};
 use officesync_protocol::wire::{Batch, Complete, Message};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
@@ -220,4 +220,131 @@ fn an_office_certificate_listed_as_admin_cannot_write_policy() {
         "{}",
         String::from_utf8_lossy(&accepted.body)
     );
+}
+
+/// The first line of `log` that contains `needle` (empty if none).
+fn line_with<'l>(log: &'l str, needle: &str) -> &'l str {
+    log.lines().find(|l| l.contains(needle)).unwrap_or_default()
+}
+
+/// An office holding a whole bundle of another CA (its ca.pem, node.pem and node.key all from
+/// it) cannot tell whose CA is wrong; its log names its own CA and fingerprint as not the CA of
+/// the hub's certificate, and says to check tls.ca, instead of blaming the hub. The hub never
+/// sees that office's certificate (the office gives up first): it logs the address and what
+/// the office answered. A node whose certificate does reach the hub (it trusts both CAs) is
+/// logged by the hub with that certificate's subject and issuer.
+#[test]
+fn a_node_of_another_ca_is_told_to_check_its_own_ca_and_the_hub_logs_what_it_can() {
+    let cluster = Cluster::new();
+    let hub_cfg = hub_config(&cluster);
+    let hub = cluster.start(&hub_cfg);
+    let other = Cluster::new();
+    let fingerprint = |dir: &std::path::Path| {
+        let pem = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
+        pki::ca_fingerprint(&pem).expect("fingerprint")
+    };
+    let (ours, theirs) = (fingerprint(cluster.ca_dir()), fingerprint(other.ca_dir()));
+    let office_cfg = office_config(&other, "hefei", hub_cfg.sync_listen);
+    let office = other.start(&office_cfg);
+    let refused = "dial failed";
+    wait_for("hefei's refused dial", TIMEOUT, || {
+        let log = office.log();
+        log.contains(refused).then_some(()).ok_or(log)
+    });
+    let log = office.log();
+    let line = line_with(&log, refused);
+    let own_ca = office_cfg.tls_dir.join("ca.pem");
+    let expected = format!(
+        "this node's ca.pem ({}, fingerprint {theirs}) is not the CA of the peer's certificate \
+         (CN={HUB}, OU=officesync-admin, serial ",
+        own_ca.display()
+    );
+    assert!(
+        line.contains(&expected),
+        "expected {expected:?} in:\n{line}"
+    );
+    assert!(
+        line.contains("issuer CN=") && line.contains("; this node's CA has key id "),
+        "{line}"
+    );
+    assert!(
+        line.contains("fix: check that tls.ca is the deployment's CA"),
+        "{line}"
+    );
+    // The old message put the fix on the hub ("give that office a bundle").
+    assert!(!line.contains("give that office"), "{line}");
+
+    let failed = "incoming handshake failed";
+    wait_for("the hub's failed handshake", TIMEOUT, || {
+        let log = hub.log();
+        log.contains(failed).then_some(()).ok_or(log)
+    });
+    let log = hub.log();
+    let line = line_with(&log, failed);
+    assert!(
+        line.contains("refused this node's certificate (TLS alert certificate_unknown; it says \"this node's ca.pem ("),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "fingerprint {theirs}) is not the CA of the peer's certificate (CN={HUB}"
+        )),
+        "the office's fingerprint, and what it refused: {line}"
+    );
+    assert!(
+        !log.contains("not issued by this deployment's CA"),
+        "the hub blamed a certificate it never saw:\n{log}"
+    );
+    assert!(!line.contains(&ours), "{line}");
+
+    // beijing-office also trusts our CA: it accepts the hub's certificate and presents its own,
+    // which the hub refuses and describes.
+    let impostor_cfg = office_config(&other, "beijing-office", hub_cfg.sync_listen);
+    let both = [
+        std::fs::read(impostor_cfg.tls_dir.join("ca.pem")).expect("their ca.pem"),
+        std::fs::read(cluster.ca_dir().join("ca.pem")).expect("our ca.pem"),
+    ]
+    .concat();
+    std::fs::write(impostor_cfg.tls_dir.join("ca.pem"), both).expect("write ca.pem");
+    let impostor = other.start(&impostor_cfg);
+    let described = "refused a peer certificate not issued by this deployment's CA";
+    wait_for(
+        "the hub's description of beijing-office's certificate",
+        TIMEOUT,
+        || {
+            let log = hub.log();
+            log.contains(described).then_some(()).ok_or(log)
+        },
+    );
+    let log = hub.log();
+    let line = line_with(&log, described);
+    let expected = format!(
+        "this node's ca.pem ({}, fingerprint {ours}) is not the CA of the peer's certificate \
+         (CN=beijing-office, serial ",
+        hub_cfg.tls_dir.join("ca.pem").display()
+    );
+    assert!(
+        line.contains(&expected),
+        "expected {expected:?} in:\n{line}"
+    );
+    assert!(line.contains("remote=127.0.0.1:"), "the address: {line}");
+    // The troubleshooting table of INSTALL.md quotes these messages.
+    let guide = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/INSTALL.md"),
+    )
+    .expect("INSTALL.md");
+    for quoted in [
+        "is not the CA of the peer's certificate (...); fix: check that tls.ca is the deployment's CA",
+        "refused this node's certificate (TLS alert certificate_unknown; it says \"this node's ca.pem (",
+    ] {
+        assert!(guide.contains(quoted), "INSTALL.md no longer quotes {quoted:?}");
+    }
+    // And beijing-office learns what the hub said of its certificate.
+    wait_for("beijing-office's refused dial", TIMEOUT, || {
+        let log = impostor.log();
+        let line = line_with(&log, refused);
+        line.contains("refused this node's certificate (TLS alert decrypt_error; it says ")
+            .then_some(())
+            .ok_or(log.clone())
+    });
 }

@@ -649,6 +649,8 @@ impl Checks<'_> {
             self.config_check_catches_an_unreadable_key(block);
         } else if block.contains("/var/backups/officesync-before-upgrade") {
             backup_is_one_copy(machine, block);
+        } else if block.contains("officesync --config /etc/officesync/officesync.toml") {
+            self.config_names_the_api(machine, block);
         } else if is_renewal(block) {
             self.renewed(block);
         } else if block.contains("policy revoke-node hefei") {
@@ -704,6 +706,31 @@ impl Checks<'_> {
             "after\n{block}\nthe second ca init said otherwise"
         );
         assert_eq!(pem(), before, "the refused ca init changed the CA");
+    }
+
+    /// Step 9: `--config` finds the API from the node's config alone. The blocks run with
+    /// `OFFICESYNC_API` set (see the module doc), which would win; without it, the CLI's
+    /// default address is not the machine's API port, so only the config can lead it there.
+    fn config_names_the_api(&self, machine: &Machine, block: &str) {
+        let config = machine.root.join("etc/officesync/officesync.toml");
+        let config = config.to_str().expect("UTF-8");
+        let out = self.officesync(machine, &["--config", config, "status", "--json"]);
+        out.expect_success(&format!("after\n{block}\nofficesync --config"));
+        let status: serde_json::Value = serde_json::from_str(&out.stdout_text()).expect("JSON");
+        let node = machine
+            .label
+            .trim_start_matches("office (")
+            .trim_end_matches(')');
+        assert_eq!(
+            status["node"], node,
+            "--config reached another node: {status}"
+        );
+        // And OFFICESYNC_CONFIG does the same.
+        let mut cmd = Command::new(machine.root.join("usr/local/bin/officesync"));
+        cmd.arg("peers")
+            .env_remove("OFFICESYNC_API")
+            .env("OFFICESYNC_CONFIG", config);
+        run_bounded(cmd, None, BLOCK_TIMEOUT).expect_success("officesync with OFFICESYNC_CONFIG");
     }
 
     /// Step 7 at hefei: the key as `ca issue` wrote it (root's, 0600) fails the check, and the
@@ -1151,6 +1178,28 @@ fn install_guide_runs_as_written() {
         printed.contains(promised),
         "config check printed {printed:?}, the guide shows {promised:?}"
     );
+    // `verify` at the general office prints the table the guide shows.
+    let shown = blocks
+        .iter()
+        .find(|b| b.lang == "text" && b.body.starts_with("PEER   COLLECTION  OUTCOME"))
+        .expect("the guide shows verify's table");
+    let verified = outputs
+        .iter()
+        .find(|(l, body, _)| *l == "general office" && body.contains("officesync verify"))
+        .map(|(_, _, out)| out.as_str())
+        .expect("verify ran at the general office");
+    for line in shown.body.lines().take(2) {
+        assert!(
+            verified.lines().any(|l| l == line),
+            "the guide shows {line:?}; verify printed:\n{verified}"
+        );
+    }
+    assert!(
+        verified
+            .lines()
+            .any(|l| l.contains(" with 1 peer: ") && l.ends_with(" equal")),
+        "verify's summary line:\n{verified}"
+    );
     // The JSON log drop-in took effect.
     let json_log = outputs
         .iter()
@@ -1332,6 +1381,32 @@ fn troubleshooting_quotes_what_the_tools_print() {
     cases.push((
         "cannot reach officesyncd at 127.0.0.1:7480",
         unreachable
+            .stderr_text()
+            .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:7480"),
+    ));
+
+    // Another program on the API port: a web server answering every request with a page.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = web.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in web.incoming().flatten() {
+            let mut stream = stream;
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let page = "<html><body>Welcome to nginx!</body></html>";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nserver: nginx/1.24.0\r\ncontent-type: text/html\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+        }
+    });
+    let foreign = cli(&["--api", &format!("127.0.0.1:{port}"), "status"]);
+    foreign.expect_code(3, "status against another program");
+    cases.push((
+        "127.0.0.1:7480 answered, but it is not officesyncd (...); check --api / api.listen",
+        foreign
             .stderr_text()
             .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:7480"),
     ));

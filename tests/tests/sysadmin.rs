@@ -485,3 +485,35 @@ fn tells_systemd_when_it_serves_and_when_it_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The CLI finds a node whose API moved off 127.0.0.1:7480 through `--config` alone, reading
+/// only the config file (here it names a key that does not exist); the daemon's answers name
+/// it (`server: officesyncd/...`), and `verify` on a node without peers says so in words.
+#[test]
+fn the_cli_finds_a_moved_api_through_the_config_without_the_key() {
+    let cluster = Cluster::new();
+    let config = cluster.config("hefei");
+    let node = cluster.start(&config);
+    let text = std::fs::read_to_string(node.config_path()).expect("config");
+    let key = config.tls_dir.join("node.key");
+    let keyless = text.replace(arg(&key), "/nonexistent/node.key");
+    assert_ne!(keyless, text, "the config names {}", key.display());
+    let keyless_path = cluster.dir().join("keyless.toml");
+    std::fs::write(&keyless_path, keyless).expect("write config");
+
+    let status = officesync(&["--config", arg(&keyless_path), "status", "--json"]);
+    status.expect_success("status --config");
+    let json: Value = serde_json::from_str(&status.stdout_text()).expect("JSON");
+    assert_eq!(json["node"], "hefei", "{json}");
+
+    let verify = officesync(&["--config", arg(node.config_path()), "verify"]);
+    verify.expect_success("verify --config");
+    assert_eq!(
+        verify.stdout_text(),
+        "nothing to verify: no peer is connected (see `officesync peers`)\n"
+    );
+
+    let reply = node.api().call("GET", "/health", None);
+    let server = reply.header("server").unwrap_or_default();
+    assert!(server.starts_with("officesyncd/"), "server: {server:?}");
+}

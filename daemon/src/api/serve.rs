@@ -119,9 +119,23 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// The `server` header of every answer: `officesyncd/VERSION`, by which the CLI tells
+/// officesyncd from another program answering at the address it was given.
+pub const SERVER_HEADER: &str = concat!("officesyncd/", env!("CARGO_PKG_VERSION"));
+
+/// [`bounded`], and the [`SERVER_HEADER`] on every answer.
+async fn request_bounds(State(limits): State<ServeLimits>, req: Request, next: Next) -> Response {
+    let mut response = bounded(limits, req, next).await;
+    response.headers_mut().insert(
+        axum::http::header::SERVER,
+        axum::http::HeaderValue::from_static(SERVER_HEADER),
+    );
+    response
+}
+
 /// Answers 413 at once when the request declares a body over the value limit, and 408 when
 /// the request (reading its body included) takes longer than the request timeout.
-async fn request_bounds(State(limits): State<ServeLimits>, req: Request, next: Next) -> Response {
+async fn bounded(limits: ServeLimits, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -220,6 +234,28 @@ mod tests {
         let (reply, closed) = read_to_close(&mut s);
         assert!(closed && reply.starts_with("HTTP/1.1 200"), "{reply}");
         assert!(reply.ends_with("hello"), "{reply}");
+    }
+
+    #[test]
+    fn every_answer_names_officesyncd() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        let expected = format!("\r\nserver: {SERVER_HEADER}\r\n");
+        for request in [
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            // Refused before any handler runs (declares a body over the limit).
+            "PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\nConnection: close\r\n\r\n",
+            "GET /no-such-route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ] {
+            let mut s = connect(addr);
+            s.write_all(request.as_bytes()).expect("write");
+            let (reply, _) = read_to_close(&mut s);
+            assert!(
+                reply.to_ascii_lowercase().contains(&expected),
+                "{request:?} answered without {expected:?}: {reply}"
+            );
+        }
+        assert!(SERVER_HEADER.starts_with("officesyncd/"));
     }
 
     #[test]

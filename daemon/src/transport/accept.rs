@@ -81,9 +81,11 @@ pub(crate) async fn run(
             continue;
         };
         let remote = incoming.remote_address();
-        match incoming.accept() {
+        let span = tracing::info_span!("accept", %remote);
+        // quinn drives the handshake in a task spawned within the current span: the client
+        // certificate verifier's log lines (`tls::ExplainingClientVerifier`) name the address.
+        match span.in_scope(|| incoming.accept()) {
             Ok(connecting) => {
-                let span = tracing::info_span!("accept", %remote);
                 handshakes.spawn(
                     handshake(connecting, remote, tx.clone(), shared.clone(), slot)
                         .instrument(span),

@@ -7,6 +7,7 @@ use officesync_protocol::wire::{ErrorCode, WireError};
 use quinn::{ConnectionError, TransportErrorCode};
 use thiserror::Error;
 
+use super::tls;
 use crate::pki::PkiError;
 
 /// Why a transport operation failed. Every message is one line.
@@ -54,12 +55,13 @@ pub enum TransportError {
         /// What quinn refused.
         detail: String,
     },
-    /// The peer's certificate does not chain to this deployment's CA.
-    #[error("peer at {remote} presented a certificate not issued by this deployment's CA ({detail}); fix: give that office a bundle issued by this deployment's `officesync ca issue`")]
+    /// The peer's certificate does not chain to this node's CA: one of the two holds a bundle
+    /// of another CA than the deployment's, and from this side alone it cannot be told which.
+    #[error("peer at {remote}: {detail}; fix: check that tls.ca is the deployment's CA (its fingerprint is the cluster id that `officesync status` shows on the general office) and that this node's bundle came from it; if so, the peer presented a certificate not issued by this deployment's CA: give that node a bundle from this deployment's `officesync ca issue`")]
     UntrustedPeer {
         /// The peer's address.
         remote: SocketAddr,
-        /// What the TLS verifier said.
+        /// This node's CA and the peer's certificate, as far as they are known.
         detail: String,
     },
     /// The peer's certificate chains to the CA but is not acceptable (expired, not yet valid,
@@ -71,12 +73,13 @@ pub enum TransportError {
         /// What the TLS verifier said.
         detail: String,
     },
-    /// The peer refused our certificate during the TLS handshake.
-    #[error("peer at {remote} refused this node's certificate ({detail}); fix: check that both offices hold bundles of the same deployment CA and that they are not expired")]
+    /// The peer refused our certificate during the TLS handshake (before presenting its own, if
+    /// it is the dialing side).
+    #[error("peer at {remote} refused this node's certificate ({detail}); fix: check that both nodes hold bundles of the same deployment CA and that they are not expired")]
     RejectedByPeer {
         /// The peer's address.
         remote: SocketAddr,
-        /// The TLS alert or reason the peer sent.
+        /// The TLS alert the peer sent, and the reason it gave.
         detail: String,
     },
     /// A dialed peer's certificate names another node than the one configured for that address.
@@ -156,25 +159,20 @@ impl TransportError {
     pub(crate) fn from_handshake(remote: SocketAddr, err: &ConnectionError) -> Self {
         match err {
             // Our verifier refused the peer's certificate: the TLS alert we sent says why.
-            ConnectionError::TransportError(te) => match tls_alert(te.code) {
-                Some(UNKNOWN_CA | DECRYPT_ERROR) => Self::UntrustedPeer {
-                    remote,
-                    detail: te.reason.clone(),
-                },
-                Some(alert) if is_certificate_alert(alert) => Self::BadPeerCertificate {
-                    remote,
-                    detail: te.reason.clone(),
-                },
-                _ => Self::Handshake {
+            ConnectionError::TransportError(te) => Self::refused_here(remote, te.code, &te.reason)
+                .unwrap_or_else(|| Self::Handshake {
                     remote,
                     detail: err.to_string(),
-                },
-            },
+                }),
             // The peer's verifier refused ours.
             ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code) {
                 Some(alert) => Self::RejectedByPeer {
                     remote,
-                    detail: format!("TLS alert {}", alert_name(alert)),
+                    detail: format!(
+                        "TLS alert {}{}",
+                        alert_name(alert),
+                        peer_reason(&close.reason)
+                    ),
                 },
                 None => Self::Handshake {
                     remote,
@@ -192,6 +190,50 @@ impl TransportError {
             },
         }
     }
+
+    /// This node's verifier refused the peer's certificate with the TLS alert in `code` and
+    /// rustls' `reason`; `None` for a local failure of another kind.
+    fn refused_here(remote: SocketAddr, code: TransportErrorCode, reason: &str) -> Option<Self> {
+        Some(match tls_alert(code)? {
+            // Refused as a server certificate of another CA (see `tls::OwnCa::foreign`).
+            CERTIFICATE_UNKNOWN if foreign_ca(reason).is_some() => Self::UntrustedPeer {
+                remote,
+                detail: foreign_ca(reason).unwrap_or_default().to_owned(),
+            },
+            // Refused as a client certificate (the accept side logged what it was).
+            UNKNOWN_CA | DECRYPT_ERROR => Self::UntrustedPeer {
+                remote,
+                detail: format!(
+                    "the certificate it presented is not issued by this node's CA ({reason})"
+                ),
+            },
+            alert if is_certificate_alert(alert) => Self::BadPeerCertificate {
+                remote,
+                detail: reason.to_owned(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The explanation in a handshake failure's reason that a certificate of another CA was
+/// refused (`tls::OwnCa::foreign`), without what rustls wraps it in.
+fn foreign_ca(reason: &str) -> Option<&str> {
+    let start = reason.find(tls::FOREIGN_CA)?;
+    let text = &reason[start..];
+    // rustls writes `invalid peer certificate: Other(OtherError(TEXT))`.
+    Some(text.strip_suffix("))").unwrap_or(text))
+}
+
+/// `; it says "..."` with the reason a peer gave for closing the handshake (escaped: it is
+/// the peer's text), or nothing if it gave none.
+fn peer_reason(reason: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reason);
+    let text = foreign_ca(&text).unwrap_or(&text);
+    if text.trim().is_empty() {
+        return String::new();
+    }
+    format!("; it says {:?}", tls::printable(text, 600))
 }
 
 /// The TLS alert carried by a QUIC CRYPTO_ERROR code (0x100..=0x1ff), if it is one.
@@ -209,6 +251,10 @@ const UNKNOWN_CA: u8 = 48;
 /// deployment's CA has the same name, so a certificate of another deployment's CA finds our CA
 /// as its issuer by name and fails here rather than as an unknown CA.
 const DECRYPT_ERROR: u8 = 51;
+
+/// The TLS alert this node sends for a server certificate of another CA (with its
+/// explanation), and rustls for a certificate unacceptable for an unspecified reason.
+const CERTIFICATE_UNKNOWN: u8 = 46;
 
 /// TLS alerts rustls sends when the peer's certificate is not acceptable for another reason.
 fn is_certificate_alert(alert: u8) -> bool {
@@ -232,4 +278,78 @@ fn alert_name(alert: u8) -> String {
         _ => return format!("{alert}"),
     };
     name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use quinn::ConnectionClose;
+    use rustls::{CertificateError, OtherError};
+
+    use super::*;
+
+    /// A refusal text as `tls::OwnCa::foreign` writes it.
+    const FOREIGN: &str = "this node's ca.pem (/etc/officesync/ca.pem, fingerprint 3f2a) is not \
+                           the CA of the peer's certificate (CN=general-office, serial 4c01, \
+                           issuer CN=officesync CA with key id 1a2b)";
+
+    fn remote() -> SocketAddr {
+        "192.0.2.7:7400".parse().expect("address")
+    }
+
+    #[test]
+    fn a_server_certificate_of_another_ca_names_this_nodes_ca_not_the_peer() {
+        // The reason quinn gives: what rustls writes of the verifier's error.
+        let reason = rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+            Arc::new(tls::ForeignCa(FOREIGN.to_owned())),
+        )))
+        .to_string();
+        assert_eq!(foreign_ca(&reason), Some(FOREIGN), "{reason}");
+        let code = TransportErrorCode::crypto(CERTIFICATE_UNKNOWN);
+        let err = TransportError::refused_here(remote(), code, &reason).expect("a refusal");
+        assert!(matches!(err, TransportError::UntrustedPeer { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "peer at 192.0.2.7:7400: {FOREIGN}; fix: check that tls.ca"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("OtherError"), "{text}");
+    }
+
+    #[test]
+    fn a_peer_that_refused_our_certificate_is_quoted_escaped() {
+        let closed = |reason: &str| {
+            ConnectionError::ConnectionClosed(ConnectionClose {
+                error_code: TransportErrorCode::crypto(CERTIFICATE_UNKNOWN),
+                frame_type: None,
+                reason: reason.as_bytes().to_vec().into(),
+            })
+        };
+        let wrapped = format!("invalid peer certificate: Other(OtherError({FOREIGN}))");
+        let err = TransportError::from_handshake(remote(), &closed(&wrapped));
+        assert!(
+            matches!(err, TransportError::RejectedByPeer { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&format!(
+                "(TLS alert certificate_unknown; it says {FOREIGN:?}); fix:"
+            )),
+            "{err}"
+        );
+        let err = TransportError::from_handshake(remote(), &closed("evil\u{1b}[2J\nline"));
+        assert!(
+            err.to_string().contains("it says \"evil?[2J?line\""),
+            "{err}"
+        );
+        let err = TransportError::from_handshake(remote(), &closed(""));
+        assert!(
+            err.to_string()
+                .contains("(TLS alert certificate_unknown); fix:"),
+            "{err}"
+        );
+    }
 }

@@ -6,6 +6,10 @@
 //! only (QUIC requires it), our ALPN only, and no 0-RTT or session resumption: every connection
 //! is a full handshake, so a certificate is checked every time a link comes up. A connection
 //! does not outlive the peer's certificate: it is closed when the certificate expires.
+//!
+//! Both verifiers are rustls' WebPKI verifiers wrapped to explain a refusal: a peer certificate
+//! of another CA is described (subject, issuer, the issuer's key id) next to this node's CA
+//! fingerprint, since from one side alone it cannot be told whose CA is the wrong one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +17,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use officesync_protocol::wire::{ErrorCode, ALPN};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::RootCertStore;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
+use rustls::{RootCertStore, SignatureScheme};
+use x509_parser::extensions::ParsedExtension;
 
 use super::error::TransportError;
 use super::Counters;
@@ -95,9 +103,10 @@ pub(crate) fn load(tls: &TlsConfig) -> Result<TlsSetup, TransportError> {
     let chain: Vec<CertificateDer<'static>> = chain_ders.into_iter().map(Into::into).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
 
+    let own_ca = OwnCa::new(ca_der, &cluster_id, &tls.ca);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = server_config(&provider, &roots, chain.clone(), key.clone_key())?;
-    let client = client_config(&provider, &roots, chain, key)?;
+    let server = server_config(&provider, &roots, &own_ca, chain.clone(), key.clone_key())?;
+    let client = client_config(&provider, &roots, &own_ca, chain, key)?;
     Ok(TlsSetup {
         server,
         client,
@@ -116,12 +125,17 @@ fn tls_err(e: impl std::fmt::Display) -> TransportError {
 fn server_config(
     provider: &Arc<CryptoProvider>,
     roots: &Arc<RootCertStore>,
+    own_ca: &OwnCa,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<QuicServerConfig>, TransportError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(tls_err)?;
+    let verifier = Arc::new(ExplainingClientVerifier {
+        inner,
+        own_ca: own_ca.clone(),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -143,16 +157,22 @@ fn server_config(
 fn client_config(
     provider: &Arc<CryptoProvider>,
     roots: &Arc<RootCertStore>,
+    own_ca: &OwnCa,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<QuicClientConfig>, TransportError> {
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+    let inner = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(tls_err)?;
+    let verifier = Arc::new(ExplainingServerVerifier {
+        inner,
+        own_ca: own_ca.clone(),
+    });
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
-        .with_webpki_verifier(verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)
         .map_err(tls_err)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
@@ -160,6 +180,254 @@ fn client_config(
     config.resumption = Resumption::disabled();
     let config = QuicClientConfig::try_from(config).map_err(tls_err)?;
     Ok(Arc::new(config))
+}
+
+/// This node's CA, as messages about a refused peer certificate name it.
+#[derive(Debug, Clone)]
+struct OwnCa {
+    /// `tls.ca`, the file it is read from.
+    path: String,
+    /// SHA-256 of the CA certificate, lowercase hex: the cluster id.
+    fingerprint: String,
+    /// The CA's subject key identifier, lowercase hex, when it has one.
+    key_id: Option<String>,
+}
+
+impl OwnCa {
+    /// The CA whose certificate is `ca_der` (read from `path`) and whose fingerprint is
+    /// `fingerprint`.
+    fn new(ca_der: &[u8], fingerprint: &str, path: &std::path::Path) -> OwnCa {
+        let key_id = x509_parser::parse_x509_certificate(ca_der)
+            .ok()
+            .and_then(|(_, ca)| {
+                ca.extensions()
+                    .iter()
+                    .find_map(|ext| match ext.parsed_extension() {
+                        ParsedExtension::SubjectKeyIdentifier(id) => Some(hex(id.0)),
+                        _ => None,
+                    })
+            });
+        OwnCa {
+            path: path.display().to_string(),
+            fingerprint: fingerprint.to_owned(),
+            key_id,
+        }
+    }
+
+    /// Why `end_entity` is refused, when `error` says it is not issued by this CA (its issuer
+    /// is unknown, or its signature does not verify with the key of the CA it names: every
+    /// deployment's CA has the same name): this CA's fingerprint, and what the certificate
+    /// says of its subject and issuer.
+    fn foreign(&self, error: &rustls::Error, end_entity: &CertificateDer<'_>) -> Option<String> {
+        let rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) = error
+        else {
+            return None;
+        };
+        let ours = match &self.key_id {
+            Some(id) => format!("; this node's CA has key id {}", short(id)),
+            None => String::new(),
+        };
+        Some(format!(
+            "{FOREIGN_CA}{}, fingerprint {}) is not the CA of the peer's certificate ({}{ours})",
+            self.path,
+            self.fingerprint,
+            describe_certificate(end_entity)
+        ))
+    }
+}
+
+/// How a refusal of a peer certificate of another CA starts (see [`OwnCa::foreign`]).
+pub(super) const FOREIGN_CA: &str = "this node's ca.pem (";
+
+/// A certificate in a message: `CN=hefei, serial 4c01..., issuer CN=officesync CA with key
+/// id 1a2b3c4d...`, from whatever of it parses.
+fn describe_certificate(der: &[u8]) -> String {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return "a certificate that does not parse".to_owned();
+    };
+    let issuer_key = cert
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
+            _ => None,
+        })
+        .map(|id| format!(" with key id {}", short(&hex(id.0))))
+        .unwrap_or_default();
+    format!(
+        "{}, serial {}, issuer {}{issuer_key}",
+        printable(&cert.subject().to_string(), 200),
+        short(&hex(cert.raw_serial())),
+        printable(&cert.issuer().to_string(), 200),
+    )
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first 16 hex digits of a key id or serial, then `...` (enough to tell CAs apart).
+fn short(hex: &str) -> String {
+    match hex.get(..16) {
+        Some(start) if hex.len() > 16 => format!("{start}..."),
+        _ => hex.to_owned(),
+    }
+}
+
+/// Text from a peer (its certificate, its reason for closing) as it may go into a log line:
+/// printable ASCII, anything else as `?`, at most `max` characters.
+pub(super) fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The error a refused peer certificate of another CA is reported with: its text is
+/// [`OwnCa::foreign`]'s, which quinn passes on as the handshake failure's reason (to this
+/// node, and to the peer in the connection close).
+#[derive(Clone)]
+pub(super) struct ForeignCa(pub(super) String);
+
+impl std::fmt::Display for ForeignCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// rustls writes `CertificateError::Other` with `{:?}`: the text alone, not a struct.
+impl std::fmt::Debug for ForeignCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ForeignCa {}
+
+/// rustls' server certificate verifier (dialing side), whose refusal of a server certificate
+/// of another CA says so with [`OwnCa::foreign`] (sent as the TLS alert certificate_unknown).
+#[derive(Debug)]
+struct ExplainingServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    own_ca: OwnCa,
+}
+
+impl ServerCertVerifier for ExplainingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|error| match self.own_ca.foreign(&error, end_entity) {
+                Some(text) => rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(ForeignCa(text))),
+                )),
+                None => error,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// rustls' client certificate verifier (accepting side), which logs the certificate it refuses
+/// (subject, issuer, and for another CA's, this node's CA fingerprint) before refusing it as
+/// rustls does (same error, same TLS alert).
+#[derive(Debug)]
+struct ExplainingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    own_ca: OwnCa,
+}
+
+impl ClientCertVerifier for ExplainingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|error| match self.own_ca.foreign(error, end_entity) {
+                // The accept span (with the peer's address) is current: quinn drives the
+                // handshake in a task spawned within it.
+                Some(text) => tracing::warn!(
+                    "refused a peer certificate not issued by this deployment's CA: {text}"
+                ),
+                None => tracing::warn!(
+                    certificate = %describe_certificate(end_entity),
+                    %error,
+                    "refused a peer certificate"
+                ),
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The identity in the certificate a connection's peer presented (and TLS verified).
