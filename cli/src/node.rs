@@ -274,6 +274,10 @@ fn peers_table(peers: &Value, now: u64) -> Option<String> {
     for (name, fields) in entries {
         let field = |key: &str| fields.get(key).unwrap_or(&Value::Null);
         let connected = match field("connected") {
+            Value::Bool(true) if field("silent_ms").as_u64().is_some() => format!(
+                "SILENT for {}",
+                output::human_duration(field("silent_ms").as_u64().unwrap_or(0) / 1000)
+            ),
             Value::Bool(true) => match unix_secs(field("connected_since")) {
                 Some(t) => format!("yes, for {}", output::human_duration(now.saturating_sub(t))),
                 None => "yes".to_owned(),
@@ -384,23 +388,33 @@ fn time_and_age(value: &Value, now: u64) -> String {
     }
 }
 
-/// The stalest `data_as_of` of a peer's collections as an age; `never` if a
-/// collection has none yet, `-` without collections.
+/// The stalest `data_as_of` of a peer's collections as an age, the same value
+/// as the stalest collection row of the staleness table; collections not caught
+/// up even once (created while the peer was away) are counted beside it
+/// (`5s ago, 1 never`); `never` when none is; `-` without collections.
 fn data_as_of(collections: &Value, now: u64) -> String {
     let Some(list) = collections.as_array().filter(|l| !l.is_empty()) else {
         return "-".to_owned();
     };
     let mut oldest: Option<u64> = None;
+    let mut never = 0;
     for c in list {
         match unix_secs(c.get("data_as_of").unwrap_or(&Value::Null)) {
             Some(secs) => oldest = Some(oldest.map_or(secs, |o| o.min(secs))),
-            None => return "never".to_owned(),
+            None => never += 1,
         }
     }
-    oldest.map_or_else(
-        || "never".to_owned(),
-        |secs| format!("{} ago", output::human_duration(now.saturating_sub(secs))),
-    )
+    match oldest {
+        None => "never".to_owned(),
+        Some(secs) => {
+            let age = output::human_duration(now.saturating_sub(secs));
+            if never == 0 {
+                format!("{age} ago")
+            } else {
+                format!("{age} ago, {never} never")
+            }
+        }
+    }
 }
 
 /// A peer's `last_seen` as an age: `never` for null, RFC 3339 or unix
@@ -676,5 +690,22 @@ wuhu            grain       equal
     fn generic_answers_render_as_lines() {
         let text = render_generic(&json!({"collections": ["a"], "repaired": 0}));
         assert_eq!(text, "collections:\n  [\n    \"a\"\n  ]\nrepaired: 0\n");
+    }
+
+    #[test]
+    fn data_as_of_agrees_with_the_collection_rows_and_counts_the_never_caught_up() {
+        let now = 1_000_000;
+        let at = |secs: u64| serde_json::json!(officesync_daemon::time::rfc3339_ms(secs * 1000));
+        let collections = serde_json::json!([
+            {"collection": "situation", "data_as_of": at(now - 5)},
+            {"collection": "letters", "data_as_of": at(now - 65)},
+            {"collection": "documents", "data_as_of": null},
+        ]);
+        assert_eq!(data_as_of(&collections, now), "1m 5s ago, 1 never");
+        let caught_up = serde_json::json!([{"collection": "situation", "data_as_of": at(now - 5)}]);
+        assert_eq!(data_as_of(&caught_up, now), "5s ago");
+        let none = serde_json::json!([{"collection": "documents", "data_as_of": null}]);
+        assert_eq!(data_as_of(&none, now), "never");
+        assert_eq!(data_as_of(&serde_json::json!([]), now), "-");
     }
 }

@@ -230,6 +230,17 @@ fn a_cut_office_shows_growing_lag_and_staleness_until_the_link_heals() {
 
     // Cut hefei off; beijing keeps writing.
     star.proxy().cut(Direction::Both);
+    // Within a few missed heartbeats (1 s apart here) the hub shows hefei silent, still
+    // connected: the session itself only times out after six.
+    wait_for("the hub to show hefei silent", TIMEOUT, || {
+        let s = try_status(&star.hub).ok_or("no status")?;
+        let p = peer_entry(&s, HEFEI).ok_or("no hefei")?.clone();
+        let silent = p["connected"] == true && p["silent_ms"].as_u64() >= Some(2_000);
+        silent.then_some(()).ok_or_else(|| p.to_string())
+    });
+    let peers = star.hub.cli(&["peers"]);
+    let table = String::from_utf8_lossy(&peers.stdout);
+    assert!(table.contains("SILENT for"), "officesync peers:\n{table}");
     for i in 0..WRITES_WHILE_CUT {
         star.beijing
             .api()

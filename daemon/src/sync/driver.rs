@@ -166,6 +166,8 @@ struct StatusReport {
     remote: std::net::SocketAddr,
     last_heard: Option<SystemTime>,
     next: Instant,
+    /// Silence past this long (two heartbeat intervals) is reported as `silent_ms`.
+    silent_after_ms: u64,
 }
 
 impl<'a> Driver<'a> {
@@ -239,6 +241,7 @@ impl<'a> Driver<'a> {
                 remote,
                 last_heard: None,
                 next: Instant::now(),
+                silent_after_ms: settings.heartbeat_interval_ms.saturating_mul(2),
             },
             frame_fault: false,
             closed: None,
@@ -401,8 +404,10 @@ impl<'a> Driver<'a> {
     fn report_status(&mut self) {
         let st = self.session.status();
         let r = &self.report;
+        let quiet = now_ms().saturating_sub(st.last_heard_ms);
         self.peers.update(&st.peer_node, |p| {
             p.connected = st.established && !st.closed;
+            p.silent_ms = (p.connected && quiet > r.silent_after_ms).then_some(quiet);
             if let Some(t) = r.last_heard {
                 p.last_seen = Some(rfc3339(t));
             }

@@ -301,7 +301,10 @@ async fn run_connection(
     registry.remember(&name, peer_vvs);
     registry.remove(id);
     if !registry.other_session(&name, id) {
-        peers.update(&name, |p| p.connected = false);
+        peers.update(&name, |p| {
+            p.connected = false;
+            p.silent_ms = None;
+        });
     }
     let _enter = span.enter();
     tracing::info!(reason = %outcome, "session ended");

@@ -99,6 +99,12 @@ pub struct PeerStatus {
     /// The error code name and detail of the last such closure; null if none.
     #[serde(default)]
     pub last_bad_input: Option<String>,
+    /// While connected: how long (ms) nothing has been heard from the peer, once that is more
+    /// than two heartbeat intervals: a cut link shows here within seconds, while the session
+    /// itself only closes (`connected` false) after six silent intervals (at least 10 s).
+    /// Null otherwise.
+    #[serde(default)]
+    pub silent_ms: Option<u64>,
 }
 
 /// Replication state of one collection between this node and one peer.
