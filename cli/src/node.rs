@@ -64,6 +64,7 @@ pub fn peers(global: &Global) -> Result<(), CliError> {
     }
     let now = output::unix_now_secs();
     let mut text = peers_table(&peers, now).unwrap_or_else(|| "no peers\n".to_owned());
+    text.push_str(&down_reasons(&peers, now));
     if let Some(table) = staleness_table(&peers, now) {
         text.push_str("\nstaleness (this node's copy of each peer's data):\n");
         text.push_str(&table);
@@ -388,6 +389,27 @@ fn time_and_age(value: &Value, now: u64) -> String {
     }
 }
 
+/// One line per disconnected peer whose last dial failed: why, and how long
+/// ago (`hefei: down: <error> (12s ago)`); empty when there is none.
+fn down_reasons(peers: &Value, now: u64) -> String {
+    let mut out = String::new();
+    for (name, fields) in named_entries(peers) {
+        let Some(error) = fields.get("last_error").and_then(Value::as_str) else {
+            continue;
+        };
+        let when = fields
+            .get("last_error_at")
+            .and_then(|t| ago(t, now))
+            .unwrap_or_else(|| "-".to_owned());
+        out.push_str(&format!(
+            "{}: down: {} ({when})\n",
+            output::escape_text(&name),
+            output::escape_message(error)
+        ));
+    }
+    out
+}
+
 /// The stalest `data_as_of` of a peer's collections as an age, the same value
 /// as the stalest collection row of the staleness table; collections not caught
 /// up even once (created while the peer was away) are counted beside it
@@ -485,6 +507,10 @@ fn render_status(status: &Value, now: u64) -> String {
         Some(table) => {
             out.push_str("peers:\n");
             out.push_str(&indent(&table));
+            out.push_str(&indent(&down_reasons(
+                field("peers").unwrap_or(&Value::Null),
+                now,
+            )));
         }
         None => out.push_str("peers: none\n"),
     }

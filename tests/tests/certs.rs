@@ -273,6 +273,23 @@ fn a_node_of_another_ca_is_told_to_check_its_own_ca_and_the_hub_logs_what_it_can
     );
     // The old message put the fix on the hub ("give that office a bundle").
     assert!(!line.contains("give that office"), "{line}");
+    // The office's status and `officesync peers` say why the hub is down, not only its log.
+    wait_for("hefei's status to give the reason", TIMEOUT, || {
+        let s = office.status();
+        let p = peer_entry(&s, HUB).ok_or("no hub entry")?.clone();
+        let told = p["connected"] == false
+            && p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("this node's ca.pem"))
+            && p["last_error_at"].is_string();
+        told.then_some(()).ok_or_else(|| p.to_string())
+    });
+    let peers = office.cli(&["peers"]);
+    let table = String::from_utf8_lossy(&peers.stdout);
+    assert!(
+        table.contains(&format!("{HUB}: down: ")) && table.contains("this node's ca.pem"),
+        "officesync peers:\n{table}"
+    );
 
     let failed = "incoming handshake failed";
     wait_for("the hub's failed handshake", TIMEOUT, || {

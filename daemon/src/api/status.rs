@@ -94,6 +94,23 @@ impl PeerStatusSource for PeerTable {
     }
 }
 
+/// `peers`, each disconnected one with the transport's last dial or handshake error of it.
+fn with_dial_errors(
+    mut peers: Vec<PeerStatus>,
+    transport: Option<&StatsHandle>,
+) -> Vec<PeerStatus> {
+    let Some(transport) = transport else {
+        return peers;
+    };
+    for p in peers.iter_mut().filter(|p| !p.connected) {
+        if let Some((at, error)) = transport.dial_error(&p.name) {
+            p.last_error = Some(error);
+            p.last_error_at = Some(crate::time::rfc3339_ms(at));
+        }
+    }
+    peers
+}
+
 /// A snapshot of `source` with each collection's `staleness_ms` computed for `now_ms`.
 pub(crate) fn peers_at(source: &dyn PeerStatusSource, now_ms: u64) -> Vec<PeerStatus> {
     let mut peers = source.peers();
@@ -215,7 +232,10 @@ pub(crate) async fn status(
         max_value_bytes: replica.max_value_bytes(),
         vv,
         collections,
-        peers: peers_at(state.peers.as_ref(), unix_ms_now()),
+        peers: with_dial_errors(
+            peers_at(state.peers.as_ref(), unix_ms_now()),
+            state.transport.as_ref(),
+        ),
         store,
         writes: replica.stats().into(),
         transport: state.transport.as_ref().map(StatsHandle::snapshot),

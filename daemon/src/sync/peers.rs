@@ -105,6 +105,13 @@ pub struct PeerStatus {
     /// Null otherwise.
     #[serde(default)]
     pub silent_ms: Option<u64>,
+    /// While disconnected from a peer this node dials: why the last dial or handshake failed
+    /// (unreachable, refused, a certificate of another CA...); null otherwise.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When that error happened, RFC 3339 in UTC.
+    #[serde(default)]
+    pub last_error_at: Option<String>,
 }
 
 /// Replication state of one collection between this node and one peer.

@@ -126,7 +126,7 @@ pub(crate) async fn run(
             match outcome {
                 Ok((connection, identity, remote)) => {
                     last_error = None;
-                    shared.counters.dialed();
+                    shared.counters.dial_succeeded(&peer.name);
                     let started = Instant::now();
                     if !deliver(connection, identity, remote, &tx, &mut shutdown, &shared).await {
                         return;
@@ -140,8 +140,8 @@ pub(crate) async fn run(
                     return;
                 }
                 Err(e) => {
-                    shared.counters.dial_failed();
                     let text = e.to_string();
+                    shared.counters.dial_failed(&peer.name, &text);
                     if last_error.as_deref() == Some(text.as_str()) {
                         tracing::debug!(error = %text, attempt, "dial failed again");
                     } else {

@@ -156,6 +156,9 @@ struct Counters {
     retries_sent: AtomicU64,
     backoff_refused: AtomicU64,
     certificates_expired: AtomicU64,
+    /// Per peer this node dials: the last dial or handshake error and when (unix ms), until
+    /// a dial succeeds.
+    dial_errors: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
 }
 
 /// Adds one to a counter.
@@ -164,14 +167,35 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
-    fn dialed(&self) {
-        bump(&self.dialed);
-    }
     fn accepted(&self) {
         bump(&self.accepted);
     }
-    fn dial_failed(&self) {
+    /// A dial of `peer` failed with `error`: counted, and kept as its last error.
+    fn dial_failed(&self, peer: &str, error: &str) {
         bump(&self.dials_failed);
+        let now = crate::time::unix_ms_now();
+        let mut text = error.to_owned();
+        if text.len() > MAX_DIAL_ERROR_BYTES {
+            let mut end = MAX_DIAL_ERROR_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        let mut errors = self
+            .dial_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        errors.insert(peer.to_owned(), (now, text));
+    }
+    /// A dial of `peer` succeeded: its last error is forgotten.
+    fn dial_succeeded(&self, peer: &str) {
+        bump(&self.dialed);
+        let mut errors = self
+            .dial_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        errors.remove(peer);
     }
     fn handshake_failed(&self) {
         bump(&self.handshakes_failed);
@@ -225,7 +249,20 @@ impl StatsHandle {
     pub fn snapshot(&self) -> TransportStats {
         self.0.snapshot()
     }
+
+    /// The last dial or handshake error of `peer` and when (unix ms), while its dials fail.
+    pub fn dial_error(&self, peer: &str) -> Option<(u64, String)> {
+        let errors = self
+            .0
+            .dial_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        errors.get(peer).cloned()
+    }
 }
+
+/// Longest dial error kept for status, in bytes.
+const MAX_DIAL_ERROR_BYTES: usize = 1024;
 
 /// State the transport's tasks share.
 #[derive(Debug, Clone, Default)]
