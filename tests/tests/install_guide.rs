@@ -668,6 +668,16 @@ impl Checks<'_> {
                 journal.contains(quoted),
                 "the general office never logged {quoted:?}:\n{journal}"
             );
+            // And hefei's `officesync peers` says why the general office is down, as the
+            // troubleshooting table tells the reader to look.
+            let api = format!("127.0.0.1:{}", hefei.api_port);
+            let mut last = String::new();
+            let told = wait_until(Duration::from_secs(45), Duration::from_millis(300), || {
+                let out = self.officesync(hefei, &["--api", &api, "peers"]);
+                last = String::from_utf8_lossy(&out.stdout).into_owned();
+                last.contains("general-office: down: ") && last.contains("revoked")
+            });
+            assert!(told, "hefei's officesync peers never said why:\n{last}");
         } else if block.contains("policy unrevoke-node hefei") {
             wait_hub_link(
                 hefei,
