@@ -49,6 +49,26 @@ fn hub_with(node: &str, local: VersionVector) -> Session {
     s
 }
 
+/// Office hefei accepting the hub (a relay), holding `local` of [`COLL`].
+fn office_accepting_hub(local: VersionVector) -> Session {
+    let mut s = Session::new(
+        Role::Acceptor,
+        cfg("hefei", false),
+        peer("hub", true),
+        vec![(COLL.into(), local)],
+        0,
+    );
+    s.handle_frame(StreamKind::Control, hello("hub").into(), 1);
+    s.handle_frame(
+        StreamKind::Control,
+        Heartbeat { now_ms: 1, seq: 1 }.into(),
+        2,
+    );
+    drain_tx(&mut s);
+    drain_events(&mut s);
+    s
+}
+
 fn applies(s: &mut Session) -> Vec<(ReplicaId, Vec<u64>, u64)> {
     std::iter::from_fn(|| s.poll_action())
         .flat_map(|a| match a {
@@ -143,21 +163,7 @@ fn a_context_covering_held_dots_is_accepted() {
 fn a_version_past_the_skew_bound_is_refused_alone_and_retried_later() {
     // The relay forwards an origin's version stamped too far ahead of our clock: that version
     // (and its stream after it) waits; the session and the relay are not punished.
-    let mut s = Session::new(
-        Role::Acceptor,
-        cfg("hefei", false),
-        peer("hub", true),
-        vec![],
-        0,
-    );
-    s.handle_frame(StreamKind::Control, hello("hub").into(), 1);
-    s.handle_frame(
-        StreamKind::Control,
-        Heartbeat { now_ms: 1, seq: 1 }.into(),
-        2,
-    );
-    drain_tx(&mut s);
-    drain_events(&mut s);
+    let mut s = office_accepting_hub(VersionVector::new());
     let skew = cfg("hefei", false).max_clock_skew_ms;
     let other = rid("wuhu");
     let mut ahead = version("wuhu", 2);
@@ -243,21 +249,7 @@ fn origins_per_collection_are_bounded_even_from_a_relay() {
     let local: VersionVector = (0..crate::wire::MAX_VECTOR_ENTRIES as u32)
         .map(|i| (ReplicaId::new(&format!("n{i}"), 1).expect("valid"), 1))
         .collect();
-    let mut s = Session::new(
-        Role::Acceptor,
-        cfg("hefei", false),
-        peer("hub", true),
-        vec![(COLL.into(), local)],
-        0,
-    );
-    s.handle_frame(StreamKind::Control, hello("hub").into(), 1);
-    s.handle_frame(
-        StreamKind::Control,
-        Heartbeat { now_ms: 1, seq: 1 }.into(),
-        2,
-    );
-    drain_tx(&mut s);
-    drain_events(&mut s);
+    let mut s = office_accepting_hub(local);
     let newcomer = rid("newcomer");
     s.handle_frame(
         StreamKind::Bulk,
