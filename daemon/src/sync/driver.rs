@@ -138,12 +138,8 @@ struct Driver<'a> {
     misbehavior: transport::Misbehavior,
     /// Dropped when the driver is: tells a dialer to redial.
     _closed_notify: Option<oneshot::Sender<()>>,
-    inputs: mpsc::Receiver<Input>,
-    ctrl_tx: mpsc::Sender<Message>,
-    bulk_tx: mpsc::Sender<Message>,
-    readers: JoinSet<()>,
-    writers: JoinSet<()>,
-    compress: Arc<AtomicBool>,
+    /// The byte-moving tasks and the bounded channels to them.
+    io: Io,
     durable: watch::Receiver<Arc<DurableState>>,
     policy_rx: watch::Receiver<Arc<Policy>>,
     policy_live: bool,
@@ -223,12 +219,7 @@ impl<'a> Driver<'a> {
             connection,
             misbehavior,
             _closed_notify: closed_notify,
-            inputs: io.inputs,
-            ctrl_tx: io.ctrl_tx,
-            bulk_tx: io.bulk_tx,
-            readers: io.readers,
-            writers: io.writers,
-            compress: io.compress,
+            io,
             durable,
             policy_rx,
             policy_live: true,
@@ -281,7 +272,7 @@ impl<'a> Driver<'a> {
     /// read its control stream: its bad input.
     fn drive_transmit(&mut self) {
         while let Some(msg) = self.session.poll_transmit_on(StreamKind::Control) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = self.ctrl_tx.try_send(msg) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = self.io.ctrl_tx.try_send(msg) {
                 self.frame_fault = true;
                 self.session.close(
                     ErrorCode::FrameTooLarge,
@@ -289,24 +280,24 @@ impl<'a> Driver<'a> {
                 );
             }
         }
-        while self.bulk_tx.capacity() > 0 {
+        while self.io.bulk_tx.capacity() > 0 {
             let Some(msg) = self.session.poll_transmit_on(StreamKind::Bulk) else {
                 break;
             };
             // Room was checked just above, and this driver is the only sender.
-            if self.bulk_tx.try_send(msg).is_err() {
+            if self.io.bulk_tx.try_send(msg).is_err() {
                 break;
             }
         }
         self.session
-            .handle_bulk_blocked(self.bulk_tx.capacity() == 0);
+            .handle_bulk_blocked(self.io.bulk_tx.capacity() == 0);
     }
 
     /// Takes in the frames already received (so the session sees every completed stream and
     /// merges their Applies), then runs the next store action, in the session's order.
     /// Returns whether one ran.
     async fn drive_action(&mut self) -> bool {
-        while let Ok(input) = self.inputs.try_recv() {
+        while let Ok(input) = self.io.inputs.try_recv() {
             self.feed(input);
         }
         let Some(action) = self.session.poll_action() else {
@@ -336,7 +327,8 @@ impl<'a> Driver<'a> {
                     compression,
                     peer_replica,
                 } => {
-                    self.compress
+                    self.io
+                        .compress
                         .store(compression == Compression::Zstd, Ordering::Relaxed);
                     tracing::info!(?compression, peer_replica = ?peer_replica, "session established");
                 }
@@ -439,10 +431,10 @@ impl<'a> Driver<'a> {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
             .min(self.report.next);
         let wake = tokio::select! {
-            input = self.inputs.recv() => Wake::Input(input),
+            input = self.io.inputs.recv() => Wake::Input(input),
             changed = self.durable.changed() => Wake::Durable(changed.is_ok()),
             changed = self.policy_rx.changed(), if self.policy_live => Wake::Policy(changed.is_ok()),
-            _ = self.bulk_tx.reserve(), if self.bulk_tx.capacity() == 0 => Wake::BulkRoom,
+            _ = self.io.bulk_tx.reserve(), if self.io.bulk_tx.capacity() == 0 => Wake::BulkRoom,
             cmd = commands.recv(), if self.commands_live => Wake::Command(cmd),
             _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
@@ -537,16 +529,16 @@ impl<'a> Driver<'a> {
         self.drive_transmit();
         self.drive_events();
         // Dropping the senders lets the writers flush (a final error frame) and finish.
-        self.ctrl_tx = mpsc::channel(1).0;
-        self.bulk_tx = mpsc::channel(1).0;
-        join_all(&mut self.writers, FLUSH_TIMEOUT).await;
+        self.io.ctrl_tx = mpsc::channel(1).0;
+        self.io.bulk_tx = mpsc::channel(1).0;
+        join_all(&mut self.io.writers, FLUSH_TIMEOUT).await;
         let code = match &end {
             SessionEnd::Closed { code, .. } => code.as_u32(),
             _ => 0,
         };
         self.connection
             .close(code.into(), end.to_string().as_bytes());
-        join_all(&mut self.readers, JOIN_TIMEOUT).await;
+        join_all(&mut self.io.readers, JOIN_TIMEOUT).await;
         self.report_status();
         (end, self.session.status().peer_vvs)
     }

@@ -2,8 +2,9 @@
 //! poisoned causal contexts, vector and incarnation inflation, what the handshake reveals, a
 //! heartbeat flood, and timestamps stamped to get the hub banned at a stricter office.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use officesync_daemon::time::unix_ms_now;
 use officesync_protocol::wire::{Batch, Complete, Heartbeat, Message};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::rogue::Rogue;
@@ -24,12 +25,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn rogue_id() -> ReplicaId {
@@ -136,8 +131,14 @@ fn a_poisoned_causal_context_cannot_silence_other_offices() {
     rt.block_on(async {
         let mut rogue = rogue_session(&scene).await;
         let rogue_id = rogue_id();
-        let honest_first = version(&rogue_id, 1, "rogue/own", now_ms(), VersionVector::new());
-        let poisoned = version(&rogue_id, 2, "shared/grain", now_ms(), poison.clone());
+        let honest_first = version(
+            &rogue_id,
+            1,
+            "rogue/own",
+            unix_ms_now(),
+            VersionVector::new(),
+        );
+        let poisoned = version(&rogue_id, 2, "shared/grain", unix_ms_now(), poison.clone());
         rogue
             .send_message(&batch(&rogue_id, vec![honest_first, poisoned]))
             .await
@@ -147,7 +148,7 @@ fn a_poisoned_causal_context_cannot_silence_other_offices() {
             .await
             .expect("send");
         // The same context on a fresh key of its own, too.
-        let again = version(&rogue_id, 3, "shared/other", now_ms(), poison.clone());
+        let again = version(&rogue_id, 3, "shared/other", unix_ms_now(), poison.clone());
         rogue
             .send_message(&batch(&rogue_id, vec![again]))
             .await
@@ -244,7 +245,7 @@ fn vector_inflation_is_refused_and_the_handshake_hides_unreadable_collections() 
             sent += 2;
             if i % 100 == 0 {
                 // And batches of an unannounced incarnation of itself.
-                let v = version(&own, 1, "inflated", now_ms(), VersionVector::new());
+                let v = version(&own, 1, "inflated", unix_ms_now(), VersionVector::new());
                 rogue
                     .send_message(&batch(&own, vec![v]))
                     .await
@@ -336,7 +337,7 @@ fn an_office_stamping_near_the_bound_cannot_get_the_hub_banned() {
             &id,
             1,
             "rogue/ahead",
-            now_ms() + 150_000,
+            unix_ms_now() + 150_000,
             VersionVector::new(),
         );
         rogue
@@ -388,7 +389,7 @@ fn a_sibling_flood_is_capped_and_reads_stay_bounded() {
             let versions = (1..=50)
                 .map(|i| {
                     let n = chunk * 50 + i;
-                    version(&id, n, "shared/flood", now_ms(), VersionVector::new())
+                    version(&id, n, "shared/flood", unix_ms_now(), VersionVector::new())
                 })
                 .collect();
             rogue
