@@ -653,6 +653,8 @@ impl Checks<'_> {
             self.config_names_the_api(machine, block);
         } else if is_renewal(block) {
             self.renewed(block);
+        } else if block.contains("officesync verify") && machine.label == "general office" {
+            self.silent_peer_and_its_reason(block);
         } else if block.contains("policy revoke-node hefei") {
             wait_hub_link(hefei, false, "the revoked hefei is shut out", block);
             // And stays out: its dialer retries and is refused at the handshake.
@@ -698,6 +700,55 @@ impl Checks<'_> {
                 "after\n{block}\nkeys left on the general office: {left:?}"
             );
         }
+    }
+
+    /// After step 9: the general office hangs (SIGSTOP). hefei's `peers` first shows it
+    /// `SILENT for N s` while the session still stands, then as down with the reason, as the
+    /// troubleshooting table says; once it runs again, hefei reconnects by itself.
+    fn silent_peer_and_its_reason(&self, block: &str) {
+        let (hub, hefei) = (self.hub, self.hefei);
+        wait_hub_link(hefei, true, "hefei is connected before the hang", block);
+        let pid = std::fs::read_to_string(hub.root.join("run/systemd/officesyncd.pid"))
+            .expect("the general office's pid file");
+        let signal = |sig: &str| {
+            let status = Command::new("kill")
+                .args([sig, pid.trim()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {sig} {pid}");
+        };
+        let api = format!("127.0.0.1:{}", hefei.api_port);
+        let peers_says = |wanted: &dyn Fn(&str) -> bool| {
+            let mut last = String::new();
+            let ok = wait_until(Duration::from_secs(45), Duration::from_millis(300), || {
+                let out = self.officesync(hefei, &["--api", &api, "peers"]);
+                last = String::from_utf8_lossy(&out.stdout).into_owned();
+                wanted(&last)
+            });
+            (ok, last)
+        };
+        signal("-STOP");
+        let (silent, silent_out) = peers_says(&|out| {
+            out.lines()
+                .any(|l| l.starts_with("general-office") && l.contains("SILENT for "))
+        });
+        let (down, down_out) = peers_says(&|out| out.contains("general-office: down: "));
+        signal("-CONT");
+        assert!(
+            silent,
+            "hefei's peers never showed the hung general office as SILENT:\n{silent_out}"
+        );
+        assert!(
+            down,
+            "hefei's peers never said why the hung general office is down:\n{down_out}"
+        );
+        eprintln!("silent, then down:\n{silent_out}\n{down_out}");
+        wait_hub_link(
+            hefei,
+            true,
+            "hefei reconnects once the general office runs again",
+            block,
+        );
     }
 
     /// Step 4: a second `ca init` refuses with the message the guide shows, and keeps the CA.
