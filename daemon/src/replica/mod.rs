@@ -5,6 +5,7 @@
 //! free: it drains every queued write, applies each as its own batch, syncs once and then
 //! acknowledges them all. Reads run on the blocking pool straight against the store.
 
+mod encoding;
 mod keys;
 mod read;
 mod writer;
@@ -517,8 +518,8 @@ impl Replica {
     /// (and, in periodic mode, the flusher) thread.
     pub fn open(store: Arc<dyn Store>, opts: ReplicaOptions) -> Result<Self, ReplicaError> {
         names::validate_node_name(&opts.node)?;
-        let generation = writer::check_durable_mark(store.as_ref())?;
-        let id = writer::load_or_create_identity(store.as_ref(), &opts.node)?;
+        let generation = encoding::check_durable_mark(store.as_ref())?;
+        let id = encoding::load_or_create_identity(store.as_ref(), &opts.node)?;
         // Whatever the store recovered is made durable now, so it may be offered to peers.
         store.sync()?;
         let stats = Arc::new(ReplicaStats::default());
@@ -813,7 +814,7 @@ impl Replica {
     pub async fn collection(&self, collection: &str) -> Result<CollectionMeta, ReplicaError> {
         names::validate_collection_name(collection)?;
         let (store, c) = (self.inner.store.clone(), collection.to_owned());
-        blocking(move || writer::load_meta(store.as_ref(), &c)).await
+        blocking(move || encoding::load_meta(store.as_ref(), &c)).await
     }
 
     /// Every collection this node holds, with its state.

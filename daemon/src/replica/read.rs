@@ -9,8 +9,8 @@
 use officesync_protocol::merge;
 use officesync_protocol::{codec, Dot, Hlc, ValueMeta};
 
+use super::encoding::{decode_siblings, Body, StoredSibling};
 use super::keys;
-use super::writer::{decode_siblings, Body, StoredSibling};
 use super::{CollectionInfo, Record, ReplicaError, ScanPage, Sibling};
 use crate::store::{prefix_end, Store};
 

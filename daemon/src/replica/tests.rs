@@ -646,14 +646,14 @@ async fn a_local_write_the_merge_would_drop_is_an_error_not_an_ack() {
     let store = Arc::new(MemoryStore::new());
     let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("open");
     let rogue = ReplicaId::new("rogue-office", 9).expect("valid");
-    let poisoned = writer::StoredSibling {
+    let poisoned = encoding::StoredSibling {
         header: officesync_protocol::VersionHeader {
             dot: Dot::new(rogue, 1),
             hlc: Hlc { ms: 5, logical: 0 },
             context: [(r.id().clone(), u64::MAX)].into_iter().collect(),
             value: officesync_protocol::ValueMeta::of(Some(b"x")),
         },
-        body: writer::Body::Inline(b"x".to_vec()),
+        body: encoding::Body::Inline(b"x".to_vec()),
     };
     let mut batch = WriteBatch::default();
     batch.put(

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
 use officesync_protocol::hlc::check_skew;
 use officesync_protocol::merge::{self, Applied};
 use officesync_protocol::names;
-use officesync_protocol::{codec, Causal, HlcClock, ReplicaId, Version, VersionHeader};
+use officesync_protocol::{codec, HlcClock, ReplicaId, Version, VersionHeader};
 use tokio::sync::mpsc;
 
+use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
 use super::keys;
 use super::{
     now_ms, CollectionMeta, CommitMode, ReplicaError, ReplicaOptions, ReplicaStats, Request,
@@ -31,39 +31,6 @@ pub const MAX_SIBLINGS: usize = 32;
 /// threshold (about 128 KiB), so no record ever becomes an unsynced blob file.
 pub const MAX_RECORD_BYTES: usize = 96 * 1024;
 
-/// How a version's value is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) enum Body {
-    /// A tombstone: no value.
-    None,
-    /// Small values live inside the sibling record.
-    Inline(Vec<u8>),
-    /// Large values live in `chunks` pieces of [`CHUNK_SIZE`] under the `V` prefix.
-    Chunked {
-        /// Number of pieces.
-        chunks: u32,
-    },
-}
-
-/// One sibling as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct StoredSibling {
-    pub header: VersionHeader,
-    pub body: Body,
-}
-
-impl Causal for StoredSibling {
-    fn dot(&self) -> &officesync_protocol::Dot {
-        &self.header.dot
-    }
-    fn context(&self) -> &officesync_protocol::VersionVector {
-        &self.header.context
-    }
-    fn hlc(&self) -> officesync_protocol::Hlc {
-        self.header.hlc
-    }
-}
-
 /// What applying a batch of received versions did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -73,102 +40,6 @@ pub struct ApplyReport {
     pub ignored: u64,
     /// Versions refused (invalid, too large, or too far in the future), with the reason.
     pub rejected: Vec<(String, String)>,
-}
-
-pub(crate) fn decode_siblings(
-    bytes: &[u8],
-    what: &str,
-) -> Result<Vec<StoredSibling>, ReplicaError> {
-    codec::decode(bytes).map_err(|e| ReplicaError::Corrupt {
-        what: what.to_owned(),
-        detail: e.to_string(),
-    })
-}
-
-fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, ReplicaError> {
-    codec::encode(value).map_err(|e| ReplicaError::Corrupt {
-        what: "new record".into(),
-        detail: e.to_string(),
-    })
-}
-
-/// The store's generation: how many groups of writes it has applied. Refuses a store whose
-/// generation is below the mark recorded after an earlier durable sync: the engine lost
-/// acknowledged writes (sled 0.34 can cut its log short at a damaged spot and open anyway).
-pub(crate) fn check_durable_mark(store: &dyn Store) -> Result<u64, ReplicaError> {
-    let generation =
-        match store.get(&keys::meta("generation"))? {
-            None => 0,
-            Some(raw) => u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| {
-                ReplicaError::Corrupt {
-                    what: "store generation".into(),
-                    detail: "not 8 bytes".into(),
-                }
-            })?),
-        };
-    match store.durable_mark() {
-        Some(mark) if mark > generation => Err(ReplicaError::Store(StoreError::Corrupt {
-            path: "the data dir".into(),
-            detail: format!(
-                "it holds changes up to generation {generation}, but generation {mark} was \
-                 made durable before: acknowledged writes are missing"
-            ),
-        })),
-        _ => Ok(generation),
-    }
-}
-
-/// Reads the replica id from the store, or creates a new incarnation in an empty store.
-/// A store that holds data but no identity is corrupt and is refused.
-pub(crate) fn load_or_create_identity(
-    store: &dyn Store,
-    node: &str,
-) -> Result<ReplicaId, ReplicaError> {
-    let corrupt = |detail: String| ReplicaError::Corrupt {
-        what: "node identity".into(),
-        detail,
-    };
-    if let Some(raw) = store.get(&keys::meta("replica"))? {
-        let text = String::from_utf8(raw).map_err(|e| corrupt(e.to_string()))?;
-        let id: ReplicaId = text.parse().map_err(|e| corrupt(format!("{e}")))?;
-        if id.node_name() != node {
-            return Err(ReplicaError::WrongNode {
-                found: id.node_name().to_owned(),
-                expected: node.to_owned(),
-            });
-        }
-        match store.get(&keys::meta("format"))?.as_deref() {
-            Some([codec::FORMAT_VERSION]) => {}
-            other => return Err(corrupt(format!("unsupported store format {other:?}"))),
-        }
-        return Ok(id);
-    }
-    if !store.range(b"", None, 1)?.is_empty() {
-        return Err(corrupt(
-            "the store holds records but no node identity".into(),
-        ));
-    }
-    let mut incarnation = [0u8; 4];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
-        .map_err(|_| StoreError::Io("no system randomness for the incarnation".into()))?;
-    let id = ReplicaId::new(node, u32::from_be_bytes(incarnation))
-        .map_err(|e| corrupt(e.to_string()))?;
-    let mut batch = WriteBatch::default();
-    batch.put(keys::meta("format"), vec![codec::FORMAT_VERSION]);
-    batch.put(keys::meta("replica"), id.as_str().as_bytes().to_vec());
-    store.apply(batch)?;
-    store.sync()?;
-    Ok(id)
-}
-
-pub(crate) fn load_meta(store: &dyn Store, coll: &str) -> Result<CollectionMeta, ReplicaError> {
-    match store.get(&keys::collection(coll))? {
-        None => Ok(CollectionMeta::default()),
-        Some(raw) => codec::decode(&raw).map_err(|e| ReplicaError::Corrupt {
-            what: format!("collection {coll} state"),
-            detail: e.to_string(),
-        }),
-    }
 }
 
 /// The writer's state.

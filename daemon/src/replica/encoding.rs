@@ -1,0 +1,142 @@
+//! The replica's on-disk encoding: how sibling sets, collection states and the node's
+//! identity are laid out as store values (the keys are in [`super::keys`]), and the checks
+//! that refuse a store this build cannot read (wrong node, unknown format, lost writes).
+
+use bincode::{Decode, Encode};
+use officesync_protocol::{codec, Causal, ReplicaId, VersionHeader};
+
+use super::keys;
+use super::{CollectionMeta, ReplicaError};
+use crate::store::{Store, StoreError, WriteBatch};
+
+/// How a version's value is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) enum Body {
+    /// A tombstone: no value.
+    None,
+    /// Small values live inside the sibling record.
+    Inline(Vec<u8>),
+    /// Large values live in `chunks` pieces of [`CHUNK_SIZE`] under the `V` prefix.
+    Chunked {
+        /// Number of pieces.
+        chunks: u32,
+    },
+}
+
+/// One sibling as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct StoredSibling {
+    pub header: VersionHeader,
+    pub body: Body,
+}
+
+impl Causal for StoredSibling {
+    fn dot(&self) -> &officesync_protocol::Dot {
+        &self.header.dot
+    }
+    fn context(&self) -> &officesync_protocol::VersionVector {
+        &self.header.context
+    }
+    fn hlc(&self) -> officesync_protocol::Hlc {
+        self.header.hlc
+    }
+}
+
+/// Decodes the sibling set stored for `what` (`collection/key`, for the error).
+pub(crate) fn decode_siblings(
+    bytes: &[u8],
+    what: &str,
+) -> Result<Vec<StoredSibling>, ReplicaError> {
+    codec::decode(bytes).map_err(|e| ReplicaError::Corrupt {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Encodes a store value (a sibling set or a collection state).
+pub(crate) fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, ReplicaError> {
+    codec::encode(value).map_err(|e| ReplicaError::Corrupt {
+        what: "new record".into(),
+        detail: e.to_string(),
+    })
+}
+
+/// The store's generation: how many groups of writes it has applied. Refuses a store whose
+/// generation is below the mark recorded after an earlier durable sync: the engine lost
+/// acknowledged writes (sled 0.34 can cut its log short at a damaged spot and open anyway).
+pub(crate) fn check_durable_mark(store: &dyn Store) -> Result<u64, ReplicaError> {
+    let generation =
+        match store.get(&keys::meta("generation"))? {
+            None => 0,
+            Some(raw) => u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| {
+                ReplicaError::Corrupt {
+                    what: "store generation".into(),
+                    detail: "not 8 bytes".into(),
+                }
+            })?),
+        };
+    match store.durable_mark() {
+        Some(mark) if mark > generation => Err(ReplicaError::Store(StoreError::Corrupt {
+            path: "the data dir".into(),
+            detail: format!(
+                "it holds changes up to generation {generation}, but generation {mark} was \
+                 made durable before: acknowledged writes are missing"
+            ),
+        })),
+        _ => Ok(generation),
+    }
+}
+
+/// Reads the replica id from the store, or creates a new incarnation in an empty store.
+/// A store that holds data but no identity is corrupt and is refused.
+pub(crate) fn load_or_create_identity(
+    store: &dyn Store,
+    node: &str,
+) -> Result<ReplicaId, ReplicaError> {
+    let corrupt = |detail: String| ReplicaError::Corrupt {
+        what: "node identity".into(),
+        detail,
+    };
+    if let Some(raw) = store.get(&keys::meta("replica"))? {
+        let text = String::from_utf8(raw).map_err(|e| corrupt(e.to_string()))?;
+        let id: ReplicaId = text.parse().map_err(|e| corrupt(format!("{e}")))?;
+        if id.node_name() != node {
+            return Err(ReplicaError::WrongNode {
+                found: id.node_name().to_owned(),
+                expected: node.to_owned(),
+            });
+        }
+        match store.get(&keys::meta("format"))?.as_deref() {
+            Some([codec::FORMAT_VERSION]) => {}
+            other => return Err(corrupt(format!("unsupported store format {other:?}"))),
+        }
+        return Ok(id);
+    }
+    if !store.range(b"", None, 1)?.is_empty() {
+        return Err(corrupt(
+            "the store holds records but no node identity".into(),
+        ));
+    }
+    let mut incarnation = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
+        .map_err(|_| StoreError::Io("no system randomness for the incarnation".into()))?;
+    let id = ReplicaId::new(node, u32::from_be_bytes(incarnation))
+        .map_err(|e| corrupt(e.to_string()))?;
+    let mut batch = WriteBatch::default();
+    batch.put(keys::meta("format"), vec![codec::FORMAT_VERSION]);
+    batch.put(keys::meta("replica"), id.as_str().as_bytes().to_vec());
+    store.apply(batch)?;
+    store.sync()?;
+    Ok(id)
+}
+
+/// The stored state of `coll` (empty when the collection was never written).
+pub(crate) fn load_meta(store: &dyn Store, coll: &str) -> Result<CollectionMeta, ReplicaError> {
+    match store.get(&keys::collection(coll))? {
+        None => Ok(CollectionMeta::default()),
+        Some(raw) => codec::decode(&raw).map_err(|e| ReplicaError::Corrupt {
+            what: format!("collection {coll} state"),
+            detail: e.to_string(),
+        }),
+    }
+}
