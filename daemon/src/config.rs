@@ -137,12 +137,41 @@ pub struct TlsConfig {
 pub struct ApiConfig {
     /// TCP listen address of the HTTP API.
     pub listen: SocketAddr,
+    /// Who may use the API: staff tokens (the default), or anyone who reaches it.
+    pub auth: AuthMode,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: DEFAULT_API_LISTEN,
+            auth: AuthMode::None,
+        }
+    }
+}
+
+/// The file, in the data dir, where the daemon writes the first admin token at first start
+/// (`auth = "token"`).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// `api.auth`: how API requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every request but `/health` and `/ready` carries a user's token (DESIGN.md, "Staff
+    /// access").
+    Token,
+    /// No authentication: anyone who reaches the API is an admin. For a demo or a loopback
+    /// test only; the daemon warns while it serves so.
+    None,
+}
+
+impl AuthMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Token => "token",
+            AuthMode::None => "none",
         }
     }
 }
@@ -606,6 +635,7 @@ impl Config {
         writeln!(out)?;
         writeln!(out, "[api]")?;
         writeln!(out, "listen = {}", toml_str(&self.api.listen.to_string()))?;
+        writeln!(out, "auth = {}", toml_str(self.api.auth.as_str()))?;
         writeln!(out)?;
         writeln!(out, "[storage]")?;
         writeln!(
@@ -739,6 +769,12 @@ impl ConfigBuilder {
     /// Sets `api.listen`.
     pub fn api_listen(mut self, addr: SocketAddr) -> Self {
         self.config.api.listen = addr;
+        self
+    }
+
+    /// Sets `api.auth`.
+    pub fn api_auth(mut self, auth: AuthMode) -> Self {
+        self.config.api.auth = auth;
         self
     }
 
@@ -965,6 +1001,7 @@ fn example(key: &str) -> &'static str {
         "tls.key" => "key = \"/etc/officesync/node.key\"",
         "sync.listen" => "listen = \"0.0.0.0:7400\"",
         "api.listen" => "listen = \"127.0.0.1:7480\"",
+        "api.auth" => "auth = \"token\" (or \"none\", for a demo only)",
         "sync.peers" => "peers = [{ name = \"general-office\", addr = \"gov.example.cn:7400\" }]",
         "sync.peers.name" => "{ name = \"general-office\", addr = \"gov.example.cn:7400\" }",
         "sync.peers.addr" => "{ name = \"general-office\", addr = \"gov.example.cn:7400\" }",

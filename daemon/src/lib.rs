@@ -2,6 +2,8 @@
 
 #[cfg(feature = "node")]
 pub mod api;
+#[cfg(feature = "node")]
+pub mod auth;
 pub mod config;
 #[cfg(feature = "node")]
 pub mod node;

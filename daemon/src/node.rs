@@ -32,6 +32,9 @@ pub enum StartError {
     /// The replication endpoint could not be set up (certificates, UDP port).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The users file is damaged, or the first admin token could not be written.
+    #[error("staff access: {0} (fix: restore users.json from a backup, or remove it to start over with a new admin token)")]
+    Users(#[from] crate::auth::AuthError),
     /// The API address could not be bound.
     #[error(
         "cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)"
@@ -42,6 +45,31 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// The API's gate for `api.auth`: the node's users (making the first admin and its token at
+/// first start), or none, with a warning.
+fn open_gate(config: &Config) -> Result<api::Gate, StartError> {
+    match config.api.auth {
+        crate::config::AuthMode::None => {
+            tracing::warn!(
+                api = %config.api.listen,
+                "api.auth = \"none\": anyone who reaches the API is an admin; use it for a demo or a loopback test only"
+            );
+            Ok(api::Gate::Open)
+        }
+        crate::config::AuthMode::Token => {
+            let (users, first) =
+                crate::auth::Users::open(&config.node.data_dir, crate::time::unix_ms_now())?;
+            if let crate::auth::FirstStart::AdminTokenWritten(path) = first {
+                tracing::info!(
+                    file = %path.display(),
+                    "no admin user: made user admin; its token is in this file (mode 0600)"
+                );
+            }
+            Ok(api::Gate::tokens(users))
+        }
+    }
 }
 
 /// The replica options a config asks for.
@@ -106,7 +134,9 @@ impl Node {
             policy.clone(),
             stopped.clone(),
         ));
+        let gate = open_gate(config)?;
         let state = ApiState::new(replica.clone())
+            .with_gate(gate)
             .with_access(api::Access::new(&config.node.name, is_admin, policy))
             .with_peers(Arc::new(peers))
             .with_transport(transport_stats)

@@ -621,7 +621,7 @@ fn asn1_time(unix: i64) -> Result<ASN1Time, PkiError> {
     ASN1Time::from_timestamp(unix).map_err(|_| PkiError::Time(unix))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -656,13 +656,19 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), PkiError> {
 /// Writes `contents` to a fresh temporary file created with `mode`, then
 /// renames it over `path`, so a key file never exists with a wider mode.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write {
+    write_atomic(path, contents, mode).map_err(|source| PkiError::Write {
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Replaces `path` with `contents` atomically: a fresh temporary file beside it, created with
+/// `mode` and synced, renamed over `path`, then the directory synced. A reader sees the old
+/// file or the new one, never a part, and a secret never exists with a wider mode.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let file_name = path
         .file_name()
-        .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -677,12 +683,17 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
             .open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(err)
+    result
 }
 
 #[cfg(test)]

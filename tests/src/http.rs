@@ -23,6 +23,8 @@ const MAX_BODY: u64 = 80 << 20;
 pub struct ApiClient {
     agent: ureq::Agent,
     addr: SocketAddr,
+    /// The token sent as `Authorization: Bearer`, if any.
+    token: Option<String>,
 }
 
 /// A complete HTTP answer.
@@ -114,7 +116,22 @@ impl ApiClient {
             .timeout_global(Some(HTTP_TIMEOUT))
             .build()
             .new_agent();
-        Self { agent, addr }
+        Self {
+            agent,
+            addr,
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` with every request (`None`: no token).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The API address.
@@ -130,9 +147,12 @@ impl ApiClient {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<HttpReply, ureq::Error> {
-        let builder = http::Request::builder()
+        let mut builder = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
         let response = match body {
             Some(body) => self.agent.run(
                 builder

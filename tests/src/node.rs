@@ -162,7 +162,7 @@ impl TestNode {
     }
 
     /// Runs the `officesync` CLI with `args` against this node (`OFFICESYNC_API` set to its
-    /// API address), bounded by [`CLI_TIMEOUT`].
+    /// API address, `OFFICESYNC_TOKEN` to its admin token), bounded by [`CLI_TIMEOUT`].
     pub fn cli<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         run_bounded(self.cli_command(args), None, CLI_TIMEOUT)
     }
@@ -176,6 +176,9 @@ impl TestNode {
     pub fn cli_command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut cmd = officesync_command(args);
         cmd.env("OFFICESYNC_API", self.spec.api_addr.to_string());
+        if let Some(token) = self.api().token() {
+            cmd.env("OFFICESYNC_TOKEN", token);
+        }
         cmd
     }
 
@@ -301,6 +304,21 @@ fn reap(state: &mut Running) {
 }
 
 /// Spawns the daemon and waits for health, exit or the start timeout.
+/// The admin token the daemon of `config` wrote at first start (`DATA_DIR/admin.token`), or
+/// `None` when it serves without authentication or the config names no readable data dir.
+pub fn admin_token(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let parsed = officesync_daemon::config::Config::from_toml_str(&text, config).ok()?;
+    let token = std::fs::read_to_string(
+        parsed
+            .node
+            .data_dir
+            .join(officesync_daemon::auth::ADMIN_TOKEN_FILE),
+    )
+    .ok()?;
+    Some(token.trim().to_owned())
+}
+
 fn spawn(spec: &DaemonSpec, env: &[(String, String)]) -> Result<Running, StartFailure> {
     let log_offset = std::fs::metadata(&spec.log_path).map_or(0, |m| m.len());
     let log = open_log(&spec.log_path);
@@ -337,6 +355,7 @@ fn spawn(spec: &DaemonSpec, env: &[(String, String)]) -> Result<Running, StartFa
             Err(e) => panic!("cannot wait for {line}: {e}"),
         }
         if api.healthy() {
+            let api = api.with_token(admin_token(&spec.config_path));
             return Ok(Running {
                 child: Some(child),
                 log_offset,

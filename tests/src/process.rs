@@ -117,7 +117,7 @@ pub fn command_line(cmd: &Command) -> String {
 }
 
 /// A `Command` for the `officesync` CLI with a clean environment (no `OFFICESYNC_API`,
-/// no proxy variables inherited from the developer's shell).
+/// `OFFICESYNC_CONFIG` or token variables, no proxy variables inherited from the developer's shell).
 pub fn officesync_command<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,
@@ -126,6 +126,9 @@ where
     let mut cmd = Command::new(bins::officesync_path());
     cmd.args(args)
         .env_remove("OFFICESYNC_API")
+        .env_remove("OFFICESYNC_CONFIG")
+        .env_remove("OFFICESYNC_TOKEN")
+        .env_remove("OFFICESYNC_TOKEN_FILE")
         .env_remove("http_proxy")
         .env_remove("HTTP_PROXY")
         .env_remove("all_proxy")

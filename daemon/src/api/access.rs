@@ -4,6 +4,7 @@
 use officesync_protocol::policy::{parse_entry, parse_key, POLICY_COLLECTION};
 
 use super::error::ApiError;
+use super::gate::Who;
 use crate::policy::PolicyHandle;
 
 /// What the API needs to decide access: this node's name, whether it is an admin (named in
@@ -30,8 +31,15 @@ impl Access {
         &self.policy
     }
 
-    /// May this node's staff read `collection`?
-    pub(crate) fn check_read(&self, collection: &str) -> Result<(), ApiError> {
+    /// May `who` read `collection`? Its role and collection list first, then this node's
+    /// policy.
+    pub(crate) fn check_read(&self, who: &Who, collection: &str) -> Result<(), ApiError> {
+        if !who.0.may_read(collection) {
+            return Err(ApiError::Forbidden(format!(
+                "{} may not read collection {collection:?} (see `officesync user list`)",
+                who.describe()
+            )));
+        }
         if self.policy.current().may_read(&self.node, collection) {
             Ok(())
         } else {
@@ -42,14 +50,27 @@ impl Access {
         }
     }
 
-    /// May this node write `value` (`None`: a delete) at `key` of `collection`? `_policy`
-    /// takes only valid entries, and only at an admin node.
+    /// May `who` write `value` (`None`: a delete) at `key` of `collection`? Its role and
+    /// collection list first, then this node's policy. `_policy` takes only valid entries, only
+    /// from an admin user, and only at an admin node.
     pub(crate) fn check_write(
         &self,
+        who: &Who,
         collection: &str,
         key: &str,
         value: Option<&[u8]>,
     ) -> Result<(), ApiError> {
+        if !who.0.may_write(collection) {
+            let why = if collection.starts_with('_') {
+                "only an admin may write system collections"
+            } else {
+                "see `officesync user list`"
+            };
+            return Err(ApiError::Forbidden(format!(
+                "{} may not write collection {collection:?} ({why})",
+                who.describe()
+            )));
+        }
         if collection == POLICY_COLLECTION {
             if !self.is_admin {
                 return Err(ApiError::Forbidden(format!(

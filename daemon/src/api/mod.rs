@@ -21,11 +21,13 @@
 
 mod access;
 mod error;
+mod gate;
 mod metrics;
 mod params;
 mod records;
 mod serve;
 mod status;
+mod users;
 mod web;
 
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub use crate::time::{
 };
 pub use access::Access;
 pub use error::ApiError;
+pub use gate::Gate;
 pub use metrics::CONTENT_TYPE_0_0_4;
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
@@ -66,6 +69,7 @@ pub struct ApiState {
     verifier: Option<Arc<dyn Verifier>>,
     http: Arc<HttpMetrics>,
     access: Access,
+    gate: Gate,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -113,7 +117,25 @@ impl ApiState {
             verifier: None,
             http: Arc::new(HttpMetrics::new()),
             access,
+            gate: Gate::Open,
         }
+    }
+
+    /// Authenticates requests with `gate` (the default, [`Gate::Open`], lets everyone in as
+    /// an admin: `auth = "none"`).
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Records a refused authentication from `addr` (in the audit log, once it exists).
+    pub(crate) fn audit_refused(&self, addr: std::net::IpAddr, path: &str, why: &str) {
+        let _ = (addr, path, why);
+    }
+
+    /// Records a change of users by `who` (in the audit log, once it exists).
+    pub(crate) fn audit_user_change(&self, who: &gate::Who, kind: &str, user: &str, detail: &str) {
+        let _ = (who, kind, user, detail);
     }
 
     /// Enforces `access` (the node's policy) on record reads and writes; without it every
@@ -187,6 +209,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))
+        .route("/v1/whoami", get(users::whoami))
+        .route("/v1/users", get(users::list).post(users::add))
+        .route("/v1/users/{name}", axum::routing::delete(users::remove))
+        .route("/v1/users/{name}/token", axum::routing::post(users::rotate))
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))
@@ -196,18 +222,26 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            gate::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             metrics::track,
         ))
         .with_state(state)
 }
 
 #[cfg(test)]
+mod gate_tests;
+#[cfg(test)]
 mod tests;
 
 /// `POST /v1/verify`: `{"results": [{"peer", "collection", "outcome"}]}`.
 async fn verify(
     axum::extract::State(state): axum::extract::State<ApiState>,
+    who: gate::Who,
 ) -> Result<axum::Json<VerifyResults>, ApiError> {
+    who.require_admin("run verify")?;
     match &state.verifier {
         Some(v) => Ok(axum::Json(VerifyResults {
             results: v.verify().await,

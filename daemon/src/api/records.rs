@@ -14,6 +14,7 @@ use officesync_protocol::{Dot, Hlc};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::gate::Who;
 use super::params::{parse_flag, parse_query, record_target, scan_target};
 use super::ApiState;
 use crate::replica::{
@@ -106,6 +107,7 @@ pub(crate) struct ScanBody {
 /// empty). Answers `{"version", "hlc"}` once the write is acknowledged by the replica.
 pub(crate) async fn put_record(
     State(state): State<ApiState>,
+    who: Who,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WriteBody>, ApiError> {
@@ -113,7 +115,9 @@ pub(crate) async fn put_record(
     parse_query(uri.query(), &[])?;
     let max = state.replica.max_value_bytes();
     let body = body.map_err(|r| ApiError::from_body(r, max))?;
-    state.access.check_write(&collection, &key, Some(&body))?;
+    state
+        .access
+        .check_write(&who, &collection, &key, Some(&body))?;
     let ack = state
         .replica
         .write(&collection, &key, Some(body.to_vec()))
@@ -137,6 +141,7 @@ pub(crate) async fn put_record(
 /// its version and HLC headers; 404 when the key has no such sibling or it is a tombstone.
 pub(crate) async fn get_record(
     State(state): State<ApiState>,
+    who: Who,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (collection, key) = record_target(uri.path())?;
@@ -155,7 +160,7 @@ pub(crate) async fn get_record(
             "give either all=true or version=, not both".into(),
         ));
     }
-    state.access.check_read(&collection)?;
+    state.access.check_read(&who, &collection)?;
     if all {
         let read = state
             .replica
@@ -236,11 +241,12 @@ fn value_answer<const N: usize>(
 /// has a live concurrent sibling is deleted (the new tombstone resolves the conflict).
 pub(crate) async fn delete_record(
     State(state): State<ApiState>,
+    who: Who,
     uri: Uri,
 ) -> Result<Json<WriteBody>, ApiError> {
     let (collection, key) = record_target(uri.path())?;
     parse_query(uri.query(), &[])?;
-    state.access.check_write(&collection, &key, None)?;
+    state.access.check_write(&who, &collection, &key, None)?;
     // Sibling headers only: no value is loaded to decide.
     let live = state
         .replica
@@ -263,6 +269,7 @@ pub(crate) async fn delete_record(
 /// `next` until it is null.
 pub(crate) async fn scan(
     State(state): State<ApiState>,
+    who: Who,
     uri: Uri,
 ) -> Result<Json<ScanBody>, ApiError> {
     let collection = scan_target(uri.path())?;
@@ -290,7 +297,7 @@ pub(crate) async fn scan(
             )));
         }
     }
-    state.access.check_read(&collection)?;
+    state.access.check_read(&who, &collection)?;
     let page = state
         .replica
         .scan(&collection, prefix, after, limit)

@@ -253,9 +253,10 @@ pub(crate) async fn store_status(state: &ApiState) -> Result<StoreStatus, ApiErr
     .map_err(|e| ApiError::Internal(format!("cannot read the store's size: {e}")))
 }
 
-/// `GET /v1/collections`.
+/// `GET /v1/collections`: lists only the collections the user may read.
 pub(crate) async fn collections(
     State(state): State<ApiState>,
+    who: super::gate::Who,
     uri: Uri,
 ) -> Result<Json<CollectionsBody>, ApiError> {
     parse_query(uri.query(), &[])?;
@@ -264,6 +265,7 @@ pub(crate) async fn collections(
         .collections()
         .await?
         .into_iter()
+        .filter(|info| who.0.may_read(&info.name))
         .map(|info| CollectionSummary {
             name: info.name,
             records: info.meta.records,

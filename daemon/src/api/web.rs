@@ -16,6 +16,7 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::gate::Who;
 use super::params::parse_query;
 use super::status::peers_at;
 use super::ApiState;
@@ -28,12 +29,22 @@ use crate::time::{rfc3339_ms, unix_ms_now};
 pub const REFRESH_SECS: u32 = 5;
 
 /// `GET /`: the status page.
-pub(crate) async fn page(State(state): State<ApiState>, uri: Uri) -> Result<Response, ApiError> {
+pub(crate) async fn page(
+    State(state): State<ApiState>,
+    who: Who,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     parse_query(uri.query(), &[])?;
     let collections = state.replica.collections().await?;
     let now = unix_ms_now();
     let peers = peers_at(state.peers.as_ref(), now);
-    let html = render(state.replica.node(), &collections, &peers, now);
+    let signed_in = match &who.0.user {
+        Some(user) => format!("Signed in as {user} ({}).", who.0.role),
+        None => {
+            "Not signed in: this node serves without authentication (api.auth = \"none\").".into()
+        }
+    };
+    let html = render(state.replica.node(), &signed_in, &collections, &peers, now);
     Ok((
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -107,15 +118,23 @@ th{background:#f0f0f0}.no{color:#b00;font-weight:bold}.yes{color:#070}\
 .lagging{background:#fff3cd}small{color:#666}";
 
 /// The whole page.
-fn render(node: &str, collections: &[CollectionInfo], peers: &[PeerStatus], now: u64) -> String {
+fn render(
+    node: &str,
+    signed_in: &str,
+    collections: &[CollectionInfo],
+    peers: &[PeerStatus],
+    now: u64,
+) -> String {
     let mut h = String::with_capacity(8 * 1024);
     let node = escape(node);
+    let signed_in = escape(signed_in);
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
          <title>officesync: {node}</title><style>{STYLE}</style></head>\n<body>\n\
          <h1>officesync node <span id=\"node\">{node}</span></h1>\n\
+         <p id=\"signed-in\">{signed_in}</p>\n\
          <p><small>As of <span id=\"generated\">{}</span>; refreshes every {REFRESH_SECS} s. \
          Peer lacks: versions the peer has not received from this node yet, since when; \
          we lack: versions this node has not received from the peer (as of the last contact); \
@@ -283,7 +302,13 @@ mod unit {
                 ..PeerStatus::default()
             },
         ];
-        let html = render("general-office", &[], &peers, now);
+        let html = render(
+            "general-office",
+            "Signed in as li (reader).",
+            &[],
+            &peers,
+            now,
+        );
         assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
         assert!(html.contains(
             "<tr class=\"peer\" id=\"peer-hefei\" data-peer=\"hefei\"><td class=\"name\">hefei</td>\

@@ -53,7 +53,7 @@ pub struct WorldNode {
 impl WorldNode {
     /// A client of its API (the address never changes across restarts).
     pub fn api(&self) -> ApiClient {
-        ApiClient::new(self.node.api_addr())
+        self.node.api()
     }
 
     /// `GET /v1/status`, or `None` while it does not answer.
