@@ -246,12 +246,14 @@ pub(crate) fn last_entry(segment: &Segment, last: bool) -> Result<Option<Entry>,
 fn start_segment(segments: &[Segment], after_seq: u64) -> Result<usize, AuditError> {
     for (i, segment) in segments.iter().enumerate().rev() {
         let mut lines = Lines::open(&segment.path)?;
+        let last = i + 1 == segments.len();
         let Some(line) = lines.next_line()? else {
             continue;
         };
-        let first_seq = classify(&line, i + 1 == segments.len())
-            .map(|e| e.seq)
-            .unwrap_or(0);
+        if last && !line.terminated && is_torn(&line.bytes) {
+            continue;
+        }
+        let first_seq = classify(&line, last).map(|e| e.seq).unwrap_or(0);
         if first_seq <= after_seq.saturating_add(1) {
             return Ok(i);
         }

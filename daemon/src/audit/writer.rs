@@ -56,10 +56,12 @@ pub struct Head {
 /// The audit log of one node, open for appending: cheap to clone, safe to share between
 /// threads. Every append is written and fdatasync'ed before it returns (blocking file I/O; call
 /// it from `spawn_blocking` in async code). After a failed append the handle refuses further
-/// appends with [`AuditError::Failed`] until the log is opened again.
+/// appends with [`AuditError::Failed`] until the log is opened again; entries of the failed
+/// append were not acknowledged but may be in the log after a restart.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     inner: Arc<Mutex<Writer>>,
+    dir: Arc<Path>,
 }
 
 impl AuditLog {
@@ -69,6 +71,7 @@ impl AuditLog {
         let writer = Writer::open(dir, options)?;
         Ok(AuditLog {
             inner: Arc::new(Mutex::new(writer)),
+            dir: Arc::from(dir),
         })
     }
 
@@ -78,8 +81,8 @@ impl AuditLog {
     }
 
     /// The directory of the log.
-    pub fn dir(&self) -> Result<PathBuf, AuditError> {
-        Ok(self.lock()?.dir.clone())
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The last entry's `seq` and `hash`.
