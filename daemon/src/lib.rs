@@ -2,6 +2,8 @@
 
 #[cfg(feature = "node")]
 pub mod api;
+// Always built (std, serde, ring, thiserror only): the CLI verifies and lists the log offline.
+pub mod audit;
 #[cfg(feature = "node")]
 pub mod auth;
 pub mod config;
