@@ -35,6 +35,12 @@ pub enum StartError {
     /// The users file is damaged, or the first admin token could not be written.
     #[error("staff access: {0} (fix: restore users.json from a backup, or remove it to start over with a new admin token)")]
     Users(#[from] crate::auth::AuthError),
+    /// The audit log is damaged (named by file and entry) or cannot be opened.
+    #[error("{0} (fix: keep the damaged log aside for inspection, e.g. mv DATA_DIR/audit DATA_DIR/audit.damaged, and start again: a new chain begins)")]
+    Audit(#[from] crate::audit::AuditError),
+    /// The audit appender thread could not be started.
+    #[error("cannot start the audit appender: {0}")]
+    AuditThread(std::io::Error),
     /// The API address could not be bound.
     #[error(
         "cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)"
@@ -70,6 +76,16 @@ fn open_gate(config: &Config) -> Result<api::Gate, StartError> {
             Ok(api::Gate::tokens(users))
         }
     }
+}
+
+/// Opens (checking its whole chain) the audit log in `DATA_DIR/audit` and starts its
+/// appender. A damaged log stops the start, naming the file and entry.
+fn open_journal(config: &Config) -> Result<api::Journal, StartError> {
+    let dir = config.node.data_dir.join("audit");
+    let log = crate::audit::AuditLog::open(&dir, crate::audit::AuditOptions::default())?;
+    let opened = log.opened()?;
+    tracing::info!(dir = %dir.display(), entries = opened.entries, segments = opened.segments, "audit log chain intact");
+    api::Journal::start(log).map_err(StartError::AuditThread)
 }
 
 /// The replica options a config asks for.
@@ -135,8 +151,11 @@ impl Node {
             stopped.clone(),
         ));
         let gate = open_gate(config)?;
-        let state = ApiState::new(replica.clone())
-            .with_gate(gate)
+        let mut state = ApiState::new(replica.clone()).with_gate(gate.clone());
+        if let api::Gate::Tokens { .. } = gate {
+            state = state.with_journal(open_journal(config)?);
+        }
+        let state = state
             .with_access(api::Access::new(&config.node.name, is_admin, policy))
             .with_peers(Arc::new(peers))
             .with_transport(transport_stats)

@@ -43,9 +43,12 @@ fn fixture() -> Fixture {
     let replica =
         Replica::open(Arc::new(MemoryStore::new()), ReplicaOptions::new("gov")).expect("replica");
     let access = Access::new("gov", true, PolicyHandle::fixed(Default::default()));
+    let log = crate::audit::AuditLog::open(&dir.path().join("audit"), Default::default())
+        .expect("audit log");
     let state = ApiState::new(replica)
         .with_access(access)
-        .with_gate(Gate::tokens(users.clone()));
+        .with_gate(Gate::tokens(users.clone()))
+        .with_journal(Journal::start(log).expect("journal"));
     Fixture {
         app: router(state),
         users,
@@ -179,6 +182,9 @@ async fn every_route_checks_the_token_and_the_role() {
         ),
         case(Method::POST, "/v1/users/zhao/token", "", [403, 403, 200]),
         case(Method::DELETE, "/v1/users/zhao", "", [403, 403, 200]),
+        case(Method::GET, "/v1/audit", "", [403, 403, 200]),
+        case(Method::GET, "/v1/audit?limit=5", "", [403, 403, 200]),
+        case(Method::GET, "/v1/audit/verify", "", [403, 403, 200]),
         case(Method::GET, "/v1/no-such-route", "", [404, 404, 404]),
     ];
     for c in &cases {
@@ -394,4 +400,106 @@ async fn auth_none_lets_everyone_in_as_admin() {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = call(&app, Method::GET, "/v1/users", None, "").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "no users without token auth");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_changed_what_and_catches_tampering() {
+    let f = fixture();
+    let admin = bearer(&f.admin);
+    let (s, body) = call(
+        &f.app,
+        Method::PUT,
+        "/v1/collections/situation/records/river",
+        Some(&bearer(&f.writer)),
+        "7.5",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, _) = call(
+        &f.app,
+        Method::DELETE,
+        "/v1/collections/situation/records/river",
+        Some(&bearer(&f.writer)),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &f.app,
+        Method::PUT,
+        "/v1/collections/_policy/records/default",
+        Some(&admin),
+        r#"{"read":["*"],"write":["*"]}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &f.app,
+        Method::POST,
+        "/v1/users",
+        Some(&admin),
+        r#"{"name":"zhao","role":"reader"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &f.app,
+        Method::GET,
+        "/v1/status",
+        Some("Bearer ost_guess"),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The refusal is appended without waiting: give the appender a moment.
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        let (s, body) = call(&f.app, Method::GET, "/v1/audit", Some(&admin), "").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        entries = v["entries"].as_array().expect("entries").clone();
+        if entries.iter().any(|e| e["kind"] == "auth_refused") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let kinds: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or("").to_owned(),
+                e["actor"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [
+        ("write", "wang@gov"),
+        ("delete", "wang@gov"),
+        ("policy", "admin@gov"),
+        ("user_add", "admin@gov"),
+    ] {
+        assert!(
+            kinds.iter().any(|(k, a)| k == wanted.0 && a == wanted.1),
+            "no {wanted:?} in {kinds:?}"
+        );
+    }
+    assert!(kinds.iter().any(|(k, _)| k == "auth_refused"), "{kinds:?}");
+    let (s, body) = call(&f.app, Method::GET, "/v1/audit/verify", Some(&admin), "").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // Flip one byte of a stored entry: verify names it.
+    let segment = f
+        ._dir
+        .path()
+        .join("audit")
+        .join(crate::audit::segment_name(1));
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let at = bytes.iter().position(|&b| b == b'w').expect("a 'w' (wang)");
+    bytes[at] = b'x';
+    std::fs::write(&segment, &bytes).expect("tamper");
+    let (s, body) = call(&f.app, Method::GET, "/v1/audit/verify", Some(&admin), "").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body.contains("000001.log") && body.contains("damaged"),
+        "{body}"
+    );
 }

@@ -22,6 +22,7 @@
 mod access;
 mod error;
 mod gate;
+mod journal;
 mod metrics;
 mod params;
 mod records;
@@ -46,6 +47,7 @@ pub use crate::time::{
 pub use access::Access;
 pub use error::ApiError;
 pub use gate::Gate;
+pub use journal::Journal;
 pub use metrics::CONTENT_TYPE_0_0_4;
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
@@ -70,6 +72,7 @@ pub struct ApiState {
     http: Arc<HttpMetrics>,
     access: Access,
     gate: Gate,
+    journal: Option<Journal>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -118,7 +121,15 @@ impl ApiState {
             http: Arc::new(HttpMetrics::new()),
             access,
             gate: Gate::Open,
+            journal: None,
         }
+    }
+
+    /// Records writes, deletes, policy and user changes and refused authentications in
+    /// `journal` (the node's audit log).
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Authenticates requests with `gate` (the default, [`Gate::Open`], lets everyone in as
@@ -128,14 +139,21 @@ impl ApiState {
         self
     }
 
-    /// Records a refused authentication from `addr` (in the audit log, once it exists).
+    /// Records a refused authentication from `addr` in the audit log (rate-limited there).
     pub(crate) fn audit_refused(&self, addr: std::net::IpAddr, path: &str, why: &str) {
-        let _ = (addr, path, why);
+        if let Some(journal) = &self.journal {
+            journal.refused(&addr.to_string(), &format!("{path}: {why}"));
+        }
     }
 
-    /// Records a change of users by `who` (in the audit log, once it exists).
-    pub(crate) fn audit_user_change(&self, who: &gate::Who, kind: &str, user: &str, detail: &str) {
-        let _ = (who, kind, user, detail);
+    /// Records `record` in the audit log and waits until it is durable. The change it records
+    /// is already made, so a failure is logged, not answered.
+    pub(crate) async fn audit(&self, record: crate::audit::Record) {
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.record(record).await {
+                tracing::error!(error = %e, "a change was made but could not be recorded in the audit log");
+            }
+        }
     }
 
     /// Enforces `access` (the node's policy) on record reads and writes; without it every
@@ -213,6 +231,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/users", get(users::list).post(users::add))
         .route("/v1/users/{name}", axum::routing::delete(users::remove))
         .route("/v1/users/{name}/token", axum::routing::post(users::rotate))
+        .route("/v1/audit", get(journal::list))
+        .route("/v1/audit/verify", get(journal::verify))
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))

@@ -10,6 +10,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use officesync_protocol::names::MAX_KEY_BYTES;
+use officesync_protocol::policy::POLICY_COLLECTION;
 use officesync_protocol::{Dot, Hlc};
 use serde::Serialize;
 
@@ -17,6 +18,7 @@ use super::error::ApiError;
 use super::gate::Who;
 use super::params::{parse_flag, parse_query, record_target, scan_target};
 use super::ApiState;
+use crate::audit::{Kind, Record};
 use crate::replica::{
     Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, SIBLING_VALUES_BUDGET,
 };
@@ -122,6 +124,9 @@ pub(crate) async fn put_record(
         .replica
         .write(&collection, &key, Some(body.to_vec()))
         .await?;
+    state
+        .audit(change_record(&state, &who, &collection, &key, &ack, false))
+        .await;
     Ok(Json(ack.into()))
 }
 
@@ -257,6 +262,9 @@ pub(crate) async fn delete_record(
         return Err(not_found(&collection, &key));
     }
     let ack = state.replica.write(&collection, &key, None).await?;
+    state
+        .audit(change_record(&state, &who, &collection, &key, &ack, true))
+        .await;
     Ok(Json(ack.into()))
 }
 
@@ -317,6 +325,33 @@ fn scan_record(r: &WinnerRead) -> ScanRecord {
         hlc: winner.hlc,
         siblings: r.siblings,
         value_base64: winner.value.as_deref().map(|v| BASE64.encode(v)),
+    }
+}
+
+/// The audit record of a write (or, with `deleted`, a delete) acknowledged as `ack`; a change
+/// of `_policy` is recorded as a policy change.
+fn change_record(
+    state: &ApiState,
+    who: &Who,
+    collection: &str,
+    key: &str,
+    ack: &WriteAck,
+    deleted: bool,
+) -> Record {
+    let policy = collection == POLICY_COLLECTION;
+    let kind = match (policy, deleted) {
+        (true, _) => Kind::Policy,
+        (false, false) => Kind::Write,
+        (false, true) => Kind::Delete,
+    };
+    let record = Record::new(kind, who.0.author(state.replica.node()))
+        .collection(collection)
+        .key(key)
+        .version(ack.dot.to_string());
+    if policy && deleted {
+        record.detail("delete")
+    } else {
+        record
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::gate::{Gate, Who};
 use super::ApiState;
+use crate::audit::{Kind, Record};
 use crate::auth::{AuthError, Role, UserInfo, Users};
 use crate::time::unix_ms_now;
 
@@ -124,7 +125,16 @@ pub(crate) async fn add(
     })?;
     let (name, role, collections) = (new.name.clone(), new.role, new.collections.clone());
     let token = blocking(move || users.add(&name, role, collections, unix_ms_now())).await?;
-    state.audit_user_change(&who, "user_add", &new.name, role.as_str());
+    state
+        .audit(
+            user_record(&state, &who, Kind::UserAdd, &new.name).detail(format!(
+                "role {role}, collections {}",
+                new.collections
+                    .as_ref()
+                    .map_or("all".to_owned(), |c| c.join(","))
+            )),
+        )
+        .await;
     tracing::info!(by = %who.describe(), user = %new.name, %role, "added a user");
     Ok(Json(TokenBody {
         name: new.name,
@@ -142,7 +152,9 @@ pub(crate) async fn remove(
     let users = users_for(&state, &who, "remove users")?.clone();
     let target = name.clone();
     blocking(move || users.remove(&target)).await?;
-    state.audit_user_change(&who, "user_remove", &name, "");
+    state
+        .audit(user_record(&state, &who, Kind::UserRemove, &name))
+        .await;
     tracing::info!(by = %who.describe(), user = %name, "removed a user");
     Ok(Json(RemovedBody { removed: name }))
 }
@@ -156,7 +168,14 @@ pub(crate) async fn rotate(
     let users = users_for(&state, &who, "issue tokens")?.clone();
     let target = name.clone();
     let (token, role) = blocking(move || users.rotate(&target, unix_ms_now())).await?;
-    state.audit_user_change(&who, "user_token", &name, "");
+    state
+        .audit(user_record(&state, &who, Kind::UserToken, &name))
+        .await;
     tracing::info!(by = %who.describe(), user = %name, "issued a new token");
     Ok(Json(TokenBody { name, role, token }))
+}
+
+/// The audit record of a change of `user` by `who`.
+fn user_record(state: &ApiState, who: &Who, kind: Kind, user: &str) -> Record {
+    Record::new(kind, who.0.author(state.replica.node())).key(user)
 }
