@@ -5,10 +5,13 @@
 //! small sizes in seconds (CI uses it so the program never rots).
 //!
 //! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
+//! `api` (the local API's requests/s with and without staff access, in [`api`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`].
 
+#[path = "bench/api.rs"]
+mod api;
 #[path = "bench/catch_up.rs"]
 mod catch_up;
 #[path = "bench/fanout.rs"]
@@ -214,8 +217,9 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "local",
+    "api",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -299,6 +303,9 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     if args.wants("local") {
         local_figures(args.quick, &mut rows).await?;
+    }
+    if args.wants("api") {
+        api::run(args.quick, &mut rows).await?;
     }
     replication::run(&args, &mut rows).await;
     println!();
