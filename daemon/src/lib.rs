@@ -3,6 +3,7 @@
 #[cfg(feature = "node")]
 pub mod api;
 pub mod config;
+pub mod net;
 #[cfg(feature = "node")]
 pub mod node;
 #[cfg(feature = "node")]
