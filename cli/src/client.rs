@@ -10,7 +10,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde_json::Value;
+use officesync_api::{ErrorBody, HealthBody};
+use serde::de::DeserializeOwned;
 use ureq::http::{self, HeaderMap, Method};
 
 use crate::exit::{CliError, Exit};
@@ -247,8 +248,7 @@ impl Client {
                 let status = probe.status;
                 let healthy = status == 200
                     && probe.bytes().ok().is_some_and(|body| {
-                        serde_json::from_slice::<Value>(&body)
-                            .is_ok_and(|json| json.get("status") == Some(&Value::from("ok")))
+                        serde_json::from_slice::<HealthBody>(&body).is_ok_and(|h| h.is_ok())
                     });
                 (!healthy).then(|| {
                     format!(
@@ -399,12 +399,8 @@ impl<'c> Reply<'c> {
         {
             return (reason, false);
         }
-        if let Ok(json) = serde_json::from_slice::<Value>(&body) {
-            match json.get("error") {
-                Some(Value::String(message)) => return (message.clone(), true),
-                Some(other) if !other.is_null() => return (other.to_string(), true),
-                _ => {}
-            }
+        if let Ok(ErrorBody { error }) = serde_json::from_slice(&body) {
+            return (error, true);
         }
         let text = String::from_utf8_lossy(&body);
         let line = text.lines().map(str::trim).find(|l| !l.is_empty());
@@ -426,8 +422,8 @@ impl<'c> Reply<'c> {
             .map_err(|e| client.transport_error(&what, &e))
     }
 
-    /// The body as JSON.
-    pub fn json(self) -> Result<Value, CliError> {
+    /// The body as JSON of type `T` (an `officesync-api` body).
+    pub fn json<T: DeserializeOwned>(self) -> Result<T, CliError> {
         let (addr, what) = (self.client.addr.clone(), self.what.clone());
         self.json_or_empty()?.ok_or_else(|| {
             CliError::failure(format!(
@@ -436,9 +432,10 @@ impl<'c> Reply<'c> {
         })
     }
 
-    /// The body as JSON, `None` if it is empty (a 202 or 204). A body that is not JSON is an
-    /// error that says whether the program answering is officesyncd at all.
-    pub fn json_or_empty(self) -> Result<Option<Value>, CliError> {
+    /// The body as JSON of type `T`, `None` if it is empty (a 202 or 204). A body that is not
+    /// JSON is an error that says whether the program answering is officesyncd at all; JSON
+    /// of another shape, one that says the CLI and the daemon do not speak the same API.
+    pub fn json_or_empty<T: DeserializeOwned>(self) -> Result<Option<T>, CliError> {
         let client = self.client;
         let what = self.what.clone();
         let status = self.status;
@@ -453,6 +450,11 @@ impl<'c> Reply<'c> {
                 Some(why) => {
                     client.foreign(&what, &why, &format!("HTTP {status}: {}", excerpt(&text)))
                 }
+                None if e.is_data() => CliError::failure(format!(
+                    "officesyncd at {} answered {what} with JSON this officesync cannot read \
+                     ({e}); are officesync and officesyncd the same version?",
+                    client.addr
+                )),
                 None => CliError::failure(format!(
                     "officesyncd at {} answered {what} with invalid JSON: {e}",
                     client.addr

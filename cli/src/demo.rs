@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Args;
+use officesync_api::{ScanPage, StatusBody, WriteBody};
 use officesync_daemon::config::Config;
 use officesync_daemon::pki::{self, IssueOptions};
-use serde_json::Value;
 
 use crate::client::{ApiAddr, Client};
 use crate::exit::CliError;
@@ -168,8 +168,8 @@ fn free_tcp_port() -> Result<SocketAddr, CliError> {
 }
 
 fn free_udp_port() -> Result<SocketAddr, CliError> {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
+    officesync_daemon::net::free_udp_port()
+        .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .map_err(|e| fail(format!("no free loopback UDP port: {e}")))
 }
 
@@ -264,12 +264,12 @@ fn wait_healthy(node: &mut DemoNode) -> Result<(), CliError> {
 
 fn put(node: &DemoNode, coll: &str, key: &str, value: &str) -> Result<String, CliError> {
     let path = format!("/v1/collections/{coll}/records/{}", urlenc::encode_key(key));
-    let ack = node
+    let ack: WriteBody = node
         .client
         .send(Method::PUT, &path, Some(value.as_bytes().to_vec()))?
         .check(None)?
         .json()?;
-    Ok(ack["version"].as_str().unwrap_or("?").to_owned())
+    Ok(ack.version)
 }
 
 /// Every live record of `coll` at `node`: key → (version, value).
@@ -279,19 +279,17 @@ fn records(node: &DemoNode, coll: &str) -> BTreeMap<String, (String, String)> {
     let Ok(page) = node
         .client
         .send(Method::GET, &path, None)
-        .and_then(|r| r.check(None)?.json())
+        .and_then(|r| r.check(None)?.json::<ScanPage>())
     else {
         return out;
     };
-    for r in page["records"].as_array().into_iter().flatten() {
-        let value = r["value_base64"]
-            .as_str()
+    for r in page.records {
+        let value = r
+            .value_base64
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
-        if let (Some(k), Some(v)) = (r["key"].as_str(), r["version"].as_str()) {
-            out.insert(k.to_owned(), (v.to_owned(), value));
-        }
+        out.insert(r.key, (r.version, value));
     }
     out
 }
@@ -380,42 +378,37 @@ fn print_status(node: &mut DemoNode) {
         );
         return;
     }
-    let status: Result<Value, CliError> = node
+    let status: Result<StatusBody, CliError> = node
         .client
         .send(Method::GET, "/v1/status", None)
         .and_then(|r| r.check(None)?.json());
     match status {
         Ok(s) => {
-            let colls = s["collections"].as_object().map_or(String::new(), |m| {
-                m.iter()
-                    .map(|(name, c)| {
-                        let digest = c["digest"].as_str().unwrap_or("");
-                        format!(
-                            "{name}: {} records, digest {}",
-                            c["records"],
-                            &digest[..digest.len().min(12)]
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
-            let peers = s["peers"].as_array().map_or(String::new(), |ps| {
-                ps.iter()
-                    .map(|p| {
-                        let up = p["connected"].as_bool() == Some(true);
-                        format!(
-                            "{} {} lag {}",
-                            p["name"].as_str().unwrap_or("?"),
-                            if up { "up" } else { "DOWN" },
-                            p["lag_versions"]
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            });
+            let colls = s
+                .collections
+                .iter()
+                .map(|(name, c)| {
+                    let digest: String = c.digest.chars().take(12).collect();
+                    format!("{name}: {} records, digest {digest}", c.records)
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let peers = s
+                .peers
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} lag {}",
+                        p.name,
+                        if p.connected { "up" } else { "DOWN" },
+                        p.lag_versions
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             println!(
                 "  [{:<14}] {colls}; peers: {}",
-                s["node"].as_str().unwrap_or("?"),
+                s.node,
                 if peers.is_empty() {
                     "none".to_owned()
                 } else {

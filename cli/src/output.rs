@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::exit::{CliError, Exit};
 
@@ -52,10 +51,12 @@ fn stdout_error(error: io::Error) -> CliError {
     }
 }
 
-/// Prints `value` as pretty JSON and a newline on stdout.
+/// Prints `value` as pretty JSON and a newline on stdout, the keys of every object in sorted
+/// order (as `--json` has always printed the daemon's answers).
 pub fn print_json(value: &impl Serialize) -> Result<(), CliError> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| CliError::failure(format!("cannot render JSON: {e}")))?;
+    let fail = |e: serde_json::Error| CliError::failure(format!("cannot render JSON: {e}"));
+    let value = serde_json::to_value(value).map_err(fail)?;
+    let mut text = serde_json::to_string_pretty(&value).map_err(fail)?;
     text.push('\n');
     write_stdout(text.as_bytes())
 }
@@ -146,16 +147,6 @@ pub fn escape_message(text: &str) -> String {
         }
     }
     out
-}
-
-/// A JSON scalar as plain text: strings unquoted, `null` as `-`, anything
-/// else as compact JSON.
-pub fn scalar(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_owned(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Sizes and durations, written as the daemon's status page writes them.
@@ -294,13 +285,5 @@ mod tests {
             table.render("  "),
             "  NAME       N\n  situation  3\n  hefei      12\n"
         );
-    }
-
-    #[test]
-    fn scalars_print_plainly() {
-        assert_eq!(scalar(&Value::Null), "-");
-        assert_eq!(scalar(&serde_json::json!("x")), "x");
-        assert_eq!(scalar(&serde_json::json!(3)), "3");
-        assert_eq!(scalar(&serde_json::json!({"a": 1})), "{\"a\":1}");
     }
 }

@@ -2,6 +2,7 @@
 //! write each collection, which nodes are revoked) through the local API of an admin node.
 
 use clap::{Args, Subcommand, ValueEnum};
+use officesync_api::{ScanPage, WriteBody};
 use officesync_protocol::policy::{
     parse_entry, CollectionRule, Policy, Revocation, POLICY_COLLECTION,
 };
@@ -196,22 +197,15 @@ fn fetch_entries(global: &Global) -> Result<Vec<(String, Vec<u8>)>, CliError> {
         if let Some(a) = &after {
             path.push_str(&format!("&after={}", encode_component(a)));
         }
-        let page = client.send(Method::GET, &path, None)?.check(None)?.json()?;
-        let records = page
-            .get("records")
-            .and_then(Value::as_array)
-            .ok_or_else(|| CliError::failure("officesyncd sent no records list"))?;
-        for r in records {
-            let (Some(key), Some(value)) = (
-                r.get("key").and_then(Value::as_str),
-                r.get("value_base64").and_then(Value::as_str),
-            ) else {
+        let page: ScanPage = client.send(Method::GET, &path, None)?.check(None)?.json()?;
+        for r in page.records {
+            let Some(value) = r.value_base64 else {
                 continue;
             };
-            out.push((key.to_owned(), decode_base64(value)?));
+            out.push((r.key, decode_base64(&value)?));
         }
-        match page.get("next").and_then(Value::as_str) {
-            Some(n) => after = Some(n.to_owned()),
+        match page.next {
+            Some(n) => after = Some(n),
             None => return Ok(out),
         }
     }
@@ -322,25 +316,21 @@ fn put_entry(global: &Global, key: &str, value: &Value) -> Result<(), CliError> 
     if let Err(e) = parse_entry(key, &bytes) {
         return Err(CliError::new(Exit::Usage, e.to_string()));
     }
-    let ack = global
+    let ack: WriteBody = global
         .client()?
         .send(Method::PUT, &entry_path(key)?, Some(bytes))?
         .check(None)?
         .json()?;
     if global.json {
-        print_json(&json!({"key": key, "value": value, "version": ack.get("version")}))
+        print_json(&json!({"key": key, "value": value, "version": ack.version}))
     } else {
-        print_text(&format!(
-            "{key} = {} ({})",
-            value,
-            ack.get("version").and_then(Value::as_str).unwrap_or("-")
-        ))
+        print_text(&format!("{key} = {} ({})", value, ack.version))
     }
 }
 
-fn report(global: &Global, key: &str, ack: Value) -> Result<(), CliError> {
+fn report(global: &Global, key: &str, ack: WriteBody) -> Result<(), CliError> {
     if global.json {
-        print_json(&json!({"key": key, "deleted": true, "version": ack.get("version")}))
+        print_json(&json!({"key": key, "deleted": true, "version": ack.version}))
     } else {
         print_text(&format!("{key} removed"))
     }

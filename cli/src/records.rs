@@ -6,12 +6,13 @@ use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use serde_json::{json, Value};
+use officesync_api::{ScanPage, ScanRecord, SiblingsBody, WriteBody};
+use serde_json::json;
 use ureq::http::Method;
 
 use crate::client::Reply;
 use crate::exit::{CliError, Exit};
-use crate::output::{self, print_json, print_text, scalar};
+use crate::output::{self, print_json, print_text};
 use crate::urlenc::{encode_component, encode_key};
 use crate::Global;
 
@@ -208,10 +209,11 @@ pub fn put(args: PutArgs, global: &Global) -> Result<(), CliError> {
 }
 
 /// Prints a write acknowledgement: its `version`, or the JSON.
-fn print_ack(ack: &Value, json: bool) -> Result<(), CliError> {
-    match ack.get("version") {
-        Some(version) if !json => print_text(&scalar(version)),
-        _ => print_json(ack),
+fn print_ack(ack: &WriteBody, json: bool) -> Result<(), CliError> {
+    if json {
+        print_json(ack)
+    } else {
+        print_text(&output::escape_text(&ack.version))
     }
 }
 
@@ -221,11 +223,11 @@ pub fn get(args: GetArgs, global: &Global) -> Result<(), CliError> {
     let missing = missing(&args.collection, &args.key);
     let client = global.client()?;
     if args.all {
-        let answer = client
+        let answer: SiblingsBody = client
             .send(Method::GET, &format!("{path}?all=true"), None)?
             .check(Some(&missing))?
             .json()?;
-        if answer.get("truncated") == Some(&Value::Bool(true)) {
+        if answer.truncated {
             eprintln!(
                 "note: the values of some siblings were left out to keep the answer small; \
                  print one with --version VERSION"
@@ -290,11 +292,8 @@ fn stream_value(reply: Reply<'_>) -> Result<(), CliError> {
 
 /// The text form of a `get --all` answer: one block per sibling, the
 /// winner (listed first by the daemon) marked.
-fn render_siblings(answer: &Value) -> Result<String, CliError> {
-    let siblings = answer
-        .get("siblings")
-        .and_then(Value::as_array)
-        .ok_or_else(|| CliError::failure("officesyncd sent no siblings list for get --all"))?;
+fn render_siblings(answer: &SiblingsBody) -> Result<String, CliError> {
+    let siblings = &answer.siblings;
     let mut out = String::new();
     for (i, sibling) in siblings.iter().enumerate() {
         if i > 0 {
@@ -306,17 +305,16 @@ fn render_siblings(answer: &Value) -> Result<String, CliError> {
             i + 1,
             siblings.len()
         ));
-        let field =
-            |name: &str| output::escape_text(&scalar(sibling.get(name).unwrap_or(&Value::Null)));
-        out.push_str(&format!("  version: {}\n", field("version")));
-        out.push_str(&format!("  hlc:     {}\n", field("hlc")));
-        out.push_str(&format!("  deleted: {}\n", field("deleted")));
-        let omitted = sibling.get("value_omitted") == Some(&Value::Bool(true));
-        match sibling.get("value_base64").and_then(Value::as_str) {
-            None if omitted => out.push_str(&format!(
-                "  value:   (left out: {} bytes; print it with --version {})\n",
-                field("value_bytes"),
-                field("version")
+        let version = output::escape_text(&sibling.version);
+        out.push_str(&format!("  version: {version}\n"));
+        out.push_str(&format!("  hlc:     {}\n", sibling.hlc));
+        out.push_str(&format!("  deleted: {}\n", sibling.deleted));
+        match &sibling.value_base64 {
+            None if sibling.value_omitted => out.push_str(&format!(
+                "  value:   (left out: {} bytes; print it with --version {version})\n",
+                sibling
+                    .value_bytes
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             )),
             None => out.push_str("  value:   (none: tombstone)\n"),
             Some(encoded) => {
@@ -342,7 +340,7 @@ pub fn delete(args: DeleteArgs, global: &Global) -> Result<(), CliError> {
         .send(Method::DELETE, &path, None)?
         .check(Some(&missing))?
         .bytes()?;
-    match serde_json::from_slice::<Value>(&body) {
+    match serde_json::from_slice::<WriteBody>(&body) {
         Ok(ack) => print_ack(&ack, global.json),
         // An empty (204) or non-JSON answer: the delete happened all the same.
         Err(_) if global.json => print_json(&json!({
@@ -378,8 +376,8 @@ pub fn scan(args: ScanArgs, global: &Global) -> Result<(), CliError> {
         } else {
             format!("{base}?{}", query.join("&"))
         };
-        let page = client.send(Method::GET, &path, None)?.check(None)?.json()?;
-        let (records, next) = parse_page(&page)?;
+        let ScanPage { records, next } =
+            client.send(Method::GET, &path, None)?.check(None)?.json()?;
 
         let take = remaining.map_or(records.len(), |r| usize::try_from(r).unwrap_or(usize::MAX));
         let mut text = String::new();
@@ -396,9 +394,9 @@ pub fn scan(args: ScanArgs, global: &Global) -> Result<(), CliError> {
         if args.limit.is_some_and(|limit| printed >= limit) {
             // Stopped by --limit: the key to go on after, if any.
             break if take < records.len() {
-                records[take - 1].get("key").cloned()
+                Some(records[take - 1].key.clone())
             } else {
-                next.map(Value::String)
+                next
             };
         }
         match next {
@@ -418,34 +416,19 @@ pub fn scan(args: ScanArgs, global: &Global) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The records and `next` key of one scan page.
-fn parse_page(page: &Value) -> Result<(&Vec<Value>, Option<String>), CliError> {
-    let records = page
-        .get("records")
-        .and_then(Value::as_array)
-        .ok_or_else(|| CliError::failure("officesyncd sent a scan page without records"))?;
-    let next = match page.get("next") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(next)) => Some(next.clone()),
-        Some(other) => {
-            return Err(CliError::failure(format!(
-                "officesyncd sent a scan page with a bad next: {other}"
-            )))
-        }
-    };
-    Ok((records, next))
-}
-
 /// One line of `scan`: `key<TAB>version<TAB>value-or-<N bytes>`, the key and
 /// version escaped when they hold characters that do not print (see
 /// [`output::escape_text`]; `--json` keeps them exact).
-fn scan_line(record: &Value) -> Result<String, CliError> {
-    let field = |name: &str| output::escape_text(&scalar(record.get(name).unwrap_or(&Value::Null)));
-    let value = match record.get("value_base64").and_then(Value::as_str) {
+fn scan_line(record: &ScanRecord) -> Result<String, CliError> {
+    let value = match &record.value_base64 {
         Some(encoded) => output::value_inline(&output::decode_base64(encoded)?),
         None => "-".to_owned(),
     };
-    Ok(format!("{}\t{}\t{value}\n", field("key"), field("version")))
+    Ok(format!(
+        "{}\t{}\t{value}\n",
+        output::escape_text(&record.key),
+        output::escape_text(&record.version)
+    ))
 }
 
 #[cfg(test)]
@@ -520,17 +503,28 @@ mod tests {
 
     #[test]
     fn scan_lines_show_printable_values_or_sizes() {
-        let record = json!({"key": "hefei/grain", "version": "hefei:3", "siblings": 1,
-                            "value_base64": output::encode_base64(b"{\"t\":1}")});
+        let record =
+            |v: serde_json::Value| -> ScanRecord { serde_json::from_value(v).expect("record") };
+        let hlc = json!({"ms": 1, "logical": 0});
+        let record = record(
+            json!({"key": "hefei/grain", "version": "hefei:3", "siblings": 1, "hlc": hlc,
+                            "value_base64": output::encode_base64(b"{\"t\":1}")}),
+        );
         assert_eq!(
             scan_line(&record).expect("line"),
             "hefei/grain\thefei:3\t{\"t\":1}\n"
         );
-        let binary = json!({"key": "k", "version": "a:1",
-                            "value_base64": output::encode_base64(&[0, 1, 2])});
+        let record =
+            |v: serde_json::Value| -> ScanRecord { serde_json::from_value(v).expect("record") };
+        let binary = record(
+            json!({"key": "k", "version": "a:1", "siblings": 1, "hlc": hlc,
+                            "value_base64": output::encode_base64(&[0, 1, 2])}),
+        );
         assert_eq!(scan_line(&binary).expect("line"), "k\ta:1\t<3 bytes>\n");
-        let hostile = json!({"key": "x\u{1b}]2;pwned\u{7}\nfake\tline", "version": "a:1",
-                             "value_base64": output::encode_base64(b"v")});
+        let hostile = record(
+            json!({"key": "x\u{1b}]2;pwned\u{7}\nfake\tline", "version": "a:1",
+                             "siblings": 1, "hlc": hlc, "value_base64": output::encode_base64(b"v")}),
+        );
         assert_eq!(
             scan_line(&hostile).expect("line"),
             "\"x\\u{1b}]2;pwned\\u{7}\\nfake\\tline\"\ta:1\tv\n"
@@ -539,17 +533,18 @@ mod tests {
 
     #[test]
     fn siblings_render_as_text_or_base64() {
-        let answer = json!({"siblings": [
-            {"version": "hefei:2", "hlc": 17, "deleted": false,
+        let answer = json!({"key": "k", "value_budget_bytes": 8_388_608, "siblings": [
+            {"version": "hefei:2", "hlc": {"ms": 17, "logical": 0}, "deleted": false,
              "value_base64": output::encode_base64(b"grain")},
-            {"version": "beijing:5", "hlc": 16, "deleted": false,
+            {"version": "beijing:5", "hlc": {"ms": 16, "logical": 0}, "deleted": false,
              "value_base64": output::encode_base64(&[0xff])},
-            {"version": "hefei:1", "hlc": 9, "deleted": true, "value_base64": null},
-            {"version": "wuhu:4", "hlc": 8, "deleted": false, "value_base64": null,
+            {"version": "hefei:1", "hlc": {"ms": 9, "logical": 0}, "deleted": true, "value_base64": null},
+            {"version": "wuhu:4", "hlc": {"ms": 8, "logical": 0}, "deleted": false, "value_base64": null,
              "value_bytes": 5000000, "value_omitted": true},
-            {"version": "wuhu:3", "hlc": 7, "deleted": false,
+            {"version": "wuhu:3", "hlc": {"ms": 7, "logical": 0}, "deleted": false,
              "value_base64": output::encode_base64(b"\x1b[2Jgone")},
         ]});
+        let answer: SiblingsBody = serde_json::from_value(answer).expect("siblings");
         let text = render_siblings(&answer).expect("render");
         assert!(
             text.starts_with("sibling 1 of 5 (winner)\n  version: hefei:2\n"),

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use officesync_api::ScanPage;
 use serde_json::{json, Value};
 use ureq::http::Method;
 
@@ -554,42 +555,29 @@ pub fn export(args: ExportArgs, global: &Global) -> Result<(), CliError> {
             query.push(format!("after={}", encode_component(after)));
         }
         let path = format!("{base}?{}", query.join("&"));
-        let page = client.send(Method::GET, &path, None)?.check(None)?.json()?;
-        let records = page
-            .get("records")
-            .and_then(Value::as_array)
-            .ok_or_else(|| CliError::failure("officesyncd sent a scan page without records"))?;
+        let page: ScanPage = client.send(Method::GET, &path, None)?.check(None)?.json()?;
         let mut text = String::new();
-        for record in records {
-            let key = record
-                .get("key")
-                .and_then(Value::as_str)
-                .ok_or_else(|| CliError::failure("officesyncd sent a scan record without a key"))?;
+        for record in &page.records {
             // A deleted winner has no value: nothing to export.
-            let Some(encoded) = record.get("value_base64").and_then(Value::as_str) else {
+            let Some(encoded) = &record.value_base64 else {
                 continue;
             };
             let value = output::decode_base64(encoded)?;
-            text.push_str(&export_line(key, &value));
+            text.push_str(&export_line(&record.key, &value));
             text.push('\n');
             count += 1;
         }
         out.write_all(text.as_bytes())
             .map_err(|e| write_error(e, &target))?;
-        match page.get("next") {
-            None | Some(Value::Null) => break,
-            Some(Value::String(next)) if after.as_deref() == Some(next.as_str()) => {
+        match page.next {
+            None => break,
+            Some(next) if after.as_deref() == Some(next.as_str()) => {
                 return Err(CliError::failure(format!(
                     "officesyncd at {} returned the same scan page twice (next = {next:?})",
                     client.addr()
                 )))
             }
-            Some(Value::String(next)) => after = Some(next.clone()),
-            Some(other) => {
-                return Err(CliError::failure(format!(
-                    "officesyncd sent a scan page with a bad next: {other}"
-                )))
-            }
+            Some(next) => after = Some(next),
         }
     }
     out.flush().map_err(|e| write_error(e, &target))?;

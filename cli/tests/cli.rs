@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::run_with;
+use officesync_api::{CollectionState, PeerStatus, StatusBody};
 
 /// A request as the fake daemon saw it.
 #[derive(Debug, Clone)]
@@ -211,9 +212,9 @@ fn get_all_lists_siblings() {
         assert!(seen.target.ends_with("?all=true"), "{}", seen.target);
         Answer::json(
             200,
-            serde_json::json!({"siblings": [
-                {"version": "hefei:2", "hlc": 20, "deleted": false, "value_base64": "Z3JhaW4="},
-                {"version": "beijing-office:4", "hlc": 19, "deleted": false, "value_base64": "/w=="},
+            serde_json::json!({"key": "k", "value_budget_bytes": 8388608, "siblings": [
+                {"version": "hefei:2", "hlc": {"ms": 20, "logical": 0}, "deleted": false, "value_base64": "Z3JhaW4="},
+                {"version": "beijing-office:4", "hlc": {"ms": 19, "logical": 0}, "deleted": false, "value_base64": "/w=="},
             ]}),
         )
     });
@@ -311,7 +312,10 @@ fn server_error_exits_4() {
 #[test]
 fn put_from_stdin_sends_the_exact_bytes() {
     let daemon = FakeDaemon::start(|_| {
-        Answer::json(200, serde_json::json!({"version": "hefei:3", "hlc": 12345}))
+        Answer::json(
+            200,
+            serde_json::json!({"version": "hefei:3", "hlc": {"ms": 12345, "logical": 0}}),
+        )
     });
     let value: &[u8] = b"line one\nline two\n\x00\xff\r\n";
     let out = run_with(
@@ -348,8 +352,12 @@ fn put_from_stdin_sends_the_exact_bytes() {
 
 #[test]
 fn put_from_a_file_and_usage_errors() {
-    let daemon =
-        FakeDaemon::start(|_| Answer::json(200, serde_json::json!({"version": "hefei:4"})));
+    let daemon = FakeDaemon::start(|_| {
+        Answer::json(
+            200,
+            serde_json::json!({"version": "hefei:4", "hlc": {"ms": 4, "logical": 0}}),
+        )
+    });
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("value.json");
     std::fs::write(&file, b"{\"a\":1}\n").expect("write");
@@ -372,12 +380,12 @@ fn scan_follows_pages_up_to_the_limit() {
     let daemon = FakeDaemon::start(|seen| {
         let page = if seen.target.contains("after=b") {
             serde_json::json!({"records": [
-                {"key": "c", "version": "hefei:3", "siblings": 1, "value_base64": "AAE="},
+                {"key": "c", "version": "hefei:3", "siblings": 1, "hlc": {"ms": 1, "logical": 0}, "value_base64": "AAE="},
             ], "next": null})
         } else {
             serde_json::json!({"records": [
-                {"key": "a", "version": "hefei:1", "siblings": 1, "value_base64": "MQ=="},
-                {"key": "b", "version": "hefei:2", "siblings": 1, "value_base64": "Mg=="},
+                {"key": "a", "version": "hefei:1", "siblings": 1, "hlc": {"ms": 1, "logical": 0}, "value_base64": "MQ=="},
+                {"key": "b", "version": "hefei:2", "siblings": 1, "hlc": {"ms": 1, "logical": 0}, "value_base64": "Mg=="},
             ], "next": "b"})
         };
         Answer::json(200, page)
@@ -422,27 +430,38 @@ fn scan_follows_pages_up_to_the_limit() {
     assert_eq!(daemon.seen().len(), 3);
 }
 
-fn status_json(peers: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "node": "hefei",
-        "uptime_secs": 61,
-        "vv": {},
-        "collections": [{"name": "situation", "records": 2, "digest": "00112233445566778899aabbccddeeff"}],
-        "peers": peers,
+/// A `/v1/status` answer of node hefei with one collection and `peers`.
+fn status_json(peers: Vec<PeerStatus>) -> serde_json::Value {
+    let situation = CollectionState {
+        records: 2,
+        digest: "00112233445566778899aabbccddeeff".into(),
+        ..CollectionState::default()
+    };
+    serde_json::to_value(StatusBody {
+        node: "hefei".into(),
+        uptime_secs: 61,
+        collections: [("situation".to_owned(), situation)].into(),
+        peers,
+        ..StatusBody::default()
     })
+    .expect("status serialises")
+}
+
+/// A connected peer `name`.
+fn peer(name: &str) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        connected: true,
+        bytes_sent: 10,
+        bytes_received: 20,
+        ..PeerStatus::default()
+    }
 }
 
 #[test]
 fn status_and_peers_read_well() {
-    let daemon = FakeDaemon::start(|_| {
-        Answer::json(
-            200,
-            status_json(serde_json::json!([{
-                "name": "general-office", "connected": true, "last_seen": null,
-                "lag_versions": 0, "bytes_sent": 10, "bytes_received": 20,
-            }])),
-        )
-    });
+    let daemon =
+        FakeDaemon::start(|_| Answer::json(200, status_json(vec![peer("general-office")])));
     let out = run_with(
         &["status"],
         b"",
@@ -466,7 +485,7 @@ fn status_and_peers_read_well() {
 #[test]
 fn verify_without_endpoint_and_without_peers_has_nothing_to_do() {
     let lonely = FakeDaemon::start(|seen| match seen.target.as_str() {
-        "/v1/status" => Answer::json(200, status_json(serde_json::json!([]))),
+        "/v1/status" => Answer::json(200, status_json(Vec::new())),
         _ => Answer::new(404, ""),
     });
     let out = run(&["--api", &lonely.addr, "verify"]);
@@ -479,10 +498,7 @@ fn verify_without_endpoint_and_without_peers_has_nothing_to_do() {
     assert_eq!(lonely.seen()[0].method, "POST");
 
     let connected = FakeDaemon::start(|seen| match seen.target.as_str() {
-        "/v1/status" => Answer::json(
-            200,
-            status_json(serde_json::json!([{"name": "general-office"}])),
-        ),
+        "/v1/status" => Answer::json(200, status_json(vec![peer("general-office")])),
         _ => Answer::new(404, ""),
     });
     let out = run(&["--api", &connected.addr, "verify"]);
@@ -563,13 +579,13 @@ fn export_asks_for_small_pages_and_follows_next_through_short_pages() {
     let daemon = FakeDaemon::start(|seen| {
         let page = if seen.target.contains("after=t8190") {
             serde_json::json!({"records": [
-                {"key": "z", "version": "hefei:3", "siblings": 1, "value_base64": "Mg=="},
+                {"key": "z", "version": "hefei:3", "siblings": 1, "hlc": {"ms": 1, "logical": 0}, "value_base64": "Mg=="},
             ], "next": null})
         } else if seen.target.contains("after=t4095") {
             serde_json::json!({"records": [], "next": "t8190"})
         } else {
             serde_json::json!({"records": [
-                {"key": "a", "version": "hefei:1", "siblings": 1, "value_base64": "MQ=="},
+                {"key": "a", "version": "hefei:1", "siblings": 1, "hlc": {"ms": 1, "logical": 0}, "value_base64": "MQ=="},
             ], "next": "t4095"})
         };
         Answer::json(200, page)
@@ -598,7 +614,7 @@ fn scan_escapes_keys_that_would_steer_the_terminal_and_json_keeps_them() {
         Answer::json(
             200,
             serde_json::json!({"records": [
-                {"key": hostile, "version": "hefei:1", "siblings": 1, "value_base64": "MQ=="},
+                {"key": hostile, "version": "hefei:1", "siblings": 1, "hlc": {"ms": 1, "logical": 0}, "value_base64": "MQ=="},
             ], "next": null}),
         )
     });
@@ -622,9 +638,9 @@ fn daemon_messages_and_sibling_values_are_escaped_on_the_terminal() {
                 200,
                 serde_json::json!({"key": "k", "truncated": true, "value_budget_bytes": 8388608,
                     "siblings": [
-                    {"version": "hefei:2", "hlc": 5, "deleted": false, "value_bytes": 6,
+                    {"version": "hefei:2", "hlc": {"ms": 5, "logical": 0}, "deleted": false, "value_bytes": 6,
                      "value_omitted": false, "value_base64": "G1syShtdMDs="},
-                    {"version": "wuhu:1", "hlc": 4, "deleted": false, "value_bytes": 9000000,
+                    {"version": "wuhu:1", "hlc": {"ms": 4, "logical": 0}, "deleted": false, "value_bytes": 9000000,
                      "value_omitted": true, "value_base64": null},
                 ]}),
             )
@@ -869,7 +885,7 @@ fn another_program_on_the_api_port_is_not_taken_for_officesyncd() {
 
 #[test]
 fn config_names_the_api_address_and_an_explicit_api_wins() {
-    let daemon = FakeDaemon::start(|_| Answer::json(200, status_json(serde_json::json!([]))));
+    let daemon = FakeDaemon::start(|_| Answer::json(200, status_json(Vec::new())));
     let port: u16 = daemon
         .addr
         .rsplit_once(':')

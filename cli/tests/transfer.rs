@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::run_with;
 use officesync_daemon::config::{Config, Durability};
+use officesync_daemon::net::free_udp_port;
 use serde_json::{json, Value};
 
 /// How long the daemon may take to answer `/health`.
@@ -56,13 +57,6 @@ fn free_tcp_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("free tcp port")
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
         .port()
 }
 
@@ -113,7 +107,7 @@ fn start_daemon_with(max_value_bytes: Option<usize>) -> Option<Daemon> {
         &path(&tls),
     ]);
     let api = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
-    let sync = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()));
+    let sync = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port().expect("free udp port")));
     let mut builder = Config::builder("hefei", dir.path().join("data"), &tls)
         .api_listen(api)
         .sync_listen(sync)

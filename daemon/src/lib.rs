@@ -7,6 +7,7 @@ pub mod audit;
 #[cfg(feature = "node")]
 pub mod auth;
 pub mod config;
+pub mod net;
 #[cfg(feature = "node")]
 pub mod node;
 #[cfg(feature = "node")]

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
@@ -219,16 +219,7 @@ pub fn free_tcp_port() -> u16 {
 
 /// A loopback UDP port that was free a moment ago, never one this process handed out before.
 pub fn free_udp_port() -> u16 {
-    for _ in 0..100 {
-        let port = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|s| s.local_addr())
-            .expect("bind a UDP socket on 127.0.0.1:0")
-            .port();
-        if claim(port) {
-            return port;
-        }
-    }
-    panic!("no fresh UDP port on 127.0.0.1 after 100 tries");
+    officesync_daemon::net::free_udp_port().expect("a free UDP port on 127.0.0.1")
 }
 
 /// `127.0.0.1:port`.

@@ -5,8 +5,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 use thiserror::Error;
+
+use officesync_api::ErrorBody;
 
 use crate::replica::ReplicaError;
 
@@ -44,11 +45,6 @@ pub enum ApiError {
     /// A response could not be built (500).
     #[error("{0}")]
     Internal(String),
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
 }
 
 impl ApiError {

@@ -14,11 +14,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::status::{peers_at, store_status, StoreStatus};
+use super::status::{peers_at, store_status};
 use super::ApiState;
 use crate::replica::CollectionInfo;
 use crate::sync::peers::PeerStatus;
 use crate::time::{parse_rfc3339_ms, unix_ms_now};
+use officesync_api::StoreStatus;
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -81,11 +81,21 @@ pub trait Verifier: Send + Sync + 'static {
     fn verify(&self) -> futures_boxed::BoxFuture<Vec<crate::sync::VerifyReport>>;
 }
 
-/// The answer of `POST /v1/verify`.
-#[derive(Debug, serde::Serialize)]
-pub struct VerifyResults {
-    /// One report per peer and collection.
-    pub results: Vec<crate::sync::VerifyReport>,
+pub use officesync_api::VerifyResults;
+
+/// `hlc` as the API writes it.
+pub(crate) fn wire_hlc(hlc: officesync_protocol::Hlc) -> officesync_api::Hlc {
+    officesync_api::Hlc {
+        ms: hlc.ms,
+        logical: hlc.logical,
+    }
+}
+
+/// `vv` as the API writes it: origin → counter.
+pub(crate) fn wire_vv(vv: &officesync_protocol::VersionVector) -> officesync_api::VersionVector {
+    vv.iter()
+        .map(|(origin, counter)| (origin.as_str().to_owned(), counter))
+        .collect()
 }
 
 /// A boxed future, for [`Verifier`] (kept local to avoid a futures dependency).

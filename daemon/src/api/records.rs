@@ -9,15 +9,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use officesync_api::{ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody};
 use officesync_protocol::names::MAX_KEY_BYTES;
 use officesync_protocol::policy::POLICY_COLLECTION;
-use officesync_protocol::{Dot, Hlc};
-use serde::Serialize;
+use officesync_protocol::Dot;
 
 use super::error::ApiError;
 use super::gate::Who;
 use super::params::{parse_flag, parse_query, record_target, scan_target};
-use super::ApiState;
+use super::{wire_hlc, ApiState};
 use crate::audit::{Kind, Record};
 use crate::replica::{
     Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, SIBLING_VALUES_BUDGET,
@@ -35,74 +35,24 @@ pub const DEFAULT_SCAN_LIMIT: usize = 100;
 /// Largest `limit` a scan accepts.
 pub const MAX_SCAN_LIMIT: usize = 1000;
 
-/// Answer to a put or a delete: the new version.
-#[derive(Debug, Serialize)]
-pub(crate) struct WriteBody {
-    /// `origin:counter`.
-    version: String,
-    hlc: Hlc,
-}
-
-impl From<WriteAck> for WriteBody {
-    fn from(ack: WriteAck) -> Self {
-        Self {
-            version: ack.dot.to_string(),
-            hlc: ack.hlc,
-        }
+/// The answer to a put or a delete: the version `ack` names.
+fn write_body(ack: WriteAck) -> WriteBody {
+    WriteBody {
+        version: ack.dot.to_string(),
+        hlc: wire_hlc(ack.hlc),
     }
 }
 
 /// One sibling in the answer to `?all=true`.
-#[derive(Debug, Serialize)]
-pub(crate) struct SiblingBody {
-    version: String,
-    hlc: Hlc,
-    deleted: bool,
-    /// The value; null for a tombstone or a value left out past the budget.
-    value_base64: Option<String>,
-    /// The value's length; null for a tombstone.
-    value_bytes: Option<u64>,
-    /// True when the value was left out past the budget (fetch it with `?version=`).
-    value_omitted: bool,
-}
-
-impl From<&SiblingRead> for SiblingBody {
-    fn from(s: &SiblingRead) -> Self {
-        Self {
-            version: s.dot.to_string(),
-            hlc: s.hlc,
-            deleted: s.is_deleted(),
-            value_base64: s.value.as_deref().map(|v| BASE64.encode(v)),
-            value_bytes: s.len,
-            value_omitted: s.is_omitted(),
-        }
+fn sibling_body(s: &SiblingRead) -> SiblingBody {
+    SiblingBody {
+        version: s.dot.to_string(),
+        hlc: wire_hlc(s.hlc),
+        deleted: s.is_deleted(),
+        value_base64: s.value.as_deref().map(|v| BASE64.encode(v)),
+        value_bytes: s.len,
+        value_omitted: s.is_omitted(),
     }
-}
-
-/// The answer to `?all=true`.
-#[derive(Debug, Serialize)]
-pub(crate) struct SiblingsBody {
-    key: String,
-    siblings: Vec<SiblingBody>,
-    /// True when some value was left out: the values listed would pass `value_budget_bytes`.
-    truncated: bool,
-    /// Most value bytes one answer carries ([`SIBLING_VALUES_BUDGET`]).
-    value_budget_bytes: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct ScanRecord {
-    key: String,
-    version: String,
-    hlc: Hlc,
-    siblings: usize,
-    value_base64: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct ScanBody {
-    records: Vec<ScanRecord>,
-    next: Option<String>,
 }
 
 /// `PUT /v1/collections/{c}/records/{key}`: the body is the raw value (any bytes, possibly
@@ -127,7 +77,7 @@ pub(crate) async fn put_record(
     state
         .audit(change_record(&state, &who, &collection, &key, &ack, false))
         .await;
-    Ok(Json(ack.into()))
+    Ok(Json(write_body(ack)))
 }
 
 /// `GET /v1/collections/{c}/records/{key}[?all=true | ?version=origin:counter]`.
@@ -212,9 +162,9 @@ fn siblings_answer(read: SiblingsRead) -> Result<Response, ApiError> {
     ];
     let body = SiblingsBody {
         truncated: read.is_truncated(),
-        siblings: read.siblings.iter().map(SiblingBody::from).collect(),
+        siblings: read.siblings.iter().map(sibling_body).collect(),
         key: read.key,
-        value_budget_bytes: SIBLING_VALUES_BUDGET,
+        value_budget_bytes: SIBLING_VALUES_BUDGET as u64,
     };
     Ok((headers, Json(body)).into_response())
 }
@@ -265,7 +215,7 @@ pub(crate) async fn delete_record(
     state
         .audit(change_record(&state, &who, &collection, &key, &ack, true))
         .await;
-    Ok(Json(ack.into()))
+    Ok(Json(write_body(ack)))
 }
 
 /// `GET /v1/collections/{c}/records?prefix=&after=&limit=`: up to `limit` (default 100, at most
@@ -279,7 +229,7 @@ pub(crate) async fn scan(
     State(state): State<ApiState>,
     who: Who,
     uri: Uri,
-) -> Result<Json<ScanBody>, ApiError> {
+) -> Result<Json<ScanPage>, ApiError> {
     let collection = scan_target(uri.path())?;
     let query = parse_query(uri.query(), &["prefix", "after", "limit"])?;
     let limit = match query.get("limit") {
@@ -311,7 +261,7 @@ pub(crate) async fn scan(
         .scan(&collection, prefix, after, limit)
         .await?;
     let records = page.records.iter().map(scan_record).collect();
-    Ok(Json(ScanBody {
+    Ok(Json(ScanPage {
         records,
         next: page.next,
     }))
@@ -322,8 +272,8 @@ fn scan_record(r: &WinnerRead) -> ScanRecord {
     ScanRecord {
         key: r.key.clone(),
         version: winner.dot.to_string(),
-        hlc: winner.hlc,
-        siblings: r.siblings,
+        hlc: wire_hlc(winner.hlc),
+        siblings: r.siblings as u64,
         value_base64: winner.value.as_deref().map(|v| BASE64.encode(v)),
     }
 }

@@ -8,18 +8,21 @@ use std::time::UNIX_EPOCH;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use officesync_protocol::{Hlc, VersionVector};
+use officesync_api::{
+    CertificateStatus, CollectionState, CollectionSummary, CollectionsBody, HealthBody, ReadyBody,
+    StatusBody, StoreStatus, WriteStats,
+};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::params::parse_query;
-use super::ApiState;
+use super::{wire_hlc, wire_vv, ApiState};
 use crate::config::Config;
 use crate::pki::{self, PkiError};
 use crate::replica::ReplicaStats;
 use crate::sync::peers::{PeerStatus, PeerTable};
 use crate::time::{rfc3339, unix_ms_now};
-use crate::transport::{StatsHandle, TransportStats};
+use crate::transport::StatsHandle;
 
 /// This node's own certificate: the cluster id (the fingerprint of the CA that issued it) and
 /// when it expires, read from the `[tls]` files at start.
@@ -47,28 +50,14 @@ impl NodeCertificate {
     }
 }
 
-/// The `certificate` object of `/v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct CertificateStatus {
-    serial: String,
-    /// `notAfter` as RFC 3339.
-    not_after: String,
-    not_after_unix: i64,
-    /// Seconds from now until it expires; negative once expired.
-    expires_in_secs: i64,
-}
-
-impl CertificateStatus {
-    /// The status of `cert` at `now_unix` (seconds).
-    fn at(cert: &NodeCertificate, now_unix: i64) -> Self {
-        let not_after =
-            UNIX_EPOCH + std::time::Duration::from_secs(cert.not_after_unix.max(0) as u64);
-        CertificateStatus {
-            serial: cert.serial.clone(),
-            not_after: rfc3339(not_after),
-            not_after_unix: cert.not_after_unix,
-            expires_in_secs: cert.not_after_unix - now_unix,
-        }
+/// The `certificate` object of `/v1/status` for `cert` at `now_unix` (seconds).
+fn certificate_status(cert: &NodeCertificate, now_unix: i64) -> CertificateStatus {
+    let not_after = UNIX_EPOCH + std::time::Duration::from_secs(cert.not_after_unix.max(0) as u64);
+    CertificateStatus {
+        serial: cert.serial.clone(),
+        not_after: rfc3339(not_after),
+        not_after_unix: cert.not_after_unix,
+        expires_in_secs: cert.not_after_unix - now_unix,
     }
 }
 
@@ -122,77 +111,16 @@ pub(crate) fn peers_at(source: &dyn PeerStatusSource, now_ms: u64) -> Vec<PeerSt
     peers
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct CollectionSummary {
-    name: String,
-    records: u64,
-    keys: u64,
-    versions: u64,
-    digest: String,
-    max_hlc: Hlc,
-    vv: VersionVector,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct CollectionsBody {
-    collections: Vec<CollectionSummary>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct CollectionState {
-    records: u64,
-    keys: u64,
-    versions: u64,
-    digest: String,
-    max_hlc: Hlc,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct StoreStatus {
-    pub(crate) size_bytes: u64,
-    pub(crate) blob_files: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct WriteStats {
-    local: u64,
-    remote_applied: u64,
-    remote_rejected: u64,
-    local_refused: u64,
-    syncs: u64,
-    synced_writes: u64,
-}
-
-impl From<&ReplicaStats> for WriteStats {
-    fn from(s: &ReplicaStats) -> Self {
-        Self {
-            local: s.local_writes.load(Ordering::Relaxed),
-            remote_applied: s.remote_applied.load(Ordering::Relaxed),
-            remote_rejected: s.remote_rejected.load(Ordering::Relaxed),
-            local_refused: s.local_refused.load(Ordering::Relaxed),
-            syncs: s.syncs.load(Ordering::Relaxed),
-            synced_writes: s.synced_writes.load(Ordering::Relaxed),
-        }
+/// The `writes` object of `/v1/status`: `s`'s counters now.
+fn write_stats(s: &ReplicaStats) -> WriteStats {
+    WriteStats {
+        local: s.local_writes.load(Ordering::Relaxed),
+        remote_applied: s.remote_applied.load(Ordering::Relaxed),
+        remote_rejected: s.remote_rejected.load(Ordering::Relaxed),
+        local_refused: s.local_refused.load(Ordering::Relaxed),
+        syncs: s.syncs.load(Ordering::Relaxed),
+        synced_writes: s.synced_writes.load(Ordering::Relaxed),
     }
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct StatusBody {
-    node: String,
-    replica: String,
-    /// The cluster id (CA fingerprint); null when the certificate is not known.
-    cluster_id: Option<String>,
-    /// This node's certificate: serial and expiry; null when not known.
-    certificate: Option<CertificateStatus>,
-    uptime_secs: u64,
-    max_value_bytes: usize,
-    vv: BTreeMap<String, VersionVector>,
-    collections: BTreeMap<String, CollectionState>,
-    peers: Vec<PeerStatus>,
-    store: StoreStatus,
-    writes: WriteStats,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    transport: Option<TransportStats>,
 }
 
 /// `GET /v1/status`.
@@ -214,10 +142,10 @@ pub(crate) async fn status(
                 keys: m.keys,
                 versions: m.versions,
                 digest: m.digest.to_hex(),
-                max_hlc: m.max_hlc,
+                max_hlc: wire_hlc(m.max_hlc),
             },
         );
-        vv.insert(info.name, m.vv);
+        vv.insert(info.name, wire_vv(&m.vv));
     }
     let store = store_status(&state).await?;
     let cert = state.certificate.clone();
@@ -227,9 +155,9 @@ pub(crate) async fn status(
         cluster_id: cert.as_ref().map(|c| c.cluster_id.clone()),
         certificate: cert
             .as_ref()
-            .map(|c| CertificateStatus::at(c, crate::pki::unix_now())),
+            .map(|c| certificate_status(c, crate::pki::unix_now())),
         uptime_secs: state.started.elapsed().as_secs(),
-        max_value_bytes: replica.max_value_bytes(),
+        max_value_bytes: replica.max_value_bytes() as u64,
         vv,
         collections,
         peers: with_dial_errors(
@@ -237,7 +165,7 @@ pub(crate) async fn status(
             state.transport.as_ref(),
         ),
         store,
-        writes: replica.stats().into(),
+        writes: write_stats(replica.stats()),
         transport: state.transport.as_ref().map(StatsHandle::snapshot),
     }))
 }
@@ -272,30 +200,16 @@ pub(crate) async fn collections(
             keys: info.meta.keys,
             versions: info.meta.versions,
             digest: info.meta.digest.to_hex(),
-            max_hlc: info.meta.max_hlc,
-            vv: info.meta.vv,
+            max_hlc: wire_hlc(info.meta.max_hlc),
+            vv: wire_vv(&info.meta.vv),
         })
         .collect();
     Ok(Json(CollectionsBody { collections }))
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct HealthBody {
-    status: &'static str,
-}
-
 /// `GET /health`: the daemon is up and serving.
 pub(crate) async fn health() -> Json<HealthBody> {
-    Json(HealthBody { status: "ok" })
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct ReadyBody {
-    ready: bool,
-    store: &'static str,
-    peers_dialled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    Json(HealthBody::ok())
 }
 
 /// `GET /ready`: 200 once the store answers reads and every configured peer has been dialled
@@ -318,7 +232,7 @@ pub(crate) async fn ready(State(state): State<ApiState>, uri: Uri) -> axum::resp
     };
     let body = ReadyBody {
         ready: error.is_none(),
-        store: if store.is_ok() { "open" } else { "unavailable" },
+        store: if store.is_ok() { "open" } else { "unavailable" }.to_owned(),
         peers_dialled,
         error,
     };

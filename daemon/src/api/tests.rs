@@ -282,6 +282,7 @@ async fn siblings_are_counted_and_listed() {
     let r = get(&app, "/v1/collections/situation/records/k?all=true").await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
+    assert_reads_back::<officesync_api::SiblingsBody>(&v);
     let sibs = v["siblings"].as_array().expect("siblings");
     assert_eq!(sibs.len(), 2);
     assert_eq!(sibs[0]["version"], remote.dot.to_string());
@@ -293,6 +294,7 @@ async fn siblings_are_counted_and_listed() {
 
     // A scan reports the sibling count too.
     let r = get(&app, "/v1/collections/situation/records").await;
+    assert_reads_back::<officesync_api::ScanPage>(&r.json());
     assert_eq!(r.json()["records"][0]["siblings"], 2);
 
     // A local write supersedes both.
@@ -737,6 +739,14 @@ async fn bad_input_is_refused_with_json_and_nothing_written() {
     assert!(msg.contains("64"), "{msg}");
 }
 
+/// `answer` read as the `officesync-api` type `T` (as the CLI reads it) and written again is
+/// `answer`: no field is lost or renamed on the way.
+fn assert_reads_back<T: serde::de::DeserializeOwned + serde::Serialize>(answer: &Value) {
+    let typed: T = serde_json::from_value(answer.clone())
+        .unwrap_or_else(|e| panic!("not a {} ({e}): {answer}", std::any::type_name::<T>()));
+    assert_eq!(&serde_json::to_value(&typed).expect("serialises"), answer);
+}
+
 #[tokio::test]
 async fn collections_status_and_health() {
     let (app, replica) = app();
@@ -754,6 +764,7 @@ async fn collections_status_and_health() {
     let r = get(&app, "/v1/collections").await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
+    assert_reads_back::<officesync_api::CollectionsBody>(&v);
     let colls = v["collections"].as_array().expect("collections");
     assert_eq!(colls.len(), 2);
     let situation = colls
@@ -773,6 +784,7 @@ async fn collections_status_and_health() {
     let r = get(&app, "/v1/status").await;
     assert_eq!(r.status, StatusCode::OK);
     let s = r.json();
+    assert_reads_back::<officesync_api::StatusBody>(&s);
     assert_eq!(s["node"], "hefei");
     assert_eq!(s["replica"], replica.id().to_string());
     assert!(s["uptime_secs"].is_u64());
@@ -803,6 +815,7 @@ async fn peers_come_from_the_peer_table() {
         ..PeerStatus::default()
     });
     let s = get(&app, "/v1/status").await.json();
+    assert_reads_back::<officesync_api::StatusBody>(&s);
     let peers = s["peers"].as_array().expect("peers");
     let names: Vec<&str> = peers.iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["beijing-office", "hefei"]);

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use officesync_protocol::sync::VerifyOutcome;
 use officesync_protocol::{ReplicaId, VersionVector};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -28,15 +27,7 @@ use peers::PeerTable;
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One line of a verification report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    /// The peer compared with.
-    pub peer: String,
-    /// The collection compared.
-    pub collection: String,
-    /// `equal`, `vectors_differ` (still syncing), `repaired`, `still_different` or `timeout`.
-    pub outcome: String,
-}
+pub use officesync_api::VerifyReport;
 
 fn outcome_name(o: VerifyOutcome) -> &'static str {
     match o {

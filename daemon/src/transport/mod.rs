@@ -112,36 +112,7 @@ impl PeerConnection {
 }
 
 /// Transport-wide counts, for metrics and status (`transport` in `GET /v1/status`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TransportStats {
-    /// Connections this node dialed that were authenticated and handed over.
-    pub connections_dialed: u64,
-    /// Connections this node accepted that were authenticated and handed over.
-    pub connections_accepted: u64,
-    /// Dial attempts that failed (unreachable, refused, wrong certificate or name).
-    pub dials_failed: u64,
-    /// Incoming handshakes that failed (bad certificate, timeout, protocol error).
-    pub handshakes_failed: u64,
-    /// Of [`handshakes_failed`](Self::handshakes_failed): dropped because the peer was not
-    /// authenticated within [`UNAUTHENTICATED_TIMEOUT`].
-    pub handshakes_timed_out: u64,
-    /// Incoming connection attempts refused before any TLS work, for either reason below.
-    pub handshakes_refused: u64,
-    /// Of [`handshakes_refused`](Self::handshakes_refused): the source address already had
-    /// [`MAX_HANDSHAKES_PER_ADDRESS`] in progress.
-    pub handshakes_refused_per_address: u64,
-    /// Of [`handshakes_refused`](Self::handshakes_refused): [`MAX_PENDING_HANDSHAKES`] were in
-    /// progress altogether.
-    pub handshakes_refused_busy: u64,
-    /// Incoming connection attempts answered with a QUIC Retry, to validate their address
-    /// before any TLS work (every new attempt gets one; quinn clients answer it themselves).
-    pub retries_sent: u64,
-    /// Authenticated connections refused because the peer is in backoff after bad input or
-    /// already holds [`MAX_CONNECTIONS_PER_PEER`] connections.
-    pub backoff_refused: u64,
-    /// Connections closed because the peer's certificate expired while they were open.
-    pub certificates_expired: u64,
-}
+pub use officesync_api::TransportStats;
 
 /// Live counters behind [`TransportStats`].
 #[derive(Debug, Default)]
