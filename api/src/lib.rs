@@ -6,6 +6,7 @@
 //! protocol types. The JSON shape is the one DESIGN.md ("Interfaces tests rely on") promises;
 //! fields added later carry `#[serde(default)]`, so a newer CLI still reads an older daemon.
 
+mod access;
 mod node;
 mod peers;
 mod records;
@@ -15,6 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use access::{NewUser, RemovedBody, Role, TokenBody, UserInfo, UsersBody, WhoAmI};
 pub use node::{HealthBody, ReadyBody, VerifyReport, VerifyResults};
 pub use peers::{PeerCollectionStatus, PeerStatus};
 pub use records::{ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody};

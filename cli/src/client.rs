@@ -169,6 +169,8 @@ pub struct Client {
     addr: ApiAddr,
     /// The whole-request timeout, for messages.
     timeout: Duration,
+    /// The token sent as `Authorization: Bearer`, if any.
+    token: Option<String>,
 }
 
 impl Client {
@@ -188,7 +190,14 @@ impl Client {
             agent,
             addr,
             timeout,
+            token: None,
         }
+    }
+
+    /// The same client, sending `token` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// The API address, for messages.
@@ -205,9 +214,12 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Reply<'_>, CliError> {
         let what = format!("{method} {path}");
-        let builder = http::Request::builder()
+        let mut builder = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
         let result = match body {
             Some(body) => builder
                 .header("content-type", "application/octet-stream")
@@ -362,6 +374,12 @@ impl<'c> Reply<'c> {
             }
         }
         let message = match (status, exit) {
+            (401, _) if from_daemon => format!(
+                "officesyncd at {addr} refused the request: {detail} (HTTP 401; give a user's \
+                 token with --token, OFFICESYNC_TOKEN, --token-file or OFFICESYNC_TOKEN_FILE)"
+            ),
+            (403, _) if from_daemon => format!("forbidden: {detail} (HTTP 403)"),
+            (429, _) if from_daemon => format!("officesyncd at {addr}: {detail} (HTTP 429)"),
             // A 404 without a JSON error is a route the daemon does not have.
             (404, _) if !from_daemon => format!(
                 "officesyncd at {addr} does not serve {what} (HTTP 404: {detail}); \

@@ -89,6 +89,8 @@ struct DemoNode {
     child: Child,
     client: Client,
     log: PathBuf,
+    /// The node's admin token (it serves with staff access, as every node does by default).
+    token: String,
 }
 
 /// Runs the demo.
@@ -229,8 +231,20 @@ fn start_node(
         child,
         client: Client::new(addr, Duration::from_secs(5)),
         log,
+        token: String::new(),
     };
     wait_healthy(&mut node)?;
+    // The daemon wrote its first admin token before it served /health.
+    let token_path = node_dir
+        .join("data")
+        .join(officesync_daemon::config::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_path)
+        .map_err(|e| fail(format!("{}: {e}", token_path.display())))?
+        .trim()
+        .to_owned();
+    node.client = Client::new(node.client.addr().clone(), Duration::from_secs(5))
+        .with_token(Some(token.clone()));
+    node.token = token;
     println!(
         "  {name}: officesyncd pid {} — API http://{api}, QUIC {sync}{}",
         node.child.id(),
@@ -317,8 +331,9 @@ fn demo_loop(args: &DemoArgs, nodes: &mut [DemoNode], stop: &AtomicBool) -> Resu
     written.insert((coll.to_string(), key.to_string()), Instant::now());
     let hub = nodes.first().ok_or_else(|| fail("no demo node"))?;
     println!(
-        "\ntry it from another terminal (the general office's API):\n  export OFFICESYNC_API={}\n  officesync scan situation\n  officesync get situation {key} --all\n  officesync put situation hefei/grain '{{\"stock_t\":12000}}'\n  officesync status\n\narrivals as they happen, status every {} s; Ctrl-C stops the demo.\n",
+        "\ntry it from another terminal (the general office's API, as its admin user):\n  export OFFICESYNC_API={}\n  export OFFICESYNC_TOKEN={}\n  officesync scan situation\n  officesync get situation {key} --all\n  officesync put situation hefei/grain '{{\"stock_t\":12000}}'\n  officesync status\n\narrivals as they happen, status every {} s; Ctrl-C stops the demo.\n",
         hub.client.addr(),
+        hub.token,
         args.every.max(1)
     );
     let colls = ["situation", "documents"];

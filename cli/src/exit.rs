@@ -23,6 +23,13 @@ pub enum Exit {
     /// 4: any other failure: a 5xx from the daemon, an unexpected answer, a
     /// local I/O error.
     Failure = 4,
+    /// 5: the daemon refused to authenticate the request: no token, a wrong or
+    /// removed one (HTTP 401), or too many failed attempts from this address
+    /// (HTTP 429).
+    Unauthenticated = 5,
+    /// 6: the token's user may not do this (HTTP 403: its role or collection
+    /// list, or the node's policy).
+    Forbidden = 6,
 }
 
 impl Exit {
@@ -41,8 +48,10 @@ impl Exit {
             200..=299 => Exit::Success,
             404 if record => Exit::NotFound,
             404 => Exit::Failure,
-            // Timeouts and rate limits are the daemon's state, not the user's mistake.
-            408 | 429 => Exit::Failure,
+            401 | 429 => Exit::Unauthenticated,
+            403 => Exit::Forbidden,
+            // Timeouts are the daemon's state, not the user's mistake.
+            408 => Exit::Failure,
             400..=499 => Exit::Usage,
             _ => Exit::Failure,
         }
@@ -134,6 +143,8 @@ mod tests {
         assert_eq!(Exit::Usage.code(), 2);
         assert_eq!(Exit::Unreachable.code(), 3);
         assert_eq!(Exit::Failure.code(), 4);
+        assert_eq!(Exit::Unauthenticated.code(), 5);
+        assert_eq!(Exit::Forbidden.code(), 6);
     }
 
     #[test]
@@ -143,10 +154,10 @@ mod tests {
         assert_eq!(Exit::for_status(404, true), Exit::NotFound);
         assert_eq!(Exit::for_status(404, false), Exit::Failure);
         assert_eq!(Exit::for_status(400, true), Exit::Usage);
-        assert_eq!(Exit::for_status(403, false), Exit::Usage);
+        assert_eq!(Exit::for_status(403, false), Exit::Forbidden);
         assert_eq!(Exit::for_status(413, true), Exit::Usage);
         assert_eq!(Exit::for_status(422, false), Exit::Usage);
-        assert_eq!(Exit::for_status(429, false), Exit::Failure);
+        assert_eq!(Exit::for_status(429, false), Exit::Unauthenticated);
         assert_eq!(Exit::for_status(500, true), Exit::Failure);
         assert_eq!(Exit::for_status(503, false), Exit::Failure);
         assert_eq!(Exit::for_status(302, false), Exit::Failure);

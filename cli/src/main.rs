@@ -18,8 +18,10 @@ mod offline;
 mod output;
 mod policy;
 mod records;
+mod token;
 mod transfer;
 mod urlenc;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +39,9 @@ use crate::exit::{CliError, Exit};
     version,
     about = "Control an officesync node: read and write records, check status, manage certificates.",
     after_help = "Exit codes: 0 success, 1 key not found, 2 usage error or request rejected \
-                  by the daemon, 3 daemon unreachable, 4 other failure."
+                  by the daemon, 3 daemon unreachable, 4 other failure, 5 not authenticated \
+                  (no token, a wrong one, or too many failed attempts), 6 forbidden (the \
+                  user may not do this)."
 )]
 struct Cli {
     /// Options every subcommand takes.
@@ -74,6 +78,27 @@ pub struct Global {
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,
+    /// The token of the user to act as (as `officesync user add` printed it). Prefer
+    /// OFFICESYNC_TOKEN or --token-file: a command line is visible to other local users.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "OFFICESYNC_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token [default: the admin.token in the data dir of --config, else
+    /// /var/lib/officesync/admin.token, when readable].
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "OFFICESYNC_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -92,7 +117,16 @@ pub struct Global {
 impl Global {
     /// A client of the daemon at [`Global::api_addr`].
     pub fn client(&self) -> Result<Client, CliError> {
-        Ok(Client::new(self.api_addr()?, self.timeout))
+        Ok(Client::new(self.api_addr()?, self.timeout).with_token(self.token()?))
+    }
+
+    /// The token to send ([`token::resolve`]).
+    pub fn token(&self) -> Result<Option<String>, CliError> {
+        token::resolve(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            self.config.as_deref(),
+        )
     }
 
     /// Where the daemon's API listens: `--api` (or `OFFICESYNC_API`) if given, else the
@@ -133,6 +167,11 @@ enum Command {
     Peers,
     /// Compare collection digests with peers now and repair differences.
     Verify,
+    /// Manage the API's users and their tokens (admin only).
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// List this node's audit log, or verify its hash chain (admin only).
+    Audit(users::AuditArgs),
     /// Show or change the access policy (`_policy`): grants, revocations.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -164,6 +203,8 @@ impl Command {
             Command::Status => node::status(global),
             Command::Peers => node::peers(global),
             Command::Verify => node::verify(global),
+            Command::User(command) => command.run(global),
+            Command::Audit(args) => users::audit(args, global),
             Command::Policy(command) => command.run(global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),

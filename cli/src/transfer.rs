@@ -395,8 +395,8 @@ fn write_items(items: &[Item], base: &str, global: &Global) -> Outcome {
     let workers = WORKERS.min(items.len()).max(1);
     let progress = io::stderr().is_terminal();
 
-    let addr = match global.api_addr() {
-        Ok(addr) => addr,
+    let (addr, token) = match global.api_addr().and_then(|a| Ok((a, global.token()?))) {
+        Ok(found) => found,
         Err(error) => {
             return Outcome {
                 unreachable: Some(error),
@@ -407,7 +407,7 @@ fn write_items(items: &[Item], base: &str, global: &Global) -> Outcome {
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                let client = Client::new(addr.clone(), global.timeout);
+                let client = Client::new(addr.clone(), global.timeout).with_token(token.clone());
                 while !stop.load(Ordering::Relaxed) {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(index) else { break };

@@ -22,6 +22,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 struct Daemon {
     child: Child,
     api: String,
+    /// The config file: `--config` gives the CLI the API address and the admin token the
+    /// daemon wrote in its data dir.
+    config: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -131,6 +134,7 @@ fn start_daemon_with(max_value_bytes: Option<usize>) -> Option<Daemon> {
     let mut daemon = Daemon {
         child,
         api: api.to_string(),
+        config: config_path.to_str().expect("utf-8 temp path").to_owned(),
         log,
         _dir: dir,
     };
@@ -163,7 +167,7 @@ fn start_daemon_with(max_value_bytes: Option<usize>) -> Option<Daemon> {
 
 /// Every live record of a collection: key and raw value.
 fn records(daemon: &Daemon, collection: &str) -> Vec<(String, Vec<u8>)> {
-    let out = succeed(&["--api", &daemon.api, "export", collection]);
+    let out = succeed(&["--config", &daemon.config, "export", collection]);
     let text = String::from_utf8(out.stdout).expect("utf-8 export");
     text.lines()
         .map(|line| {
@@ -182,7 +186,7 @@ fn records(daemon: &Daemon, collection: &str) -> Vec<(String, Vec<u8>)> {
 
 /// The raw value of one record, with `get`.
 fn get(daemon: &Daemon, collection: &str, key: &str) -> Vec<u8> {
-    succeed(&["--api", &daemon.api, "get", collection, key]).stdout
+    succeed(&["--config", &daemon.config, "get", collection, key]).stdout
 }
 
 #[test]
@@ -190,7 +194,7 @@ fn import_and_export_round_trip_against_a_real_daemon() {
     let Some(daemon) = start_daemon() else {
         return;
     };
-    let api = daemon.api.clone();
+    let api = daemon.config.clone();
     let work = tempfile::tempdir().expect("tempdir");
 
     // 2,000 good lines (JSON and binary values), 3 bad ones, a blank line.
@@ -223,7 +227,7 @@ fn import_and_export_round_trip_against_a_real_daemon() {
     std::fs::write(&file, lines.join("\n") + "\n").expect("write input");
     let out = officesync(
         &[
-            "--api",
+            "--config",
             &api,
             "import",
             "source",
@@ -257,20 +261,20 @@ fn import_and_export_round_trip_against_a_real_daemon() {
 
     // Non-canonical JSON and text stored by `put` survive the round trip too.
     succeed(&[
-        "--api",
+        "--config",
         &api,
         "put",
         "source",
         "spaced",
         "{\"b\": 1, \"a\": 2}",
     ]);
-    succeed(&["--api", &api, "put", "source", "text", "plain text"]);
+    succeed(&["--config", &api, "put", "source", "text", "plain text"]);
     let source = records(&daemon, "source");
 
     // Export to a file, import into another collection: identical values.
     let exported = work.path().join("export.jsonl");
     succeed(&[
-        "--api",
+        "--config",
         &api,
         "export",
         "source",
@@ -278,7 +282,7 @@ fn import_and_export_round_trip_against_a_real_daemon() {
         exported.to_str().expect("utf-8"),
     ]);
     let out = succeed(&[
-        "--api",
+        "--config",
         &api,
         "--json",
         "import",
@@ -299,7 +303,7 @@ fn import_and_export_round_trip_against_a_real_daemon() {
     std::fs::write(tree.join("hefei/grain/2024.bin"), [1u8, 2, 0, 255]).expect("write");
     std::fs::write(tree.join("hefei/empty"), b"").expect("write");
     let out = succeed(&[
-        "--api",
+        "--config",
         &api,
         "import",
         "files",
@@ -320,7 +324,7 @@ fn import_and_export_round_trip_against_a_real_daemon() {
 
     // Standard input.
     let input = b"{\"key\": \"a\", \"value\": [1, 2]}\n{\"key\": \"b\", \"value\": \"x\"}\n";
-    let out = officesync(&["--api", &api, "import", "stdin", "-"], input);
+    let out = officesync(&["--config", &api, "import", "stdin", "-"], input);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -331,7 +335,7 @@ fn import_and_export_round_trip_against_a_real_daemon() {
     assert_eq!(get(&daemon, "stdin", "b"), b"\"x\"");
 
     // A refused record (invalid collection name) is reported by line.
-    let out = officesync(&["--api", &api, "import", "bad name!", "-"], input);
+    let out = officesync(&["--config", &api, "import", "bad name!", "-"], input);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -407,8 +411,8 @@ fn import_of_100k_lines_reports_every_bad_line_and_imports_the_rest() {
     std::fs::write(&file, &text).expect("write input");
     let out = officesync(
         &[
-            "--api",
-            &daemon.api,
+            "--config",
+            &daemon.config,
             "import",
             "bulk",
             file.to_str().expect("utf-8"),
@@ -451,8 +455,15 @@ fn import_of_100k_lines_reports_every_bad_line_and_imports_the_rest() {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .new_agent();
+    let token = std::fs::read_to_string(
+        Path::new(&daemon.config)
+            .with_file_name("data")
+            .join("admin.token"),
+    )
+    .expect("admin.token");
     let body = agent
         .get(format!("http://{}/v1/collections", daemon.api))
+        .header("authorization", &format!("Bearer {}", token.trim()))
         .call()
         .expect("GET /v1/collections")
         .into_body()
@@ -467,7 +478,7 @@ fn import_of_100k_lines_reports_every_bad_line_and_imports_the_rest() {
     assert_eq!(get(&daemon, "bulk", "r/000002"), b"2");
     assert_eq!(get(&daemon, "bulk", "r/099999"), b"99999");
     for key in ["bad/1", "bad/2", "bad/4", "big"] {
-        let out = officesync(&["--api", &daemon.api, "get", "bulk", key], b"");
+        let out = officesync(&["--config", &daemon.config, "get", "bulk", key], b"");
         assert_eq!(out.status.code(), Some(1), "{key} must be absent");
     }
     eprintln!(

@@ -29,45 +29,11 @@ pub const MAX_USER_NAME: usize = 64;
 /// Most users one node keeps.
 pub const MAX_USERS: usize = 1024;
 
-/// What a user may do: each role includes the one before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads of its collections, status and metrics.
-    Reader,
-    /// Also writes and deletes in its collections.
-    Writer,
-    /// Everything: every collection, `_policy`, users, the audit log, verify.
-    Admin,
-}
+pub use officesync_api::{Role, UserInfo};
 
-impl Role {
-    /// The role's name as the CLI and the API spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Writer => "writer",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = AuthError;
-    fn from_str(s: &str) -> Result<Self, AuthError> {
-        match s {
-            "reader" => Ok(Role::Reader),
-            "writer" => Ok(Role::Writer),
-            "admin" => Ok(Role::Admin),
-            other => Err(AuthError::BadRole(other.chars().take(32).collect())),
-        }
-    }
+/// Parses a role name, as the API's users routes take it.
+pub fn parse_role(s: &str) -> Result<Role, AuthError> {
+    Role::parse(s).ok_or_else(|| AuthError::BadRole(s.chars().take(32).collect()))
 }
 
 /// Why a user operation was refused, or the users file could not be used.
@@ -132,21 +98,6 @@ struct StoredUser {
 struct UsersFile {
     format: u32,
     users: Vec<StoredUser>,
-}
-
-/// A user as listed: everything but the token's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserInfo {
-    /// The name.
-    pub name: String,
-    /// The role.
-    pub role: Role,
-    /// Its collections (`None`: every collection the node may read).
-    pub collections: Option<Vec<String>>,
-    /// When it was added (unix ms).
-    pub created_ms: u64,
-    /// When its current token was issued (unix ms).
-    pub token_issued_ms: u64,
 }
 
 /// Who made a request: the user a token belongs to, with what it may do.

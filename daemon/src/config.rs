@@ -145,7 +145,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: DEFAULT_API_LISTEN,
-            auth: AuthMode::None,
+            auth: AuthMode::Token,
         }
     }
 }

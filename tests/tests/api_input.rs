@@ -10,13 +10,29 @@ use std::time::{Duration, Instant};
 use officesync_tests::Cluster;
 
 /// Sends `request` on a fresh connection and returns what came back before the daemon closed
-/// it (or 20 s passed).
-fn raw(addr: SocketAddr, request: &[u8]) -> String {
+/// it (or 20 s passed). With `token`, the request carries it (after its `Host: x` header), so
+/// the bad input reaches the checks behind authentication.
+fn raw(addr: SocketAddr, token: Option<&str>, request: &[u8]) -> String {
+    let request = match token {
+        Some(token) => {
+            let host = b"\r\nHost: x\r\n";
+            match request.windows(host.len()).position(|w| w == host) {
+                Some(at) => {
+                    let mut with = request[..at + host.len()].to_vec();
+                    with.extend_from_slice(format!("Authorization: Bearer {token}\r\n").as_bytes());
+                    with.extend_from_slice(&request[at + host.len()..]);
+                    with
+                }
+                None => request.to_vec(),
+            }
+        }
+        None => request.to_vec(),
+    };
     let mut s = TcpStream::connect(addr).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
     // The daemon may answer (and close) before it has read everything: ignore write errors.
-    let _ = s.write_all(request);
+    let _ = s.write_all(&request);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -49,6 +65,7 @@ fn every_bad_api_input_is_refused_and_writes_nothing() {
     let cluster = Cluster::new();
     let node = cluster.start_node("hefei");
     let addr = node.api_addr();
+    let token = node.api().token().map(str::to_owned);
     let big_header = format!(
         "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(512 * 1024)
@@ -112,7 +129,7 @@ fn every_bad_api_input_is_refused_and_writes_nothing() {
     ];
     let mut failures = Vec::new();
     for (name, request, expected, json) in cases {
-        let reply = raw(addr, &request);
+        let reply = raw(addr, token.as_deref(), &request);
         let code = status_of(&reply);
         let body_ok = !json || reply.contains("\"error\"");
         // A request hyper cannot even parse may also just be closed without an answer.
@@ -187,7 +204,7 @@ fn every_bad_api_input_is_refused_and_writes_nothing() {
         written.is_empty(),
         "collections written: {written:?} ({records} records)"
     );
-    let health = raw(addr, &get("/health"));
+    let health = raw(addr, None, &get("/health"));
     assert_eq!(status_of(&health), 200, "{health}");
 }
 

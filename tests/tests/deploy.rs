@@ -528,7 +528,19 @@ fn container_image_runs_a_general_office_and_two_offices() {
         .find_map(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no IPv4 address in `docker port`: {wuhu_api}"));
     assert!(wuhu_api.ip().is_loopback(), "published on {wuhu_api}");
-    let wuhu = ApiClient::new(wuhu_api);
+    // A user for this test, added inside the container, where `officesync` signs in with the
+    // node's admin token by default (the image has no shell or cat to read it).
+    let token = docker_ok(&[
+        "exec",
+        &container("wuhu"),
+        "/usr/local/bin/officesync",
+        "user",
+        "add",
+        "deploy-test",
+        "--role",
+        "writer",
+    ]);
+    let wuhu = ApiClient::new(wuhu_api).with_token(Some(token));
     assert!(
         wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
             wuhu.healthy()

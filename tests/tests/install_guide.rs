@@ -421,6 +421,20 @@ impl Machine {
     }
 
     /// The machine's directory as a string.
+    /// Where the daemon on this machine writes its admin token: what `officesync` run as root
+    /// there reads by default (`/var/lib/officesync/admin.token`).
+    fn admin_token_path(&self) -> PathBuf {
+        self.root.join("var/lib/officesync/admin.token")
+    }
+
+    /// A client of this machine's API, signed in as its admin.
+    fn api(&self) -> ApiClient {
+        let token = std::fs::read_to_string(self.admin_token_path())
+            .ok()
+            .map(|t| t.trim().to_owned());
+        ApiClient::new(SocketAddr::from(([127, 0, 0, 1], self.api_port))).with_token(token)
+    }
+
     fn root_str(&self) -> &str {
         self.root.to_str().expect("UTF-8 temp path")
     }
@@ -565,8 +579,7 @@ fn heredoc<'s>(script: &'s str, file: &str) -> Option<&'s str> {
 
 /// Whether `machine`'s node reports a live session with the general office.
 fn connected_to_hub(machine: &Machine) -> bool {
-    let api = ApiClient::new(SocketAddr::from(([127, 0, 0, 1], machine.api_port)));
-    api.status()["peers"]
+    machine.api().status()["peers"]
         .as_array()
         .into_iter()
         .flatten()
@@ -611,7 +624,10 @@ impl Checks<'_> {
     /// Runs `machine`'s `officesync` with `args` (as the guide's commands would).
     fn officesync(&self, machine: &Machine, args: &[&str]) -> Output {
         let mut cmd = Command::new(machine.root.join("usr/local/bin/officesync"));
-        cmd.args(args).env_remove("OFFICESYNC_API");
+        cmd.args(args)
+            .env_remove("OFFICESYNC_API")
+            .env_remove("OFFICESYNC_TOKEN")
+            .env("OFFICESYNC_TOKEN_FILE", machine.admin_token_path());
         if let Some(service) = self.service {
             cmd.env("OFFICESYNC_USER", &service.name);
         }
@@ -653,6 +669,8 @@ impl Checks<'_> {
             self.config_names_the_api(machine, block);
         } else if is_renewal(block) {
             self.renewed(block);
+        } else if block.contains("officesync user add li") {
+            self.staff_users(block);
         } else if block.contains("officesync verify") && machine.label == "general office" {
             self.silent_peer_and_its_reason(block);
         } else if block.contains("policy revoke-node hefei") {
@@ -751,6 +769,82 @@ impl Checks<'_> {
         );
     }
 
+    /// Step 16: li reads but may not write (exit 6, as the troubleshooting table quotes), a
+    /// wrong token is refused with exit 5, and the audit log names wang's and admin's changes.
+    fn staff_users(&self, block: &str) {
+        let hub = self.hub;
+        let li = hub.root.join("root/li.token");
+        let li = li.to_str().expect("UTF-8");
+        let api = format!("127.0.0.1:{}", hub.api_port);
+        let put = self.officesync(
+            hub,
+            &[
+                "--api",
+                &api,
+                "--token-file",
+                li,
+                "put",
+                "situation",
+                "li/try",
+                "x",
+            ],
+        );
+        put.expect_code(
+            6,
+            &format!(
+                "after
+{block}
+li's put"
+            ),
+        );
+        let said = put.stderr_text();
+        assert!(
+            said.starts_with(
+                "error: forbidden: user li (reader) may not write collection \"situation\""
+            ),
+            "li's refused put said: {said}"
+        );
+        let wrong = self.officesync(
+            hub,
+            &["--api", &api, "--token", "ost_not-a-token", "status"],
+        );
+        wrong.expect_code(5, "a wrong token");
+        assert!(
+            wrong
+                .stderr_text()
+                .contains("refused the request: invalid token"),
+            "{}",
+            wrong.stderr_text()
+        );
+        let wang = std::fs::read_to_string(hub.root.join("root/wang.token")).expect("wang.token");
+        let put = self.officesync(
+            hub,
+            &[
+                "--api",
+                &api,
+                "--token",
+                wang.trim(),
+                "put",
+                "situation",
+                "wang/report",
+                "ok",
+            ],
+        );
+        put.expect_success("wang's put");
+        let audit = self.officesync(hub, &["--api", &api, "audit", "--json"]);
+        audit.expect_success("officesync audit");
+        let text = audit.stdout_text();
+        for wanted in [
+            "\"actor\": \"wang@general-office\"",
+            "\"kind\": \"user_add\"",
+        ] {
+            assert!(
+                text.contains(wanted),
+                "no {wanted} in the audit log:\n{text}"
+            );
+        }
+    }
+
     /// Step 4: a second `ca init` refuses with the message the guide shows, and keeps the CA.
     fn second_ca_init(&self, block: &str) {
         let hub = self.hub;
@@ -787,9 +881,12 @@ impl Checks<'_> {
             "--config reached another node: {status}"
         );
         // And OFFICESYNC_CONFIG does the same.
+        // With no token given, the config's data dir holds the admin token the CLI uses.
         let mut cmd = Command::new(machine.root.join("usr/local/bin/officesync"));
         cmd.arg("peers")
             .env_remove("OFFICESYNC_API")
+            .env_remove("OFFICESYNC_TOKEN")
+            .env_remove("OFFICESYNC_TOKEN_FILE")
             .env("OFFICESYNC_CONFIG", config);
         run_bounded(cmd, None, BLOCK_TIMEOUT).expect_success("officesync with OFFICESYNC_CONFIG");
     }
@@ -903,7 +1000,7 @@ fn is_renewal(block: &str) -> bool {
 
 /// The API client of hefei's node.
 fn hefei_api(hefei: &Machine) -> ApiClient {
-    ApiClient::new(SocketAddr::from(([127, 0, 0, 1], hefei.api_port)))
+    hefei.api()
 }
 
 /// Step 13, run twice: the backup is one copy of the data dir, not a copy nested in the last.
@@ -1102,6 +1199,7 @@ fn install_guide_runs_as_written() {
                     .env("HEFEI_ROOT", &machine("office (hefei)").root)
                     .env("OFFICESYNC_TEST_BIN_DIR", &bin_dir)
                     .env("OFFICESYNC_API", format!("127.0.0.1:{}", m.api_port))
+                    .env("OFFICESYNC_TOKEN_FILE", m.admin_token_path())
                     .env(
                         "SERVICE_UID",
                         service.as_ref().map_or(999, |s| s.uid).to_string(),

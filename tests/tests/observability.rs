@@ -181,11 +181,7 @@ fn views<'a>(status: &'a Value, peer: &str) -> Option<(&'a Value, &'a Value)> {
 
 /// The `officesync status` text of `node`.
 fn cli_status(node: &TestNode) -> String {
-    let out = Command::new(officesync_tests::bins::officesync_path())
-        .args(["--api", &node.api_addr().to_string(), "status"])
-        .env_remove("OFFICESYNC_API")
-        .output()
-        .expect("run officesync status");
+    let out = node.cli(&["status"]);
     assert!(
         out.status.success(),
         "{}",

@@ -176,9 +176,10 @@ fn policy_is_written_only_at_an_admin_and_only_when_valid() {
     claims.admins = vec!["shanghai".to_owned()];
     let shanghai = other.start(&claims);
     let out = shanghai.cli(&["policy", "grant", "situation", "shanghai", "write"]);
+    // 6: forbidden (HTTP 403).
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(6),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -300,7 +301,8 @@ fn observer_office_reads_everything_and_writes_nothing() {
         .call("DELETE", &record_path("situation", "flood/level"), None);
     assert_eq!(reply.status, 403);
     let out = star.beijing.cli(&["put", "situation", "x", "y"]);
-    assert_eq!(out.status.code(), Some(2));
+    // 6: forbidden (HTTP 403).
+    assert_eq!(out.status.code(), Some(6));
     assert_converged(&star.all(), CONVERGE_TIMEOUT);
 }
 

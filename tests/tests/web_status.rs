@@ -1,4 +1,5 @@
 //! The read-only web status page at `/`, loaded in headless Chromium (Debian `chromium`)
+//! with Basic credentials (and refused without them)
 //! against a running three-node cluster: the hub's page lists both offices as connected
 //! peers, their staleness rows and the collections, and keeps refreshing itself; after one
 //! office stops, the page (reloaded) shows it as disconnected. Skips when Chromium is missing.
@@ -30,8 +31,19 @@ fn chromium() -> Option<&'static str> {
     })
 }
 
-/// The page at `/` of `node` as Chromium's DOM after loading it.
+/// The page at `/` of `node` as Chromium's DOM after loading it, signed in with Basic
+/// credentials `admin:TOKEN` (the node's admin token) as a staff browser would be.
 fn dump_dom(browser: &str, node: &TestNode) -> String {
+    let token = node
+        .api()
+        .token()
+        .expect("the node's admin token")
+        .to_owned();
+    dump_dom_as(browser, node, Some(("admin", &token)))
+}
+
+/// The page at `/` of `node` as Chromium's DOM, with `credentials` (user, token) in the URL.
+fn dump_dom_as(browser: &str, node: &TestNode, credentials: Option<(&str, &str)>) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let mut cmd = Command::new(browser);
     cmd.args([
@@ -43,12 +55,17 @@ fn dump_dom(browser: &str, node: &TestNode) -> String {
         "--dump-dom",
     ])
     .arg(format!("--user-data-dir={}", profile.path().display()))
-    .arg(format!("http://{}/", node.api_addr()))
+    .arg(match credentials {
+        Some((user, token)) => format!("http://{user}:{token}@{}/", node.api_addr()),
+        None => format!("http://{}/", node.api_addr()),
+    })
     .env("HOME", profile.path());
     let out = run_bounded(cmd, None, BROWSER_TIMEOUT);
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Refused, Chromium may show its sign-in prompt's blank page: only a page served must be
+    // whole.
     assert!(
-        out.status.success() && dom.contains("</html>"),
+        out.status.success() && (credentials.is_none() || dom.contains("</html>")),
         "chromium failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
@@ -138,6 +155,16 @@ fn the_status_page_lists_the_peers_in_a_real_browser() {
         "{dom}"
     );
     assert!(!dom.contains("<script"), "no JavaScript: {dom}");
+    assert!(
+        dom.contains("Signed in as admin (admin)."),
+        "the page does not say who is signed in: {dom}"
+    );
+    // Without credentials the browser gets the 401, not the page.
+    let refused = dump_dom_as(browser, &star.hub, None);
+    assert!(
+        !refused.contains("<span id=\"node\">") && !refused.contains("Signed in"),
+        "the page was served without credentials: {refused}"
+    );
     let peers = peer_rows(&dom);
     assert_eq!(
         peers,

@@ -68,8 +68,8 @@ pub(crate) async fn authenticate(
                 .map(|v| v.to_str().ok().and_then(Credential::parse));
             let refused = match presented {
                 None => {
-                    "authentication required: give a token (officesync --token, \
-                         OFFICESYNC_TOKEN or --token-file; see `officesync user`)"
+                    "authentication required: send a user's token (Authorization: Bearer \
+                     TOKEN, or Basic NAME:TOKEN)"
                 }
                 Some(None) => {
                     "unsupported Authorization header: use Bearer TOKEN or Basic \

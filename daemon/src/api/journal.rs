@@ -9,14 +9,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::gate::Who;
 use super::params::parse_query;
 use super::ApiState;
-use crate::audit::{self, AuditError, AuditLog, Entry, Record, VerifySummary};
+use crate::audit::{self, AuditError, AuditLog, Page, Record, VerifySummary};
 use crate::time::unix_ms_now;
 
 /// Most records one group appends.
@@ -159,15 +158,6 @@ fn append_group(log: &AuditLog, group: Vec<Job>) {
     }
 }
 
-/// The body of `GET /v1/audit`.
-#[derive(Debug, Serialize)]
-pub(crate) struct AuditBody {
-    /// Entries, oldest first.
-    entries: Vec<Entry>,
-    /// The `after` of the next page, when there is one.
-    next: Option<u64>,
-}
-
 fn journal_of<'s>(state: &'s ApiState, who: &Who, what: &str) -> Result<&'s Journal, ApiError> {
     who.require_admin(what)?;
     state.journal.as_ref().ok_or_else(|| {
@@ -181,13 +171,14 @@ fn audit_error(e: AuditError) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// `GET /v1/audit?after=SEQ&limit=N` (admin): entries after `after`, oldest first; without
+/// `GET /v1/audit?after=SEQ&limit=N` (admin): `{"entries": [..], "more"}`, entries after
+/// `after` oldest first (`more`: pass the last one's `seq` as `after` for the rest); without
 /// `after`, the last `limit` (default 100, at most 1000).
 pub(crate) async fn list(
     State(state): State<ApiState>,
     who: Who,
     uri: Uri,
-) -> Result<Json<AuditBody>, ApiError> {
+) -> Result<Json<Page>, ApiError> {
     let journal = journal_of(&state, &who, "read the audit log")?;
     let query = parse_query(uri.query(), &["after", "limit"])?;
     let limit = match query.get("limit") {
@@ -215,14 +206,7 @@ pub(crate) async fn list(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(audit_error)?;
-    let next = match (page.more, page.entries.last()) {
-        (true, Some(last)) => Some(last.seq),
-        _ => None,
-    };
-    Ok(Json(AuditBody {
-        entries: page.entries,
-        next,
-    }))
+    Ok(Json(page))
 }
 
 /// `GET /v1/audit/verify` (admin): checks the whole chain; 200 with the summary when intact,

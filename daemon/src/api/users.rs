@@ -4,57 +4,14 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use officesync_api::{NewUser, RemovedBody, TokenBody, UsersBody, WhoAmI};
 
 use super::error::ApiError;
 use super::gate::{Gate, Who};
 use super::ApiState;
 use crate::audit::{Kind, Record};
-use crate::auth::{AuthError, Role, UserInfo, Users};
+use crate::auth::{AuthError, Users};
 use crate::time::unix_ms_now;
-
-/// The body of `GET /v1/whoami`.
-#[derive(Debug, Serialize)]
-pub(crate) struct WhoAmI {
-    /// The user (`null` when the node serves with `auth = "none"`).
-    user: Option<String>,
-    /// Its role.
-    role: Role,
-    /// Its collections (`null`: every collection the node may read).
-    collections: Option<Vec<String>>,
-    /// `token` or `none`.
-    auth: &'static str,
-}
-
-/// The body of `POST /v1/users`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewUser {
-    name: String,
-    role: Role,
-    #[serde(default)]
-    collections: Option<Vec<String>>,
-}
-
-/// A user's new token, shown once.
-#[derive(Debug, Serialize)]
-pub(crate) struct TokenBody {
-    name: String,
-    role: Role,
-    token: String,
-}
-
-/// The body of `GET /v1/users`.
-#[derive(Debug, Serialize)]
-pub(crate) struct UsersBody {
-    users: Vec<UserInfo>,
-}
-
-/// The body of `DELETE /v1/users/{name}`.
-#[derive(Debug, Serialize)]
-pub(crate) struct RemovedBody {
-    removed: String,
-}
 
 /// `GET /v1/whoami`: who the request's token belongs to.
 pub(crate) async fn whoami(State(state): State<ApiState>, who: Who) -> Json<WhoAmI> {
@@ -65,7 +22,8 @@ pub(crate) async fn whoami(State(state): State<ApiState>, who: Who) -> Json<WhoA
         auth: match state.gate {
             Gate::Open => "none",
             Gate::Tokens { .. } => "token",
-        },
+        }
+        .to_owned(),
     })
 }
 

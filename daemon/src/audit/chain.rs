@@ -9,7 +9,7 @@ use super::segment::{is_torn, list, Lines, RawLine, Segment};
 use super::{AuditError, Damage};
 
 /// What [`verify`] found in a log that checks out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct VerifySummary {
     /// Segment files checked.
     pub segments: u64,
@@ -25,7 +25,7 @@ pub struct VerifySummary {
 }
 
 /// An unfinished last line left by a crash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TornTail {
     /// The last segment.
     pub file: PathBuf,
@@ -36,7 +36,7 @@ pub struct TornTail {
 }
 
 /// One page of entries from [`read`] or [`read_last`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Page {
     /// Entries in chain order, oldest first.
     pub entries: Vec<Entry>,

@@ -100,7 +100,7 @@ fn names_roles_and_limits_are_checked() {
         users.add("c", Role::Reader, Some(vec!["bad name".into()]), 1),
         Err(AuthError::BadCollection(_))
     ));
-    assert!(matches!("root".parse::<Role>(), Err(AuthError::BadRole(_))));
+    assert!(matches!(parse_role("root"), Err(AuthError::BadRole(_))));
     users.add("c", Role::Reader, None, 1).unwrap();
     assert!(matches!(
         users.add("c", Role::Reader, None, 1),
