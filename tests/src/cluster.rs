@@ -50,6 +50,8 @@ pub struct TestConfig {
     pub flush_interval_ms: Option<u64>,
     /// `cluster.admins`.
     pub admins: Vec<String>,
+    /// `api.auth` (`None`: the default, `token`).
+    pub api_auth: Option<String>,
     /// Raw TOML appended after the `[cluster]` section (keys land in `[cluster]` unless it
     /// opens a new section).
     pub extra_toml: String,
@@ -97,6 +99,9 @@ impl TestConfig {
         ));
         out.push_str("\n[api]\n");
         out.push_str(&format!("listen = \"{}\"\n", self.api_listen));
+        if let Some(auth) = &self.api_auth {
+            out.push_str(&format!("auth = {}\n", toml_str(auth)));
+        }
         out.push_str("\n[storage]\n");
         out.push_str(&format!("durability = {}\n", toml_str(&self.durability)));
         if let Some(ms) = self.flush_interval_ms {
@@ -230,6 +235,7 @@ impl Cluster {
             durability: "sync".to_owned(),
             flush_interval_ms: None,
             admins: Vec::new(),
+            api_auth: None,
             extra_toml: String::new(),
         }
     }
@@ -333,6 +339,7 @@ mod tests {
             durability: "sync".into(),
             flush_interval_ms: None,
             admins: vec!["general-office".into()],
+            api_auth: None,
             extra_toml: String::new(),
         };
         let toml = config.to_toml();
