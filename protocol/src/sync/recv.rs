@@ -11,7 +11,7 @@ use crate::policy::POLICY_COLLECTION;
 use crate::version::Version;
 use crate::wire::{Ack, Batch, Complete, ErrorCode, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
 
-use super::api::{Action, ApplyPart, Event};
+use super::api::{Action, ApplyPart};
 use super::error::{clip, SyncError};
 use super::send::version_size;
 use super::session::{Phase, Session};
@@ -125,7 +125,7 @@ impl Session {
             &[(origin.clone(), through)].into_iter().collect(),
         );
         if through >= 1 {
-            self.control_q.push_back(
+            self.out.control(
                 Ack {
                     collection: collection.to_owned(),
                     origin: origin.clone(),
@@ -199,12 +199,6 @@ impl Session {
             .entry(collection.to_owned())
             .or_default()
             .merge(vv);
-    }
-
-    /// Counts `count` versions refused with `reason`.
-    fn reject(&mut self, reason: String, count: u64) {
-        self.stats.rejected += count;
-        self.events.push_back(Event::Rejected { reason, count });
     }
 
     /// The first version of `b` this node may not take, with why: one stamped beyond the clock
@@ -301,10 +295,9 @@ impl Session {
 
     pub(super) fn on_batch(&mut self, b: Batch) -> Result<(), SyncError> {
         let n = b.versions.len() as u64;
-        self.stats.batches_received += 1;
-        self.stats.versions_received += n;
+        self.out.count_received(n);
         if !self.accepts_origin(&b.origin) {
-            self.reject(
+            self.out.reject(
                 format!(
                     "{} is not a relay: refused versions of {} in {}",
                     self.peer.node, b.origin, b.collection
@@ -314,7 +307,7 @@ impl Session {
             return Ok(());
         }
         if let Some(reason) = self.origin_refusal(&b.collection, &b.origin) {
-            self.reject(reason, n);
+            self.out.reject(reason, n);
             return Ok(());
         }
         if !self.accepts_write(&b.collection, &b.origin) {
@@ -346,7 +339,7 @@ impl Session {
                     b.origin
                 ),
             };
-            self.reject(reason, n);
+            self.out.reject(reason, n);
             return Ok(());
         }
         let (Some(first), Some(last)) = (b.versions.first(), b.versions.last()) else {
@@ -416,7 +409,7 @@ impl Session {
                     .map_or(0, |v| v.hlc.ms.saturating_sub(self.cfg.max_clock_skew_ms));
                 self.rx.skew_retry_at = Some(self.rx.skew_retry_at.map_or(at, |t| t.min(at)));
             }
-            self.reject(reason, tail.len() as u64);
+            self.out.reject(reason, tail.len() as u64);
         }
         Ok(())
     }
@@ -479,7 +472,7 @@ impl Session {
             if let Some(Action::Apply {
                 parts,
                 repair: false,
-            }) = self.actions.back_mut()
+            }) = self.out.last_action()
             {
                 if parts.len() < MAX_MERGED_PARTS {
                     parts.push(part);
@@ -487,7 +480,7 @@ impl Session {
                 }
             }
         }
-        self.actions.push_back(Action::Apply {
+        self.out.action(Action::Apply {
             parts: vec![part],
             repair,
         });

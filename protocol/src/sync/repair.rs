@@ -183,7 +183,7 @@ impl Session {
         self.repair
             .waiters
             .push_back((collection.clone(), Purpose::Round));
-        self.actions.push_back(Action::Digest {
+        self.out.action(Action::Digest {
             collection: collection.clone(),
         });
         self.repair.round = Some(Round {
@@ -212,7 +212,7 @@ impl Session {
             self.repair
                 .waiters
                 .push_back((collection.clone(), Purpose::Reply));
-            self.actions.push_back(Action::Digest { collection });
+            self.out.action(Action::Digest { collection });
         }
         Ok(())
     }
@@ -268,7 +268,7 @@ impl Session {
             }
         };
         if round.on_demand {
-            self.events.push_back(Event::Verified {
+            self.out.event(Event::Verified {
                 collection: r.collection,
                 outcome,
             });
@@ -299,7 +299,7 @@ impl Session {
                 completed_at_arm,
             });
         }
-        self.control_q.push_back(
+        self.out.control(
             DigestRequest {
                 collection: collection.to_owned(),
                 digest,
@@ -321,7 +321,7 @@ impl Session {
         };
         let equal = digest == req.digest;
         let mismatch = !equal && vv == req.vv;
-        self.control_q.push_back(
+        self.out.control(
             DigestReply {
                 collection: collection.to_owned(),
                 digest,
@@ -352,7 +352,7 @@ impl Session {
         *until = self
             .now
             .saturating_add(interval.saturating_mul(factor.min(MAX_BACKOFF)));
-        self.events.push_back(Event::DigestMismatch {
+        self.out.event(Event::DigestMismatch {
             collection: collection.to_owned(),
         });
         self.start_tx_repair(collection);

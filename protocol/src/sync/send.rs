@@ -230,7 +230,7 @@ impl Session {
             || !self.peer_confirmed
             || self.tx.loading.is_some()
             || self.bulk_blocked
-            || !self.bulk_q.is_empty()
+            || !self.out.bulk_drained()
         {
             return;
         }
@@ -242,7 +242,7 @@ impl Session {
             return;
         };
         let epoch = self.tx.streams.get(&key).map_or(0, |s| s.epoch);
-        self.actions.push_back(Action::Load {
+        self.out.action(Action::Load {
             collection: key.0.clone(),
             origin: key.1.clone(),
             after: plan.after,
@@ -263,7 +263,7 @@ impl Session {
     /// Nothing to send and nothing in flight on the sending side.
     pub(super) fn tx_idle(&self) -> bool {
         self.tx.loading.is_none()
-            && self.bulk_q.is_empty()
+            && self.out.bulk_drained()
             && self.tx.ready.iter().all(|k| self.plan(k).is_none())
     }
 
@@ -309,7 +309,7 @@ impl Session {
             vv.raise(&key.1, a.through);
             self.peer_vvs.insert(key.0.clone(), vv);
         }
-        self.events.push_back(Event::Acked {
+        self.out.event(Event::Acked {
             collection: key.0,
             origin: key.1,
             through: a.through,
@@ -501,23 +501,28 @@ impl Session {
         for v in versions {
             let size = version_size(&v);
             if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
-                self.queue_batch(collection, origin, std::mem::take(&mut batch));
+                self.out.batch(Batch {
+                    collection: collection.clone(),
+                    origin: origin.clone(),
+                    versions: std::mem::take(&mut batch),
+                });
                 bytes = 0;
             }
             bytes += size;
             batch.push(v);
         }
         if !batch.is_empty() {
-            self.queue_batch(collection, origin, batch);
-        }
-        self.bulk_q.push_back(
-            Complete {
+            self.out.batch(Batch {
                 collection: collection.clone(),
                 origin: origin.clone(),
-                through: scanned,
-            }
-            .into(),
-        );
+                versions: batch,
+            });
+        }
+        self.out.complete(Complete {
+            collection: collection.clone(),
+            origin: origin.clone(),
+            through: scanned,
+        });
         Ok(())
     }
 
@@ -529,18 +534,5 @@ impl Session {
             .filter(|(o, _)| **o != v.dot.origin)
             .find(|(o, n)| self.peer_holds(collection, o) < *n)
             .map(|(o, n)| (o.clone(), n))
-    }
-
-    fn queue_batch(&mut self, collection: &str, origin: &ReplicaId, versions: Vec<Version>) {
-        self.stats.batches_sent += 1;
-        self.stats.versions_sent += versions.len() as u64;
-        self.bulk_q.push_back(
-            Batch {
-                collection: collection.to_owned(),
-                origin: origin.clone(),
-                versions,
-            }
-            .into(),
-        );
     }
 }

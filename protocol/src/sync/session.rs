@@ -2,19 +2,22 @@
 //! `poll_*` outputs. The handshake, heartbeats, sending, receiving and repair live in sibling
 //! modules as further `impl Session` blocks.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
 use crate::wire::{
-    Compression, ErrorFrame, Hello, Message, MessageV1, MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
+    Compression, ErrorFrame, Hello, HelloAck, Message, MessageV1, MAX_ERROR_DETAIL_BYTES,
+    PROTOCOL_VERSION,
 };
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
 use super::config::{PeerIdentity, Role, SessionConfig, StreamKind};
 use super::error::{clip, SyncError};
+use super::handshake;
 use super::heartbeat::Heartbeats;
+use super::outbox::Outbox;
 use super::recv::Rx;
 use super::repair::Repair;
 use super::send::{sends_origin, Tx};
@@ -48,14 +51,10 @@ pub struct Session {
     pub(super) rx: Rx,
     pub(super) repair: Repair,
     pub(super) hb: Heartbeats,
-    pub(super) control_q: VecDeque<Message>,
-    pub(super) bulk_q: VecDeque<Message>,
+    pub(super) out: Outbox,
     /// The driver has no room for more bulk frames (its stream is held by flow control): no
     /// Load is issued until it has.
     pub(super) bulk_blocked: bool,
-    pub(super) actions: VecDeque<Action>,
-    pub(super) events: VecDeque<Event>,
-    pub(super) stats: Stats,
 }
 
 /// Where the session is in its life.
@@ -64,16 +63,6 @@ pub(super) enum Phase {
     Handshake,
     Established,
     Closed,
-}
-
-/// Counters reported by [`Session::status`].
-#[derive(Debug, Clone, Default)]
-pub(super) struct Stats {
-    pub(super) batches_sent: u64,
-    pub(super) versions_sent: u64,
-    pub(super) batches_received: u64,
-    pub(super) versions_received: u64,
-    pub(super) rejected: u64,
 }
 
 impl Session {
@@ -110,24 +99,12 @@ impl Session {
             rx: Rx::default(),
             repair: Repair::default(),
             hb: Heartbeats::default(),
-            control_q: VecDeque::new(),
-            bulk_q: VecDeque::new(),
+            out: Outbox::default(),
             bulk_blocked: false,
-            actions: VecDeque::new(),
-            events: VecDeque::new(),
-            stats: Stats::default(),
         };
         if role == Role::Dialer {
             let vvs = s.advertise();
-            let hello = Hello {
-                protocol: PROTOCOL_VERSION,
-                cluster_id: s.cfg.cluster_id.clone(),
-                node: s.cfg.node.clone(),
-                replica: s.cfg.replica.clone(),
-                compression: s.cfg.compression.clone(),
-                vvs,
-            };
-            s.control_q.push_back(hello.into());
+            s.out.control(handshake::hello(&s.cfg, vvs).into());
         }
         s
     }
@@ -182,7 +159,7 @@ impl Session {
         }
         if self.phase == Phase::Established
             && self.cfg.heartbeat_interval_ms > 0
-            && self.now >= self.hb.next_at
+            && self.now >= self.hb.next_at()
         {
             self.send_probe();
         }
@@ -209,10 +186,10 @@ impl Session {
 
     /// The next frame to send: control frames first, then bulk; in order per stream.
     pub fn poll_transmit(&mut self) -> Option<(StreamKind, Message)> {
-        if let Some(m) = self.control_q.pop_front() {
+        if let Some(m) = self.out.pop_control() {
             return Some((StreamKind::Control, m));
         }
-        let m = self.bulk_q.pop_front()?;
+        let m = self.out.pop_bulk()?;
         self.drive();
         Some((StreamKind::Bulk, m))
     }
@@ -220,9 +197,9 @@ impl Session {
     /// The next frame for `stream` only (for a driver whose other stream is blocked).
     pub fn poll_transmit_on(&mut self, stream: StreamKind) -> Option<Message> {
         match stream {
-            StreamKind::Control => self.control_q.pop_front(),
+            StreamKind::Control => self.out.pop_control(),
             StreamKind::Bulk => {
-                let m = self.bulk_q.pop_front()?;
+                let m = self.out.pop_bulk()?;
                 self.drive();
                 Some(m)
             }
@@ -231,12 +208,12 @@ impl Session {
 
     /// The next store action. Execute them in this order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.out.pop_action()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.out.pop_event()
     }
 
     /// When [`Session::handle_timeout`] should next be called (`None` once closed).
@@ -250,7 +227,7 @@ impl Session {
             at(self.last_heard.saturating_add(self.cfg.idle_timeout_ms));
         }
         if self.phase == Phase::Established && self.cfg.heartbeat_interval_ms > 0 {
-            at(self.hb.next_at);
+            at(self.hb.next_at());
         }
         if let Some(r) = self.repair_deadline() {
             at(r);
@@ -284,7 +261,7 @@ impl Session {
                 }
             })
             .collect();
-        SessionStatus {
+        let mut status = SessionStatus {
             peer_node: self.peer.node.clone(),
             peer_replica: self.peer_replica.clone(),
             established: self.phase == Phase::Established,
@@ -296,14 +273,16 @@ impl Session {
                 .collect(),
             collections,
             last_heard_ms: self.last_heard,
-            rtt_ms: self.hb.rtt,
-            batches_sent: self.stats.batches_sent,
-            versions_sent: self.stats.versions_sent,
-            batches_received: self.stats.batches_received,
-            versions_received: self.stats.versions_received,
-            rejected: self.stats.rejected,
+            rtt_ms: self.hb.rtt(),
+            batches_sent: 0,
+            versions_sent: 0,
+            batches_received: 0,
+            versions_received: 0,
+            rejected: 0,
             repairs: self.repair.started,
-        }
+        };
+        self.out.report(&mut status);
+        status
     }
 
     /// True once the session is over (an error, a peer's error frame, an idle timeout or
@@ -353,11 +332,8 @@ impl Session {
             return;
         }
         let vvs = self.advertise();
-        for m in &mut self.control_q {
-            if let Message::V1(MessageV1::Hello(h)) = m {
-                h.vvs = vvs;
-                return;
-            }
+        if let Some(h) = self.out.queued_hello() {
+            h.vvs = vvs;
         }
     }
 
@@ -399,7 +375,15 @@ impl Session {
                     MessageV1::Batch(b) => self.on_batch(b),
                     MessageV1::Complete(c) => self.on_complete(c),
                     MessageV1::Ack(a) => self.on_ack(a),
-                    MessageV1::Heartbeat(h) => self.on_heartbeat(h),
+                    MessageV1::Heartbeat(h) => {
+                        let interval = self.cfg.heartbeat_interval_ms;
+                        if let Some(echo) =
+                            self.hb.on_heartbeat(self.role, self.now, interval, h)?
+                        {
+                            self.out.control(echo.into());
+                        }
+                        Ok(())
+                    }
                     MessageV1::DigestRequest(r) => self.on_digest_request(r),
                     MessageV1::DigestReply(r) => self.on_digest_reply(r),
                     m @ (MessageV1::Hello(_) | MessageV1::HelloAck(_) | MessageV1::Error(_)) => {
@@ -411,6 +395,55 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The acceptor checks the dialer's `Hello` and answers `HelloAck`.
+    fn on_hello(&mut self, h: Hello) -> Result<(), SyncError> {
+        self.compression = handshake::check_hello(&self.cfg, &self.peer, &h)?;
+        self.peer_replica = Some(h.replica);
+        self.peer_vvs = h.vvs.into_iter().collect();
+        let ack = HelloAck {
+            protocol: PROTOCOL_VERSION,
+            accepted_compression: self.compression,
+            vvs: self.advertise(),
+        };
+        self.out.control(ack.into());
+        self.establish();
+        Ok(())
+    }
+
+    /// The dialer checks the acceptor's `HelloAck`.
+    fn on_hello_ack(&mut self, a: HelloAck) -> Result<(), SyncError> {
+        handshake::check_hello_ack(&self.cfg, &a)?;
+        self.compression = a.accepted_compression;
+        self.peer_vvs = a.vvs.into_iter().collect();
+        self.establish();
+        // Tells the acceptor its HelloAck arrived, so its bulk frames may follow.
+        self.send_probe();
+        Ok(())
+    }
+
+    /// The handshake completed: start heartbeats, the sending loop and the repair timer.
+    fn establish(&mut self) {
+        self.phase = Phase::Established;
+        self.hb.start(self.now, self.cfg.heartbeat_interval_ms);
+        self.repair.next_due = self.now.saturating_add(self.cfg.repair_interval_ms);
+        let collections: Vec<String> = self.local.keys().cloned().collect();
+        for c in &collections {
+            self.ready_all(c);
+        }
+        self.out.event(Event::Established {
+            peer_replica: self.peer_replica.clone(),
+            compression: self.compression,
+        });
+    }
+
+    /// Sends a heartbeat probe.
+    fn send_probe(&mut self) {
+        let probe = self
+            .hb
+            .probe(self.role, self.now, self.cfg.heartbeat_interval_ms);
+        self.out.control(probe.into());
     }
 
     /// Closes the session with `err`: drops everything queued, queues an `Error` frame (unless
@@ -428,12 +461,10 @@ impl Session {
             }
             reason.truncate(end);
         }
-        self.control_q.clear();
-        self.bulk_q.clear();
-        self.actions.clear();
+        self.out.drop_queued();
         self.tx.loading = None;
         if !matches!(err, SyncError::Peer { .. }) {
-            self.control_q.push_back(
+            self.out.control(
                 ErrorFrame {
                     code,
                     detail: reason.clone(),
@@ -441,7 +472,7 @@ impl Session {
                 .into(),
             );
         }
-        self.events.push_back(Event::Closed { code, reason });
+        self.out.event(Event::Closed { code, reason });
         self.phase = Phase::Closed;
     }
 
