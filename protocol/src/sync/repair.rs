@@ -137,7 +137,7 @@ impl Session {
             .repair
             .followups
             .iter()
-            .filter(|(c, _)| self.tx_acked(c))
+            .filter(|(c, _)| self.tx.acked(c))
             .map(|(_, f)| f.deadline)
             .min();
         match (periodic, fallback) {
@@ -361,7 +361,7 @@ impl Session {
     /// A follow-up may run: our re-stream is acknowledged and the peer's has reached the
     /// compared vector for every origin it sends us, or the fallback delay has passed.
     fn followup_ready(&self, collection: &str, f: &Followup) -> bool {
-        if !self.tx_acked(collection) {
+        if !self.tx.acked(collection) {
             return false;
         }
         if self.now >= f.deadline {

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
+use crate::version::Version;
 use crate::wire::{
-    Compression, ErrorFrame, Hello, HelloAck, Message, MessageV1, MAX_ERROR_DETAIL_BYTES,
-    PROTOCOL_VERSION,
+    Ack, Compression, ErrorCode, ErrorFrame, Hello, HelloAck, Message, MessageV1,
+    MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
 };
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
@@ -20,7 +21,7 @@ use super::heartbeat::Heartbeats;
 use super::outbox::Outbox;
 use super::recv::Rx;
 use super::repair::Repair;
-use super::send::{sends_origin, Tx};
+use super::send::{send_view, sends_origin, Tx};
 
 /// One sync session with one peer over one connection. See the [module docs](super) for the
 /// protocol and the driver contract.
@@ -164,13 +165,9 @@ impl Session {
             self.send_probe();
         }
         self.skew_retry_due();
-        if let Some((_, collection)) = self.tx.dependency_round.take_if(|(at, _)| self.now >= *at) {
-            // Again every few seconds while a stream of it still waits.
-            if self.waits_for_others(&collection) {
-                self.request_verify(&collection);
-                let next = self.now.saturating_add(super::send::DEPENDENCY_ROUND_MS);
-                self.tx.dependency_round = Some((next, collection));
-            }
+        let view = send_view!(self);
+        if let Some(collection) = self.tx.due_dependency_round(view) {
+            self.request_verify(&collection);
         }
         self.drive();
     }
@@ -235,8 +232,8 @@ impl Session {
         if let Some(r) = self.skew_retry_at() {
             at(r);
         }
-        if let Some((r, _)) = &self.tx.dependency_round {
-            at(*r);
+        if let Some(r) = self.tx.dependency_round_at() {
+            at(r);
         }
         t
     }
@@ -300,6 +297,144 @@ impl Session {
     /// this is high, which backpressures the peer through QUIC flow control.
     pub fn applies_in_flight(&self) -> usize {
         self.rx.applying
+    }
+
+    /// Whether this node may send `collection` to the peer: the policy lets the peer's node
+    /// read it.
+    pub fn may_send(&self, collection: &str) -> bool {
+        self.policy.may_read(&self.peer.node, collection)
+    }
+
+    /// The access policy changed (see [`Policy`]). Collections the peer may now read start
+    /// streaming their whole history above the peer's vector. If the peer may no longer read a
+    /// collection, or versions refused earlier in this session are now allowed, the session
+    /// closes ([`ErrorCode::NotAuthorized`]) dropping everything queued: the reconnect starts
+    /// clean under the new policy.
+    pub fn handle_policy(&mut self, policy: Arc<Policy>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let old = std::mem::replace(&mut self.policy, policy);
+        self.refresh_hello();
+        let collections: Vec<String> = self.local.keys().cloned().collect();
+        let mut lost_read = false;
+        for c in collections {
+            let (was, now) = (old.may_read(&self.peer.node, &c), self.may_send(&c));
+            if was && !now {
+                // Before the handshake completes nothing was sent: the new policy just applies.
+                lost_read |= self.phase == Phase::Established;
+            } else if !was && now && self.phase == Phase::Established {
+                self.ready_all(&c);
+            }
+        }
+        if lost_read || self.rx_refused_now_allowed() {
+            self.close(
+                ErrorCode::NotAuthorized,
+                "access policy changed: reconnecting under the new policy",
+            );
+            return;
+        }
+        self.drive();
+    }
+
+    /// The driver's answer to [`Action::Load`]: `versions` of `origin` in `collection` in
+    /// counter order, the scan having covered every counter up to `scanned_through` (the
+    /// Load's `through` unless cut short by its limits, in which case at least one version is
+    /// returned). An answer that breaks this contract closes the session ([`SyncError::Store`]).
+    pub fn handle_loaded(
+        &mut self,
+        collection: &str,
+        origin: &ReplicaId,
+        versions: Vec<Version>,
+        scanned_through: u64,
+    ) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let view = send_view!(self);
+        let key = (collection, origin);
+        let Some(sent) = self
+            .tx
+            .on_loaded(view, &mut self.out, key, versions, scanned_through)
+        else {
+            return;
+        };
+        if let Err(e) = sent {
+            self.fail(e);
+        }
+        self.drive();
+    }
+
+    /// Merges `vv` into our vector of `collection`; origins that grew get a stream (if we send
+    /// them) marked ready.
+    pub(super) fn raise_local(&mut self, collection: &str, vv: &VersionVector) {
+        if !self.local.contains_key(collection) {
+            self.local
+                .insert(collection.to_owned(), VersionVector::new());
+        }
+        let Some(cur) = self.local.get_mut(collection) else {
+            return;
+        };
+        let grown: Vec<ReplicaId> = vv
+            .iter()
+            .filter(|(o, n)| *n > cur.get(o))
+            .map(|(o, _)| o.clone())
+            .collect();
+        cur.merge(vv);
+        if self.phase == Phase::Established && self.may_send(collection) {
+            for origin in grown {
+                self.tx.mark_ready(&self.cfg, collection, origin);
+            }
+        }
+    }
+
+    /// Marks every stream of `collection` ready (creating the missing ones).
+    pub(super) fn ready_all(&mut self, collection: &str) {
+        let view = send_view!(self);
+        self.tx.ready_all(view, collection);
+    }
+
+    /// Issues the next Load if none is in flight and the bulk queue is drained.
+    pub(super) fn pump_loads(&mut self) {
+        if self.phase != Phase::Established
+            || !self.peer_confirmed
+            || self.bulk_blocked
+            || !self.out.bulk_drained()
+        {
+            return;
+        }
+        let view = send_view!(self);
+        self.tx.pump(view, &mut self.out);
+    }
+
+    /// Nothing to send and nothing in flight on the sending side.
+    pub(super) fn tx_idle(&self) -> bool {
+        self.tx.is_idle(send_view!(self), self.out.bulk_drained())
+    }
+
+    /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
+    pub(super) fn start_tx_repair(&mut self, collection: &str) {
+        let view = send_view!(self);
+        self.tx.start_repair(view, collection);
+    }
+
+    /// The peer acknowledged applying what we sent.
+    fn on_ack(&mut self, a: Ack) -> Result<(), SyncError> {
+        self.tx.on_ack(&a)?;
+        let key = (a.collection, a.origin);
+        if let Some(vv) = self.peer_vvs.get_mut(&key.0) {
+            vv.raise(&key.1, a.through);
+        } else {
+            let mut vv = VersionVector::new();
+            vv.raise(&key.1, a.through);
+            self.peer_vvs.insert(key.0.clone(), vv);
+        }
+        self.out.event(Event::Acked {
+            collection: key.0,
+            origin: key.1,
+            through: a.through,
+        });
+        Ok(())
     }
 
     /// Our vectors for the handshake: only of collections the peer may read or write, so a
@@ -462,7 +597,7 @@ impl Session {
             reason.truncate(end);
         }
         self.out.drop_queued();
-        self.tx.loading = None;
+        self.tx.drop_load();
         if !matches!(err, SyncError::Peer { .. }) {
             self.out.control(
                 ErrorFrame {
