@@ -20,6 +20,7 @@ use crate::wire::{DigestReply, DigestRequest};
 use super::api::{Action, Event, VerifyOutcome};
 use super::config::Role;
 use super::error::SyncError;
+use super::recv::recv_view;
 use super::session::{Phase, Session};
 use super::MAX_PENDING_DIGEST_REQUESTS;
 
@@ -108,7 +109,7 @@ impl Session {
             return;
         };
         // The peer learns this vector: what it covers may appear in contexts sent to us.
-        self.note_held(collection, &vv);
+        self.rx.note_held(collection, &vv);
         let result = match purpose {
             Purpose::Round => self.send_digest_request(collection, digest, vv),
             Purpose::Reply => self.reply_digest(collection, digest, vv),
@@ -290,8 +291,8 @@ impl Session {
         if !waiting {
             return Ok(());
         }
-        let arm = self.arm_rx(collection)?;
-        let completed_at_arm = self.rx_completed(collection);
+        let arm = self.rx.arm(collection)?;
+        let completed_at_arm = self.rx.completed(collection);
         if let Some(round) = &mut self.repair.round {
             round.sent = Some(Sent {
                 vv: vv.clone(),
@@ -331,7 +332,7 @@ impl Session {
             .into(),
         );
         if mismatch {
-            self.arm_rx(collection)?;
+            self.rx.arm(collection)?;
             self.begin_repair(collection);
         }
         Ok(())
@@ -367,15 +368,15 @@ impl Session {
         if self.now >= f.deadline {
             return true;
         }
-        let col = self.rx.collections.get(collection);
+        let view = recv_view!(self);
         let base = self.advertised.get(collection);
         f.sent.vv.iter().all(|(origin, target)| {
-            if !self.accepts_origin(origin) {
+            if !view.accepts_origin(origin) {
                 return true;
             }
             let initial = base.map_or(0, |vv| vv.get(origin));
-            let stream = col.and_then(|c| c.streams.get(origin));
-            let completed = stream.map_or(initial, |s| s.completed);
+            let stream = self.rx.progress(collection, origin);
+            let completed = stream.map_or(initial, |(completed, _)| completed);
             let natural = f
                 .sent
                 .completed_at_arm
@@ -383,7 +384,7 @@ impl Session {
                 .copied()
                 .unwrap_or(initial)
                 == 0;
-            let restarted = natural || stream.is_some_and(|s| s.last_restart_arm >= f.sent.arm);
+            let restarted = natural || stream.is_some_and(|(_, arm)| arm >= f.sent.arm);
             restarted && completed >= target
         })
     }

@@ -19,7 +19,7 @@ use super::error::{clip, SyncError};
 use super::handshake;
 use super::heartbeat::Heartbeats;
 use super::outbox::Outbox;
-use super::recv::Rx;
+use super::recv::{recv_view, Rx};
 use super::repair::Repair;
 use super::send::{send_view, sends_origin, Tx};
 
@@ -36,7 +36,6 @@ pub struct Session {
     /// The latest `now_ms` given to any input.
     pub(super) now: u64,
     pub(super) last_heard: u64,
-    pub(super) peer_replica: Option<ReplicaId>,
     pub(super) compression: Compression,
     /// The acceptor has heard the established dialer, so its bulk frames cannot overtake
     /// `HelloAck` (always true for the dialer).
@@ -90,7 +89,6 @@ impl Session {
             phase: Phase::Handshake,
             now: now_ms,
             last_heard: now_ms,
-            peer_replica: None,
             compression: Compression::None,
             peer_confirmed: role == Role::Dialer,
             local,
@@ -164,7 +162,13 @@ impl Session {
         {
             self.send_probe();
         }
-        self.skew_retry_due();
+        if self.rx.skew_retry_due(self.now) {
+            self.fail(SyncError::Local {
+                code: ErrorCode::Internal,
+                reason: "reconnecting: a version refused for clock skew is now within the bound"
+                    .into(),
+            });
+        }
         let view = send_view!(self);
         if let Some(collection) = self.tx.due_dependency_round(view) {
             self.request_verify(&collection);
@@ -229,7 +233,7 @@ impl Session {
         if let Some(r) = self.repair_deadline() {
             at(r);
         }
-        if let Some(r) = self.skew_retry_at() {
+        if let Some(r) = self.rx.skew_retry_at() {
             at(r);
         }
         if let Some(r) = self.tx.dependency_round_at() {
@@ -260,7 +264,7 @@ impl Session {
             .collect();
         let mut status = SessionStatus {
             peer_node: self.peer.node.clone(),
-            peer_replica: self.peer_replica.clone(),
+            peer_replica: self.rx.peer_replica().cloned(),
             established: self.phase == Phase::Established,
             closed: self.phase == Phase::Closed,
             peer_vvs: self
@@ -296,7 +300,7 @@ impl Session {
     /// Applies emitted and not yet answered: a driver may stop reading the bulk stream while
     /// this is high, which backpressures the peer through QUIC flow control.
     pub fn applies_in_flight(&self) -> usize {
-        self.rx.applying
+        self.rx.applying()
     }
 
     /// Whether this node may send `collection` to the peer: the policy lets the peer's node
@@ -327,7 +331,7 @@ impl Session {
                 self.ready_all(&c);
             }
         }
-        if lost_read || self.rx_refused_now_allowed() {
+        if lost_read || self.rx.refused_now_allowed(recv_view!(self)) {
             self.close(
                 ErrorCode::NotAuthorized,
                 "access policy changed: reconnecting under the new policy",
@@ -437,6 +441,44 @@ impl Session {
         Ok(())
     }
 
+    /// The driver's answer to one part of an [`Action::Apply`]: `origin` is applied through
+    /// `through` in `collection`, and `vv` is the collection's vector after it. Queues the
+    /// `Ack`.
+    ///
+    /// Only `origin` through `through` becomes offerable to the peer (it was durable at the
+    /// sender, so relaying it at once can never make this node reuse a dot). The rest of `vv`
+    /// is not: it may hold this node's own writes that are not durable yet, which reach
+    /// the session through [`Session::handle_local_vv`] once they are.
+    pub fn handle_applied(
+        &mut self,
+        collection: &str,
+        origin: &ReplicaId,
+        through: u64,
+        vv: VersionVector,
+    ) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.rx.applied();
+        // Not offerable as a whole (see above), but held: contexts may cover it.
+        self.rx.note_held(collection, &vv);
+        self.raise_local(
+            collection,
+            &[(origin.clone(), through)].into_iter().collect(),
+        );
+        if through >= 1 {
+            self.out.control(
+                Ack {
+                    collection: collection.to_owned(),
+                    origin: origin.clone(),
+                    through,
+                }
+                .into(),
+            );
+        }
+        self.drive();
+    }
+
     /// Our vectors for the handshake: only of collections the peer may read or write, so a
     /// peer learns nothing (not even the name) of the others. What the peer streams to us
     /// starts from these ([`Session::advertised`]); it starts from 0 in the others.
@@ -507,8 +549,15 @@ impl Session {
             Phase::Established => {
                 self.peer_confirmed = true;
                 match m {
-                    MessageV1::Batch(b) => self.on_batch(b),
-                    MessageV1::Complete(c) => self.on_complete(c),
+                    MessageV1::Batch(b) => {
+                        let view = recv_view!(self);
+                        self.rx.on_batch(view, &mut self.out, &mut self.peer_vvs, b)
+                    }
+                    MessageV1::Complete(c) => {
+                        let view = recv_view!(self);
+                        self.rx
+                            .on_complete(view, &mut self.out, &mut self.peer_vvs, c)
+                    }
                     MessageV1::Ack(a) => self.on_ack(a),
                     MessageV1::Heartbeat(h) => {
                         let interval = self.cfg.heartbeat_interval_ms;
@@ -535,7 +584,7 @@ impl Session {
     /// The acceptor checks the dialer's `Hello` and answers `HelloAck`.
     fn on_hello(&mut self, h: Hello) -> Result<(), SyncError> {
         self.compression = handshake::check_hello(&self.cfg, &self.peer, &h)?;
-        self.peer_replica = Some(h.replica);
+        self.rx.announce(h.replica);
         self.peer_vvs = h.vvs.into_iter().collect();
         let ack = HelloAck {
             protocol: PROTOCOL_VERSION,
@@ -568,7 +617,7 @@ impl Session {
             self.ready_all(c);
         }
         self.out.event(Event::Established {
-            peer_replica: self.peer_replica.clone(),
+            peer_replica: self.rx.peer_replica().cloned(),
             compression: self.compression,
         });
     }
@@ -625,6 +674,6 @@ impl Session {
     /// Nothing in flight in either direction: no Load, no queued bulk frame, nothing left to
     /// send, no buffered batch, no Apply awaiting its answer.
     pub(super) fn is_idle(&self) -> bool {
-        self.tx_idle() && self.rx.applying == 0 && self.rx.buffered_versions == 0
+        self.tx_idle() && self.rx.is_idle()
     }
 }
