@@ -124,6 +124,41 @@ impl InStream {
     fn may_restart(&self, first: u64, arms: u64) -> bool {
         first == 1 && self.completed >= 1 && self.restarts < arms
     }
+
+    /// A batch of counters `first..=last` continues this stream: after what is buffered, or
+    /// after the last `Complete` (or as the restart of a repair re-stream, with `arms` armed).
+    fn continue_with(
+        &mut self,
+        collection: &str,
+        origin: &ReplicaId,
+        (first, last): (u64, u64),
+        arms: u64,
+    ) -> Result<(), SyncError> {
+        if let Some(prev) = self.buffer.last() {
+            if first <= prev.dot.counter {
+                return Err(out_of_order(
+                    collection,
+                    origin,
+                    format!("batch starts at {first} after {}", prev.dot.counter),
+                ));
+            }
+        } else if first <= self.completed {
+            if !self.may_restart(first, arms) {
+                return Err(out_of_order(
+                    collection,
+                    origin,
+                    format!(
+                        "batch {first}..={last} at or below completion through {}",
+                        self.completed
+                    ),
+                ));
+            }
+            self.restart(arms);
+        } else if self.completed == 0 && self.restarts < arms {
+            self.repairing = true; // a re-stream that needs no visible restart
+        }
+        Ok(())
+    }
 }
 
 /// What the receiving side reads of the rest of the session.
@@ -427,29 +462,7 @@ impl Rx {
             mut versions,
         } = b;
         let (stream, arms) = self.stream(view, &collection, &origin)?;
-        if let Some(prev) = stream.buffer.last() {
-            if first <= prev.dot.counter {
-                return Err(out_of_order(
-                    &collection,
-                    &origin,
-                    format!("batch starts at {first} after {}", prev.dot.counter),
-                ));
-            }
-        } else if first <= stream.completed {
-            if !stream.may_restart(first, arms) {
-                return Err(out_of_order(
-                    &collection,
-                    &origin,
-                    format!(
-                        "batch {first}..={last} at or below completion through {}",
-                        stream.completed
-                    ),
-                ));
-            }
-            stream.restart(arms);
-        } else if stream.completed == 0 && stream.restarts < arms {
-            stream.repairing = true; // a re-stream that needs no visible restart
-        }
+        stream.continue_with(&collection, &origin, (first, last), arms)?;
         let refused = cut.map(|(at, refusal, reason)| (versions.split_off(at), refusal, reason));
         let kept_versions = versions.len();
         let kept: usize = versions.iter().map(version_size).sum();

@@ -491,37 +491,7 @@ impl Tx {
                 stream.repair = None;
             }
         }
-        let (max_versions, max_bytes) = (
-            view.cfg.batch_max_versions.max(1),
-            view.cfg.batch_max_bytes.max(1),
-        );
-        let mut batch: Vec<Version> = Vec::new();
-        let mut bytes = 0;
-        for v in versions {
-            let size = version_size(&v);
-            if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
-                out.batch(Batch {
-                    collection: collection.clone(),
-                    origin: origin.clone(),
-                    versions: std::mem::take(&mut batch),
-                });
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(v);
-        }
-        if !batch.is_empty() {
-            out.batch(Batch {
-                collection: collection.clone(),
-                origin: origin.clone(),
-                versions: batch,
-            });
-        }
-        out.complete(Complete {
-            collection: collection.clone(),
-            origin: origin.clone(),
-            through: scanned,
-        });
+        queue_chunk(out, view.cfg, &load.key, versions, scanned);
         Ok(())
     }
 
@@ -539,4 +509,44 @@ impl Tx {
             .find(|(o, n)| self.peer_holds(view, collection, o) < *n)
             .map(|(o, n)| (o.clone(), n))
     }
+}
+
+/// Queues a loaded chunk of `key`'s stream into `out`: `versions` as `Batch` frames within the
+/// batch limits of `cfg`, then `Complete { through: scanned }`.
+fn queue_chunk(
+    out: &mut Outbox,
+    cfg: &SessionConfig,
+    key: &StreamKey,
+    versions: Vec<Version>,
+    scanned: u64,
+) {
+    let (collection, origin) = key;
+    let (max_versions, max_bytes) = (cfg.batch_max_versions.max(1), cfg.batch_max_bytes.max(1));
+    let mut batch: Vec<Version> = Vec::new();
+    let mut bytes = 0;
+    for v in versions {
+        let size = version_size(&v);
+        if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
+            out.batch(Batch {
+                collection: collection.clone(),
+                origin: origin.clone(),
+                versions: std::mem::take(&mut batch),
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(v);
+    }
+    if !batch.is_empty() {
+        out.batch(Batch {
+            collection: collection.clone(),
+            origin: origin.clone(),
+            versions: batch,
+        });
+    }
+    out.complete(Complete {
+        collection: collection.clone(),
+        origin: origin.clone(),
+        through: scanned,
+    });
 }
