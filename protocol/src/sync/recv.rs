@@ -209,6 +209,26 @@ impl<'a> RecvView<'a> {
         }
     }
 
+    /// The session's configuration.
+    pub(super) fn cfg(&self) -> &'a SessionConfig {
+        self.cfg
+    }
+
+    /// The session's time.
+    pub(super) fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Our offerable vectors.
+    pub(super) fn local(&self) -> &'a BTreeMap<String, VersionVector> {
+        self.local
+    }
+
+    /// Our vector of `collection` as sent in the handshake.
+    pub(super) fn advertised(&self, collection: &str) -> Option<&'a VersionVector> {
+        self.advertised.get(collection)
+    }
+
     /// The relay rule: versions of `origin` are accepted from this peer.
     pub(super) fn accepts_origin(&self, origin: &ReplicaId) -> bool {
         self.peer.is_relay || origin.node_name() == self.peer.node

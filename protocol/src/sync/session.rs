@@ -1,15 +1,18 @@
 //! The session itself: its state, dispatch of peer frames, the idle timeout, closing, and the
-//! `poll_*` outputs. The handshake, heartbeats, sending, receiving and repair live in sibling
-//! modules as further `impl Session` blocks.
+//! `poll_*` outputs. It composes the sub-states of the sibling modules, each with its own
+//! methods and private fields: [`Tx`] (sending), [`Rx`] (receiving), [`Repair`] (digest
+//! rounds), [`Heartbeats`], the [`Outbox`] of outputs, and the handshake checks. They read the
+//! rest of the session through borrowed views (`SendView`, `RecvView`, `RepairView`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::digest::Digest;
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
 use crate::version::Version;
 use crate::wire::{
-    Ack, Compression, ErrorCode, ErrorFrame, Hello, HelloAck, Message, MessageV1,
+    Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, Message, MessageV1,
     MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
 };
 
@@ -20,46 +23,46 @@ use super::handshake;
 use super::heartbeat::Heartbeats;
 use super::outbox::Outbox;
 use super::recv::{recv_view, Rx};
-use super::repair::Repair;
+use super::repair::{Purpose, Repair, RepairView};
 use super::send::{send_view, sends_origin, Tx};
 
 /// One sync session with one peer over one connection. See the [module docs](super) for the
 /// protocol and the driver contract.
 #[derive(Debug)]
 pub struct Session {
-    pub(super) role: Role,
-    pub(super) cfg: SessionConfig,
-    pub(super) peer: PeerIdentity,
+    role: Role,
+    cfg: SessionConfig,
+    peer: PeerIdentity,
     /// The access policy in force: what the peer may read, whose versions we accept.
-    pub(super) policy: Arc<Policy>,
-    pub(super) phase: Phase,
+    policy: Arc<Policy>,
+    phase: Phase,
     /// The latest `now_ms` given to any input.
-    pub(super) now: u64,
-    pub(super) last_heard: u64,
-    pub(super) compression: Compression,
+    now: u64,
+    last_heard: u64,
+    compression: Compression,
     /// The acceptor has heard the established dialer, so its bulk frames cannot overtake
     /// `HelloAck` (always true for the dialer).
-    pub(super) peer_confirmed: bool,
+    peer_confirmed: bool,
     /// Our vectors: what we may offer (the driver's durable state).
-    pub(super) local: BTreeMap<String, VersionVector>,
+    local: BTreeMap<String, VersionVector>,
     /// Our vectors as sent in the handshake: where the peer's streams to us start.
-    pub(super) advertised: BTreeMap<String, VersionVector>,
+    advertised: BTreeMap<String, VersionVector>,
     /// What the peer is known to hold: its handshake vectors raised by its completions and
     /// acknowledgements.
-    pub(super) peer_vvs: BTreeMap<String, VersionVector>,
-    pub(super) tx: Tx,
-    pub(super) rx: Rx,
-    pub(super) repair: Repair,
-    pub(super) hb: Heartbeats,
-    pub(super) out: Outbox,
+    peer_vvs: BTreeMap<String, VersionVector>,
+    tx: Tx,
+    rx: Rx,
+    repair: Repair,
+    hb: Heartbeats,
+    out: Outbox,
     /// The driver has no room for more bulk frames (its stream is held by flow control): no
     /// Load is issued until it has.
-    pub(super) bulk_blocked: bool,
+    bulk_blocked: bool,
 }
 
 /// Where the session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+enum Phase {
     Handshake,
     Established,
     Closed,
@@ -280,7 +283,7 @@ impl Session {
             batches_received: 0,
             versions_received: 0,
             rejected: 0,
-            repairs: self.repair.started,
+            repairs: self.repair.started(),
         };
         self.out.report(&mut status);
         status
@@ -371,7 +374,7 @@ impl Session {
 
     /// Merges `vv` into our vector of `collection`; origins that grew get a stream (if we send
     /// them) marked ready.
-    pub(super) fn raise_local(&mut self, collection: &str, vv: &VersionVector) {
+    fn raise_local(&mut self, collection: &str, vv: &VersionVector) {
         if !self.local.contains_key(collection) {
             self.local
                 .insert(collection.to_owned(), VersionVector::new());
@@ -393,13 +396,13 @@ impl Session {
     }
 
     /// Marks every stream of `collection` ready (creating the missing ones).
-    pub(super) fn ready_all(&mut self, collection: &str) {
+    fn ready_all(&mut self, collection: &str) {
         let view = send_view!(self);
         self.tx.ready_all(view, collection);
     }
 
     /// Issues the next Load if none is in flight and the bulk queue is drained.
-    pub(super) fn pump_loads(&mut self) {
+    fn pump_loads(&mut self) {
         if self.phase != Phase::Established
             || !self.peer_confirmed
             || self.bulk_blocked
@@ -412,12 +415,12 @@ impl Session {
     }
 
     /// Nothing to send and nothing in flight on the sending side.
-    pub(super) fn tx_idle(&self) -> bool {
+    fn tx_idle(&self) -> bool {
         self.tx.is_idle(send_view!(self), self.out.bulk_drained())
     }
 
     /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
-    pub(super) fn start_tx_repair(&mut self, collection: &str) {
+    fn start_tx_repair(&mut self, collection: &str) {
         let view = send_view!(self);
         self.tx.start_repair(view, collection);
     }
@@ -479,10 +482,97 @@ impl Session {
         self.drive();
     }
 
+    /// Runs a digest round of `collection` with this peer as soon as the session is idle
+    /// (`officesync verify`). It ends with one [`Event::Verified`]: at once when the digests
+    /// are equal or the vectors differ; after a full reconciliation
+    /// ([`Event::DigestMismatch`]) and a follow-up round when they differ at equal vectors.
+    /// Periodic rounds report only mismatches.
+    pub fn request_verify(&mut self, collection: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.repair.queue_verify(collection);
+        self.drive();
+    }
+
+    /// The driver's answer to [`Action::Digest`]: the collection's digest and the vector of
+    /// the same state.
+    pub fn handle_local_digest(&mut self, collection: &str, digest: Digest, vv: VersionVector) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(purpose) = self.repair.take_waiter(collection) else {
+            return;
+        };
+        // The peer learns this vector: what it covers may appear in contexts sent to us.
+        self.rx.note_held(collection, &vv);
+        let (rx, out) = (&mut self.rx, &mut self.out);
+        let result = match purpose {
+            Purpose::Round => self
+                .repair
+                .send_digest_request(rx, out, collection, digest, vv),
+            Purpose::Reply => {
+                let at = (&self.cfg, self.now);
+                match self
+                    .repair
+                    .reply_digest(at, rx, out, collection, digest, vv)
+                {
+                    Ok(true) => {
+                        self.start_tx_repair(collection);
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+        self.drive();
+    }
+
+    /// The earliest time a round may start or a follow-up fall back, when that is what the
+    /// session waits for.
+    fn repair_deadline(&self) -> Option<u64> {
+        if self.phase != Phase::Established
+            || !self.peer_confirmed
+            || self.repair.in_round()
+            || !self.is_idle()
+        {
+            return None;
+        }
+        let may_send = |c: &str| self.may_send(c);
+        let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
+        self.repair.deadline(view)
+    }
+
+    /// Starts a repair round if the session is idle and one is wanted.
+    fn maybe_start_round(&mut self) {
+        if self.repair.in_round() || !self.is_idle() {
+            return;
+        }
+        let may_send = |c: &str| self.policy.may_read(&self.peer.node, c);
+        let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
+        self.repair.maybe_start_round(view, &mut self.out);
+    }
+
+    /// The peer's `DigestReply`.
+    fn on_digest_reply(&mut self, r: DigestReply) {
+        let may_send = |c: &str| self.policy.may_read(&self.peer.node, c);
+        let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
+        let restart = self
+            .repair
+            .on_digest_reply(view, &mut self.out, &mut self.peer_vvs, r);
+        if let Some(collection) = restart {
+            self.start_tx_repair(&collection);
+        }
+    }
+
     /// Our vectors for the handshake: only of collections the peer may read or write, so a
     /// peer learns nothing (not even the name) of the others. What the peer streams to us
     /// starts from these ([`Session::advertised`]); it starts from 0 in the others.
-    pub(super) fn handshake_vvs(&self) -> BTreeMap<String, VersionVector> {
+    fn handshake_vvs(&self) -> BTreeMap<String, VersionVector> {
         self.local
             .iter()
             .filter(|(c, _)| {
@@ -494,7 +584,7 @@ impl Session {
     }
 
     /// Advertises our vectors as of now: what goes into `Hello` or `HelloAck`.
-    pub(super) fn advertise(&mut self) -> Vec<(String, VersionVector)> {
+    fn advertise(&mut self) -> Vec<(String, VersionVector)> {
         self.advertised = self.handshake_vvs();
         self.advertised
             .iter()
@@ -504,7 +594,7 @@ impl Session {
 
     /// The dialer's `Hello`, still queued, carries the vectors the current policy lets the
     /// peer see (the driver gives the policy right after [`Session::new`]).
-    pub(super) fn refresh_hello(&mut self) {
+    fn refresh_hello(&mut self) {
         if self.phase != Phase::Handshake || self.role != Role::Dialer {
             return;
         }
@@ -568,8 +658,14 @@ impl Session {
                         }
                         Ok(())
                     }
-                    MessageV1::DigestRequest(r) => self.on_digest_request(r),
-                    MessageV1::DigestReply(r) => self.on_digest_reply(r),
+                    MessageV1::DigestRequest(r) => {
+                        self.repair
+                            .on_digest_request(&mut self.out, &mut self.peer_vvs, r)
+                    }
+                    MessageV1::DigestReply(r) => {
+                        self.on_digest_reply(r);
+                        Ok(())
+                    }
                     m @ (MessageV1::Hello(_) | MessageV1::HelloAck(_) | MessageV1::Error(_)) => {
                         Err(SyncError::Unexpected {
                             kind: m.kind(),
@@ -611,7 +707,7 @@ impl Session {
     fn establish(&mut self) {
         self.phase = Phase::Established;
         self.hb.start(self.now, self.cfg.heartbeat_interval_ms);
-        self.repair.next_due = self.now.saturating_add(self.cfg.repair_interval_ms);
+        self.repair.start(self.now, self.cfg.repair_interval_ms);
         let collections: Vec<String> = self.local.keys().cloned().collect();
         for c in &collections {
             self.ready_all(c);
@@ -632,7 +728,7 @@ impl Session {
 
     /// Closes the session with `err`: drops everything queued, queues an `Error` frame (unless
     /// the peer closed first) and emits [`Event::Closed`].
-    pub(super) fn fail(&mut self, err: SyncError) {
+    fn fail(&mut self, err: SyncError) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -661,19 +757,17 @@ impl Session {
     }
 
     /// Moves the sending loop and the repair rounds forward after any input.
-    pub(super) fn drive(&mut self) {
+    fn drive(&mut self) {
         if self.phase != Phase::Established || !self.peer_confirmed {
             return;
         }
         self.pump_loads();
-        if let Err(e) = self.maybe_start_round() {
-            self.fail(e);
-        }
+        self.maybe_start_round();
     }
 
     /// Nothing in flight in either direction: no Load, no queued bulk frame, nothing left to
     /// send, no buffered batch, no Apply awaiting its answer.
-    pub(super) fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.tx_idle() && self.rx.is_idle()
     }
 }
