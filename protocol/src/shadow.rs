@@ -140,7 +140,7 @@ mod tests {
     use crate::VersionVector;
 
     fn rid(s: &str) -> ReplicaId {
-        ReplicaId::new(s, 1).unwrap()
+        ReplicaId::new(s, 1).expect("a valid node name")
     }
 
     fn v(coll: &str, origin: &str, counter: u64, value: &[u8]) -> Version {

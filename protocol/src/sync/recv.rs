@@ -305,7 +305,7 @@ impl Rx {
             }
             if !*self
                 .peer_origin_ok
-                .get_or_insert_with(|| incarnations_ok(&view.local, origin))
+                .get_or_insert_with(|| incarnations_ok(view.local, origin))
             {
                 return Some(format!(
                     "incarnation: {} already has {MAX_INCARNATIONS_PER_NODE} incarnations; \
