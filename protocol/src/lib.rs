@@ -1,5 +1,6 @@
 //! Sans-IO core of officesync: names, dots, version vectors, hybrid logical clocks,
-//! versions with their causal context, the merge rules and collection digests.
+//! versions with their causal context, the merge rules, shadow versions and collection
+//! digests.
 //! No sockets, no clock, no storage: callers pass `now` in and persist what comes out.
 
 pub mod codec;
@@ -11,6 +12,7 @@ pub mod hlc;
 pub mod merge;
 pub mod names;
 pub mod policy;
+pub mod shadow;
 pub mod sync;
 pub mod version;
 pub mod wire;

@@ -253,14 +253,12 @@ pub struct ReplicaStats {
     pub(crate) shadow: Shadow,
 }
 
-/// Versions superseded by local writes that are not yet durable. Catch-up skips superseded
-/// versions (their superseder is sent instead) while its "complete through" still covers
-/// them; if a crash then lost the superseding write, a peer would lack the old version for
-/// good. So until the sync that makes the superseding write durable, the old versions stay
-/// here and are still offered.
+/// Versions superseded by local writes that are not yet durable, which Loads still serve:
+/// the rule is [`officesync_protocol::shadow::Shadow`]; this shares it between the writer
+/// (which adds and forgets) and readers.
 #[derive(Debug, Default)]
 pub(crate) struct Shadow {
-    versions: Mutex<Vec<(u64, Version)>>,
+    inner: Mutex<officesync_protocol::shadow::Shadow>,
 }
 
 impl Shadow {
@@ -269,35 +267,40 @@ impl Shadow {
         if versions.is_empty() {
             return;
         }
-        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        v.extend(versions.into_iter().map(|x| (generation, x)));
+        self.lock().add(generation, versions);
     }
 
     /// Forgets what groups up to `generation` superseded: those writes are durable now.
     pub(crate) fn forget_through(&self, generation: u64) {
-        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        v.retain(|(g, _)| *g > generation);
+        self.lock().forget_through(generation);
     }
 
-    /// Shadowed versions of `origin` in `collection` with `after < counter <= through`.
-    fn select(
+    /// Completes a Load answer with the shadowed versions, within its limits (see
+    /// [`officesync_protocol::shadow::Shadow::merge_load`]).
+    #[allow(clippy::too_many_arguments)]
+    fn merge_load(
         &self,
         collection: &str,
         origin: &ReplicaId,
         after: u64,
-        through: u64,
-    ) -> Vec<Version> {
-        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        v.iter()
-            .map(|(_, x)| x)
-            .filter(|x| {
-                x.collection == collection
-                    && x.dot.origin == *origin
-                    && x.dot.counter > after
-                    && x.dot.counter <= through
-            })
-            .cloned()
-            .collect()
+        loaded: Vec<Version>,
+        scanned: u64,
+        max_versions: usize,
+        max_bytes: usize,
+    ) -> (Vec<Version>, u64) {
+        self.lock().merge_load(
+            collection,
+            origin,
+            after,
+            loaded,
+            scanned,
+            max_versions,
+            max_bytes,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, officesync_protocol::shadow::Shadow> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -691,7 +694,7 @@ impl Replica {
         names::validate_collection_name(collection)?;
         let store = self.inner.store.clone();
         let (c, o) = (collection.to_owned(), origin.clone());
-        let (mut versions, scanned) = blocking(move || {
+        let (versions, scanned) = blocking(move || {
             read::versions_since(
                 store.as_ref(),
                 &c,
@@ -703,20 +706,15 @@ impl Replica {
             )
         })
         .await?;
-        let shadowed = self
-            .inner
-            .stats
-            .shadow
-            .select(collection, origin, after, scanned);
-        if !shadowed.is_empty() {
-            for v in shadowed {
-                if !versions.iter().any(|x| x.dot == v.dot) {
-                    versions.push(v);
-                }
-            }
-            versions.sort_by_key(|v| v.dot.counter);
-        }
-        Ok((versions, scanned))
+        Ok(self.inner.stats.shadow.merge_load(
+            collection,
+            origin,
+            after,
+            versions,
+            scanned,
+            max_versions,
+            max_bytes,
+        ))
     }
 
     /// Watches what replication may offer peers (see [`DurableState`]).

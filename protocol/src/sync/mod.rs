@@ -110,6 +110,7 @@ mod config;
 mod error;
 mod handshake;
 mod heartbeat;
+mod outbox;
 mod recv;
 mod repair;
 mod send;

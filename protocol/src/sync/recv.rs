@@ -7,14 +7,15 @@
 use std::collections::BTreeMap;
 
 use crate::dot::{ReplicaId, VersionVector};
-use crate::policy::POLICY_COLLECTION;
+use crate::policy::{Policy, POLICY_COLLECTION};
 use crate::version::Version;
-use crate::wire::{Ack, Batch, Complete, ErrorCode, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
+use crate::wire::{Batch, Complete, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
 
-use super::api::{Action, ApplyPart, Event};
+use super::api::{Action, ApplyPart};
+use super::config::{PeerIdentity, SessionConfig};
 use super::error::{clip, SyncError};
+use super::outbox::Outbox;
 use super::send::version_size;
-use super::session::{Phase, Session};
 use super::{MAX_BUFFERED_BYTES, MAX_BUFFERED_VERSIONS, MAX_INCARNATIONS_PER_NODE, MAX_STREAMS};
 
 /// Most streams merged into one Apply (one store commit).
@@ -26,12 +27,12 @@ const MAX_COLLECTIONS: usize = 1 << 16;
 /// The receiving state of a session.
 #[derive(Debug, Default)]
 pub(super) struct Rx {
-    pub(super) collections: BTreeMap<String, RxCollection>,
+    collections: BTreeMap<String, RxCollection>,
     streams: usize,
-    pub(super) buffered_versions: usize,
+    buffered_versions: usize,
     buffered_bytes: usize,
     /// Applies emitted and not yet answered.
-    pub(super) applying: usize,
+    applying: usize,
     /// What this node holds beyond its offerable vectors, as far as the session knows: raised
     /// by every Apply emitted (actions run in order, so it is applied before anything later)
     /// and by the vectors the driver reports after each Apply.
@@ -41,13 +42,16 @@ pub(super) struct Rx {
     peer_origin_ok: Option<bool>,
     /// The earliest time a stream refused for clock skew would be accepted.
     skew_retry_at: Option<u64>,
+    /// The incarnation the peer announced (the `Hello`'s; for the dialer, the first one the
+    /// acceptor sends).
+    announced: Option<ReplicaId>,
 }
 
 /// Why a receive stream is refused for the rest of the session. Everything after the refused
 /// version is refused too, so the vector never advances past a version that was not applied:
 /// the next session resumes just before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refusal {
+enum Refusal {
     /// The access policy: the origin's node may not write the collection.
     Policy,
     /// A version stamped more than `max_clock_skew_ms` ahead of this node's clock.
@@ -56,25 +60,49 @@ pub(super) enum Refusal {
     Context,
 }
 
+impl Refusal {
+    /// Why the versions of `origin` in `collection` from `peer_node` are refused.
+    fn reason(self, collection: &str, origin: &ReplicaId, peer_node: &str) -> String {
+        match self {
+            Refusal::Policy => format!(
+                "policy: {} may not write {}: refused versions from {}",
+                origin.node_name(),
+                collection,
+                peer_node
+            ),
+            Refusal::ClockSkew => format!(
+                "versions of {} after one stamped ahead of the local clock wait for the \
+             next session",
+                origin
+            ),
+            Refusal::Context => format!(
+                "versions of {} after one with a causal context beyond what this node \
+             holds are refused",
+                origin
+            ),
+        }
+    }
+}
+
 /// The receiving state of one collection.
 #[derive(Debug, Default)]
-pub(super) struct RxCollection {
-    pub(super) streams: BTreeMap<ReplicaId, InStream>,
+struct RxCollection {
+    streams: BTreeMap<ReplicaId, InStream>,
     /// Digest rounds armed for this collection: each allows one repair restart per origin.
-    pub(super) arms: u64,
+    arms: u64,
 }
 
 /// What has been received of one origin in one collection.
 #[derive(Debug, Default)]
-pub(super) struct InStream {
+struct InStream {
     /// The last `Complete` (initially our handshake vector): batches continue above it.
-    pub(super) completed: u64,
+    completed: u64,
     buffer: Vec<Version>,
     buffer_bytes: usize,
     /// Restarts accepted so far (each consumes one arm).
     restarts: u64,
     /// The collection's arm count at the last restart.
-    pub(super) last_restart_arm: u64,
+    last_restart_arm: u64,
     /// Applies of this stream carry `repair: true` (a re-stream may hold covered dots).
     repairing: bool,
     /// A version was refused (see [`Refusal`]): everything else of this stream is refused for
@@ -96,45 +124,109 @@ impl InStream {
     fn may_restart(&self, first: u64, arms: u64) -> bool {
         first == 1 && self.completed >= 1 && self.restarts < arms
     }
-}
 
-impl Session {
-    /// The driver's answer to one part of an [`Action::Apply`]: `origin` is applied through
-    /// `through` in `collection`, and `vv` is the collection's vector after it. Queues the
-    /// `Ack`.
-    ///
-    /// Only `origin` through `through` becomes offerable to the peer (it was durable at the
-    /// sender, so relaying it at once can never make this node reuse a dot). The rest of `vv`
-    /// is not: it may hold this node's own writes that are not durable yet, which reach
-    /// the session through [`Session::handle_local_vv`] once they are.
-    pub fn handle_applied(
+    /// A batch of counters `first..=last` continues this stream: after what is buffered, or
+    /// after the last `Complete` (or as the restart of a repair re-stream, with `arms` armed).
+    fn continue_with(
         &mut self,
         collection: &str,
         origin: &ReplicaId,
-        through: u64,
-        vv: VersionVector,
-    ) {
-        if self.phase == Phase::Closed {
-            return;
+        (first, last): (u64, u64),
+        arms: u64,
+    ) -> Result<(), SyncError> {
+        if let Some(prev) = self.buffer.last() {
+            if first <= prev.dot.counter {
+                return Err(out_of_order(
+                    collection,
+                    origin,
+                    format!("batch starts at {first} after {}", prev.dot.counter),
+                ));
+            }
+        } else if first <= self.completed {
+            if !self.may_restart(first, arms) {
+                return Err(out_of_order(
+                    collection,
+                    origin,
+                    format!(
+                        "batch {first}..={last} at or below completion through {}",
+                        self.completed
+                    ),
+                ));
+            }
+            self.restart(arms);
+        } else if self.completed == 0 && self.restarts < arms {
+            self.repairing = true; // a re-stream that needs no visible restart
         }
-        self.rx.applying = self.rx.applying.saturating_sub(1);
-        // Not offerable as a whole (see above), but held: contexts may cover it.
-        self.note_held(collection, &vv);
-        self.raise_local(
-            collection,
-            &[(origin.clone(), through)].into_iter().collect(),
-        );
-        if through >= 1 {
-            self.control_q.push_back(
-                Ack {
-                    collection: collection.to_owned(),
-                    origin: origin.clone(),
-                    through,
-                }
-                .into(),
-            );
+        Ok(())
+    }
+}
+
+/// What the receiving side reads of the rest of the session.
+#[derive(Clone, Copy)]
+pub(super) struct RecvView<'a> {
+    cfg: &'a SessionConfig,
+    now: u64,
+    peer: &'a PeerIdentity,
+    policy: &'a Policy,
+    /// Our offerable vectors.
+    local: &'a BTreeMap<String, VersionVector>,
+    /// Our vectors as sent in the handshake: where the peer's streams start.
+    advertised: &'a BTreeMap<String, VersionVector>,
+}
+
+/// The [`RecvView`] of a session, borrowing only the fields it reads.
+macro_rules! recv_view {
+    ($s:ident) => {
+        super::recv::RecvView::new(
+            &$s.cfg,
+            $s.now,
+            &$s.peer,
+            &$s.policy,
+            &$s.local,
+            &$s.advertised,
+        )
+    };
+}
+pub(super) use recv_view;
+
+impl<'a> RecvView<'a> {
+    /// The view of a session with these parts.
+    pub(super) fn new(
+        cfg: &'a SessionConfig,
+        now: u64,
+        peer: &'a PeerIdentity,
+        policy: &'a Policy,
+        local: &'a BTreeMap<String, VersionVector>,
+        advertised: &'a BTreeMap<String, VersionVector>,
+    ) -> Self {
+        Self {
+            cfg,
+            now,
+            peer,
+            policy,
+            local,
+            advertised,
         }
-        self.drive();
+    }
+
+    /// The session's configuration.
+    pub(super) fn cfg(&self) -> &'a SessionConfig {
+        self.cfg
+    }
+
+    /// The session's time.
+    pub(super) fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Our offerable vectors.
+    pub(super) fn local(&self) -> &'a BTreeMap<String, VersionVector> {
+        self.local
+    }
+
+    /// Our vector of `collection` as sent in the handshake.
+    pub(super) fn advertised(&self, collection: &str) -> Option<&'a VersionVector> {
+        self.advertised.get(collection)
     }
 
     /// The relay rule: versions of `origin` are accepted from this peer.
@@ -142,10 +234,51 @@ impl Session {
         self.peer.is_relay || origin.node_name() == self.peer.node
     }
 
+    /// The access policy: versions of `origin` may be accepted in `collection`. Only a relay
+    /// (an admin with an admin certificate) may bring `_policy` versions, and only of admins.
+    fn accepts_write(&self, collection: &str, origin: &ReplicaId) -> bool {
+        self.policy.may_write(origin.node_name(), collection)
+            && (collection != POLICY_COLLECTION || self.peer.is_relay)
+    }
+}
+
+impl Rx {
+    /// The peer announced incarnation `replica` (its `Hello`).
+    pub(super) fn announce(&mut self, replica: ReplicaId) {
+        self.announced = Some(replica);
+    }
+
+    /// The incarnation the peer announced or first brought, if known.
+    pub(super) fn peer_replica(&self) -> Option<&ReplicaId> {
+        self.announced.as_ref()
+    }
+
+    /// Applies emitted and not yet answered.
+    pub(super) fn applying(&self) -> usize {
+        self.applying
+    }
+
+    /// No batch is buffered and no Apply awaits its answer.
+    pub(super) fn is_idle(&self) -> bool {
+        self.applying == 0 && self.buffered_versions == 0
+    }
+
+    /// The driver answered one part of an Apply.
+    pub(super) fn applied(&mut self) {
+        self.applying = self.applying.saturating_sub(1);
+    }
+
+    /// The last `Complete` of `origin` in `collection` and the arm count at its last restart,
+    /// when it has a stream.
+    pub(super) fn progress(&self, collection: &str, origin: &ReplicaId) -> Option<(u64, u64)> {
+        let s = self.collections.get(collection)?.streams.get(origin)?;
+        Some((s.completed, s.last_restart_arm))
+    }
+
     /// The counter of `origin` this node holds in `collection`, as far as the session knows.
-    pub(super) fn holds(&self, collection: &str, origin: &ReplicaId) -> u64 {
-        let offerable = self.local.get(collection).map_or(0, |vv| vv.get(origin));
-        let known = self.rx.known.get(collection).map_or(0, |vv| vv.get(origin));
+    fn holds(&self, view: RecvView<'_>, collection: &str, origin: &ReplicaId) -> u64 {
+        let offerable = view.local.get(collection).map_or(0, |vv| vv.get(origin));
+        let known = self.known.get(collection).map_or(0, |vv| vv.get(origin));
         offerable.max(known)
     }
 
@@ -156,32 +289,36 @@ impl Session {
     /// vector ([`MAX_VECTOR_ENTRIES`]) and a new collection room in the store
     /// ([`MAX_HANDSHAKE_COLLECTIONS`]). Each rule only ever tightens within a session, so a
     /// refused origin stays refused and no gap opens.
-    fn origin_refusal(&mut self, collection: &str, origin: &ReplicaId) -> Option<String> {
-        if !self.peer.is_relay {
-            let announced = self.peer_replica.get_or_insert_with(|| origin.clone());
+    fn origin_refusal(
+        &mut self,
+        view: RecvView<'_>,
+        collection: &str,
+        origin: &ReplicaId,
+    ) -> Option<String> {
+        if !view.peer.is_relay {
+            let announced = self.announced.get_or_insert_with(|| origin.clone());
             if origin != announced {
                 return Some(format!(
                     "incarnation: {origin} is not the incarnation {announced} that {} announced",
-                    self.peer.node
+                    view.peer.node
                 ));
             }
             if !*self
-                .rx
                 .peer_origin_ok
-                .get_or_insert_with(|| incarnations_ok(&self.local, origin))
+                .get_or_insert_with(|| incarnations_ok(view.local, origin))
             {
                 return Some(format!(
                     "incarnation: {} already has {MAX_INCARNATIONS_PER_NODE} incarnations; \
                      refused versions of {origin}",
-                    self.peer.node
+                    view.peer.node
                 ));
             }
         }
-        if self.holds(collection, origin) > 0 {
+        if self.holds(view, collection, origin) > 0 {
             return None;
         }
-        match self.local.get(collection) {
-            None if self.local.len() >= MAX_HANDSHAKE_COLLECTIONS => Some(format!(
+        match view.local.get(collection) {
+            None if view.local.len() >= MAX_HANDSHAKE_COLLECTIONS => Some(format!(
                 "limit: this node holds {MAX_HANDSHAKE_COLLECTIONS} collections; refused \
                  {collection} from {origin}"
             )),
@@ -194,25 +331,22 @@ impl Session {
 
     /// This node holds `vv` of `collection` (the peer may learn it): contexts may cover it.
     pub(super) fn note_held(&mut self, collection: &str, vv: &VersionVector) {
-        self.rx
-            .known
+        self.known
             .entry(collection.to_owned())
             .or_default()
             .merge(vv);
-    }
-
-    /// Counts `count` versions refused with `reason`.
-    fn reject(&mut self, reason: String, count: u64) {
-        self.stats.rejected += count;
-        self.events.push_back(Event::Rejected { reason, count });
     }
 
     /// The first version of `b` this node may not take, with why: one stamped beyond the clock
     /// skew bound, or one whose causal context covers dots this node does not hold (a context
     /// may only cover what its origin could have seen; an honest sender sends what a context
     /// covers first). Its own origin's entry is below its counter (checked by validation).
-    fn first_unacceptable(&self, b: &Batch) -> Option<(usize, Refusal, String)> {
-        let bound = self.now.saturating_add(self.cfg.max_clock_skew_ms);
+    fn first_unacceptable(
+        &self,
+        view: RecvView<'_>,
+        b: &Batch,
+    ) -> Option<(usize, Refusal, String)> {
+        let bound = view.now.saturating_add(view.cfg.max_clock_skew_ms);
         b.versions.iter().enumerate().find_map(|(i, v)| {
             if v.hlc.ms > bound {
                 return Some((
@@ -222,15 +356,15 @@ impl Session {
                         "version {} is stamped {} ms ahead of the local clock (at most {} ms \
                          allowed); its stream waits",
                         v.dot,
-                        v.hlc.ms - self.now,
-                        self.cfg.max_clock_skew_ms
+                        v.hlc.ms - view.now,
+                        view.cfg.max_clock_skew_ms
                     ),
                 ));
             }
             v.context
                 .iter()
                 .filter(|(o, _)| **o != v.dot.origin)
-                .find(|(o, n)| *n > self.holds(&b.collection, o))
+                .find(|(o, n)| *n > self.holds(view, &b.collection, o))
                 .map(|(o, n)| {
                     (
                         i,
@@ -238,57 +372,48 @@ impl Session {
                         format!(
                             "causal context of {} covers {o}:{n}, beyond the {} this node holds",
                             v.dot,
-                            self.holds(&b.collection, o)
+                            self.holds(view, &b.collection, o)
                         ),
                     )
                 })
         })
     }
 
-    /// A stream refused for clock skew waits for the next session; this closes the session
-    /// once this node's clock would accept the refused version, so the reconnect brings it.
-    pub(super) fn skew_retry_due(&mut self) {
-        if self.rx.skew_retry_at.is_some_and(|t| self.now >= t) {
-            self.rx.skew_retry_at = None;
-            self.fail(SyncError::Local {
-                code: ErrorCode::Internal,
-                reason: "reconnecting: a version refused for clock skew is now within the bound"
-                    .into(),
-            });
+    /// A stream refused for clock skew waits for the next session: true (once) when this
+    /// node's clock, at `now`, would accept the refused version, so the session should close
+    /// and the reconnect bring it.
+    pub(super) fn skew_retry_due(&mut self, now: u64) -> bool {
+        if self.skew_retry_at.is_some_and(|t| now >= t) {
+            self.skew_retry_at = None;
+            return true;
         }
+        false
     }
 
-    /// When [`Session::skew_retry_due`] should run.
+    /// When [`Rx::skew_retry_due`] turns true.
     pub(super) fn skew_retry_at(&self) -> Option<u64> {
-        self.rx.skew_retry_at
-    }
-    /// The access policy: versions of `origin` may be accepted in `collection`. Only a relay
-    /// (an admin with an admin certificate) may bring `_policy` versions, and only of admins.
-    pub(super) fn accepts_write(&self, collection: &str, origin: &ReplicaId) -> bool {
-        self.policy.may_write(origin.node_name(), collection)
-            && (collection != POLICY_COLLECTION || self.peer.is_relay)
+        self.skew_retry_at
     }
 
     /// Some stream refused earlier in this session would be accepted under the current policy.
-    pub(super) fn rx_refused_now_allowed(&self) -> bool {
-        self.rx.collections.iter().any(|(c, col)| {
+    pub(super) fn refused_now_allowed(&self, view: RecvView<'_>) -> bool {
+        self.collections.iter().any(|(c, col)| {
             col.streams
                 .iter()
-                .any(|(o, s)| s.refused == Some(Refusal::Policy) && self.accepts_write(c, o))
+                .any(|(o, s)| s.refused == Some(Refusal::Policy) && view.accepts_write(c, o))
         })
     }
 
     /// Arms `collection` for one repair restart per origin; returns the new arm count.
-    pub(super) fn arm_rx(&mut self, collection: &str) -> Result<u64, SyncError> {
-        let col = self.rx_collection(collection)?;
+    pub(super) fn arm(&mut self, collection: &str) -> Result<u64, SyncError> {
+        let col = self.collection(collection)?;
         col.arms += 1;
         Ok(col.arms)
     }
 
     /// The last `Complete` received for every origin of `collection` that has a stream.
-    pub(super) fn rx_completed(&self, collection: &str) -> BTreeMap<ReplicaId, u64> {
-        self.rx
-            .collections
+    pub(super) fn completed(&self, collection: &str) -> BTreeMap<ReplicaId, u64> {
+        self.collections
             .get(collection)
             .map(|c| {
                 c.streams
@@ -299,54 +424,43 @@ impl Session {
             .unwrap_or_default()
     }
 
-    pub(super) fn on_batch(&mut self, b: Batch) -> Result<(), SyncError> {
+    /// A `Batch` from the peer: refused (counted) or buffered; a refused version completes
+    /// what came before it.
+    pub(super) fn on_batch(
+        &mut self,
+        view: RecvView<'_>,
+        out: &mut Outbox,
+        peer_vvs: &mut BTreeMap<String, VersionVector>,
+        b: Batch,
+    ) -> Result<(), SyncError> {
         let n = b.versions.len() as u64;
-        self.stats.batches_received += 1;
-        self.stats.versions_received += n;
-        if !self.accepts_origin(&b.origin) {
-            self.reject(
+        out.count_received(n);
+        if !view.accepts_origin(&b.origin) {
+            out.reject(
                 format!(
                     "{} is not a relay: refused versions of {} in {}",
-                    self.peer.node, b.origin, b.collection
+                    view.peer.node, b.origin, b.collection
                 ),
                 n,
             );
             return Ok(());
         }
-        if let Some(reason) = self.origin_refusal(&b.collection, &b.origin) {
-            self.reject(reason, n);
+        if let Some(reason) = self.origin_refusal(view, &b.collection, &b.origin) {
+            out.reject(reason, n);
             return Ok(());
         }
-        if !self.accepts_write(&b.collection, &b.origin) {
-            let (stream, _) = self.rx_stream(&b.collection, &b.origin)?;
+        if !view.accepts_write(&b.collection, &b.origin) {
+            let (stream, _) = self.stream(view, &b.collection, &b.origin)?;
             stream.refused.get_or_insert(Refusal::Policy);
         }
         let refused = self
-            .rx
             .collections
             .get(&b.collection)
             .and_then(|c| c.streams.get(&b.origin))
             .and_then(|s| s.refused);
         if let Some(refusal) = refused {
-            let reason = match refusal {
-                Refusal::Policy => format!(
-                    "policy: {} may not write {}: refused versions from {}",
-                    b.origin.node_name(),
-                    b.collection,
-                    self.peer.node
-                ),
-                Refusal::ClockSkew => format!(
-                    "versions of {} after one stamped ahead of the local clock wait for the \
-                     next session",
-                    b.origin
-                ),
-                Refusal::Context => format!(
-                    "versions of {} after one with a causal context beyond what this node \
-                     holds are refused",
-                    b.origin
-                ),
-            };
-            self.reject(reason, n);
+            let reason = refusal.reason(&b.collection, &b.origin, &view.peer.node);
+            out.reject(reason, n);
             return Ok(());
         }
         let (Some(first), Some(last)) = (b.versions.first(), b.versions.last()) else {
@@ -354,43 +468,21 @@ impl Session {
         };
         let (first, last) = (first.dot.counter, last.dot.counter);
         let size: usize = b.versions.iter().map(version_size).sum();
-        if self.rx.buffered_versions + b.versions.len() > MAX_BUFFERED_VERSIONS
-            || self.rx.buffered_bytes + size > MAX_BUFFERED_BYTES
+        if self.buffered_versions + b.versions.len() > MAX_BUFFERED_VERSIONS
+            || self.buffered_bytes + size > MAX_BUFFERED_BYTES
         {
             return Err(SyncError::LimitExceeded(
                 "versions buffered before their Complete",
             ));
         }
-        let cut = self.first_unacceptable(&b);
+        let cut = self.first_unacceptable(view, &b);
         let Batch {
             collection,
             origin,
             mut versions,
         } = b;
-        let (stream, arms) = self.rx_stream(&collection, &origin)?;
-        if let Some(prev) = stream.buffer.last() {
-            if first <= prev.dot.counter {
-                return Err(out_of_order(
-                    &collection,
-                    &origin,
-                    format!("batch starts at {first} after {}", prev.dot.counter),
-                ));
-            }
-        } else if first <= stream.completed {
-            if !stream.may_restart(first, arms) {
-                return Err(out_of_order(
-                    &collection,
-                    &origin,
-                    format!(
-                        "batch {first}..={last} at or below completion through {}",
-                        stream.completed
-                    ),
-                ));
-            }
-            stream.restart(arms);
-        } else if stream.completed == 0 && stream.restarts < arms {
-            stream.repairing = true; // a re-stream that needs no visible restart
-        }
+        let (stream, arms) = self.stream(view, &collection, &origin)?;
+        stream.continue_with(&collection, &origin, (first, last), arms)?;
         let refused = cut.map(|(at, refusal, reason)| (versions.split_off(at), refusal, reason));
         let kept_versions = versions.len();
         let kept: usize = versions.iter().map(version_size).sum();
@@ -401,38 +493,48 @@ impl Session {
         if let Some((_, refusal, _)) = &refused {
             stream.refused = Some(*refusal);
         }
-        self.rx.buffered_versions += kept_versions;
-        self.rx.buffered_bytes += kept;
+        self.buffered_versions += kept_versions;
+        self.buffered_bytes += kept;
         if let Some((tail, refusal, reason)) = refused {
             // What comes before the refused version is complete: apply it now, and refuse the
             // rest of the stream for this session (the next one resumes at the refused version).
             let through = tail.first().map_or(0, |v| v.dot.counter - 1);
             if has_buffer || through > completed {
-                self.finish_stream(collection, origin, through.max(completed));
+                self.finish_stream(out, peer_vvs, collection, origin, through.max(completed));
             }
             if refusal == Refusal::ClockSkew {
                 let at = tail
                     .first()
-                    .map_or(0, |v| v.hlc.ms.saturating_sub(self.cfg.max_clock_skew_ms));
-                self.rx.skew_retry_at = Some(self.rx.skew_retry_at.map_or(at, |t| t.min(at)));
+                    .map_or(0, |v| v.hlc.ms.saturating_sub(view.cfg.max_clock_skew_ms));
+                self.skew_retry_at = Some(self.skew_retry_at.map_or(at, |t| t.min(at)));
             }
-            self.reject(reason, tail.len() as u64);
+            out.reject(reason, tail.len() as u64);
         }
         Ok(())
     }
 
-    pub(super) fn on_complete(&mut self, c: Complete) -> Result<(), SyncError> {
-        if !self.accepts_origin(&c.origin) {
+    /// A `Complete` from the peer: the stream's buffered versions become an Apply.
+    pub(super) fn on_complete(
+        &mut self,
+        view: RecvView<'_>,
+        out: &mut Outbox,
+        peer_vvs: &mut BTreeMap<String, VersionVector>,
+        c: Complete,
+    ) -> Result<(), SyncError> {
+        if !view.accepts_origin(&c.origin) {
             return Ok(()); // its batches were refused by the relay rule
         }
         // A completion with no batch before it is legitimate (every version it covers was
         // superseded at the sender, and contexts may cover them), so it may raise the vector
         // only for an origin the peer may bring: its own announced incarnation, or anything
         // from a relay, within the limits on origins and collections.
-        if self.origin_refusal(&c.collection, &c.origin).is_some() {
+        if self
+            .origin_refusal(view, &c.collection, &c.origin)
+            .is_some()
+        {
             return Ok(()); // its batches are refused
         }
-        let (stream, arms) = self.rx_stream(&c.collection, &c.origin)?;
+        let (stream, arms) = self.stream(view, &c.collection, &c.origin)?;
         if stream.refused.is_some() {
             return Ok(()); // its batches were refused
         }
@@ -467,19 +569,19 @@ impl Session {
                 }
             }
         }
-        self.finish_stream(c.collection, c.origin, c.through);
+        self.finish_stream(out, peer_vvs, c.collection, c.origin, c.through);
         Ok(())
     }
 
     /// Queues `part`: merged into the ordinary Apply at the end of the action queue when there
     /// is one (so streams completed back to back cost the store one commit and one flush), up
     /// to [`MAX_MERGED_PARTS`] parts; a repair part gets an Apply of its own.
-    fn push_apply(&mut self, part: ApplyPart, repair: bool) {
+    fn push_apply(out: &mut Outbox, part: ApplyPart, repair: bool) {
         if !repair {
             if let Some(Action::Apply {
                 parts,
                 repair: false,
-            }) = self.actions.back_mut()
+            }) = out.last_action()
             {
                 if parts.len() < MAX_MERGED_PARTS {
                     parts.push(part);
@@ -487,16 +589,22 @@ impl Session {
                 }
             }
         }
-        self.actions.push_back(Action::Apply {
+        out.action(Action::Apply {
             parts: vec![part],
             repair,
         });
     }
 
     /// Emits the Apply of a stream's buffered versions with its vector advance to `through`.
-    fn finish_stream(&mut self, collection: String, origin: ReplicaId, through: u64) {
+    fn finish_stream(
+        &mut self,
+        out: &mut Outbox,
+        peer_vvs: &mut BTreeMap<String, VersionVector>,
+        collection: String,
+        origin: ReplicaId,
+        through: u64,
+    ) {
         let Some(stream) = self
-            .rx
             .collections
             .get_mut(&collection)
             .and_then(|c| c.streams.get_mut(&origin))
@@ -507,19 +615,19 @@ impl Session {
         let bytes = std::mem::take(&mut stream.buffer_bytes);
         stream.completed = through;
         let repair = stream.repairing;
-        self.rx.buffered_versions = self.rx.buffered_versions.saturating_sub(versions.len());
-        self.rx.buffered_bytes = self.rx.buffered_bytes.saturating_sub(bytes);
-        self.rx.applying += 1;
-        self.peer_vvs
+        self.buffered_versions = self.buffered_versions.saturating_sub(versions.len());
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(bytes);
+        self.applying += 1;
+        peer_vvs
             .entry(collection.clone())
             .or_default()
             .raise(&origin, through);
-        self.rx
-            .known
+        self.known
             .entry(collection.clone())
             .or_default()
             .raise(&origin, through);
-        self.push_apply(
+        Self::push_apply(
+            out,
             ApplyPart {
                 collection,
                 origin,
@@ -530,34 +638,33 @@ impl Session {
         );
     }
 
-    fn rx_collection(&mut self, collection: &str) -> Result<&mut RxCollection, SyncError> {
-        if !self.rx.collections.contains_key(collection) {
-            if self.rx.collections.len() >= MAX_COLLECTIONS {
+    fn collection(&mut self, collection: &str) -> Result<&mut RxCollection, SyncError> {
+        if !self.collections.contains_key(collection) {
+            if self.collections.len() >= MAX_COLLECTIONS {
                 return Err(SyncError::LimitExceeded("collections"));
             }
-            self.rx
-                .collections
+            self.collections
                 .insert(collection.to_owned(), RxCollection::default());
         }
-        self.rx
-            .collections
+        self.collections
             .get_mut(collection)
             .ok_or(SyncError::LimitExceeded("collections"))
     }
 
     /// The stream of `(collection, origin)` (created at our handshake vector) and the
     /// collection's arm count.
-    fn rx_stream(
+    fn stream(
         &mut self,
+        view: RecvView<'_>,
         collection: &str,
         origin: &ReplicaId,
     ) -> Result<(&mut InStream, u64), SyncError> {
-        let base = self
+        let base = view
             .advertised
             .get(collection)
             .map_or(0, |vv| vv.get(origin));
-        let full = self.rx.streams >= MAX_STREAMS;
-        let col = self.rx_collection(collection)?;
+        let full = self.streams >= MAX_STREAMS;
+        let col = self.collection(collection)?;
         let arms = col.arms;
         let mut created = false;
         if !col.streams.contains_key(origin) {
@@ -574,10 +681,9 @@ impl Session {
             created = true;
         }
         if created {
-            self.rx.streams += 1;
+            self.streams += 1;
         }
         let stream = self
-            .rx
             .collections
             .get_mut(collection)
             .and_then(|c| c.streams.get_mut(origin))

@@ -18,16 +18,18 @@ use crate::dot::{ReplicaId, VersionVector};
 use crate::wire::{DigestReply, DigestRequest};
 
 use super::api::{Action, Event, VerifyOutcome};
-use super::config::Role;
+use super::config::{Role, SessionConfig};
 use super::error::SyncError;
-use super::session::{Phase, Session};
+use super::outbox::Outbox;
+use super::recv::{RecvView, Rx};
+use super::send::Tx;
 use super::MAX_PENDING_DIGEST_REQUESTS;
 
 /// The repair state of a session.
 #[derive(Debug, Default)]
 pub(super) struct Repair {
     /// When the next periodic round is due.
-    pub(super) next_due: u64,
+    next_due: u64,
     /// The collection of the last periodic round (round-robin).
     cursor: Option<String>,
     /// The round this side started, if any (one at a time).
@@ -43,15 +45,18 @@ pub(super) struct Repair {
     /// Per collection, reconciliations in a row and until when periodic rounds skip it.
     hold: BTreeMap<String, (u32, u64)>,
     /// Full reconciliations started.
-    pub(super) started: u64,
+    started: u64,
 }
 
 /// Longest periodic back-off after reconciliations that did not help, in repair intervals.
 const MAX_BACKOFF: u64 = 64;
 
+/// Who a pending [`Action::Digest`] is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Purpose {
+pub(super) enum Purpose {
+    /// A round this side started.
     Round,
+    /// An answer to the peer's request.
     Reply,
 }
 
@@ -78,66 +83,88 @@ struct Followup {
     on_demand: bool,
 }
 
-impl Session {
-    /// Runs a digest round of `collection` with this peer as soon as the session is idle
-    /// (`officesync verify`). It ends with one [`Event::Verified`]: at once when the digests
-    /// are equal or the vectors differ; after a full reconciliation
-    /// ([`Event::DigestMismatch`]) and a follow-up round when they differ at equal vectors.
-    /// Periodic rounds report only mismatches.
-    pub fn request_verify(&mut self, collection: &str) {
-        if self.phase == Phase::Closed {
-            return;
+/// What the repair rounds read of the rest of the session.
+#[derive(Clone, Copy)]
+pub(super) struct RepairView<'a> {
+    role: Role,
+    recv: RecvView<'a>,
+    tx: &'a Tx,
+    rx: &'a Rx,
+    may_send: &'a dyn Fn(&str) -> bool,
+}
+
+impl<'a> RepairView<'a> {
+    /// The view of a session with these parts; `may_send` tells whether the peer may read a
+    /// collection.
+    pub(super) fn new(
+        role: Role,
+        recv: RecvView<'a>,
+        tx: &'a Tx,
+        rx: &'a Rx,
+        may_send: &'a dyn Fn(&str) -> bool,
+    ) -> Self {
+        Self {
+            role,
+            recv,
+            tx,
+            rx,
+            may_send,
         }
-        if !self.repair.verify_queue.iter().any(|c| c == collection) {
-            self.repair.verify_queue.push_back(collection.to_owned());
-        }
-        self.drive();
     }
 
-    /// The driver's answer to [`Action::Digest`]: the collection's digest and the vector of
-    /// the same state.
-    pub fn handle_local_digest(&mut self, collection: &str, digest: Digest, vv: VersionVector) {
-        if self.phase == Phase::Closed {
-            return;
+    fn cfg(&self) -> &SessionConfig {
+        self.recv.cfg()
+    }
+
+    fn now(&self) -> u64 {
+        self.recv.now()
+    }
+}
+
+impl Repair {
+    /// The session was established at `now`: the first periodic round is due one interval on.
+    pub(super) fn start(&mut self, now: u64, interval: u64) {
+        self.next_due = now.saturating_add(interval);
+    }
+
+    /// Full reconciliations started.
+    pub(super) fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// A round this side started is under way.
+    pub(super) fn in_round(&self) -> bool {
+        self.round.is_some()
+    }
+
+    /// Queues an on-demand round of `collection` (once).
+    pub(super) fn queue_verify(&mut self, collection: &str) {
+        if !self.verify_queue.iter().any(|c| c == collection) {
+            self.verify_queue.push_back(collection.to_owned());
         }
-        let waiters = &mut self.repair.waiters;
-        let Some(pos) = waiters.iter().position(|(c, _)| c == collection) else {
-            return;
-        };
-        let Some((_, purpose)) = waiters.remove(pos) else {
-            return;
-        };
-        // The peer learns this vector: what it covers may appear in contexts sent to us.
-        self.note_held(collection, &vv);
-        let result = match purpose {
-            Purpose::Round => self.send_digest_request(collection, digest, vv),
-            Purpose::Reply => self.reply_digest(collection, digest, vv),
-        };
-        if let Err(e) = result {
-            self.fail(e);
-        }
-        self.drive();
+    }
+
+    /// Who the Digest of `collection` answered was for (the first pending one).
+    pub(super) fn take_waiter(&mut self, collection: &str) -> Option<Purpose> {
+        let pos = self.waiters.iter().position(|(c, _)| c == collection)?;
+        self.waiters.remove(pos).map(|(_, p)| p)
     }
 
     /// The earliest time a round may start or a follow-up fall back, when that is what the
     /// session waits for.
-    pub(super) fn repair_deadline(&self) -> Option<u64> {
-        if self.phase != Phase::Established
-            || !self.peer_confirmed
-            || self.repair.round.is_some()
-            || !self.is_idle()
-        {
+    /// (The session checks it is established and idle.)
+    pub(super) fn deadline(&self, view: RepairView<'_>) -> Option<u64> {
+        if self.round.is_some() {
             return None;
         }
-        let periodic = (self.role == Role::Dialer && self.cfg.repair_interval_ms > 0)
-            .then_some(self.repair.next_due);
+        let periodic = (view.role == Role::Dialer && view.cfg().repair_interval_ms > 0)
+            .then_some(self.next_due);
         // A follow-up falls back on its deadline only once our re-stream is acknowledged
         // (until then an acknowledgement, not time, is what moves it).
         let fallback = self
-            .repair
             .followups
             .iter()
-            .filter(|(c, _)| self.tx_acked(c))
+            .filter(|(c, _)| view.tx.acked(c))
             .map(|(_, f)| f.deadline)
             .min();
         match (periodic, fallback) {
@@ -148,96 +175,98 @@ impl Session {
 
     /// Starts a round if the session is idle and one is wanted: a settled follow-up first,
     /// then on-demand requests, then the periodic round-robin (dialer only).
-    pub(super) fn maybe_start_round(&mut self) -> Result<(), SyncError> {
-        if self.repair.round.is_some() || !self.is_idle() {
-            return Ok(());
+    /// (The session checks it is idle.)
+    pub(super) fn maybe_start_round(&mut self, view: RepairView<'_>, out: &mut Outbox) {
+        if self.round.is_some() {
+            return;
         }
         let ready = self
-            .repair
             .followups
             .iter()
-            .find(|(c, f)| self.followup_ready(c, f))
+            .find(|(c, f)| Self::followup_ready(view, c, f))
             .map(|(c, _)| c.clone());
         let (collection, on_demand, followup) = if let Some(c) = ready {
-            let on_demand = self
-                .repair
-                .followups
-                .remove(&c)
-                .is_some_and(|f| f.on_demand);
+            let on_demand = self.followups.remove(&c).is_some_and(|f| f.on_demand);
             (c, on_demand, true)
-        } else if let Some(c) = self.repair.verify_queue.pop_front() {
+        } else if let Some(c) = self.verify_queue.pop_front() {
             (c, true, false)
-        } else if self.role == Role::Dialer
-            && self.cfg.repair_interval_ms > 0
-            && self.now >= self.repair.next_due
+        } else if view.role == Role::Dialer
+            && view.cfg().repair_interval_ms > 0
+            && view.now() >= self.next_due
         {
-            self.repair.next_due = self.now.saturating_add(self.cfg.repair_interval_ms);
-            let Some(c) = self.next_periodic_collection() else {
-                return Ok(());
+            self.next_due = view.now().saturating_add(view.cfg().repair_interval_ms);
+            let Some(c) = self.next_periodic_collection(view) else {
+                return;
             };
-            self.repair.cursor = Some(c.clone());
+            self.cursor = Some(c.clone());
             (c, false, false)
         } else {
-            return Ok(());
+            return;
         };
-        self.repair
-            .waiters
-            .push_back((collection.clone(), Purpose::Round));
-        self.actions.push_back(Action::Digest {
+        self.waiters.push_back((collection.clone(), Purpose::Round));
+        out.action(Action::Digest {
             collection: collection.clone(),
         });
-        self.repair.round = Some(Round {
+        self.round = Some(Round {
             collection,
             on_demand,
             followup,
             sent: None,
         });
-        Ok(())
     }
 
-    pub(super) fn on_digest_request(&mut self, r: DigestRequest) -> Result<(), SyncError> {
-        self.peer_vvs
+    /// The peer's `DigestRequest`: what it tells of its vector is learnt, and our digest is
+    /// asked of the store.
+    pub(super) fn on_digest_request(
+        &mut self,
+        out: &mut Outbox,
+        peer_vvs: &mut BTreeMap<String, VersionVector>,
+        r: DigestRequest,
+    ) -> Result<(), SyncError> {
+        peer_vvs
             .entry(r.collection.clone())
             .or_default()
             .merge(&r.vv);
-        let again = self.repair.incoming.contains_key(&r.collection);
-        if !again && self.repair.incoming.len() >= MAX_PENDING_DIGEST_REQUESTS {
+        let again = self.incoming.contains_key(&r.collection);
+        if !again && self.incoming.len() >= MAX_PENDING_DIGEST_REQUESTS {
             return Err(SyncError::LimitExceeded(
                 "digest requests awaiting an answer",
             ));
         }
         let collection = r.collection.clone();
-        self.repair.incoming.insert(collection.clone(), r);
+        self.incoming.insert(collection.clone(), r);
         if !again {
-            self.repair
-                .waiters
-                .push_back((collection.clone(), Purpose::Reply));
-            self.actions.push_back(Action::Digest { collection });
+            self.waiters.push_back((collection.clone(), Purpose::Reply));
+            out.action(Action::Digest { collection });
         }
         Ok(())
     }
 
-    pub(super) fn on_digest_reply(&mut self, r: DigestReply) -> Result<(), SyncError> {
-        self.peer_vvs
+    /// The peer's `DigestReply`: the verdict of our round. Returns the collection whose
+    /// streams to restart for a full reconciliation, if any.
+    pub(super) fn on_digest_reply(
+        &mut self,
+        view: RepairView<'_>,
+        out: &mut Outbox,
+        peer_vvs: &mut BTreeMap<String, VersionVector>,
+        r: DigestReply,
+    ) -> Option<String> {
+        peer_vvs
             .entry(r.collection.clone())
             .or_default()
             .merge(&r.vv);
         let matches = self
-            .repair
             .round
             .as_ref()
             .is_some_and(|x| x.collection == r.collection && x.sent.is_some());
         if !matches {
-            return Ok(()); // not an answer to our round: ignore
+            return None; // not an answer to our round: ignore
         }
-        let Some(round) = self.repair.round.take() else {
-            return Ok(());
-        };
-        let Some(sent) = round.sent else {
-            return Ok(());
-        };
+        let round = self.round.take()?;
+        let sent = round.sent?;
+        let mut restart = None;
         let outcome = if r.equal {
-            self.repair.hold.remove(&r.collection);
+            self.hold.remove(&r.collection);
             if round.followup {
                 VerifyOutcome::Repaired
             } else {
@@ -246,17 +275,18 @@ impl Session {
         } else if r.vv != sent.vv {
             VerifyOutcome::VectorsDiffer
         } else {
-            self.begin_repair(&r.collection);
+            self.begin((view.cfg(), view.now()), out, &r.collection);
+            restart = Some(r.collection.clone());
             if round.followup {
                 VerifyOutcome::StillDifferent
             } else {
-                let deadline = self.now.saturating_add(
-                    self.cfg
+                let deadline = view.now().saturating_add(
+                    view.cfg()
                         .repair_interval_ms
-                        .max(self.cfg.idle_timeout_ms)
+                        .max(view.cfg().idle_timeout_ms)
                         .max(1),
                 );
-                self.repair.followups.insert(
+                self.followups.insert(
                     r.collection,
                     Followup {
                         sent,
@@ -264,42 +294,44 @@ impl Session {
                         on_demand: round.on_demand,
                     },
                 );
-                return Ok(());
+                return restart;
             }
         };
         if round.on_demand {
-            self.events.push_back(Event::Verified {
+            out.event(Event::Verified {
                 collection: r.collection,
                 outcome,
             });
         }
-        Ok(())
+        restart
     }
 
-    fn send_digest_request(
+    /// Our digest for our round: arms the receiving side and sends `DigestRequest`.
+    pub(super) fn send_digest_request(
         &mut self,
+        rx: &mut Rx,
+        out: &mut Outbox,
         collection: &str,
         digest: Digest,
         vv: VersionVector,
     ) -> Result<(), SyncError> {
         let waiting = self
-            .repair
             .round
             .as_ref()
             .is_some_and(|r| r.collection == collection && r.sent.is_none());
         if !waiting {
             return Ok(());
         }
-        let arm = self.arm_rx(collection)?;
-        let completed_at_arm = self.rx_completed(collection);
-        if let Some(round) = &mut self.repair.round {
+        let arm = rx.arm(collection)?;
+        let completed_at_arm = rx.completed(collection);
+        if let Some(round) = &mut self.round {
             round.sent = Some(Sent {
                 vv: vv.clone(),
                 arm,
                 completed_at_arm,
             });
         }
-        self.control_q.push_back(
+        out.control(
             DigestRequest {
                 collection: collection.to_owned(),
                 digest,
@@ -310,18 +342,25 @@ impl Session {
         Ok(())
     }
 
-    fn reply_digest(
+    /// Our digest for the peer's request: answers `DigestReply`; on equal vectors but
+    /// different digests arms the receiving side and starts a full reconciliation (returns
+    /// true: the caller restarts the collection's streams).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reply_digest(
         &mut self,
+        (cfg, now): (&SessionConfig, u64),
+        rx: &mut Rx,
+        out: &mut Outbox,
         collection: &str,
         digest: Digest,
         vv: VersionVector,
-    ) -> Result<(), SyncError> {
-        let Some(req) = self.repair.incoming.remove(collection) else {
-            return Ok(());
+    ) -> Result<bool, SyncError> {
+        let Some(req) = self.incoming.remove(collection) else {
+            return Ok(false);
         };
         let equal = digest == req.digest;
         let mismatch = !equal && vv == req.vv;
-        self.control_q.push_back(
+        out.control(
             DigestReply {
                 collection: collection.to_owned(),
                 digest,
@@ -331,51 +370,44 @@ impl Session {
             .into(),
         );
         if mismatch {
-            self.arm_rx(collection)?;
-            self.begin_repair(collection);
+            rx.arm(collection)?;
+            self.begin((cfg, now), out, collection);
         }
-        Ok(())
+        Ok(mismatch)
     }
 
-    fn begin_repair(&mut self, collection: &str) {
-        self.repair.started += 1;
+    /// A full reconciliation of `collection` starts (the caller restarts its streams).
+    fn begin(&mut self, (cfg, now): (&SessionConfig, u64), out: &mut Outbox, collection: &str) {
+        self.started += 1;
         // Periodic rounds back off a collection that keeps needing repair (a divergence the
         // rules cannot mend must not re-stream it every interval).
-        let interval = self.cfg.repair_interval_ms.max(1);
-        let (in_row, until) = self
-            .repair
-            .hold
-            .entry(collection.to_owned())
-            .or_insert((0, 0));
+        let interval = cfg.repair_interval_ms.max(1);
+        let (in_row, until) = self.hold.entry(collection.to_owned()).or_insert((0, 0));
         *in_row = in_row.saturating_add(1);
         let factor = 1u64 << (*in_row - 1).min(6);
-        *until = self
-            .now
-            .saturating_add(interval.saturating_mul(factor.min(MAX_BACKOFF)));
-        self.events.push_back(Event::DigestMismatch {
+        *until = now.saturating_add(interval.saturating_mul(factor.min(MAX_BACKOFF)));
+        out.event(Event::DigestMismatch {
             collection: collection.to_owned(),
         });
-        self.start_tx_repair(collection);
     }
 
     /// A follow-up may run: our re-stream is acknowledged and the peer's has reached the
     /// compared vector for every origin it sends us, or the fallback delay has passed.
-    fn followup_ready(&self, collection: &str, f: &Followup) -> bool {
-        if !self.tx_acked(collection) {
+    fn followup_ready(view: RepairView<'_>, collection: &str, f: &Followup) -> bool {
+        if !view.tx.acked(collection) {
             return false;
         }
-        if self.now >= f.deadline {
+        if view.now() >= f.deadline {
             return true;
         }
-        let col = self.rx.collections.get(collection);
-        let base = self.advertised.get(collection);
+        let base = view.recv.advertised(collection);
         f.sent.vv.iter().all(|(origin, target)| {
-            if !self.accepts_origin(origin) {
+            if !view.recv.accepts_origin(origin) {
                 return true;
             }
             let initial = base.map_or(0, |vv| vv.get(origin));
-            let stream = col.and_then(|c| c.streams.get(origin));
-            let completed = stream.map_or(initial, |s| s.completed);
+            let stream = view.rx.progress(collection, origin);
+            let completed = stream.map_or(initial, |(completed, _)| completed);
             let natural = f
                 .sent
                 .completed_at_arm
@@ -383,25 +415,24 @@ impl Session {
                 .copied()
                 .unwrap_or(initial)
                 == 0;
-            let restarted = natural || stream.is_some_and(|s| s.last_restart_arm >= f.sent.arm);
+            let restarted = natural || stream.is_some_and(|(_, arm)| arm >= f.sent.arm);
             restarted && completed >= target
         })
     }
 
     /// The collection after the last periodic one, wrapping around, skipping those held back.
-    fn next_periodic_collection(&self) -> Option<String> {
+    fn next_periodic_collection(&self, view: RepairView<'_>) -> Option<String> {
         let eligible = |c: &&String| {
-            self.may_send(c)
+            (view.may_send)(c)
                 && self
-                    .repair
                     .hold
                     .get(*c)
-                    .is_none_or(|(_, until)| *until <= self.now)
+                    .is_none_or(|(_, until)| *until <= view.now())
         };
-        let mut candidates = self.local.keys().filter(eligible);
-        match &self.repair.cursor {
-            Some(cur) => self
-                .local
+        let local = view.recv.local();
+        let mut candidates = local.keys().filter(eligible);
+        match &self.cursor {
+            Some(cur) => local
                 .range::<String, _>((Bound::Excluded(cur), Bound::Unbounded))
                 .map(|(c, _)| c)
                 .find(eligible)

@@ -5,42 +5,40 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use std::sync::Arc;
-
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
 use crate::version::Version;
-use crate::wire::{Ack, Batch, Complete, ErrorCode};
+use crate::wire::{Ack, Batch, Complete};
 
-use super::api::{Action, Event};
+use super::api::Action;
 use super::config::SessionConfig;
 use super::error::{clip, SyncError};
-use super::session::{Phase, Session};
+use super::outbox::Outbox;
 
 /// `(collection, origin)`.
-pub(super) type StreamKey = (String, ReplicaId);
+type StreamKey = (String, ReplicaId);
 
 /// The sending state of a session.
 #[derive(Debug, Default)]
 pub(super) struct Tx {
-    pub(super) streams: BTreeMap<StreamKey, OutStream>,
-    pub(super) loading: Option<LoadInFlight>,
+    streams: BTreeMap<StreamKey, OutStream>,
+    loading: Option<LoadInFlight>,
     /// Streams that may have something to send (pruned when they do not).
     ready: BTreeSet<StreamKey>,
     /// The stream last loaded, for round-robin between streams.
     cursor: Option<StreamKey>,
     /// A stream waits for dots this node cannot send (they are not its own): a digest round of
     /// that collection at this time tells it whether the peer got them elsewhere.
-    pub(super) dependency_round: Option<(u64, String)>,
+    dependency_round: Option<(u64, String)>,
 }
 
 /// How long a stream waits for a dependency this node cannot send before a digest round asks
 /// the peer what it holds.
-pub(super) const DEPENDENCY_ROUND_MS: u64 = 5_000;
+const DEPENDENCY_ROUND_MS: u64 = 5_000;
 
 /// What has been sent of one origin in one collection.
 #[derive(Debug, Default)]
-pub(super) struct OutStream {
+struct OutStream {
     /// Every live version up to this counter has been queued (the next Load starts here).
     sent_through: u64,
     /// The highest `Complete` sent in this session.
@@ -70,7 +68,7 @@ struct RepairTx {
 
 /// The Load the driver is working on.
 #[derive(Debug)]
-pub(super) struct LoadInFlight {
+struct LoadInFlight {
     key: StreamKey,
     after: u64,
     through: u64,
@@ -106,153 +104,122 @@ pub(super) fn version_size(v: &Version) -> usize {
         + 48
 }
 
-impl Session {
-    /// Whether this node may send `collection` to the peer: the policy lets the peer's node
+/// The [`SendView`] of a session, borrowing only the fields it reads (so the session's other
+/// parts stay free to borrow mutably).
+macro_rules! send_view {
+    ($s:ident) => {
+        super::send::SendView::new(
+            &$s.cfg,
+            $s.now,
+            &$s.local,
+            &$s.peer_vvs,
+            &$s.policy,
+            &$s.peer.node,
+        )
+    };
+}
+pub(super) use send_view;
+
+/// What the sending side reads of the rest of the session.
+#[derive(Clone, Copy)]
+pub(super) struct SendView<'a> {
+    cfg: &'a SessionConfig,
+    now: u64,
+    /// Our offerable vectors.
+    local: &'a BTreeMap<String, VersionVector>,
+    /// What the peer is known to hold.
+    peer_vvs: &'a BTreeMap<String, VersionVector>,
+    policy: &'a Policy,
+    peer_node: &'a str,
+}
+
+impl<'a> SendView<'a> {
+    /// The view of a session with these parts.
+    pub(super) fn new(
+        cfg: &'a SessionConfig,
+        now: u64,
+        local: &'a BTreeMap<String, VersionVector>,
+        peer_vvs: &'a BTreeMap<String, VersionVector>,
+        policy: &'a Policy,
+        peer_node: &'a str,
+    ) -> Self {
+        Self {
+            cfg,
+            now,
+            local,
+            peer_vvs,
+            policy,
+            peer_node,
+        }
+    }
+
+    fn may_send(&self, collection: &str) -> bool {
+        self.policy.may_read(self.peer_node, collection)
+    }
+
+    fn local(&self, collection: &str, origin: &ReplicaId) -> u64 {
+        self.local.get(collection).map_or(0, |vv| vv.get(origin))
+    }
+
+    fn peer(&self, collection: &str, origin: &ReplicaId) -> u64 {
+        self.peer_vvs.get(collection).map_or(0, |vv| vv.get(origin))
+    }
+}
+
+impl Tx {
+    /// Marks every stream of `collection` ready (creating the missing ones), if the peer may
     /// read it.
-    pub fn may_send(&self, collection: &str) -> bool {
-        self.policy.may_read(&self.peer.node, collection)
-    }
-
-    /// The access policy changed (see [`Policy`]). Collections the peer may now read start
-    /// streaming their whole history above the peer's vector. If the peer may no longer read a
-    /// collection, or versions refused earlier in this session are now allowed, the session
-    /// closes ([`ErrorCode::NotAuthorized`]) dropping everything queued: the reconnect starts
-    /// clean under the new policy.
-    pub fn handle_policy(&mut self, policy: Arc<Policy>) {
-        if self.phase == Phase::Closed {
+    pub(super) fn ready_all(&mut self, view: SendView<'_>, collection: &str) {
+        if !view.may_send(collection) {
             return;
         }
-        let old = std::mem::replace(&mut self.policy, policy);
-        self.refresh_hello();
-        let collections: Vec<String> = self.local.keys().cloned().collect();
-        let mut lost_read = false;
-        for c in collections {
-            let (was, now) = (old.may_read(&self.peer.node, &c), self.may_send(&c));
-            if was && !now {
-                // Before the handshake completes nothing was sent: the new policy just applies.
-                lost_read |= self.phase == Phase::Established;
-            } else if !was && now && self.phase == Phase::Established {
-                self.ready_all(&c);
-            }
-        }
-        if lost_read || self.rx_refused_now_allowed() {
-            self.close(
-                ErrorCode::NotAuthorized,
-                "access policy changed: reconnecting under the new policy",
-            );
-            return;
-        }
-        self.drive();
-    }
-
-    /// The driver's answer to [`Action::Load`]: `versions` of `origin` in `collection` in
-    /// counter order, the scan having covered every counter up to `scanned_through` (the
-    /// Load's `through` unless cut short by its limits, in which case at least one version is
-    /// returned). An answer that breaks this contract closes the session ([`SyncError::Store`]).
-    pub fn handle_loaded(
-        &mut self,
-        collection: &str,
-        origin: &ReplicaId,
-        versions: Vec<Version>,
-        scanned_through: u64,
-    ) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        let matches = self
-            .tx
-            .loading
-            .as_ref()
-            .is_some_and(|l| l.key.0 == collection && l.key.1 == *origin);
-        if !matches {
-            return;
-        }
-        if let Some(load) = self.tx.loading.take() {
-            if let Err(e) = self.send_loaded(load, versions, scanned_through) {
-                self.fail(e);
-            }
-        }
-        self.drive();
-    }
-
-    /// Merges `vv` into our vector of `collection`; origins that grew get a stream (if we send
-    /// them) marked ready.
-    pub(super) fn raise_local(&mut self, collection: &str, vv: &VersionVector) {
-        if !self.local.contains_key(collection) {
-            self.local
-                .insert(collection.to_owned(), VersionVector::new());
-        }
-        let Some(cur) = self.local.get_mut(collection) else {
-            return;
-        };
-        let grown: Vec<ReplicaId> = vv
-            .iter()
-            .filter(|(o, n)| *n > cur.get(o))
-            .map(|(o, _)| o.clone())
-            .collect();
-        cur.merge(vv);
-        if self.phase == Phase::Established && self.may_send(collection) {
-            for origin in grown {
-                self.mark_ready(collection, origin);
-            }
-        }
-    }
-
-    /// Marks every stream of `collection` ready (creating the missing ones).
-    pub(super) fn ready_all(&mut self, collection: &str) {
-        if !self.may_send(collection) {
-            return;
-        }
-        let origins: Vec<ReplicaId> = self
+        let origins: Vec<ReplicaId> = view
             .local
             .get(collection)
             .map(|vv| vv.iter().map(|(o, _)| o.clone()).collect())
             .unwrap_or_default();
         for origin in origins {
-            self.mark_ready(collection, origin);
+            self.mark_ready(view.cfg, collection, origin);
         }
     }
 
-    fn mark_ready(&mut self, collection: &str, origin: ReplicaId) {
-        if !sends_origin(&self.cfg, &origin) {
+    /// Marks the stream of `origin` in `collection` ready (creating it), if we send `origin`.
+    pub(super) fn mark_ready(&mut self, cfg: &SessionConfig, collection: &str, origin: ReplicaId) {
+        if !sends_origin(cfg, &origin) {
             return;
         }
         let key = (collection.to_owned(), origin);
-        if !self.tx.streams.contains_key(&key) {
-            self.tx.streams.insert(key.clone(), OutStream::default());
+        if !self.streams.contains_key(&key) {
+            self.streams.insert(key.clone(), OutStream::default());
         }
-        self.tx.ready.insert(key);
+        self.ready.insert(key);
     }
 
-    /// Issues the next Load if none is in flight and the bulk queue is drained.
-    pub(super) fn pump_loads(&mut self) {
-        if self.phase != Phase::Established
-            || !self.peer_confirmed
-            || self.tx.loading.is_some()
-            || self.bulk_blocked
-            || !self.bulk_q.is_empty()
-        {
+    /// Issues the next Load into `out` if none is in flight (the caller checks the bulk
+    /// stream has room).
+    pub(super) fn pump(&mut self, view: SendView<'_>, out: &mut Outbox) {
+        if self.loading.is_some() {
             return;
         }
-        let (found, idle) = self.next_load();
+        let (found, idle) = self.next_load(view);
         for k in idle {
-            self.tx.ready.remove(&k);
+            self.ready.remove(&k);
         }
         let Some((key, plan)) = found else {
             return;
         };
-        let epoch = self.tx.streams.get(&key).map_or(0, |s| s.epoch);
-        self.actions.push_back(Action::Load {
+        let epoch = self.streams.get(&key).map_or(0, |s| s.epoch);
+        out.action(Action::Load {
             collection: key.0.clone(),
             origin: key.1.clone(),
             after: plan.after,
             through: plan.through,
-            max_versions: self.cfg.batch_max_versions.max(1),
-            max_bytes: self.cfg.batch_max_bytes.max(1),
+            max_versions: view.cfg.batch_max_versions.max(1),
+            max_bytes: view.cfg.batch_max_bytes.max(1),
             repair: plan.repair,
         });
-        self.tx.cursor = Some(key.clone());
-        self.tx.loading = Some(LoadInFlight {
+        self.cursor = Some(key.clone());
+        self.loading = Some(LoadInFlight {
             key,
             after: plan.after,
             through: plan.through,
@@ -260,26 +227,53 @@ impl Session {
         });
     }
 
-    /// Nothing to send and nothing in flight on the sending side.
-    pub(super) fn tx_idle(&self) -> bool {
-        self.tx.loading.is_none()
-            && self.bulk_q.is_empty()
-            && self.tx.ready.iter().all(|k| self.plan(k).is_none())
+    /// The driver's answer to the Load in flight (ignored if it is not for that Load's
+    /// stream): queues its `Batch` frames and `Complete` into `out`.
+    /// `None` when the answer is not for the Load in flight.
+    pub(super) fn on_loaded(
+        &mut self,
+        view: SendView<'_>,
+        out: &mut Outbox,
+        (collection, origin): (&str, &ReplicaId),
+        versions: Vec<Version>,
+        scanned: u64,
+    ) -> Option<Result<(), SyncError>> {
+        let matches = self
+            .loading
+            .as_ref()
+            .is_some_and(|l| l.key.0 == collection && l.key.1 == *origin);
+        if !matches {
+            return None;
+        }
+        let load = self.loading.take()?;
+        Some(self.send_loaded(view, out, load, versions, scanned))
+    }
+
+    /// Forgets the Load in flight (the session closed).
+    pub(super) fn drop_load(&mut self) {
+        self.loading = None;
+    }
+
+    /// Nothing to send and nothing in flight on the sending side (given whether the bulk
+    /// queue is drained).
+    pub(super) fn is_idle(&self, view: SendView<'_>, bulk_drained: bool) -> bool {
+        self.loading.is_none()
+            && bulk_drained
+            && self.ready.iter().all(|k| self.plan(view, k).is_none())
     }
 
     /// Every `Complete` sent for `collection` has been acknowledged.
-    pub(super) fn tx_acked(&self, collection: &str) -> bool {
-        self.tx
-            .streams
+    pub(super) fn acked(&self, collection: &str) -> bool {
+        self.streams
             .iter()
             .filter(|((c, _), _)| c == collection)
             .all(|(_, s)| s.acked >= s.completed)
     }
 
     /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
-    pub(super) fn start_tx_repair(&mut self, collection: &str) {
-        self.ready_all(collection);
-        for ((c, _), s) in self.tx.streams.iter_mut() {
+    pub(super) fn start_repair(&mut self, view: SendView<'_>, collection: &str) {
+        self.ready_all(view, collection);
+        for ((c, _), s) in self.streams.iter_mut() {
             if c == collection {
                 s.sent_through = 0;
                 s.epoch = s.epoch.wrapping_add(1);
@@ -288,10 +282,11 @@ impl Session {
         }
     }
 
-    /// The peer acknowledged applying what we sent.
-    pub(super) fn on_ack(&mut self, a: Ack) -> Result<(), SyncError> {
-        let key = (a.collection, a.origin);
-        let sent = self.tx.streams.get(&key).map_or(0, |s| s.completed);
+    /// The peer acknowledged applying what we sent; it may not acknowledge beyond what we
+    /// completed.
+    pub(super) fn on_ack(&mut self, a: &Ack) -> Result<(), SyncError> {
+        let key = (a.collection.clone(), a.origin.clone());
+        let sent = self.streams.get(&key).map_or(0, |s| s.completed);
         if a.through > sent {
             return Err(SyncError::OutOfOrder {
                 collection: clip(&key.0),
@@ -299,46 +294,49 @@ impl Session {
                 what: format!("ack through {} beyond completion through {sent}", a.through),
             });
         }
-        if let Some(s) = self.tx.streams.get_mut(&key) {
+        if let Some(s) = self.streams.get_mut(&key) {
             s.acked = s.acked.max(a.through);
         }
-        if let Some(vv) = self.peer_vvs.get_mut(&key.0) {
-            vv.raise(&key.1, a.through);
-        } else {
-            let mut vv = crate::dot::VersionVector::new();
-            vv.raise(&key.1, a.through);
-            self.peer_vvs.insert(key.0.clone(), vv);
-        }
-        self.events.push_back(Event::Acked {
-            collection: key.0,
-            origin: key.1,
-            through: a.through,
-        });
         Ok(())
+    }
+
+    /// When the pending dependency round is due.
+    pub(super) fn dependency_round_at(&self) -> Option<u64> {
+        self.dependency_round.as_ref().map(|(at, _)| *at)
+    }
+
+    /// The collection whose dependency round is due at `view.now`, if any: while a stream of
+    /// it still waits for dots this node cannot send, the next round is scheduled and the
+    /// collection returned (to be verified with the peer).
+    pub(super) fn due_dependency_round(&mut self, view: SendView<'_>) -> Option<String> {
+        let (_, collection) = self.dependency_round.take_if(|(at, _)| view.now >= *at)?;
+        // Again every few seconds while a stream of it still waits.
+        if !self.waits_for_others(view, &collection) {
+            return None;
+        }
+        let next = view.now.saturating_add(DEPENDENCY_ROUND_MS);
+        self.dependency_round = Some((next, collection.clone()));
+        Some(collection)
     }
 
     /// The next ready stream with something to send, round-robin after the last one loaded,
     /// and the ready streams found to have nothing to send.
-    fn next_load(&self) -> (Option<(StreamKey, Plan)>, Vec<StreamKey>) {
-        let ready = &self.tx.ready;
-        let (after, before) = match &self.tx.cursor {
+    fn next_load(&self, view: SendView<'_>) -> (Option<(StreamKey, Plan)>, Vec<StreamKey>) {
+        let ready = &self.ready;
+        let (after, before) = match &self.cursor {
             Some(k) => (
                 ready.range::<StreamKey, _>((Bound::Excluded(k), Bound::Unbounded)),
                 ready.range::<StreamKey, _>((Bound::Unbounded, Bound::Included(k))),
             ),
             None => (ready.range::<StreamKey, _>(..), ready.range(..)),
         };
-        let wrap = if self.tx.cursor.is_some() {
-            usize::MAX
-        } else {
-            0
-        };
+        let wrap = if self.cursor.is_some() { usize::MAX } else { 0 };
         let mut idle = Vec::new();
         for k in after.chain(before.take(wrap)) {
-            match self.plan(k) {
+            match self.plan(view, k) {
                 Some(p) => return (Some((k.clone(), p)), idle),
                 // A held stream stays ready: it goes on once the hold ends.
-                None if self.held(k) => {}
+                None if self.held(view, k) => {}
                 None => idle.push(k.clone()),
             }
         }
@@ -347,21 +345,21 @@ impl Session {
 
     /// True while `key` waits for this node's clock to reach a version's timestamp, or for
     /// the peer to hold what its next version's context covers.
-    fn held(&self, key: &StreamKey) -> bool {
-        self.tx.streams.get(key).is_some_and(|s| {
-            s.held_until > self.now
+    fn held(&self, view: SendView<'_>, key: &StreamKey) -> bool {
+        self.streams.get(key).is_some_and(|s| {
+            s.held_until > view.now
                 || s.waiting_for
                     .as_ref()
-                    .is_some_and(|(o, n)| self.peer_holds(&key.0, o) < *n)
+                    .is_some_and(|(o, n)| self.peer_holds(view, &key.0, o) < *n)
         })
     }
 
     /// Some stream of `collection` waits for dots this node cannot send the peer.
-    pub(super) fn waits_for_others(&self, collection: &str) -> bool {
-        self.tx.streams.iter().any(|((c, _), s)| {
+    fn waits_for_others(&self, view: SendView<'_>, collection: &str) -> bool {
+        self.streams.iter().any(|((c, _), s)| {
             c == collection
                 && s.waiting_for.as_ref().is_some_and(|(o, n)| {
-                    !sends_origin(&self.cfg, o) && self.peer_holds(collection, o) < *n
+                    !sends_origin(view.cfg, o) && self.peer_holds(view, collection, o) < *n
                 })
         })
     }
@@ -369,10 +367,9 @@ impl Session {
     /// The counter of `origin` the peer holds in `collection` as far as we know: its vector,
     /// raised by its completions and acks, and what we completed to it in this session (it
     /// applies our streams in order).
-    fn peer_holds(&self, collection: &str, origin: &ReplicaId) -> u64 {
-        let known = self.peer_vvs.get(collection).map_or(0, |vv| vv.get(origin));
+    fn peer_holds(&self, view: SendView<'_>, collection: &str, origin: &ReplicaId) -> u64 {
+        let known = view.peer(collection, origin);
         let sent = self
-            .tx
             .streams
             .get(&(collection.to_owned(), origin.clone()))
             .map_or(0, |s| s.completed);
@@ -380,13 +377,13 @@ impl Session {
     }
 
     /// What to load next for one stream, if anything.
-    fn plan(&self, key: &StreamKey) -> Option<Plan> {
+    fn plan(&self, view: SendView<'_>, key: &StreamKey) -> Option<Plan> {
         let (collection, origin) = key;
-        let s = self.tx.streams.get(key)?;
-        if !self.may_send(collection) || self.held(key) {
+        let s = self.streams.get(key)?;
+        if !view.may_send(collection) || self.held(view, key) {
             return None;
         }
-        let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));
+        let target = view.local(collection, origin);
         if let Some(r) = &s.repair {
             if s.sent_through < target {
                 let through = if r.first { 1 } else { target };
@@ -397,7 +394,7 @@ impl Session {
                 });
             }
         }
-        let known = self.peer_vvs.get(collection).map_or(0, |vv| vv.get(origin));
+        let known = view.peer(collection, origin);
         let after = s.sent_through.max(known);
         (target > after).then_some(Plan {
             after,
@@ -409,6 +406,8 @@ impl Session {
     /// Turns a Load answer into `Batch` frames and a `Complete`.
     fn send_loaded(
         &mut self,
+        view: SendView<'_>,
+        out: &mut Outbox,
         load: LoadInFlight,
         versions: Vec<Version>,
         scanned: u64,
@@ -438,11 +437,11 @@ impl Session {
         // A version stamped beyond what peers accept (its node's clock ran fast when it was
         // written) would be refused: send what comes before it and hold the stream there until
         // this node's clock gets within the bound, with a margin.
-        let window = self
+        let window = view
             .cfg
             .max_clock_skew_ms
-            .saturating_sub(skew_margin_ms(self.cfg.max_clock_skew_ms));
-        let bound = self.now.saturating_add(window);
+            .saturating_sub(skew_margin_ms(view.cfg.max_clock_skew_ms));
+        let bound = view.now.saturating_add(window);
         let mut versions = versions;
         let mut scanned = scanned;
         let mut held_until = 0;
@@ -458,21 +457,21 @@ impl Session {
         if let Some((at, need)) = versions
             .iter()
             .enumerate()
-            .find_map(|(i, v)| self.missing_dependency(collection, v).map(|d| (i, d)))
+            .find_map(|(i, v)| self.missing_dependency(view, collection, v).map(|d| (i, d)))
         {
             scanned = versions[at].dot.counter - 1;
             versions.truncate(at);
             held_until = 0;
-            if sends_origin(&self.cfg, &need.0) {
-                self.mark_ready(collection, need.0.clone());
-            } else if self.tx.dependency_round.is_none() {
-                let at = self.now.saturating_add(DEPENDENCY_ROUND_MS);
-                self.tx.dependency_round = Some((at, collection.clone()));
+            if sends_origin(view.cfg, &need.0) {
+                self.mark_ready(view.cfg, collection, need.0.clone());
+            } else if self.dependency_round.is_none() {
+                let at = view.now.saturating_add(DEPENDENCY_ROUND_MS);
+                self.dependency_round = Some((at, collection.clone()));
             }
             waiting_for = Some(need);
         }
-        let target = self.local.get(collection).map_or(0, |vv| vv.get(origin));
-        let Some(stream) = self.tx.streams.get_mut(&load.key) else {
+        let target = view.local(collection, origin);
+        let Some(stream) = self.streams.get_mut(&load.key) else {
             return Ok(());
         };
         if stream.epoch != load.epoch {
@@ -480,7 +479,7 @@ impl Session {
         }
         stream.held_until = held_until;
         stream.waiting_for = waiting_for;
-        self.tx.ready.insert(load.key.clone());
+        self.ready.insert(load.key.clone());
         if scanned <= load.after {
             return Ok(()); // held at its first version: nothing to send yet
         }
@@ -492,55 +491,62 @@ impl Session {
                 stream.repair = None;
             }
         }
-        let (max_versions, max_bytes) = (
-            self.cfg.batch_max_versions.max(1),
-            self.cfg.batch_max_bytes.max(1),
-        );
-        let mut batch: Vec<Version> = Vec::new();
-        let mut bytes = 0;
-        for v in versions {
-            let size = version_size(&v);
-            if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
-                self.queue_batch(collection, origin, std::mem::take(&mut batch));
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(v);
-        }
-        if !batch.is_empty() {
-            self.queue_batch(collection, origin, batch);
-        }
-        self.bulk_q.push_back(
-            Complete {
-                collection: collection.clone(),
-                origin: origin.clone(),
-                through: scanned,
-            }
-            .into(),
-        );
+        queue_chunk(out, view.cfg, &load.key, versions, scanned);
         Ok(())
     }
 
     /// The first `(origin, counter)` of `v`'s context (other than its own origin, which its
     /// stream sends first) that the peer is not known to hold.
-    fn missing_dependency(&self, collection: &str, v: &Version) -> Option<(ReplicaId, u64)> {
+    fn missing_dependency(
+        &self,
+        view: SendView<'_>,
+        collection: &str,
+        v: &Version,
+    ) -> Option<(ReplicaId, u64)> {
         v.context
             .iter()
             .filter(|(o, _)| **o != v.dot.origin)
-            .find(|(o, n)| self.peer_holds(collection, o) < *n)
+            .find(|(o, n)| self.peer_holds(view, collection, o) < *n)
             .map(|(o, n)| (o.clone(), n))
     }
+}
 
-    fn queue_batch(&mut self, collection: &str, origin: &ReplicaId, versions: Vec<Version>) {
-        self.stats.batches_sent += 1;
-        self.stats.versions_sent += versions.len() as u64;
-        self.bulk_q.push_back(
-            Batch {
-                collection: collection.to_owned(),
+/// Queues a loaded chunk of `key`'s stream into `out`: `versions` as `Batch` frames within the
+/// batch limits of `cfg`, then `Complete { through: scanned }`.
+fn queue_chunk(
+    out: &mut Outbox,
+    cfg: &SessionConfig,
+    key: &StreamKey,
+    versions: Vec<Version>,
+    scanned: u64,
+) {
+    let (collection, origin) = key;
+    let (max_versions, max_bytes) = (cfg.batch_max_versions.max(1), cfg.batch_max_bytes.max(1));
+    let mut batch: Vec<Version> = Vec::new();
+    let mut bytes = 0;
+    for v in versions {
+        let size = version_size(&v);
+        if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
+            out.batch(Batch {
+                collection: collection.clone(),
                 origin: origin.clone(),
-                versions,
-            }
-            .into(),
-        );
+                versions: std::mem::take(&mut batch),
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(v);
     }
+    if !batch.is_empty() {
+        out.batch(Batch {
+            collection: collection.clone(),
+            origin: origin.clone(),
+            versions: batch,
+        });
+    }
+    out.complete(Complete {
+        collection: collection.clone(),
+        origin: origin.clone(),
+        through: scanned,
+    });
 }

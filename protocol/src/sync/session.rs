@@ -1,79 +1,71 @@
 //! The session itself: its state, dispatch of peer frames, the idle timeout, closing, and the
-//! `poll_*` outputs. The handshake, heartbeats, sending, receiving and repair live in sibling
-//! modules as further `impl Session` blocks.
+//! `poll_*` outputs. It composes the sub-states of the sibling modules, each with its own
+//! methods and private fields: [`Tx`] (sending), [`Rx`] (receiving), [`Repair`] (digest
+//! rounds), [`Heartbeats`], the [`Outbox`] of outputs, and the handshake checks. They read the
+//! rest of the session through borrowed views (`SendView`, `RecvView`, `RepairView`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::digest::Digest;
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
+use crate::version::Version;
 use crate::wire::{
-    Compression, ErrorFrame, Hello, Message, MessageV1, MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
+    Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, Message, MessageV1,
+    MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
 };
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
 use super::config::{PeerIdentity, Role, SessionConfig, StreamKind};
 use super::error::{clip, SyncError};
+use super::handshake;
 use super::heartbeat::Heartbeats;
-use super::recv::Rx;
-use super::repair::Repair;
-use super::send::{sends_origin, Tx};
+use super::outbox::Outbox;
+use super::recv::{recv_view, Rx};
+use super::repair::{Purpose, Repair, RepairView};
+use super::send::{send_view, sends_origin, Tx};
 
 /// One sync session with one peer over one connection. See the [module docs](super) for the
 /// protocol and the driver contract.
 #[derive(Debug)]
 pub struct Session {
-    pub(super) role: Role,
-    pub(super) cfg: SessionConfig,
-    pub(super) peer: PeerIdentity,
+    role: Role,
+    cfg: SessionConfig,
+    peer: PeerIdentity,
     /// The access policy in force: what the peer may read, whose versions we accept.
-    pub(super) policy: Arc<Policy>,
-    pub(super) phase: Phase,
+    policy: Arc<Policy>,
+    phase: Phase,
     /// The latest `now_ms` given to any input.
-    pub(super) now: u64,
-    pub(super) last_heard: u64,
-    pub(super) peer_replica: Option<ReplicaId>,
-    pub(super) compression: Compression,
+    now: u64,
+    last_heard: u64,
+    compression: Compression,
     /// The acceptor has heard the established dialer, so its bulk frames cannot overtake
     /// `HelloAck` (always true for the dialer).
-    pub(super) peer_confirmed: bool,
+    peer_confirmed: bool,
     /// Our vectors: what we may offer (the driver's durable state).
-    pub(super) local: BTreeMap<String, VersionVector>,
+    local: BTreeMap<String, VersionVector>,
     /// Our vectors as sent in the handshake: where the peer's streams to us start.
-    pub(super) advertised: BTreeMap<String, VersionVector>,
+    advertised: BTreeMap<String, VersionVector>,
     /// What the peer is known to hold: its handshake vectors raised by its completions and
     /// acknowledgements.
-    pub(super) peer_vvs: BTreeMap<String, VersionVector>,
-    pub(super) tx: Tx,
-    pub(super) rx: Rx,
-    pub(super) repair: Repair,
-    pub(super) hb: Heartbeats,
-    pub(super) control_q: VecDeque<Message>,
-    pub(super) bulk_q: VecDeque<Message>,
+    peer_vvs: BTreeMap<String, VersionVector>,
+    tx: Tx,
+    rx: Rx,
+    repair: Repair,
+    hb: Heartbeats,
+    out: Outbox,
     /// The driver has no room for more bulk frames (its stream is held by flow control): no
     /// Load is issued until it has.
-    pub(super) bulk_blocked: bool,
-    pub(super) actions: VecDeque<Action>,
-    pub(super) events: VecDeque<Event>,
-    pub(super) stats: Stats,
+    bulk_blocked: bool,
 }
 
 /// Where the session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+enum Phase {
     Handshake,
     Established,
     Closed,
-}
-
-/// Counters reported by [`Session::status`].
-#[derive(Debug, Clone, Default)]
-pub(super) struct Stats {
-    pub(super) batches_sent: u64,
-    pub(super) versions_sent: u64,
-    pub(super) batches_received: u64,
-    pub(super) versions_received: u64,
-    pub(super) rejected: u64,
 }
 
 impl Session {
@@ -100,7 +92,6 @@ impl Session {
             phase: Phase::Handshake,
             now: now_ms,
             last_heard: now_ms,
-            peer_replica: None,
             compression: Compression::None,
             peer_confirmed: role == Role::Dialer,
             local,
@@ -110,24 +101,12 @@ impl Session {
             rx: Rx::default(),
             repair: Repair::default(),
             hb: Heartbeats::default(),
-            control_q: VecDeque::new(),
-            bulk_q: VecDeque::new(),
+            out: Outbox::default(),
             bulk_blocked: false,
-            actions: VecDeque::new(),
-            events: VecDeque::new(),
-            stats: Stats::default(),
         };
         if role == Role::Dialer {
             let vvs = s.advertise();
-            let hello = Hello {
-                protocol: PROTOCOL_VERSION,
-                cluster_id: s.cfg.cluster_id.clone(),
-                node: s.cfg.node.clone(),
-                replica: s.cfg.replica.clone(),
-                compression: s.cfg.compression.clone(),
-                vvs,
-            };
-            s.control_q.push_back(hello.into());
+            s.out.control(handshake::hello(&s.cfg, vvs).into());
         }
         s
     }
@@ -182,18 +161,20 @@ impl Session {
         }
         if self.phase == Phase::Established
             && self.cfg.heartbeat_interval_ms > 0
-            && self.now >= self.hb.next_at
+            && self.now >= self.hb.next_at()
         {
             self.send_probe();
         }
-        self.skew_retry_due();
-        if let Some((_, collection)) = self.tx.dependency_round.take_if(|(at, _)| self.now >= *at) {
-            // Again every few seconds while a stream of it still waits.
-            if self.waits_for_others(&collection) {
-                self.request_verify(&collection);
-                let next = self.now.saturating_add(super::send::DEPENDENCY_ROUND_MS);
-                self.tx.dependency_round = Some((next, collection));
-            }
+        if self.rx.skew_retry_due(self.now) {
+            self.fail(SyncError::Local {
+                code: ErrorCode::Internal,
+                reason: "reconnecting: a version refused for clock skew is now within the bound"
+                    .into(),
+            });
+        }
+        let view = send_view!(self);
+        if let Some(collection) = self.tx.due_dependency_round(view) {
+            self.request_verify(&collection);
         }
         self.drive();
     }
@@ -209,10 +190,10 @@ impl Session {
 
     /// The next frame to send: control frames first, then bulk; in order per stream.
     pub fn poll_transmit(&mut self) -> Option<(StreamKind, Message)> {
-        if let Some(m) = self.control_q.pop_front() {
+        if let Some(m) = self.out.pop_control() {
             return Some((StreamKind::Control, m));
         }
-        let m = self.bulk_q.pop_front()?;
+        let m = self.out.pop_bulk()?;
         self.drive();
         Some((StreamKind::Bulk, m))
     }
@@ -220,9 +201,9 @@ impl Session {
     /// The next frame for `stream` only (for a driver whose other stream is blocked).
     pub fn poll_transmit_on(&mut self, stream: StreamKind) -> Option<Message> {
         match stream {
-            StreamKind::Control => self.control_q.pop_front(),
+            StreamKind::Control => self.out.pop_control(),
             StreamKind::Bulk => {
-                let m = self.bulk_q.pop_front()?;
+                let m = self.out.pop_bulk()?;
                 self.drive();
                 Some(m)
             }
@@ -231,12 +212,12 @@ impl Session {
 
     /// The next store action. Execute them in this order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.out.pop_action()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.out.pop_event()
     }
 
     /// When [`Session::handle_timeout`] should next be called (`None` once closed).
@@ -250,16 +231,16 @@ impl Session {
             at(self.last_heard.saturating_add(self.cfg.idle_timeout_ms));
         }
         if self.phase == Phase::Established && self.cfg.heartbeat_interval_ms > 0 {
-            at(self.hb.next_at);
+            at(self.hb.next_at());
         }
         if let Some(r) = self.repair_deadline() {
             at(r);
         }
-        if let Some(r) = self.skew_retry_at() {
+        if let Some(r) = self.rx.skew_retry_at() {
             at(r);
         }
-        if let Some((r, _)) = &self.tx.dependency_round {
-            at(*r);
+        if let Some(r) = self.tx.dependency_round_at() {
+            at(r);
         }
         t
     }
@@ -284,9 +265,9 @@ impl Session {
                 }
             })
             .collect();
-        SessionStatus {
+        let mut status = SessionStatus {
             peer_node: self.peer.node.clone(),
-            peer_replica: self.peer_replica.clone(),
+            peer_replica: self.rx.peer_replica().cloned(),
             established: self.phase == Phase::Established,
             closed: self.phase == Phase::Closed,
             peer_vvs: self
@@ -296,14 +277,16 @@ impl Session {
                 .collect(),
             collections,
             last_heard_ms: self.last_heard,
-            rtt_ms: self.hb.rtt,
-            batches_sent: self.stats.batches_sent,
-            versions_sent: self.stats.versions_sent,
-            batches_received: self.stats.batches_received,
-            versions_received: self.stats.versions_received,
-            rejected: self.stats.rejected,
-            repairs: self.repair.started,
-        }
+            rtt_ms: self.hb.rtt(),
+            batches_sent: 0,
+            versions_sent: 0,
+            batches_received: 0,
+            versions_received: 0,
+            rejected: 0,
+            repairs: self.repair.started(),
+        };
+        self.out.report(&mut status);
+        status
     }
 
     /// True once the session is over (an error, a peer's error frame, an idle timeout or
@@ -320,13 +303,276 @@ impl Session {
     /// Applies emitted and not yet answered: a driver may stop reading the bulk stream while
     /// this is high, which backpressures the peer through QUIC flow control.
     pub fn applies_in_flight(&self) -> usize {
-        self.rx.applying
+        self.rx.applying()
+    }
+
+    /// Whether this node may send `collection` to the peer: the policy lets the peer's node
+    /// read it.
+    pub fn may_send(&self, collection: &str) -> bool {
+        self.policy.may_read(&self.peer.node, collection)
+    }
+
+    /// The access policy changed (see [`Policy`]). Collections the peer may now read start
+    /// streaming their whole history above the peer's vector. If the peer may no longer read a
+    /// collection, or versions refused earlier in this session are now allowed, the session
+    /// closes ([`ErrorCode::NotAuthorized`]) dropping everything queued: the reconnect starts
+    /// clean under the new policy.
+    pub fn handle_policy(&mut self, policy: Arc<Policy>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let old = std::mem::replace(&mut self.policy, policy);
+        self.refresh_hello();
+        let collections: Vec<String> = self.local.keys().cloned().collect();
+        let mut lost_read = false;
+        for c in collections {
+            let (was, now) = (old.may_read(&self.peer.node, &c), self.may_send(&c));
+            if was && !now {
+                // Before the handshake completes nothing was sent: the new policy just applies.
+                lost_read |= self.phase == Phase::Established;
+            } else if !was && now && self.phase == Phase::Established {
+                self.ready_all(&c);
+            }
+        }
+        if lost_read || self.rx.refused_now_allowed(recv_view!(self)) {
+            self.close(
+                ErrorCode::NotAuthorized,
+                "access policy changed: reconnecting under the new policy",
+            );
+            return;
+        }
+        self.drive();
+    }
+
+    /// The driver's answer to [`Action::Load`]: `versions` of `origin` in `collection` in
+    /// counter order, the scan having covered every counter up to `scanned_through` (the
+    /// Load's `through` unless cut short by its limits, in which case at least one version is
+    /// returned). An answer that breaks this contract closes the session ([`SyncError::Store`]).
+    pub fn handle_loaded(
+        &mut self,
+        collection: &str,
+        origin: &ReplicaId,
+        versions: Vec<Version>,
+        scanned_through: u64,
+    ) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let view = send_view!(self);
+        let key = (collection, origin);
+        let Some(sent) = self
+            .tx
+            .on_loaded(view, &mut self.out, key, versions, scanned_through)
+        else {
+            return;
+        };
+        if let Err(e) = sent {
+            self.fail(e);
+        }
+        self.drive();
+    }
+
+    /// Merges `vv` into our vector of `collection`; origins that grew get a stream (if we send
+    /// them) marked ready.
+    fn raise_local(&mut self, collection: &str, vv: &VersionVector) {
+        if !self.local.contains_key(collection) {
+            self.local
+                .insert(collection.to_owned(), VersionVector::new());
+        }
+        let Some(cur) = self.local.get_mut(collection) else {
+            return;
+        };
+        let grown: Vec<ReplicaId> = vv
+            .iter()
+            .filter(|(o, n)| *n > cur.get(o))
+            .map(|(o, _)| o.clone())
+            .collect();
+        cur.merge(vv);
+        if self.phase == Phase::Established && self.may_send(collection) {
+            for origin in grown {
+                self.tx.mark_ready(&self.cfg, collection, origin);
+            }
+        }
+    }
+
+    /// Marks every stream of `collection` ready (creating the missing ones).
+    fn ready_all(&mut self, collection: &str) {
+        let view = send_view!(self);
+        self.tx.ready_all(view, collection);
+    }
+
+    /// Issues the next Load if none is in flight and the bulk queue is drained.
+    fn pump_loads(&mut self) {
+        if self.phase != Phase::Established
+            || !self.peer_confirmed
+            || self.bulk_blocked
+            || !self.out.bulk_drained()
+        {
+            return;
+        }
+        let view = send_view!(self);
+        self.tx.pump(view, &mut self.out);
+    }
+
+    /// Nothing to send and nothing in flight on the sending side.
+    fn tx_idle(&self) -> bool {
+        self.tx.is_idle(send_view!(self), self.out.bulk_drained())
+    }
+
+    /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
+    fn start_tx_repair(&mut self, collection: &str) {
+        let view = send_view!(self);
+        self.tx.start_repair(view, collection);
+    }
+
+    /// The peer acknowledged applying what we sent.
+    fn on_ack(&mut self, a: Ack) -> Result<(), SyncError> {
+        self.tx.on_ack(&a)?;
+        let key = (a.collection, a.origin);
+        if let Some(vv) = self.peer_vvs.get_mut(&key.0) {
+            vv.raise(&key.1, a.through);
+        } else {
+            let mut vv = VersionVector::new();
+            vv.raise(&key.1, a.through);
+            self.peer_vvs.insert(key.0.clone(), vv);
+        }
+        self.out.event(Event::Acked {
+            collection: key.0,
+            origin: key.1,
+            through: a.through,
+        });
+        Ok(())
+    }
+
+    /// The driver's answer to one part of an [`Action::Apply`]: `origin` is applied through
+    /// `through` in `collection`, and `vv` is the collection's vector after it. Queues the
+    /// `Ack`.
+    ///
+    /// Only `origin` through `through` becomes offerable to the peer (it was durable at the
+    /// sender, so relaying it at once can never make this node reuse a dot). The rest of `vv`
+    /// is not: it may hold this node's own writes that are not durable yet, which reach
+    /// the session through [`Session::handle_local_vv`] once they are.
+    pub fn handle_applied(
+        &mut self,
+        collection: &str,
+        origin: &ReplicaId,
+        through: u64,
+        vv: VersionVector,
+    ) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.rx.applied();
+        // Not offerable as a whole (see above), but held: contexts may cover it.
+        self.rx.note_held(collection, &vv);
+        self.raise_local(
+            collection,
+            &[(origin.clone(), through)].into_iter().collect(),
+        );
+        if through >= 1 {
+            self.out.control(
+                Ack {
+                    collection: collection.to_owned(),
+                    origin: origin.clone(),
+                    through,
+                }
+                .into(),
+            );
+        }
+        self.drive();
+    }
+
+    /// Runs a digest round of `collection` with this peer as soon as the session is idle
+    /// (`officesync verify`). It ends with one [`Event::Verified`]: at once when the digests
+    /// are equal or the vectors differ; after a full reconciliation
+    /// ([`Event::DigestMismatch`]) and a follow-up round when they differ at equal vectors.
+    /// Periodic rounds report only mismatches.
+    pub fn request_verify(&mut self, collection: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.repair.queue_verify(collection);
+        self.drive();
+    }
+
+    /// The driver's answer to [`Action::Digest`]: the collection's digest and the vector of
+    /// the same state.
+    pub fn handle_local_digest(&mut self, collection: &str, digest: Digest, vv: VersionVector) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(purpose) = self.repair.take_waiter(collection) else {
+            return;
+        };
+        // The peer learns this vector: what it covers may appear in contexts sent to us.
+        self.rx.note_held(collection, &vv);
+        let (rx, out) = (&mut self.rx, &mut self.out);
+        let result = match purpose {
+            Purpose::Round => self
+                .repair
+                .send_digest_request(rx, out, collection, digest, vv),
+            Purpose::Reply => {
+                let at = (&self.cfg, self.now);
+                match self
+                    .repair
+                    .reply_digest(at, rx, out, collection, digest, vv)
+                {
+                    Ok(true) => {
+                        self.start_tx_repair(collection);
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+        self.drive();
+    }
+
+    /// The earliest time a round may start or a follow-up fall back, when that is what the
+    /// session waits for.
+    fn repair_deadline(&self) -> Option<u64> {
+        if self.phase != Phase::Established
+            || !self.peer_confirmed
+            || self.repair.in_round()
+            || !self.is_idle()
+        {
+            return None;
+        }
+        let may_send = |c: &str| self.may_send(c);
+        let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
+        self.repair.deadline(view)
+    }
+
+    /// Starts a repair round if the session is idle and one is wanted.
+    fn maybe_start_round(&mut self) {
+        if self.repair.in_round() || !self.is_idle() {
+            return;
+        }
+        let may_send = |c: &str| self.policy.may_read(&self.peer.node, c);
+        let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
+        self.repair.maybe_start_round(view, &mut self.out);
+    }
+
+    /// The peer's `DigestReply`.
+    fn on_digest_reply(&mut self, r: DigestReply) {
+        let may_send = |c: &str| self.policy.may_read(&self.peer.node, c);
+        let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
+        let restart = self
+            .repair
+            .on_digest_reply(view, &mut self.out, &mut self.peer_vvs, r);
+        if let Some(collection) = restart {
+            self.start_tx_repair(&collection);
+        }
     }
 
     /// Our vectors for the handshake: only of collections the peer may read or write, so a
     /// peer learns nothing (not even the name) of the others. What the peer streams to us
     /// starts from these ([`Session::advertised`]); it starts from 0 in the others.
-    pub(super) fn handshake_vvs(&self) -> BTreeMap<String, VersionVector> {
+    fn handshake_vvs(&self) -> BTreeMap<String, VersionVector> {
         self.local
             .iter()
             .filter(|(c, _)| {
@@ -338,7 +584,7 @@ impl Session {
     }
 
     /// Advertises our vectors as of now: what goes into `Hello` or `HelloAck`.
-    pub(super) fn advertise(&mut self) -> Vec<(String, VersionVector)> {
+    fn advertise(&mut self) -> Vec<(String, VersionVector)> {
         self.advertised = self.handshake_vvs();
         self.advertised
             .iter()
@@ -348,16 +594,13 @@ impl Session {
 
     /// The dialer's `Hello`, still queued, carries the vectors the current policy lets the
     /// peer see (the driver gives the policy right after [`Session::new`]).
-    pub(super) fn refresh_hello(&mut self) {
+    fn refresh_hello(&mut self) {
         if self.phase != Phase::Handshake || self.role != Role::Dialer {
             return;
         }
         let vvs = self.advertise();
-        for m in &mut self.control_q {
-            if let Message::V1(MessageV1::Hello(h)) = m {
-                h.vvs = vvs;
-                return;
-            }
+        if let Some(h) = self.out.queued_hello() {
+            h.vvs = vvs;
         }
     }
 
@@ -396,12 +639,33 @@ impl Session {
             Phase::Established => {
                 self.peer_confirmed = true;
                 match m {
-                    MessageV1::Batch(b) => self.on_batch(b),
-                    MessageV1::Complete(c) => self.on_complete(c),
+                    MessageV1::Batch(b) => {
+                        let view = recv_view!(self);
+                        self.rx.on_batch(view, &mut self.out, &mut self.peer_vvs, b)
+                    }
+                    MessageV1::Complete(c) => {
+                        let view = recv_view!(self);
+                        self.rx
+                            .on_complete(view, &mut self.out, &mut self.peer_vvs, c)
+                    }
                     MessageV1::Ack(a) => self.on_ack(a),
-                    MessageV1::Heartbeat(h) => self.on_heartbeat(h),
-                    MessageV1::DigestRequest(r) => self.on_digest_request(r),
-                    MessageV1::DigestReply(r) => self.on_digest_reply(r),
+                    MessageV1::Heartbeat(h) => {
+                        let interval = self.cfg.heartbeat_interval_ms;
+                        if let Some(echo) =
+                            self.hb.on_heartbeat(self.role, self.now, interval, h)?
+                        {
+                            self.out.control(echo.into());
+                        }
+                        Ok(())
+                    }
+                    MessageV1::DigestRequest(r) => {
+                        self.repair
+                            .on_digest_request(&mut self.out, &mut self.peer_vvs, r)
+                    }
+                    MessageV1::DigestReply(r) => {
+                        self.on_digest_reply(r);
+                        Ok(())
+                    }
                     m @ (MessageV1::Hello(_) | MessageV1::HelloAck(_) | MessageV1::Error(_)) => {
                         Err(SyncError::Unexpected {
                             kind: m.kind(),
@@ -413,9 +677,58 @@ impl Session {
         }
     }
 
+    /// The acceptor checks the dialer's `Hello` and answers `HelloAck`.
+    fn on_hello(&mut self, h: Hello) -> Result<(), SyncError> {
+        self.compression = handshake::check_hello(&self.cfg, &self.peer, &h)?;
+        self.rx.announce(h.replica);
+        self.peer_vvs = h.vvs.into_iter().collect();
+        let ack = HelloAck {
+            protocol: PROTOCOL_VERSION,
+            accepted_compression: self.compression,
+            vvs: self.advertise(),
+        };
+        self.out.control(ack.into());
+        self.establish();
+        Ok(())
+    }
+
+    /// The dialer checks the acceptor's `HelloAck`.
+    fn on_hello_ack(&mut self, a: HelloAck) -> Result<(), SyncError> {
+        handshake::check_hello_ack(&self.cfg, &a)?;
+        self.compression = a.accepted_compression;
+        self.peer_vvs = a.vvs.into_iter().collect();
+        self.establish();
+        // Tells the acceptor its HelloAck arrived, so its bulk frames may follow.
+        self.send_probe();
+        Ok(())
+    }
+
+    /// The handshake completed: start heartbeats, the sending loop and the repair timer.
+    fn establish(&mut self) {
+        self.phase = Phase::Established;
+        self.hb.start(self.now, self.cfg.heartbeat_interval_ms);
+        self.repair.start(self.now, self.cfg.repair_interval_ms);
+        let collections: Vec<String> = self.local.keys().cloned().collect();
+        for c in &collections {
+            self.ready_all(c);
+        }
+        self.out.event(Event::Established {
+            peer_replica: self.rx.peer_replica().cloned(),
+            compression: self.compression,
+        });
+    }
+
+    /// Sends a heartbeat probe.
+    fn send_probe(&mut self) {
+        let probe = self
+            .hb
+            .probe(self.role, self.now, self.cfg.heartbeat_interval_ms);
+        self.out.control(probe.into());
+    }
+
     /// Closes the session with `err`: drops everything queued, queues an `Error` frame (unless
     /// the peer closed first) and emits [`Event::Closed`].
-    pub(super) fn fail(&mut self, err: SyncError) {
+    fn fail(&mut self, err: SyncError) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -428,12 +741,10 @@ impl Session {
             }
             reason.truncate(end);
         }
-        self.control_q.clear();
-        self.bulk_q.clear();
-        self.actions.clear();
-        self.tx.loading = None;
+        self.out.drop_queued();
+        self.tx.drop_load();
         if !matches!(err, SyncError::Peer { .. }) {
-            self.control_q.push_back(
+            self.out.control(
                 ErrorFrame {
                     code,
                     detail: reason.clone(),
@@ -441,24 +752,22 @@ impl Session {
                 .into(),
             );
         }
-        self.events.push_back(Event::Closed { code, reason });
+        self.out.event(Event::Closed { code, reason });
         self.phase = Phase::Closed;
     }
 
     /// Moves the sending loop and the repair rounds forward after any input.
-    pub(super) fn drive(&mut self) {
+    fn drive(&mut self) {
         if self.phase != Phase::Established || !self.peer_confirmed {
             return;
         }
         self.pump_loads();
-        if let Err(e) = self.maybe_start_round() {
-            self.fail(e);
-        }
+        self.maybe_start_round();
     }
 
     /// Nothing in flight in either direction: no Load, no queued bulk frame, nothing left to
     /// send, no buffered batch, no Apply awaiting its answer.
-    pub(super) fn is_idle(&self) -> bool {
-        self.tx_idle() && self.rx.applying == 0 && self.rx.buffered_versions == 0
+    fn is_idle(&self) -> bool {
+        self.tx_idle() && self.rx.is_idle()
     }
 }

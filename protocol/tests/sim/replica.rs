@@ -7,12 +7,13 @@
 //! removed by a local write that is not durable yet must still be served: otherwise a Load
 //! skips it, the peer's vector covers it, and if the write is then lost in a crash the
 //! version comes back here but never reaches that peer. The model keeps such versions in a
-//! shadow index until the next flush ([`Replica::naive_loads`] turns that off, to show the
-//! gap).
+//! shadow ([`officesync_protocol::shadow`], the rule the daemon uses too) until the next
+//! flush ([`Replica::naive_loads`] turns that off, to show the gap).
 
 use std::collections::BTreeMap;
 
 use officesync_protocol::merge::{self, Applied};
+use officesync_protocol::shadow::{load_size, Shadow};
 use officesync_protocol::{Digest, Dot, HlcClock, ReplicaId, ValueMeta, Version, VersionVector};
 
 /// One collection at one replica.
@@ -52,8 +53,8 @@ pub struct Replica {
     pub hlc: HlcClock,
     /// Loads skip versions superseded by unflushed local writes (the gap described above).
     pub naive_loads: bool,
-    /// Per collection, versions removed by local writes since the last flush, by dot.
-    shadow: BTreeMap<String, BTreeMap<Dot, Version>>,
+    /// Versions removed by local writes since the last flush.
+    shadow: Shadow,
     undo: Vec<Undo>,
 }
 
@@ -93,7 +94,7 @@ impl Replica {
             durable_vvs: BTreeMap::new(),
             hlc: HlcClock::new(),
             naive_loads: false,
-            shadow: BTreeMap::new(),
+            shadow: Shadow::new(),
             undo: Vec::new(),
         }
     }
@@ -132,8 +133,8 @@ impl Replica {
         };
         let removed = self.merge_in(coll, v.clone());
         if !self.naive_loads {
-            let shadow = self.shadow.entry(coll.to_owned()).or_default();
-            shadow.extend(removed.into_iter().map(|r| (r.dot.clone(), r)));
+            // Every unflushed write is lost together in a crash: one generation.
+            self.shadow.add(0, removed);
         }
         self.raise(coll, &self.id.clone(), counter);
         v
@@ -150,9 +151,8 @@ impl Replica {
         max: usize,
         max_bytes: usize,
     ) -> (Vec<Version>, u64) {
-        let size = |v: &Version| v.value.as_ref().map_or(0, Vec::len) + v.key.len();
         // Live versions from the index, only as far as the limits allow...
-        let mut found: Vec<&Version> = Vec::new();
+        let mut found: Vec<Version> = Vec::new();
         let mut cut = None;
         if let Some((c, idx)) = self
             .colls
@@ -168,8 +168,8 @@ impl Replica {
                 else {
                     continue;
                 };
-                found.push(v);
-                bytes += size(v);
+                found.push(v.clone());
+                bytes += load_size(v);
                 if found.len() >= max || bytes >= max_bytes {
                     cut = Some(*counter);
                     break;
@@ -177,23 +177,9 @@ impl Replica {
             }
         }
         // ...merged with the shadowed ones up to there.
-        if let Some(shadow) = self.shadow.get(coll) {
-            let lo = Dot::new(origin.clone(), after + 1);
-            let hi = Dot::new(origin.clone(), cut.unwrap_or(through));
-            found.extend(shadow.range(lo..=hi).map(|(_, v)| v));
-            found.sort_by_key(|v| v.dot.counter);
-            found.dedup_by_key(|v| v.dot.counter);
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for v in found {
-            out.push(v.clone());
-            bytes += size(v);
-            if out.len() >= max || bytes >= max_bytes {
-                return (out, v.dot.counter);
-            }
-        }
-        (out, cut.unwrap_or(through))
+        let scanned = cut.unwrap_or(through);
+        self.shadow
+            .merge_load(coll, origin, after, found, scanned, max, max_bytes)
     }
 
     /// Applies a completed batch and raises the vector, atomically.
