@@ -46,6 +46,13 @@ pub struct PeerStatus {
     /// The QUIC connection id of the current (or last) session, as in the logs' `conn` field.
     #[serde(default)]
     pub conn: Option<u64>,
+    /// The sync protocol version of the current (or last) session.
+    #[serde(default)]
+    pub protocol: Option<u16>,
+    /// What the peer runs (`officesyncd 0.1.0 (commit)`), as it said in the current (or last)
+    /// session; null for a peer of protocol 1, which does not say.
+    #[serde(default)]
+    pub release: Option<String>,
     /// When the current session was established (RFC 3339); null while disconnected.
     #[serde(default)]
     pub connected_since: Option<String>,

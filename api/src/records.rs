@@ -30,6 +30,10 @@ pub struct SiblingBody {
     /// True when the value was left out past the budget (fetch it with `?version=`).
     #[serde(default)]
     pub value_omitted: bool,
+    /// Who wrote it: `USER@NODE`, or `NODE` for a system write; null for a version from
+    /// before authors existed (or relayed by a node of protocol 1).
+    #[serde(default)]
+    pub author: Option<String>,
 }
 
 /// The answer to `GET /v1/collections/{c}/records/{key}?all=true`: every sibling, winner first.

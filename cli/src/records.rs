@@ -308,6 +308,11 @@ fn render_siblings(answer: &SiblingsBody) -> Result<String, CliError> {
         let version = output::escape_text(&sibling.version);
         out.push_str(&format!("  version: {version}\n"));
         out.push_str(&format!("  hlc:     {}\n", sibling.hlc));
+        let author = sibling.author.as_deref().map_or_else(
+            || "(not recorded: written before authors, or relayed by an older node)".to_owned(),
+            output::escape_text,
+        );
+        out.push_str(&format!("  author:  {author}\n"));
         out.push_str(&format!("  deleted: {}\n", sibling.deleted));
         match &sibling.value_base64 {
             None if sibling.value_omitted => out.push_str(&format!(
@@ -535,7 +540,7 @@ mod tests {
     fn siblings_render_as_text_or_base64() {
         let answer = json!({"key": "k", "value_budget_bytes": 8_388_608, "siblings": [
             {"version": "hefei:2", "hlc": {"ms": 17, "logical": 0}, "deleted": false,
-             "value_base64": output::encode_base64(b"grain")},
+             "value_base64": output::encode_base64(b"grain"), "author": "li@hefei"},
             {"version": "beijing:5", "hlc": {"ms": 16, "logical": 0}, "deleted": false,
              "value_base64": output::encode_base64(&[0xff])},
             {"version": "hefei:1", "hlc": {"ms": 9, "logical": 0}, "deleted": true, "value_base64": null},
@@ -547,9 +552,12 @@ mod tests {
         let answer: SiblingsBody = serde_json::from_value(answer).expect("siblings");
         let text = render_siblings(&answer).expect("render");
         assert!(
-            text.starts_with("sibling 1 of 5 (winner)\n  version: hefei:2\n"),
+            text.starts_with(
+                "sibling 1 of 5 (winner)\n  version: hefei:2\n  hlc:     17.0\n  author:  li@hefei\n"
+            ),
             "{text}"
         );
+        assert!(text.contains("  author:  (not recorded"), "{text}");
         assert!(text.contains("  value:   grain\n"), "{text}");
         assert!(text.contains("  value (base64): /w==\n"), "{text}");
         assert!(

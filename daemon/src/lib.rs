@@ -22,5 +22,8 @@ pub mod store;
 #[cfg(feature = "node")]
 pub mod sync;
 pub mod time;
+
+/// What this build is, as peers and `--version` show it: `officesyncd VERSION`.
+pub const RELEASE: &str = concat!("officesyncd ", env!("CARGO_PKG_VERSION"));
 #[cfg(feature = "node")]
 pub mod transport;

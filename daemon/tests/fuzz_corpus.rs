@@ -43,6 +43,8 @@ fn batch(n: u64) -> Message {
                 hlc: Hlc { ms: c, logical: 0 },
                 context: VersionVector::new(),
                 value: Some(format!("{{\"stock_t\":{}}}", c * 100).into_bytes()),
+                author: None,
+                signature: None,
             })
             .collect(),
     }

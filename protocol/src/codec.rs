@@ -4,8 +4,12 @@
 use bincode::{Decode, Encode};
 use thiserror::Error;
 
-/// The format version of persisted records written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version of persisted records written by this build. Format 2 added each
+/// sibling's author and signature; records of other types kept their layout.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
 /// Largest persisted record this build will decode.
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
@@ -17,7 +21,10 @@ pub enum DecodeError {
     #[error("empty record")]
     Empty,
     /// The record was written by an unknown format version.
-    #[error("record format {0} is not supported by this build (expected {FORMAT_VERSION})")]
+    #[error(
+        "record format {0} is not supported by this build (it reads {OLDEST_FORMAT_VERSION} to \
+         {FORMAT_VERSION})"
+    )]
     Format(u8),
     /// The record is larger than [`MAX_RECORD_BYTES`].
     #[error("record of {0} bytes exceeds the limit")]
@@ -46,13 +53,33 @@ pub fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
-/// Decodes a record written by [`encode`], refusing other formats, oversize input and
-/// trailing bytes.
-pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (&format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if format != FORMAT_VERSION {
-        return Err(DecodeError::Format(format));
+/// The format version a record was written with (its first byte), if this build reads it.
+pub fn format_of(bytes: &[u8]) -> Result<u8, DecodeError> {
+    let &format = bytes.first().ok_or(DecodeError::Empty)?;
+    if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&format) {
+        Ok(format)
+    } else {
+        Err(DecodeError::Format(format))
     }
+}
+
+/// Decodes a record written by [`encode`] of a type whose layout every readable format shares,
+/// refusing unknown formats, oversize input and trailing bytes.
+pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    format_of(bytes)?;
+    decode_body(bytes)
+}
+
+/// Decodes a record that must be of format `format` (for a type whose layout changed).
+pub fn decode_as<T: Decode<()>>(bytes: &[u8], format: u8) -> Result<T, DecodeError> {
+    match format_of(bytes)? {
+        f if f == format => decode_body(bytes),
+        other => Err(DecodeError::Format(other)),
+    }
+}
+
+fn decode_body<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let body = bytes.get(1..).ok_or(DecodeError::Empty)?;
     if body.len() > MAX_RECORD_BYTES {
         return Err(DecodeError::TooLarge(body.len()));
     }
@@ -79,6 +106,8 @@ mod tests {
             hlc: Hlc { ms: 5, logical: 1 },
             context: [(r, 8)].into_iter().collect(),
             value: Some(b"{\"t\":1}".to_vec()),
+            author: None,
+            signature: None,
         }
     }
 

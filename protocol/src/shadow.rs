@@ -151,6 +151,8 @@ mod tests {
             hlc: Hlc::default(),
             context: VersionVector::new(),
             value: Some(value.to_vec()),
+            author: None,
+            signature: None,
         }
     }
 

@@ -77,6 +77,63 @@ pub struct Version {
     pub context: VersionVector,
     /// The value, or `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// Who wrote it: `USER@NODE` for a staff write, `NODE` for a system write, where `NODE`
+    /// is the origin's node. `None` for versions written before authors existed (or received
+    /// over protocol version 1).
+    pub author: Option<String>,
+    /// The origin's signature over the version (see `signing`), `None` when unsigned.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// Longest author, in bytes: a 64-byte user name, `@`, a 63-byte node name.
+pub const MAX_AUTHOR_BYTES: usize = 128;
+
+/// Longest signature, in bytes.
+pub const MAX_SIGNATURE_BYTES: usize = 128;
+
+/// Why an author is not acceptable for a version of some origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorError {
+    /// Longer than [`MAX_AUTHOR_BYTES`], empty, or with characters outside names.
+    #[error("malformed author")]
+    Malformed,
+    /// The node part is not the origin's node.
+    #[error("author names node {author_node:?}, but the version's origin is node {origin_node:?}")]
+    WrongNode {
+        /// The node the author names.
+        author_node: String,
+        /// The origin's node.
+        origin_node: String,
+    },
+}
+
+/// Checks `author` (`USER@NODE` or `NODE`) for a version whose origin is node `origin_node`:
+/// a node can only author its own writes, so no relay can claim another office's staff.
+pub fn check_author(author: &str, origin_node: &str) -> Result<(), AuthorError> {
+    if author.is_empty() || author.len() > MAX_AUTHOR_BYTES {
+        return Err(AuthorError::Malformed);
+    }
+    let (user, node) = match author.split_once('@') {
+        Some((user, node)) => (Some(user), node),
+        None => (None, author),
+    };
+    let name_ok = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+    };
+    if !name_ok(node, 63) || user.is_some_and(|u| !name_ok(u, 64)) {
+        return Err(AuthorError::Malformed);
+    }
+    if node != origin_node {
+        return Err(AuthorError::WrongNode {
+            author_node: node.to_owned(),
+            origin_node: origin_node.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 impl Version {

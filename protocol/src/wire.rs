@@ -23,6 +23,7 @@
 mod error;
 mod frame;
 mod message;
+mod v1;
 mod validate;
 
 pub(crate) use error::clip;
@@ -32,17 +33,21 @@ pub use frame::{
     FrameFlags, FRAME_HEADER_LEN,
 };
 pub use message::{
-    Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, Heartbeat, Hello,
-    HelloAck, Message, MessageV1,
+    About, Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, Heartbeat,
+    Hello, HelloAck, Message, MessageV1, MessageV2, MAX_RELEASE_BYTES,
 };
+pub use v1::{BatchV1, VersionV1};
 pub use validate::{
     validate_cluster_id, MAX_CLUSTER_ID_LEN, MAX_ERROR_DETAIL_BYTES, MAX_HANDSHAKE_COLLECTIONS,
     MAX_VECTOR_ENTRIES,
 };
 
-/// The protocol version this build speaks; sent in [`Hello::protocol`] and carried by
-/// [`Message::V1`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this build speaks; sent in [`Hello::protocol`]. A session
+/// speaks the highest version both nodes do (the acceptor's [`HelloAck::protocol`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this build still speaks (with nodes of the previous release).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Largest frame payload, in bytes, that is sent or accepted (after decompression too).
 ///

@@ -67,6 +67,8 @@ fn frame_seeds() {
         hlc: Hlc { ms: 17, logical: 2 },
         context: vv.clone(),
         value: Some(b"{\"t\":1}".to_vec()),
+        author: None,
+        signature: None,
     };
     let messages: Vec<Message> = vec![
         Hello {

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use officesync_protocol::names::NameError;
 use officesync_protocol::wire::{
-    decode_message, encode_frame, encode_message, encode_raw_frame, Ack, Batch, Complete,
+    decode_message, encode_frame, encode_message, encode_raw_frame, About, Ack, Batch, Complete,
     Compression, DigestReply, DigestRequest, ErrorCode, ErrorFrame, Frame, FrameDecoder,
-    FrameFlags, Heartbeat, Hello, HelloAck, Message, MessageV1, WireError, DEFAULT_MAX_VALUE_BYTES,
-    FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    FrameFlags, Heartbeat, Hello, HelloAck, Message, MessageV1, MessageV2, WireError,
+    DEFAULT_MAX_VALUE_BYTES, FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
 };
 use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
 use proptest::prelude::*;
@@ -69,6 +70,8 @@ fn version(coll: String, origin: ReplicaId, counter: u64) -> impl Strategy<Value
                 hlc,
                 context,
                 value,
+                author: None,
+                signature: None,
             }
         })
 }
@@ -206,6 +209,8 @@ fn ver(origin: &ReplicaId, counter: u64) -> Version {
         hlc: Hlc { ms: 5, logical: 0 },
         context: VersionVector::new(),
         value: Some(b"{}".to_vec()),
+        author: None,
+        signature: None,
     }
 }
 
@@ -529,6 +534,8 @@ fn a_full_frame_of_tiny_versions_decodes_within_the_decode_limit() {
         hlc: Hlc::default(),
         context: VersionVector::new(),
         value: None,
+        author: None,
+        signature: None,
     };
     // Counters above 65535 take 5 bytes; most of a full frame's do.
     let n = MAX_FRAME_BYTES / bin(tiny(1 << 16)).len();
@@ -947,4 +954,71 @@ fn values_contexts_and_details_are_bounded() {
             len: MAX_ERROR_DETAIL_BYTES + 1
         })
     );
+}
+
+#[test]
+fn an_author_must_be_of_the_origins_node_and_a_signature_bounded() {
+    let r = rid("hefei");
+    let with = |author: Option<&str>, signature: Option<Vec<u8>>| {
+        let mut v = ver(&r, 1);
+        v.author = author.map(str::to_owned);
+        v.signature = signature;
+        check(batch_of(vec![v]))
+    };
+    assert_eq!(with(Some("li@hefei"), Some(vec![1; 64])), Ok(()));
+    assert_eq!(with(Some("hefei"), None), Ok(()));
+    assert_eq!(with(None, None), Ok(()));
+    // A relay cannot make another office's staff the author.
+    for bad in [
+        "li@anqing",
+        "anqing",
+        "Li@hefei",
+        "li@",
+        "@hefei",
+        "",
+        "a b@hefei",
+    ] {
+        let err = with(Some(bad), None).expect_err(bad);
+        assert!(matches!(err, WireError::BadAuthor { .. }), "{bad}: {err}");
+        assert_eq!(err.code(), ErrorCode::Malformed);
+    }
+    let long = format!("{}@hefei", "u".repeat(65));
+    assert!(matches!(
+        with(Some(&long), None),
+        Err(WireError::BadAuthor { .. })
+    ));
+    assert!(matches!(
+        with(None, Some(vec![0; 129])),
+        Err(WireError::BadSignatureLength { len: 129 })
+    ));
+}
+
+#[test]
+fn a_version_2_batch_round_trips_and_converts_down_without_author() {
+    let r = rid("hefei");
+    let mut v = ver(&r, 1);
+    v.author = Some("li@hefei".into());
+    v.signature = Some(vec![7; 64]);
+    let m: Message = batch_of(vec![v.clone()]).into();
+    assert_eq!(m.protocol_version(), 2);
+    let bytes = encode_message(&m).expect("encode");
+    let back = decode_message(&bytes).expect("decode");
+    assert_eq!(back, m);
+    // Down to version 1 and back up: the author and signature are gone, the rest stays.
+    let v1 = back.into_v2().at(1).expect("a batch fits version 1");
+    assert_eq!(v1.protocol_version(), 1);
+    let bytes = encode_message(&v1).expect("encode v1");
+    let MessageV2::Batch(up) = decode_message(&bytes).expect("decode v1").into_v2() else {
+        panic!("not a batch");
+    };
+    v.author = None;
+    v.signature = None;
+    assert_eq!(up.versions, vec![v]);
+    // The handshake always travels as version 1; About never does.
+    let about: Message = About {
+        release: "officesyncd 0.1.0".into(),
+    }
+    .into();
+    assert_eq!(about.clone().into_v2().at(1), None);
+    assert_eq!(about.into_v2().at(2).map(|m| m.protocol_version()), Some(2));
 }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use officesync_daemon::pki;
 use officesync_protocol::wire::{
     decode_message, encode_frame, Compression, ErrorFrame, FrameDecoder, FrameFlags, Hello,
-    HelloAck, Message, MessageV1, ALPN, PROTOCOL_VERSION,
+    HelloAck, Message, MessageV1, MessageV2, ALPN, PROTOCOL_VERSION,
 };
 use officesync_protocol::{ReplicaId, VersionVector};
 use quinn::crypto::rustls::QuicClientConfig;
@@ -168,11 +168,10 @@ impl Rogue {
     /// Sends `msg` as a valid frame on the stream it belongs on.
     pub async fn send_message(&mut self, msg: &Message) -> Result<()> {
         let frame = encode_frame(msg, FrameFlags::NONE)?;
-        match msg {
-            Message::V1(MessageV1::Batch(_) | MessageV1::Complete(_)) => {
-                self.send_bulk(&frame).await
-            }
-            Message::V1(_) => self.send_control(&frame).await,
+        if msg.is_bulk() {
+            self.send_bulk(&frame).await
+        } else {
+            self.send_control(&frame).await
         }
     }
 
@@ -196,7 +195,10 @@ impl Rogue {
     pub async fn error_frame(&mut self) -> Option<ErrorFrame> {
         loop {
             match self.recv_control().await {
-                Ok(Message::V1(MessageV1::Error(e))) => return Some(e),
+                Ok(m) if m.is_error() => match m.into_v2() {
+                    MessageV2::Error(e) => return Some(e),
+                    _ => continue,
+                },
                 Ok(_) => continue,
                 Err(_) => return None,
             }

@@ -84,6 +84,8 @@ fn relayed(origin: &ReplicaId, key: &str) -> [Message; 2] {
         },
         context: VersionVector::new(),
         value: Some(b"relayed".to_vec()),
+        author: None,
+        signature: None,
     };
     [
         Batch {

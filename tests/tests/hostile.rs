@@ -73,6 +73,8 @@ fn version(origin: &ReplicaId, counter: u64, key: String, value: Vec<u8>, ms: u6
         hlc: Hlc { ms, logical: 0 },
         context: VersionVector::new(),
         value: Some(value),
+        author: None,
+        signature: None,
     }
 }
 

@@ -3,6 +3,12 @@
 //! entry), `auth = "none"` serves everyone with a warning in the log, and an author written at
 //! one office arrives with the version at the others.
 
+#[allow(dead_code)] // every suite uses part of the shared helpers
+mod common;
+
+use std::time::Duration;
+
+use common::{hub_config, office_config, wait_for};
 use officesync_tests::{Cluster, OutputExt};
 
 #[test]
@@ -125,5 +131,82 @@ fn auth_none_serves_everyone_and_warns() {
             .contains("api.auth = \"none\": anyone who reaches the API is an admin"),
         "no warning in the log:\n{}",
         node.log()
+    );
+}
+
+#[test]
+fn the_author_arrives_at_the_other_offices_with_the_version() {
+    let cluster = Cluster::new();
+    let hub_cfg = hub_config(&cluster);
+    let hub = cluster.start(&hub_cfg);
+    let hefei = cluster.start(&office_config(&cluster, "hefei", hub_cfg.sync_listen));
+    let add = hefei.cli(&[
+        "user",
+        "add",
+        "li",
+        "--role",
+        "writer",
+        "--collections",
+        "situation",
+    ]);
+    add.expect_success("user add");
+    let li = add.stdout_text().trim().to_owned();
+    let mut put = hefei.cli_command(&["put", "situation", "hefei/grain", "12500"]);
+    put.env("OFFICESYNC_TOKEN", &li);
+    officesync_tests::run_bounded(put, None, officesync_tests::process::CLI_TIMEOUT)
+        .expect_success("li's put");
+    // A system write (no user) carries the node alone.
+    hefei.api().put("situation", "hefei/admin-note", b"x");
+    let mut authors = Vec::new();
+    wait_for(
+        "the versions at the general office",
+        Duration::from_secs(60),
+        || {
+            let reply = hub.api().call(
+                "GET",
+                "/v1/collections/situation/records/hefei/grain?all=true",
+                None,
+            );
+            if reply.status != 200 {
+                return Err(format!("HTTP {}", reply.status));
+            }
+            authors = reply.json()["siblings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s["author"].as_str().unwrap_or("-").to_owned())
+                .collect();
+            Ok(())
+        },
+    );
+    assert_eq!(authors, ["li@hefei"]);
+    let shown = hub
+        .cli(&["get", "situation", "hefei/grain", "--all"])
+        .stdout_text();
+    assert!(shown.contains("  author:  li@hefei\n"), "{shown}");
+    // The admin's write through the harness's token: admin@hefei.
+    wait_for(
+        "the admin's write at the general office",
+        Duration::from_secs(60),
+        || {
+            let reply = hub.api().call(
+                "GET",
+                "/v1/collections/situation/records/hefei/admin-note?all=true",
+                None,
+            );
+            (reply.status == 200 && reply.json()["siblings"][0]["author"] == "admin@hefei")
+                .then_some(())
+                .ok_or_else(|| reply.text())
+        },
+    );
+    // Both sides agree on the wire: protocol 2, and each knows what the other runs.
+    let status = hub.api().status();
+    let peer = &status["peers"][0];
+    assert_eq!(peer["protocol"], 2, "{peer}");
+    assert!(
+        peer["release"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("officesyncd ")),
+        "{peer}"
     );
 }

@@ -52,6 +52,7 @@ fn sibling_body(s: &SiblingRead) -> SiblingBody {
         value_base64: s.value.as_deref().map(|v| BASE64.encode(v)),
         value_bytes: s.len,
         value_omitted: s.is_omitted(),
+        author: s.author.clone(),
     }
 }
 
@@ -70,9 +71,10 @@ pub(crate) async fn put_record(
     state
         .access
         .check_write(&who, &collection, &key, Some(&body))?;
+    let author = who.0.author(state.replica.node());
     let ack = state
         .replica
-        .write(&collection, &key, Some(body.to_vec()))
+        .write_as(&collection, &key, Some(body.to_vec()), author)
         .await?;
     state
         .audit(change_record(&state, &who, &collection, &key, &ack, false))
@@ -211,7 +213,11 @@ pub(crate) async fn delete_record(
     if !live {
         return Err(not_found(&collection, &key));
     }
-    let ack = state.replica.write(&collection, &key, None).await?;
+    let author = who.0.author(state.replica.node());
+    let ack = state
+        .replica
+        .write_as(&collection, &key, None, author)
+        .await?;
     state
         .audit(change_record(&state, &who, &collection, &key, &ack, true))
         .await;

@@ -130,6 +130,8 @@ fn concurrent(key: &str, ms_ahead: u64, value: Option<&[u8]>) -> Version {
         },
         context: VersionVector::new(),
         value: value.map(<[u8]>::to_vec),
+        author: None,
+        signature: None,
     }
 }
 

@@ -23,11 +23,34 @@ pub(crate) enum Body {
     },
 }
 
-/// One sibling as persisted.
+/// One sibling as persisted (format 2).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct StoredSibling {
     pub header: VersionHeader,
     pub body: Body,
+    /// `USER@NODE` or `NODE`; `None` for versions from before authors (or from a peer of
+    /// protocol 1).
+    pub author: Option<String>,
+    /// The origin's signature, when it signed.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// One sibling as format 1 persisted it (before authors and signatures).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct StoredSiblingV1 {
+    header: VersionHeader,
+    body: Body,
+}
+
+impl From<StoredSiblingV1> for StoredSibling {
+    fn from(s: StoredSiblingV1) -> Self {
+        StoredSibling {
+            header: s.header,
+            body: s.body,
+            author: None,
+            signature: None,
+        }
+    }
 }
 
 impl Causal for StoredSibling {
@@ -47,7 +70,13 @@ pub(crate) fn decode_siblings(
     bytes: &[u8],
     what: &str,
 ) -> Result<Vec<StoredSibling>, ReplicaError> {
-    codec::decode(bytes).map_err(|e| ReplicaError::Corrupt {
+    let decoded = match codec::format_of(bytes) {
+        Ok(1) => codec::decode_as::<Vec<StoredSiblingV1>>(bytes, 1)
+            .map(|old| old.into_iter().map(StoredSibling::from).collect()),
+        Ok(format) => codec::decode_as(bytes, format),
+        Err(e) => Err(e),
+    };
+    decoded.map_err(|e| ReplicaError::Corrupt {
         what: what.to_owned(),
         detail: e.to_string(),
     })
@@ -108,6 +137,17 @@ pub(crate) fn load_or_create_identity(
         }
         match store.get(&keys::meta("format"))?.as_deref() {
             Some([codec::FORMAT_VERSION]) => {}
+            Some([format])
+                if *format >= codec::OLDEST_FORMAT_VERSION && *format < codec::FORMAT_VERSION =>
+            {
+                // Records of the older format stay as they are (they are read as such) until
+                // rewritten; from now on an older build, which cannot read the new ones, is
+                // refused by the format mark.
+                let mut batch = WriteBatch::default();
+                batch.put(keys::meta("format"), vec![codec::FORMAT_VERSION]);
+                store.apply(batch)?;
+                store.sync()?;
+            }
             other => return Err(corrupt(format!("unsupported store format {other:?}"))),
         }
         return Ok(id);

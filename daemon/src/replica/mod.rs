@@ -195,6 +195,9 @@ pub struct Sibling {
     pub hlc: Hlc,
     /// The value, `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// Who wrote it (`USER@NODE`, or `NODE` for a system write); `None` for versions from
+    /// before authors existed or received over protocol version 1.
+    pub author: Option<String>,
 }
 
 /// A key with every current sibling, the winner first.
@@ -450,11 +453,19 @@ async fn with_headers(
     }
 }
 
+/// A write made at this node.
+pub(crate) struct LocalWrite {
+    pub collection: String,
+    pub key: String,
+    /// The value, `None` for a delete.
+    pub value: Option<Vec<u8>>,
+    /// `USER@NODE`, or `NODE` for a system write.
+    pub author: String,
+}
+
 pub(crate) enum Request {
     Local {
-        collection: String,
-        key: String,
-        value: Option<Vec<u8>>,
+        write: LocalWrite,
         reply: oneshot::Sender<Result<WriteAck, ReplicaError>>,
     },
     Remote {
@@ -616,12 +627,26 @@ impl Replica {
     }
 
     /// Writes `value` (`None`: a tombstone) to `key`, superseding every version held.
-    /// Returns once the write is applied and, in sync mode, durable.
+    /// Returns once the write is applied and, in sync mode, durable. A system write: its author
+    /// is this node.
     pub async fn write(
         &self,
         collection: &str,
         key: &str,
         value: Option<Vec<u8>>,
+    ) -> Result<WriteAck, ReplicaError> {
+        let author = self.node().to_owned();
+        self.write_as(collection, key, value, author).await
+    }
+
+    /// [`Replica::write`] by `author` (`USER@NODE`): the author is stored and replicated
+    /// with the version.
+    pub async fn write_as(
+        &self,
+        collection: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        author: String,
     ) -> Result<WriteAck, ReplicaError> {
         names::validate_collection_name(collection)?;
         names::validate_key(key)?;
@@ -633,15 +658,13 @@ impl Replica {
                 });
             }
         }
-        let (collection, key) = (collection.to_owned(), key.to_owned());
-        let ack = self
-            .call(|reply| Request::Local {
-                collection,
-                key,
-                value,
-                reply,
-            })
-            .await?;
+        let write = LocalWrite {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            value,
+            author,
+        };
+        let ack = self.call(|reply| Request::Local { write, reply }).await?;
         self.inner
             .stats
             .local_writes

@@ -90,6 +90,8 @@ pub struct SiblingRead {
     /// The value when it was loaded (within the budget); `None` for a tombstone or a value
     /// left out.
     pub value: Option<Vec<u8>>,
+    /// Who wrote it (see [`super::Sibling::author`]).
+    pub author: Option<String>,
 }
 
 impl SiblingRead {
@@ -190,6 +192,7 @@ pub(crate) fn record(
             dot: s.header.dot,
             hlc: s.header.hlc,
             value,
+            author: s.author,
         });
     }
     Ok(Some(Record {
@@ -227,6 +230,7 @@ fn to_winner(
             dot: w.header.dot,
             hlc: w.header.hlc,
             value,
+            author: w.author,
         },
         siblings: count,
     })
@@ -261,6 +265,7 @@ pub(crate) fn siblings(
             hlc: s.header.hlc,
             len,
             value,
+            author: s.author,
         });
     }
     Ok(Some(SiblingsRead {
@@ -288,6 +293,7 @@ pub(crate) fn sibling(
         dot: s.header.dot,
         hlc: s.header.hlc,
         value,
+        author: s.author,
     }))
 }
 
@@ -496,6 +502,8 @@ pub(crate) fn versions_since(
                 hlc: s.header.hlc,
                 context: s.header.context,
                 value,
+                author: s.author,
+                signature: s.signature,
             });
         }
         match rows.last() {
@@ -579,6 +587,8 @@ mod tests {
             hlc: Hlc { ms, logical: 0 },
             context: VersionVector::new(),
             value,
+            author: None,
+            signature: None,
         }
     }
 

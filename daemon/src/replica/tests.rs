@@ -41,6 +41,8 @@ fn remote(
         hlc: Hlc { ms, logical: 0 },
         context: ctx,
         value: value.map(<[u8]>::to_vec),
+        author: None,
+        signature: None,
     }
 }
 
@@ -654,6 +656,8 @@ async fn a_local_write_the_merge_would_drop_is_an_error_not_an_ack() {
             value: officesync_protocol::ValueMeta::of(Some(b"x")),
         },
         body: encoding::Body::Inline(b"x".to_vec()),
+        author: None,
+        signature: None,
     };
     let mut batch = WriteBatch::default();
     batch.put(

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
 use super::keys;
 use super::{
-    now_ms, CollectionMeta, CommitMode, ReplicaError, ReplicaOptions, ReplicaStats, Request,
-    WriteAck, CHUNK_SIZE, INLINE_VALUE_MAX,
+    now_ms, CollectionMeta, CommitMode, LocalWrite, ReplicaError, ReplicaOptions, ReplicaStats,
+    Request, WriteAck, CHUNK_SIZE, INLINE_VALUE_MAX,
 };
 use crate::store::{Store, StoreError, WriteBatch};
 
@@ -132,13 +132,8 @@ impl Writer {
             let mut group = Group::default();
             while let Some(req) = next.take() {
                 match req {
-                    Request::Local {
-                        collection,
-                        key,
-                        value,
-                        reply,
-                    } => {
-                        let r = self.local_write(&mut group, &collection, &key, value);
+                    Request::Local { write, reply } => {
+                        let r = self.local_write(&mut group, write);
                         replies.push(Reply::Write(reply, r));
                     }
                     Request::Remote {
@@ -270,13 +265,14 @@ impl Writer {
         }
     }
 
-    fn local_write(
-        &mut self,
-        g: &mut Group,
-        coll: &str,
-        key: &str,
-        value: Option<Vec<u8>>,
-    ) -> Result<WriteAck, ReplicaError> {
+    fn local_write(&mut self, g: &mut Group, write: LocalWrite) -> Result<WriteAck, ReplicaError> {
+        let LocalWrite {
+            collection,
+            key,
+            value,
+            author,
+        } = write;
+        let (coll, key) = (collection.as_str(), key.as_str());
         // The fallible reads and checks come first, so an error leaves the group as it was.
         self.check_collection_room(g, coll)?;
         let next = self.meta(g, coll)?.vv.get(&self.id) + 1;
@@ -302,6 +298,8 @@ impl Writer {
             hlc,
             context: merge::local_context(&siblings),
             value,
+            author: Some(author),
+            signature: None,
         };
         let mut meta = std::mem::take(meta);
         // Until this write is durable, peers may still need what it supersedes.
@@ -314,6 +312,8 @@ impl Writer {
                     hlc: s.header.hlc,
                     context: s.header.context.clone(),
                     value,
+                    author: s.author.clone(),
+                    signature: s.signature.clone(),
                 });
             }
         }
@@ -536,6 +536,8 @@ fn merge_version(
     let new = StoredSibling {
         header: header.clone(),
         body,
+        author: v.author.clone(),
+        signature: v.signature.clone(),
     };
     match merge::apply(&mut siblings, new) {
         Applied::Duplicate | Applied::Obsolete => return (false, siblings),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use officesync_protocol::sync::{
     Action, Event, PeerIdentity, Role, Session, SessionConfig, StreamKind,
 };
-use officesync_protocol::wire::{Compression, ErrorCode, Message, MessageV1};
+use officesync_protocol::wire::{Compression, ErrorCode, Message};
 use officesync_protocol::VersionVector;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -326,11 +326,17 @@ impl<'a> Driver<'a> {
                 Event::Established {
                     compression,
                     peer_replica,
+                    protocol,
                 } => {
                     self.io
                         .compress
                         .store(compression == Compression::Zstd, Ordering::Relaxed);
-                    tracing::info!(?compression, peer_replica = ?peer_replica, "session established");
+                    self.observer.established(protocol);
+                    tracing::info!(?compression, peer_replica = ?peer_replica, protocol, "session established");
+                }
+                Event::PeerAbout { release } => {
+                    tracing::info!(%release, "peer release");
+                    self.observer.release(release);
                 }
                 Event::Rejected { reason, count } => {
                     self.observer.rejected(&reason, count);
@@ -497,7 +503,7 @@ impl<'a> Driver<'a> {
             Input::Frame(stream, msg) => {
                 self.report.last_heard = Some(SystemTime::now());
                 tracing::debug!(?stream, kind = msg.kind(), "frame received");
-                let peer_closing = matches!(msg, Message::V1(MessageV1::Error(_)));
+                let peer_closing = msg.is_error();
                 let was_closed = self.session.is_closed();
                 self.session.handle_frame(stream, msg, now_ms());
                 // A frame (other than the peer's own error frame) that made the session fail
@@ -631,6 +637,7 @@ fn new_session(
     cfg.idle_timeout_ms = (settings.heartbeat_interval_ms * 6).max(10_000);
     cfg.relay = settings.is_admin;
     cfg.max_clock_skew_ms = settings.max_clock_skew_ms;
+    cfg.release = crate::RELEASE.to_owned();
     let local_vvs: Vec<_> = durable
         .borrow_and_update()
         .vvs

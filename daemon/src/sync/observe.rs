@@ -163,6 +163,19 @@ impl SessionObserver {
         });
     }
 
+    /// The session was established at protocol version `protocol`.
+    pub(crate) fn established(&self, protocol: u16) {
+        self.peers.update(&self.peer, |p| {
+            p.protocol = Some(protocol);
+            p.release = None;
+        });
+    }
+
+    /// The peer said it runs `release`.
+    pub(crate) fn release(&self, release: String) {
+        self.peers.update(&self.peer, |p| p.release = Some(release));
+    }
+
     /// The session refused `count` versions from the peer for `reason`.
     pub(crate) fn rejected(&self, reason: &str, count: u64) {
         self.peers.update(&self.peer, |p| {

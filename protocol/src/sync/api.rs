@@ -77,6 +77,13 @@ pub enum Event {
         /// The compression both sides may use on bulk frames (chosen by the acceptor from the
         /// dialer's offer among those it supports).
         compression: Compression,
+        /// The protocol version agreed: the highest both nodes speak.
+        protocol: u16,
+    },
+    /// The peer said what it runs (protocol 2 and up, once per session).
+    PeerAbout {
+        /// Its release, e.g. `officesyncd 0.2.0 (abc1234)` (clipped).
+        release: String,
     },
     /// Versions refused by the relay rule (their origin is not the peer's node and the peer
     /// is not a relay) or by the access policy (their origin may not write the collection).

@@ -35,13 +35,19 @@ pub struct SessionConfig {
     /// (`sync.max_clock_skew_ms`): such a version, and its origin's stream after it, is held
     /// back until this node's own clock comes within this bound of it.
     pub max_clock_skew_ms: u64,
+    /// The highest protocol version to speak (normally
+    /// [`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION); lower only to stand in for a
+    /// node of an older release).
+    pub max_protocol: u16,
+    /// What this node runs (`officesyncd 0.2.0 (commit)`), told to peers of protocol 2 and up.
+    pub release: String,
 }
 
 impl SessionConfig {
     /// The defaults for node `node` with replica id `replica` in cluster `cluster_id`:
     /// 4 MiB values, batches of at most 512 versions and 1 MiB, a heartbeat every 5 s,
     /// 30 s idle timeout, a digest round every 5 min, zstd preferred, not a relay, 5 min of
-    /// clock skew.
+    /// clock skew, the newest protocol, no release named.
     pub fn new(node: &str, replica: ReplicaId, cluster_id: &str) -> Self {
         Self {
             node: node.to_owned(),
@@ -56,6 +62,8 @@ impl SessionConfig {
             compression: vec![Compression::Zstd, Compression::None],
             relay: false,
             max_clock_skew_ms: 300_000,
+            max_protocol: crate::wire::PROTOCOL_VERSION,
+            release: String::new(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! name against the certificate's) and `HelloAck`. The session applies what they agree.
 
 use crate::dot::VersionVector;
-use crate::wire::{Compression, Hello, HelloAck, PROTOCOL_VERSION};
+use crate::wire::{Compression, Hello, HelloAck, MIN_PROTOCOL_VERSION};
 
 use super::config::{PeerIdentity, SessionConfig};
 use super::error::{clip, SyncError};
@@ -10,7 +10,7 @@ use super::error::{clip, SyncError};
 /// The dialer's `Hello`, advertising `vvs`.
 pub(super) fn hello(cfg: &SessionConfig, vvs: Vec<(String, VersionVector)>) -> Hello {
     Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: cfg.max_protocol,
         cluster_id: cfg.cluster_id.clone(),
         node: cfg.node.clone(),
         replica: cfg.replica.clone(),
@@ -19,16 +19,17 @@ pub(super) fn hello(cfg: &SessionConfig, vvs: Vec<(String, VersionVector)>) -> H
     }
 }
 
-/// The acceptor checks the dialer's `Hello` from `peer`; returns the compression agreed.
+/// The acceptor checks the dialer's `Hello` from `peer`; returns the protocol version the
+/// session speaks (the highest both do) and the compression agreed.
 pub(super) fn check_hello(
     cfg: &SessionConfig,
     peer: &PeerIdentity,
     h: &Hello,
-) -> Result<Compression, SyncError> {
-    // `protocol` is the highest version the dialer speaks: anything from ours up is fine.
-    if h.protocol < PROTOCOL_VERSION {
+) -> Result<(u16, Compression), SyncError> {
+    // `protocol` is the highest version the dialer speaks.
+    if h.protocol < MIN_PROTOCOL_VERSION {
         return Err(SyncError::UnsupportedVersion {
-            ours: PROTOCOL_VERSION,
+            ours: cfg.max_protocol,
             theirs: h.protocol,
         });
     }
@@ -44,18 +45,21 @@ pub(super) fn check_hello(
             hello: clip(&h.node),
         });
     }
-    Ok(h.compression
+    let compression = h
+        .compression
         .iter()
         .copied()
         .find(|c| cfg.compression.contains(c))
-        .unwrap_or(Compression::None))
+        .unwrap_or(Compression::None);
+    Ok((h.protocol.min(cfg.max_protocol), compression))
 }
 
-/// The dialer checks the acceptor's `HelloAck`.
+/// The dialer checks the acceptor's `HelloAck`: a protocol version it offered (from
+/// [`MIN_PROTOCOL_VERSION`] to its own highest), a compression it offered.
 pub(super) fn check_hello_ack(cfg: &SessionConfig, a: &HelloAck) -> Result<(), SyncError> {
-    if a.protocol != PROTOCOL_VERSION {
+    if a.protocol < MIN_PROTOCOL_VERSION || a.protocol > cfg.max_protocol {
         return Err(SyncError::UnsupportedVersion {
-            ours: PROTOCOL_VERSION,
+            ours: cfg.max_protocol,
             theirs: a.protocol,
         });
     }

@@ -12,8 +12,8 @@ use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
 use crate::version::Version;
 use crate::wire::{
-    Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, Message, MessageV1,
-    MAX_ERROR_DETAIL_BYTES, PROTOCOL_VERSION,
+    About, Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, Message,
+    MessageV2, MAX_ERROR_DETAIL_BYTES,
 };
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
@@ -40,6 +40,8 @@ pub struct Session {
     now: u64,
     last_heard: u64,
     compression: Compression,
+    /// The protocol version spoken: the highest offered until the handshake agrees one.
+    protocol: u16,
     /// The acceptor has heard the established dialer, so its bulk frames cannot overtake
     /// `HelloAck` (always true for the dialer).
     peer_confirmed: bool,
@@ -84,6 +86,7 @@ impl Session {
         for (c, vv) in local_vvs {
             local.entry(c).or_default().merge(&vv);
         }
+        let max_protocol = cfg.max_protocol;
         let mut s = Self {
             role,
             cfg,
@@ -93,6 +96,7 @@ impl Session {
             now: now_ms,
             last_heard: now_ms,
             compression: Compression::None,
+            protocol: max_protocol,
             peer_confirmed: role == Role::Dialer,
             local,
             advertised: BTreeMap::new(),
@@ -190,24 +194,36 @@ impl Session {
 
     /// The next frame to send: control frames first, then bulk; in order per stream.
     pub fn poll_transmit(&mut self) -> Option<(StreamKind, Message)> {
-        if let Some(m) = self.out.pop_control() {
+        if let Some(m) = self.poll_transmit_on(StreamKind::Control) {
             return Some((StreamKind::Control, m));
         }
-        let m = self.out.pop_bulk()?;
-        self.drive();
+        let m = self.poll_transmit_on(StreamKind::Bulk)?;
         Some((StreamKind::Bulk, m))
     }
 
-    /// The next frame for `stream` only (for a driver whose other stream is blocked).
+    /// The next frame for `stream` only (for a driver whose other stream is blocked), in the
+    /// protocol version the session speaks.
     pub fn poll_transmit_on(&mut self, stream: StreamKind) -> Option<Message> {
-        match stream {
-            StreamKind::Control => self.out.pop_control(),
-            StreamKind::Bulk => {
-                let m = self.out.pop_bulk()?;
-                self.drive();
-                Some(m)
+        loop {
+            let m = match stream {
+                StreamKind::Control => self.out.pop_control()?,
+                StreamKind::Bulk => {
+                    let m = self.out.pop_bulk()?;
+                    self.drive();
+                    m
+                }
+            };
+            // A message the version cannot carry (`About` at version 1) is not sent.
+            if let Some(m) = m.into_v2().at(self.protocol) {
+                return Some(m);
             }
         }
+    }
+
+    /// The protocol version the session speaks (before the handshake completes: the highest
+    /// this node offers).
+    pub fn protocol(&self) -> u16 {
+        self.protocol
     }
 
     /// The next store action. Execute them in this order.
@@ -606,15 +622,15 @@ impl Session {
 
     fn on_frame(&mut self, stream: StreamKind, msg: Message) -> Result<(), SyncError> {
         msg.validate(self.cfg.max_value_bytes)?;
-        let Message::V1(m) = msg;
-        if let MessageV1::Error(e) = &m {
+        let m = msg.into_v2();
+        if let MessageV2::Error(e) = &m {
             return Err(SyncError::Peer {
                 code: e.code,
                 detail: clip(&e.detail),
             });
         }
         let expected = match &m {
-            MessageV1::Batch(_) | MessageV1::Complete(_) => StreamKind::Bulk,
+            MessageV2::Batch(_) | MessageV2::Complete(_) => StreamKind::Bulk,
             _ => StreamKind::Control,
         };
         if stream != expected {
@@ -629,8 +645,8 @@ impl Session {
         match self.phase {
             Phase::Closed => Ok(()),
             Phase::Handshake => match (self.role, m) {
-                (Role::Acceptor, MessageV1::Hello(h)) => self.on_hello(h),
-                (Role::Dialer, MessageV1::HelloAck(a)) => self.on_hello_ack(a),
+                (Role::Acceptor, MessageV2::Hello(h)) => self.on_hello(h),
+                (Role::Dialer, MessageV2::HelloAck(a)) => self.on_hello_ack(a),
                 (_, m) => Err(SyncError::Unexpected {
                     kind: m.kind(),
                     when: "before the handshake completed",
@@ -639,17 +655,17 @@ impl Session {
             Phase::Established => {
                 self.peer_confirmed = true;
                 match m {
-                    MessageV1::Batch(b) => {
+                    MessageV2::Batch(b) => {
                         let view = recv_view!(self);
                         self.rx.on_batch(view, &mut self.out, &mut self.peer_vvs, b)
                     }
-                    MessageV1::Complete(c) => {
+                    MessageV2::Complete(c) => {
                         let view = recv_view!(self);
                         self.rx
                             .on_complete(view, &mut self.out, &mut self.peer_vvs, c)
                     }
-                    MessageV1::Ack(a) => self.on_ack(a),
-                    MessageV1::Heartbeat(h) => {
+                    MessageV2::Ack(a) => self.on_ack(a),
+                    MessageV2::Heartbeat(h) => {
                         let interval = self.cfg.heartbeat_interval_ms;
                         if let Some(echo) =
                             self.hb.on_heartbeat(self.role, self.now, interval, h)?
@@ -658,15 +674,21 @@ impl Session {
                         }
                         Ok(())
                     }
-                    MessageV1::DigestRequest(r) => {
+                    MessageV2::DigestRequest(r) => {
                         self.repair
                             .on_digest_request(&mut self.out, &mut self.peer_vvs, r)
                     }
-                    MessageV1::DigestReply(r) => {
+                    MessageV2::DigestReply(r) => {
                         self.on_digest_reply(r);
                         Ok(())
                     }
-                    m @ (MessageV1::Hello(_) | MessageV1::HelloAck(_) | MessageV1::Error(_)) => {
+                    MessageV2::About(a) => {
+                        self.out.event(Event::PeerAbout {
+                            release: clip(&a.release),
+                        });
+                        Ok(())
+                    }
+                    m @ (MessageV2::Hello(_) | MessageV2::HelloAck(_) | MessageV2::Error(_)) => {
                         Err(SyncError::Unexpected {
                             kind: m.kind(),
                             when: "after the handshake",
@@ -679,11 +701,11 @@ impl Session {
 
     /// The acceptor checks the dialer's `Hello` and answers `HelloAck`.
     fn on_hello(&mut self, h: Hello) -> Result<(), SyncError> {
-        self.compression = handshake::check_hello(&self.cfg, &self.peer, &h)?;
+        (self.protocol, self.compression) = handshake::check_hello(&self.cfg, &self.peer, &h)?;
         self.rx.announce(h.replica);
         self.peer_vvs = h.vvs.into_iter().collect();
         let ack = HelloAck {
-            protocol: PROTOCOL_VERSION,
+            protocol: self.protocol,
             accepted_compression: self.compression,
             vvs: self.advertise(),
         };
@@ -695,6 +717,7 @@ impl Session {
     /// The dialer checks the acceptor's `HelloAck`.
     fn on_hello_ack(&mut self, a: HelloAck) -> Result<(), SyncError> {
         handshake::check_hello_ack(&self.cfg, &a)?;
+        self.protocol = a.protocol;
         self.compression = a.accepted_compression;
         self.peer_vvs = a.vvs.into_iter().collect();
         self.establish();
@@ -715,7 +738,12 @@ impl Session {
         self.out.event(Event::Established {
             peer_replica: self.rx.peer_replica().cloned(),
             compression: self.compression,
+            protocol: self.protocol,
         });
+        if self.protocol >= 2 {
+            let release = self.cfg.release.clone();
+            self.out.control(About { release }.into());
+        }
     }
 
     /// Sends a heartbeat probe.

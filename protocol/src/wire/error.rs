@@ -231,6 +231,20 @@ pub enum WireError {
         /// The counter that is not above it.
         counter: u64,
     },
+    /// A version's author is malformed or names another node than its origin's.
+    #[error("version author {author:?}: {detail}")]
+    BadAuthor {
+        /// The author, clipped.
+        author: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A version's signature is longer than any signature scheme makes.
+    #[error("version signature of {len} bytes is too long")]
+    BadSignatureLength {
+        /// Its length.
+        len: usize,
+    },
     /// A version's causal context covers its own dot.
     #[error("version {dot} supersedes itself")]
     SelfSuperseding {
@@ -314,6 +328,8 @@ impl WireError {
             | Self::WrongOrigin { .. }
             | Self::WrongCollection { .. }
             | Self::SelfSuperseding { .. }
+            | Self::BadAuthor { .. }
+            | Self::BadSignatureLength { .. }
             | Self::DuplicateCollection(_)
             | Self::DetailTooLong { .. } => ErrorCode::Malformed,
         }

@@ -145,7 +145,7 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, WireError> {
     // than as an unknown tag.
     let (tag, _): (u32, usize) =
         bincode::decode_from_slice(payload, config()).map_err(decode_err)?;
-    if tag != 0 {
+    if tag >= u32::from(super::PROTOCOL_VERSION) {
         return Err(WireError::UnsupportedVersion {
             version: tag.saturating_add(1),
         });

@@ -3,7 +3,8 @@
 //!
 //! The bincode layout is the protocol: enum variants are encoded by position, so variants and
 //! fields are never reordered or removed. A change of layout is a new protocol version
-//! (`Message::V2`, appended), not an edit of `MessageV1`.
+//! (`Message::V2`, appended), not an edit of `MessageV1`: version 2 changed the batch (its
+//! versions carry an author and a signature) and added [`About`].
 
 use bincode::{Decode, Encode};
 
@@ -12,24 +13,53 @@ use crate::dot::{ReplicaId, VersionVector};
 use crate::version::Version;
 
 use super::error::ErrorCode;
+use super::v1::BatchV1;
 
 /// A message of some protocol version: the payload of every frame.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Message {
-    /// Protocol version 1 ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
+    /// Protocol version 1.
     V1(MessageV1),
+    /// Protocol version 2 ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
+    V2(MessageV2),
 }
 
 /// The messages of protocol version 1.
 ///
 /// The handshake ([`Hello`], [`HelloAck`]), acknowledgements, heartbeats, digests and errors
 /// travel on the control stream; batches and completions travel on bulk streams, so control
-/// traffic never waits behind data.
+/// traffic never waits behind data. The handshake always travels as version 1, whatever the
+/// session then speaks, so that nodes of either version can negotiate.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum MessageV1 {
     /// Opens a session (sent by the dialing node).
     Hello(Hello),
     /// Accepts a session (sent by the accepting node).
+    HelloAck(HelloAck),
+    /// Versions of one origin in one collection, without authors or signatures.
+    Batch(BatchV1),
+    /// The sender has sent everything of an origin through a counter.
+    Complete(Complete),
+    /// The receiver has durably applied an origin through a counter.
+    Ack(Ack),
+    /// Liveness and round-trip probe.
+    Heartbeat(Heartbeat),
+    /// Asks the peer to compare a collection digest.
+    DigestRequest(DigestRequest),
+    /// Answers a [`DigestRequest`].
+    DigestReply(DigestReply),
+    /// Reports why the sender is about to close the stream or connection.
+    Error(ErrorFrame),
+}
+
+/// The messages of protocol version 2: version 1's, with batches whose versions carry their
+/// author and their origin's signature, and [`About`]. The session works with these; a
+/// version-1 session converts at the edge ([`Message::into_v2`], [`MessageV2::at`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum MessageV2 {
+    /// Opens a session (always sent as version 1).
+    Hello(Hello),
+    /// Accepts a session (always sent as version 1).
     HelloAck(HelloAck),
     /// Versions of one origin in one collection.
     Batch(Batch),
@@ -45,13 +75,27 @@ pub enum MessageV1 {
     DigestReply(DigestReply),
     /// Reports why the sender is about to close the stream or connection.
     Error(ErrorFrame),
+    /// What the sender runs (its release), sent once a version-2 session is established.
+    About(About),
 }
+
+/// What a node runs, for the peer's status and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct About {
+    /// The sender's release, e.g. `officesyncd 0.2.0 (abc1234)`; at most
+    /// [`MAX_RELEASE_BYTES`] bytes.
+    pub release: String,
+}
+
+/// Longest [`About::release`], in bytes.
+pub const MAX_RELEASE_BYTES: usize = 128;
 
 impl Message {
     /// The protocol version of this message.
     pub fn protocol_version(&self) -> u16 {
         match self {
             Self::V1(_) => 1,
+            Self::V2(_) => 2,
         }
     }
 
@@ -59,7 +103,43 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::V1(m) => m.kind(),
+            Self::V2(m) => m.kind(),
         }
+    }
+
+    /// The message as version 2 (a version-1 batch's versions get no author or signature).
+    pub fn into_v2(self) -> MessageV2 {
+        match self {
+            Self::V2(m) => m,
+            Self::V1(m) => match m {
+                MessageV1::Hello(h) => MessageV2::Hello(h),
+                MessageV1::HelloAck(a) => MessageV2::HelloAck(a),
+                MessageV1::Batch(b) => MessageV2::Batch(b.into()),
+                MessageV1::Complete(c) => MessageV2::Complete(c),
+                MessageV1::Ack(a) => MessageV2::Ack(a),
+                MessageV1::Heartbeat(h) => MessageV2::Heartbeat(h),
+                MessageV1::DigestRequest(r) => MessageV2::DigestRequest(r),
+                MessageV1::DigestReply(r) => MessageV2::DigestReply(r),
+                MessageV1::Error(e) => MessageV2::Error(e),
+            },
+        }
+    }
+
+    /// True for an [`ErrorFrame`] of either version.
+    pub fn is_error(&self) -> bool {
+        matches!(
+            self,
+            Self::V1(MessageV1::Error(_)) | Self::V2(MessageV2::Error(_))
+        )
+    }
+
+    /// True for the messages of bulk streams (batches and completions).
+    pub fn is_bulk(&self) -> bool {
+        matches!(
+            self,
+            Self::V1(MessageV1::Batch(_) | MessageV1::Complete(_))
+                | Self::V2(MessageV2::Batch(_) | MessageV2::Complete(_))
+        )
     }
 }
 
@@ -80,23 +160,72 @@ impl MessageV1 {
     }
 }
 
+impl MessageV2 {
+    /// A short snake_case name of the message kind, for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::HelloAck(_) => "hello_ack",
+            Self::Batch(_) => "batch",
+            Self::Complete(_) => "complete",
+            Self::Ack(_) => "ack",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::DigestRequest(_) => "digest_request",
+            Self::DigestReply(_) => "digest_reply",
+            Self::Error(_) => "error",
+            Self::About(_) => "about",
+        }
+    }
+
+    /// The message as a session speaking `protocol` sends it: the handshake always as version
+    /// 1; anything else as version 2, or converted down to version 1 (dropping authors and
+    /// signatures). `None` for a message version 1 cannot carry ([`About`]).
+    pub fn at(self, protocol: u16) -> Option<Message> {
+        let v1 = match self {
+            Self::Hello(h) => return Some(Message::V1(MessageV1::Hello(h))),
+            Self::HelloAck(a) => return Some(Message::V1(MessageV1::HelloAck(a))),
+            m if protocol >= 2 => return Some(Message::V2(m)),
+            Self::Batch(b) => MessageV1::Batch(b.into()),
+            Self::Complete(c) => MessageV1::Complete(c),
+            Self::Ack(a) => MessageV1::Ack(a),
+            Self::Heartbeat(h) => MessageV1::Heartbeat(h),
+            Self::DigestRequest(r) => MessageV1::DigestRequest(r),
+            Self::DigestReply(r) => MessageV1::DigestReply(r),
+            Self::Error(e) => MessageV1::Error(e),
+            Self::About(_) => return None,
+        };
+        Some(Message::V1(v1))
+    }
+}
+
 impl From<MessageV1> for Message {
     fn from(m: MessageV1) -> Self {
         Self::V1(m)
     }
 }
 
+impl From<MessageV2> for Message {
+    fn from(m: MessageV2) -> Self {
+        // The handshake travels as version 1 (see `MessageV2::at`).
+        match m {
+            MessageV2::Hello(h) => Self::V1(MessageV1::Hello(h)),
+            MessageV2::HelloAck(a) => Self::V1(MessageV1::HelloAck(a)),
+            m => Self::V2(m),
+        }
+    }
+}
+
 macro_rules! into_message {
     ($($ty:ident => $variant:ident),* $(,)?) => {
         $(
-            impl From<$ty> for MessageV1 {
+            impl From<$ty> for MessageV2 {
                 fn from(m: $ty) -> Self {
                     Self::$variant(m)
                 }
             }
             impl From<$ty> for Message {
                 fn from(m: $ty) -> Self {
-                    Self::V1(MessageV1::$variant(m))
+                    MessageV2::$variant(m).into()
                 }
             }
         )*
@@ -113,6 +242,7 @@ into_message!(
     DigestRequest => DigestRequest,
     DigestReply => DigestReply,
     ErrorFrame => Error,
+    About => About,
 );
 
 /// Payload compression a node can use on bulk frames.

@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 
 use crate::dot::{ReplicaId, VersionVector};
 use crate::names::{validate_collection_name, validate_key, validate_node_name, NameError};
-use crate::version::Version;
+use crate::version::{check_author, Version, MAX_SIGNATURE_BYTES};
 
 use super::error::{clip, WireError};
 use super::message::{
     Ack, Batch, Complete, DigestReply, DigestRequest, ErrorFrame, Hello, HelloAck, Message,
-    MessageV1,
+    MessageV1, MessageV2, MAX_RELEASE_BYTES,
 };
+use super::v1::VersionV1;
 
 /// Longest cluster id, in characters (the hex of a SHA-512 fingerprint).
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
@@ -39,12 +40,36 @@ impl Message {
     pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
         match self {
             Self::V1(m) => m.validate(max_value_bytes),
+            Self::V2(m) => m.validate(max_value_bytes),
         }
     }
 }
 
 impl MessageV1 {
     /// See [`Message::validate`].
+    pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
+        match self {
+            Self::Hello(m) => m.validate(),
+            Self::HelloAck(m) => m.validate(),
+            Self::Batch(m) => check_batch(
+                &m.collection,
+                &m.origin,
+                m.versions.iter().map(VersionRef::of_v1),
+                max_value_bytes,
+            ),
+            Self::Complete(m) => m.validate(),
+            Self::Ack(m) => m.validate(),
+            Self::Heartbeat(_) => Ok(()),
+            Self::DigestRequest(m) => m.validate(),
+            Self::DigestReply(m) => m.validate(),
+            Self::Error(m) => m.validate(),
+        }
+    }
+}
+
+impl MessageV2 {
+    /// See [`Message::validate`]; also checks each version's author (its node must be the
+    /// origin's) and signature length, and an [`About`]'s length.
     pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
         match self {
             Self::Hello(m) => m.validate(),
@@ -56,6 +81,51 @@ impl MessageV1 {
             Self::DigestRequest(m) => m.validate(),
             Self::DigestReply(m) => m.validate(),
             Self::Error(m) => m.validate(),
+            Self::About(m) => {
+                if m.release.len() > MAX_RELEASE_BYTES {
+                    return Err(WireError::DetailTooLong {
+                        len: m.release.len(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The fields of a version that validation reads, of either protocol version.
+struct VersionRef<'a> {
+    collection: &'a str,
+    key: &'a str,
+    dot: &'a crate::dot::Dot,
+    context: &'a VersionVector,
+    value: Option<&'a [u8]>,
+    author: Option<&'a str>,
+    signature: Option<&'a [u8]>,
+}
+
+impl<'a> VersionRef<'a> {
+    fn of(v: &'a Version) -> Self {
+        VersionRef {
+            collection: &v.collection,
+            key: &v.key,
+            dot: &v.dot,
+            context: &v.context,
+            value: v.value.as_deref(),
+            author: v.author.as_deref(),
+            signature: v.signature.as_deref(),
+        }
+    }
+
+    fn of_v1(v: &'a VersionV1) -> Self {
+        VersionRef {
+            collection: &v.collection,
+            key: &v.key,
+            dot: &v.dot,
+            context: &v.context,
+            value: v.value.as_deref(),
+            author: None,
+            signature: None,
         }
     }
 }
@@ -89,39 +159,55 @@ impl HelloAck {
 impl Batch {
     /// Checks the batch is non-empty, every version is of the batch's collection and origin
     /// with a valid key, a counter of at least 1 above the previous version's, a valid context
-    /// that does not cover its own dot, and a value of at most `max_value_bytes`.
+    /// that does not cover its own dot, a value of at most `max_value_bytes`, an author of the
+    /// origin's node and a signature of at most [`MAX_SIGNATURE_BYTES`].
     pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
-        check_collection(&self.collection)?;
-        check_replica(&self.origin)?;
-        if self.versions.is_empty() {
-            return Err(WireError::EmptyBatch);
-        }
-        let mut previous = 0;
-        for v in &self.versions {
-            if v.collection != self.collection {
-                return Err(WireError::WrongCollection {
-                    expected: clip(&self.collection),
-                    found: clip(&v.collection),
-                });
-            }
-            if v.dot.origin != self.origin {
-                return Err(WireError::WrongOrigin {
-                    expected: clip(self.origin.as_str()),
-                    found: clip(v.dot.origin.as_str()),
-                });
-            }
-            check_counter(&self.origin, v.dot.counter)?;
-            if v.dot.counter <= previous {
-                return Err(WireError::OutOfOrder {
-                    previous,
-                    counter: v.dot.counter,
-                });
-            }
-            previous = v.dot.counter;
-            check_version_body(v, max_value_bytes)?;
-        }
-        Ok(())
+        check_batch(
+            &self.collection,
+            &self.origin,
+            self.versions.iter().map(VersionRef::of),
+            max_value_bytes,
+        )
     }
+}
+
+/// The checks of [`Batch::validate`], for batches of either protocol version.
+fn check_batch<'a>(
+    collection: &str,
+    origin: &ReplicaId,
+    versions: impl ExactSizeIterator<Item = VersionRef<'a>>,
+    max_value_bytes: usize,
+) -> Result<(), WireError> {
+    check_collection(collection)?;
+    check_replica(origin)?;
+    if versions.len() == 0 {
+        return Err(WireError::EmptyBatch);
+    }
+    let mut previous = 0;
+    for v in versions {
+        if v.collection != collection {
+            return Err(WireError::WrongCollection {
+                expected: clip(collection),
+                found: clip(v.collection),
+            });
+        }
+        if v.dot.origin != *origin {
+            return Err(WireError::WrongOrigin {
+                expected: clip(origin.as_str()),
+                found: clip(v.dot.origin.as_str()),
+            });
+        }
+        check_counter(origin, v.dot.counter)?;
+        if v.dot.counter <= previous {
+            return Err(WireError::OutOfOrder {
+                previous,
+                counter: v.dot.counter,
+            });
+        }
+        previous = v.dot.counter;
+        check_version_body(&v, max_value_bytes)?;
+    }
+    Ok(())
 }
 
 impl Complete {
@@ -260,10 +346,24 @@ fn check_vvs(vvs: &[(String, VersionVector)]) -> Result<(), WireError> {
     Ok(())
 }
 
-/// The checks of one version that do not depend on its batch: key, context and value size.
-fn check_version_body(v: &Version, max_value_bytes: usize) -> Result<(), WireError> {
-    validate_key(&v.key)?;
-    if let Some(value) = &v.value {
+/// The checks of one version that do not depend on its batch: key, context, value size,
+/// author and signature.
+fn check_version_body(v: &VersionRef<'_>, max_value_bytes: usize) -> Result<(), WireError> {
+    validate_key(v.key)?;
+    if let Some(author) = v.author {
+        check_author(author, v.dot.origin.node_name()).map_err(|e| WireError::BadAuthor {
+            author: clip(author),
+            detail: e.to_string(),
+        })?;
+    }
+    if let Some(signature) = v.signature {
+        if signature.len() > MAX_SIGNATURE_BYTES {
+            return Err(WireError::BadSignatureLength {
+                len: signature.len(),
+            });
+        }
+    }
+    if let Some(value) = v.value {
         if value.len() > max_value_bytes {
             return Err(WireError::ValueTooLarge {
                 len: value.len(),
@@ -271,8 +371,8 @@ fn check_version_body(v: &Version, max_value_bytes: usize) -> Result<(), WireErr
             });
         }
     }
-    check_vv(&v.context)?;
-    if v.context.covers(&v.dot) {
+    check_vv(v.context)?;
+    if v.context.covers(v.dot) {
         return Err(WireError::SelfSuperseding {
             dot: clip(&v.dot.to_string()),
         });

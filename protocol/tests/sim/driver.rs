@@ -195,7 +195,7 @@ impl World {
                 }
                 self.stats.rejected += count
             }
-            Event::Established { .. } | Event::Acked { .. } => {}
+            Event::Established { .. } | Event::Acked { .. } | Event::PeerAbout { .. } => {}
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use officesync_protocol::sync::StreamKind;
 use officesync_protocol::wire::{
-    Batch, Complete, Heartbeat, Message, MessageV1, MAX_VECTOR_ENTRIES,
+    Batch, Complete, Heartbeat, Message, MessageV2, MAX_VECTOR_ENTRIES,
 };
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 
@@ -308,6 +308,8 @@ impl World {
                     },
                     context: VersionVector::new(),
                     value: Some(b"hostile".to_vec()),
+                    author: None,
+                    signature: None,
                 })
                 .collect();
             frames.push(
@@ -355,11 +357,21 @@ impl World {
         else {
             return msg;
         };
-        let Message::V1(MessageV1::Batch(mut b)) = msg else {
+        if msg.kind() != "batch" {
             return msg;
+        }
+        let version = msg.protocol_version();
+        // Re-sent in the version the session speaks.
+        let wrap = |b: Batch| {
+            MessageV2::Batch(b)
+                .at(version)
+                .expect("a batch fits every version")
+        };
+        let MessageV2::Batch(mut b) = msg.into_v2() else {
+            unreachable!("a batch");
         };
         if b.origin != self.nodes[node].replica.id || b.versions.is_empty() {
-            return Message::V1(MessageV1::Batch(b));
+            return wrap(b);
         }
         let at = self.rng.index(b.versions.len());
         let key = format!("shared/{}", self.rng.index(8));
@@ -372,7 +384,7 @@ impl World {
                     .filter(|n| *n != node && *n != receiver)
                     .collect();
                 let Some(&o) = others.get(self.rng.index(others.len())) else {
-                    return Message::V1(MessageV1::Batch(b));
+                    return wrap(b);
                 };
                 let id = self.nodes[o].replica.id.clone();
                 let held = self.nodes[o].replica.digest(&b.collection).1.get(&id);
@@ -419,7 +431,7 @@ impl World {
             h.armed.remove(&id);
             h.count(attack, 1);
         }
-        Message::V1(MessageV1::Batch(b))
+        wrap(b)
     }
 
     /// Healing ends the attacks: nothing armed stays, and every connection of the hostile

@@ -130,6 +130,8 @@ impl Replica {
             hlc: self.hlc.tick(now),
             context,
             value,
+            author: None,
+            signature: None,
         };
         let removed = self.merge_in(coll, v.clone());
         if !self.naive_loads {

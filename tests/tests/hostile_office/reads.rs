@@ -50,6 +50,8 @@ fn version(counter: u64, key: &str, value: Option<Vec<u8>>, ms: u64) -> Version 
         hlc: Hlc { ms, logical: 0 },
         context: VersionVector::new(),
         value,
+        author: None,
+        signature: None,
     }
 }
 

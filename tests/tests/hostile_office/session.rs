@@ -40,6 +40,8 @@ fn version(origin: &ReplicaId, counter: u64, key: &str, ms: u64, ctx: VersionVec
         hlc: Hlc { ms, logical: 0 },
         context: ctx,
         value: Some(format!("rogue {counter}").into_bytes()),
+        author: None,
+        signature: None,
     }
 }
 

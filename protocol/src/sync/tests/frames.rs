@@ -31,7 +31,7 @@ fn handshake_refuses_wrong_cluster_name_mismatch_and_version() {
     let code = refused(acceptor("hefei", false), StreamKind::Control, v0.into());
     assert_eq!(code, ErrorCode::UnsupportedVersion);
 
-    // A dialer offered protocol 1; an acceptor answering 2 is refused.
+    // A dialer offered protocol 2; an acceptor answering 3 is refused.
     let dialer = Session::new(
         Role::Dialer,
         cfg("hefei", false),
@@ -40,7 +40,7 @@ fn handshake_refuses_wrong_cluster_name_mismatch_and_version() {
         0,
     );
     let ack = HelloAck {
-        protocol: 2,
+        protocol: 3,
         accepted_compression: Compression::None,
         vvs: vec![],
     };
@@ -96,15 +96,25 @@ fn handshake_negotiates_and_acceptor_waits_for_the_dialer_before_sending_data() 
     assert!(acc.is_established());
     assert!(matches!(
         drain_events(&mut acc).as_slice(),
-        [Event::Established { peer_replica: Some(r), compression: Compression::Zstd }] if *r == rid("hefei")
+        [Event::Established { peer_replica: Some(r), compression: Compression::Zstd, protocol: PROTOCOL_VERSION }] if *r == rid("hefei")
     ));
     // Data is due but must not overtake the HelloAck: no Load until the dialer is heard.
     assert_eq!(acc.poll_action(), None);
     let (k, ack) = acc.poll_transmit().expect("hello ack");
     dial.handle_frame(k, ack, 2);
     assert!(dial.is_established());
-    let (k, probe) = dial.poll_transmit().expect("first heartbeat");
-    acc.handle_frame(k, probe, 3);
+    // At protocol 2 the dialer first says what it runs, then probes.
+    let (k, about) = dial.poll_transmit().expect("about");
+    assert_eq!(about.kind(), "about");
+    assert_eq!(about.protocol_version(), 2);
+    let (k2, probe) = dial.poll_transmit().expect("first heartbeat");
+    assert_eq!(probe.kind(), "heartbeat");
+    acc.handle_frame(k, about, 3);
+    assert!(matches!(
+        drain_events(&mut acc).as_slice(),
+        [Event::PeerAbout { release }] if release == "officesyncd test"
+    ));
+    acc.handle_frame(k2, probe, 3);
     assert!(matches!(
         acc.poll_action(),
         Some(Action::Load {
@@ -114,7 +124,11 @@ fn handshake_negotiates_and_acceptor_waits_for_the_dialer_before_sending_data() 
         })
     ));
     // The acceptor echoed the probe; the dialer measures the round trip.
-    let (k, echo) = acc.poll_transmit().expect("echo");
+    let (k, about) = acc.poll_transmit().expect("the acceptor's about");
+    assert_eq!(about.kind(), "about");
+    let (k2, echo) = acc.poll_transmit().expect("echo");
+    dial.handle_frame(k, about, 10);
+    let k = k2;
     dial.handle_frame(k, echo, 10);
     assert_eq!(dial.status().rtt_ms, Some(8));
 }
@@ -269,4 +283,103 @@ fn a_load_answer_outside_its_range_closes_with_internal() {
         closed_code(&drain_events(&mut s)),
         Some(ErrorCode::Internal)
     );
+}
+
+/// Delivers every frame queued at `from` to `to` (at time `now`); returns them.
+fn deliver(from: &mut Session, to: &mut Session, now: u64) -> Vec<Message> {
+    let mut seen = Vec::new();
+    while let Some((k, m)) = from.poll_transmit() {
+        seen.push(m.clone());
+        to.handle_frame(k, m, now);
+    }
+    seen
+}
+
+#[test]
+fn a_node_of_the_previous_release_speaks_protocol_1_and_authors_stay_behind() {
+    // hefei runs the previous release (protocol 1); the hub the current one.
+    let old = SessionConfig {
+        max_protocol: 1,
+        ..cfg("hefei", false)
+    };
+    let mut dial = Session::new(Role::Dialer, old, peer("hub", true), vec![], 0);
+    let mut acc = Session::new(
+        Role::Acceptor,
+        cfg("hub", true),
+        peer("hefei", false),
+        vec![(COLL.to_owned(), [(rid("hub"), 1)].into_iter().collect())],
+        0,
+    );
+    let sent = deliver(&mut dial, &mut acc, 1);
+    assert!(sent.iter().all(|m| m.protocol_version() == 1), "{sent:?}");
+    let answered = deliver(&mut acc, &mut dial, 2);
+    assert!(dial.is_established() && acc.is_established());
+    assert_eq!((dial.protocol(), acc.protocol()), (1, 1));
+    // Everything the hub sends is version 1, and it says nothing of its release.
+    assert!(answered
+        .iter()
+        .all(|m| m.protocol_version() == 1 && m.kind() != "about"));
+    deliver(&mut dial, &mut acc, 3);
+    // The hub's version of `k1`, written by a user, goes out without its author.
+    let Some(Action::Load { origin, .. }) = acc.poll_action() else {
+        panic!("no load");
+    };
+    let mut v = Version {
+        dot: Dot::new(origin.clone(), 1),
+        ..version("hub", 1)
+    };
+    v.author = Some("li@hub".into());
+    acc.handle_loaded(COLL, &origin, vec![v], 1);
+    let batch = drain_tx(&mut acc)
+        .into_iter()
+        .find(|(_, m)| m.kind() == "batch")
+        .expect("a batch");
+    assert_eq!(batch.1.protocol_version(), 1);
+    let MessageV2::Batch(b) = batch.1.into_v2() else {
+        panic!("not a batch");
+    };
+    assert_eq!(
+        b.versions[0].author, None,
+        "protocol 1 cannot carry the author"
+    );
+}
+
+#[test]
+fn two_current_nodes_speak_protocol_2_and_carry_authors() {
+    let mut dial = Session::new(
+        Role::Dialer,
+        cfg("hefei", false),
+        peer("hub", true),
+        vec![],
+        0,
+    );
+    let mut acc = Session::new(
+        Role::Acceptor,
+        cfg("hub", true),
+        peer("hefei", false),
+        vec![(COLL.to_owned(), [(rid("hub"), 1)].into_iter().collect())],
+        0,
+    );
+    deliver(&mut dial, &mut acc, 1);
+    deliver(&mut acc, &mut dial, 2);
+    deliver(&mut dial, &mut acc, 3);
+    assert_eq!((dial.protocol(), acc.protocol()), (2, 2));
+    let Some(Action::Load { origin, .. }) = acc.poll_action() else {
+        panic!("no load");
+    };
+    let mut v = Version {
+        dot: Dot::new(origin.clone(), 1),
+        ..version("hub", 1)
+    };
+    v.author = Some("li@hub".into());
+    acc.handle_loaded(COLL, &origin, vec![v], 1);
+    let batch = drain_tx(&mut acc)
+        .into_iter()
+        .find(|(_, m)| m.kind() == "batch")
+        .expect("a batch");
+    assert_eq!(batch.1.protocol_version(), 2);
+    let MessageV2::Batch(b) = batch.1.into_v2() else {
+        panic!("not a batch");
+    };
+    assert_eq!(b.versions[0].author.as_deref(), Some("li@hub"));
 }

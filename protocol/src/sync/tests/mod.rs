@@ -11,7 +11,7 @@ use crate::dot::{Dot, ReplicaId, VersionVector};
 use crate::hlc::Hlc;
 use crate::version::{ValueMeta, Version};
 use crate::wire::{
-    Batch, Complete, Compression, ErrorCode, Hello, HelloAck, Message, MessageV1, PROTOCOL_VERSION,
+    Batch, Complete, Compression, ErrorCode, Hello, HelloAck, Message, MessageV2, PROTOCOL_VERSION,
 };
 
 pub(super) const CLUSTER: &str = "abcdef0123";
@@ -28,6 +28,7 @@ pub(super) fn cfg(node: &str, relay: bool) -> SessionConfig {
         idle_timeout_ms: 10_000,
         repair_interval_ms: 0,
         relay,
+        release: "officesyncd test".into(),
         ..SessionConfig::new(node, rid(node), CLUSTER)
     }
 }
@@ -50,6 +51,8 @@ pub(super) fn version(origin: &str, counter: u64) -> Version {
         },
         context: VersionVector::new(),
         value: Some(format!("{origin}-{counter}").into_bytes()),
+        author: None,
+        signature: None,
     }
 }
 
@@ -71,7 +74,10 @@ pub(super) fn closed_code(events: &[Event]) -> Option<ErrorCode> {
 /// The `Error` frame the session queued, if any.
 pub(super) fn error_frame(s: &mut Session) -> Option<ErrorCode> {
     drain_tx(s).into_iter().find_map(|(k, m)| match m {
-        Message::V1(MessageV1::Error(e)) if k == StreamKind::Control => Some(e.code),
+        m if k == StreamKind::Control => match m.into_v2() {
+            MessageV2::Error(e) => Some(e.code),
+            _ => None,
+        },
         _ => None,
     })
 }
