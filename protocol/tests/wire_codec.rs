@@ -291,6 +291,10 @@ fn sample_messages() -> Vec<Message> {
             detail: "node hefei is revoked".into(),
         }
         .into(),
+        About {
+            release: "officesyncd 0.1.0".into(),
+        }
+        .into(),
     ]
 }
 
@@ -383,11 +387,14 @@ proptest! {
 fn sample_of_every_variant_round_trips_and_validates() {
     let msgs = sample_messages();
     let kinds: BTreeSet<&str> = msgs.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 9, "one sample per MessageV1 variant");
+    assert_eq!(kinds.len(), 10, "one sample per MessageV2 variant");
     let mut stream = Vec::new();
     for m in &msgs {
         assert_eq!(m.validate(DEFAULT_MAX_VALUE_BYTES), Ok(()), "{}", m.kind());
-        assert_eq!(m.protocol_version(), PROTOCOL_VERSION);
+        // The handshake always travels as version 1, so nodes of either version negotiate.
+        let handshake = matches!(m.kind(), "hello" | "hello_ack");
+        let expected = if handshake { 1 } else { PROTOCOL_VERSION };
+        assert_eq!(m.protocol_version(), expected, "{}", m.kind());
         stream.extend(encode_frame(m, FrameFlags::NONE).expect("encodes"));
     }
     // All frames in one push.
@@ -406,9 +413,15 @@ fn sample_of_every_variant_round_trips_and_validates() {
 #[test]
 fn layout_is_the_documented_one() {
     let msg: Message = Heartbeat { now_ms: 1, seq: 2 }.into();
-    // Length 4 (big-endian), flags, then V1 = 0, Heartbeat = 5, varint 1, varint 2.
+    // Length 4 (big-endian), flags, then V2 = 1, Heartbeat = 5, varint 1, varint 2.
     assert_eq!(
         encode_frame(&msg, FrameFlags::NONE).expect("encodes"),
+        [0, 0, 0, 4, 0, 1, 5, 1, 2]
+    );
+    // The same heartbeat as version 1 sends it: V1 = 0.
+    let v1 = msg.into_v2().at(1).expect("a heartbeat fits version 1");
+    assert_eq!(
+        encode_frame(&v1, FrameFlags::NONE).expect("encodes"),
         [0, 0, 0, 4, 0, 0, 5, 1, 2]
     );
     let err: Message = ErrorFrame {
@@ -417,7 +430,7 @@ fn layout_is_the_documented_one() {
     }
     .into();
     // Error codes travel as their protocol numbers.
-    assert_eq!(encode_message(&err).expect("encodes"), [0, 8, 9, 0]);
+    assert_eq!(encode_message(&err).expect("encodes"), [1, 8, 9, 0]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,9 +590,16 @@ fn unknown_flag_bits_are_refused() {
 
 #[test]
 fn unknown_tags_are_refused() {
-    // A message of a later protocol version: outer tag 1 is V2.
-    let err = decode_message(&[1, 5, 1, 2]).expect_err("V2");
-    assert_eq!(err, WireError::UnsupportedVersion { version: 2 });
+    // A message of a later protocol version: outer tag 2 is V3.
+    let err = decode_message(&[2, 5, 1, 2]).expect_err("V3");
+    assert_eq!(err, WireError::UnsupportedVersion { version: 3 });
+    assert_eq!(
+        decode_message(&[1, 10, 1, 2]),
+        Err(WireError::UnknownTag {
+            type_name: "MessageV2",
+            found: 10
+        })
+    );
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
     // A V1 message kind that does not exist.
     assert_eq!(

@@ -145,14 +145,17 @@ async fn concurrent_versions_are_siblings_with_one_winner_everywhere() {
         .expect("get")
         .expect("present");
     let to_version = |w: &WriteAck, v: &[u8]| {
-        remote(
+        let mut version = remote(
             &w.dot.origin,
             w.dot.counter,
             "k",
             w.hlc.ms,
             VersionVector::new(),
             Some(v),
-        )
+        );
+        // A system write: its author is its node.
+        version.author = Some(w.dot.origin.node_name().to_owned());
+        version
     };
     a.apply_remote(vec![to_version(&wb, b"from wuhu")], vec![])
         .await
@@ -799,4 +802,65 @@ async fn a_sibling_record_stays_below_the_large_value_threshold() {
         "{:?}",
         report.rejected
     );
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_read_as_it_is_and_marked_format_2() {
+    let store = Arc::new(MemoryStore::new());
+    let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("open");
+    r.write("situation", "new", Some(b"now".to_vec()))
+        .await
+        .expect("write");
+    r.close().await.expect("close");
+    drop(r);
+    // What a build of format 1 left: a sibling record without author or signature (the same
+    // bincode as a header and a body), under the format byte 1, and the store marked 1.
+    let origin = ReplicaId::new("wuhu", 3).expect("valid");
+    let header = officesync_protocol::VersionHeader {
+        dot: Dot::new(origin, 1),
+        hlc: Hlc { ms: 5, logical: 0 },
+        context: VersionVector::new(),
+        value: officesync_protocol::ValueMeta::of(Some(b"legacy")),
+    };
+    let mut old = officesync_protocol::codec::encode(&vec![(
+        header,
+        encoding::Body::Inline(b"legacy".to_vec()),
+    )])
+    .expect("encode");
+    old[0] = 1;
+    let mut batch = WriteBatch::default();
+    batch.put(keys::record("situation", "old"), old);
+    batch.put(keys::meta("format"), vec![1]);
+    store.apply(batch).expect("plant");
+
+    let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("reopen");
+    assert_eq!(
+        store.get(&keys::meta("format")).expect("get").as_deref(),
+        Some(&[officesync_protocol::codec::FORMAT_VERSION][..]),
+        "the store is marked with the format it now holds"
+    );
+    let old = r
+        .get("situation", "old")
+        .await
+        .expect("read")
+        .expect("held");
+    assert_eq!(old.winner().value.as_deref(), Some(&b"legacy"[..]));
+    assert_eq!(old.winner().author, None);
+    let new = r
+        .get("situation", "new")
+        .await
+        .expect("read")
+        .expect("held");
+    assert_eq!(new.winner().author.as_deref(), Some("hefei"));
+    // A write over the old record supersedes it, in the new format.
+    r.write_as("situation", "old", Some(b"v2".to_vec()), "li@hefei".into())
+        .await
+        .expect("write");
+    let rec = r
+        .get("situation", "old")
+        .await
+        .expect("read")
+        .expect("held");
+    assert_eq!(rec.siblings.len(), 1);
+    assert_eq!(rec.winner().author.as_deref(), Some("li@hefei"));
 }

@@ -295,14 +295,15 @@ fn deliver(from: &mut Session, to: &mut Session, now: u64) -> Vec<Message> {
     seen
 }
 
-#[test]
-fn a_node_of_the_previous_release_speaks_protocol_1_and_authors_stay_behind() {
-    // hefei runs the previous release (protocol 1); the hub the current one.
-    let old = SessionConfig {
-        max_protocol: 1,
+/// A dialer `hefei` speaking at most `dialer_max` and a current hub: the handshake, then
+/// the hub's version written by `li@hub` on the wire. Returns the protocol agreed, every
+/// frame the hub sent before the batch, and the batch as it went out.
+fn authored_batch(dialer_max: u16) -> (u16, Vec<Message>, Message) {
+    let cfg_dial = SessionConfig {
+        max_protocol: dialer_max,
         ..cfg("hefei", false)
     };
-    let mut dial = Session::new(Role::Dialer, old, peer("hub", true), vec![], 0);
+    let mut dial = Session::new(Role::Dialer, cfg_dial, peer("hub", true), vec![], 0);
     let mut acc = Session::new(
         Role::Acceptor,
         cfg("hub", true),
@@ -310,17 +311,12 @@ fn a_node_of_the_previous_release_speaks_protocol_1_and_authors_stay_behind() {
         vec![(COLL.to_owned(), [(rid("hub"), 1)].into_iter().collect())],
         0,
     );
-    let sent = deliver(&mut dial, &mut acc, 1);
-    assert!(sent.iter().all(|m| m.protocol_version() == 1), "{sent:?}");
-    let answered = deliver(&mut acc, &mut dial, 2);
-    assert!(dial.is_established() && acc.is_established());
-    assert_eq!((dial.protocol(), acc.protocol()), (1, 1));
-    // Everything the hub sends is version 1, and it says nothing of its release.
-    assert!(answered
-        .iter()
-        .all(|m| m.protocol_version() == 1 && m.kind() != "about"));
+    let hello = deliver(&mut dial, &mut acc, 1);
+    assert!(hello.iter().all(|m| m.protocol_version() == 1), "{hello:?}");
+    let mut answered = deliver(&mut acc, &mut dial, 2);
     deliver(&mut dial, &mut acc, 3);
-    // The hub's version of `k1`, written by a user, goes out without its author.
+    assert!(dial.is_established() && acc.is_established());
+    assert_eq!(dial.protocol(), acc.protocol());
     let Some(Action::Load { origin, .. }) = acc.poll_action() else {
         panic!("no load");
     };
@@ -330,12 +326,27 @@ fn a_node_of_the_previous_release_speaks_protocol_1_and_authors_stay_behind() {
     };
     v.author = Some("li@hub".into());
     acc.handle_loaded(COLL, &origin, vec![v], 1);
-    let batch = drain_tx(&mut acc)
-        .into_iter()
-        .find(|(_, m)| m.kind() == "batch")
-        .expect("a batch");
-    assert_eq!(batch.1.protocol_version(), 1);
-    let MessageV2::Batch(b) = batch.1.into_v2() else {
+    let mut batch = None;
+    for (_, m) in drain_tx(&mut acc) {
+        if m.kind() == "batch" {
+            batch = Some(m);
+        } else {
+            answered.push(m);
+        }
+    }
+    (acc.protocol(), answered, batch.expect("a batch"))
+}
+
+#[test]
+fn a_node_of_the_previous_release_speaks_protocol_1_and_authors_stay_behind() {
+    let (protocol, answered, batch) = authored_batch(1);
+    assert_eq!(protocol, 1);
+    // Everything the hub sends is version 1, and it says nothing of its release.
+    assert!(answered
+        .iter()
+        .all(|m| m.protocol_version() == 1 && m.kind() != "about"));
+    assert_eq!(batch.protocol_version(), 1);
+    let MessageV2::Batch(b) = batch.into_v2() else {
         panic!("not a batch");
     };
     assert_eq!(
@@ -346,39 +357,11 @@ fn a_node_of_the_previous_release_speaks_protocol_1_and_authors_stay_behind() {
 
 #[test]
 fn two_current_nodes_speak_protocol_2_and_carry_authors() {
-    let mut dial = Session::new(
-        Role::Dialer,
-        cfg("hefei", false),
-        peer("hub", true),
-        vec![],
-        0,
-    );
-    let mut acc = Session::new(
-        Role::Acceptor,
-        cfg("hub", true),
-        peer("hefei", false),
-        vec![(COLL.to_owned(), [(rid("hub"), 1)].into_iter().collect())],
-        0,
-    );
-    deliver(&mut dial, &mut acc, 1);
-    deliver(&mut acc, &mut dial, 2);
-    deliver(&mut dial, &mut acc, 3);
-    assert_eq!((dial.protocol(), acc.protocol()), (2, 2));
-    let Some(Action::Load { origin, .. }) = acc.poll_action() else {
-        panic!("no load");
-    };
-    let mut v = Version {
-        dot: Dot::new(origin.clone(), 1),
-        ..version("hub", 1)
-    };
-    v.author = Some("li@hub".into());
-    acc.handle_loaded(COLL, &origin, vec![v], 1);
-    let batch = drain_tx(&mut acc)
-        .into_iter()
-        .find(|(_, m)| m.kind() == "batch")
-        .expect("a batch");
-    assert_eq!(batch.1.protocol_version(), 2);
-    let MessageV2::Batch(b) = batch.1.into_v2() else {
+    let (protocol, answered, batch) = authored_batch(PROTOCOL_VERSION);
+    assert_eq!(protocol, 2);
+    assert!(answered.iter().any(|m| m.kind() == "about"));
+    assert_eq!(batch.protocol_version(), 2);
+    let MessageV2::Batch(b) = batch.into_v2() else {
         panic!("not a batch");
     };
     assert_eq!(b.versions[0].author.as_deref(), Some("li@hub"));
