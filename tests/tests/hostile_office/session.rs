@@ -383,7 +383,7 @@ fn a_sibling_flood_is_capped_and_reads_stay_bounded() {
     crate::common::assert_converged(&[&scene.hub, &scene.hefei, &scene.beijing], TIMEOUT);
     let rss_before = scene.hub_rss_mib("before the sibling flood");
     let rt = runtime();
-    rt.block_on(async {
+    let rogue = rt.block_on(async {
         let mut rogue = rogue_session(&scene).await;
         let id = rogue_id();
         // 500 versions of one key, none superseding another (empty contexts).
@@ -403,10 +403,10 @@ fn a_sibling_flood_is_capped_and_reads_stay_bounded() {
                 .await
                 .expect("send");
         }
-        let refused = wait_rejected(&scene.hub, "rogue-office", "limit");
-        eprintln!("hub refused {refused} siblings past the limit");
-        rogue.shutdown().await;
+        rogue
     });
+    // The rogue's session stays open (the runtime's workers drive it) until the hub has taken
+    // in the whole flood: closing it earlier would drop what is still in flight.
     wait_for("the flood to be applied or refused", TIMEOUT, || {
         let p = peer_status(&scene.hub, "rogue-office");
         let refused = p["rejected_by_reason"]["limit"].as_u64().unwrap_or(0);
@@ -416,6 +416,11 @@ fn a_sibling_flood_is_capped_and_reads_stay_bounded() {
             Err(p.to_string())
         }
     });
+    eprintln!(
+        "hub refused {} siblings past the limit",
+        wait_rejected(&scene.hub, "rogue-office", "limit")
+    );
+    rt.block_on(rogue.shutdown());
     for node in [&scene.hub, &scene.hefei, &scene.beijing] {
         wait_for("the capped sibling set", TIMEOUT, || {
             match node.get("situation", "shared/flood") {
