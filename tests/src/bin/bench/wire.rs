@@ -82,7 +82,13 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, kind: Kind, rows: &mut Vec<TableRo
         Durability::Sync,
     )
     .await?;
-    let api = ApiClient::new(b.api_addr());
+    // B's own admin token, which it wrote in its data dir at start.
+    let token = std::fs::read_to_string(
+        dir.path()
+            .join("b")
+            .join(officesync_daemon::config::ADMIN_TOKEN_FILE),
+    )?;
+    let api = ApiClient::new(b.api_addr()).with_token(Some(token.trim().to_owned()));
     let reached = wait_digest(b.replica(), &target.digest, s.catch_up_timeout).await?;
     ensure!(
         reached.is_some(),
