@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,8 +164,8 @@ fn watch_signals(stop: Arc<AtomicBool>) -> Result<(), CliError> {
 }
 
 fn free_tcp_port() -> Result<SocketAddr, CliError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    officesync_daemon::net::free_tcp_port()
+        .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .map_err(|e| fail(format!("no free loopback TCP port: {e}")))
 }
 

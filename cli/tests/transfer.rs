@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -57,10 +57,7 @@ fn daemon_binary() -> Option<PathBuf> {
 }
 
 fn free_tcp_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port")
-        .port()
+    officesync_daemon::net::free_tcp_port().expect("free tcp port")
 }
 
 /// Runs `officesync` with `args` and `stdin` against no inherited API.

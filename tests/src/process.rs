@@ -3,12 +3,10 @@
 //! Every wait in the harness goes through [`run_bounded`] or [`wait_until`], so a hung
 //! binary fails the test with what it printed instead of hanging the suite.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -193,28 +191,10 @@ impl OutputExt for Output {
     }
 }
 
-/// Ports handed out by this process, never handed out twice.
-static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// Remembers `port`; false if it was handed out before.
-fn claim(port: u16) -> bool {
-    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-    taken.get_or_insert_with(HashSet::new).insert(port)
-}
-
 /// A loopback TCP port that was free a moment ago (bound to `127.0.0.1:0`, then released),
 /// never one this process handed out before.
 pub fn free_tcp_port() -> u16 {
-    for _ in 0..100 {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("bind a TCP socket on 127.0.0.1:0")
-            .port();
-        if claim(port) {
-            return port;
-        }
-    }
-    panic!("no fresh TCP port on 127.0.0.1 after 100 tries");
+    officesync_daemon::net::free_tcp_port().expect("a free TCP port on 127.0.0.1")
 }
 
 /// A loopback UDP port that was free a moment ago, never one this process handed out before.
