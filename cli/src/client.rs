@@ -43,6 +43,17 @@ pub struct ApiAddr {
     port: u16,
 }
 
+impl ApiAddr {
+    /// True when the address is this host's loopback (`127.0.0.0/8`, `::1`, `localhost`).
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
 impl FromStr for ApiAddr {
     type Err = String;
 
@@ -520,6 +531,27 @@ mod tests {
         assert_eq!(addr("localhost").as_deref(), Ok("localhost:7480"));
         assert_eq!(addr("[::1]:7481").as_deref(), Ok("[::1]:7481"));
         assert_eq!(addr("http://[::1]").as_deref(), Ok("[::1]:7480"));
+    }
+
+    #[test]
+    fn loopback_addresses_are_told_apart() {
+        for local in [
+            "127.0.0.1:7480",
+            "localhost:7480",
+            "[::1]:7480",
+            "127.0.0.2:1",
+        ] {
+            assert!(
+                local.parse::<ApiAddr>().expect(local).is_loopback(),
+                "{local}"
+            );
+        }
+        for remote in ["10.0.0.5:7480", "gov.example.cn:7480", "[2001:db8::1]:7480"] {
+            assert!(
+                !remote.parse::<ApiAddr>().expect(remote).is_loopback(),
+                "{remote}"
+            );
+        }
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub struct Global {
     )]
     pub token: Option<String>,
     /// A file holding the token [default: the admin.token in the data dir of --config, else
-    /// /var/lib/officesync/admin.token, when readable].
+    /// /var/lib/officesync/admin.token when readable and the API is on this host's loopback].
     #[arg(
         long,
         global = true,
@@ -122,10 +122,12 @@ impl Global {
 
     /// The token to send ([`token::resolve`]).
     pub fn token(&self) -> Result<Option<String>, CliError> {
+        let local_api = self.api_addr()?.is_loopback();
         token::resolve(
             self.token.as_deref(),
             self.token_file.as_deref(),
             self.config.as_deref(),
+            local_api,
         )
     }
 

@@ -11,11 +11,13 @@ use crate::exit::CliError;
 
 /// The token to send, if any. A named token file that cannot be read is a usage error; the
 /// config's admin token is only taken when it is readable (root on the node, or the daemon's
-/// user).
+/// user), and the default data dir's only when the API is this host's own (`local_api`), so a
+/// node's admin token is never sent to another host.
 pub fn resolve(
     token: Option<&str>,
     token_file: Option<&Path>,
     config: Option<&Path>,
+    local_api: bool,
 ) -> Result<Option<String>, CliError> {
     if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
         return Ok(Some(token.to_owned()));
@@ -37,9 +39,12 @@ pub fn resolve(
         }
         return Ok(Some(token.to_owned()));
     }
-    Ok(config
-        .and_then(admin_token_of)
-        .or_else(|| read_token(Path::new(DEFAULT_ADMIN_TOKEN))))
+    if let Some(config) = config {
+        return Ok(admin_token_of(config));
+    }
+    Ok(local_api
+        .then(|| read_token(Path::new(DEFAULT_ADMIN_TOKEN)))
+        .flatten())
 }
 
 /// The admin token of a node set up as `deploy/INSTALL.md` says (`data_dir =
@@ -68,18 +73,18 @@ mod tests {
         let file = dir.path().join("t");
         std::fs::write(&file, "ost_file\n").expect("write");
         assert_eq!(
-            resolve(Some("ost_flag"), Some(&file), None).expect("ok"),
+            resolve(Some("ost_flag"), Some(&file), None, true).expect("ok"),
             Some("ost_flag".to_owned())
         );
         assert_eq!(
-            resolve(None, Some(&file), None).expect("ok"),
+            resolve(None, Some(&file), None, true).expect("ok"),
             Some("ost_file".to_owned())
         );
-        assert_eq!(resolve(Some("  "), None, None).expect("ok"), None);
-        let missing =
-            resolve(None, Some(&dir.path().join("nope")), None).expect_err("a missing token file");
+        assert_eq!(resolve(Some("  "), None, None, false).expect("ok"), None);
+        let missing = resolve(None, Some(&dir.path().join("nope")), None, true)
+            .expect_err("a missing token file");
         assert!(missing.to_string().contains("--token-file"), "{missing}");
         std::fs::write(&file, "\n").expect("write");
-        assert!(resolve(None, Some(&file), None).is_err());
+        assert!(resolve(None, Some(&file), None, true).is_err());
     }
 }
