@@ -54,6 +54,7 @@ pub fn peers(global: &Global) -> Result<(), CliError> {
     let now = output::unix_now_secs();
     let mut text = peers_table(&peers, now).unwrap_or_else(|| "no peers\n".to_owned());
     text.push_str(&down_reasons(&peers, now));
+    text.push_str(&releases(&peers));
     if let Some(table) = staleness_table(&peers, now) {
         text.push_str("\nstaleness (this node's copy of each peer's data):\n");
         text.push_str(&table);
@@ -337,6 +338,31 @@ fn down_reasons(peers: &[PeerStatus], now: u64) -> String {
         ));
     }
     out
+}
+
+/// What each peer runs, as its current (or last) session said: `NAME: officesyncd 0.1.0,
+/// protocol 2`; a peer of protocol 1 (the previous release) does not say its release.
+fn releases(peers: &[PeerStatus]) -> String {
+    let mut lines: Vec<String> = peers
+        .iter()
+        .filter_map(|p| {
+            let protocol = p.protocol?;
+            let release = match (&p.release, protocol) {
+                (Some(r), _) => output::escape_message(r),
+                (None, 1) => "a previous release (authors are not exchanged)".to_owned(),
+                (None, _) => "release not told".to_owned(),
+            };
+            Some(format!(
+                "  {}: {release}, protocol {protocol}\n",
+                output::escape_text(&p.name)
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    lines.insert(0, "\nreleases:\n".to_owned());
+    lines.concat()
 }
 
 /// The stalest `data_as_of` of a peer's collections as an age, the same value
@@ -634,5 +660,26 @@ wuhu            grain       equal
         assert_eq!(data_as_of(&collections[..1], now), "5s ago");
         assert_eq!(data_as_of(&collections[2..], now), "never");
         assert_eq!(data_as_of(&[], now), "-");
+    }
+
+    #[test]
+    fn releases_say_what_each_peer_runs() {
+        let peer = |name: &str, protocol: Option<u16>, release: Option<&str>| PeerStatus {
+            name: name.into(),
+            protocol,
+            release: release.map(str::to_owned),
+            ..PeerStatus::default()
+        };
+        let text = releases(&[
+            peer("general-office", Some(2), Some("officesyncd 0.1.0")),
+            peer("wuhu", Some(1), None),
+            peer("never-seen", None, None),
+        ]);
+        assert_eq!(
+            text,
+            "\nreleases:\n  general-office: officesyncd 0.1.0, protocol 2\n  wuhu: a previous \
+             release (authors are not exchanged), protocol 1\n"
+        );
+        assert_eq!(releases(&[peer("never-seen", None, None)]), "");
     }
 }
