@@ -503,3 +503,24 @@ async fn the_audit_log_records_who_changed_what_and_catches_tampering() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_user_sees_only_its_collections_in_status_and_listings() {
+    let f = fixture();
+    let admin = bearer(&f.admin);
+    for coll in ["situation", "documents"] {
+        let uri = format!("/v1/collections/{coll}/records/k");
+        let (s, _) = call(&f.app, Method::PUT, &uri, Some(&admin), "v").await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    for uri in ["/v1/status", "/v1/collections"] {
+        let (s, body) = call(&f.app, Method::GET, uri, Some(&bearer(&f.reader)), "").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert!(
+            body.contains("situation") && !body.contains("documents"),
+            "{uri}: {body}"
+        );
+        let (_, body) = call(&f.app, Method::GET, uri, Some(&admin), "").await;
+        assert!(body.contains("documents"), "{uri}: {body}");
+    }
+}

@@ -126,6 +126,7 @@ fn write_stats(s: &ReplicaStats) -> WriteStats {
 /// `GET /v1/status`.
 pub(crate) async fn status(
     State(state): State<ApiState>,
+    who: super::gate::Who,
     uri: Uri,
 ) -> Result<Json<StatusBody>, ApiError> {
     parse_query(uri.query(), &[])?;
@@ -133,7 +134,8 @@ pub(crate) async fn status(
     let infos = replica.collections().await?;
     let mut vv = BTreeMap::new();
     let mut collections = BTreeMap::new();
-    for info in infos {
+    // A user sees the collections it may read (their names, counts and digests), no others.
+    for info in infos.into_iter().filter(|i| who.0.may_read(&i.name)) {
         let m = info.meta;
         collections.insert(
             info.name.clone(),
@@ -163,7 +165,13 @@ pub(crate) async fn status(
         peers: with_dial_errors(
             peers_at(state.peers.as_ref(), unix_ms_now()),
             state.transport.as_ref(),
-        ),
+        )
+        .into_iter()
+        .map(|mut p| {
+            p.collections.retain(|c| who.0.may_read(&c.collection));
+            p
+        })
+        .collect(),
         store,
         writes: write_stats(replica.stats()),
         transport: state.transport.as_ref().map(StatsHandle::snapshot),

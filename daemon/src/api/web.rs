@@ -35,9 +35,13 @@ pub(crate) async fn page(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     parse_query(uri.query(), &[])?;
-    let collections = state.replica.collections().await?;
+    let mut collections = state.replica.collections().await?;
+    collections.retain(|c| who.0.may_read(&c.name));
     let now = unix_ms_now();
-    let peers = peers_at(state.peers.as_ref(), now);
+    let mut peers = peers_at(state.peers.as_ref(), now);
+    for p in &mut peers {
+        p.collections.retain(|c| who.0.may_read(&c.collection));
+    }
     let signed_in = match &who.0.user {
         Some(user) => format!("Signed in as {user} ({}).", who.0.role),
         None => {
