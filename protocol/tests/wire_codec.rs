@@ -7,7 +7,7 @@ use officesync_protocol::names::NameError;
 use officesync_protocol::wire::{
     decode_message, encode_frame, encode_message, encode_raw_frame, About, Ack, Batch, Complete,
     Compression, DigestReply, DigestRequest, ErrorCode, ErrorFrame, Frame, FrameDecoder,
-    FrameFlags, Heartbeat, Hello, HelloAck, Message, MessageV1, MessageV2, WireError,
+    FrameFlags, Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, WireError,
     DEFAULT_MAX_VALUE_BYTES, FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
 };
@@ -295,6 +295,17 @@ fn sample_messages() -> Vec<Message> {
             release: "officesyncd 0.1.0".into(),
         }
         .into(),
+        MessageV2::Echo(Heartbeat { now_ms: 9, seq: 4 }).into(),
+        HelloAckV2 {
+            ack: HelloAck {
+                protocol: PROTOCOL_VERSION,
+                accepted_compression: Compression::Zstd,
+                vvs: vec![],
+            },
+            replica: rid("general-office"),
+            cluster_id: "ab".repeat(32),
+        }
+        .into(),
     ]
 }
 
@@ -387,13 +398,14 @@ proptest! {
 fn sample_of_every_variant_round_trips_and_validates() {
     let msgs = sample_messages();
     let kinds: BTreeSet<&str> = msgs.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 10, "one sample per MessageV2 variant");
+    assert_eq!(kinds.len(), 11, "a sample of every kind");
     let mut stream = Vec::new();
     for m in &msgs {
         assert_eq!(m.validate(DEFAULT_MAX_VALUE_BYTES), Ok(()), "{}", m.kind());
-        // The handshake always travels as version 1, so nodes of either version negotiate.
-        let handshake = matches!(m.kind(), "hello" | "hello_ack");
-        let expected = if handshake { 1 } else { PROTOCOL_VERSION };
+        // The dialer's hello always travels as version 1, so nodes of either version negotiate;
+        // the acceptor answers in the version agreed.
+        let v1_form = matches!(m, Message::V1(MessageV1::Hello(_) | MessageV1::HelloAck(_)));
+        let expected = if v1_form { 1 } else { PROTOCOL_VERSION };
         assert_eq!(m.protocol_version(), expected, "{}", m.kind());
         stream.extend(encode_frame(m, FrameFlags::NONE).expect("encodes"));
     }
@@ -594,10 +606,10 @@ fn unknown_tags_are_refused() {
     let err = decode_message(&[2, 5, 1, 2]).expect_err("V3");
     assert_eq!(err, WireError::UnsupportedVersion { version: 3 });
     assert_eq!(
-        decode_message(&[1, 10, 1, 2]),
+        decode_message(&[1, 12, 1, 2]),
         Err(WireError::UnknownTag {
             type_name: "MessageV2",
-            found: 10
+            found: 12
         })
     );
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);

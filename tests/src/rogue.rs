@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use officesync_daemon::pki;
 use officesync_protocol::wire::{
     decode_message, encode_frame, Compression, ErrorFrame, FrameDecoder, FrameFlags, Hello,
-    HelloAck, Message, MessageV1, MessageV2, ALPN, PROTOCOL_VERSION,
+    HelloAck, Message, MessageV2, ALPN, PROTOCOL_VERSION,
 };
 use officesync_protocol::{ReplicaId, VersionVector};
 use quinn::crypto::rustls::QuicClientConfig;
@@ -139,8 +139,9 @@ impl Rogue {
         .into();
         self.send_control(&encode_frame(&hello, FrameFlags::NONE)?)
             .await?;
-        match self.recv_control().await? {
-            Message::V1(MessageV1::HelloAck(ack)) => Ok(ack),
+        match self.recv_control().await?.into_v2() {
+            MessageV2::HelloAck(ack) => Ok(ack),
+            MessageV2::HelloAckV2(ack) => Ok(ack.ack),
             other => bail!("expected HelloAck, got {}", other.kind()),
         }
     }

@@ -4,7 +4,8 @@
 //! Both sides probe every `heartbeat_interval_ms` with `Heartbeat { now_ms, seq }`. The dialer
 //! numbers its probes odd and the acceptor even, so a heartbeat with the peer's parity is a
 //! probe (echoed with the same `seq`, at most once per half interval) and one with ours is the
-//! echo of our probe.
+//! echo of our probe. From protocol 2 the echo is its own message (`Echo`); the parity rule
+//! still tells a protocol-1 peer's echoes apart.
 
 use crate::wire::Heartbeat;
 
@@ -67,8 +68,19 @@ impl Heartbeats {
         Heartbeat { now_ms: now, seq }
     }
 
-    /// A peer heartbeat `h` at `now`: the echo to send for a probe, or none (an echo of ours
-    /// gives the round trip). A probe flood is an error.
+    /// The echo `h` of one of our probes at `now`: the round trip, when it answers the probe
+    /// still outstanding.
+    pub(super) fn on_echo(&mut self, now: u64, h: Heartbeat) {
+        if let Some((seq, sent)) = self.outstanding {
+            if seq == h.seq {
+                self.rtt = Some(now.saturating_sub(sent));
+                self.outstanding = None;
+            }
+        }
+    }
+
+    /// A peer heartbeat `h` at `now`: the echo to send for a probe, or none (an echo of ours,
+    /// told apart by its `seq` parity, gives the round trip). A probe flood is an error.
     pub(super) fn on_heartbeat(
         &mut self,
         role: Role,
@@ -81,12 +93,7 @@ impl Heartbeats {
             Role::Acceptor => 0,
         };
         if h.seq % 2 == our_parity {
-            if let Some((seq, sent)) = self.outstanding {
-                if seq == h.seq {
-                    self.rtt = Some(now.saturating_sub(sent));
-                    self.outstanding = None;
-                }
-            }
+            self.on_echo(now, h);
             return Ok(None);
         }
         if now < self.next_echo_at {

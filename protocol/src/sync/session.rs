@@ -12,8 +12,8 @@ use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
 use crate::version::Version;
 use crate::wire::{
-    About, Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, Message,
-    MessageV2, MAX_ERROR_DETAIL_BYTES,
+    About, Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, HelloAckV2,
+    Message, MessageV2, MAX_ERROR_DETAIL_BYTES,
 };
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
@@ -647,6 +647,7 @@ impl Session {
             Phase::Handshake => match (self.role, m) {
                 (Role::Acceptor, MessageV2::Hello(h)) => self.on_hello(h),
                 (Role::Dialer, MessageV2::HelloAck(a)) => self.on_hello_ack(a),
+                (Role::Dialer, MessageV2::HelloAckV2(a)) => self.on_hello_ack_v2(a),
                 (_, m) => Err(SyncError::Unexpected {
                     kind: m.kind(),
                     when: "before the handshake completed",
@@ -670,8 +671,12 @@ impl Session {
                         if let Some(echo) =
                             self.hb.on_heartbeat(self.role, self.now, interval, h)?
                         {
-                            self.out.control(echo.into());
+                            self.out.control(MessageV2::Echo(echo).into());
                         }
+                        Ok(())
+                    }
+                    MessageV2::Echo(h) => {
+                        self.hb.on_echo(self.now, h);
                         Ok(())
                     }
                     MessageV2::DigestRequest(r) => {
@@ -688,12 +693,13 @@ impl Session {
                         });
                         Ok(())
                     }
-                    m @ (MessageV2::Hello(_) | MessageV2::HelloAck(_) | MessageV2::Error(_)) => {
-                        Err(SyncError::Unexpected {
-                            kind: m.kind(),
-                            when: "after the handshake",
-                        })
-                    }
+                    m @ (MessageV2::Hello(_)
+                    | MessageV2::HelloAck(_)
+                    | MessageV2::HelloAckV2(_)
+                    | MessageV2::Error(_)) => Err(SyncError::Unexpected {
+                        kind: m.kind(),
+                        when: "after the handshake",
+                    }),
                 }
             }
         }
@@ -709,7 +715,17 @@ impl Session {
             accepted_compression: self.compression,
             vvs: self.advertise(),
         };
-        self.out.control(ack.into());
+        if self.protocol >= 2 {
+            // A dialer of version 2 also learns which incarnation of this node to accept.
+            let v2 = HelloAckV2 {
+                ack,
+                replica: self.cfg.replica.clone(),
+                cluster_id: self.cfg.cluster_id.clone(),
+            };
+            self.out.control(v2.into());
+        } else {
+            self.out.control(ack.into());
+        }
         self.establish();
         Ok(())
     }
@@ -724,6 +740,32 @@ impl Session {
         // Tells the acceptor its HelloAck arrived, so its bulk frames may follow.
         self.send_probe();
         Ok(())
+    }
+
+    /// The dialer checks a version-2 `HelloAck`: the version agreed is 2 or later, the
+    /// acceptor is of this cluster, and the incarnation it names is of the certificate's node;
+    /// that incarnation is the only one of its node it may bring.
+    fn on_hello_ack_v2(&mut self, a: HelloAckV2) -> Result<(), SyncError> {
+        if a.ack.protocol < 2 {
+            return Err(SyncError::UnsupportedVersion {
+                ours: self.cfg.max_protocol,
+                theirs: a.ack.protocol,
+            });
+        }
+        if a.cluster_id != self.cfg.cluster_id {
+            return Err(SyncError::WrongCluster {
+                ours: self.cfg.cluster_id.clone(),
+                theirs: clip(&a.cluster_id),
+            });
+        }
+        if a.replica.node_name() != self.peer.node {
+            return Err(SyncError::NodeMismatch {
+                certificate: self.peer.node.clone(),
+                hello: clip(a.replica.as_str()),
+            });
+        }
+        self.rx.announce(a.replica);
+        self.on_hello_ack(a.ack)
     }
 
     /// The handshake completed: start heartbeats, the sending loop and the repair timer.

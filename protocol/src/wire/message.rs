@@ -77,6 +77,24 @@ pub enum MessageV2 {
     Error(ErrorFrame),
     /// What the sender runs (its release), sent once a version-2 session is established.
     About(About),
+    /// The acceptor's answer to a dialer that offered version 2 or later: the `HelloAck` with
+    /// the acceptor's replica id and cluster id.
+    HelloAckV2(HelloAckV2),
+    /// The echo of a peer's heartbeat probe (version 1 tells them apart by `seq` parity).
+    Echo(Heartbeat),
+}
+
+/// The acceptor's answer to a dialer of version 2 or later: version 1's [`HelloAck`] with what
+/// version 1 left out, so the dialer knows which incarnation of the acceptor's node to accept
+/// and that both are of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HelloAckV2 {
+    /// The version-1 fields (protocol agreed, compression, vectors).
+    pub ack: HelloAck,
+    /// The acceptor's current replica id (its node name plus store incarnation).
+    pub replica: ReplicaId,
+    /// The acceptor's cluster id.
+    pub cluster_id: String,
 }
 
 /// What a node runs, for the peer's status and logs.
@@ -174,17 +192,22 @@ impl MessageV2 {
             Self::DigestReply(_) => "digest_reply",
             Self::Error(_) => "error",
             Self::About(_) => "about",
+            Self::HelloAckV2(_) => "hello_ack",
+            Self::Echo(_) => "echo",
         }
     }
 
-    /// The message as a session speaking `protocol` sends it: the handshake always as version
-    /// 1; anything else as version 2, or converted down to version 1 (dropping authors and
-    /// signatures). `None` for a message version 1 cannot carry ([`About`]).
+    /// The message as a session speaking `protocol` sends it: the dialer's `Hello` (and a
+    /// version-1 `HelloAck`) always as version 1; anything else as version 2, or converted down
+    /// to version 1 (dropping authors, signatures and what [`HelloAckV2`] adds; an echo becomes
+    /// a heartbeat). `None` for a message version 1 cannot carry ([`About`]).
     pub fn at(self, protocol: u16) -> Option<Message> {
         let v1 = match self {
             Self::Hello(h) => return Some(Message::V1(MessageV1::Hello(h))),
             Self::HelloAck(a) => return Some(Message::V1(MessageV1::HelloAck(a))),
             m if protocol >= 2 => return Some(Message::V2(m)),
+            Self::HelloAckV2(a) => MessageV1::HelloAck(a.ack),
+            Self::Echo(h) => MessageV1::Heartbeat(h),
             Self::Batch(b) => MessageV1::Batch(b.into()),
             Self::Complete(c) => MessageV1::Complete(c),
             Self::Ack(a) => MessageV1::Ack(a),
@@ -243,6 +266,7 @@ into_message!(
     DigestReply => DigestReply,
     ErrorFrame => Error,
     About => About,
+    HelloAckV2 => HelloAckV2,
 );
 
 /// Payload compression a node can use on bulk frames.

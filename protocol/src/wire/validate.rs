@@ -81,6 +81,12 @@ impl MessageV2 {
             Self::DigestRequest(m) => m.validate(),
             Self::DigestReply(m) => m.validate(),
             Self::Error(m) => m.validate(),
+            Self::HelloAckV2(m) => {
+                m.ack.validate()?;
+                check_replica(&m.replica)?;
+                validate_cluster_id(&m.cluster_id)
+            }
+            Self::Echo(_) => Ok(()),
             Self::About(m) => {
                 if m.release.len() > MAX_RELEASE_BYTES {
                     return Err(WireError::DetailTooLong {

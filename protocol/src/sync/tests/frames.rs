@@ -366,3 +366,64 @@ fn two_current_nodes_speak_protocol_2_and_carry_authors() {
     };
     assert_eq!(b.versions[0].author.as_deref(), Some("li@hub"));
 }
+
+#[test]
+fn a_version_2_hello_ack_names_the_acceptors_incarnation_and_is_checked() {
+    let mut dial = Session::new(
+        Role::Dialer,
+        cfg("hefei", false),
+        peer("hub", true),
+        vec![],
+        0,
+    );
+    let mut acc = Session::new(
+        Role::Acceptor,
+        cfg("hub", true),
+        peer("hefei", false),
+        vec![],
+        0,
+    );
+    deliver(&mut dial, &mut acc, 1);
+    let answered = deliver(&mut acc, &mut dial, 2);
+    assert_eq!(
+        answered[0].protocol_version(),
+        2,
+        "a V2 dialer gets a V2 HelloAck"
+    );
+    assert!(matches!(
+        drain_events(&mut dial).as_slice(),
+        [Event::Established { peer_replica: Some(r), protocol: 2, .. }, ..] if *r == rid("hub")
+    ));
+    // A V2 HelloAck naming another node's incarnation, or another cluster, is refused.
+    let ack = |replica: &str, cluster: &str| HelloAckV2 {
+        ack: HelloAck {
+            protocol: 2,
+            accepted_compression: Compression::None,
+            vvs: vec![],
+        },
+        replica: rid(replica),
+        cluster_id: cluster.into(),
+    };
+    let fresh = || {
+        Session::new(
+            Role::Dialer,
+            cfg("hefei", false),
+            peer("hub", true),
+            vec![],
+            0,
+        )
+    };
+    let code = refused(fresh(), StreamKind::Control, ack("anqing", CLUSTER).into());
+    assert_eq!(code, ErrorCode::NotAuthorized);
+    let code = refused(fresh(), StreamKind::Control, ack("hub", "ffff").into());
+    assert_eq!(code, ErrorCode::WrongCluster);
+    // The dialer's first probe (sent once it is established) gets an `Echo` at version 2.
+    let sent = deliver(&mut dial, &mut acc, 3);
+    assert!(sent.iter().any(|m| m.kind() == "heartbeat"), "{sent:?}");
+    let echo = drain_tx(&mut acc)
+        .into_iter()
+        .map(|(_, m)| m)
+        .find(|m| m.kind() == "echo" || m.kind() == "heartbeat")
+        .expect("an echo");
+    assert_eq!((echo.kind(), echo.protocol_version()), ("echo", 2));
+}

@@ -281,7 +281,7 @@ fn probes_get_one_echo_per_half_interval_and_a_flood_closes_the_session() {
     }
     let echoes = drain_tx(&mut s)
         .into_iter()
-        .filter(|(_, m)| m.kind() == "heartbeat")
+        .filter(|(_, m)| m.kind() == "echo")
         .count();
     // The handshake's probe was echoed at 2; a 1 s interval allows the next echo at 502.
     assert_eq!(echoes, 1);
@@ -345,7 +345,7 @@ fn the_handshake_shows_only_collections_the_peer_may_read_or_write() {
     let ack = drain_tx(&mut acceptor)
         .into_iter()
         .find_map(|(_, m)| match m.into_v2() {
-            MessageV2::HelloAck(a) => Some(a),
+            MessageV2::HelloAckV2(a) => Some(a.ack),
             _ => None,
         })
         .expect("hello ack");

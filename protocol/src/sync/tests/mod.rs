@@ -11,7 +11,8 @@ use crate::dot::{Dot, ReplicaId, VersionVector};
 use crate::hlc::Hlc;
 use crate::version::{ValueMeta, Version};
 use crate::wire::{
-    Batch, Complete, Compression, ErrorCode, Hello, HelloAck, Message, MessageV2, PROTOCOL_VERSION,
+    Batch, Complete, Compression, ErrorCode, Hello, HelloAck, HelloAckV2, Message, MessageV2,
+    PROTOCOL_VERSION,
 };
 
 pub(super) const CLUSTER: &str = "abcdef0123";
