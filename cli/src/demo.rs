@@ -235,13 +235,9 @@ fn start_node(
     };
     wait_healthy(&mut node)?;
     // The daemon wrote its first admin token before it served /health.
-    let token_path = node_dir
-        .join("data")
-        .join(officesync_daemon::config::ADMIN_TOKEN_FILE);
-    let token = std::fs::read_to_string(&token_path)
-        .map_err(|e| fail(format!("{}: {e}", token_path.display())))?
-        .trim()
-        .to_owned();
+    let data = node_dir.join("data");
+    let token = officesync_daemon::config::read_admin_token(&data)
+        .map_err(|e| fail(format!("the admin token in {}: {e}", data.display())))?;
     node.client = Client::new(node.client.addr().clone(), Duration::from_secs(5))
         .with_token(Some(token.clone()));
     node.token = token;

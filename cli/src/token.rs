@@ -1,11 +1,11 @@
 //! Which token the CLI sends: `--token` (or `OFFICESYNC_TOKEN`), else the file of
 //! `--token-file` (or `OFFICESYNC_TOKEN_FILE`), else the admin token the daemon of `--config`
-//! wrote in its data dir, else the one in the default data dir ([`DEFAULT_ADMIN_TOKEN`]),
+//! wrote in its data dir, else the one in the default data dir ([`DEFAULT_DATA_DIR`]),
 //! each only when the user running the CLI may read it (root on the node); else none.
 
 use std::path::Path;
 
-use officesync_daemon::config::{Config, ADMIN_TOKEN_FILE};
+use officesync_daemon::config::{read_admin_token, Config};
 
 use crate::exit::CliError;
 
@@ -43,24 +43,17 @@ pub fn resolve(
         return Ok(admin_token_of(config));
     }
     Ok(local_api
-        .then(|| read_token(Path::new(DEFAULT_ADMIN_TOKEN)))
+        .then(|| read_admin_token(Path::new(DEFAULT_DATA_DIR)).ok())
         .flatten())
 }
 
-/// The admin token of a node set up as `deploy/INSTALL.md` says (`data_dir =
-/// "/var/lib/officesync"`).
-pub const DEFAULT_ADMIN_TOKEN: &str = "/var/lib/officesync/admin.token";
-
-fn read_token(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let token = text.trim();
-    (!token.is_empty()).then(|| token.to_owned())
-}
+/// The data dir of a node set up as `deploy/INSTALL.md` says.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/officesync";
 
 /// The admin token in the data dir of the node whose config is `config`, when readable.
 fn admin_token_of(config: &Path) -> Option<String> {
     let config = Config::load_offline(config).ok()?;
-    read_token(&config.node.data_dir.join(ADMIN_TOKEN_FILE))
+    read_admin_token(&config.node.data_dir).ok()
 }
 
 #[cfg(test)]

@@ -452,15 +452,13 @@ fn import_of_100k_lines_reports_every_bad_line_and_imports_the_rest() {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .new_agent();
-    let token = std::fs::read_to_string(
-        Path::new(&daemon.config)
-            .with_file_name("data")
-            .join("admin.token"),
+    let token = officesync_daemon::config::read_admin_token(
+        &Path::new(&daemon.config).with_file_name("data"),
     )
     .expect("admin.token");
     let body = agent
         .get(format!("http://{}/v1/collections", daemon.api))
-        .header("authorization", &format!("Bearer {}", token.trim()))
+        .header("authorization", &format!("Bearer {token}"))
         .call()
         .expect("GET /v1/collections")
         .into_body()

@@ -154,6 +154,20 @@ impl Default for ApiConfig {
 /// (`auth = "token"`).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
+/// The admin token the daemon wrote in `data_dir` at first start, trimmed; an error when the
+/// file is missing, unreadable by this user, or empty.
+pub fn read_admin_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let text = std::fs::read_to_string(&path)?;
+    match text.trim() {
+        "" => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        )),
+        token => Ok(token.to_owned()),
+    }
+}
+
 /// `api.auth`: how API requests are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -309,14 +309,7 @@ fn reap(state: &mut Running) {
 pub fn admin_token(config: &Path) -> Option<String> {
     let text = std::fs::read_to_string(config).ok()?;
     let parsed = officesync_daemon::config::Config::from_toml_str(&text, config).ok()?;
-    let token = std::fs::read_to_string(
-        parsed
-            .node
-            .data_dir
-            .join(officesync_daemon::auth::ADMIN_TOKEN_FILE),
-    )
-    .ok()?;
-    Some(token.trim().to_owned())
+    officesync_daemon::config::read_admin_token(&parsed.node.data_dir).ok()
 }
 
 fn spawn(spec: &DaemonSpec, env: &[(String, String)]) -> Result<Running, StartFailure> {

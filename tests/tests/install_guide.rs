@@ -429,9 +429,8 @@ impl Machine {
 
     /// A client of this machine's API, signed in as its admin.
     fn api(&self) -> ApiClient {
-        let token = std::fs::read_to_string(self.admin_token_path())
-            .ok()
-            .map(|t| t.trim().to_owned());
+        let token =
+            officesync_daemon::config::read_admin_token(&self.root.join("var/lib/officesync")).ok();
         ApiClient::new(SocketAddr::from(([127, 0, 0, 1], self.api_port))).with_token(token)
     }
 

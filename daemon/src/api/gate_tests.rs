@@ -30,10 +30,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let (users, _) = Users::open(dir.path(), 1).expect("users");
-    let admin = std::fs::read_to_string(dir.path().join(crate::auth::ADMIN_TOKEN_FILE))
-        .expect("admin.token")
-        .trim()
-        .to_owned();
+    let admin = crate::config::read_admin_token(dir.path()).expect("admin.token");
     let writer = users
         .add("wang", Role::Writer, Some(vec!["situation".into()]), 1)
         .expect("writer");

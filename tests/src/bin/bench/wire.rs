@@ -83,12 +83,8 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, kind: Kind, rows: &mut Vec<TableRo
     )
     .await?;
     // B's own admin token, which it wrote in its data dir at start.
-    let token = std::fs::read_to_string(
-        dir.path()
-            .join("b")
-            .join(officesync_daemon::config::ADMIN_TOKEN_FILE),
-    )?;
-    let api = ApiClient::new(b.api_addr()).with_token(Some(token.trim().to_owned()));
+    let token = officesync_daemon::config::read_admin_token(&dir.path().join("b"))?;
+    let api = ApiClient::new(b.api_addr()).with_token(Some(token));
     let reached = wait_digest(b.replica(), &target.digest, s.catch_up_timeout).await?;
     ensure!(
         reached.is_some(),
