@@ -864,3 +864,45 @@ async fn a_format_1_store_is_read_as_it_is_and_marked_format_2() {
     assert_eq!(rec.siblings.len(), 1);
     assert_eq!(rec.winner().author.as_deref(), Some("li@hefei"));
 }
+
+#[test]
+fn the_sibling_record_bound_counts_the_author_and_signature_a_version_brings() {
+    let named = |i: usize| ReplicaId::new(&format!("{i:0>50}"), 1).expect("valid");
+    let mut held = encoding::StoredSibling {
+        header: officesync_protocol::VersionHeader {
+            dot: Dot::new(named(100_000), 1),
+            hlc: Hlc { ms: 1, logical: 0 },
+            context: VersionVector::new(),
+            value: officesync_protocol::ValueMeta::of(Some(b"x")),
+        },
+        body: encoding::Body::Inline(b"x".to_vec()),
+        author: None,
+        signature: None,
+    };
+    let mut bare = remote(&named(100_001), 1, "k", 2, VersionVector::new(), Some(b"y"));
+    let header = bare.header();
+    let base = officesync_protocol::codec::encode(&header)
+        .expect("encode")
+        .len()
+        + 1
+        + 16;
+    // Grow the held sibling until the new version fits only without 256 bytes of author and
+    // signature.
+    let mut i = 0;
+    while officesync_protocol::codec::encode(&held)
+        .expect("encode")
+        .len()
+        + base
+        + 256
+        <= writer::MAX_RECORD_BYTES
+    {
+        held.header.context.raise(&named(i), 1);
+        i += 1;
+    }
+    let siblings = vec![held];
+    assert_eq!(writer::room_for(&siblings, &header, &bare), Ok(()));
+    bare.author = Some(format!("{}@{}", "u".repeat(64), "0".repeat(50)));
+    bare.signature = Some(vec![7; 128]);
+    let err = writer::room_for(&siblings, &header, &bare).expect_err("past the bound");
+    assert!(err.contains("bytes"), "{err}");
+}

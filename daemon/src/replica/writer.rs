@@ -580,7 +580,11 @@ fn merge_version(
 /// Whether a received version may join `siblings`: refused when the key would hold more than
 /// [`MAX_SIBLINGS`] siblings or an encoded record above [`MAX_RECORD_BYTES`]. Versions it
 /// supersedes leave room; a duplicate or an obsolete version changes nothing and passes.
-fn room_for(siblings: &[StoredSibling], header: &VersionHeader, v: &Version) -> Result<(), String> {
+pub(super) fn room_for(
+    siblings: &[StoredSibling],
+    header: &VersionHeader,
+    v: &Version,
+) -> Result<(), String> {
     let kept: Vec<&StoredSibling> = siblings
         .iter()
         .filter(|s| !header.context.covers(&s.header.dot))
@@ -597,8 +601,12 @@ fn room_for(siblings: &[StoredSibling], header: &VersionHeader, v: &Version) -> 
         ));
     }
     let inline = v.value.as_ref().filter(|b| b.len() <= INLINE_VALUE_MAX);
-    let new_bytes =
-        codec::encode(header).map_or(usize::MAX, |b| b.len()) + inline.map_or(0, Vec::len) + 16;
+    // The header, the inline value, the author and the signature it brings, and framing.
+    let new_bytes = codec::encode(header).map_or(usize::MAX, |b| b.len())
+        + inline.map_or(0, Vec::len)
+        + v.author.as_ref().map_or(0, String::len)
+        + v.signature.as_ref().map_or(0, Vec::len)
+        + 16;
     let held: usize = kept
         .iter()
         .map(|s| codec::encode(*s).map_or(usize::MAX, |b| b.len()))
