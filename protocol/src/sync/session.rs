@@ -42,6 +42,8 @@ pub struct Session {
     compression: Compression,
     /// The protocol version spoken: the highest offered until the handshake agrees one.
     protocol: u16,
+    /// The peer's `About` was heard (it is reported once per session).
+    peer_about: bool,
     /// The acceptor has heard the established dialer, so its bulk frames cannot overtake
     /// `HelloAck` (always true for the dialer).
     peer_confirmed: bool,
@@ -97,6 +99,7 @@ impl Session {
             last_heard: now_ms,
             compression: Compression::None,
             protocol: max_protocol,
+            peer_about: false,
             peer_confirmed: role == Role::Dialer,
             local,
             advertised: BTreeMap::new(),
@@ -688,9 +691,13 @@ impl Session {
                         Ok(())
                     }
                     MessageV2::About(a) => {
-                        self.out.event(Event::PeerAbout {
-                            release: clip(&a.release),
-                        });
+                        // Once per session: a peer repeating it gets no more events (each
+                        // would be a line in the log).
+                        if !std::mem::replace(&mut self.peer_about, true) {
+                            self.out.event(Event::PeerAbout {
+                                release: clip(&a.release),
+                            });
+                        }
                         Ok(())
                     }
                     m @ (MessageV2::Hello(_)

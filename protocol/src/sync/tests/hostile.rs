@@ -354,3 +354,23 @@ fn the_handshake_shows_only_collections_the_peer_may_read_or_write() {
         [COLL]
     );
 }
+
+#[test]
+fn a_peer_repeating_about_is_reported_once() {
+    let mut s = established_acceptor("hefei", false);
+    for i in 0..100 {
+        let about = crate::wire::About {
+            release: format!("officesyncd {i}"),
+        };
+        s.handle_frame(StreamKind::Control, about.into(), 3 + i);
+    }
+    let told: Vec<Event> = drain_events(&mut s)
+        .into_iter()
+        .filter(|e| matches!(e, Event::PeerAbout { .. }))
+        .collect();
+    assert!(
+        matches!(told.as_slice(), [Event::PeerAbout { release }] if release == "officesyncd 0"),
+        "{told:?}"
+    );
+    assert!(!s.is_closed());
+}
