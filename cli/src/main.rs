@@ -117,17 +117,18 @@ pub struct Global {
 impl Global {
     /// A client of the daemon at [`Global::api_addr`].
     pub fn client(&self) -> Result<Client, CliError> {
-        Ok(Client::new(self.api_addr()?, self.timeout).with_token(self.token()?))
+        let addr = self.api_addr()?;
+        let token = self.token_for(&addr)?;
+        Ok(Client::new(addr, self.timeout).with_token(token))
     }
 
-    /// The token to send ([`token::resolve`]).
-    pub fn token(&self) -> Result<Option<String>, CliError> {
-        let local_api = self.api_addr()?.is_loopback();
+    /// The token to send to the API at `addr` ([`token::resolve`]).
+    pub fn token_for(&self, addr: &ApiAddr) -> Result<Option<String>, CliError> {
         token::resolve(
             self.token.as_deref(),
             self.token_file.as_deref(),
             self.config.as_deref(),
-            local_api,
+            addr.is_loopback(),
         )
     }
 

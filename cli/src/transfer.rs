@@ -395,7 +395,11 @@ fn write_items(items: &[Item], base: &str, global: &Global) -> Outcome {
     let workers = WORKERS.min(items.len()).max(1);
     let progress = io::stderr().is_terminal();
 
-    let (addr, token) = match global.api_addr().and_then(|a| Ok((a, global.token()?))) {
+    let found = global.api_addr().and_then(|addr| {
+        let token = global.token_for(&addr)?;
+        Ok((addr, token))
+    });
+    let (addr, token) = match found {
         Ok(found) => found,
         Err(error) => {
             return Outcome {
