@@ -54,6 +54,9 @@ pub struct CaIssueArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CERT_DAYS)))]
     pub days: u32,
+    /// The node key's algorithm: ed25519 (default), or p256 as in bundles of 0.1.0.
+    #[arg(long, value_name = "TYPE", default_value = "ed25519", value_parser = ["ed25519", "p256"])]
+    pub key_type: String,
 }
 
 /// `config ...`: node configuration files.
@@ -152,6 +155,11 @@ fn ca_issue(args: CaIssueArgs, global: &Global) -> Result<(), CliError> {
         admin: args.admin,
         force: args.force,
         days: args.days,
+        key_type: if args.key_type == "p256" {
+            pki::KeyType::EcdsaP256
+        } else {
+            pki::KeyType::Ed25519
+        },
     };
     let issued = pki::issue(&args.name, &args.ca_dir, &args.out, &opts).map_err(pki_error)?;
     if global.json {

@@ -18,6 +18,8 @@ pub mod policy;
 #[cfg(feature = "node")]
 pub mod replica;
 #[cfg(feature = "node")]
+pub mod signing;
+#[cfg(feature = "node")]
 pub mod store;
 #[cfg(feature = "node")]
 pub mod sync;

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState, PeerTable};
 use crate::config::{Config, Durability};
 use crate::policy::PolicyHandle;
+use crate::signing::{publish_certificate, Keyring, NodeSigner, SigningError};
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
 use crate::store::{SledStore, StoreError};
 use crate::sync::SyncService;
@@ -41,6 +42,9 @@ pub enum StartError {
     /// The audit appender thread could not be started.
     #[error("cannot start the audit appender: {0}")]
     AuditThread(std::io::Error),
+    /// The node key cannot sign versions, or the CA certificate cannot be read.
+    #[error("version signing: {0}")]
+    Signing(#[from] SigningError),
     /// The API address could not be bound.
     #[error(
         "cannot listen on api.listen {addr}: {source} (fix: free the port or change api.listen)"
@@ -119,7 +123,10 @@ impl Node {
         let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
             .await
             .map_err(|e| StoreError::Io(e.to_string()))??;
-        let replica = Replica::open(Arc::new(store), replica_options(config))?;
+        let signer = Arc::new(NodeSigner::load(&config.tls.cert, &config.tls.key)?);
+        let mut opts = replica_options(config);
+        opts.signer = Some(signer.clone());
+        let replica = Replica::open(Arc::new(store), opts)?;
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -140,6 +147,18 @@ impl Node {
             stopped.clone(),
         )
         .await?;
+        let ca_der = crate::pki::load_cert_ders(&config.tls.ca)
+            .map_err(SigningError::from)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let keyring = Arc::new(Keyring::new(ca_der, policy.clone()));
+        keyring
+            .learn(signer.cert_der())
+            .map_err(|e| SigningError::Key(e.to_string()))?;
+        let known = keyring.load_from(&replica).await?;
+        publish_certificate(&replica, &signer).await?;
+        tracing::debug!(certificates = known, "keyring loaded from _nodes");
         let is_admin =
             config.cluster.admins.contains(&config.node.name) && transport.identity().admin_cert;
         let sync = Arc::new(SyncService::start(
@@ -148,6 +167,7 @@ impl Node {
             replica.clone(),
             peers.clone(),
             policy.clone(),
+            keyring,
             stopped.clone(),
         ));
         let gate = open_gate(config)?;

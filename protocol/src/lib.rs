@@ -13,6 +13,7 @@ pub mod merge;
 pub mod names;
 pub mod policy;
 pub mod shadow;
+pub mod signing;
 pub mod sync;
 pub mod version;
 pub mod wire;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::names::{validate_collection_name, validate_node_name};
+use crate::signing::NODES_COLLECTION;
 
 /// The name of the policy system collection.
 pub const POLICY_COLLECTION: &str = "_policy";
@@ -305,12 +306,14 @@ impl Policy {
         self.revoked.get(node).is_some_and(|r| r.serials.is_empty())
     }
 
-    /// May `node` read `collection`? Everyone reads `_policy`; admins read everything.
+    /// May `node` read `collection`? Everyone reads `_policy` and `_nodes`; admins read
+    /// everything.
     pub fn may_read(&self, node: &str, collection: &str) -> bool {
         if self.revoked_name(node) {
             return false;
         }
-        if collection == POLICY_COLLECTION || self.is_admin(node) {
+        if collection == POLICY_COLLECTION || collection == NODES_COLLECTION || self.is_admin(node)
+        {
             return true;
         }
         if crate::names::is_system_collection(collection) {
@@ -320,13 +323,17 @@ impl Policy {
     }
 
     /// May versions written by `node` (their origin) be accepted in `collection`? Only admins
-    /// write `_policy`; a node revoked by name writes nothing.
+    /// write `_policy`; every node writes `_nodes` (only its own keys: the signature check
+    /// holds it to them); a node revoked by name writes nothing.
     pub fn may_write(&self, node: &str, collection: &str) -> bool {
         if self.revoked_name(node) {
             return false;
         }
         if collection == POLICY_COLLECTION {
             return self.is_admin(node);
+        }
+        if collection == NODES_COLLECTION {
+            return true;
         }
         if crate::names::is_system_collection(collection) {
             return false;
@@ -360,7 +367,9 @@ mod tests {
         assert!(p.may_read("hefei", POLICY_COLLECTION));
         assert!(!p.may_write("hefei", POLICY_COLLECTION));
         assert!(p.may_write("general-office", POLICY_COLLECTION));
-        assert!(!p.may_write("general-office", "_nodes"));
+        assert!(p.may_write("general-office", "_nodes"));
+        assert!(p.may_read("hefei", "_nodes"));
+        assert!(!p.may_write("general-office", "_status"));
     }
 
     #[test]

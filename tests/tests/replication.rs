@@ -667,7 +667,7 @@ fn traffic(star: &Star) {
 fn verify_on_a_converged_cluster_reports_equal() {
     let star = Star::start(CONNECT_TIMEOUT);
     traffic(&star);
-    let collections = ["documents", "situation"];
+    let collections = ["_nodes", "documents", "situation"];
     for (node, peers) in [
         (&star.hub, &[BEIJING, HEFEI][..]),
         (&star.hefei, &[HUB][..]),

@@ -2,6 +2,7 @@
 //! may read and write, and the validation of `_policy` entries written here.
 
 use officesync_protocol::policy::{parse_entry, parse_key, POLICY_COLLECTION};
+use officesync_protocol::signing::NODES_COLLECTION;
 
 use super::error::ApiError;
 use super::gate::Who;
@@ -69,6 +70,11 @@ impl Access {
             return Err(ApiError::Forbidden(format!(
                 "{} may not write collection {collection:?} ({why})",
                 who.describe()
+            )));
+        }
+        if collection == NODES_COLLECTION {
+            return Err(ApiError::Forbidden(format!(
+                "{NODES_COLLECTION} holds the nodes' certificates and only officesyncd writes it"
             )));
         }
         if collection == POLICY_COLLECTION {

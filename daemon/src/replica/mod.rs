@@ -137,6 +137,8 @@ pub struct ReplicaOptions {
     pub max_value_bytes: usize,
     /// Largest tolerated lead of a received HLC over the local clock.
     pub max_clock_skew_ms: u64,
+    /// Signs the versions this node originates (none: they go unsigned, as in unit tests).
+    pub signer: Option<Arc<crate::signing::NodeSigner>>,
 }
 
 impl ReplicaOptions {
@@ -147,6 +149,7 @@ impl ReplicaOptions {
             commit: CommitMode::Sync,
             max_value_bytes: 4 << 20,
             max_clock_skew_ms: 300_000,
+            signer: None,
         }
     }
 }

@@ -53,6 +53,8 @@ pub(crate) struct Writer {
     max_clock_skew_ms: u64,
     stats: Arc<ReplicaStats>,
     generation: u64,
+    /// Signs every version this node originates (none: unsigned, for tests).
+    signer: Option<Arc<crate::signing::NodeSigner>>,
 }
 
 enum Reply {
@@ -103,6 +105,7 @@ impl Writer {
             max_clock_skew_ms: opts.max_clock_skew_ms,
             generation: stats.committed_generation.load(Ordering::Relaxed),
             stats,
+            signer: opts.signer.clone(),
         })
     }
 
@@ -291,7 +294,7 @@ impl Writer {
         let hlc = self.clock.tick(now_ms());
         let meta = self.meta(g, coll)?;
         meta.vv.add_dot(&dot);
-        let version = Version {
+        let mut version = Version {
             collection: coll.to_owned(),
             key: key.to_owned(),
             dot: dot.clone(),
@@ -301,6 +304,11 @@ impl Writer {
             author: Some(author),
             signature: None,
         };
+        let header = version.header();
+        if let Some(signer) = &self.signer {
+            version.signature =
+                Some(signer.sign(coll, key, &header, version.author.as_deref()));
+        }
         let mut meta = std::mem::take(meta);
         // Until this write is durable, peers may still need what it supersedes.
         for s in &siblings {
@@ -317,7 +325,6 @@ impl Writer {
                 });
             }
         }
-        let header = version.header();
         // Checked above: nothing held covers the new dot, so the merge inserts it.
         let (_, siblings) = merge_version(&mut meta, siblings, version, header, &mut g.batch);
         g.metas.insert(coll.to_owned(), meta);

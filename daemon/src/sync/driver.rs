@@ -648,7 +648,13 @@ fn new_session(
         node: peer.name.clone(),
         is_relay,
     };
-    Session::new(role, cfg, identity, local_vvs, now_ms())
+    // The peer's own certificate verifies its versions even before its `_nodes` entry arrives.
+    if let Err(e) = settings.keyring.learn(&peer.der) {
+        tracing::warn!(peer = %peer.name, error = %e, "cannot take the peer's certificate");
+    }
+    let mut session = Session::new(role, cfg, identity, local_vvs, now_ms());
+    session.set_signature_check(settings.keyring.clone());
+    session
 }
 
 /// Opens (dialer) or accepts (acceptor) the control stream.

@@ -61,6 +61,8 @@ pub(crate) struct SyncSettings {
     /// The access policy in force (what peers may read, whose versions are accepted, who is
     /// revoked).
     pub policy: crate::policy::PolicyHandle,
+    /// Verifies the origin signatures of received versions.
+    pub keyring: Arc<crate::signing::Keyring>,
 }
 
 /// Handles of the sessions running now, by connection id, and what is known of peers whose
@@ -152,6 +154,7 @@ impl SyncService {
         replica: Replica,
         peers: PeerTable,
         policy: crate::policy::PolicyHandle,
+        keyring: Arc<crate::signing::Keyring>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let settings = Arc::new(SyncSettings {
@@ -164,6 +167,7 @@ impl SyncService {
             is_admin: config.cluster.admins.contains(&config.node.name)
                 && transport.identity().admin_cert,
             policy,
+            keyring,
         });
         for p in &config.sync.peers {
             peers.set(peers::PeerStatus {

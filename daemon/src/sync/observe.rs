@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use officesync_protocol::signing::SignatureFault;
 use officesync_protocol::sync::SessionStatus;
 use officesync_protocol::{Hlc, ReplicaId, Version, VersionVector};
 use tokio::sync::watch;
@@ -262,6 +263,16 @@ pub(crate) fn behind(
 /// The metric label of a refusal reason.
 pub(crate) fn reason_label(reason: &str) -> &'static str {
     let r = reason.to_ascii_lowercase();
+    for fault in [
+        SignatureFault::Unsigned,
+        SignatureFault::UnknownSigner,
+        SignatureFault::Revoked,
+        SignatureFault::Invalid,
+    ] {
+        if r.strip_prefix(fault.label()).is_some_and(|rest| rest.starts_with(':')) {
+            return fault.label();
+        }
+    }
     if r.contains("not a relay") {
         "relay_rule"
     } else if r.contains("policy") || r.contains("may not write") || r.contains("not allowed") {

@@ -46,15 +46,19 @@ pub struct PeerCertificate {
     /// Last second of the certificate's validity (X.509 `notAfter`), unix seconds. A
     /// connection with the peer is closed when it passes ([`close_at_expiry`]).
     pub not_after: i64,
+    /// The certificate itself (DER): it verifies the peer's version signatures.
+    pub der: Vec<u8>,
 }
 
-impl From<CertIdentity> for PeerCertificate {
-    fn from(id: CertIdentity) -> Self {
+impl PeerCertificate {
+    /// The identity `id` read from the certificate `der`.
+    pub fn new(id: CertIdentity, der: Vec<u8>) -> Self {
         PeerCertificate {
             name: id.name,
             serial_hex: id.serial_hex,
             admin_cert: id.admin,
             not_after: id.not_after,
+            der,
         }
     }
 }
@@ -89,6 +93,7 @@ pub(crate) fn load(tls: &TlsConfig) -> Result<TlsSetup, TransportError> {
     };
     pki::verify_chain_der(leaf_der, ca_der, pki::unix_now()).map_err(cred("node certificate"))?;
     let identity = pki::identity_from_der(leaf_der).map_err(cred("node certificate"))?;
+    let identity = PeerCertificate::new(identity, leaf_der.clone());
     let cluster_id = pki::fingerprint_der(ca_der);
 
     let mut roots = RootCertStore::empty();
@@ -110,7 +115,7 @@ pub(crate) fn load(tls: &TlsConfig) -> Result<TlsSetup, TransportError> {
     Ok(TlsSetup {
         server,
         client,
-        identity: identity.into(),
+        identity,
         cluster_id,
     })
 }
@@ -445,7 +450,7 @@ pub(crate) fn peer_identity(
         .ok_or_else(missing)?;
     let leaf = certs.first().ok_or_else(missing)?;
     pki::identity_from_der(leaf)
-        .map(PeerCertificate::from)
+        .map(|id| PeerCertificate::new(id, leaf.to_vec()))
         .map_err(|e| TransportError::Identity {
             remote,
             detail: e.to_string(),

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::{Policy, POLICY_COLLECTION};
+use crate::signing::{SignatureCheck, SignatureFault};
 use crate::version::Version;
 use crate::wire::{Batch, Complete, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
 
@@ -58,6 +59,9 @@ enum Refusal {
     ClockSkew,
     /// A version whose causal context covers dots this node does not hold.
     Context,
+    /// A version whose origin signature was refused; with the checker's generation then (an
+    /// unknown signer is worth another try once the checker has learnt a certificate).
+    Signature(SignatureFault, u64),
 }
 
 impl Refusal {
@@ -78,6 +82,12 @@ impl Refusal {
             Refusal::Context => format!(
                 "versions of {} after one with a causal context beyond what this node \
              holds are refused",
+                origin
+            ),
+            Refusal::Signature(fault, _) => format!(
+                "{}: versions of {} after one whose signature was refused wait for the next \
+                 session",
+                fault.label(),
                 origin
             ),
         }
@@ -172,6 +182,8 @@ pub(super) struct RecvView<'a> {
     local: &'a BTreeMap<String, VersionVector>,
     /// Our vectors as sent in the handshake: where the peer's streams start.
     advertised: &'a BTreeMap<String, VersionVector>,
+    /// Checks origin signatures (none: versions are taken unsigned, as in protocol tests).
+    signatures: Option<&'a dyn SignatureCheck>,
 }
 
 /// The [`RecvView`] of a session, borrowing only the fields it reads.
@@ -184,6 +196,7 @@ macro_rules! recv_view {
             &$s.policy,
             &$s.local,
             &$s.advertised,
+            $s.signatures.as_deref(),
         )
     };
 }
@@ -198,6 +211,7 @@ impl<'a> RecvView<'a> {
         policy: &'a Policy,
         local: &'a BTreeMap<String, VersionVector>,
         advertised: &'a BTreeMap<String, VersionVector>,
+        signatures: Option<&'a dyn SignatureCheck>,
     ) -> Self {
         Self {
             cfg,
@@ -206,6 +220,7 @@ impl<'a> RecvView<'a> {
             policy,
             local,
             advertised,
+            signatures,
         }
     }
 
@@ -347,7 +362,14 @@ impl Rx {
         b: &Batch,
     ) -> Option<(usize, Refusal, String)> {
         let bound = view.now.saturating_add(view.cfg.max_clock_skew_ms);
-        b.versions.iter().enumerate().find_map(|(i, v)| {
+        let signed = view.signatures.and_then(|check| {
+            check.first_bad(&b.versions).map(|r| {
+                let refusal = Refusal::Signature(r.fault, check.generation());
+                (r.index, refusal, format!("{}: {}", r.fault.label(), r.detail))
+            })
+        });
+        let limit = signed.as_ref().map_or(b.versions.len(), |(i, _, _)| *i);
+        let other = b.versions[..limit].iter().enumerate().find_map(|(i, v)| {
             if v.hlc.ms > bound {
                 return Some((
                     i,
@@ -376,7 +398,8 @@ impl Rx {
                         ),
                     )
                 })
-        })
+        });
+        other.or(signed)
     }
 
     /// A stream refused for clock skew waits for the next session: true (once) when this
@@ -402,6 +425,26 @@ impl Rx {
                 .iter()
                 .any(|(o, s)| s.refused == Some(Refusal::Policy) && view.accepts_write(c, o))
         })
+    }
+
+    /// A stream refused for an unknown signer may go on: the signature checker has learnt a
+    /// certificate since. True once per refusal (the session then reconnects).
+    pub(super) fn signer_retry_due(&mut self, view: RecvView<'_>) -> bool {
+        let Some(generation) = view.signatures.map(|c| c.generation()) else {
+            return false;
+        };
+        let mut due = false;
+        for col in self.collections.values_mut() {
+            for s in col.streams.values_mut() {
+                if let Some(Refusal::Signature(SignatureFault::UnknownSigner, at)) = s.refused {
+                    if generation > at {
+                        s.refused = Some(Refusal::Signature(SignatureFault::UnknownSigner, u64::MAX));
+                        due = true;
+                    }
+                }
+            }
+        }
+        due
     }
 
     /// Arms `collection` for one repair restart per origin; returns the new arm count.

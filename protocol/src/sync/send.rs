@@ -332,7 +332,11 @@ impl Tx {
         };
         let wrap = if self.cursor.is_some() { usize::MAX } else { 0 };
         let mut idle = Vec::new();
-        for k in after.chain(before.take(wrap)) {
+        // Certificates first: the peer verifies every other version against them.
+        let is_nodes = |k: &&StreamKey| k.0 == crate::signing::NODES_COLLECTION;
+        let nodes = ready.iter().filter(is_nodes);
+        let rest = after.chain(before.take(wrap)).filter(|k| !is_nodes(k));
+        for k in nodes.chain(rest) {
             match self.plan(view, k) {
                 Some(p) => return (Some((k.clone(), p)), idle),
                 // A held stream stays ready: it goes on once the hold ends.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::digest::Digest;
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
+use crate::signing::SignatureCheck;
 use crate::version::Version;
 use crate::wire::{
     About, Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, HelloAckV2,
@@ -62,6 +63,8 @@ pub struct Session {
     /// The driver has no room for more bulk frames (its stream is held by flow control): no
     /// Load is issued until it has.
     bulk_blocked: bool,
+    /// Checks the origin signatures of received versions.
+    signatures: Option<Arc<dyn SignatureCheck>>,
 }
 
 /// Where the session is in its life.
@@ -110,12 +113,19 @@ impl Session {
             hb: Heartbeats::default(),
             out: Outbox::default(),
             bulk_blocked: false,
+            signatures: None,
         };
         if role == Role::Dialer {
             let vvs = s.advertise();
             s.out.control(handshake::hello(&s.cfg, vvs).into());
         }
         s
+    }
+
+    /// Checks every received version's origin signature with `check` from now on: a refused
+    /// version is never applied, and its stream waits for the next session.
+    pub fn set_signature_check(&mut self, check: Arc<dyn SignatureCheck>) {
+        self.signatures = Some(check);
     }
 
     /// A frame `msg` received on `stream` at `now_ms`. Any violation closes the session:
@@ -171,6 +181,14 @@ impl Session {
             && self.now >= self.hb.next_at()
         {
             self.send_probe();
+        }
+        if self.rx.signer_retry_due(recv_view!(self)) {
+            self.fail(SyncError::Local {
+                code: ErrorCode::Internal,
+                reason: "reconnecting: the certificate of a refused version's signer has arrived"
+                    .into(),
+            });
+            return;
         }
         if self.rx.skew_retry_due(self.now) {
             self.fail(SyncError::Local {
