@@ -96,6 +96,10 @@ pub struct SyncConfig {
     pub max_clock_skew_ms: u64,
     /// Interval between heartbeats on an idle session.
     pub heartbeat_interval_ms: u64,
+    /// Take versions that carry no origin signature (written under release 0.1.0, or
+    /// received from a node of 0.1.0) instead of refusing them; signed ones are verified all
+    /// the same. For a cluster upgrading from 0.1.0 only.
+    pub accept_unsigned: bool,
 }
 
 impl Default for SyncConfig {
@@ -105,6 +109,7 @@ impl Default for SyncConfig {
             peers: Vec::new(),
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            accept_unsigned: false,
         }
     }
 }
@@ -641,6 +646,9 @@ impl Config {
             "heartbeat_interval_ms = {}",
             self.sync.heartbeat_interval_ms
         )?;
+        if self.sync.accept_unsigned {
+            writeln!(out, "accept_unsigned = true")?;
+        }
         writeln!(out)?;
         writeln!(out, "[tls]")?;
         writeln!(out, "ca = {}", toml_path(&self.tls.ca))?;
@@ -1023,6 +1031,7 @@ fn example(key: &str) -> &'static str {
         "cluster.admins" => "admins = [\"general-office\"]",
         "sync.max_clock_skew_ms" => "max_clock_skew_ms = 300000",
         "sync.heartbeat_interval_ms" => "heartbeat_interval_ms = 5000",
+        "sync.accept_unsigned" => "accept_unsigned = false (true only while upgrading from 0.1.0)",
         "storage.flush_interval_ms" => "flush_interval_ms = 100",
         "storage.max_value_bytes" => "max_value_bytes = 4194304",
         _ => "see the commented example deploy/officesync.example.toml (installed with the docs)",

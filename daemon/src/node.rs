@@ -152,7 +152,9 @@ impl Node {
             .into_iter()
             .next()
             .unwrap_or_default();
-        let keyring = Arc::new(Keyring::new(ca_der, policy.clone()));
+        let keyring = Arc::new(
+            Keyring::new(ca_der, policy.clone()).accepting_unsigned(config.sync.accept_unsigned),
+        );
         keyring
             .learn(signer.cert_der())
             .map_err(|e| SigningError::Key(e.to_string()))?;

@@ -178,6 +178,8 @@ pub struct Keyring {
     policy: PolicyHandle,
     signers: RwLock<HashMap<KeyId, KnownSigner>>,
     generation: AtomicU64,
+    /// Versions without a signature are taken (`sync.accept_unsigned`).
+    accept_unsigned: bool,
 }
 
 impl Keyring {
@@ -188,7 +190,14 @@ impl Keyring {
             policy,
             signers: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            accept_unsigned: false,
         }
+    }
+
+    /// Takes versions without a signature (a cluster upgrading from release 0.1.0).
+    pub fn accepting_unsigned(mut self, accept: bool) -> Self {
+        self.accept_unsigned = accept;
+        self
     }
 
     /// Takes the certificate `der` into the keyring if the CA issued it (whatever its validity
@@ -297,6 +306,9 @@ impl Keyring {
         let mut first: Option<SignatureRefusal> = None;
         for (i, v) in versions.iter().enumerate() {
             let Some(raw) = &v.signature else {
+                if self.accept_unsigned {
+                    continue;
+                }
                 first = Some(refuse(
                     i,
                     SignatureFault::Unsigned,

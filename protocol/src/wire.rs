@@ -34,7 +34,7 @@ pub use frame::{
 };
 pub use message::{
     About, Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, Heartbeat,
-    Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, MAX_RELEASE_BYTES,
+    Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, Restart, MAX_RELEASE_BYTES,
 };
 pub use v1::{BatchV1, VersionV1};
 pub use validate::{

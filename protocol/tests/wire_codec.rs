@@ -606,10 +606,10 @@ fn unknown_tags_are_refused() {
     let err = decode_message(&[2, 5, 1, 2]).expect_err("V3");
     assert_eq!(err, WireError::UnsupportedVersion { version: 3 });
     assert_eq!(
-        decode_message(&[1, 12, 1, 2]),
+        decode_message(&[1, 13, 1, 2]),
         Err(WireError::UnknownTag {
             type_name: "MessageV2",
-            found: 12
+            found: 13
         })
     );
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use officesync_daemon::pki;
+use officesync_daemon::signing::NodeSigner;
 use officesync_protocol::wire::{
     decode_message, encode_frame, Compression, ErrorFrame, FrameDecoder, FrameFlags, Hello,
     HelloAck, Message, MessageV2, ALPN, PROTOCOL_VERSION,
@@ -46,6 +47,9 @@ pub struct Rogue {
     decoder: FrameDecoder,
     /// The cluster id (CA fingerprint) from the bundle's `ca.pem`.
     pub cluster_id: String,
+    /// Signs the versions [`Rogue::send_message`] sends with the bundle's key, as an honest
+    /// node would: the attacks of the suites get past the signature check to what they test.
+    signer: Option<NodeSigner>,
 }
 
 /// Builds the client configuration from the bundle in `bundle` (`node.pem`, `node.key`,
@@ -116,6 +120,7 @@ impl Rogue {
                 bulk: None,
                 decoder: FrameDecoder::new(),
                 cluster_id,
+                signer: NodeSigner::load(&bundle.join("node.pem"), &bundle.join("node.key")).ok(),
             }),
         }
     }
@@ -166,8 +171,30 @@ impl Rogue {
         Ok(())
     }
 
-    /// Sends `msg` as a valid frame on the stream it belongs on.
+    /// Sends `msg` as a valid frame on the stream it belongs on; the unsigned versions of a
+    /// batch are signed with the bundle's key first.
     pub async fn send_message(&mut self, msg: &Message) -> Result<()> {
+        match (msg, &self.signer) {
+            (Message::V2(MessageV2::Batch(b)), Some(signer)) => {
+                let mut b = b.clone();
+                for v in &mut b.versions {
+                    if v.signature.is_none() {
+                        v.signature = Some(signer.sign(
+                            &v.collection,
+                            &v.key,
+                            &v.header(),
+                            v.author.as_deref(),
+                        ));
+                    }
+                }
+                self.send_message_as_is(&b.into()).await
+            }
+            _ => self.send_message_as_is(msg).await,
+        }
+    }
+
+    /// Sends `msg` exactly as given (no signing) on the stream it belongs on.
+    pub async fn send_message_as_is(&mut self, msg: &Message) -> Result<()> {
         let frame = encode_frame(msg, FrameFlags::NONE)?;
         if msg.is_bulk() {
             self.send_bulk(&frame).await

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use common::{hub_config, office_config, peer_entry, wait_for, HUB};
 use officesync_daemon::pki::{self, IssueOptions};
+use officesync_daemon::signing::NodeSigner;
+use officesync_protocol::signing;
 use officesync_protocol::wire::{Batch, Complete, Message};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::rogue::Rogue;
@@ -72,35 +74,49 @@ fn expired_and_not_yet_valid_certificates_are_refused() {
     assert!(peer_entry(&status, "future-office").is_none());
 }
 
-/// A batch of one version of `origin` (a node that does not exist) and its completion.
-fn relayed(origin: &ReplicaId, key: &str) -> [Message; 2] {
-    let version = Version {
-        collection: "situation".into(),
-        key: key.into(),
-        dot: Dot::new(origin.clone(), 1),
-        hlc: Hlc {
-            ms: pki::unix_now() as u64 * 1000,
-            logical: 0,
-        },
-        context: VersionVector::new(),
-        value: Some(b"relayed".to_vec()),
-        author: None,
-        signature: None,
+/// What a relay forwards of node `origin` (an office that never connects here): its
+/// certificate's `_nodes` entry and one version, each signed by it with `signer`, and their
+/// completions.
+fn relayed(origin: &ReplicaId, key: &str, signer: &NodeSigner) -> Vec<Message> {
+    let now = pki::unix_now() as u64 * 1000;
+    let version = |collection: &str, key: &str, value: &[u8]| {
+        let mut v = Version {
+            collection: collection.into(),
+            key: key.into(),
+            dot: Dot::new(origin.clone(), 1),
+            hlc: Hlc { ms: now, logical: 0 },
+            context: VersionVector::new(),
+            value: Some(value.to_vec()),
+            author: None,
+            signature: None,
+        };
+        v.signature = Some(signer.sign(&v.collection, &v.key, &v.header(), None));
+        v
     };
+    let cert_key = signing::nodes_key(origin.node_name(), signer.key_id());
     [
-        Batch {
-            collection: "situation".into(),
-            origin: origin.clone(),
-            versions: vec![version],
-        }
-        .into(),
-        Complete {
-            collection: "situation".into(),
-            origin: origin.clone(),
-            through: 1,
-        }
-        .into(),
+        version(signing::NODES_COLLECTION, &cert_key, signer.cert_der()),
+        version("situation", key, b"relayed"),
     ]
+    .into_iter()
+    .flat_map(|v| {
+        let (collection, origin) = (v.collection.clone(), v.dot.origin.clone());
+        [
+            Batch {
+                collection: collection.clone(),
+                origin: origin.clone(),
+                versions: vec![v],
+            }
+            .into(),
+            Complete {
+                collection,
+                origin,
+                through: 1,
+            }
+            .into(),
+        ]
+    })
+    .collect()
 }
 
 #[test]
@@ -112,6 +128,12 @@ fn an_office_certificate_listed_as_admin_cannot_relay() {
     let hub = cluster.start(&hub_cfg);
     let rt = runtime();
     let nowhere = ReplicaId::new("nowhere", 1).expect("valid");
+    let nowhere_bundle = cluster.issue("nowhere", false);
+    let nowhere_key = NodeSigner::load(
+        &nowhere_bundle.join("node.pem"),
+        &nowhere_bundle.join("node.key"),
+    )
+    .expect("signer");
     for (name, admin_cert, key) in [
         ("shanghai", false, "forged"),
         ("relay-two", true, "relayed"),
@@ -122,7 +144,7 @@ fn an_office_certificate_listed_as_admin_cannot_relay() {
             rogue
                 .hello(name, &ReplicaId::new(name, 1)?, Vec::new())
                 .await?;
-            for msg in relayed(&nowhere, key) {
+            for msg in relayed(&nowhere, key, &nowhere_key) {
                 rogue.send_message(&msg).await?;
             }
             // Keep the session until the hub has dealt with the batch.
@@ -148,7 +170,8 @@ fn an_office_certificate_listed_as_admin_cannot_relay() {
     );
     let status = hub.status();
     let shanghai = peer_entry(&status, "shanghai").expect("listed");
-    assert_eq!(shanghai["rejected"].as_u64(), Some(1), "{shanghai}");
+    // Both of its batches (the certificate and the version) are refused by the relay rule.
+    assert_eq!(shanghai["rejected"].as_u64(), Some(2), "{shanghai}");
     let relay = peer_entry(&status, "relay-two").expect("listed");
     assert_eq!(relay["rejected"].as_u64(), Some(0), "{relay}");
 }

@@ -18,6 +18,7 @@ use officesync_protocol::wire::{
     decode_message, encode_message, encode_raw_frame, Batch, Complete, ErrorCode, FrameFlags,
     Heartbeat, Message, WireError,
 };
+use officesync_daemon::signing::NodeSigner;
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::rogue::Rogue;
 use officesync_tests::{Cluster, TestNode, TestRng};
@@ -86,10 +87,11 @@ enum On {
 }
 
 /// The hostile inputs: a name, the stream, the raw bytes and the code the daemon must close
-/// with.
+/// with. `signer` signs the versions that must get past the signature check.
 fn hostile_inputs(
     origin: &ReplicaId,
     rng: &mut TestRng,
+    signer: Option<&NodeSigner>,
 ) -> Vec<(&'static str, On, Vec<u8>, ErrorCode)> {
     let frame = |payload: &[u8]| encode_raw_frame(FrameFlags::NONE, payload).expect("frame");
     let batch = |versions: Vec<Version>| -> Message {
@@ -123,11 +125,18 @@ fn hostile_inputs(
         vec![7u8; 6 * 1024 * 1024 + 1],
         now,
     )]);
-    // Versions 5..=6 buffered, then "complete through 4": below its own batch.
+    // Versions 5..=6 buffered (signed, so they pass the signature check), then "complete
+    // through 4": below its own batch.
+    let signed = |mut v: Version| {
+        if let Some(signer) = signer {
+            v.signature = Some(signer.sign(&v.collection, &v.key, &v.header(), None));
+        }
+        v
+    };
     let mut out_of_order = frame(
         &encode_message(&batch(vec![
-            version(origin, 5, "a".into(), b"v".to_vec(), now),
-            version(origin, 6, "b".into(), b"v".to_vec(), now),
+            signed(version(origin, 5, "a".into(), b"v".to_vec(), now)),
+            signed(version(origin, 6, "b".into(), b"v".to_vec(), now)),
         ]))
         .expect("encodes"),
     );
@@ -221,13 +230,16 @@ fn malformed_frames_from_an_authenticated_peer_close_only_its_connection() {
         })
     };
 
-    let cases = hostile_inputs(&ReplicaId::new("rogue", 1).expect("valid"), &mut rng).len();
+    let cases = hostile_inputs(&ReplicaId::new("rogue", 1).expect("valid"), &mut rng, None).len();
     for i in 0..cases {
         // One certificate per case, so the backoff of one does not delay the next.
         let name = format!("rogue-{i}");
         let bundle = cluster.issue(&name, false);
         let origin = ReplicaId::new(&name, 1).expect("valid");
-        let (case, on, bytes, code) = hostile_inputs(&origin, &mut rng).swap_remove(i);
+        let signer = NodeSigner::load(&bundle.join("node.pem"), &bundle.join("node.key"))
+            .expect("the rogue's key signs");
+        let (case, on, bytes, code) =
+            hostile_inputs(&origin, &mut rng, Some(&signer)).swap_remove(i);
         let (frame, closed) = rt.block_on(async {
             let mut rogue = Rogue::connect(&bundle, hub_addr, HUB)
                 .await

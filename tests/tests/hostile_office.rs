@@ -17,5 +17,7 @@ mod handshake;
 mod reads;
 #[path = "hostile_office/session.rs"]
 mod session;
+#[path = "hostile_office/signatures.rs"]
+mod signatures;
 #[path = "hostile_office/small.rs"]
 mod small;

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::{Batch, Complete, Hello, Message, MessageV1};
+use crate::wire::{Batch, Complete, Hello, Message, MessageV1, Restart};
 
 use super::api::{Action, Event, SessionStatus};
 
@@ -43,6 +43,11 @@ impl Outbox {
     /// Queues `c` on the bulk stream.
     pub(super) fn complete(&mut self, c: Complete) {
         self.bulk.push_back(c.into());
+    }
+
+    /// Queues `r` on the bulk stream (dropped when the session speaks protocol 1).
+    pub(super) fn restart(&mut self, r: Restart) {
+        self.bulk.push_back(r.into());
     }
 
     /// Queues a store action.

@@ -10,7 +10,7 @@ use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::{Policy, POLICY_COLLECTION};
 use crate::signing::{SignatureCheck, SignatureFault};
 use crate::version::Version;
-use crate::wire::{Batch, Complete, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
+use crate::wire::{Batch, Complete, Restart, MAX_HANDSHAKE_COLLECTIONS, MAX_VECTOR_ENTRIES};
 
 use super::api::{Action, ApplyPart};
 use super::config::{PeerIdentity, SessionConfig};
@@ -130,9 +130,10 @@ impl InStream {
     }
 
     /// Whether a frame starting at counter `first` (with nothing buffered) may be the restart
-    /// of a repair re-stream: it covers counter 1 and a round is armed.
-    fn may_restart(&self, first: u64, arms: u64) -> bool {
-        first == 1 && self.completed >= 1 && self.restarts < arms
+    /// of a repair re-stream: it covers counter 1 and a round is armed. Only protocol 1
+    /// infers restarts; from protocol 2 on the sender announces them ([`Restart`]).
+    fn may_restart(&self, first: u64, arms: u64, protocol: u16) -> bool {
+        protocol < 2 && first == 1 && self.completed >= 1 && self.restarts < arms
     }
 
     /// A batch of counters `first..=last` continues this stream: after what is buffered, or
@@ -143,6 +144,7 @@ impl InStream {
         origin: &ReplicaId,
         (first, last): (u64, u64),
         arms: u64,
+        protocol: u16,
     ) -> Result<(), SyncError> {
         if let Some(prev) = self.buffer.last() {
             if first <= prev.dot.counter {
@@ -153,7 +155,7 @@ impl InStream {
                 ));
             }
         } else if first <= self.completed {
-            if !self.may_restart(first, arms) {
+            if !self.may_restart(first, arms, protocol) {
                 return Err(out_of_order(
                     collection,
                     origin,
@@ -184,6 +186,9 @@ pub(super) struct RecvView<'a> {
     advertised: &'a BTreeMap<String, VersionVector>,
     /// Checks origin signatures (none: versions are taken unsigned, as in protocol tests).
     signatures: Option<&'a dyn SignatureCheck>,
+    /// The session's protocol version: from 2 on, a repair restart is announced
+    /// ([`Restart`]), never inferred.
+    protocol: u16,
 }
 
 /// The [`RecvView`] of a session, borrowing only the fields it reads.
@@ -197,6 +202,7 @@ macro_rules! recv_view {
             &$s.local,
             &$s.advertised,
             $s.signatures.as_deref(),
+            $s.protocol,
         )
     };
 }
@@ -212,6 +218,7 @@ impl<'a> RecvView<'a> {
         local: &'a BTreeMap<String, VersionVector>,
         advertised: &'a BTreeMap<String, VersionVector>,
         signatures: Option<&'a dyn SignatureCheck>,
+        protocol: u16,
     ) -> Self {
         Self {
             cfg,
@@ -221,6 +228,7 @@ impl<'a> RecvView<'a> {
             local,
             advertised,
             signatures,
+            protocol,
         }
     }
 
@@ -525,7 +533,7 @@ impl Rx {
             mut versions,
         } = b;
         let (stream, arms) = self.stream(view, &collection, &origin)?;
-        stream.continue_with(&collection, &origin, (first, last), arms)?;
+        stream.continue_with(&collection, &origin, (first, last), arms, view.protocol)?;
         let refused = cut.map(|(at, refusal, reason)| (versions.split_off(at), refusal, reason));
         let kept_versions = versions.len();
         let kept: usize = versions.iter().map(version_size).sum();
@@ -553,6 +561,35 @@ impl Rx {
             }
             out.reject(reason, tail.len() as u64);
         }
+        Ok(())
+    }
+
+    /// A `Restart` from the peer (protocol 2): its stream of `(collection, origin)` starts
+    /// again from counter 1 for a repair, which a digest round must have armed.
+    pub(super) fn on_restart(&mut self, view: RecvView<'_>, r: Restart) -> Result<(), SyncError> {
+        if !view.accepts_origin(&r.origin)
+            || self
+                .origin_refusal(view, &r.collection, &r.origin)
+                .is_some()
+        {
+            return Ok(()); // its batches are refused anyway
+        }
+        let (stream, arms) = self.stream(view, &r.collection, &r.origin)?;
+        if !stream.buffer.is_empty() {
+            return Err(out_of_order(
+                &r.collection,
+                &r.origin,
+                "restart before the buffered batches were completed".to_owned(),
+            ));
+        }
+        if stream.restarts >= arms {
+            return Err(out_of_order(
+                &r.collection,
+                &r.origin,
+                "restart without a digest round that calls for it".to_owned(),
+            ));
+        }
+        stream.restart(arms);
         Ok(())
     }
 
@@ -591,7 +628,7 @@ impl Rx {
             }
             Some(_) => {}
             None if c.through <= stream.completed => {
-                if stream.may_restart(c.through, arms) {
+                if stream.may_restart(c.through, arms, view.protocol) {
                     stream.restart(arms);
                 } else if c.through == stream.completed {
                     return Ok(()); // a repeat: nothing new

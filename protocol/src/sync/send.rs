@@ -8,7 +8,7 @@ use std::ops::Bound;
 use crate::dot::{ReplicaId, VersionVector};
 use crate::policy::Policy;
 use crate::version::Version;
-use crate::wire::{Ack, Batch, Complete};
+use crate::wire::{Ack, Batch, Complete, Restart};
 
 use super::api::Action;
 use super::config::SessionConfig;
@@ -270,14 +270,20 @@ impl Tx {
             .all(|(_, s)| s.acked >= s.completed)
     }
 
-    /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
-    pub(super) fn start_repair(&mut self, view: SendView<'_>, collection: &str) {
+    /// Restarts every stream of `collection` from counter 0 for a full reconciliation, each
+    /// announced by a `Restart` on the bulk stream (protocol 2; protocol 1 drops it and the
+    /// receiver infers the restart from the first re-streamed counter).
+    pub(super) fn start_repair(&mut self, view: SendView<'_>, out: &mut Outbox, collection: &str) {
         self.ready_all(view, collection);
-        for ((c, _), s) in self.streams.iter_mut() {
+        for ((c, origin), s) in self.streams.iter_mut() {
             if c == collection {
                 s.sent_through = 0;
                 s.epoch = s.epoch.wrapping_add(1);
                 s.repair = Some(RepairTx { first: true });
+                out.restart(Restart {
+                    collection: c.clone(),
+                    origin: origin.clone(),
+                });
             }
         }
     }

@@ -459,7 +459,7 @@ impl Session {
     /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
     fn start_tx_repair(&mut self, collection: &str) {
         let view = send_view!(self);
-        self.tx.start_repair(view, collection);
+        self.tx.start_repair(view, &mut self.out, collection);
     }
 
     /// The peer acknowledged applying what we sent.
@@ -651,7 +651,9 @@ impl Session {
             });
         }
         let expected = match &m {
-            MessageV2::Batch(_) | MessageV2::Complete(_) => StreamKind::Bulk,
+            MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_) => {
+                StreamKind::Bulk
+            }
             _ => StreamKind::Control,
         };
         if stream != expected {
@@ -685,6 +687,10 @@ impl Session {
                         let view = recv_view!(self);
                         self.rx
                             .on_complete(view, &mut self.out, &mut self.peer_vvs, c)
+                    }
+                    MessageV2::Restart(r) => {
+                        let view = recv_view!(self);
+                        self.rx.on_restart(view, r)
                     }
                     MessageV2::Ack(a) => self.on_ack(a),
                     MessageV2::Heartbeat(h) => {

@@ -82,6 +82,19 @@ pub enum MessageV2 {
     HelloAckV2(HelloAckV2),
     /// The echo of a peer's heartbeat probe (version 1 tells them apart by `seq` parity).
     Echo(Heartbeat),
+    /// On the bulk stream: the sender re-streams this `(collection, origin)` from its start
+    /// for a repair (version 1 marks a restart implicitly, by a batch or completion at
+    /// counter 1 below what was completed).
+    Restart(Restart),
+}
+
+/// A repair re-stream of one origin in one collection starts (protocol 2).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Restart {
+    /// The collection.
+    pub collection: String,
+    /// The origin whose stream restarts.
+    pub origin: ReplicaId,
 }
 
 /// The acceptor's answer to a dialer of version 2 or later: version 1's [`HelloAck`] with what
@@ -156,7 +169,7 @@ impl Message {
         matches!(
             self,
             Self::V1(MessageV1::Batch(_) | MessageV1::Complete(_))
-                | Self::V2(MessageV2::Batch(_) | MessageV2::Complete(_))
+                | Self::V2(MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_))
         )
     }
 }
@@ -194,6 +207,7 @@ impl MessageV2 {
             Self::About(_) => "about",
             Self::HelloAckV2(_) => "hello_ack",
             Self::Echo(_) => "echo",
+            Self::Restart(_) => "restart",
         }
     }
 
@@ -215,7 +229,7 @@ impl MessageV2 {
             Self::DigestRequest(r) => MessageV1::DigestRequest(r),
             Self::DigestReply(r) => MessageV1::DigestReply(r),
             Self::Error(e) => MessageV1::Error(e),
-            Self::About(_) => return None,
+            Self::About(_) | Self::Restart(_) => return None,
         };
         Some(Message::V1(v1))
     }
@@ -267,6 +281,7 @@ into_message!(
     ErrorFrame => Error,
     About => About,
     HelloAckV2 => HelloAckV2,
+    Restart => Restart,
 );
 
 /// Payload compression a node can use on bulk frames.

@@ -87,6 +87,10 @@ impl MessageV2 {
                 validate_cluster_id(&m.cluster_id)
             }
             Self::Echo(_) => Ok(()),
+            Self::Restart(m) => {
+                check_collection(&m.collection)?;
+                check_replica(&m.origin)
+            }
             Self::About(m) => {
                 if m.release.len() > MAX_RELEASE_BYTES {
                     return Err(WireError::DetailTooLong {

@@ -6,12 +6,15 @@
 //!
 //! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
+//! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`].
 
 #[path = "bench/api.rs"]
 mod api;
+#[path = "bench/signing.rs"]
+mod signing;
 #[path = "bench/catch_up.rs"]
 mod catch_up;
 #[path = "bench/fanout.rs"]
@@ -217,9 +220,10 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "local",
     "api",
+    "signing",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -306,6 +310,9 @@ async fn main() -> Result<()> {
     }
     if args.wants("api") {
         api::run(args.quick, &mut rows).await?;
+    }
+    if args.wants("signing") {
+        signing::run(args.quick, &mut rows).await?;
     }
     replication::run(&args, &mut rows).await;
     println!();

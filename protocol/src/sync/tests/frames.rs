@@ -427,3 +427,57 @@ fn a_version_2_hello_ack_names_the_acceptors_incarnation_and_is_checked() {
         .expect("an echo");
     assert_eq!((echo.kind(), echo.protocol_version()), ("echo", 2));
 }
+
+#[test]
+fn at_protocol_2_a_restart_is_announced_and_never_inferred() {
+    let batch = |counters: &[u64]| -> Message {
+        Batch {
+            collection: COLL.into(),
+            origin: rid("hefei"),
+            versions: counters.iter().map(|c| version("hefei", *c)).collect(),
+        }
+        .into()
+    };
+    let complete = |through| -> Message {
+        Complete {
+            collection: COLL.into(),
+            origin: rid("hefei"),
+            through,
+        }
+        .into()
+    };
+    let restart = || -> Message {
+        crate::wire::Restart {
+            collection: COLL.into(),
+            origin: rid("hefei"),
+        }
+        .into()
+    };
+    // Without a digest round armed, an announced restart is out of order.
+    let mut s = established_acceptor("hefei", false);
+    assert_eq!(s.protocol(), 2);
+    s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
+    s.handle_frame(StreamKind::Bulk, complete(2), 3);
+    assert_eq!(refused(s, StreamKind::Bulk, restart()), ErrorCode::OutOfOrder);
+
+    // A restart on the control stream is on the wrong stream.
+    let s = established_acceptor("hefei", false);
+    assert_eq!(
+        refused(s, StreamKind::Control, restart()),
+        ErrorCode::Malformed
+    );
+
+    // A restart cannot be dropped into the middle of buffered batches.
+    let mut s = established_acceptor("hefei", false);
+    s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
+    assert_eq!(refused(s, StreamKind::Bulk, restart()), ErrorCode::OutOfOrder);
+
+    // A restart message is never sent at protocol 1 (the receiver infers it there).
+    let m: crate::wire::MessageV2 = crate::wire::Restart {
+        collection: COLL.into(),
+        origin: rid("hefei"),
+    }
+    .into();
+    assert!(m.clone().at(1).is_none());
+    assert!(m.at(2).is_some());
+}
