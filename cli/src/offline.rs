@@ -1,7 +1,10 @@
 //! Offline commands that need no daemon: `ca init`, `ca issue` and
 //! `config check`, thin wrappers over the daemon library.
+//!
+//! `ca init` and `ca issue` warn when the host looks like an officesync node (see
+//! [`node_config_here`]): the deployment CA belongs on an offline machine that is none.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use officesync_daemon::config::access::{Access, Account};
@@ -16,7 +19,7 @@ use crate::Global;
 /// `ca ...`: the deployment's private certificate authority.
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Create the deployment CA: DIR/ca.pem and DIR/ca.key (keep the key at the general office).
+    /// Create the deployment CA: DIR/ca.pem and DIR/ca.key (on an offline machine, never a node).
     Init(CaInitArgs),
     /// Issue a node bundle: OUT/node.pem, OUT/node.key and OUT/ca.pem.
     Issue(CaIssueArgs),
@@ -123,6 +126,7 @@ fn ca_init(args: CaInitArgs, global: &Global) -> Result<(), CliError> {
         );
     }
     let ca = pki::init_ca(&args.dir, args.force).map_err(pki_error)?;
+    warn_on_a_node(global, &ca.key_path, "");
     if global.json {
         return print_json(&json!({
             "cert": ca.cert_path.display().to_string(),
@@ -136,7 +140,7 @@ fn ca_init(args: CaInitArgs, global: &Global) -> Result<(), CliError> {
     print_text(&format!(
         "created the deployment CA in {}\n  \
          certificate: {}\n  \
-         private key: {} (keep it secret, at the general office)\n  \
+         private key: {} (keep it secret, on an offline machine)\n  \
          cluster id:  {}\n  \
          valid until: {}\n\
          next: officesync ca issue NAME --ca-dir {} --out DIR",
@@ -162,6 +166,15 @@ fn ca_issue(args: CaIssueArgs, global: &Global) -> Result<(), CliError> {
         },
     };
     let issued = pki::issue(&args.name, &args.ca_dir, &args.out, &opts).map_err(pki_error)?;
+    warn_on_a_node(
+        global,
+        &args.ca_dir.join(pki::CA_KEY_FILE),
+        &format!(
+            "; the private key {} belongs on node {} alone",
+            issued.key_path.display(),
+            issued.name
+        ),
+    );
     if global.json {
         return print_json(&json!({
             "name": issued.name,
@@ -192,6 +205,39 @@ fn ca_issue(args: CaIssueArgs, global: &Global) -> Result<(), CliError> {
         format_unix(issued.not_after),
         issued.ca_fingerprint,
     ))
+}
+
+/// The node config of a host set up as `deploy/INSTALL.md` says (the systemd unit's
+/// `--config`).
+const NODE_CONFIG: &str = "/etc/officesync/officesync.toml";
+
+/// Names the file probed in place of [`NODE_CONFIG`] (for tests; not in `--help`).
+const NODE_CONFIG_PROBE_ENV: &str = "OFFICESYNC_NODE_CONFIG_PROBE";
+
+/// A node config on this host, the sign of an officesync node: `--config` (or
+/// `OFFICESYNC_CONFIG`) if that file exists, else [`NODE_CONFIG`] (or the file
+/// [`NODE_CONFIG_PROBE_ENV`] names) if it exists.
+fn node_config_here(global: &Global) -> Option<PathBuf> {
+    if let Some(config) = global.config.as_ref().filter(|path| path.is_file()) {
+        return Some(config.clone());
+    }
+    let probe = std::env::var_os(NODE_CONFIG_PROBE_ENV)
+        .map_or_else(|| PathBuf::from(NODE_CONFIG), PathBuf::from);
+    probe.is_file().then_some(probe)
+}
+
+/// Warns on stderr, in one line, when this host looks like a node ([`node_config_here`]): the
+/// CA key `ca_key` belongs on an offline machine (`more` is added at the end).
+fn warn_on_a_node(global: &Global, ca_key: &Path, more: &str) {
+    if let Some(config) = node_config_here(global) {
+        eprintln!(
+            "warning: {} exists, so this host looks like an officesync node: the CA key {} \
+             belongs on an offline machine that is never a node (move the CA directory there \
+             and issue every bundle there: INSTALL.md step 4){more}",
+            config.display(),
+            ca_key.display(),
+        );
+    }
 }
 
 /// The user `config check` checks file access for when none is named.

@@ -730,6 +730,120 @@ fn a_second_ca_init_says_it_would_cut_off_every_office() {
     assert_ne!(pem(), before, "--force did not replace the CA");
 }
 
+/// `ca init` and `ca issue` on a host with a node config (the probed default path, or
+/// `OFFICESYNC_CONFIG`) succeed with one warning line saying the CA belongs offline; on a
+/// host without one they say nothing on stderr.
+#[test]
+fn ca_commands_warn_on_a_host_that_looks_like_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let node_config = dir.path().join("etc/officesync/officesync.toml");
+    let probe = s(&node_config);
+    let on_node = [(common::NO_NODE_CONFIG.0, probe.as_str())];
+    let ca = |name: &str| s(&dir.path().join(name));
+    let warned = |out: &Output, what: &str| {
+        assert_eq!(code(out), 0, "{what}: {}", stderr(out));
+        let said = stderr(out);
+        assert_eq!(said.lines().count(), 1, "{what}: {said}");
+        assert!(
+            said.starts_with(&format!(
+                "warning: {probe} exists, so this host looks like an officesync node"
+            )),
+            "{what}: {said}"
+        );
+        assert!(
+            said.contains("belongs on an offline machine that is never a node"),
+            "{what}: {said}"
+        );
+    };
+
+    // No node config where the CLI looks: silent.
+    let quiet = run_with(&["ca", "init", "--dir", &ca("offline-ca")], b"", &on_node);
+    assert_eq!(code(&quiet), 0, "{}", stderr(&quiet));
+    assert_eq!(stderr(&quiet), "", "a warning on a host that is no node");
+    let out = dir.path().join("offline-bundle");
+    let quiet = run_with(
+        &[
+            "ca",
+            "issue",
+            "hefei",
+            "--ca-dir",
+            &ca("offline-ca"),
+            "--out",
+            &s(&out),
+        ],
+        b"",
+        &on_node,
+    );
+    assert_eq!(code(&quiet), 0, "{}", stderr(&quiet));
+    assert_eq!(stderr(&quiet), "", "a warning on a host that is no node");
+
+    // A node config at the probed path: warned, and the CA is made all the same.
+    std::fs::create_dir_all(node_config.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&node_config, "[node]\nname = \"general-office\"\n").expect("config");
+    let init = run_with(&["ca", "init", "--dir", &ca("hub-ca")], b"", &on_node);
+    warned(&init, "ca init");
+    assert!(
+        stderr(&init).contains(&format!("the CA key {}", ca("hub-ca") + "/ca.key")),
+        "{}",
+        stderr(&init)
+    );
+    assert!(
+        dir.path().join("hub-ca/ca.key").is_file(),
+        "ca init made no CA"
+    );
+    let issue = run_with(
+        &[
+            "ca",
+            "issue",
+            "hefei",
+            "--ca-dir",
+            &ca("hub-ca"),
+            "--out",
+            &s(&dir.path().join("hub-bundle")),
+        ],
+        b"",
+        &on_node,
+    );
+    warned(&issue, "ca issue");
+    assert!(
+        dir.path().join("hub-bundle/node.key").is_file(),
+        "ca issue made no bundle"
+    );
+    // --json output stays clean JSON on stdout; the warning is on stderr.
+    let json = run_with(
+        &["--json", "ca", "init", "--dir", &ca("hub-ca-json")],
+        b"",
+        &on_node,
+    );
+    warned(&json, "ca init --json");
+    serde_json::from_slice::<serde_json::Value>(&json.stdout).expect("JSON on stdout");
+
+    // OFFICESYNC_CONFIG naming an existing config counts too.
+    let elsewhere = dir.path().join("node.toml");
+    std::fs::write(&elsewhere, "[node]\nname = \"hefei\"\n").expect("config");
+    let by_env = run_with(
+        &["ca", "init", "--dir", &ca("env-ca")],
+        b"",
+        &[("OFFICESYNC_CONFIG", &s(&elsewhere))],
+    );
+    assert_eq!(code(&by_env), 0, "{}", stderr(&by_env));
+    assert!(
+        stderr(&by_env).starts_with(&format!("warning: {} exists", s(&elsewhere))),
+        "{}",
+        stderr(&by_env)
+    );
+    // A refused ca init says only why it refused.
+    let refused = run_with(&["ca", "init", "--dir", &ca("hub-ca")], b"", &on_node);
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).starts_with("error: "),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn config_check_checks_the_daemons_user() {
     use std::os::unix::fs::PermissionsExt;

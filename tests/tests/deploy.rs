@@ -475,7 +475,7 @@ fn container_image_runs_a_general_office_and_two_offices() {
     run_bounded(build, None, DOCKER_TIMEOUT).expect_success("deploy/container/build.sh");
     let built = started.elapsed();
 
-    // The CA and the bundles, as at the general office; each node's /etc/officesync is its
+    // The CA and the bundles, as on the CA machine; each node's /etc/officesync is its
     // bundle plus its example config, unchanged but for wuhu's API, which listens on all of
     // the container's interfaces so that the host can reach it through a port published on
     // the host's loopback only.

@@ -1,20 +1,25 @@
 //! `deploy/INSTALL.md`, followed to the letter on loopback: every fenced `sh` block of the
 //! guide runs with bash, in document order, on the simulated machine its first comment names
-//! (`# build machine`, `# general office`, `# office (hefei)`, `# every node`), and must
-//! exit 0. So the guide and this test cannot drift: a new block runs as soon as it is written.
+//! (`# build machine`, `# CA machine (offline)`, `# general office`, `# office (hefei)`,
+//! `# every node`), and must exit 0. So the guide and this test cannot drift: a new block runs
+//! as soon as it is written.
 //!
 //! A machine is a directory standing for its `/`. What the test changes, and nothing else:
 //! - **paths**: absolute paths under [`ROOTED`] are rewritten into the machine's directory
 //!   (`/etc/officesync` → `<machine>/etc/officesync`);
+//! - **USB sticks**: a stick is a directory shared by all machines (`sticks/sdb1` for
+//!   `/dev/sdb1`, whichever machine it is plugged into), so what one machine writes on it the
+//!   next one reads;
 //! - **addresses**: `gov.example.cn:7400` → the general office's loopback replication port,
 //!   `0.0.0.0:7400` → the machine's own, `127.0.0.1:7480` → the machine's own API port (and
 //!   `OFFICESYNC_API` names it, the CLI's default address on that machine);
 //! - **commands that change the host**, by stand-ins first on `PATH` (see [`STANDINS`]):
 //!   `cargo` copies the binaries this test run uses (with their debug info, which step 1
 //!   strips) instead of compiling a release again;
-//!   `scp` copies into the named machine's directory; `useradd` records the user in the
-//!   machine's `/etc/passwd`; `install` and `chown` check that the owner and group exist
-//!   there; `systemctl` runs the unit's `ExecStart` as systemd would (its `Environment=`,
+//!   `scp` copies into the named machine's directory; `mount DEVICE DIR` puts the stick's
+//!   directory at DIR (a stick is mounted on one machine at a time) and `umount DIR` takes it
+//!   away; `useradd` records the user in the machine's `/etc/passwd`; `install` and `chown`
+//!   check that the owner and group exist there; `systemctl` runs the unit's `ExecStart` as systemd would (its `Environment=`,
 //!   drop-ins, `StateDirectory=`, `User=`, SIGTERM on stop, and "failed" when the daemon
 //!   exits non-zero); `journalctl` reads that output; `firewall-cmd` and `ufw` check and
 //!   record the rule;
@@ -23,11 +28,17 @@
 //!   and `chown` really change ownership, `systemctl` really runs the daemon as it, and
 //!   `OFFICESYNC_USER=nobody` makes `config check` check access as it, so a file mode the
 //!   daemon cannot live with fails the walk-through. Run as another user, ownership is left
-//!   alone and everything runs as that user.
+//!   alone and everything runs as that user;
+//! - **the probe for a node config**: `officesync ca init` and `ca issue` warn on a host with
+//!   `/etc/officesync/officesync.toml`; `OFFICESYNC_NODE_CONFIG_PROBE` points them at the
+//!   machine's own, not the host's.
 //!
 //! A block whose comment says "a moment later" is retried for up to [`MOMENT`], as the
 //! reader would. The upgrade block runs twice in a row on each node, as two upgrades would.
-//! Around some blocks the test checks what the guide says they do ([`Checks::after_block`]).
+//! Around some blocks the test checks what the guide says they do ([`Checks::after_block`]),
+//! and after every block where the keys are ([`Checks::keys_in_place`]): `ca.key` on the CA
+//! machine and its backup sticks only, each node's `node.key` on that node (and on the way
+//! there) only; so the general office never holds the CA key or another office's key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,6 +60,7 @@ const ROOTED: &[&str] = &[
     "/var/lib/officesync",
     "/var/backups",
     "/root",
+    "/mnt",
 ];
 
 /// How long one block may run.
@@ -62,6 +74,8 @@ const STANDINS: &[(&str, &str)] = &[
     ("journalctl", JOURNALCTL),
     ("cargo", CARGO),
     ("scp", SCP),
+    ("mount", MOUNT),
+    ("umount", UMOUNT),
     ("useradd", USERADD),
     ("install", INSTALL),
     ("chown", CHOWN),
@@ -254,6 +268,39 @@ case "$path" in /*) target=$root$path ;; '') target=$root/root/ ;; *) target=$ro
 cp $recursive "${args[@]}" "$target"
 "#;
 
+/// `mount /dev/sdXN DIR`: the stick `$STICKS/sdXN`, shared by all machines, appears at DIR
+/// (an empty directory of this machine); a stick is mounted on one machine at a time.
+const MOUNT: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+fail() { echo "mount: $*" >&2; exit 32; }
+[ $# -eq 2 ] || fail "the stand-in takes DEVICE DIR, not '$*'"
+dev=$1
+dir=${2%/}
+case "$dev" in /dev/sd[a-z][0-9]) ;; *) fail "$dev: not a USB stick's partition (/dev/sdXN)" ;; esac
+stick="$STICKS/${dev#/dev/}"
+case "$dir" in "$MACHINE_ROOT"/*) ;; *) fail "$dir is not on this machine" ;; esac
+[ -d "$dir" ] && [ ! -L "$dir" ] || fail "$dir: no such directory, or a stick is mounted there"
+[ -z "$(ls -A "$dir")" ] || fail "$dir: the mount point is not empty"
+[ ! -e "$stick.mounted" ] || fail "$dev is still mounted at $(cat "$stick.mounted") (umount it there first)"
+mkdir -p "$stick"
+rmdir "$dir"
+ln -s "$stick" "$dir"
+echo "$dir" > "$stick.mounted"
+"#;
+
+/// `umount DIR`: the stick mounted at DIR goes away, leaving the empty mount point.
+const UMOUNT: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+fail() { echo "umount: $*" >&2; exit 32; }
+[ $# -eq 1 ] || fail "the stand-in takes DIR, not '$*'"
+dir=${1%/}
+[ -L "$dir" ] || fail "$dir: not mounted"
+stick=$(readlink "$dir")
+rm "$dir"
+mkdir "$dir"
+rm -f "$stick.mounted"
+"#;
+
 /// `useradd --system ... NAME`: the user and its group in the machine's /etc/passwd and group.
 const USERADD: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
@@ -384,7 +431,8 @@ impl ServiceUser {
 
 /// One simulated machine.
 struct Machine {
-    /// The label the guide uses: `build machine`, `general office`, `office (hefei)`.
+    /// The label the guide uses: `build machine`, `CA machine (offline)`, `general office`,
+    /// `office (hefei)`.
     label: &'static str,
     /// The directory standing for its `/`.
     root: PathBuf,
@@ -406,6 +454,7 @@ impl Machine {
             "var/backups",
             "root",
             "run",
+            "mnt",
         ] {
             std::fs::create_dir_all(root.join(sub)).expect("machine skeleton");
         }
@@ -420,7 +469,20 @@ impl Machine {
         }
     }
 
-    /// The machine's directory as a string.
+    /// The name of the node this machine runs, if it is one.
+    fn node(&self) -> Option<&'static str> {
+        match self.label {
+            "general office" => Some("general-office"),
+            "office (hefei)" => Some("hefei"),
+            _ => None,
+        }
+    }
+
+    /// The node config the guide writes on this machine (`/etc/officesync/officesync.toml`).
+    fn node_config(&self) -> PathBuf {
+        self.root.join("etc/officesync/officesync.toml")
+    }
+
     /// Where the daemon on this machine writes its admin token: what `officesync` run as root
     /// there reads by default (`/var/lib/officesync/admin.token`).
     fn admin_token_path(&self) -> PathBuf {
@@ -434,6 +496,7 @@ impl Machine {
         ApiClient::new(SocketAddr::from(([127, 0, 0, 1], self.api_port))).with_token(token)
     }
 
+    /// The machine's directory as a string.
     fn root_str(&self) -> &str {
         self.root.to_str().expect("UTF-8 temp path")
     }
@@ -547,12 +610,13 @@ fn block_target(block: &Block) -> (Vec<&'static str>, bool) {
     let (machine, note) = marker.split_once(", ").unwrap_or((marker, ""));
     let machines = match machine {
         "build machine" => vec!["build machine"],
+        "CA machine (offline)" => vec!["CA machine (offline)"],
         "general office" => vec!["general office"],
         "office (hefei)" => vec!["office (hefei)"],
         "every node" => vec!["general office", "office (hefei)"],
         other => panic!(
-            "INSTALL.md line {}: unknown machine {other:?} (use build machine, general office, \
-             office (hefei) or every node)",
+            "INSTALL.md line {}: unknown machine {other:?} (use build machine, CA machine \
+             (offline), general office, office (hefei) or every node)",
             block.line
         ),
     };
@@ -598,10 +662,18 @@ fn wait_hub_link(hefei: &Machine, up: bool, what: &str, block: &str) {
 
 /// What the checks around the blocks share.
 struct Checks<'a> {
+    /// Every machine.
+    machines: &'a [Machine],
+    /// The CA machine.
+    ca: &'a Machine,
     /// The general office.
     hub: &'a Machine,
     /// The office hefei.
     hefei: &'a Machine,
+    /// The USB sticks, one directory each (`sdb1`, ...).
+    sticks: &'a Path,
+    /// Every private key seen so far, by owner: `CA` for `ca.key`, else the node's name.
+    keys: Keys,
     /// Who stands for the `officesync` user, if anyone.
     service: Option<&'a ServiceUser>,
     /// Every fenced block of the guide (for the outputs it shows).
@@ -626,7 +698,9 @@ impl Checks<'_> {
         cmd.args(args)
             .env_remove("OFFICESYNC_API")
             .env_remove("OFFICESYNC_TOKEN")
-            .env("OFFICESYNC_TOKEN_FILE", machine.admin_token_path());
+            .env_remove("OFFICESYNC_CONFIG")
+            .env("OFFICESYNC_TOKEN_FILE", machine.admin_token_path())
+            .env("OFFICESYNC_NODE_CONFIG_PROBE", machine.node_config());
         if let Some(service) = self.service {
             cmd.env("OFFICESYNC_USER", &service.name);
         }
@@ -634,8 +708,34 @@ impl Checks<'_> {
     }
 
     /// Sets up what a block's check needs: an office connected before it is revoked; hefei's
-    /// certificate before its renewal.
-    fn before_block(&mut self, block: &str) {
+    /// certificate before its renewal. And a stick a block mounts on a node brings it no key
+    /// but the node's own.
+    fn before_block(&mut self, block: &str, machine: &Machine) {
+        if let Some(node) = machine.node() {
+            let plugged = block
+                .split("mount /dev/")
+                .skip(1)
+                .filter_map(|rest| rest.split_whitespace().next())
+                .map(|device| self.sticks.join(device));
+            for stick in plugged {
+                let theirs: Vec<_> = walk_files(&stick)
+                    .into_iter()
+                    .filter(|file| {
+                        let bundle = file.file_name().is_some_and(|n| n == "node.key")
+                            && !file.parent().is_some_and(|dir| dir.ends_with(node));
+                        let key = std::fs::read(file).unwrap_or_default();
+                        bundle || self.keys.owner_of(&key).is_some_and(|o| o != node)
+                    })
+                    .collect();
+                assert!(
+                    theirs.is_empty(),
+                    "before\n{block}\non the {}, the stick {} brings it keys not its own: \
+                     {theirs:?}",
+                    machine.label,
+                    stick.display()
+                );
+            }
+        }
         if block.contains("policy revoke-node hefei") {
             wait_hub_link(
                 self.hefei,
@@ -705,16 +805,67 @@ impl Checks<'_> {
                 block,
             );
         }
-        if block.contains("/root/bundles/hefei root@hefei.example.cn") {
-            // Step 5 and 15: no private key stays at the general office.
-            let bundles = hub.root.join("root/bundles");
-            let left: Vec<_> = walk_files(&bundles)
-                .into_iter()
-                .filter(|f| f.file_name().is_some_and(|n| n == "node.key"))
-                .collect();
+        if machine.label == self.ca.label && block.contains("cp -r /root/bundles/") {
+            // Steps 6 and 15: the key handed over is gone from the CA machine, and the stick
+            // carries one node's bundle.
+            let bundles = self.ca.root.join("root/bundles");
+            for stick in sticks(self.sticks) {
+                let on_stick = named(&stick, "node.key");
+                assert!(
+                    on_stick.len() <= 1,
+                    "after\n{block}\nthe stick carries more than one bundle: {on_stick:?}"
+                );
+                for key in on_stick {
+                    let bundle = key.parent().and_then(Path::file_name).expect("bundle dir");
+                    let left = bundles.join(bundle).join("node.key");
+                    assert!(
+                        !left.exists(),
+                        "after\n{block}\nthe CA machine kept the key it handed over: {}",
+                        left.display()
+                    );
+                }
+            }
+        }
+        if machine.node().is_some() && block.contains("shred -u /mnt/usb/") {
+            // Steps 6 and 15: once installed, the key is gone from the stick.
+            for stick in sticks(self.sticks) {
+                let left = named(&stick, "node.key");
+                assert!(
+                    left.is_empty(),
+                    "after\n{block}\non the {}, keys left on the stick: {left:?}",
+                    machine.label
+                );
+            }
+        }
+    }
+
+    /// After every block: records the private keys now on the CA machine, the sticks and the
+    /// nodes, then checks that each machine holds only its own (see [`keys_out_of_place`]).
+    fn keys_in_place(&mut self, block: &str) {
+        for file in walk_files(&self.ca.root)
+            .into_iter()
+            .chain(walk_files(self.sticks))
+        {
+            let owner = match file.file_name().and_then(|n| n.to_str()) {
+                Some("ca.key") => "CA".to_owned(),
+                Some("node.key") => bundle_owner(&file),
+                _ => continue,
+            };
+            self.keys.note(&owner, &file);
+        }
+        for machine in self.machines {
+            if let Some(node) = machine.node() {
+                self.keys
+                    .note(node, &machine.root.join("etc/officesync/node.key"));
+            }
+        }
+        for machine in self.machines.iter().filter(|m| m.label != self.ca.label) {
+            let wrong = keys_out_of_place(&machine.root, machine.node(), &self.keys);
             assert!(
-                left.is_empty(),
-                "after\n{block}\nkeys left on the general office: {left:?}"
+                wrong.is_empty(),
+                "after\n{block}\nthe {} holds keys that are not its own:\n{}",
+                machine.label,
+                wrong.join("\n")
             );
         }
     }
@@ -846,13 +997,16 @@ li's put"
 
     /// Step 4: a second `ca init` refuses with the message the guide shows, and keeps the CA.
     fn second_ca_init(&self, block: &str) {
-        let hub = self.hub;
-        let ca = hub.root.join("root/officesync-ca");
+        let machine = self.ca;
+        let ca = machine.root.join("root/officesync-ca");
         let pem = || std::fs::read(ca.join("ca.pem")).expect("ca.pem");
         let before = pem();
-        let again = self.officesync(hub, &["ca", "init", "--dir", ca.to_str().expect("UTF-8")]);
+        let again = self.officesync(
+            machine,
+            &["ca", "init", "--dir", ca.to_str().expect("UTF-8")],
+        );
         again.expect_code(2, "a second ca init");
-        let said = hub.delocalize(&again.stderr_text());
+        let said = machine.delocalize(&again.stderr_text());
         let shown = self.shown("error: a deployment CA already exists");
         assert_eq!(
             said.trim(),
@@ -871,10 +1025,7 @@ li's put"
         let out = self.officesync(machine, &["--config", config, "status", "--json"]);
         out.expect_success(&format!("after\n{block}\nofficesync --config"));
         let status: serde_json::Value = serde_json::from_str(&out.stdout_text()).expect("JSON");
-        let node = machine
-            .label
-            .trim_start_matches("office (")
-            .trim_end_matches(')');
+        let node = machine.node().expect("a node");
         assert_eq!(
             status["node"], node,
             "--config reached another node: {status}"
@@ -994,7 +1145,103 @@ li's put"
 
 /// Whether `block` is the office's half of a certificate renewal (step 15).
 fn is_renewal(block: &str) -> bool {
-    block.contains("/root/bundle/node.key") && block.contains("systemctl restart officesyncd")
+    block.contains("/etc/officesync/node.key") && block.contains("systemctl restart officesyncd")
+}
+
+/// Private keys by owner (`CA` for `ca.key`, else the node's name), each kept once.
+#[derive(Debug, Default)]
+struct Keys(BTreeMap<String, Vec<Vec<u8>>>);
+
+impl Keys {
+    /// Records the key in `file`, if there is one, as `owner`'s, unless it is known already:
+    /// a key's first owner stays its owner, wherever it is copied later.
+    fn note(&mut self, owner: &str, file: &Path) {
+        let Ok(key) = std::fs::read(file) else {
+            return;
+        };
+        if self.owner_of(&key).is_none() {
+            self.0.entry(owner.to_owned()).or_default().push(key);
+        }
+    }
+
+    /// The owner of the key `bytes`, if it is one of them.
+    fn owner_of(&self, bytes: &[u8]) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, keys)| keys.iter().any(|k| k == bytes))
+            .map(|(owner, _)| owner.as_str())
+    }
+
+    /// Whether some key is `len` bytes long.
+    fn any_of_len(&self, len: u64) -> bool {
+        self.0.values().flatten().any(|k| k.len() as u64 == len)
+    }
+}
+
+/// The node a bundle's `node.key` belongs to: its directory's name (`.../hefei/node.key`).
+fn bundle_owner(key: &Path) -> String {
+    key.parent()
+        .and_then(Path::file_name)
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// What under the machine directory `root` is not its own key: any `ca.key`, any `node.key`
+/// but its own node's `/etc/officesync/node.key` (`own` is its node's name; `None`: no node),
+/// and any file, whatever its name, equal to a key of `keys` whose owner is not `own`. One
+/// line each; empty when the machine holds only its own key.
+fn keys_out_of_place(root: &Path, own: Option<&str>, keys: &Keys) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for file in walk_files(root) {
+        let shown = format!("/{}", file.strip_prefix(root).unwrap_or(&file).display());
+        match file.file_name().and_then(|n| n.to_str()) {
+            Some("ca.key") => {
+                wrong.push(format!("{shown}: a CA key"));
+                continue;
+            }
+            Some("node.key") if own.is_none() || shown != "/etc/officesync/node.key" => {
+                wrong.push(format!("{shown}: a node key outside /etc/officesync"));
+                continue;
+            }
+            _ => {}
+        }
+        let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+        if !keys.any_of_len(len) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        match keys.owner_of(&bytes) {
+            Some(owner) if Some(owner) != own => {
+                wrong.push(format!("{shown}: the key of {owner}"));
+            }
+            _ => {}
+        }
+    }
+    wrong
+}
+
+/// The USB sticks under `dir`: one directory each.
+fn sticks(dir: &Path) -> Vec<PathBuf> {
+    let mut sticks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    sticks.sort();
+    sticks
+}
+
+/// The files under `dir` called `name`.
+fn named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    walk_files(dir)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == name))
+        .collect()
 }
 
 /// The API client of hefei's node.
@@ -1133,6 +1380,7 @@ fn install_guide_runs_as_written() {
     let deployment = Deployment {
         machines: vec![
             Machine::new(tmp.path(), "build", "build machine"),
+            Machine::new(tmp.path(), "ca", "CA machine (offline)"),
             Machine::new(tmp.path(), "gov", "general office"),
             Machine::new(tmp.path(), "hefei", "office (hefei)"),
         ],
@@ -1145,6 +1393,8 @@ fn install_guide_runs_as_written() {
             .expect("known machine")
     };
     let hub_sync = machine("general office").sync_port;
+    let stick_dir = tmp.path().join("sticks");
+    std::fs::create_dir_all(&stick_dir).expect("sticks dir");
 
     // The build machine holds the source tree: the parts the guide uses.
     let src = machine("build machine").root.join("src");
@@ -1159,8 +1409,12 @@ fn install_guide_runs_as_written() {
     assert!(bin_dir.join(bins::CLI).is_file(), "officesync is not built");
 
     let mut checks = Checks {
+        machines: &deployment.machines,
+        ca: machine("CA machine (offline)"),
         hub: machine("general office"),
         hefei: machine("office (hefei)"),
+        sticks: &stick_dir,
+        keys: Keys::default(),
         service: service.as_ref(),
         blocks: &blocks,
         cert_before: None,
@@ -1194,6 +1448,8 @@ fn install_guide_runs_as_written() {
                     .env("LANG", "C.UTF-8")
                     .env("TMPDIR", tmp.path())
                     .env("MACHINE_ROOT", &m.root)
+                    .env("STICKS", &stick_dir)
+                    .env("OFFICESYNC_NODE_CONFIG_PROBE", m.node_config())
                     .env("GOV_ROOT", &machine("general office").root)
                     .env("HEFEI_ROOT", &machine("office (hefei)").root)
                     .env("OFFICESYNC_TEST_BIN_DIR", &bin_dir)
@@ -1220,7 +1476,7 @@ fn install_guide_runs_as_written() {
                 }
                 run_bounded(bash, None, BLOCK_TIMEOUT)
             };
-            checks.before_block(&block.body);
+            checks.before_block(&block.body, m);
             let block_started = Instant::now();
             // The upgrade step runs twice, as two upgrades would.
             let times = if block
@@ -1255,7 +1511,15 @@ fn install_guide_runs_as_written() {
                 block.line,
                 block_started.elapsed()
             );
+            if block.body.contains("officesync ca init --dir") {
+                let said = out.stderr_text();
+                assert!(
+                    !said.contains("looks like an officesync node"),
+                    "the guide's ca init on the {label} warned that it is a node:\n{said}"
+                );
+            }
             checks.after_block(&block.body, m);
+            checks.keys_in_place(&block.body);
             *ran.entry(label).or_default() += 1;
             outputs.push((label, block.body.clone(), m.delocalize(&out.stdout_text())));
         }
@@ -1270,7 +1534,9 @@ fn install_guide_runs_as_written() {
     for step in [
         "officesync ca init --dir",
         "officesync ca issue hefei",
-        "scp -r /root/bundles/hefei root@hefei.example.cn:",
+        "cp -r /root/bundles/hefei /mnt/usb/",
+        "shred -u /root/bundles/hefei/node.key",
+        "shred -u /mnt/usb/hefei/node.key",
         "/usr/local/bin/",
         "/etc/systemd/system/officesyncd.service",
         "useradd --system",
@@ -1285,12 +1551,77 @@ fn install_guide_runs_as_written() {
         guide.contains("`refused a node revoked by _policy`"),
         "the troubleshooting table no longer quotes the revocation log line checked above"
     );
-    for label in ["build machine", "general office", "office (hefei)"] {
+    for label in [
+        "build machine",
+        "CA machine (offline)",
+        "general office",
+        "office (hefei)",
+    ] {
         assert!(
             ran.get(label).copied().unwrap_or(0) > 0,
             "nothing ran on the {label}"
         );
     }
+
+    // Where the keys are once the guide is done. The general office holds neither the CA key
+    // nor another office's key (also checked after every block)...
+    let hub = machine("general office");
+    assert!(
+        checks.keys.0.get("hefei").is_some_and(|k| k.len() >= 2),
+        "hefei's first key and its renewed one were never seen: {:?}",
+        checks.keys.0.keys()
+    );
+    let wrong = keys_out_of_place(&hub.root, hub.node(), &checks.keys);
+    assert!(
+        wrong.is_empty(),
+        "after following the guide, the general office holds keys that are not its own:\n{}",
+        wrong.join("\n")
+    );
+    // ... the CA key is on the CA machine and two backup sticks, no node's key is left on a
+    // stick or on the CA machine...
+    let ca_key = std::fs::read(
+        machine("CA machine (offline)")
+            .root
+            .join("root/officesync-ca/ca.key"),
+    )
+    .expect("the CA machine keeps ca.key");
+    let mut backups = Vec::new();
+    for stick in sticks(&stick_dir) {
+        let left = named(&stick, "node.key");
+        assert!(left.is_empty(), "node keys left on a stick: {left:?}");
+        for copy in named(&stick, "ca.key") {
+            let copy = std::fs::read(copy).expect("a backup of ca.key");
+            assert!(copy == ca_key, "{} holds another CA key", stick.display());
+            backups.push(stick.clone());
+        }
+    }
+    assert_eq!(
+        backups.len(),
+        2,
+        "the CA key is not on two backup sticks: {backups:?}"
+    );
+    let left = named(
+        &machine("CA machine (offline)").root.join("root/bundles"),
+        "node.key",
+    );
+    assert!(
+        left.is_empty(),
+        "node keys left on the CA machine: {left:?}"
+    );
+    // ... and `ca init` would have warned on the general office, a node.
+    let probe_ca = tmp.path().join("ca-on-the-hub");
+    let on_hub = checks.officesync(
+        hub,
+        &["ca", "init", "--dir", probe_ca.to_str().expect("UTF-8")],
+    );
+    on_hub.expect_success("ca init on the general office");
+    assert!(
+        on_hub
+            .stderr_text()
+            .contains("looks like an officesync node"),
+        "ca init on the general office did not warn: {}",
+        on_hub.stderr_text()
+    );
 
     // The configs the guide writes are the example configs, comments aside.
     for (label, example) in [
@@ -1407,6 +1738,58 @@ fn paths_are_rooted_only_where_they_start() {
         "install -m 0640 a /M/etc/officesync/node.key\ncd /M/root && x=\"/M/var/lib/officesync\"\n\
          mv /M/var/lib/officesync /M/var/lib/officesync.damaged-1 /rootfs /usr/local/binx a/root"
     );
+}
+
+/// The check that the general office holds only its own key fails where the guide would put
+/// the CA key or another office's key on it, under any name; it passes the node's own key.
+#[test]
+fn keys_out_of_place_finds_the_ca_key_and_other_offices_keys() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let put = |rel: &str, bytes: &[u8]| {
+        let path = tmp.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, bytes).expect("write");
+        path
+    };
+    let mut keys = Keys::default();
+    keys.note("CA", &put("ca/root/officesync-ca/ca.key", b"the CA key"));
+    keys.note(
+        "hefei",
+        &put("ca/root/bundles/hefei/node.key", b"hefei's key"),
+    );
+    let own = put("hub/etc/officesync/node.key", b"the hub's key");
+    keys.note("general-office", &own);
+    keys.note("hefei", &own); // already the hub's: a key keeps its first owner
+    let hub = tmp.path().join("hub");
+    put("hub/var/lib/officesync/db", b"records");
+    assert_eq!(
+        keys_out_of_place(&hub, Some("general-office"), &keys),
+        Vec::<String>::new()
+    );
+
+    put("hub/root/officesync-ca/ca.key", b"a CA key");
+    put("hub/root/bundles/hefei/node.key", b"hefei's key");
+    put("hub/root/hefei-backup.pem", b"hefei's key");
+    put("hub/var/backups/ca.pem", b"the CA key");
+    let mut found = keys_out_of_place(&hub, Some("general-office"), &keys);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "/root/bundles/hefei/node.key: a node key outside /etc/officesync",
+            "/root/hefei-backup.pem: the key of hefei",
+            "/root/officesync-ca/ca.key: a CA key",
+            "/var/backups/ca.pem: the key of CA",
+        ]
+    );
+    // Another office's key installed as the hub's own is caught too; and a machine that is no
+    // node may hold no node key at all.
+    std::fs::write(&own, b"hefei's key").expect("write");
+    assert!(keys_out_of_place(&hub, Some("general-office"), &keys)
+        .contains(&"/etc/officesync/node.key: the key of hefei".to_owned()));
+    std::fs::write(&own, b"the hub's key").expect("write");
+    assert!(keys_out_of_place(&hub, None, &keys)
+        .contains(&"/etc/officesync/node.key: a node key outside /etc/officesync".to_owned()));
 }
 
 /// Whether `text` holds the parts of `pattern` (split at `...`) in order.
@@ -1531,6 +1914,20 @@ fn troubleshooting_quotes_what_the_tools_print() {
     cases.push((
         "tls.key: permission denied: user ... cannot read ...",
         denied.stderr_text(),
+    ));
+
+    // ca init on a host with a node config: it warns, and makes the CA all the same.
+    let node_config = dir("officesync.toml");
+    std::fs::write(&node_config, "").expect("a node config");
+    let mut on_a_node =
+        officesync_tests::process::officesync_command(["ca", "init", "--dir", &s(&dir("hub-ca"))]);
+    on_a_node.env("OFFICESYNC_NODE_CONFIG_PROBE", &node_config);
+    let on_a_node = run_bounded(on_a_node, None, Duration::from_secs(30));
+    on_a_node.expect_success("ca init on a node");
+    cases.push((
+        "warning: ... exists, so this host looks like an officesync node: the CA key ... belongs \
+         on an offline machine that is never a node ...",
+        on_a_node.stderr_text(),
     ));
 
     let port = free_tcp_port();
