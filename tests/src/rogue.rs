@@ -20,7 +20,9 @@ use officesync_protocol::wire::{
     decode_message, encode_frame, Compression, ErrorFrame, FrameDecoder, FrameFlags, Hello,
     HelloAck, Message, MessageV2, ALPN, PROTOCOL_VERSION,
 };
-use officesync_protocol::{ReplicaId, VersionVector};
+use officesync_protocol::signing::{nodes_key, NODES_COLLECTION};
+use officesync_protocol::wire::{Batch, Complete};
+use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -144,11 +146,64 @@ impl Rogue {
         .into();
         self.send_control(&encode_frame(&hello, FrameFlags::NONE)?)
             .await?;
-        match self.recv_control().await?.into_v2() {
-            MessageV2::HelloAck(ack) => Ok(ack),
-            MessageV2::HelloAckV2(ack) => Ok(ack.ack),
+        let ack = match self.recv_control().await?.into_v2() {
+            MessageV2::HelloAck(ack) => ack,
+            MessageV2::HelloAckV2(ack) => ack.ack,
             other => bail!("expected HelloAck, got {}", other.kind()),
+        };
+        self.publish_certificate(replica, &ack).await?;
+        Ok(ack)
+    }
+
+    /// Publishes the bundle's certificate in `_nodes` as `replica`, as every node does, so
+    /// the nodes past the one it talks to can verify its versions.
+    async fn publish_certificate(&mut self, replica: &ReplicaId, ack: &HelloAck) -> Result<()> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let own = pki::identity_from_der(signer.cert_der()).map(|id| id.name);
+        if own.ok().as_deref() != Some(replica.node_name()) {
+            return Ok(()); // posing as another node: its certificate would be refused
         }
+        let held = ack
+            .vvs
+            .iter()
+            .find(|(c, _)| c == NODES_COLLECTION)
+            .map_or(0, |(_, vv)| vv.get(replica));
+        if held > 0 {
+            return Ok(());
+        }
+        let version = Version {
+            collection: NODES_COLLECTION.into(),
+            key: nodes_key(replica.node_name(), signer.key_id()),
+            dot: Dot::new(replica.clone(), 1),
+            hlc: Hlc {
+                ms: officesync_daemon::time::unix_ms_now(),
+                logical: 0,
+            },
+            context: VersionVector::new(),
+            value: Some(signer.cert_der().to_vec()),
+            author: Some(replica.node_name().to_owned()),
+            signature: None,
+        };
+        self.send_message(
+            &Batch {
+                collection: NODES_COLLECTION.into(),
+                origin: replica.clone(),
+                versions: vec![version],
+            }
+            .into(),
+        )
+        .await?;
+        self.send_message(
+            &Complete {
+                collection: NODES_COLLECTION.into(),
+                origin: replica.clone(),
+                through: 1,
+            }
+            .into(),
+        )
+        .await
     }
 
     /// Writes raw bytes on the control stream (opened on first use).

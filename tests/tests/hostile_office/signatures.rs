@@ -113,7 +113,12 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
     let hefei_id = replica_of(&beijing, "hefei");
     let relay_id = ReplicaId::new(RELAY, 0x0bad_cafe).expect("id");
 
-    let rt = crate::shared::runtime();
+    // Workers drive the relay's connection while this thread polls the daemons' status.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     for (target, addr) in [(&beijing, beijing_cfg.sync_listen), (&hub, hub_cfg.sync_listen)] {
         let next = counter(target, "situation", &hefei_id) + 1;
         // 1. hefei's next write, forged: signed with the relay's own key.
