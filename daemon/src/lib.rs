@@ -17,6 +17,8 @@ pub mod pki;
 pub mod policy;
 #[cfg(feature = "node")]
 pub mod replica;
+// Always built: the CLI makes key files (`officesync storage-key`) and config checks read them.
+pub mod storage_key;
 #[cfg(feature = "node")]
 pub mod store;
 #[cfg(feature = "node")]
