@@ -6,6 +6,8 @@
 //!
 //! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
+//! `encryption` (store, local write and catch-up rates with and without encryption at rest,
+//! in [`encryption`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`].
@@ -14,6 +16,8 @@
 mod api;
 #[path = "bench/catch_up.rs"]
 mod catch_up;
+#[path = "bench/encryption.rs"]
+mod encryption;
 #[path = "bench/fanout.rs"]
 mod fanout;
 #[path = "bench/heal.rs"]
@@ -217,9 +221,10 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "local",
     "api",
+    "encryption",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -306,6 +311,9 @@ async fn main() -> Result<()> {
     }
     if args.wants("api") {
         api::run(args.quick, &mut rows).await?;
+    }
+    if args.wants("encryption") {
+        encryption::run(args.quick, &mut rows).await?;
     }
     replication::run(&args, &mut rows).await;
     println!();
