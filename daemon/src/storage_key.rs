@@ -94,11 +94,14 @@ impl KeyFileError {
     pub fn fix(&self, key: &str) -> String {
         match self {
             KeyFileError::OpenToAll { path, .. } => format!(
-                "chmod 0600 {p} (or chown root:officesync {p} && chmod 0640 {p}), and keep                  the key out of the data dir and its backups",
+                "chmod 0600 {p} (or chown root:officesync {p} && chmod 0640 {p}), and keep \
+                 the key out of the data dir and its backups",
                 p = path.display()
             ),
             KeyFileError::Read { .. } | KeyFileError::Format { .. } => format!(
-                "point {key} at the key file this node's store was encrypted with (for a new                  store, make one with `officesync storage-key --out FILE`), readable by the                  daemon's user"
+                "point {key} at the key file this node's store was encrypted with (for a new \
+                 store, make one with `officesync storage-key --out FILE`), readable by the \
+                 daemon's user"
             ),
             KeyFileError::Exists { .. } => "choose another file, or pass --force".into(),
             KeyFileError::Write { .. } => {

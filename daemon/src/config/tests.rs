@@ -43,6 +43,8 @@ fn line(err: &ConfigError) -> String {
     );
     assert!(msg.starts_with("config "), "{msg}");
     assert!(msg.contains("(fix: "), "{msg}");
+    // A broken string continuation leaves a run of indentation in the line.
+    assert!(!msg.contains("   "), "a run of spaces: {msg:?}");
     msg
 }
 
