@@ -104,9 +104,7 @@ impl KeyFileError {
                  daemon's user"
             ),
             KeyFileError::Exists { .. } => "choose another file, or pass --force".into(),
-            KeyFileError::Write { .. } => {
-                "check that the directory exists and is writable".into()
-            }
+            KeyFileError::Write { .. } => "check that the directory exists and is writable".into(),
             KeyFileError::Random => "check the system's random number generator".into(),
         }
     }
