@@ -2,7 +2,7 @@
 //!
 //! Most commands are thin clients of the local officesyncd HTTP API
 //! (`--api`, `OFFICESYNC_API`, or `[api] listen` of the node config named by
-//! `--config`); `ca` and `config` work offline through the daemon library. Exit codes are documented on [`exit::Exit`].
+//! `--config`); `ca`, `config` and `storage-key` work offline through the daemon library. Exit codes are documented on [`exit::Exit`].
 //!
 //! Adding a subcommand `foo` takes three lines here: `mod foo;`, a variant
 //! `Foo(foo::FooArgs),` in [`Command`] (its help comes from the doc comment
@@ -18,6 +18,7 @@ mod offline;
 mod output;
 mod policy;
 mod records;
+mod storage_key;
 mod token;
 mod transfer;
 mod urlenc;
@@ -184,6 +185,8 @@ enum Command {
     /// Check node configuration files (offline).
     #[command(subcommand)]
     Config(offline::ConfigCommand),
+    /// Write a new key for encryption at rest to --out FILE (offline; mode 0600).
+    StorageKey(storage_key::StorageKeyArgs),
     /// Run a live local demo: a CA, a general office node and sample records (Ctrl-C stops).
     Demo(demo::DemoArgs),
     /// Print the shell completion script for officesync (bash, zsh or fish).
@@ -211,6 +214,7 @@ impl Command {
             Command::Policy(command) => command.run(global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),
+            Command::StorageKey(args) => storage_key::run(args, global),
             Command::Demo(args) => demo::run(args, global),
             Command::Completions(args) => completions::run(args, global),
             Command::Man(args) => completions::man(args, global),

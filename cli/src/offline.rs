@@ -278,10 +278,13 @@ fn config_check(file: PathBuf, user: Option<String>, global: &Global) -> Result<
                 ServiceAccount::Absent(_) => None,
             },
             "access": access,
+            "encryption_key_ids": crate::storage_key::key_ids(&config),
         }));
     }
+    let encryption =
+        crate::storage_key::summary(&config).map_or_else(String::new, |line| format!("\n{line}"));
     print_text(&format!(
-        "ok: node {}, data_dir {}, api {}, {peers} {}\n{access}",
+        "ok: node {}, data_dir {}, api {}, {peers} {}\n{access}{encryption}",
         config.node.name,
         config.node.data_dir.display(),
         config.api.listen,

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::pki::{self, PkiError};
+use crate::storage_key::{KeyFileError, StorageKey};
 
 pub mod access;
 
@@ -205,6 +206,13 @@ pub struct StorageConfig {
     pub flush_interval_ms: u64,
     /// Largest accepted record value, in bytes.
     pub max_value_bytes: usize,
+    /// The storage key (`officesync storage-key --out FILE`) that encrypts every value of the
+    /// store at rest; unset: values are stored in clear. Keys (collection names, record keys)
+    /// stay readable either way.
+    pub encryption_key_file: Option<PathBuf>,
+    /// Earlier storage keys: values they sealed are still read, new ones are sealed with
+    /// `encryption_key_file`; `officesyncd --rekey` re-seals the old ones so these can go.
+    pub previous_encryption_key_files: Vec<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -213,6 +221,8 @@ impl Default for StorageConfig {
             durability: Durability::Sync,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            encryption_key_file: None,
+            previous_encryption_key_files: Vec::new(),
         }
     }
 }
@@ -330,12 +340,20 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| parse_error(origin, text, &e))?;
         config.origin = origin.to_owned();
         if let Some(base) = origin.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let storage = &mut config.storage;
+            let key_files = storage
+                .encryption_key_file
+                .iter_mut()
+                .chain(storage.previous_encryption_key_files.iter_mut());
             for path in [
                 &mut config.node.data_dir,
                 &mut config.tls.ca,
                 &mut config.tls.cert,
                 &mut config.tls.key,
-            ] {
+            ]
+            .into_iter()
+            .chain(key_files)
+            {
                 if path.is_relative() && !path.as_os_str().is_empty() {
                     *path = base.join(&*path);
                 }
@@ -345,10 +363,12 @@ impl Config {
         Ok(config)
     }
 
-    /// Every check: [`Config::validate_syntax`], then the TLS bundle at the current time.
+    /// Every check: [`Config::validate_syntax`], then the TLS bundle at the current time and
+    /// the storage key files.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_syntax()?;
-        self.validate_files(pki::unix_now())
+        self.validate_files(pki::unix_now())?;
+        self.validate_key_files().map(|_| ())
     }
 
     /// Checks values alone, without the filesystem: names, peer addresses,
@@ -482,7 +502,110 @@ impl Config {
                 ),
             ));
         }
+        self.validate_key_paths()
+    }
+
+    /// `storage.encryption_key_file` and `storage.previous_encryption_key_files`: non-empty
+    /// paths, outside the data dir, each listed once, previous keys only beside a current one.
+    fn validate_key_paths(&self) -> Result<(), ConfigError> {
+        let storage = &self.storage;
+        if storage.encryption_key_file.is_none() {
+            if storage.previous_encryption_key_files.is_empty() {
+                return Ok(());
+            }
+            return Err(self.invalid(
+                "storage.previous_encryption_key_files",
+                "storage.previous_encryption_key_files is set but storage.encryption_key_file \
+                 is not"
+                    .to_owned(),
+                "set storage.encryption_key_file to the current key (previous keys are only read \
+                 while `officesyncd --rekey` re-seals their values with it)",
+            ));
+        }
+        let mut seen: Vec<&Path> = Vec::new();
+        for (key, path) in self.key_files() {
+            if path.as_os_str().is_empty() {
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} is empty"),
+                    &format!(
+                        "set it to a key file made by `officesync storage-key --out FILE`, e.g. {}",
+                        example(&key)
+                    ),
+                ));
+            }
+            if path.starts_with(&self.node.data_dir) {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "{key} {} is inside node.data_dir {}",
+                        path.display(),
+                        self.node.data_dir.display()
+                    ),
+                    "keep the key outside the data dir (and out of its backups), e.g. \
+                     /etc/officesync/storage.key: whoever copies the data dir must not get the key \
+                     with it",
+                ));
+            }
+            if seen.contains(&path) {
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} {} is listed twice", path.display()),
+                    "list each key file once (the current key is not also a previous one)",
+                ));
+            }
+            seen.push(path);
+        }
         Ok(())
+    }
+
+    /// The configured storage key files with their config keys: the current one first.
+    fn key_files(&self) -> Vec<(String, &Path)> {
+        let storage = &self.storage;
+        let current = storage
+            .encryption_key_file
+            .iter()
+            .map(|p| ("storage.encryption_key_file".to_owned(), p.as_path()));
+        let previous = storage
+            .previous_encryption_key_files
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    format!("storage.previous_encryption_key_files[{i}]"),
+                    p.as_path(),
+                )
+            });
+        current.chain(previous).collect()
+    }
+
+    /// Reads every configured storage key file (current first): each must hold a key, be
+    /// readable by this process and closed to other users, and hold a key of its own.
+    pub fn validate_key_files(&self) -> Result<Vec<StorageKey>, ConfigError> {
+        let mut keys: Vec<(String, StorageKey)> = Vec::new();
+        for (key, path) in self.key_files() {
+            let read = StorageKey::read(path).map_err(|e| match &e {
+                KeyFileError::Read { source, .. }
+                    if source.kind() == io::ErrorKind::PermissionDenied =>
+                {
+                    self.unreadable(&key, path, &e)
+                }
+                _ => self.invalid(&key, format!("{key}: {e}"), &e.fix(&key)),
+            })?;
+            if let Some((other, _)) = keys.iter().find(|(_, k)| k.id() == read.id()) {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "{key} {} holds the same key as {other} (key id {})",
+                        path.display(),
+                        read.id()
+                    ),
+                    "list each key once; a new key comes from `officesync storage-key --out FILE`",
+                ));
+            }
+            keys.push((key, read));
+        }
+        Ok(keys.into_iter().map(|(_, k)| k).collect())
     }
 
     /// `cluster.admins`: valid node names.
@@ -671,28 +794,47 @@ impl Config {
             self.storage.flush_interval_ms
         )?;
         writeln!(out, "max_value_bytes = {}", self.storage.max_value_bytes)?;
+        if let Some(file) = &self.storage.encryption_key_file {
+            writeln!(out, "encryption_key_file = {}", toml_path(file))?;
+        }
+        if !self.storage.previous_encryption_key_files.is_empty() {
+            let files: Vec<String> = self
+                .storage
+                .previous_encryption_key_files
+                .iter()
+                .map(|p| toml_path(p))
+                .collect();
+            writeln!(
+                out,
+                "previous_encryption_key_files = [{}]",
+                files.join(", ")
+            )?;
+        }
         writeln!(out)?;
         writeln!(out, "[cluster]")?;
         let admins: Vec<String> = self.cluster.admins.iter().map(|a| toml_str(a)).collect();
         writeln!(out, "admins = [{}]", admins.join(", "))
     }
 
-    /// Checks that `account` (the user `officesyncd` will run as) can read the config file and
-    /// the `[tls]` files, and read and write `node.data_dir` if it exists. Returns whether
-    /// `node.data_dir` exists ([`Access::Allowed`]) or not yet ([`Access::Missing`]); the
-    /// error names the file or directory in the way, its owner and mode, and the fix.
+    /// Checks that `account` (the user `officesyncd` will run as) can read the config file,
+    /// the `[tls]` files and the storage key files, and read and write `node.data_dir` if it
+    /// exists. Returns whether `node.data_dir` exists ([`Access::Allowed`]) or not yet
+    /// ([`Access::Missing`]); the error names the file or directory in the way, its owner and
+    /// mode, and the fix.
     pub fn check_access(&self, account: &Account) -> Result<Access, ConfigError> {
         let files = [
-            ("config", &self.origin),
-            ("tls.ca", &self.tls.ca),
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-        ];
+            ("config".to_owned(), self.origin.as_path()),
+            ("tls.ca".to_owned(), &self.tls.ca),
+            ("tls.cert".to_owned(), &self.tls.cert),
+            ("tls.key".to_owned(), &self.tls.key),
+        ]
+        .into_iter()
+        .chain(self.key_files());
         for (key, path) in files {
             if path.as_os_str().is_empty() {
                 continue;
             }
-            self.check_one(account, key, path, Need::Read)?;
+            self.check_one(account, &key, path, Need::Read)?;
         }
         self.check_one(account, "node.data_dir", &self.node.data_dir, Need::Manage)
     }
@@ -735,7 +877,7 @@ impl Config {
 
     /// The error for a `[tls]` file this process may not read: which user it runs as, and
     /// the owner and mode of the file or directory in the way.
-    fn unreadable(&self, key: &str, path: &Path, error: &PkiError) -> ConfigError {
+    fn unreadable(&self, key: &str, path: &Path, error: &dyn std::fmt::Display) -> ConfigError {
         let me = Account::current();
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         if let Some(me) = &me {
@@ -840,6 +982,21 @@ impl ConfigBuilder {
     /// Sets `storage.max_value_bytes`.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.config.storage.max_value_bytes = bytes;
+        self
+    }
+
+    /// Sets `storage.encryption_key_file`.
+    pub fn encryption_key_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.config.storage.encryption_key_file = Some(file.into());
+        self
+    }
+
+    /// Adds a file to `storage.previous_encryption_key_files`.
+    pub fn previous_encryption_key_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.config
+            .storage
+            .previous_encryption_key_files
+            .push(file.into());
         self
     }
 
@@ -1034,6 +1191,10 @@ fn example(key: &str) -> &'static str {
         "sync.accept_unsigned" => "accept_unsigned = false (true only while upgrading from 0.1.0)",
         "storage.flush_interval_ms" => "flush_interval_ms = 100",
         "storage.max_value_bytes" => "max_value_bytes = 4194304",
+        "storage.encryption_key_file" => "encryption_key_file = \"/etc/officesync/storage.key\"",
+        "storage.previous_encryption_key_files" => {
+            "previous_encryption_key_files = [\"/etc/officesync/storage.key.old\"]"
+        }
         _ => "see the commented example deploy/officesync.example.toml (installed with the docs)",
     }
 }

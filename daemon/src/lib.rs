@@ -17,8 +17,10 @@ pub mod pki;
 pub mod policy;
 #[cfg(feature = "node")]
 pub mod replica;
+// Always built: the CLI makes key files (`officesync storage-key`) and config checks read them.
 #[cfg(feature = "node")]
 pub mod signing;
+pub mod storage_key;
 #[cfg(feature = "node")]
 pub mod store;
 #[cfg(feature = "node")]

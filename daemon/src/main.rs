@@ -22,6 +22,12 @@ struct Args {
     /// Check the config (and certificates) and exit.
     #[arg(long)]
     check: bool,
+    /// With the daemon stopped: seal every value of the store with [storage]
+    /// encryption_key_file (encrypting a store kept in clear until now, or re-sealing values
+    /// of previous_encryption_key_files so they can be retired), then exit. Resumes if
+    /// interrupted.
+    #[arg(long, conflicts_with = "check")]
+    rekey: bool,
     /// Log format on stderr: human-readable text, or one JSON object per line (with the
     /// current span's fields) for log collectors. `RUST_LOG` sets the level either way.
     #[arg(
@@ -94,6 +100,9 @@ fn main() -> ExitCode {
         println!("officesyncd: config {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
+    if args.rekey {
+        return rekey(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,6 +135,36 @@ async fn run(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("officesyncd: shutdown failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--rekey`: seals every value with the current storage key and says what it did.
+fn rekey(config: &Config) -> ExitCode {
+    match officesync_daemon::node::rekey_store(config) {
+        Ok(report) => {
+            let key = report
+                .key_id
+                .map_or_else(String::new, |id| format!(" (key id {id})"));
+            println!(
+                "officesyncd: every value of the store in {} is sealed with {}{key}: {} values, \
+                 {} encrypted, {} re-sealed from previous keys; \
+                 storage.previous_encryption_key_files may now be removed",
+                config.node.data_dir.display(),
+                config
+                    .storage
+                    .encryption_key_file
+                    .as_deref()
+                    .map_or_else(String::new, |f| f.display().to_string()),
+                report.values,
+                report.encrypted,
+                report.resealed,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("officesyncd: {e}{}", access_problem(config));
             ExitCode::FAILURE
         }
     }

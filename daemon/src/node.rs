@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState, PeerTable};
 use crate::config::{Config, Durability};
 use crate::policy::PolicyHandle;
-use crate::signing::{publish_certificate, Keyring, NodeSigner, SigningError};
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
-use crate::store::{SledStore, StoreError};
+use crate::signing::{self, publish_certificate, NodeSigner, SigningError};
+use crate::store::sealed::{self, RekeyReport};
+use crate::store::{Keyring, SealError, SealedStore, SledStore, Store, StoreError};
 use crate::sync::SyncService;
 use crate::transport::{Transport, TransportError};
 
@@ -27,6 +28,10 @@ pub enum StartError {
     /// The store could not be opened (locked, corrupt, unreadable).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Encryption at rest: a wrong, missing or unreadable key, or a store encrypted
+    /// differently from what `[storage]` says.
+    #[error(transparent)]
+    Encryption(#[from] SealError),
     /// The replica could not be opened on the store.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
@@ -92,6 +97,42 @@ fn open_journal(config: &Config) -> Result<api::Journal, StartError> {
     api::Journal::start(log).map_err(StartError::AuditThread)
 }
 
+/// Opens the store in `node.data_dir`: sled, sealed with the storage key when
+/// `storage.encryption_key_file` is set. Refuses a store encrypted with another key, an
+/// encrypted store without a key, and a plaintext store with one.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let dir = &config.node.data_dir;
+    let sled = SledStore::open(dir)?;
+    match &config.storage.encryption_key_file {
+        None => {
+            sealed::refuse_if_sealed(&sled, dir)?;
+            Ok(Arc::new(sled))
+        }
+        Some(file) => {
+            let keys = Keyring::load(file, &config.storage.previous_encryption_key_files)?;
+            let key_id = keys.current_id();
+            let store = SealedStore::open(sled, keys, dir)?;
+            tracing::info!(key_file = %file.display(), key_id = %key_id, "store values encrypted at rest");
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// `officesyncd --rekey`, with the daemon stopped: seals every value of the store in
+/// `node.data_dir` with `storage.encryption_key_file` (encrypting a plaintext store, or
+/// re-sealing values of `storage.previous_encryption_key_files`).
+pub fn rekey_store(config: &Config) -> Result<RekeyReport, StartError> {
+    let Some(file) = &config.storage.encryption_key_file else {
+        return Err(SealError::NoKey {
+            config: config.origin.clone(),
+        }
+        .into());
+    };
+    let keys = Keyring::load(file, &config.storage.previous_encryption_key_files)?;
+    let dir = &config.node.data_dir;
+    Ok(sealed::rekey(SledStore::open(dir)?, keys, dir)?)
+}
+
 /// The replica options a config asks for.
 pub fn replica_options(config: &Config) -> ReplicaOptions {
     let mut opts = ReplicaOptions::new(&config.node.name);
@@ -119,14 +160,14 @@ impl Node {
     /// Opens the store in `node.data_dir`, the replica on it, and serves the API on
     /// `api.listen`. The config must already be validated.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let data_dir = config.node.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
+        let opening = config.clone();
+        let store = tokio::task::spawn_blocking(move || open_store(&opening))
             .await
             .map_err(|e| StoreError::Io(e.to_string()))??;
         let signer = Arc::new(NodeSigner::load(&config.tls.cert, &config.tls.key)?);
         let mut opts = replica_options(config);
         opts.signer = Some(signer.clone());
-        let replica = Replica::open(Arc::new(store), opts)?;
+        let replica = Replica::open(store, opts)?;
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -153,7 +194,8 @@ impl Node {
             .next()
             .unwrap_or_default();
         let keyring = Arc::new(
-            Keyring::new(ca_der, policy.clone()).accepting_unsigned(config.sync.accept_unsigned),
+            signing::Keyring::new(ca_der, policy.clone())
+                .accepting_unsigned(config.sync.accept_unsigned),
         );
         keyring
             .learn(signer.cert_der())

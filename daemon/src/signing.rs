@@ -255,7 +255,10 @@ impl Keyring {
     /// certificate is learnt on the way.
     fn check_nodes_entry(&self, v: &Version) -> Result<(), String> {
         let Some((node, id)) = signing::parse_nodes_key(&v.key) else {
-            return Err(format!("{NODES_COLLECTION} key {:?} is not NODE/KEYID", v.key));
+            return Err(format!(
+                "{NODES_COLLECTION} key {:?} is not NODE/KEYID",
+                v.key
+            ));
         };
         if node != v.dot.origin.node_name() {
             return Err(format!(
@@ -296,7 +299,11 @@ impl Keyring {
         for (i, v) in versions.iter().enumerate() {
             if v.collection == NODES_COLLECTION {
                 if let Err(e) = self.check_nodes_entry(v) {
-                    return Some(refuse(i, SignatureFault::Invalid, format!("{}: {e}", v.dot)));
+                    return Some(refuse(
+                        i,
+                        SignatureFault::Invalid,
+                        format!("{}: {e}", v.dot),
+                    ));
                 }
             }
         }

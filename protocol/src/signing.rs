@@ -253,10 +253,7 @@ mod tests {
         Version {
             collection: "situation".into(),
             key: "river/nanfei".into(),
-            dot: Dot {
-                origin,
-                counter: 7,
-            },
+            dot: Dot { origin, counter: 7 },
             hlc: Hlc {
                 ms: 1_700_000_000_000,
                 logical: 3,
@@ -271,26 +268,30 @@ mod tests {
     #[test]
     fn every_signed_field_changes_the_message() {
         let base = signed_message(&version());
-        let mut changes: Vec<Box<dyn Fn(&mut Version)>> = vec![
-            Box::new(|v| v.dot.counter += 1),
-            Box::new(|v| v.collection.push('x')),
-            Box::new(|v| v.key.push('x')),
-            Box::new(|v| v.hlc.ms += 1),
-            Box::new(|v| v.hlc.logical += 1),
-            Box::new(|v| v.context = VersionVector::default()),
-            Box::new(|v| v.author = Some("wang@hefei".into())),
-            Box::new(|v| v.author = None),
-            Box::new(|v| v.value = Some(b"7.6 m".to_vec())),
-            Box::new(|v| v.value = None),
+        let changes: Vec<fn(&mut Version)> = vec![
+            |v| v.dot.counter += 1,
+            |v| v.collection.push('x'),
+            |v| v.key.push('x'),
+            |v| v.hlc.ms += 1,
+            |v| v.hlc.logical += 1,
+            |v| v.context = VersionVector::default(),
+            |v| v.author = Some("wang@hefei".into()),
+            |v| v.author = None,
+            |v| v.value = Some(b"7.6 m".to_vec()),
+            |v| v.value = None,
         ];
-        for (i, change) in changes.iter_mut().enumerate() {
+        for (i, change) in changes.iter().enumerate() {
             let mut v = version();
             change(&mut v);
             assert_ne!(signed_message(&v), base, "change {i} is not covered");
         }
         let mut v = version();
         v.signature = Some(vec![1; SIGNATURE_LEN]);
-        assert_eq!(signed_message(&v), base, "the signature is not part of what it signs");
+        assert_eq!(
+            signed_message(&v),
+            base,
+            "the signature is not part of what it signs"
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct TestConfig {
     pub admins: Vec<String>,
     /// `api.auth` (`None`: the default, `token`).
     pub api_auth: Option<String>,
+    /// `storage.encryption_key_file` (`None`: values stored in clear).
+    pub encryption_key_file: Option<PathBuf>,
     /// Raw TOML appended after the `[cluster]` section (keys land in `[cluster]` unless it
     /// opens a new section).
     pub extra_toml: String,
@@ -106,6 +108,9 @@ impl TestConfig {
         out.push_str(&format!("durability = {}\n", toml_str(&self.durability)));
         if let Some(ms) = self.flush_interval_ms {
             out.push_str(&format!("flush_interval_ms = {ms}\n"));
+        }
+        if let Some(key) = &self.encryption_key_file {
+            out.push_str(&format!("encryption_key_file = {}\n", toml_path(key)));
         }
         out.push_str("\n[cluster]\n");
         let admins: Vec<String> = self.admins.iter().map(|a| toml_str(a)).collect();
@@ -236,6 +241,7 @@ impl Cluster {
             flush_interval_ms: None,
             admins: Vec::new(),
             api_auth: None,
+            encryption_key_file: None,
             extra_toml: String::new(),
         }
     }
@@ -340,6 +346,7 @@ mod tests {
             flush_interval_ms: None,
             admins: vec!["general-office".into()],
             api_auth: None,
+            encryption_key_file: None,
             extra_toml: String::new(),
         };
         let toml = config.to_toml();

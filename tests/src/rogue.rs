@@ -16,11 +16,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use officesync_daemon::pki;
 use officesync_daemon::signing::NodeSigner;
+use officesync_protocol::signing::{nodes_key, NODES_COLLECTION};
 use officesync_protocol::wire::{
     decode_message, encode_frame, Compression, ErrorFrame, FrameDecoder, FrameFlags, Hello,
     HelloAck, Message, MessageV2, ALPN, PROTOCOL_VERSION,
 };
-use officesync_protocol::signing::{nodes_key, NODES_COLLECTION};
 use officesync_protocol::wire::{Batch, Complete};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use quinn::crypto::rustls::QuicClientConfig;

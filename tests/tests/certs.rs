@@ -84,7 +84,10 @@ fn relayed(origin: &ReplicaId, key: &str, signer: &NodeSigner) -> Vec<Message> {
             collection: collection.into(),
             key: key.into(),
             dot: Dot::new(origin.clone(), 1),
-            hlc: Hlc { ms: now, logical: 0 },
+            hlc: Hlc {
+                ms: now,
+                logical: 0,
+            },
             context: VersionVector::new(),
             value: Some(value.to_vec()),
             author: None,

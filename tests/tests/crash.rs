@@ -2,14 +2,15 @@
 //! before a SIGKILL is readable after the restart, with its acknowledged version (or
 //! superseded by a later acknowledged write of the same key), round after round on the same
 //! data dir. This proves no acknowledged write is lost when the process dies; it does not
-//! model power loss (the page cache survives a SIGKILL).
+//! model power loss (the page cache survives a SIGKILL). Run with the store in clear and
+//! encrypted at rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use officesync_tests::http::split_version;
-use officesync_tests::{test_seed, ApiClient, Cluster, TestRng};
+use officesync_tests::{officesync, test_seed, ApiClient, Cluster, OutputExt, TestRng};
 
 const COLL: &str = "crash";
 /// Distinct keys written (writes pick among them, so keys are overwritten within and across
@@ -65,11 +66,32 @@ fn write_until_killed(api: &ApiClient, round: usize, mut rng: TestRng) -> Round 
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    let seed = test_seed("acknowledged_writes_survive_kill_9");
+    kill_9_rounds("acknowledged_writes_survive_kill_9", false);
+}
+
+/// The same with the store encrypted at rest: sealing keeps every batch atomic.
+#[test]
+fn acknowledged_writes_survive_kill_9_with_encryption_at_rest() {
+    kill_9_rounds(
+        "acknowledged_writes_survive_kill_9_with_encryption_at_rest",
+        true,
+    );
+}
+
+/// [`ROUNDS`] rounds of writes cut by kill -9 on one data dir (encrypted when `encrypted`),
+/// checking after each restart that every acknowledged write reads back.
+fn kill_9_rounds(name: &str, encrypted: bool) {
+    let seed = test_seed(name);
     let mut rng = TestRng::new(seed);
     let cluster = Cluster::new();
-    let config = cluster.config("hefei");
+    let mut config = cluster.config("hefei");
     assert_eq!(config.durability, "sync");
+    if encrypted {
+        let key = cluster.dir().join("storage.key");
+        officesync(&["storage-key".as_ref(), "--out".as_ref(), key.as_os_str()])
+            .expect_success("officesync storage-key");
+        config.encryption_key_file = Some(key);
+    }
     let node = cluster.start(&config);
     let replica = node.status()["replica"].clone();
 

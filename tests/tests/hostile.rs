@@ -14,11 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{
     assert_converged, hub_config, office_config, peer_entry, wait_connected, wait_for, HUB,
 };
+use officesync_daemon::signing::NodeSigner;
 use officesync_protocol::wire::{
     decode_message, encode_message, encode_raw_frame, Batch, Complete, ErrorCode, FrameFlags,
     Heartbeat, Message, WireError,
 };
-use officesync_daemon::signing::NodeSigner;
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::rogue::Rogue;
 use officesync_tests::{Cluster, TestNode, TestRng};

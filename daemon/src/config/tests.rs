@@ -43,6 +43,8 @@ fn line(err: &ConfigError) -> String {
     );
     assert!(msg.starts_with("config "), "{msg}");
     assert!(msg.contains("(fix: "), "{msg}");
+    // A broken string continuation leaves a run of indentation in the line.
+    assert!(!msg.contains("   "), "a run of spaces: {msg:?}");
     msg
 }
 
@@ -504,4 +506,161 @@ fn check_access_names_the_key_and_the_fix() {
         config.check_access(&stranger()).unwrap(),
         access::Access::Missing
     );
+}
+
+/// A new storage key file `name` in `dir`.
+fn storage_key(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    StorageKey::generate()
+        .unwrap()
+        .write_new(&path, false)
+        .unwrap();
+    path
+}
+
+#[test]
+fn storage_keys_parse_resolve_and_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = bundle(tmp.path(), "hefei");
+    let current = storage_key(tmp.path(), "storage.key");
+    let old = storage_key(tmp.path(), "storage.key.old");
+    let text = format!(
+        "{}[storage]\nencryption_key_file = \"storage.key\"\n\
+         previous_encryption_key_files = [\"storage.key.old\"]\n",
+        Config::builder("hefei", "data", &tls)
+            .build()
+            .to_toml_string()
+            .split("[storage]")
+            .next()
+            .unwrap()
+    );
+    let path = tmp.path().join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.storage.encryption_key_file, Some(current.clone()));
+    assert_eq!(config.storage.previous_encryption_key_files, [old]);
+    assert_eq!(config.validate_key_files().unwrap().len(), 2);
+    // Written back and read again, unchanged.
+    std::fs::write(&path, config.to_toml_string()).unwrap();
+    let again = Config::load(&path).unwrap();
+    assert_eq!(again, config);
+    // Unset by default, and then nothing is written for it.
+    let plain = parse(MINIMAL).unwrap();
+    assert_eq!(plain.storage.encryption_key_file, None);
+    assert!(!plain.to_toml_string().contains("encryption_key_file"));
+}
+
+#[test]
+fn storage_key_settings_are_checked() {
+    let with = |lines: &str| format!("{MINIMAL}[storage]\n{lines}\n");
+    let cases = [
+        (
+            "encryption_key = \"/etc/officesync/storage.key\"",
+            "storage.encryption_key",
+            "unknown field",
+        ),
+        (
+            "encryption_key_file = 7",
+            "storage.encryption_key_file",
+            "encryption_key_file = \"/etc/officesync/storage.key\"",
+        ),
+        (
+            "encryption_key_file = \"\"",
+            "storage.encryption_key_file",
+            "is empty",
+        ),
+        (
+            "encryption_key_file = \"/var/lib/officesync/storage.key\"",
+            "storage.encryption_key_file",
+            "keep the key outside the data dir",
+        ),
+        (
+            "previous_encryption_key_files = [\"/etc/officesync/old.key\"]",
+            "storage.previous_encryption_key_files",
+            "storage.encryption_key_file is not",
+        ),
+        (
+            "encryption_key_file = \"/etc/k\"\nprevious_encryption_key_files = [\"/etc/k\"]",
+            "storage.previous_encryption_key_files[0]",
+            "listed twice",
+        ),
+    ];
+    for (lines, key, says) in cases {
+        let (msg, got) = parse_err(&with(lines));
+        assert_eq!(got.as_deref(), Some(key), "{lines}: {msg}");
+        assert!(msg.contains(says), "{lines}: {msg}");
+    }
+}
+
+#[test]
+fn storage_key_files_are_read_and_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = bundle(tmp.path(), "hefei");
+    let build = |current: &Path, previous: &[&Path]| {
+        let mut b = Config::builder("hefei", tmp.path().join("data"), &tls)
+            .origin(tmp.path().join("node.toml"))
+            .encryption_key_file(current);
+        for p in previous {
+            b = b.previous_encryption_key_file(*p);
+        }
+        b.build()
+    };
+    let good = storage_key(tmp.path(), "storage.key");
+    build(&good, &[]).validate().unwrap();
+
+    // Missing: names the key, the file, and how to make one.
+    let missing = tmp.path().join("missing.key");
+    let err = build(&missing, &[]).validate().unwrap_err();
+    assert_eq!(err.key(), Some("storage.encryption_key_file"));
+    let msg = line(&err);
+    assert!(msg.contains("missing.key"), "{msg}");
+    assert!(msg.contains("officesync storage-key --out FILE"), "{msg}");
+
+    // Not a key.
+    let junk = tmp.path().join("junk.key");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let msg = line(&build(&junk, &[]).validate().unwrap_err());
+    assert!(msg.contains("junk.key is not a storage key"), "{msg}");
+
+    // Open to every user.
+    let open = storage_key(tmp.path(), "open.key");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let msg = line(&build(&open, &[]).validate().unwrap_err());
+    assert!(msg.contains("open.key is open to every user"), "{msg}");
+    assert!(msg.contains("chmod 0600"), "{msg}");
+
+    // The same key under two names.
+    let copy = tmp.path().join("copy.key");
+    std::fs::copy(&good, &copy).unwrap();
+    let err = build(&good, &[&copy]).validate().unwrap_err();
+    assert_eq!(err.key(), Some("storage.previous_encryption_key_files[0]"));
+    assert!(line(&err).contains("holds the same key"), "{err}");
+
+    // A missing previous key is named by its index.
+    let err = build(&good, &[&missing]).validate().unwrap_err();
+    assert_eq!(err.key(), Some("storage.previous_encryption_key_files[0]"));
+}
+
+#[test]
+fn check_access_covers_the_storage_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tls = bundle(tmp.path(), "hefei");
+    std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        tls.join(pki::NODE_KEY_FILE),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let key = storage_key(tmp.path(), "storage.key");
+    let config = Config::builder("hefei", tmp.path().join("data"), &tls)
+        .encryption_key_file(&key)
+        .build();
+    // As `storage-key` writes it (0600): another user cannot read it.
+    let err = config.check_access(&stranger()).unwrap_err();
+    assert_eq!(err.key(), Some("storage.encryption_key_file"));
+    assert!(line(&err).contains("mode 0600"), "{err}");
 }

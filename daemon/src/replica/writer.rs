@@ -306,8 +306,7 @@ impl Writer {
         };
         let header = version.header();
         if let Some(signer) = &self.signer {
-            version.signature =
-                Some(signer.sign(coll, key, &header, version.author.as_deref()));
+            version.signature = Some(signer.sign(coll, key, &header, version.author.as_deref()));
         }
         let mut meta = std::mem::take(meta);
         // Until this write is durable, peers may still need what it supersedes.

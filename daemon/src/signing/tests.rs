@@ -81,15 +81,19 @@ fn signed_versions_of_both_key_types_verify_and_any_alteration_is_refused() {
         let ring = pki.keyring(Policy::default());
         ring.learn(signer.cert_der()).expect("learn");
         let good = batch(&signer, "hefei", 20);
-        assert_eq!(ring.check(&good), None, "{key_type:?}: an honest batch verifies");
+        assert_eq!(
+            ring.check(&good),
+            None,
+            "{key_type:?}: an honest batch verifies"
+        );
 
-        let alterations: Vec<Box<dyn Fn(&mut Version)>> = vec![
-            Box::new(|v| v.value = Some(b"forged".to_vec())),
-            Box::new(|v| v.value = None),
-            Box::new(|v| v.hlc.ms += 1),
-            Box::new(|v| v.key.push('x')),
-            Box::new(|v| v.author = Some("wang@hefei".into())),
-            Box::new(|v| v.context.raise(&ReplicaId::new("gov", 1).expect("id"), 3)),
+        let alterations: Vec<fn(&mut Version)> = vec![
+            |v| v.value = Some(b"forged".to_vec()),
+            |v| v.value = None,
+            |v| v.hlc.ms += 1,
+            |v| v.key.push('x'),
+            |v| v.author = Some("wang@hefei".into()),
+            |v| v.context.raise(&ReplicaId::new("gov", 1).expect("id"), 3),
         ];
         for (n, alter) in alterations.iter().enumerate() {
             let mut b = good.clone();
@@ -123,7 +127,10 @@ fn unsigned_unknown_forged_and_revoked_signers_are_told_apart() {
     assert_eq!((r.index, r.fault), (0, SignatureFault::UnknownSigner));
     let before = ring.generation();
     ring.learn(hefei.cert_der()).expect("learn");
-    assert!(ring.generation() > before, "learning a certificate is a new generation");
+    assert!(
+        ring.generation() > before,
+        "learning a certificate is a new generation"
+    );
     assert_eq!(ring.check(&batch(&hefei, "hefei", 2)), None);
 
     // The general office signs a version that claims hefei's origin: a forgery.
@@ -135,7 +142,10 @@ fn unsigned_unknown_forged_and_revoked_signers_are_told_apart() {
     // hefei revoked (every certificate): its versions are refused.
     let (policy, errors) = Policy::from_entries(
         ["gov"],
-        [("revoked/hefei", br#"{"reason": "laptop stolen"}"#.as_slice())],
+        [(
+            "revoked/hefei",
+            br#"{"reason": "laptop stolen"}"#.as_slice(),
+        )],
     );
     assert!(errors.is_empty(), "{errors:?}");
     let revoking = pki.keyring(policy);
@@ -172,7 +182,11 @@ fn nodes_entries_teach_certificates_but_only_a_node_s_own() {
     let mut b = vec![entry(&hefei, "hefei", hefei.cert_der())];
     assert_eq!(ring.check(&b), None);
     b = batch(&hefei, "hefei", 2);
-    assert_eq!(ring.check(&b), None, "the certificate was learnt from _nodes");
+    assert_eq!(
+        ring.check(&b),
+        None,
+        "the certificate was learnt from _nodes"
+    );
 
     // gov publishing hefei's certificate under gov's name is refused.
     let ring = pki.keyring(Policy::default());

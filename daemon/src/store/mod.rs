@@ -1,12 +1,17 @@
 //! The storage seam: an ordered key-value store with atomic batches and a durable sync.
-//! sled is one implementation ([`SledStore`]); [`MemoryStore`] serves tests. Everything above
-//! this trait (the replica's record layout, merge and digests) is engine-independent.
+//! sled is one implementation ([`SledStore`]); [`MemoryStore`] serves tests; [`SealedStore`]
+//! wraps either to encrypt every value at rest. Everything above this trait (the replica's
+//! record layout, merge and digests) is engine-independent.
 
 mod memory;
+pub mod sealed;
 mod sled;
 
 pub use self::memory::MemoryStore;
+pub use self::sealed::{Keyring, SealError, SealedStore};
 pub use self::sled::{SledStore, MARK_FILE, SLED_DIR};
+
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -85,6 +90,34 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A shared store is a store (so a [`SealedStore`] can wrap an `Arc<dyn Store>`).
+impl<T: Store + ?Sized> Store for Arc<T> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(key)
+    }
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Rows, StoreError> {
+        (**self).range(start, end, limit)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        (**self).sync()
+    }
+    fn size_on_disk(&self) -> u64 {
+        (**self).size_on_disk()
+    }
+    fn mark_durable(&self, generation: u64) -> Result<(), StoreError> {
+        (**self).mark_durable(generation)
+    }
+    fn durable_mark(&self) -> Option<u64> {
+        (**self).durable_mark()
+    }
+    fn unsynced_blob_files(&self) -> u64 {
+        (**self).unsynced_blob_files()
+    }
+}
+
 /// The smallest key strictly greater than every key starting with `prefix` (None: no bound).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -102,6 +135,7 @@ pub(crate) mod contract {
     //! One test body run against every implementation.
     use super::*;
 
+    /// The common contract: batches, removals, reads and bounded ranges.
     pub fn exercise(store: &dyn Store) {
         let mut b = WriteBatch::default();
         b.put(b"a/1".to_vec(), b"one".to_vec());

@@ -269,7 +269,9 @@ pub(crate) fn reason_label(reason: &str) -> &'static str {
         SignatureFault::Revoked,
         SignatureFault::Invalid,
     ] {
-        if r.strip_prefix(fault.label()).is_some_and(|rest| rest.starts_with(':')) {
+        if r.strip_prefix(fault.label())
+            .is_some_and(|rest| rest.starts_with(':'))
+        {
             return fault.label();
         }
     }

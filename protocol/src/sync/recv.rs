@@ -209,7 +209,8 @@ macro_rules! recv_view {
 pub(super) use recv_view;
 
 impl<'a> RecvView<'a> {
-    /// The view of a session with these parts.
+    /// The view of a session with these parts (one argument per part the view borrows).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: &'a SessionConfig,
         now: u64,
@@ -373,7 +374,11 @@ impl Rx {
         let signed = view.signatures.and_then(|check| {
             check.first_bad(&b.versions).map(|r| {
                 let refusal = Refusal::Signature(r.fault, check.generation());
-                (r.index, refusal, format!("{}: {}", r.fault.label(), r.detail))
+                (
+                    r.index,
+                    refusal,
+                    format!("{}: {}", r.fault.label(), r.detail),
+                )
             })
         });
         let limit = signed.as_ref().map_or(b.versions.len(), |(i, _, _)| *i);
@@ -446,7 +451,8 @@ impl Rx {
             for s in col.streams.values_mut() {
                 if let Some(Refusal::Signature(SignatureFault::UnknownSigner, at)) = s.refused {
                     if generation > at {
-                        s.refused = Some(Refusal::Signature(SignatureFault::UnknownSigner, u64::MAX));
+                        s.refused =
+                            Some(Refusal::Signature(SignatureFault::UnknownSigner, u64::MAX));
                         due = true;
                     }
                 }

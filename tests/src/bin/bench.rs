@@ -7,16 +7,18 @@
 //! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
+//! `encryption` (store, local write and catch-up rates with and without encryption at rest,
+//! in [`encryption`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`].
 
 #[path = "bench/api.rs"]
 mod api;
-#[path = "bench/signing.rs"]
-mod signing;
 #[path = "bench/catch_up.rs"]
 mod catch_up;
+#[path = "bench/encryption.rs"]
+mod encryption;
 #[path = "bench/fanout.rs"]
 mod fanout;
 #[path = "bench/heal.rs"]
@@ -27,6 +29,8 @@ mod live;
 mod replication;
 #[path = "bench/servers.rs"]
 mod servers;
+#[path = "bench/signing.rs"]
+mod signing;
 #[path = "bench/sustained.rs"]
 mod sustained;
 #[path = "bench/wire.rs"]
@@ -220,10 +224,11 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 10] = [
     "local",
     "api",
     "signing",
+    "encryption",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -313,6 +318,9 @@ async fn main() -> Result<()> {
     }
     if args.wants("signing") {
         signing::run(args.quick, &mut rows).await?;
+    }
+    if args.wants("encryption") {
+        encryption::run(args.quick, &mut rows).await?;
     }
     replication::run(&args, &mut rows).await;
     println!();

@@ -119,7 +119,10 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    for (target, addr) in [(&beijing, beijing_cfg.sync_listen), (&hub, hub_cfg.sync_listen)] {
+    for (target, addr) in [
+        (&beijing, beijing_cfg.sync_listen),
+        (&hub, hub_cfg.sync_listen),
+    ] {
         let next = counter(target, "situation", &hefei_id) + 1;
         // 1. hefei's next write, forged: signed with the relay's own key.
         let forged = sign(
@@ -141,7 +144,10 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
             let mut rogue = Rogue::connect(&relay_bundle, addr, target.name())
                 .await
                 .expect("the relay's certificate is valid");
-            rogue.hello(RELAY, &relay_id, Vec::new()).await.expect("hello");
+            rogue
+                .hello(RELAY, &relay_id, Vec::new())
+                .await
+                .expect("hello");
             for v in [forged, altered, unknown] {
                 for m in send(v) {
                     rogue.send_message_as_is(&m).await.expect("send");
@@ -188,24 +194,31 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
         let mut rogue = Rogue::connect(&relay_bundle, beijing_cfg.sync_listen, beijing.name())
             .await
             .expect("connect");
-        rogue.hello(RELAY, &relay_id, Vec::new()).await.expect("hello");
+        rogue
+            .hello(RELAY, &relay_id, Vec::new())
+            .await
+            .expect("hello");
         for m in send(intact) {
             rogue.send_message_as_is(&m).await.expect("send");
         }
-        wait_for("beijing to take the intact version", TIMEOUT, || {
-            match beijing.get("drill", "evacuate") {
+        wait_for(
+            "beijing to take the intact version",
+            TIMEOUT,
+            || match beijing.get("drill", "evacuate") {
                 Some(r) if r.value == b"no" => Ok(()),
                 other => Err(format!("{other:?}")),
-            }
-        });
+            },
+        );
         rogue.shutdown().await;
     });
     // And honest traffic goes on.
     hefei.put("situation", "river/nanfei", b"7.6 m, honest");
-    wait_for("hefei's next write to reach beijing", TIMEOUT, || {
-        match beijing.get("situation", "river/nanfei") {
+    wait_for(
+        "hefei's next write to reach beijing",
+        TIMEOUT,
+        || match beijing.get("situation", "river/nanfei") {
             Some(r) if r.value == b"7.6 m, honest" => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 }

@@ -458,7 +458,10 @@ fn at_protocol_2_a_restart_is_announced_and_never_inferred() {
     assert_eq!(s.protocol(), 2);
     s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
     s.handle_frame(StreamKind::Bulk, complete(2), 3);
-    assert_eq!(refused(s, StreamKind::Bulk, restart()), ErrorCode::OutOfOrder);
+    assert_eq!(
+        refused(s, StreamKind::Bulk, restart()),
+        ErrorCode::OutOfOrder
+    );
 
     // A restart on the control stream is on the wrong stream.
     let s = established_acceptor("hefei", false);
@@ -470,7 +473,10 @@ fn at_protocol_2_a_restart_is_announced_and_never_inferred() {
     // A restart cannot be dropped into the middle of buffered batches.
     let mut s = established_acceptor("hefei", false);
     s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
-    assert_eq!(refused(s, StreamKind::Bulk, restart()), ErrorCode::OutOfOrder);
+    assert_eq!(
+        refused(s, StreamKind::Bulk, restart()),
+        ErrorCode::OutOfOrder
+    );
 
     // A restart message is never sent at protocol 1 (the receiver infers it there).
     let m: crate::wire::MessageV2 = crate::wire::Restart {

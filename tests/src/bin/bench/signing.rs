@@ -61,7 +61,10 @@ fn sign_and_verify(dir: &std::path::Path, key_type: KeyType, n: usize) -> Result
     let signs = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     for chunk in vs.chunks(BATCH) {
-        anyhow::ensure!(keyring.check(chunk).is_none(), "an honest batch was refused");
+        anyhow::ensure!(
+            keyring.check(chunk).is_none(),
+            "an honest batch was refused"
+        );
     }
     let verifies = n as f64 / start.elapsed().as_secs_f64();
     Ok((signs, verifies))
@@ -69,7 +72,11 @@ fn sign_and_verify(dir: &std::path::Path, key_type: KeyType, n: usize) -> Result
 
 /// Local writes per second by one writer (periodic durability), with or without a signer.
 async fn writes(dir: &std::path::Path, signer: Option<Arc<NodeSigner>>, n: usize) -> Result<f64> {
-    let tag = if signer.is_some() { "signed" } else { "unsigned" };
+    let tag = if signer.is_some() {
+        "signed"
+    } else {
+        "unsigned"
+    };
     let store = SledStore::open(&dir.join(format!("store-{tag}")))?;
     let mut opts = ReplicaOptions::new("hefei");
     opts.commit = CommitMode::Periodic(std::time::Duration::from_millis(100));
@@ -91,7 +98,9 @@ async fn writes(dir: &std::path::Path, signer: Option<Arc<NodeSigner>>, n: usize
 pub(crate) async fn run(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
     let n = if quick { 2_048 } else { 51_200 };
     let w = if quick { 2_000 } else { 20_000 };
-    progress(format_args!("signing: {n} versions per key type, {w} local writes"));
+    progress(format_args!(
+        "signing: {n} versions per key type, {w} local writes"
+    ));
     let dir = tempfile::tempdir()?;
     pki::init_ca(&dir.path().join("ca"), false)?;
     for (key_type, name, how) in [
