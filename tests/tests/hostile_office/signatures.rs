@@ -5,12 +5,14 @@
 
 use std::path::Path;
 
+use officesync_daemon::pki;
 use officesync_daemon::signing::NodeSigner;
 use officesync_daemon::time::unix_ms_now;
+use officesync_protocol::signing;
 use officesync_protocol::wire::{Batch, Complete, Message};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::rogue::Rogue;
-use officesync_tests::{Cluster, TestNode};
+use officesync_tests::{Cluster, OutputExt, TestNode};
 
 use crate::common::{assert_converged, peer_entry, wait_connected, wait_for, HUB};
 use crate::shared::TIMEOUT;
@@ -211,6 +213,70 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
         );
         rogue.shutdown().await;
     });
+    // 4. A certificate of hefei's that was revoked (a stolen laptop's bundle): the relay brings
+    // its `_nodes` entry and a version signed with it; both are refused as revoked.
+    let old_dir = cluster.dir().join("hefei-stolen");
+    let old = pki::issue(
+        "hefei",
+        cluster.ca_dir(),
+        &old_dir,
+        &pki::IssueOptions::default(),
+    )
+    .expect("issue");
+    let stolen = signer(&old_dir);
+    hub.cli(&[
+        "policy",
+        "revoke-node",
+        "hefei",
+        "--serial",
+        &old.serial_hex,
+    ])
+    .expect_success("revoke the stolen certificate");
+    wait_for("the revocation to reach beijing", TIMEOUT, || match beijing
+        .get("_policy", "revoked/hefei")
+    {
+        Some(_) => Ok(()),
+        None => Err(String::new()),
+    });
+    let mut cert_entry = version(
+        signing::NODES_COLLECTION,
+        &hefei_id,
+        counter(&beijing, signing::NODES_COLLECTION, &hefei_id) + 1,
+        &signing::nodes_key("hefei", stolen.key_id()),
+        stolen.cert_der(),
+    );
+    cert_entry.author = Some("hefei".into());
+    let cert_entry = sign(&stolen, cert_entry);
+    let backdated = sign(
+        &stolen,
+        version("drill", &hefei_id, 2, "evacuate", b"yes, says the thief"),
+    );
+    rt.block_on(async {
+        let mut rogue = Rogue::connect(&relay_bundle, beijing_cfg.sync_listen, beijing.name())
+            .await
+            .expect("connect");
+        rogue
+            .hello(RELAY, &relay_id, Vec::new())
+            .await
+            .expect("hello");
+        for v in [cert_entry, backdated] {
+            for m in send(v) {
+                rogue.send_message_as_is(&m).await.expect("send");
+            }
+        }
+        wait_for("beijing to count revoked", TIMEOUT, || {
+            match rejected(&beijing, RELAY, "revoked") {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n}: {}", beijing.status()["peers"])),
+            }
+        });
+        rogue.shutdown().await;
+    });
+    assert_eq!(
+        beijing.get("drill", "evacuate").map(|r| r.value),
+        Some(b"no".to_vec()),
+        "a version signed with a revoked certificate was taken"
+    );
     // And honest traffic goes on.
     hefei.put("situation", "river/nanfei", b"7.6 m, honest");
     wait_for(
