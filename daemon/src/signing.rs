@@ -312,61 +312,14 @@ impl Keyring {
         let mut ed: Vec<(usize, Vec<u8>, EdSignature, VerifyingKey)> = Vec::new();
         let mut first: Option<SignatureRefusal> = None;
         for (i, v) in versions.iter().enumerate() {
-            let Some(raw) = &v.signature else {
-                if self.accept_unsigned {
-                    continue;
-                }
-                first = Some(refuse(
-                    i,
-                    SignatureFault::Unsigned,
-                    format!("version {} carries no signature", v.dot),
-                ));
-                break;
-            };
-            let sig = match VersionSignature::decode(raw) {
-                Ok(s) => s,
-                Err(e) => {
-                    first = Some(refuse(
-                        i,
-                        SignatureFault::Invalid,
-                        format!("version {}: {e}", v.dot),
-                    ));
+            let (sig, signer) = match self.signer_of(v, &signers, &policy) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue, // unsigned, and unsigned versions are accepted
+                Err((fault, detail)) => {
+                    first = Some(refuse(i, fault, detail));
                     break;
                 }
             };
-            let Some(signer) = signers.get(&sig.key_id) else {
-                first = Some(refuse(
-                    i,
-                    SignatureFault::UnknownSigner,
-                    format!(
-                        "version {} is signed by certificate {}, which this node does not know",
-                        v.dot, sig.key_id
-                    ),
-                ));
-                break;
-            };
-            if signer.node != v.dot.origin.node_name() {
-                first = Some(refuse(
-                    i,
-                    SignatureFault::Invalid,
-                    format!(
-                        "version {} is signed by {}, not by its origin",
-                        v.dot, signer.node
-                    ),
-                ));
-                break;
-            }
-            if policy.is_revoked(&signer.node, Some(&signer.serial_hex)) {
-                first = Some(refuse(
-                    i,
-                    SignatureFault::Revoked,
-                    format!(
-                        "version {} is signed by certificate {} of {}, which is revoked",
-                        v.dot, signer.serial_hex, signer.node
-                    ),
-                ));
-                break;
-            }
             let message = signing::signed_message(v);
             let ok = match (&signer.public, sig.scheme) {
                 (PublicKey::Ed25519(k), Scheme::Ed25519) => {
@@ -393,6 +346,50 @@ impl Keyring {
             return Some(bad_signature(i, &versions[i]));
         }
         first
+    }
+}
+
+impl Keyring {
+    /// Everything about `v`'s signature but the cryptography: it is there (or unsigned
+    /// versions are accepted: `None`), well framed, by a known certificate of the version's
+    /// origin that is not revoked.
+    fn signer_of<'k>(
+        &self,
+        v: &Version,
+        signers: &'k HashMap<KeyId, KnownSigner>,
+        policy: &officesync_protocol::policy::Policy,
+    ) -> Result<Option<(VersionSignature, &'k KnownSigner)>, (SignatureFault, String)> {
+        let Some(raw) = &v.signature else {
+            if self.accept_unsigned {
+                return Ok(None);
+            }
+            let why = format!("version {} carries no signature", v.dot);
+            return Err((SignatureFault::Unsigned, why));
+        };
+        let sig = VersionSignature::decode(raw)
+            .map_err(|e| (SignatureFault::Invalid, format!("version {}: {e}", v.dot)))?;
+        let signer = signers.get(&sig.key_id).ok_or_else(|| {
+            let why = format!(
+                "version {} is signed by certificate {}, which this node does not know",
+                v.dot, sig.key_id
+            );
+            (SignatureFault::UnknownSigner, why)
+        })?;
+        if signer.node != v.dot.origin.node_name() {
+            let why = format!(
+                "version {} is signed by {}, not by its origin",
+                v.dot, signer.node
+            );
+            return Err((SignatureFault::Invalid, why));
+        }
+        if policy.is_revoked(&signer.node, Some(&signer.serial_hex)) {
+            let why = format!(
+                "version {} is signed by certificate {} of {}, which is revoked",
+                v.dot, signer.serial_hex, signer.node
+            );
+            return Err((SignatureFault::Revoked, why));
+        }
+        Ok(Some((sig, signer)))
     }
 }
 

@@ -26,6 +26,25 @@ use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+/// The frames of a stream of one version: its `Batch` and the `Complete` through it.
+pub fn one_version_stream(v: Version) -> [Message; 2] {
+    let (collection, origin, through) = (v.collection.clone(), v.dot.origin.clone(), v.dot.counter);
+    [
+        Batch {
+            collection: collection.clone(),
+            origin: origin.clone(),
+            versions: vec![v],
+        }
+        .into(),
+        Complete {
+            collection,
+            origin,
+            through,
+        }
+        .into(),
+    ]
+}
+
 /// How long the rogue waits for any one answer from the daemon.
 pub const ROGUE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -12,9 +12,9 @@ use common::{hub_config, office_config, peer_entry, wait_for, HUB};
 use officesync_daemon::pki::{self, IssueOptions};
 use officesync_daemon::signing::NodeSigner;
 use officesync_protocol::signing;
-use officesync_protocol::wire::{Batch, Complete, Message};
+use officesync_protocol::wire::Message;
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
-use officesync_tests::rogue::Rogue;
+use officesync_tests::rogue::{one_version_stream, Rogue};
 use officesync_tests::{officesync, Cluster, OutputExt};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,23 +102,7 @@ fn relayed(origin: &ReplicaId, key: &str, signer: &NodeSigner) -> Vec<Message> {
         version("situation", key, b"relayed"),
     ]
     .into_iter()
-    .flat_map(|v| {
-        let (collection, origin) = (v.collection.clone(), v.dot.origin.clone());
-        [
-            Batch {
-                collection: collection.clone(),
-                origin: origin.clone(),
-                versions: vec![v],
-            }
-            .into(),
-            Complete {
-                collection,
-                origin,
-                through: 1,
-            }
-            .into(),
-        ]
-    })
+    .flat_map(one_version_stream)
     .collect()
 }
 

@@ -220,3 +220,17 @@ fn a_key_that_is_not_the_certificate_s_is_refused() {
     let (_, other_key) = pki.issue("gov", KeyType::Ed25519);
     assert!(NodeSigner::new(cert, &other_key).is_err());
 }
+
+#[test]
+fn accepting_unsigned_versions_still_verifies_signed_ones() {
+    let pki = Pki::new();
+    let hefei = pki.signer("hefei", KeyType::Ed25519);
+    let ring = pki.keyring(Policy::default()).accepting_unsigned(true);
+    ring.learn(hefei.cert_der()).expect("learn");
+    let mut b = batch(&hefei, "hefei", 4);
+    b[1].signature = None;
+    assert_eq!(ring.check(&b), None, "an unsigned version is taken");
+    b[3].value = Some(b"altered".to_vec());
+    let r = ring.check(&b).expect("a signed one is still verified");
+    assert_eq!((r.index, r.fault), (3, SignatureFault::Invalid));
+}

@@ -9,9 +9,8 @@ use officesync_daemon::pki;
 use officesync_daemon::signing::NodeSigner;
 use officesync_daemon::time::unix_ms_now;
 use officesync_protocol::signing;
-use officesync_protocol::wire::{Batch, Complete, Message};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
-use officesync_tests::rogue::Rogue;
+use officesync_tests::rogue::{one_version_stream, Rogue};
 use officesync_tests::{Cluster, OutputExt, TestNode};
 
 use crate::common::{assert_converged, peer_entry, wait_connected, wait_for, HUB};
@@ -45,22 +44,33 @@ fn version(collection: &str, origin: &ReplicaId, counter: u64, key: &str, value:
     }
 }
 
-fn send(v: Version) -> [Message; 2] {
-    let (collection, origin, through) = (v.collection.clone(), v.dot.origin.clone(), v.dot.counter);
-    [
-        Batch {
-            collection: collection.clone(),
-            origin: origin.clone(),
-            versions: vec![v],
+/// One session of the relay with the node at `addr`: the handshake, `versions` sent as they
+/// are (each its own stream), then `done` polled until it holds.
+fn relay_session(
+    rt: &tokio::runtime::Runtime,
+    bundle: &Path,
+    (addr, name): (std::net::SocketAddr, &str),
+    versions: Vec<Version>,
+    what: &str,
+    mut done: impl FnMut() -> Result<(), String>,
+) {
+    let relay_id = ReplicaId::new(RELAY, 0x0bad_cafe).expect("id");
+    rt.block_on(async {
+        let mut rogue = Rogue::connect(bundle, addr, name)
+            .await
+            .expect("the relay's certificate is valid");
+        rogue
+            .hello(RELAY, &relay_id, Vec::new())
+            .await
+            .expect("hello");
+        for v in versions {
+            for m in one_version_stream(v) {
+                rogue.send_message_as_is(&m).await.expect("send");
+            }
         }
-        .into(),
-        Complete {
-            collection,
-            origin,
-            through,
-        }
-        .into(),
-    ]
+        wait_for(what, TIMEOUT, &mut done);
+        rogue.shutdown().await;
+    });
 }
 
 /// `node`'s count of versions from `peer` refused for `reason`.
@@ -113,7 +123,6 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
     let other_ca = Cluster::new();
     let stranger = signer(&other_ca.issue("hefei", false));
     let hefei_id = replica_of(&beijing, "hefei");
-    let relay_id = ReplicaId::new(RELAY, 0x0bad_cafe).expect("id");
 
     // Workers drive the relay's connection while this thread polls the daemons' status.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -142,35 +151,24 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
             &stranger,
             version("documents", &hefei_id, 1, "decree", b"from elsewhere"),
         );
-        rt.block_on(async {
-            let mut rogue = Rogue::connect(&relay_bundle, addr, target.name())
-                .await
-                .expect("the relay's certificate is valid");
-            rogue
-                .hello(RELAY, &relay_id, Vec::new())
-                .await
-                .expect("hello");
-            for v in [forged, altered, unknown] {
-                for m in send(v) {
-                    rogue.send_message_as_is(&m).await.expect("send");
-                }
-            }
-            for (reason, n) in [("signature", 2), ("unknown_signer", 1)] {
-                wait_for(
-                    &format!("{} to count {reason} from {RELAY}", target.name()),
-                    TIMEOUT,
-                    || {
-                        let got = rejected(target, RELAY, reason);
-                        if got >= n {
-                            Ok(())
-                        } else {
-                            Err(format!("{got}: {}", target.status()["peers"]))
-                        }
-                    },
+        relay_session(
+            &rt,
+            &relay_bundle,
+            (addr, target.name()),
+            vec![forged, altered, unknown],
+            &format!("{} to count signature ×2, unknown_signer ×1", target.name()),
+            || {
+                let (bad, unknown) = (
+                    rejected(target, RELAY, "signature"),
+                    rejected(target, RELAY, "unknown_signer"),
                 );
-            }
-            rogue.shutdown().await;
-        });
+                if bad >= 2 && unknown >= 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{bad}, {unknown}: {}", target.status()["peers"]))
+                }
+            },
+        );
         eprintln!(
             "{} refused from {RELAY}: signature {}, unknown_signer {}",
             target.name(),
@@ -192,27 +190,17 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
         &hefei_key,
         version("drill", &hefei_id, 1, "evacuate", b"no"),
     );
-    rt.block_on(async {
-        let mut rogue = Rogue::connect(&relay_bundle, beijing_cfg.sync_listen, beijing.name())
-            .await
-            .expect("connect");
-        rogue
-            .hello(RELAY, &relay_id, Vec::new())
-            .await
-            .expect("hello");
-        for m in send(intact) {
-            rogue.send_message_as_is(&m).await.expect("send");
-        }
-        wait_for(
-            "beijing to take the intact version",
-            TIMEOUT,
-            || match beijing.get("drill", "evacuate") {
-                Some(r) if r.value == b"no" => Ok(()),
-                other => Err(format!("{other:?}")),
-            },
-        );
-        rogue.shutdown().await;
-    });
+    relay_session(
+        &rt,
+        &relay_bundle,
+        (beijing_cfg.sync_listen, beijing.name()),
+        vec![intact],
+        "beijing to take the intact version",
+        || match beijing.get("drill", "evacuate") {
+            Some(r) if r.value == b"no" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     // 4. A certificate of hefei's that was revoked (a stolen laptop's bundle): the relay brings
     // its `_nodes` entry and a version signed with it; both are refused as revoked.
     let old_dir = cluster.dir().join("hefei-stolen");
@@ -251,27 +239,17 @@ fn a_relay_can_forward_but_not_forge_or_alter_an_office_s_versions() {
         &stolen,
         version("drill", &hefei_id, 2, "evacuate", b"yes, says the thief"),
     );
-    rt.block_on(async {
-        let mut rogue = Rogue::connect(&relay_bundle, beijing_cfg.sync_listen, beijing.name())
-            .await
-            .expect("connect");
-        rogue
-            .hello(RELAY, &relay_id, Vec::new())
-            .await
-            .expect("hello");
-        for v in [cert_entry, backdated] {
-            for m in send(v) {
-                rogue.send_message_as_is(&m).await.expect("send");
-            }
-        }
-        wait_for("beijing to count revoked", TIMEOUT, || {
-            match rejected(&beijing, RELAY, "revoked") {
-                n if n >= 2 => Ok(()),
-                n => Err(format!("{n}: {}", beijing.status()["peers"])),
-            }
-        });
-        rogue.shutdown().await;
-    });
+    relay_session(
+        &rt,
+        &relay_bundle,
+        (beijing_cfg.sync_listen, beijing.name()),
+        vec![cert_entry, backdated],
+        "beijing to count revoked ×2",
+        || match rejected(&beijing, RELAY, "revoked") {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n}: {}", beijing.status()["peers"])),
+        },
+    );
     assert_eq!(
         beijing.get("drill", "evacuate").map(|r| r.value),
         Some(b"no".to_vec()),

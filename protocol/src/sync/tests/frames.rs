@@ -174,24 +174,29 @@ fn relay_rule_drops_foreign_versions_and_their_complete() {
     assert_eq!(r.status().rejected, 0);
 }
 
+/// A batch of hefei's versions with these counters.
+fn hefei_batch(counters: &[u64]) -> Message {
+    Batch {
+        collection: COLL.into(),
+        origin: rid("hefei"),
+        versions: counters.iter().map(|c| version("hefei", *c)).collect(),
+    }
+    .into()
+}
+
+/// Hefei's stream complete through `through`.
+fn hefei_complete(through: u64) -> Message {
+    Complete {
+        collection: COLL.into(),
+        origin: rid("hefei"),
+        through,
+    }
+    .into()
+}
+
 #[test]
 fn out_of_order_completes_and_batches_close_the_session() {
-    let complete = |through| -> Message {
-        Complete {
-            collection: COLL.into(),
-            origin: rid("hefei"),
-            through,
-        }
-        .into()
-    };
-    let batch = |counters: &[u64]| -> Message {
-        Batch {
-            collection: COLL.into(),
-            origin: rid("hefei"),
-            versions: counters.iter().map(|c| version("hefei", *c)).collect(),
-        }
-        .into()
-    };
+    let (batch, complete) = (hefei_batch, hefei_complete);
     let mut s = established_acceptor("hefei", false);
     s.handle_frame(StreamKind::Bulk, batch(&[1, 2]), 3);
     s.handle_frame(StreamKind::Bulk, complete(4), 3);
@@ -430,22 +435,7 @@ fn a_version_2_hello_ack_names_the_acceptors_incarnation_and_is_checked() {
 
 #[test]
 fn at_protocol_2_a_restart_is_announced_and_never_inferred() {
-    let batch = |counters: &[u64]| -> Message {
-        Batch {
-            collection: COLL.into(),
-            origin: rid("hefei"),
-            versions: counters.iter().map(|c| version("hefei", *c)).collect(),
-        }
-        .into()
-    };
-    let complete = |through| -> Message {
-        Complete {
-            collection: COLL.into(),
-            origin: rid("hefei"),
-            through,
-        }
-        .into()
-    };
+    let (batch, complete) = (hefei_batch, hefei_complete);
     let restart = || -> Message {
         crate::wire::Restart {
             collection: COLL.into(),
