@@ -36,7 +36,7 @@ pub enum SigningError {
 
 /// The private key half: signs this node's versions.
 enum SigningKey {
-    Ed25519(rsig::Ed25519KeyPair),
+    Ed25519(Box<ed25519_dalek::SigningKey>),
     EcdsaP256(rsig::EcdsaKeyPair, ring::rand::SystemRandom),
 }
 
@@ -60,10 +60,14 @@ impl NodeSigner {
     pub fn new(cert_der: Vec<u8>, key_der: &[u8]) -> Result<Self, SigningError> {
         let (scheme, public) = pki::public_key_of(&cert_der)?;
         let key = match scheme {
-            Scheme::Ed25519 => SigningKey::Ed25519(
+            Scheme::Ed25519 => {
+                // ring validates the PKCS#8 document; dalek signs (faster here) with its seed.
                 rsig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(key_der)
-                    .map_err(|e| SigningError::Key(e.to_string()))?,
-            ),
+                    .map_err(|e| SigningError::Key(e.to_string()))?;
+                let seed = ed25519_seed(key_der)
+                    .ok_or_else(|| SigningError::Key("no Ed25519 seed in the key".to_owned()))?;
+                SigningKey::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
+            }
             Scheme::EcdsaP256 => {
                 let rng = ring::rand::SystemRandom::new();
                 let k = rsig::EcdsaKeyPair::from_pkcs8(
@@ -76,7 +80,7 @@ impl NodeSigner {
             }
         };
         let key_public = match &key {
-            SigningKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            SigningKey::Ed25519(k) => k.verifying_key().to_bytes().to_vec(),
             SigningKey::EcdsaP256(k, _) => k.public_key().as_ref().to_vec(),
         };
         if key_public != public {
@@ -125,7 +129,10 @@ impl NodeSigner {
     /// Signs `message` (already domain-separated by the caller).
     fn sign_message(&self, message: &[u8]) -> Vec<u8> {
         let (scheme, bytes) = match &self.key {
-            SigningKey::Ed25519(k) => (Scheme::Ed25519, k.sign(message).as_ref().to_vec()),
+            SigningKey::Ed25519(k) => {
+                use ed25519_dalek::Signer;
+                (Scheme::Ed25519, k.sign(message).to_bytes().to_vec())
+            }
             SigningKey::EcdsaP256(k, rng) => {
                 // Fails only when the system's randomness does: nothing to sign with then.
                 let sig = k.sign(rng, message).map(|s| s.as_ref().to_vec());
@@ -143,6 +150,13 @@ impl NodeSigner {
         }
         .encode()
     }
+}
+
+/// The 32-byte seed of an Ed25519 PKCS#8 key (RFC 8410: the private key is an OCTET STRING
+/// holding the OCTET STRING of the seed).
+fn ed25519_seed(pkcs8: &[u8]) -> Option<[u8; 32]> {
+    let at = pkcs8.windows(4).position(|w| w == [0x04, 0x22, 0x04, 0x20])? + 4;
+    pkcs8.get(at..at + 32)?.try_into().ok()
 }
 
 /// One known signer: a certificate that chains to the CA.
@@ -180,6 +194,10 @@ pub struct Keyring {
     generation: AtomicU64,
     /// Versions without a signature are taken (`sync.accept_unsigned`).
     accept_unsigned: bool,
+    /// Signatures verified lately: a session's stream reader verifies each batch as it
+    /// arrives, so the session (which waits for the store between batches) finds the work
+    /// done.
+    verified: VerifiedCache,
 }
 
 impl Keyring {
@@ -191,6 +209,7 @@ impl Keyring {
             signers: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             accept_unsigned: false,
+            verified: VerifiedCache::default(),
         }
     }
 
@@ -310,6 +329,7 @@ impl Keyring {
         let policy = self.policy.current();
         let signers = self.read();
         let mut ed: Vec<(usize, Vec<u8>, EdSignature, VerifyingKey)> = Vec::new();
+        let mut eds: Vec<[u8; 32]> = Vec::new();
         let mut first: Option<SignatureRefusal> = None;
         for (i, v) in versions.iter().enumerate() {
             let (sig, signer) = match self.signer_of(v, &signers, &policy) {
@@ -321,9 +341,14 @@ impl Keyring {
                 }
             };
             let message = signing::signed_message(v);
+            let seen = verified_key(&message, &sig.bytes);
+            if self.verified.contains(&seen) {
+                continue; // verified before (by the stream's reader, ahead of the session)
+            }
             let ok = match (&signer.public, sig.scheme) {
                 (PublicKey::Ed25519(k), Scheme::Ed25519) => {
                     ed.push((i, message, EdSignature::from_bytes(&sig.bytes), *k));
+                    eds.push(seen);
                     true
                 }
                 (PublicKey::EcdsaP256(k), Scheme::EcdsaP256) => {
@@ -337,13 +362,21 @@ impl Keyring {
                 first = Some(bad_signature(i, v));
                 break;
             }
+            if sig.scheme == Scheme::EcdsaP256 {
+                self.verified.insert(seen);
+            }
         }
         drop(signers);
         // Only Ed25519 signatures before the first refusal matter.
         let limit = first.as_ref().map_or(usize::MAX, |r| r.index);
-        ed.retain(|(i, ..)| *i < limit);
+        let keep = ed.iter().take_while(|(i, ..)| *i < limit).count();
+        ed.truncate(keep);
+        eds.truncate(keep);
         if let Some(i) = first_bad_ed25519(&ed) {
             return Some(bad_signature(i, &versions[i]));
+        }
+        for seen in eds {
+            self.verified.insert(seen);
         }
         first
     }
@@ -401,6 +434,52 @@ impl SignatureCheck for Keyring {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+}
+
+/// Most signatures remembered as verified (about 3 MiB).
+const VERIFIED_CAPACITY: usize = 1 << 16;
+
+/// A bounded set of `H(signed message || signature)` of verified versions, oldest forgotten
+/// first. It binds the whole message, so an altered version never matches a verified one.
+#[derive(Debug, Default)]
+struct VerifiedCache {
+    inner: std::sync::Mutex<(
+        std::collections::HashSet<[u8; 32]>,
+        std::collections::VecDeque<[u8; 32]>,
+    )>,
+}
+
+impl VerifiedCache {
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .contains(key)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *guard;
+        if set.insert(key) {
+            order.push_back(key);
+            if order.len() > VERIFIED_CAPACITY {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// The cache key of a verified signature.
+fn verified_key(message: &[u8], sig: &[u8; 64]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(message);
+    ctx.update(sig);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 fn bad_signature(index: usize, v: &Version) -> SignatureRefusal {

@@ -210,7 +210,12 @@ impl<'a> Driver<'a> {
         )
         .await;
         let control = open_control(&connection, role).await?;
-        let io = Io::spawn(control, &connection, &counters, settings.max_value_bytes);
+        let io = Io::spawn(
+            control,
+            &connection,
+            &counters,
+            (settings.max_value_bytes, &settings.keyring),
+        );
         Ok(Driver {
             session,
             replica,
@@ -566,7 +571,7 @@ impl Io {
         (ctrl_send, ctrl_recv): (quinn::SendStream, quinn::RecvStream),
         connection: &quinn::Connection,
         counters: &TrafficCounters,
-        max_value_bytes: usize,
+        (max_value_bytes, keyring): (usize, &Arc<crate::signing::Keyring>),
     ) -> Io {
         let (input_tx, inputs) = mpsc::channel(INPUT_QUEUE);
         let mut readers = JoinSet::new();
@@ -577,13 +582,13 @@ impl Io {
                 .with_counters(counters.clone()),
             StreamKind::Control,
             input_tx.clone(),
-            max_value_bytes,
+            (max_value_bytes, None),
         ));
         readers.spawn(io::accept_bulk(
             connection.clone(),
             counters.clone(),
             input_tx,
-            max_value_bytes,
+            (max_value_bytes, Some(keyring.clone())),
         ));
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);

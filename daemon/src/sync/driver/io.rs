@@ -3,9 +3,12 @@
 //! the driver's bounded channels; every decision is the session's.
 
 use officesync_protocol::sync::StreamKind;
-use officesync_protocol::wire::{ErrorCode, Message};
+use std::sync::Arc;
+
+use officesync_protocol::wire::{ErrorCode, Message, MessageV2};
 use tokio::sync::mpsc;
 
+use crate::signing::Keyring;
 use crate::transport::{FramedRecv, FramedSend, TrafficCounters};
 
 /// Largest value the wire can carry in one frame (see `config::MAX_VALUE_BYTES_LIMIT`).
@@ -29,12 +32,18 @@ pub(super) async fn read_frames(
     mut recv: FramedRecv,
     stream: StreamKind,
     tx: mpsc::Sender<Input>,
-    max_value_bytes: usize,
+    (max_value_bytes, keyring): (usize, Option<Arc<Keyring>>),
 ) {
     loop {
         let ended = match recv.recv().await {
             Ok(Some(msg)) => match msg.validate(max_value_bytes.max(WIRE_VALUE_BOUND)) {
                 Ok(()) => {
+                    // Verify a batch's signatures here, while the session may be waiting for
+                    // the store: it checks again and finds them verified. The outcome is the
+                    // session's to act on.
+                    if let (Some(keyring), Message::V2(MessageV2::Batch(b))) = (&keyring, &msg) {
+                        let _ = keyring.check(&b.versions);
+                    }
                     if tx.send(Input::Frame(stream, msg)).await.is_err() {
                         return;
                     }
@@ -58,14 +67,14 @@ pub(super) async fn accept_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
     tx: mpsc::Sender<Input>,
-    max_value_bytes: usize,
+    limits: (usize, Option<Arc<Keyring>>),
 ) {
     match connection.accept_uni().await {
         Ok(stream) => {
             let recv = FramedRecv::new(stream)
                 .with_limit(officesync_protocol::wire::MAX_FRAME_BYTES)
                 .with_counters(counters);
-            read_frames(recv, StreamKind::Bulk, tx, max_value_bytes).await;
+            read_frames(recv, StreamKind::Bulk, tx, limits).await;
         }
         Err(e) => {
             let _ = tx.send(Input::Ended(StreamKind::Bulk, e.to_string())).await;
