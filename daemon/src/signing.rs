@@ -37,7 +37,7 @@ pub enum SigningError {
 /// The private key half: signs this node's versions.
 enum SigningKey {
     Ed25519(Box<ed25519_dalek::SigningKey>),
-    EcdsaP256(rsig::EcdsaKeyPair, ring::rand::SystemRandom),
+    EcdsaP256(Box<(rsig::EcdsaKeyPair, ring::rand::SystemRandom)>),
 }
 
 /// Signs the versions this node originates with its node key.
@@ -76,12 +76,12 @@ impl NodeSigner {
                     &rng,
                 )
                 .map_err(|e| SigningError::Key(e.to_string()))?;
-                SigningKey::EcdsaP256(k, rng)
+                SigningKey::EcdsaP256(Box::new((k, rng)))
             }
         };
         let key_public = match &key {
             SigningKey::Ed25519(k) => k.verifying_key().to_bytes().to_vec(),
-            SigningKey::EcdsaP256(k, _) => k.public_key().as_ref().to_vec(),
+            SigningKey::EcdsaP256(k) => k.0.public_key().as_ref().to_vec(),
         };
         if key_public != public {
             return Err(SigningError::Key(
@@ -133,7 +133,8 @@ impl NodeSigner {
                 use ed25519_dalek::Signer;
                 (Scheme::Ed25519, k.sign(message).to_bytes().to_vec())
             }
-            SigningKey::EcdsaP256(k, rng) => {
+            SigningKey::EcdsaP256(k) => {
+                let (k, rng) = &**k;
                 // Fails only when the system's randomness does: nothing to sign with then.
                 let sig = k.sign(rng, message).map(|s| s.as_ref().to_vec());
                 (Scheme::EcdsaP256, sig.unwrap_or_default())
@@ -155,7 +156,10 @@ impl NodeSigner {
 /// The 32-byte seed of an Ed25519 PKCS#8 key (RFC 8410: the private key is an OCTET STRING
 /// holding the OCTET STRING of the seed).
 fn ed25519_seed(pkcs8: &[u8]) -> Option<[u8; 32]> {
-    let at = pkcs8.windows(4).position(|w| w == [0x04, 0x22, 0x04, 0x20])? + 4;
+    let at = pkcs8
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])?
+        + 4;
     pkcs8.get(at..at + 32)?.try_into().ok()
 }
 
@@ -443,11 +447,14 @@ const VERIFIED_CAPACITY: usize = 1 << 16;
 /// first. It binds the whole message, so an altered version never matches a verified one.
 #[derive(Debug, Default)]
 struct VerifiedCache {
-    inner: std::sync::Mutex<(
-        std::collections::HashSet<[u8; 32]>,
-        std::collections::VecDeque<[u8; 32]>,
-    )>,
+    inner: std::sync::Mutex<VerifiedSet>,
 }
+
+/// The remembered keys, and their order for forgetting.
+type VerifiedSet = (
+    std::collections::HashSet<[u8; 32]>,
+    std::collections::VecDeque<[u8; 32]>,
+);
 
 impl VerifiedCache {
     fn contains(&self, key: &[u8; 32]) -> bool {
