@@ -12,8 +12,9 @@ use crate::version::{Version, VersionHeader};
 pub const NODES_COLLECTION: &str = "_nodes";
 
 /// Domain separation: a version signature can never be mistaken for any other signature made
-/// with a node key (TLS handshakes, bundles).
-const VERSION_DOMAIN: &[u8] = b"officesync version signature 1\0";
+/// with a node key (TLS handshakes, bundles). Other domains are NUL-terminated labels too, so
+/// no two domains' messages share a prefix.
+pub const VERSION_DOMAIN: &[u8] = b"officesync version signature 1\0";
 
 /// Bytes of a framed signature: scheme, key id, 64 signature bytes.
 pub const SIGNATURE_LEN: usize = 1 + 8 + 64;
@@ -253,10 +254,7 @@ mod tests {
         Version {
             collection: "situation".into(),
             key: "river/nanfei".into(),
-            dot: Dot {
-                origin,
-                counter: 7,
-            },
+            dot: Dot { origin, counter: 7 },
             hlc: Hlc {
                 ms: 1_700_000_000_000,
                 logical: 3,
@@ -268,10 +266,13 @@ mod tests {
         }
     }
 
+    /// A change made to a version.
+    type Change = Box<dyn Fn(&mut Version)>;
+
     #[test]
     fn every_signed_field_changes_the_message() {
         let base = signed_message(&version());
-        let mut changes: Vec<Box<dyn Fn(&mut Version)>> = vec![
+        let mut changes: Vec<Change> = vec![
             Box::new(|v| v.dot.counter += 1),
             Box::new(|v| v.collection.push('x')),
             Box::new(|v| v.key.push('x')),
@@ -290,7 +291,11 @@ mod tests {
         }
         let mut v = version();
         v.signature = Some(vec![1; SIGNATURE_LEN]);
-        assert_eq!(signed_message(&v), base, "the signature is not part of what it signs");
+        assert_eq!(
+            signed_message(&v),
+            base,
+            "the signature is not part of what it signs"
+        );
     }
 
     #[test]

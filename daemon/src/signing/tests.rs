@@ -62,6 +62,9 @@ fn version(node: &str, counter: u64, value: &[u8]) -> Version {
     }
 }
 
+/// A change made to a version.
+type Change = Box<dyn Fn(&mut Version)>;
+
 fn signed(signer: &NodeSigner, mut v: Version) -> Version {
     v.signature = Some(signer.sign(&v.collection, &v.key, &v.header(), v.author.as_deref()));
     v
@@ -81,9 +84,13 @@ fn signed_versions_of_both_key_types_verify_and_any_alteration_is_refused() {
         let ring = pki.keyring(Policy::default());
         ring.learn(signer.cert_der()).expect("learn");
         let good = batch(&signer, "hefei", 20);
-        assert_eq!(ring.check(&good), None, "{key_type:?}: an honest batch verifies");
+        assert_eq!(
+            ring.check(&good),
+            None,
+            "{key_type:?}: an honest batch verifies"
+        );
 
-        let alterations: Vec<Box<dyn Fn(&mut Version)>> = vec![
+        let alterations: Vec<Change> = vec![
             Box::new(|v| v.value = Some(b"forged".to_vec())),
             Box::new(|v| v.value = None),
             Box::new(|v| v.hlc.ms += 1),
@@ -123,7 +130,10 @@ fn unsigned_unknown_forged_and_revoked_signers_are_told_apart() {
     assert_eq!((r.index, r.fault), (0, SignatureFault::UnknownSigner));
     let before = ring.generation();
     ring.learn(hefei.cert_der()).expect("learn");
-    assert!(ring.generation() > before, "learning a certificate is a new generation");
+    assert!(
+        ring.generation() > before,
+        "learning a certificate is a new generation"
+    );
     assert_eq!(ring.check(&batch(&hefei, "hefei", 2)), None);
 
     // The general office signs a version that claims hefei's origin: a forgery.
@@ -135,7 +145,10 @@ fn unsigned_unknown_forged_and_revoked_signers_are_told_apart() {
     // hefei revoked (every certificate): its versions are refused.
     let (policy, errors) = Policy::from_entries(
         ["gov"],
-        [("revoked/hefei", br#"{"reason": "laptop stolen"}"#.as_slice())],
+        [(
+            "revoked/hefei",
+            br#"{"reason": "laptop stolen"}"#.as_slice(),
+        )],
     );
     assert!(errors.is_empty(), "{errors:?}");
     let revoking = pki.keyring(policy);
@@ -172,7 +185,11 @@ fn nodes_entries_teach_certificates_but_only_a_node_s_own() {
     let mut b = vec![entry(&hefei, "hefei", hefei.cert_der())];
     assert_eq!(ring.check(&b), None);
     b = batch(&hefei, "hefei", 2);
-    assert_eq!(ring.check(&b), None, "the certificate was learnt from _nodes");
+    assert_eq!(
+        ring.check(&b),
+        None,
+        "the certificate was learnt from _nodes"
+    );
 
     // gov publishing hefei's certificate under gov's name is refused.
     let ring = pki.keyring(Policy::default());
@@ -205,4 +222,50 @@ fn a_key_that_is_not_the_certificate_s_is_refused() {
     let (cert, _) = pki.issue("hefei", KeyType::Ed25519);
     let (_, other_key) = pki.issue("gov", KeyType::Ed25519);
     assert!(NodeSigner::new(cert, &other_key).is_err());
+}
+
+#[test]
+fn detached_signatures_verify_only_for_their_bytes_their_domain_and_a_known_signer() {
+    const ONE: Domain = Domain::new(b"officesync test one\0");
+    const TWO: Domain = Domain::new(b"officesync test two\0");
+    let pki = Pki::new();
+    for key_type in [KeyType::Ed25519, KeyType::EcdsaP256] {
+        let signer = pki.signer("gov", key_type);
+        let ring = pki.keyring(Policy::default());
+        let sig = signer.sign_bytes(ONE, b"a bundle");
+        assert_eq!(
+            ring.verify_bytes(ONE, b"a bundle", &sig),
+            Err(DetachedError::UnknownSigner(signer.key_id()))
+        );
+        ring.learn(signer.cert_der()).expect("learn");
+        assert_eq!(
+            ring.verify_bytes(ONE, b"a bundle", &sig),
+            Ok((signer.key_id(), "gov".to_owned())),
+            "{key_type:?}"
+        );
+        let invalid = Err(DetachedError::Invalid { node: "gov".into() });
+        assert_eq!(ring.verify_bytes(ONE, b"a bundlE", &sig), invalid);
+        assert_eq!(ring.verify_bytes(TWO, b"a bundle", &sig), invalid);
+        let mut flipped = sig.clone();
+        flipped[40] ^= 1;
+        assert_eq!(ring.verify_bytes(ONE, b"a bundle", &flipped), invalid);
+        assert!(matches!(
+            ring.verify_bytes(ONE, b"a bundle", &sig[..10]),
+            Err(DetachedError::Format(_))
+        ));
+        // A version signature is no detached signature, and the other way round.
+        let v = signed(&signer, version("gov", 1, b"x"));
+        let message = officesync_protocol::signing::signed_message(&v);
+        let vsig = v.signature.clone().expect("signed");
+        assert_eq!(ring.verify_bytes(ONE, &message, &vsig), invalid);
+        let mut posing = v.clone();
+        posing.signature = Some(signer.sign_bytes(ONE, &message));
+        assert!(ring.check(&[posing]).is_some(), "{key_type:?}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "taken")]
+fn the_version_domain_cannot_be_a_detached_domain() {
+    let _ = Domain::new(officesync_protocol::signing::VERSION_DOMAIN);
 }
