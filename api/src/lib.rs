@@ -7,6 +7,7 @@
 //! fields added later carry `#[serde(default)]`, so a newer CLI still reads an older daemon.
 
 mod access;
+mod bundle;
 mod node;
 mod peers;
 mod records;
@@ -17,6 +18,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use access::{NewUser, RemovedBody, Role, TokenBody, UserInfo, UsersBody, WhoAmI};
+pub use bundle::{
+    BundleCollection, BundleInfo, ExportRequest, ImportReport, ImportedCollection, WantBody,
+};
 pub use node::{HealthBody, ReadyBody, VerifyReport, VerifyResults};
 pub use peers::{PeerCollectionStatus, PeerStatus};
 pub use records::{ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody};

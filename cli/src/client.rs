@@ -451,6 +451,17 @@ impl<'c> Reply<'c> {
             .map_err(|e| client.transport_error(&what, &e))
     }
 
+    /// The whole body, refusing one over `limit` bytes (a bundle).
+    pub fn bytes_up_to(self, limit: u64) -> Result<Vec<u8>, CliError> {
+        let client = self.client;
+        let what = self.what;
+        self.body
+            .into_with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| client.transport_error(&what, &e))
+    }
+
     /// The body as JSON of type `T` (an `officesync-api` body).
     pub fn json<T: DeserializeOwned>(self) -> Result<T, CliError> {
         let (addr, what) = (self.client.addr.clone(), self.what.clone());

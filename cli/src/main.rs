@@ -9,6 +9,7 @@
 //! of `FooArgs`), and the arm `Command::Foo(args) => foo::run(args, global),`
 //! in [`Command::run`], where `run(args, &Global) -> Result<(), CliError>`.
 
+mod bundle;
 mod client;
 mod completions;
 mod demo;
@@ -176,6 +177,9 @@ enum Command {
     User(users::UserCommand),
     /// List this node's audit log, or verify its hash chain (admin only).
     Audit(users::AuditArgs),
+    /// Carry versions to an office whose link is down: want, export, import (admin only).
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// Show or change the access policy (`_policy`): grants, revocations.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -211,6 +215,7 @@ impl Command {
             Command::Verify => node::verify(global),
             Command::User(command) => command.run(global),
             Command::Audit(args) => users::audit(args, global),
+            Command::Bundle(command) => command.run(global),
             Command::Policy(command) => command.run(global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),

@@ -4,8 +4,11 @@
 pub mod api;
 // Always built (std, serde, ring, thiserror only): the CLI verifies and lists the log offline.
 pub mod audit;
+// The file layout is always built (the CLI reads a bundle's header); making and taking
+// bundles needs the node.
 #[cfg(feature = "node")]
 pub mod auth;
+pub mod bundle;
 pub mod config;
 pub mod net;
 #[cfg(feature = "node")]

@@ -211,8 +211,13 @@ impl Node {
             replica.clone(),
             peers.clone(),
             policy.clone(),
-            keyring,
+            keyring.clone(),
             stopped.clone(),
+        ));
+        let bundles = Arc::new(crate::bundle::Bundles::new(
+            signer,
+            keyring,
+            config.cluster.admins.clone(),
         ));
         let gate = open_gate(config)?;
         let mut state = ApiState::new(replica.clone()).with_gate(gate.clone());
@@ -224,7 +229,8 @@ impl Node {
             .with_peers(Arc::new(peers))
             .with_transport(transport_stats)
             .with_certificate_of(config)
-            .with_verifier(Arc::new(VerifyVia(sync.clone())));
+            .with_verifier(Arc::new(VerifyVia(sync.clone())))
+            .with_bundles(bundles);
         let app = api::router(state);
         let limits = api::ServeLimits::for_values(replica.max_value_bytes());
         let server = tokio::spawn(async move { api::serve(listener, app, limits, stopped).await });

@@ -34,6 +34,76 @@ pub enum SigningError {
     Key(String),
 }
 
+/// What a detached signature ([`NodeSigner::sign_bytes`]) is for: a NUL-terminated label with
+/// no other NUL, other than the version signatures' own. Messages of two such labels never
+/// share a prefix, so a signature made for one purpose never verifies for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Domain(&'static [u8]);
+
+impl Domain {
+    /// The domain labelled `label`; a label that breaks the rules above fails the build when
+    /// used in a constant (and panics otherwise).
+    pub const fn new(label: &'static [u8]) -> Self {
+        assert!(
+            label.len() >= 2 && label[label.len() - 1] == 0,
+            "a domain ends in NUL"
+        );
+        let mut i = 0;
+        while i + 1 < label.len() {
+            assert!(label[i] != 0, "a domain holds one NUL, at its end");
+            i += 1;
+        }
+        let version = signing::VERSION_DOMAIN;
+        let mut same = label.len() == version.len();
+        let mut j = 0;
+        while same && j < label.len() {
+            same = label[j] == version[j];
+            j += 1;
+        }
+        assert!(!same, "the version signatures' domain is taken");
+        Self(label)
+    }
+
+    /// The label.
+    pub fn label(&self) -> &'static [u8] {
+        self.0
+    }
+
+    /// The message signed for `bytes`: the label, then the SHA-256 of `bytes`.
+    fn message(&self, bytes: &[u8]) -> Vec<u8> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+        let mut m = Vec::with_capacity(self.0.len() + 32);
+        m.extend_from_slice(self.0);
+        m.extend_from_slice(digest.as_ref());
+        m
+    }
+}
+
+/// Why a detached signature ([`Keyring::verify_bytes`]) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DetachedError {
+    /// The signature bytes are not a framed signature.
+    #[error("the signature is malformed: {0}")]
+    Format(#[from] officesync_protocol::signing::SignatureFormatError),
+    /// Made with a certificate this node does not know.
+    #[error("signed with certificate {0}, which this node does not know")]
+    UnknownSigner(KeyId),
+    /// Made with a revoked certificate.
+    #[error("signed with certificate {serial} of {node}, which is revoked")]
+    Revoked {
+        /// The signer.
+        node: String,
+        /// Its certificate's serial (hex).
+        serial: String,
+    },
+    /// Does not verify: the bytes (or the signature) were altered.
+    #[error("the signature of {node} does not verify: altered or forged")]
+    Invalid {
+        /// The signer the signature names.
+        node: String,
+    },
+}
+
 /// The private key half: signs this node's versions.
 enum SigningKey {
     Ed25519(Box<ed25519_dalek::SigningKey>),
@@ -124,6 +194,13 @@ impl NodeSigner {
     ) -> Vec<u8> {
         let message = signing::signed_message_of(collection, key, h, author);
         self.sign_message(&message)
+    }
+
+    /// The framed signature of `bytes` under `domain` (a detached signature, e.g. of a whole
+    /// offline bundle): what is signed is the domain label and the SHA-256 of `bytes`, so it
+    /// can never be mistaken for a version signature or one of another domain.
+    pub fn sign_bytes(&self, domain: Domain, bytes: &[u8]) -> Vec<u8> {
+        self.sign_message(&domain.message(bytes))
     }
 
     /// Signs `message` (already domain-separated by the caller).
@@ -427,6 +504,50 @@ impl Keyring {
             return Err((SignatureFault::Revoked, why));
         }
         Ok(Some((sig, signer)))
+    }
+
+    /// Checks a detached signature `sig` of `bytes` under `domain` (made by
+    /// [`NodeSigner::sign_bytes`]) against the known, unrevoked certificates: the signer's key
+    /// id and node name when it verifies.
+    pub fn verify_bytes(
+        &self,
+        domain: Domain,
+        bytes: &[u8],
+        sig: &[u8],
+    ) -> Result<(KeyId, String), DetachedError> {
+        let sig = VersionSignature::decode(sig)?;
+        let signer = self
+            .read()
+            .get(&sig.key_id)
+            .cloned()
+            .ok_or(DetachedError::UnknownSigner(sig.key_id))?;
+        if self
+            .policy
+            .current()
+            .is_revoked(&signer.node, Some(&signer.serial_hex))
+        {
+            return Err(DetachedError::Revoked {
+                node: signer.node,
+                serial: signer.serial_hex,
+            });
+        }
+        let message = domain.message(bytes);
+        let ok = match (&signer.public, sig.scheme) {
+            (PublicKey::Ed25519(k), Scheme::Ed25519) => k
+                .verify_strict(&message, &EdSignature::from_bytes(&sig.bytes))
+                .is_ok(),
+            (PublicKey::EcdsaP256(k), Scheme::EcdsaP256) => {
+                rsig::UnparsedPublicKey::new(&rsig::ECDSA_P256_SHA256_FIXED, k)
+                    .verify(&message, &sig.bytes)
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if ok {
+            Ok((sig.key_id, signer.node))
+        } else {
+            Err(DetachedError::Invalid { node: signer.node })
+        }
     }
 }
 

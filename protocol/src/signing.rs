@@ -12,8 +12,9 @@ use crate::version::{Version, VersionHeader};
 pub const NODES_COLLECTION: &str = "_nodes";
 
 /// Domain separation: a version signature can never be mistaken for any other signature made
-/// with a node key (TLS handshakes, bundles).
-const VERSION_DOMAIN: &[u8] = b"officesync version signature 1\0";
+/// with a node key (TLS handshakes, bundles). Other domains are NUL-terminated labels too, so
+/// no two domains' messages share a prefix.
+pub const VERSION_DOMAIN: &[u8] = b"officesync version signature 1\0";
 
 /// Bytes of a framed signature: scheme, key id, 64 signature bytes.
 pub const SIGNATURE_LEN: usize = 1 + 8 + 64;
@@ -265,6 +266,7 @@ mod tests {
         }
     }
 
+    /// A change made to a version.
     #[test]
     fn every_signed_field_changes_the_message() {
         let base = signed_message(&version());

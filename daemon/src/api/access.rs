@@ -27,6 +27,12 @@ impl Access {
         }
     }
 
+    /// True when this node is an admin node (named in `[cluster] admins`, with an admin
+    /// certificate).
+    pub fn is_admin(&self) -> bool {
+        self.is_admin
+    }
+
     /// The policy handle.
     pub fn policy(&self) -> &PolicyHandle {
         &self.policy

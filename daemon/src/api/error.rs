@@ -59,7 +59,7 @@ impl ApiError {
             Self::Body { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Replica(e) => match e {
-                ReplicaError::Name(_) => StatusCode::BAD_REQUEST,
+                ReplicaError::Name(_) | ReplicaError::Refused { .. } => StatusCode::BAD_REQUEST,
                 ReplicaError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ReplicaError::TooManyCollections { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 ReplicaError::Store(_)

@@ -15,11 +15,15 @@
 //! | `GET` | `/ready` | 200 `{"ready": true, ..}` once the store answers and every configured peer was dialled, else 503 |
 //! | `GET` | `/metrics` | Prometheus text format 0.0.4 |
 //! | `GET` | `/` | the read-only HTML status page (refreshes itself) |
+//! | `GET` | `/v1/bundle/want` | this node's vectors, `{"node", "replica", "vvs"}` (admin) |
+//! | `POST` | `/v1/bundle/export` | `{"collections", "for", "want"}` in, the bundle's bytes out (admin, at an admin node) |
+//! | `POST` | `/v1/bundle/import` | the bundle's bytes in, `{"exporter", "versions", "applied", ..}` out (admin) |
 //!
 //! The key is the rest of the path after `/records/`, percent-decoded strictly (so it may
 //! contain `/`). Every 4xx and 5xx answer is JSON `{"error": "..."}` ([`ApiError`]).
 
 mod access;
+mod bundle;
 mod error;
 mod gate;
 mod journal;
@@ -45,6 +49,7 @@ pub use crate::time::{
     civil_from_days, human_bytes, human_duration, parse_rfc3339_ms, rfc3339, rfc3339_ms,
 };
 pub use access::Access;
+pub use bundle::{BUNDLE_CONTENT_TYPE, BUNDLE_VERSIONS_HEADER};
 pub use error::ApiError;
 pub use gate::Gate;
 pub use journal::Journal;
@@ -73,6 +78,7 @@ pub struct ApiState {
     access: Access,
     gate: Gate,
     journal: Option<Journal>,
+    bundles: Option<Arc<crate::bundle::Bundles>>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -132,6 +138,7 @@ impl ApiState {
             access,
             gate: Gate::Open,
             journal: None,
+            bundles: None,
         }
     }
 
@@ -196,6 +203,12 @@ impl ApiState {
         self
     }
 
+    /// Serves the offline-bundle routes with `bundles` (without it they answer 404).
+    pub fn with_bundles(mut self, bundles: Arc<crate::bundle::Bundles>) -> Self {
+        self.bundles = Some(bundles);
+        self
+    }
+
     /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
     pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
         self.verifier = Some(verifier);
@@ -211,6 +224,9 @@ impl ApiState {
 /// Extra body bytes accepted by the body limit beyond `max_value_bytes`, so that a value just
 /// over the limit is measured and refused by the replica's own check (with its exact length).
 const BODY_LIMIT_MARGIN: usize = 1;
+
+/// The body limit of the bundle routes: a bundle, or an export request with a want.
+const BUNDLE_BODY_LIMIT: usize = crate::bundle::MAX_BUNDLE_BYTES;
 
 /// The API's router with every route of DESIGN.md, JSON errors for unknown paths and methods,
 /// a body limit of the replica's `max_value_bytes` (plus a margin) and request metrics.
@@ -243,6 +259,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/users/{name}/token", axum::routing::post(users::rotate))
         .route("/v1/audit", get(journal::list))
         .route("/v1/audit/verify", get(journal::verify))
+        .route("/v1/bundle/want", get(bundle::want))
+        // A bundle is larger than a value: these two take up to MAX_BUNDLE_BYTES.
+        .route(
+            "/v1/bundle/export",
+            axum::routing::post(bundle::export).layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/bundle/import",
+            axum::routing::post(bundle::import).layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
+        )
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))

@@ -140,23 +140,37 @@ async fn request_bounds(State(limits): State<ServeLimits>, req: Request, next: N
     response
 }
 
-/// Answers 413 at once when the request declares a body over the value limit, and 408 when
-/// the request (reading its body included) takes longer than the request timeout.
+/// How long a bundle request (`/v1/bundle/...`) may take: a bundle of up to 256 MiB is read,
+/// checked and applied (or made) within one request.
+pub const BUNDLE_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Answers 413 at once when the request declares a body over the value limit (the bundle
+/// limit for a bundle route), and 408 when the request (reading its body included) takes
+/// longer than the request timeout ([`BUNDLE_REQUEST_TIMEOUT`] for a bundle route).
 async fn bounded(limits: ServeLimits, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let bundle = req.uri().path().starts_with("/v1/bundle/");
     if let (Some(len), Some(max)) = (declared, limits.max_value_bytes) {
-        if len > u64::try_from(max).unwrap_or(u64::MAX) {
-            return super::ApiError::PayloadTooLarge(format!(
-                "value exceeds the limit of {max} bytes (storage.max_value_bytes)"
-            ))
-            .into_response();
+        let refused = if bundle {
+            (len > crate::bundle::MAX_BUNDLE_BYTES as u64).then(super::bundle::too_large_message)
+        } else {
+            (len > u64::try_from(max).unwrap_or(u64::MAX)).then(|| {
+                format!("value exceeds the limit of {max} bytes (storage.max_value_bytes)")
+            })
+        };
+        if let Some(message) = refused {
+            return super::ApiError::PayloadTooLarge(message).into_response();
         }
     }
-    let limit = limits.request_timeout;
+    let limit = if bundle {
+        limits.request_timeout.max(BUNDLE_REQUEST_TIMEOUT)
+    } else {
+        limits.request_timeout
+    };
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => (
@@ -194,7 +208,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let app = Router::new()
             .route("/health", get(|| async { "ok" }))
-            .route("/echo", put(|body: Bytes| async move { body }));
+            .route("/echo", put(|body: Bytes| async move { body }))
+            .route("/v1/bundle/import", put(|body: Bytes| async move { body }));
         let (stop, stopped) = watch::channel(false);
         rt.spawn(serve(listener, app, limits, stopped));
         (addr, stop)
@@ -302,6 +317,30 @@ mod tests {
         let reply = String::from_utf8_lossy(&buf[..n]);
         assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
         assert!(reply.contains("\"error\""), "{reply}");
+    }
+
+    #[test]
+    fn a_bundle_route_takes_more_than_a_value_but_not_more_than_a_bundle() {
+        let rt = runtime();
+        let (addr, _stop) = start(&rt);
+        let mut s = connect(addr);
+        s.write_all(
+            b"PUT /v1/bundle/import HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\n01234567890123456789",
+        )
+        .expect("write");
+        let (reply, _) = read_to_close(&mut s);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let mut s = connect(addr);
+        let head = format!(
+            "PUT /v1/bundle/import HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            crate::bundle::MAX_BUNDLE_BYTES + 1
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).expect("answered without the body");
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        assert!(reply.contains("a bundle"), "{reply}");
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum Kind {
     AuthRefused,
     /// Summary of refused authentications the rate limit did not record one by one.
     AuthSuppressed,
+    /// An offline bundle was exported (for whom, how many versions).
+    BundleExport,
+    /// An offline bundle was imported (from whom, what it applied).
+    BundleImport,
+    /// An offline bundle was refused at import (why); nothing of it was applied.
+    BundleRefused,
     /// A kind this build does not know (never one of the names above).
     Other(String),
 }
@@ -53,6 +59,9 @@ impl Kind {
             Kind::UserToken => "user_token",
             Kind::AuthRefused => "auth_refused",
             Kind::AuthSuppressed => "auth_suppressed",
+            Kind::BundleExport => "bundle_export",
+            Kind::BundleImport => "bundle_import",
+            Kind::BundleRefused => "bundle_refused",
             Kind::Other(name) => name,
         }
     }
@@ -69,6 +78,9 @@ impl From<String> for Kind {
             "user_token" => Kind::UserToken,
             "auth_refused" => Kind::AuthRefused,
             "auth_suppressed" => Kind::AuthSuppressed,
+            "bundle_export" => Kind::BundleExport,
+            "bundle_import" => Kind::BundleImport,
+            "bundle_refused" => Kind::BundleRefused,
             _ => Kind::Other(name),
         }
     }
@@ -278,6 +290,9 @@ mod tests {
             Kind::UserToken,
             Kind::AuthRefused,
             Kind::AuthSuppressed,
+            Kind::BundleExport,
+            Kind::BundleImport,
+            Kind::BundleRefused,
             Kind::Other("node_start".into()),
         ] {
             assert_eq!(Kind::from(String::from(kind.clone())), kind);

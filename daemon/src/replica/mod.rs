@@ -97,6 +97,19 @@ pub enum ReplicaError {
         /// The limit.
         limit: usize,
     },
+    /// A version of an all-or-nothing apply (an offline bundle) that this node would refuse
+    /// (clock skew, size, too many siblings): nothing of the request is applied.
+    #[error("{collection}/{key} version {dot} is refused: {reason}")]
+    Refused {
+        /// Its collection.
+        collection: String,
+        /// Its key.
+        key: String,
+        /// Its dot.
+        dot: String,
+        /// Why.
+        reason: String,
+    },
     /// The replica is shutting down.
     #[error("the store is shutting down")]
     Closed,
@@ -476,6 +489,8 @@ pub(crate) enum Request {
         versions: Vec<(Version, VersionHeader)>,
         complete: Vec<(String, ReplicaId, u64)>,
         repair: bool,
+        /// All or nothing: refused whole when any version would be refused.
+        whole: bool,
         reply: oneshot::Sender<Result<ApplyReport, ReplicaError>>,
     },
     Sync {
@@ -687,6 +702,25 @@ impl Replica {
             versions,
             complete,
             repair: false,
+            whole: false,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Replica::apply_remote`], all or nothing (an offline bundle): when any version would be
+    /// refused (its clock, size or sibling room), nothing is applied and the error names it.
+    pub async fn apply_whole(
+        &self,
+        versions: Vec<Version>,
+        complete: Vec<(String, ReplicaId, u64)>,
+    ) -> Result<ApplyReport, ReplicaError> {
+        let versions = with_headers(versions).await?;
+        self.call(|reply| Request::Remote {
+            versions,
+            complete,
+            repair: false,
+            whole: true,
             reply,
         })
         .await
@@ -700,6 +734,7 @@ impl Replica {
             versions,
             complete: Vec::new(),
             repair: true,
+            whole: false,
             reply,
         })
         .await

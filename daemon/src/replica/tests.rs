@@ -906,3 +906,64 @@ fn the_sibling_record_bound_counts_the_author_and_signature_a_version_brings() {
     let err = writer::room_for(&siblings, &header, &bare).expect_err("past the bound");
     assert!(err.contains("bytes"), "{err}");
 }
+
+#[tokio::test]
+async fn a_whole_apply_is_refused_whole_naming_the_version() {
+    let r = memory("hefei");
+    let origin = |i: usize| ReplicaId::new(&format!("office-{i}"), 1).expect("valid");
+    let complete = |n: usize| -> Vec<(String, ReplicaId, u64)> {
+        (0..n)
+            .map(|i| ("situation".to_owned(), origin(i), 1))
+            .collect()
+    };
+    // One sibling too many: the replication path applies the rest, a whole apply nothing.
+    let n = writer::MAX_SIBLINGS + 1;
+    let versions: Vec<Version> = (0..n)
+        .map(|i| remote(&origin(i), 1, "k", 10, VersionVector::new(), Some(b"v")))
+        .collect();
+    let e = r
+        .apply_whole(versions.clone(), complete(n))
+        .await
+        .expect_err("refused");
+    let ReplicaError::Refused {
+        key, dot, reason, ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(
+        (key.as_str(), dot.clone()),
+        ("k", format!("{}:1", origin(n - 1)))
+    );
+    assert!(reason.contains("siblings"), "{reason}");
+    // Not even an empty state of the collection was written.
+    assert!(r.collections().await.expect("collections").is_empty());
+    // A version far ahead of the clock.
+    let ahead = remote(
+        &origin(0),
+        1,
+        "k",
+        now_ms() + 86_400_000,
+        VersionVector::new(),
+        None,
+    );
+    let e = r
+        .apply_whole(vec![ahead], complete(1))
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, ReplicaError::Refused { .. }), "{e:?}");
+    // Within the limits, a whole apply is an apply, and a second one changes nothing.
+    let fits: Vec<Version> = versions[..writer::MAX_SIBLINGS].to_vec();
+    let report = r
+        .apply_whole(fits.clone(), complete(writer::MAX_SIBLINGS))
+        .await
+        .expect("apply");
+    assert_eq!(report.applied, writer::MAX_SIBLINGS as u64);
+    let before = meta(&r, "situation").await;
+    let again = r
+        .apply_whole(fits, complete(writer::MAX_SIBLINGS))
+        .await
+        .expect("again");
+    assert_eq!(again.applied, 0);
+    assert_eq!(meta(&r, "situation").await, before);
+}

@@ -143,9 +143,13 @@ impl Writer {
                         versions,
                         complete,
                         repair,
+                        whole,
                         reply,
                     } => {
-                        let r = self.apply_remote(&mut group, versions, complete, repair);
+                        let r = match whole {
+                            true => self.apply_whole(&mut group, versions, complete),
+                            false => self.apply_remote(&mut group, versions, complete, repair),
+                        };
                         replies.push(Reply::Apply(reply, r));
                     }
                     Request::Sync { reply } => replies.push(Reply::Unit(reply)),
@@ -261,6 +265,22 @@ impl Writer {
     ) -> Result<Vec<StoredSibling>, ReplicaError> {
         if let Some(s) = g.siblings.remove(&(coll.to_owned(), key.to_owned())) {
             return Ok(s);
+        }
+        match self.store.get(&keys::record(coll, key))? {
+            None => Ok(Vec::new()),
+            Some(raw) => decode_siblings(&raw, &format!("{coll}/{key}")),
+        }
+    }
+
+    /// A copy of a key's sibling set as the group sees it.
+    fn held_siblings(
+        &self,
+        g: &Group,
+        coll: &str,
+        key: &str,
+    ) -> Result<Vec<StoredSibling>, ReplicaError> {
+        if let Some(s) = g.siblings.get(&(coll.to_owned(), key.to_owned())) {
+            return Ok(s.clone());
         }
         match self.store.get(&keys::record(coll, key))? {
             None => Ok(Vec::new()),
@@ -447,7 +467,72 @@ impl Writer {
         Ok(())
     }
 
+    /// An all-or-nothing apply: every version is checked first ([`Writer::check_whole`], then
+    /// the causal contexts); a refusal leaves the group as it was (not even an empty state of a
+    /// collection the request named is written).
+    fn apply_whole(
+        &mut self,
+        g: &mut Group,
+        versions: Vec<(Version, VersionHeader)>,
+        complete: Vec<(String, ReplicaId, u64)>,
+    ) -> Result<ApplyReport, ReplicaError> {
+        let loaded: std::collections::HashSet<String> = g.metas.keys().cloned().collect();
+        let checked = self
+            .check_whole(g, &versions)
+            .and_then(|()| self.check_contexts(g, &versions, &complete));
+        if let Err(e) = checked {
+            // Only states loaded (unchanged) by the checks are in the group: drop them.
+            g.metas.retain(|c, _| loaded.contains(c));
+            return Err(e);
+        }
+        self.apply_remote(g, versions, complete, false)
+    }
+
+    /// For an all-or-nothing apply: finds the first version [`Writer::apply_remote`] would
+    /// refuse (its names, clock or size, or no room among its key's siblings, counting the
+    /// versions before it), before anything changes. Its causal contexts are checked by
+    /// `apply_remote` itself, which refuses the request whole.
+    fn check_whole(
+        &mut self,
+        g: &mut Group,
+        versions: &[(Version, VersionHeader)],
+    ) -> Result<(), ReplicaError> {
+        let now = now_ms();
+        let mut scratch: HashMap<(String, String), Vec<StoredSibling>> = HashMap::new();
+        for (v, header) in versions {
+            let refused = |reason: String| ReplicaError::Refused {
+                collection: v.collection.clone(),
+                key: v.key.clone(),
+                dot: v.dot.to_string(),
+                reason,
+            };
+            self.check_received(v, now).map_err(refused)?;
+            if self.meta(g, &v.collection)?.vv.covers(&v.dot) {
+                continue;
+            }
+            let slot = (v.collection.clone(), v.key.clone());
+            let siblings = match scratch.entry(slot) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let held = self.held_siblings(g, &v.collection, &v.key)?;
+                    e.insert(held)
+                }
+            };
+            room_for(siblings, header, v).map_err(refused)?;
+            merge::apply(siblings, stored(v, header.clone()));
+        }
+        Ok(())
+    }
+
     fn check_remote(&mut self, v: &Version, now: u64) -> Result<(), String> {
+        self.check_received(v, now)?;
+        self.clock
+            .observe(v.hlc, now, self.max_clock_skew_ms)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The checks of a received version that need nothing but the version and the clock.
+    fn check_received(&self, v: &Version, now: u64) -> Result<(), String> {
         names::validate_collection_name(&v.collection).map_err(|e| e.to_string())?;
         names::validate_key(&v.key).map_err(|e| e.to_string())?;
         if v.dot.counter == 0 {
@@ -458,10 +543,7 @@ impl Writer {
                 return Err(format!("value of {} bytes exceeds the limit", val.len()));
             }
         }
-        check_skew(v.hlc, now, self.max_clock_skew_ms).map_err(|e| e.to_string())?;
-        self.clock
-            .observe(v.hlc, now, self.max_clock_skew_ms)
-            .map_err(|e| e.to_string())
+        check_skew(v.hlc, now, self.max_clock_skew_ms).map_err(|e| e.to_string())
     }
 }
 
@@ -532,20 +614,7 @@ fn merge_version(
     let key = v.key.as_str();
     let was_empty = siblings.is_empty();
     let was_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
-    let body = match &v.value {
-        None => Body::None,
-        Some(bytes) if bytes.len() <= INLINE_VALUE_MAX => Body::Inline(bytes.clone()),
-        Some(bytes) => Body::Chunked {
-            chunks: bytes.chunks(CHUNK_SIZE).len() as u32,
-        },
-    };
-    let new = StoredSibling {
-        header: header.clone(),
-        body,
-        author: v.author.clone(),
-        signature: v.signature.clone(),
-    };
-    match merge::apply(&mut siblings, new) {
+    match merge::apply(&mut siblings, stored(&v, header.clone())) {
         Applied::Duplicate | Applied::Obsolete => return (false, siblings),
         Applied::Inserted { removed } => {
             for old in removed {
@@ -581,6 +650,23 @@ fn merge_version(
         _ => {}
     }
     (true, siblings)
+}
+
+/// The sibling record of `v` (with its `header`): its value inline when small, else as chunks.
+fn stored(v: &Version, header: VersionHeader) -> StoredSibling {
+    let body = match &v.value {
+        None => Body::None,
+        Some(bytes) if bytes.len() <= INLINE_VALUE_MAX => Body::Inline(bytes.clone()),
+        Some(bytes) => Body::Chunked {
+            chunks: bytes.chunks(CHUNK_SIZE).len() as u32,
+        },
+    };
+    StoredSibling {
+        header,
+        body,
+        author: v.author.clone(),
+        signature: v.signature.clone(),
+    }
 }
 
 /// Whether a received version may join `siblings`: refused when the key would hold more than

@@ -234,3 +234,49 @@ fn accepting_unsigned_versions_still_verifies_signed_ones() {
     let r = ring.check(&b).expect("a signed one is still verified");
     assert_eq!((r.index, r.fault), (3, SignatureFault::Invalid));
 }
+
+#[test]
+fn detached_signatures_verify_only_for_their_bytes_their_domain_and_a_known_signer() {
+    const ONE: Domain = Domain::new(b"officesync test one\0");
+    const TWO: Domain = Domain::new(b"officesync test two\0");
+    let pki = Pki::new();
+    for key_type in [KeyType::Ed25519, KeyType::EcdsaP256] {
+        let signer = pki.signer("gov", key_type);
+        let ring = pki.keyring(Policy::default());
+        let sig = signer.sign_bytes(ONE, b"a bundle");
+        assert_eq!(
+            ring.verify_bytes(ONE, b"a bundle", &sig),
+            Err(DetachedError::UnknownSigner(signer.key_id()))
+        );
+        ring.learn(signer.cert_der()).expect("learn");
+        assert_eq!(
+            ring.verify_bytes(ONE, b"a bundle", &sig),
+            Ok((signer.key_id(), "gov".to_owned())),
+            "{key_type:?}"
+        );
+        let invalid = Err(DetachedError::Invalid { node: "gov".into() });
+        assert_eq!(ring.verify_bytes(ONE, b"a bundlE", &sig), invalid);
+        assert_eq!(ring.verify_bytes(TWO, b"a bundle", &sig), invalid);
+        let mut flipped = sig.clone();
+        flipped[40] ^= 1;
+        assert_eq!(ring.verify_bytes(ONE, b"a bundle", &flipped), invalid);
+        assert!(matches!(
+            ring.verify_bytes(ONE, b"a bundle", &sig[..10]),
+            Err(DetachedError::Format(_))
+        ));
+        // A version signature is no detached signature, and the other way round.
+        let v = signed(&signer, version("gov", 1, b"x"));
+        let message = officesync_protocol::signing::signed_message(&v);
+        let vsig = v.signature.clone().expect("signed");
+        assert_eq!(ring.verify_bytes(ONE, &message, &vsig), invalid);
+        let mut posing = v.clone();
+        posing.signature = Some(signer.sign_bytes(ONE, &message));
+        assert!(ring.check(&[posing]).is_some(), "{key_type:?}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "taken")]
+fn the_version_domain_cannot_be_a_detached_domain() {
+    let _ = Domain::new(officesync_protocol::signing::VERSION_DOMAIN);
+}
