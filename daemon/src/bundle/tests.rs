@@ -67,6 +67,12 @@ struct Node {
 }
 
 impl Node {
+    /// Nothing of the refused bundle reached the store.
+    async fn assert_nothing_applied(&self) {
+        let meta = self.replica.collection("situation").await.expect("meta");
+        assert!(meta.vv.is_empty(), "{:?}", meta.vv);
+    }
+
     async fn start(pki: &Pki, name: &str, admin: bool, policy: Policy) -> Node {
         let signer = pki.signer(name, admin);
         let mut opts = ReplicaOptions::new(name);
@@ -395,13 +401,7 @@ async fn sizes_are_bounded_when_made_and_when_read() {
         office.import(&huge).await,
         Err(BundleError::Malformed(_))
     ));
-    assert!(office
-        .replica
-        .collection("situation")
-        .await
-        .expect("meta")
-        .vv
-        .is_empty());
+    office.assert_nothing_applied().await;
 }
 
 #[tokio::test]
@@ -457,13 +457,7 @@ async fn an_altered_version_is_named_whether_or_not_the_bundle_is_signed_again()
     assert!(matches!(e, BundleError::Altered(_)), "{e:?}");
     assert!(e.to_string().contains(&named), "{e}");
     assert!(e.to_string().contains("forged"), "{e}");
-    assert!(office
-        .replica
-        .collection("situation")
-        .await
-        .expect("meta")
-        .vv
-        .is_empty());
+    office.assert_nothing_applied().await;
 }
 
 #[tokio::test]
@@ -500,13 +494,7 @@ async fn only_an_admin_node_may_make_a_bundle() {
     swapped.extend_from_slice(&sig);
     let e = office.import(&swapped).await.expect_err("refused");
     assert!(matches!(e, BundleError::Altered(_)), "{e:?}");
-    assert!(office
-        .replica
-        .collection("situation")
-        .await
-        .expect("meta")
-        .vv
-        .is_empty());
+    office.assert_nothing_applied().await;
     // A bundle made for another office.
     let beijing = hub
         .export(ExportParams {
@@ -766,13 +754,7 @@ async fn one_refused_version_refuses_everything() {
     let stranger = Node::start(&pki, OFFICE, false, open_policy()).await;
     let e = stranger.import(&bytes).await.expect_err("refused");
     assert!(e.to_string().contains("unknown_signer"), "{e}");
-    assert!(stranger
-        .replica
-        .collection("situation")
-        .await
-        .expect("meta")
-        .vv
-        .is_empty());
+    stranger.assert_nothing_applied().await;
 }
 
 #[tokio::test]

@@ -697,15 +697,7 @@ impl Replica {
         versions: Vec<Version>,
         complete: Vec<(String, ReplicaId, u64)>,
     ) -> Result<ApplyReport, ReplicaError> {
-        let versions = with_headers(versions).await?;
-        self.call(|reply| Request::Remote {
-            versions,
-            complete,
-            repair: false,
-            whole: false,
-            reply,
-        })
-        .await
+        self.remote(versions, complete, (false, false)).await
     }
 
     /// [`Replica::apply_remote`], all or nothing (an offline bundle): when any version would be
@@ -715,26 +707,29 @@ impl Replica {
         versions: Vec<Version>,
         complete: Vec<(String, ReplicaId, u64)>,
     ) -> Result<ApplyReport, ReplicaError> {
-        let versions = with_headers(versions).await?;
-        self.call(|reply| Request::Remote {
-            versions,
-            complete,
-            repair: false,
-            whole: true,
-            reply,
-        })
-        .await
+        self.remote(versions, complete, (false, true)).await
     }
 
     /// Applies versions during a full reconciliation: even dots the version vector covers are
     /// merged (a diverged replica may have lost them); the merge rules keep this idempotent.
     pub async fn apply_repair(&self, versions: Vec<Version>) -> Result<ApplyReport, ReplicaError> {
+        self.remote(versions, Vec::new(), (true, false)).await
+    }
+
+    /// Hands received versions to the writer: `repair` merges even covered dots, `whole`
+    /// applies all or nothing.
+    async fn remote(
+        &self,
+        versions: Vec<Version>,
+        complete: Vec<(String, ReplicaId, u64)>,
+        (repair, whole): (bool, bool),
+    ) -> Result<ApplyReport, ReplicaError> {
         let versions = with_headers(versions).await?;
         self.call(|reply| Request::Remote {
             versions,
-            complete: Vec::new(),
-            repair: true,
-            whole: false,
+            complete,
+            repair,
+            whole,
             reply,
         })
         .await
