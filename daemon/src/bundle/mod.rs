@@ -42,6 +42,40 @@ mod node {
     pub use super::export::{export, ExportParams, Exported, Want};
     pub use super::import::{import, ImportContext};
 
+    /// Fuzz entry point (used by `daemon/fuzz` and its corpus replay test): reads `data` as an
+    /// import does before any signature is checked (the frame, the header, the compressed body
+    /// within 4 MiB) and walks what decodes. Panics only when an invariant breaks.
+    #[doc(hidden)]
+    pub fn fuzz_bundle(data: &[u8]) {
+        const MAX: usize = 4 << 20;
+        let Ok(frame) = super::frame::parse(data, MAX) else {
+            return;
+        };
+        assert!(frame.signed.len() + frame.signature.len() == data.len());
+        let Ok(body) = super::body::decompress(frame.body, frame.info.body_bytes, MAX) else {
+            return;
+        };
+        let counted: u64 = body
+            .parts
+            .iter()
+            .flat_map(|p| &p.streams)
+            .map(|s| s.versions.len() as u64)
+            .sum();
+        assert_eq!(counted, body.versions());
+    }
+
+    /// The bytes of an unsigned bundle of `body` with header `info` and a zeroed signature:
+    /// a seed for the fuzz target (`info.body_bytes` is set from the body).
+    #[doc(hidden)]
+    pub fn fuzz_seed(info: &mut officesync_api::BundleInfo, body: &Body) -> Vec<u8> {
+        let (packed, len) =
+            super::body::compress(body, super::MAX_BUNDLE_BYTES).unwrap_or_default();
+        info.body_bytes = len;
+        let mut out = super::frame::unsigned(info, &packed).unwrap_or_default();
+        out.extend_from_slice(&[0u8; officesync_protocol::signing::SIGNATURE_LEN]);
+        out
+    }
+
     /// The domain of a bundle's signature: no version signature (or any other signature made
     /// with a node key) can pass for one.
     pub const BUNDLE_DOMAIN: Domain = Domain::new(b"officesync bundle signature 1\0");
