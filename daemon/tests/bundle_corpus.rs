@@ -2,7 +2,8 @@
 //! stable, and the seeds it starts from: an unsigned bundle as an export writes it, and
 //! variants cut short, with a lying body length and with a zstd bomb for a body.
 
-use std::fs;
+mod corpus;
+
 use std::path::PathBuf;
 
 use officesync_api::{BundleCollection, BundleInfo};
@@ -10,7 +11,7 @@ use officesync_daemon::bundle::{fuzz_bundle, fuzz_seed, Body, Part, Stream};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bundle")
+    corpus::dir("bundle")
 }
 
 fn seeds() -> Vec<Vec<u8>> {
@@ -67,31 +68,8 @@ fn seeds() -> Vec<Vec<u8>> {
 #[test]
 fn bundle_seeds_and_corpus() {
     let seeds = seeds();
-    for seed in &seeds {
-        fuzz_bundle(seed);
-    }
-    if std::env::var_os("OFFICESYNC_WRITE_SEEDS").is_some() {
-        fs::create_dir_all(corpus_dir()).expect("corpus dir");
-        for (i, seed) in seeds.iter().enumerate() {
-            fs::write(corpus_dir().join(format!("seed-{i:02}")), seed).expect("write seed");
-        }
-    }
-    let mut files: Vec<PathBuf> = fs::read_dir(corpus_dir())
-        .expect("the corpus directory")
-        .map(|e| e.expect("corpus entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= seeds.len(),
-        "only {} corpus files",
-        files.len()
-    );
-    for path in files {
-        let bytes = fs::read(&path).expect("corpus file");
-        let outcome = std::panic::catch_unwind(|| fuzz_bundle(&bytes));
-        assert!(outcome.is_ok(), "bundle fails on {}", path.display());
-    }
+    corpus::run_seeds(&corpus_dir(), &seeds, fuzz_bundle);
+    corpus::replay(&corpus_dir(), seeds.len(), fuzz_bundle);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! zstd, and a run of streaming-zstd frames sharing one compressor), so the decompressors are
 //! exercised from valid input outward.
 
-use std::fs;
+mod corpus;
+
 use std::path::PathBuf;
 
 use officesync_daemon::transport::{fuzz_recv, fuzz_stream_parts};
@@ -11,23 +12,12 @@ use officesync_protocol::wire::{encode_message, encode_raw_frame, Batch, FrameFl
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/framed_recv")
+    corpus::dir("framed_recv")
 }
 
 #[test]
 fn framed_recv_corpus() {
-    let mut files: Vec<PathBuf> = fs::read_dir(corpus_dir())
-        .expect("the corpus directory")
-        .map(|e| e.expect("corpus entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "only {} corpus files", files.len());
-    for path in files {
-        let bytes = fs::read(&path).expect("corpus file");
-        let outcome = std::panic::catch_unwind(|| fuzz_recv(&bytes));
-        assert!(outcome.is_ok(), "framed_recv fails on {}", path.display());
-    }
+    corpus::replay(&corpus_dir(), 5, fuzz_recv);
 }
 
 fn batch(n: u64) -> Message {
@@ -90,13 +80,5 @@ fn framed_recv_seeds() {
         .expect("frame"),
     );
     seeds.push(both);
-    for seed in &seeds {
-        fuzz_recv(seed);
-    }
-    if std::env::var_os("OFFICESYNC_WRITE_SEEDS").is_some() {
-        fs::create_dir_all(corpus_dir()).expect("corpus dir");
-        for (i, seed) in seeds.iter().enumerate() {
-            fs::write(corpus_dir().join(format!("seed-{i:02}")), seed).expect("write seed");
-        }
-    }
+    corpus::run_seeds(&corpus_dir(), &seeds, fuzz_recv);
 }
