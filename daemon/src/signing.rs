@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use ed25519_dalek::{Signature as EdSignature, VerifyingKey};
 use officesync_protocol::signing::{
@@ -453,11 +453,15 @@ impl Keyring {
         let keep = ed.iter().take_while(|(i, ..)| *i < limit).count();
         ed.truncate(keep);
         eds.truncate(keep);
-        if let Some(i) = first_bad_ed25519(&ed) {
-            return Some(bad_signature(i, &versions[i]));
+        // The signatures before the first bad one verified: remembered either way, so a batch
+        // replayed with a bad version at its end costs the full search only once.
+        let bad = first_bad_ed25519(&ed);
+        for seen in &eds[..bad.unwrap_or(eds.len())] {
+            self.verified.insert(*seen);
         }
-        for seen in eds {
-            self.verified.insert(seen);
+        if let Some(pos) = bad {
+            let i = ed[pos].0;
+            return Some(bad_signature(i, &versions[i]));
         }
         first
     }
@@ -621,11 +625,11 @@ fn bad_signature(index: usize, v: &Version) -> SignatureRefusal {
     }
 }
 
-/// The index of the first Ed25519 signature of `items` that does not verify.
+/// The position in `items` of the first Ed25519 signature that does not verify.
 fn first_bad_ed25519(items: &[(usize, Vec<u8>, EdSignature, VerifyingKey)]) -> Option<usize> {
     match items {
         [] => return None,
-        [(i, m, s, k)] => return k.verify_strict(m, s).is_err().then_some(*i),
+        [(_, m, s, k)] => return k.verify_strict(m, s).is_err().then_some(0),
         _ => {}
     }
     let messages: Vec<&[u8]> = items.iter().map(|(_, m, _, _)| m.as_slice()).collect();
@@ -636,8 +640,7 @@ fn first_bad_ed25519(items: &[(usize, Vec<u8>, EdSignature, VerifyingKey)]) -> O
     }
     items
         .iter()
-        .find(|(_, m, s, k)| k.verify_strict(m, s).is_err())
-        .map(|(i, ..)| *i)
+        .position(|(_, m, s, k)| k.verify_strict(m, s).is_err())
 }
 
 impl Keyring {
@@ -687,8 +690,18 @@ pub async fn publish_certificate(
     Ok(())
 }
 
-/// The keyring shared by the node's sessions and API.
-pub type SharedKeyring = Arc<Keyring>;
+#[cfg(test)]
+impl Keyring {
+    /// How many signatures are remembered as verified.
+    pub(crate) fn verified_len(&self) -> usize {
+        self.verified
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .len()
+    }
+}
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,19 +5,20 @@ use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use super::*;
 use crate::pki::{self, IssueOptions, KeyType};
 
-/// A CA with bundles for `names` (each of `key_type`), in a temporary directory.
-struct Pki {
+/// A CA with bundles for `names` (each of `key_type`), in a temporary directory (also used
+/// by the sync reader's tests).
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         pki::init_ca(&dir.path().join("ca"), false).expect("ca");
         Self { dir }
     }
 
-    fn issue(&self, name: &str, key_type: KeyType) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn issue(&self, name: &str, key_type: KeyType) -> (Vec<u8>, Vec<u8>) {
         let out = self.dir.path().join(format!("{name}-{key_type:?}"));
         let opts = IssueOptions {
             key_type,
@@ -29,21 +30,21 @@ impl Pki {
         (cert, key)
     }
 
-    fn signer(&self, name: &str, key_type: KeyType) -> NodeSigner {
+    pub(crate) fn signer(&self, name: &str, key_type: KeyType) -> NodeSigner {
         let (cert, key) = self.issue(name, key_type);
         NodeSigner::new(cert, &key).expect("signer")
     }
 
-    fn ca_der(&self) -> Vec<u8> {
+    pub(crate) fn ca_der(&self) -> Vec<u8> {
         pki::load_cert_ders(&self.dir.path().join("ca").join("ca.pem")).expect("ca")[0].clone()
     }
 
-    fn keyring(&self, policy: Policy) -> Keyring {
+    pub(crate) fn keyring(&self, policy: Policy) -> Keyring {
         Keyring::new(self.ca_der(), PolicyHandle::fixed(policy))
     }
 }
 
-fn version(node: &str, counter: u64, value: &[u8]) -> Version {
+pub(crate) fn version(node: &str, counter: u64, value: &[u8]) -> Version {
     Version {
         collection: "situation".into(),
         key: format!("k{counter}"),
@@ -62,12 +63,12 @@ fn version(node: &str, counter: u64, value: &[u8]) -> Version {
     }
 }
 
-fn signed(signer: &NodeSigner, mut v: Version) -> Version {
+pub(crate) fn signed(signer: &NodeSigner, mut v: Version) -> Version {
     v.signature = Some(signer.sign(&v.collection, &v.key, &v.header(), v.author.as_deref()));
     v
 }
 
-fn batch(signer: &NodeSigner, node: &str, n: u64) -> Vec<Version> {
+pub(crate) fn batch(signer: &NodeSigner, node: &str, n: u64) -> Vec<Version> {
     (1..=n)
         .map(|i| signed(signer, version(node, i, format!("value {i}").as_bytes())))
         .collect()
@@ -279,4 +280,20 @@ fn detached_signatures_verify_only_for_their_bytes_their_domain_and_a_known_sign
 #[should_panic(expected = "taken")]
 fn the_version_domain_cannot_be_a_detached_domain() {
     let _ = Domain::new(officesync_protocol::signing::VERSION_DOMAIN);
+}
+
+#[test]
+fn the_good_signatures_before_a_bad_one_are_remembered() {
+    let pki = Pki::new();
+    let hefei = pki.signer("hefei", KeyType::Ed25519);
+    let ring = pki.keyring(Policy::default());
+    ring.learn(hefei.cert_der()).expect("learn");
+    let mut b = batch(&hefei, "hefei", 10);
+    b[9].value = Some(b"replayed with a forgery at the end".to_vec());
+    let r = ring.check(&b).expect("refused");
+    assert_eq!(r.index, 9);
+    assert_eq!(ring.verified_len(), 9);
+    // Checked again (a replay), the answer is the same.
+    assert_eq!(ring.check(&b).map(|r| r.index), Some(9));
+    assert_eq!(ring.verified_len(), 9);
 }

@@ -214,7 +214,10 @@ impl<'a> Driver<'a> {
             control,
             &connection,
             &counters,
-            (settings.max_value_bytes, &settings.keyring),
+            (
+                settings.max_value_bytes,
+                io::Ahead::new(settings.keyring.clone(), &peer.name, is_relay),
+            ),
         );
         Ok(Driver {
             session,
@@ -571,7 +574,7 @@ impl Io {
         (ctrl_send, ctrl_recv): (quinn::SendStream, quinn::RecvStream),
         connection: &quinn::Connection,
         counters: &TrafficCounters,
-        (max_value_bytes, keyring): (usize, &Arc<crate::signing::Keyring>),
+        (max_value_bytes, ahead): (usize, io::Ahead),
     ) -> Io {
         let (input_tx, inputs) = mpsc::channel(INPUT_QUEUE);
         let mut readers = JoinSet::new();
@@ -588,7 +591,7 @@ impl Io {
             connection.clone(),
             counters.clone(),
             input_tx,
-            (max_value_bytes, Some(keyring.clone())),
+            (max_value_bytes, Some(ahead)),
         ));
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);

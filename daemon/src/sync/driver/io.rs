@@ -3,9 +3,11 @@
 //! the driver's bounded channels; every decision is the session's.
 
 use officesync_protocol::sync::StreamKind;
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use officesync_protocol::wire::{ErrorCode, Message, MessageV2};
+use officesync_protocol::wire::{Batch, ErrorCode, Message, MessageV2};
+use officesync_protocol::ReplicaId;
 use tokio::sync::mpsc;
 
 use crate::signing::Keyring;
@@ -24,6 +26,45 @@ pub(super) enum Input {
     Invalid(StreamKind, ErrorCode, String),
 }
 
+/// Verifies the signatures of the peer's batches ahead of the session (which may be waiting
+/// for the store meanwhile): the session checks each batch again and finds the work done.
+/// Only what the session would verify itself is verified here, so a hostile peer gains no
+/// work it could not get from the session: versions of the peer's own node, or of any node
+/// from a relay, and nothing more of a stream after its first refusal (the session refuses
+/// the rest of that stream for the session without looking at it).
+pub(super) struct Ahead {
+    keyring: Arc<Keyring>,
+    peer: String,
+    relay: bool,
+    refused: HashSet<(String, ReplicaId)>,
+}
+
+impl Ahead {
+    /// Verification ahead for a session with node `peer` (`relay`: an admin that relays).
+    pub(super) fn new(keyring: Arc<Keyring>, peer: &str, relay: bool) -> Self {
+        Self {
+            keyring,
+            peer: peer.to_owned(),
+            relay,
+            refused: HashSet::new(),
+        }
+    }
+
+    /// Verifies `b` unless the session would refuse it without looking.
+    pub(super) fn batch(&mut self, b: &Batch) {
+        if !self.relay && b.origin.node_name() != self.peer {
+            return; // the relay rule refuses it first
+        }
+        let stream = (b.collection.clone(), b.origin.clone());
+        if self.refused.contains(&stream) {
+            return;
+        }
+        if self.keyring.check(&b.versions).is_some() {
+            self.refused.insert(stream);
+        }
+    }
+}
+
 /// Reads, decodes and validates the peer's frames against this node's value limit. Values
 /// above this node's own limit (but within the wire's) pass, to be refused one by one when
 /// applied, so a peer configured with a larger limit cannot wedge the stream. Timestamps are
@@ -32,17 +73,14 @@ pub(super) async fn read_frames(
     mut recv: FramedRecv,
     stream: StreamKind,
     tx: mpsc::Sender<Input>,
-    (max_value_bytes, keyring): (usize, Option<Arc<Keyring>>),
+    (max_value_bytes, mut ahead): (usize, Option<Ahead>),
 ) {
     loop {
         let ended = match recv.recv().await {
             Ok(Some(msg)) => match msg.validate(max_value_bytes.max(WIRE_VALUE_BOUND)) {
                 Ok(()) => {
-                    // Verify a batch's signatures here, while the session may be waiting for
-                    // the store: it checks again and finds them verified. The outcome is the
-                    // session's to act on.
-                    if let (Some(keyring), Message::V2(MessageV2::Batch(b))) = (&keyring, &msg) {
-                        let _ = keyring.check(&b.versions);
+                    if let (Some(ahead), Message::V2(MessageV2::Batch(b))) = (&mut ahead, &msg) {
+                        ahead.batch(b);
                     }
                     if tx.send(Input::Frame(stream, msg)).await.is_err() {
                         return;
@@ -67,7 +105,7 @@ pub(super) async fn accept_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
     tx: mpsc::Sender<Input>,
-    limits: (usize, Option<Arc<Keyring>>),
+    limits: (usize, Option<Ahead>),
 ) {
     match connection.accept_uni().await {
         Ok(stream) => {
@@ -125,5 +163,67 @@ pub(super) async fn write_bulk(
     }
     if let Some(mut s) = send {
         let _ = s.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use officesync_protocol::policy::Policy;
+
+    use super::*;
+    use crate::pki::KeyType;
+    use crate::signing::tests::{batch, Pki};
+
+    fn of(versions: Vec<officesync_protocol::Version>) -> Batch {
+        Batch {
+            collection: versions[0].collection.clone(),
+            origin: versions[0].dot.origin.clone(),
+            versions,
+        }
+    }
+
+    #[test]
+    fn ahead_verifies_only_what_the_session_would() {
+        let pki = Pki::new();
+        let hefei = pki.signer("hefei", KeyType::Ed25519);
+        let keyring = Arc::new(pki.keyring(Policy::default()));
+        keyring.learn(hefei.cert_der()).expect("learn");
+
+        // An office that is not a relay bringing hefei's versions: the relay rule refuses
+        // them, so nothing is verified.
+        let mut from_gov = Ahead::new(keyring.clone(), "gov", false);
+        from_gov.batch(&of(batch(&hefei, "hefei", 4)));
+        assert_eq!(keyring.verified_len(), 0);
+
+        // hefei itself: a refused batch stops its stream; another stream goes on.
+        let mut from_hefei = Ahead::new(keyring.clone(), "hefei", false);
+        let mut bad = batch(&hefei, "hefei", 4);
+        bad[0].value = Some(b"forged".to_vec());
+        from_hefei.batch(&of(bad));
+        assert_eq!(keyring.verified_len(), 0);
+        let mut later = batch(&hefei, "hefei", 8);
+        later.drain(..4);
+        from_hefei.batch(&of(later));
+        assert_eq!(
+            keyring.verified_len(),
+            0,
+            "a refused stream is not verified ahead"
+        );
+        let mut other = batch(&hefei, "hefei", 3);
+        for v in &mut other {
+            v.collection = "documents".into();
+            v.signature = None;
+        }
+        let other: Vec<_> = other
+            .into_iter()
+            .map(|v| crate::signing::tests::signed(&hefei, v))
+            .collect();
+        from_hefei.batch(&of(other));
+        assert_eq!(keyring.verified_len(), 3);
+
+        // A relay brings any origin.
+        let mut from_relay = Ahead::new(keyring.clone(), "gov", true);
+        from_relay.batch(&of(batch(&hefei, "hefei", 5)));
+        assert_eq!(keyring.verified_len(), 8);
     }
 }
