@@ -3,8 +3,6 @@
 //! `POST /v1/bundle/import` (the bundle's bytes in, an [`ImportReport`] out). Each export and
 //! import is recorded in the audit log, refused imports too.
 
-use std::collections::BTreeMap;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -72,21 +70,7 @@ pub(crate) async fn want(
     who: Who,
 ) -> Result<Json<WantBody>, ApiError> {
     bundles(&state, &who, "write a want file")?;
-    let mut vvs = BTreeMap::new();
-    for c in state.replica.collections().await? {
-        let vv = c
-            .meta
-            .vv
-            .iter()
-            .map(|(o, n)| (o.as_str().to_owned(), n))
-            .collect();
-        vvs.insert(c.name, vv);
-    }
-    Ok(Json(WantBody {
-        node: state.replica.node().to_owned(),
-        replica: state.replica.id().to_string(),
-        vvs,
-    }))
+    Ok(Json(Want::body_of(&state.replica).await?))
 }
 
 /// `POST /v1/bundle/export` with an [`ExportRequest`]: the bundle, signed by this node, which

@@ -15,7 +15,7 @@ use officesync_protocol::{ReplicaId, Version, VersionVector};
 use super::body::{self, Body, Limits, Part, Stream};
 use super::frame::{self, to_hex};
 use super::{BundleError, BUNDLE_DOMAIN};
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaError};
 use crate::signing::NodeSigner;
 
 /// Versions loaded from the store at a time.
@@ -33,6 +33,26 @@ pub struct Want {
 }
 
 impl Want {
+    /// What `replica` holds, as `officesync bundle want` writes it: its node, replica id and
+    /// the vector of every collection.
+    pub async fn body_of(replica: &Replica) -> Result<WantBody, ReplicaError> {
+        let mut vvs = BTreeMap::new();
+        for c in replica.collections().await? {
+            let vv = c
+                .meta
+                .vv
+                .iter()
+                .map(|(o, n)| (o.as_str().to_owned(), n))
+                .collect();
+            vvs.insert(c.name, vv);
+        }
+        Ok(WantBody {
+            node: replica.node().to_owned(),
+            replica: replica.id().to_string(),
+            vvs,
+        })
+    }
+
     /// The want of `body`, refusing bad names, ids and sizes.
     pub fn from_body(body: &WantBody) -> Result<Want, BundleError> {
         let bad = |what: String| BundleError::BadRequest(format!("invalid want: {what}"));

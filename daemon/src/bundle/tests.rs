@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use officesync_api::{BundleCollection, BundleInfo, ImportReport, WantBody};
+use officesync_api::{BundleCollection, BundleInfo, ImportReport};
 use officesync_protocol::policy::{Policy, POLICY_COLLECTION};
 use officesync_protocol::signing::{nodes_key, NODES_COLLECTION};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
@@ -164,22 +164,8 @@ impl Node {
     }
 
     async fn want(&self) -> Want {
-        let mut vvs = std::collections::BTreeMap::new();
-        for c in self.replica.collections().await.expect("collections") {
-            let vv = c
-                .meta
-                .vv
-                .iter()
-                .map(|(o, n)| (o.as_str().to_owned(), n))
-                .collect();
-            vvs.insert(c.name, vv);
-        }
-        Want::from_body(&WantBody {
-            node: self.replica.node().to_owned(),
-            replica: self.replica.id().to_string(),
-            vvs,
-        })
-        .expect("want")
+        let body = Want::body_of(&self.replica).await.expect("collections");
+        Want::from_body(&body).expect("want")
     }
 }
 
