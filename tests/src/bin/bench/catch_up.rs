@@ -13,14 +13,17 @@ use officesync_daemon::transport::{PeerConnection, Transport};
 use serde_json::json;
 
 use crate::replication::{
-    failed, filled_hub, progress, rec_key, shutdown, spawn_daemon, wait_api_digest, with_server,
-    Kind, Pki, Sizes, HUB, OFFICE_A,
+    daemon_sync_addr, failed, filled_hub_at, progress, rec_key, shutdown, spawn_daemon,
+    wait_api_digest, with_server, Kind, Pki, Sizes, HUB, OFFICE_A,
 };
 use crate::servers::{self, procfs, NatsConn, NatsPair, BUCKET};
 use crate::{emit, TableRow};
 
-/// Target from the brief: catch-up at least half of raw sled ingest.
-const TARGET_CATCH_UP_RATIO: f64 = 0.5;
+/// Target of the performance issue: catch-up of the small records at least 0.8 of raw sled
+/// ingest.
+const TARGET_CATCH_UP_RATIO: f64 = 0.8;
+/// Target of the performance issue: office and hub peak RSS during the small-record catch-up.
+const TARGET_PEAK_RSS_MIB: f64 = 300.0;
 
 /// One measured transfer of `n` records.
 struct Transfer {
@@ -59,17 +62,22 @@ async fn one_size(
     ));
     let sled_secs = raw_sled_ingest(n, kind).await?;
 
-    // officesync.
+    // officesync: the hub is filled in this process, then reopened as its own officesyncd
+    // process so its memory is measured apart from the benchmark's.
     progress(format_args!(
         "bulk_catch_up: filling the hub with {n} records"
     ));
     let dir = tempfile::tempdir()?;
-    let (hub, target, fill_secs) = filled_hub(pki, dir.path(), n, kind).await?;
+    let hub_dir = dir.path().join("hub");
+    let (filled, target, fill_secs) = filled_hub_at(pki, &hub_dir.join("data"), n, kind).await?;
     ensure!(
         target.records == n as u64,
         "hub holds {} records, wrote {n}",
         target.records
     );
+    shutdown(vec![filled]).await?;
+    let hub = spawn_daemon(pki, HUB, &hub_dir, None, Durability::Periodic)?;
+    let hub_addr = daemon_sync_addr(&hub)?;
     progress(format_args!(
         "bulk_catch_up: hub filled in {fill_secs:.1} s; empty office process catching up"
     ));
@@ -78,7 +86,7 @@ async fn one_size(
         pki,
         OFFICE_A,
         &dir.path().join("office"),
-        Some(hub.sync_addr()),
+        Some(hub_addr),
         Durability::Sync,
     )?;
     let reached = wait_api_digest(&office.api(), &target.digest, s.catch_up_timeout).await?;
@@ -87,27 +95,32 @@ async fn one_size(
         .duration_since(t0)
         .as_secs_f64();
     let rss = office.pid().and_then(procfs::peak_rss_mib);
+    let hub_rss = hub.pid().and_then(procfs::peak_rss_mib);
     office.stop();
-    drop(office);
-    shutdown(vec![hub]).await?;
+    hub.stop();
+    drop((office, hub));
     let converged = reached.is_some();
 
     let rate = n as f64 / secs;
     let sled_rate = n as f64 / sled_secs;
     let ratio = rate / sled_rate;
-    let met = converged && ratio >= TARGET_CATCH_UP_RATIO;
+    // The ratio and memory targets are the small records' (the 4 KiB case must beat NATS).
+    let small = kind == Kind::Random;
+    let target_ratio = small.then_some(TARGET_CATCH_UP_RATIO);
+    let met = target_ratio.map(|t| converged && ratio >= t);
     emit(
         rows,
         json!({
             "figure": "bulk_catch_up", "system": "officesync", "records": n, "key_bytes": 16,
             "value_bytes": vlen, "values": kind.name(), "hub_durability": "periodic",
-            "office_durability": "sync", "office": "officesyncd process", "hub": "in the bench process",
+            "office_durability": "sync", "office": "officesyncd process", "hub": "officesyncd process",
             "hub_fill_secs": fill_secs, "converged": converged,
             "secs_until_digests_match": secs, "records_per_sec": rate.round(),
             "mb_per_sec": payload / secs / 1e6, "office_peak_rss_mib": rss,
+            "hub_peak_rss_mib": hub_rss,
             "baseline": "raw sled insert of the same records + one flush",
             "baseline_secs": sled_secs, "baseline_records_per_sec": sled_rate.round(),
-            "ratio": ratio, "target_ratio": TARGET_CATCH_UP_RATIO, "target_met": met,
+            "ratio": ratio, "target_ratio": target_ratio, "target_met": met,
         }),
         TableRow {
             figure: "bulk_catch_up".into(),
@@ -125,10 +138,31 @@ async fn one_size(
                 payload / sled_secs / 1e6
             ),
             ratio: Some(ratio),
-            target: format!("≥ {TARGET_CATCH_UP_RATIO} × raw sled"),
-            met: Some(met),
+            target: target_ratio.map_or("-".into(), |t| format!("≥ {t} × raw sled")),
+            met,
         },
     );
+    if small {
+        let peak = rss.zip(hub_rss).map(|(o, h)| o.max(h));
+        let met = peak.map(|p| p <= TARGET_PEAK_RSS_MIB);
+        emit(
+            rows,
+            json!({
+                "figure": "bulk_catch_up_memory", "records": n, "value_bytes": vlen,
+                "office_peak_rss_mib": rss, "hub_peak_rss_mib": hub_rss,
+                "target_mib": TARGET_PEAK_RSS_MIB, "target_met": met,
+            }),
+            TableRow {
+                figure: "bulk_catch_up_memory".into(),
+                case: format!("{case}: peak RSS of each process"),
+                result: format!("office {}, hub {}", mib(rss), mib(hub_rss)),
+                baseline: "-".into(),
+                ratio: None,
+                target: format!("each ≤ {TARGET_PEAK_RSS_MIB:.0} MiB"),
+                met,
+            },
+        );
+    }
 
     // Baselines, each against officesync's time (ratio = baseline time / officesync time:
     // above 1 means officesync is faster).
@@ -164,7 +198,7 @@ async fn one_size(
             doing: "Redis full resync of the same records",
             system: "Redis primary → new replica full resync",
             measure: redis_resync,
-            must_beat: None,
+            must_beat: small.then_some(true),
         },
         Baseline {
             server: "nats-server",

@@ -395,7 +395,17 @@ pub(crate) async fn filled_hub(
     n: usize,
     kind: Kind,
 ) -> Result<(Node, CollectionMeta, f64)> {
-    let hub = start(pki, HUB, &dir.join("hub"), None, Durability::Periodic).await?;
+    filled_hub_at(pki, &dir.join("hub"), n, kind).await
+}
+
+/// [`filled_hub`] with its data dir at `data`.
+pub(crate) async fn filled_hub_at(
+    pki: &Pki,
+    data: &Path,
+    n: usize,
+    kind: Kind,
+) -> Result<(Node, CollectionMeta, f64)> {
+    let hub = start(pki, HUB, data, None, Durability::Periodic).await?;
     let fill_start = Instant::now();
     fill(hub.replica(), n, kind).await?;
     let fill_secs = fill_start.elapsed().as_secs_f64();

@@ -26,6 +26,9 @@ const MAX_IN_FLIGHT: usize = 4_096;
 const KEEP_UP: Duration = Duration::from_millis(500);
 /// Confirming runs tried, each at 3/4 of the rate of the one before when it fails.
 const CONFIRM_TRIES: usize = 2;
+/// Targets of the performance issue, writes/s held for 60 s: `sync`, then `periodic`.
+const TARGET_SYNC: u64 = 10_000;
+const TARGET_PERIODIC: u64 = 50_000;
 /// First rate tried.
 const START_RATE: u64 = 500;
 
@@ -118,6 +121,17 @@ async fn one_mode(
                     "overloaded": p.overloaded, "drain_secs": p.drain, "pass": p.pass })
         })
         .collect();
+    let held = if s.sustain_confirm_secs > 0.0 {
+        confirmed
+    } else {
+        best
+    };
+    let target = match durability {
+        Durability::Sync => TARGET_SYNC,
+        Durability::Periodic => TARGET_PERIODIC,
+    };
+    // Met only by a full run, which holds the rate for the 60 s the target names.
+    let met = (s.sustain_confirm_secs >= 60.0).then(|| held.is_some_and(|r| r >= target));
     let window = if s.sustain_confirm_secs > 0.0 {
         s.sustain_confirm_secs
     } else {
@@ -128,7 +142,7 @@ async fn one_mode(
         json!({
             "figure": "sustained", "durability": mode, "path": "writes at office A; hub and office B keep up",
             "highest_probe_rate_per_sec": best, "confirmed_secs": window,
-            "sustained_rate_per_sec": if s.sustain_confirm_secs > 0.0 { confirmed } else { best },
+            "sustained_rate_per_sec": held, "target_per_sec": target, "target_met": met,
             "keep_up_rule": format!("achieved ≥ 95 % of the rate, ≤ {MAX_IN_FLIGHT} writes waiting, office B holds all within {} ms of the last ack", KEEP_UP.as_millis()),
             "probes": list,
         }),
@@ -149,8 +163,8 @@ async fn one_mode(
             },
             baseline: "-".into(),
             ratio: None,
-            target: "-".into(),
-            met: None,
+            target: format!("≥ {target}/s held 60 s"),
+            met,
         },
     );
     Ok(())
