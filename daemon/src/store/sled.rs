@@ -19,7 +19,7 @@ const SEGMENT_SIZE: usize = 4 << 20;
 
 /// sled's page cache. sled's default (1 GiB) is more than an office server should give one
 /// daemon; hot sibling sets and the dot index fit well within this.
-const CACHE_BYTES: u64 = 256 << 20;
+const CACHE_BYTES: u64 = 64 << 20;
 
 /// Mode of the data dir and of the directories in it that the store creates: the daemon's
 /// user only (the store holds every record of the node in clear, unless encrypted).
