@@ -203,8 +203,9 @@ impl NodeSigner {
         self.sign_message(&domain.message(bytes))
     }
 
-    /// Signs `message` (already domain-separated by the caller).
-    fn sign_message(&self, message: &[u8]) -> Vec<u8> {
+    /// Signs `message` (already domain-separated by the caller, e.g.
+    /// [`signing::signed_message_of`] for a version).
+    pub(crate) fn sign_message(&self, message: &[u8]) -> Vec<u8> {
         let (scheme, bytes) = match &self.key {
             SigningKey::Ed25519(k) => {
                 use ed25519_dalek::Signer;

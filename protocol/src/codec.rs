@@ -53,6 +53,13 @@ pub fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// The length [`encode`] gives `value`, counted without building the bytes.
+pub fn encoded_len<T: Encode>(value: &T) -> Result<usize, EncodeError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::encode_into_writer(value, &mut size, config())?;
+    Ok(1 + size.bytes_written)
+}
+
 /// The format version a record was written with (its first byte), if this build reads it.
 pub fn format_of(bytes: &[u8]) -> Result<u8, DecodeError> {
     let &format = bytes.first().ok_or(DecodeError::Empty)?;
@@ -109,6 +116,21 @@ mod tests {
             author: None,
             signature: None,
         }
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let mut v = sample();
+        assert_eq!(
+            encoded_len(&v).expect("len"),
+            encode(&v).expect("encode").len()
+        );
+        v.value = Some(vec![7; 300]);
+        v.author = Some("clerk@hefei".into());
+        assert_eq!(
+            encoded_len(&v).expect("len"),
+            encode(&v).expect("encode").len()
+        );
     }
 
     #[test]

@@ -645,6 +645,57 @@ async fn versions_superseded_by_unflushed_writes_are_still_offered() {
 }
 
 #[tokio::test]
+async fn every_local_version_is_signed_even_one_its_own_group_superseded() {
+    use crate::pki::KeyType;
+    use crate::signing::tests::Pki;
+    use officesync_protocol::policy::Policy;
+
+    let pki = Pki::new();
+    let signer = Arc::new(pki.signer("hefei", KeyType::Ed25519));
+    let ring = pki.keyring(Policy::default());
+    ring.learn(signer.cert_der()).expect("learn");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = ReplicaOptions::new("hefei");
+    // Nothing becomes durable, so every superseded version is still offered (and checked).
+    opts.commit = CommitMode::Periodic(std::time::Duration::from_secs(3600));
+    opts.signer = Some(signer);
+    let r =
+        Replica::open(Arc::new(SledStore::open(dir.path()).expect("open")), opts).expect("open");
+    // Many concurrent writes to few keys: groups large enough to sign on two threads, and
+    // writes superseded within the group that made them.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..256u32 {
+        let r = r.clone();
+        tasks.spawn(async move {
+            r.write(
+                "situation",
+                &format!("k{}", i % 8),
+                Some(i.to_be_bytes().to_vec()),
+            )
+            .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task").expect("write");
+    }
+    let me = r.id().clone();
+    let (vs, _) = r
+        .versions_since("situation", &me, 0, 256, 1_000, 1 << 20)
+        .await
+        .expect("load");
+    assert_eq!(vs.len(), 256, "every version is offered until durable");
+    assert!(
+        vs.iter().all(|v| v.signature.is_some()),
+        "unsigned versions"
+    );
+    assert_eq!(ring.check(&vs), None, "every signature verifies");
+    assert!(
+        r.stats().syncs.load(std::sync::atomic::Ordering::Relaxed) == 0,
+        "nothing was synced, so superseded versions came from the groups themselves"
+    );
+}
+
+#[tokio::test]
 async fn a_local_write_the_merge_would_drop_is_an_error_not_an_ack() {
     // A sibling whose context claims this node's future dots (as a poisoned context would):
     // planted straight in the store, past every check that keeps it out.

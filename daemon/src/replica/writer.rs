@@ -80,7 +80,12 @@ struct Group {
     writes: u64,
     /// Versions superseded by this group's local writes (see [`super::Shadow`]).
     superseded: Vec<Version>,
+    /// This group's local versions still to sign: each dot with its signed message.
+    unsigned: Vec<(officesync_protocol::Dot, Vec<u8>)>,
 }
+
+/// Fewest unsigned versions in a group for which signing is split over two threads.
+const PARALLEL_SIGNING_MIN: usize = 16;
 
 impl Writer {
     pub(crate) fn new(
@@ -199,7 +204,57 @@ impl Writer {
         }
     }
 
+    /// Signs the group's local versions (on two threads when there are many) and puts each
+    /// signature in its sibling record and in any copy of it the group superseded.
+    fn sign_group(&self, g: &mut Group) {
+        let Some(signer) = &self.signer else {
+            return;
+        };
+        let unsigned = std::mem::take(&mut g.unsigned);
+        if unsigned.is_empty() {
+            return;
+        }
+        let sign_all = |part: &[(officesync_protocol::Dot, Vec<u8>)]| -> Vec<Vec<u8>> {
+            part.iter().map(|(_, m)| signer.sign_message(m)).collect()
+        };
+        let signatures = if unsigned.len() >= PARALLEL_SIGNING_MIN {
+            let (first, second) = unsigned.split_at(unsigned.len() / 2);
+            std::thread::scope(|scope| {
+                let other = std::thread::Builder::new()
+                    .name("officesync-signer".into())
+                    .spawn_scoped(scope, || sign_all(second));
+                let mut sigs = sign_all(first);
+                match other.map(|h| h.join()) {
+                    Ok(Ok(rest)) => sigs.extend(rest),
+                    // No second thread (or it died): sign the rest here.
+                    _ => sigs.extend(sign_all(second)),
+                }
+                sigs
+            })
+        } else {
+            sign_all(&unsigned)
+        };
+        let by_dot: HashMap<&officesync_protocol::Dot, Vec<u8>> = unsigned
+            .iter()
+            .map(|(dot, _)| dot)
+            .zip(signatures)
+            .collect();
+        for siblings in g.siblings.values_mut() {
+            for s in siblings.iter_mut().filter(|s| s.signature.is_none()) {
+                if let Some(sig) = by_dot.get(&s.header.dot) {
+                    s.signature = Some(sig.clone());
+                }
+            }
+        }
+        for v in g.superseded.iter_mut().filter(|v| v.signature.is_none()) {
+            if let Some(sig) = by_dot.get(&v.dot) {
+                v.signature = Some(sig.clone());
+            }
+        }
+    }
+
     fn commit_group(&mut self, mut g: Group) -> Result<(), ReplicaError> {
+        self.sign_group(&mut g);
         let mut write_back = || -> Result<(), ReplicaError> {
             for ((coll, key), siblings) in &g.siblings {
                 g.batch.put(keys::record(coll, key), encode(siblings)?);
@@ -312,9 +367,9 @@ impl Writer {
             });
         }
         let hlc = self.clock.tick(now_ms());
-        let meta = self.meta(g, coll)?;
+        let mut meta = std::mem::take(self.meta(g, coll)?);
         meta.vv.add_dot(&dot);
-        let mut version = Version {
+        let version = Version {
             collection: coll.to_owned(),
             key: key.to_owned(),
             dot: dot.clone(),
@@ -325,10 +380,16 @@ impl Writer {
             signature: None,
         };
         let header = version.header();
-        if let Some(signer) = &self.signer {
-            version.signature = Some(signer.sign(coll, key, &header, version.author.as_deref()));
+        if self.signer.is_some() {
+            // Signed with the rest of the group before it is committed.
+            let message = officesync_protocol::signing::signed_message_of(
+                coll,
+                key,
+                &header,
+                version.author.as_deref(),
+            );
+            g.unsigned.push((dot.clone(), message));
         }
-        let mut meta = std::mem::take(meta);
         // Until this write is durable, peers may still need what it supersedes.
         for s in &siblings {
             if let Ok(value) = super::read::load_value(self.store.as_ref(), coll, s) {
@@ -610,36 +671,60 @@ fn merge_version(
     header: VersionHeader,
     batch: &mut WriteBatch,
 ) -> (bool, Vec<StoredSibling>) {
-    let coll = v.collection.as_str();
-    let key = v.key.as_str();
+    // A duplicate or an obsolete version changes nothing (merge::apply's own first checks).
+    if siblings
+        .iter()
+        .any(|s| s.header.dot == header.dot || s.header.context.covers(&header.dot))
+    {
+        return (false, siblings);
+    }
+    let Version {
+        collection,
+        key,
+        value,
+        author,
+        signature,
+        ..
+    } = v;
+    let (coll, key) = (collection.as_str(), key.as_str());
     let was_empty = siblings.is_empty();
     let was_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
-    match merge::apply(&mut siblings, stored(&v, header.clone())) {
-        Applied::Duplicate | Applied::Obsolete => return (false, siblings),
-        Applied::Inserted { removed } => {
-            for old in removed {
-                meta.digest.toggle(key, &old.header.dot, &old.header.value);
-                meta.versions -= 1;
-                batch.remove(keys::dot(coll, &old.header.dot));
-                if let Body::Chunked { chunks } = old.body {
-                    for i in 0..chunks {
-                        batch.remove(keys::chunk(coll, &old.header.dot, i));
-                    }
+    // Counted and indexed before the header moves into the record.
+    meta.digest.toggle(key, &header.dot, &header.value);
+    meta.max_hlc = meta.max_hlc.max(header.hlc);
+    batch.put(keys::dot(coll, &header.dot), key.as_bytes().to_vec());
+    // The value moves into the record (inline) or into its chunks: never copied whole.
+    let body = match value {
+        None => Body::None,
+        Some(bytes) if bytes.len() <= INLINE_VALUE_MAX => Body::Inline(bytes),
+        Some(bytes) => {
+            let pieces = bytes.chunks(CHUNK_SIZE);
+            let chunks = pieces.len() as u32;
+            for (i, piece) in pieces.enumerate() {
+                batch.put(keys::chunk(coll, &header.dot, i as u32), piece.to_vec());
+            }
+            Body::Chunked { chunks }
+        }
+    };
+    let sibling = StoredSibling {
+        header,
+        body,
+        author,
+        signature,
+    };
+    if let Applied::Inserted { removed } = merge::apply(&mut siblings, sibling) {
+        for old in removed {
+            meta.digest.toggle(key, &old.header.dot, &old.header.value);
+            meta.versions -= 1;
+            batch.remove(keys::dot(coll, &old.header.dot));
+            if let Body::Chunked { chunks } = old.body {
+                for i in 0..chunks {
+                    batch.remove(keys::chunk(coll, &old.header.dot, i));
                 }
             }
         }
     }
-    if let Some(bytes) = &v.value {
-        if bytes.len() > INLINE_VALUE_MAX {
-            for (i, piece) in bytes.chunks(CHUNK_SIZE).enumerate() {
-                batch.put(keys::chunk(coll, &header.dot, i as u32), piece.to_vec());
-            }
-        }
-    }
-    batch.put(keys::dot(coll, &header.dot), key.as_bytes().to_vec());
-    meta.digest.toggle(key, &header.dot, &header.value);
     meta.versions += 1;
-    meta.max_hlc = meta.max_hlc.max(header.hlc);
     let is_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
     if was_empty {
         meta.keys += 1;
@@ -694,14 +779,14 @@ pub(super) fn room_for(
     }
     let inline = v.value.as_ref().filter(|b| b.len() <= INLINE_VALUE_MAX);
     // The header, the inline value, the author and the signature it brings, and framing.
-    let new_bytes = codec::encode(header).map_or(usize::MAX, |b| b.len())
+    let new_bytes = codec::encoded_len(header).unwrap_or(usize::MAX)
         + inline.map_or(0, Vec::len)
         + v.author.as_ref().map_or(0, String::len)
         + v.signature.as_ref().map_or(0, Vec::len)
         + 16;
     let held: usize = kept
         .iter()
-        .map(|s| codec::encode(*s).map_or(usize::MAX, |b| b.len()))
+        .map(|s| codec::encoded_len(*s).unwrap_or(usize::MAX))
         .fold(0, usize::saturating_add);
     if held.saturating_add(new_bytes) > MAX_RECORD_BYTES {
         return Err(format!(
