@@ -438,6 +438,10 @@ impl DurableCell {
     }
 }
 
+/// Store reads a point read may make on the calling task: the sibling record (a value in
+/// chunks is read on the blocking pool).
+const INLINE_READS: u32 = 1;
+
 /// Value bytes up to which received versions are hashed on the calling task; larger batches
 /// hash on the blocking pool (a runtime worker never stalls for more than about a millisecond).
 const INLINE_HASH_MAX: usize = 256 << 10;
@@ -827,14 +831,21 @@ impl Replica {
             .await
     }
 
+    /// A point read: on the calling task while it needs at most [`INLINE_READS`] store reads
+    /// (a record whose values are inline: microseconds), else again on the blocking pool.
     async fn read_key<T: Send + 'static>(
         &self,
         collection: &str,
         key: &str,
-        read: impl FnOnce(&dyn Store, &str, &str) -> Result<T, ReplicaError> + Send + 'static,
+        read: impl Fn(&dyn Store, &str, &str) -> Result<T, ReplicaError> + Send + Sync + 'static,
     ) -> Result<T, ReplicaError> {
         names::validate_collection_name(collection)?;
         names::validate_key(key)?;
+        let budgeted = read::Budgeted::new(self.inner.store.clone(), INLINE_READS);
+        let inline = read(&budgeted, collection, key);
+        if !budgeted.exhausted() {
+            return inline;
+        }
         let (store, c, k) = (
             self.inner.store.clone(),
             collection.to_owned(),

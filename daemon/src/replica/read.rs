@@ -12,7 +12,7 @@ use officesync_protocol::{codec, Dot, Hlc, ValueMeta};
 use super::encoding::{decode_siblings, Body, StoredSibling};
 use super::keys;
 use super::{CollectionInfo, Record, ReplicaError, ScanPage, Sibling};
-use crate::store::{prefix_end, Store};
+use crate::store::{prefix_end, Store, StoreError};
 
 /// Rows fetched per store call while scanning.
 const SCAN_BATCH: usize = 256;
@@ -445,6 +445,75 @@ pub(crate) fn collections(store: &dyn Store) -> Result<Vec<CollectionInfo>, Repl
     }
 }
 
+/// A read-only view of a store that allows a few point reads and no range (a large value's
+/// chunks): past that every read fails and the view says it was exhausted, so the caller
+/// can run the whole read again elsewhere.
+pub(crate) struct Budgeted {
+    inner: std::sync::Arc<dyn Store>,
+    left: std::sync::atomic::AtomicU32,
+    exhausted: std::sync::atomic::AtomicBool,
+}
+
+impl Budgeted {
+    pub(crate) fn new(inner: std::sync::Arc<dyn Store>, reads: u32) -> Self {
+        Self {
+            inner,
+            left: reads.into(),
+            exhausted: false.into(),
+        }
+    }
+
+    /// Whether a read was refused for want of budget (the result is then not to be used).
+    pub(crate) fn exhausted(&self) -> bool {
+        self.exhausted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn spend(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let spent = self
+            .left
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if spent {
+            Ok(())
+        } else {
+            self.exhausted.store(true, Relaxed);
+            Err(StoreError::Io(
+                "read budget of the calling task spent".into(),
+            ))
+        }
+    }
+}
+
+impl Store for Budgeted {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.spend()?;
+        self.inner.get(key)
+    }
+
+    fn range(
+        &self,
+        _start: &[u8],
+        _end: Option<&[u8]>,
+        _limit: usize,
+    ) -> Result<crate::store::Rows, StoreError> {
+        self.left.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.spend().map(|()| Vec::new())
+    }
+
+    fn apply(&self, _batch: crate::store::WriteBatch) -> Result<(), StoreError> {
+        Err(StoreError::Io("a read-only view cannot write".into()))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Err(StoreError::Io("a read-only view cannot sync".into()))
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn versions_since(
     store: &dyn Store,
@@ -604,6 +673,33 @@ mod tests {
             .collect();
         let report = r.apply_remote(versions, Vec::new()).await.expect("apply");
         assert_eq!(report.applied, u64::from(n), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_read_past_the_inline_budget_is_done_again_in_full() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("open");
+        let big = vec![9u8; 5 * crate::replica::CHUNK_SIZE];
+        r.write("situation", "big", Some(big.clone()))
+            .await
+            .expect("write");
+        r.write("situation", "small", Some(b"s".to_vec()))
+            .await
+            .expect("write");
+
+        let small = Budgeted::new(store.clone(), 1);
+        let rec = record(&small, "situation", "small").expect("read");
+        assert!(!small.exhausted(), "one record read fits the budget");
+        assert_eq!(
+            rec.expect("held").winner().value.as_deref(),
+            Some(&b"s"[..])
+        );
+        let large = Budgeted::new(store.clone(), 1);
+        let _ = record(&large, "situation", "big");
+        assert!(large.exhausted(), "a chunked value is not read on the task");
+        // Through the replica, the large read is done again off the task, in full.
+        let rec = r.get("situation", "big").await.expect("get").expect("held");
+        assert_eq!(rec.winner().value.as_deref(), Some(&big[..]));
     }
 
     #[tokio::test]

@@ -62,7 +62,7 @@ impl WriteBatch {
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// An ordered byte-key store. Implementations are synchronous and thread-safe; callers keep
-/// them off async worker threads.
+/// them off async worker threads, but for a point read of a few keys (microseconds).
 pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
