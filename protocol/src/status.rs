@@ -1,6 +1,9 @@
 //! The `_status` system collection: one status report per node (key = the node's name, value
-//! a small JSON document), written only by that node and read by admins, and the rule every
-//! receiver holds a `_status` version to.
+//! a small JSON document), written only by that node and read by admins; the rule every
+//! receiver holds a `_status` version to; and the direction reports travel: up only, from the
+//! node that dials to the node it dials, so the general office gathers every report while no
+//! relay is sent the whole province's (which would cost every admin link as much as the
+//! general office's own).
 
 use crate::version::Version;
 
@@ -10,6 +13,12 @@ pub const STATUS_COLLECTION: &str = "_status";
 /// Largest `_status` value accepted from a peer, in bytes: a report lists the node's peers and
 /// collections, and no honest report of a node with a thousand peers comes near it.
 pub const MAX_STATUS_VALUE_BYTES: usize = 256 * 1024;
+
+/// Whether a session sends `collection` at all, given its side: `_status` goes only from the
+/// dialer to the acceptor (up); every other collection either way (the policy decides).
+pub fn sends_on_side(collection: &str, dialer: bool) -> bool {
+    dialer || collection != STATUS_COLLECTION
+}
 
 /// Why `v`, a version of [`STATUS_COLLECTION`], is refused, if it is: its key must be its
 /// origin's node name (a node reports only on itself) and its value at most
@@ -54,6 +63,14 @@ mod tests {
             author: None,
             signature: None,
         }
+    }
+
+    #[test]
+    fn reports_travel_up_only() {
+        assert!(sends_on_side(STATUS_COLLECTION, true));
+        assert!(!sends_on_side(STATUS_COLLECTION, false));
+        assert!(sends_on_side("situation", false));
+        assert!(sends_on_side("_nodes", false));
     }
 
     #[test]
