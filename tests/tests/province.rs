@@ -1,10 +1,12 @@
 //! The province view end to end: a 4-tier deployment of nine real daemons on loopback (the
 //! general office, two cities, two county relays, four townships), every node publishing a
-//! status report each second. One township's link is cut with the UDP fault proxy: the general
+//! status report each second; reports travel up only (a city holds its subtree's). One
+//! township's link is cut with the UDP fault proxy: the general
 //! office's `/v1/cluster` and `officesync cluster --behind` show that township, and only it,
 //! as silent with the time of its last report, `/cluster` draws it in the silent colour (a
 //! headless Chromium screenshot, skipped when Chromium is missing), and after the heal it is
-//! fresh again. A second test holds staff to the rules of `_status`.
+//! fresh again. Two more tests hold staff, and an office with a valid certificate, to the
+//! rules of `_status`.
 
 #[allow(dead_code)] // every suite uses part of the shared helpers
 mod common;
@@ -14,8 +16,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{start_with_lines, wait_for, HUB};
+use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::fault_proxy::{Direction, FaultProxy};
 use officesync_tests::http::record_path;
+use officesync_tests::rogue::{one_version_stream, Rogue};
 use officesync_tests::{run_bounded, Cluster, TestConfig, TestNode};
 use serde_json::Value;
 
@@ -216,6 +220,14 @@ fn the_general_office_sees_a_cut_township_as_silent_and_then_fresh_again() {
         assert!(e["last_report"].is_string(), "{e}");
     }
 
+    // Reports travel up only: a city holds those of its own subtree, none from above or
+    // beside it; the general office holds them all.
+    assert_eq!(
+        status_keys(p.node("city-a")),
+        ["city-a", "county-a", "town-1", "town-2"]
+    );
+    assert_eq!(status_keys(hub).len(), 9);
+
     p.proxy.cut(Direction::Both);
     let cut_at = Instant::now();
     let took = wait_for(
@@ -291,6 +303,22 @@ fn the_general_office_sees_a_cut_township_as_silent_and_then_fresh_again() {
         cut_at.elapsed(),
         began.elapsed()
     );
+}
+
+/// The keys of the `_status` records `node` holds.
+fn status_keys(node: &TestNode) -> Vec<String> {
+    let page: Value = node
+        .api()
+        .call("GET", "/v1/collections/_status/records?limit=1000", None)
+        .json();
+    page["records"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| r["key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The Chromium binary, if installed.
@@ -440,4 +468,95 @@ fn staff_may_neither_read_nor_write_status_reports() {
     // The admin sees the node itself in the province view.
     let view: Value = admin.call("GET", "/v1/cluster", None).json();
     assert_eq!(states(&view), [("hefei".to_owned(), "fresh".to_owned())]);
+}
+
+/// A `_status` version of `origin` at `counter` with key `key` (a report about `key`).
+fn status_version(origin: &ReplicaId, counter: u64, key: &str) -> Version {
+    Version {
+        collection: "_status".into(),
+        key: key.into(),
+        dot: Dot::new(origin.clone(), counter),
+        hlc: Hlc {
+            ms: officesync_daemon::time::unix_ms_now(),
+            logical: 0,
+        },
+        context: VersionVector::new(),
+        value: Some(
+            format!(r#"{{"node":"{key}","generated_ms":0,"interval_ms":1000}}"#).into_bytes(),
+        ),
+        author: Some(origin.node_name().to_owned()),
+        signature: None,
+    }
+}
+
+/// The general office's count of versions from `peer` refused for `reason`.
+fn refused(hub: &TestNode, peer: &str, reason: &str) -> u64 {
+    common::peer_entry(&hub.status(), peer)
+        .and_then(|p| p["rejected_by_reason"][reason].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_office_publishes_only_its_own_status_report() {
+    let cluster = Cluster::new();
+    cluster.issue(HUB, true);
+    let mut hub_cfg = cluster.config(HUB);
+    hub_cfg.admins = vec![HUB.to_owned()];
+    let hub = cluster.start(&hub_cfg);
+    // hefei, with a valid office certificate, speaks for itself through the rogue peer.
+    let bundle = cluster.issue("hefei", false);
+    let hefei = ReplicaId::new("hefei", 0x5eed).expect("id");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let session = |version: Version, what: &str, done: &mut dyn FnMut() -> Result<(), String>| {
+        rt.block_on(async {
+            let mut rogue = Rogue::connect(&bundle, hub_cfg.sync_listen, HUB)
+                .await
+                .expect("hefei's certificate is valid");
+            rogue
+                .hello("hefei", &hefei, Vec::new())
+                .await
+                .expect("hello");
+            // Counter 1 is hefei's certificate in `_nodes`, published by `hello`.
+            for m in one_version_stream(version) {
+                rogue.send_message(&m).await.expect("send");
+            }
+            wait_for(what, SETTLE, done);
+            rogue.shutdown().await;
+        });
+    };
+    // A report about beijing-office, signed by hefei itself: refused and counted.
+    session(
+        status_version(&hefei, 2, "beijing-office"),
+        "the general office to refuse hefei's report about beijing-office",
+        &mut || match refused(&hub, "hefei", "signature") {
+            0 => Err(format!("{}", hub.status()["peers"])),
+            _ => Ok(()),
+        },
+    );
+    let admin = hub.api();
+    let stored = admin.call("GET", &record_path("_status", "beijing-office"), None);
+    assert_eq!(
+        stored.status,
+        404,
+        "the forged report was stored: {}",
+        stored.text()
+    );
+    // The same office's report about itself is taken.
+    session(
+        status_version(&hefei, 2, "hefei"),
+        "the general office to hold hefei's own report",
+        &mut || {
+            let reply = admin.call("GET", &record_path("_status", "hefei"), None);
+            (reply.status == 200)
+                .then_some(())
+                .ok_or_else(|| format!("{} {}", reply.status, reply.text()))
+        },
+    );
+    let view: Value = admin.call("GET", "/v1/cluster", None).json();
+    let names: Vec<String> = states(&view).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, [HUB, "hefei"], "{view}");
 }
