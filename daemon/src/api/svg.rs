@@ -183,19 +183,24 @@ pub fn tree(nodes: &[ClusterNode], counts: &BTreeMap<String, u64>) -> String {
             text_color(state),
             escape(&label),
         );
+        let group = &plan.groups[i];
         if state != "fresh" {
+            // Right of the box, or of its packed children when it has some.
+            let shown = group.len().min(GRID_COLS) as u32;
+            let rx = match shown {
+                0 => x + BOX_W + 8,
+                n => x + BOX_W + 10 + n * CELL_STEP + 6,
+            };
             let _ = write!(
                 body,
-                "<text class=\"reason\" x=\"{}\" y=\"{}\">{}: {}</text>",
-                x + BOX_W + 8,
+                "<text class=\"reason\" x=\"{rx}\" y=\"{}\">{}: {}</text>",
                 y + 14,
                 state,
                 escape(&n.reason)
             );
-            width = width.max(x + BOX_W + REASON_W);
+            width = width.max(rx + REASON_W);
         }
         body.push_str("</g>");
-        let group = &plan.groups[i];
         let mut height = ROW_H;
         if !group.is_empty() {
             let gx = x + BOX_W + 10;
@@ -250,11 +255,8 @@ pub fn sparkline(series: &[(u64, u64)]) -> String {
     let max = series.iter().map(|(_, l)| *l).max().unwrap_or(0);
     let point = |(ago, lag): &(u64, u64)| {
         let x = W.saturating_sub(2 + ago.min(&59) * 2);
-        let y = if max == 0 {
-            H - 2
-        } else {
-            H - 2 - lag * (H - 4) / max
-        };
+        // With no lag at all (max 0) the line lies on the bottom.
+        let y = H - 2 - (lag * (H - 4)).checked_div(max).unwrap_or(0);
         (x, y)
     };
     let points: Vec<String> = series
@@ -352,6 +354,24 @@ mod tests {
             "three boxes, four legend keys"
         );
         assert_eq!(svg.matches("class=\"edge\"").count(), 2);
+    }
+
+    #[test]
+    fn the_reason_of_a_node_with_packed_children_is_right_of_them() {
+        let mut nodes = vec![node("county", 0, "behind")];
+        nodes.extend((0..9).map(|t| node(&format!("t{t}"), 1, "fresh")));
+        let svg = tree(&nodes, &BTreeMap::new());
+        // Box at 4..154, squares from 164, nine of them 14 px apart, then 6 px.
+        let squares_end = 4 + BOX_W + 10 + 9 * CELL_STEP;
+        assert!(
+            svg.contains(&format!("<text class=\"reason\" x=\"{}\"", squares_end + 6)),
+            "{svg}"
+        );
+        assert_eq!(
+            svg.matches("width=\"11\" height=\"11\" fill=\"#2e9d4c\"/></g>")
+                .count(),
+            9
+        );
     }
 
     #[test]
