@@ -91,7 +91,8 @@ fn line(n: &ClusterNode, behind: bool) -> String {
     if n.lag_versions > 0 {
         l.push_str(&format!(", lag {} versions", n.lag_versions));
     }
-    if let Some(ms) = n.staleness_ms {
+    // A silent node's staleness is that of its last report: what it is now, nobody knows.
+    if let (Some(ms), false) = (n.staleness_ms, n.silent) {
         l.push_str(&format!(", data {} old", output::human_duration(ms / 1000)));
     }
     if !n.version.is_empty() {
