@@ -8,6 +8,7 @@
 
 mod access;
 mod bundle;
+mod cluster;
 mod node;
 mod peers;
 mod records;
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 pub use access::{NewUser, RemovedBody, Role, TokenBody, UserInfo, UsersBody, WhoAmI};
 pub use bundle::{
     BundleCollection, BundleInfo, ExportRequest, ImportReport, ImportedCollection, WantBody,
+};
+pub use cluster::{
+    BadInput, ClusterBody, ClusterNode, ReportCollection, ReportPeer, StatusReport, NODE_STATES,
 };
 pub use node::{HealthBody, ReadyBody, VerifyReport, VerifyResults};
 pub use peers::{PeerCollectionStatus, PeerStatus};

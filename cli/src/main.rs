@@ -11,6 +11,7 @@
 
 mod bundle;
 mod client;
+mod cluster;
 mod completions;
 mod demo;
 mod exit;
@@ -172,6 +173,8 @@ enum Command {
     Peers,
     /// Compare collection digests with peers now and repair differences.
     Verify,
+    /// Show the province as a tree: every node fresh, behind, refusing or silent (admin).
+    Cluster(cluster::ClusterArgs),
     /// Manage the API's users and their tokens (admin only).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -213,6 +216,7 @@ impl Command {
             Command::Status => node::status(global),
             Command::Peers => node::peers(global),
             Command::Verify => node::verify(global),
+            Command::Cluster(args) => cluster::run(args, global),
             Command::User(command) => command.run(global),
             Command::Audit(args) => users::audit(args, global),
             Command::Bundle(command) => command.run(global),

@@ -22,6 +22,7 @@ const PAGES: &[&str] = &[
     "officesync-status",
     "officesync-peers",
     "officesync-verify",
+    "officesync-cluster",
     "officesync-ca",
     "officesync-ca-init",
     "officesync-ca-issue",

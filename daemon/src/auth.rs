@@ -130,8 +130,12 @@ impl Principal {
                 .is_none_or(|list| list.iter().any(|c| c == collection))
     }
 
-    /// May it read `collection` (before node policy)?
+    /// May it read `collection` (before node policy)? The nodes' status reports (`_status`)
+    /// are for admins only.
     pub fn may_read(&self, collection: &str) -> bool {
+        if collection == officesync_protocol::status::STATUS_COLLECTION {
+            return self.role == Role::Admin;
+        }
         self.holds(collection)
     }
 

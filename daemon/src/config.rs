@@ -69,6 +69,9 @@ pub struct Config {
     /// `[cluster]`: deployment-wide settings every node must agree on.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// `[status]`: the status report this node publishes for the province view.
+    #[serde(default)]
+    pub status: StatusConfig,
     /// The file this config was read from, used in error messages (empty when
     /// built in code). Not part of the TOML.
     #[serde(skip)]
@@ -262,6 +265,29 @@ pub struct ClusterConfig {
     pub admins: Vec<String>,
 }
 
+/// Default `status.report_interval_ms`.
+pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 10_000;
+/// Accepted range of `status.report_interval_ms`.
+pub const REPORT_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 200..=3_600_000;
+
+/// `[status]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// How often this node publishes its status report in `_status` (it also publishes at
+    /// once, at most once a second, when a connection comes up or goes down). An admin shows
+    /// a node as silent after three of its intervals without a report.
+    pub report_interval_ms: u64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            report_interval_ms: DEFAULT_REPORT_INTERVAL_MS,
+        }
+    }
+}
+
 /// Why a config was refused. `Display` is always one line: file, key and fix.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -441,7 +467,8 @@ impl Config {
         Ok(())
     }
 
-    /// `[sync]` numbers: the clock skew bound and the heartbeat interval.
+    /// `[sync]` numbers: the clock skew bound and the heartbeat interval; and the status
+    /// report interval.
     fn validate_sync_ranges(&self) -> Result<(), ConfigError> {
         if self.sync.max_clock_skew_ms < MIN_MAX_CLOCK_SKEW_MS {
             return Err(self.invalid(
@@ -452,6 +479,20 @@ impl Config {
                 ),
                 &format!(
                     "use at least {MIN_MAX_CLOCK_SKEW_MS} (default {DEFAULT_MAX_CLOCK_SKEW_MS})"
+                ),
+            ));
+        }
+        if !REPORT_INTERVAL_RANGE_MS.contains(&self.status.report_interval_ms) {
+            return Err(self.invalid(
+                "status.report_interval_ms",
+                format!(
+                    "status.report_interval_ms = {} is out of range",
+                    self.status.report_interval_ms
+                ),
+                &format!(
+                    "use {}..={} (default {DEFAULT_REPORT_INTERVAL_MS})",
+                    REPORT_INTERVAL_RANGE_MS.start(),
+                    REPORT_INTERVAL_RANGE_MS.end()
                 ),
             ));
         }
@@ -728,6 +769,7 @@ impl Config {
                 api: ApiConfig::default(),
                 storage: StorageConfig::default(),
                 cluster: ClusterConfig::default(),
+                status: StatusConfig::default(),
                 origin: PathBuf::new(),
             },
         }
@@ -813,7 +855,14 @@ impl Config {
         writeln!(out)?;
         writeln!(out, "[cluster]")?;
         let admins: Vec<String> = self.cluster.admins.iter().map(|a| toml_str(a)).collect();
-        writeln!(out, "admins = [{}]", admins.join(", "))
+        writeln!(out, "admins = [{}]", admins.join(", "))?;
+        writeln!(out)?;
+        writeln!(out, "[status]")?;
+        writeln!(
+            out,
+            "report_interval_ms = {}",
+            self.status.report_interval_ms
+        )
     }
 
     /// Checks that `account` (the user `officesyncd` will run as) can read the config file,
@@ -1009,6 +1058,12 @@ impl ConfigBuilder {
     /// Sets `sync.heartbeat_interval_ms`.
     pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
         self.config.sync.heartbeat_interval_ms = ms;
+        self
+    }
+
+    /// Sets `status.report_interval_ms`.
+    pub fn report_interval_ms(mut self, ms: u64) -> Self {
+        self.config.status.report_interval_ms = ms;
         self
     }
 

@@ -19,6 +19,8 @@ pub mod pki;
 #[cfg(feature = "node")]
 pub mod policy;
 #[cfg(feature = "node")]
+pub mod province;
+#[cfg(feature = "node")]
 pub mod replica;
 // Always built: the CLI makes key files (`officesync storage-key`) and config checks read them.
 #[cfg(feature = "node")]

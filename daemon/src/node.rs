@@ -154,6 +154,8 @@ pub struct Node {
     sync: Arc<SyncService>,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    /// The status reporter (`province`), stopped with the rest before the store closes.
+    reporter: JoinHandle<()>,
 }
 
 impl Node {
@@ -219,6 +221,8 @@ impl Node {
             keyring,
             config.cluster.admins.clone(),
         ));
+        let province = Arc::new(crate::province::Province::new(config));
+        let reporter = province.spawn(replica.clone(), peers.clone(), stopped.clone());
         let gate = open_gate(config)?;
         let mut state = ApiState::new(replica.clone()).with_gate(gate.clone());
         if let api::Gate::Tokens { .. } = gate {
@@ -230,7 +234,8 @@ impl Node {
             .with_transport(transport_stats)
             .with_certificate_of(config)
             .with_verifier(Arc::new(VerifyVia(sync.clone())))
-            .with_bundles(bundles);
+            .with_bundles(bundles)
+            .with_province(province);
         let app = api::router(state);
         let limits = api::ServeLimits::for_values(replica.max_value_bytes());
         let server = tokio::spawn(async move { api::serve(listener, app, limits, stopped).await });
@@ -248,6 +253,7 @@ impl Node {
             sync,
             stop,
             server,
+            reporter,
         })
     }
 
@@ -283,6 +289,13 @@ impl Node {
                 server.abort();
                 let _ = server.await;
             }
+        }
+        // The reporter ends at its next look (a quarter second) once `stop` is set.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.reporter)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the status reporter did not stop in time");
         }
         self.sync.close().await;
         self.replica.close().await?;

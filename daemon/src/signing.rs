@@ -15,6 +15,7 @@ use officesync_protocol::signing::{
     self, KeyId, Scheme, SignatureCheck, SignatureFault, SignatureRefusal, VersionSignature,
     NODES_COLLECTION,
 };
+use officesync_protocol::status::{status_entry_refusal, STATUS_COLLECTION};
 use officesync_protocol::{Version, VersionHeader};
 use ring::signature::{self as rsig, KeyPair};
 use thiserror::Error;
@@ -400,6 +401,16 @@ impl Keyring {
         for (i, v) in versions.iter().enumerate() {
             if v.collection == NODES_COLLECTION {
                 if let Err(e) = self.check_nodes_entry(v) {
+                    return Some(refuse(
+                        i,
+                        SignatureFault::Invalid,
+                        format!("{}: {e}", v.dot),
+                    ));
+                }
+            }
+            // A status report is its origin's, about itself only (like its certificates).
+            if v.collection == STATUS_COLLECTION {
+                if let Some(e) = status_entry_refusal(v) {
                     return Some(refuse(
                         i,
                         SignatureFault::Invalid,

@@ -14,6 +14,7 @@ pub mod names;
 pub mod policy;
 pub mod shadow;
 pub mod signing;
+pub mod status;
 pub mod sync;
 pub mod version;
 pub mod wire;

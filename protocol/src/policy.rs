@@ -12,7 +12,8 @@
 //!
 //! Fixed rules on top of the document: only admins (named in `[cluster] admins`) may write
 //! `_policy`, and every node may read it; admins may read every collection (they are the relays
-//! between offices); a revoked node may neither read nor write anything.
+//! between offices); every node writes `_nodes` and `_status` (only its own keys, which the
+//! receivers check); a revoked node may neither read nor write anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +22,7 @@ use thiserror::Error;
 
 use crate::names::{validate_collection_name, validate_node_name};
 use crate::signing::NODES_COLLECTION;
+use crate::status::STATUS_COLLECTION;
 
 /// The name of the policy system collection.
 pub const POLICY_COLLECTION: &str = "_policy";
@@ -323,8 +325,9 @@ impl Policy {
     }
 
     /// May versions written by `node` (their origin) be accepted in `collection`? Only admins
-    /// write `_policy`; every node writes `_nodes` (only its own keys: the signature check
-    /// holds it to them); a node revoked by name writes nothing.
+    /// write `_policy`; every node writes `_nodes` and `_status` (only its own keys: the
+    /// signature check holds it to them); a node revoked by name writes nothing. `_status` is
+    /// read by admins only, so reports flow up to the relays and never down to the offices.
     pub fn may_write(&self, node: &str, collection: &str) -> bool {
         if self.revoked_name(node) {
             return false;
@@ -332,7 +335,7 @@ impl Policy {
         if collection == POLICY_COLLECTION {
             return self.is_admin(node);
         }
-        if collection == NODES_COLLECTION {
+        if collection == NODES_COLLECTION || collection == STATUS_COLLECTION {
             return true;
         }
         if crate::names::is_system_collection(collection) {
@@ -369,7 +372,13 @@ mod tests {
         assert!(p.may_write("general-office", POLICY_COLLECTION));
         assert!(p.may_write("general-office", "_nodes"));
         assert!(p.may_read("hefei", "_nodes"));
-        assert!(!p.may_write("general-office", "_status"));
+        assert!(!p.may_write("general-office", "_other"));
+        assert!(p.may_write("hefei", STATUS_COLLECTION), "each node reports");
+        assert!(
+            !p.may_read("hefei", STATUS_COLLECTION),
+            "only admins read reports"
+        );
+        assert!(p.may_read("general-office", STATUS_COLLECTION));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use officesync_protocol::policy::{parse_entry, parse_key, POLICY_COLLECTION};
 use officesync_protocol::signing::NODES_COLLECTION;
+use officesync_protocol::status::STATUS_COLLECTION;
 
 use super::error::ApiError;
 use super::gate::Who;
@@ -81,6 +82,11 @@ impl Access {
         if collection == NODES_COLLECTION {
             return Err(ApiError::Forbidden(format!(
                 "{NODES_COLLECTION} holds the nodes' certificates and only officesyncd writes it"
+            )));
+        }
+        if collection == STATUS_COLLECTION {
+            return Err(ApiError::Forbidden(format!(
+                "{STATUS_COLLECTION} holds the nodes' status reports and only officesyncd writes it"
             )));
         }
         if collection == POLICY_COLLECTION {

@@ -25,7 +25,7 @@ use officesync_api::StoreStatus;
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Route labels: the router's path templates, and `unmatched` for everything else.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 12] = [
     "/v1/collections/{c}/records/{*key}",
     "/v1/collections/{c}/records",
     "/v1/collections",
@@ -35,6 +35,8 @@ const ROUTES: [&str; 10] = [
     "/ready",
     "/",
     "/v1/verify",
+    "/v1/cluster",
+    "/cluster",
     "unmatched",
 ];
 const UNMATCHED: usize = ROUTES.len() - 1;
@@ -106,6 +108,8 @@ fn route_of(path: &str) -> usize {
         "/ready" => 6,
         "/" => 7,
         "/v1/verify" => 8,
+        "/v1/cluster" => 9,
+        "/cluster" => 10,
         _ => match path
             .strip_prefix("/v1/collections/")
             .and_then(|rest| rest.split_once('/'))
@@ -331,7 +335,7 @@ fn secs(ms: u64) -> f64 {
 
 fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
     type PeerField = fn(&PeerStatus) -> Option<f64>;
-    let per_peer: [(&str, &str, &str, PeerField); 13] = [
+    let per_peer: [(&str, &str, &str, PeerField); 14] = [
         (
             "officesync_peer_connected",
             "gauge",
@@ -403,6 +407,12 @@ fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
             "gauge",
             "Since when the peer has been behind this node (Unix time); absent when it is not.",
             |p| p.lag_since.as_deref().and_then(parse_rfc3339_ms).map(secs),
+        ),
+        (
+            "officesync_peer_bad_input_total",
+            "counter",
+            "Sessions with the peer closed because it sent bad input (undecodable or invalid frames, protocol violations).",
+            |p| Some(p.bad_input as f64),
         ),
         (
             "officesync_peer_caught_up_timestamp_seconds",
@@ -549,6 +559,8 @@ mod unit {
         assert_eq!(ROUTES[route_of("/health")], ROUTES[4]);
         assert_eq!(ROUTES[route_of("/metrics")], ROUTES[5]);
         assert_eq!(ROUTES[route_of("/ready")], "/ready");
+        assert_eq!(ROUTES[route_of("/v1/cluster")], "/v1/cluster");
+        assert_eq!(ROUTES[route_of("/cluster")], "/cluster");
         assert_eq!(ROUTES[route_of("/")], "/");
         assert_eq!(ROUTES[route_of("/v1/verify")], "/v1/verify");
         for other in [

@@ -15,6 +15,8 @@
 //! | `GET` | `/ready` | 200 `{"ready": true, ..}` once the store answers and every configured peer was dialled, else 503 |
 //! | `GET` | `/metrics` | Prometheus text format 0.0.4 |
 //! | `GET` | `/` | the read-only HTML status page (refreshes itself) |
+//! | `GET` | `/v1/cluster?behind=` | the province view `{"node", "generated_at", "nodes": [..]}` (admin) |
+//! | `GET` | `/cluster?behind=` | the province drawn as a tree, server-rendered SVG (admin) |
 //! | `GET` | `/v1/bundle/want` | this node's vectors, `{"node", "replica", "vvs"}` (admin) |
 //! | `POST` | `/v1/bundle/export` | `{"collections", "for", "want"}` in, the bundle's bytes out (admin, at an admin node) |
 //! | `POST` | `/v1/bundle/import` | the bundle's bytes in, `{"exporter", "versions", "applied", ..}` out (admin) |
@@ -24,6 +26,7 @@
 
 mod access;
 mod bundle;
+mod cluster;
 mod error;
 mod gate;
 mod journal;
@@ -32,6 +35,7 @@ mod params;
 mod records;
 mod serve;
 mod status;
+mod svg;
 mod users;
 mod web;
 
@@ -79,6 +83,8 @@ pub struct ApiState {
     gate: Gate,
     journal: Option<Journal>,
     bundles: Option<Arc<crate::bundle::Bundles>>,
+    /// The province view: status reports, arrival times, lag history.
+    province: Option<Arc<crate::province::Province>>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -139,6 +145,7 @@ impl ApiState {
             gate: Gate::Open,
             journal: None,
             bundles: None,
+            province: None,
         }
     }
 
@@ -209,6 +216,13 @@ impl ApiState {
         self
     }
 
+    /// Serves `/v1/cluster` and `/cluster` from `province`, and draws the peers' lag history
+    /// on the status page (without it the province view holds no node).
+    pub fn with_province(mut self, province: Arc<crate::province::Province>) -> Self {
+        self.province = Some(province);
+        self
+    }
+
     /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
     pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
         self.verifier = Some(verifier);
@@ -272,6 +286,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/cluster", get(cluster::page))
         .route("/metrics", get(metrics::metrics))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

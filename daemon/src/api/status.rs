@@ -12,6 +12,7 @@ use officesync_api::{
     CertificateStatus, CollectionState, CollectionSummary, CollectionsBody, HealthBody, ReadyBody,
     StatusBody, StoreStatus, WriteStats,
 };
+use officesync_protocol::status::STATUS_COLLECTION;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -100,10 +101,19 @@ fn with_dial_errors(
     peers
 }
 
-/// A snapshot of `source` with each collection's `staleness_ms` computed for `now_ms`.
+/// True for the collections that status listings leave out: `_status` differs between nodes
+/// by design (an office holds only its own report, an admin every report it relays) and
+/// changes every report interval; `/v1/cluster` is its view.
+pub(crate) fn listed(collection: &str) -> bool {
+    collection != STATUS_COLLECTION
+}
+
+/// A snapshot of `source` with each collection's `staleness_ms` computed for `now_ms`
+/// (`_status` left out, see [`listed`]).
 pub(crate) fn peers_at(source: &dyn PeerStatusSource, now_ms: u64) -> Vec<PeerStatus> {
     let mut peers = source.peers();
     for p in &mut peers {
+        p.collections.retain(|c| listed(&c.collection));
         for c in &mut p.collections {
             c.staleness_ms = c.data_as_of_ms.map(|t| now_ms.saturating_sub(t));
         }
@@ -135,7 +145,10 @@ pub(crate) async fn status(
     let mut vv = BTreeMap::new();
     let mut collections = BTreeMap::new();
     // A user sees the collections it may read (their names, counts and digests), no others.
-    for info in infos.into_iter().filter(|i| who.0.may_read(&i.name)) {
+    for info in infos
+        .into_iter()
+        .filter(|i| who.0.may_read(&i.name) && listed(&i.name))
+    {
         let m = info.meta;
         collections.insert(
             info.name.clone(),
@@ -201,7 +214,7 @@ pub(crate) async fn collections(
         .collections()
         .await?
         .into_iter()
-        .filter(|info| who.0.may_read(&info.name))
+        .filter(|info| who.0.may_read(&info.name) && listed(&info.name))
         .map(|info| CollectionSummary {
             name: info.name,
             records: info.meta.records,

@@ -1,11 +1,13 @@
 //! The read-only status page at `/`: server-rendered HTML (no JavaScript) that refreshes itself
-//! every few seconds and shows this node, its peers (connection, lag each way and since when),
+//! every few seconds and shows this node, its peers (connection, lag each way and since when,
+//! a sparkline of the last hour's lag),
 //! per peer and collection how stale this node's copy is, and the collections.
 //!
 //! Elements have stable ids and classes for scripts and tests: `table#peers` with one
 //! `tr.peer[data-peer=NAME]` per peer whose cells have the classes `name`, `connected`
 //! (`yes`/`no`), `address`, `rtt`, `last-seen`, `lag`, `lag-since`, `behind`, `caught-up`,
-//! `sent`, `received`, `rejected`; `table#staleness` with `tr.staleness[data-peer][data-collection]`;
+//! `sent`, `received`, `rejected`, `history` (the lag sparkline of the last hour, an inline
+//! `svg.spark`); `table#staleness` with `tr.staleness[data-peer][data-collection]`;
 //! `table#collections` with `tr.collection[data-collection]`.
 
 use std::fmt::Write as _;
@@ -36,7 +38,7 @@ pub(crate) async fn page(
 ) -> Result<Response, ApiError> {
     parse_query(uri.query(), &[])?;
     let mut collections = state.replica.collections().await?;
-    collections.retain(|c| who.0.may_read(&c.name));
+    collections.retain(|c| who.0.may_read(&c.name) && super::status::listed(&c.name));
     let now = unix_ms_now();
     let mut peers = peers_at(state.peers.as_ref(), now);
     for p in &mut peers {
@@ -48,7 +50,21 @@ pub(crate) async fn page(
             "Not signed in: this node serves without authentication (api.auth = \"none\").".into()
         }
     };
-    let html = render(state.replica.node(), &signed_in, &collections, &peers, now);
+    // Each peer's lag over the last hour, from the province reporter's in-memory history.
+    let sparks: Vec<String> = peers
+        .iter()
+        .map(|p| match &state.province {
+            Some(province) => super::svg::sparkline(&province.lag_series(&p.name, now)),
+            None => "-".to_owned(),
+        })
+        .collect();
+    let html = render(
+        state.replica.node(),
+        &signed_in,
+        &collections,
+        (&peers, &sparks),
+        now,
+    );
     Ok((
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -126,7 +142,7 @@ fn render(
     node: &str,
     signed_in: &str,
     collections: &[CollectionInfo],
-    peers: &[PeerStatus],
+    (peers, sparks): (&[PeerStatus], &[String]),
     now: u64,
 ) -> String {
     let mut h = String::with_capacity(8 * 1024);
@@ -142,19 +158,21 @@ fn render(
          <p><small>As of <span id=\"generated\">{}</span>; refreshes every {REFRESH_SECS} s. \
          Peer lacks: versions the peer has not received from this node yet, since when; \
          we lack: versions this node has not received from the peer (as of the last contact); \
-         data as of: the last moment this node held everything the peer held.</small></p>\n",
+         data as of: the last moment this node held everything the peer held; lag, last hour: \
+         the largest lag each way per minute. <a href=\"/cluster\">The province</a> \
+         (admins).</small></p>\n",
         rfc3339_ms(now)
     );
 
-    render_peers(&mut h, peers, now);
+    render_peers(&mut h, peers, sparks, now);
     render_staleness(&mut h, peers, now);
     render_collections(&mut h, collections);
     h.push_str("</body></html>\n");
     h
 }
 
-/// The peer table: one row a peer.
-fn render_peers(h: &mut String, peers: &[PeerStatus], now: u64) {
+/// The peer table: one row a peer, with its sparkline from `sparks` (same order).
+fn render_peers(h: &mut String, peers: &[PeerStatus], sparks: &[String], now: u64) {
     h.push_str("<h2>Peers</h2>\n");
     if peers.is_empty() {
         h.push_str("<p id=\"no-peers\">No peers.</p>\n");
@@ -162,9 +180,10 @@ fn render_peers(h: &mut String, peers: &[PeerStatus], now: u64) {
     h.push_str(
         "<table id=\"peers\"><thead><tr><th>Peer</th><th>Connected</th><th>Address</th>\
          <th>RTT</th><th>Last seen</th><th>Peer lacks</th><th>Since</th><th>We lack</th>\
-         <th>Caught up at</th><th>Sent</th><th>Received</th><th>Rejected</th></tr></thead><tbody>\n",
+         <th>Caught up at</th><th>Sent</th><th>Received</th><th>Rejected</th>\
+         <th>Lag, last hour</th></tr></thead><tbody>\n",
     );
-    for p in peers {
+    for (i, p) in peers.iter().enumerate() {
         let name = escape(&p.name);
         let (word, since) = if p.connected {
             ("yes", p.connected_since.as_deref())
@@ -192,7 +211,8 @@ fn render_peers(h: &mut String, peers: &[PeerStatus], now: u64) {
              <td class=\"last-seen\">{}</td><td class=\"lag\">{}</td>\
              <td class=\"lag-since\">{}</td><td class=\"behind\">{}</td>\
              <td class=\"caught-up\">{}</td><td class=\"sent\">{}</td>\
-             <td class=\"received\">{}</td><td class=\"rejected\">{}</td></tr>",
+             <td class=\"received\">{}</td><td class=\"rejected\">{}</td>\
+             <td class=\"history\">{}</td></tr>",
             if p.connected { "yes" } else { "no" },
             escape(p.address.as_deref().unwrap_or("-")),
             p.rtt_ms.map_or("-".to_owned(), |r| format!("{r} ms")),
@@ -204,6 +224,7 @@ fn render_peers(h: &mut String, peers: &[PeerStatus], now: u64) {
             human_bytes(p.bytes_sent),
             human_bytes(p.bytes_received),
             p.rejected,
+            sparks.get(i).map_or("-", String::as_str),
         );
     }
     h.push_str("</tbody></table>\n");
@@ -306,11 +327,12 @@ mod unit {
                 ..PeerStatus::default()
             },
         ];
+        let sparks = vec![super::super::svg::sparkline(&[(2, 0), (0, 7)]), "-".into()];
         let html = render(
             "general-office",
             "Signed in as li (reader).",
             &[],
-            &peers,
+            (&peers, &sparks),
             now,
         );
         assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
@@ -323,6 +345,10 @@ mod unit {
         assert!(!html.contains("<evil>"));
         assert!(html.contains("<td class=\"lag\">7</td><td class=\"lag-since\"><span title=\"2024-05-01 07:30:00 UTC\">1h 0m 0s ago</span></td>"));
         assert!(html.contains("<td class=\"staleness\">2s</td>"));
+        assert!(
+            html.contains("<td class=\"history\"><svg class=\"spark\""),
+            "{html}"
+        );
         assert!(!html.contains("<script"));
     }
 }

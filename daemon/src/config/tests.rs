@@ -269,6 +269,7 @@ fn valid_bundle_passes_and_round_trips() {
         .admins(["general-office"])
         .durability(Durability::Periodic)
         .max_value_bytes(1024)
+        .report_interval_ms(2_500)
         .build();
     config.validate().unwrap();
 
@@ -663,4 +664,20 @@ fn check_access_covers_the_storage_key() {
     let err = config.check_access(&stranger()).unwrap_err();
     assert_eq!(err.key(), Some("storage.encryption_key_file"));
     assert!(line(&err).contains("mode 0600"), "{err}");
+}
+
+#[test]
+fn the_report_interval_is_bounded() {
+    let text = |ms: u64| {
+        format!(
+            "[node]\nname = \"hefei\"\ndata_dir = \"/d\"\n[tls]\nca = \"/c\"\ncert = \"/n\"\n\
+             key = \"/k\"\n[status]\nreport_interval_ms = {ms}\n"
+        )
+    };
+    let ok = Config::from_toml_str(&text(1_000), Path::new("x.toml")).unwrap();
+    assert_eq!(ok.status.report_interval_ms, 1_000);
+    for bad in [0, 199, 3_600_001] {
+        let err = Config::from_toml_str(&text(bad), Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.key(), Some("status.report_interval_ms"), "{err}");
+    }
 }

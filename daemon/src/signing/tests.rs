@@ -297,3 +297,26 @@ fn the_good_signatures_before_a_bad_one_are_remembered() {
     assert_eq!(ring.check(&b).map(|r| r.index), Some(9));
     assert_eq!(ring.verified_len(), 9);
 }
+
+#[test]
+fn a_status_report_is_refused_unless_its_origin_reports_on_itself() {
+    use officesync_protocol::status::STATUS_COLLECTION;
+    let pki = Pki::new();
+    let hefei = pki.signer("hefei", KeyType::Ed25519);
+    let ring = pki.keyring(Policy::default());
+    ring.learn(hefei.cert_der()).expect("learn");
+    let report = |key: &str, counter: u64| {
+        let mut v = version("hefei", counter, br#"{"node":"hefei"}"#);
+        v.collection = STATUS_COLLECTION.into();
+        v.key = key.into();
+        v.author = Some("hefei".into());
+        signed(&hefei, v)
+    };
+    assert_eq!(ring.check(&[report("hefei", 1)]), None);
+    // Validly signed by hefei, but about another node: refused, whatever the signature.
+    let r = ring
+        .check(&[report("hefei", 1), report("beijing", 2)])
+        .expect("refused");
+    assert_eq!((r.index, r.fault), (1, SignatureFault::Invalid));
+    assert!(r.detail.contains("reports only on itself"), "{}", r.detail);
+}

@@ -235,8 +235,13 @@ impl SyncService {
     /// Compares every collection with every connected peer now (repairing divergence the log
     /// cannot explain) and reports per peer and collection.
     pub async fn verify(&self) -> Vec<VerifyReport> {
+        // Not `_status`: it differs between nodes by design (reports travel up only).
         let collections: Vec<String> = match self.replica.collections().await {
-            Ok(c) => c.into_iter().map(|c| c.name).collect(),
+            Ok(c) => c
+                .into_iter()
+                .map(|c| c.name)
+                .filter(|c| c != officesync_protocol::status::STATUS_COLLECTION)
+                .collect(),
             Err(_) => return Vec::new(),
         };
         let mut waits = Vec::new();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use officesync_protocol::signing::SignatureFault;
+use officesync_protocol::status::STATUS_COLLECTION;
 use officesync_protocol::sync::SessionStatus;
 use officesync_protocol::{Hlc, ReplicaId, Version, VersionVector};
 use tokio::sync::watch;
@@ -113,8 +114,9 @@ impl SessionObserver {
         }
         let policy = self.policy.current();
         for (collection, theirs) in &st.peer_vvs {
-            // Only what this node may read, of origins that may write it, can be owed to it.
-            if !policy.may_read(&self.node, collection) {
+            // Only what this node may read, of origins that may write it, can be owed to it;
+            // never status reports, which travel up only.
+            if !policy.may_read(&self.node, collection) || collection == STATUS_COLLECTION {
                 continue;
             }
             let allowed: VersionVector = theirs

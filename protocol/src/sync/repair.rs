@@ -422,8 +422,11 @@ impl Repair {
 
     /// The collection after the last periodic one, wrapping around, skipping those held back.
     fn next_periodic_collection(&self, view: RepairView<'_>) -> Option<String> {
+        // `_status` differs between the two sides by design (reports travel up only): no
+        // digest round could make it equal.
         let eligible = |c: &&String| {
             (view.may_send)(c)
+                && c.as_str() != crate::status::STATUS_COLLECTION
                 && self
                     .hold
                     .get(*c)

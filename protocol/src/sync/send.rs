@@ -115,6 +115,7 @@ macro_rules! send_view {
             &$s.peer_vvs,
             &$s.policy,
             &$s.peer.node,
+            $s.role == super::config::Role::Dialer,
         )
     };
 }
@@ -131,6 +132,8 @@ pub(super) struct SendView<'a> {
     peer_vvs: &'a BTreeMap<String, VersionVector>,
     policy: &'a Policy,
     peer_node: &'a str,
+    /// This side dialed the connection (it sends `_status` up).
+    dialer: bool,
 }
 
 impl<'a> SendView<'a> {
@@ -142,6 +145,7 @@ impl<'a> SendView<'a> {
         peer_vvs: &'a BTreeMap<String, VersionVector>,
         policy: &'a Policy,
         peer_node: &'a str,
+        dialer: bool,
     ) -> Self {
         Self {
             cfg,
@@ -150,11 +154,13 @@ impl<'a> SendView<'a> {
             peer_vvs,
             policy,
             peer_node,
+            dialer,
         }
     }
 
     fn may_send(&self, collection: &str) -> bool {
         self.policy.may_read(self.peer_node, collection)
+            && crate::status::sends_on_side(collection, self.dialer)
     }
 
     fn local(&self, collection: &str, origin: &ReplicaId) -> u64 {

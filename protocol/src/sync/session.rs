@@ -344,9 +344,9 @@ impl Session {
     }
 
     /// Whether this node may send `collection` to the peer: the policy lets the peer's node
-    /// read it.
+    /// read it, and for `_status` this side dialed (reports travel up only).
     pub fn may_send(&self, collection: &str) -> bool {
-        self.policy.may_read(&self.peer.node, collection)
+        sends(&self.policy, &self.peer.node, self.role, collection)
     }
 
     /// The access policy changed (see [`Policy`]). Collections the peer may now read start
@@ -363,7 +363,10 @@ impl Session {
         let collections: Vec<String> = self.local.keys().cloned().collect();
         let mut lost_read = false;
         for c in collections {
-            let (was, now) = (old.may_read(&self.peer.node, &c), self.may_send(&c));
+            let (was, now) = (
+                sends(&old, &self.peer.node, self.role, &c),
+                self.may_send(&c),
+            );
             if was && !now {
                 // Before the handshake completes nothing was sent: the new policy just applies.
                 lost_read |= self.phase == Phase::Established;
@@ -589,14 +592,16 @@ impl Session {
         if self.repair.in_round() || !self.is_idle() {
             return;
         }
-        let may_send = |c: &str| self.policy.may_read(&self.peer.node, c);
+        let (policy, peer, role) = (&self.policy, &self.peer.node, self.role);
+        let may_send = |c: &str| sends(policy, peer, role, c);
         let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
         self.repair.maybe_start_round(view, &mut self.out);
     }
 
     /// The peer's `DigestReply`.
     fn on_digest_reply(&mut self, r: DigestReply) {
-        let may_send = |c: &str| self.policy.may_read(&self.peer.node, c);
+        let (policy, peer, role) = (&self.policy, &self.peer.node, self.role);
+        let may_send = |c: &str| sends(policy, peer, role, c);
         let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
         let restart = self
             .repair
@@ -871,4 +876,11 @@ impl Session {
     fn is_idle(&self) -> bool {
         self.tx_idle() && self.rx.is_idle()
     }
+}
+
+/// Whether a session of `role` sends `collection` to `peer` under `policy`: the peer may read
+/// it, and `_status` goes up only (from the dialer).
+fn sends(policy: &Policy, peer: &str, role: Role, collection: &str) -> bool {
+    policy.may_read(peer, collection)
+        && crate::status::sends_on_side(collection, role == Role::Dialer)
 }

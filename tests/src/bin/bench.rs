@@ -8,7 +8,8 @@
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
-//! in [`encryption`]),
+//! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
+//! at 1,000 nodes, in [`province`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`].
@@ -25,6 +26,8 @@ mod fanout;
 mod heal;
 #[path = "bench/live.rs"]
 mod live;
+#[path = "bench/province.rs"]
+mod province;
 #[path = "bench/replication.rs"]
 mod replication;
 #[path = "bench/servers.rs"]
@@ -230,11 +233,12 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 11] = [
     "local",
     "api",
     "signing",
     "encryption",
+    "province",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -327,6 +331,12 @@ async fn main() -> Result<()> {
     }
     if args.wants("encryption") {
         encryption::run(args.quick, &mut rows).await?;
+    }
+    if args.wants("province") {
+        let pki = replication::Pki::new()?;
+        if let Err(e) = province::run(&pki, args.quick, &mut rows).await {
+            replication::failed(&mut rows, "province", "-", &e);
+        }
     }
     replication::run(&args, &mut rows).await;
     println!();

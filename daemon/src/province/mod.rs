@@ -1,0 +1,253 @@
+//! The province view's node side: this node publishes its status report in `_status` (every
+//! `status.report_interval_ms`, and at once, at most once a second, when a connection comes up
+//! or goes down), notes when other nodes' reports arrive here, keeps each peer's lag history
+//! for the status page, and reads the reports it holds for `/v1/cluster` and `/cluster`.
+
+pub mod history;
+pub mod report;
+pub mod view;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use officesync_api::{PeerStatus, StatusReport};
+use officesync_protocol::status::STATUS_COLLECTION;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::replica::{DurableState, Replica, ReplicaError};
+use crate::sync::peers::PeerTable;
+use crate::time::unix_ms_now;
+use history::LagHistory;
+use report::{build_report, encode, BadInputWatch, ReportInputs};
+use view::HeldReport;
+
+/// How often the reporter looks at the peer table (connection changes, lag history) and at
+/// which reports arrived.
+const POLL: Duration = Duration::from_millis(250);
+/// Least time between two reports, however often connections change.
+pub const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
+/// Most reports read for one view (the vector of `_status` is bounded far below this anyway).
+const MAX_HELD_REPORTS: usize = 20_000;
+
+/// The province state of this node, shared by its reporter task and the API.
+#[derive(Debug)]
+pub struct Province {
+    node: String,
+    dials: Vec<String>,
+    interval_ms: u64,
+    started: Instant,
+    /// When each node's newest report arrived here (this node's clock, Unix ms).
+    arrived: Mutex<HashMap<String, u64>>,
+    history: Mutex<LagHistory>,
+    latest: Mutex<Option<StatusReport>>,
+}
+
+/// Locks `m`, taking over a lock poisoned by a panicked holder (the data is plain values).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Province {
+    /// The province state of the node `config` describes.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            node: config.node.name.clone(),
+            dials: config.sync.peers.iter().map(|p| p.name.clone()).collect(),
+            interval_ms: config.status.report_interval_ms,
+            started: Instant::now(),
+            arrived: Mutex::default(),
+            history: Mutex::default(),
+            latest: Mutex::default(),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The lag history of `peer` (minutes ago, largest lag), oldest first.
+    pub fn lag_series(&self, peer: &str, now_ms: u64) -> Vec<(u64, u64)> {
+        lock(&self.history).series(peer, now_ms)
+    }
+
+    /// This node's last published report.
+    pub fn latest(&self) -> Option<StatusReport> {
+        lock(&self.latest).clone()
+    }
+
+    /// Every report this node holds, with when it arrived, and its own live one. A report
+    /// held since before this daemon started counts as arrived when it was made (or now, if
+    /// its maker's clock is ahead).
+    pub async fn held_reports(
+        &self,
+        replica: &Replica,
+        now_ms: u64,
+    ) -> Result<Vec<HeldReport>, ReplicaError> {
+        let mut held = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = replica
+                .scan(STATUS_COLLECTION, "", after.as_deref(), 1000)
+                .await?;
+            for r in &page.records {
+                if r.key == self.node {
+                    continue; // its live report is added below
+                }
+                let Some(value) = &r.sibling.value else {
+                    continue;
+                };
+                let Ok(mut report) = serde_json::from_slice::<StatusReport>(value) else {
+                    tracing::debug!(node = %r.key, "unreadable status report");
+                    continue;
+                };
+                // Receivers hold a report to its key, so the key names the node.
+                report.node = r.key.clone();
+                let arrived = lock(&self.arrived).get(&r.key).copied();
+                held.push(HeldReport {
+                    report,
+                    received_ms: arrived.unwrap_or(r.sibling.hlc.ms.min(now_ms)),
+                });
+            }
+            match page.next {
+                Some(next) if held.len() < MAX_HELD_REPORTS => after = Some(next),
+                _ => break,
+            }
+        }
+        if let Some(own) = self.latest() {
+            held.push(HeldReport {
+                report: own,
+                received_ms: now_ms,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Starts the reporter: it runs until `stop` turns true.
+    pub fn spawn(
+        self: &Arc<Self>,
+        replica: Replica,
+        peers: PeerTable,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.run(replica, peers, stop).await })
+    }
+
+    async fn run(&self, replica: Replica, peers: PeerTable, mut stop: watch::Receiver<bool>) {
+        let durable = replica.durable();
+        let mut counters: HashMap<String, u64> = HashMap::new();
+        self.note_arrivals(&durable.borrow(), &mut counters, None);
+        let mut bad = BadInputWatch::default();
+        let mut connected: Option<BTreeSet<String>> = None;
+        let mut last_report: Option<Instant> = None;
+        let mut due = Instant::now();
+        let interval = Duration::from_millis(self.interval_ms);
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() || stop.has_changed().is_err() {
+                break;
+            }
+            let now_ms = unix_ms_now();
+            self.note_arrivals(&durable.borrow(), &mut counters, Some(now_ms));
+            let snapshot = with_staleness(peers.snapshot(), now_ms);
+            bad.handle_peers(&snapshot, now_ms);
+            {
+                let mut history = lock(&self.history);
+                for p in &snapshot {
+                    history.record(
+                        &p.name,
+                        p.lag_versions.saturating_add(p.behind_versions),
+                        now_ms,
+                    );
+                }
+            }
+            let up: BTreeSet<String> = snapshot
+                .iter()
+                .filter(|p| p.connected && p.silent_ms.is_none())
+                .map(|p| p.name.clone())
+                .collect();
+            if connected.as_ref().is_some_and(|c| c != &up) {
+                due = due.min(Instant::now());
+            }
+            connected = Some(up);
+            let now = Instant::now();
+            if now >= due && last_report.is_none_or(|t| now.duration_since(t) >= MIN_REPORT_GAP) {
+                self.publish(&replica, &snapshot, bad.last().cloned(), now_ms)
+                    .await;
+                last_report = Some(now);
+                due = now + interval;
+            }
+        }
+    }
+
+    /// Notes the reports that arrived since the last look: a node's report is new when the
+    /// counter of one of its origins in `_status` rose (a node writes only its own key).
+    /// `now_ms` `None`: only learn the counters (at start).
+    fn note_arrivals(
+        &self,
+        durable: &DurableState,
+        counters: &mut HashMap<String, u64>,
+        now_ms: Option<u64>,
+    ) {
+        let Some(vv) = durable.vvs.get(STATUS_COLLECTION) else {
+            return;
+        };
+        let mut arrived = lock(&self.arrived);
+        for (origin, counter) in vv.iter() {
+            let before = counters.insert(origin.as_str().to_owned(), counter);
+            if let (Some(now), true) = (now_ms, before.is_none_or(|b| b < counter)) {
+                arrived.insert(origin.node_name().to_owned(), now);
+            }
+        }
+    }
+
+    /// Writes this node's report to `_status` (a failure is logged: the next one will do).
+    async fn publish(
+        &self,
+        replica: &Replica,
+        peers: &[PeerStatus],
+        last_bad_input: Option<officesync_api::BadInput>,
+        now_ms: u64,
+    ) {
+        let store = replica.store().clone();
+        let store_bytes = tokio::task::spawn_blocking(move || store.size_on_disk())
+            .await
+            .unwrap_or(0);
+        let inputs = ReportInputs {
+            node: &self.node,
+            dials: &self.dials,
+            interval_ms: self.interval_ms,
+            uptime_secs: self.started.elapsed().as_secs(),
+            store_bytes,
+            last_bad_input,
+            now_ms,
+        };
+        let report = build_report(&inputs, peers);
+        match replica
+            .write(STATUS_COLLECTION, &self.node, Some(encode(&report)))
+            .await
+        {
+            Ok(_) => *lock(&self.latest) = Some(report),
+            Err(e) => tracing::warn!(error = %e, "cannot publish this node's status report"),
+        }
+    }
+}
+
+/// `peers` with each collection's staleness computed for `now_ms`.
+fn with_staleness(mut peers: Vec<PeerStatus>, now_ms: u64) -> Vec<PeerStatus> {
+    for p in &mut peers {
+        for c in &mut p.collections {
+            c.staleness_ms = c.data_as_of_ms.map(|t| now_ms.saturating_sub(t));
+        }
+    }
+    peers
+}

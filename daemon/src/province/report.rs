@@ -1,0 +1,256 @@
+//! This node's status report ([`StatusReport`]): built from the peer table, the config and the
+//! store's size, and the watch that notices new bad input from peers between two looks.
+
+use std::collections::HashMap;
+
+use officesync_api::{BadInput, PeerStatus, ReportCollection, ReportPeer, StatusReport};
+use officesync_protocol::status::{MAX_STATUS_VALUE_BYTES, STATUS_COLLECTION};
+
+use crate::time::parse_rfc3339_ms;
+
+/// Most peers a report lists (a general office without relays may have many offices).
+pub const MAX_REPORT_PEERS: usize = 1024;
+/// Most collections listed per peer.
+const MAX_REPORT_COLLECTIONS: usize = 32;
+
+/// What a report is made of, besides the peer table.
+#[derive(Debug, Clone)]
+pub struct ReportInputs<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// The peers it dials (`sync.peers`), in config order: the first is its parent.
+    pub dials: &'a [String],
+    /// `status.report_interval_ms`.
+    pub interval_ms: u64,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The store's size on disk.
+    pub store_bytes: u64,
+    /// The last bad input met, if any.
+    pub last_bad_input: Option<BadInput>,
+    /// Now, Unix ms.
+    pub now_ms: u64,
+}
+
+/// The report of `inputs` and `peers` (a peer-table snapshot with staleness computed).
+pub fn build_report(inputs: &ReportInputs<'_>, peers: &[PeerStatus]) -> StatusReport {
+    let mut listed: Vec<ReportPeer> = Vec::new();
+    // The peers it dials first (its way up), then the others in name order.
+    let dialled = |name: &str| inputs.dials.iter().any(|d| d == name);
+    for name in inputs.dials {
+        let entry = match peers.iter().find(|p| &p.name == name) {
+            Some(p) => report_peer(p, true),
+            None => ReportPeer {
+                name: name.clone(),
+                dials: true,
+                ..ReportPeer::default()
+            },
+        };
+        listed.push(entry);
+    }
+    listed.extend(
+        peers
+            .iter()
+            .filter(|p| !dialled(&p.name))
+            .take(MAX_REPORT_PEERS.saturating_sub(listed.len()))
+            .map(|p| report_peer(p, false)),
+    );
+    let mut report = StatusReport {
+        node: inputs.node.to_owned(),
+        parent: inputs.dials.first().cloned(),
+        generated_ms: inputs.now_ms,
+        interval_ms: inputs.interval_ms,
+        release: crate::RELEASE.to_owned(),
+        uptime_secs: inputs.uptime_secs,
+        store_bytes: inputs.store_bytes,
+        peers: listed,
+        refused_versions: peers
+            .iter()
+            .map(|p| p.rejected)
+            .fold(0, u64::saturating_add),
+        last_bad_input: inputs.last_bad_input.clone(),
+    };
+    // A report must stay within what receivers accept: shed per-collection detail if not.
+    if encode(&report).len() > MAX_STATUS_VALUE_BYTES {
+        for p in &mut report.peers {
+            p.collections.clear();
+        }
+    }
+    report
+}
+
+/// The report as stored in `_status`: compact JSON.
+pub fn encode(report: &StatusReport) -> Vec<u8> {
+    // Serialising a struct of strings and numbers into memory cannot fail.
+    serde_json::to_vec(report).unwrap_or_default()
+}
+
+/// One peer of the report.
+fn report_peer(p: &PeerStatus, dials: bool) -> ReportPeer {
+    let since = [p.lag_since.as_deref(), p.behind_since.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(parse_rfc3339_ms)
+        .min();
+    let collections: Vec<ReportCollection> = p
+        .collections
+        .iter()
+        .filter(|c| c.collection != STATUS_COLLECTION)
+        .take(MAX_REPORT_COLLECTIONS)
+        .map(|c| ReportCollection {
+            collection: c.collection.clone(),
+            lag_versions: c.lag_versions,
+            behind_versions: c.behind_versions,
+            staleness_ms: c.staleness_ms,
+        })
+        .collect();
+    ReportPeer {
+        name: p.name.clone(),
+        dials,
+        // A session whose peer went quiet is as good as down for the province view.
+        connected: p.connected && p.silent_ms.is_none(),
+        lag_versions: p.lag_versions,
+        behind_versions: p.behind_versions,
+        lagging_since_ms: since,
+        staleness_ms: collections.iter().filter_map(|c| c.staleness_ms).max(),
+        collections,
+    }
+}
+
+/// Notices new bad input from peers: sessions closed for bad input, refused versions.
+#[derive(Debug, Default)]
+pub struct BadInputWatch {
+    seen: HashMap<String, (u64, u64)>,
+    last: Option<BadInput>,
+}
+
+impl BadInputWatch {
+    /// Looks at `peers` at `now_ms`: a peer whose bad-input or refusal count grew since the
+    /// last look becomes the last bad input.
+    pub fn handle_peers(&mut self, peers: &[PeerStatus], now_ms: u64) {
+        for p in peers {
+            let now = (p.bad_input, p.rejected);
+            let before = self.seen.insert(p.name.clone(), now).unwrap_or((0, 0));
+            if now.0 > before.0 {
+                self.last = Some(BadInput {
+                    at_ms: Some(now_ms),
+                    peer: p.name.clone(),
+                    what: p
+                        .last_bad_input
+                        .clone()
+                        .unwrap_or_else(|| "bad input".to_owned()),
+                });
+            } else if now.1 > before.1 {
+                let reasons: Vec<String> = p
+                    .rejected_by_reason
+                    .iter()
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect();
+                self.last = Some(BadInput {
+                    at_ms: Some(now_ms),
+                    peer: p.name.clone(),
+                    what: format!(
+                        "refused {} versions ({})",
+                        now.1 - before.1,
+                        reasons.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+
+    /// The last bad input noticed.
+    pub fn last(&self) -> Option<&BadInput> {
+        self.last.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use officesync_api::PeerCollectionStatus;
+
+    fn peer(name: &str, connected: bool) -> PeerStatus {
+        PeerStatus {
+            name: name.into(),
+            connected,
+            lag_versions: 2,
+            lag_since: Some(crate::time::rfc3339_ms(1_000)),
+            collections: vec![
+                PeerCollectionStatus {
+                    collection: "situation".into(),
+                    lag_versions: 2,
+                    staleness_ms: Some(4_000),
+                    ..PeerCollectionStatus::default()
+                },
+                PeerCollectionStatus {
+                    collection: STATUS_COLLECTION.into(),
+                    staleness_ms: Some(99_000),
+                    ..PeerCollectionStatus::default()
+                },
+            ],
+            ..PeerStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_report_names_the_parent_first_and_every_peer() {
+        let dials = vec!["county-a".to_owned(), "city-a".to_owned()];
+        let inputs = ReportInputs {
+            node: "t1",
+            dials: &dials,
+            interval_ms: 10_000,
+            uptime_secs: 5,
+            store_bytes: 1234,
+            last_bad_input: None,
+            now_ms: 50_000,
+        };
+        let report = build_report(&inputs, &[peer("county-a", true), peer("t9", false)]);
+        assert_eq!(report.parent.as_deref(), Some("county-a"));
+        let names: Vec<(&str, bool, bool)> = report
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.dials, p.connected))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("county-a", true, true),
+                ("city-a", true, false),
+                ("t9", false, false)
+            ]
+        );
+        let up = &report.peers[0];
+        assert_eq!(up.lagging_since_ms, Some(1_000));
+        assert_eq!(up.staleness_ms, Some(4_000), "_status is not data");
+        assert_eq!(up.collections.len(), 1);
+        let back: StatusReport = serde_json::from_slice(&encode(&report)).expect("json");
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn new_bad_input_and_refusals_are_noticed_once() {
+        let mut watch = BadInputWatch::default();
+        let mut p = peer("hefei", true);
+        watch.handle_peers(std::slice::from_ref(&p), 1);
+        assert_eq!(watch.last(), None);
+        p.rejected = 3;
+        p.rejected_by_reason.insert("invalid".into(), 3);
+        watch.handle_peers(std::slice::from_ref(&p), 2);
+        let last = watch.last().expect("noticed").clone();
+        assert_eq!((last.at_ms, last.peer.as_str()), (Some(2), "hefei"));
+        assert!(
+            last.what.contains("refused 3 versions (invalid 3)"),
+            "{last:?}"
+        );
+        watch.handle_peers(std::slice::from_ref(&p), 3);
+        assert_eq!(watch.last().and_then(|b| b.at_ms), Some(2));
+        p.bad_input = 1;
+        p.last_bad_input = Some("frame: too large".into());
+        watch.handle_peers(std::slice::from_ref(&p), 4);
+        assert_eq!(
+            watch.last().map(|b| b.what.as_str()),
+            Some("frame: too large")
+        );
+    }
+}
