@@ -9,6 +9,7 @@
 //! of `FooArgs`), and the arm `Command::Foo(args) => foo::run(args, global),`
 //! in [`Command::run`], where `run(args, &Global) -> Result<(), CliError>`.
 
+mod backup;
 mod bundle;
 mod client;
 mod completions;
@@ -183,6 +184,11 @@ enum Command {
     /// Show or change the access policy (`_policy`): grants, revocations.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Write a consistent copy of the running node's store to --output FILE (admin only).
+    Backup(backup::BackupArgs),
+    /// With the daemon stopped: rebuild the data dir of --config from a backup, as a new
+    /// incarnation (runs officesyncd --restore).
+    Restore(backup::RestoreArgs),
     /// Manage the deployment CA and node certificates (offline).
     #[command(subcommand)]
     Ca(offline::CaCommand),
@@ -217,6 +223,8 @@ impl Command {
             Command::Audit(args) => users::audit(args, global),
             Command::Bundle(command) => command.run(global),
             Command::Policy(command) => command.run(global),
+            Command::Backup(args) => backup::backup(args, global),
+            Command::Restore(args) => backup::restore(args, global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),
             Command::StorageKey(args) => storage_key::run(args, global),

@@ -4,6 +4,9 @@
 pub mod api;
 // Always built (std, serde, ring, thiserror only): the CLI verifies and lists the log offline.
 pub mod audit;
+// The file layout is always built (the CLI checks a backup it downloaded); making and
+// restoring backups needs the node.
+pub mod backup;
 // The file layout is always built (the CLI reads a bundle's header); making and taking
 // bundles needs the node.
 #[cfg(feature = "node")]

@@ -23,6 +23,7 @@
 //! contain `/`). Every 4xx and 5xx answer is JSON `{"error": "..."}` ([`ApiError`]).
 
 mod access;
+mod backup;
 mod bundle;
 mod error;
 mod gate;
@@ -79,6 +80,7 @@ pub struct ApiState {
     gate: Gate,
     journal: Option<Journal>,
     bundles: Option<Arc<crate::bundle::Bundles>>,
+    backups: Option<crate::backup::BackupSource>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -139,6 +141,7 @@ impl ApiState {
             gate: Gate::Open,
             journal: None,
             bundles: None,
+            backups: None,
         }
     }
 
@@ -209,6 +212,12 @@ impl ApiState {
         self
     }
 
+    /// Serves `GET /v1/backup` from `backups` (without it the route answers 404).
+    pub fn with_backups(mut self, backups: crate::backup::BackupSource) -> Self {
+        self.backups = Some(backups);
+        self
+    }
+
     /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
     pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
         self.verifier = Some(verifier);
@@ -269,6 +278,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/bundle/import",
             axum::routing::post(bundle::import).layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
         )
+        .route("/v1/backup", get(backup::download))
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))
