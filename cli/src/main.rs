@@ -39,7 +39,7 @@ use crate::exit::{CliError, Exit};
 #[derive(Debug, Parser)]
 #[command(
     name = "officesync",
-    version,
+    version = officesync_daemon::VERSION,
     about = "Control an officesync node: read and write records, check status, manage certificates.",
     after_help = "Exit codes: 0 success, 1 key not found, 2 usage error or request rejected \
                   by the daemon, 3 daemon unreachable, 4 other failure, 5 not authenticated \

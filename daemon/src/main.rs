@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 /// The officesync node daemon.
 #[derive(Debug, Parser)]
-#[command(name = "officesyncd", version, about)]
+#[command(name = "officesyncd", version = officesync_daemon::VERSION, about)]
 struct Args {
     /// Path of the node's TOML config file.
     #[arg(long, short = 'c', value_name = "FILE")]
