@@ -119,8 +119,7 @@ impl Export {
         if !raw.is_empty() {
             emit(rows_frame(&raw)?)?;
         }
-        let digest = ctx.finish();
-        sink(frame::encode_end(rows, digest.as_ref()))?;
+        sink(frame::encode_end(rows, ctx))?;
         Ok(rows)
     }
 }

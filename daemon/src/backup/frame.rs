@@ -5,7 +5,7 @@
 //! magic "OSBACKUP" | format u16 | header length u32 | header (JSON, BackupHeader)
 //! frames:  1 | raw length u32 | zstd length u32 | zstd(rows)          rows of the store
 //!          2 | name length u16 | name | raw length u32 | zstd length u32 | zstd(file)
-//! end:     0xFF | rows u64 | SHA-256 of every byte before this 0xFF
+//! end:     0xFF | rows u64 | SHA-256 of every byte before it (the 0xFF and rows included)
 //! ```
 //!
 //! Integers are big-endian. `rows` is `key length u32 | key | value length u32 | value`,
@@ -108,12 +108,14 @@ pub fn read_opening(r: &mut impl Read) -> Result<BackupHeader, BackupFileError> 
         .map_err(|e| BackupFileError::Malformed(format!("unreadable header: {e}")))
 }
 
-/// Encodes the end frame over `digest` (the SHA-256 of every byte before it).
-pub fn encode_end(rows: u64, digest: &[u8]) -> Vec<u8> {
+/// Encodes the end frame: its tag and `rows` are hashed into `ctx` (which has hashed every
+/// byte before them), and the digest follows.
+pub fn encode_end(rows: u64, mut ctx: ring::digest::Context) -> Vec<u8> {
     let mut out = Vec::with_capacity(END_BYTES);
     out.push(TAG_END);
     out.extend_from_slice(&rows.to_be_bytes());
-    out.extend_from_slice(digest);
+    ctx.update(&out);
+    out.extend_from_slice(ctx.finish().as_ref());
     out
 }
 
@@ -143,7 +145,7 @@ pub fn check_file(path: &Path) -> Result<CheckedFile, BackupFileError> {
     // Hash again from the start: the opening as read, then everything up to the end frame.
     let mut file = io::BufReader::new(std::fs::File::open(path)?);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut left = bytes - END_BYTES as u64;
+    let mut left = bytes - 32;
     let mut buf = vec![0u8; 1 << 16];
     while left > 0 {
         let n = buf.len().min(left as usize);
@@ -151,18 +153,23 @@ pub fn check_file(path: &Path) -> Result<CheckedFile, BackupFileError> {
         ctx.update(&buf[..n]);
         left -= n as u64;
     }
-    let mut end = [0u8; END_BYTES];
-    read_exact(&mut file, &mut end, "the end frame")?;
-    if end[0] != TAG_END {
+    let mut digest = [0u8; 32];
+    read_exact(&mut file, &mut digest, "the end frame")?;
+    if ctx.finish().as_ref() != digest {
+        return Err(BackupFileError::Checksum);
+    }
+    // The end frame's head, now known intact.
+    let mut file = io::BufReader::new(std::fs::File::open(path)?);
+    io::Seek::seek(&mut file, io::SeekFrom::Start(bytes - END_BYTES as u64))?;
+    let mut head = [0u8; 9];
+    read_exact(&mut file, &mut head, "the end frame")?;
+    if head[0] != TAG_END {
         return Err(BackupFileError::Malformed(
             "no end frame (cut short)".into(),
         ));
     }
-    if ctx.finish().as_ref() != &end[9..] {
-        return Err(BackupFileError::Checksum);
-    }
     let mut rows = [0u8; 8];
-    rows.copy_from_slice(&end[1..9]);
+    rows.copy_from_slice(&head[1..]);
     Ok(CheckedFile {
         header,
         rows: u64::from_be_bytes(rows),
@@ -209,8 +216,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut bytes = encode_opening(&header());
         bytes.extend_from_slice(body);
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        bytes.extend_from_slice(&encode_end(7, digest.as_ref()));
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&bytes);
+        bytes.extend_from_slice(&encode_end(7, ctx));
         let path = dir.path().join("b.osbackup");
         std::fs::write(&path, &bytes).expect("write");
         (dir, path)
@@ -222,7 +230,7 @@ mod tests {
         let checked = check_file(&path).expect("intact");
         assert_eq!((checked.header, checked.rows), (header(), 7));
         let good = std::fs::read(&path).expect("read");
-        for at in [0, 9, 20, good.len() - 40, good.len() - 1] {
+        for at in [0, 9, 20, good.len() - 41, good.len() - 40, good.len() - 1] {
             let mut bad = good.clone();
             bad[at] ^= 1;
             std::fs::write(&path, &bad).expect("write");

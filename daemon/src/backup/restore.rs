@@ -216,17 +216,15 @@ fn build(
             other => return Err(malformed(format!("unknown frame tag {other:#04x}"))),
         }
     }
+    let declared = u64::from_be_bytes(frame::read_array(input, "the end frame")?);
     let digest = input.finish();
-    let end: [u8; 40] = frame::read_array(input, "the end frame")?;
-    if digest.as_ref() != &end[8..] {
+    let end: [u8; 32] = frame::read_array(input, "the end frame")?;
+    if digest.as_ref() != end {
         return Err(BackupFileError::Checksum.into());
     }
-    let mut declared = [0u8; 8];
-    declared.copy_from_slice(&end[..8]);
-    if u64::from_be_bytes(declared) != rows {
+    if declared != rows {
         return Err(malformed(format!(
-            "its end frame counts {} rows, its frames hold {rows}",
-            u64::from_be_bytes(declared)
+            "its end frame counts {declared} rows, its frames hold {rows}"
         )));
     }
     let mut extra = [0u8; 1];
@@ -305,8 +303,8 @@ fn parse_rows(mut raw: &[u8]) -> Result<Vec<Row<'_>>, BackupError> {
     Ok(rows)
 }
 
-/// A reader that hashes what it reads, but for the frame tags it is asked for one at a time
-/// (the end tag is not hashed: the checksum covers every byte before it).
+/// A reader that hashes what it reads until [`Hashing::finish`] (the checksum covers every
+/// byte before the digest).
 struct Hashing<R> {
     inner: R,
     ctx: Option<ring::digest::Context>,
@@ -320,16 +318,10 @@ impl<R: Read> Hashing<R> {
         }
     }
 
-    /// Reads one frame tag, hashed unless it is the end tag.
+    /// Reads one frame tag.
     fn read_tag(&mut self) -> Result<u8, BackupError> {
-        let mut tag = [0u8; 1];
-        frame::read_exact(&mut self.inner, &mut tag, "a frame tag")?;
-        if tag[0] != TAG_END {
-            if let Some(ctx) = self.ctx.as_mut() {
-                ctx.update(&tag);
-            }
-        }
-        Ok(tag[0])
+        let [tag] = frame::read_array(self, "a frame tag")?;
+        Ok(tag)
     }
 
     /// The digest of everything hashed; nothing is hashed after.
