@@ -359,3 +359,55 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), BackupError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_parse_and_every_damaged_frame_is_an_error_not_a_panic() {
+        let mut raw = Vec::new();
+        for (k, v) in [(&b"Mformat"[..], &b"\x02"[..]), (b"Kx", b"")] {
+            raw.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            raw.extend_from_slice(k);
+            raw.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            raw.extend_from_slice(v);
+        }
+        let rows = parse_rows(&raw).expect("rows");
+        assert_eq!(
+            rows,
+            vec![(&b"Mformat"[..], &b"\x02"[..]), (&b"Kx"[..], &b""[..])]
+        );
+        // Every cut and every declared length past the frame is refused.
+        for cut in 1..raw.len() {
+            if cut == 4 + 7 + 4 + 1 {
+                continue; // a whole first row
+            }
+            assert!(parse_rows(&raw[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        let mut long = raw.clone();
+        long[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_rows(&long).is_err());
+        assert!(
+            parse_rows(&[0, 0, 0, 0, 0, 0, 0, 0]).is_err(),
+            "an empty key"
+        );
+    }
+
+    #[test]
+    fn declared_frame_sizes_are_bounded_before_anything_is_allocated() {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&u32::MAX.to_be_bytes());
+        frame.extend_from_slice(&8u32.to_be_bytes());
+        frame.extend_from_slice(&[0; 8]);
+        let err = read_body(&mut frame.as_slice(), "a rows frame").expect_err("refused");
+        assert!(err.to_string().contains("at most"), "{err}");
+        // A body that decompresses to more than it declares is refused too.
+        let z = zstd::bulk::compress(&[7u8; 1000], 3).expect("compress");
+        let mut lying = Vec::new();
+        lying.extend_from_slice(&10u32.to_be_bytes());
+        lying.extend_from_slice(&(z.len() as u32).to_be_bytes());
+        lying.extend_from_slice(&z);
+        assert!(read_body(&mut lying.as_slice(), "a rows frame").is_err());
+    }
+}
