@@ -314,3 +314,63 @@ fn backup_under_load_restores_as_a_new_incarnation_that_converges_without_a_dupl
         started.elapsed()
     );
 }
+
+#[test]
+fn a_backup_of_an_encrypted_store_stays_sealed_and_restores_only_with_its_key() {
+    let cluster = Cluster::new();
+    let key = cluster.dir().join("storage.key");
+    officesync_tests::officesync(&["storage-key", "--out", key.to_str().expect("utf-8")])
+        .expect_success("officesync storage-key");
+    let mut cfg = cluster.config(HEFEI);
+    cfg.encryption_key_file = Some(key.clone());
+    let node = cluster.start(&cfg);
+    let secret = b"grain reserve: 1200 t, sealed";
+    node.put(COLL, "hefei/secret", secret);
+    let file = cluster.dir().join("sealed.osbackup");
+    let out = node.cli(&[
+        "--json",
+        "backup",
+        "--output",
+        file.to_str().expect("utf-8"),
+    ]);
+    out.expect_success("officesync backup");
+    let told: serde_json::Value = serde_json::from_str(&out.stdout_text()).expect("backup --json");
+    assert_eq!(told["sealed"], true, "{told}");
+    node.stop();
+    // The value is not in the file in clear (zstd of sealed bytes, never of the plaintext).
+    let bytes = std::fs::read(&file).expect("read backup");
+    assert!(!bytes.windows(secret.len()).any(|w| w == secret));
+
+    // Without the key, or with another, the restore is refused and writes nothing.
+    let other = cluster.dir().join("other.key");
+    officesync_tests::officesync(&["storage-key", "--out", other.to_str().expect("utf-8")])
+        .expect_success("officesync storage-key");
+    for key_file in [None, Some(other)] {
+        let mut side = cluster.config(HEFEI);
+        side.encryption_key_file = key_file.clone();
+        side.write();
+        let refused = restore(&side.config_path(), &file, false);
+        assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr_text());
+        assert!(
+            refused.stderr_text().contains("key"),
+            "the refusal names the key: {}",
+            refused.stderr_text()
+        );
+        for left in [
+            side.data_dir.clone(),
+            side.data_dir.with_file_name("data.restoring"),
+        ] {
+            assert!(!left.exists(), "a refused restore left {}", left.display());
+        }
+    }
+    // With the node's key it is whole again.
+    let mut side = cluster.config(HEFEI);
+    side.encryption_key_file = Some(key);
+    side.write();
+    restore(&side.config_path(), &file, false).expect_success("restore with the key");
+    let restored = cluster.start(&side);
+    assert_eq!(
+        restored.get(COLL, "hefei/secret").expect("restored").value,
+        secret
+    );
+}
