@@ -162,7 +162,9 @@ fn backup_under_load_restores_as_a_new_incarnation_that_converges_without_a_dupl
     // backup began is in it, and it is a cut: each writer's keys are 0..n without a gap.
     let side_cfg = cluster.config(HEFEI);
     side_cfg.write();
+    let restoring = Instant::now();
     restore(&side_cfg.config_path(), &file, false).expect_success("restore on the side");
+    eprintln!("restore took {:?}", restoring.elapsed());
     let side = cluster.start(&side_cfg);
     let held = side.api().scan(COLL, "load/");
     for (w, writer_acks) in acks.iter().enumerate() {
