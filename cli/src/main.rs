@@ -9,6 +9,7 @@
 //! of `FooArgs`), and the arm `Command::Foo(args) => foo::run(args, global),`
 //! in [`Command::run`], where `run(args, &Global) -> Result<(), CliError>`.
 
+mod backup;
 mod bundle;
 mod client;
 mod cluster;
@@ -39,7 +40,7 @@ use crate::exit::{CliError, Exit};
 #[derive(Debug, Parser)]
 #[command(
     name = "officesync",
-    version,
+    version = officesync_daemon::VERSION,
     about = "Control an officesync node: read and write records, check status, manage certificates.",
     after_help = "Exit codes: 0 success, 1 key not found, 2 usage error or request rejected \
                   by the daemon, 3 daemon unreachable, 4 other failure, 5 not authenticated \
@@ -186,6 +187,11 @@ enum Command {
     /// Show or change the access policy (`_policy`): grants, revocations.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Write a consistent copy of the running node's store to --output FILE (admin only).
+    Backup(backup::BackupArgs),
+    /// With the daemon stopped: rebuild the data dir of --config from a backup, as a new
+    /// incarnation (runs officesyncd --restore).
+    Restore(backup::RestoreArgs),
     /// Manage the deployment CA and node certificates (offline).
     #[command(subcommand)]
     Ca(offline::CaCommand),
@@ -221,6 +227,8 @@ impl Command {
             Command::Audit(args) => users::audit(args, global),
             Command::Bundle(command) => command.run(global),
             Command::Policy(command) => command.run(global),
+            Command::Backup(args) => backup::backup(args, global),
+            Command::Restore(args) => backup::restore(args, global),
             Command::Ca(command) => command.run(global),
             Command::Config(command) => command.run(global),
             Command::StorageKey(args) => storage_key::run(args, global),

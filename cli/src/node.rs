@@ -438,6 +438,8 @@ fn render_status(status: &StatusBody, now: u64) -> String {
             out.push_str("peers:\n");
             out.push_str(&indent(&table));
             out.push_str(&indent(&down_reasons(&status.peers, now)));
+            // Which release and wire protocol each peer runs (a rolling upgrade's progress).
+            out.push_str(releases(&status.peers).trim_start_matches('\n'));
         }
         None => out.push_str("peers: none\n"),
     }

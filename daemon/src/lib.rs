@@ -4,6 +4,9 @@
 pub mod api;
 // Always built (std, serde, ring, thiserror only): the CLI verifies and lists the log offline.
 pub mod audit;
+// The file layout is always built (the CLI checks a backup it downloaded); making and
+// restoring backups needs the node.
+pub mod backup;
 // The file layout is always built (the CLI reads a bundle's header); making and taking
 // bundles needs the node.
 #[cfg(feature = "node")]
@@ -32,7 +35,22 @@ pub mod store;
 pub mod sync;
 pub mod time;
 
-/// What this build is, as peers and `--version` show it: `officesyncd VERSION`.
-pub const RELEASE: &str = concat!("officesyncd ", env!("CARGO_PKG_VERSION"));
+/// The git commit this build was made from (12 hex digits), or `unknown` (see `build.rs`).
+pub const COMMIT: &str = env!("OFFICESYNC_COMMIT");
+/// What `--version` prints after the program's name: `VERSION (commit COMMIT)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OFFICESYNC_COMMIT"),
+    ")"
+);
+/// What this build is, as peers see it: `officesyncd VERSION (commit COMMIT)`.
+pub const RELEASE: &str = concat!(
+    "officesyncd ",
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OFFICESYNC_COMMIT"),
+    ")"
+);
 #[cfg(feature = "node")]
 pub mod transport;

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 /// The officesync node daemon.
 #[derive(Debug, Parser)]
-#[command(name = "officesyncd", version, about)]
+#[command(name = "officesyncd", version = officesync_daemon::VERSION, about)]
 struct Args {
     /// Path of the node's TOML config file.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -28,6 +28,15 @@ struct Args {
     /// interrupted.
     #[arg(long, conflicts_with = "check")]
     rekey: bool,
+    /// With the daemon stopped: rebuild node.data_dir from a backup file (`officesync backup`)
+    /// as a new incarnation of this node, then exit. Refuses a data dir in use, or one that
+    /// holds anything unless --force.
+    #[arg(long, value_name = "BACKUP", conflicts_with_all = ["check", "rekey"])]
+    restore: Option<PathBuf>,
+    /// With --restore: move a data dir that holds anything aside (DATA_DIR.before-restore-TIME)
+    /// instead of refusing.
+    #[arg(long, requires = "restore")]
+    force: bool,
     /// Log format on stderr: human-readable text, or one JSON object per line (with the
     /// current span's fields) for log collectors. `RUST_LOG` sets the level either way.
     #[arg(
@@ -103,6 +112,9 @@ fn main() -> ExitCode {
     if args.rekey {
         return rekey(&config);
     }
+    if let Some(file) = &args.restore {
+        return restore(&config, file, args.force);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,6 +178,35 @@ fn rekey(config: &Config) -> ExitCode {
         Err(e) => {
             eprintln!("officesyncd: {e}{}", access_problem(config));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--restore`: rebuilds the data dir from a backup and says what it did.
+fn restore(config: &Config, file: &std::path::Path, force: bool) -> ExitCode {
+    match officesync_daemon::backup::restore(config, file, force) {
+        Ok(report) => {
+            let aside = report.moved_aside.as_ref().map_or_else(String::new, |p| {
+                format!("; the data dir that was there is now {}", p.display())
+            });
+            println!(
+                "officesyncd: restored {} from {} (taken {} by {}): {} store rows; this node is \
+                 now the new incarnation {} (the copy's {} is a past incarnation, and its \
+                 versions stay valid); start the daemon, and what the copy lacks comes back \
+                 from its peers{aside}",
+                report.data_dir.display(),
+                file.display(),
+                officesync_daemon::time::rfc3339_ms(report.header.created_unix_ms),
+                report.header.release,
+                report.rows,
+                report.new_replica,
+                report.old_replica,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("officesyncd: restore refused: {e}");
+            ExitCode::from(2)
         }
     }
 }

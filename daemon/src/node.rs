@@ -10,12 +10,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState, PeerTable};
+use crate::backup::BackupSource;
 use crate::config::{Config, Durability};
 use crate::policy::PolicyHandle;
 use crate::replica::{CommitMode, Replica, ReplicaError, ReplicaOptions};
 use crate::signing::{self, publish_certificate, NodeSigner, SigningError};
 use crate::store::sealed::{self, RekeyReport};
-use crate::store::{Keyring, SealError, SealedStore, SledStore, Store, StoreError};
+use crate::store::{Keyring, SealError, SealedStore, SledStore, Snapshots, Store, StoreError};
 use crate::sync::SyncService;
 use crate::transport::{Transport, TransportError};
 
@@ -101,19 +102,29 @@ fn open_journal(config: &Config) -> Result<api::Journal, StartError> {
 /// `storage.encryption_key_file` is set. Refuses a store encrypted with another key, an
 /// encrypted store without a key, and a plaintext store with one.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    Ok(open_store_for_backups(config)?.0)
+}
+
+/// [`open_store`], with the engine under a [`Snapshots`] layer (below the encryption, so a
+/// backup copies values as stored) and the [`BackupSource`] that takes backups through it.
+pub fn open_store_for_backups(
+    config: &Config,
+) -> Result<(Arc<dyn Store>, BackupSource), StartError> {
     let dir = &config.node.data_dir;
-    let sled = SledStore::open(dir)?;
+    let snapshots = Snapshots::new(Arc::new(SledStore::open(dir)?));
+    let sealed = config.storage.encryption_key_file.is_some();
+    let backups = BackupSource::new(snapshots.clone(), dir.clone(), sealed);
     match &config.storage.encryption_key_file {
         None => {
-            sealed::refuse_if_sealed(&sled, dir)?;
-            Ok(Arc::new(sled))
+            sealed::refuse_if_sealed(&snapshots, dir)?;
+            Ok((Arc::new(snapshots), backups))
         }
         Some(file) => {
             let keys = Keyring::load(file, &config.storage.previous_encryption_key_files)?;
             let key_id = keys.current_id();
-            let store = SealedStore::open(sled, keys, dir)?;
+            let store = SealedStore::open(snapshots, keys, dir)?;
             tracing::info!(key_file = %file.display(), key_id = %key_id, "store values encrypted at rest");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), backups))
         }
     }
 }
@@ -163,9 +174,10 @@ impl Node {
     /// `api.listen`. The config must already be validated.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let opening = config.clone();
-        let store = tokio::task::spawn_blocking(move || open_store(&opening))
-            .await
-            .map_err(|e| StoreError::Io(e.to_string()))??;
+        let (store, backups) =
+            tokio::task::spawn_blocking(move || open_store_for_backups(&opening))
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))??;
         let signer = Arc::new(NodeSigner::load(&config.tls.cert, &config.tls.key)?);
         let mut opts = replica_options(config);
         opts.signer = Some(signer.clone());
@@ -235,7 +247,8 @@ impl Node {
             .with_certificate_of(config)
             .with_verifier(Arc::new(VerifyVia(sync.clone())))
             .with_bundles(bundles)
-            .with_province(province);
+            .with_province(province)
+            .with_backups(backups);
         let app = api::router(state);
         let limits = api::ServeLimits::for_values(replica.max_value_bytes());
         let server = tokio::spawn(async move { api::serve(listener, app, limits, stopped).await });

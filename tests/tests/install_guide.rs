@@ -334,6 +334,8 @@ exec /usr/bin/install "${args[@]}"
 const CHOWN: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
 id_of() { awk -F: -v n="$2" '$1 == n { print $3; exit }' "$MACHINE_ROOT/etc/$1"; }
+recursive=()
+if [ "${1:-}" = -R ]; then recursive=(-R); shift; fi
 [ $# -ge 2 ] || { echo "chown: missing operand" >&2; exit 1; }
 owner=${1%%:*}
 group=${1#*:}
@@ -347,7 +349,7 @@ if [ "$group" != "$1" ]; then
 fi
 shift
 for f in "$@"; do [ -e "$f" ] || { echo "chown: cannot access '$f'" >&2; exit 1; }; done
-if [ "$REAL_OWNERS" = 1 ]; then /usr/bin/chown "$spec" "$@"; fi
+if [ "$REAL_OWNERS" = 1 ]; then /usr/bin/chown "${recursive[@]}" "$spec" "$@"; fi
 "#;
 
 /// `firewall-cmd --permanent --add-port=7400/udp`, `firewall-cmd --reload`.
@@ -680,6 +682,8 @@ struct Checks<'a> {
     blocks: &'a [Block],
     /// hefei's `certificate` status before its renewal.
     cert_before: Option<serde_json::Value>,
+    /// hefei's replica id before its restore.
+    replica_before: Option<String>,
 }
 
 impl Checks<'_> {
@@ -748,6 +752,10 @@ impl Checks<'_> {
             let status = hefei_api(self.hefei).status();
             self.cert_before = Some(status["certificate"].clone());
         }
+        if block.contains("officesync restore") {
+            let status = hefei_api(self.hefei).status();
+            self.replica_before = status["replica"].as_str().map(str::to_owned);
+        }
     }
 
     /// Checks what the guide says a block run on `machine` does, where the exit code alone
@@ -763,7 +771,26 @@ impl Checks<'_> {
         {
             self.config_check_catches_an_unreadable_key(block);
         } else if block.contains("/var/backups/officesync-before-upgrade") {
-            backup_is_one_copy(machine, block);
+            backup_is_a_whole_file(
+                machine,
+                &machine
+                    .root
+                    .join("var/backups/officesync-before-upgrade.osbackup"),
+                block,
+            );
+        } else if block.contains("officesync backup --output /var/backups/officesync/") {
+            let dir = machine.root.join("var/backups/officesync");
+            let files = walk_files(&dir);
+            assert!(
+                !files.is_empty(),
+                "after\n{block}\nno backup in {}",
+                dir.display()
+            );
+            for file in files {
+                backup_is_a_whole_file(machine, &file, block);
+            }
+        } else if block.contains("officesync restore") {
+            self.restored(block);
         } else if block.contains("officesync --config /etc/officesync/officesync.toml") {
             self.config_names_the_api(machine, block);
         } else if is_renewal(block) {
@@ -1111,6 +1138,35 @@ li's put"
     }
 
     /// Step 15 at hefei: a new certificate, and the link to the general office back.
+    fn restored(&self, block: &str) {
+        let hefei = self.hefei;
+        let before = self
+            .replica_before
+            .clone()
+            .expect("hefei's replica before the restore");
+        let status = hefei_api(hefei).status();
+        let now = status["replica"].as_str().expect("replica").to_owned();
+        assert_ne!(
+            now, before,
+            "after\n{block}\nhefei is not a new incarnation"
+        );
+        assert!(
+            hefei_api(hefei)
+                .get("situation", "install-test/hefei")
+                .is_some(),
+            "the restored hefei lacks its own record"
+        );
+        // What the copy lacked comes back from the general office: equal digests.
+        let digest = |api: ApiClient| api.status()["collections"]["situation"]["digest"].clone();
+        let converged = wait_until(Duration::from_secs(60), Duration::from_millis(300), || {
+            digest(hefei_api(hefei)) == digest(self.hub.api())
+        });
+        assert!(
+            converged,
+            "after\n{block}\nthe restored hefei did not converge with the general office"
+        );
+    }
+
     fn renewed(&self, block: &str) {
         let status = hefei_api(self.hefei).status();
         let before = self
@@ -1249,27 +1305,35 @@ fn hefei_api(hefei: &Machine) -> ApiClient {
     hefei.api()
 }
 
-/// Step 13, run twice: the backup is one copy of the data dir, not a copy nested in the last.
-fn backup_is_one_copy(machine: &Machine, block: &str) {
-    let backup = machine.root.join("var/backups/officesync-before-upgrade");
-    let names = |dir: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
-    };
+/// Steps 12 and 13: `file` is a whole backup of `machine`'s node (checksum, header), mode
+/// 0600, its values sealed exactly when the node encrypts its store.
+fn backup_is_a_whole_file(machine: &Machine, file: &Path, block: &str) {
+    let checked = officesync_daemon::backup::frame::check_file(file).unwrap_or_else(|e| {
+        panic!(
+            "on the {}, after\n{block}\n{} is not a whole backup: {e}",
+            machine.label,
+            file.display()
+        )
+    });
     assert_eq!(
-        names(&backup),
-        names(&machine.root.join("var/lib/officesync")),
-        "on the {}, after running\n{block}\ntwice, the backup is not a copy of the data dir",
-        machine.label
+        Some(checked.header.node.as_str()),
+        machine.node(),
+        "{}",
+        file.display()
+    );
+    assert!(checked.rows > 0, "{}: an empty backup", file.display());
+    let mode = std::fs::metadata(file)
+        .expect("backup")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "{}", file.display());
+    let config = std::fs::read_to_string(machine.node_config()).expect("node config");
+    assert_eq!(
+        checked.header.sealed,
+        config.contains("encryption_key_file"),
+        "{}: sealed values exactly when the store is encrypted",
+        file.display()
     );
 }
 
@@ -1418,6 +1482,7 @@ fn install_guide_runs_as_written() {
         service: service.as_ref(),
         blocks: &blocks,
         cert_before: None,
+        replica_before: None,
     };
     let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
     let mut outputs: Vec<(&'static str, String, String)> = Vec::new();

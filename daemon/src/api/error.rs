@@ -45,6 +45,9 @@ pub enum ApiError {
     /// A response could not be built (500).
     #[error("{0}")]
     Internal(String),
+    /// Another request of the same kind is running (a backup), try again later (409).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ApiError {
@@ -58,6 +61,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Busy(_) => StatusCode::CONFLICT,
             Self::Replica(e) => match e {
                 ReplicaError::Name(_) | ReplicaError::Refused { .. } => StatusCode::BAD_REQUEST,
                 ReplicaError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -25,6 +25,7 @@
 //! contain `/`). Every 4xx and 5xx answer is JSON `{"error": "..."}` ([`ApiError`]).
 
 mod access;
+mod backup;
 mod bundle;
 mod cluster;
 mod error;
@@ -85,6 +86,7 @@ pub struct ApiState {
     bundles: Option<Arc<crate::bundle::Bundles>>,
     /// The province view: status reports, arrival times, lag history.
     province: Option<Arc<crate::province::Province>>,
+    backups: Option<crate::backup::BackupSource>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -146,6 +148,7 @@ impl ApiState {
             journal: None,
             bundles: None,
             province: None,
+            backups: None,
         }
     }
 
@@ -223,6 +226,12 @@ impl ApiState {
         self
     }
 
+    /// Serves `GET /v1/backup` from `backups` (without it the route answers 404).
+    pub fn with_backups(mut self, backups: crate::backup::BackupSource) -> Self {
+        self.backups = Some(backups);
+        self
+    }
+
     /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
     pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
         self.verifier = Some(verifier);
@@ -283,6 +292,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/bundle/import",
             axum::routing::post(bundle::import).layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
         )
+        .route("/v1/backup", get(backup::download))
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))

@@ -43,6 +43,8 @@ pub enum Kind {
     BundleImport,
     /// An offline bundle was refused at import (why); nothing of it was applied.
     BundleRefused,
+    /// A backup of the store was taken (by whom, its replica id).
+    Backup,
     /// A kind this build does not know (never one of the names above).
     Other(String),
 }
@@ -61,6 +63,7 @@ impl Kind {
             Kind::AuthSuppressed => "auth_suppressed",
             Kind::BundleExport => "bundle_export",
             Kind::BundleImport => "bundle_import",
+            Kind::Backup => "backup",
             Kind::BundleRefused => "bundle_refused",
             Kind::Other(name) => name,
         }
@@ -79,6 +82,7 @@ impl From<String> for Kind {
             "auth_refused" => Kind::AuthRefused,
             "auth_suppressed" => Kind::AuthSuppressed,
             "bundle_export" => Kind::BundleExport,
+            "backup" => Kind::Backup,
             "bundle_import" => Kind::BundleImport,
             "bundle_refused" => Kind::BundleRefused,
             _ => Kind::Other(name),
@@ -291,6 +295,7 @@ mod tests {
             Kind::AuthRefused,
             Kind::AuthSuppressed,
             Kind::BundleExport,
+            Kind::Backup,
             Kind::BundleImport,
             Kind::BundleRefused,
             Kind::Other("node_start".into()),

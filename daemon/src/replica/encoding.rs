@@ -180,3 +180,55 @@ pub(crate) fn load_meta(store: &dyn Store, coll: &str) -> Result<CollectionMeta,
         }),
     }
 }
+
+/// Makes the store's node a new incarnation (a restored copy): a fresh random replica id for
+/// `node`, unlike the current one and every incarnation of `node` any collection's vector
+/// names, so the node never issues a dot again that it (or any earlier copy) issued. The old
+/// id is added to the `past_replicas` list; its versions stay as they are. Returns the old and
+/// the new id.
+pub(crate) fn start_new_incarnation(
+    store: &dyn Store,
+    node: &str,
+) -> Result<(ReplicaId, ReplicaId), ReplicaError> {
+    let corrupt = |detail: String| ReplicaError::Corrupt {
+        what: "node identity".into(),
+        detail,
+    };
+    let old = load_or_create_identity(store, node)?;
+    let mut known: Vec<ReplicaId> = vec![old.clone()];
+    for c in super::read::collections(store)? {
+        known.extend(
+            c.meta
+                .vv
+                .iter()
+                .map(|(o, _)| o.clone())
+                .filter(|o| o.node_name() == node),
+        );
+    }
+    let past = store.get(&keys::meta("past_replicas"))?.unwrap_or_default();
+    let past = String::from_utf8(past).map_err(|e| corrupt(e.to_string()))?;
+    for line in past.lines() {
+        if let Ok(id) = line.parse::<ReplicaId>() {
+            known.push(id);
+        }
+    }
+    let new = loop {
+        let mut incarnation = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
+            .map_err(|_| StoreError::Io("no system randomness for the incarnation".into()))?;
+        let id = ReplicaId::new(node, u32::from_be_bytes(incarnation))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if !known.contains(&id) {
+            break id;
+        }
+    };
+    let mut list = past;
+    list.push_str(old.as_str());
+    list.push('\n');
+    let mut batch = WriteBatch::default();
+    batch.put(keys::meta("replica"), new.as_str().as_bytes().to_vec());
+    batch.put(keys::meta("past_replicas"), list.into_bytes());
+    store.apply(batch)?;
+    store.sync()?;
+    Ok((old, new))
+}

@@ -516,6 +516,17 @@ struct Inner {
     stop_flusher: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
+/// Makes the node of the (stopped) store `store` a new incarnation, as a restore from a
+/// backup must (a fresh id unlike every known incarnation of the node; the old one kept in
+/// the `past_replicas` list). Returns the old and the new replica id.
+pub fn start_new_incarnation(
+    store: &dyn Store,
+    node: &str,
+) -> Result<(ReplicaId, ReplicaId), ReplicaError> {
+    names::validate_node_name(node)?;
+    encoding::start_new_incarnation(store, node)
+}
+
 /// A cloneable handle on the replica.
 #[derive(Clone)]
 pub struct Replica {

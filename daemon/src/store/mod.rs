@@ -6,10 +6,12 @@
 mod memory;
 pub mod sealed;
 mod sled;
+pub mod snapshot;
 
 pub use self::memory::MemoryStore;
 pub use self::sealed::{Keyring, SealError, SealedStore};
 pub use self::sled::{SledStore, MARK_FILE, SLED_DIR};
+pub use self::snapshot::{Snapshot, SnapshotError, Snapshots};
 
 use std::sync::Arc;
 

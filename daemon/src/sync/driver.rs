@@ -646,6 +646,9 @@ fn new_session(
     cfg.relay = settings.is_admin;
     cfg.max_clock_skew_ms = settings.max_clock_skew_ms;
     cfg.release = crate::RELEASE.to_owned();
+    if let Some(max) = super::pin::pinned_max_protocol() {
+        cfg.max_protocol = max;
+    }
     let local_vvs: Vec<_> = durable
         .borrow_and_update()
         .vvs

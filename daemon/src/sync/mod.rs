@@ -7,6 +7,7 @@
 mod driver;
 mod observe;
 pub mod peers;
+pub mod pin;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
