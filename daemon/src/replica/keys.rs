@@ -3,7 +3,10 @@
 //! - `M` + name: node metadata (format, replica id).
 //! - `C` + collection: the collection's [`CollectionMeta`](super::CollectionMeta).
 //! - `K` + len + collection + key: the key's sibling set.
-//! - `D` + len + collection + len + origin + counter: dot index of live versions → key.
+//! - `B` + len + collection + len + origin + block: dot index of live versions, one row per
+//!   [`DOTS_PER_BLOCK`] counters of an origin (see [`super::dots`]).
+//! - `D` + len + collection + len + origin + counter: the dot index as builds before blocks
+//!   kept it, one row a dot; moved into blocks when the replica opens.
 //! - `V` + len + collection + len + origin + counter + chunk: pieces of large values.
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
@@ -15,6 +18,10 @@ pub(crate) const META: u8 = b'M';
 pub(crate) const COLLECTION: u8 = b'C';
 pub(crate) const KEY: u8 = b'K';
 pub(crate) const DOT: u8 = b'D';
+pub(crate) const DOT_BLOCK: u8 = b'B';
+
+/// Counters of one origin indexed by one dot-index row.
+pub(crate) const DOTS_PER_BLOCK: u64 = 64;
 pub(crate) const CHUNK: u8 = b'V';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
@@ -48,7 +55,8 @@ pub(crate) fn record(coll: &str, key: &str) -> Vec<u8> {
     k
 }
 
-/// Prefix of the dot index of `origin` in `coll`.
+/// Prefix of the old layout's dot index of `origin` in `coll` (tests write that layout).
+#[cfg(test)]
 pub(crate) fn dot_origin_prefix(coll: &str, origin: &ReplicaId) -> Vec<u8> {
     let mut k = with_coll(DOT, coll);
     k.push(origin.as_str().len() as u8);
@@ -56,10 +64,32 @@ pub(crate) fn dot_origin_prefix(coll: &str, origin: &ReplicaId) -> Vec<u8> {
     k
 }
 
+/// The old layout's per-dot key (tests write that layout).
+#[cfg(test)]
 pub(crate) fn dot(coll: &str, dot: &Dot) -> Vec<u8> {
     let mut k = dot_origin_prefix(coll, &dot.origin);
     k.extend_from_slice(&dot.counter.to_be_bytes());
     k
+}
+
+/// The dot-index row holding `counter` of `origin` in `coll`.
+pub(crate) fn dot_block(coll: &str, origin: &ReplicaId, counter: u64) -> Vec<u8> {
+    let mut k = with_coll(DOT_BLOCK, coll);
+    k.push(origin.as_str().len() as u8);
+    k.extend_from_slice(origin.as_str().as_bytes());
+    k.extend_from_slice(&(counter / DOTS_PER_BLOCK).to_be_bytes());
+    k
+}
+
+/// The dot-index row a per-dot key of the old layout (`D`) moves into.
+pub(crate) fn dot_block_of_old_key(k: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let counter = counter_of_dot_key(k)?;
+    let middle = k.get(1..k.len() - 8)?;
+    let mut block = Vec::with_capacity(k.len());
+    block.push(DOT_BLOCK);
+    block.extend_from_slice(middle);
+    block.extend_from_slice(&(counter / DOTS_PER_BLOCK).to_be_bytes());
+    Some((block, counter))
 }
 
 /// Prefix of every chunk of the value of `dot`.
@@ -77,7 +107,8 @@ pub(crate) fn chunk(coll: &str, d: &Dot, index: u32) -> Vec<u8> {
     k
 }
 
-/// The counter at the end of a dot-index key.
+/// The counter at the end of a per-dot key of the old layout, or the block number at the end
+/// of a dot-index row's key.
 pub(crate) fn counter_of_dot_key(k: &[u8]) -> Option<u64> {
     let at = k.len().checked_sub(8)?;
     Some(u64::from_be_bytes(k[at..].try_into().ok()?))
@@ -95,6 +126,18 @@ mod tests {
         assert!(a < b);
         assert!(a.starts_with(&dot_origin_prefix("situation", &r)));
         assert_eq!(counter_of_dot_key(&b), Some(10));
+        // Counters 0..63 share a row, 64 starts the next; rows sort by block number.
+        let (b0, b63, b64) = (
+            dot_block("situation", &r, 0),
+            dot_block("situation", &r, 63),
+            dot_block("situation", &r, 64),
+        );
+        assert_eq!(b0, b63);
+        assert!(b63 < b64);
+        assert_eq!(
+            dot_block_of_old_key(&b),
+            Some((dot_block("situation", &r, 10), 10))
+        );
         // A collection that is a prefix of another never shares key space.
         assert!(!record("ab", "c").starts_with(&record_prefix("a")));
     }

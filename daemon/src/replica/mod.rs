@@ -5,6 +5,7 @@
 //! free: it drains every queued write, applies each as its own batch, syncs once and then
 //! acknowledges them all. Reads run on the blocking pool straight against the store.
 
+mod dots;
 mod encoding;
 mod keys;
 mod read;
@@ -567,6 +568,14 @@ impl Replica {
         names::validate_node_name(&opts.node)?;
         let generation = encoding::check_durable_mark(store.as_ref())?;
         let id = encoding::load_or_create_identity(store.as_ref(), &opts.node)?;
+        let moved = dots::migrate_per_dot_index(store.as_ref())?;
+        if moved > 0 {
+            tracing::info!(
+                entries = moved,
+                "moved the dot index into rows of {} dots",
+                keys::DOTS_PER_BLOCK
+            );
+        }
         // Whatever the store recovered is made durable now, so it may be offered to peers.
         store.sync()?;
         let stats = Arc::new(ReplicaStats::default());

@@ -528,52 +528,51 @@ pub(crate) fn versions_since(
     if through <= after {
         return Ok((out, through));
     }
-    let start = keys::dot(
-        coll,
-        &officesync_protocol::Dot::new(origin.clone(), after + 1),
-    );
-    let end = keys::dot(
-        coll,
-        &officesync_protocol::Dot::new(origin.clone(), through.saturating_add(1)),
-    );
+    // Rows of the dot index from the one holding `after + 1` to the one holding `through`.
+    let start = keys::dot_block(coll, origin, after + 1);
+    let mut end = keys::dot_block(coll, origin, through);
+    end.push(0);
+    let corrupt = |detail: String| ReplicaError::Corrupt {
+        what: format!("{coll} dot index"),
+        detail,
+    };
     let mut bytes = 0usize;
     let mut cursor = start;
     loop {
         let rows = store.range(&cursor, Some(&end), SCAN_BATCH)?;
-        for (k, key) in &rows {
-            let counter = keys::counter_of_dot_key(k).ok_or_else(|| ReplicaError::Corrupt {
-                what: format!("{coll} dot index"),
-                detail: "short key".into(),
-            })?;
-            if out.len() >= max_versions || (bytes >= max_bytes && !out.is_empty()) {
-                return Ok((out, counter - 1));
+        for (k, row) in &rows {
+            let block = keys::counter_of_dot_key(k).ok_or_else(|| corrupt("short key".into()))?;
+            for (offset, key) in super::dots::decode_row(row)? {
+                let counter = super::dots::counter_at(block, offset);
+                if counter <= after || counter > through {
+                    continue;
+                }
+                if out.len() >= max_versions || (bytes >= max_bytes && !out.is_empty()) {
+                    return Ok((out, counter - 1));
+                }
+                let dot = officesync_protocol::Dot::new(origin.clone(), counter);
+                let Some(raw) = store.get(&keys::record(coll, &key))? else {
+                    continue;
+                };
+                let siblings = decode_siblings(&raw, &format!("{coll}/{key}"))?;
+                // Superseded since the index was read: the superseding version goes out in its
+                // own origin's stream.
+                let Some(s) = siblings.into_iter().find(|s| s.header.dot == dot) else {
+                    continue;
+                };
+                let value = load_value(store, coll, &s)?;
+                bytes += value.as_ref().map_or(0, Vec::len) + key.len();
+                out.push(officesync_protocol::Version {
+                    collection: coll.to_owned(),
+                    key,
+                    dot,
+                    hlc: s.header.hlc,
+                    context: s.header.context,
+                    value,
+                    author: s.author,
+                    signature: s.signature,
+                });
             }
-            let key = String::from_utf8(key.clone()).map_err(|e| ReplicaError::Corrupt {
-                what: format!("{coll} dot index"),
-                detail: e.to_string(),
-            })?;
-            let dot = officesync_protocol::Dot::new(origin.clone(), counter);
-            let Some(raw) = store.get(&keys::record(coll, &key))? else {
-                continue;
-            };
-            let siblings = decode_siblings(&raw, &format!("{coll}/{key}"))?;
-            // Superseded since the index was read: the superseding version goes out in its
-            // own origin's stream.
-            let Some(s) = siblings.into_iter().find(|s| s.header.dot == dot) else {
-                continue;
-            };
-            let value = load_value(store, coll, &s)?;
-            bytes += value.as_ref().map_or(0, Vec::len) + key.len();
-            out.push(officesync_protocol::Version {
-                collection: coll.to_owned(),
-                key,
-                dot,
-                hlc: s.header.hlc,
-                context: s.header.context,
-                value,
-                author: s.author,
-                signature: s.signature,
-            });
         }
         match rows.last() {
             Some((k, _)) if rows.len() == SCAN_BATCH => {

@@ -1018,3 +1018,105 @@ async fn a_whole_apply_is_refused_whole_naming_the_version() {
     assert_eq!(again.applied, 0);
     assert_eq!(meta(&r, "situation").await, before);
 }
+
+/// Every live version of `origin` in `situation`, paged `page` at a time.
+async fn all_versions(r: &Replica, origin: &ReplicaId, through: u64, page: usize) -> Vec<u64> {
+    let mut counters = Vec::new();
+    let mut after = 0;
+    while after < through {
+        let (vs, scanned) = r
+            .versions_since("situation", origin, after, through, page, 1 << 30)
+            .await
+            .expect("load");
+        assert!(scanned > after, "no progress after {after}");
+        counters.extend(vs.iter().map(|v| v.dot.counter));
+        after = scanned;
+    }
+    counters
+}
+
+#[tokio::test]
+async fn the_dot_index_pages_across_rows_and_forgets_superseded_dots() {
+    let r = memory("hefei");
+    let me = r.id().clone();
+    // 300 keys, then 100 of them again: counters 1..=400, of which 1..=100 are superseded.
+    for i in 0..300 {
+        r.write("situation", &format!("k{i}"), Some(vec![1]))
+            .await
+            .expect("write");
+    }
+    for i in 0..100 {
+        r.write("situation", &format!("k{i}"), Some(vec![2]))
+            .await
+            .expect("write");
+    }
+    let want: Vec<u64> = (101..=400).collect();
+    for page in [1, 7, 64, 65, 1000] {
+        assert_eq!(all_versions(&r, &me, 400, page).await, want, "page {page}");
+    }
+    // A window inside one row and one across a row boundary.
+    let (vs, _) = r
+        .versions_since("situation", &me, 120, 130, 100, 1 << 30)
+        .await
+        .expect("load");
+    assert_eq!(
+        vs.iter().map(|v| v.dot.counter).collect::<Vec<_>>(),
+        (121..=130).collect::<Vec<_>>()
+    );
+    let (vs, _) = r
+        .versions_since("situation", &me, 190, 200, 100, 1 << 30)
+        .await
+        .expect("load");
+    assert_eq!(
+        vs.iter().map(|v| v.dot.counter).collect::<Vec<_>>(),
+        (191..=200).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_per_dot_index_of_an_older_build_moves_into_rows_at_open() {
+    let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new());
+    let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("open");
+    let me = r.id().clone();
+    for i in 0..150 {
+        r.write("situation", &format!("k{i}"), Some(vec![1]))
+            .await
+            .expect("write");
+    }
+    r.write("situation", "k0", None).await.expect("delete");
+    let before = all_versions(&r, &me, 151, 1000).await;
+    assert_eq!(before.len(), 150);
+    r.close().await.expect("close");
+    drop(r);
+    // Rewrite the index as older builds kept it: one row a dot.
+    let rows = store
+        .range(&[keys::DOT_BLOCK], Some(&[keys::DOT_BLOCK + 1]), usize::MAX)
+        .expect("rows");
+    assert!(rows.len() >= 3, "150 dots span three rows");
+    let mut batch = WriteBatch::default();
+    for (k, row) in rows {
+        let block = keys::counter_of_dot_key(&k).expect("block");
+        for (offset, key) in dots::decode_row(&row).expect("row") {
+            let counter = dots::counter_at(block, offset);
+            batch.put(
+                keys::dot("situation", &Dot::new(me.clone(), counter)),
+                key.into_bytes(),
+            );
+        }
+        batch.remove(k);
+    }
+    store.apply(batch).expect("apply");
+
+    let r = Replica::open(store.clone(), ReplicaOptions::new("hefei")).expect("reopen");
+    assert_eq!(all_versions(&r, &me, 151, 1000).await, before);
+    let left = store
+        .range(&[keys::DOT], Some(&[keys::DOT + 1]), usize::MAX)
+        .expect("old rows");
+    assert!(left.is_empty(), "old per-dot rows are gone");
+    // And the index goes on: a new write is found, a superseded one is not.
+    r.write("situation", "k1", Some(vec![3]))
+        .await
+        .expect("write");
+    let after = all_versions(&r, &me, 152, 1000).await;
+    assert!(after.contains(&152) && !after.contains(&2), "{after:?}");
+}

@@ -12,6 +12,7 @@ use officesync_protocol::names;
 use officesync_protocol::{codec, HlcClock, ReplicaId, Version, VersionHeader};
 use tokio::sync::mpsc;
 
+use super::dots::{DotEdits, RowCache};
 use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
 use super::keys;
 use super::{
@@ -55,6 +56,8 @@ pub(crate) struct Writer {
     generation: u64,
     /// Signs every version this node originates (none: unsigned, for tests).
     signer: Option<Arc<crate::signing::NodeSigner>>,
+    /// Dot-index rows committed lately.
+    dot_rows: RowCache,
 }
 
 enum Reply {
@@ -82,6 +85,8 @@ struct Group {
     superseded: Vec<Version>,
     /// This group's local versions still to sign: each dot with its signed message.
     unsigned: Vec<(officesync_protocol::Dot, Vec<u8>)>,
+    /// The rows of the dot index this group changes.
+    dots: DotEdits,
 }
 
 /// Fewest unsigned versions in a group for which signing is split over two threads.
@@ -111,6 +116,7 @@ impl Writer {
             generation: stats.committed_generation.load(Ordering::Relaxed),
             stats,
             signer: opts.signer.clone(),
+            dot_rows: RowCache::default(),
         })
     }
 
@@ -262,6 +268,7 @@ impl Writer {
             for (coll, meta) in &g.metas {
                 g.batch.put(keys::collection(coll), encode(meta)?);
             }
+            g.dots.write(&mut g.batch)?;
             if !g.batch.is_empty() {
                 g.batch.put(
                     keys::meta("generation"),
@@ -274,6 +281,7 @@ impl Writer {
         };
         match write_back() {
             Ok(()) => {
+                self.dot_rows.committed(std::mem::take(&mut g.dots));
                 self.stats
                     .shadow
                     .add(self.generation, std::mem::take(&mut g.superseded));
@@ -343,6 +351,37 @@ impl Writer {
         }
     }
 
+    /// Loads into the group the dot-index rows a merge changes: that of the new `dot` and
+    /// those of the siblings it supersedes. On failure, puts `siblings` back into the group.
+    fn load_dot_rows(
+        &self,
+        g: &mut Group,
+        coll: &str,
+        key: &str,
+        dot: &officesync_protocol::Dot,
+        siblings: Vec<StoredSibling>,
+        superseded: impl Fn(&StoredSibling) -> bool,
+    ) -> Result<Vec<StoredSibling>, ReplicaError> {
+        let store = self.store.as_ref();
+        let loaded = g
+            .dots
+            .load(&self.dot_rows, store, coll, dot)
+            .and_then(|()| {
+                siblings
+                    .iter()
+                    .filter(|s| superseded(s))
+                    .try_for_each(|s| g.dots.load(&self.dot_rows, store, coll, &s.header.dot))
+            });
+        match loaded {
+            Ok(()) => Ok(siblings),
+            Err(e) => {
+                g.siblings
+                    .insert((coll.to_owned(), key.to_owned()), siblings);
+                Err(e)
+            }
+        }
+    }
+
     fn local_write(&mut self, g: &mut Group, write: LocalWrite) -> Result<WriteAck, ReplicaError> {
         let LocalWrite {
             collection,
@@ -366,6 +405,8 @@ impl Writer {
                 dot: dot.to_string(),
             });
         }
+        // A local write supersedes every sibling it read.
+        let siblings = self.load_dot_rows(g, coll, key, &dot, siblings, |_| true)?;
         let hlc = self.clock.tick(now_ms());
         let mut meta = std::mem::take(self.meta(g, coll)?);
         meta.vv.add_dot(&dot);
@@ -406,7 +447,14 @@ impl Writer {
             }
         }
         // Checked above: nothing held covers the new dot, so the merge inserts it.
-        let (_, siblings) = merge_version(&mut meta, siblings, version, header, &mut g.batch);
+        let (_, siblings) = merge_version(
+            &mut meta,
+            siblings,
+            version,
+            header,
+            &mut g.batch,
+            &mut g.dots,
+        );
         g.metas.insert(coll.to_owned(), meta);
         g.siblings
             .insert((coll.to_owned(), key.to_owned()), siblings);
@@ -442,8 +490,12 @@ impl Writer {
                 report.rejected.push((v.dot.to_string(), reason));
                 continue;
             }
+            let siblings = self.load_dot_rows(g, &coll, &key, &header.dot, siblings, |s| {
+                header.context.covers(&s.header.dot)
+            })?;
             let mut meta = std::mem::take(self.meta(g, &coll)?);
-            let (applied, siblings) = merge_version(&mut meta, siblings, v, header, &mut g.batch);
+            let (applied, siblings) =
+                merge_version(&mut meta, siblings, v, header, &mut g.batch, &mut g.dots);
             if applied {
                 report.applied += 1;
             } else {
@@ -661,7 +713,8 @@ fn answer<E: Into<ReplicaError>>(replies: &mut Vec<Reply>, outcome: Result<(), E
 }
 
 /// Merges one version (with its `header`, [`Version::header`]) into `siblings`: queues its
-/// chunks and dot index, drops what it supersedes (with their index entries and chunks) and
+/// chunks and indexes its dot (whose dot-index rows [`Writer::load_dot_rows`] loaded), drops
+/// what it supersedes (with their index entries and chunks) and
 /// updates the counts and digest. Returns whether it became a sibling, and the new sibling
 /// set.
 fn merge_version(
@@ -670,6 +723,7 @@ fn merge_version(
     v: Version,
     header: VersionHeader,
     batch: &mut WriteBatch,
+    dots: &mut DotEdits,
 ) -> (bool, Vec<StoredSibling>) {
     // A duplicate or an obsolete version changes nothing (merge::apply's own first checks).
     if siblings
@@ -692,7 +746,7 @@ fn merge_version(
     // Counted and indexed before the header moves into the record.
     meta.digest.toggle(key, &header.dot, &header.value);
     meta.max_hlc = meta.max_hlc.max(header.hlc);
-    batch.put(keys::dot(coll, &header.dot), key.as_bytes().to_vec());
+    dots.insert(coll, &header.dot, key);
     // The value moves into the record (inline) or into its chunks: never copied whole.
     let body = match value {
         None => Body::None,
@@ -716,7 +770,7 @@ fn merge_version(
         for old in removed {
             meta.digest.toggle(key, &old.header.dot, &old.header.value);
             meta.versions -= 1;
-            batch.remove(keys::dot(coll, &old.header.dot));
+            dots.remove(coll, &old.header.dot);
             if let Body::Chunked { chunks } = old.body {
                 for i in 0..chunks {
                     batch.remove(keys::chunk(coll, &old.header.dot, i));
