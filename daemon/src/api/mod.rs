@@ -8,7 +8,8 @@
 //! | `PUT` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` |
 //! | `GET` | `/v1/collections/{c}/records/{key}` | the winner's raw bytes, or `?all=true`: `{"siblings": [..]}` |
 //! | `DELETE` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` of the tombstone |
-//! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=` | `{"records": [..], "next"}` |
+//! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=&where=` | `{"records": [..], "next"}` |
+//! | `GET` | `/v1/collections/{c}/conflicts?prefix=&after=&limit=` | `{"conflicts": [{"key", "siblings"}], "next"}` |
 //! | `GET` | `/v1/collections` | `{"collections": [..]}` |
 //! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
 //! | `GET` | `/health` | `{"status": "ok"}` (liveness) |
@@ -273,6 +274,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(records::delete_record),
         )
         .route("/v1/collections/{c}/records", get(records::scan))
+        .route("/v1/collections/{c}/conflicts", get(records::conflicts))
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))
@@ -315,6 +317,8 @@ pub fn router(state: ApiState) -> Router {
 
 #[cfg(test)]
 mod gate_tests;
+#[cfg(test)]
+mod query_tests;
 #[cfg(test)]
 mod tests;
 
