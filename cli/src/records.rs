@@ -75,9 +75,10 @@ pub struct ScanArgs {
     /// Start after this key (exclusive), e.g. the `next` of an earlier scan.
     #[arg(long, value_name = "K")]
     pub after: Option<String>,
-    /// Only records whose JSON value matches: a JSON pointer, an operator (=, !=, <, <=, >,
-    /// >=, ~ substring) and a JSON value, e.g. '/level_m>=7.5' or '/river="Nanfei"'.
-    /// Repeatable: all must hold. Values that are not JSON never match.
+    /// Only records whose JSON value matches: a JSON pointer, an operator
+    /// (`=`, `!=`, `<`, `<=`, `>`, `>=`, `~` substring) and a JSON value, e.g.
+    /// '/level_m>=7.5' or '/river="Nanfei"'. Repeatable: all must hold. Values that are
+    /// not JSON never match.
     #[arg(long = "where", value_name = "EXPR")]
     pub filters: Vec<String>,
 }
