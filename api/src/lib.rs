@@ -27,7 +27,9 @@ pub use cluster::{
 };
 pub use node::{HealthBody, ReadyBody, VerifyReport, VerifyResults};
 pub use peers::{PeerCollectionStatus, PeerStatus};
-pub use records::{ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody};
+pub use records::{
+    ConflictBody, ConflictsPage, ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody,
+};
 pub use status::{
     CertificateStatus, CollectionState, CollectionSummary, CollectionsBody, StatusBody,
     StoreStatus, TransportStats, VersionVector, WriteStats,

@@ -73,3 +73,22 @@ pub struct ScanPage {
     /// The `after` of the following page; null at the end.
     pub next: Option<String>,
 }
+
+/// One key with two or more siblings, in the answer to `GET /v1/collections/{c}/conflicts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictBody {
+    /// The key.
+    pub key: String,
+    /// Every current sibling, tombstones included, the winner first; values are not
+    /// included (`value_base64` null, fetch one with `?version=`).
+    pub siblings: Vec<SiblingBody>,
+}
+
+/// The answer to `GET /v1/collections/{c}/conflicts?prefix=&after=&limit=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictsPage {
+    /// Keys with two or more siblings, in key order.
+    pub conflicts: Vec<ConflictBody>,
+    /// The `after` of the following page; null at the end.
+    pub next: Option<String>,
+}

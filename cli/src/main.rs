@@ -14,6 +14,7 @@ mod bundle;
 mod client;
 mod cluster;
 mod completions;
+mod conflicts;
 mod demo;
 mod exit;
 mod node;
@@ -162,6 +163,10 @@ enum Command {
     Delete(records::DeleteArgs),
     /// List records of a collection in key order: key, version, value.
     Scan(records::ScanArgs),
+    /// List the keys of a collection with two or more siblings (concurrent versions).
+    Conflicts(conflicts::ConflictsArgs),
+    /// Resolve a conflict: write one sibling's value (--keep), or a new one, over every sibling.
+    Resolve(conflicts::ResolveArgs),
     /// Load records from JSON Lines (or - for stdin) or a directory tree into a collection.
     Import(transfer::ImportArgs),
     /// Write a collection as JSON Lines on stdout or to --output FILE.
@@ -216,6 +221,8 @@ impl Command {
             Command::Get(args) => records::get(args, global),
             Command::Delete(args) => records::delete(args, global),
             Command::Scan(args) => records::scan(args, global),
+            Command::Conflicts(args) => conflicts::conflicts(args, global),
+            Command::Resolve(args) => conflicts::resolve(args, global),
             Command::Import(args) => transfer::import(args, global),
             Command::Export(args) => transfer::export(args, global),
             Command::Collections => node::collections(global),

@@ -1,4 +1,4 @@
-//! Record commands: `put`, `get`, `delete` and `scan`.
+//! Record commands: `put`, `get`, `delete` and `scan` (with `--where`).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -61,7 +61,7 @@ pub struct DeleteArgs {
     pub key: String,
 }
 
-/// `scan COLL [--prefix P] [--limit N] [--after K]`.
+/// `scan COLL [--prefix P] [--limit N] [--after K] [--where EXPR]...`.
 #[derive(Debug, Args)]
 pub struct ScanArgs {
     /// Collection name.
@@ -75,6 +75,12 @@ pub struct ScanArgs {
     /// Start after this key (exclusive), e.g. the `next` of an earlier scan.
     #[arg(long, value_name = "K")]
     pub after: Option<String>,
+    /// Only records whose JSON value matches: a JSON pointer, an operator
+    /// (`=`, `!=`, `<`, `<=`, `>`, `>=`, `~` substring) and a JSON value, e.g.
+    /// '/level_m>=7.5' or '/river="Nanfei"'. Repeatable: all must hold. Values that are
+    /// not JSON never match.
+    #[arg(long = "where", value_name = "EXPR")]
+    pub filters: Vec<String>,
 }
 
 /// Where `put` takes the value from.
@@ -169,7 +175,7 @@ fn os_bytes(value: &OsStr) -> Result<Vec<u8>, CliError> {
 
 /// `/v1/collections/{c}/records/{key}`, after checking both are non-empty
 /// (an empty key would name the scan endpoint instead).
-fn record_path(collection: &str, key: &str) -> Result<String, CliError> {
+pub(crate) fn record_path(collection: &str, key: &str) -> Result<String, CliError> {
     if key.is_empty() {
         return Err(CliError::usage("the key must not be empty"));
     }
@@ -188,7 +194,7 @@ pub(crate) fn records_path(collection: &str) -> Result<String, CliError> {
 }
 
 /// The message for a key that does not exist.
-fn missing(collection: &str, key: &str) -> String {
+pub(crate) fn missing(collection: &str, key: &str) -> String {
     format!("key {key:?} not found in collection {collection:?}")
 }
 
@@ -209,7 +215,7 @@ pub fn put(args: PutArgs, global: &Global) -> Result<(), CliError> {
 }
 
 /// Prints a write acknowledgement: its `version`, or the JSON.
-fn print_ack(ack: &WriteBody, json: bool) -> Result<(), CliError> {
+pub(crate) fn print_ack(ack: &WriteBody, json: bool) -> Result<(), CliError> {
     if json {
         print_json(ack)
     } else {
@@ -372,6 +378,9 @@ pub fn scan(args: ScanArgs, global: &Global) -> Result<(), CliError> {
         }
         if let Some(after) = &after {
             query.push(format!("after={}", encode_component(after)));
+        }
+        for expr in &args.filters {
+            query.push(format!("where={}", encode_component(expr)));
         }
         if let Some(remaining) = remaining {
             query.push(format!("limit={}", remaining.min(SCAN_PAGE_LIMIT)));

@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod merge;
 pub mod names;
 pub mod policy;
+pub mod query;
 pub mod shadow;
 pub mod signing;
 pub mod status;

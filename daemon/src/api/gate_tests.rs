@@ -114,6 +114,7 @@ async fn every_route_checks_the_token_and_the_role() {
         case(Method::GET, "/v1/collections", "", [200, 200, 200]),
         case(Method::GET, "/v1/whoami", "", [200, 200, 200]),
         case(Method::GET, "/metrics", "", [200, 200, 200]),
+        case(Method::GET, "/v1/openapi.json", "", [200, 200, 200]),
         case(Method::GET, "/", "", [200, 200, 200]),
         case(
             Method::GET,
@@ -132,6 +133,30 @@ async fn every_route_checks_the_token_and_the_role() {
             "/v1/collections/situation/records",
             "",
             [200, 200, 200],
+        ),
+        case(
+            Method::GET,
+            "/v1/collections/situation/records?where=/a=1",
+            "",
+            [200, 200, 200],
+        ),
+        case(
+            Method::GET,
+            "/v1/collections/documents/records?where=/a=1",
+            "",
+            [403, 403, 200],
+        ),
+        case(
+            Method::GET,
+            "/v1/collections/situation/conflicts",
+            "",
+            [200, 200, 200],
+        ),
+        case(
+            Method::GET,
+            "/v1/collections/documents/conflicts",
+            "",
+            [403, 403, 200],
         ),
         case(
             Method::GET,

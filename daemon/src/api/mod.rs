@@ -8,12 +8,14 @@
 //! | `PUT` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` |
 //! | `GET` | `/v1/collections/{c}/records/{key}` | the winner's raw bytes, or `?all=true`: `{"siblings": [..]}` |
 //! | `DELETE` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` of the tombstone |
-//! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=` | `{"records": [..], "next"}` |
+//! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=&where=` | `{"records": [..], "next"}` |
+//! | `GET` | `/v1/collections/{c}/conflicts?prefix=&after=&limit=` | `{"conflicts": [{"key", "siblings"}], "next"}` |
 //! | `GET` | `/v1/collections` | `{"collections": [..]}` |
 //! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
 //! | `GET` | `/health` | `{"status": "ok"}` (liveness) |
 //! | `GET` | `/ready` | 200 `{"ready": true, ..}` once the store answers and every configured peer was dialled, else 503 |
 //! | `GET` | `/metrics` | Prometheus text format 0.0.4 |
+//! | `GET` | `/v1/openapi.json` | the OpenAPI 3.0 description of every route here (`openapi.json`) |
 //! | `GET` | `/` | the read-only HTML status page (refreshes itself) |
 //! | `GET` | `/v1/cluster?behind=` | the province view `{"node", "generated_at", "nodes": [..]}` (admin) |
 //! | `GET` | `/cluster?behind=` | the province drawn as a tree, server-rendered SVG (admin) |
@@ -32,6 +34,7 @@ mod error;
 mod gate;
 mod journal;
 mod metrics;
+mod openapi;
 mod params;
 mod records;
 mod serve;
@@ -59,6 +62,7 @@ pub use error::ApiError;
 pub use gate::Gate;
 pub use journal::Journal;
 pub use metrics::CONTENT_TYPE_0_0_4;
+pub use openapi::OPENAPI_JSON;
 pub use records::{
     DEFAULT_SCAN_LIMIT, HLC_HEADER, MAX_SCAN_LIMIT, SIBLINGS_HEADER, VERSION_HEADER,
 };
@@ -273,6 +277,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(records::delete_record),
         )
         .route("/v1/collections/{c}/records", get(records::scan))
+        .route("/v1/collections/{c}/conflicts", get(records::conflicts))
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))
@@ -299,6 +304,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/cluster", get(cluster::cluster))
         .route("/cluster", get(cluster::page))
         .route("/metrics", get(metrics::metrics))
+        .route("/v1/openapi.json", get(openapi::openapi))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -315,6 +321,8 @@ pub fn router(state: ApiState) -> Router {
 
 #[cfg(test)]
 mod gate_tests;
+#[cfg(test)]
+mod query_tests;
 #[cfg(test)]
 mod tests;
 

@@ -58,6 +58,11 @@ fn split_collection(path: &str) -> Result<(String, Option<&str>), ApiError> {
     Ok((collection, tail))
 }
 
+/// The collection of a conflicts path `/v1/collections/{c}/conflicts`.
+pub(crate) fn conflicts_target(path: &str) -> Result<String, ApiError> {
+    Ok(split_collection(path)?.0)
+}
+
 /// The collection of a scan path `/v1/collections/{c}/records`.
 pub(crate) fn scan_target(path: &str) -> Result<String, ApiError> {
     Ok(split_collection(path)?.0)
@@ -82,7 +87,18 @@ pub(crate) fn parse_query(
     query: Option<&str>,
     allowed: &[&'static str],
 ) -> Result<BTreeMap<&'static str, String>, ApiError> {
+    Ok(parse_query_repeated(query, allowed, None)?.0)
+}
+
+/// [`parse_query`] where the parameter `repeated` (one of `allowed`) may be given any number
+/// of times: its values, in order, are the second part of the answer.
+pub(crate) fn parse_query_repeated(
+    query: Option<&str>,
+    allowed: &[&'static str],
+    repeated: Option<&'static str>,
+) -> Result<(BTreeMap<&'static str, String>, Vec<String>), ApiError> {
     let mut out = BTreeMap::new();
+    let mut many = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |e: String| ApiError::BadRequest(format!("invalid query string: {e}"));
@@ -98,13 +114,15 @@ pub(crate) fn parse_query(
                 )
             }));
         };
-        if out.insert(known, value).is_some() {
+        if repeated == Some(known) {
+            many.push(value);
+        } else if out.insert(known, value).is_some() {
             return Err(ApiError::BadRequest(format!(
                 "query parameter {known:?} given twice"
             )));
         }
     }
-    Ok(out)
+    Ok((out, many))
 }
 
 /// A boolean query flag: `true`/`1`/empty (`?all`) or `false`/`0`.

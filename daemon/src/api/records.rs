@@ -1,4 +1,5 @@
-//! Record handlers: put, get (winner or every sibling), delete and scan.
+//! Record handlers: put, get (winner or every sibling), delete, scan (with `where`) and the
+//! listing of conflicts.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,14 +10,21 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use officesync_api::{ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody};
+use std::collections::BTreeMap;
+
+use officesync_api::{
+    ConflictBody, ConflictsPage, ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody,
+};
 use officesync_protocol::names::MAX_KEY_BYTES;
 use officesync_protocol::policy::POLICY_COLLECTION;
+use officesync_protocol::query::Filter;
 use officesync_protocol::Dot;
 
 use super::error::ApiError;
 use super::gate::Who;
-use super::params::{parse_flag, parse_query, record_target, scan_target};
+use super::params::{
+    conflicts_target, parse_flag, parse_query, parse_query_repeated, record_target, scan_target,
+};
 use super::{wire_hlc, ApiState};
 use crate::audit::{Kind, Record};
 use crate::replica::{
@@ -224,20 +232,76 @@ pub(crate) async fn delete_record(
     Ok(Json(write_body(ack)))
 }
 
-/// `GET /v1/collections/{c}/records?prefix=&after=&limit=`: up to `limit` (default 100, at most
-/// 1000) live records whose key starts with `prefix` and sorts after `after`, in key order.
-/// `next`, when not null, is the `after` of the following page. A page also ends early, with
-/// a `next`, once its values reach [`crate::replica::SCAN_PAGE_BYTES`] (8 MiB; it always holds
-/// at least one record) or once it has examined [`crate::replica::SCAN_MAX_EXAMINED`] keys,
-/// deleted ones included (then it may hold fewer records than `limit`, even none): follow
-/// `next` until it is null.
+/// `GET /v1/collections/{c}/records?prefix=&after=&limit=&where=`: up to `limit` (default 100,
+/// at most 1000) live records whose key starts with `prefix`, sorts after `after` and whose
+/// winner's value matches every `where` expression (repeatable; see
+/// [`officesync_protocol::query`]), in key order. `next`, when not null, is the `after` of the
+/// following page. A page also ends early, with a `next`, once its values reach
+/// [`crate::replica::SCAN_PAGE_BYTES`] (8 MiB; it always holds at least one record), once it
+/// has examined [`crate::replica::SCAN_MAX_EXAMINED`] keys, deleted and unmatched ones
+/// included, or, with `where`, once it has loaded [`crate::replica::SCAN_FILTER_BYTES`] of
+/// values to test (then it may hold fewer records than `limit`, even none): follow `next`
+/// until it is null. A malformed expression is a 400 naming the problem.
 pub(crate) async fn scan(
     State(state): State<ApiState>,
     who: Who,
     uri: Uri,
 ) -> Result<Json<ScanPage>, ApiError> {
     let collection = scan_target(uri.path())?;
+    let (query, exprs) = parse_query_repeated(
+        uri.query(),
+        &["prefix", "after", "limit", "where"],
+        Some("where"),
+    )?;
+    let filter = Filter::parse(&exprs).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (prefix, after, limit) = page_params(&query)?;
+    state.access.check_read(&who, &collection)?;
+    let page = state
+        .replica
+        .scan_where(&collection, prefix, after, limit, filter)
+        .await?;
+    let records = page.records.iter().map(scan_record).collect();
+    Ok(Json(ScanPage {
+        records,
+        next: page.next,
+    }))
+}
+
+/// `GET /v1/collections/{c}/conflicts?prefix=&after=&limit=`: up to `limit` (default 100, at
+/// most 1000) keys with two or more siblings (tombstones included), in key order, each with
+/// every sibling's version, HLC, author and length, values left out. Paged like the scan
+/// (`next`; at most [`crate::replica::SCAN_MAX_EXAMINED`] keys examined per page).
+pub(crate) async fn conflicts(
+    State(state): State<ApiState>,
+    who: Who,
+    uri: Uri,
+) -> Result<Json<ConflictsPage>, ApiError> {
+    let collection = conflicts_target(uri.path())?;
     let query = parse_query(uri.query(), &["prefix", "after", "limit"])?;
+    let (prefix, after, limit) = page_params(&query)?;
+    state.access.check_read(&who, &collection)?;
+    let page = state
+        .replica
+        .conflicts(&collection, prefix, after, limit)
+        .await?;
+    let conflicts = page
+        .conflicts
+        .iter()
+        .map(|c| ConflictBody {
+            key: c.key.clone(),
+            siblings: c.siblings.iter().map(sibling_body).collect(),
+        })
+        .collect();
+    Ok(Json(ConflictsPage {
+        conflicts,
+        next: page.next,
+    }))
+}
+
+/// The `prefix`, `after` and `limit` of a paged listing, checked.
+fn page_params<'q>(
+    query: &'q BTreeMap<&'static str, String>,
+) -> Result<(&'q str, Option<&'q str>, usize), ApiError> {
     let limit = match query.get("limit") {
         None => DEFAULT_SCAN_LIMIT,
         Some(raw) => match raw.parse::<usize>() {
@@ -261,16 +325,7 @@ pub(crate) async fn scan(
             )));
         }
     }
-    state.access.check_read(&who, &collection)?;
-    let page = state
-        .replica
-        .scan(&collection, prefix, after, limit)
-        .await?;
-    let records = page.records.iter().map(scan_record).collect();
-    Ok(Json(ScanPage {
-        records,
-        next: page.next,
-    }))
+    Ok((prefix, after, limit))
 }
 
 fn scan_record(r: &WinnerRead) -> ScanRecord {

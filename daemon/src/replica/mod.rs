@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bincode::{Decode, Encode};
 use officesync_protocol::names::{self, NameError};
+use officesync_protocol::query::Filter;
 use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionHeader, VersionVector};
 use serde::Serialize;
 use thiserror::Error;
@@ -26,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{Store, StoreError};
 
 pub use read::{
-    SiblingRead, SiblingsRead, WinnerRead, SCAN_MAX_EXAMINED, SCAN_PAGE_BYTES,
-    SIBLING_VALUES_BUDGET,
+    ConflictsPage, SiblingRead, SiblingsRead, WinnerRead, SCAN_FILTER_BYTES, SCAN_MAX_EXAMINED,
+    SCAN_PAGE_BYTES, SIBLING_VALUES_BUDGET,
 };
 pub use writer::ApplyReport;
 
@@ -884,6 +885,21 @@ impl Replica {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ScanPage, ReplicaError> {
+        self.scan_where(collection, prefix, after, limit, Filter::default())
+            .await
+    }
+
+    /// [`Replica::scan`] of the records whose winner's value matches `filter` (every `where`
+    /// expression holds); with a filter the page also ends, with a `next` cursor, once it
+    /// has loaded [`SCAN_FILTER_BYTES`] of values to test.
+    pub async fn scan_where(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        filter: Filter,
+    ) -> Result<ScanPage, ReplicaError> {
         names::validate_collection_name(collection)?;
         let store = self.inner.store.clone();
         let (c, p, a) = (
@@ -892,7 +908,28 @@ impl Replica {
             after.map(str::to_owned),
         );
         let budget = read::ScanBudget::new(limit);
-        blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), budget)).await
+        blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), budget, &filter)).await
+    }
+
+    /// Up to `limit` keys of `collection` (starting with `prefix`, after `after`) with two or
+    /// more siblings, each sibling listed without its value; the page ends earlier, with a
+    /// `next` cursor, past [`SCAN_MAX_EXAMINED`] rows examined.
+    pub async fn conflicts(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ConflictsPage, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let store = self.inner.store.clone();
+        let (c, p, a) = (
+            collection.to_owned(),
+            prefix.to_owned(),
+            after.map(str::to_owned),
+        );
+        let budget = read::ScanBudget::new(limit);
+        blocking(move || read::conflicts(store.as_ref(), &c, &p, a.as_deref(), budget)).await
     }
 
     /// One collection's state (empty if it holds nothing yet).

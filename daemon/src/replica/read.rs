@@ -7,6 +7,7 @@
 //! budget and at a number of rows examined (tombstoned keys included), handing back a cursor.
 
 use officesync_protocol::merge;
+use officesync_protocol::query::Filter;
 use officesync_protocol::{codec, Dot, Hlc, ValueMeta};
 
 use super::encoding::{decode_siblings, Body, StoredSibling};
@@ -42,6 +43,8 @@ pub(crate) struct ScanBudget {
     pub max_bytes: usize,
     /// Rows examined at most, deleted keys included.
     pub max_examined: usize,
+    /// Value bytes loaded at most to test a filter, beyond the first record tested.
+    pub max_filter_bytes: usize,
 }
 
 impl ScanBudget {
@@ -51,6 +54,7 @@ impl ScanBudget {
             limit,
             max_bytes: SCAN_PAGE_BYTES,
             max_examined: SCAN_MAX_EXAMINED,
+            max_filter_bytes: SCAN_FILTER_BYTES,
         }
     }
 }
@@ -340,18 +344,32 @@ pub(crate) fn load_value(
     Ok(Some(bytes))
 }
 
-/// One page of the live records of `coll` whose key starts with `prefix` and sorts after
-/// `after`, in key order, within `budget`: each record's winner with its value and its
-/// sibling count. `next` is set when the page ended before the end of the range (limit,
-/// byte budget or rows examined reached); it is the last key examined, so the following
-/// page skips the deleted keys this one already walked over.
-pub(crate) fn scan(
+/// Value bytes a filtered scan page loads at most to test records against its `where`
+/// expressions, beyond the first record tested: past it the page ends early with a `next`
+/// cursor, so a filter that matches little still costs a bounded amount of work per page.
+pub const SCAN_FILTER_BYTES: usize = 64 << 20;
+
+/// What a visit of one row tells [`walk`].
+enum Step {
+    /// Go on with the next row.
+    Next,
+    /// End the page before this row: it is not consumed, the next page starts with it.
+    Stop,
+}
+
+/// Walks the rows of `coll` whose key starts with `prefix` and sorts after `after`, in key
+/// order, handing each key and its stored siblings (winner first) to `visit`, at most
+/// `max_examined` of them. Returns the page's `next` cursor: `None` when the range ended,
+/// else the last key visited, so the following page skips the keys this one walked over
+/// (deleted ones included).
+fn walk(
     store: &dyn Store,
     coll: &str,
     prefix: &str,
     after: Option<&str>,
-    budget: ScanBudget,
-) -> Result<ScanPage, ReplicaError> {
+    max_examined: usize,
+    mut visit: impl FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError>,
+) -> Result<Option<String>, ReplicaError> {
     let base = keys::record_prefix(coll);
     let mut want = base.clone();
     want.extend_from_slice(prefix.as_bytes());
@@ -363,13 +381,10 @@ pub(crate) fn scan(
         after_key.push(0);
         start = start.max(after_key);
     }
-    let limit = budget.limit.max(1);
-    let max_examined = budget.max_examined.max(1);
-    let mut records: Vec<WinnerRead> = Vec::new();
+    let max_examined = max_examined.max(1);
     let mut examined = 0usize;
-    let mut bytes = 0u64;
     let mut last_examined: Option<String> = None;
-    'outer: loop {
+    loop {
         // One row more than the examined allowance, to learn whether the range goes on.
         let want_rows = SCAN_BATCH.min(max_examined.saturating_sub(examined) + 1);
         let rows = store.range(&start, end.as_deref(), want_rows)?;
@@ -380,44 +395,141 @@ pub(crate) fn scan(
                 detail: e.to_string(),
             })?;
             if examined >= max_examined {
-                return Ok(page_ending(records, last_examined));
+                return Ok(last_examined);
             }
             examined += 1;
             let siblings =
                 winner_first(coll, key, decode_siblings(raw, &format!("{coll}/{key}"))?)?;
-            let Some(len) = value_len(&siblings[0]) else {
-                last_examined = Some(key.to_owned());
-                continue;
-            };
-            let size = len.saturating_add(key.len() as u64);
-            let over_bytes = bytes.saturating_add(size) > budget.max_bytes as u64;
-            if records.len() >= limit || (!records.is_empty() && over_bytes) {
-                return Ok(page_ending(records, last_examined));
+            match visit(key, siblings)? {
+                Step::Next => last_examined = Some(key.to_owned()),
+                Step::Stop => return Ok(last_examined),
             }
-            bytes = bytes.saturating_add(size);
-            records.push(to_winner(store, coll, key, siblings)?);
-            last_examined = Some(key.to_owned());
         }
         match rows.last() {
             Some((k, _)) if !exhausted => {
                 start = k.clone();
                 start.push(0);
             }
-            _ => break 'outer,
+            _ => return Ok(None),
         }
     }
-    Ok(ScanPage {
-        records,
-        next: None,
-    })
 }
 
-/// A page that ends before its range does: the next page starts after `last_examined`.
-fn page_ending(records: Vec<WinnerRead>, last_examined: Option<String>) -> ScanPage {
-    ScanPage {
-        records,
-        next: last_examined,
-    }
+/// One page of the live records of `coll` whose key starts with `prefix`, sorts after
+/// `after` and whose winner's value matches `filter`, in key order, within `budget`: each
+/// record's winner with its value and its sibling count. `next` is set when the page ended
+/// before the end of the range (limit, byte budget, rows examined or, with a filter, the
+/// [`SCAN_FILTER_BYTES`] tested reached); it is the last key examined, so the following page
+/// skips the deleted and unmatched keys this one already walked over.
+pub(crate) fn scan(
+    store: &dyn Store,
+    coll: &str,
+    prefix: &str,
+    after: Option<&str>,
+    budget: ScanBudget,
+    filter: &Filter,
+) -> Result<ScanPage, ReplicaError> {
+    let limit = budget.limit.max(1);
+    let mut records: Vec<WinnerRead> = Vec::new();
+    let mut bytes = 0u64;
+    let mut tested = 0u64;
+    let next = walk(
+        store,
+        coll,
+        prefix,
+        after,
+        budget.max_examined,
+        |key, siblings| {
+            let Some(len) = value_len(&siblings[0]) else {
+                return Ok(Step::Next);
+            };
+            if records.len() >= limit {
+                return Ok(Step::Stop);
+            }
+            let size = len.saturating_add(key.len() as u64);
+            let over_bytes = |bytes: u64| bytes.saturating_add(size) > budget.max_bytes as u64;
+            let read = if filter.is_empty() {
+                if !records.is_empty() && over_bytes(bytes) {
+                    return Ok(Step::Stop);
+                }
+                to_winner(store, coll, key, siblings)?
+            } else {
+                // `walk` ends a page only after a row was visited (`tested > 0`), so every page
+                // moves on.
+                if tested > 0 && tested.saturating_add(len) > budget.max_filter_bytes as u64 {
+                    return Ok(Step::Stop);
+                }
+                tested = tested.saturating_add(len);
+                let read = to_winner(store, coll, key, siblings)?;
+                if !filter.matches(read.sibling.value.as_deref()) {
+                    return Ok(Step::Next);
+                }
+                if !records.is_empty() && over_bytes(bytes) {
+                    return Ok(Step::Stop);
+                }
+                read
+            };
+            bytes = bytes.saturating_add(size);
+            records.push(read);
+            Ok(Step::Next)
+        },
+    )?;
+    Ok(ScanPage { records, next })
+}
+
+/// One page of the keys of `coll` (starting with `prefix`, after `after`) that have two or
+/// more siblings, tombstones included, in key order: each with every sibling's version,
+/// HLC, author and length (no value). At most `limit` keys and [`SCAN_MAX_EXAMINED`] rows
+/// examined; `next` as for [`scan`].
+pub(crate) fn conflicts(
+    store: &dyn Store,
+    coll: &str,
+    prefix: &str,
+    after: Option<&str>,
+    budget: ScanBudget,
+) -> Result<ConflictsPage, ReplicaError> {
+    let limit = budget.limit.max(1);
+    let mut conflicts: Vec<SiblingsRead> = Vec::new();
+    let next = walk(
+        store,
+        coll,
+        prefix,
+        after,
+        budget.max_examined,
+        |key, siblings| {
+            if siblings.len() < 2 {
+                return Ok(Step::Next);
+            }
+            if conflicts.len() >= limit {
+                return Ok(Step::Stop);
+            }
+            conflicts.push(SiblingsRead {
+                key: key.to_owned(),
+                siblings: siblings
+                    .into_iter()
+                    .map(|s| SiblingRead {
+                        len: value_len(&s),
+                        dot: s.header.dot,
+                        hlc: s.header.hlc,
+                        value: None,
+                        author: s.author,
+                    })
+                    .collect(),
+            });
+            Ok(Step::Next)
+        },
+    )?;
+    Ok(ConflictsPage { conflicts, next })
+}
+
+/// A page of keys with siblings: the answer of [`conflicts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictsPage {
+    /// Keys with two or more siblings, in key order, their siblings winner first without
+    /// values.
+    pub conflicts: Vec<SiblingsRead>,
+    /// The `after` of the following page; `None` at the end of the range.
+    pub next: Option<String>,
 }
 
 pub(crate) fn collections(store: &dyn Store) -> Result<Vec<CollectionInfo>, ReplicaError> {
@@ -771,10 +883,15 @@ mod tests {
 
     /// Every page of a scan of `docs` under `budget`, following `next` to the end.
     fn pages(store: &dyn Store, budget: ScanBudget) -> Vec<ScanPage> {
+        pages_where(store, budget, &Filter::default())
+    }
+
+    /// Every page of a scan of `docs` under `budget` with `filter`, following `next`.
+    fn pages_where(store: &dyn Store, budget: ScanBudget, filter: &Filter) -> Vec<ScanPage> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = scan(store, "docs", "", after.as_deref(), budget).expect("scan");
+            let page = scan(store, "docs", "", after.as_deref(), budget, filter).expect("scan");
             let next = page.next.clone();
             out.push(page);
             assert!(out.len() < 1000, "the scan never ends");
@@ -811,6 +928,7 @@ mod tests {
             limit: 1000,
             max_bytes: 3 << 20,
             max_examined: 1000,
+            max_filter_bytes: SCAN_FILTER_BYTES,
         };
         let pages = pages(store.as_ref(), budget);
         let sizes: Vec<usize> = pages.iter().map(|p| p.records.len()).collect();
@@ -853,6 +971,7 @@ mod tests {
             limit: 1000,
             max_bytes: SCAN_PAGE_BYTES,
             max_examined: 10,
+            max_filter_bytes: SCAN_FILTER_BYTES,
         };
         let pages = pages(r.store().as_ref(), budget);
         assert_eq!(pages.len(), 10, "95 keys, 10 examined per page");
@@ -869,5 +988,112 @@ mod tests {
         let pages = pages(store, ScanBudget::new(limit));
         assert!(pages.iter().all(|p| p.records.len() <= limit));
         keys_of(&pages)
+    }
+
+    #[tokio::test]
+    async fn a_filtered_scan_keeps_the_examined_bound_and_its_cursor() {
+        let (_store, r) = open();
+        for i in 0..50u32 {
+            let value = format!(r#"{{"level_m":{i},"river":"r{}"}}"#, i % 5);
+            r.write("docs", &format!("k{i:03}"), Some(value.into_bytes()))
+                .await
+                .expect("write");
+        }
+        r.write("docs", "text", Some(b"level_m=60".to_vec()))
+            .await
+            .expect("write");
+        let filter = Filter::parse(&["/level_m>=40", "/river!=\"r1\""]).expect("valid");
+        let budget = ScanBudget {
+            limit: 1000,
+            max_bytes: SCAN_PAGE_BYTES,
+            max_examined: 7,
+            max_filter_bytes: SCAN_FILTER_BYTES,
+        };
+        let pages = pages_where(r.store().as_ref(), budget, &filter);
+        assert_eq!(pages.len(), 8, "51 keys, 7 examined per page");
+        assert!(pages
+            .iter()
+            .any(|p| p.records.is_empty() && p.next.is_some()));
+        let want: Vec<String> = (40..50)
+            .filter(|i| i % 5 != 1)
+            .map(|i| format!("k{i:03}"))
+            .collect();
+        assert_eq!(keys_of(&pages), want, "matches, in key order, none twice");
+        // The limit counts matches only.
+        let limited = ScanBudget::new(3);
+        let first = scan(r.store().as_ref(), "docs", "", None, limited, &filter).expect("scan");
+        assert_eq!(keys_of(std::slice::from_ref(&first)), want[..3]);
+        assert_eq!(first.next.as_deref(), Some("k043"));
+    }
+
+    #[tokio::test]
+    async fn a_filtered_scan_stops_at_the_tested_bytes() {
+        let (_store, r) = open();
+        for i in 0..6u8 {
+            let mut value = format!(r#"{{"n":{i},"pad":""#).into_bytes();
+            value.extend(std::iter::repeat_n(b'x', 1000));
+            value.extend_from_slice(b"\"}");
+            r.write("docs", &format!("k{i}"), Some(value))
+                .await
+                .expect("write");
+        }
+        let filter = Filter::parse(&["/n>=4"]).expect("valid");
+        let budget = ScanBudget {
+            limit: 1000,
+            max_bytes: SCAN_PAGE_BYTES,
+            max_examined: 1000,
+            max_filter_bytes: 2500,
+        };
+        let pages = pages_where(r.store().as_ref(), budget, &filter);
+        // About 1 KiB per value: two tested per page.
+        assert_eq!(
+            pages.len(),
+            3,
+            "{:?}",
+            pages.iter().map(|p| &p.next).collect::<Vec<_>>()
+        );
+        assert_eq!(keys_of(&pages), ["k4", "k5"]);
+    }
+
+    #[tokio::test]
+    async fn conflicts_list_keys_with_siblings_without_values() {
+        let (_store, r) = open();
+        for i in 0..20u32 {
+            r.write("docs", &format!("a{i:02}"), Some(b"v".to_vec()))
+                .await
+                .expect("write");
+        }
+        siblings_of(&r, "a05", 3, 10).await;
+        siblings_of(&r, "a17", 2, 10).await;
+        let budget = ScanBudget {
+            limit: 1000,
+            max_bytes: SCAN_PAGE_BYTES,
+            max_examined: 6,
+            max_filter_bytes: SCAN_FILTER_BYTES,
+        };
+        let mut after: Option<String> = None;
+        let mut found = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = conflicts(r.store().as_ref(), "docs", "", after.as_deref(), budget)
+                .expect("conflicts");
+            pages += 1;
+            for c in page.conflicts {
+                assert!(c.siblings.iter().all(|s| s.value.is_none()), "no values");
+                found.push((c.key, c.siblings.len()));
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 4, "20 keys, 6 examined per page");
+        // The local write and the concurrent remote ones.
+        assert_eq!(found, [("a05".to_owned(), 4), ("a17".to_owned(), 3)]);
+        let one =
+            conflicts(r.store().as_ref(), "docs", "", None, ScanBudget::new(1)).expect("conflicts");
+        assert_eq!(one.conflicts.len(), 1);
+        // The page ends before the next conflict (a17): after the last key examined.
+        assert_eq!(one.next.as_deref(), Some("a16"));
     }
 }
