@@ -900,15 +900,14 @@ impl Replica {
         limit: usize,
         filter: Filter,
     ) -> Result<ScanPage, ReplicaError> {
-        names::validate_collection_name(collection)?;
-        let store = self.inner.store.clone();
-        let (c, p, a) = (
-            collection.to_owned(),
-            prefix.to_owned(),
-            after.map(str::to_owned),
-        );
-        let budget = read::ScanBudget::new(limit);
-        blocking(move || read::scan(store.as_ref(), &c, &p, a.as_deref(), budget, &filter)).await
+        self.paged(
+            collection,
+            prefix,
+            after,
+            limit,
+            move |s, c, p, a, budget| read::scan(s, c, p, a, budget, &filter),
+        )
+        .await
     }
 
     /// Up to `limit` keys of `collection` (starting with `prefix`, after `after`) with two or
@@ -921,6 +920,28 @@ impl Replica {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ConflictsPage, ReplicaError> {
+        self.paged(collection, prefix, after, limit, read::conflicts)
+            .await
+    }
+
+    /// Runs one page of a walk over `collection`'s keys (starting with `prefix`, after
+    /// `after`, at most `limit` results) on the blocking pool.
+    async fn paged<T: Send + 'static>(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        walk: impl FnOnce(
+                &dyn Store,
+                &str,
+                &str,
+                Option<&str>,
+                read::ScanBudget,
+            ) -> Result<T, ReplicaError>
+            + Send
+            + 'static,
+    ) -> Result<T, ReplicaError> {
         names::validate_collection_name(collection)?;
         let store = self.inner.store.clone();
         let (c, p, a) = (
@@ -929,7 +950,7 @@ impl Replica {
             after.map(str::to_owned),
         );
         let budget = read::ScanBudget::new(limit);
-        blocking(move || read::conflicts(store.as_ref(), &c, &p, a.as_deref(), budget)).await
+        blocking(move || walk(store.as_ref(), &c, &p, a.as_deref(), budget)).await
     }
 
     /// One collection's state (empty if it holds nothing yet).
