@@ -208,6 +208,9 @@ async fn every_route_checks_the_token_and_the_role() {
         case(Method::GET, "/v1/audit?limit=5", "", [403, 403, 200]),
         case(Method::GET, "/v1/audit/verify", "", [403, 403, 200]),
         // This node runs without its key here: the bundle routes answer an admin 404.
+        case(Method::GET, "/v1/backup", "", [403, 403, 404]),
+        case(Method::GET, "/v1/cluster", "", [403, 403, 200]),
+        case(Method::GET, "/cluster", "", [403, 403, 200]),
         case(Method::GET, "/v1/bundle/want", "", [403, 403, 404]),
         case(Method::POST, "/v1/bundle/export", "{}", [403, 403, 404]),
         case(Method::POST, "/v1/bundle/import", "x", [403, 403, 404]),
