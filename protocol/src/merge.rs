@@ -5,7 +5,7 @@
 //! so whatever a superseded version superseded stays superseded. The sibling set is therefore
 //! always the set of maximal versions received, whatever the order they arrived in.
 
-use crate::dot::VersionVector;
+use crate::dot::{Dot, VersionVector};
 use crate::version::Causal;
 
 /// What applying a version to a sibling set did.
@@ -32,14 +32,23 @@ pub fn local_context<T: Causal>(siblings: &[T]) -> VersionVector {
     ctx
 }
 
+/// Whether a version with `dot` would change nothing in `siblings`: `Duplicate` when it is
+/// held, `Obsolete` when a sibling supersedes it; `None` when [`apply`] would insert it.
+pub fn held_or_superseded<T: Causal>(siblings: &[T], dot: &Dot) -> Option<Applied<T>> {
+    if siblings.iter().any(|s| s.dot() == dot) {
+        Some(Applied::Duplicate)
+    } else if siblings.iter().any(|s| s.context().covers(dot)) {
+        Some(Applied::Obsolete)
+    } else {
+        None
+    }
+}
+
 /// Applies `v` (local or received) to `siblings`: ignored when present or superseded, otherwise
 /// inserted, dropping every sibling it supersedes. Siblings stay sorted by dot.
 pub fn apply<T: Causal>(siblings: &mut Vec<T>, v: T) -> Applied<T> {
-    if siblings.iter().any(|s| s.dot() == v.dot()) {
-        return Applied::Duplicate;
-    }
-    if siblings.iter().any(|s| s.context().covers(v.dot())) {
-        return Applied::Obsolete;
+    if let Some(not_new) = held_or_superseded(siblings, v.dot()) {
+        return not_new;
     }
     let mut removed = Vec::new();
     let mut kept = Vec::with_capacity(siblings.len() + 1);

@@ -72,11 +72,11 @@ pub(crate) struct DotEdits {
 }
 
 impl DotEdits {
-    /// Loads the row of `dot` into the group: from the group itself, the writer's cache, or
-    /// the store.
+    /// Loads the row of `dot` into the group: from the group itself, the writer's cache (taken
+    /// out of it; the group gives its rows back when it commits), or the store.
     pub(crate) fn load(
         &mut self,
-        cache: &RowCache,
+        cache: &mut RowCache,
         store: &dyn Store,
         coll: &str,
         dot: &Dot,
@@ -85,8 +85,8 @@ impl DotEdits {
         if self.rows.contains_key(&key) {
             return Ok(());
         }
-        let row = match cache.rows.get(&key) {
-            Some(row) => row.clone(),
+        let row = match cache.rows.remove(&key) {
+            Some(row) => row,
             None => match store.get(&key)? {
                 Some(bytes) => decode_row(&bytes)?,
                 None => Row::new(),

@@ -84,9 +84,17 @@ struct Group {
     /// Versions superseded by this group's local writes (see [`super::Shadow`]).
     superseded: Vec<Version>,
     /// This group's local versions still to sign: each dot with its signed message.
-    unsigned: Vec<(officesync_protocol::Dot, Vec<u8>)>,
+    unsigned: Vec<Unsigned>,
     /// The rows of the dot index this group changes.
     dots: DotEdits,
+}
+
+/// A local version of the group awaiting its signature: where it is, and the bytes to sign.
+struct Unsigned {
+    collection: String,
+    key: String,
+    dot: officesync_protocol::Dot,
+    message: Vec<u8>,
 }
 
 /// Fewest unsigned versions in a group for which signing is split over two threads.
@@ -220,8 +228,10 @@ impl Writer {
         if unsigned.is_empty() {
             return;
         }
-        let sign_all = |part: &[(officesync_protocol::Dot, Vec<u8>)]| -> Vec<Vec<u8>> {
-            part.iter().map(|(_, m)| signer.sign_message(m)).collect()
+        let sign_all = |part: &[Unsigned]| -> Vec<Vec<u8>> {
+            part.iter()
+                .map(|u| signer.sign_message(&u.message))
+                .collect()
         };
         let signatures = if unsigned.len() >= PARALLEL_SIGNING_MIN {
             let (first, second) = unsigned.split_at(unsigned.len() / 2);
@@ -240,20 +250,21 @@ impl Writer {
         } else {
             sign_all(&unsigned)
         };
-        let by_dot: HashMap<&officesync_protocol::Dot, Vec<u8>> = unsigned
+        // Each signature goes to the version it signs: same collection, key and dot.
+        let signed: HashMap<(&str, &str, &officesync_protocol::Dot), Vec<u8>> = unsigned
             .iter()
-            .map(|(dot, _)| dot)
+            .map(|u| (u.collection.as_str(), u.key.as_str(), &u.dot))
             .zip(signatures)
             .collect();
-        for siblings in g.siblings.values_mut() {
+        for ((coll, key), siblings) in g.siblings.iter_mut() {
             for s in siblings.iter_mut().filter(|s| s.signature.is_none()) {
-                if let Some(sig) = by_dot.get(&s.header.dot) {
+                if let Some(sig) = signed.get(&(coll.as_str(), key.as_str(), &s.header.dot)) {
                     s.signature = Some(sig.clone());
                 }
             }
         }
         for v in g.superseded.iter_mut().filter(|v| v.signature.is_none()) {
-            if let Some(sig) = by_dot.get(&v.dot) {
+            if let Some(sig) = signed.get(&(v.collection.as_str(), v.key.as_str(), &v.dot)) {
                 v.signature = Some(sig.clone());
             }
         }
@@ -354,7 +365,7 @@ impl Writer {
     /// Loads into the group the dot-index rows a merge changes: that of the new `dot` and
     /// those of the siblings it supersedes. On failure, puts `siblings` back into the group.
     fn load_dot_rows(
-        &self,
+        &mut self,
         g: &mut Group,
         coll: &str,
         key: &str,
@@ -362,16 +373,13 @@ impl Writer {
         siblings: Vec<StoredSibling>,
         superseded: impl Fn(&StoredSibling) -> bool,
     ) -> Result<Vec<StoredSibling>, ReplicaError> {
-        let store = self.store.as_ref();
-        let loaded = g
-            .dots
-            .load(&self.dot_rows, store, coll, dot)
-            .and_then(|()| {
-                siblings
-                    .iter()
-                    .filter(|s| superseded(s))
-                    .try_for_each(|s| g.dots.load(&self.dot_rows, store, coll, &s.header.dot))
-            });
+        let (store, cache) = (self.store.as_ref(), &mut self.dot_rows);
+        let loaded = g.dots.load(cache, store, coll, dot).and_then(|()| {
+            siblings
+                .iter()
+                .filter(|s| superseded(s))
+                .try_for_each(|s| g.dots.load(cache, store, coll, &s.header.dot))
+        });
         match loaded {
             Ok(()) => Ok(siblings),
             Err(e) => {
@@ -429,7 +437,12 @@ impl Writer {
                 &header,
                 version.author.as_deref(),
             );
-            g.unsigned.push((dot.clone(), message));
+            g.unsigned.push(Unsigned {
+                collection: coll.to_owned(),
+                key: key.to_owned(),
+                dot: dot.clone(),
+                message,
+            });
         }
         // Until this write is durable, peers may still need what it supersedes.
         for s in &siblings {
@@ -725,11 +738,8 @@ fn merge_version(
     batch: &mut WriteBatch,
     dots: &mut DotEdits,
 ) -> (bool, Vec<StoredSibling>) {
-    // A duplicate or an obsolete version changes nothing (merge::apply's own first checks).
-    if siblings
-        .iter()
-        .any(|s| s.header.dot == header.dot || s.header.context.covers(&header.dot))
-    {
+    // A duplicate or an obsolete version changes nothing.
+    if merge::held_or_superseded(&siblings, &header.dot).is_some() {
         return (false, siblings);
     }
     let Version {
