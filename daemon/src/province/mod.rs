@@ -251,3 +251,42 @@ fn with_staleness(mut peers: Vec<PeerStatus>, now_ms: u64) -> Vec<PeerStatus> {
     }
     peers
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::replica::ReplicaOptions;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn an_unreadable_report_is_skipped_and_a_report_names_the_node_of_its_key() {
+        let config = Config::builder("general-office", "/d", "/t").build();
+        let province = Province::new(&config);
+        let replica = Replica::open(
+            Arc::new(MemoryStore::new()),
+            ReplicaOptions::new("general-office"),
+        )
+        .expect("open");
+        // An office's garbage, and a report that claims to be another node's.
+        replica
+            .write(STATUS_COLLECTION, "town-1", Some(b"{not json".to_vec()))
+            .await
+            .expect("write");
+        let claims = StatusReport {
+            node: "town-9".into(),
+            ..StatusReport::default()
+        };
+        replica
+            .write(STATUS_COLLECTION, "town-2", Some(encode(&claims)))
+            .await
+            .expect("write");
+        let held = province
+            .held_reports(&replica, unix_ms_now())
+            .await
+            .expect("held");
+        let nodes: Vec<&str> = held.iter().map(|h| h.report.node.as_str()).collect();
+        assert_eq!(nodes, ["town-2"], "{held:?}");
+    }
+}
