@@ -71,6 +71,7 @@ impl ApiError {
                 | ReplicaError::WrongNode { .. }
                 | ReplicaError::WriteSuperseded { .. }
                 | ReplicaError::CausalContext { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                ReplicaError::CursorExpired { .. } => StatusCode::GONE,
                 ReplicaError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             },
         }

@@ -8,6 +8,7 @@
 //! - `D` + len + collection + len + origin + counter: the dot index as builds before blocks
 //!   kept it, one row a dot; moved into blocks when the replica opens.
 //! - `V` + len + collection + len + origin + counter + chunk: pieces of large values.
+//! - `F` + len + collection + cursor: the change log (see [`super::changes`]).
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
 //! chunk numbers are big-endian so they sort numerically.
@@ -23,6 +24,7 @@ pub(crate) const DOT_BLOCK: u8 = b'B';
 /// Counters of one origin indexed by one dot-index row.
 pub(crate) const DOTS_PER_BLOCK: u64 = 64;
 pub(crate) const CHUNK: u8 = b'V';
+pub(crate) const CHANGE: u8 = b'F';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
@@ -105,6 +107,23 @@ pub(crate) fn chunk(coll: &str, d: &Dot, index: u32) -> Vec<u8> {
     let mut k = chunk_prefix(coll, d);
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// Prefix of `coll`'s change log.
+pub(crate) fn change_prefix(coll: &str) -> Vec<u8> {
+    with_coll(CHANGE, coll)
+}
+
+/// The change-log entry of `coll` at `cursor`.
+pub(crate) fn change(coll: &str, cursor: u64) -> Vec<u8> {
+    let mut k = change_prefix(coll);
+    k.extend_from_slice(&cursor.to_be_bytes());
+    k
+}
+
+/// The cursor at the end of a change-log key.
+pub(crate) fn cursor_of_change_key(k: &[u8]) -> Option<u64> {
+    counter_of_dot_key(k)
 }
 
 /// The counter at the end of a per-dot key of the old layout, or the block number at the end
