@@ -1,6 +1,10 @@
 //! The change log: every version this node applies (local or received), in apply order,
 //! each under a cursor that is never reused, kept in the same atomic batch as the version.
 //!
+//! A group of writes stores its entries of one collection as a few chunks (one store row
+//! each, at most [`CHUNK_BYTES`]), keyed by the last cursor they hold, so a catch-up of a
+//! million versions adds a few thousand rows rather than a million.
+//!
 //! Cursors count across all collections. A reader is only ever shown changes that are
 //! durable, so a crash can never take back a cursor a reader has seen; the log keeps the
 //! last [`super::ReplicaOptions::changes_kept`] cursors and trims older entries in small
@@ -17,8 +21,15 @@ use super::keys;
 use super::ReplicaError;
 use crate::store::{Store, WriteBatch};
 
-/// Change-log entries of one collection removed per trimming step.
-const TRIM_STEP: usize = 4096;
+/// Change-log rows (chunks) of one collection removed per trimming step.
+const TRIM_STEP: usize = 1024;
+
+/// Bytes of entries (estimated) above which a chunk is closed: well below sled's large-value
+/// threshold.
+const CHUNK_BYTES: usize = 32 << 10;
+
+/// Chunks read per store range while paging.
+const READ_ROWS: usize = 16;
 
 /// Cursors between two trimming steps.
 pub(crate) const TRIM_EVERY: u64 = 4096;
@@ -98,20 +109,39 @@ impl ChangeEdits {
         self.entries.len() as u64
     }
 
-    /// Queues the entries after cursor `last` (but those at or below `floor`, trimmed at once)
-    /// and the new last cursor; returns it.
+    /// Queues the entries after cursor `last` (but those at or below `floor`, trimmed at once),
+    /// in chunks per collection, and the new last cursor; returns it.
     pub(crate) fn write(
         &self,
         last: u64,
         floor: u64,
         batch: &mut WriteBatch,
     ) -> Result<u64, ReplicaError> {
+        let mut open: std::collections::BTreeMap<&str, (Vec<(u64, &StoredChange)>, usize)> =
+            std::collections::BTreeMap::new();
+        let put = |batch: &mut WriteBatch, coll: &str, chunk: &[(u64, &StoredChange)]| {
+            if let Some((end, _)) = chunk.last() {
+                batch.put(keys::change(coll, *end), encode(&chunk.to_vec())?);
+            }
+            Ok::<(), ReplicaError>(())
+        };
         let mut cursor = last;
         for (coll, change) in &self.entries {
             cursor += 1;
-            if cursor > floor {
-                batch.put(keys::change(coll, cursor), encode(change)?);
+            if cursor <= floor {
+                continue;
             }
+            let (chunk, bytes) = open.entry(coll.as_str()).or_default();
+            chunk.push((cursor, change));
+            *bytes += change.key.len() + change.author.as_ref().map_or(0, String::len) + 48;
+            if *bytes >= CHUNK_BYTES {
+                put(batch, coll, chunk)?;
+                chunk.clear();
+                *bytes = 0;
+            }
+        }
+        for (coll, (chunk, _)) in &open {
+            put(batch, coll, chunk)?;
         }
         if cursor != last {
             batch.put(keys::meta(LAST_KEY), cursor.to_be_bytes().to_vec());
@@ -169,8 +199,8 @@ pub(crate) fn skip_after_restore(
 }
 
 /// One trimming step, run when the last cursor crosses a multiple of [`TRIM_EVERY`]: raises
-/// the floor to keep `kept` cursors and removes up to [`TRIM_STEP`] entries at or below it
-/// from each collection (what is left goes in later steps; reads skip it meanwhile).
+/// the floor to keep `kept` cursors and removes up to [`TRIM_STEP`] chunks wholly at or below
+/// it from each collection (what is left goes in later steps; reads skip it meanwhile).
 pub(crate) fn trim(
     store: &dyn Store,
     collections: impl Iterator<Item = String>,
@@ -215,48 +245,60 @@ pub(crate) fn read(
         });
     }
     let from = since.max(floor);
+    let mut page = ChangePage {
+        changes: Vec::new(),
+        next: from,
+    };
     if from >= durable || limit == 0 {
-        return Ok(ChangePage {
-            changes: Vec::new(),
-            next: from.max(since),
-        });
+        return Ok(page);
     }
-    let start = keys::change(coll, from + 1);
+    // A chunk is keyed by its last cursor: the first one at or past `from + 1` holds it.
     let end = keys::change(coll, durable + 1);
-    let rows = store.range(&start, Some(&end), CHANGES_MAX_EXAMINED)?;
-    let examined_all = rows.len() < CHANGES_MAX_EXAMINED;
-    let mut changes = Vec::new();
-    let mut next = from;
-    for (k, v) in rows {
-        let cursor = keys::cursor_of_change_key(&k).ok_or_else(|| ReplicaError::Corrupt {
-            what: format!("change log of {coll}"),
-            detail: "a key without a cursor".into(),
-        })?;
-        next = cursor;
-        let c: StoredChange = codec::decode(&v).map_err(|e| ReplicaError::Corrupt {
-            what: format!("change {cursor} of {coll}"),
-            detail: e.to_string(),
-        })?;
-        if !c.key.starts_with(prefix) {
-            continue;
+    let mut start = keys::change(coll, from + 1);
+    let mut examined = 0;
+    loop {
+        let rows = store.range(&start, Some(&end), READ_ROWS)?;
+        let exhausted = rows.len() < READ_ROWS;
+        for (k, v) in &rows {
+            let at = keys::cursor_of_change_key(k).ok_or_else(|| ReplicaError::Corrupt {
+                what: format!("change log of {coll}"),
+                detail: "a key without a cursor".into(),
+            })?;
+            let chunk: Vec<(u64, StoredChange)> =
+                codec::decode(v).map_err(|e| ReplicaError::Corrupt {
+                    what: format!("changes up to {at} of {coll}"),
+                    detail: e.to_string(),
+                })?;
+            for (cursor, c) in chunk.into_iter().filter(|(cursor, _)| *cursor > from) {
+                page.next = cursor;
+                examined += 1;
+                if c.key.starts_with(prefix) {
+                    page.changes.push(Change {
+                        cursor,
+                        key: c.key,
+                        version: c.dot,
+                        author: c.author,
+                        hlc: c.hlc,
+                        deleted: c.deleted,
+                    });
+                }
+                if page.changes.len() == limit || examined >= CHANGES_MAX_EXAMINED {
+                    return Ok(page);
+                }
+            }
         }
-        changes.push(Change {
-            cursor,
-            key: c.key,
-            version: c.dot,
-            author: c.author,
-            hlc: c.hlc,
-            deleted: c.deleted,
-        });
-        if changes.len() == limit {
-            return Ok(ChangePage { changes, next });
+        match rows.last() {
+            Some((k, _)) if !exhausted => {
+                start = k.clone();
+                start.push(0);
+            }
+            // Every entry up to the durable cursor was examined: the page covers it all.
+            _ => {
+                page.next = durable;
+                return Ok(page);
+            }
         }
     }
-    // Every entry up to the durable cursor was examined: the page covers it all.
-    if examined_all {
-        next = durable;
-    }
-    Ok(ChangePage { changes, next })
 }
 
 /// Publishes the last durable cursor: the writer records each committed group's last cursor,
@@ -392,6 +434,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_large_group_spans_chunks_and_pages_resume_inside_them() {
+        let r = Replica::open(Arc::new(MemoryStore::new()), ReplicaOptions::new("hefei"))
+            .expect("open");
+        let origin = officesync_protocol::ReplicaId::new("wuhu", 7).expect("id");
+        let long = "x".repeat(500);
+        let versions: Vec<Version> = (1..=600u64)
+            .map(|n| Version {
+                collection: "situation".into(),
+                key: format!("{}/{long}/{n:04}", if n % 3 == 0 { "a" } else { "b" }),
+                dot: officesync_protocol::Dot::new(origin.clone(), n),
+                hlc: Hlc {
+                    ms: now_ms(),
+                    logical: 0,
+                },
+                context: VersionVector::default(),
+                value: Some(vec![1]),
+                author: None,
+                signature: None,
+            })
+            .collect();
+        let report = r.apply_remote(versions, Vec::new()).await.expect("apply");
+        assert_eq!(report.applied, 600);
+        // One group of 600 entries of about 550 bytes: about ten chunks.
+        let mut seen = Vec::new();
+        let mut since = 0;
+        loop {
+            let page = r.changes("situation", since, "", 7).await.expect("page");
+            if page.changes.is_empty() {
+                assert_eq!(page.next, 600);
+                break;
+            }
+            seen.extend(page.changes.iter().map(|c| c.cursor));
+            since = page.next;
+        }
+        assert_eq!(seen, (1..=600).collect::<Vec<u64>>());
+        let a = r.changes("situation", 0, "a/", 1000).await.expect("prefix");
+        assert_eq!(a.changes.len(), 200);
+        assert!(a.changes.iter().all(|c| c.cursor % 3 == 0));
+    }
+
+    #[tokio::test]
     async fn a_change_is_shown_only_once_durable() {
         let opts = ReplicaOptions {
             commit: CommitMode::Periodic(Duration::from_secs(3600)),
@@ -490,12 +573,21 @@ mod tests {
         assert!((TRIM_EVERY - 100..=total - 100).contains(&floor), "{floor}");
         let from_start = r.changes("situation", 0, "", 1).await.expect("from 0");
         assert_eq!(from_start.changes[0].cursor, floor + 1);
+        let all = r
+            .changes("situation", 0, "", usize::MAX)
+            .await
+            .expect("all");
+        assert_eq!(all.changes.len() as u64, total - floor);
+        assert_eq!(all.next, total);
+        // Every chunk wholly at or below the floor is gone from the store.
         let prefix = keys::change_prefix("situation");
         let end = crate::store::prefix_end(&prefix);
-        let held = store
+        let rows = store
             .range(&prefix, end.as_deref(), usize::MAX)
-            .expect("range")
-            .len() as u64;
-        assert_eq!(held, total - floor);
+            .expect("range");
+        let first = rows
+            .first()
+            .and_then(|(k, _)| keys::cursor_of_change_key(k));
+        assert!(first.is_some_and(|c| c > floor), "{first:?} <= {floor}");
     }
 }
