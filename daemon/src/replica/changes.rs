@@ -77,6 +77,9 @@ struct StoredChange {
     deleted: bool,
 }
 
+/// Entries of one collection stored as one row, with their cursors.
+type Chunk<'a> = Vec<(u64, &'a StoredChange)>;
+
 /// The change-log entries a group of writes adds, in order; cursors are given at commit.
 #[derive(Debug, Default)]
 pub(crate) struct ChangeEdits {
@@ -117,7 +120,8 @@ impl ChangeEdits {
         floor: u64,
         batch: &mut WriteBatch,
     ) -> Result<u64, ReplicaError> {
-        let mut open: std::collections::BTreeMap<&str, (Vec<(u64, &StoredChange)>, usize)> =
+        // Per collection, the open chunk and its estimated bytes.
+        let mut open: std::collections::BTreeMap<&str, (Chunk<'_>, usize)> =
             std::collections::BTreeMap::new();
         let put = |batch: &mut WriteBatch, coll: &str, chunk: &[(u64, &StoredChange)]| {
             if let Some((end, _)) = chunk.last() {
