@@ -129,6 +129,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Handlers first: a SIGTERM that arrives once the API answers (a `systemctl stop` right
+    // after the start) must shut down cleanly, not kill the process.
+    let signal = shutdown_signal();
     let node = match Node::start(&config).await {
         Ok(n) => n,
         Err(e) => {
@@ -140,7 +143,7 @@ async fn run(config: Config) -> ExitCode {
     if let Err(e) = officesync_daemon::notify::notify("READY=1\nSTATUS=serving") {
         tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
     }
-    let signal = shutdown_signal().await;
+    let signal = signal.await;
     tracing::info!(signal, "shutting down");
     let _ = officesync_daemon::notify::notify("STOPPING=1");
     match node.shutdown().await {
@@ -223,19 +226,24 @@ fn access_problem(config: &Config) -> String {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first of
+/// them, with its name.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon can only be killed; wait on Ctrl-C instead.
-        let _ = tokio::signal::ctrl_c().await;
-        return "SIGINT";
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the daemon can only be killed; wait on Ctrl-C instead.
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 
