@@ -12,7 +12,8 @@
 //! at 1,000 nodes, in [`province`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
-//! servers and their clients in [`servers`].
+//! servers and their clients in [`servers`]. `scale` (a four-tier tree of 1,025 daemons, in
+//! [`scale`]) runs only when `--only` names it.
 
 #[path = "bench/api.rs"]
 mod api;
@@ -30,6 +31,8 @@ mod live;
 mod province;
 #[path = "bench/replication.rs"]
 mod replication;
+#[path = "bench/scale.rs"]
+mod scale;
 #[path = "bench/servers.rs"]
 mod servers;
 #[path = "bench/signing.rs"]
@@ -233,7 +236,7 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "local",
     "api",
     "signing",
@@ -245,6 +248,7 @@ const GROUPS: [&str; 11] = [
     "fan_out",
     "sustained",
     "wire_efficiency",
+    "scale",
 ];
 
 /// Command line: `[--quick] [--only GROUP[,GROUP...]] [--records N]`.
@@ -339,6 +343,16 @@ async fn main() -> Result<()> {
         }
     }
     replication::run(&args, &mut rows).await;
+    // Only on request: a thousand daemons take this machine for several minutes.
+    if args
+        .only
+        .as_ref()
+        .is_some_and(|g| g.iter().any(|g| g == "scale"))
+    {
+        if let Err(e) = scale::run(args.quick, &mut rows).await {
+            replication::failed(&mut rows, "scale", "-", &e);
+        }
+    }
     println!();
     print_table(&rows);
     Ok(())

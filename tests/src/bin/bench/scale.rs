@@ -1,0 +1,174 @@
+//! Province scale (`--only scale`): a four-tier tree of real `officesyncd` processes on this
+//! machine, 1,025 nodes (the general office, 16 cities, 112 counties, 896 townships; `--quick`:
+//! 61), every relay an admin, each node dialing its parent. Townships flush periodically
+//! (100 ms) so that ~900 leaves' fsyncs do not queue on the one disk ahead of the relays',
+//! which sync at every write. Figures:
+//! * propagation: three writes, each at a township of another city, from just before the PUT
+//!   until every node holds it (p50 and max over the nodes; target max ≤ 1 s);
+//! * a relay's memory per idle session: a county's resident memory less a township's, over the
+//!   county's township sessions (target ≤ 200 KiB);
+//! * idle CPU per node: every node's CPU over a quiet window (target ≤ 0.1 % of a core).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use officesync_tests::tree::{quantile, Tree, TreeShape};
+use serde_json::json;
+
+use crate::servers::procfs;
+use crate::{emit, TableRow};
+
+/// Propagation target: every node within a second.
+const TARGET_PROPAGATION: Duration = Duration::from_secs(1);
+/// A relay's memory per idle session, KiB.
+const TARGET_SESSION_KIB: f64 = 200.0;
+/// Idle CPU per node, percent of one core.
+const TARGET_IDLE_CPU_PCT: f64 = 0.1;
+
+/// Runs the group.
+pub(crate) async fn run(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
+    let shape = if quick {
+        TreeShape {
+            cities: 4,
+            counties_per_city: 2,
+            towns_per_county: 6,
+        }
+    } else {
+        TreeShape {
+            cities: 16,
+            counties_per_city: 7,
+            towns_per_county: 8,
+        }
+    };
+    let figures = tokio::task::spawn_blocking(move || measure(shape))
+        .await
+        .context("the scale run panicked")??;
+    for row in figures {
+        emit(rows, row.0, row.1);
+    }
+    Ok(())
+}
+
+/// Starts the tree, measures, and returns the figures (the tree stops when dropped).
+fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
+    let n = shape.nodes();
+    let started = Instant::now();
+    let tree = Tree::start(shape, "", |config| {
+        if config.name.starts_with("town-") {
+            config.durability = "periodic".to_owned();
+            config.flush_interval_ms = Some(100);
+        }
+    });
+    let start_time = started.elapsed();
+    let linked = tree
+        .wait_linked(Duration::from_secs(600))
+        .map_err(anyhow::Error::msg)?;
+    eprintln!("scale: {n} nodes started in {start_time:?}, linked {linked:?} later");
+    let mut out = Vec::new();
+    let last_city = shape.cities - 1;
+    let froms = [
+        "town-0-0-0".to_owned(),
+        format!(
+            "town-{last_city}-{}-{}",
+            shape.counties_per_city - 1,
+            shape.towns_per_county - 1
+        ),
+        format!("town-{}-0-1", shape.cities / 2),
+    ];
+    for (i, from) in froms.iter().enumerate() {
+        let key = format!("scale/{i}");
+        let delays = tree
+            .propagation(from, "situation", &key, 16, Duration::from_secs(120))
+            .map_err(anyhow::Error::msg)?;
+        let (p50, max) = (quantile(&delays, 0.5), quantile(&delays, 1.0));
+        let met = max <= TARGET_PROPAGATION;
+        out.push((
+            json!({
+                "figure": "scale_propagation", "nodes": n, "from": from,
+                "p50_ms": p50.as_secs_f64() * 1e3, "max_ms": max.as_secs_f64() * 1e3,
+                "target_max_ms": TARGET_PROPAGATION.as_millis(), "target_met": met,
+            }),
+            TableRow {
+                figure: "scale_propagation".into(),
+                case: format!("{n} nodes, 4 tiers, write at {from}"),
+                result: format!(
+                    "p50 {:.0} ms, max {:.0} ms",
+                    p50.as_secs_f64() * 1e3,
+                    max.as_secs_f64() * 1e3
+                ),
+                baseline: "-".into(),
+                ratio: None,
+                target: format!("max ≤ {} ms", TARGET_PROPAGATION.as_millis()),
+                met: Some(met),
+            },
+        ));
+    }
+    // Quiet for a while, then memory and a CPU window.
+    std::thread::sleep(Duration::from_secs(10));
+    let mean_rss = |prefix: &str| -> f64 {
+        let v: Vec<f64> = tree
+            .nodes
+            .iter()
+            .filter(|node| node.name().starts_with(prefix))
+            .filter_map(|node| node.pid().and_then(procfs::rss_mib))
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let (town, county, city, root) = (
+        mean_rss("town-"),
+        mean_rss("county-"),
+        mean_rss("city-"),
+        mean_rss("general-office"),
+    );
+    let per_session_kib = (county - town) * 1024.0 / shape.towns_per_county as f64;
+    let met = per_session_kib <= TARGET_SESSION_KIB;
+    out.push((
+        json!({
+            "figure": "scale_idle_memory", "nodes": n,
+            "rss_mib": {"township": town, "county": county, "city": city, "general_office": root},
+            "relay_kib_per_idle_session": per_session_kib,
+            "target_kib": TARGET_SESSION_KIB, "target_met": met,
+        }),
+        TableRow {
+            figure: "scale_idle_memory".into(),
+            case: format!(
+                "{n} nodes; RSS township {town:.1}, county {county:.1}, city {city:.1}, \
+                 general office {root:.1} MiB"
+            ),
+            result: format!("{per_session_kib:.0} KiB per idle session (county less township)"),
+            baseline: "-".into(),
+            ratio: None,
+            target: format!("≤ {TARGET_SESSION_KIB:.0} KiB"),
+            met: Some(met),
+        },
+    ));
+    let window = Duration::from_secs(20);
+    let cpu = |tree: &Tree| -> f64 {
+        tree.nodes
+            .iter()
+            .filter_map(|node| node.pid().and_then(procfs::cpu_secs))
+            .sum()
+    };
+    let before = cpu(&tree);
+    std::thread::sleep(window);
+    let spent = cpu(&tree) - before;
+    let pct = spent / window.as_secs_f64() / n as f64 * 100.0;
+    let met = pct <= TARGET_IDLE_CPU_PCT;
+    out.push((
+        json!({
+            "figure": "scale_idle_cpu", "nodes": n, "window_s": window.as_secs(),
+            "cpu_seconds": spent, "pct_core_per_node": pct,
+            "target_pct": TARGET_IDLE_CPU_PCT, "target_met": met,
+        }),
+        TableRow {
+            figure: "scale_idle_cpu".into(),
+            case: format!("{n} nodes idle, {}s window", window.as_secs()),
+            result: format!("{pct:.3} % of a core per node"),
+            baseline: "-".into(),
+            ratio: None,
+            target: format!("≤ {TARGET_IDLE_CPU_PCT} %"),
+            met: Some(met),
+        },
+    ));
+    Ok(out)
+}
