@@ -339,6 +339,8 @@ impl<'a> Driver<'a> {
                     self.io
                         .compress
                         .store(compression == Compression::Zstd, Ordering::Relaxed);
+                    // From protocol 2 on, a peer takes the end of a zstd stream on its own.
+                    self.io.release_idle.store(protocol >= 2, Ordering::Relaxed);
                     self.observer.established(protocol);
                     tracing::info!(?compression, peer_replica = ?peer_replica, protocol, "session established");
                 }
@@ -566,6 +568,8 @@ struct Io {
     readers: JoinSet<()>,
     writers: JoinSet<()>,
     compress: Arc<AtomicBool>,
+    /// The bulk writer may end its zstd stream when idle (the peer speaks protocol 2).
+    release_idle: Arc<AtomicBool>,
 }
 
 impl Io {
@@ -596,6 +600,7 @@ impl Io {
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);
         let compress = Arc::new(AtomicBool::new(false));
+        let release_idle = Arc::new(AtomicBool::new(false));
         let mut writers = JoinSet::new();
         writers.spawn(io::write_control(
             FramedSend::new(ctrl_send).with_counters(counters.clone()),
@@ -605,7 +610,7 @@ impl Io {
             connection.clone(),
             counters.clone(),
             bulk_rx,
-            compress.clone(),
+            (compress.clone(), release_idle.clone()),
         ));
         Io {
             inputs,
@@ -614,6 +619,7 @@ impl Io {
             readers,
             writers,
             compress,
+            release_idle,
         }
     }
 }

@@ -169,6 +169,28 @@ impl FramedSend {
         Ok(frame.len())
     }
 
+    /// True while this stream keeps a zstd compressor (it sent a compressed frame since the
+    /// last [`FramedSend::end_compression`]).
+    pub fn holds_compressor(&self) -> bool {
+        self.zstream.is_some()
+    }
+
+    /// Ends the stream's zstd stream and frees its compressor: sends the end of the zstd frame
+    /// as a [`FrameFlags::ZSTD_STREAM`] frame that decodes to nothing (a reader of protocol 2
+    /// or later drops its decompressor on it). The next compressed frame starts a new zstd
+    /// stream. Does nothing without a compressor.
+    pub async fn end_compression(&mut self) -> Result<(), TransportError> {
+        let Some(mut enc) = self.zstream.take() else {
+            return Ok(());
+        };
+        let end = enc.end()?;
+        let frame =
+            encode_raw_frame(FrameFlags::ZSTD_STREAM, &end).map_err(TransportError::Encode)?;
+        self.stream.write_all(&frame).await?;
+        self.counters.add_sent(frame.len());
+        Ok(())
+    }
+
     /// Ends the stream gracefully once everything written is delivered.
     pub fn finish(&mut self) -> Result<(), TransportError> {
         self.stream.finish().map_err(|_| TransportError::Closed)
@@ -253,10 +275,12 @@ impl FramedRecv {
             match self.decoder.poll_frame() {
                 Ok(Some(frame)) => {
                     let limit = self.decoder.limit();
-                    return match decode(frame, limit, &mut self.zstream) {
-                        Ok(msg) => Ok(Some(msg)),
-                        Err(e) => Err(self.fail(e)),
-                    };
+                    match decode(frame, limit, &mut self.zstream) {
+                        Ok(Some(msg)) => return Ok(Some(msg)),
+                        // The end of the peer's zstd stream: its decompressor is gone.
+                        Ok(None) => continue,
+                        Err(e) => return Err(self.fail(e)),
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => return Err(self.fail(e.into())),
@@ -307,24 +331,32 @@ fn decode(
     frame: Frame,
     limit: usize,
     zstream: &mut Option<StreamDecoder>,
-) -> Result<Message, TransportError> {
+) -> Result<Option<Message>, TransportError> {
     if frame.flags.is_zstd_stream() {
         if frame.flags.is_zstd() {
             return Err(TransportError::Decompress {
                 detail: "frame flags both zstd and zstd-stream".into(),
             });
         }
-        let dec = match zstream {
-            Some(dec) => dec,
-            none => none.insert(StreamDecoder::new()?),
+        if zstream.is_none() {
+            *zstream = Some(StreamDecoder::new()?);
+        }
+        let payload = match zstream.as_mut() {
+            Some(dec) => dec.decompress(&frame.payload, limit)?,
+            None => Vec::new(), // set just above
         };
-        let payload = dec.decompress(&frame.payload, limit)?;
-        Ok(decode_message(&payload)?)
+        if payload.is_empty() {
+            // The peer ended its zstd stream (it went idle): free the decompressor; the next
+            // frame starts a new stream.
+            *zstream = None;
+            return Ok(None);
+        }
+        Ok(Some(decode_message(&payload)?))
     } else if frame.flags.is_zstd() {
         let payload = decompress(&frame.payload, limit)?;
-        Ok(decode_message(&payload)?)
+        Ok(Some(decode_message(&payload)?))
     } else {
-        Ok(decode_message(&frame.payload)?)
+        Ok(Some(decode_message(&frame.payload)?))
     }
 }
 
@@ -361,6 +393,26 @@ impl StreamEncoder {
             if input.pos() < payload.len() {
                 self.0.run(&mut input, &mut output).map_err(err)?;
             } else if self.0.flush(&mut output).map_err(err)? == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl StreamEncoder {
+    /// Ends the zstd frame: the bytes that close it (no more input).
+    fn end(&mut self) -> Result<Vec<u8>, TransportError> {
+        use zstd::stream::raw::{Operation, OutBuffer};
+        let err = |e: std::io::Error| TransportError::Compress {
+            detail: e.to_string(),
+        };
+        let mut out: Vec<u8> = Vec::with_capacity(64);
+        loop {
+            let pos = out.len();
+            out.reserve(64);
+            let mut output = OutBuffer::around_pos(&mut out, pos);
+            if self.0.finish(&mut output, true).map_err(err)? == 0 {
                 break;
             }
         }
@@ -468,7 +520,8 @@ pub fn fuzz_recv(data: &[u8]) {
         loop {
             match decoder.poll_frame() {
                 Ok(Some(frame)) => match decode(frame, MAX_FRAME_BYTES, &mut zstream) {
-                    Ok(msg) => {
+                    Ok(None) => assert!(zstream.is_none(), "an ended zstd stream kept"),
+                    Ok(Some(msg)) => {
                         let payload = encode_message(&msg).expect("a decoded message re-encodes");
                         assert!(payload.len() <= MAX_FRAME_BYTES);
                         let _ = msg.validate(MAX_FRAME_BYTES);
@@ -493,6 +546,41 @@ pub fn fuzz_stream_parts(payloads: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Transport
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ended_stream_frees_both_sides_and_a_new_one_follows() {
+        let mut zstream = None;
+        let frame_of = |packed: Vec<u8>| Frame {
+            flags: FrameFlags::ZSTD_STREAM,
+            payload: packed,
+        };
+        let msg = |seq: u64| -> Message {
+            officesync_protocol::wire::Heartbeat { now_ms: 7, seq }.into()
+        };
+        let mut enc = StreamEncoder::new().expect("encoder");
+        for seq in 0..3 {
+            let packed = enc
+                .compress(&encode_message(&msg(seq)).expect("encode"))
+                .expect("zstd");
+            let got = decode(frame_of(packed), MAX_FRAME_BYTES, &mut zstream).expect("decode");
+            assert_eq!(got, Some(msg(seq)));
+        }
+        assert!(zstream.is_some());
+        // The sender goes idle: the end of its zstd frame decodes to nothing and frees the
+        // reader's decompressor.
+        let end = enc.end().expect("end");
+        assert!(!end.is_empty());
+        let got = decode(frame_of(end), MAX_FRAME_BYTES, &mut zstream).expect("decode end");
+        assert_eq!(got, None);
+        assert!(zstream.is_none());
+        // A new compressor's first frame decodes with a new decompressor.
+        let mut enc = StreamEncoder::new().expect("encoder");
+        let packed = enc
+            .compress(&encode_message(&msg(9)).expect("encode"))
+            .expect("zstd");
+        let got = decode(frame_of(packed), MAX_FRAME_BYTES, &mut zstream).expect("decode");
+        assert_eq!(got, Some(msg(9)));
+    }
 
     #[test]
     fn stream_parts_round_trip_and_shrink_with_history() {

@@ -135,16 +135,41 @@ pub(super) async fn write_control(mut send: FramedSend, mut rx: mpsc::Receiver<M
     }
 }
 
+/// How long the bulk stream stays quiet before its zstd stream ends and the compressor (about
+/// 1 MiB) is freed; the next frame starts a new one.
+const BULK_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens the bulk stream on the first frame and writes bulk frames (zstd when `compress` is
-/// set) until the channel closes, then finishes the stream.
+/// set) until the channel closes, then finishes the stream. With `release_idle` set, a stream
+/// quiet for [`BULK_IDLE`] ends its zstd stream, so an idle session holds no compressor.
 pub(super) async fn write_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
     mut rx: mpsc::Receiver<Message>,
-    compress: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    (compress, release_idle): (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ),
 ) {
     let mut send: Option<FramedSend> = None;
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let next = match send.as_ref().is_some_and(FramedSend::holds_compressor) {
+            true => match tokio::time::timeout(BULK_IDLE, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let ends = release_idle.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Some(s) = send.as_mut().filter(|_| ends) {
+                        if let Err(e) = s.end_compression().await {
+                            tracing::warn!(error = %e, "bulk stream write failed; the session will restart");
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            },
+            false => rx.recv().await,
+        };
+        let Some(msg) = next else { break };
         if send.is_none() {
             match connection.open_uni().await {
                 Ok(s) => send = Some(FramedSend::new(s).with_counters(counters.clone())),
