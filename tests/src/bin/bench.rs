@@ -6,6 +6,8 @@
 //!
 //! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
+//! `query` (`where` queries on 1,000,000 JSON records with and without a secondary index, in
+//! [`query`]),
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
 //! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
@@ -28,6 +30,8 @@ mod heal;
 mod live;
 #[path = "bench/province.rs"]
 mod province;
+#[path = "bench/query.rs"]
+mod query;
 #[path = "bench/replication.rs"]
 mod replication;
 #[path = "bench/servers.rs"]
@@ -233,9 +237,10 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "local",
     "api",
+    "query",
     "signing",
     "encryption",
     "province",
@@ -252,7 +257,7 @@ struct Args {
     quick: bool,
     only: Option<Vec<String>>,
     /// Overrides the record count of the bulk catch-up (256 B values; a tenth with 4 KiB
-    /// values) and of the partition heal.
+    /// values), of the partition heal and of the query group.
     records: Option<usize>,
 }
 
@@ -325,6 +330,11 @@ async fn main() -> Result<()> {
     }
     if args.wants("api") {
         api::run(args.quick, &mut rows).await?;
+    }
+    if args.wants("query") {
+        if let Err(e) = query::run(args.quick, args.records, &mut rows).await {
+            replication::failed(&mut rows, "query", "-", &e);
+        }
     }
     if args.wants("signing") {
         signing::run(args.quick, &mut rows).await?;
