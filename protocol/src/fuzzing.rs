@@ -424,6 +424,7 @@ impl Harness {
             Role::Dialer
         };
         let mut cfg = SessionConfig::new(LOCAL, replica(LOCAL, 1), CLUSTER);
+        cfg.past_replicas = vec![replica(LOCAL, 0)];
         cfg.max_value_bytes = MAX_VALUE_BYTES;
         cfg.batch_max_versions = 3;
         cfg.batch_max_bytes = 64;
@@ -597,7 +598,9 @@ impl Harness {
             }
             if let Message::V1(MessageV1::Batch(batch)) = &msg {
                 assert!(
-                    self.local_relay || batch.origin.node_name() == LOCAL,
+                    self.local_relay
+                        || batch.origin.node_name() == LOCAL
+                        || batch.origin.node_name() == PEER,
                     "a non-relay sent versions of {}",
                     batch.origin
                 );
@@ -655,7 +658,9 @@ impl Harness {
                     *through <= may,
                     "load of {origin} through {through} beyond the offerable {may}"
                 );
-                assert!(self.local_relay || origin.node_name() == LOCAL);
+                assert!(
+                    self.local_relay || origin.node_name() == LOCAL || origin.node_name() == PEER
+                );
             }
             Action::Digest { .. } => {}
         }
@@ -670,11 +675,13 @@ impl Harness {
             versions,
             through,
         } = part;
+        // A peer may send back this node's own earlier incarnations (never its current one).
+        let own_past = *origin == replica(LOCAL, 0);
         assert!(
-            self.peer_is_relay || origin.node_name() == PEER,
+            self.peer_is_relay || origin.node_name() == PEER || own_past,
             "applied versions of {origin} from non-relay {PEER}"
         );
-        if !self.peer_is_relay {
+        if !self.peer_is_relay && !own_past {
             let first = self.incarnation.get_or_insert_with(|| origin.clone());
             assert_eq!(first, origin, "a non-relay brought two incarnations");
             if let Some(announced) = &self.announced {

@@ -376,3 +376,81 @@ fn a_backup_of_an_encrypted_store_stays_sealed_and_restores_only_with_its_key() 
         secret
     );
 }
+
+#[test]
+fn the_general_office_restored_from_a_backup_gets_back_what_it_wrote_after_the_copy() {
+    let cluster = Cluster::new();
+    let hub_cfg = hub_config(&cluster);
+    let hub = cluster.start(&hub_cfg);
+    let hefei = cluster.start(&office_config(&cluster, HEFEI, hub_cfg.sync_listen));
+    let beijing = cluster.start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
+    wait_connected(
+        &[
+            (&hefei, HUB),
+            (&beijing, HUB),
+            (&hub, HEFEI),
+            (&hub, BEIJING),
+        ],
+        Duration::from_secs(30),
+    );
+    let old_replica = hub.status()["replica"]
+        .as_str()
+        .expect("replica")
+        .to_owned();
+    let mut written = BTreeMap::new();
+    for i in 0..10 {
+        let k = format!("gov/before/{i}");
+        written.insert(hub.put(COLL, &k, k.as_bytes()).version, k);
+    }
+    let file = cluster.dir().join("gov.osbackup");
+    hub.cli(&["backup", "--output", file.to_str().expect("utf-8 path")])
+        .expect_success("officesync backup");
+    // After the copy: the general office writes more (overwrites included), and the offices
+    // receive it before the general office loses its disk.
+    for i in 0..30 {
+        let k = format!("gov/after/{}", i % 20);
+        written.insert(
+            hub.put(COLL, &k, format!("after {i}").as_bytes()).version,
+            k,
+        );
+    }
+    hefei.put(COLL, "hefei/1", b"from hefei");
+    assert_converged(&[&hub, &hefei, &beijing], Duration::from_secs(60));
+    let expected = dots(&hub);
+
+    hub.kill9();
+    restore(&hub_cfg.config_path(), &file, true).expect_success("restore --force");
+    hub.restart();
+    let new_replica = hub.status()["replica"]
+        .as_str()
+        .expect("replica")
+        .to_owned();
+    assert_ne!(
+        new_replica, old_replica,
+        "a restore must be a new incarnation"
+    );
+    // The offices notice the old connection is gone after their idle timeout (30 s).
+    wait_connected(&[(&hub, HEFEI), (&hub, BEIJING)], Duration::from_secs(90));
+    assert_converged(&[&hub, &hefei, &beijing], Duration::from_secs(90));
+    // Every live version of the old incarnation came back from the offices, with its content.
+    let now = dots(&hub);
+    for (version, kv) in &expected {
+        assert_eq!(
+            now.get(version),
+            Some(kv),
+            "{version} ({}) did not come back to the restored general office",
+            kv.0
+        );
+    }
+    assert!(
+        expected
+            .keys()
+            .any(|v| v.starts_with(&format!("{old_replica}:"))
+                && written.get(v).is_some_and(|k| k.starts_with("gov/after/"))),
+        "the test wrote nothing after the copy"
+    );
+    // The restored general office writes under its new id, and that reaches the offices.
+    let ack = hub.put(COLL, "gov/new", b"new");
+    assert!(ack.version.starts_with(&format!("{new_replica}:")));
+    assert_converged(&[&hub, &hefei, &beijing], Duration::from_secs(60));
+}

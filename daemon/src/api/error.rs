@@ -74,6 +74,7 @@ impl ApiError {
                 | ReplicaError::WriteSuperseded { .. }
                 | ReplicaError::CausalContext { .. }
                 | ReplicaError::BadIndex(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ReplicaError::CursorExpired { .. } => StatusCode::GONE,
                 ReplicaError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             },
         }

@@ -181,6 +181,19 @@ pub(crate) fn load_meta(store: &dyn Store, coll: &str) -> Result<CollectionMeta,
     }
 }
 
+/// The node's earlier incarnations, one a restore (the `past_replicas` list).
+pub(crate) fn past_replicas(store: &dyn Store) -> Result<Vec<ReplicaId>, ReplicaError> {
+    let raw = store.get(&keys::meta("past_replicas"))?.unwrap_or_default();
+    let text = String::from_utf8(raw).map_err(|e| ReplicaError::Corrupt {
+        what: "node identity".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.parse::<ReplicaId>().ok())
+        .collect())
+}
+
 /// Makes the store's node a new incarnation (a restored copy): a fresh random replica id for
 /// `node`, unlike the current one and every incarnation of `node` any collection's vector
 /// names, so the node never issues a dot again that it (or any earlier copy) issued. The old
@@ -205,13 +218,9 @@ pub(crate) fn start_new_incarnation(
                 .filter(|o| o.node_name() == node),
         );
     }
+    known.extend(past_replicas(store)?);
     let past = store.get(&keys::meta("past_replicas"))?.unwrap_or_default();
     let past = String::from_utf8(past).map_err(|e| corrupt(e.to_string()))?;
-    for line in past.lines() {
-        if let Ok(id) = line.parse::<ReplicaId>() {
-            known.push(id);
-        }
-    }
     let new = loop {
         let mut incarnation = [0u8; 4];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
@@ -228,6 +237,7 @@ pub(crate) fn start_new_incarnation(
     let mut batch = WriteBatch::default();
     batch.put(keys::meta("replica"), new.as_str().as_bytes().to_vec());
     batch.put(keys::meta("past_replicas"), list.into_bytes());
+    super::changes::skip_after_restore(store, &mut batch)?;
     store.apply(batch)?;
     store.sync()?;
     Ok((old, new))

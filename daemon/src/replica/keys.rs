@@ -11,6 +11,7 @@
 //! - `I` + len + collection + len + pointer + encoded value + key: a secondary index entry
 //!   (empty value) for the winner of `key`, whose JSON value holds at the declared `pointer`
 //!   the scalar encoded as [`officesync_protocol::index_order`] says (see [`super::index`]).
+//! - `F` + len + collection + cursor: the change log (see [`super::changes`]).
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
 //! chunk numbers are big-endian so they sort numerically.
@@ -27,6 +28,7 @@ pub(crate) const DOT_BLOCK: u8 = b'B';
 pub(crate) const DOTS_PER_BLOCK: u64 = 64;
 pub(crate) const CHUNK: u8 = b'V';
 pub(crate) const INDEX: u8 = b'I';
+pub(crate) const CHANGE: u8 = b'F';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
@@ -117,6 +119,23 @@ pub(crate) fn chunk(coll: &str, d: &Dot, index: u32) -> Vec<u8> {
     let mut k = chunk_prefix(coll, d);
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// Prefix of `coll`'s change log.
+pub(crate) fn change_prefix(coll: &str) -> Vec<u8> {
+    with_coll(CHANGE, coll)
+}
+
+/// The change-log entry of `coll` at `cursor`.
+pub(crate) fn change(coll: &str, cursor: u64) -> Vec<u8> {
+    let mut k = change_prefix(coll);
+    k.extend_from_slice(&cursor.to_be_bytes());
+    k
+}
+
+/// The cursor at the end of a change-log key.
+pub(crate) fn cursor_of_change_key(k: &[u8]) -> Option<u64> {
+    counter_of_dot_key(k)
 }
 
 /// The counter at the end of a per-dot key of the old layout, or the block number at the end

@@ -5,6 +5,7 @@
 //! free: it drains every queued write, applies each as its own batch, syncs once and then
 //! acknowledges them all. Reads run on the blocking pool straight against the store.
 
+mod changes;
 mod dots;
 mod encoding;
 mod index;
@@ -31,6 +32,7 @@ pub use index::{
     IndexCatalog, CURSOR_MARK, MAX_CURSOR_BYTES, MAX_INDEXES_PER_COLLECTION,
     MAX_INDEX_POINTER_BYTES,
 };
+pub use changes::{Change, ChangePage, CHANGES_MAX_EXAMINED};
 pub use read::{
     ConflictsPage, SiblingRead, SiblingsRead, WinnerRead, SCAN_FILTER_BYTES, SCAN_MAX_EXAMINED,
     SCAN_PAGE_BYTES, SIBLING_VALUES_BUDGET,
@@ -123,6 +125,16 @@ pub enum ReplicaError {
     /// An `after` cursor of an index that the query cannot resume.
     #[error("{0}")]
     BadCursor(String),
+    /// A change-feed cursor older than what the change log keeps.
+    #[error("cursor {since} of {collection} is older than the change log keeps (it starts after {oldest}); start again from 0")]
+    CursorExpired {
+        /// The collection.
+        collection: String,
+        /// The cursor asked for.
+        since: u64,
+        /// Cursors at or below this are no longer served.
+        oldest: u64,
+    },
     /// The replica is shutting down.
     #[error("the store is shutting down")]
     Closed,
@@ -167,7 +179,12 @@ pub struct ReplicaOptions {
     pub signer: Option<Arc<crate::signing::NodeSigner>>,
     /// Secondary indexes: per collection, the JSON pointers indexed (`[indexes]`).
     pub indexes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Cursors the change log keeps (older entries are trimmed).
+    pub changes_kept: u64,
 }
+
+/// Cursors the change log keeps by default.
+pub const DEFAULT_CHANGES_KEPT: u64 = 1_000_000;
 
 impl ReplicaOptions {
     /// Defaults for node `node`: sync durability, 4 MiB values, 5 minutes of skew.
@@ -179,6 +196,7 @@ impl ReplicaOptions {
             max_clock_skew_ms: 300_000,
             signer: None,
             indexes: std::collections::BTreeMap::new(),
+            changes_kept: DEFAULT_CHANGES_KEPT,
         }
     }
 }
@@ -290,6 +308,8 @@ pub struct ReplicaStats {
     pub(crate) durable: DurableCell,
     /// Versions superseded by local writes that are not durable yet.
     pub(crate) shadow: Shadow,
+    /// The last durable change-log cursor.
+    pub(crate) cursor: changes::CursorCell,
 }
 
 /// Versions superseded by local writes that are not yet durable, which Loads still serve:
@@ -528,6 +548,8 @@ pub(crate) enum Request {
 struct Inner {
     store: Arc<dyn Store>,
     id: ReplicaId,
+    /// This node's earlier incarnations (restores from backups).
+    past: Vec<ReplicaId>,
     node: String,
     max_value_bytes: usize,
     requests: mpsc::Sender<Request>,
@@ -588,6 +610,7 @@ impl Replica {
         names::validate_node_name(&opts.node)?;
         let generation = encoding::check_durable_mark(store.as_ref())?;
         let id = encoding::load_or_create_identity(store.as_ref(), &opts.node)?;
+        let past = encoding::past_replicas(store.as_ref())?;
         let moved = dots::migrate_per_dot_index(store.as_ref())?;
         if moved > 0 {
             tracing::info!(
@@ -609,6 +632,7 @@ impl Replica {
                 .collect(),
         };
         stats.durable.init(id.clone(), recovered);
+        stats.cursor.init(changes::load_state(store.as_ref())?.last);
         stats
             .committed_generation
             .store(generation, Ordering::Relaxed);
@@ -643,6 +667,7 @@ impl Replica {
             inner: Arc::new(Inner {
                 store,
                 id,
+                past,
                 node: opts.node,
                 max_value_bytes: opts.max_value_bytes,
                 requests: tx,
@@ -657,6 +682,11 @@ impl Replica {
     /// This replica's id (`name@incarnation`).
     pub fn id(&self) -> &ReplicaId {
         &self.inner.id
+    }
+
+    /// This node's earlier incarnations, before each restore from a backup.
+    pub fn past_replicas(&self) -> &[ReplicaId] {
+        &self.inner.past
     }
 
     /// This node's name.
@@ -1007,6 +1037,30 @@ impl Replica {
         );
         let budget = read::ScanBudget::new(limit);
         blocking(move || walk(store.as_ref(), &c, &p, a.as_deref(), budget)).await
+    }
+
+    /// Changes of `collection` after cursor `since` whose key starts with `prefix`, in this
+    /// node's apply order: at most `limit`, and only durable ones (a cursor once served is never
+    /// used again). `since = 0` starts at the oldest change kept; a cursor older than that is
+    /// [`ReplicaError::CursorExpired`]. Resume from the page's `next`.
+    pub async fn changes(
+        &self,
+        collection: &str,
+        since: u64,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<ChangePage, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let durable = *self.inner.stats.cursor.published.borrow();
+        let store = self.inner.store.clone();
+        let (c, p) = (collection.to_owned(), prefix.to_owned());
+        blocking(move || changes::read(store.as_ref(), &c, since, &p, limit, durable)).await
+    }
+
+    /// The last durable change-log cursor (of every collection); it wakes its receiver on
+    /// each new one.
+    pub fn change_cursor(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.stats.cursor.published.subscribe()
     }
 
     /// One collection's state (empty if it holds nothing yet).

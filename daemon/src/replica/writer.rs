@@ -12,6 +12,7 @@ use officesync_protocol::names;
 use officesync_protocol::{codec, HlcClock, ReplicaId, Version, VersionHeader};
 use tokio::sync::mpsc;
 
+use super::changes::{self, ChangeEdits, LogState};
 use super::dots::{DotEdits, RowCache};
 use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
 use super::index::{IndexCatalog, IndexEdits};
@@ -61,6 +62,10 @@ pub(crate) struct Writer {
     dot_rows: RowCache,
     /// The declared secondary indexes, kept with each record.
     indexes: Arc<IndexCatalog>,
+    /// The change log's last cursor and floor.
+    log: LogState,
+    /// Cursors the change log keeps.
+    changes_kept: u64,
 }
 
 enum Reply {
@@ -92,6 +97,8 @@ struct Group {
     dots: DotEdits,
     /// The secondary-index entries this group changes.
     index: IndexEdits,
+    /// The change-log entries of the versions this group applies.
+    changes: ChangeEdits,
 }
 
 /// A local version of the group awaiting its signature: where it is, and the bytes to sign.
@@ -114,6 +121,8 @@ impl Writer {
         indexes: Arc<IndexCatalog>,
     ) -> Result<Self, ReplicaError> {
         let mut metas = HashMap::new();
+        let store_ref = store.as_ref();
+        let log = changes::load_state(store_ref)?;
         let mut last = officesync_protocol::Hlc::default();
         for info in super::read::collections(store.as_ref())? {
             last = last.max(info.meta.max_hlc);
@@ -132,6 +141,8 @@ impl Writer {
             signer: opts.signer.clone(),
             dot_rows: RowCache::default(),
             indexes,
+            log,
+            changes_kept: opts.changes_kept.max(1),
         })
     }
 
@@ -279,6 +290,7 @@ impl Writer {
 
     fn commit_group(&mut self, mut g: Group) -> Result<(), ReplicaError> {
         self.sign_group(&mut g);
+        let mut log = self.log;
         let mut write_back = || -> Result<(), ReplicaError> {
             for ((coll, key), siblings) in &g.siblings {
                 g.batch.put(keys::record(coll, key), encode(siblings)?);
@@ -295,6 +307,17 @@ impl Writer {
                     &mut g.batch,
                 );
             }
+            log.last = self.log.last + g.changes.len();
+            if log.last / changes::TRIM_EVERY != self.log.last / changes::TRIM_EVERY {
+                changes::trim(
+                    self.store.as_ref(),
+                    self.metas.keys().chain(g.metas.keys()).cloned(),
+                    &mut log,
+                    self.changes_kept,
+                    &mut g.batch,
+                )?;
+            }
+            g.changes.write(self.log.last, log.floor, &mut g.batch)?;
             if !g.batch.is_empty() {
                 g.batch.put(
                     keys::meta("generation"),
@@ -307,6 +330,8 @@ impl Writer {
         };
         match write_back() {
             Ok(()) => {
+                self.log = log;
+                self.stats.cursor.committed(self.generation, log.last);
                 self.dot_rows.committed(std::mem::take(&mut g.dots));
                 self.stats
                     .shadow
@@ -492,6 +517,7 @@ impl Writer {
             header,
             &mut g.batch,
             &mut g.dots,
+            &mut g.changes,
         );
         g.metas.insert(coll.to_owned(), meta);
         g.siblings
@@ -536,8 +562,15 @@ impl Writer {
                     .note_chunked(&self.indexes, &coll, &key, &header.dot, value);
             }
             let mut meta = std::mem::take(self.meta(g, &coll)?);
-            let (applied, siblings) =
-                merge_version(&mut meta, siblings, v, header, &mut g.batch, &mut g.dots);
+            let (applied, siblings) = merge_version(
+                &mut meta,
+                siblings,
+                v,
+                header,
+                &mut g.batch,
+                &mut g.dots,
+                &mut g.changes,
+            );
             if applied {
                 report.applied += 1;
             } else {
@@ -727,6 +760,7 @@ fn sync_store(store: &dyn Store, stats: &ReplicaStats) -> Result<(), StoreError>
                 tracing::warn!(error = %e, "cannot record the durable generation");
             }
             stats.shadow.forget_through(generation);
+            stats.cursor.durable_through(generation);
             stats.durable.publish(applied);
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             stats.synced_writes.fetch_add(writes, Ordering::Relaxed);
@@ -766,11 +800,13 @@ fn merge_version(
     header: VersionHeader,
     batch: &mut WriteBatch,
     dots: &mut DotEdits,
+    changes: &mut ChangeEdits,
 ) -> (bool, Vec<StoredSibling>) {
     // A duplicate or an obsolete version changes nothing.
     if merge::held_or_superseded(&siblings, &header.dot).is_some() {
         return (false, siblings);
     }
+    changes.push(&v.collection, &v.key, &header, v.author.as_deref());
     let Version {
         collection,
         key,

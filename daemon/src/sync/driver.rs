@@ -646,6 +646,7 @@ fn new_session(
     cfg.relay = settings.is_admin;
     cfg.max_clock_skew_ms = settings.max_clock_skew_ms;
     cfg.release = crate::RELEASE.to_owned();
+    cfg.past_replicas = replica.past_replicas().to_vec();
     if let Some(max) = super::pin::pinned_max_protocol() {
         cfg.max_protocol = max;
     }

@@ -41,13 +41,16 @@ pub struct SessionConfig {
     pub max_protocol: u16,
     /// What this node runs (`officesyncd 0.2.0 (commit)`), told to peers of protocol 2 and up.
     pub release: String,
+    /// This node's earlier incarnations (before restores from backups): peers that are not
+    /// relays may send their versions back.
+    pub past_replicas: Vec<ReplicaId>,
 }
 
 impl SessionConfig {
     /// The defaults for node `node` with replica id `replica` in cluster `cluster_id`:
     /// 4 MiB values, batches of at most 512 versions and 1 MiB, a heartbeat every 5 s,
     /// 30 s idle timeout, a digest round every 5 min, zstd preferred, not a relay, 5 min of
-    /// clock skew, the newest protocol, no release named.
+    /// clock skew, the newest protocol, no release named, no earlier incarnation.
     pub fn new(node: &str, replica: ReplicaId, cluster_id: &str) -> Self {
         Self {
             node: node.to_owned(),
@@ -64,6 +67,7 @@ impl SessionConfig {
             max_clock_skew_ms: 300_000,
             max_protocol: crate::wire::PROTOCOL_VERSION,
             release: String::new(),
+            past_replicas: Vec::new(),
         }
     }
 }

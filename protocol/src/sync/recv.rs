@@ -253,9 +253,16 @@ impl<'a> RecvView<'a> {
         self.advertised.get(collection)
     }
 
-    /// The relay rule: versions of `origin` are accepted from this peer.
+    /// The relay rule: versions of `origin` are accepted from this peer (a relay, the peer's
+    /// own node, or a past incarnation of this node that the peer sends back after a restore).
     pub(super) fn accepts_origin(&self, origin: &ReplicaId) -> bool {
-        self.peer.is_relay || origin.node_name() == self.peer.node
+        self.peer.is_relay || origin.node_name() == self.peer.node || self.own_past(origin)
+    }
+
+    /// `origin` is one of this node's earlier incarnations, as it knows them (never the
+    /// current one: only this node issues its dots).
+    pub(super) fn own_past(&self, origin: &ReplicaId) -> bool {
+        *origin != self.cfg.replica && self.cfg.past_replicas.contains(origin)
     }
 
     /// The access policy: versions of `origin` may be accepted in `collection`. Only a relay
@@ -319,7 +326,7 @@ impl Rx {
         collection: &str,
         origin: &ReplicaId,
     ) -> Option<String> {
-        if !view.peer.is_relay {
+        if !view.peer.is_relay && !view.own_past(origin) {
             let announced = self.announced.get_or_insert_with(|| origin.clone());
             if origin != announced {
                 return Some(format!(
@@ -381,6 +388,29 @@ impl Rx {
                 )
             })
         });
+        // This node's own past versions, sent back by a peer that is not a relay, must carry
+        // this node's signature: nobody else may add to what this node wrote.
+        let signed = match view.signatures {
+            Some(check) if !view.peer.is_relay && view.own_past(&b.origin) => b
+                .versions
+                .iter()
+                .position(|v| v.signature.is_none())
+                .filter(|i| signed.as_ref().is_none_or(|(j, _, _)| i < j))
+                .map(|i| {
+                    let refusal = Refusal::Signature(SignatureFault::Unsigned, check.generation());
+                    let why = format!(
+                        "version {} of this node's earlier incarnation carries no signature",
+                        b.versions[i].dot
+                    );
+                    (
+                        i,
+                        refusal,
+                        format!("{}: {why}", SignatureFault::Unsigned.label()),
+                    )
+                })
+                .or(signed),
+            _ => signed,
+        };
         let limit = signed.as_ref().map_or(b.versions.len(), |(i, _, _)| *i);
         let other = b.versions[..limit].iter().enumerate().find_map(|(i, v)| {
             if v.hlc.ms > bound {

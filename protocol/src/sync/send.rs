@@ -82,11 +82,18 @@ struct Plan {
     repair: bool,
 }
 
-/// True when this node sends versions of `origin`: relays send every origin, other nodes only
-/// their current incarnation (peers refuse the rest).
-pub(super) fn sends_origin(cfg: &SessionConfig, origin: &ReplicaId) -> bool {
-    cfg.relay || *origin == cfg.replica
+/// True when this node sends versions of `origin` to `peer`: relays send every origin, other
+/// nodes their current incarnation and the peer's earlier incarnations (a peer restored from a
+/// backup gets back what it wrote after the copy), once the peer's current one is known.
+/// Peers refuse the rest.
+pub(super) fn sends_origin(cfg: &SessionConfig, peer: PeerIds<'_>, origin: &ReplicaId) -> bool {
+    cfg.relay
+        || *origin == cfg.replica
+        || (origin.node_name() == peer.0 && peer.1.is_some_and(|current| current != origin))
 }
+
+/// The peer's node name and, once known, its current incarnation.
+pub(super) type PeerIds<'a> = (&'a str, Option<&'a ReplicaId>);
 
 /// How far within the peer's clock skew bound a version must be stamped to be sent: a fifth of
 /// `max_clock_skew_ms`, at most a minute. A receiver with a slightly slower clock (or a
@@ -114,7 +121,7 @@ macro_rules! send_view {
             &$s.local,
             &$s.peer_vvs,
             &$s.policy,
-            &$s.peer.node,
+            (&$s.peer.node, $s.rx.peer_replica()),
             $s.role == super::config::Role::Dialer,
         )
     };
@@ -131,7 +138,7 @@ pub(super) struct SendView<'a> {
     /// What the peer is known to hold.
     peer_vvs: &'a BTreeMap<String, VersionVector>,
     policy: &'a Policy,
-    peer_node: &'a str,
+    peer: PeerIds<'a>,
     /// This side dialed the connection (it sends `_status` up).
     dialer: bool,
 }
@@ -144,7 +151,7 @@ impl<'a> SendView<'a> {
         local: &'a BTreeMap<String, VersionVector>,
         peer_vvs: &'a BTreeMap<String, VersionVector>,
         policy: &'a Policy,
-        peer_node: &'a str,
+        peer: PeerIds<'a>,
         dialer: bool,
     ) -> Self {
         Self {
@@ -153,13 +160,13 @@ impl<'a> SendView<'a> {
             local,
             peer_vvs,
             policy,
-            peer_node,
+            peer,
             dialer,
         }
     }
 
     fn may_send(&self, collection: &str) -> bool {
-        self.policy.may_read(self.peer_node, collection)
+        self.policy.may_read(self.peer.0, collection)
             && crate::status::sends_on_side(collection, self.dialer)
     }
 
@@ -185,13 +192,20 @@ impl Tx {
             .map(|vv| vv.iter().map(|(o, _)| o.clone()).collect())
             .unwrap_or_default();
         for origin in origins {
-            self.mark_ready(view.cfg, collection, origin);
+            self.mark_ready(view.cfg, view.peer, collection, origin);
         }
     }
 
-    /// Marks the stream of `origin` in `collection` ready (creating it), if we send `origin`.
-    pub(super) fn mark_ready(&mut self, cfg: &SessionConfig, collection: &str, origin: ReplicaId) {
-        if !sends_origin(cfg, &origin) {
+    /// Marks the stream of `origin` in `collection` ready (creating it), if we send `origin`
+    /// to `peer`.
+    pub(super) fn mark_ready(
+        &mut self,
+        cfg: &SessionConfig,
+        peer: PeerIds<'_>,
+        collection: &str,
+        origin: ReplicaId,
+    ) {
+        if !sends_origin(cfg, peer, &origin) {
             return;
         }
         let key = (collection.to_owned(), origin);
@@ -375,7 +389,8 @@ impl Tx {
         self.streams.iter().any(|((c, _), s)| {
             c == collection
                 && s.waiting_for.as_ref().is_some_and(|(o, n)| {
-                    !sends_origin(view.cfg, o) && self.peer_holds(view, collection, o) < *n
+                    !sends_origin(view.cfg, view.peer, o)
+                        && self.peer_holds(view, collection, o) < *n
                 })
         })
     }
@@ -478,8 +493,8 @@ impl Tx {
             scanned = versions[at].dot.counter - 1;
             versions.truncate(at);
             held_until = 0;
-            if sends_origin(view.cfg, &need.0) {
-                self.mark_ready(view.cfg, collection, need.0.clone());
+            if sends_origin(view.cfg, view.peer, &need.0) {
+                self.mark_ready(view.cfg, view.peer, collection, need.0.clone());
             } else if self.dependency_round.is_none() {
                 let at = view.now.saturating_add(DEPENDENCY_ROUND_MS);
                 self.dependency_round = Some((at, collection.clone()));

@@ -292,7 +292,9 @@ impl Session {
                 let peer = self.peer_vvs.get(c);
                 let lag_versions = vv
                     .iter()
-                    .filter(|(o, _)| sends_origin(&self.cfg, o))
+                    .filter(|(o, _)| {
+                        sends_origin(&self.cfg, (&self.peer.node, self.rx.peer_replica()), o)
+                    })
                     .map(|(o, n)| n.saturating_sub(peer.map_or(0, |p| p.get(o))))
                     .fold(0u64, u64::saturating_add);
                 CollectionStatus {
@@ -430,7 +432,8 @@ impl Session {
         cur.merge(vv);
         if self.phase == Phase::Established && self.may_send(collection) {
             for origin in grown {
-                self.tx.mark_ready(&self.cfg, collection, origin);
+                let peer = (self.peer.node.as_str(), self.rx.peer_replica());
+                self.tx.mark_ready(&self.cfg, peer, collection, origin);
             }
         }
     }

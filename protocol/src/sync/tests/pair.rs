@@ -14,7 +14,14 @@ struct Store {
 
 impl Store {
     fn write(&mut self, origin: &str, counter: u64) {
-        let v = version(origin, counter);
+        self.write_of(&rid(origin), counter);
+    }
+
+    /// Writes counter `counter` of incarnation `origin`.
+    fn write_of(&mut self, origin: &ReplicaId, counter: u64) {
+        let mut v = version(origin.node_name(), counter);
+        v.dot = Dot::new(origin.clone(), counter);
+        v.key = format!("{origin}/{counter}");
         self.vv.add_dot(&v.dot);
         self.versions.insert(v.dot.clone(), v);
     }
@@ -90,10 +97,16 @@ impl Pair {
 
     /// Like [`Pair::new`], the sessions starting at time `now`.
     fn new_at(store: [Store; 2], relay: [bool; 2], now: u64) -> Self {
+        Self::restored(store, relay, now, [Vec::new(), Vec::new()])
+    }
+
+    /// Like [`Pair::new_at`], each node knowing the earlier incarnations `past` of itself.
+    fn restored(store: [Store; 2], relay: [bool; 2], now: u64, past: [Vec<ReplicaId>; 2]) -> Self {
         let nodes = ["spoke", "hub"];
         let mk = |i: usize, role| {
             let mut c = cfg(nodes[i], relay[i]);
             c.repair_interval_ms = 0;
+            c.past_replicas = past[i].clone();
             Session::new(
                 role,
                 c,
@@ -227,6 +240,50 @@ fn live_push_and_no_echo_of_what_the_peer_sent() {
     assert_eq!(p.s[1].status().versions_sent, 0);
     assert_eq!(p.s[0].status().versions_sent, 2);
     assert_eq!(p.s[0].status().collections[0].lag_versions, 0);
+}
+
+#[test]
+fn a_spoke_gives_a_restored_hub_back_its_earlier_incarnation_and_nothing_else_of_its_node() {
+    let old = ReplicaId::new("hub", 0).expect("id");
+    let unknown = ReplicaId::new("hub", 9).expect("id");
+    // The spoke holds what the hub's earlier incarnation wrote after the hub's backup (3..5),
+    // and versions of an incarnation of the hub's node that the hub never was.
+    let mut spoke = Store::default();
+    for c in 1..=5 {
+        spoke.write_of(&old, c);
+    }
+    spoke.write_of(&unknown, 1);
+    spoke.write("spoke", 1);
+    let mut hub = Store::default();
+    for c in 1..=2 {
+        hub.write_of(&old, c);
+    }
+    let mut p = Pair::restored([spoke, hub], [false, true], 0, [vec![], vec![old.clone()]]);
+    p.run();
+    assert_eq!(
+        p.store[1].vv.get(&old),
+        5,
+        "the earlier incarnation came back"
+    );
+    for c in 3..=5 {
+        assert!(p.store[1].versions.contains_key(&Dot::new(old.clone(), c)));
+    }
+    assert_eq!(p.store[1].vv.get(&rid("spoke")), 1);
+    assert_eq!(
+        p.store[1].vv.get(&unknown),
+        0,
+        "an unknown incarnation was taken"
+    );
+    assert!(drain_events(&mut p.s[1]).iter().any(|e| matches!(
+        e,
+        Event::Rejected { reason, .. } if reason.contains(&unknown.to_string())
+    )));
+    // Without the restore (no earlier incarnation known), the hub takes none of it.
+    let mut spoke = Store::default();
+    spoke.write_of(&old, 1);
+    let mut p = Pair::new([spoke, Store::default()], [false, true]);
+    p.run();
+    assert_eq!(p.store[1].vv.get(&old), 0);
 }
 
 #[test]
