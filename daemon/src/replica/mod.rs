@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Store, StoreError};
 
+pub use changes::{Change, ChangePage, CHANGES_MAX_EXAMINED};
 pub use index::{
     IndexCatalog, CURSOR_MARK, MAX_CURSOR_BYTES, MAX_INDEXES_PER_COLLECTION,
     MAX_INDEX_POINTER_BYTES,
 };
-pub use changes::{Change, ChangePage, CHANGES_MAX_EXAMINED};
 pub use read::{
     ConflictsPage, SiblingRead, SiblingsRead, WinnerRead, SCAN_FILTER_BYTES, SCAN_MAX_EXAMINED,
     SCAN_PAGE_BYTES, SIBLING_VALUES_BUDGET,

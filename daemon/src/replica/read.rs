@@ -350,6 +350,9 @@ pub(crate) fn load_value(
 /// cursor, so a filter that matches little still costs a bounded amount of work per page.
 pub const SCAN_FILTER_BYTES: usize = 64 << 20;
 
+/// What a walk hands each row to: its key and stored siblings (winner first).
+type Visit<'a> = dyn FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError> + 'a;
+
 /// What a visit of one row tells [`walk`].
 enum Step {
     /// Go on with the next row.
@@ -369,7 +372,7 @@ fn walk(
     prefix: &str,
     after: Option<&str>,
     max_examined: usize,
-    visit: &mut dyn FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError>,
+    visit: &mut Visit<'_>,
 ) -> Result<Option<String>, ReplicaError> {
     let base = keys::record_prefix(coll);
     let mut want = base.clone();
@@ -459,9 +462,7 @@ fn collect(
     coll: &str,
     budget: ScanBudget,
     filter: &Filter,
-    rows: impl FnOnce(
-        &mut dyn FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError>,
-    ) -> Result<Option<String>, ReplicaError>,
+    rows: impl FnOnce(&mut Visit<'_>) -> Result<Option<String>, ReplicaError>,
 ) -> Result<ScanPage, ReplicaError> {
     let limit = budget.limit.max(1);
     let mut records: Vec<WinnerRead> = Vec::new();
@@ -514,7 +515,7 @@ fn walk_index(
     plan: &IndexPlan,
     prefix: &str,
     max_examined: usize,
-    visit: &mut dyn FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError>,
+    visit: &mut Visit<'_>,
 ) -> Result<Option<String>, ReplicaError> {
     let base = keys::index_prefix(coll, &plan.pointer);
     let at = |position: &[u8]| {

@@ -31,7 +31,7 @@ fn value(i: usize) -> Vec<u8> {
     format!(
         r#"{{"station":"st{i:07}","river":"r{:03}","level_m":{level},"ok":{}}}"#,
         i % RIVERS,
-        i % 3 == 0
+        i.is_multiple_of(3)
     )
     .into_bytes()
 }
