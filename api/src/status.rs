@@ -71,6 +71,10 @@ pub struct CollectionState {
     pub digest: String,
     /// The newest HLC stamp of the collection.
     pub max_hlc: Hlc,
+    /// The JSON pointers of its secondary indexes (`[indexes]`), all built: the daemon builds
+    /// a newly declared index before it serves. Absent when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<String>,
 }
 
 /// One collection in `/v1/collections`.

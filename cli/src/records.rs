@@ -72,7 +72,8 @@ pub struct ScanArgs {
     /// Print at most this many records.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
-    /// Start after this key (exclusive), e.g. the `next` of an earlier scan.
+    /// Start after this key (exclusive), or go on from the `next` of an earlier scan (a key,
+    /// or an `idx1.` cursor when an index on a `--where` field gave the records in its order).
     #[arg(long, value_name = "K")]
     pub after: Option<String>,
     /// Only records whose JSON value matches: a JSON pointer, an operator

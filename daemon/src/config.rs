@@ -72,6 +72,10 @@ pub struct Config {
     /// `[status]`: the status report this node publishes for the province view.
     #[serde(default)]
     pub status: StatusConfig,
+    /// `[indexes]`: per collection, the JSON pointers of its records' values that get a
+    /// secondary index (`situation = ["/river", "/level_m"]`) for `where` queries.
+    #[serde(default)]
+    pub indexes: std::collections::BTreeMap<String, Vec<String>>,
     /// The file this config was read from, used in error messages (empty when
     /// built in code). Not part of the TOML.
     #[serde(skip)]
@@ -288,6 +292,11 @@ impl Default for StatusConfig {
     }
 }
 
+/// Most JSON pointers indexed in one collection (`[indexes]`).
+pub const MAX_INDEXES_PER_COLLECTION: usize = 16;
+/// Longest JSON pointer an index may be declared on, in bytes.
+pub const MAX_INDEX_POINTER_BYTES: usize = 255;
+
 /// Why a config was refused. `Display` is always one line: file, key and fix.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -404,7 +413,57 @@ impl Config {
         self.validate_peers()?;
         self.validate_sync_ranges()?;
         self.validate_storage()?;
+        self.validate_indexes()?;
         self.validate_admins()
+    }
+
+    /// `[indexes]`: valid collection names, each with at most
+    /// [`MAX_INDEXES_PER_COLLECTION`] distinct JSON pointers a `where` expression can name.
+    fn validate_indexes(&self) -> Result<(), ConfigError> {
+        use officesync_protocol::query::Pointer;
+        let fix = "write collection = [\"/field\", \"/nested/field\"], JSON pointers as in where expressions";
+        for (coll, pointers) in &self.indexes {
+            let key = format!("indexes.{coll}");
+            if let Err(e) = officesync_protocol::names::validate_collection_name(coll) {
+                return Err(self.invalid(&key, format!("{key}: {e}"), fix));
+            }
+            if pointers.len() > MAX_INDEXES_PER_COLLECTION {
+                return Err(self.invalid(
+                    &key,
+                    format!("{key} lists {} pointers", pointers.len()),
+                    &format!("index at most {MAX_INDEXES_PER_COLLECTION} fields of a collection"),
+                ));
+            }
+            let mut seen = Vec::new();
+            for text in pointers {
+                let parsed = match Pointer::parse(text) {
+                    Ok(p) if text.len() <= MAX_INDEX_POINTER_BYTES => p,
+                    Ok(_) => {
+                        return Err(self.invalid(
+                            &key,
+                            format!("{key}: pointer {text:?} is longer than {MAX_INDEX_POINTER_BYTES} bytes"),
+                            fix,
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(self.invalid(
+                            &key,
+                            format!("{key}: {text:?} is not a JSON pointer a where expression can name ({e})"),
+                            fix,
+                        ))
+                    }
+                };
+                if seen.contains(&parsed) {
+                    return Err(self.invalid(
+                        &key,
+                        format!("{key}: {text:?} is listed twice"),
+                        "list each pointer once",
+                    ));
+                }
+                seen.push(parsed);
+            }
+        }
+        Ok(())
     }
 
     /// `[node]`: a valid name and a data dir.
@@ -770,6 +829,7 @@ impl Config {
                 storage: StorageConfig::default(),
                 cluster: ClusterConfig::default(),
                 status: StatusConfig::default(),
+                indexes: std::collections::BTreeMap::new(),
                 origin: PathBuf::new(),
             },
         }
@@ -862,7 +922,16 @@ impl Config {
             out,
             "report_interval_ms = {}",
             self.status.report_interval_ms
-        )
+        )?;
+        if !self.indexes.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "[indexes]")?;
+            for (coll, pointers) in &self.indexes {
+                let list: Vec<String> = pointers.iter().map(|p| toml_str(p)).collect();
+                writeln!(out, "{} = [{}]", toml_str(coll), list.join(", "))?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `account` (the user `officesyncd` will run as) can read the config file,
@@ -1058,6 +1127,15 @@ impl ConfigBuilder {
     /// Sets `sync.heartbeat_interval_ms`.
     pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
         self.config.sync.heartbeat_interval_ms = ms;
+        self
+    }
+
+    /// Declares the secondary indexes of `collection` (`[indexes]`).
+    pub fn indexes(mut self, collection: &str, pointers: &[&str]) -> Self {
+        self.config.indexes.insert(
+            collection.to_owned(),
+            pointers.iter().map(|p| (*p).to_owned()).collect(),
+        );
         self
     }
 

@@ -155,6 +155,7 @@ pub fn replica_options(config: &Config) -> ReplicaOptions {
     };
     opts.max_value_bytes = config.storage.max_value_bytes;
     opts.max_clock_skew_ms = config.sync.max_clock_skew_ms;
+    opts.indexes = config.indexes.clone();
     opts
 }
 

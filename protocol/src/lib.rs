@@ -9,6 +9,7 @@ pub mod dot;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hlc;
+pub mod index_order;
 pub mod merge;
 pub mod names;
 pub mod policy;

@@ -78,11 +78,40 @@ pub enum Op {
     Contains,
 }
 
+/// A parsed RFC 6901 JSON pointer: its reference tokens, unescaped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pointer {
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// Parses a pointer alone (as declared for an index): empty, or `/` tokens with `~0` and
+    /// `~1` escapes. It must also be usable in a `where` expression: a pointer holding `=`,
+    /// `!`, `<`, `>` or a `~` that is not an escape would end there, and is refused.
+    pub fn parse(text: &str) -> Result<Pointer, QueryError> {
+        let tokens = parse_pointer(text).map_err(|e| match e {
+            PointerError::NoSlash => QueryError::NoPointer(text.to_owned()),
+            PointerError::Escape => QueryError::BadEscape(text.to_owned()),
+        })?;
+        let pointer = Pointer { tokens };
+        match Where::parse(&format!("{text}=0")) {
+            Ok(w) if w.pointer == pointer => Ok(pointer),
+            _ => Err(QueryError::NoOperator(text.to_owned())),
+        }
+    }
+
+    /// The value at this pointer in `doc`, if any. An array index is a decimal without
+    /// leading zeros.
+    pub fn resolve<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        resolve(doc, &self.tokens)
+    }
+}
+
 /// One parsed `where` expression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Where {
-    /// The pointer's reference tokens, unescaped.
-    tokens: Vec<String>,
+    /// The pointer.
+    pointer: Pointer,
     /// The operator.
     op: Op,
     /// The value compared with.
@@ -139,7 +168,11 @@ impl Where {
             value: value_text.to_owned(),
             detail: e.to_string(),
         })?;
-        Ok(Where { tokens, op, value })
+        Ok(Where {
+            pointer: Pointer { tokens },
+            op,
+            value,
+        })
     }
 
     /// The operator.
@@ -147,9 +180,19 @@ impl Where {
         self.op
     }
 
+    /// The pointer.
+    pub fn pointer(&self) -> &Pointer {
+        &self.pointer
+    }
+
+    /// The JSON value compared with.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
     /// True when `doc` holds, at the pointer, a value the operator accepts.
     pub fn matches_json(&self, doc: &Value) -> bool {
-        let Some(found) = resolve(doc, &self.tokens) else {
+        let Some(found) = self.pointer.resolve(doc) else {
             return false;
         };
         match self.op {
@@ -190,6 +233,11 @@ impl Filter {
             .map(|e| Where::parse(e.as_ref()))
             .collect::<Result<_, _>>()?;
         Ok(Filter { exprs })
+    }
+
+    /// The expressions, in the order given.
+    pub fn exprs(&self) -> &[Where] {
+        &self.exprs
     }
 
     /// True when there is no expression: every record matches.
@@ -394,6 +442,25 @@ mod tests {
         assert!(!all.matches(Some(br#"{"a":1,"b":"y"}"#)));
         let none: [&str; 0] = [];
         assert!(Filter::parse(&none).expect("empty").matches(None));
+    }
+
+    #[test]
+    fn pointers_alone_parse_when_a_where_could_name_them() {
+        let p = Pointer::parse("/a~1b/0").expect("valid");
+        let doc: Value = serde_json::from_str(r#"{"a/b":[7]}"#).expect("json");
+        assert_eq!(p.resolve(&doc), Some(&Value::from(7)));
+        assert_eq!(Pointer::parse("").expect("root").resolve(&doc), Some(&doc));
+        assert!(matches!(
+            Pointer::parse("river"),
+            Err(QueryError::NoPointer(_))
+        ));
+        assert!(matches!(
+            Pointer::parse("/a~2"),
+            Err(QueryError::BadEscape(_))
+        ));
+        for unusable in ["/a=b", "/a<b", "/a!", "/a~b"] {
+            assert!(Pointer::parse(unusable).is_err(), "{unusable}");
+        }
     }
 
     proptest! {

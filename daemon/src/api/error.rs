@@ -63,14 +63,17 @@ impl ApiError {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Busy(_) => StatusCode::CONFLICT,
             Self::Replica(e) => match e {
-                ReplicaError::Name(_) | ReplicaError::Refused { .. } => StatusCode::BAD_REQUEST,
+                ReplicaError::Name(_)
+                | ReplicaError::Refused { .. }
+                | ReplicaError::BadCursor(_) => StatusCode::BAD_REQUEST,
                 ReplicaError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ReplicaError::TooManyCollections { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 ReplicaError::Store(_)
                 | ReplicaError::Corrupt { .. }
                 | ReplicaError::WrongNode { .. }
                 | ReplicaError::WriteSuperseded { .. }
-                | ReplicaError::CausalContext { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                | ReplicaError::CausalContext { .. }
+                | ReplicaError::BadIndex(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ReplicaError::CursorExpired { .. } => StatusCode::GONE,
                 ReplicaError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             },

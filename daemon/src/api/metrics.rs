@@ -318,6 +318,16 @@ fn render_writes(x: &mut Exposition, stats: &crate::replica::ReplicaStats) {
             &stats.syncs,
         ),
         (
+            "officesync_indexed_scans_total",
+            "Scan pages with where expressions answered from a secondary index.",
+            &stats.indexed_scans,
+        ),
+        (
+            "officesync_full_scans_total",
+            "Scan pages with where expressions answered by reading every record of the range.",
+            &stats.full_scans,
+        ),
+        (
             "officesync_synced_writes_total",
             "Writes made durable by those syncs.",
             &stats.synced_writes,

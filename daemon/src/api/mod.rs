@@ -17,6 +17,7 @@
 //! | `GET` | `/metrics` | Prometheus text format 0.0.4 |
 //! | `GET` | `/v1/openapi.json` | the OpenAPI 3.0 description of every route here (`openapi.json`) |
 //! | `GET` | `/` | the read-only HTML status page (refreshes itself) |
+//! | `GET` | `/browse`, `/browse/{c}?prefix=&where=`, `/browse/{c}/record?key=` | the read-only HTML browse pages for staff |
 //! | `GET` | `/v1/cluster?behind=` | the province view `{"node", "generated_at", "nodes": [..]}` (admin) |
 //! | `GET` | `/cluster?behind=` | the province drawn as a tree, server-rendered SVG (admin) |
 //! | `GET` | `/v1/bundle/want` | this node's vectors, `{"node", "replica", "vvs"}` (admin) |
@@ -28,6 +29,7 @@
 
 mod access;
 mod backup;
+mod browse;
 mod bundle;
 mod cluster;
 mod error;
@@ -301,6 +303,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/", get(web::page))
+        .route("/browse", get(browse::collections))
+        .route("/browse/{c}", get(browse::collection))
+        .route("/browse/{c}/record", get(browse::record))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/cluster", get(cluster::page))
         .route("/metrics", get(metrics::metrics))

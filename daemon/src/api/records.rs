@@ -28,7 +28,8 @@ use super::params::{
 use super::{wire_hlc, ApiState};
 use crate::audit::{Kind, Record};
 use crate::replica::{
-    Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, SIBLING_VALUES_BUDGET,
+    Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, CURSOR_MARK, MAX_CURSOR_BYTES,
+    SIBLING_VALUES_BUDGET,
 };
 
 /// Header with the winner's version, `origin:counter`.
@@ -236,7 +237,10 @@ pub(crate) async fn delete_record(
 /// at most 1000) live records whose key starts with `prefix`, sorts after `after` and whose
 /// winner's value matches every `where` expression (repeatable; see
 /// [`officesync_protocol::query`]), in key order. `next`, when not null, is the `after` of the
-/// following page. A page also ends early, with a `next`, once its values reach
+/// following page. With `where` on a field of `[indexes]`, the index gives the candidates: an
+/// equality keeps key order; a range alone (`<`, `<=`, `>`, `>=`) gives the records in the
+/// order of that field, then key, and `next` is an opaque cursor (`idx1.…`) to pass back as
+/// `after` (see [`crate::replica::Replica::scan_where`]). A page also ends early, with a `next`, once its values reach
 /// [`crate::replica::SCAN_PAGE_BYTES`] (8 MiB; it always holds at least one record), once it
 /// has examined [`crate::replica::SCAN_MAX_EXAMINED`] keys, deleted and unmatched ones
 /// included, or, with `where`, once it has loaded [`crate::replica::SCAN_FILTER_BYTES`] of
@@ -318,12 +322,20 @@ fn page_params<'q>(
         .get("after")
         .map(String::as_str)
         .filter(|a| !a.is_empty());
-    for (name, v) in [("prefix", Some(prefix)), ("after", after)] {
-        if v.is_some_and(|v| v.len() > MAX_KEY_BYTES) {
-            return Err(ApiError::BadRequest(format!(
-                "invalid {name}: longer than the {MAX_KEY_BYTES} bytes a key may have"
-            )));
-        }
+    // An index cursor (see `replica::CURSOR_MARK`) holds a value and a key: longer than a key.
+    let after_max = match after {
+        Some(a) if a.starts_with(CURSOR_MARK) => MAX_CURSOR_BYTES,
+        _ => MAX_KEY_BYTES,
+    };
+    if after.is_some_and(|a| a.len() > after_max) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid after: longer than the {after_max} bytes a key or a cursor may have"
+        )));
+    }
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "invalid prefix: longer than the {MAX_KEY_BYTES} bytes a key may have"
+        )));
     }
     Ok((prefix, after, limit))
 }

@@ -158,6 +158,7 @@ pub(crate) async fn status(
                 versions: m.versions,
                 digest: m.digest.to_hex(),
                 max_hlc: wire_hlc(m.max_hlc),
+                indexes: replica.indexes().pointers(&info.name),
             },
         );
         vv.insert(info.name, wire_vv(&m.vv));

@@ -8,6 +8,9 @@
 //! - `D` + len + collection + len + origin + counter: the dot index as builds before blocks
 //!   kept it, one row a dot; moved into blocks when the replica opens.
 //! - `V` + len + collection + len + origin + counter + chunk: pieces of large values.
+//! - `I` + len + collection + len + pointer + encoded value + key: a secondary index entry
+//!   (empty value) for the winner of `key`, whose JSON value holds at the declared `pointer`
+//!   the scalar encoded as [`officesync_protocol::index_order`] says (see [`super::index`]).
 //! - `F` + len + collection + cursor: the change log (see [`super::changes`]).
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
@@ -24,6 +27,7 @@ pub(crate) const DOT_BLOCK: u8 = b'B';
 /// Counters of one origin indexed by one dot-index row.
 pub(crate) const DOTS_PER_BLOCK: u64 = 64;
 pub(crate) const CHUNK: u8 = b'V';
+pub(crate) const INDEX: u8 = b'I';
 pub(crate) const CHANGE: u8 = b'F';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
@@ -94,6 +98,14 @@ pub(crate) fn dot_block_of_old_key(k: &[u8]) -> Option<(Vec<u8>, u64)> {
     Some((block, counter))
 }
 
+/// Prefix of every entry of the index on `pointer` (at most 255 bytes) of `coll`.
+pub(crate) fn index_prefix(coll: &str, pointer: &str) -> Vec<u8> {
+    let mut k = with_coll(INDEX, coll);
+    k.push(pointer.len() as u8);
+    k.extend_from_slice(pointer.as_bytes());
+    k
+}
+
 /// Prefix of every chunk of the value of `dot`.
 pub(crate) fn chunk_prefix(coll: &str, d: &Dot) -> Vec<u8> {
     let mut k = with_coll(CHUNK, coll);
@@ -159,5 +171,6 @@ mod tests {
         );
         // A collection that is a prefix of another never shares key space.
         assert!(!record("ab", "c").starts_with(&record_prefix("a")));
+        assert!(!index_prefix("a", "/bc").starts_with(&index_prefix("a", "/b")));
     }
 }

@@ -8,6 +8,7 @@
 mod changes;
 mod dots;
 mod encoding;
+mod index;
 mod keys;
 mod read;
 mod writer;
@@ -28,6 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{Store, StoreError};
 
 pub use changes::{Change, ChangePage, CHANGES_MAX_EXAMINED};
+pub use index::{
+    IndexCatalog, CURSOR_MARK, MAX_CURSOR_BYTES, MAX_INDEXES_PER_COLLECTION,
+    MAX_INDEX_POINTER_BYTES,
+};
 pub use read::{
     ConflictsPage, SiblingRead, SiblingsRead, WinnerRead, SCAN_FILTER_BYTES, SCAN_MAX_EXAMINED,
     SCAN_PAGE_BYTES, SIBLING_VALUES_BUDGET,
@@ -114,6 +119,12 @@ pub enum ReplicaError {
         /// Why.
         reason: String,
     },
+    /// An `[indexes]` declaration that cannot be used.
+    #[error("{0}")]
+    BadIndex(String),
+    /// An `after` cursor of an index that the query cannot resume.
+    #[error("{0}")]
+    BadCursor(String),
     /// A change-feed cursor older than what the change log keeps.
     #[error("cursor {since} of {collection} is older than the change log keeps (it starts after {oldest}); start again from 0")]
     CursorExpired {
@@ -166,6 +177,8 @@ pub struct ReplicaOptions {
     pub max_clock_skew_ms: u64,
     /// Signs the versions this node originates (none: they go unsigned, as in unit tests).
     pub signer: Option<Arc<crate::signing::NodeSigner>>,
+    /// Secondary indexes: per collection, the JSON pointers indexed (`[indexes]`).
+    pub indexes: std::collections::BTreeMap<String, Vec<String>>,
     /// Cursors the change log keeps (older entries are trimmed).
     pub changes_kept: u64,
 }
@@ -182,6 +195,7 @@ impl ReplicaOptions {
             max_value_bytes: 4 << 20,
             max_clock_skew_ms: 300_000,
             signer: None,
+            indexes: std::collections::BTreeMap::new(),
             changes_kept: DEFAULT_CHANGES_KEPT,
         }
     }
@@ -286,6 +300,10 @@ pub struct ReplicaStats {
     pub pending_sync_writes: AtomicU64,
     /// Generation of the last group of writes applied to the store.
     pub committed_generation: AtomicU64,
+    /// Scan pages with `where` answered from a secondary index.
+    pub indexed_scans: AtomicU64,
+    /// Scan pages with `where` answered by reading every record of the range.
+    pub full_scans: AtomicU64,
     /// What is applied, and what of it is durable (published to replication).
     pub(crate) durable: DurableCell,
     /// Versions superseded by local writes that are not durable yet.
@@ -536,6 +554,7 @@ struct Inner {
     max_value_bytes: usize,
     requests: mpsc::Sender<Request>,
     stats: Arc<ReplicaStats>,
+    indexes: Arc<IndexCatalog>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop_flusher: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -600,6 +619,8 @@ impl Replica {
                 keys::DOTS_PER_BLOCK
             );
         }
+        let indexes = Arc::new(IndexCatalog::new(&opts.indexes)?);
+        index::prepare(store.as_ref(), &indexes)?;
         // Whatever the store recovered is made durable now, so it may be offered to peers.
         store.sync()?;
         let stats = Arc::new(ReplicaStats::default());
@@ -617,7 +638,13 @@ impl Replica {
             .store(generation, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(4096);
         let mut threads = Vec::new();
-        let w = writer::Writer::new(store.clone(), id.clone(), &opts, stats.clone())?;
+        let w = writer::Writer::new(
+            store.clone(),
+            id.clone(),
+            &opts,
+            stats.clone(),
+            indexes.clone(),
+        )?;
         threads.push(
             std::thread::Builder::new()
                 .name("officesync-writer".into())
@@ -645,6 +672,7 @@ impl Replica {
                 max_value_bytes: opts.max_value_bytes,
                 requests: tx,
                 stats,
+                indexes,
                 threads: Mutex::new(threads),
                 stop_flusher: Mutex::new(stop_flusher),
             }),
@@ -674,6 +702,11 @@ impl Replica {
     /// Counters for status and metrics.
     pub fn stats(&self) -> &ReplicaStats {
         &self.inner.stats
+    }
+
+    /// The declared secondary indexes (all built: the replica builds them when it opens).
+    pub fn indexes(&self) -> &IndexCatalog {
+        &self.inner.indexes
     }
 
     /// The underlying store.
@@ -922,6 +955,12 @@ impl Replica {
     /// [`Replica::scan`] of the records whose winner's value matches `filter` (every `where`
     /// expression holds); with a filter the page also ends, with a `next` cursor, once it
     /// has loaded [`SCAN_FILTER_BYTES`] of values to test.
+    ///
+    /// When a declared index can answer an expression (`=`, `<`, `<=`, `>`, `>=` on its
+    /// pointer), its entries give the candidates: with an equality the page is in key order
+    /// as without an index; with a range only, it is in the order of the indexed value, then
+    /// the key, and `next` is a cursor starting with [`CURSOR_MARK`] (pass it back as
+    /// `after`). Followed to the end, the pages hold the same records either way.
     pub async fn scan_where(
         &self,
         collection: &str,
@@ -930,6 +969,23 @@ impl Replica {
         limit: usize,
         filter: Filter,
     ) -> Result<ScanPage, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        if let Some(plan) = index::plan(&self.inner.indexes, collection, &filter, after)? {
+            self.inner
+                .stats
+                .indexed_scans
+                .fetch_add(1, Ordering::Relaxed);
+            let store = self.inner.store.clone();
+            let (c, p) = (collection.to_owned(), prefix.to_owned());
+            let budget = read::ScanBudget::new(limit);
+            return blocking(move || {
+                read::scan_index(store.as_ref(), &c, &plan, &p, budget, &filter)
+            })
+            .await;
+        }
+        if !filter.is_empty() {
+            self.inner.stats.full_scans.fetch_add(1, Ordering::Relaxed);
+        }
         self.paged(
             collection,
             prefix,
@@ -1051,5 +1107,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ReplicaError::Closed)?
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

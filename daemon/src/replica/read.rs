@@ -6,11 +6,12 @@
 //! every sibling loads values only within a byte budget, and a scan page stops at a byte
 //! budget and at a number of rows examined (tombstoned keys included), handing back a cursor.
 
-use officesync_protocol::merge;
 use officesync_protocol::query::Filter;
 use officesync_protocol::{codec, Dot, Hlc, ValueMeta};
+use officesync_protocol::{index_order, merge};
 
 use super::encoding::{decode_siblings, Body, StoredSibling};
+use super::index::IndexPlan;
 use super::keys;
 use super::{CollectionInfo, Record, ReplicaError, ScanPage, Sibling};
 use crate::store::{prefix_end, Store, StoreError};
@@ -349,6 +350,9 @@ pub(crate) fn load_value(
 /// cursor, so a filter that matches little still costs a bounded amount of work per page.
 pub const SCAN_FILTER_BYTES: usize = 64 << 20;
 
+/// What a walk hands each row to: its key and stored siblings (winner first).
+type Visit<'a> = dyn FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError> + 'a;
+
 /// What a visit of one row tells [`walk`].
 enum Step {
     /// Go on with the next row.
@@ -368,7 +372,7 @@ fn walk(
     prefix: &str,
     after: Option<&str>,
     max_examined: usize,
-    mut visit: impl FnMut(&str, Vec<StoredSibling>) -> Result<Step, ReplicaError>,
+    visit: &mut Visit<'_>,
 ) -> Result<Option<String>, ReplicaError> {
     let base = keys::record_prefix(coll);
     let mut want = base.clone();
@@ -429,52 +433,151 @@ pub(crate) fn scan(
     budget: ScanBudget,
     filter: &Filter,
 ) -> Result<ScanPage, ReplicaError> {
+    collect(store, coll, budget, filter, |visit| {
+        walk(store, coll, prefix, after, budget.max_examined, visit)
+    })
+}
+
+/// [`scan`] with the candidates taken from the index `plan` names (see
+/// [`super::index::plan`]): the entries in its range after its position, in index order,
+/// whose key starts with `prefix`; each candidate's winner is tested against `filter` as the
+/// scan tests it, within the same `budget` (entries examined count as rows).
+pub(crate) fn scan_index(
+    store: &dyn Store,
+    coll: &str,
+    plan: &IndexPlan,
+    prefix: &str,
+    budget: ScanBudget,
+    filter: &Filter,
+) -> Result<ScanPage, ReplicaError> {
+    collect(store, coll, budget, filter, |visit| {
+        walk_index(store, coll, plan, prefix, budget.max_examined, visit)
+    })
+}
+
+/// One page of the live records handed over by `rows` (a walk in key or index order) whose
+/// winner's value matches `filter`, within `budget`; `rows` returns the page's `next`.
+fn collect(
+    store: &dyn Store,
+    coll: &str,
+    budget: ScanBudget,
+    filter: &Filter,
+    rows: impl FnOnce(&mut Visit<'_>) -> Result<Option<String>, ReplicaError>,
+) -> Result<ScanPage, ReplicaError> {
     let limit = budget.limit.max(1);
     let mut records: Vec<WinnerRead> = Vec::new();
     let mut bytes = 0u64;
     let mut tested = 0u64;
-    let next = walk(
-        store,
-        coll,
-        prefix,
-        after,
-        budget.max_examined,
-        |key, siblings| {
-            let Some(len) = value_len(&siblings[0]) else {
-                return Ok(Step::Next);
-            };
-            if records.len() >= limit {
+    let next = rows(&mut |key, siblings| {
+        let Some(len) = value_len(&siblings[0]) else {
+            return Ok(Step::Next);
+        };
+        if records.len() >= limit {
+            return Ok(Step::Stop);
+        }
+        let size = len.saturating_add(key.len() as u64);
+        let over_bytes = |bytes: u64| bytes.saturating_add(size) > budget.max_bytes as u64;
+        let read = if filter.is_empty() {
+            if !records.is_empty() && over_bytes(bytes) {
                 return Ok(Step::Stop);
             }
-            let size = len.saturating_add(key.len() as u64);
-            let over_bytes = |bytes: u64| bytes.saturating_add(size) > budget.max_bytes as u64;
-            let read = if filter.is_empty() {
-                if !records.is_empty() && over_bytes(bytes) {
-                    return Ok(Step::Stop);
-                }
-                to_winner(store, coll, key, siblings)?
-            } else {
-                // `walk` ends a page only after a row was visited (`tested > 0`), so every page
-                // moves on.
-                if tested > 0 && tested.saturating_add(len) > budget.max_filter_bytes as u64 {
-                    return Ok(Step::Stop);
-                }
-                tested = tested.saturating_add(len);
-                let read = to_winner(store, coll, key, siblings)?;
-                if !filter.matches(read.sibling.value.as_deref()) {
-                    return Ok(Step::Next);
-                }
-                if !records.is_empty() && over_bytes(bytes) {
-                    return Ok(Step::Stop);
-                }
-                read
-            };
-            bytes = bytes.saturating_add(size);
-            records.push(read);
-            Ok(Step::Next)
-        },
-    )?;
+            to_winner(store, coll, key, siblings)?
+        } else {
+            // A walk ends a page only after a row was visited (`tested > 0`), so every page
+            // moves on.
+            if tested > 0 && tested.saturating_add(len) > budget.max_filter_bytes as u64 {
+                return Ok(Step::Stop);
+            }
+            tested = tested.saturating_add(len);
+            let read = to_winner(store, coll, key, siblings)?;
+            if !filter.matches(read.sibling.value.as_deref()) {
+                return Ok(Step::Next);
+            }
+            if !records.is_empty() && over_bytes(bytes) {
+                return Ok(Step::Stop);
+            }
+            read
+        };
+        bytes = bytes.saturating_add(size);
+        records.push(read);
+        Ok(Step::Next)
+    })?;
     Ok(ScanPage { records, next })
+}
+
+/// Walks the entries of the index `plan` names, in index order from its position (or the
+/// start of its range), handing the key of each entry whose key starts with `prefix` and that
+/// is still held to `visit` with its stored siblings (winner first), at most `max_examined`
+/// entries. Returns the page's `next` cursor (see [`IndexPlan::cursor`]) as [`walk`] does.
+fn walk_index(
+    store: &dyn Store,
+    coll: &str,
+    plan: &IndexPlan,
+    prefix: &str,
+    max_examined: usize,
+    visit: &mut Visit<'_>,
+) -> Result<Option<String>, ReplicaError> {
+    let base = keys::index_prefix(coll, &plan.pointer);
+    let at = |position: &[u8]| {
+        let mut k = base.clone();
+        k.extend_from_slice(position);
+        k
+    };
+    let mut start = at(&plan.range.start);
+    let mut end = at(&plan.range.end);
+    if let Some(bucket) = &plan.bucket {
+        // In key order: the prefix is a range of the bucket.
+        let mut want = bucket.clone();
+        want.extend_from_slice(prefix.as_bytes());
+        let want = at(&want);
+        if let Some(past) = prefix_end(&want) {
+            end = end.min(past);
+        }
+        start = start.max(want);
+    }
+    if let Some(after) = &plan.after {
+        let mut first = at(after);
+        first.push(0);
+        start = start.max(first);
+    }
+    let max_examined = max_examined.max(1);
+    let mut examined = 0usize;
+    let mut last: Option<Vec<u8>> = None;
+    let cursor = |last: Option<Vec<u8>>| last.and_then(|p| plan.cursor(&p));
+    while start < end {
+        let want_rows = SCAN_BATCH.min(max_examined.saturating_sub(examined) + 1);
+        let rows = store.range(&start, Some(&end), want_rows)?;
+        let exhausted = rows.len() < want_rows;
+        for (k, _) in &rows {
+            if examined >= max_examined {
+                return Ok(cursor(last));
+            }
+            examined += 1;
+            let position = &k[base.len()..];
+            let key = index_order::encoded_len(position)
+                .and_then(|len| std::str::from_utf8(&position[len..]).ok())
+                .ok_or_else(|| ReplicaError::Corrupt {
+                    what: format!("{coll} index {} entry", plan.pointer),
+                    detail: "not an encoded value and a key".into(),
+                })?;
+            if key.starts_with(prefix) {
+                if let Some(siblings) = stored(store, coll, key)? {
+                    if let Step::Stop = visit(key, siblings)? {
+                        return Ok(cursor(last));
+                    }
+                }
+            }
+            last = Some(position.to_vec());
+        }
+        match rows.last() {
+            Some((k, _)) if !exhausted => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// One page of the keys of `coll` (starting with `prefix`, after `after`) that have two or
@@ -496,7 +599,7 @@ pub(crate) fn conflicts(
         prefix,
         after,
         budget.max_examined,
-        |key, siblings| {
+        &mut |key, siblings| {
             if siblings.len() < 2 {
                 return Ok(Step::Next);
             }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::changes::{self, ChangeEdits, LogState};
 use super::dots::{DotEdits, RowCache};
 use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
+use super::index::{IndexCatalog, IndexEdits};
 use super::keys;
 use super::{
     now_ms, CollectionMeta, CommitMode, LocalWrite, ReplicaError, ReplicaOptions, ReplicaStats,
@@ -59,6 +60,8 @@ pub(crate) struct Writer {
     signer: Option<Arc<crate::signing::NodeSigner>>,
     /// Dot-index rows committed lately.
     dot_rows: RowCache,
+    /// The declared secondary indexes, kept with each record.
+    indexes: Arc<IndexCatalog>,
     /// The change log's last cursor and floor.
     log: LogState,
     /// Cursors the change log keeps.
@@ -92,6 +95,8 @@ struct Group {
     unsigned: Vec<Unsigned>,
     /// The rows of the dot index this group changes.
     dots: DotEdits,
+    /// The secondary-index entries this group changes.
+    index: IndexEdits,
     /// The change-log entries of the versions this group applies.
     changes: ChangeEdits,
 }
@@ -113,6 +118,7 @@ impl Writer {
         id: ReplicaId,
         opts: &ReplicaOptions,
         stats: Arc<ReplicaStats>,
+        indexes: Arc<IndexCatalog>,
     ) -> Result<Self, ReplicaError> {
         let mut metas = HashMap::new();
         let store_ref = store.as_ref();
@@ -134,6 +140,7 @@ impl Writer {
             stats,
             signer: opts.signer.clone(),
             dot_rows: RowCache::default(),
+            indexes,
             log,
             changes_kept: opts.changes_kept.max(1),
         })
@@ -292,6 +299,14 @@ impl Writer {
                 g.batch.put(keys::collection(coll), encode(meta)?);
             }
             g.dots.write(&mut g.batch)?;
+            if !self.indexes.is_empty() {
+                g.index.write(
+                    &self.indexes,
+                    self.store.as_ref(),
+                    &g.siblings,
+                    &mut g.batch,
+                );
+            }
             log.last = self.log.last + g.changes.len();
             if log.last / changes::TRIM_EVERY != self.log.last / changes::TRIM_EVERY {
                 changes::trim(
@@ -365,10 +380,13 @@ impl Writer {
         if let Some(s) = g.siblings.remove(&(coll.to_owned(), key.to_owned())) {
             return Ok(s);
         }
-        match self.store.get(&keys::record(coll, key))? {
-            None => Ok(Vec::new()),
-            Some(raw) => decode_siblings(&raw, &format!("{coll}/{key}")),
-        }
+        let stored = match self.store.get(&keys::record(coll, key))? {
+            None => Vec::new(),
+            Some(raw) => decode_siblings(&raw, &format!("{coll}/{key}"))?,
+        };
+        g.index
+            .note_before(&self.indexes, self.store.as_ref(), coll, key, &stored);
+        Ok(stored)
     }
 
     /// A copy of a key's sibling set as the group sees it.
@@ -454,6 +472,13 @@ impl Writer {
             signature: None,
         };
         let header = version.header();
+        if let Some(v) = version
+            .value
+            .as_ref()
+            .filter(|v| v.len() > INLINE_VALUE_MAX)
+        {
+            g.index.note_chunked(&self.indexes, coll, key, &dot, v);
+        }
         if self.signer.is_some() {
             // Signed with the rest of the group before it is committed.
             let message = officesync_protocol::signing::signed_message_of(
@@ -532,6 +557,10 @@ impl Writer {
             let siblings = self.load_dot_rows(g, &coll, &key, &header.dot, siblings, |s| {
                 header.context.covers(&s.header.dot)
             })?;
+            if let Some(value) = v.value.as_ref().filter(|v| v.len() > INLINE_VALUE_MAX) {
+                g.index
+                    .note_chunked(&self.indexes, &coll, &key, &header.dot, value);
+            }
             let mut meta = std::mem::take(self.meta(g, &coll)?);
             let (applied, siblings) = merge_version(
                 &mut meta,

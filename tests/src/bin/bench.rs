@@ -6,6 +6,8 @@
 //!
 //! Figure groups: `local` (write and read throughput of one replica against raw sled, here),
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
+//! `query` (`where` queries on 1,000,000 JSON records with and without a secondary index, in
+//! [`query`]),
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
 //! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
@@ -29,6 +31,8 @@ mod heal;
 mod live;
 #[path = "bench/province.rs"]
 mod province;
+#[path = "bench/query.rs"]
+mod query;
 #[path = "bench/replication.rs"]
 mod replication;
 #[path = "bench/scale.rs"]
@@ -239,6 +243,7 @@ fn print_table(rows: &[TableRow]) {
 const GROUPS: [&str; 12] = [
     "local",
     "api",
+    "query",
     "signing",
     "encryption",
     "province",
@@ -256,7 +261,7 @@ struct Args {
     quick: bool,
     only: Option<Vec<String>>,
     /// Overrides the record count of the bulk catch-up (256 B values; a tenth with 4 KiB
-    /// values) and of the partition heal.
+    /// values), of the partition heal and of the query group.
     records: Option<usize>,
 }
 
@@ -329,6 +334,11 @@ async fn main() -> Result<()> {
     }
     if args.wants("api") {
         api::run(args.quick, &mut rows).await?;
+    }
+    if args.wants("query") {
+        if let Err(e) = query::run(args.quick, args.records, &mut rows).await {
+            replication::failed(&mut rows, "query", "-", &e);
+        }
     }
     if args.wants("signing") {
         signing::run(args.quick, &mut rows).await?;
