@@ -240,7 +240,7 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 12] = [
+const GROUPS: [&str; 13] = [
     "local",
     "api",
     "query",
