@@ -9,6 +9,8 @@
 //!   kept it, one row a dot; moved into blocks when the replica opens.
 //! - `V` + len + collection + len + origin + counter + chunk: pieces of large values.
 //! - `F` + len + collection + cursor: the change log (see [`super::changes`]).
+//! - `H` + len + collection + key: the key's history, the versions superseded here (see
+//!   [`super::history`]); a superseded large value keeps its `V` chunks while it is in it.
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
 //! chunk numbers are big-endian so they sort numerically.
@@ -25,6 +27,7 @@ pub(crate) const DOT_BLOCK: u8 = b'B';
 pub(crate) const DOTS_PER_BLOCK: u64 = 64;
 pub(crate) const CHUNK: u8 = b'V';
 pub(crate) const CHANGE: u8 = b'F';
+pub(crate) const HISTORY: u8 = b'H';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
@@ -53,6 +56,13 @@ pub(crate) fn record_prefix(coll: &str) -> Vec<u8> {
 
 pub(crate) fn record(coll: &str, key: &str) -> Vec<u8> {
     let mut k = record_prefix(coll);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The history record of `key` in `coll`.
+pub(crate) fn history(coll: &str, key: &str) -> Vec<u8> {
+    let mut k = with_coll(HISTORY, coll);
     k.extend_from_slice(key.as_bytes());
     k
 }
