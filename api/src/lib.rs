@@ -8,6 +8,7 @@
 
 mod access;
 mod bundle;
+mod changes;
 mod cluster;
 mod node;
 mod peers;
@@ -22,13 +23,15 @@ pub use access::{NewUser, RemovedBody, Role, TokenBody, UserInfo, UsersBody, Who
 pub use bundle::{
     BundleCollection, BundleInfo, ExportRequest, ImportReport, ImportedCollection, WantBody,
 };
+pub use changes::{ChangeBody, ChangesPage, FeedEnd, FEED_CLOSING_EVENT, FEED_CUTOFF_EVENT};
 pub use cluster::{
     BadInput, ClusterBody, ClusterNode, ReportCollection, ReportPeer, StatusReport, NODE_STATES,
 };
 pub use node::{HealthBody, ReadyBody, VerifyReport, VerifyResults};
 pub use peers::{PeerCollectionStatus, PeerStatus};
 pub use records::{
-    ConflictBody, ConflictsPage, ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody,
+    ConflictBody, ConflictsPage, HistoryBody, HistoryVersion, ScanPage, ScanRecord, SiblingBody,
+    SiblingsBody, WriteBody,
 };
 pub use status::{
     CertificateStatus, CollectionState, CollectionSummary, CollectionsBody, StatusBody,

@@ -92,3 +92,47 @@ pub struct ConflictsPage {
     /// The `after` of the following page; null at the end.
     pub next: Option<String>,
 }
+
+/// One version in the answer to `?history=N`: a current sibling or a version superseded here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryVersion {
+    /// The version, `origin:counter`.
+    pub version: String,
+    /// Who wrote it: `USER@NODE`, or `NODE` for a system write; null when unknown.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// Its HLC stamp.
+    pub hlc: Hlc,
+    /// True for a tombstone.
+    pub deleted: bool,
+    /// True when a later version superseded it (false for a current sibling).
+    pub superseded: bool,
+    /// The value; null for a tombstone or a value left out past the budget.
+    pub value_base64: Option<String>,
+    /// The value's length; null for a tombstone.
+    #[serde(default)]
+    pub value_bytes: Option<u64>,
+    /// True when the value was left out past the budget.
+    #[serde(default)]
+    pub value_omitted: bool,
+}
+
+/// The answer to `GET /v1/collections/{c}/records/{key}?history=N`: the versions of the key
+/// this node holds, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryBody {
+    /// The key.
+    pub key: String,
+    /// Newest first (highest HLC, ties by origin): current siblings and superseded versions.
+    pub versions: Vec<HistoryVersion>,
+    /// Superseded versions this node keeps per key (`[storage] history`).
+    pub kept_per_key: u64,
+    /// History is what this node holds: a version superseded at another office before it
+    /// reached this node is in no history here.
+    pub note: String,
+    /// True when some value was left out: the values listed would pass `value_budget_bytes`.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Most value bytes one answer carries.
+    pub value_budget_bytes: u64,
+}

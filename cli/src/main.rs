@@ -17,6 +17,7 @@ mod completions;
 mod conflicts;
 mod demo;
 mod exit;
+mod history;
 mod node;
 mod offline;
 mod output;
@@ -27,6 +28,7 @@ mod token;
 mod transfer;
 mod urlenc;
 mod users;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,6 +165,11 @@ enum Command {
     Delete(records::DeleteArgs),
     /// List records of a collection in key order: key, version, value.
     Scan(records::ScanArgs),
+    /// Print one line per change of a collection as it happens (reconnects by itself; Ctrl-C
+    /// stops).
+    Watch(watch::WatchArgs),
+    /// List the versions of a record this node holds, newest first, superseded ones included.
+    History(history::HistoryArgs),
     /// List the keys of a collection with two or more siblings (concurrent versions).
     Conflicts(conflicts::ConflictsArgs),
     /// Resolve a conflict: write one sibling's value (--keep), or a new one, over every sibling.
@@ -221,6 +228,8 @@ impl Command {
             Command::Get(args) => records::get(args, global),
             Command::Delete(args) => records::delete(args, global),
             Command::Scan(args) => records::scan(args, global),
+            Command::History(args) => history::run(args, global),
+            Command::Watch(args) => watch::run(args, global),
             Command::Conflicts(args) => conflicts::conflicts(args, global),
             Command::Resolve(args) => conflicts::resolve(args, global),
             Command::Import(args) => transfer::import(args, global),

@@ -48,6 +48,19 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest accepted `storage.max_value_bytes` (6 MiB): a version of that size, with its
 /// longest key and context, still fits one replication frame (`wire::MAX_FRAME_BYTES`, 8 MiB).
 pub const MAX_VALUE_BYTES_LIMIT: usize = 6 * 1024 * 1024;
+/// Default `storage.history`: superseded versions kept per key.
+pub const DEFAULT_HISTORY: usize = 10;
+/// Largest accepted `storage.history`.
+pub const MAX_HISTORY: usize = 100;
+/// Default `api.max_feeds`: change feeds (`/changes` event streams) open at once.
+pub const DEFAULT_MAX_FEEDS: usize = 1000;
+/// Accepted range of `api.max_feeds`.
+pub const MAX_FEEDS_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
+/// Default `api.feed_cutoff_ms`: how long a change feed's client may take no event while
+/// changes wait before it is cut off.
+pub const DEFAULT_FEED_CUTOFF_MS: u64 = 30_000;
+/// Accepted range of `api.feed_cutoff_ms`.
+pub const FEED_CUTOFF_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// The whole node configuration, one TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -152,6 +165,12 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Who may use the API: staff tokens (the default), or anyone who reaches it.
     pub auth: AuthMode,
+    /// Change feeds (`GET /v1/collections/{c}/changes` as an event stream) open at once; one
+    /// more is refused with 503.
+    pub max_feeds: usize,
+    /// A change feed whose client takes no event for this long while changes wait is too
+    /// slow to keep up: it ends with a `cutoff` event naming where to resume.
+    pub feed_cutoff_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -159,6 +178,8 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: DEFAULT_API_LISTEN,
             auth: AuthMode::Token,
+            max_feeds: DEFAULT_MAX_FEEDS,
+            feed_cutoff_ms: DEFAULT_FEED_CUTOFF_MS,
         }
     }
 }
@@ -220,6 +241,9 @@ pub struct StorageConfig {
     /// Earlier storage keys: values they sealed are still read, new ones are sealed with
     /// `encryption_key_file`; `officesyncd --rekey` re-seals the old ones so these can go.
     pub previous_encryption_key_files: Vec<PathBuf>,
+    /// Superseded versions this node keeps per key (tombstones included), for
+    /// `?history=N`; 0 keeps none.
+    pub history: usize,
 }
 
 impl Default for StorageConfig {
@@ -230,6 +254,7 @@ impl Default for StorageConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             encryption_key_file: None,
             previous_encryption_key_files: Vec::new(),
+            history: DEFAULT_HISTORY,
         }
     }
 }
@@ -602,6 +627,43 @@ impl Config {
                 ),
             ));
         }
+        if self.storage.history > MAX_HISTORY {
+            return Err(self.invalid(
+                "storage.history",
+                format!(
+                    "storage.history = {} is out of range",
+                    self.storage.history
+                ),
+                &format!(
+                    "use 0..={MAX_HISTORY} superseded versions kept per key (default {DEFAULT_HISTORY}; 0 keeps none)"
+                ),
+            ));
+        }
+        if !MAX_FEEDS_RANGE.contains(&self.api.max_feeds) {
+            return Err(self.invalid(
+                "api.max_feeds",
+                format!("api.max_feeds = {} is out of range", self.api.max_feeds),
+                &format!(
+                    "use {}..={} change feeds open at once (default {DEFAULT_MAX_FEEDS})",
+                    MAX_FEEDS_RANGE.start(),
+                    MAX_FEEDS_RANGE.end()
+                ),
+            ));
+        }
+        if !FEED_CUTOFF_RANGE_MS.contains(&self.api.feed_cutoff_ms) {
+            return Err(self.invalid(
+                "api.feed_cutoff_ms",
+                format!(
+                    "api.feed_cutoff_ms = {} is out of range",
+                    self.api.feed_cutoff_ms
+                ),
+                &format!(
+                    "use {}..={} ms (default {DEFAULT_FEED_CUTOFF_MS})",
+                    FEED_CUTOFF_RANGE_MS.start(),
+                    FEED_CUTOFF_RANGE_MS.end()
+                ),
+            ));
+        }
         self.validate_key_paths()
     }
 
@@ -883,6 +945,8 @@ impl Config {
         writeln!(out, "[api]")?;
         writeln!(out, "listen = {}", toml_str(&self.api.listen.to_string()))?;
         writeln!(out, "auth = {}", toml_str(self.api.auth.as_str()))?;
+        writeln!(out, "max_feeds = {}", self.api.max_feeds)?;
+        writeln!(out, "feed_cutoff_ms = {}", self.api.feed_cutoff_ms)?;
         writeln!(out)?;
         writeln!(out, "[storage]")?;
         writeln!(
@@ -896,6 +960,7 @@ impl Config {
             self.storage.flush_interval_ms
         )?;
         writeln!(out, "max_value_bytes = {}", self.storage.max_value_bytes)?;
+        writeln!(out, "history = {}", self.storage.history)?;
         if let Some(file) = &self.storage.encryption_key_file {
             writeln!(out, "encryption_key_file = {}", toml_path(file))?;
         }
@@ -1100,6 +1165,24 @@ impl ConfigBuilder {
     /// Sets `storage.max_value_bytes`.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.config.storage.max_value_bytes = bytes;
+        self
+    }
+
+    /// Sets `storage.history`.
+    pub fn history(mut self, versions: usize) -> Self {
+        self.config.storage.history = versions;
+        self
+    }
+
+    /// Sets `api.feed_cutoff_ms`.
+    pub fn feed_cutoff_ms(mut self, ms: u64) -> Self {
+        self.config.api.feed_cutoff_ms = ms;
+        self
+    }
+
+    /// Sets `api.max_feeds`.
+    pub fn max_feeds(mut self, feeds: usize) -> Self {
+        self.config.api.max_feeds = feeds;
         self
     }
 
@@ -1324,6 +1407,9 @@ fn example(key: &str) -> &'static str {
         "sync.accept_unsigned" => "accept_unsigned = false (true only while upgrading from 0.1.0)",
         "storage.flush_interval_ms" => "flush_interval_ms = 100",
         "storage.max_value_bytes" => "max_value_bytes = 4194304",
+        "storage.history" => "history = 10",
+        "api.max_feeds" => "max_feeds = 1000",
+        "api.feed_cutoff_ms" => "feed_cutoff_ms = 30000",
         "storage.encryption_key_file" => "encryption_key_file = \"/etc/officesync/storage.key\"",
         "storage.previous_encryption_key_files" => {
             "previous_encryption_key_files = [\"/etc/officesync/storage.key.old\"]"

@@ -156,6 +156,7 @@ pub fn replica_options(config: &Config) -> ReplicaOptions {
     opts.max_value_bytes = config.storage.max_value_bytes;
     opts.max_clock_skew_ms = config.sync.max_clock_skew_ms;
     opts.indexes = config.indexes.clone();
+    opts.history = config.storage.history;
     opts
 }
 
@@ -249,9 +250,18 @@ impl Node {
             .with_verifier(Arc::new(VerifyVia(sync.clone())))
             .with_bundles(bundles)
             .with_province(province)
-            .with_backups(backups);
+            .with_backups(backups)
+            .with_feeds(api::Feeds::new(
+                api::FeedLimits::new(
+                    config.api.max_feeds,
+                    Duration::from_millis(config.api.feed_cutoff_ms),
+                ),
+                stopped.clone(),
+            ));
         let app = api::router(state);
-        let limits = api::ServeLimits::for_values(replica.max_value_bytes());
+        let mut limits = api::ServeLimits::for_values(replica.max_value_bytes());
+        // Every open change feed holds a connection: room for all of them beside the rest.
+        limits.max_connections = limits.max_connections.saturating_add(config.api.max_feeds);
         let server = tokio::spawn(async move { api::serve(listener, app, limits, stopped).await });
         tracing::info!(
             node = %config.node.name,

@@ -30,6 +30,7 @@ pub mod powerfs;
 pub mod process;
 pub mod rng;
 pub mod rogue;
+pub mod sse;
 pub mod tree;
 
 pub use cluster::{copy_dir, Cluster, TestConfig};

@@ -48,6 +48,13 @@ pub enum ApiError {
     /// Another request of the same kind is running (a backup), try again later (409).
     #[error("{0}")]
     Busy(String),
+    /// What was asked for is no longer kept (a change-feed cursor older than the log) (410).
+    #[error("{0}")]
+    Gone(String),
+    /// The node serves as many of these as it may at once (change feeds); try again later
+    /// (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -62,6 +69,8 @@ impl ApiError {
             Self::Body { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Busy(_) => StatusCode::CONFLICT,
+            Self::Gone(_) => StatusCode::GONE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Replica(e) => match e {
                 ReplicaError::Name(_)
                 | ReplicaError::Refused { .. }

@@ -244,6 +244,7 @@ fn render(
         peers.iter().filter(|p| p.connected).count(),
     );
     render_peers(&mut x, peers);
+    render_feeds(&mut x, &state.feeds);
     render_http(&mut x, &state.http);
     x.out
 }
@@ -286,6 +287,40 @@ fn render_collections(x: &mut Exposition, collections: &[CollectionInfo], store:
         "gauge",
         "Files the engine keeps outside its fsynced log; must stay 0.",
         store.blob_files,
+    );
+}
+
+/// The change streams: open now, opened, cut off (client too slow), refused (all open).
+fn render_feeds(x: &mut Exposition, feeds: &super::Feeds) {
+    x.single(
+        "officesync_feeds_open",
+        "gauge",
+        "Change feeds (event streams of /changes) open now.",
+        feeds.open(),
+    );
+    x.single(
+        "officesync_feeds_max",
+        "gauge",
+        "Change feeds this node serves at once at most (api.max_feeds).",
+        feeds.limits().max_feeds,
+    );
+    x.single(
+        "officesync_feeds_opened_total",
+        "counter",
+        "Change feeds opened.",
+        feeds.opened(),
+    );
+    x.single(
+        "officesync_feeds_cutoff_total",
+        "counter",
+        "Change feeds ended because their client was too slow to keep up.",
+        feeds.cutoffs(),
+    );
+    x.single(
+        "officesync_feeds_refused_total",
+        "counter",
+        "Change feeds refused with 503 because api.max_feeds were open.",
+        feeds.refused(),
     );
 }
 

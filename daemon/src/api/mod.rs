@@ -10,6 +10,7 @@
 //! | `DELETE` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` of the tombstone |
 //! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=&where=` | `{"records": [..], "next"}` |
 //! | `GET` | `/v1/collections/{c}/conflicts?prefix=&after=&limit=` | `{"conflicts": [{"key", "siblings"}], "next"}` |
+//! | `GET` | `/v1/collections/{c}/changes?since=&prefix=&limit=` | `{"changes": [..], "next"}`, or with `Accept: text/event-stream` a live stream of them |
 //! | `GET` | `/v1/collections` | `{"collections": [..]}` |
 //! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
 //! | `GET` | `/health` | `{"status": "ok"}` (liveness) |
@@ -33,6 +34,7 @@ mod browse;
 mod bundle;
 mod cluster;
 mod error;
+mod feed;
 mod gate;
 mod journal;
 mod metrics;
@@ -61,6 +63,10 @@ pub use crate::time::{
 pub use access::Access;
 pub use bundle::{BUNDLE_CONTENT_TYPE, BUNDLE_VERSIONS_HEADER};
 pub use error::ApiError;
+pub use feed::{
+    FeedLimits, Feeds, DEFAULT_CHANGES_LIMIT, DEFAULT_FEED_CUTOFF, FEED_BUFFER, FEED_KEEP_ALIVE,
+    MAX_CHANGES_LIMIT,
+};
 pub use gate::Gate;
 pub use journal::Journal;
 pub use metrics::CONTENT_TYPE_0_0_4;
@@ -93,6 +99,8 @@ pub struct ApiState {
     /// The province view: status reports, arrival times, lag history.
     province: Option<Arc<crate::province::Province>>,
     backups: Option<crate::backup::BackupSource>,
+    /// The change streams open and their bounds.
+    feeds: Arc<Feeds>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -155,7 +163,14 @@ impl ApiState {
             bundles: None,
             province: None,
             backups: None,
+            feeds: Arc::new(Feeds::default()),
         }
+    }
+
+    /// Serves change streams with `feeds` (the default: 1000 at most, never told to stop).
+    pub fn with_feeds(mut self, feeds: Feeds) -> Self {
+        self.feeds = Arc::new(feeds);
+        self
     }
 
     /// Records writes, deletes, policy and user changes and refused authentications in
@@ -280,6 +295,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/collections/{c}/records", get(records::scan))
         .route("/v1/collections/{c}/conflicts", get(records::conflicts))
+        .route("/v1/collections/{c}/changes", get(feed::changes))
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))
@@ -324,6 +340,8 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod gate_tests;
 #[cfg(test)]

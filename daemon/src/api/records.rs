@@ -13,7 +13,8 @@ use base64::Engine as _;
 use std::collections::BTreeMap;
 
 use officesync_api::{
-    ConflictBody, ConflictsPage, ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody,
+    ConflictBody, ConflictsPage, HistoryBody, HistoryVersion, ScanPage, ScanRecord, SiblingBody,
+    SiblingsBody, WriteBody,
 };
 use officesync_protocol::names::MAX_KEY_BYTES;
 use officesync_protocol::policy::POLICY_COLLECTION;
@@ -28,8 +29,8 @@ use super::params::{
 use super::{wire_hlc, ApiState};
 use crate::audit::{Kind, Record};
 use crate::replica::{
-    Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, CURSOR_MARK, MAX_CURSOR_BYTES,
-    SIBLING_VALUES_BUDGET,
+    HistoryRead, Sibling, SiblingRead, SiblingsRead, WinnerRead, WriteAck, CURSOR_MARK,
+    MAX_CURSOR_BYTES, MAX_HISTORY_READ, SIBLING_VALUES_BUDGET,
 };
 
 /// Header with the winner's version, `origin:counter`.
@@ -105,14 +106,42 @@ pub(crate) async fn put_record(
 ///
 /// With `version=V`: the raw bytes of the current sibling `V` (as listed by `all=true`), with
 /// its version and HLC headers; 404 when the key has no such sibling or it is a tombstone.
+///
+/// With `history=N` (1..=[`MAX_HISTORY_READ`]): JSON `{"versions": [..]}`, up to `N` versions
+/// newest first, the current siblings and the superseded versions this node keeps (each with
+/// `superseded`), values within the same budget as `all=true`. History is what this node
+/// holds (the answer's `note` says so); 404 only when the key was never written here.
 pub(crate) async fn get_record(
     State(state): State<ApiState>,
     who: Who,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (collection, key) = record_target(uri.path())?;
-    let query = parse_query(uri.query(), &["all", "version"])?;
+    let query = parse_query(uri.query(), &["all", "version", "history"])?;
     let all = parse_flag("all", query.get("all").map(String::as_str))?;
+    if let Some(raw) = query.get("history") {
+        if query.len() > 1 {
+            return Err(ApiError::BadRequest(
+                "history= takes no other parameter (all=, version=)".into(),
+            ));
+        }
+        let limit = raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_HISTORY_READ).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "invalid history={raw:?}: use a number of versions, 1..={MAX_HISTORY_READ}"
+                ))
+            })?;
+        state.access.check_read(&who, &collection)?;
+        let read = state
+            .replica
+            .history(&collection, &key, limit, SIBLING_VALUES_BUDGET)
+            .await?
+            .ok_or_else(|| not_found(&collection, &key))?;
+        return Ok(Json(history_body(read, state.replica.history_kept())).into_response());
+    }
     let version = match query.get("version") {
         None => None,
         Some(raw) => Some(raw.parse::<Dot>().map_err(|_| {
@@ -158,6 +187,39 @@ pub(crate) async fn get_record(
         .ok_or_else(|| not_found(&collection, &key))?;
     let headers = winner_headers(&read)?;
     value_answer(headers, read.sibling, &collection, &key)
+}
+
+/// What a history answer says of itself.
+pub const HISTORY_NOTE: &str = "history is what this node holds: versions superseded at \
+     another office before they reached this node are not in it";
+
+/// The JSON answer to `?history=N`.
+fn history_body(read: HistoryRead, kept: usize) -> HistoryBody {
+    let versions: Vec<HistoryVersion> = read
+        .versions
+        .iter()
+        .map(|e| {
+            let s = &e.version;
+            HistoryVersion {
+                version: s.dot.to_string(),
+                author: s.author.clone(),
+                hlc: wire_hlc(s.hlc),
+                deleted: s.is_deleted(),
+                superseded: e.superseded,
+                value_base64: s.value.as_deref().map(|v| BASE64.encode(v)),
+                value_bytes: s.len,
+                value_omitted: s.is_omitted(),
+            }
+        })
+        .collect();
+    HistoryBody {
+        truncated: versions.iter().any(|v| v.value_omitted),
+        key: read.key,
+        versions,
+        kept_per_key: kept as u64,
+        note: HISTORY_NOTE.into(),
+        value_budget_bytes: SIBLING_VALUES_BUDGET as u64,
+    }
 }
 
 /// The JSON answer to `?all=true`, with the winner's headers.

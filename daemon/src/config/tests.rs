@@ -96,6 +96,8 @@ fn defaults_apply() {
     assert_eq!(config.storage.durability, Durability::Sync);
     assert_eq!(config.storage.flush_interval_ms, 100);
     assert_eq!(config.storage.max_value_bytes, 4 * 1024 * 1024);
+    assert_eq!(config.storage.history, 10);
+    assert_eq!(config.api.max_feeds, 1000);
     assert!(config.cluster.admins.is_empty());
     // A present section with some keys still defaults the others.
     let config = parse(&format!("{MINIMAL}[storage]\ndurability = \"periodic\"\n")).unwrap();
@@ -231,6 +233,9 @@ fn value_checks() {
             "storage.flush_interval_ms",
         ),
         (base().max_value_bytes(0).build(), "storage.max_value_bytes"),
+        (base().history(MAX_HISTORY + 1).build(), "storage.history"),
+        (base().max_feeds(0).build(), "api.max_feeds"),
+        (base().feed_cutoff_ms(99).build(), "api.feed_cutoff_ms"),
         (
             base().max_value_bytes(MAX_VALUE_BYTES_LIMIT + 1).build(),
             "storage.max_value_bytes",
@@ -254,6 +259,8 @@ fn value_checks() {
         .admins(["general-office"])
         .durability(Durability::Periodic)
         .max_value_bytes(MAX_VALUE_BYTES_LIMIT)
+        .history(0)
+        .max_feeds(*MAX_FEEDS_RANGE.end())
         .build();
     ok.validate_syntax().unwrap();
 }
@@ -269,6 +276,7 @@ fn valid_bundle_passes_and_round_trips() {
         .admins(["general-office"])
         .durability(Durability::Periodic)
         .max_value_bytes(1024)
+        .history(3)
         .report_interval_ms(2_500)
         .build();
     config.validate().unwrap();

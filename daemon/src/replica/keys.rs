@@ -12,6 +12,8 @@
 //!   (empty value) for the winner of `key`, whose JSON value holds at the declared `pointer`
 //!   the scalar encoded as [`officesync_protocol::index_order`] says (see [`super::index`]).
 //! - `F` + len + collection + cursor: the change log (see [`super::changes`]).
+//! - `H` + len + collection + key: the key's history, the versions superseded here (see
+//!   [`super::history`]); a superseded large value keeps its `V` chunks while it is in it.
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
 //! chunk numbers are big-endian so they sort numerically.
@@ -29,6 +31,7 @@ pub(crate) const DOTS_PER_BLOCK: u64 = 64;
 pub(crate) const CHUNK: u8 = b'V';
 pub(crate) const INDEX: u8 = b'I';
 pub(crate) const CHANGE: u8 = b'F';
+pub(crate) const HISTORY: u8 = b'H';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
@@ -57,6 +60,13 @@ pub(crate) fn record_prefix(coll: &str) -> Vec<u8> {
 
 pub(crate) fn record(coll: &str, key: &str) -> Vec<u8> {
     let mut k = record_prefix(coll);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The history record of `key` in `coll`.
+pub(crate) fn history(coll: &str, key: &str) -> Vec<u8> {
+    let mut k = with_coll(HISTORY, coll);
     k.extend_from_slice(key.as_bytes());
     k
 }

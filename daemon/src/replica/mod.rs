@@ -8,6 +8,7 @@
 mod changes;
 mod dots;
 mod encoding;
+mod history;
 mod index;
 mod keys;
 mod read;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{Store, StoreError};
 
 pub use changes::{Change, ChangePage, CHANGES_MAX_EXAMINED};
+pub use history::{HistoryEntry, HistoryRead, DEFAULT_HISTORY, MAX_HISTORY, MAX_HISTORY_READ};
 pub use index::{
     IndexCatalog, CURSOR_MARK, MAX_CURSOR_BYTES, MAX_INDEXES_PER_COLLECTION,
     MAX_INDEX_POINTER_BYTES,
@@ -181,6 +183,8 @@ pub struct ReplicaOptions {
     pub indexes: std::collections::BTreeMap<String, Vec<String>>,
     /// Cursors the change log keeps (older entries are trimmed).
     pub changes_kept: u64,
+    /// Superseded versions kept per key (`[storage] history`; 0: none).
+    pub history: usize,
 }
 
 /// Cursors the change log keeps by default.
@@ -197,6 +201,7 @@ impl ReplicaOptions {
             signer: None,
             indexes: std::collections::BTreeMap::new(),
             changes_kept: DEFAULT_CHANGES_KEPT,
+            history: DEFAULT_HISTORY,
         }
     }
 }
@@ -552,6 +557,7 @@ struct Inner {
     past: Vec<ReplicaId>,
     node: String,
     max_value_bytes: usize,
+    history: usize,
     requests: mpsc::Sender<Request>,
     stats: Arc<ReplicaStats>,
     indexes: Arc<IndexCatalog>,
@@ -670,6 +676,7 @@ impl Replica {
                 past,
                 node: opts.node,
                 max_value_bytes: opts.max_value_bytes,
+                history: opts.history,
                 requests: tx,
                 stats,
                 indexes,
@@ -697,6 +704,11 @@ impl Replica {
     /// The configured value limit.
     pub fn max_value_bytes(&self) -> usize {
         self.inner.max_value_bytes
+    }
+
+    /// Superseded versions kept per key (`[storage] history`).
+    pub fn history_kept(&self) -> usize {
+        self.inner.history
     }
 
     /// Counters for status and metrics.
@@ -900,6 +912,27 @@ impl Replica {
             read::siblings(s, c, k, max_bytes)
         })
         .await
+    }
+
+    /// Up to `limit` versions of `key` this node holds, newest first: its current siblings
+    /// and the versions superseded here that its history keeps (see [`HistoryRead`]), values
+    /// loaded while their total stays within `max_bytes`; `None` when the key was never
+    /// written here.
+    pub async fn history(
+        &self,
+        collection: &str,
+        key: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<HistoryRead>, ReplicaError> {
+        let (store, c, k) = (
+            self.inner.store.clone(),
+            collection.to_owned(),
+            key.to_owned(),
+        );
+        names::validate_collection_name(collection)?;
+        names::validate_key(key)?;
+        blocking(move || history::history(store.as_ref(), &c, &k, limit, max_bytes)).await
     }
 
     /// Reads the current sibling `dot` of `key` with its value; `None` when the key has no

@@ -143,7 +143,7 @@ fn corrupt(coll: &str, key: &str, detail: &str) -> ReplicaError {
 
 /// The stored siblings of a key, winner first and the rest in dot order; `None` when the
 /// key was never written.
-fn stored(
+pub(crate) fn stored(
     store: &dyn Store,
     coll: &str,
     key: &str,
@@ -170,6 +170,17 @@ fn winner_first(
         siblings.insert(0, w);
     }
     Ok(siblings)
+}
+
+/// `s` as listed by a bounded read, its value not loaded yet.
+pub(crate) fn sibling_read(s: &StoredSibling) -> SiblingRead {
+    SiblingRead {
+        dot: s.header.dot.clone(),
+        hlc: s.header.hlc,
+        len: value_len(s),
+        value: None,
+        author: s.author.clone(),
+    }
 }
 
 fn value_len(s: &StoredSibling) -> Option<u64> {

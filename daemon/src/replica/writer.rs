@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::changes::{self, ChangeEdits, LogState};
 use super::dots::{DotEdits, RowCache};
 use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
+use super::history::HistoryEdits;
 use super::index::{IndexCatalog, IndexEdits};
 use super::keys;
 use super::{
@@ -66,6 +67,8 @@ pub(crate) struct Writer {
     log: LogState,
     /// Cursors the change log keeps.
     changes_kept: u64,
+    /// Superseded versions kept per key (`[storage] history`).
+    history: usize,
 }
 
 enum Reply {
@@ -99,6 +102,8 @@ struct Group {
     index: IndexEdits,
     /// The change-log entries of the versions this group applies.
     changes: ChangeEdits,
+    /// The versions this group supersedes, for the keys' history.
+    history: HistoryEdits,
 }
 
 /// A local version of the group awaiting its signature: where it is, and the bytes to sign.
@@ -143,6 +148,7 @@ impl Writer {
             indexes,
             log,
             changes_kept: opts.changes_kept.max(1),
+            history: opts.history,
         })
     }
 
@@ -169,7 +175,10 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             let mut replies = Vec::new();
             let mut next = Some(first);
-            let mut group = Group::default();
+            let mut group = Group {
+                history: HistoryEdits::new(self.history),
+                ..Group::default()
+            };
             while let Some(req) = next.take() {
                 match req {
                     Request::Local { write, reply } => {
@@ -286,6 +295,8 @@ impl Writer {
                 v.signature = Some(sig.clone());
             }
         }
+        g.history
+            .sign(|coll, key, dot| signed.get(&(coll, key, dot)).cloned());
     }
 
     fn commit_group(&mut self, mut g: Group) -> Result<(), ReplicaError> {
@@ -318,6 +329,7 @@ impl Writer {
                 )?;
             }
             g.changes.write(self.log.last, log.floor, &mut g.batch)?;
+            g.history.write(self.store.as_ref(), &mut g.batch)?;
             if !g.batch.is_empty() {
                 g.batch.put(
                     keys::meta("generation"),
@@ -510,15 +522,7 @@ impl Writer {
             }
         }
         // Checked above: nothing held covers the new dot, so the merge inserts it.
-        let (_, siblings) = merge_version(
-            &mut meta,
-            siblings,
-            version,
-            header,
-            &mut g.batch,
-            &mut g.dots,
-            &mut g.changes,
-        );
+        let (_, siblings) = merge_version(&mut meta, siblings, version, header, g);
         g.metas.insert(coll.to_owned(), meta);
         g.siblings
             .insert((coll.to_owned(), key.to_owned()), siblings);
@@ -562,15 +566,7 @@ impl Writer {
                     .note_chunked(&self.indexes, &coll, &key, &header.dot, value);
             }
             let mut meta = std::mem::take(self.meta(g, &coll)?);
-            let (applied, siblings) = merge_version(
-                &mut meta,
-                siblings,
-                v,
-                header,
-                &mut g.batch,
-                &mut g.dots,
-                &mut g.changes,
-            );
+            let (applied, siblings) = merge_version(&mut meta, siblings, v, header, g);
             if applied {
                 report.applied += 1;
             } else {
@@ -790,7 +786,8 @@ fn answer<E: Into<ReplicaError>>(replies: &mut Vec<Reply>, outcome: Result<(), E
 
 /// Merges one version (with its `header`, [`Version::header`]) into `siblings`: queues its
 /// chunks and indexes its dot (whose dot-index rows [`Writer::load_dot_rows`] loaded), drops
-/// what it supersedes (with their index entries and chunks) and
+/// what it supersedes (with their index entries; into the key's history, or with their
+/// chunks when history is off) and
 /// updates the counts and digest. Returns whether it became a sibling, and the new sibling
 /// set.
 fn merge_version(
@@ -798,15 +795,15 @@ fn merge_version(
     mut siblings: Vec<StoredSibling>,
     v: Version,
     header: VersionHeader,
-    batch: &mut WriteBatch,
-    dots: &mut DotEdits,
-    changes: &mut ChangeEdits,
+    g: &mut Group,
 ) -> (bool, Vec<StoredSibling>) {
+    let (batch, dots) = (&mut g.batch, &mut g.dots);
     // A duplicate or an obsolete version changes nothing.
     if merge::held_or_superseded(&siblings, &header.dot).is_some() {
         return (false, siblings);
     }
-    changes.push(&v.collection, &v.key, &header, v.author.as_deref());
+    g.changes
+        .push(&v.collection, &v.key, &header, v.author.as_deref());
     let Version {
         collection,
         key,
@@ -846,11 +843,7 @@ fn merge_version(
             meta.digest.toggle(key, &old.header.dot, &old.header.value);
             meta.versions -= 1;
             dots.remove(coll, &old.header.dot);
-            if let Body::Chunked { chunks } = old.body {
-                for i in 0..chunks {
-                    batch.remove(keys::chunk(coll, &old.header.dot, i));
-                }
-            }
+            g.history.supersede(coll, key, old, batch);
         }
     }
     meta.versions += 1;

@@ -11,7 +11,8 @@
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
 //! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
-//! at 1,000 nodes, in [`province`]),
+//! at 1,000 nodes, in [`province`]), `feed` (change-feed latency and the memory of 1,000
+//! watchers, in [`feed`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`]. `scale` (a four-tier tree of 1,025 daemons, in
@@ -25,6 +26,8 @@ mod catch_up;
 mod encryption;
 #[path = "bench/fanout.rs"]
 mod fanout;
+#[path = "bench/feed.rs"]
+mod feed;
 #[path = "bench/heal.rs"]
 mod heal;
 #[path = "bench/live.rs"]
@@ -240,13 +243,14 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 13] = [
+const GROUPS: [&str; 14] = [
     "local",
     "api",
     "query",
     "signing",
     "encryption",
     "province",
+    "feed",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -350,6 +354,12 @@ async fn main() -> Result<()> {
         let pki = replication::Pki::new()?;
         if let Err(e) = province::run(&pki, args.quick, &mut rows).await {
             replication::failed(&mut rows, "province", "-", &e);
+        }
+    }
+    if args.wants("feed") {
+        let pki = replication::Pki::new()?;
+        if let Err(e) = feed::run(&pki, args.quick, &mut rows).await {
+            replication::failed(&mut rows, "feed", "-", &e);
         }
     }
     replication::run(&args, &mut rows).await;
