@@ -206,6 +206,23 @@ fn staff_browse_collections_search_and_open_records_in_a_real_browser() {
     assert_eq!(siblings.len(), 1, "{dom}");
     assert!(siblings[0].1.contains("admin@hefei"), "{siblings:?}");
     assert!(dom.contains("id=\"history\""), "{dom}");
+    // A key written twice: History lists the current version and the one it superseded.
+    node.put("situation", "notes/flood", b"first draft");
+    node.put("situation", "notes/flood", b"final text");
+    let dom = chromium_run(
+        browser,
+        &node,
+        Some(("li", &li)),
+        "/browse/situation/record?key=notes%2Fflood",
+        "--dump-dom",
+    );
+    let superseded = rows(&dom, "superseded");
+    assert_eq!(superseded.len(), 1, "{dom}");
+    assert!(superseded[0].1.contains("first draft"), "{superseded:?}");
+    assert_eq!(rows(&dom, "sibling").len(), 1, "{dom}");
+    let current = rows(&dom, "current");
+    assert_eq!(current.len(), 1, "{dom}");
+    assert!(current[0].1.contains("final text"), "{current:?}");
     let dom = chromium_run(
         browser,
         &node,

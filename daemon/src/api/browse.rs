@@ -10,7 +10,7 @@
 //!   expression is a 400 page naming the problem (`p#error`).
 //! - `GET /browse/{c}/record?key=K`: every sibling of the key, `table#siblings` with
 //!   `tr.sibling[data-version]` (cells `version`, `author`, `hlc`, `deleted`, `value`: the text
-//!   when it is UTF-8, else its size), and `section#history`.
+//!   when it is UTF-8, else its size), and `section#history` (the versions this node kept).
 //!
 //! Every value and key is escaped; a collection the caller may not read is a 403 and none of
 //! its records is shown.
@@ -244,21 +244,40 @@ pub(crate) async fn record(
         url_escape(&coll)
     );
     for s in &read.siblings {
-        sibling_row(&mut h, s);
+        sibling_row(&mut h, s, "sibling");
     }
     h.push_str("</tbody></table>\n");
-    // HISTORY: superseded versions of the key (`Replica::history`) go in this section once
-    // the history store lands.
+    // The versions this node kept of the key, newest first (current ones included).
+    let history = state
+        .replica
+        .history(&coll, key, BROWSE_HISTORY, SIBLING_VALUES_BUDGET)
+        .await?;
     h.push_str(
-        "<section id=\"history\"><h2>History</h2>\n<p id=\"history-unavailable\">\
-         Superseded versions are not kept by this build.</p></section>\n",
+        "<section id=\"history\"><h2>History</h2>\n<p><small>Newest first: the versions \
+         this node holds of the key, superseded ones included, as many as its \
+         <code>[storage] history</code> keeps. Another office may hold others.</small></p>\n\
+         <table id=\"history-versions\"><thead><tr><th>Version</th><th>Author</th>\
+         <th>HLC</th><th>Deleted</th><th>Value</th></tr></thead><tbody>\n",
     );
+    for entry in history.iter().flat_map(|r| &r.versions) {
+        let class = if entry.superseded {
+            "superseded"
+        } else {
+            "current"
+        };
+        sibling_row(&mut h, &entry.version, class);
+    }
+    h.push_str("</tbody></table></section>\n");
     h.push_str("</body></html>\n");
     Ok(html(StatusCode::OK, h))
 }
 
-/// One row of the siblings table.
-fn sibling_row(h: &mut String, s: &SiblingRead) {
+/// Versions the record page lists under History.
+const BROWSE_HISTORY: usize = 20;
+
+/// One row of the siblings or history table, of class `class` (`sibling`, or under History
+/// `current` or `superseded`).
+fn sibling_row(h: &mut String, s: &SiblingRead, class: &str) {
     let version = escape(&s.dot.to_string());
     let value = match (&s.value, s.len) {
         (_, None) => "-".to_owned(),
@@ -270,9 +289,10 @@ fn sibling_row(h: &mut String, s: &SiblingRead) {
     };
     let _ = writeln!(
         h,
-        "<tr class=\"sibling\" data-version=\"{version}\"><td class=\"version\">{version}</td>\
+        "<tr class=\"{}\" data-version=\"{version}\"><td class=\"version\">{version}</td>\
          <td class=\"author\">{}</td><td class=\"hlc\">{}</td>\
          <td class=\"deleted\">{}</td><td class=\"value\">{value}</td></tr>",
+        class,
         escape(s.author.as_deref().unwrap_or("-")),
         escape(&s.hlc.to_string()),
         if s.is_deleted() { "yes" } else { "no" },
