@@ -12,6 +12,7 @@ mod cluster;
 mod node;
 mod peers;
 mod records;
+mod search;
 mod status;
 
 use std::fmt;
@@ -30,6 +31,7 @@ pub use peers::{PeerCollectionStatus, PeerStatus};
 pub use records::{
     ConflictBody, ConflictsPage, ScanPage, ScanRecord, SiblingBody, SiblingsBody, WriteBody,
 };
+pub use search::{SearchHit, SearchIndexStatus, SearchResults};
 pub use status::{
     CertificateStatus, CollectionState, CollectionSummary, CollectionsBody, StatusBody,
     StoreStatus, TransportStats, VersionVector, WriteStats,

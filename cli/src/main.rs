@@ -22,6 +22,7 @@ mod offline;
 mod output;
 mod policy;
 mod records;
+mod search;
 mod storage_key;
 mod token;
 mod transfer;
@@ -163,6 +164,8 @@ enum Command {
     Delete(records::DeleteArgs),
     /// List records of a collection in key order: key, version, value.
     Scan(records::ScanArgs),
+    /// Search a collection's records for words, Chinese or English, best matches first.
+    Search(search::SearchArgs),
     /// List the keys of a collection with two or more siblings (concurrent versions).
     Conflicts(conflicts::ConflictsArgs),
     /// Resolve a conflict: write one sibling's value (--keep), or a new one, over every sibling.
@@ -221,6 +224,7 @@ impl Command {
             Command::Get(args) => records::get(args, global),
             Command::Delete(args) => records::delete(args, global),
             Command::Scan(args) => records::scan(args, global),
+            Command::Search(args) => search::search(args, global),
             Command::Conflicts(args) => conflicts::conflicts(args, global),
             Command::Resolve(args) => conflicts::resolve(args, global),
             Command::Import(args) => transfer::import(args, global),

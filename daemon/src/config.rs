@@ -18,8 +18,10 @@ use crate::pki::{self, PkiError};
 use crate::storage_key::{KeyFileError, StorageKey};
 
 pub mod access;
+pub mod search;
 
 use access::{Access, Account, Need};
+pub use search::SearchConfig;
 
 /// Default QUIC (UDP) listen port for replication.
 pub const DEFAULT_SYNC_PORT: u16 = 7400;
@@ -72,6 +74,9 @@ pub struct Config {
     /// `[status]`: the status report this node publishes for the province view.
     #[serde(default)]
     pub status: StatusConfig,
+    /// `[search]`: the collections kept in a full-text index.
+    #[serde(default)]
+    pub search: SearchConfig,
     /// The file this config was read from, used in error messages (empty when
     /// built in code). Not part of the TOML.
     #[serde(skip)]
@@ -404,7 +409,17 @@ impl Config {
         self.validate_peers()?;
         self.validate_sync_ranges()?;
         self.validate_storage()?;
-        self.validate_admins()
+        self.validate_admins()?;
+        self.validate_search()
+    }
+
+    /// `[search]`: collection names, JSON pointers, and consent to a plaintext index beside
+    /// an encrypted store.
+    fn validate_search(&self) -> Result<(), ConfigError> {
+        let encrypted = self.storage.encryption_key_file.is_some();
+        self.search
+            .validate(encrypted)
+            .map_err(|p| self.invalid(&p.key, p.message, &p.fix))
     }
 
     /// `[node]`: a valid name and a data dir.
@@ -770,6 +785,7 @@ impl Config {
                 storage: StorageConfig::default(),
                 cluster: ClusterConfig::default(),
                 status: StatusConfig::default(),
+                search: SearchConfig::default(),
                 origin: PathBuf::new(),
             },
         }
@@ -862,7 +878,8 @@ impl Config {
             out,
             "report_interval_ms = {}",
             self.status.report_interval_ms
-        )
+        )?;
+        self.search.write_toml(out)
     }
 
     /// Checks that `account` (the user `officesyncd` will run as) can read the config file,
@@ -1067,6 +1084,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// Indexes `collections` for full-text search (`[search] collections`).
+    pub fn search_collections<I, S>(mut self, collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.search.collections = collections.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Sets the file name used in error messages.
     pub fn origin(mut self, origin: impl Into<PathBuf>) -> Self {
         self.config.origin = origin.into();
@@ -1246,6 +1273,8 @@ fn example(key: &str) -> &'static str {
         "sync.accept_unsigned" => "accept_unsigned = false (true only while upgrading from 0.1.0)",
         "storage.flush_interval_ms" => "flush_interval_ms = 100",
         "storage.max_value_bytes" => "max_value_bytes = 4194304",
+        "search.collections" => "collections = [\"documents\"]",
+        "search.fields" => "fields = { letters = [\"/title\", \"/body\"] }",
         "storage.encryption_key_file" => "encryption_key_file = \"/etc/officesync/storage.key\"",
         "storage.previous_encryption_key_files" => {
             "previous_encryption_key_files = [\"/etc/officesync/storage.key.old\"]"

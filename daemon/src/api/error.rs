@@ -48,6 +48,10 @@ pub enum ApiError {
     /// Another request of the same kind is running (a backup), try again later (409).
     #[error("{0}")]
     Busy(String),
+    /// What the request needs is not ready yet (a search index being built), try again
+    /// shortly (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -62,6 +66,7 @@ impl ApiError {
             Self::Body { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Busy(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Replica(e) => match e {
                 ReplicaError::Name(_) | ReplicaError::Refused { .. } => StatusCode::BAD_REQUEST,
                 ReplicaError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,6 +10,7 @@
 //! | `DELETE` | `/v1/collections/{c}/records/{key}` | `{"version", "hlc"}` of the tombstone |
 //! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=&where=` | `{"records": [..], "next"}` |
 //! | `GET` | `/v1/collections/{c}/conflicts?prefix=&after=&limit=` | `{"conflicts": [{"key", "siblings"}], "next"}` |
+//! | `GET` | `/v1/collections/{c}/search?q=&limit=` | `{"hits": [{"key", "version", "score", "snippet"}], "total"}` |
 //! | `GET` | `/v1/collections` | `{"collections": [..]}` |
 //! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
 //! | `GET` | `/health` | `{"status": "ok"}` (liveness) |
@@ -37,6 +38,7 @@ mod metrics;
 mod openapi;
 mod params;
 mod records;
+mod search;
 mod serve;
 mod status;
 mod svg;
@@ -91,6 +93,8 @@ pub struct ApiState {
     /// The province view: status reports, arrival times, lag history.
     province: Option<Arc<crate::province::Province>>,
     backups: Option<crate::backup::BackupSource>,
+    /// Full-text search of the collections in `[search]`.
+    search: Option<Arc<crate::search::Search>>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -153,6 +157,7 @@ impl ApiState {
             bundles: None,
             province: None,
             backups: None,
+            search: None,
         }
     }
 
@@ -236,6 +241,13 @@ impl ApiState {
         self
     }
 
+    /// Serves `GET /v1/collections/{c}/search` from `search` (without it every collection
+    /// answers 404 there), and reports its indexes in `/v1/status` and `/metrics`.
+    pub fn with_search(mut self, search: Arc<crate::search::Search>) -> Self {
+        self.search = Some(search);
+        self
+    }
+
     /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
     pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
         self.verifier = Some(verifier);
@@ -278,6 +290,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/collections/{c}/records", get(records::scan))
         .route("/v1/collections/{c}/conflicts", get(records::conflicts))
+        .route("/v1/collections/{c}/search", get(search::search))
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))
