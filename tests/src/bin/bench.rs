@@ -9,7 +9,8 @@
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
 //! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
-//! at 1,000 nodes, in [`province`]),
+//! at 1,000 nodes, in [`province`]), `search` (full-text indexing, apply-to-searchable delay,
+//! query latency and index size over 100,000 documents, in [`search`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`].
@@ -30,6 +31,8 @@ mod live;
 mod province;
 #[path = "bench/replication.rs"]
 mod replication;
+#[path = "bench/search.rs"]
+mod search;
 #[path = "bench/servers.rs"]
 mod servers;
 #[path = "bench/signing.rs"]
@@ -233,12 +236,13 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "local",
     "api",
     "signing",
     "encryption",
     "province",
+    "search",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -336,6 +340,11 @@ async fn main() -> Result<()> {
         let pki = replication::Pki::new()?;
         if let Err(e) = province::run(&pki, args.quick, &mut rows).await {
             replication::failed(&mut rows, "province", "-", &e);
+        }
+    }
+    if args.wants("search") {
+        if let Err(e) = search::run(args.quick, &mut rows).await {
+            replication::failed(&mut rows, "search", "-", &e);
         }
     }
     replication::run(&args, &mut rows).await;
