@@ -49,8 +49,8 @@ async fn wait_keys(search: &Search, q: &str, want: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_follows_writes_deletes_and_overwrites_and_resumes_after_a_restart() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let replica = Replica::open(Arc::new(MemoryStore::new()), ReplicaOptions::new("hefei"))
-        .expect("replica");
+    let replica =
+        Replica::open(Arc::new(MemoryStore::new()), ReplicaOptions::new("hefei")).expect("replica");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let search = Search::start(&config(tmp.path(), &[]), replica.clone(), stopped);
     let w = |k: &'static str, v: &'static str| {

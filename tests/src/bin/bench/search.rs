@@ -159,7 +159,7 @@ fn document(i: usize) -> Vec<u8> {
     );
     let mut body = String::with_capacity(2100);
     while body.len() < 1900 {
-        if g.next() % 2 == 0 {
+        if g.next().is_multiple_of(2) {
             for _ in 0..8 {
                 body.push_str(g.pick(&ZH));
             }
