@@ -13,6 +13,7 @@ mod cluster;
 mod node;
 mod peers;
 mod records;
+mod search;
 mod status;
 
 use std::fmt;
@@ -33,6 +34,7 @@ pub use records::{
     ConflictBody, ConflictsPage, HistoryBody, HistoryVersion, ScanPage, ScanRecord, SiblingBody,
     SiblingsBody, WriteBody,
 };
+pub use search::{SearchHit, SearchIndexStatus, SearchResults};
 pub use status::{
     CertificateStatus, CollectionState, CollectionSummary, CollectionsBody, StatusBody,
     StoreStatus, TransportStats, VersionVector, WriteStats,

@@ -40,6 +40,9 @@ pub struct StatusBody {
     /// Write counters since the daemon started.
     #[serde(default)]
     pub writes: WriteStats,
+    /// Each searchable collection's index (`[search]`); absent when search is off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub search: BTreeMap<String, crate::SearchIndexStatus>,
     /// Transport-wide counts; absent when replication does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<TransportStats>,

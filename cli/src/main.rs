@@ -23,6 +23,7 @@ mod offline;
 mod output;
 mod policy;
 mod records;
+mod search;
 mod storage_key;
 mod token;
 mod transfer;
@@ -170,6 +171,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// List the versions of a record this node holds, newest first, superseded ones included.
     History(history::HistoryArgs),
+    /// Search a collection's records for words, Chinese or English, best matches first.
+    Search(search::SearchArgs),
     /// List the keys of a collection with two or more siblings (concurrent versions).
     Conflicts(conflicts::ConflictsArgs),
     /// Resolve a conflict: write one sibling's value (--keep), or a new one, over every sibling.
@@ -230,6 +233,7 @@ impl Command {
             Command::Scan(args) => records::scan(args, global),
             Command::History(args) => history::run(args, global),
             Command::Watch(args) => watch::run(args, global),
+            Command::Search(args) => search::search(args, global),
             Command::Conflicts(args) => conflicts::conflicts(args, global),
             Command::Resolve(args) => conflicts::resolve(args, global),
             Command::Import(args) => transfer::import(args, global),

@@ -18,8 +18,10 @@ use crate::pki::{self, PkiError};
 use crate::storage_key::{KeyFileError, StorageKey};
 
 pub mod access;
+pub mod search;
 
 use access::{Access, Account, Need};
+pub use search::SearchConfig;
 
 /// Default QUIC (UDP) listen port for replication.
 pub const DEFAULT_SYNC_PORT: u16 = 7400;
@@ -89,6 +91,9 @@ pub struct Config {
     /// secondary index (`situation = ["/river", "/level_m"]`) for `where` queries.
     #[serde(default)]
     pub indexes: std::collections::BTreeMap<String, Vec<String>>,
+    /// `[search]`: the collections kept in a full-text index.
+    #[serde(default)]
+    pub search: SearchConfig,
     /// The file this config was read from, used in error messages (empty when
     /// built in code). Not part of the TOML.
     #[serde(skip)]
@@ -439,7 +444,17 @@ impl Config {
         self.validate_sync_ranges()?;
         self.validate_storage()?;
         self.validate_indexes()?;
-        self.validate_admins()
+        self.validate_admins()?;
+        self.validate_search()
+    }
+
+    /// `[search]`: collection names, JSON pointers, and consent to a plaintext index beside
+    /// an encrypted store.
+    fn validate_search(&self) -> Result<(), ConfigError> {
+        let encrypted = self.storage.encryption_key_file.is_some();
+        self.search
+            .validate(encrypted)
+            .map_err(|p| self.invalid(&p.key, p.message, &p.fix))
     }
 
     /// `[indexes]`: valid collection names, each with at most
@@ -892,6 +907,7 @@ impl Config {
                 cluster: ClusterConfig::default(),
                 status: StatusConfig::default(),
                 indexes: std::collections::BTreeMap::new(),
+                search: SearchConfig::default(),
                 origin: PathBuf::new(),
             },
         }
@@ -996,7 +1012,7 @@ impl Config {
                 writeln!(out, "{} = [{}]", toml_str(coll), list.join(", "))?;
             }
         }
-        Ok(())
+        self.search.write_toml(out)
     }
 
     /// Checks that `account` (the user `officesyncd` will run as) can read the config file,
@@ -1228,6 +1244,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// Indexes `collections` for full-text search (`[search] collections`).
+    pub fn search_collections<I, S>(mut self, collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.search.collections = collections.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Sets the file name used in error messages.
     pub fn origin(mut self, origin: impl Into<PathBuf>) -> Self {
         self.config.origin = origin.into();
@@ -1410,6 +1436,8 @@ fn example(key: &str) -> &'static str {
         "storage.history" => "history = 10",
         "api.max_feeds" => "max_feeds = 1000",
         "api.feed_cutoff_ms" => "feed_cutoff_ms = 30000",
+        "search.collections" => "collections = [\"documents\"]",
+        "search.fields" => "[search.fields] letters = [\"/title\", \"/body\"]",
         "storage.encryption_key_file" => "encryption_key_file = \"/etc/officesync/storage.key\"",
         "storage.previous_encryption_key_files" => {
             "previous_encryption_key_files = [\"/etc/officesync/storage.key.old\"]"

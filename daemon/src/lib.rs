@@ -27,6 +27,8 @@ pub mod province;
 pub mod replica;
 // Always built: the CLI makes key files (`officesync storage-key`) and config checks read them.
 #[cfg(feature = "node")]
+pub mod search;
+#[cfg(feature = "node")]
 pub mod signing;
 pub mod storage_key;
 #[cfg(feature = "node")]

@@ -169,6 +169,8 @@ pub struct Node {
     server: JoinHandle<std::io::Result<()>>,
     /// The status reporter (`province`), stopped with the rest before the store closes.
     reporter: JoinHandle<()>,
+    /// The search indexers (`[search]`), which make their last commit before the store closes.
+    search: Option<Arc<crate::search::Search>>,
 }
 
 impl Node {
@@ -237,12 +239,16 @@ impl Node {
         ));
         let province = Arc::new(crate::province::Province::new(config));
         let reporter = province.spawn(replica.clone(), peers.clone(), stopped.clone());
+        let search = config
+            .search
+            .is_enabled()
+            .then(|| crate::search::Search::start(config, replica.clone(), stopped.clone()));
         let gate = open_gate(config)?;
         let mut state = ApiState::new(replica.clone()).with_gate(gate.clone());
         if let api::Gate::Tokens { .. } = gate {
             state = state.with_journal(open_journal(config)?);
         }
-        let state = state
+        let mut state = state
             .with_access(api::Access::new(&config.node.name, is_admin, policy))
             .with_peers(Arc::new(peers))
             .with_transport(transport_stats)
@@ -258,6 +264,9 @@ impl Node {
                 ),
                 stopped.clone(),
             ));
+        if let Some(search) = &search {
+            state = state.with_search(search.clone());
+        }
         let app = api::router(state);
         let mut limits = api::ServeLimits::for_values(replica.max_value_bytes());
         // Every open change feed holds a connection: room for all of them beside the rest.
@@ -278,6 +287,7 @@ impl Node {
             stop,
             server,
             reporter,
+            search,
         })
     }
 
@@ -320,6 +330,9 @@ impl Node {
             .is_err()
         {
             tracing::warn!("the status reporter did not stop in time");
+        }
+        if let Some(search) = &self.search {
+            search.join(SHUTDOWN_GRACE).await;
         }
         self.sync.close().await;
         self.replica.close().await?;

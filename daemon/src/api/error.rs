@@ -51,8 +51,8 @@ pub enum ApiError {
     /// What was asked for is no longer kept (a change-feed cursor older than the log) (410).
     #[error("{0}")]
     Gone(String),
-    /// The node serves as many of these as it may at once (change feeds); try again later
-    /// (503).
+    /// The node cannot serve this now: as many change feeds are open as it allows, or a search
+    /// index is being built; try again later (503).
     #[error("{0}")]
     Unavailable(String),
 }

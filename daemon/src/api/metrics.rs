@@ -236,6 +236,9 @@ fn render(
     );
 
     render_collections(&mut x, collections, store);
+    if let Some(search) = &state.search {
+        render_search(&mut x, &search.status());
+    }
     render_writes(&mut x, replica.stats());
     x.single(
         "officesync_peers_connected",
@@ -322,6 +325,58 @@ fn render_feeds(x: &mut Exposition, feeds: &super::Feeds) {
         "Change feeds refused with 503 because api.max_feeds were open.",
         feeds.refused(),
     );
+}
+
+/// Per searchable collection: documents, lag behind the change log, rebuilds, commits, size.
+fn render_search(
+    x: &mut Exposition,
+    indexes: &std::collections::BTreeMap<String, officesync_api::SearchIndexStatus>,
+) {
+    type Field = fn(&officesync_api::SearchIndexStatus) -> u64;
+    let families: [(&str, &str, &str, Field); 6] = [
+        (
+            "officesync_search_documents",
+            "gauge",
+            "Records in the collection's search index, as of its last commit.",
+            |s| s.docs,
+        ),
+        (
+            "officesync_search_lag_changes",
+            "gauge",
+            "Changes applied at this node since the search index was last up to date.",
+            |s| s.lag_changes,
+        ),
+        (
+            "officesync_search_ready",
+            "gauge",
+            "1 while the search index answers queries, 0 while it is opened or rebuilt.",
+            |s| u64::from(s.state == "ready"),
+        ),
+        (
+            "officesync_search_rebuilds_total",
+            "counter",
+            "Rebuilds of the search index from the store (missing, damaged, settings changed, cursor expired).",
+            |s| s.rebuilds,
+        ),
+        (
+            "officesync_search_commits_total",
+            "counter",
+            "Commits of the search index.",
+            |s| s.commits,
+        ),
+        (
+            "officesync_search_index_bytes",
+            "gauge",
+            "Bytes the search index occupies on disk.",
+            |s| s.disk_bytes,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        x.family(name, kind, help);
+        for (collection, status) in indexes {
+            x.sample(name, &[("collection", collection)], field(status));
+        }
+    }
 }
 
 /// The replica's write counters.

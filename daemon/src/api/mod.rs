@@ -11,6 +11,7 @@
 //! | `GET` | `/v1/collections/{c}/records?prefix=&after=&limit=&where=` | `{"records": [..], "next"}` |
 //! | `GET` | `/v1/collections/{c}/conflicts?prefix=&after=&limit=` | `{"conflicts": [{"key", "siblings"}], "next"}` |
 //! | `GET` | `/v1/collections/{c}/changes?since=&prefix=&limit=` | `{"changes": [..], "next"}`, or with `Accept: text/event-stream` a live stream of them |
+//! | `GET` | `/v1/collections/{c}/search?q=&limit=` | `{"hits": [{"key", "version", "score", "snippet"}], "total"}` |
 //! | `GET` | `/v1/collections` | `{"collections": [..]}` |
 //! | `GET` | `/v1/status` | node, replica, vv, collections, peers, store, writes |
 //! | `GET` | `/health` | `{"status": "ok"}` (liveness) |
@@ -41,6 +42,7 @@ mod metrics;
 mod openapi;
 mod params;
 mod records;
+mod search;
 mod serve;
 mod status;
 mod svg;
@@ -101,6 +103,8 @@ pub struct ApiState {
     backups: Option<crate::backup::BackupSource>,
     /// The change streams open and their bounds.
     feeds: Arc<Feeds>,
+    /// Full-text search of the collections in `[search]`.
+    search: Option<Arc<crate::search::Search>>,
 }
 
 /// Runs `officesync verify`: compares collection digests with peers now.
@@ -164,6 +168,7 @@ impl ApiState {
             province: None,
             backups: None,
             feeds: Arc::new(Feeds::default()),
+            search: None,
         }
     }
 
@@ -253,6 +258,13 @@ impl ApiState {
         self
     }
 
+    /// Serves `GET /v1/collections/{c}/search` from `search` (without it every collection
+    /// answers 404 there), and reports its indexes in `/v1/status` and `/metrics`.
+    pub fn with_search(mut self, search: Arc<crate::search::Search>) -> Self {
+        self.search = Some(search);
+        self
+    }
+
     /// Serves `POST /v1/verify` with `verifier` (without one it answers 404).
     pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Self {
         self.verifier = Some(verifier);
@@ -296,6 +308,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/collections/{c}/records", get(records::scan))
         .route("/v1/collections/{c}/conflicts", get(records::conflicts))
         .route("/v1/collections/{c}/changes", get(feed::changes))
+        .route("/v1/collections/{c}/search", get(search::search))
         .route("/v1/collections", get(status::collections))
         .route("/v1/status", get(status::status))
         .route("/v1/verify", axum::routing::post(verify))

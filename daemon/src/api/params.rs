@@ -68,6 +68,11 @@ pub(crate) fn changes_target(path: &str) -> Result<String, ApiError> {
     Ok(split_collection(path)?.0)
 }
 
+/// The collection of a search path `/v1/collections/{c}/search`.
+pub(crate) fn search_target(path: &str) -> Result<String, ApiError> {
+    Ok(split_collection(path)?.0)
+}
+
 /// The collection of a scan path `/v1/collections/{c}/records`.
 pub(crate) fn scan_target(path: &str) -> Result<String, ApiError> {
     Ok(split_collection(path)?.0)

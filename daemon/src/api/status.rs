@@ -189,6 +189,11 @@ pub(crate) async fn status(
         store,
         writes: write_stats(replica.stats()),
         transport: state.transport.as_ref().map(StatsHandle::snapshot),
+        search: state.search.as_ref().map_or_else(Default::default, |s| {
+            let mut indexes = s.status();
+            indexes.retain(|c, _| who.0.may_read(c));
+            indexes
+        }),
     }))
 }
 

@@ -12,7 +12,8 @@
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
 //! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
 //! at 1,000 nodes, in [`province`]), `feed` (change-feed latency and the memory of 1,000
-//! watchers, in [`feed`]),
+//! watchers, in [`feed`]), `search` (full-text indexing, apply-to-searchable delay, query
+//! latency and index size over 100,000 documents, in [`search`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`]. `scale` (a four-tier tree of 1,025 daemons, in
@@ -40,6 +41,8 @@ mod query;
 mod replication;
 #[path = "bench/scale.rs"]
 mod scale;
+#[path = "bench/search.rs"]
+mod search;
 #[path = "bench/servers.rs"]
 mod servers;
 #[path = "bench/signing.rs"]
@@ -243,7 +246,7 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 14] = [
+const GROUPS: [&str; 15] = [
     "local",
     "api",
     "query",
@@ -251,6 +254,7 @@ const GROUPS: [&str; 14] = [
     "encryption",
     "province",
     "feed",
+    "search",
     "bulk_catch_up",
     "partition_heal",
     "live_propagation",
@@ -360,6 +364,11 @@ async fn main() -> Result<()> {
         let pki = replication::Pki::new()?;
         if let Err(e) = feed::run(&pki, args.quick, &mut rows).await {
             replication::failed(&mut rows, "feed", "-", &e);
+        }
+    }
+    if args.wants("search") {
+        if let Err(e) = search::run(args.quick, &mut rows).await {
+            replication::failed(&mut rows, "search", "-", &e);
         }
     }
     replication::run(&args, &mut rows).await;
