@@ -1,7 +1,7 @@
 //! Test harness for officesync: runs the real, built `officesyncd` and `officesync` binaries
 //! on loopback in temp dirs, as a sysadmin would, for the end-to-end suites in `tests/tests/`.
 //!
-//! Build the binaries first: `cargo build --workspace --bins && cargo test -p officesync-tests`
+//! Build the binaries first: `cargo build --workspace --bins --tests && cargo test --workspace`
 //! (they are found next to the test executable, see [`bins`]).
 //!
 //! ```no_run

@@ -177,6 +177,27 @@ fn documents_from_the_general_office_are_searchable_at_an_office_and_follow_dele
     assert!(text.contains("[防汛]"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
 
+    // The browse page's search box: the same hits, ranked, linking to their records.
+    let page = hefei.api().call(
+        "GET",
+        &format!("/browse/documents?q={}", encode("防汛", false)),
+        None,
+    );
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    assert!(html.contains("id=\"fulltext\""), "{html}");
+    assert!(
+        html.contains("class=\"hit\" data-key=\"notice/1\"")
+            && html.contains("<mark>防汛</mark>")
+            && html.contains("/browse/documents/record?key=notice%2F1"),
+        "{html}"
+    );
+    let bad = hefei
+        .api()
+        .call("GET", "/browse/documents?q=%22unclosed", None);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("id=\"error\""), "{}", bad.text());
+
     // A delete at the general office drops the document at the office.
     assert!(hub.api().delete("documents", "notice/2").is_some());
     wait_keys(&hefei, "documents", "flood", &[]);

@@ -7,7 +7,10 @@
 //!   `textarea[name=where]`, one expression per line; `where` may also be repeated) and one
 //!   page of the matching records, `table#records` with `tr.record[data-key]` (cells `key`,
 //!   `version`, `siblings`, `value`), and `a#next` to the following page. A malformed
-//!   expression is a 400 page naming the problem (`p#error`).
+//!   expression is a 400 page naming the problem (`p#error`). When this node indexes the
+//!   collection for full-text search, a second form (`form#fulltext`, `input[name=q]`); with
+//!   `q` the page shows the ranked hits instead (`table#hits`, `tr.hit[data-key]`, cells
+//!   `key`, `score`, `snippet` with the matched words in `mark`).
 //! - `GET /browse/{c}/record?key=K`: every sibling of the key, `table#siblings` with
 //!   `tr.sibling[data-version]` (cells `version`, `author`, `hlc`, `deleted`, `value`: the text
 //!   when it is UTF-8, else its size), and `section#history` (the versions this node kept).
@@ -89,7 +92,7 @@ pub(crate) async fn collection(
     names::validate_collection_name(&coll).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (query, raw_where) = parse_query_repeated(
         uri.query(),
-        &["prefix", "after", "limit", "where"],
+        &["prefix", "after", "limit", "where", "q"],
         Some("where"),
     )?;
     state.access.check_read(&who, &coll)?;
@@ -130,6 +133,26 @@ pub(crate) async fn collection(
         escape(prefix),
         escape(&exprs.join("\n")),
     );
+    // Full-text search, when this node indexes the collection: its own form, and with `q`
+    // the hits instead of the records.
+    let searchable = state
+        .search
+        .as_ref()
+        .filter(|search| search.is_searchable(&coll));
+    if let Some(search) = searchable {
+        let q = query.get("q").map_or("", String::as_str);
+        let _ = writeln!(
+            h,
+            "<form id=\"fulltext\" method=\"get\" action=\"/browse/{}\">\
+             <p><label>Words (Chinese or English) <input name=\"q\" value=\"{}\"></label> \
+             <button type=\"submit\">Find</button></p></form>",
+            url_escape(&coll),
+            escape(q),
+        );
+        if !q.trim().is_empty() {
+            return search_hits(h, search, &coll, q).await;
+        }
+    }
     let filter = match Filter::parse(&exprs) {
         Ok(f) => f,
         Err(e) => {
@@ -179,6 +202,50 @@ pub(crate) async fn collection(
     h.push_str("</body></html>\n");
     Ok(html(StatusCode::OK, h))
 }
+
+/// Hits of a full-text search page: ranked, each key linking to its record, the snippet as
+/// the search made it (escaped, matched words in `<mark>`).
+async fn search_hits(
+    mut h: String,
+    search: &crate::search::Search,
+    coll: &str,
+    q: &str,
+) -> Result<Response, ApiError> {
+    let found = match search.query(coll, q, BROWSE_HITS).await {
+        Ok(found) => found,
+        Err(e) => {
+            let e = ApiError::from(e);
+            let _ = writeln!(h, "<p id=\"error\">{}</p>", escape(&e.to_string()));
+            return Ok(html(e.status(), h));
+        }
+    };
+    let _ = writeln!(
+        h,
+        "<p id=\"total\">{} matching records; the best {} below.</p>\n\
+         <table id=\"hits\"><thead><tr><th>Key</th><th>Score</th><th>Text</th></tr></thead>\
+         <tbody>",
+        found.total,
+        found.hits.len()
+    );
+    for hit in &found.hits {
+        let key = escape(&hit.key);
+        let _ = writeln!(
+            h,
+            "<tr class=\"hit\" data-key=\"{key}\"><td class=\"key\">\
+             <a href=\"/browse/{}/record?key={}\">{key}</a></td>\
+             <td class=\"score\">{:.2}</td><td class=\"snippet\">{}</td></tr>",
+            url_escape(coll),
+            url_escape(&hit.key),
+            hit.score,
+            hit.snippet,
+        );
+    }
+    h.push_str("</tbody></table>\n</body></html>\n");
+    Ok(html(StatusCode::OK, h))
+}
+
+/// Hits a browse search page shows.
+const BROWSE_HITS: usize = 20;
 
 /// One row of the records table.
 fn record_row(h: &mut String, coll: &str, r: &WinnerRead) {
