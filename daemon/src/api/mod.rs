@@ -47,7 +47,7 @@ mod serve;
 mod status;
 mod svg;
 mod users;
-mod web;
+pub(crate) mod web;
 
 use std::sync::Arc;
 use std::time::Instant;

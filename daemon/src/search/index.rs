@@ -210,25 +210,10 @@ pub fn snippet(snippets: &SnippetGenerator, text: &str) -> String {
     let mut snippet = snippets.snippet(text);
     if snippet.is_empty() {
         let start: String = text.chars().take(SNIPPET_CHARS).collect();
-        return escape_html(&start);
+        return crate::api::web::escape(&start);
     }
     snippet.set_snippet_prefix_postfix(MARK.0, MARK.1);
     snippet.to_html()
-}
-
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The writing side of an open index: one per collection, owned by its indexer.
