@@ -286,6 +286,56 @@ fn a_spoke_gives_a_restored_hub_back_its_earlier_incarnation_and_nothing_else_of
     assert_eq!(p.store[1].vv.get(&old), 0);
 }
 
+/// A signature check that takes every version (a node with `accept_unsigned`): only the
+/// session's own rules refuse anything.
+#[derive(Debug)]
+struct AcceptAll;
+
+impl crate::signing::SignatureCheck for AcceptAll {
+    fn first_bad(&self, _: &[Version]) -> Option<crate::signing::SignatureRefusal> {
+        None
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn an_office_cannot_add_an_unsigned_version_to_a_restored_hubs_earlier_incarnation() {
+    let old = ReplicaId::new("hub", 0).expect("id");
+    // A hostile office makes up versions 3..4 of the hub's earlier incarnation, unsigned.
+    let mut spoke = Store::default();
+    for c in 1..=4 {
+        spoke.write_of(&old, c);
+    }
+    let mut hub = Store::default();
+    for c in 1..=2 {
+        hub.write_of(&old, c);
+    }
+    let mut p = Pair::restored(
+        [spoke.clone(), hub.clone()],
+        [false, true],
+        0,
+        [vec![], vec![old.clone()]],
+    );
+    p.s[1].set_signature_check(std::sync::Arc::new(AcceptAll));
+    p.run();
+    assert_eq!(p.store[1].vv.get(&old), 2, "an unsigned version was taken");
+    assert!(drain_events(&mut p.s[1]).iter().any(|e| matches!(
+        e,
+        Event::Rejected { reason, .. } if reason.contains("carries no signature")
+    )));
+    // Carrying a signature (which the real keyring verifies against the hub's own key), they
+    // are taken.
+    for v in spoke.versions.values_mut() {
+        v.signature = Some(vec![1]);
+    }
+    let mut p = Pair::restored([spoke, hub], [false, true], 0, [vec![], vec![old.clone()]]);
+    p.s[1].set_signature_check(std::sync::Arc::new(AcceptAll));
+    p.run();
+    assert_eq!(p.store[1].vv.get(&old), 4);
+}
+
 #[test]
 fn verify_repairs_a_divergence_at_equal_vectors() {
     let mut a = Store::default();
