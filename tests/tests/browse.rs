@@ -11,21 +11,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{attr, chromium};
 use officesync_tests::http::encode;
 use officesync_tests::{run_bounded, Cluster, OutputExt, TestNode};
 
 /// How long one headless Chromium run may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The Chromium binary on `PATH`, if any.
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|name| {
-        Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 /// Runs Chromium headless on `path` of `node` signed in as `credentials`, with `action`
 /// (`--dump-dom` or `--screenshot=FILE`); returns its standard output.
@@ -90,13 +81,6 @@ fn rows<'a>(dom: &'a str, class: &str) -> Vec<(&'a str, String)> {
             Some((tag, text.split_whitespace().collect::<Vec<_>>().join(" ")))
         })
         .collect()
-}
-
-/// The value of attribute `name` in the start tag `tag`.
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    let len = tag[start..].find('"')?;
-    Some(&tag[start..start + len])
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{start_with_lines, wait_for, HUB};
+use common::{chromium, start_with_lines, wait_for, HUB};
 use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
 use officesync_tests::fault_proxy::{Direction, FaultProxy};
 use officesync_tests::http::record_path;
@@ -319,16 +319,6 @@ fn status_keys(node: &TestNode) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The Chromium binary, if installed.
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|name| {
-        Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }
 
 /// Loads `/cluster` of `hub` in headless Chromium, signed in as its admin: a screenshot

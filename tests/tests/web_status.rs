@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{is_connected, wait_for, Star, BEIJING, HEFEI, HUB};
+use common::{attr, chromium, is_connected, wait_for, Star, BEIJING, HEFEI, HUB};
 use officesync_tests::{run_bounded, TestNode};
 
 /// Sessions come up within a few dial attempts.
@@ -20,16 +20,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// How long one headless Chromium run may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The Chromium binary on `PATH`, if any.
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|name| {
-        Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 /// The page at `/` of `node` as Chromium's DOM after loading it, signed in with Basic
 /// credentials `admin:TOKEN` (the node's admin token) as a staff browser would be.
@@ -71,13 +61,6 @@ fn dump_dom_as(browser: &str, node: &TestNode, credentials: Option<(&str, &str)>
         String::from_utf8_lossy(&out.stderr)
     );
     dom
-}
-
-/// The value of attribute `name` in the start tag `tag`.
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    let len = tag[start..].find('"')?;
-    Some(&tag[start..start + len])
 }
 
 /// Rows of the table with id `table`: each row's start tag and its text content.

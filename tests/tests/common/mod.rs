@@ -288,3 +288,20 @@ impl Star {
         self.proxy.as_ref().expect("built with a cut-able link")
     }
 }
+
+/// The Chromium binary on `PATH`, if any (suites that drive a browser skip without it).
+pub fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|name| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The value of attribute `name` in the HTML start tag `tag`.
+pub fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
