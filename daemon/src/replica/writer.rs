@@ -322,7 +322,11 @@ impl Writer {
             if log.last / changes::TRIM_EVERY != self.log.last / changes::TRIM_EVERY {
                 changes::trim(
                     self.store.as_ref(),
-                    self.metas.keys().chain(g.metas.keys()).cloned(),
+                    // Each collection once: those new in this group, and the known ones.
+                    self.metas
+                        .keys()
+                        .chain(g.metas.keys().filter(|c| !self.metas.contains_key(*c)))
+                        .cloned(),
                     &mut log,
                     self.changes_kept,
                     &mut g.batch,
