@@ -462,7 +462,15 @@ pub(crate) fn scan_index(
     filter: &Filter,
 ) -> Result<ScanPage, ReplicaError> {
     collect(store, coll, budget, filter, |visit| {
-        walk_index(store, coll, plan, prefix, budget.max_examined, visit)
+        let first_batch = budget.limit.saturating_add(1);
+        walk_index(
+            store,
+            coll,
+            plan,
+            prefix,
+            (first_batch, budget.max_examined),
+            visit,
+        )
     })
 }
 
@@ -519,13 +527,13 @@ fn collect(
 /// Walks the entries of the index `plan` names, in index order from its position (or the
 /// start of its range), handing the key of each entry whose key starts with `prefix` and that
 /// is still held to `visit` with its stored siblings (winner first), at most `max_examined`
-/// entries. Returns the page's `next` cursor (see [`IndexPlan::cursor`]) as [`walk`] does.
+/// entries, reading `first_batch` entries first (about a page) and more after. Returns the page's `next` cursor (see [`IndexPlan::cursor`]) as [`walk`] does.
 fn walk_index(
     store: &dyn Store,
     coll: &str,
     plan: &IndexPlan,
     prefix: &str,
-    max_examined: usize,
+    (first_batch, max_examined): (usize, usize),
     visit: &mut Visit<'_>,
 ) -> Result<Option<String>, ReplicaError> {
     let base = keys::index_prefix(coll, &plan.pointer);
@@ -555,30 +563,49 @@ fn walk_index(
     let mut examined = 0usize;
     let mut last: Option<Vec<u8>> = None;
     let cursor = |last: Option<Vec<u8>>| last.and_then(|p| plan.cursor(&p));
+    // The first batch is about one page: an index range holds mostly matches.
+    let mut batch = first_batch.clamp(1, SCAN_BATCH);
     while start < end {
-        let want_rows = SCAN_BATCH.min(max_examined.saturating_sub(examined) + 1);
+        let want_rows = batch.min(max_examined.saturating_sub(examined) + 1);
+        batch = SCAN_BATCH;
         let rows = store.range(&start, Some(&end), want_rows)?;
         let exhausted = rows.len() < want_rows;
-        for (k, _) in &rows {
-            if examined >= max_examined {
-                return Ok(cursor(last));
-            }
+        // The entries this walk may examine, then their records, read together.
+        let taken = rows.len().min(max_examined - examined);
+        let entries = rows
+            .iter()
+            .take(taken)
+            .map(|(k, _)| {
+                let position = &k[base.len()..];
+                index_order::encoded_len(position)
+                    .and_then(|len| std::str::from_utf8(&position[len..]).ok())
+                    .map(|key| (position, key))
+                    .ok_or_else(|| ReplicaError::Corrupt {
+                        what: format!("{coll} index {} entry", plan.pointer),
+                        detail: "not an encoded value and a key".into(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted: Vec<&str> = entries
+            .iter()
+            .map(|(_, key)| *key)
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        let mut records = stored_many(store, coll, &wanted)?.into_iter();
+        for (position, key) in entries {
             examined += 1;
-            let position = &k[base.len()..];
-            let key = index_order::encoded_len(position)
-                .and_then(|len| std::str::from_utf8(&position[len..]).ok())
-                .ok_or_else(|| ReplicaError::Corrupt {
-                    what: format!("{coll} index {} entry", plan.pointer),
-                    detail: "not an encoded value and a key".into(),
-                })?;
             if key.starts_with(prefix) {
-                if let Some(siblings) = stored(store, coll, key)? {
+                if let Some(siblings) = records.next().flatten() {
                     if let Step::Stop = visit(key, siblings)? {
                         return Ok(cursor(last));
                     }
                 }
             }
             last = Some(position.to_vec());
+        }
+        if rows.len() > taken {
+            // The examination budget ends before this batch does.
+            return Ok(cursor(last));
         }
         match rows.last() {
             Some((k, _)) if !exhausted => {
@@ -589,6 +616,33 @@ fn walk_index(
         }
     }
     Ok(None)
+}
+
+/// Reads at or above this many records at once are split over two threads: the records of
+/// an index page are scattered over the key space, so each is mostly a cache miss of its own.
+const PARALLEL_READS: usize = 16;
+
+/// [`stored`] of each of `keys`, in order; many are read on two threads.
+fn stored_many(
+    store: &dyn Store,
+    coll: &str,
+    keys: &[&str],
+) -> Result<Vec<Option<Vec<StoredSibling>>>, ReplicaError> {
+    let read = |keys: &[&str]| -> Result<Vec<_>, ReplicaError> {
+        keys.iter().map(|key| stored(store, coll, key)).collect()
+    };
+    if keys.len() < PARALLEL_READS {
+        return read(keys);
+    }
+    let (first, second) = keys.split_at(keys.len() / 2);
+    let (first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| read(second));
+        let first = read(first);
+        (first, other.join())
+    });
+    let mut all = first?;
+    all.extend(second.map_err(|_| ReplicaError::Closed)??);
+    Ok(all)
 }
 
 /// One page of the keys of `coll` (starting with `prefix`, after `after`) that have two or

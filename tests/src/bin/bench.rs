@@ -327,6 +327,10 @@ impl Args {
     }
 }
 
+/// The daemon's allocator, for the groups that run replicas in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = match Args::parse() {

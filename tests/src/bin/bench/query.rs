@@ -3,7 +3,8 @@
 //! (`/river="rNNN"`, 0.1 % of the records) and a range (`/level_m>=X` and `/level_m<X+0.5`,
 //! 0.5 %): the latency of fetching the first 100 matches (following `next` as a client would)
 //! without an index, then, after reopening the replica with `[indexes]` on both fields (the
-//! build time is a figure too), with the index; p50 and p99 over several queries.
+//! build time is a figure too), with the index; p50, p99 and max over 200 distinct queries of
+//! each kind (the first ones run on a cold cache right after the reopen).
 
 use std::time::Instant;
 
@@ -55,7 +56,8 @@ pub(crate) async fn run(
     rows: &mut Vec<TableRow>,
 ) -> Result<()> {
     let n = records.unwrap_or(if quick { 20_000 } else { 1_000_000 });
-    let queries = if quick { 5 } else { 20 };
+    // 200 distinct queries of each kind: p99 is then a percentile, not the slowest one.
+    let queries = if quick { 5 } else { 200 };
     let dir = tempfile::tempdir()?;
     let open = |indexed: bool| -> Result<Replica> {
         let store = std::sync::Arc::new(SledStore::open(dir.path())?);
@@ -84,7 +86,7 @@ pub(crate) async fn run(
         .collect();
     let range: Vec<Vec<String>> = (0..queries)
         .map(|q| {
-            let lo = (q * 4) as f64 + 0.25;
+            let lo = ((q * 37) % 199) as f64 * 0.5 + 0.25;
             vec![format!("/level_m>={lo}"), format!("/level_m<{}", lo + 0.5)]
         })
         .collect();
@@ -146,6 +148,7 @@ pub(crate) async fn run(
                 "figure": "query", "query": what, "records": n, "queries": queries,
                 "matches_fetched": WANT,
                 "indexed_p50_ms": indexed.p50, "indexed_p99_ms": indexed.p99,
+                "indexed_max_ms": indexed.max,
                 "scan_p50_ms": scanned.p50, "scan_p99_ms": scanned.p99,
                 "target_ms": TARGET_INDEXED_MS, "target_met": met,
             }),
@@ -153,8 +156,8 @@ pub(crate) async fn run(
                 figure: "query".into(),
                 case: format!("{what}, first {WANT} matches of {n} records"),
                 result: format!(
-                    "indexed: p50 {:.2} ms, p99 {:.2} ms",
-                    indexed.p50, indexed.p99
+                    "indexed: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    indexed.p50, indexed.p99, indexed.max
                 ),
                 baseline: format!(
                     "no index: p50 {:.1} ms, p99 {:.1} ms",
@@ -173,6 +176,7 @@ pub(crate) async fn run(
 struct Latencies {
     p50: f64,
     p99: f64,
+    max: f64,
     found: usize,
 }
 
@@ -203,6 +207,7 @@ async fn latencies(r: &Replica, queries: &[Vec<String>]) -> Result<Latencies> {
     Ok(Latencies {
         p50: at(0.5),
         p99: at(0.99),
+        max: at(1.0),
         found,
     })
 }
