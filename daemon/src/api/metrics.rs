@@ -24,8 +24,9 @@ use officesync_api::StoreStatus;
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Route labels: the router's path templates, and `unmatched` for everything else.
-const ROUTES: [&str; 12] = [
+/// Route labels: the router's path templates (every one it serves: a unit test reads the
+/// router), and `unmatched` for everything else.
+const ROUTES: [&str; 29] = [
     "/v1/collections/{c}/records/{*key}",
     "/v1/collections/{c}/records",
     "/v1/collections",
@@ -37,6 +38,23 @@ const ROUTES: [&str; 12] = [
     "/v1/verify",
     "/v1/cluster",
     "/cluster",
+    "/v1/collections/{c}/conflicts",
+    "/v1/collections/{c}/changes",
+    "/v1/collections/{c}/search",
+    "/v1/whoami",
+    "/v1/users",
+    "/v1/users/{name}",
+    "/v1/users/{name}/token",
+    "/v1/audit",
+    "/v1/audit/verify",
+    "/v1/bundle/want",
+    "/v1/bundle/export",
+    "/v1/bundle/import",
+    "/v1/backup",
+    "/browse",
+    "/browse/{c}",
+    "/browse/{c}/record",
+    "/v1/openapi.json",
     "unmatched",
 ];
 const UNMATCHED: usize = ROUTES.len() - 1;
@@ -100,24 +118,29 @@ fn bump(counters: &[AtomicU64], at: usize, by: u64) {
 
 /// The route label of a request path, mirroring the router's matching.
 fn route_of(path: &str) -> usize {
-    match path {
-        "/health" => 4,
-        "/metrics" => 5,
-        "/v1/status" => 3,
-        "/v1/collections" => 2,
-        "/ready" => 6,
-        "/" => 7,
-        "/v1/verify" => 8,
-        "/v1/cluster" => 9,
-        "/cluster" => 10,
-        _ => match path
-            .strip_prefix("/v1/collections/")
-            .and_then(|rest| rest.split_once('/'))
-        {
-            Some((c, "records")) if !c.is_empty() => 1,
-            Some((c, rest)) if !c.is_empty() && rest.starts_with("records/") => 0,
-            _ => UNMATCHED,
-        },
+    ROUTES[..UNMATCHED]
+        .iter()
+        .position(|template| template_matches(template, path))
+        .unwrap_or(UNMATCHED)
+}
+
+/// Whether `path` is one the router serves under `template`: `{x}` is one non-empty segment,
+/// `{*x}` the rest of the path (possibly empty), anything else itself.
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut want = template.split('/');
+    let mut have = path.split('/');
+    loop {
+        match (want.next(), have.next()) {
+            (None, None) => return true,
+            (Some(w), Some(_)) if w.starts_with("{*") => return true,
+            (Some(w), Some(h)) if w.starts_with('{') => {
+                if h.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(h)) if w == h => {}
+            _ => return false,
+        }
     }
 }
 
@@ -648,6 +671,29 @@ fn render_http(x: &mut Exposition, http: &HttpMetrics) {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn every_route_the_router_serves_has_its_label() {
+        let labels: std::collections::BTreeSet<String> = ROUTES[..UNMATCHED]
+            .iter()
+            .map(|r| r.replace("{*", "{"))
+            .collect();
+        let served = crate::api::openapi::served_paths();
+        // `/v1/collections/{c}/records/` is the empty key of `records/{*key}`.
+        for path in served.iter().filter(|p| !p.ends_with('/') || *p == "/") {
+            assert!(labels.contains(path), "{path} has no route label");
+        }
+        for label in &labels {
+            assert!(served.contains(label), "{label} is not a route");
+        }
+        assert_eq!(ROUTES[route_of("/v1/collections/c/search")], ROUTES[13]);
+        assert_eq!(
+            ROUTES[route_of("/v1/users/ann/token")],
+            "/v1/users/{name}/token"
+        );
+        assert_eq!(ROUTES[route_of("/browse/c/record")], "/browse/{c}/record");
+        assert_eq!(route_of("/browse//record"), UNMATCHED);
+    }
 
     #[test]
     fn routes_classify_like_the_router() {

@@ -17,6 +17,15 @@ pub(crate) async fn openapi(uri: Uri) -> Result<Response, ApiError> {
     Ok(([(CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response())
 }
 
+/// Every path the router serves, in OpenAPI form (`{*key}` → `{key}`), read from its source.
+#[cfg(test)]
+pub(crate) fn served_paths() -> std::collections::BTreeSet<String> {
+    tests::served_routes(tests::ROUTER_SOURCE)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -35,12 +44,12 @@ mod tests {
 
     /// The router's source: the list of routes is read from the `.route(..)` calls of
     /// [`router`], so a route added there without a description fails these tests.
-    const ROUTER_SOURCE: &str = include_str!("mod.rs");
+    pub(super) const ROUTER_SOURCE: &str = include_str!("mod.rs");
 
     const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
     /// Every `(path, method)` the router serves, paths in OpenAPI form (`{*key}` → `{key}`).
-    fn served_routes(source: &str) -> BTreeSet<(String, String)> {
+    pub(super) fn served_routes(source: &str) -> BTreeSet<(String, String)> {
         let body = source
             .split_once("pub fn router(")
             .expect("mod.rs defines router")
