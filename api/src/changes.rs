@@ -48,3 +48,7 @@ pub struct FeedEnd {
 pub const FEED_CUTOFF_EVENT: &str = "cutoff";
 /// SSE event name of the last event sent when the daemon stops.
 pub const FEED_CLOSING_EVENT: &str = "closing";
+/// SSE event name of the last event sent when the client may no longer read the collection
+/// (its user was removed, its token replaced, its role or collections changed, or the node's
+/// policy no longer lets the node read it).
+pub const FEED_FORBIDDEN_EVENT: &str = "forbidden";

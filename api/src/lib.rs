@@ -24,7 +24,9 @@ pub use access::{NewUser, RemovedBody, Role, TokenBody, UserInfo, UsersBody, Who
 pub use bundle::{
     BundleCollection, BundleInfo, ExportRequest, ImportReport, ImportedCollection, WantBody,
 };
-pub use changes::{ChangeBody, ChangesPage, FeedEnd, FEED_CLOSING_EVENT, FEED_CUTOFF_EVENT};
+pub use changes::{
+    ChangeBody, ChangesPage, FeedEnd, FEED_CLOSING_EVENT, FEED_CUTOFF_EVENT, FEED_FORBIDDEN_EVENT,
+};
 pub use cluster::{
     BadInput, ClusterBody, ClusterNode, ReportCollection, ReportPeer, StatusReport, NODE_STATES,
 };

@@ -104,6 +104,15 @@ pub fn run(args: WatchArgs, global: &Global) -> Result<(), CliError> {
         connected_once = true;
         backoff = Duration::from_millis(250);
         match follow(reader, &mut last, global.json, &mut stdout)? {
+            Ended::Final { event, end } if event == officesync_api::FEED_FORBIDDEN_EVENT => {
+                return Err(CliError::new(
+                    Exit::Forbidden,
+                    format!(
+                        "the daemon ended the feed: {} (the last change shown has cursor {})",
+                        end.reason, end.resume_from
+                    ),
+                ));
+            }
             Ended::Final { event, end } => {
                 eprintln!(
                     "watch: the daemon ended the feed ({event}: {}); resuming after {}",
@@ -379,7 +388,10 @@ fn follow(
         if body.is_empty() {
             continue;
         }
-        if name == officesync_api::FEED_CUTOFF_EVENT || name == officesync_api::FEED_CLOSING_EVENT {
+        if name == officesync_api::FEED_CUTOFF_EVENT
+            || name == officesync_api::FEED_CLOSING_EVENT
+            || name == officesync_api::FEED_FORBIDDEN_EVENT
+        {
             let end: FeedEnd = serde_json::from_str(&body).map_err(|e| {
                 CliError::failure(format!("the daemon's final {name} event is not JSON: {e}"))
             })?;

@@ -109,6 +109,9 @@ pub struct Principal {
     pub role: Role,
     /// Its collections (`None`: all).
     pub collections: Option<Vec<String>>,
+    /// When the token that authenticated was issued (unix ms; `None` without a token): a
+    /// rotated token is another issue.
+    pub token_issued_ms: Option<u64>,
 }
 
 impl Principal {
@@ -118,6 +121,7 @@ impl Principal {
             user: None,
             role: Role::Admin,
             collections: None,
+            token_issued_ms: None,
         }
     }
 
@@ -202,6 +206,8 @@ impl Credential {
 pub struct Users {
     path: PathBuf,
     inner: Arc<RwLock<Vec<StoredUser>>>,
+    /// Counts the changes made, for whoever holds access granted earlier (open feeds).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What [`Users::open`] did at start.
@@ -241,6 +247,7 @@ impl Users {
         let this = Users {
             path,
             inner: Arc::new(RwLock::new(users)),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         if this.read().iter().any(|u| u.role == Role::Admin) {
             return Ok((this, FirstStart::Existing));
@@ -295,7 +302,32 @@ impl Users {
             detail: e.to_string(),
         })?;
         *guard = next;
+        drop(guard);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// Changes whenever a user is added, removed or given a new token.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// `p` as it stands now: `None` when its user is gone or its token was replaced since it
+    /// authenticated; else with the user's current role and collections.
+    pub fn recheck(&self, p: &Principal) -> Option<Principal> {
+        let Some(name) = &p.user else {
+            return Some(p.clone());
+        };
+        let users = self.read();
+        let user = users
+            .iter()
+            .find(|u| &u.name == name && Some(u.token_issued_ms) == p.token_issued_ms)?;
+        Some(Principal {
+            user: Some(user.name.clone()),
+            role: user.role,
+            collections: user.collections.clone(),
+            token_issued_ms: Some(user.token_issued_ms),
+        })
     }
 
     /// The user `credential` belongs to, or `None`. Every stored hash is compared in
@@ -317,6 +349,7 @@ impl Users {
                     user: Some(user.name.clone()),
                     role: user.role,
                     collections: user.collections.clone(),
+                    token_issued_ms: Some(user.token_issued_ms),
                 });
             }
         }

@@ -2,7 +2,8 @@
 //! watcher at another; `officesync watch` resumes after a daemon restart and a stream resumes
 //! after a client drop (`Last-Event-ID`) with no change missed or seen twice; the `prefix`
 //! filter; a client too slow to keep up is cut off with a final event naming where to resume;
-//! the cap on open feeds; a reader without access to the collection gets 403.
+//! the cap on open feeds; a reader without access to the collection gets 403, and an open
+//! stream ends with `forbidden` once its reader loses access.
 
 #[allow(dead_code)] // every suite uses part of the shared helpers
 mod common;
@@ -378,4 +379,85 @@ fn the_cap_on_feeds_and_access_are_enforced() {
             .with_token(Some(token))
             .call("GET", &changes_path("letters", ""), None);
     assert_eq!(allowed.status, 200, "{}", allowed.text());
+}
+
+/// Opens a stream of `situation` at `node` with `token`, and reads its start event.
+fn stream_as(node: &TestNode, token: &str) -> SseStream {
+    let s = SseStream::open(
+        node.api_addr(),
+        &SseRequest {
+            path: changes_path("situation", ""),
+            token: Some(token.to_owned()),
+            ..SseRequest::default()
+        },
+    )
+    .expect("open");
+    assert_eq!(s.status, 200, "{}", s.body);
+    s
+}
+
+/// The stream's next event that is not the start event.
+fn next_after_start(s: &SseStream) -> officesync_tests::sse::SseEvent {
+    loop {
+        let e = s.next_event(ARRIVAL).expect("an event");
+        if !(e.event.is_empty() && e.data.is_empty()) {
+            return e;
+        }
+    }
+}
+
+/// An open stream checks its reader again when the users or the policy change: removing the
+/// user, or replacing its token, ends its stream at once with a final `forbidden` event,
+/// before any later change is sent; a user whose access is unchanged keeps its stream until
+/// the node's policy stops the node reading the collection.
+#[test]
+fn an_open_feed_ends_when_its_reader_loses_access() {
+    let star = Star::start(CONNECT_TIMEOUT);
+    let node = &star.beijing;
+    let add = |name: &str| {
+        let out = node.cli(&["user", "add", name, "--role", "reader"]);
+        out.expect_success("user add");
+        out.stdout_text().trim().to_owned()
+    };
+    let (gone, rotated, stays) = (add("gone"), add("rotated"), add("stays"));
+    let (s_gone, s_rotated, s_stays) = (
+        stream_as(node, &gone),
+        stream_as(node, &rotated),
+        stream_as(node, &stays),
+    );
+    node.put("situation", "before", b"1");
+    for s in [&s_gone, &s_rotated, &s_stays] {
+        let e = next_after_start(s);
+        assert_eq!(e.json()["key"], "before", "{e:?}");
+    }
+
+    node.cli(&["user", "remove", "gone"])
+        .expect_success("user remove");
+    node.cli(&["user", "token", "rotated"])
+        .expect_success("user token");
+    node.put("situation", "after", b"2");
+    for (s, name) in [(&s_gone, "gone"), (&s_rotated, "rotated")] {
+        let e = next_after_start(s);
+        assert_eq!(e.event, "forbidden", "{name}: {e:?}");
+        let end = e.json();
+        assert!(
+            end["reason"].as_str().is_some_and(|r| r.contains(name)),
+            "{end}"
+        );
+        assert!(
+            s.next_event(Duration::from_secs(2)).is_err(),
+            "{name}'s stream goes on after forbidden"
+        );
+    }
+    let e = next_after_start(&s_stays);
+    assert_eq!(e.json()["key"], "after", "{e:?}");
+
+    // The node's policy: once beijing may no longer read `situation` (set at the general
+    // office, replicated), the stream ends too.
+    star.hub
+        .cli(&["policy", "set", "situation", "--read", HUB, "--write", HUB])
+        .expect_success("policy set");
+    let e = next_after_start(&s_stays);
+    assert_eq!(e.event, "forbidden", "{e:?}");
+    assert!(e.data.contains("policy"), "{e:?}");
 }

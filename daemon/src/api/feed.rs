@@ -9,6 +9,10 @@
 //! than that buffer. At most `[api] max_feeds` streams are open at once (503 past it). An idle
 //! stream gets a keep-alive comment every [`FEED_KEEP_ALIVE`]. When the daemon stops, every
 //! stream ends with a `closing` event naming the cursor to resume from.
+//!
+//! **Access.** A stream checks its reader's access again whenever the users or the policy
+//! change, before it sends anything more: a reader that lost access (user removed, token
+//! replaced, role or collections changed, node policy) gets a final `forbidden` event.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -23,11 +27,14 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use officesync_api::{ChangeBody, ChangesPage, FeedEnd, FEED_CLOSING_EVENT, FEED_CUTOFF_EVENT};
+use officesync_api::{
+    ChangeBody, ChangesPage, FeedEnd, FEED_CLOSING_EVENT, FEED_CUTOFF_EVENT, FEED_FORBIDDEN_EVENT,
+};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use super::access::Access;
 use super::error::ApiError;
-use super::gate::Who;
+use super::gate::{Gate, Who};
 use super::params::{changes_target, parse_query};
 use super::{wire_hlc, ApiState};
 use crate::replica::{Change, ChangePage, Replica, ReplicaError};
@@ -244,6 +251,9 @@ pub(crate) async fn changes(
                 .map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?,
         )?),
     };
+    // Subscribed before the check: a change after it reaches the stream.
+    let (mut policy, users) = (state.access.policy().subscribe(), state.gate.subscribe());
+    policy.borrow_and_update();
     state.access.check_read(&who, &collection)?;
     let replica = &state.replica;
     if !stream {
@@ -271,7 +281,15 @@ pub(crate) async fn changes(
     feeds.opened.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(feeds.limits.buffer.max(1));
     let end = Arc::new(Mutex::new(None));
+    let access = Reader {
+        policy,
+        users,
+        who,
+        gate: state.gate.clone(),
+        access: state.access.clone(),
+    };
     let producer = Producer {
+        access,
         replica: replica.clone(),
         collection,
         prefix,
@@ -301,8 +319,71 @@ struct Ending {
     body: FeedEnd,
 }
 
+/// Who reads a stream, and the signals of a change to what it may read.
+struct Reader {
+    who: Who,
+    gate: Gate,
+    access: Access,
+    policy: watch::Receiver<Arc<officesync_protocol::policy::Policy>>,
+    /// `None` with `auth = "none"`.
+    users: Option<watch::Receiver<u64>>,
+}
+
+impl Reader {
+    /// Whether the policy or the users changed since the last check.
+    fn changed(&self) -> bool {
+        self.policy.has_changed().unwrap_or(false)
+            || self
+                .users
+                .as_ref()
+                .is_some_and(|u| u.has_changed().unwrap_or(false))
+    }
+
+    /// Resolves once the policy or the users change (never when neither can); the change is
+    /// then seen: [`Reader::recheck`] next.
+    async fn wait_changed(&mut self) {
+        let users = async {
+            let gone = match self.users.as_mut() {
+                Some(u) => u.changed().await.is_err(),
+                None => true,
+            };
+            if gone {
+                std::future::pending::<()>().await;
+            }
+        };
+        let policy = async {
+            if self.policy.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = users => {}
+            () = policy => {}
+        }
+    }
+
+    /// Checks again that the reader may read `collection`; `Err` says why not.
+    fn recheck(&mut self, collection: &str) -> Result<(), String> {
+        self.policy.borrow_and_update();
+        if let Some(u) = self.users.as_mut() {
+            u.borrow_and_update();
+        }
+        let who = self.gate.recheck(&self.who.0).ok_or_else(|| {
+            format!(
+                "{} no longer exists or its token was replaced",
+                self.who.describe()
+            )
+        })?;
+        self.who = Who(who);
+        self.access
+            .check_read(&self.who, collection)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Reads the change log into one stream's buffer, waiting for new changes when caught up.
 struct Producer {
+    access: Reader,
     replica: Replica,
     collection: String,
     prefix: String,
@@ -327,6 +408,11 @@ impl Producer {
     async fn run(mut self, first: ChangePage) {
         let mut page = Some(first);
         let ending = loop {
+            if self.access.changed() {
+                if let Err(why) = self.access.recheck(&self.collection) {
+                    break Some(self.forbidden(why));
+                }
+            }
             let current = match page.take() {
                 Some(p) => Ok(p),
                 None => {
@@ -366,9 +452,23 @@ impl Producer {
                 () = stopped(&mut self.stopped) => {
                     break Some(self.ending(FEED_CLOSING_EVENT, "the daemon is stopping".into()));
                 }
+                () = self.access.wait_changed() => {
+                    if let Err(why) = self.access.recheck(&self.collection) {
+                        break Some(self.forbidden(why));
+                    }
+                }
             }
         };
         self.finish(ending);
+    }
+
+    /// The final event of a reader that lost access.
+    fn forbidden(&self, why: String) -> Ending {
+        tracing::info!(
+            collection = %self.collection,
+            "a change feed's reader lost access; ended it: {why}"
+        );
+        self.ending(FEED_FORBIDDEN_EVENT, why)
     }
 
     /// Queues one change for the client, waiting up to the cutoff for room.

@@ -33,6 +33,22 @@ pub enum Gate {
 }
 
 impl Gate {
+    /// `p` as it stands now (see [`Users::recheck`]); always itself when the gate is open.
+    pub(crate) fn recheck(&self, p: &Principal) -> Option<Principal> {
+        match self {
+            Gate::Open => Some(p.clone()),
+            Gate::Tokens { users, .. } => users.recheck(p),
+        }
+    }
+
+    /// Changes whenever a user changes (`None`: the gate is open and nothing changes).
+    pub(crate) fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Gate::Open => None,
+            Gate::Tokens { users, .. } => Some(users.subscribe()),
+        }
+    }
+
     /// A gate checking tokens against `users`.
     pub fn tokens(users: Users) -> Self {
         Gate::Tokens {
@@ -138,6 +154,7 @@ pub(crate) fn principal_of(extensions: &axum::http::Extensions) -> Principal {
         user: None,
         role: Role::Reader,
         collections: Some(Vec::new()),
+        token_issued_ms: None,
     })
 }
 

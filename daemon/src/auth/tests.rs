@@ -129,6 +129,7 @@ fn readers_read_their_collections_only() {
         user: Some("r".into()),
         role: Role::Reader,
         collections: Some(vec!["situation".into()]),
+        token_issued_ms: Some(1),
     };
     assert!(p.may_read("situation"));
     assert!(!p.may_read("documents"));
