@@ -122,8 +122,7 @@ macro_rules! send_view {
             &$s.peer_vvs,
             &$s.policy,
             (&$s.peer.node, $s.rx.peer_replica()),
-            $s.role == super::config::Role::Dialer,
-            $s.protocol,
+            ($s.role == super::config::Role::Dialer, $s.protocol),
         )
     };
 }
@@ -157,7 +156,8 @@ pub(super) struct Free {
 }
 
 impl<'a> SendView<'a> {
-    /// The view of a session with these parts.
+    /// The view of a session with these parts (`dialer`: this side dialed; `protocol`: the
+    /// version spoken).
     pub(super) fn new(
         cfg: &'a SessionConfig,
         now: u64,
@@ -165,8 +165,7 @@ impl<'a> SendView<'a> {
         peer_vvs: &'a BTreeMap<String, VersionVector>,
         policy: &'a Policy,
         peer: PeerIds<'a>,
-        dialer: bool,
-        protocol: u16,
+        (dialer, protocol): (bool, u16),
     ) -> Self {
         Self {
             cfg,
