@@ -113,6 +113,17 @@ pub struct PeerStatus {
     /// When that error happened, RFC 3339 in UTC.
     #[serde(default)]
     pub last_error_at: Option<String>,
+    /// The bandwidth limit (`[[sync.limit]]`) in force for bulk data sent to the peer, like
+    /// `"2 Mbit/s"`, as of the current (or last) session; null when none is.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// The same limit in bytes per second; null when none is.
+    #[serde(default)]
+    pub limit_bytes_per_sec: Option<u64>,
+    /// Bulk bytes queued for the peer's bulk stream (waiting for the limit or the link),
+    /// estimated before compression; 0 while disconnected.
+    #[serde(default)]
+    pub queued_bytes: u64,
 }
 
 /// Replication state of one collection between this node and one peer.

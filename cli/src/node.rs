@@ -59,6 +59,10 @@ pub fn peers(global: &Global) -> Result<(), CliError> {
         text.push_str("\nstaleness (this node's copy of each peer's data):\n");
         text.push_str(&table);
     }
+    if let Some(table) = bandwidth_table(&peers) {
+        text.push_str("\nbandwidth (bulk data sent to each peer):\n");
+        text.push_str(&table);
+    }
     print_text(&text)
 }
 
@@ -447,7 +451,33 @@ fn render_status(status: &StatusBody, now: u64) -> String {
         out.push_str("staleness (this node's copy of each peer's data):\n");
         out.push_str(&indent(&table));
     }
+    if let Some(table) = bandwidth_table(&status.peers) {
+        out.push_str("bandwidth (bulk data sent to each peer):\n");
+        out.push_str(&indent(&table));
+    }
     out
+}
+
+/// PEER / LIMIT / QUEUED: the bandwidth limit in force for each peer (`[[sync.limit]]`) and
+/// the bulk bytes queued for it; `None` when no peer has a limit or anything queued.
+fn bandwidth_table(peers: &[PeerStatus]) -> Option<String> {
+    if peers
+        .iter()
+        .all(|p| p.limit.is_none() && p.queued_bytes == 0)
+    {
+        return None;
+    }
+    let mut table = Table::new(&["PEER", "LIMIT", "QUEUED"]);
+    for p in peers {
+        table.row(vec![
+            escape_text(&p.name),
+            p.limit
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), escape_text),
+            output::human_bytes(p.queued_bytes),
+        ]);
+    }
+    Some(table.render(""))
 }
 
 /// Days before expiry from which `status` says to renew the certificate.
@@ -557,6 +587,40 @@ staleness (this node's copy of each peer's data):
   general-office  situation   0           0        2025-06-15 15:06:00 UTC (40s ago)  2025-06-15 15:06:37 UTC (3s ago)  3s
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_shows_the_limit_in_force_and_the_queued_bytes() {
+        let mut status = status("hefei");
+        status.peers = vec![
+            PeerStatus {
+                name: "general-office".into(),
+                limit: Some("2 Mbit/s".into()),
+                limit_bytes_per_sec: Some(250_000),
+                queued_bytes: 3 << 20,
+                ..PeerStatus::default()
+            },
+            PeerStatus {
+                name: "wuhu".into(),
+                ..PeerStatus::default()
+            },
+        ];
+        let text = render_status(&status, NOW);
+        let table = text
+            .split("bandwidth (bulk data sent to each peer):\n")
+            .nth(1)
+            .expect("a bandwidth section");
+        assert_eq!(
+            table,
+            "  PEER            LIMIT     QUEUED\n  general-office  2 Mbit/s  3.0 MiB\n  wuhu            none      0 B\n"
+        );
+        status.peers.truncate(1);
+        status.peers[0].limit = None;
+        status.peers[0].queued_bytes = 0;
+        assert!(
+            !render_status(&status, NOW).contains("bandwidth"),
+            "nothing to show"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::pki::{self, PkiError};
 use crate::storage_key::{KeyFileError, StorageKey};
 
 pub mod access;
+pub mod bandwidth;
 pub mod search;
 
 use access::{Access, Account, Need};
@@ -126,6 +127,20 @@ pub struct SyncConfig {
     /// received from a node of 0.1.0) instead of refusing them; signed ones are verified all
     /// the same. For a cluster upgrading from 0.1.0 only.
     pub accept_unsigned: bool,
+    /// `[[sync.limit]]`: bandwidth limits of the bulk data sent to peers, each in force in a
+    /// local-time window; for each peer the first entry in force wins.
+    pub limit: Vec<bandwidth::LimitConfig>,
+    /// Collections whose versions bypass the limits and overtake bulk catch-up
+    /// (`["_policy", "alerts"]`).
+    pub urgent: Vec<String>,
+}
+
+impl SyncConfig {
+    /// The parsed `[[sync.limit]]` entries (checked by [`Config::validate_syntax`]; an entry
+    /// that does not parse is dropped here).
+    pub fn schedule(&self) -> bandwidth::Schedule {
+        bandwidth::schedule(&self.limit).unwrap_or_default()
+    }
 }
 
 impl Default for SyncConfig {
@@ -136,6 +151,8 @@ impl Default for SyncConfig {
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             accept_unsigned: false,
+            limit: Vec::new(),
+            urgent: Vec::new(),
         }
     }
 }
@@ -442,6 +459,7 @@ impl Config {
         self.validate_node()?;
         self.validate_peers()?;
         self.validate_sync_ranges()?;
+        self.validate_bandwidth()?;
         self.validate_storage()?;
         self.validate_indexes()?;
         self.validate_admins()?;
@@ -610,6 +628,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `[[sync.limit]]` rates, windows and peers, and `sync.urgent` collections.
+    fn validate_bandwidth(&self) -> Result<(), ConfigError> {
+        bandwidth::schedule(&self.sync.limit)
+            .map(|_| ())
+            .and_then(|()| bandwidth::check_urgent(&self.sync.urgent))
+            .map_err(|p| self.invalid(&p.key, p.message, &p.fix))
     }
 
     /// `[storage]` numbers: the flush interval (periodic durability) and the value limit.
@@ -952,6 +978,20 @@ impl Config {
         if self.sync.accept_unsigned {
             writeln!(out, "accept_unsigned = true")?;
         }
+        if !self.sync.urgent.is_empty() {
+            let list: Vec<String> = self.sync.urgent.iter().map(|c| toml_str(c)).collect();
+            writeln!(out, "urgent = [{}]", list.join(", "))?;
+        }
+        for l in &self.sync.limit {
+            writeln!(out)?;
+            writeln!(out, "[[sync.limit]]")?;
+            let peers: Vec<String> = l.peers.iter().map(|p| toml_str(p)).collect();
+            writeln!(out, "peers = [{}]", peers.join(", "))?;
+            writeln!(out, "rate = {}", toml_str(&l.rate))?;
+            if let Some(w) = &l.when {
+                writeln!(out, "when = {}", toml_str(w))?;
+            }
+        }
         writeln!(out)?;
         writeln!(out, "[tls]")?;
         writeln!(out, "ca = {}", toml_path(&self.tls.ca))?;
@@ -1229,6 +1269,23 @@ impl ConfigBuilder {
         self
     }
 
+    /// Adds a `[[sync.limit]]` entry: `rate` for `peers` (`"*"`: every peer), in force
+    /// `when` (`None`: always).
+    pub fn limit(mut self, peers: &[&str], rate: &str, when: Option<&str>) -> Self {
+        self.config.sync.limit.push(bandwidth::LimitConfig {
+            peers: peers.iter().map(|p| (*p).to_owned()).collect(),
+            rate: rate.to_owned(),
+            when: when.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Sets `sync.urgent`.
+    pub fn urgent(mut self, collections: &[&str]) -> Self {
+        self.config.sync.urgent = collections.iter().map(|c| (*c).to_owned()).collect();
+        self
+    }
+
     /// Declares the secondary indexes of `collection` (`[indexes]`).
     pub fn indexes(mut self, collection: &str, pointers: &[&str]) -> Self {
         self.config.indexes.insert(
@@ -1431,6 +1488,11 @@ fn example(key: &str) -> &'static str {
         "sync.max_clock_skew_ms" => "max_clock_skew_ms = 300000",
         "sync.heartbeat_interval_ms" => "heartbeat_interval_ms = 5000",
         "sync.accept_unsigned" => "accept_unsigned = false (true only while upgrading from 0.1.0)",
+        "sync.limit" => "[[sync.limit]] with peers = [\"*\"], rate = \"2 Mbit/s\", when = \"Mon-Fri 08:00-18:00\"",
+        "sync.limit.peers" => "peers = [\"*\"] (or node names)",
+        "sync.limit.rate" => "rate = \"2 Mbit/s\"",
+        "sync.limit.when" => "when = \"Mon-Fri 08:00-18:00\" (local time; leave out for always)",
+        "sync.urgent" => "urgent = [\"_policy\", \"alerts\"]",
         "storage.flush_interval_ms" => "flush_interval_ms = 100",
         "storage.max_value_bytes" => "max_value_bytes = 4194304",
         "storage.history" => "history = 10",

@@ -484,7 +484,7 @@ impl Harness {
                 let mut stream = stream_of(&msg);
                 if b.u8() == 0 {
                     stream = match stream {
-                        StreamKind::Bulk => StreamKind::Control,
+                        StreamKind::Bulk | StreamKind::Urgent => StreamKind::Control,
                         StreamKind::Control => StreamKind::Bulk,
                     };
                 }

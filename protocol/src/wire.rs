@@ -44,7 +44,11 @@ pub use validate::{
 
 /// The highest protocol version this build speaks; sent in [`Hello::protocol`]. A session
 /// speaks the highest version both nodes do (the acceptor's [`HelloAck::protocol`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// Version 3 adds no message: its senders may open a second unidirectional stream, the urgent
+/// stream, for the batches and completions of urgent collections (every `(collection,
+/// origin)` stream stays on one QUIC stream, so the receiver's order checks are unchanged).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build still speaks (with nodes of the previous release).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -458,7 +458,7 @@ fn secs(ms: u64) -> f64 {
 
 fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
     type PeerField = fn(&PeerStatus) -> Option<f64>;
-    let per_peer: [(&str, &str, &str, PeerField); 14] = [
+    let per_peer: [(&str, &str, &str, PeerField); 16] = [
         (
             "officesync_peer_connected",
             "gauge",
@@ -542,6 +542,18 @@ fn render_peers(x: &mut Exposition, peers: &[PeerStatus]) {
             "gauge",
             "When the last catch-up from the peer completed (Unix time).",
             |p| p.caught_up_at.as_deref().and_then(parse_rfc3339_ms).map(secs),
+        ),
+        (
+            "officesync_peer_limit_bytes_per_second",
+            "gauge",
+            "The bandwidth limit ([[sync.limit]]) in force for bulk data sent to the peer; absent when none is.",
+            |p| p.limit_bytes_per_sec.map(|b| b as f64),
+        ),
+        (
+            "officesync_peer_bulk_queued_bytes",
+            "gauge",
+            "Bulk bytes queued for the peer's bulk stream, waiting for the limit or the link.",
+            |p| Some(p.queued_bytes as f64),
         ),
     ];
     for (name, kind, help, field) in per_peer {

@@ -689,3 +689,52 @@ fn the_report_interval_is_bounded() {
         assert_eq!(err.key(), Some("status.report_interval_ms"), "{err}");
     }
 }
+
+#[test]
+fn bandwidth_limits_and_urgent_collections() {
+    let text = format!(
+        "{MINIMAL}[[sync.limit]]\npeers = [\"*\"]\nrate = \"2 Mbit/s\"\nwhen = \"Mon-Fri 08:00-18:00\"\n\
+         [[sync.limit]]\npeers = [\"hefei\"]\nrate = \"512 KiB/s\"\n[sync]\nurgent = [\"_policy\", \"alerts\"]\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.sync.urgent, ["_policy", "alerts"]);
+    assert_eq!(config.sync.limit.len(), 2);
+    let schedule = config.sync.schedule();
+    assert_eq!(
+        schedule
+            .rate_at("wuhu", 2, 9 * 60)
+            .map(|r| r.bytes_per_sec()),
+        Some(250_000)
+    );
+    assert_eq!(
+        schedule
+            .rate_at("hefei", 6, 9 * 60)
+            .map(|r| r.bytes_per_sec()),
+        Some(512 * 1024)
+    );
+    assert_eq!(schedule.rate_at("wuhu", 6, 9 * 60), None);
+    // The config written back reads the same.
+    let back = Config::from_toml_str(&config.to_toml_string(), Path::new(ORIGIN)).unwrap();
+    assert_eq!(back.sync, config.sync);
+
+    for (entry, key) in [
+        ("peers = [\"*\"]\nrate = \"2 Mb/s\"", "sync.limit[0].rate"),
+        (
+            "peers = [\"*\"]\nrate = \"2 Mbit/s\"\nwhen = \"Mon-Fri 8-18\"",
+            "sync.limit[0].when",
+        ),
+        ("peers = []\nrate = \"2 Mbit/s\"", "sync.limit[0].peers"),
+    ] {
+        let err = parse(&format!("{MINIMAL}[[sync.limit]]\n{entry}\n")).unwrap_err();
+        let msg = line(&err);
+        assert_eq!(err.key(), Some(key), "{msg}");
+        assert!(msg.contains(key), "{msg}");
+    }
+    let err = parse(&format!(
+        "{MINIMAL}[[sync.limit]]\npeers = [\"*\"]\nrate = \"1 Mbit/s\"\nspeed = 3\n"
+    ))
+    .unwrap_err();
+    assert!(line(&err).contains("speed"), "unknown keys are refused");
+    let err = parse(&format!("{MINIMAL}[sync]\nurgent = [\"No!\"]\n")).unwrap_err();
+    assert_eq!(err.key(), Some("sync.urgent[0]"));
+}

@@ -20,6 +20,7 @@ use officesync_protocol::VersionVector;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::limit::{approx_bytes, rate_now, LimitGauges, Limiter};
 use super::observe::SessionObserver;
 use super::peers::PeerTable;
 use super::{outcome_name, Command, SyncSettings, VerifyReport};
@@ -33,6 +34,8 @@ use officesync_protocol::policy::Policy;
 const INPUT_QUEUE: usize = 16;
 /// Bulk frames waiting for the bulk stream writer (bounded: backpressure to loads).
 const BULK_QUEUE: usize = 4;
+/// Urgent frames waiting for the urgent stream writer (bounded: backpressure to urgent loads).
+const URGENT_QUEUE: usize = 4;
 /// Control frames waiting for the control stream writer: past this the peer is not reading.
 const CONTROL_QUEUE: usize = 1024;
 /// How often the peer table is refreshed from the session.
@@ -91,7 +94,7 @@ enum Wake {
     Durable(bool),
     /// The policy changed (`false`: its source is gone).
     Policy(bool),
-    /// The bulk channel has room again.
+    /// The bulk (or urgent) channel has room again.
     BulkRoom,
     /// A command from the node (`None`: no more commands).
     Command(Option<Command>),
@@ -152,6 +155,8 @@ struct Driver<'a> {
     /// struck) when the `Closed` event is drained.
     frame_fault: bool,
     closed: Option<(ErrorCode, String)>,
+    /// The bandwidth limits of the node and this session's bulk queue gauge.
+    limits: (Arc<crate::config::bandwidth::Schedule>, Arc<LimitGauges>),
 }
 
 /// What the peer table is refreshed with.
@@ -210,6 +215,8 @@ impl<'a> Driver<'a> {
         )
         .await;
         let control = open_control(&connection, role).await?;
+        let gauges = Arc::new(LimitGauges::default());
+        let limiter = Limiter::new(settings.schedule.clone(), &peer.name, gauges.clone());
         let io = Io::spawn(
             control,
             &connection,
@@ -218,6 +225,7 @@ impl<'a> Driver<'a> {
                 settings.max_value_bytes,
                 io::Ahead::new(settings.keyring.clone(), &peer.name, is_relay),
             ),
+            limiter,
         );
         Ok(Driver {
             session,
@@ -244,6 +252,7 @@ impl<'a> Driver<'a> {
             },
             frame_fault: false,
             closed: None,
+            limits: (settings.schedule.clone(), gauges),
         })
     }
 
@@ -274,10 +283,10 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Control frames into their (bounded) channel, then bulk frames while the bulk channel
-    /// has room; the session learns whether it has, and issues no Load while it has not.
-    /// Control frames are few and small; a backlog past the bound means the peer does not
-    /// read its control stream: its bad input.
+    /// Control frames into their (bounded) channel, then urgent and bulk frames while their
+    /// channels have room; the session learns whether the bulk one has, and issues no bulk
+    /// Load while it has not. Control frames are few and small; a backlog past the bound means
+    /// the peer does not read its control stream: its bad input.
     fn drive_transmit(&mut self) {
         while let Some(msg) = self.session.poll_transmit_on(StreamKind::Control) {
             if let Err(mpsc::error::TrySendError::Full(_)) = self.io.ctrl_tx.try_send(msg) {
@@ -288,14 +297,25 @@ impl<'a> Driver<'a> {
                 );
             }
         }
+        while self.io.urgent_tx.capacity() > 0 {
+            let Some(msg) = self.session.poll_transmit_on(StreamKind::Urgent) else {
+                break;
+            };
+            // Room was checked just above, and this driver is the only sender.
+            if self.io.urgent_tx.try_send(msg).is_err() {
+                break;
+            }
+        }
         while self.io.bulk_tx.capacity() > 0 {
             let Some(msg) = self.session.poll_transmit_on(StreamKind::Bulk) else {
                 break;
             };
+            let bytes = approx_bytes(&msg);
             // Room was checked just above, and this driver is the only sender.
             if self.io.bulk_tx.try_send(msg).is_err() {
                 break;
             }
+            self.limits.1.queue(bytes);
         }
         self.session
             .handle_bulk_blocked(self.io.bulk_tx.capacity() == 0);
@@ -341,6 +361,7 @@ impl<'a> Driver<'a> {
                         .store(compression == Compression::Zstd, Ordering::Relaxed);
                     // From protocol 2 on, a peer takes the end of a zstd stream on its own.
                     self.io.release_idle.store(protocol >= 2, Ordering::Relaxed);
+                    self.io.protocol.send_replace(protocol);
                     self.observer.established(protocol);
                     tracing::info!(?compression, peer_replica = ?peer_replica, protocol, "session established");
                 }
@@ -430,6 +451,13 @@ impl<'a> Driver<'a> {
             p.rtt_ms = st.rtt_ms;
             p.rejected = st.rejected;
         });
+        let rate = rate_now(&self.limits.0, &st.peer_node);
+        let queued = if st.closed { 0 } else { self.limits.1.queued() };
+        self.peers.update(&st.peer_node, |p| {
+            p.limit = rate.map(|r| r.to_string());
+            p.limit_bytes_per_sec = rate.map(|r| r.bytes_per_sec());
+            p.queued_bytes = queued;
+        });
         self.observer.report(&st, r.last_heard);
     }
 
@@ -451,6 +479,7 @@ impl<'a> Driver<'a> {
             changed = self.durable.changed() => Wake::Durable(changed.is_ok()),
             changed = self.policy_rx.changed(), if self.policy_live => Wake::Policy(changed.is_ok()),
             _ = self.io.bulk_tx.reserve(), if self.io.bulk_tx.capacity() == 0 => Wake::BulkRoom,
+            _ = self.io.urgent_tx.reserve(), if self.io.urgent_tx.capacity() == 0 => Wake::BulkRoom,
             cmd = commands.recv(), if self.commands_live => Wake::Command(cmd),
             _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
@@ -547,6 +576,7 @@ impl<'a> Driver<'a> {
         // Dropping the senders lets the writers flush (a final error frame) and finish.
         self.io.ctrl_tx = mpsc::channel(1).0;
         self.io.bulk_tx = mpsc::channel(1).0;
+        self.io.urgent_tx = mpsc::channel(1).0;
         join_all(&mut self.io.writers, FLUSH_TIMEOUT).await;
         let code = match &end {
             SessionEnd::Closed { code, .. } => code.as_u32(),
@@ -565,6 +595,10 @@ struct Io {
     inputs: mpsc::Receiver<Input>,
     ctrl_tx: mpsc::Sender<Message>,
     bulk_tx: mpsc::Sender<Message>,
+    /// Frames of urgent collections (protocol 3): their own stream, never throttled.
+    urgent_tx: mpsc::Sender<Message>,
+    /// The protocol agreed (0 until then): a peer's second data stream is read from 3 on.
+    protocol: watch::Sender<u16>,
     readers: JoinSet<()>,
     writers: JoinSet<()>,
     compress: Arc<AtomicBool>,
@@ -573,12 +607,14 @@ struct Io {
 }
 
 impl Io {
-    /// Spawns a reader per receive stream and a writer per send stream, with bounded channels.
+    /// Spawns a reader per receive stream and a writer per send stream, with bounded channels;
+    /// the bulk writer is paced by `limiter`.
     fn spawn(
         (ctrl_send, ctrl_recv): (quinn::SendStream, quinn::RecvStream),
         connection: &quinn::Connection,
         counters: &TrafficCounters,
         (max_value_bytes, ahead): (usize, io::Ahead),
+        limiter: Limiter,
     ) -> Io {
         let (input_tx, inputs) = mpsc::channel(INPUT_QUEUE);
         let mut readers = JoinSet::new();
@@ -591,14 +627,17 @@ impl Io {
             input_tx.clone(),
             (max_value_bytes, None),
         ));
+        let (protocol_tx, protocol_rx) = watch::channel(0);
         readers.spawn(io::accept_bulk(
             connection.clone(),
             counters.clone(),
             input_tx,
             (max_value_bytes, Some(ahead)),
+            protocol_rx,
         ));
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);
+        let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_QUEUE);
         let compress = Arc::new(AtomicBool::new(false));
         let release_idle = Arc::new(AtomicBool::new(false));
         let mut writers = JoinSet::new();
@@ -611,11 +650,21 @@ impl Io {
             counters.clone(),
             bulk_rx,
             (compress.clone(), release_idle.clone()),
+            Some(limiter),
+        ));
+        writers.spawn(io::write_bulk(
+            connection.clone(),
+            counters.clone(),
+            urgent_rx,
+            (compress.clone(), release_idle.clone()),
+            None,
         ));
         Io {
             inputs,
             ctrl_tx,
             bulk_tx,
+            urgent_tx,
+            protocol: protocol_tx,
             readers,
             writers,
             compress,
@@ -653,6 +702,7 @@ fn new_session(
     cfg.max_clock_skew_ms = settings.max_clock_skew_ms;
     cfg.release = crate::RELEASE.to_owned();
     cfg.past_replicas = replica.past_replicas().to_vec();
+    cfg.urgent = settings.urgent.clone();
     if let Some(max) = super::pin::pinned_max_protocol() {
         cfg.max_protocol = max;
     }

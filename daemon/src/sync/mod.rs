@@ -5,6 +5,7 @@
 //! [`transport`]: crate::transport
 
 mod driver;
+mod limit;
 mod observe;
 pub mod peers;
 pub mod pin;
@@ -57,6 +58,10 @@ pub(crate) struct SyncSettings {
     pub max_value_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub is_admin: bool,
+    /// `[[sync.limit]]`: the bandwidth limits of bulk data, per peer and local time.
+    pub schedule: Arc<crate::config::bandwidth::Schedule>,
+    /// `sync.urgent`: collections that bypass the limits and overtake bulk catch-up.
+    pub urgent: Vec<String>,
     /// `sync.max_clock_skew_ms`: a version stamped further ahead is refused (alone).
     pub max_clock_skew_ms: u64,
     /// The access policy in force (what peers may read, whose versions are accepted, who is
@@ -164,6 +169,8 @@ impl SyncService {
             admins: config.cluster.admins.clone(),
             max_value_bytes: config.storage.max_value_bytes,
             heartbeat_interval_ms: config.sync.heartbeat_interval_ms,
+            schedule: Arc::new(config.sync.schedule()),
+            urgent: config.sync.urgent.clone(),
             max_clock_skew_ms: config.sync.max_clock_skew_ms,
             is_admin: config.cluster.admins.contains(&config.node.name)
                 && transport.identity().admin_cert,

@@ -139,7 +139,16 @@ impl FramedSend {
     /// which is the backpressure of a slow peer. Not cancel-safe (nor is a half-written
     /// frame): the stream is only usable if every call runs to completion.
     pub async fn send(&mut self, msg: &Message, compress: bool) -> Result<usize, TransportError> {
-        let frame = if compress {
+        let frame = self.encode(msg, compress)?;
+        self.write_encoded(&frame).await?;
+        Ok(frame.len())
+    }
+
+    /// The frame [`FramedSend::send`] would write for `msg`, to be written (possibly in
+    /// parts, e.g. paced) with [`FramedSend::write_encoded`], in order and before any other
+    /// frame: with `compress` it advances the stream's zstd stream.
+    pub fn encode(&mut self, msg: &Message, compress: bool) -> Result<Vec<u8>, TransportError> {
+        if compress {
             let payload = encode_message(msg).map_err(TransportError::Encode)?;
             if payload.len() < STREAM_MAX_BYTES {
                 let enc = match &mut self.zstream {
@@ -163,10 +172,15 @@ impl FramedSend {
         } else {
             encode_frame(msg, FrameFlags::NONE)
         }
-        .map_err(TransportError::Encode)?;
-        self.stream.write_all(&frame).await?;
-        self.counters.add_sent(frame.len());
-        Ok(frame.len())
+        .map_err(TransportError::Encode)
+    }
+
+    /// Writes (part of) a frame made by [`FramedSend::encode`], counting it as sent. Waits
+    /// for flow-control credit.
+    pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.stream.write_all(bytes).await?;
+        self.counters.add_sent(bytes.len());
+        Ok(())
     }
 
     /// True while this stream keeps a zstd compressor (it sent a compressed frame since the

@@ -44,13 +44,19 @@ pub struct SessionConfig {
     /// This node's earlier incarnations (before restores from backups): peers that are not
     /// relays may send their versions back.
     pub past_replicas: Vec<ReplicaId>,
+    /// Urgent collections (`sync.urgent`): their streams are loaded before the others, and
+    /// from protocol 3 on travel on the urgent stream ([`StreamKind::Urgent`]), which the
+    /// driver does not throttle, so they overtake a bulk catch-up. `_nodes` travels with them
+    /// when any is named (the certificates verify what they carry).
+    pub urgent: Vec<String>,
 }
 
 impl SessionConfig {
     /// The defaults for node `node` with replica id `replica` in cluster `cluster_id`:
     /// 4 MiB values, batches of at most 512 versions and 1 MiB, a heartbeat every 5 s,
     /// 30 s idle timeout, a digest round every 5 min, zstd preferred, not a relay, 5 min of
-    /// clock skew, the newest protocol, no release named, no earlier incarnation.
+    /// clock skew, the newest protocol, no release named, no earlier incarnation, no urgent
+    /// collection.
     pub fn new(node: &str, replica: ReplicaId, cluster_id: &str) -> Self {
         Self {
             node: node.to_owned(),
@@ -68,6 +74,7 @@ impl SessionConfig {
             max_protocol: crate::wire::PROTOCOL_VERSION,
             release: String::new(),
             past_replicas: Vec::new(),
+            urgent: Vec::new(),
         }
     }
 }
@@ -97,4 +104,16 @@ pub enum StreamKind {
     Control,
     /// The unidirectional bulk stream of each direction: batches and completions.
     Bulk,
+    /// The unidirectional urgent stream of each direction (protocol 3 and up): batches and
+    /// completions of the urgent collections, which overtake the bulk stream's.
+    Urgent,
+}
+
+impl SessionConfig {
+    /// True when `collection`'s streams are urgent: named in [`SessionConfig::urgent`], or
+    /// `_nodes` when any collection is.
+    pub fn is_urgent(&self, collection: &str) -> bool {
+        self.urgent.iter().any(|c| c == collection)
+            || (!self.urgent.is_empty() && collection == crate::signing::NODES_COLLECTION)
+    }
 }

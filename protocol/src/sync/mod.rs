@@ -38,6 +38,14 @@
 //! chunk with [`Action::Load`]. At most one Load is in flight per session, and the next one is
 //! only issued once the bulk queue has been drained by the driver: the driver's stream writes
 //! give backpressure. A loaded chunk goes out as `Batch` frame(s) followed by `Complete`.
+//!
+//! **Urgent collections** ([`SessionConfig::urgent`], with `_nodes` when any is named) are
+//! loaded before the others. From protocol 3 on they have their own lane: their frames come
+//! out on [`StreamKind::Urgent`] (a second unidirectional stream, which the driver does not
+//! throttle), and their Loads are issued whenever the urgent queue is drained, however full
+//! the bulk stream is, so they overtake a bulk catch-up. Each `(collection, origin)` stream
+//! stays on one lane, so the receiver's order checks hold on each. With a peer of protocol 2
+//! they travel as bulk.
 //! A node that is not a relay ([`SessionConfig::relay`]) only sends origins of its own node.
 //!
 //! **Receiving.** A `Batch` is accepted only for an origin of the peer's own node, or from a

@@ -7,11 +7,22 @@ use crate::wire::{Batch, Complete, Hello, Message, MessageV1, Restart};
 
 use super::api::{Action, Event, SessionStatus};
 
+/// Which send stream a `(collection, origin)` stream's frames travel on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// The bulk stream (throttled by the driver).
+    Bulk,
+    /// The urgent stream (protocol 3 and up, urgent collections).
+    Urgent,
+}
+
 /// The session's outputs awaiting their `poll_*` calls, and its counters.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
     control: VecDeque<Message>,
     bulk: VecDeque<Message>,
+    /// Frames of the urgent stream (protocol 3): urgent collections' batches and completions.
+    urgent: VecDeque<Message>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -33,21 +44,28 @@ impl Outbox {
         self.control.push_back(m);
     }
 
-    /// Queues `b` on the bulk stream, counted as sent.
-    pub(super) fn batch(&mut self, b: Batch) {
+    /// Queues `b` on the stream `lane` (bulk or urgent), counted as sent.
+    pub(super) fn batch(&mut self, lane: Lane, b: Batch) {
         self.stats.batches_sent += 1;
         self.stats.versions_sent += b.versions.len() as u64;
-        self.bulk.push_back(b.into());
+        self.lane(lane).push_back(b.into());
     }
 
-    /// Queues `c` on the bulk stream.
-    pub(super) fn complete(&mut self, c: Complete) {
-        self.bulk.push_back(c.into());
+    /// Queues `c` on the stream `lane`.
+    pub(super) fn complete(&mut self, lane: Lane, c: Complete) {
+        self.lane(lane).push_back(c.into());
     }
 
-    /// Queues `r` on the bulk stream (dropped when the session speaks protocol 1).
-    pub(super) fn restart(&mut self, r: Restart) {
-        self.bulk.push_back(r.into());
+    /// Queues `r` on the stream `lane` (dropped when the session speaks protocol 1).
+    pub(super) fn restart(&mut self, lane: Lane, r: Restart) {
+        self.lane(lane).push_back(r.into());
+    }
+
+    fn lane(&mut self, lane: Lane) -> &mut VecDeque<Message> {
+        match lane {
+            Lane::Bulk => &mut self.bulk,
+            Lane::Urgent => &mut self.urgent,
+        }
     }
 
     /// Queues a store action.
@@ -87,6 +105,11 @@ impl Outbox {
         self.bulk.pop_front()
     }
 
+    /// The next urgent frame.
+    pub(super) fn pop_urgent(&mut self) -> Option<Message> {
+        self.urgent.pop_front()
+    }
+
     /// The next action.
     pub(super) fn pop_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -102,6 +125,11 @@ impl Outbox {
         self.bulk.is_empty()
     }
 
+    /// No urgent frame is queued.
+    pub(super) fn urgent_drained(&self) -> bool {
+        self.urgent.is_empty()
+    }
+
     /// The dialer's `Hello`, while it is still queued.
     pub(super) fn queued_hello(&mut self) -> Option<&mut Hello> {
         self.control.iter_mut().find_map(|m| match m {
@@ -114,6 +142,7 @@ impl Outbox {
     pub(super) fn drop_queued(&mut self) {
         self.control.clear();
         self.bulk.clear();
+        self.urgent.clear();
         self.actions.clear();
     }
 

@@ -13,7 +13,7 @@ use crate::wire::{Ack, Batch, Complete, Restart};
 use super::api::Action;
 use super::config::SessionConfig;
 use super::error::{clip, SyncError};
-use super::outbox::Outbox;
+use super::outbox::{Lane, Outbox};
 
 /// `(collection, origin)`.
 type StreamKey = (String, ReplicaId);
@@ -122,7 +122,7 @@ macro_rules! send_view {
             &$s.peer_vvs,
             &$s.policy,
             (&$s.peer.node, $s.rx.peer_replica()),
-            $s.role == super::config::Role::Dialer,
+            ($s.role == super::config::Role::Dialer, $s.protocol),
         )
     };
 }
@@ -141,10 +141,23 @@ pub(super) struct SendView<'a> {
     peer: PeerIds<'a>,
     /// This side dialed the connection (it sends `_status` up).
     dialer: bool,
+    /// The protocol version spoken (3 and up: urgent collections have their own stream).
+    protocol: u16,
+}
+
+/// Which lanes may take another Load: a lane whose frames are still queued (or whose driver
+/// channel is full) waits, the other goes on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Free {
+    /// The bulk stream has room and nothing queued.
+    pub(super) bulk: bool,
+    /// The urgent stream has nothing queued.
+    pub(super) urgent: bool,
 }
 
 impl<'a> SendView<'a> {
-    /// The view of a session with these parts.
+    /// The view of a session with these parts (`dialer`: this side dialed; `protocol`: the
+    /// version spoken).
     pub(super) fn new(
         cfg: &'a SessionConfig,
         now: u64,
@@ -152,7 +165,7 @@ impl<'a> SendView<'a> {
         peer_vvs: &'a BTreeMap<String, VersionVector>,
         policy: &'a Policy,
         peer: PeerIds<'a>,
-        dialer: bool,
+        (dialer, protocol): (bool, u16),
     ) -> Self {
         Self {
             cfg,
@@ -162,6 +175,24 @@ impl<'a> SendView<'a> {
             policy,
             peer,
             dialer,
+            protocol,
+        }
+    }
+
+    /// The stream `collection`'s frames travel on: the urgent one for an urgent collection
+    /// from protocol 3 on, else the bulk one.
+    pub(super) fn lane(&self, collection: &str) -> Lane {
+        if self.protocol >= 3 && self.cfg.is_urgent(collection) {
+            Lane::Urgent
+        } else {
+            Lane::Bulk
+        }
+    }
+
+    fn lane_free(&self, collection: &str, free: Free) -> bool {
+        match self.lane(collection) {
+            Lane::Bulk => free.bulk,
+            Lane::Urgent => free.urgent,
         }
     }
 
@@ -215,13 +246,13 @@ impl Tx {
         self.ready.insert(key);
     }
 
-    /// Issues the next Load into `out` if none is in flight (the caller checks the bulk
-    /// stream has room).
-    pub(super) fn pump(&mut self, view: SendView<'_>, out: &mut Outbox) {
+    /// Issues the next Load into `out` if none is in flight, for a stream whose lane is
+    /// `free`.
+    pub(super) fn pump(&mut self, view: SendView<'_>, out: &mut Outbox, free: Free) {
         if self.loading.is_some() {
             return;
         }
-        let (found, idle) = self.next_load(view);
+        let (found, idle) = self.next_load(view, free);
         for k in idle {
             self.ready.remove(&k);
         }
@@ -300,10 +331,13 @@ impl Tx {
                 s.sent_through = 0;
                 s.epoch = s.epoch.wrapping_add(1);
                 s.repair = Some(RepairTx { first: true });
-                out.restart(Restart {
-                    collection: c.clone(),
-                    origin: origin.clone(),
-                });
+                out.restart(
+                    view.lane(c),
+                    Restart {
+                        collection: c.clone(),
+                        origin: origin.clone(),
+                    },
+                );
             }
         }
     }
@@ -345,9 +379,14 @@ impl Tx {
         Some(collection)
     }
 
-    /// The next ready stream with something to send, round-robin after the last one loaded,
-    /// and the ready streams found to have nothing to send.
-    fn next_load(&self, view: SendView<'_>) -> (Option<(StreamKey, Plan)>, Vec<StreamKey>) {
+    /// The next ready stream of a free lane with something to send, round-robin after the
+    /// last one loaded (`_nodes` first, then urgent collections), and the ready streams found
+    /// to have nothing to send.
+    fn next_load(
+        &self,
+        view: SendView<'_>,
+        free: Free,
+    ) -> (Option<(StreamKey, Plan)>, Vec<StreamKey>) {
         let ready = &self.ready;
         let (after, before) = match &self.cursor {
             Some(k) => (
@@ -362,7 +401,19 @@ impl Tx {
         let is_nodes = |k: &&StreamKey| k.0 == crate::signing::NODES_COLLECTION;
         let nodes = ready.iter().filter(is_nodes);
         let rest = after.chain(before.take(wrap)).filter(|k| !is_nodes(k));
-        for k in nodes.chain(rest) {
+        // Urgent collections next (a first pass, only when there are any): they overtake bulk
+        // catch-up.
+        let any_urgent = !view.cfg.urgent.is_empty();
+        let is_urgent = move |k: &&StreamKey| any_urgent && view.cfg.is_urgent(&k.0);
+        let urgent = rest
+            .clone()
+            .take(if any_urgent { usize::MAX } else { 0 })
+            .filter(is_urgent);
+        let bulk = rest.filter(|k| !is_urgent(k));
+        for k in nodes.chain(urgent).chain(bulk) {
+            if !view.lane_free(&k.0, free) {
+                continue; // its lane is busy: it stays ready
+            }
             match self.plan(view, k) {
                 Some(p) => return (Some((k.clone(), p)), idle),
                 // A held stream stays ready: it goes on once the hold ends.
@@ -522,7 +573,13 @@ impl Tx {
                 stream.repair = None;
             }
         }
-        queue_chunk(out, view.cfg, &load.key, versions, scanned);
+        queue_chunk(
+            out,
+            (view.cfg, view.lane(collection)),
+            &load.key,
+            versions,
+            scanned,
+        );
         Ok(())
     }
 
@@ -542,11 +599,11 @@ impl Tx {
     }
 }
 
-/// Queues a loaded chunk of `key`'s stream into `out`: `versions` as `Batch` frames within the
-/// batch limits of `cfg`, then `Complete { through: scanned }`.
+/// Queues a loaded chunk of `key`'s stream into `out` on `lane`: `versions` as `Batch` frames
+/// within the batch limits of `cfg`, then `Complete { through: scanned }`.
 fn queue_chunk(
     out: &mut Outbox,
-    cfg: &SessionConfig,
+    (cfg, lane): (&SessionConfig, Lane),
     key: &StreamKey,
     versions: Vec<Version>,
     scanned: u64,
@@ -558,26 +615,35 @@ fn queue_chunk(
     for v in versions {
         let size = version_size(&v);
         if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
-            out.batch(Batch {
-                collection: collection.clone(),
-                origin: origin.clone(),
-                versions: std::mem::take(&mut batch),
-            });
+            out.batch(
+                lane,
+                Batch {
+                    collection: collection.clone(),
+                    origin: origin.clone(),
+                    versions: std::mem::take(&mut batch),
+                },
+            );
             bytes = 0;
         }
         bytes += size;
         batch.push(v);
     }
     if !batch.is_empty() {
-        out.batch(Batch {
+        out.batch(
+            lane,
+            Batch {
+                collection: collection.clone(),
+                origin: origin.clone(),
+                versions: batch,
+            },
+        );
+    }
+    out.complete(
+        lane,
+        Complete {
             collection: collection.clone(),
             origin: origin.clone(),
-            versions: batch,
-        });
-    }
-    out.complete(Complete {
-        collection: collection.clone(),
-        origin: origin.clone(),
-        through: scanned,
-    });
+            through: scanned,
+        },
+    );
 }

@@ -25,7 +25,7 @@ use super::heartbeat::Heartbeats;
 use super::outbox::Outbox;
 use super::recv::{recv_view, Rx};
 use super::repair::{Purpose, Repair, RepairView};
-use super::send::{send_view, sends_origin, Tx};
+use super::send::{send_view, sends_origin, Free, Tx};
 
 /// One sync session with one peer over one connection. See the [module docs](super) for the
 /// protocol and the driver contract.
@@ -213,13 +213,15 @@ impl Session {
         });
     }
 
-    /// The next frame to send: control frames first, then bulk; in order per stream.
+    /// The next frame to send: control frames first, then urgent, then bulk; in order per
+    /// stream.
     pub fn poll_transmit(&mut self) -> Option<(StreamKind, Message)> {
-        if let Some(m) = self.poll_transmit_on(StreamKind::Control) {
-            return Some((StreamKind::Control, m));
+        for kind in [StreamKind::Control, StreamKind::Urgent, StreamKind::Bulk] {
+            if let Some(m) = self.poll_transmit_on(kind) {
+                return Some((kind, m));
+            }
         }
-        let m = self.poll_transmit_on(StreamKind::Bulk)?;
-        Some((StreamKind::Bulk, m))
+        None
     }
 
     /// The next frame for `stream` only (for a driver whose other stream is blocked), in the
@@ -230,6 +232,11 @@ impl Session {
                 StreamKind::Control => self.out.pop_control()?,
                 StreamKind::Bulk => {
                     let m = self.out.pop_bulk()?;
+                    self.drive();
+                    m
+                }
+                StreamKind::Urgent => {
+                    let m = self.out.pop_urgent()?;
                     self.drive();
                     m
                 }
@@ -444,22 +451,25 @@ impl Session {
         self.tx.ready_all(view, collection);
     }
 
-    /// Issues the next Load if none is in flight and the bulk queue is drained.
+    /// Issues the next Load if none is in flight, for a stream whose lane has drained its
+    /// queue (the bulk lane also needs room in the driver).
     fn pump_loads(&mut self) {
-        if self.phase != Phase::Established
-            || !self.peer_confirmed
-            || self.bulk_blocked
-            || !self.out.bulk_drained()
-        {
+        let free = Free {
+            bulk: !self.bulk_blocked && self.out.bulk_drained(),
+            // Only an urgent stream makes a second lane.
+            urgent: self.protocol >= 3 && !self.cfg.urgent.is_empty() && self.out.urgent_drained(),
+        };
+        if self.phase != Phase::Established || !self.peer_confirmed || !(free.bulk || free.urgent) {
             return;
         }
         let view = send_view!(self);
-        self.tx.pump(view, &mut self.out);
+        self.tx.pump(view, &mut self.out, free);
     }
 
     /// Nothing to send and nothing in flight on the sending side.
     fn tx_idle(&self) -> bool {
-        self.tx.is_idle(send_view!(self), self.out.bulk_drained())
+        let drained = self.out.bulk_drained() && self.out.urgent_drained();
+        self.tx.is_idle(send_view!(self), drained)
     }
 
     /// Restarts every stream of `collection` from counter 0 for a full reconciliation.
@@ -658,18 +668,23 @@ impl Session {
                 detail: clip(&e.detail),
             });
         }
-        let expected = match &m {
-            MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_) => {
-                StreamKind::Bulk
-            }
-            _ => StreamKind::Control,
+        let data = matches!(
+            &m,
+            MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_)
+        );
+        let fits = match stream {
+            StreamKind::Control => !data,
+            StreamKind::Bulk => data,
+            // Only sessions of protocol 3 and up have an urgent stream.
+            StreamKind::Urgent => data && self.protocol >= 3,
         };
-        if stream != expected {
+        if !fits {
             return Err(SyncError::WrongStream {
                 kind: m.kind(),
                 stream: match stream {
                     StreamKind::Control => "control",
                     StreamKind::Bulk => "bulk",
+                    StreamKind::Urgent => "urgent",
                 },
             });
         }

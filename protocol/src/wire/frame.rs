@@ -130,6 +130,10 @@ pub fn encode_raw_frame(flags: FrameFlags, payload: &[u8]) -> Result<Vec<u8>, Wi
     Ok(out)
 }
 
+/// How many message versions this build decodes (`MessageV1`, `MessageV2`): protocol 3 added
+/// no message, so its frames are `MessageV2` too.
+const MESSAGE_VERSIONS: u32 = 2;
+
 /// Decodes a frame payload (already decompressed, if it was) into a message.
 ///
 /// Refuses a payload longer than [`MAX_FRAME_BYTES`], a message of a protocol version this build
@@ -145,7 +149,7 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, WireError> {
     // than as an unknown tag.
     let (tag, _): (u32, usize) =
         bincode::decode_from_slice(payload, config()).map_err(decode_err)?;
-    if tag >= u32::from(super::PROTOCOL_VERSION) {
+    if tag >= MESSAGE_VERSIONS {
         return Err(WireError::UnsupportedVersion {
             version: tag.saturating_add(1),
         });

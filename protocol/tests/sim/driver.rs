@@ -20,6 +20,8 @@ impl World {
             repair_interval_ms: self.params.repair_ms,
             compression: vec![Compression::Zstd, Compression::None],
             relay: n.spec.relay,
+            // One urgent collection: its streams take their own lane (protocol 3).
+            urgent: vec!["letters".to_owned()],
             ..SessionConfig::new(&n.spec.name, n.replica.id.clone(), CLUSTER)
         }
     }
@@ -65,7 +67,7 @@ impl World {
                 link,
                 ends: [a, b],
                 s,
-                last: [[0; 2]; 2],
+                last: [[0; 3]; 2],
                 timer: [None; 2],
                 closing: false,
                 store_busy: [false; 2],
@@ -227,6 +229,7 @@ impl World {
         let k = match stream {
             StreamKind::Control => 0,
             StreamKind::Bulk => 1,
+            StreamKind::Urgent => 2,
         };
         let mut delay = link.base_ms + self.rng.range(0, link.base_ms);
         if k == 1 {

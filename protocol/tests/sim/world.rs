@@ -49,7 +49,7 @@ pub(crate) struct Conn {
     pub(crate) ends: [usize; 2],
     pub(crate) s: [Session; 2],
     /// Last delivery time per sending side and stream (in-order streams).
-    pub(crate) last: [[u64; 2]; 2],
+    pub(crate) last: [[u64; 3]; 2],
     pub(crate) timer: [Option<u64>; 2],
     pub(crate) closing: bool,
     /// An action of this side is with the store. As the daemon's driver does, the next one is

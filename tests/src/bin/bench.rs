@@ -16,11 +16,15 @@
 //! latency and index size over 100,000 documents, in [`search`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
 //! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
-//! servers and their clients in [`servers`]. `scale` (a four-tier tree of 1,025 daemons, in
+//! servers and their clients in [`servers`]. `bandwidth` (a throttled catch-up: its rate
+//! on the wire against the limit, and urgent writes overtaking it, in [`bandwidth`]).
+//! `scale` (a four-tier tree of 1,025 daemons, in
 //! [`scale`]) runs only when `--only` names it.
 
 #[path = "bench/api.rs"]
 mod api;
+#[path = "bench/bandwidth.rs"]
+mod bandwidth;
 #[path = "bench/catch_up.rs"]
 mod catch_up;
 #[path = "bench/encryption.rs"]
@@ -246,7 +250,7 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 15] = [
+const GROUPS: [&str; 16] = [
     "local",
     "api",
     "query",
@@ -261,6 +265,7 @@ const GROUPS: [&str; 15] = [
     "fan_out",
     "sustained",
     "wire_efficiency",
+    "bandwidth",
     "scale",
 ];
 
@@ -376,6 +381,12 @@ async fn main() -> Result<()> {
         }
     }
     replication::run(&args, &mut rows).await;
+    if args.wants("bandwidth") {
+        let pki = replication::Pki::new()?;
+        if let Err(e) = bandwidth::run(&pki, args.quick, &mut rows).await {
+            replication::failed(&mut rows, "bandwidth", "-", &e);
+        }
+    }
     // Only on request: a thousand daemons take this machine for several minutes.
     if args
         .only

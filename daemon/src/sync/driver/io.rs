@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use officesync_protocol::wire::{Batch, ErrorCode, Message, MessageV2};
 use officesync_protocol::ReplicaId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::signing::Keyring;
+use crate::sync::limit::{approx_bytes, Limiter, PACE_CHUNK};
 use crate::transport::{FramedRecv, FramedSend, TrafficCounters};
 
 /// Largest value the wire can carry in one frame (see `config::MAX_VALUE_BYTES_LIMIT`).
@@ -32,6 +33,7 @@ pub(super) enum Input {
 /// work it could not get from the session: versions of the peer's own node, or of any node
 /// from a relay, and nothing more of a stream after its first refusal (the session refuses
 /// the rest of that stream for the session without looking at it).
+#[derive(Clone)]
 pub(super) struct Ahead {
     keyring: Arc<Keyring>,
     peer: String,
@@ -100,24 +102,61 @@ pub(super) async fn read_frames(
     }
 }
 
-/// Accepts the peer's bulk stream and reads it.
+/// Accepts the peer's unidirectional streams and reads them: its bulk stream and, in a
+/// session of protocol 3 and up, its urgent stream. Both are read alike, as
+/// [`StreamKind::Bulk`]: the sender keeps each `(collection, origin)` stream on one of them,
+/// and the session checks each one's order whichever QUIC stream it came on. A second stream
+/// is read only once `protocol` (the version agreed, 0 until the handshake completes) says 3
+/// or more; from a peer of an older protocol it is its bad input. A third is never accepted.
 pub(super) async fn accept_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
     tx: mpsc::Sender<Input>,
-    limits: (usize, Option<Ahead>),
+    (max_value_bytes, ahead): (usize, Option<Ahead>),
+    mut protocol: watch::Receiver<u16>,
 ) {
-    match connection.accept_uni().await {
-        Ok(stream) => {
-            let recv = FramedRecv::new(stream)
-                .with_limit(officesync_protocol::wire::MAX_FRAME_BYTES)
-                .with_counters(counters);
-            read_frames(recv, StreamKind::Bulk, tx, limits).await;
-        }
+    let recv = |stream| {
+        FramedRecv::new(stream)
+            .with_limit(officesync_protocol::wire::MAX_FRAME_BYTES)
+            .with_counters(counters.clone())
+    };
+    let first = match connection.accept_uni().await {
+        Ok(stream) => stream,
         Err(e) => {
             let _ = tx.send(Input::Ended(StreamKind::Bulk, e.to_string())).await;
+            return;
         }
-    }
+    };
+    let second = async {
+        let Ok(stream) = connection.accept_uni().await else {
+            return; // the connection closed: the first stream's reader says so
+        };
+        match protocol.wait_for(|p| *p != 0).await.map(|p| *p) {
+            Ok(3..) => {}
+            Ok(_) => {
+                let why = "a second data stream from a peer of protocol 2 or older".to_owned();
+                let _ = tx
+                    .send(Input::Invalid(StreamKind::Bulk, ErrorCode::Malformed, why))
+                    .await;
+                return;
+            }
+            Err(_) => return, // the session ended
+        }
+        read_frames(
+            recv(stream),
+            StreamKind::Bulk,
+            tx.clone(),
+            (max_value_bytes, ahead.clone()),
+        )
+        .await;
+    };
+    let first = read_frames(
+        recv(first),
+        StreamKind::Bulk,
+        tx.clone(),
+        (max_value_bytes, ahead.clone()),
+    );
+    tokio::join!(first, second);
 }
 
 /// Writes control frames until the channel closes, then finishes the stream and waits until
@@ -139,9 +178,11 @@ pub(super) async fn write_control(mut send: FramedSend, mut rx: mpsc::Receiver<M
 /// 1 MiB) is freed; the next frame starts a new one.
 const BULK_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens the bulk stream on the first frame and writes bulk frames (zstd when `compress` is
-/// set) until the channel closes, then finishes the stream. With `release_idle` set, a stream
-/// quiet for [`BULK_IDLE`] ends its zstd stream, so an idle session holds no compressor.
+/// Opens a data stream (bulk or urgent) on the first frame and writes its frames (zstd when
+/// `compress` is set) until the channel closes, then finishes the stream. With `release_idle`
+/// set, a stream quiet for [`BULK_IDLE`] ends its zstd stream, so an idle session holds no
+/// compressor. With a `limiter` (the bulk stream), frames go out paced at the rate in force,
+/// in [`PACE_CHUNK`]s, and leave its queued-bytes gauge as they are written.
 pub(super) async fn write_bulk(
     connection: quinn::Connection,
     counters: TrafficCounters,
@@ -150,6 +191,7 @@ pub(super) async fn write_bulk(
         std::sync::Arc<std::sync::atomic::AtomicBool>,
         std::sync::Arc<std::sync::atomic::AtomicBool>,
     ),
+    mut limiter: Option<Limiter>,
 ) {
     let mut send: Option<FramedSend> = None;
     loop {
@@ -181,7 +223,7 @@ pub(super) async fn write_bulk(
         }
         let Some(s) = send.as_mut() else { return };
         let z = compress.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = s.send(&msg, z).await {
+        if let Err(e) = write_paced(s, &msg, z, limiter.as_mut()).await {
             tracing::warn!(error = %e, "bulk stream write failed; the session will restart");
             return;
         }
@@ -189,6 +231,30 @@ pub(super) async fn write_bulk(
     if let Some(mut s) = send {
         let _ = s.finish();
     }
+}
+
+/// Writes `msg` as one frame, paced by `limiter` when it has a limit in force; takes the
+/// frame off the limiter's queued-bytes gauge once written.
+async fn write_paced(
+    s: &mut FramedSend,
+    msg: &Message,
+    compress: bool,
+    limiter: Option<&mut Limiter>,
+) -> Result<(), crate::transport::TransportError> {
+    let Some(limiter) = limiter else {
+        return s.send(msg, compress).await.map(|_| ());
+    };
+    let frame = s.encode(msg, compress)?;
+    if limiter.limited() {
+        for part in frame.chunks(PACE_CHUNK) {
+            limiter.pace(part.len()).await;
+            s.write_encoded(part).await?;
+        }
+    } else {
+        s.write_encoded(&frame).await?;
+    }
+    limiter.gauges().dequeue(approx_bytes(msg));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Unit tests of the session: single sessions fed frames by hand ([`frames`]) and pairs of
-//! sessions over a tiny in-memory store ([`pair`]).
+//! sessions over a tiny in-memory store ([`pair`]); the urgent lane ([`lanes`]).
 
 mod frames;
 mod hostile;
+mod lanes;
 mod pair;
 
 use super::*;
