@@ -1,4 +1,4 @@
-//! A rolling upgrade caught halfway: nodes of this release (wire protocol 2) and nodes pinned
+//! A rolling upgrade caught halfway: nodes of this release (wire protocol 3) and nodes pinned
 //! to the previous release's protocol 1 (`OFFICESYNC_MAX_PROTOCOL=1`, the test-only pin; no
 //! earlier release is tagged in git to build from) sync in both directions and converge with
 //! equal digests, whichever side the general office is on; `officesync status` and `peers`
@@ -87,7 +87,13 @@ fn mixed(hub_old: bool, hefei_old: bool, beijing_old: bool) {
         );
     }
 
-    let expect = |old: bool| if old { 1 } else { 2 };
+    let expect = |old: bool| -> u64 {
+        if old {
+            1
+        } else {
+            officesync_protocol::wire::PROTOCOL_VERSION.into()
+        }
+    };
     for (office, old) in [(HEFEI, hefei_old), (BEIJING, beijing_old)] {
         let (protocol, release) = peer_versions(&hub, office);
         assert_eq!(protocol, expect(old || hub_old), "hub's view of {office}");

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::{Batch, Complete, Hello, Message, MessageV1, Restart};
+use crate::wire::{Batch, Complete, Hello, Message, MessageV1, RepairBatch, Restart};
 
 use super::api::{Action, Event, SessionStatus};
 
@@ -43,6 +43,11 @@ impl Outbox {
     /// Queues `c` on the bulk stream.
     pub(super) fn complete(&mut self, c: Complete) {
         self.bulk.push_back(c.into());
+    }
+
+    /// Queues `b` on the bulk stream (protocol 3).
+    pub(super) fn repair_batch(&mut self, b: RepairBatch) {
+        self.bulk.push_back(b.into());
     }
 
     /// Queues `r` on the bulk stream (dropped when the session speaks protocol 1).

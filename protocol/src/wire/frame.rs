@@ -145,7 +145,8 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, WireError> {
     // than as an unknown tag.
     let (tag, _): (u32, usize) =
         bincode::decode_from_slice(payload, config()).map_err(decode_err)?;
-    if tag >= u32::from(super::PROTOCOL_VERSION) {
+    // Version 3 added messages to `MessageV2`, not a variant of `Message`: two outer tags.
+    if tag >= MESSAGE_LAYOUTS {
         return Err(WireError::UnsupportedVersion {
             version: tag.saturating_add(1),
         });
@@ -158,6 +159,9 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, WireError> {
     }
     Ok(msg)
 }
+
+/// Variants of [`Message`] (message layouts) this build decodes.
+const MESSAGE_LAYOUTS: u32 = 2;
 
 /// Cuts frames out of the bytes of one stream, sans-IO: the driver feeds whatever it read with
 /// [`push`](Self::push) and drains complete frames with [`poll_frame`](Self::poll_frame).

@@ -15,7 +15,8 @@
 //! watchers, in [`feed`]), `search` (full-text indexing, apply-to-searchable delay, query
 //! latency and index size over 100,000 documents, in [`search`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
-//! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
+//! [`fanout`], [`sustained`], [`wire`], [`repair`] (10 lost records repaired in full and
+//! through the hash tree); shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`]. `scale` (a four-tier tree of 1,025 daemons, in
 //! [`scale`]) runs only when `--only` names it.
 
@@ -37,6 +38,8 @@ mod live;
 mod province;
 #[path = "bench/query.rs"]
 mod query;
+#[path = "bench/repair.rs"]
+mod repair;
 #[path = "bench/replication.rs"]
 mod replication;
 #[path = "bench/scale.rs"]
@@ -246,7 +249,7 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 15] = [
+const GROUPS: [&str; 16] = [
     "local",
     "api",
     "query",
@@ -261,6 +264,7 @@ const GROUPS: [&str; 15] = [
     "fan_out",
     "sustained",
     "wire_efficiency",
+    "repair",
     "scale",
 ];
 
@@ -269,7 +273,7 @@ struct Args {
     quick: bool,
     only: Option<Vec<String>>,
     /// Overrides the record count of the bulk catch-up (256 B values; a tenth with 4 KiB
-    /// values), of the partition heal and of the query group.
+    /// values), of the partition heal, of the repair and of the query group.
     records: Option<usize>,
 }
 

@@ -4,6 +4,7 @@
 mod frames;
 mod hostile;
 mod pair;
+mod tree;
 
 use super::*;
 use crate::digest::Digest;
