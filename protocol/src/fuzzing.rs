@@ -594,7 +594,8 @@ impl Harness {
                     .handle_tree_digests(&collection, level, &parents, digests);
             }
             Action::LoadLeaves { collection, .. } => {
-                self.session.handle_leaves_loaded(&collection, Vec::new(), None);
+                self.session
+                    .handle_leaves_loaded(&collection, Vec::new(), None);
             }
         }
     }

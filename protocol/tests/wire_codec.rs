@@ -8,9 +8,8 @@ use officesync_protocol::wire::{
     decode_message, encode_frame, encode_message, encode_raw_frame, About, Ack, Batch, Complete,
     Compression, DigestReply, DigestRequest, ErrorCode, ErrorFrame, Frame, FrameDecoder,
     FrameFlags, FullRepair, Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2,
-    RepairApplied, RepairBatch, TreeReply, TreeRequest, WireError,
-    DEFAULT_MAX_VALUE_BYTES, FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    RepairApplied, RepairBatch, TreeReply, TreeRequest, WireError, DEFAULT_MAX_VALUE_BYTES,
+    FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
 use proptest::prelude::*;

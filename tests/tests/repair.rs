@@ -13,7 +13,7 @@ use common::{assert_converged, hub_config, office_config, wait_connected, wait_f
 use officesync_daemon::replica::lose_keys;
 use officesync_daemon::store::SledStore;
 use officesync_tests::fault_proxy::{Direction, FaultProxy};
-use officesync_tests::{Cluster, TestConfig, TestNode};
+use officesync_tests::{Cluster, TestConfig, TestNode, TestRng};
 use serde_json::Value;
 
 const HEFEI: &str = "hefei";
@@ -25,9 +25,14 @@ const AT_OFFICE: usize = 150;
 /// Bytes of every value.
 const VALUE: usize = 2_000;
 
+/// An incompressible value (links compress with zstd), different for every record.
 fn value(who: &str, i: usize) -> Vec<u8> {
+    let mut rng = TestRng::new(who.len() as u64 * 1_000_003 + i as u64);
     let mut v = format!("{who} {i} ").into_bytes();
-    v.resize(VALUE, b'.');
+    while v.len() < VALUE {
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    v.truncate(VALUE);
     v
 }
 
@@ -69,7 +74,9 @@ fn verify_repairs_lost_records_with_a_small_share_of_a_full_reconciliation() {
     assert_converged(&[&hub, &hefei], TIMEOUT);
 
     // Each side loses five of the other's records: the vectors still cover them.
-    let hub_lost: Vec<String> = (0..5).map(|i| format!("hefei/{:05}", 17 + i * 23)).collect();
+    let hub_lost: Vec<String> = (0..5)
+        .map(|i| format!("hefei/{:05}", 17 + i * 23))
+        .collect();
     let hefei_lost: Vec<String> = (0..5).map(|i| format!("hub/{:05}", 29 + i * 113)).collect();
     lose(&hub, &hub_cfg, &hub_lost);
     lose(&hefei, &hefei_cfg, &hefei_lost);
@@ -110,6 +117,7 @@ fn verify_repairs_lost_records_with_a_small_share_of_a_full_reconciliation() {
     // A full reconciliation re-sends every value of the collection (both sides re-stream
     // what they originate or relay): the repair must cost a small share of that.
     let full = ((AT_HUB + AT_OFFICE) * VALUE) as u64;
+    eprintln!("repair: {repair_bytes} bytes on the wire; the collection's values: {full} bytes");
     assert!(
         repair_bytes * 10 < full,
         "the repair moved {repair_bytes} bytes; a full reconciliation re-sends at least {full}"

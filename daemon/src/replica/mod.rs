@@ -629,7 +629,10 @@ impl Replica {
         }
         let built = tree::build(store.as_ref())?;
         if built > 0 {
-            tracing::info!(keys = built, "built the hash trees of the collections for repair");
+            tracing::info!(
+                keys = built,
+                "built the hash trees of the collections for repair"
+            );
         }
         let indexes = Arc::new(IndexCatalog::new(&opts.indexes)?);
         index::prepare(store.as_ref(), &indexes)?;

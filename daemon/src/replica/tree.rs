@@ -262,18 +262,18 @@ fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u6
     loop {
         let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
         for (k, raw) in &rows {
-            let key = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| {
-                ReplicaError::Corrupt {
+            let key =
+                std::str::from_utf8(&k[prefix.len()..]).map_err(|_| ReplicaError::Corrupt {
                     what: format!("{coll} record key"),
                     detail: "not UTF-8".into(),
-                }
-            })?;
+                })?;
             let leaf = tree::leaf_of(key);
             for s in decode_siblings(raw, &format!("{coll}/{key}"))? {
-                leaves
-                    .entry(leaf)
-                    .or_default()
-                    .xor(&Digest::element(key, &s.header.dot, &s.header.value));
+                leaves.entry(leaf).or_default().xor(&Digest::element(
+                    key,
+                    &s.header.dot,
+                    &s.header.value,
+                ));
             }
             batch.put(keys::leaf_entry(coll, leaf, key), Vec::new());
             keys_seen += 1;

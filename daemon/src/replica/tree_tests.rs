@@ -103,7 +103,10 @@ async fn the_tree_follows_writes_siblings_and_deletes() {
             None => break,
         }
     }
-    let keys: Vec<(u32, String)> = paged.iter().map(|v| (leaf_of(&v.key), v.key.clone())).collect();
+    let keys: Vec<(u32, String)> = paged
+        .iter()
+        .map(|v| (leaf_of(&v.key), v.key.clone()))
+        .collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted, "in (leaf, key) order");
@@ -141,7 +144,10 @@ async fn a_store_from_before_the_tree_gets_it_at_open_and_lost_keys_keep_it_cons
 
     // Lost keys: the digest, the counts and the tree lose them together.
     let lost: Vec<String> = vec!["k3".into(), "k200".into()];
-    assert_eq!(lose_keys(store.as_ref(), "situation", &lost).expect("lose"), 2);
+    assert_eq!(
+        lose_keys(store.as_ref(), "situation", &lost).expect("lose"),
+        2
+    );
     let r = open(&store).expect("reopen");
     assert_folds(&r).await;
     let meta = r.collection("situation").await.expect("meta");

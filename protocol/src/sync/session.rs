@@ -680,9 +680,7 @@ impl Session {
         };
         if let Some(v) = versions.iter().find(|v| {
             v.collection != collection
-                || leaves
-                    .binary_search(&crate::tree::leaf_of(&v.key))
-                    .is_err()
+                || leaves.binary_search(&crate::tree::leaf_of(&v.key)).is_err()
         }) {
             let e = SyncError::Store(format!(
                 "leaf load of {collection} returned {}/{}",
@@ -828,9 +826,9 @@ impl Session {
                     MessageV2::RepairBatch(b) => {
                         let (versions, key) = self.tree.on_batch(b)?;
                         let view = recv_view!(self);
-                        let parts = self
-                            .rx
-                            .on_repair_versions(view, &mut self.out, &key.0, versions);
+                        let parts =
+                            self.rx
+                                .on_repair_versions(view, &mut self.out, &key.0, versions);
                         self.tree.applying(&mut self.out, &key, parts);
                         Ok(())
                     }

@@ -151,7 +151,9 @@ impl TreeRepair {
     /// peer may descend it.
     pub(super) fn arm(&mut self, collection: &str) -> Result<(), SyncError> {
         if !self.armed.contains_key(collection) && self.armed.len() >= MAX_ARMED_TREES {
-            return Err(SyncError::LimitExceeded("collections armed for a tree repair"));
+            return Err(SyncError::LimitExceeded(
+                "collections armed for a tree repair",
+            ));
         }
         self.armed.insert(collection.to_owned(), Armed::default());
         Ok(())
@@ -161,7 +163,10 @@ impl TreeRepair {
     /// this side armed it.
     pub(super) fn on_full_repair(&mut self, collection: &str) -> Result<(), SyncError> {
         if self.armed.remove(collection).is_none() {
-            return Err(unexpected(collection, "full repair of a collection not found different"));
+            return Err(unexpected(
+                collection,
+                "full repair of a collection not found different",
+            ));
         }
         Ok(())
     }
@@ -170,10 +175,16 @@ impl TreeRepair {
     pub(super) fn on_request(&mut self, out: &mut Outbox, r: TreeRequest) -> Result<(), SyncError> {
         let exchanging = self.sends.contains_key(&(r.collection.clone(), false));
         let Some(armed) = self.armed.get_mut(&r.collection) else {
-            return Err(unexpected(&r.collection, "tree request for a collection not found different"));
+            return Err(unexpected(
+                &r.collection,
+                "tree request for a collection not found different",
+            ));
         };
         if armed.pending.is_some() || exchanging {
-            return Err(unexpected(&r.collection, "tree request while the last one is answered"));
+            return Err(unexpected(
+                &r.collection,
+                "tree request while the last one is answered",
+            ));
         }
         armed.requests += 1;
         if armed.requests > MAX_TREE_REQUESTS {
@@ -268,12 +279,14 @@ impl TreeRepair {
             return Err(unexpected(&r.collection, "tree reply to no request"));
         };
         if r.level != d.level
-            || r
-                .differing
+            || r.differing
                 .iter()
                 .any(|n| d.parents.binary_search(&(n / FANOUT)).is_err())
         {
-            return Err(unexpected(&r.collection, "tree reply naming nodes not asked"));
+            return Err(unexpected(
+                &r.collection,
+                "tree reply naming nodes not asked",
+            ));
         }
         if r.differing.is_empty() {
             let c = r.collection;
@@ -379,7 +392,10 @@ impl TreeRepair {
     ) -> Result<(Vec<Version>, (String, bool)), SyncError> {
         let key = (b.collection.clone(), !b.requester);
         let Some(recv) = self.recvs.get_mut(&key).filter(|r| !r.last) else {
-            return Err(unexpected(&b.collection, "repair versions without an exchange of leaves"));
+            return Err(unexpected(
+                &b.collection,
+                "repair versions without an exchange of leaves",
+            ));
         };
         if let Some(v) = b
             .versions
@@ -388,7 +404,10 @@ impl TreeRepair {
         {
             return Err(unexpected(
                 &b.collection,
-                &format!("repair version of {} outside the differing leaves", clip(&v.key)),
+                &format!(
+                    "repair version of {} outside the differing leaves",
+                    clip(&v.key)
+                ),
             ));
         }
         recv.last = b.last;
@@ -425,12 +444,11 @@ impl TreeRepair {
     /// The peer's `RepairApplied`: our share of the exchange is done.
     pub(super) fn on_peer_applied(&mut self, r: RepairApplied) -> Result<(), SyncError> {
         let key = (r.collection.clone(), !r.requester);
-        let Some(send) = self
-            .sends
-            .get_mut(&key)
-            .filter(|s| s.done && !s.confirmed)
-        else {
-            return Err(unexpected(&r.collection, "repair confirmation of nothing sent"));
+        let Some(send) = self.sends.get_mut(&key).filter(|s| s.done && !s.confirmed) else {
+            return Err(unexpected(
+                &r.collection,
+                "repair confirmation of nothing sent",
+            ));
         };
         send.confirmed = true;
         self.check_done(&key);
@@ -502,7 +520,14 @@ impl TreeRepair {
         }
     }
 
-    fn ask_store(&mut self, out: &mut Outbox, collection: &str, level: u8, parents: Vec<u32>, ours: bool) {
+    fn ask_store(
+        &mut self,
+        out: &mut Outbox,
+        collection: &str,
+        level: u8,
+        parents: Vec<u32>,
+        ours: bool,
+    ) {
         self.waiters.push_back((collection.to_owned(), level, ours));
         out.action(Action::TreeDigests {
             collection: collection.to_owned(),

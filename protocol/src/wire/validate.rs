@@ -10,8 +10,7 @@ use crate::version::{check_author, Version, MAX_SIGNATURE_BYTES};
 use super::error::{clip, WireError};
 use super::message::{
     Ack, Batch, Complete, DigestReply, DigestRequest, ErrorFrame, Hello, HelloAck, Message,
-    MessageV1, MessageV2, RepairBatch, TreeReply, TreeRequest, MAX_RELEASE_BYTES,
-    MAX_TREE_PARENTS,
+    MessageV1, MessageV2, RepairBatch, TreeReply, TreeRequest, MAX_RELEASE_BYTES, MAX_TREE_PARENTS,
 };
 use super::v1::VersionV1;
 

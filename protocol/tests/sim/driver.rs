@@ -317,8 +317,13 @@ impl World {
                 max_versions,
                 max_bytes,
             } => {
-                let (vs, next) =
-                    r.load_leaves(&collection, &leaves, after.as_ref(), max_versions, max_bytes);
+                let (vs, next) = r.load_leaves(
+                    &collection,
+                    &leaves,
+                    after.as_ref(),
+                    max_versions,
+                    max_bytes,
+                );
                 s.handle_leaves_loaded(&collection, vs, next);
             }
         }

@@ -136,7 +136,10 @@ pub(super) async fn run_action(session: &mut Session, replica: &Replica, action:
             collection,
             level,
             parents,
-        } => match replica.tree_digests(&collection, level, parents.clone()).await {
+        } => match replica
+            .tree_digests(&collection, level, parents.clone())
+            .await
+        {
             Ok(digests) => {
                 session.handle_tree_digests(&collection, level, &parents, digests);
                 None

@@ -6,8 +6,7 @@ use super::pair::{Pair, Store};
 use super::*;
 use crate::tree::{leaf_of, node_of_leaf, FANOUT, LEVELS};
 use crate::wire::{
-    DigestRequest, FullRepair, RepairApplied, RepairBatch, TreeReply, TreeRequest,
-    MAX_TREE_PARENTS,
+    DigestRequest, FullRepair, RepairApplied, RepairBatch, TreeReply, TreeRequest, MAX_TREE_PARENTS,
 };
 
 /// `n` versions of each of the hub and the spoke, with keys `origin/counter`.
@@ -121,8 +120,7 @@ fn a_divergence_the_tree_cannot_see_gets_a_full_reconciliation() {
                     parents,
                 } => {
                     let leaves = hub.versions.values().map(|v| {
-                        let e =
-                            Digest::element(&v.key, &v.dot, &ValueMeta::of(v.value.as_deref()));
+                        let e = Digest::element(&v.key, &v.dot, &ValueMeta::of(v.value.as_deref()));
                         (leaf_of(&v.key), e)
                     });
                     let digests = crate::tree::child_digests(level, &parents, leaves);
@@ -379,7 +377,11 @@ fn a_descent_is_bounded_and_checked_at_every_step() {
         last: false,
         requester: true,
     };
-    let code = refused(exchanging_acceptor(), StreamKind::Bulk, batch(outside).into());
+    let code = refused(
+        exchanging_acceptor(),
+        StreamKind::Bulk,
+        batch(outside).into(),
+    );
     assert_eq!(code, ErrorCode::Malformed);
 
     // In the agreed leaf but beyond this node's vector: dropped and counted, not applied.

@@ -20,8 +20,8 @@ use officesync_tests::{ApiClient, TestNode};
 use serde_json::json;
 
 use crate::replication::{
-    api_status, daemon_sync_addr, filled_hub_at, progress, rec_key, shutdown, spawn_daemon,
-    start, wait_api_digest, wait_digest, Kind, Pki, Sizes, COLL, HUB, OFFICE_A,
+    api_status, daemon_sync_addr, filled_hub_at, progress, rec_key, shutdown, spawn_daemon, start,
+    wait_api_digest, wait_digest, Kind, Pki, Sizes, COLL, HUB, OFFICE_A,
 };
 use crate::{emit, TableRow};
 
@@ -42,7 +42,9 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) -> Resul
     let n = s.repair_records;
     let dir = tempfile::tempdir()?;
     let (hub_dir, office_dir) = (dir.path().join("hub"), dir.path().join("office"));
-    progress(format_args!("repair: hub with {n} records, office catching up"));
+    progress(format_args!(
+        "repair: hub with {n} records, office catching up"
+    ));
     let (hub, target, _) = filled_hub_at(pki, &hub_dir.join("data"), n, Kind::Random).await?;
     let office = start(
         pki,
@@ -121,11 +123,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) -> Resul
                     bytes(tree.wire as f64),
                     tree.secs
                 ),
-                baseline: format!(
-                    "{} and {:.2} s in full",
-                    bytes(full.wire as f64),
-                    full.secs
-                ),
+                baseline: format!("{} and {:.2} s in full", bytes(full.wire as f64), full.secs),
                 ratio: Some(share),
                 target: "≤ 5 % of the bytes, faster".into(),
                 met: Some(share <= 0.05 && tree.secs < full.secs),
@@ -139,7 +137,10 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) -> Resul
 fn forget(data: &Path, keys: &[String]) -> Result<()> {
     let store = SledStore::open(data).context("opening the office's store")?;
     let lost = lose_keys(&store, COLL, keys)?;
-    ensure!(lost as usize >= keys.len(), "lost {lost} versions of {keys:?}");
+    ensure!(
+        lost as usize >= keys.len(),
+        "lost {lost} versions of {keys:?}"
+    );
     Ok(())
 }
 
