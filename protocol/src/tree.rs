@@ -91,6 +91,12 @@ pub fn differing_children(parents: &[u32], ours: &[Digest], theirs: &[Digest]) -
     out
 }
 
+/// Where a leaf load stops and the next resumes: after this `(leaf, key)`.
+pub type LeafPosition = (u32, String);
+
+/// One page of a leaf load: the versions, and where to resume when some are left.
+pub type LeafPage = (Vec<Version>, Option<LeafPosition>);
+
 /// The reference answer to a leaf load over versions held in memory (test stores and the
 /// simulation use it; the daemon reads its leaf index instead): the versions of the keys whose
 /// leaf is in `leaves` (strictly increasing), in `(leaf, key)` order after `after`, whole keys
@@ -102,7 +108,7 @@ pub fn select_leaves<'a>(
     after: Option<&(u32, String)>,
     max_versions: usize,
     max_bytes: usize,
-) -> (Vec<Version>, Option<(u32, String)>) {
+) -> LeafPage {
     let mut keyed: Vec<((u32, &str), &Version)> = versions
         .into_iter()
         .map(|v| ((leaf_of(&v.key), v.key.as_str()), v))

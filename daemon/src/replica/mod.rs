@@ -906,7 +906,7 @@ impl Replica {
         after: Option<(u32, String)>,
         max_versions: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Version>, Option<(u32, String)>), ReplicaError> {
+    ) -> Result<officesync_protocol::tree::LeafPage, ReplicaError> {
         names::validate_collection_name(collection)?;
         let (store, c) = (self.inner.store.clone(), collection.to_owned());
         blocking(move || {

@@ -174,7 +174,7 @@ pub(crate) fn load_leaves(
     after: Option<&(u32, String)>,
     max_versions: usize,
     max_bytes: usize,
-) -> Result<(Vec<Version>, Option<(u32, String)>), ReplicaError> {
+) -> Result<tree::LeafPage, ReplicaError> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut last: Option<(u32, String)> = None;

@@ -223,7 +223,7 @@ impl Replica {
         after: Option<&(u32, String)>,
         max: usize,
         max_bytes: usize,
-    ) -> (Vec<Version>, Option<(u32, String)>) {
+    ) -> tree::LeafPage {
         let versions = self.colls.get(coll).into_iter().flat_map(|c| c.versions());
         tree::select_leaves(versions, leaves, after, max, max_bytes)
     }
