@@ -35,6 +35,8 @@ const PIN: &str = "OFFICESYNC_MAX_PROTOCOL";
 struct Repaired {
     wire: u64,
     secs: f64,
+    /// What the verify request answered.
+    verify: String,
 }
 
 /// Fills a hub, lets the office catch up, then repairs 10 lost records both ways.
@@ -86,7 +88,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) -> Resul
             json!({
                 "figure": "repair", "records": n, "lost": LOST, "mode": mode,
                 "wire_bytes": r.wire, "differing_bytes": differing,
-                "secs_until_digests_match": r.secs,
+                "secs_until_digests_match": r.secs, "verify": r.verify,
                 "ratio": r.wire as f64 / differing as f64, "ratio_of": "wire bytes / differing bytes",
                 "wire_source": "UDP payloads through a proxy, both directions, from the verify request to equal digests + 300 ms",
             }),
@@ -167,12 +169,16 @@ async fn repair(
     let secs = done.duration_since(t0).as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let wire = wire(&proxy) - before;
-    let reply = verify.await??;
-    ensure!(reply.status == 200, "verify: HTTP {}", reply.status);
+    // The request may give up first (the client's timeout, the daemon's 20 s per peer): the
+    // digests, not its answer, say when the repair is done.
+    let verify = match verify.await? {
+        Ok(reply) => format!("HTTP {}", reply.status),
+        Err(e) => format!("no answer: {e}"),
+    };
     for node in [&office, &hub] {
         node.stop();
     }
-    Ok(Repaired { wire, secs })
+    Ok(Repaired { wire, secs, verify })
 }
 
 /// UDP payload bytes the proxy forwarded both ways.
