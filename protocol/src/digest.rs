@@ -19,10 +19,24 @@ pub struct Digest(pub [u8; 32]);
 impl Digest {
     /// Adds or removes (the same operation) one version.
     pub fn toggle(&mut self, key: &str, dot: &Dot, value: &ValueMeta) {
-        let h = element_hash(key, dot, value);
-        for (a, b) in self.0.iter_mut().zip(h.iter()) {
+        self.xor(&Self::element(key, dot, value));
+    }
+
+    /// The digest of one version alone: toggling it in is XOR-ing this in.
+    pub fn element(key: &str, dot: &Dot, value: &ValueMeta) -> Digest {
+        Digest(element_hash(key, dot, value))
+    }
+
+    /// XORs `other` in: the digest of both sets of versions (or of their difference).
+    pub fn xor(&mut self, other: &Digest) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
             *a ^= b;
         }
+    }
+
+    /// True for the digest of no version.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
     }
 
     /// Lowercase hex.

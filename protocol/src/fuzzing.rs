@@ -583,6 +583,20 @@ impl Harness {
                 let digest = Digest([b.u8() % 2; 32]);
                 self.session.handle_local_digest(&collection, digest, vv);
             }
+            Action::TreeDigests {
+                collection,
+                level,
+                parents,
+            } => {
+                let n = parents.len() * crate::tree::FANOUT as usize;
+                let digests = (0..n).map(|_| Digest([b.u8() % 2; 32])).collect();
+                self.session
+                    .handle_tree_digests(&collection, level, &parents, digests);
+            }
+            Action::LoadLeaves { collection, .. } => {
+                self.session
+                    .handle_leaves_loaded(&collection, Vec::new(), None);
+            }
         }
     }
 
@@ -662,7 +676,7 @@ impl Harness {
                     self.local_relay || origin.node_name() == LOCAL || origin.node_name() == PEER
                 );
             }
-            Action::Digest { .. } => {}
+            Action::Digest { .. } | Action::TreeDigests { .. } | Action::LoadLeaves { .. } => {}
         }
     }
 
@@ -692,10 +706,16 @@ impl Harness {
             }
         }
         let held = self.held.entry(collection.clone()).or_default();
+        // A leaf repair's part completes through 0: its versions must be held already.
+        let bound = if *through == 0 {
+            held.get(origin)
+        } else {
+            *through
+        };
         for v in versions {
             assert_eq!(&v.dot.origin, origin);
             assert_eq!(&v.collection, collection);
-            assert!(v.dot.counter <= *through, "version above its completion");
+            assert!(v.dot.counter <= bound, "version above its completion");
             assert!(v.value.as_ref().is_none_or(|x| x.len() <= MAX_VALUE_BYTES));
             if let Some((o, n)) = v
                 .context

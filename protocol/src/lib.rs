@@ -1,6 +1,6 @@
 //! Sans-IO core of officesync: names, dots, version vectors, hybrid logical clocks,
-//! versions with their causal context, the merge rules, shadow versions and collection
-//! digests.
+//! versions with their causal context, the merge rules, shadow versions, collection
+//! digests and the hash tree repair descends.
 //! No sockets, no clock, no storage: callers pass `now` in and persist what comes out.
 
 pub mod codec;
@@ -18,6 +18,7 @@ pub mod shadow;
 pub mod signing;
 pub mod status;
 pub mod sync;
+pub mod tree;
 pub mod version;
 pub mod wire;
 

@@ -33,8 +33,9 @@ pub use frame::{
     FrameFlags, FRAME_HEADER_LEN,
 };
 pub use message::{
-    About, Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, Heartbeat,
-    Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, Restart, MAX_RELEASE_BYTES,
+    About, Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, FullRepair,
+    Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, RepairApplied,
+    RepairBatch, Restart, TreeReply, TreeRequest, MAX_RELEASE_BYTES, MAX_TREE_PARENTS,
 };
 pub use v1::{BatchV1, VersionV1};
 pub use validate::{
@@ -45,9 +46,10 @@ pub use validate::{
 /// The highest protocol version this build speaks; sent in [`Hello::protocol`]. A session
 /// speaks the highest version both nodes do (the acceptor's [`HelloAck::protocol`]).
 ///
-/// Version 3 adds no message: its senders may open a second unidirectional stream, the urgent
-/// stream, for the batches and completions of urgent collections (every `(collection,
-/// origin)` stream stays on one QUIC stream, so the receiver's order checks are unchanged).
+/// Version 3 adds the hash-tree repair (its messages travel as [`Message::V2`] variants), and
+/// its senders may open a second unidirectional stream, the urgent stream, for the batches and
+/// completions of urgent collections (every `(collection, origin)` stream stays on one QUIC
+/// stream, so the receiver's order checks are unchanged).
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build still speaks (with nodes of the previous release).

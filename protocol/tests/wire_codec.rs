@@ -7,9 +7,9 @@ use officesync_protocol::names::NameError;
 use officesync_protocol::wire::{
     decode_message, encode_frame, encode_message, encode_raw_frame, About, Ack, Batch, Complete,
     Compression, DigestReply, DigestRequest, ErrorCode, ErrorFrame, Frame, FrameDecoder,
-    FrameFlags, Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, WireError,
-    DEFAULT_MAX_VALUE_BYTES, FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    FrameFlags, FullRepair, Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2,
+    RepairApplied, RepairBatch, TreeReply, TreeRequest, WireError, DEFAULT_MAX_VALUE_BYTES,
+    FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
 use proptest::prelude::*;
@@ -306,6 +306,35 @@ fn sample_messages() -> Vec<Message> {
             cluster_id: "ab".repeat(32),
         }
         .into(),
+        TreeRequest {
+            collection: "situation".into(),
+            level: 2,
+            parents: vec![3, 9],
+            digests: vec![Digest([5; 32]); 32],
+        }
+        .into(),
+        TreeReply {
+            collection: "situation".into(),
+            level: 2,
+            differing: vec![48, 151],
+        }
+        .into(),
+        RepairBatch {
+            collection: "situation".into(),
+            versions: vec![ver(&r, 3), ver(&rid("wuhu"), 1)],
+            last: true,
+            requester: false,
+        }
+        .into(),
+        RepairApplied {
+            collection: "situation".into(),
+            requester: true,
+        }
+        .into(),
+        FullRepair {
+            collection: "situation".into(),
+        }
+        .into(),
     ]
 }
 
@@ -398,14 +427,14 @@ proptest! {
 fn sample_of_every_variant_round_trips_and_validates() {
     let msgs = sample_messages();
     let kinds: BTreeSet<&str> = msgs.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 11, "a sample of every kind");
+    assert_eq!(kinds.len(), 16, "a sample of every kind");
     let mut stream = Vec::new();
     for m in &msgs {
         assert_eq!(m.validate(DEFAULT_MAX_VALUE_BYTES), Ok(()), "{}", m.kind());
         // The dialer's hello always travels as version 1, so nodes of either version negotiate;
         // the acceptor answers in the version agreed.
         let v1_form = matches!(m, Message::V1(MessageV1::Hello(_) | MessageV1::HelloAck(_)));
-        // Protocol 3 added no message: its frames are version-2 messages.
+        // Version 3 only added messages to version 2's layout: its frames are version-2 messages.
         let expected = if v1_form { 1 } else { 2 };
         assert_eq!(m.protocol_version(), expected, "{}", m.kind());
         stream.extend(encode_frame(m, FrameFlags::NONE).expect("encodes"));
@@ -607,10 +636,10 @@ fn unknown_tags_are_refused() {
     let err = decode_message(&[2, 5, 1, 2]).expect_err("V3");
     assert_eq!(err, WireError::UnsupportedVersion { version: 3 });
     assert_eq!(
-        decode_message(&[1, 13, 1, 2]),
+        decode_message(&[1, 18, 1, 2]),
         Err(WireError::UnknownTag {
             type_name: "MessageV2",
-            found: 13
+            found: 18
         })
     );
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);

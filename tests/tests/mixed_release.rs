@@ -87,7 +87,13 @@ fn mixed(hub_old: bool, hefei_old: bool, beijing_old: bool) {
         );
     }
 
-    let expect = |old: bool| if old { 1 } else { 3 };
+    let expect = |old: bool| -> u64 {
+        if old {
+            1
+        } else {
+            officesync_protocol::wire::PROTOCOL_VERSION.into()
+        }
+    };
     for (office, old) in [(HEFEI, hefei_old), (BEIJING, beijing_old)] {
         let (protocol, release) = peer_versions(&hub, office);
         assert_eq!(protocol, expect(old || hub_old), "hub's view of {office}");

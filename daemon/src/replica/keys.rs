@@ -14,6 +14,9 @@
 //! - `F` + len + collection + cursor: the change log (see [`super::changes`]).
 //! - `H` + len + collection + key: the key's history, the versions superseded here (see
 //!   [`super::history`]); a superseded large value keeps its `V` chunks while it is in it.
+//! - `T` + len + collection + leaf: the digest of one leaf of the collection's hash tree
+//!   (32 bytes; no row for an empty leaf; see [`super::tree`]).
+//! - `L` + len + collection + leaf + key: the leaf index, one empty row per key.
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
 //! chunk numbers are big-endian so they sort numerically.
@@ -32,6 +35,8 @@ pub(crate) const CHUNK: u8 = b'V';
 pub(crate) const INDEX: u8 = b'I';
 pub(crate) const CHANGE: u8 = b'F';
 pub(crate) const HISTORY: u8 = b'H';
+pub(crate) const TREE: u8 = b'T';
+pub(crate) const LEAF: u8 = b'L';
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
@@ -113,6 +118,38 @@ pub(crate) fn index_prefix(coll: &str, pointer: &str) -> Vec<u8> {
     let mut k = with_coll(INDEX, coll);
     k.push(pointer.len() as u8);
     k.extend_from_slice(pointer.as_bytes());
+    k
+}
+
+/// Prefix of every leaf row of the hash tree of `coll`.
+pub(crate) fn tree_prefix(coll: &str) -> Vec<u8> {
+    with_coll(TREE, coll)
+}
+
+/// The row of leaf `leaf` of the hash tree of `coll`.
+pub(crate) fn tree_leaf(coll: &str, leaf: u32) -> Vec<u8> {
+    let mut k = tree_prefix(coll);
+    k.extend_from_slice(&leaf.to_be_bytes());
+    k
+}
+
+/// The leaf at the end of a tree row's key.
+pub(crate) fn leaf_of_tree_key(k: &[u8]) -> Option<u32> {
+    let at = k.len().checked_sub(4)?;
+    Some(u32::from_be_bytes(k[at..].try_into().ok()?))
+}
+
+/// Prefix of the leaf-index rows of leaf `leaf` of `coll`.
+pub(crate) fn leaf_prefix(coll: &str, leaf: u32) -> Vec<u8> {
+    let mut k = with_coll(LEAF, coll);
+    k.extend_from_slice(&leaf.to_be_bytes());
+    k
+}
+
+/// The leaf-index row of `key` (in leaf `leaf`) of `coll`.
+pub(crate) fn leaf_entry(coll: &str, leaf: u32, key: &str) -> Vec<u8> {
+    let mut k = leaf_prefix(coll, leaf);
+    k.extend_from_slice(key.as_bytes());
     k
 }
 

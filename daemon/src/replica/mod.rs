@@ -12,6 +12,7 @@ mod history;
 mod index;
 mod keys;
 mod read;
+mod tree;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,7 @@ pub use read::{
     ConflictsPage, SiblingRead, SiblingsRead, WinnerRead, SCAN_FILTER_BYTES, SCAN_MAX_EXAMINED,
     SCAN_PAGE_BYTES, SIBLING_VALUES_BUDGET,
 };
+pub use tree::lose_keys;
 pub use writer::ApplyReport;
 
 /// Values longer than this are stored in chunks rather than inside the sibling record.
@@ -625,6 +627,13 @@ impl Replica {
                 keys::DOTS_PER_BLOCK
             );
         }
+        let built = tree::build(store.as_ref())?;
+        if built > 0 {
+            tracing::info!(
+                keys = built,
+                "built the hash trees of the collections for repair"
+            );
+        }
         let indexes = Arc::new(IndexCatalog::new(&opts.indexes)?);
         index::prepare(store.as_ref(), &indexes)?;
         // Whatever the store recovered is made durable now, so it may be offered to peers.
@@ -871,6 +880,46 @@ impl Replica {
             max_versions,
             max_bytes,
         ))
+    }
+
+    /// The digests of the hash-tree nodes of `collection` at `level` that are the children of
+    /// `parents` ([`officesync_protocol::tree::child_digests`]), from the applied state.
+    pub async fn tree_digests(
+        &self,
+        collection: &str,
+        level: u8,
+        parents: Vec<u32>,
+    ) -> Result<Vec<Digest>, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let (store, c) = (self.inner.store.clone(), collection.to_owned());
+        blocking(move || tree::child_digests(store.as_ref(), &c, level, &parents)).await
+    }
+
+    /// The current versions of the keys of `collection` in the leaf buckets `leaves`
+    /// (strictly increasing), in `(leaf, key)` order after `after`: whole keys, until
+    /// `max_versions` versions or about `max_bytes` of values; with where to resume when
+    /// some are left.
+    pub async fn leaf_versions(
+        &self,
+        collection: &str,
+        leaves: Vec<u32>,
+        after: Option<(u32, String)>,
+        max_versions: usize,
+        max_bytes: usize,
+    ) -> Result<officesync_protocol::tree::LeafPage, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let (store, c) = (self.inner.store.clone(), collection.to_owned());
+        blocking(move || {
+            tree::load_leaves(
+                store.as_ref(),
+                &c,
+                &leaves,
+                after.as_ref(),
+                max_versions,
+                max_bytes,
+            )
+        })
+        .await
     }
 
     /// Watches what replication may offer peers (see [`DurableState`]).
@@ -1144,3 +1193,5 @@ async fn blocking<T: Send + 'static>(
 mod index_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_tests;

@@ -18,6 +18,7 @@ use super::encoding::{decode_siblings, encode, load_meta, Body, StoredSibling};
 use super::history::HistoryEdits;
 use super::index::{IndexCatalog, IndexEdits};
 use super::keys;
+use super::tree::{LeafCache, TreeEdits};
 use super::{
     now_ms, CollectionMeta, CommitMode, LocalWrite, ReplicaError, ReplicaOptions, ReplicaStats,
     Request, WriteAck, CHUNK_SIZE, INLINE_VALUE_MAX,
@@ -61,6 +62,8 @@ pub(crate) struct Writer {
     signer: Option<Arc<crate::signing::NodeSigner>>,
     /// Dot-index rows committed lately.
     dot_rows: RowCache,
+    /// Leaf digests of the hash trees committed lately.
+    leaf_cache: LeafCache,
     /// The declared secondary indexes, kept with each record.
     indexes: Arc<IndexCatalog>,
     /// The change log's last cursor and floor.
@@ -104,6 +107,8 @@ struct Group {
     changes: ChangeEdits,
     /// The versions this group supersedes, for the keys' history.
     history: HistoryEdits,
+    /// The leaf digests and leaf-index rows this group changes.
+    tree: TreeEdits,
 }
 
 /// A local version of the group awaiting its signature: where it is, and the bytes to sign.
@@ -145,6 +150,7 @@ impl Writer {
             stats,
             signer: opts.signer.clone(),
             dot_rows: RowCache::default(),
+            leaf_cache: LeafCache::default(),
             indexes,
             log,
             changes_kept: opts.changes_kept.max(1),
@@ -334,6 +340,11 @@ impl Writer {
             }
             g.changes.write(self.log.last, log.floor, &mut g.batch)?;
             g.history.write(self.store.as_ref(), &mut g.batch)?;
+            std::mem::take(&mut g.tree).write(
+                self.store.as_ref(),
+                &mut self.leaf_cache,
+                &mut g.batch,
+            )?;
             if !g.batch.is_empty() {
                 g.batch.put(
                     keys::meta("generation"),
@@ -363,6 +374,7 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                self.leaf_cache.clear();
                 tracing::error!(error = %e, "store write failed; failing the writes of this group");
                 Err(e)
             }
@@ -820,7 +832,11 @@ fn merge_version(
     let was_empty = siblings.is_empty();
     let was_live = merge::winner(&siblings).is_some_and(|w| !w.header.value.is_tombstone());
     // Counted and indexed before the header moves into the record.
-    meta.digest.toggle(key, &header.dot, &header.value);
+    let element = g.tree.toggle(coll, key, &header.dot, &header.value);
+    meta.digest.xor(&element);
+    if was_empty {
+        g.tree.new_key(coll, key, batch);
+    }
     meta.max_hlc = meta.max_hlc.max(header.hlc);
     dots.insert(coll, &header.dot, key);
     // The value moves into the record (inline) or into its chunks: never copied whole.
@@ -844,7 +860,8 @@ fn merge_version(
     };
     if let Applied::Inserted { removed } = merge::apply(&mut siblings, sibling) {
         for old in removed {
-            meta.digest.toggle(key, &old.header.dot, &old.header.value);
+            let element = g.tree.toggle(coll, key, &old.header.dot, &old.header.value);
+            meta.digest.xor(&element);
             meta.versions -= 1;
             dots.remove(coll, &old.header.dot);
             g.history.supersede(coll, key, old, batch);

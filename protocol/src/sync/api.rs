@@ -50,6 +50,38 @@ pub enum Action {
         /// The collection.
         collection: String,
     },
+    /// Compute the digests of the hash-tree nodes at `level` that are the children of
+    /// `parents` (nodes at `level - 1`, strictly increasing), [`FANOUT`](crate::tree::FANOUT)
+    /// per parent in order, as [`crate::tree::child_digests`] folds them from the collection's
+    /// current versions; answer with
+    /// [`Session::handle_tree_digests`](super::Session::handle_tree_digests).
+    TreeDigests {
+        /// The collection.
+        collection: String,
+        /// The level of the digests (1 to [`LEVELS`](crate::tree::LEVELS)).
+        level: u8,
+        /// The parents.
+        parents: Vec<u32>,
+    },
+    /// Read the current versions (every sibling, tombstones included, with values, authors
+    /// and signatures) of the keys whose leaf ([`crate::tree::leaf_of`]) is in `leaves`
+    /// (strictly increasing), in `(leaf, key)` order, after `after`; at most `max_versions`
+    /// and about `max_bytes` of values, but always every sibling of at least one key when
+    /// there is one. Answer with
+    /// [`Session::handle_leaves_loaded`](super::Session::handle_leaves_loaded), giving the
+    /// `(leaf, key)` of the last key returned when the read was cut short, else `None`.
+    LoadLeaves {
+        /// The collection.
+        collection: String,
+        /// The leaves.
+        leaves: Vec<u32>,
+        /// Where to resume: after this `(leaf, key)`.
+        after: Option<(u32, String)>,
+        /// Most versions to return.
+        max_versions: usize,
+        /// About the most value bytes to return.
+        max_bytes: usize,
+    },
 }
 
 /// One `(collection, origin)` stream's share of an [`Action::Apply`].
@@ -102,7 +134,8 @@ pub enum Event {
         /// The counter.
         through: u64,
     },
-    /// Equal vectors but different digests: a full reconciliation of the collection started.
+    /// Equal vectors but different digests: a reconciliation of the collection started (full,
+    /// or from protocol 3 on through the hash tree).
     DigestMismatch {
         /// The collection.
         collection: String,
@@ -131,9 +164,9 @@ pub enum VerifyOutcome {
     Equal,
     /// The vectors differ: replication in flight explains any difference; try again later.
     VectorsDiffer,
-    /// The digests differed at equal vectors; after a full reconciliation they are equal.
+    /// The digests differed at equal vectors; after a reconciliation they are equal.
     Repaired,
-    /// The digests still differ after a full reconciliation (another one has started).
+    /// The digests still differ after a reconciliation (a full one has started).
     StillDifferent,
 }
 
@@ -167,8 +200,12 @@ pub struct SessionStatus {
     pub versions_received: u64,
     /// Versions refused by the relay rule.
     pub rejected: u64,
-    /// Full reconciliations started.
+    /// Reconciliations started (full or through the hash tree).
     pub repairs: u64,
+    /// Descents of the hash tree started by this side (protocol 3).
+    pub tree_repairs: u64,
+    /// Versions re-sent for the leaves of tree repairs.
+    pub repair_versions_sent: u64,
 }
 
 /// Replication state of one collection towards the peer.

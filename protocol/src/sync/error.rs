@@ -63,6 +63,14 @@ pub enum SyncError {
         /// What was wrong.
         what: String,
     },
+    /// A tree-repair message that answers nothing this side asked or armed (protocol 3).
+    #[error("tree repair of {collection}: {what}")]
+    Tree {
+        /// The collection (clipped).
+        collection: String,
+        /// What was wrong.
+        what: String,
+    },
     /// The peer made the session hold more than its bounds.
     #[error("peer exceeded a session limit: {0}")]
     LimitExceeded(&'static str),
@@ -98,9 +106,10 @@ impl SyncError {
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             Self::WrongCluster { .. } => ErrorCode::WrongCluster,
             Self::NodeMismatch { .. } => ErrorCode::NotAuthorized,
-            Self::Unexpected { .. } | Self::WrongStream { .. } | Self::CompressionNotOffered(_) => {
-                ErrorCode::Malformed
-            }
+            Self::Unexpected { .. }
+            | Self::WrongStream { .. }
+            | Self::CompressionNotOffered(_)
+            | Self::Tree { .. } => ErrorCode::Malformed,
             Self::OutOfOrder { .. } => ErrorCode::OutOfOrder,
             Self::LimitExceeded(_) => ErrorCode::FrameTooLarge,
             Self::IdleTimeout(_) | Self::Store(_) => ErrorCode::Internal,

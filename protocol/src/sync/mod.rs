@@ -110,6 +110,17 @@
 //! round has been armed in this session (the requester arms when it sends its request, the
 //! replier when it answers "different"), at most once per armed round.
 //!
+//! **Repair through the hash tree** (protocol 3, [`crate::tree`]). At equal vectors but
+//! different digests neither side re-streams at first: the requester descends the tree with
+//! [`Action::TreeDigests`] and `TreeRequest`/`TreeReply` (the replier answers only for a
+//! collection it found different), level by level into the differing nodes only; at the
+//! leaves both sides re-send the current versions of the differing leaves
+//! ([`Action::LoadLeaves`], `RepairBatch`), applied with `repair: true` Applies whose parts
+//! complete through 0 (every dot is one the vectors already cover: a version that is not is
+//! refused, so a repair never moves a vector), and confirm with `RepairApplied`. The follow-up
+//! round then reports `Repaired`, or `StillDifferent` and a full reconciliation
+//! (`FullRepair`). A session of protocol 2 or 1 keeps the full reconciliation.
+//!
 //! Everything from the peer is validated ([`Message::validate`](crate::wire::Message::validate)
 //! plus the session's own rules) and bounded; nothing panics on any input.
 
@@ -123,11 +134,13 @@ mod recv;
 mod repair;
 mod send;
 mod session;
+mod tree;
 
 pub use api::{Action, ApplyPart, CollectionStatus, Event, SessionStatus, VerifyOutcome};
 pub use config::{PeerIdentity, Role, SessionConfig, StreamKind};
 pub use error::SyncError;
 pub use session::Session;
+pub use tree::MAX_ARMED_TREES;
 
 #[cfg(test)]
 mod tests;

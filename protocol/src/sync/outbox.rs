@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::{Batch, Complete, Hello, Message, MessageV1, Restart};
+use crate::wire::{Batch, Complete, Hello, Message, MessageV1, RepairBatch, Restart};
 
 use super::api::{Action, Event, SessionStatus};
 
@@ -54,6 +54,11 @@ impl Outbox {
     /// Queues `c` on the stream `lane`.
     pub(super) fn complete(&mut self, lane: Lane, c: Complete) {
         self.lane(lane).push_back(c.into());
+    }
+
+    /// Queues `b` on the bulk stream (protocol 3).
+    pub(super) fn repair_batch(&mut self, b: RepairBatch) {
+        self.bulk.push_back(b.into());
     }
 
     /// Queues `r` on the stream `lane` (dropped when the session speaks protocol 1).

@@ -248,6 +248,11 @@ impl<'a> RecvView<'a> {
         self.local
     }
 
+    /// The session's protocol version.
+    pub(super) fn protocol(&self) -> u16 {
+        self.protocol
+    }
+
     /// Our vector of `collection` as sent in the handshake.
     pub(super) fn advertised(&self, collection: &str) -> Option<&'a VersionVector> {
         self.advertised.get(collection)
@@ -598,6 +603,112 @@ impl Rx {
             out.reject(reason, tail.len() as u64);
         }
         Ok(())
+    }
+
+    /// Versions the peer re-sent for a leaf repair (protocol 3, already checked to lie in the
+    /// agreed leaves): each one this node may take becomes part of a repair Apply, one per
+    /// origin, that never moves a vector; the others are dropped and counted. Returns how many
+    /// Applies were emitted.
+    pub(super) fn on_repair_versions(
+        &mut self,
+        view: RecvView<'_>,
+        out: &mut Outbox,
+        collection: &str,
+        versions: Vec<Version>,
+    ) -> usize {
+        out.count_received(versions.len() as u64);
+        let mut parts: BTreeMap<ReplicaId, Vec<Version>> = BTreeMap::new();
+        let mut refused: Option<(String, u64)> = None;
+        for v in versions {
+            match self.repair_refusal(view, collection, &v) {
+                None => parts.entry(v.dot.origin.clone()).or_default().push(v),
+                Some(why) => {
+                    let r = refused.get_or_insert((why, 0));
+                    r.1 += 1;
+                }
+            }
+        }
+        if let Some((why, n)) = refused {
+            out.reject(why, n);
+        }
+        let emitted = parts.len();
+        for (origin, versions) in parts {
+            self.applying += 1;
+            out.action(Action::Apply {
+                parts: vec![ApplyPart {
+                    collection: collection.to_owned(),
+                    origin,
+                    versions,
+                    through: 0,
+                }],
+                repair: true,
+            });
+        }
+        emitted
+    }
+
+    /// Why a version re-sent for a leaf repair may not be taken, if it may not: the rules of
+    /// a stream's versions (the relay rule and announced incarnation, the access policy, the
+    /// clock skew bound, a causal context within what this node holds, the origin's
+    /// signature) and one of its own: its dot must be one this node's vector already covers,
+    /// so a repair never moves a vector nor skips ahead of an origin's stream.
+    fn repair_refusal(&self, view: RecvView<'_>, collection: &str, v: &Version) -> Option<String> {
+        let origin = &v.dot.origin;
+        if !view.accepts_origin(origin) {
+            return Some(format!(
+                "{} is not a relay: refused repair versions of {origin} in {collection}",
+                view.peer.node
+            ));
+        }
+        if !view.peer.is_relay && !view.own_past(origin) && self.announced.as_ref() != Some(origin)
+        {
+            return Some(format!(
+                "incarnation: repair versions of {origin} are not of the incarnation {} announced",
+                view.peer.node
+            ));
+        }
+        if !view.accepts_write(collection, origin) {
+            return Some(format!(
+                "policy: {} may not write {collection}: refused repair versions",
+                origin.node_name()
+            ));
+        }
+        if v.dot.counter > self.holds(view, collection, origin) {
+            return Some(format!(
+                "repair version {} is beyond this node's vector (it comes with the stream)",
+                v.dot
+            ));
+        }
+        if v.hlc.ms > view.now.saturating_add(view.cfg.max_clock_skew_ms) {
+            return Some(format!(
+                "repair version {} is stamped ahead of the local clock",
+                v.dot
+            ));
+        }
+        if let Some((o, n)) = v
+            .context
+            .iter()
+            .filter(|(o, _)| **o != *origin)
+            .find(|(o, n)| *n > self.holds(view, collection, o))
+        {
+            return Some(format!(
+                "causal context of repair version {} covers {o}:{n}, beyond what this node holds",
+                v.dot
+            ));
+        }
+        if let Some(check) = view.signatures {
+            if let Some(bad) = check.first_bad(std::slice::from_ref(v)) {
+                return Some(format!("{}: {}", bad.fault.label(), bad.detail));
+            }
+            if !view.peer.is_relay && view.own_past(origin) && v.signature.is_none() {
+                return Some(format!(
+                    "{}: repair version {} of this node's earlier incarnation carries no signature",
+                    SignatureFault::Unsigned.label(),
+                    v.dot
+                ));
+            }
+        }
+        None
     }
 
     /// A `Restart` from the peer (protocol 2): its stream of `(collection, origin)` starts

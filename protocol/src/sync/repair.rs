@@ -9,6 +9,12 @@
 //! then waits until its re-stream is acknowledged and the peer's has reached the compared
 //! vector (or a fallback delay passed), and runs a follow-up round to report `Repaired` or
 //! `StillDifferent`.
+//!
+//! From protocol 3 on a mismatch at equal vectors re-streams nothing at first: the requester
+//! descends the hash tree with the replier ([`super::tree`]) and they exchange the versions of
+//! the differing leaves only; the follow-up round runs once that exchange is confirmed both
+//! ways. A follow-up that still finds the digests different starts a full reconciliation
+//! (`FullRepair` tells the replier to re-stream too).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -44,8 +50,33 @@ pub(super) struct Repair {
     incoming: BTreeMap<String, DigestRequest>,
     /// Per collection, reconciliations in a row and until when periodic rounds skip it.
     hold: BTreeMap<String, (u32, u64)>,
-    /// Full reconciliations started.
+    /// Reconciliations started.
     started: u64,
+    /// This side's round whose mismatch is being repaired through the hash tree: what its
+    /// follow-up needs once the tree repair ends.
+    tree_round: Option<(String, Sent, bool)>,
+}
+
+/// What the requester does after the peer's `DigestReply`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Nothing (equal, vectors differ, or not an answer to our round).
+    Nothing,
+    /// Re-stream the collection for a full reconciliation.
+    Restart(String),
+    /// Descend the collection's hash tree (protocol 3).
+    Descend(String),
+}
+
+/// What the replier does after answering the peer's `DigestRequest`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answered {
+    /// Nothing: the digests are equal or the vectors differ.
+    Nothing,
+    /// Re-stream the collection for a full reconciliation (protocol 1 and 2).
+    Restart,
+    /// Let the peer descend the collection's hash tree (protocol 3).
+    Arm,
 }
 
 /// Longest periodic back-off after reconciliations that did not help, in repair intervals.
@@ -81,6 +112,8 @@ struct Followup {
     sent: Sent,
     deadline: u64,
     on_demand: bool,
+    /// After a tree repair, whose end was confirmed both ways: ready at once.
+    tree: bool,
 }
 
 /// What the repair rounds read of the rest of the session.
@@ -132,9 +165,27 @@ impl Repair {
         self.started
     }
 
-    /// A round this side started is under way.
+    /// A round this side started is under way (or its tree repair).
     pub(super) fn in_round(&self) -> bool {
-        self.round.is_some()
+        self.round.is_some() || self.tree_round.is_some()
+    }
+
+    /// The tree repair of this side's round on `collection` has ended: its follow-up round
+    /// runs as soon as the session is idle.
+    pub(super) fn tree_finished(&mut self, collection: &str, now: u64) {
+        let Some((c, sent, on_demand)) = self.tree_round.take_if(|(c, _, _)| c == collection)
+        else {
+            return;
+        };
+        self.followups.insert(
+            c,
+            Followup {
+                sent,
+                deadline: now,
+                on_demand,
+                tree: true,
+            },
+        );
     }
 
     /// Queues an on-demand round of `collection` (once).
@@ -154,7 +205,7 @@ impl Repair {
     /// session waits for.
     /// (The session checks it is established and idle.)
     pub(super) fn deadline(&self, view: RepairView<'_>) -> Option<u64> {
-        if self.round.is_some() {
+        if self.in_round() {
             return None;
         }
         let periodic = (view.role == Role::Dialer && view.cfg().repair_interval_ms > 0)
@@ -177,7 +228,7 @@ impl Repair {
     /// then on-demand requests, then the periodic round-robin (dialer only).
     /// (The session checks it is idle.)
     pub(super) fn maybe_start_round(&mut self, view: RepairView<'_>, out: &mut Outbox) {
-        if self.round.is_some() {
+        if self.in_round() {
             return;
         }
         let ready = self
@@ -242,15 +293,15 @@ impl Repair {
         Ok(())
     }
 
-    /// The peer's `DigestReply`: the verdict of our round. Returns the collection whose
-    /// streams to restart for a full reconciliation, if any.
+    /// The peer's `DigestReply`: the verdict of our round — whether to restart the
+    /// collection's streams for a full reconciliation or descend its hash tree.
     pub(super) fn on_digest_reply(
         &mut self,
         view: RepairView<'_>,
         out: &mut Outbox,
         peer_vvs: &mut BTreeMap<String, VersionVector>,
         r: DigestReply,
-    ) -> Option<String> {
+    ) -> Verdict {
         peer_vvs
             .entry(r.collection.clone())
             .or_default()
@@ -260,14 +311,22 @@ impl Repair {
             .as_ref()
             .is_some_and(|x| x.collection == r.collection && x.sent.is_some());
         if !matches {
-            return None; // not an answer to our round: ignore
+            return Verdict::Nothing; // not an answer to our round: ignore
         }
-        let round = self.round.take()?;
-        let sent = round.sent?;
-        let mut restart = None;
+        let Some(Round {
+            on_demand,
+            followup,
+            sent: Some(sent),
+            ..
+        }) = self.round.take()
+        else {
+            return Verdict::Nothing;
+        };
+        let round = (on_demand, followup);
+        let mut restart = Verdict::Nothing;
         let outcome = if r.equal {
             self.hold.remove(&r.collection);
-            if round.followup {
+            if round.1 {
                 VerifyOutcome::Repaired
             } else {
                 VerifyOutcome::Equal
@@ -276,8 +335,13 @@ impl Repair {
             VerifyOutcome::VectorsDiffer
         } else {
             self.begin((view.cfg(), view.now()), out, &r.collection);
-            restart = Some(r.collection.clone());
-            if round.followup {
+            if view.recv.protocol() >= 3 && !round.1 {
+                // Through the tree first; the follow-up runs when its exchange is confirmed.
+                self.tree_round = Some((r.collection.clone(), sent, round.0));
+                return Verdict::Descend(r.collection);
+            }
+            restart = Verdict::Restart(r.collection.clone());
+            if round.1 {
                 VerifyOutcome::StillDifferent
             } else {
                 let deadline = view.now().saturating_add(
@@ -291,13 +355,14 @@ impl Repair {
                     Followup {
                         sent,
                         deadline,
-                        on_demand: round.on_demand,
+                        on_demand: round.0,
+                        tree: false,
                     },
                 );
                 return restart;
             }
         };
-        if round.on_demand {
+        if round.0 {
             out.event(Event::Verified {
                 collection: r.collection,
                 outcome,
@@ -343,8 +408,9 @@ impl Repair {
     }
 
     /// Our digest for the peer's request: answers `DigestReply`; on equal vectors but
-    /// different digests arms the receiving side and starts a full reconciliation (returns
-    /// true: the caller restarts the collection's streams).
+    /// different digests arms the receiving side and starts a reconciliation: full (the
+    /// caller restarts the collection's streams) or, from protocol 3 on, through the tree
+    /// (the caller arms it for the peer's descent).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn reply_digest(
         &mut self,
@@ -354,9 +420,10 @@ impl Repair {
         collection: &str,
         digest: Digest,
         vv: VersionVector,
-    ) -> Result<bool, SyncError> {
+        protocol: u16,
+    ) -> Result<Answered, SyncError> {
         let Some(req) = self.incoming.remove(collection) else {
-            return Ok(false);
+            return Ok(Answered::Nothing);
         };
         let equal = digest == req.digest;
         let mismatch = !equal && vv == req.vv;
@@ -369,11 +436,18 @@ impl Repair {
             }
             .into(),
         );
-        if mismatch {
-            rx.arm(collection)?;
-            self.begin((cfg, now), out, collection);
+        if !mismatch {
+            return Ok(Answered::Nothing);
         }
-        Ok(mismatch)
+        // Armed for a restart in any case: from protocol 3 on the requester may still ask
+        // for a full reconciliation (`FullRepair`).
+        rx.arm(collection)?;
+        self.begin((cfg, now), out, collection);
+        Ok(if protocol >= 3 {
+            Answered::Arm
+        } else {
+            Answered::Restart
+        })
     }
 
     /// A full reconciliation of `collection` starts (the caller restarts its streams).
@@ -394,6 +468,9 @@ impl Repair {
     /// A follow-up may run: our re-stream is acknowledged and the peer's has reached the
     /// compared vector for every origin it sends us, or the fallback delay has passed.
     fn followup_ready(view: RepairView<'_>, collection: &str, f: &Followup) -> bool {
+        if f.tree {
+            return true;
+        }
         if !view.tx.acked(collection) {
             return false;
         }

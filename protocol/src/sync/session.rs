@@ -13,8 +13,8 @@ use crate::policy::Policy;
 use crate::signing::SignatureCheck;
 use crate::version::Version;
 use crate::wire::{
-    About, Ack, Compression, DigestReply, ErrorCode, ErrorFrame, Hello, HelloAck, HelloAckV2,
-    Message, MessageV2, MAX_ERROR_DETAIL_BYTES,
+    About, Ack, Compression, DigestReply, ErrorCode, ErrorFrame, FullRepair, Hello, HelloAck,
+    HelloAckV2, Message, MessageV2, MAX_ERROR_DETAIL_BYTES,
 };
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
@@ -24,8 +24,9 @@ use super::handshake;
 use super::heartbeat::Heartbeats;
 use super::outbox::Outbox;
 use super::recv::{recv_view, Rx};
-use super::repair::{Purpose, Repair, RepairView};
+use super::repair::{Answered, Purpose, Repair, RepairView, Verdict};
 use super::send::{send_view, sends_origin, Free, Tx};
+use super::tree::TreeRepair;
 
 /// One sync session with one peer over one connection. See the [module docs](super) for the
 /// protocol and the driver contract.
@@ -58,6 +59,8 @@ pub struct Session {
     tx: Tx,
     rx: Rx,
     repair: Repair,
+    /// The hash-tree repairs (protocol 3).
+    tree: TreeRepair,
     hb: Heartbeats,
     out: Outbox,
     /// The driver has no room for more bulk frames (its stream is held by flow control): no
@@ -110,6 +113,7 @@ impl Session {
             tx: Tx::default(),
             rx: Rx::default(),
             repair: Repair::default(),
+            tree: TreeRepair::default(),
             hb: Heartbeats::default(),
             out: Outbox::default(),
             bulk_blocked: false,
@@ -330,6 +334,8 @@ impl Session {
             versions_received: 0,
             rejected: 0,
             repairs: self.repair.started(),
+            tree_repairs: self.tree.descents(),
+            repair_versions_sent: self.tree.versions_sent(),
         };
         self.out.report(&mut status);
         status
@@ -516,6 +522,11 @@ impl Session {
             return;
         }
         self.rx.applied();
+        if through == 0 && self.tree.applied(&mut self.out, collection) {
+            // A leaf repair's Apply: no vector moved, nothing to acknowledge.
+            self.drive();
+            return;
+        }
         // Not offerable as a whole (see above), but held: contexts may cover it.
         self.rx.note_held(collection, &vv);
         self.raise_local(
@@ -568,13 +579,14 @@ impl Session {
                 let at = (&self.cfg, self.now);
                 match self
                     .repair
-                    .reply_digest(at, rx, out, collection, digest, vv)
+                    .reply_digest(at, rx, out, collection, digest, vv, self.protocol)
                 {
-                    Ok(true) => {
+                    Ok(Answered::Restart) => {
                         self.start_tx_repair(collection);
                         Ok(())
                     }
-                    Ok(false) => Ok(()),
+                    Ok(Answered::Arm) => self.tree.arm(collection),
+                    Ok(Answered::Nothing) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
@@ -616,12 +628,92 @@ impl Session {
         let (policy, peer, role) = (&self.policy, &self.peer.node, self.role);
         let may_send = |c: &str| sends(policy, peer, role, c);
         let view = RepairView::new(self.role, recv_view!(self), &self.tx, &self.rx, &may_send);
-        let restart = self
+        let verdict = self
             .repair
             .on_digest_reply(view, &mut self.out, &mut self.peer_vvs, r);
-        if let Some(collection) = restart {
-            self.start_tx_repair(&collection);
+        match verdict {
+            Verdict::Nothing => {}
+            Verdict::Restart(collection) => {
+                if self.protocol >= 3 {
+                    // The replier re-streams only when told (it waits for a descent).
+                    self.out.control(
+                        FullRepair {
+                            collection: collection.clone(),
+                        }
+                        .into(),
+                    );
+                }
+                self.start_tx_repair(&collection);
+            }
+            Verdict::Descend(collection) => self.tree.start_descent(&mut self.out, &collection),
         }
+    }
+
+    /// The driver's answer to [`Action::TreeDigests`]: the digests of the children at
+    /// `level` of `parents`, [`FANOUT`](crate::tree::FANOUT) per parent in order. An answer of
+    /// the wrong length closes the session ([`SyncError::Store`]).
+    pub fn handle_tree_digests(
+        &mut self,
+        collection: &str,
+        level: u8,
+        parents: &[u32],
+        digests: Vec<Digest>,
+    ) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if let Err(e) = self
+            .tree
+            .on_digests(&mut self.out, (collection, level), parents, digests)
+        {
+            self.fail(e);
+        }
+        self.drive();
+    }
+
+    /// The driver's answer to [`Action::LoadLeaves`]: the versions read and, when the read was
+    /// cut short, the `(leaf, key)` to resume after. Versions the peer may not take from this
+    /// node (collections it may not read, origins this node does not send, dots the peer is
+    /// not known to hold) are left out here. An answer outside the Load's leaves or collection
+    /// closes the session ([`SyncError::Store`]).
+    pub fn handle_leaves_loaded(
+        &mut self,
+        collection: &str,
+        versions: Vec<Version>,
+        next: Option<(u32, String)>,
+    ) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(leaves) = self.tree.loading_leaves(collection) else {
+            return;
+        };
+        if let Some(v) = versions.iter().find(|v| {
+            v.collection != collection
+                || leaves.binary_search(&crate::tree::leaf_of(&v.key)).is_err()
+        }) {
+            let e = SyncError::Store(format!(
+                "leaf load of {collection} returned {}/{}",
+                clip(&v.collection),
+                clip(&v.key)
+            ));
+            self.fail(e);
+            return;
+        }
+        let may_send = self.may_send(collection);
+        let peer = (self.peer.node.as_str(), self.rx.peer_replica());
+        let held = self.peer_vvs.get(collection);
+        let versions: Vec<Version> = versions
+            .into_iter()
+            .filter(|v| {
+                may_send
+                    && sends_origin(&self.cfg, peer, &v.dot.origin)
+                    && held.is_some_and(|vv| vv.covers(&v.dot))
+            })
+            .collect();
+        self.tree
+            .on_loaded(&self.cfg, &mut self.out, collection, versions, next);
+        self.drive();
     }
 
     /// Our vectors for the handshake: only of collections the peer may read or write, so a
@@ -672,9 +764,11 @@ impl Session {
             &m,
             MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_)
         );
+        // Tree repair's versions go on the bulk stream only.
+        let repair = matches!(&m, MessageV2::RepairBatch(_));
         let fits = match stream {
-            StreamKind::Control => !data,
-            StreamKind::Bulk => data,
+            StreamKind::Control => !data && !repair,
+            StreamKind::Bulk => data || repair,
             // Only sessions of protocol 3 and up have an urgent stream.
             StreamKind::Urgent => data && self.protocol >= 3,
         };
@@ -701,6 +795,12 @@ impl Session {
             },
             Phase::Established => {
                 self.peer_confirmed = true;
+                if m.since() > self.protocol {
+                    return Err(SyncError::Unexpected {
+                        kind: m.kind(),
+                        when: "in a session of an earlier protocol version",
+                    });
+                }
                 match m {
                     MessageV2::Batch(b) => {
                         let view = recv_view!(self);
@@ -735,6 +835,23 @@ impl Session {
                     }
                     MessageV2::DigestReply(r) => {
                         self.on_digest_reply(r);
+                        Ok(())
+                    }
+                    MessageV2::TreeRequest(r) => self.tree.on_request(&mut self.out, r),
+                    MessageV2::TreeReply(r) => self.tree.on_reply(&mut self.out, r),
+                    MessageV2::RepairBatch(b) => {
+                        let (versions, key) = self.tree.on_batch(b)?;
+                        let view = recv_view!(self);
+                        let parts =
+                            self.rx
+                                .on_repair_versions(view, &mut self.out, &key.0, versions);
+                        self.tree.applying(&mut self.out, &key, parts);
+                        Ok(())
+                    }
+                    MessageV2::RepairApplied(r) => self.tree.on_peer_applied(r),
+                    MessageV2::FullRepair(r) => {
+                        self.tree.on_full_repair(&r.collection)?;
+                        self.start_tx_repair(&r.collection);
                         Ok(())
                     }
                     MessageV2::About(a) => {
@@ -886,6 +1003,11 @@ impl Session {
             return;
         }
         self.pump_loads();
+        let room = !self.bulk_blocked && self.out.bulk_drained();
+        self.tree.pump(&self.cfg, &mut self.out, room);
+        for collection in self.tree.take_finished() {
+            self.repair.tree_finished(&collection, self.now);
+        }
         self.maybe_start_round();
     }
 

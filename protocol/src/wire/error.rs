@@ -290,6 +290,9 @@ pub enum WireError {
         /// The limit.
         limit: usize,
     },
+    /// A hash-tree message names a level, node or number of digests outside the tree.
+    #[error("malformed tree message: {0}")]
+    BadTree(String),
     /// An error frame's detail is longer than
     /// [`MAX_ERROR_DETAIL_BYTES`](super::MAX_ERROR_DETAIL_BYTES).
     #[error("error detail of {len} bytes is too long")]
@@ -328,6 +331,7 @@ impl WireError {
             | Self::WrongOrigin { .. }
             | Self::WrongCollection { .. }
             | Self::SelfSuperseding { .. }
+            | Self::BadTree(_)
             | Self::BadAuthor { .. }
             | Self::BadSignatureLength { .. }
             | Self::DuplicateCollection(_)

@@ -130,8 +130,8 @@ pub fn encode_raw_frame(flags: FrameFlags, payload: &[u8]) -> Result<Vec<u8>, Wi
     Ok(out)
 }
 
-/// How many message versions this build decodes (`MessageV1`, `MessageV2`): protocol 3 added
-/// no message, so its frames are `MessageV2` too.
+/// How many message layouts this build decodes (`MessageV1`, `MessageV2`): protocol 3 added
+/// its messages to `MessageV2`, so its frames are `MessageV2` too.
 const MESSAGE_VERSIONS: u32 = 2;
 
 /// Decodes a frame payload (already decompressed, if it was) into a message.

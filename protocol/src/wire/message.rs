@@ -4,7 +4,10 @@
 //! The bincode layout is the protocol: enum variants are encoded by position, so variants and
 //! fields are never reordered or removed. A change of layout is a new protocol version
 //! (`Message::V2`, appended), not an edit of `MessageV1`: version 2 changed the batch (its
-//! versions carry an author and a signature) and added [`About`].
+//! versions carry an author and a signature) and added [`About`]. Version 3 only adds
+//! messages (appended to `MessageV2`, sent only in sessions that agreed version 3): the
+//! hash-tree repair's [`TreeRequest`], [`TreeReply`], [`RepairBatch`], [`RepairApplied`] and
+//! [`FullRepair`].
 
 use bincode::{Decode, Encode};
 
@@ -86,6 +89,83 @@ pub enum MessageV2 {
     /// for a repair (version 1 marks a restart implicitly, by a batch or completion at
     /// counter 1 below what was completed).
     Restart(Restart),
+    /// Protocol 3: the sender's digests of hash-tree nodes of a collection, for the peer to
+    /// compare with its own (a repair descending to the differing leaves).
+    TreeRequest(TreeRequest),
+    /// Protocol 3: the answer to a [`TreeRequest`]: which of those nodes differ.
+    TreeReply(TreeReply),
+    /// Protocol 3, on the bulk stream: current versions of the differing leaves, re-sent for a
+    /// repair.
+    RepairBatch(RepairBatch),
+    /// Protocol 3: the sender applied every [`RepairBatch`] of the collection, its last included.
+    RepairApplied(RepairApplied),
+    /// Protocol 3: the repair of a collection is a full reconciliation (both sides re-stream
+    /// it, as protocol 2 does).
+    FullRepair(FullRepair),
+}
+
+/// The sender's digests of the children at `level` of each of `parents` (protocol 3).
+///
+/// Nodes are those of [`crate::tree`]: `parents` are nodes at `level - 1` in strictly
+/// increasing order, and `digests` holds [`FANOUT`](crate::tree::FANOUT) digests per parent, in
+/// order. Sent only after a digest round found different digests at equal vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TreeRequest {
+    /// The collection.
+    pub collection: String,
+    /// The level of the digests (1 to [`LEVELS`](crate::tree::LEVELS)).
+    pub level: u8,
+    /// The nodes whose children are compared, at most [`MAX_TREE_PARENTS`].
+    pub parents: Vec<u32>,
+    /// The sender's digests of their children.
+    pub digests: Vec<Digest>,
+}
+
+/// Most parents in one [`TreeRequest`]: every node of the level above the leaves.
+pub const MAX_TREE_PARENTS: usize = 4096;
+
+/// The nodes of a [`TreeRequest`] whose digests differ at the replier (protocol 3). At the
+/// leaf level both sides then re-send their versions of the differing leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TreeReply {
+    /// The collection.
+    pub collection: String,
+    /// The request's level.
+    pub level: u8,
+    /// The differing children, strictly increasing (each a child of a requested parent).
+    pub differing: Vec<u32>,
+}
+
+/// Current versions of keys in the differing leaves of a repair (protocol 3): any origins,
+/// every dot already covered by the receiver's vector (a repair never moves vectors).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RepairBatch {
+    /// The collection every version belongs to.
+    pub collection: String,
+    /// The versions (none only in the last batch).
+    pub versions: Vec<Version>,
+    /// The sender has re-sent every version of the differing leaves.
+    pub last: bool,
+    /// The exchange ends the sender's descent (else the receiver's): both sides may descend
+    /// one collection at once.
+    pub requester: bool,
+}
+
+/// The sender applied every [`RepairBatch`] of `collection` through the last (protocol 3).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RepairApplied {
+    /// The collection.
+    pub collection: String,
+    /// The exchange ends the sender's descent (else the receiver's).
+    pub requester: bool,
+}
+
+/// The repair of `collection` is a full reconciliation: the receiver re-streams it (protocol 3;
+/// the requester sends it when a repair through the tree left the digests different).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct FullRepair {
+    /// The collection.
+    pub collection: String,
 }
 
 /// A repair re-stream of one origin in one collection starts (protocol 2).
@@ -169,7 +249,12 @@ impl Message {
         matches!(
             self,
             Self::V1(MessageV1::Batch(_) | MessageV1::Complete(_))
-                | Self::V2(MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_))
+                | Self::V2(
+                    MessageV2::Batch(_)
+                        | MessageV2::Complete(_)
+                        | MessageV2::Restart(_)
+                        | MessageV2::RepairBatch(_)
+                )
         )
     }
 }
@@ -208,17 +293,24 @@ impl MessageV2 {
             Self::HelloAckV2(_) => "hello_ack",
             Self::Echo(_) => "echo",
             Self::Restart(_) => "restart",
+            Self::TreeRequest(_) => "tree_request",
+            Self::TreeReply(_) => "tree_reply",
+            Self::RepairBatch(_) => "repair_batch",
+            Self::RepairApplied(_) => "repair_applied",
+            Self::FullRepair(_) => "full_repair",
         }
     }
 
     /// The message as a session speaking `protocol` sends it: the dialer's `Hello` (and a
     /// version-1 `HelloAck`) always as version 1; anything else as version 2, or converted down
     /// to version 1 (dropping authors, signatures and what [`HelloAckV2`] adds; an echo becomes
-    /// a heartbeat). `None` for a message version 1 cannot carry ([`About`]).
+    /// a heartbeat). `None` for a message the version cannot carry ([`About`] at version 1,
+    /// the tree repair's messages below version 3).
     pub fn at(self, protocol: u16) -> Option<Message> {
         let v1 = match self {
             Self::Hello(h) => return Some(Message::V1(MessageV1::Hello(h))),
             Self::HelloAck(a) => return Some(Message::V1(MessageV1::HelloAck(a))),
+            m if m.since() > protocol => return None,
             m if protocol >= 2 => return Some(Message::V2(m)),
             Self::HelloAckV2(a) => MessageV1::HelloAck(a.ack),
             Self::Echo(h) => MessageV1::Heartbeat(h),
@@ -229,9 +321,27 @@ impl MessageV2 {
             Self::DigestRequest(r) => MessageV1::DigestRequest(r),
             Self::DigestReply(r) => MessageV1::DigestReply(r),
             Self::Error(e) => MessageV1::Error(e),
-            Self::About(_) | Self::Restart(_) => return None,
+            Self::About(_)
+            | Self::Restart(_)
+            | Self::TreeRequest(_)
+            | Self::TreeReply(_)
+            | Self::RepairBatch(_)
+            | Self::RepairApplied(_)
+            | Self::FullRepair(_) => return None,
         };
         Some(Message::V1(v1))
+    }
+
+    /// The first protocol version that carries this message.
+    pub fn since(&self) -> u16 {
+        match self {
+            Self::TreeRequest(_)
+            | Self::TreeReply(_)
+            | Self::RepairBatch(_)
+            | Self::RepairApplied(_)
+            | Self::FullRepair(_) => 3,
+            _ => 1,
+        }
     }
 }
 
@@ -282,6 +392,11 @@ into_message!(
     About => About,
     HelloAckV2 => HelloAckV2,
     Restart => Restart,
+    TreeRequest => TreeRequest,
+    TreeReply => TreeReply,
+    RepairBatch => RepairBatch,
+    RepairApplied => RepairApplied,
+    FullRepair => FullRepair,
 );
 
 /// Payload compression a node can use on bulk frames.

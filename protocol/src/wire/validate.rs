@@ -10,7 +10,7 @@ use crate::version::{check_author, Version, MAX_SIGNATURE_BYTES};
 use super::error::{clip, WireError};
 use super::message::{
     Ack, Batch, Complete, DigestReply, DigestRequest, ErrorFrame, Hello, HelloAck, Message,
-    MessageV1, MessageV2, MAX_RELEASE_BYTES,
+    MessageV1, MessageV2, RepairBatch, TreeReply, TreeRequest, MAX_RELEASE_BYTES, MAX_TREE_PARENTS,
 };
 use super::v1::VersionV1;
 
@@ -99,8 +99,95 @@ impl MessageV2 {
                 }
                 Ok(())
             }
+            Self::TreeRequest(m) => m.validate(),
+            Self::TreeReply(m) => m.validate(),
+            Self::RepairBatch(m) => m.validate(max_value_bytes),
+            Self::RepairApplied(m) => check_collection(&m.collection),
+            Self::FullRepair(m) => check_collection(&m.collection),
         }
     }
+}
+
+impl TreeRequest {
+    /// Checks the collection name, a level of 1 to [`LEVELS`](crate::tree::LEVELS), 1 to
+    /// [`MAX_TREE_PARENTS`] parents in strictly increasing order, each a node of the level
+    /// above, and [`FANOUT`](crate::tree::FANOUT) digests per parent.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_level(self.level)?;
+        if self.parents.is_empty() || self.parents.len() > MAX_TREE_PARENTS {
+            return Err(WireError::BadTree(format!(
+                "{} parents (1 to {MAX_TREE_PARENTS})",
+                self.parents.len()
+            )));
+        }
+        check_nodes(&self.parents, self.level - 1)?;
+        if self.digests.len() != self.parents.len() * crate::tree::FANOUT as usize {
+            return Err(WireError::BadTree(format!(
+                "{} digests for {} parents",
+                self.digests.len(),
+                self.parents.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl TreeReply {
+    /// Checks the collection name, the level, and that the differing nodes are nodes of that
+    /// level in strictly increasing order (whether they answer the request is the session's
+    /// to check).
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        check_level(self.level)?;
+        check_nodes(&self.differing, self.level)
+    }
+}
+
+impl RepairBatch {
+    /// Checks the collection name and every version as [`Batch::validate`] does (any origins,
+    /// in any order); only the last batch may be empty.
+    pub fn validate(&self, max_value_bytes: usize) -> Result<(), WireError> {
+        check_collection(&self.collection)?;
+        if self.versions.is_empty() && !self.last {
+            return Err(WireError::EmptyBatch);
+        }
+        for v in &self.versions {
+            if v.collection != self.collection {
+                return Err(WireError::WrongCollection {
+                    expected: clip(&self.collection),
+                    found: clip(&v.collection),
+                });
+            }
+            check_replica(&v.dot.origin)?;
+            check_counter(&v.dot.origin, v.dot.counter)?;
+            check_version_body(&VersionRef::of(v), max_value_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// A tree level below the root: 1 to [`LEVELS`](crate::tree::LEVELS).
+fn check_level(level: u8) -> Result<(), WireError> {
+    if level == 0 || level > crate::tree::LEVELS {
+        return Err(WireError::BadTree(format!("level {level}")));
+    }
+    Ok(())
+}
+
+/// Nodes of `level`, strictly increasing.
+fn check_nodes(nodes: &[u32], level: u8) -> Result<(), WireError> {
+    let count = crate::tree::nodes_at(level);
+    let mut previous: Option<u32> = None;
+    for &n in nodes {
+        if n >= count || previous.is_some_and(|p| n <= p) {
+            return Err(WireError::BadTree(format!(
+                "node {n} at level {level} (of {count}, strictly increasing)"
+            )));
+        }
+        previous = Some(n);
+    }
+    Ok(())
 }
 
 /// The fields of a version that validation reads, of either protocol version.

@@ -305,6 +305,30 @@ impl World {
                 let (d, vv) = r.digest(&collection);
                 s.handle_local_digest(&collection, d, vv);
             }
+            Action::TreeDigests {
+                collection,
+                level,
+                parents,
+            } => {
+                let digests = r.tree_digests(&collection, level, &parents);
+                s.handle_tree_digests(&collection, level, &parents, digests);
+            }
+            Action::LoadLeaves {
+                collection,
+                leaves,
+                after,
+                max_versions,
+                max_bytes,
+            } => {
+                let (vs, next) = r.load_leaves(
+                    &collection,
+                    &leaves,
+                    after.as_ref(),
+                    max_versions,
+                    max_bytes,
+                );
+                s.handle_leaves_loaded(&collection, vs, next);
+            }
         }
         self.pump(id, side);
     }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use officesync_protocol::merge::{self, Applied};
 use officesync_protocol::shadow::{load_size, Shadow};
+use officesync_protocol::tree;
 use officesync_protocol::{Digest, Dot, HlcClock, ReplicaId, ValueMeta, Version, VersionVector};
 
 /// One collection at one replica.
@@ -200,6 +201,31 @@ impl Replica {
             }
         }
         self.raise(coll, origin, through);
+    }
+
+    /// The digests of the hash-tree nodes at `level` under `parents`, folded from the
+    /// applied state.
+    pub fn tree_digests(&self, coll: &str, level: u8, parents: &[u32]) -> Vec<Digest> {
+        let leaves = self.colls.get(coll).into_iter().flat_map(|c| {
+            c.versions().map(|v| {
+                let e = Digest::element(&v.key, &v.dot, &ValueMeta::of(v.value.as_deref()));
+                (tree::leaf_of(&v.key), e)
+            })
+        });
+        tree::child_digests(level, parents, leaves)
+    }
+
+    /// The current versions of the keys in `leaves`, as a store answers a leaf load.
+    pub fn load_leaves(
+        &self,
+        coll: &str,
+        leaves: &[u32],
+        after: Option<&(u32, String)>,
+        max: usize,
+        max_bytes: usize,
+    ) -> tree::LeafPage {
+        let versions = self.colls.get(coll).into_iter().flat_map(|c| c.versions());
+        tree::select_leaves(versions, leaves, after, max, max_bytes)
     }
 
     /// The digest and vector of the applied state.

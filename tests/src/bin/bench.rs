@@ -15,7 +15,8 @@
 //! watchers, in [`feed`]), `search` (full-text indexing, apply-to-searchable delay, query
 //! latency and index size over 100,000 documents, in [`search`]),
 //! then the replication workloads, one module each: [`catch_up`], [`heal`], [`live`],
-//! [`fanout`], [`sustained`], [`wire`]; shared node helpers in [`replication`], baseline
+//! [`fanout`], [`sustained`], [`wire`], [`repair`] (10 lost records repaired in full and
+//! through the hash tree); shared node helpers in [`replication`], baseline
 //! servers and their clients in [`servers`]. `bandwidth` (a throttled catch-up: its rate
 //! on the wire against the limit, and urgent writes overtaking it, in [`bandwidth`]).
 //! `scale` (a four-tier tree of 1,025 daemons, in
@@ -41,6 +42,8 @@ mod live;
 mod province;
 #[path = "bench/query.rs"]
 mod query;
+#[path = "bench/repair.rs"]
+mod repair;
 #[path = "bench/replication.rs"]
 mod replication;
 #[path = "bench/scale.rs"]
@@ -250,7 +253,7 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 16] = [
+const GROUPS: [&str; 17] = [
     "local",
     "api",
     "query",
@@ -266,6 +269,7 @@ const GROUPS: [&str; 16] = [
     "sustained",
     "wire_efficiency",
     "bandwidth",
+    "repair",
     "scale",
 ];
 
@@ -274,7 +278,7 @@ struct Args {
     quick: bool,
     only: Option<Vec<String>>,
     /// Overrides the record count of the bulk catch-up (256 B values; a tenth with 4 KiB
-    /// values), of the partition heal and of the query group.
+    /// values), of the partition heal, of the repair and of the query group.
     records: Option<usize>,
 }
 

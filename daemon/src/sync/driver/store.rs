@@ -93,7 +93,8 @@ async fn answer_applied(
     }
 }
 
-/// Runs a Load or a Digest and answers the session (Applies go through [`apply`]).
+/// Runs a Load, a Digest or a repair's tree read and answers the session (Applies go through
+/// [`apply`]).
 pub(super) async fn run_action(session: &mut Session, replica: &Replica, action: Action) {
     let failed = match action {
         Action::Load {
@@ -130,6 +131,36 @@ pub(super) async fn run_action(session: &mut Session, replica: &Replica, action:
                 None
             }
             Err(e) => Some(format!("cannot read the digest: {e}")),
+        },
+        Action::TreeDigests {
+            collection,
+            level,
+            parents,
+        } => match replica
+            .tree_digests(&collection, level, parents.clone())
+            .await
+        {
+            Ok(digests) => {
+                session.handle_tree_digests(&collection, level, &parents, digests);
+                None
+            }
+            Err(e) => Some(format!("cannot read the hash tree: {e}")),
+        },
+        Action::LoadLeaves {
+            collection,
+            leaves,
+            after,
+            max_versions,
+            max_bytes,
+        } => match replica
+            .leaf_versions(&collection, leaves, after, max_versions, max_bytes)
+            .await
+        {
+            Ok((versions, next)) => {
+                session.handle_leaves_loaded(&collection, versions, next);
+                None
+            }
+            Err(e) => Some(format!("cannot read versions to repair: {e}")),
         },
     };
     if let Some(reason) = failed {

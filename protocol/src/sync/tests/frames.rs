@@ -31,7 +31,7 @@ fn handshake_refuses_wrong_cluster_name_mismatch_and_version() {
     let code = refused(acceptor("hefei", false), StreamKind::Control, v0.into());
     assert_eq!(code, ErrorCode::UnsupportedVersion);
 
-    // A dialer offered protocol 3; an acceptor answering 4 is refused.
+    // A dialer offered this build's protocol; an acceptor answering a later one is refused.
     let dialer = Session::new(
         Role::Dialer,
         cfg("hefei", false),
@@ -365,6 +365,7 @@ fn two_current_nodes_speak_the_newest_protocol_and_carry_authors() {
     let (protocol, answered, batch) = authored_batch(PROTOCOL_VERSION);
     assert_eq!(protocol, PROTOCOL_VERSION);
     assert!(answered.iter().any(|m| m.kind() == "about"));
+    // Version 3 kept version 2's message layout.
     assert_eq!(batch.protocol_version(), 2);
     let MessageV2::Batch(b) = batch.into_v2() else {
         panic!("not a batch");

@@ -5,6 +5,7 @@ mod frames;
 mod hostile;
 mod lanes;
 mod pair;
+mod tree;
 
 use super::*;
 use crate::digest::Digest;

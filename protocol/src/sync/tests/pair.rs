@@ -6,14 +6,14 @@ use super::*;
 
 /// One collection of one replica: versions by dot (no supersession), vector, digest.
 #[derive(Default, Clone)]
-struct Store {
-    versions: BTreeMap<Dot, Version>,
-    vv: VersionVector,
-    applied: BTreeMap<Dot, u32>,
+pub(super) struct Store {
+    pub(super) versions: BTreeMap<Dot, Version>,
+    pub(super) vv: VersionVector,
+    pub(super) applied: BTreeMap<Dot, u32>,
 }
 
 impl Store {
-    fn write(&mut self, origin: &str, counter: u64) {
+    pub(super) fn write(&mut self, origin: &str, counter: u64) {
         self.write_of(&rid(origin), counter);
     }
 
@@ -26,7 +26,7 @@ impl Store {
         self.versions.insert(v.dot.clone(), v);
     }
 
-    fn digest(&self) -> Digest {
+    pub(super) fn digest(&self) -> Digest {
         let mut d = Digest::default();
         for v in self.versions.values() {
             d.toggle(&v.key, &v.dot, &ValueMeta::of(v.value.as_deref()));
@@ -35,7 +35,7 @@ impl Store {
     }
 
     /// Runs one action; returns the answer for the session.
-    fn run(&mut self, s: &mut Session, a: Action) {
+    pub(super) fn run(&mut self, s: &mut Session, a: Action) {
         match a {
             Action::Load {
                 collection,
@@ -78,21 +78,76 @@ impl Store {
             Action::Digest { collection } => {
                 s.handle_local_digest(&collection, self.digest(), self.vv.clone());
             }
+            Action::TreeDigests {
+                collection,
+                level,
+                parents,
+            } => {
+                let leaves = self.versions.values().map(|v| {
+                    let e = Digest::element(&v.key, &v.dot, &ValueMeta::of(v.value.as_deref()));
+                    (crate::tree::leaf_of(&v.key), e)
+                });
+                let digests = crate::tree::child_digests(level, &parents, leaves);
+                s.handle_tree_digests(&collection, level, &parents, digests);
+            }
+            Action::LoadLeaves {
+                collection,
+                leaves,
+                after,
+                max_versions,
+                max_bytes,
+            } => {
+                let (versions, next) = crate::tree::select_leaves(
+                    self.versions.values(),
+                    &leaves,
+                    after.as_ref(),
+                    max_versions,
+                    max_bytes,
+                );
+                s.handle_leaves_loaded(&collection, versions, next);
+            }
         }
     }
 }
 
 /// A dialer and an acceptor, each with its store, and what is in flight between them.
-struct Pair {
-    s: [Session; 2],
-    store: [Store; 2],
+pub(super) struct Pair {
+    pub(super) s: [Session; 2],
+    pub(super) store: [Store; 2],
     wire: [VecDeque<(StreamKind, Message)>; 2],
-    now: u64,
+    pub(super) now: u64,
+    /// Encoded bytes each side put on the wire, and the frames of each kind.
+    pub(super) sent: [usize; 2],
+    pub(super) kinds: BTreeMap<&'static str, usize>,
 }
 
 impl Pair {
-    fn new(store: [Store; 2], relay: [bool; 2]) -> Self {
+    pub(super) fn new(store: [Store; 2], relay: [bool; 2]) -> Self {
         Self::new_at(store, relay, 0)
+    }
+
+    /// Like [`Pair::new`], the dialer speaking at most protocol `max` (a node of an older
+    /// release), with batches of `batch` versions.
+    pub(super) fn speaking(store: [Store; 2], relay: [bool; 2], max: u16, batch: usize) -> Self {
+        let mut p = Self::new(store, relay);
+        let nodes = ["spoke", "hub"];
+        let roles = [Role::Dialer, Role::Acceptor];
+        for i in 0..2 {
+            let mut c = cfg(nodes[i], relay[i]);
+            c.repair_interval_ms = 0;
+            c.batch_max_versions = batch;
+            if i == 0 {
+                c.max_protocol = max;
+            }
+            p.s[i] = Session::new(
+                roles[i],
+                c,
+                peer(nodes[1 - i], relay[1 - i]),
+                vec![(COLL.into(), p.store[i].vv.clone())],
+                0,
+            );
+        }
+        p
     }
 
     /// Like [`Pair::new`], the sessions starting at time `now`.
@@ -120,12 +175,14 @@ impl Pair {
             store,
             wire: [VecDeque::new(), VecDeque::new()],
             now,
+            sent: [0, 0],
+            kinds: BTreeMap::new(),
         }
     }
 
     /// One round: every action run, every queued frame put on the wire, then at most `budget`
     /// frames delivered in each direction. Returns false when nothing moved.
-    fn step(&mut self, budget: usize) -> bool {
+    pub(super) fn step(&mut self, budget: usize) -> bool {
         let mut moved = false;
         for i in 0..2 {
             while let Some(a) = self.s[i].poll_action() {
@@ -133,6 +190,8 @@ impl Pair {
                 moved = true;
             }
             while let Some(f) = self.s[i].poll_transmit() {
+                self.sent[i] += crate::wire::encode_message(&f.1).map_or(0, |b| b.len());
+                *self.kinds.entry(f.1.kind()).or_default() += 1;
                 self.wire[i].push_back(f);
                 moved = true;
             }
@@ -150,8 +209,8 @@ impl Pair {
         moved
     }
 
-    fn run(&mut self) {
-        for _ in 0..10_000 {
+    pub(super) fn run(&mut self) {
+        for _ in 0..100_000 {
             if !self.step(usize::MAX) {
                 return;
             }

@@ -37,6 +37,8 @@ pub(crate) struct Sizes {
     pub(crate) bulk_records_4k: usize,
     /// Records both nodes hold before a partition.
     pub(crate) heal_records: usize,
+    /// Records both nodes hold when 10 of them are lost at the office and repaired.
+    pub(crate) repair_records: usize,
     /// Seconds of paced writes per live-propagation rate (10,000/s runs half as long).
     pub(crate) live_secs: f64,
     /// Office counts of the fan-out figure.
@@ -64,6 +66,7 @@ impl Sizes {
                 bulk_records: 10_000,
                 bulk_records_4k: 1_000,
                 heal_records: 4_000,
+                repair_records: 20_000,
                 live_secs: 1.0,
                 fanout_offices: vec![2, 4],
                 fanout_writes: 10,
@@ -79,6 +82,7 @@ impl Sizes {
                 bulk_records: 1_000_000,
                 bulk_records_4k: 100_000,
                 heal_records: 1_000_000,
+                repair_records: 1_000_000,
                 live_secs: 10.0,
                 fanout_offices: vec![2, 8, 32],
                 fanout_writes: 100,
@@ -101,6 +105,7 @@ pub(crate) async fn run(args: &Args, rows: &mut Vec<TableRow>) {
         s.bulk_records = n;
         s.bulk_records_4k = (n / 10).max(10);
         s.heal_records = n;
+        s.repair_records = n;
     }
     let pki = match Pki::new() {
         Ok(p) => p,
@@ -127,6 +132,11 @@ pub(crate) async fn run(args: &Args, rows: &mut Vec<TableRow>) {
     }
     if args.wants("sustained") {
         crate::sustained::run(&pki, &s, rows).await;
+    }
+    if args.wants("repair") {
+        if let Err(e) = crate::repair::run(&pki, &s, rows).await {
+            failed(rows, "repair", "hub ↔ office", &e);
+        }
     }
     if args.wants("wire_efficiency") {
         for kind in [Kind::Random, Kind::Json] {

@@ -1,0 +1,352 @@
+//! The hash tree of each collection's key space ([`officesync_protocol::tree`]) as the store
+//! keeps it: one row per non-empty leaf holding its digest (the XOR of its current versions'
+//! digests, kept by the writer in the same batch as the records and the collection digest),
+//! and a leaf index of every key, so that a repair reads only the differing leaves.
+//!
+//! Inner nodes are folded from the leaf rows on demand (a level-1 request reads at most
+//! [`LEAVES`] rows of 32 bytes). Stores from before the tree get it built when the replica
+//! opens, from a scan of every record; a record that cannot be read, or a tree that does not
+//! fold to the collection digest, refuses the open (it is never started with an empty tree).
+
+use std::collections::{BTreeMap, HashMap};
+
+use officesync_protocol::tree::{self, LEAVES};
+use officesync_protocol::{Digest, Dot, ValueMeta, Version};
+
+use super::encoding::decode_siblings;
+use super::keys;
+use super::read::load_value;
+use super::ReplicaError;
+use crate::store::{prefix_end, Store, WriteBatch};
+
+/// Rows read per store range call.
+const SCAN_BATCH: usize = 1024;
+
+/// The marker row of a store whose trees are built (its value: the tree format).
+const TREE_MARK: &str = "tree";
+
+/// The tree format this build keeps: [`tree::LEAF_BITS`] bits of SHA-256 of the key.
+const TREE_FORMAT: u8 = 1;
+
+/// Leaf-index rows written per batch while building the tree of an existing store.
+const BUILD_BATCH: usize = 4096;
+
+/// The tree changes of one group of writes: per `(collection, leaf)` the digest to XOR into
+/// the leaf's row, and the keys new to the collection (their leaf-index rows).
+#[derive(Default)]
+pub(crate) struct TreeEdits {
+    leaves: HashMap<(String, u32), Digest>,
+}
+
+impl TreeEdits {
+    /// Version `(key, dot, value)` of `coll` enters or leaves the collection's current set.
+    pub(crate) fn toggle(&mut self, coll: &str, key: &str, dot: &Dot, value: &ValueMeta) -> Digest {
+        let e = Digest::element(key, dot, value);
+        self.leaves
+            .entry((coll.to_owned(), tree::leaf_of(key)))
+            .or_default()
+            .xor(&e);
+        e
+    }
+
+    /// `key` gets its first version in `coll`: its leaf-index row.
+    pub(crate) fn new_key(&mut self, coll: &str, key: &str, batch: &mut WriteBatch) {
+        batch.put(keys::leaf_entry(coll, tree::leaf_of(key), key), Vec::new());
+    }
+
+    /// Queues the changed leaf rows into `batch` (read from `cache` or `store`, XOR-ed,
+    /// written; a leaf back at zero loses its row). `cache` then holds what the batch writes:
+    /// the caller clears it if the batch is not applied.
+    pub(crate) fn write(
+        self,
+        store: &dyn Store,
+        cache: &mut LeafCache,
+        batch: &mut WriteBatch,
+    ) -> Result<(), ReplicaError> {
+        if cache.leaves.len() + self.leaves.len() > CACHED_LEAVES {
+            cache.leaves.clear();
+        }
+        for ((coll, leaf), delta) in self.leaves {
+            if delta.is_zero() {
+                continue;
+            }
+            let k = keys::tree_leaf(&coll, leaf);
+            let slot = (coll, leaf);
+            let mut d = match cache.leaves.get(&slot) {
+                Some(d) => *d,
+                None => match store.get(&k)? {
+                    None => Digest::default(),
+                    Some(raw) => decode_digest(&raw, &slot.0, leaf)?,
+                },
+            };
+            d.xor(&delta);
+            if d.is_zero() {
+                batch.remove(k);
+            } else {
+                batch.put(k, d.0.to_vec());
+            }
+            cache.leaves.insert(slot, d);
+        }
+        Ok(())
+    }
+}
+
+/// Leaf digests the writer (their only writer) committed lately, so that the next groups
+/// change them without reading the store.
+#[derive(Default)]
+pub(crate) struct LeafCache {
+    leaves: HashMap<(String, u32), Digest>,
+}
+
+impl LeafCache {
+    /// Forgets everything (a group's commit failed after it was filled).
+    pub(crate) fn clear(&mut self) {
+        self.leaves.clear();
+    }
+}
+
+/// Leaf digests the writer keeps cached: every leaf of two collections.
+const CACHED_LEAVES: usize = 2 * LEAVES as usize;
+
+fn decode_digest(raw: &[u8], coll: &str, leaf: u32) -> Result<Digest, ReplicaError> {
+    let bytes: [u8; 32] = raw.try_into().map_err(|_| ReplicaError::Corrupt {
+        what: format!("{coll} tree leaf {leaf}"),
+        detail: format!("{} bytes, not 32", raw.len()),
+    })?;
+    Ok(Digest(bytes))
+}
+
+/// The leaf digests of `coll` in `range` (non-zero ones), in leaf order.
+fn leaf_rows(
+    store: &dyn Store,
+    coll: &str,
+    range: std::ops::Range<u32>,
+) -> Result<Vec<(u32, Digest)>, ReplicaError> {
+    let mut out = Vec::new();
+    let mut start = keys::tree_leaf(coll, range.start);
+    let end = match range.end {
+        e if e >= LEAVES => prefix_end(&keys::tree_prefix(coll)),
+        e => Some(keys::tree_leaf(coll, e)),
+    };
+    loop {
+        let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
+        for (k, raw) in &rows {
+            let leaf = keys::leaf_of_tree_key(k).ok_or_else(|| ReplicaError::Corrupt {
+                what: format!("{coll} tree"),
+                detail: "short leaf key".into(),
+            })?;
+            out.push((leaf, decode_digest(raw, coll, leaf)?));
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == SCAN_BATCH => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The digests of the children at `level` of `parents` (see
+/// [`officesync_protocol::tree::child_digests`]), from the leaf rows under each parent.
+pub(crate) fn child_digests(
+    store: &dyn Store,
+    coll: &str,
+    level: u8,
+    parents: &[u32],
+) -> Result<Vec<Digest>, ReplicaError> {
+    let mut leaves = Vec::new();
+    if level >= 1 {
+        for p in parents {
+            leaves.extend(leaf_rows(store, coll, tree::leaves_under(level - 1, *p))?);
+        }
+    }
+    Ok(tree::child_digests(level, parents, leaves))
+}
+
+/// The current versions of the keys of `coll` in `leaves` (strictly increasing), in
+/// `(leaf, key)` order after `after`: whole keys until `max_versions` versions or about
+/// `max_bytes` of values; and where to resume when some are left.
+pub(crate) fn load_leaves(
+    store: &dyn Store,
+    coll: &str,
+    leaves: &[u32],
+    after: Option<&(u32, String)>,
+    max_versions: usize,
+    max_bytes: usize,
+) -> Result<tree::LeafPage, ReplicaError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut last: Option<(u32, String)> = None;
+    let first = after.map_or(0, |(l, _)| *l);
+    for &leaf in leaves.iter().filter(|l| **l >= first) {
+        let prefix = keys::leaf_prefix(coll, leaf);
+        let end = prefix_end(&prefix);
+        let mut start = match after {
+            Some((l, k)) if *l == leaf => {
+                let mut s = keys::leaf_entry(coll, leaf, k);
+                s.push(0);
+                s
+            }
+            _ => prefix.clone(),
+        };
+        loop {
+            let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
+            for (k, _) in &rows {
+                let key = String::from_utf8(k[prefix.len()..].to_vec()).map_err(|_| {
+                    ReplicaError::Corrupt {
+                        what: format!("{coll} leaf index"),
+                        detail: "a key that is not UTF-8".into(),
+                    }
+                })?;
+                if last.is_some() && (out.len() >= max_versions || bytes >= max_bytes) {
+                    return Ok((out, last));
+                }
+                let Some(raw) = store.get(&keys::record(coll, &key))? else {
+                    continue;
+                };
+                for s in decode_siblings(&raw, &format!("{coll}/{key}"))? {
+                    let value = load_value(store, coll, &s)?;
+                    bytes += value.as_ref().map_or(0, Vec::len);
+                    out.push(Version {
+                        collection: coll.to_owned(),
+                        key: key.clone(),
+                        dot: s.header.dot,
+                        hlc: s.header.hlc,
+                        context: s.header.context,
+                        value,
+                        author: s.author,
+                        signature: s.signature,
+                    });
+                }
+                last = Some((leaf, key));
+            }
+            match rows.last() {
+                Some((k, _)) if rows.len() == SCAN_BATCH => {
+                    start = k.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok((out, None))
+}
+
+/// Builds the tree and leaf index of every collection of a store from before them, from a
+/// scan of every record; returns the keys indexed (0 when the store had them already).
+/// A record that cannot be read, or a tree that does not fold to its collection's digest,
+/// refuses the store.
+pub(crate) fn build(store: &dyn Store) -> Result<u64, ReplicaError> {
+    if store.get(&keys::meta(TREE_MARK))?.is_some() {
+        return Ok(0);
+    }
+    let mut indexed = 0;
+    for info in super::read::collections(store)? {
+        indexed += build_collection(store, &info.name, &info.meta.digest)?;
+    }
+    let mut batch = WriteBatch::default();
+    batch.put(keys::meta(TREE_MARK), vec![TREE_FORMAT]);
+    store.apply(batch)?;
+    store.sync()?;
+    Ok(indexed)
+}
+
+fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u64, ReplicaError> {
+    let mut leaves: BTreeMap<u32, Digest> = BTreeMap::new();
+    let mut batch = WriteBatch::default();
+    let mut keys_seen = 0u64;
+    let prefix = keys::record_prefix(coll);
+    let end = prefix_end(&prefix);
+    let mut start = prefix.clone();
+    loop {
+        let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
+        for (k, raw) in &rows {
+            let key =
+                std::str::from_utf8(&k[prefix.len()..]).map_err(|_| ReplicaError::Corrupt {
+                    what: format!("{coll} record key"),
+                    detail: "not UTF-8".into(),
+                })?;
+            let leaf = tree::leaf_of(key);
+            for s in decode_siblings(raw, &format!("{coll}/{key}"))? {
+                leaves.entry(leaf).or_default().xor(&Digest::element(
+                    key,
+                    &s.header.dot,
+                    &s.header.value,
+                ));
+            }
+            batch.put(keys::leaf_entry(coll, leaf, key), Vec::new());
+            keys_seen += 1;
+            if batch.ops.len() >= BUILD_BATCH {
+                store.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == SCAN_BATCH => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => break,
+        }
+    }
+    let mut folded = Digest::default();
+    leaves.values().for_each(|d| folded.xor(d));
+    if folded != *digest {
+        return Err(ReplicaError::Corrupt {
+            what: format!("collection {coll}"),
+            detail: format!(
+                "its records hash to {folded}, its stored digest is {digest}: the store is \
+                 inconsistent"
+            ),
+        });
+    }
+    // Rows of an earlier, interrupted build go; the leaves are written whole.
+    for (k, _) in leaf_rows(store, coll, 0..LEAVES)?
+        .into_iter()
+        .map(|(l, d)| (keys::tree_leaf(coll, l), d))
+    {
+        batch.remove(k);
+    }
+    for (leaf, d) in leaves.into_iter().filter(|(_, d)| !d.is_zero()) {
+        batch.put(keys::tree_leaf(coll, leaf), d.0.to_vec());
+    }
+    store.apply(batch)?;
+    Ok(keys_seen)
+}
+
+/// Makes the stopped store `store` lose every version of `keys` in `coll`, as damaged
+/// storage would, keeping the collection's digest, counts and tree consistent with what
+/// remains and its vector unchanged: only a digest round notices. For tests and the
+/// benchmark, which need replicas that differ behind equal vectors; never on an open replica
+/// (its writer caches the collection state). Returns the versions lost.
+pub fn lose_keys(store: &dyn Store, coll: &str, lost_keys: &[String]) -> Result<u64, ReplicaError> {
+    let mut meta = super::encoding::load_meta(store, coll)?;
+    let mut batch = WriteBatch::default();
+    let mut edits = TreeEdits::default();
+    let mut lost = 0;
+    for key in lost_keys {
+        let Some(raw) = store.get(&keys::record(coll, key))? else {
+            continue;
+        };
+        let siblings = decode_siblings(&raw, &format!("{coll}/{key}"))?;
+        let live = officesync_protocol::merge::winner(&siblings)
+            .is_some_and(|w| !w.header.value.is_tombstone());
+        for s in &siblings {
+            let e = edits.toggle(coll, key, &s.header.dot, &s.header.value);
+            meta.digest.xor(&e);
+            meta.versions = meta.versions.saturating_sub(1);
+            lost += 1;
+        }
+        meta.keys = meta.keys.saturating_sub(1);
+        if live {
+            meta.records = meta.records.saturating_sub(1);
+        }
+        batch.remove(keys::record(coll, key));
+        batch.remove(keys::leaf_entry(coll, tree::leaf_of(key), key));
+    }
+    edits.write(store, &mut LeafCache::default(), &mut batch)?;
+    batch.put(keys::collection(coll), super::encoding::encode(&meta)?);
+    store.apply(batch)?;
+    store.sync()?;
+    Ok(lost)
+}
