@@ -599,6 +599,28 @@ impl Tx {
     }
 }
 
+/// `versions` cut into batches within the batch limits of `cfg` (count and encoded bytes), in
+/// order; none when `versions` is empty.
+pub(super) fn split_batches(cfg: &SessionConfig, versions: Vec<Version>) -> Vec<Vec<Version>> {
+    let (max_versions, max_bytes) = (cfg.batch_max_versions.max(1), cfg.batch_max_bytes.max(1));
+    let mut batches = Vec::new();
+    let mut batch: Vec<Version> = Vec::new();
+    let mut bytes = 0;
+    for v in versions {
+        let size = version_size(&v);
+        if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(v);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
 /// Queues a loaded chunk of `key`'s stream into `out` on `lane`: `versions` as `Batch` frames
 /// within the batch limits of `cfg`, then `Complete { through: scanned }`.
 fn queue_chunk(
@@ -609,32 +631,13 @@ fn queue_chunk(
     scanned: u64,
 ) {
     let (collection, origin) = key;
-    let (max_versions, max_bytes) = (cfg.batch_max_versions.max(1), cfg.batch_max_bytes.max(1));
-    let mut batch: Vec<Version> = Vec::new();
-    let mut bytes = 0;
-    for v in versions {
-        let size = version_size(&v);
-        if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
-            out.batch(
-                lane,
-                Batch {
-                    collection: collection.clone(),
-                    origin: origin.clone(),
-                    versions: std::mem::take(&mut batch),
-                },
-            );
-            bytes = 0;
-        }
-        bytes += size;
-        batch.push(v);
-    }
-    if !batch.is_empty() {
+    for versions in split_batches(cfg, versions) {
         out.batch(
             lane,
             Batch {
                 collection: collection.clone(),
                 origin: origin.clone(),
-                versions: batch,
+                versions,
             },
         );
     }

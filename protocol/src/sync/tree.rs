@@ -27,7 +27,6 @@ use super::api::Action;
 use super::config::SessionConfig;
 use super::error::{clip, SyncError};
 use super::outbox::Outbox;
-use super::send::version_size;
 
 /// Most collections the peer's rounds may hold armed for a descent at once (an honest peer
 /// runs one round at a time).
@@ -355,28 +354,16 @@ impl TreeRepair {
         send.after = next;
         send.done = last;
         self.versions_sent += versions.len() as u64;
-        let (max_versions, max_bytes) = (cfg.batch_max_versions.max(1), cfg.batch_max_bytes.max(1));
-        let mut batch: Vec<Version> = Vec::new();
-        let mut bytes = 0;
-        for v in versions {
-            let size = version_size(&v);
-            if !batch.is_empty() && (batch.len() >= max_versions || bytes + size > max_bytes) {
-                out.repair_batch(RepairBatch {
-                    collection: collection.to_owned(),
-                    versions: std::mem::take(&mut batch),
-                    last: false,
-                    requester,
-                });
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(v);
+        let mut batches = super::send::split_batches(cfg, versions);
+        if batches.is_empty() && last {
+            batches.push(Vec::new());
         }
-        if !batch.is_empty() || last {
+        let count = batches.len();
+        for (i, versions) in batches.into_iter().enumerate() {
             out.repair_batch(RepairBatch {
                 collection: collection.to_owned(),
-                versions: batch,
-                last,
+                versions,
+                last: last && i + 1 == count,
                 requester,
             });
         }
