@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{attr, chromium};
+use common::{attr, chromium, visible_text};
 use officesync_tests::http::encode;
 use officesync_tests::{run_bounded, Cluster, OutputExt, TestNode};
 
@@ -65,20 +65,7 @@ fn rows<'a>(dom: &'a str, class: &str) -> Vec<(&'a str, String)> {
                 return None;
             }
             let body = &row[end + 1..row.find("</tr>").unwrap_or(row.len())];
-            let mut text = String::new();
-            let mut in_tag = false;
-            for c in body.chars() {
-                match c {
-                    '<' => in_tag = true,
-                    '>' => {
-                        in_tag = false;
-                        text.push(' ');
-                    }
-                    c if !in_tag => text.push(c),
-                    _ => {}
-                }
-            }
-            Some((tag, text.split_whitespace().collect::<Vec<_>>().join(" ")))
+            Some((tag, visible_text(body)))
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{attr, chromium, is_connected, wait_for, Star, BEIJING, HEFEI, HUB};
+use common::{attr, chromium, is_connected, visible_text, wait_for, Star, BEIJING, HEFEI, HUB};
 use officesync_tests::{run_bounded, TestNode};
 
 /// Sessions come up within a few dial attempts.
@@ -75,20 +75,7 @@ fn rows<'a>(dom: &'a str, table: &str) -> Vec<(&'a str, String)> {
         .filter_map(|row| {
             let end = row.find('>')?;
             let tag = &row[..end];
-            let mut text = String::new();
-            let mut in_tag = false;
-            for c in row[end + 1..].chars() {
-                match c {
-                    '<' => in_tag = true,
-                    '>' => {
-                        in_tag = false;
-                        text.push(' ');
-                    }
-                    c if !in_tag => text.push(c),
-                    _ => {}
-                }
-            }
-            Some((tag, text.split_whitespace().collect::<Vec<_>>().join(" ")))
+            Some((tag, visible_text(&row[end + 1..])))
         })
         .collect()
 }

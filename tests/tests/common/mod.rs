@@ -299,6 +299,25 @@ pub fn chromium() -> Option<&'static str> {
     })
 }
 
+/// The text of an HTML fragment as a browser shows it, roughly: tags dropped (each one a
+/// space), runs of whitespace made one space.
+pub fn visible_text(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The value of attribute `name` in the HTML start tag `tag`.
 pub fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
