@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use officesync_protocol::query::Filter;
-use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
+use officesync_protocol::Version;
 
 use super::read::{self, ScanBudget};
 use super::{keys, now_ms, Replica, ReplicaOptions};
@@ -105,18 +105,9 @@ async fn put(r: &Replica, key: &str, value: &str) {
         .expect("write");
 }
 
-/// A version of `origin` for `key`, concurrent with every other.
+/// A version of `origin` for `key`, concurrent with every other (text values).
 fn concurrent(origin: &str, ms: u64, key: &str, value: Option<&str>) -> Version {
-    Version {
-        collection: "docs".into(),
-        key: key.into(),
-        dot: Dot::new(ReplicaId::new(origin, 1).expect("valid"), 1),
-        hlc: Hlc { ms, logical: 0 },
-        context: VersionVector::new(),
-        value: value.map(|v| v.as_bytes().to_vec()),
-        author: None,
-        signature: None,
-    }
+    super::read::tests::concurrent(origin, ms, key, value.map(|v| v.as_bytes().to_vec()))
 }
 
 #[tokio::test]

@@ -865,7 +865,7 @@ pub(crate) fn versions_since(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -927,7 +927,12 @@ mod tests {
     }
 
     /// Version 1 of `origin` for `key` in `docs`, concurrent with every other.
-    fn concurrent(origin: &str, ms: u64, key: &str, value: Option<Vec<u8>>) -> Version {
+    pub(in crate::replica) fn concurrent(
+        origin: &str,
+        ms: u64,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Version {
         Version {
             collection: "docs".into(),
             key: key.into(),
