@@ -384,6 +384,12 @@ pub struct DurableState {
 
 /// The applied state (updated by the writer), how far this node's own writes are durable
 /// (updated after syncs), and the offerable state computed from both and published.
+///
+/// Only what changed is recomputed: a group of writes touches the offers of its own
+/// collections, a sync those whose own counter it made durable, and an idle node (a periodic
+/// flush with nothing new) does no work here at all. At a thousand nodes a system collection's
+/// vector has a thousand origins, so rebuilding every offer per flush was most of a node's
+/// idle CPU.
 #[derive(Debug)]
 pub(crate) struct DurableCell {
     state: Mutex<CellState>,
@@ -395,7 +401,13 @@ struct CellState {
     own: Option<ReplicaId>,
     applied: DurableState,
     durable_own: std::collections::BTreeMap<String, u64>,
+    /// The offers as last computed (what `published` holds, once `own` is known).
+    offers: DurableState,
 }
+
+/// Per collection, this node's own counter in the applied vector: what a sync that starts now
+/// makes durable.
+pub(crate) type OwnApplied = Vec<(String, u64)>;
 
 impl Default for DurableCell {
     fn default() -> Self {
@@ -421,7 +433,9 @@ impl DurableCell {
             .collect();
         st.own = Some(own);
         st.applied = recovered;
-        self.publish_locked(&st);
+        let all: Vec<String> = st.applied.vvs.keys().cloned().collect();
+        Self::update_offers(&mut st, &all);
+        self.send(&st);
     }
 
     /// Records collection vectors applied by the writer and publishes what became offerable.
@@ -432,48 +446,85 @@ impl DurableCell {
     ) {
         let mut st = self.lock();
         st.applied.generation = generation;
+        let mut touched = Vec::new();
         for (coll, vv) in vvs {
-            st.applied.vvs.insert(coll, vv);
+            st.applied.vvs.insert(coll.clone(), vv);
+            touched.push(coll);
         }
-        self.publish_locked(&st);
-    }
-
-    /// The applied state now; a sync that starts after this call covers it.
-    pub(crate) fn snapshot(&self) -> DurableState {
-        self.lock().applied.clone()
-    }
-
-    /// Records that a completed sync covers `synced`, and publishes.
-    pub(crate) fn publish(&self, synced: DurableState) {
-        let mut st = self.lock();
-        let Some(own) = st.own.clone() else { return };
-        for (coll, vv) in &synced.vvs {
-            let n = vv.get(&own);
-            let slot = st.durable_own.entry(coll.clone()).or_default();
-            *slot = (*slot).max(n);
+        if Self::update_offers(&mut st, &touched) {
+            self.send(&st);
         }
-        self.publish_locked(&st);
     }
 
-    fn publish_locked(&self, st: &CellState) {
-        let Some(own) = &st.own else { return };
-        let vvs = st
-            .applied
+    /// This node's own applied counters now; a sync that starts after this call covers them.
+    pub(crate) fn snapshot(&self) -> OwnApplied {
+        let st = self.lock();
+        let Some(own) = &st.own else {
+            return Vec::new();
+        };
+        st.applied
             .vvs
             .iter()
-            .map(|(coll, vv)| {
-                let durable = st.durable_own.get(coll).copied().unwrap_or(0);
-                let offer: VersionVector = vv
-                    .iter()
-                    .map(|(o, n)| (o.clone(), if o == own { n.min(durable) } else { n }))
-                    .collect();
-                (coll.clone(), offer)
-            })
-            .collect();
-        let next = DurableState {
-            generation: st.applied.generation,
-            vvs,
+            .map(|(coll, vv)| (coll.clone(), vv.get(own)))
+            .collect()
+    }
+
+    /// Records that a completed sync covers `synced` (from [`Self::snapshot`]), and publishes
+    /// when that made more of this node's own writes offerable.
+    pub(crate) fn publish(&self, synced: OwnApplied) {
+        let mut st = self.lock();
+        let mut raised = Vec::new();
+        for (coll, n) in synced {
+            let slot = st.durable_own.entry(coll.clone()).or_default();
+            if n > *slot {
+                *slot = n;
+                raised.push(coll);
+            }
+        }
+        if Self::update_offers(&mut st, &raised) {
+            self.send(&st);
+        }
+    }
+
+    /// Recomputes the offers of `colls`; true when one of them changed.
+    fn update_offers(st: &mut CellState, colls: &[String]) -> bool {
+        let Some(own) = st.own.clone() else {
+            return false;
         };
+        let mut changed = false;
+        for coll in colls {
+            let Some(vv) = st.applied.vvs.get(coll) else {
+                continue;
+            };
+            let durable = st.durable_own.get(coll).copied().unwrap_or(0);
+            let applied_own = vv.get(&own);
+            let offer = if applied_own <= durable {
+                vv.clone()
+            } else {
+                let mut offer: VersionVector = vv
+                    .iter()
+                    .filter(|(o, _)| **o != own)
+                    .map(|(o, n)| (o.clone(), n))
+                    .collect();
+                if durable > 0 {
+                    offer.raise(&own, durable);
+                }
+                offer
+            };
+            if st.offers.vvs.get(coll) != Some(&offer) {
+                st.offers.vvs.insert(coll.clone(), offer);
+                changed = true;
+            }
+        }
+        st.offers.generation = st.applied.generation;
+        changed
+    }
+
+    fn send(&self, st: &CellState) {
+        if st.own.is_none() {
+            return;
+        }
+        let next = st.offers.clone();
         self.published.send_if_modified(|cur| {
             if cur.vvs != next.vvs {
                 *cur = Arc::new(next);

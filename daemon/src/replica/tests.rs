@@ -1120,3 +1120,43 @@ async fn a_per_dot_index_of_an_older_build_moves_into_rows_at_open() {
     let after = all_versions(&r, &me, 152, 1000).await;
     assert!(after.contains(&152) && !after.contains(&2), "{after:?}");
 }
+
+/// The offers replication sees: own writes only once synced, other origins' at once; a sync
+/// with nothing new, and a group that changes nothing offerable, publish nothing.
+#[test]
+fn offers_hold_back_own_writes_until_synced_and_idle_syncs_publish_nothing() {
+    let own = ReplicaId::new("hefei", 1).expect("valid name");
+    let other = ReplicaId::new("wuhu", 2).expect("valid name");
+    let vv = |o: u64, t: u64| -> VersionVector {
+        [(own.clone(), o), (other.clone(), t)].into_iter().collect()
+    };
+    let cell = DurableCell::default();
+    let mut rx = cell.published.subscribe();
+    let mut recovered = DurableState::default();
+    recovered.vvs.insert("situation".into(), vv(3, 5));
+    cell.init(own.clone(), recovered);
+    assert_eq!(rx.borrow_and_update().vvs["situation"], vv(3, 5));
+
+    // A group applies own write 4 and wuhu's 6: wuhu's is offered at once, ours is not.
+    cell.applied(2, [("situation".to_owned(), vv(4, 6))].into_iter());
+    assert!(rx.has_changed().expect("sender alive"));
+    assert_eq!(rx.borrow_and_update().vvs["situation"], vv(3, 6));
+    let synced = cell.snapshot();
+    assert_eq!(synced, vec![("situation".to_owned(), 4)]);
+    cell.publish(synced);
+    assert_eq!(rx.borrow_and_update().vvs["situation"], vv(4, 6));
+
+    // Idle: another sync of the same state publishes nothing.
+    cell.publish(cell.snapshot());
+    assert!(!rx.has_changed().expect("sender alive"));
+
+    // A new collection of only our own writes offers nothing of ours until synced.
+    cell.applied(3, [("letters".to_owned(), vv(2, 0))].into_iter());
+    assert_eq!(
+        rx.borrow_and_update().vvs["letters"],
+        VersionVector::new(),
+        "own writes of a new collection are held back"
+    );
+    cell.publish(cell.snapshot());
+    assert_eq!(rx.borrow_and_update().vvs["letters"], vv(2, 0));
+}

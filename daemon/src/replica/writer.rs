@@ -943,15 +943,24 @@ pub(super) fn room_for(
     Ok(())
 }
 
-/// In periodic mode: syncs the store every `every` until told to stop.
+/// In periodic mode: syncs the store every `every` until told to stop, skipping a tick when
+/// no group of writes was committed since the last good sync (an idle node does nothing).
 pub(crate) fn periodic_flusher(
     store: &dyn Store,
     stats: &ReplicaStats,
     every: Duration,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
+    let mut synced: Option<u64> = None;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-        // Failures are logged inside; writes were acknowledged already in this mode.
-        let _ = sync_store(store, stats);
+        let generation = stats.committed_generation.load(Ordering::Acquire);
+        if synced == Some(generation) && stats.pending_sync_writes.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        // Failures are logged inside (and retried next tick); writes were acknowledged
+        // already in this mode.
+        if sync_store(store, stats).is_ok() {
+            synced = Some(generation);
+        }
     }
 }

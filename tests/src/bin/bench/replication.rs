@@ -302,12 +302,13 @@ impl Pki {
         Ok(Self { root })
     }
 
-    /// The bundle of `name` (issued on first use; the hub's as an admin).
+    /// The bundle of `name` (issued on first use; the hub's and relays' (`relay-…`) as
+    /// admins).
     pub(crate) fn bundle(&self, name: &str) -> Result<PathBuf> {
         let out = self.root.path().join("tls").join(name);
         if !out.join(pki::NODE_CERT_FILE).exists() {
             let opts = IssueOptions {
-                admin: name == HUB,
+                admin: name == HUB || name.starts_with("relay-"),
                 ..IssueOptions::default()
             };
             issue(name, &self.root.path().join("ca"), &out, &opts)
@@ -541,6 +542,19 @@ pub(crate) fn spawn_daemon(
     dial: Option<SocketAddr>,
     durability: Durability,
 ) -> Result<TestNode> {
+    spawn_daemon_via(pki, name, dir, dial.map(|a| (HUB, a)), &[HUB], durability)
+}
+
+/// [`spawn_daemon`] with the peer to dial named (`(name, address)`) and the admin nodes
+/// (relays) listed.
+pub(crate) fn spawn_daemon_via(
+    pki: &Pki,
+    name: &str,
+    dir: &Path,
+    dial: Option<(&str, SocketAddr)>,
+    admins: &[&str],
+    durability: Durability,
+) -> Result<TestNode> {
     daemon_binary()?;
     let tls = pki.bundle(name)?;
     std::fs::create_dir_all(dir)?;
@@ -551,10 +565,10 @@ pub(crate) fn spawn_daemon(
             [127, 0, 0, 1],
             officesync_tests::process::free_udp_port(),
         )))
-        .admins([HUB])
+        .admins(admins.iter().copied())
         .durability(durability);
-    if let Some(addr) = dial {
-        builder = builder.peer(HUB, addr.to_string());
+    if let Some((peer, addr)) = dial {
+        builder = builder.peer(peer, addr.to_string());
     }
     let config = builder.build();
     let config_path = dir.join("officesync.toml");

@@ -2,12 +2,17 @@
 //! machine, 1,025 nodes (the general office, 16 cities, 112 counties, 896 townships; `--quick`:
 //! 61), every relay an admin, each node dialing its parent. Townships flush periodically
 //! (100 ms) so that ~900 leaves' fsyncs do not queue on the one disk ahead of the relays',
-//! which sync at every write. Figures:
+//! which sync at every write. `OFFICESYNC_BENCH_SCALE_SHAPE=CITIES,COUNTIES,TOWNS` runs another
+//! shape (counties per city, townships per county), for profiling. Figures:
 //! * propagation: three writes, each at a township of another city, from just before the PUT
 //!   until every node holds it (p50 and max over the nodes; target max ≤ 1 s);
 //! * a relay's memory per idle session: a county's resident memory less a township's, over the
 //!   county's township sessions (target ≤ 200 KiB);
-//! * idle CPU per node: every node's CPU over a quiet window (target ≤ 0.1 % of a core).
+//! * idle CPU per node: every node's CPU over a quiet window (target ≤ 0.1 % of a core);
+//! * catch-up through relays, on a chain of its own: a general office holding 1M × 256 B
+//!   records (`--quick`: 20k), a city relay and a county relay that start empty and catch up
+//!   through each other, then a new township dialing the county: its time until its digest
+//!   equals the general office's (target ≤ 60 s), and each process's peak RSS.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +20,10 @@ use anyhow::{Context, Result};
 use officesync_tests::tree::{quantile, Tree, TreeShape};
 use serde_json::json;
 
+use crate::replication::{
+    daemon_sync_addr, filled_hub_at, progress, shutdown, spawn_daemon_via, wait_api_digest, Kind,
+    Pki, HUB,
+};
 use crate::servers::procfs;
 use crate::{emit, TableRow};
 
@@ -24,10 +33,20 @@ const TARGET_PROPAGATION: Duration = Duration::from_secs(1);
 const TARGET_SESSION_KIB: f64 = 200.0;
 /// Idle CPU per node, percent of one core.
 const TARGET_IDLE_CPU_PCT: f64 = 0.1;
+/// A new township catches up on the relay chain's records within this.
+const TARGET_RELAY_CATCH_UP: Duration = Duration::from_secs(60);
+/// Environment variable giving another tree shape (see [`shape_from_env`]).
+const SHAPE_ENV: &str = "OFFICESYNC_BENCH_SCALE_SHAPE";
+/// The relay chain's nodes below the general office (relays are `relay-…`: admin bundles).
+const CITY: &str = "relay-city";
+const COUNTY: &str = "relay-county";
+const TOWNSHIP: &str = "township";
 
 /// Runs the group.
 pub(crate) async fn run(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
-    let shape = if quick {
+    let shape = if let Some(shape) = shape_from_env()? {
+        shape
+    } else if quick {
         TreeShape {
             cities: 4,
             counties_per_city: 2,
@@ -46,7 +65,120 @@ pub(crate) async fn run(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
     for row in figures {
         emit(rows, row.0, row.1);
     }
+    relay_catch_up(quick, rows).await
+}
+
+/// The chain general office → city relay → county relay → new township: the relays catch up
+/// from empty through each other, then a township joins below the county.
+async fn relay_catch_up(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
+    let n = if quick { 20_000 } else { 1_000_000 };
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    progress(format_args!("scale: filling a general office with {n} records"));
+    let (hub, target, fill_secs) =
+        filled_hub_at(&pki, &dir.path().join("hub"), n, Kind::Random).await?;
+    progress(format_args!(
+        "scale: filled in {fill_secs:.1} s; city and county relays catching up"
+    ));
+    let admins = [HUB, CITY, COUNTY];
+    let sync = officesync_daemon::config::Durability::Sync;
+    let timeout = Duration::from_secs(if quick { 120 } else { 600 });
+    let t0 = Instant::now();
+    let city = spawn_daemon_via(
+        &pki,
+        CITY,
+        &dir.path().join("city"),
+        Some((HUB, hub.sync_addr())),
+        &admins,
+        sync,
+    )?;
+    let county = spawn_daemon_via(
+        &pki,
+        COUNTY,
+        &dir.path().join("county"),
+        Some((CITY, daemon_sync_addr(&city)?)),
+        &admins,
+        sync,
+    )?;
+    let relays = wait_api_digest(&county.api(), &target.digest, timeout)
+        .await?
+        .context("the county relay did not catch up")?
+        .duration_since(t0);
+    progress(format_args!(
+        "scale: relays caught up in {relays:.1?}; a new township dials the county"
+    ));
+    let t1 = Instant::now();
+    let town = spawn_daemon_via(
+        &pki,
+        TOWNSHIP,
+        &dir.path().join("town"),
+        Some((COUNTY, daemon_sync_addr(&county)?)),
+        &admins,
+        sync,
+    )?;
+    let reached = wait_api_digest(&town.api(), &target.digest, timeout).await?;
+    let secs = reached.unwrap_or_else(Instant::now).duration_since(t1);
+    let peak = |node: &officesync_tests::node::TestNode| {
+        node.pid().and_then(procfs::peak_rss_mib).unwrap_or(f64::NAN)
+    };
+    let (city_rss, county_rss, town_rss) = (peak(&city), peak(&county), peak(&town));
+    drop((town, county, city));
+    shutdown(vec![hub]).await?;
+    let met = reached.is_some() && secs <= TARGET_RELAY_CATCH_UP;
+    emit(
+        rows,
+        json!({
+            "figure": "scale_relay_catch_up", "records": n, "value_bytes": 256,
+            "hops": 3, "relays_from_empty_secs": relays.as_secs_f64(),
+            "township_secs": secs.as_secs_f64(), "converged": reached.is_some(),
+            "peak_rss_mib": {"city": city_rss, "county": county_rss, "township": town_rss},
+            "target_secs": TARGET_RELAY_CATCH_UP.as_secs(), "target_met": met,
+        }),
+        TableRow {
+            figure: "scale_relay_catch_up".into(),
+            case: format!(
+                "{n} × 256 B: general office → city → county → new township \
+                 (relays from empty together: {:.1} s)",
+                relays.as_secs_f64()
+            ),
+            result: format!(
+                "township {:.1} s{}; peak RSS city {city_rss:.0}, county {county_rss:.0}, \
+                 township {town_rss:.0} MiB",
+                secs.as_secs_f64(),
+                if reached.is_some() { "" } else { " (NOT converged)" }
+            ),
+            baseline: "-".into(),
+            ratio: None,
+            target: format!("≤ {} s", TARGET_RELAY_CATCH_UP.as_secs()),
+            met: Some(met),
+        },
+    );
     Ok(())
+}
+
+/// The tree of [`SHAPE_ENV`] (`CITIES,COUNTIES_PER_CITY,TOWNS_PER_COUNTY`), when set: a
+/// smaller or larger province for profiling.
+fn shape_from_env() -> Result<Option<TreeShape>> {
+    let Ok(text) = std::env::var(SHAPE_ENV) else {
+        return Ok(None);
+    };
+    let parts: Vec<usize> = text
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{SHAPE_ENV}={text:?}: expected three counts, e.g. 4,7,8"))?;
+    match parts[..] {
+        [cities, counties_per_city, towns_per_county]
+            if cities > 0 && counties_per_city > 0 && towns_per_county > 0 =>
+        {
+            Ok(Some(TreeShape {
+                cities,
+                counties_per_city,
+                towns_per_county,
+            }))
+        }
+        _ => anyhow::bail!("{SHAPE_ENV}={text:?}: expected three counts above 0, e.g. 4,7,8"),
+    }
 }
 
 /// Starts the tree, measures, and returns the figures (the tree stops when dropped).
