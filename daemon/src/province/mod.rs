@@ -138,9 +138,9 @@ impl Province {
     }
 
     async fn run(&self, replica: Replica, peers: PeerTable, mut stop: watch::Receiver<bool>) {
-        let durable = replica.durable();
+        let mut durable = replica.durable();
         let mut counters: HashMap<String, u64> = HashMap::new();
-        self.note_arrivals(&durable.borrow(), &mut counters, None);
+        self.note_arrivals(&durable.borrow_and_update(), &mut counters, None);
         let mut bad = BadInputWatch::default();
         let mut connected: Option<BTreeSet<String>> = None;
         let mut last_report: Option<Instant> = None;
@@ -157,7 +157,10 @@ impl Province {
                 break;
             }
             let now_ms = unix_ms_now();
-            self.note_arrivals(&durable.borrow(), &mut counters, Some(now_ms));
+            // Only when the applied state moved: `_status` has an origin a node below.
+            if durable.has_changed().unwrap_or(false) {
+                self.note_arrivals(&durable.borrow_and_update(), &mut counters, Some(now_ms));
+            }
             let snapshot = with_staleness(peers.snapshot(), now_ms);
             bad.handle_peers(&snapshot, now_ms);
             {
@@ -203,7 +206,11 @@ impl Province {
         };
         let mut arrived = lock(&self.arrived);
         for (origin, counter) in vv.iter() {
-            let before = counters.insert(origin.as_str().to_owned(), counter);
+            let before = counters.get(origin.as_str()).copied();
+            if before == Some(counter) {
+                continue;
+            }
+            counters.insert(origin.as_str().to_owned(), counter);
             if let (Some(now), true) = (now_ms, before.is_none_or(|b| b < counter)) {
                 arrived.insert(origin.node_name().to_owned(), now);
             }

@@ -40,6 +40,10 @@ const URGENT_QUEUE: usize = 4;
 const CONTROL_QUEUE: usize = 1024;
 /// How often the peer table is refreshed from the session.
 const STATUS_EVERY: Duration = Duration::from_millis(250);
+/// How often the peer table is refreshed while no byte moved on the session since the last
+/// refresh: a refresh clones every collection's vectors (a thousand origins each at province
+/// scale), which at [`STATUS_EVERY`] was most of an idle node's CPU.
+const IDLE_STATUS_EVERY: Duration = Duration::from_secs(2);
 /// How long to wait for the peer to open its control stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the writers get to flush a final error frame when the session ends.
@@ -167,6 +171,8 @@ struct StatusReport {
     remote: std::net::SocketAddr,
     last_heard: Option<SystemTime>,
     next: Instant,
+    /// When the table was last refreshed, and the bytes sent and received then.
+    last: Option<(Instant, u64, u64)>,
     /// Silence past this long (two heartbeat intervals) is reported as `silent_ms`.
     silent_after_ms: u64,
 }
@@ -248,6 +254,7 @@ impl<'a> Driver<'a> {
                 remote,
                 last_heard: None,
                 next: Instant::now(),
+                last: None,
                 silent_after_ms: settings.heartbeat_interval_ms.saturating_mul(2),
             },
             frame_fault: false,
@@ -422,12 +429,25 @@ impl<'a> Driver<'a> {
         self.closed = Some((code, reason));
     }
 
-    /// Refreshes the peer table every [`STATUS_EVERY`].
+    /// Refreshes the peer table every [`STATUS_EVERY`] while bytes move on the session, and
+    /// every [`IDLE_STATUS_EVERY`] while none do.
     fn drive_status(&mut self) {
-        if Instant::now() >= self.report.next {
-            self.report_status();
-            self.report.next = Instant::now() + STATUS_EVERY;
+        let now = Instant::now();
+        if now < self.report.next {
+            return;
         }
+        self.report.next = now + STATUS_EVERY;
+        let moved = (
+            self.report.counters.bytes_sent(),
+            self.report.counters.bytes_received(),
+        );
+        if let Some((at, sent, received)) = self.report.last {
+            if (sent, received) == moved && now < at + IDLE_STATUS_EVERY {
+                return;
+            }
+        }
+        self.report_status();
+        self.report.last = Some((now, moved.0, moved.1));
     }
 
     fn report_status(&mut self) {

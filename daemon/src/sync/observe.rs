@@ -106,7 +106,7 @@ impl SessionObserver {
     /// Updates the table from the session's status: lag each way per collection, catch-up,
     /// data as of, versions sent and received. `last_heard`: when the peer was last heard.
     pub(crate) fn report(&mut self, st: &SessionStatus, last_heard: Option<SystemTime>) {
-        let ours = self.durable.borrow().vvs.clone();
+        let ours = Arc::clone(&self.durable.borrow());
         let live = st.established && !st.closed;
         let mut per_collection: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for c in &st.collections {
@@ -125,7 +125,7 @@ impl SessionObserver {
                 .map(|(o, n)| (o.clone(), n))
                 .collect();
             per_collection.entry(collection).or_default().1 =
-                behind(&allowed, ours.get(collection), &self.peer, self.peer_relays);
+                behind(&allowed, ours.vvs.get(collection), &self.peer, self.peer_relays);
         }
         let all_in = live && per_collection.values().all(|(_, b)| *b == 0);
         let newly_caught_up = all_in && !self.caught_up;
