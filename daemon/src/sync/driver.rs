@@ -148,6 +148,8 @@ struct Driver<'a> {
     /// The byte-moving tasks and the bounded channels to them.
     io: Io,
     durable: watch::Receiver<Arc<DurableState>>,
+    /// The offers the session was last given (from `durable`).
+    offered: Arc<DurableState>,
     policy_rx: watch::Receiver<Arc<Policy>>,
     policy_live: bool,
     /// The node still sends commands (verify).
@@ -206,7 +208,8 @@ impl<'a> Driver<'a> {
             p.cert_serial = Some(peer.serial_hex.clone())
         });
         let mut durable = replica.durable();
-        let mut session = new_session(settings, replica, &peer, is_relay, role, &mut durable);
+        let offered = durable.borrow_and_update().clone();
+        let mut session = new_session(settings, replica, &peer, is_relay, role, &offered);
         session.handle_policy(policy);
         let mut base = (0, 0);
         peers.update(&peer.name, |p| base = (p.bytes_sent, p.bytes_received));
@@ -243,6 +246,7 @@ impl<'a> Driver<'a> {
             _closed_notify: closed_notify,
             io,
             durable,
+            offered,
             policy_rx,
             policy_live: true,
             commands_live: true,
@@ -510,10 +514,16 @@ impl<'a> Driver<'a> {
             Wake::Input(None) => self.session.close(ErrorCode::Internal, "streams ended"),
             Wake::Durable(false) => return Some(SessionEnd::StoreClosed),
             Wake::Durable(true) => {
+                // Only the collections whose offer moved: at province scale a system
+                // collection's vector has an origin per node, and every status report that a
+                // relay applies wakes all of its sessions.
                 let state = self.durable.borrow_and_update().clone();
                 for (collection, vv) in &state.vvs {
-                    self.session.handle_local_vv(collection, vv.clone());
+                    if self.offered.vvs.get(collection) != Some(vv) {
+                        self.session.handle_local_vv(collection, vv.clone());
+                    }
                 }
+                self.offered = state;
             }
             Wake::Policy(live) => self.policy_changed(live),
             Wake::BulkRoom => {}
@@ -710,7 +720,7 @@ fn new_session(
     peer: &transport::PeerCertificate,
     is_relay: bool,
     role: Role,
-    durable: &mut watch::Receiver<Arc<DurableState>>,
+    offered: &DurableState,
 ) -> Session {
     let mut cfg = SessionConfig::new(&settings.node, replica.id().clone(), &settings.cluster_id);
     // The session checks values against what the wire can carry; values above this node's own
@@ -726,8 +736,7 @@ fn new_session(
     if let Some(max) = super::pin::pinned_max_protocol() {
         cfg.max_protocol = max;
     }
-    let local_vvs: Vec<_> = durable
-        .borrow_and_update()
+    let local_vvs: Vec<_> = offered
         .vvs
         .iter()
         .map(|(c, v)| (c.clone(), v.clone()))

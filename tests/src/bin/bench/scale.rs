@@ -35,6 +35,8 @@ const TARGET_SESSION_KIB: f64 = 200.0;
 const TARGET_IDLE_CPU_PCT: f64 = 0.1;
 /// A new township catches up on the relay chain's records within this.
 const TARGET_RELAY_CATCH_UP: Duration = Duration::from_secs(60);
+/// Name prefixes of the tiers, leaves first.
+const TIERS: [&str; 4] = ["town-", "county-", "city-", "general-office"];
 /// Environment variable giving another tree shape (see [`shape_from_env`]).
 const SHAPE_ENV: &str = "OFFICESYNC_BENCH_SCALE_SHAPE";
 /// The relay chain's nodes below the general office (relays are `relay-…`: admin bundles).
@@ -281,20 +283,64 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
             .filter_map(|node| node.pid().and_then(procfs::cpu_secs))
             .sum()
     };
+    // Per tier as well: which nodes an idle province's CPU goes to.
+    let tier_cpu = |tree: &Tree| -> Vec<f64> {
+        TIERS
+            .iter()
+            .map(|prefix| {
+                tree.nodes
+                    .iter()
+                    .filter(|node| node.name().starts_with(prefix))
+                    .filter_map(|node| node.pid().and_then(procfs::cpu_secs))
+                    .sum()
+            })
+            .collect()
+    };
+    let tier_counts: Vec<usize> = TIERS
+        .iter()
+        .map(|prefix| {
+            tree.nodes
+                .iter()
+                .filter(|node| node.name().starts_with(prefix))
+                .count()
+        })
+        .collect();
     let before = cpu(&tree);
+    let tiers_before = tier_cpu(&tree);
     std::thread::sleep(window);
     let spent = cpu(&tree) - before;
+    let tier_pct: Vec<f64> = tier_cpu(&tree)
+        .iter()
+        .zip(&tiers_before)
+        .zip(&tier_counts)
+        .map(|((after, before), count)| {
+            (after - before) / window.as_secs_f64() / (*count).max(1) as f64 * 100.0
+        })
+        .collect();
     let pct = spent / window.as_secs_f64() / n as f64 * 100.0;
     let met = pct <= TARGET_IDLE_CPU_PCT;
+    let per_tier = TIERS
+        .iter()
+        .zip(&tier_pct)
+        .map(|(t, p)| format!("{} {p:.3}", t.trim_end_matches('-')))
+        .collect::<Vec<_>>()
+        .join(", ");
     out.push((
         json!({
             "figure": "scale_idle_cpu", "nodes": n, "window_s": window.as_secs(),
             "cpu_seconds": spent, "pct_core_per_node": pct,
+            "pct_core_per_node_by_tier": {
+                "township": tier_pct[0], "county": tier_pct[1], "city": tier_pct[2],
+                "general_office": tier_pct[3],
+            },
             "target_pct": TARGET_IDLE_CPU_PCT, "target_met": met,
         }),
         TableRow {
             figure: "scale_idle_cpu".into(),
-            case: format!("{n} nodes idle, {}s window", window.as_secs()),
+            case: format!(
+                "{n} nodes idle, {}s window; % per node by tier: {per_tier}",
+                window.as_secs()
+            ),
             result: format!("{pct:.3} % of a core per node"),
             baseline: "-".into(),
             ratio: None,
