@@ -8,6 +8,7 @@ pub mod digest;
 pub mod dot;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod frontier;
 pub mod hlc;
 pub mod index_order;
 pub mod merge;
