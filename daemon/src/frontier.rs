@@ -132,9 +132,7 @@ async fn all_records(replica: &Replica, collection: &str) -> Result<Vec<WinnerRe
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = replica
-            .scan(collection, "", after.as_deref(), PAGE)
-            .await?;
+        let page = replica.scan(collection, "", after.as_deref(), PAGE).await?;
         out.extend(page.records);
         match page.next {
             Some(next) => after = Some(next),
@@ -195,18 +193,23 @@ impl Collector {
                 })
                 .collect();
             let previous = record_at(&self.replica, c).await?.unwrap_or_default();
-            let (frontier, excluded, owed) =
-                match decide(&info.meta.vv, &readers, &previous.frontier, now, ttl_ms) {
-                    Decision::Blocked(n) => {
-                        tracing::debug!(collection = c, node = %n, "frontier waits for a reader's vector");
-                        continue;
-                    }
-                    Decision::Frontier {
-                        frontier,
-                        excluded,
-                        owed,
-                    } => (frontier, excluded, owed),
-                };
+            let (frontier, excluded, owed) = match decide(
+                &info.meta.vv,
+                &readers,
+                &previous.frontier,
+                now,
+                ttl_ms,
+            ) {
+                Decision::Blocked(n) => {
+                    tracing::debug!(collection = c, node = %n, "frontier waits for a reader's vector");
+                    continue;
+                }
+                Decision::Frontier {
+                    frontier,
+                    excluded,
+                    owed,
+                } => (frontier, excluded, owed),
+            };
             if frontier != previous.frontier || excluded != previous.excluded {
                 let record = FrontierRecord {
                     frontier: frontier.clone(),
@@ -248,7 +251,11 @@ impl Collector {
         let mut frontiers = Vec::new();
         let mut rejoins = Vec::new();
         for r in all_records(&self.replica, FRONTIER_COLLECTION).await? {
-            let Some(record) = r.sibling.value.as_deref().and_then(|v| FrontierRecord::decode(v).ok())
+            let Some(record) = r
+                .sibling
+                .value
+                .as_deref()
+                .and_then(|v| FrontierRecord::decode(v).ok())
             else {
                 continue;
             };
@@ -276,7 +283,13 @@ impl Collector {
             loop {
                 let step = self
                     .replica
-                    .rejoin_step(&c, record.frontier.clone(), version.clone(), after, PURGE_STEP_KEYS)
+                    .rejoin_step(
+                        &c,
+                        record.frontier.clone(),
+                        version.clone(),
+                        after,
+                        PURGE_STEP_KEYS,
+                    )
                     .await?;
                 dropped += step.removed;
                 match step.next {

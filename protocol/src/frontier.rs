@@ -221,9 +221,19 @@ mod tests {
         let d = Dot::new(rid("hefei"), 4);
         assert!(is_obsolete(&f, &held, &d, std::iter::empty()));
         assert!(!is_obsolete(&f, &held, &d, [d.clone()].into_iter()));
-        assert!(!is_obsolete(&f, &held, &Dot::new(rid("hefei"), 6), std::iter::empty()));
+        assert!(!is_obsolete(
+            &f,
+            &held,
+            &Dot::new(rid("hefei"), 6),
+            std::iter::empty()
+        ));
         // A node whose vector does not cover the dot lacks it: it is news, not obsolete.
-        assert!(!is_obsolete(&f, &vv(&[("hefei", 3)]), &d, std::iter::empty()));
+        assert!(!is_obsolete(
+            &f,
+            &vv(&[("hefei", 3)]),
+            &d,
+            std::iter::empty()
+        ));
     }
 
     #[test]
@@ -232,7 +242,13 @@ mod tests {
         let a = vv(&[("hefei", 7), ("hub", 4)]);
         let reader = |node, vv, heard_ms| Reader { node, vv, heard_ms };
         // Everyone heard lately: the minimum.
-        let d = decide(&own, &[reader("a", Some(&a), 990)], &VersionVector::new(), 1000, 100);
+        let d = decide(
+            &own,
+            &[reader("a", Some(&a), 990)],
+            &VersionVector::new(),
+            1000,
+            100,
+        );
         let expect = Decision::Frontier {
             frontier: a.clone(),
             excluded: vec![],
@@ -240,21 +256,45 @@ mod tests {
         };
         assert_eq!(d, expect);
         // A reader heard lately whose vector is unknown holds it back.
-        let d = decide(&own, &[reader("a", Some(&a), 990), reader("b", None, 950)], &a, 1000, 100);
+        let d = decide(
+            &own,
+            &[reader("a", Some(&a), 990), reader("b", None, 950)],
+            &a,
+            1000,
+            100,
+        );
         assert_eq!(d, Decision::Blocked("b".into()));
         // Away longer than the TTL: left out, and owed a rejoin once the frontier passes it.
         let old = vv(&[("hefei", 3)]);
-        let d = decide(&own, &[reader("a", Some(&a), 990), reader("b", Some(&old), 10)], &a, 1000, 100);
+        let d = decide(
+            &own,
+            &[reader("a", Some(&a), 990), reader("b", Some(&old), 10)],
+            &a,
+            1000,
+            100,
+        );
         let expect = Decision::Frontier {
             frontier: a.clone(),
             excluded: vec!["b".into()],
             owed: vec!["b".into()],
         };
         assert_eq!(d, expect);
-        let d = decide(&own, &[reader("b", None, 10)], &VersionVector::new(), 1000, 100);
+        let d = decide(
+            &own,
+            &[reader("b", None, 10)],
+            &VersionVector::new(),
+            1000,
+            100,
+        );
         assert!(matches!(d, Decision::Frontier { ref owed, .. } if owed == &["b".to_owned()]));
         // Left out but holding everything: nothing to rejoin.
-        let d = decide(&own, &[reader("b", Some(&own), 10)], &VersionVector::new(), 1000, 100);
+        let d = decide(
+            &own,
+            &[reader("b", Some(&own), 10)],
+            &VersionVector::new(),
+            1000,
+            100,
+        );
         assert!(matches!(d, Decision::Frontier { ref owed, .. } if owed.is_empty()));
         // A returning reader with an old vector never lowers the frontier.
         let d = decide(&own, &[reader("b", Some(&old), 999)], &a, 1000, 100);

@@ -6,9 +6,9 @@
 pub mod codec;
 pub mod digest;
 pub mod dot;
+pub mod frontier;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod frontier;
 pub mod hlc;
 pub mod index_order;
 pub mod merge;

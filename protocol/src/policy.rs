@@ -377,8 +377,14 @@ mod tests {
         assert!(p.may_write("general-office", "_nodes"));
         assert!(p.may_read("hefei", "_nodes"));
         assert!(!p.may_write("general-office", "_other"));
-        assert!(p.may_read("hefei", FRONTIER_COLLECTION), "every reader purges");
-        assert!(!p.may_write("hefei", FRONTIER_COLLECTION), "only admins publish");
+        assert!(
+            p.may_read("hefei", FRONTIER_COLLECTION),
+            "every reader purges"
+        );
+        assert!(
+            !p.may_write("hefei", FRONTIER_COLLECTION),
+            "only admins publish"
+        );
         assert!(p.may_write("general-office", FRONTIER_COLLECTION));
         assert!(p.may_write("hefei", STATUS_COLLECTION), "each node reports");
         assert!(

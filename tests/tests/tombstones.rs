@@ -37,8 +37,7 @@ fn digest(node: &TestNode) -> Option<String> {
 }
 
 #[test]
-fn deleted_keys_are_purged_everywhere_and_an_office_back_from_long_away_does_not_resurrect_them(
-) {
+fn deleted_keys_are_purged_everywhere_and_an_office_back_from_long_away_does_not_resurrect_them() {
     let cluster = Cluster::new();
     let hub_cfg = hub_config(&cluster);
     let hub = start_with_lines(&hub_cfg, "storage", HUB_LINES);
@@ -53,7 +52,12 @@ fn deleted_keys_are_purged_everywhere_and_an_office_back_from_long_away_does_not
         OFFICE_LINES,
     );
     wait_connected(
-        &[(&hefei, HUB), (&beijing, HUB), (&hub, HEFEI), (&hub, BEIJING)],
+        &[
+            (&hefei, HUB),
+            (&beijing, HUB),
+            (&hub, HEFEI),
+            (&hub, BEIJING),
+        ],
         TIMEOUT,
     );
     for i in 0..20 {
@@ -64,7 +68,10 @@ fn deleted_keys_are_purged_everywhere_and_an_office_back_from_long_away_does_not
 
     // beijing goes away holding `doomed`; hefei deletes it and half the rest.
     assert!(beijing.stop().success());
-    hefei.api().delete(COLL, "doomed").expect("delete acknowledged");
+    hefei
+        .api()
+        .delete(COLL, "doomed")
+        .expect("delete acknowledged");
     for i in 0..10 {
         hefei.api().delete(COLL, &format!("k{i}")).expect("delete");
     }
@@ -72,50 +79,80 @@ fn deleted_keys_are_purged_everywhere_and_an_office_back_from_long_away_does_not
 
     // Once beijing has been away longer than the TTL it is left out of the frontier: the
     // general office and hefei purge the tombstones and still agree.
-    wait_for("the tombstones to be purged at hub and hefei", TIMEOUT, || {
-        for node in [&hub, &hefei] {
-            let held = siblings(node, COLL, "doomed");
-            if !held.is_empty() {
-                return Err(format!("{} still holds {held:?}", node.name()));
+    wait_for(
+        "the tombstones to be purged at hub and hefei",
+        TIMEOUT,
+        || {
+            for node in [&hub, &hefei] {
+                let held = siblings(node, COLL, "doomed");
+                if !held.is_empty() {
+                    return Err(format!("{} still holds {held:?}", node.name()));
+                }
+                let purged = counter(node, "officesync_tombstones_purged_total");
+                if purged < 11 {
+                    return Err(format!("{} purged {purged} tombstones", node.name()));
+                }
             }
-            let purged = counter(node, "officesync_tombstones_purged_total");
-            if purged < 11 {
-                return Err(format!("{} purged {purged} tombstones", node.name()));
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     assert_converged(&[&hub, &hefei], TIMEOUT);
     for node in [&hub, &hefei] {
         let keys = try_status(node).expect("status")["collections"][COLL]["keys"].as_u64();
-        assert_eq!(keys, Some(11), "{}: 10 live keys and the new one", node.name());
+        assert_eq!(
+            keys,
+            Some(11),
+            "{}: 10 live keys and the new one",
+            node.name()
+        );
     }
     std::thread::sleep(Duration::from_millis(TTL_MS / 3));
 
     // beijing returns with the old value: it must rejoin, and nothing may bring it back.
     beijing.restart();
     wait_connected(&[(&beijing, HUB), (&hub, BEIJING)], TIMEOUT);
-    wait_for("every digest to converge after beijing's rejoin", TIMEOUT, || {
-        // A digest round repairs what the rejoin dropped and is still live.
-        let _ = beijing.cli(&["verify", "--json"]);
-        let digests: Vec<Option<String>> = [&hub, &hefei, &beijing].iter().map(|n| digest(n)).collect();
-        if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
-            Ok(())
-        } else {
-            Err(format!("digests {digests:?}"))
-        }
-    });
+    wait_for(
+        "every digest to converge after beijing's rejoin",
+        TIMEOUT,
+        || {
+            // A digest round repairs what the rejoin dropped and is still live.
+            let _ = beijing.cli(&["verify", "--json"]);
+            let digests: Vec<Option<String>> =
+                [&hub, &hefei, &beijing].iter().map(|n| digest(n)).collect();
+            if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
+                Ok(())
+            } else {
+                Err(format!("digests {digests:?}"))
+            }
+        },
+    );
     assert_converged(&[&hub, &hefei, &beijing], TIMEOUT);
     for node in [&hub, &hefei, &beijing] {
-        assert!(node.get(COLL, "doomed").is_none(), "{} resurrected it", node.name());
+        assert!(
+            node.get(COLL, "doomed").is_none(),
+            "{} resurrected it",
+            node.name()
+        );
         assert!(siblings(node, COLL, "doomed").is_empty(), "{}", node.name());
         for i in 0..10 {
-            assert!(node.get(COLL, &format!("k{i}")).is_none(), "{}", node.name());
+            assert!(
+                node.get(COLL, &format!("k{i}")).is_none(),
+                "{}",
+                node.name()
+            );
         }
         for i in 10..20 {
-            assert!(node.get(COLL, &format!("k{i}")).is_some(), "{}: k{i}", node.name());
+            assert!(
+                node.get(COLL, &format!("k{i}")).is_some(),
+                "{}: k{i}",
+                node.name()
+            );
         }
-        assert!(node.get(COLL, "written-while-away").is_some(), "{}", node.name());
+        assert!(
+            node.get(COLL, "written-while-away").is_some(),
+            "{}",
+            node.name()
+        );
     }
     assert!(
         beijing.log().contains("rejoining the collection"),

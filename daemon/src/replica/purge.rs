@@ -60,7 +60,10 @@ pub(crate) fn load(
 > {
     let mut frontiers = std::collections::HashMap::new();
     let mut rejoins = std::collections::HashMap::new();
-    for (prefix, is_frontier) in [(keys::meta("frontier/"), true), (keys::meta("rejoin/"), false)] {
+    for (prefix, is_frontier) in [
+        (keys::meta("frontier/"), true),
+        (keys::meta("rejoin/"), false),
+    ] {
         let end = prefix_end(&prefix);
         let mut start = prefix.clone();
         loop {
@@ -90,7 +93,10 @@ pub(crate) fn load(
 }
 
 /// The last rejoin of `coll` (none: never).
-pub(crate) fn rejoin_mark(store: &dyn Store, coll: &str) -> Result<Option<RejoinMark>, ReplicaError> {
+pub(crate) fn rejoin_mark(
+    store: &dyn Store,
+    coll: &str,
+) -> Result<Option<RejoinMark>, ReplicaError> {
     match store.get(&rejoin_key(coll))? {
         None => Ok(None),
         Some(raw) => codec::decode(&raw)
@@ -117,7 +123,12 @@ type Slice = (Vec<(String, Vec<StoredSibling>)>, Option<String>);
 
 impl Writer {
     /// Reads the next slice of `coll`'s records.
-    fn slice(&self, coll: &str, after: Option<&str>, max_keys: usize) -> Result<Slice, ReplicaError> {
+    fn slice(
+        &self,
+        coll: &str,
+        after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<Slice, ReplicaError> {
         let prefix = keys::record_prefix(coll);
         let start = match after {
             Some(a) => {

@@ -90,26 +90,44 @@ async fn purge_forgets_tombstones_below_the_frontier_and_matches_a_replica_witho
         .expect("apply");
     let before = a.collection(C).await.expect("meta");
     assert_eq!((before.keys, before.versions), (10, 11));
-    assert!(rows(&store, b'H') >= 5, "deletes keep the superseded values");
+    assert!(
+        rows(&store, b'H') >= 5,
+        "deletes keep the superseded values"
+    );
 
     // A frontier through the first two tombstones (counters 11, 12) purges just those.
     let me = a.id().clone();
     let partial: VersionVector = [(me.clone(), 12)].into_iter().collect();
     assert_eq!(purge_all(&a, &partial, 3).await, 2);
     assert!(a.get(C, "k0").await.expect("get").is_none());
-    assert!(a.get(C, "k2").await.expect("get").is_some(), "above the frontier");
+    assert!(
+        a.get(C, "k2").await.expect("get").is_some(),
+        "above the frontier"
+    );
 
     // The whole vector: every tombstone that is its key's only version goes, in steps of 2.
     let full = a.collection(C).await.expect("meta").vv;
-    assert_eq!(purge_all(&a, &full, 2).await, 2, "k2 and k3; k4 has a live sibling");
+    assert_eq!(
+        purge_all(&a, &full, 2).await,
+        2,
+        "k2 and k3; k4 has a live sibling"
+    );
     assert_eq!(a.stats().tombstones_purged.load(Ordering::Relaxed), 4);
     let after = a.collection(C).await.expect("meta");
     assert_eq!(after.vv, before.vv, "purging never moves the vector");
     assert_eq!((after.keys, after.versions, after.records), (6, 7, 5));
     assert_eq!(rows(&store, b'K'), 6);
-    assert_eq!(rows(&store, b'L'), 6, "the purged keys leave the leaf index");
+    assert_eq!(
+        rows(&store, b'L'),
+        6,
+        "the purged keys leave the leaf index"
+    );
     assert_eq!(rows(&store, b'H'), 1, "only k4's history stays");
-    assert_eq!(rows(&store, b'V'), 6, "the purged keys' old values lose their chunks");
+    assert_eq!(
+        rows(&store, b'V'),
+        6,
+        "the purged keys' old values lose their chunks"
+    );
     assert_tree_folds(&a).await;
 
     // A replica that only ever received the versions left has the same digest.
@@ -124,7 +142,10 @@ async fn purge_forgets_tombstones_below_the_frontier_and_matches_a_replica_witho
     }
     b.apply_remote(live, vec![]).await.expect("apply");
     let other = b.collection(C).await.expect("meta");
-    assert_eq!(other.digest, after.digest, "digests converge after the purge");
+    assert_eq!(
+        other.digest, after.digest,
+        "digests converge after the purge"
+    );
     assert_eq!(other.keys, after.keys);
     assert_eq!(other.versions, after.versions);
 
@@ -153,7 +174,10 @@ async fn versions_below_the_frontier_that_are_not_held_are_dropped_as_obsolete()
     let report = a.apply_repair(vec![old.clone()]).await.expect("repair");
     assert_eq!((report.applied, report.ignored), (0, 1));
     assert_eq!(a.stats().obsolete_dropped.load(Ordering::Relaxed), 1);
-    assert!(a.get(C, "k").await.expect("get").is_none(), "never resurrected");
+    assert!(
+        a.get(C, "k").await.expect("get").is_none(),
+        "never resurrected"
+    );
     assert_eq!(a.collection(C).await.expect("meta").digest, digest);
 
     // A version above the frontier is news, below it with the vector not covering it too
@@ -183,8 +207,14 @@ async fn a_rejoin_drops_what_the_frontier_covers_keeps_newer_own_writes_and_repa
     )
     .await
     .expect("apply");
-    let m1 = b.write(C, "m1", Some(b"seen by all".to_vec())).await.expect("w");
-    let m2 = b.write(C, "m2", Some(b"seen by none".to_vec())).await.expect("w");
+    let m1 = b
+        .write(C, "m1", Some(b"seen by all".to_vec()))
+        .await
+        .expect("w");
+    let m2 = b
+        .write(C, "m2", Some(b"seen by none".to_vec()))
+        .await
+        .expect("w");
     let (mine, _) = b
         .versions_since(C, b.id(), 0, 10, 10, 1 << 20)
         .await
@@ -215,10 +245,18 @@ async fn a_rejoin_drops_what_the_frontier_covers_keeps_newer_own_writes_and_repa
         b.rejoin_done(C).await.expect("mark").as_deref(),
         Some("general-office@1:9")
     );
-    assert!(b.get(C, "old").await.expect("get").is_none(), "the stale value is gone");
+    assert!(
+        b.get(C, "old").await.expect("get").is_none(),
+        "the stale value is gone"
+    );
     assert!(b.get(C, "m1").await.expect("get").is_none());
     assert_eq!(
-        b.get(C, "m2").await.expect("get").expect("kept").winner().dot,
+        b.get(C, "m2")
+            .await
+            .expect("get")
+            .expect("kept")
+            .winner()
+            .dot,
         m2.dot,
         "a write the frontier does not cover is kept"
     );
@@ -231,7 +269,10 @@ async fn a_rejoin_drops_what_the_frontier_covers_keeps_newer_own_writes_and_repa
     // The frontier is applied too; repair brings back m1 (still live at the hub) although
     // the frontier covers it: below the rejoin's frontier repair is let through.
     b.purge_step(C, frontier, None, 10).await.expect("purge");
-    let back = mine.into_iter().find(|v| v.dot == m1.dot).expect("m1 loaded");
+    let back = mine
+        .into_iter()
+        .find(|v| v.dot == m1.dot)
+        .expect("m1 loaded");
     let report = b.apply_repair(vec![back]).await.expect("repair");
     assert_eq!(report.applied, 1);
     assert!(b.get(C, "m1").await.expect("get").is_some());
