@@ -4,6 +4,7 @@
 //! holding a value deleted (and purged) meanwhile rejoins: the key stays deleted everywhere and
 //! every digest converges.
 
+#[allow(dead_code)] // not every suite uses every helper
 mod common;
 
 use std::time::Duration;
