@@ -48,16 +48,14 @@ fn rejoin_key(coll: &str) -> Vec<u8> {
     keys::meta(&format!("rejoin/{coll}"))
 }
 
+/// Per collection: the frontier applied, and the last rejoin.
+type PurgeState = (
+    std::collections::HashMap<String, VersionVector>,
+    std::collections::HashMap<String, RejoinMark>,
+);
+
 /// The frontiers applied and the rejoin marks of every collection, from the store.
-pub(crate) fn load(
-    store: &dyn Store,
-) -> Result<
-    (
-        std::collections::HashMap<String, VersionVector>,
-        std::collections::HashMap<String, RejoinMark>,
-    ),
-    ReplicaError,
-> {
+pub(crate) fn load(store: &dyn Store) -> Result<PurgeState, ReplicaError> {
     let mut frontiers = std::collections::HashMap::new();
     let mut rejoins = std::collections::HashMap::new();
     for (prefix, is_frontier) in [
