@@ -159,7 +159,7 @@ async fn purge_forgets_tombstones_below_the_frontier_and_matches_a_replica_witho
 
 #[tokio::test]
 async fn versions_below_the_frontier_that_are_not_held_are_dropped_as_obsolete() {
-    let (_, a) = open("hefei");
+    let (store, a) = open("hefei");
     let x = ReplicaId::new("beijing-office", 1).expect("id");
     let old = remote(&x, 1, "k", Some(b"old"));
     a.apply_remote(vec![old.clone()], vec![(C.into(), x.clone(), 1)])
@@ -179,6 +179,18 @@ async fn versions_below_the_frontier_that_are_not_held_are_dropped_as_obsolete()
         "never resurrected"
     );
     assert_eq!(a.collection(C).await.expect("meta").digest, digest);
+
+    // The frontier applied survives a restart: the rule holds before the next purge round.
+    a.close().await.expect("close");
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let a = Replica::open(dyn_store, ReplicaOptions::new("hefei")).expect("reopen");
+    let report = a.apply_repair(vec![old.clone()]).await.expect("repair");
+    assert_eq!(
+        (report.applied, report.ignored),
+        (0, 1),
+        "dropped after a restart too"
+    );
+    assert!(a.get(C, "k").await.expect("get").is_none());
 
     // A version above the frontier is news, below it with the vector not covering it too
     // (a node behind the frontier is still catching up).
