@@ -55,6 +55,12 @@ pub const MAX_VALUE_BYTES_LIMIT: usize = 6 * 1024 * 1024;
 pub const DEFAULT_HISTORY: usize = 10;
 /// Largest accepted `storage.history`.
 pub const MAX_HISTORY: usize = 100;
+/// Default `storage.purge_interval_ms`: how often frontiers are computed and applied.
+pub const DEFAULT_PURGE_INTERVAL_MS: u64 = 60_000;
+/// Accepted range of `storage.purge_interval_ms`.
+pub const PURGE_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+/// Accepted range of `storage.tombstone_ttl_ms` (1 s to a year).
+pub const TOMBSTONE_TTL_RANGE_MS: std::ops::RangeInclusive<u64> = 1_000..=31_536_000_000;
 /// Default `api.max_feeds`: change feeds (`/changes` event streams) open at once.
 pub const DEFAULT_MAX_FEEDS: usize = 1000;
 /// Accepted range of `api.max_feeds`.
@@ -266,6 +272,13 @@ pub struct StorageConfig {
     /// Superseded versions this node keeps per key (tombstones included), for
     /// `?history=N`; 0 keeps none.
     pub history: usize,
+    /// Tombstone collection (on the general office): a reader not heard from for this long
+    /// is left out of the stable frontier and must rejoin when it returns. Unset (the
+    /// default): this node publishes no frontier, so no tombstone is ever purged. Every node
+    /// applies the frontiers it receives whatever this says.
+    pub tombstone_ttl_ms: Option<u64>,
+    /// How often the frontier is computed (publisher) and applied (every node).
+    pub purge_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -277,6 +290,8 @@ impl Default for StorageConfig {
             encryption_key_file: None,
             previous_encryption_key_files: Vec::new(),
             history: DEFAULT_HISTORY,
+            tombstone_ttl_ms: None,
+            purge_interval_ms: DEFAULT_PURGE_INTERVAL_MS,
         }
     }
 }
@@ -679,6 +694,34 @@ impl Config {
                     "use 0..={MAX_HISTORY} superseded versions kept per key (default {DEFAULT_HISTORY}; 0 keeps none)"
                 ),
             ));
+        }
+        if !PURGE_INTERVAL_RANGE_MS.contains(&self.storage.purge_interval_ms) {
+            return Err(self.invalid(
+                "storage.purge_interval_ms",
+                format!(
+                    "storage.purge_interval_ms = {} is out of range",
+                    self.storage.purge_interval_ms
+                ),
+                &format!(
+                    "use {}..={} (default {DEFAULT_PURGE_INTERVAL_MS})",
+                    PURGE_INTERVAL_RANGE_MS.start(),
+                    PURGE_INTERVAL_RANGE_MS.end()
+                ),
+            ));
+        }
+        if let Some(ttl) = self.storage.tombstone_ttl_ms {
+            if !TOMBSTONE_TTL_RANGE_MS.contains(&ttl) {
+                return Err(self.invalid(
+                    "storage.tombstone_ttl_ms",
+                    format!("storage.tombstone_ttl_ms = {ttl} is out of range"),
+                    &format!(
+                        "use {}..={} ms (e.g. 604800000, a week), or leave it unset to keep \
+                         tombstones",
+                        TOMBSTONE_TTL_RANGE_MS.start(),
+                        TOMBSTONE_TTL_RANGE_MS.end()
+                    ),
+                ));
+            }
         }
         if !MAX_FEEDS_RANGE.contains(&self.api.max_feeds) {
             return Err(self.invalid(
@@ -1227,6 +1270,18 @@ impl ConfigBuilder {
     /// Sets `storage.history`.
     pub fn history(mut self, versions: usize) -> Self {
         self.config.storage.history = versions;
+        self
+    }
+
+    /// Sets `storage.tombstone_ttl_ms` (publishes frontiers at an admin).
+    pub fn tombstone_ttl_ms(mut self, ms: u64) -> Self {
+        self.config.storage.tombstone_ttl_ms = Some(ms);
+        self
+    }
+
+    /// Sets `storage.purge_interval_ms`.
+    pub fn purge_interval_ms(mut self, ms: u64) -> Self {
+        self.config.storage.purge_interval_ms = ms;
         self
     }
 

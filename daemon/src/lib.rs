@@ -13,6 +13,8 @@ pub mod backup;
 pub mod auth;
 pub mod bundle;
 pub mod config;
+#[cfg(feature = "node")]
+pub mod frontier;
 pub mod net;
 #[cfg(feature = "node")]
 pub mod node;

@@ -169,6 +169,8 @@ pub struct Node {
     server: JoinHandle<std::io::Result<()>>,
     /// The status reporter (`province`), stopped with the rest before the store closes.
     reporter: JoinHandle<()>,
+    /// The tombstone collector (`frontier`), stopped with the rest before the store closes.
+    collector: JoinHandle<()>,
     /// The search indexers (`[search]`), which make their last commit before the store closes.
     search: Option<Arc<crate::search::Search>>,
 }
@@ -239,6 +241,14 @@ impl Node {
         ));
         let province = Arc::new(crate::province::Province::new(config));
         let reporter = province.spawn(replica.clone(), peers.clone(), stopped.clone());
+        let (frontiers, collector) = crate::frontier::spawn(
+            config,
+            is_admin,
+            replica.clone(),
+            peers.clone(),
+            policy.clone(),
+            stopped.clone(),
+        );
         let search = config
             .search
             .is_enabled()
@@ -256,6 +266,7 @@ impl Node {
             .with_verifier(Arc::new(VerifyVia(sync.clone())))
             .with_bundles(bundles)
             .with_province(province)
+            .with_frontiers(frontiers)
             .with_backups(backups)
             .with_feeds(api::Feeds::new(
                 api::FeedLimits::new(
@@ -287,6 +298,7 @@ impl Node {
             stop,
             server,
             reporter,
+            collector,
             search,
         })
     }
@@ -330,6 +342,13 @@ impl Node {
             .is_err()
         {
             tracing::warn!("the status reporter did not stop in time");
+        }
+        // The collector ends after its current step once `stop` is set.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.collector)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the tombstone collector did not stop in time");
         }
         if let Some(search) = &self.search {
             search.join(SHUTDOWN_GRACE).await;

@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod digest;
 pub mod dot;
+pub mod frontier;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hlc;

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::frontier::FRONTIER_COLLECTION;
 use crate::names::{validate_collection_name, validate_node_name};
 use crate::signing::NODES_COLLECTION;
 use crate::status::STATUS_COLLECTION;
@@ -308,13 +309,16 @@ impl Policy {
         self.revoked.get(node).is_some_and(|r| r.serials.is_empty())
     }
 
-    /// May `node` read `collection`? Everyone reads `_policy` and `_nodes`; admins read
-    /// everything.
+    /// May `node` read `collection`? Everyone reads `_policy`, `_nodes` and `_frontier`;
+    /// admins read everything.
     pub fn may_read(&self, node: &str, collection: &str) -> bool {
         if self.revoked_name(node) {
             return false;
         }
-        if collection == POLICY_COLLECTION || collection == NODES_COLLECTION || self.is_admin(node)
+        if collection == POLICY_COLLECTION
+            || collection == NODES_COLLECTION
+            || collection == FRONTIER_COLLECTION
+            || self.is_admin(node)
         {
             return true;
         }
@@ -325,14 +329,14 @@ impl Policy {
     }
 
     /// May versions written by `node` (their origin) be accepted in `collection`? Only admins
-    /// write `_policy`; every node writes `_nodes` and `_status` (only its own keys: the
+    /// write `_policy` and `_frontier`; every node writes `_nodes` and `_status` (only its own keys: the
     /// signature check holds it to them); a node revoked by name writes nothing. `_status` is
     /// read by admins only, so reports flow up to the relays and never down to the offices.
     pub fn may_write(&self, node: &str, collection: &str) -> bool {
         if self.revoked_name(node) {
             return false;
         }
-        if collection == POLICY_COLLECTION {
+        if collection == POLICY_COLLECTION || collection == FRONTIER_COLLECTION {
             return self.is_admin(node);
         }
         if collection == NODES_COLLECTION || collection == STATUS_COLLECTION {
@@ -373,6 +377,15 @@ mod tests {
         assert!(p.may_write("general-office", "_nodes"));
         assert!(p.may_read("hefei", "_nodes"));
         assert!(!p.may_write("general-office", "_other"));
+        assert!(
+            p.may_read("hefei", FRONTIER_COLLECTION),
+            "every reader purges"
+        );
+        assert!(
+            !p.may_write("hefei", FRONTIER_COLLECTION),
+            "only admins publish"
+        );
+        assert!(p.may_write("general-office", FRONTIER_COLLECTION));
         assert!(p.may_write("hefei", STATUS_COLLECTION), "each node reports");
         assert!(
             !p.may_read("hefei", STATUS_COLLECTION),

@@ -89,6 +89,12 @@ impl Access {
                 "{STATUS_COLLECTION} holds the nodes' status reports and only officesyncd writes it"
             )));
         }
+        if collection == officesync_protocol::frontier::FRONTIER_COLLECTION {
+            return Err(ApiError::Forbidden(format!(
+                "{collection} holds the frontiers of tombstone collection and only officesyncd \
+                 writes it"
+            )));
+        }
         if collection == POLICY_COLLECTION {
             if !self.is_admin {
                 return Err(ApiError::Forbidden(format!(

@@ -263,6 +263,21 @@ fn render(
         render_search(&mut x, &search.status());
     }
     render_writes(&mut x, replica.stats());
+    if let Some(frontiers) = &state.frontiers {
+        let ages = frontiers.ages(crate::time::unix_ms_now());
+        x.family(
+            "officesync_frontier_age_seconds",
+            "gauge",
+            "Per collection: how long ago the stable frontier this node holds was computed (it moves when every reader has caught up).",
+        );
+        for (c, age) in &ages {
+            x.sample(
+                "officesync_frontier_age_seconds",
+                &[("collection", c)],
+                secs(*age),
+            );
+        }
+    }
     x.single(
         "officesync_peers_connected",
         "gauge",
@@ -444,6 +459,21 @@ fn render_writes(x: &mut Exposition, stats: &crate::replica::ReplicaStats) {
             "officesync_synced_writes_total",
             "Writes made durable by those syncs.",
             &stats.synced_writes,
+        ),
+        (
+            "officesync_tombstones_purged_total",
+            "Keys forgotten because their only version was a tombstone below the stable frontier.",
+            &stats.tombstones_purged,
+        ),
+        (
+            "officesync_obsolete_versions_dropped_total",
+            "Received versions dropped as obsolete: below the stable frontier, covered by this node's vector and not held.",
+            &stats.obsolete_dropped,
+        ),
+        (
+            "officesync_rejoin_dropped_versions_total",
+            "Versions dropped by rejoins after this node was left out of a stable frontier while away.",
+            &stats.rejoin_dropped,
         ),
     ];
     for (name, help, counter) in counters {

@@ -100,6 +100,8 @@ pub struct ApiState {
     bundles: Option<Arc<crate::bundle::Bundles>>,
     /// The province view: status reports, arrival times, lag history.
     province: Option<Arc<crate::province::Province>>,
+    /// The stable frontiers this node holds (tombstone collection), for metrics.
+    frontiers: Option<Arc<crate::frontier::FrontierState>>,
     backups: Option<crate::backup::BackupSource>,
     /// The change streams open and their bounds.
     feeds: Arc<Feeds>,
@@ -166,6 +168,7 @@ impl ApiState {
             journal: None,
             bundles: None,
             province: None,
+            frontiers: None,
             backups: None,
             feeds: Arc::new(Feeds::default()),
             search: None,
@@ -242,6 +245,12 @@ impl ApiState {
     /// Serves the offline-bundle routes with `bundles` (without it they answer 404).
     pub fn with_bundles(mut self, bundles: Arc<crate::bundle::Bundles>) -> Self {
         self.bundles = Some(bundles);
+        self
+    }
+
+    /// Reports the ages of the stable frontiers in `/metrics`.
+    pub fn with_frontiers(mut self, frontiers: Arc<crate::frontier::FrontierState>) -> Self {
+        self.frontiers = Some(frontiers);
         self
     }
 

@@ -97,6 +97,11 @@ fn defaults_apply() {
     assert_eq!(config.storage.flush_interval_ms, 100);
     assert_eq!(config.storage.max_value_bytes, 4 * 1024 * 1024);
     assert_eq!(config.storage.history, 10);
+    assert_eq!(
+        config.storage.tombstone_ttl_ms, None,
+        "tombstones are kept by default"
+    );
+    assert_eq!(config.storage.purge_interval_ms, 60_000);
     assert_eq!(config.api.max_feeds, 1000);
     assert!(config.cluster.admins.is_empty());
     // A present section with some keys still defaults the others.
@@ -234,6 +239,14 @@ fn value_checks() {
         ),
         (base().max_value_bytes(0).build(), "storage.max_value_bytes"),
         (base().history(MAX_HISTORY + 1).build(), "storage.history"),
+        (
+            base().tombstone_ttl_ms(999).build(),
+            "storage.tombstone_ttl_ms",
+        ),
+        (
+            base().purge_interval_ms(99).build(),
+            "storage.purge_interval_ms",
+        ),
         (base().max_feeds(0).build(), "api.max_feeds"),
         (base().feed_cutoff_ms(99).build(), "api.feed_cutoff_ms"),
         (

@@ -41,7 +41,7 @@ pub use read::{
     SCAN_PAGE_BYTES, SIBLING_VALUES_BUDGET,
 };
 pub use tree::lose_keys;
-pub use writer::ApplyReport;
+pub use writer::{ApplyReport, PurgeStep};
 
 /// Values longer than this are stored in chunks rather than inside the sibling record.
 pub const INLINE_VALUE_MAX: usize = 1024;
@@ -311,6 +311,13 @@ pub struct ReplicaStats {
     pub indexed_scans: AtomicU64,
     /// Scan pages with `where` answered by reading every record of the range.
     pub full_scans: AtomicU64,
+    /// Keys forgotten because their only version was a tombstone below the stable frontier.
+    pub tombstones_purged: AtomicU64,
+    /// Received versions dropped as obsolete: below the frontier, covered by this node's
+    /// vector and not held (held once and superseded or purged here).
+    pub obsolete_dropped: AtomicU64,
+    /// Versions dropped by rejoins (this node was left out of a frontier while away).
+    pub rejoin_dropped: AtomicU64,
     /// What is applied, and what of it is durable (published to replication).
     pub(crate) durable: DurableCell,
     /// Versions superseded by local writes that are not durable yet.
@@ -597,6 +604,15 @@ pub(crate) enum Request {
     },
     Sync {
         reply: oneshot::Sender<Result<(), ReplicaError>>,
+    },
+    /// One step of a purge (`rejoin: None`) or of a rejoin answering that record.
+    Purge {
+        collection: String,
+        frontier: VersionVector,
+        rejoin: Option<String>,
+        after: Option<String>,
+        max_keys: usize,
+        reply: oneshot::Sender<Result<PurgeStep, ReplicaError>>,
     },
     Shutdown {
         reply: oneshot::Sender<Result<(), ReplicaError>>,
@@ -973,6 +989,68 @@ impl Replica {
         .await
     }
 
+    /// One purge step of `collection` below the stable `frontier` (see
+    /// [`officesync_protocol::frontier`]): of at most `max_keys` records after `after`, each
+    /// key whose only version is a tombstone the frontier covers is forgotten, in one atomic
+    /// batch; the frontier is kept for dropping obsolete received versions. Continue from
+    /// `next` until it is `None`.
+    pub async fn purge_step(
+        &self,
+        collection: &str,
+        frontier: VersionVector,
+        after: Option<String>,
+        max_keys: usize,
+    ) -> Result<PurgeStep, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let collection = collection.to_owned();
+        self.call(|reply| Request::Purge {
+            collection,
+            frontier,
+            rejoin: None,
+            after,
+            max_keys,
+            reply,
+        })
+        .await
+    }
+
+    /// One rejoin step of `collection`, answering rejoin record `record` (this node was left
+    /// out of `frontier` while away): every version the frontier covers is dropped, the rest
+    /// kept; the vector stays, and repair brings back what is still live elsewhere. The last
+    /// step (`next` is `None`) marks the rejoin done ([`Replica::rejoin_done`]).
+    pub async fn rejoin_step(
+        &self,
+        collection: &str,
+        frontier: VersionVector,
+        record: String,
+        after: Option<String>,
+        max_keys: usize,
+    ) -> Result<PurgeStep, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let collection = collection.to_owned();
+        self.call(|reply| Request::Purge {
+            collection,
+            frontier,
+            rejoin: Some(record),
+            after,
+            max_keys,
+            reply,
+        })
+        .await
+    }
+
+    /// The rejoin record (its version) the last finished rejoin of `collection` answered.
+    pub async fn rejoin_done(&self, collection: &str) -> Result<Option<String>, ReplicaError> {
+        names::validate_collection_name(collection)?;
+        let (store, c) = (self.inner.store.clone(), collection.to_owned());
+        blocking(move || {
+            Ok(writer::rejoin_mark(store.as_ref(), &c)?
+                .filter(|m| m.done)
+                .map(|m| m.record))
+        })
+        .await
+    }
+
     /// Watches what replication may offer peers (see [`DurableState`]).
     pub fn durable(&self) -> tokio::sync::watch::Receiver<Arc<DurableState>> {
         self.inner.stats.durable.published.subscribe()
@@ -1242,6 +1320,8 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod purge_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -25,6 +25,12 @@ use super::{
 };
 use crate::store::{Store, StoreError, WriteBatch};
 
+#[path = "purge.rs"]
+mod purge;
+
+pub use purge::PurgeStep;
+pub(crate) use purge::{rejoin_mark, RejoinMark};
+
 /// Most requests drained into one group commit.
 const MAX_GROUP: usize = 1024;
 
@@ -72,6 +78,10 @@ pub(crate) struct Writer {
     changes_kept: u64,
     /// Superseded versions kept per key (`[storage] history`).
     history: usize,
+    /// Per collection, the stable frontier applied here (see [`purge`]).
+    frontiers: HashMap<String, officesync_protocol::VersionVector>,
+    /// Per collection, the last rejoin (see [`purge`]).
+    rejoins: HashMap<String, RejoinMark>,
 }
 
 enum Reply {
@@ -84,6 +94,10 @@ enum Reply {
         Result<ApplyReport, ReplicaError>,
     ),
     Unit(tokio::sync::oneshot::Sender<Result<(), ReplicaError>>),
+    Purge(
+        tokio::sync::oneshot::Sender<Result<PurgeStep, ReplicaError>>,
+        Result<PurgeStep, ReplicaError>,
+    ),
 }
 
 /// The writes of one drained group of requests: applied to the store as one atomic batch.
@@ -133,6 +147,7 @@ impl Writer {
         let mut metas = HashMap::new();
         let store_ref = store.as_ref();
         let log = changes::load_state(store_ref)?;
+        let (frontiers, rejoins) = purge::load(store_ref)?;
         let mut last = officesync_protocol::Hlc::default();
         for info in super::read::collections(store.as_ref())? {
             last = last.max(info.meta.max_hlc);
@@ -155,6 +170,8 @@ impl Writer {
             log,
             changes_kept: opts.changes_kept.max(1),
             history: opts.history,
+            frontiers,
+            rejoins,
         })
     }
 
@@ -203,6 +220,33 @@ impl Writer {
                             false => self.apply_remote(&mut group, versions, complete, repair),
                         };
                         replies.push(Reply::Apply(reply, r));
+                    }
+                    Request::Purge {
+                        collection,
+                        frontier,
+                        rejoin,
+                        after,
+                        max_keys,
+                        reply,
+                    } => {
+                        let r = match rejoin {
+                            None => self.purge_step(
+                                &mut group,
+                                &collection,
+                                &frontier,
+                                after.as_deref(),
+                                max_keys,
+                            ),
+                            Some(record) => self.rejoin_step(
+                                &mut group,
+                                &collection,
+                                &frontier,
+                                &record,
+                                after.as_deref(),
+                                max_keys,
+                            ),
+                        };
+                        replies.push(Reply::Purge(reply, r));
                     }
                     Request::Sync { reply } => replies.push(Reply::Unit(reply)),
                     Request::Shutdown { reply } => {
@@ -310,7 +354,12 @@ impl Writer {
         let mut log = self.log;
         let mut write_back = || -> Result<(), ReplicaError> {
             for ((coll, key), siblings) in &g.siblings {
-                g.batch.put(keys::record(coll, key), encode(siblings)?);
+                if siblings.is_empty() {
+                    // A purged key, or a new one whose only version was refused: no record.
+                    g.batch.remove(keys::record(coll, key));
+                } else {
+                    g.batch.put(keys::record(coll, key), encode(siblings)?);
+                }
             }
             for (coll, meta) in &g.metas {
                 g.batch.put(keys::collection(coll), encode(meta)?);
@@ -568,6 +617,14 @@ impl Writer {
             }
             let (coll, key) = (v.collection.clone(), v.key.clone());
             let siblings = self.take_siblings(g, &coll, &key)?;
+            let vv = &self.meta(g, &coll)?.vv;
+            if self.is_obsolete(&coll, vv, &v.dot, &siblings) {
+                // Held once and superseded or purged here: it must not come back.
+                g.siblings.insert((coll, key), siblings);
+                self.stats.obsolete_dropped.fetch_add(1, Ordering::Relaxed);
+                report.ignored += 1;
+                continue;
+            }
             if let Err(reason) = room_for(&siblings, &header, &v) {
                 g.siblings.insert((coll, key), siblings);
                 self.stats.remote_rejected.fetch_add(1, Ordering::Relaxed);
@@ -796,6 +853,8 @@ fn answer<E: Into<ReplicaError>>(replies: &mut Vec<Reply>, outcome: Result<(), E
             (Reply::Apply(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
             (Reply::Unit(tx), Ok(())) => drop(tx.send(Ok(()))),
             (Reply::Unit(tx), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Reply::Purge(tx, res), Ok(())) => drop(tx.send(res)),
+            (Reply::Purge(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
         }
     }
 }

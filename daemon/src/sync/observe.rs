@@ -136,6 +136,11 @@ impl SessionObserver {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         });
+        if live {
+            if let Some(ms) = heard {
+                self.peers.note_vectors(&self.peer, &st.peer_vvs, ms);
+            }
+        }
         let base = self.base;
         self.peers.update(&self.peer, |p| {
             for (collection, (lag, behind)) in &per_collection {

@@ -17,6 +17,18 @@ use crate::time::rfc3339;
 pub struct PeerTable {
     inner: Arc<RwLock<BTreeMap<String, PeerStatus>>>,
     dialled: Arc<AtomicBool>,
+    vectors: Arc<RwLock<BTreeMap<String, KnownVectors>>>,
+}
+
+/// What a peer is known to hold, per collection (its handshake vectors raised by what it
+/// completed and acknowledged), as of when it was last heard: the input of the stable
+/// frontier ([`crate::frontier`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownVectors {
+    /// Per collection, the peer's vector.
+    pub vvs: BTreeMap<String, officesync_protocol::VersionVector>,
+    /// When the peer was last heard from (Unix ms).
+    pub heard_ms: u64,
 }
 
 impl Default for PeerTable {
@@ -24,6 +36,7 @@ impl Default for PeerTable {
         Self {
             inner: Arc::default(),
             dialled: Arc::new(AtomicBool::new(true)),
+            vectors: Arc::default(),
         }
     }
 }
@@ -88,6 +101,29 @@ impl PeerTable {
     /// True once every configured peer has been dialled at least once.
     pub fn dialled(&self) -> bool {
         self.dialled.load(Ordering::Relaxed)
+    }
+
+    /// Records what peer `name` holds as of `heard_ms` (vectors only ever rise).
+    pub fn note_vectors(
+        &self,
+        name: &str,
+        vvs: &[(String, officesync_protocol::VersionVector)],
+        heard_ms: u64,
+    ) {
+        let mut map = self.vectors.write().unwrap_or_else(|p| p.into_inner());
+        let known = map.entry(name.to_owned()).or_default();
+        for (c, vv) in vvs {
+            known.vvs.entry(c.clone()).or_default().merge(vv);
+        }
+        known.heard_ms = known.heard_ms.max(heard_ms);
+    }
+
+    /// What every peer heard from in this run is known to hold.
+    pub fn known_vectors(&self) -> BTreeMap<String, KnownVectors> {
+        self.vectors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forgets `name`.

@@ -8,6 +8,8 @@
 //! `api` (the local API's requests/s with and without staff access, in [`api`]),
 //! `query` (`where` queries on 1,000,000 JSON records with and without a secondary index, in
 //! [`query`]),
+//! `purge` (the store after deleting 90 % of 1,000,000 records, before and after the
+//! tombstones are purged, in [`purge`]),
 //! `signing` (signing and verifying versions, and signed local writes, in [`signing`]),
 //! `encryption` (store, local write and catch-up rates with and without encryption at rest,
 //! in [`encryption`]), `province` (the status reports' bytes and the general office's memory
@@ -40,6 +42,8 @@ mod heal;
 mod live;
 #[path = "bench/province.rs"]
 mod province;
+#[path = "bench/purge.rs"]
+mod purge;
 #[path = "bench/query.rs"]
 mod query;
 #[path = "bench/repair.rs"]
@@ -253,10 +257,11 @@ fn print_table(rows: &[TableRow]) {
 }
 
 /// Figure groups `--only` can pick.
-const GROUPS: [&str; 17] = [
+const GROUPS: [&str; 18] = [
     "local",
     "api",
     "query",
+    "purge",
     "signing",
     "encryption",
     "province",
@@ -359,6 +364,11 @@ async fn main() -> Result<()> {
     if args.wants("query") {
         if let Err(e) = query::run(args.quick, args.records, &mut rows).await {
             replication::failed(&mut rows, "query", "-", &e);
+        }
+    }
+    if args.wants("purge") {
+        if let Err(e) = purge::run(args.quick, args.records, &mut rows).await {
+            replication::failed(&mut rows, "purge", "90 % deleted, purged", &e);
         }
     }
     if args.wants("signing") {

@@ -1,0 +1,339 @@
+//! Tombstone collection at this node (the rules: [`officesync_protocol::frontier`]). Every
+//! `[storage] purge_interval_ms`:
+//!
+//! - **publish** (the general office: an admin that dials no peer, with
+//!   `[storage] tombstone_ttl_ms` set): for each data collection, the pointwise minimum of its
+//!   own vector and the vectors of every node that may read it (from `_nodes`), as its
+//!   sessions learnt them ([`crate::sync::peers::KnownVectors`]). A reader whose vector is not
+//!   known blocks that collection's frontier for the round, unless it has not been heard from
+//!   (session, or status report in `_status`, or since this daemon started) for longer than the
+//!   TTL: then it is left out, and if the frontier passes what it was last known to hold, it
+//!   is owed a rejoin record. The frontier never goes down; it is written only when it moves.
+//! - **apply** (every node): answers a rejoin record addressed to it that it has not answered
+//!   yet (logged as a warning: this node was away too long), then purges, in steps of
+//!   [`PURGE_STEP_KEYS`] records, every collection whose frontier its own vector covers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use officesync_protocol::frontier::{
+    covers_all, decide, parse_rejoin_key, rejoin_key, Decision, FrontierRecord, Reader,
+    FRONTIER_COLLECTION,
+};
+use officesync_protocol::names::is_system_collection;
+use officesync_protocol::signing::NODES_COLLECTION;
+use officesync_protocol::status::STATUS_COLLECTION;
+use officesync_protocol::VersionVector;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::policy::PolicyHandle;
+use crate::replica::{Replica, ReplicaError, WinnerRead};
+use crate::sync::peers::PeerTable;
+use crate::time::unix_ms_now;
+
+/// Records one purge or rejoin step goes through (one writer request, one atomic batch).
+pub const PURGE_STEP_KEYS: usize = 1000;
+
+/// Records read per page of `_frontier` and `_nodes`.
+const PAGE: usize = 1000;
+
+/// What this node knows of the frontiers, for status and metrics.
+#[derive(Debug, Default)]
+pub struct FrontierState {
+    /// Per collection: when the frontier it holds was computed (publisher's clock, Unix ms).
+    computed: Mutex<BTreeMap<String, u64>>,
+}
+
+impl FrontierState {
+    /// Per collection, the age of the frontier this node holds at `now_ms` (ms).
+    pub fn ages(&self, now_ms: u64) -> Vec<(String, u64)> {
+        self.computed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, t)| (c.clone(), now_ms.saturating_sub(*t)))
+            .collect()
+    }
+}
+
+/// The tombstone collector of one node.
+struct Collector {
+    node: String,
+    replica: Replica,
+    peers: PeerTable,
+    policy: PolicyHandle,
+    /// `Some(ttl)`: this node publishes frontiers.
+    publish_ttl_ms: Option<u64>,
+    started_ms: u64,
+    state: Arc<FrontierState>,
+    /// Per collection, the frontier whose purge went through every record.
+    purged: HashMap<String, VersionVector>,
+}
+
+/// Starts the collector of the node `config` describes (`is_admin`: its certificate and
+/// config make it an admin); it ends when `stopped` turns true.
+pub fn spawn(
+    config: &Config,
+    is_admin: bool,
+    replica: Replica,
+    peers: PeerTable,
+    policy: PolicyHandle,
+    mut stopped: watch::Receiver<bool>,
+) -> (Arc<FrontierState>, JoinHandle<()>) {
+    let publish_ttl_ms = config
+        .storage
+        .tombstone_ttl_ms
+        .filter(|_| is_admin && config.sync.peers.is_empty());
+    if config.storage.tombstone_ttl_ms.is_some() && publish_ttl_ms.is_none() {
+        tracing::warn!(
+            "storage.tombstone_ttl_ms is set, but only the general office (an admin that dials \
+             no peer) publishes frontiers; this node only applies them"
+        );
+    }
+    let state = Arc::new(FrontierState::default());
+    let mut collector = Collector {
+        node: config.node.name.clone(),
+        replica,
+        peers,
+        policy,
+        publish_ttl_ms,
+        started_ms: unix_ms_now(),
+        state: state.clone(),
+        purged: HashMap::new(),
+    };
+    let every = Duration::from_millis(config.storage.purge_interval_ms);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopped.changed() => {}
+            }
+            if *stopped.borrow() || !collector.replica.is_open() {
+                return;
+            }
+            if let Some(ttl) = collector.publish_ttl_ms {
+                if let Err(e) = collector.publish(ttl).await {
+                    tracing::warn!(error = %e, "cannot publish the stable frontiers");
+                }
+            }
+            if let Err(e) = collector.apply(&stopped).await {
+                tracing::warn!(error = %e, "cannot apply the stable frontiers");
+            }
+        }
+    });
+    (state, task)
+}
+
+/// Every live record of `collection` (winners with values), page by page.
+async fn all_records(replica: &Replica, collection: &str) -> Result<Vec<WinnerRead>, ReplicaError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = replica.scan(collection, "", after.as_deref(), PAGE).await?;
+        out.extend(page.records);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The frontier record held at `key` of `_frontier`, if any and readable.
+async fn record_at(replica: &Replica, key: &str) -> Result<Option<FrontierRecord>, ReplicaError> {
+    Ok(replica
+        .winner(FRONTIER_COLLECTION, key)
+        .await?
+        .and_then(|w| w.sibling.value)
+        .and_then(|v| FrontierRecord::decode(&v).ok()))
+}
+
+impl Collector {
+    /// Computes and writes the frontier of every data collection (see the module doc).
+    async fn publish(&mut self, ttl_ms: u64) -> Result<(), ReplicaError> {
+        let now = unix_ms_now();
+        let policy = self.policy.current();
+        let nodes: BTreeSet<String> = all_records(&self.replica, NODES_COLLECTION)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.key.split('/').next().map(str::to_owned))
+            .filter(|n| *n != self.node)
+            .collect();
+        let known = self.peers.known_vectors();
+        // Last sign of life of each node: an open session, the last one, its status report,
+        // or this start.
+        let mut heard: BTreeMap<&str, u64> = BTreeMap::new();
+        for n in &nodes {
+            let mut t = self.started_ms;
+            if let Some(k) = known.get(n) {
+                t = t.max(k.heard_ms);
+            }
+            if self.peers.get(n).is_some_and(|p| p.connected) {
+                t = now; // a session is open: heard within a heartbeat
+            }
+            if let Some(w) = self.replica.winner(STATUS_COLLECTION, n).await? {
+                t = t.max(w.sibling.hlc.ms);
+            }
+            heard.insert(n, t);
+        }
+        for info in self.replica.collections().await? {
+            let c = info.name.as_str();
+            if is_system_collection(c) {
+                continue;
+            }
+            let readers: Vec<Reader<'_>> = nodes
+                .iter()
+                .filter(|n| policy.may_read(n, c))
+                .map(|n| Reader {
+                    node: n,
+                    vv: known.get(n.as_str()).and_then(|k| k.vvs.get(c)),
+                    heard_ms: heard.get(n.as_str()).copied().unwrap_or(0),
+                })
+                .collect();
+            let previous = record_at(&self.replica, c).await?.unwrap_or_default();
+            let (frontier, excluded, owed) = match decide(
+                &info.meta.vv,
+                &readers,
+                &previous.frontier,
+                now,
+                ttl_ms,
+            ) {
+                Decision::Blocked(n) => {
+                    tracing::debug!(collection = c, node = %n, "frontier waits for a reader's vector");
+                    continue;
+                }
+                Decision::Frontier {
+                    frontier,
+                    excluded,
+                    owed,
+                } => (frontier, excluded, owed),
+            };
+            if frontier != previous.frontier || excluded != previous.excluded {
+                let record = FrontierRecord {
+                    frontier: frontier.clone(),
+                    computed_ms: now,
+                    excluded: excluded.clone(),
+                };
+                self.replica
+                    .write(FRONTIER_COLLECTION, c, Some(record.encode()))
+                    .await?;
+                tracing::debug!(collection = c, ?excluded, "published the stable frontier");
+            }
+            for n in &owed {
+                let key = rejoin_key(n, c);
+                let owed = record_at(&self.replica, &key).await?;
+                if owed.is_none_or(|r| r.frontier != frontier) {
+                    let record = FrontierRecord {
+                        frontier: frontier.clone(),
+                        computed_ms: now,
+                        excluded: Vec::new(),
+                    };
+                    self.replica
+                        .write(FRONTIER_COLLECTION, &key, Some(record.encode()))
+                        .await?;
+                    tracing::warn!(
+                        collection = c,
+                        node = %n,
+                        away_ms = now.saturating_sub(heard.get(n.as_str()).copied().unwrap_or(0)),
+                        "a reader away longer than storage.tombstone_ttl_ms is left out of the \
+                         frontier; it must rejoin this collection when it returns"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers this node's rejoin records, then purges below every frontier its vectors cover.
+    async fn apply(&mut self, stopped: &watch::Receiver<bool>) -> Result<(), ReplicaError> {
+        let mut frontiers = Vec::new();
+        let mut rejoins = Vec::new();
+        for r in all_records(&self.replica, FRONTIER_COLLECTION).await? {
+            let Some(record) = r
+                .sibling
+                .value
+                .as_deref()
+                .and_then(|v| FrontierRecord::decode(v).ok())
+            else {
+                continue;
+            };
+            let rejoin = parse_rejoin_key(&r.key).map(|(n, c)| (n == self.node, c.to_owned()));
+            match rejoin {
+                Some((true, c)) => rejoins.push((c, record, r.sibling.dot.to_string())),
+                Some((false, _)) => {}
+                None => frontiers.push((r.key, record)),
+            }
+        }
+        for (c, record, version) in rejoins {
+            if self.replica.rejoin_done(&c).await?.as_deref() == Some(version.as_str()) {
+                continue;
+            }
+            tracing::warn!(
+                collection = %c,
+                record = %version,
+                "this node was away longer than the general office's tombstone TTL and was \
+                 left out of the stable frontier: rejoining the collection (versions the \
+                 frontier covers are dropped and come back from the peers by repair; this \
+                 node's newer writes are kept)"
+            );
+            let mut after = None;
+            let mut dropped = 0;
+            loop {
+                let step = self
+                    .replica
+                    .rejoin_step(
+                        &c,
+                        record.frontier.clone(),
+                        version.clone(),
+                        after,
+                        PURGE_STEP_KEYS,
+                    )
+                    .await?;
+                dropped += step.removed;
+                match step.next {
+                    Some(next) if !*stopped.borrow() => after = Some(next),
+                    Some(_) => return Ok(()),
+                    None => break,
+                }
+            }
+            self.purged.remove(&c);
+            tracing::warn!(collection = %c, dropped, "rejoin done");
+        }
+        for (c, record) in frontiers {
+            self.state
+                .computed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(c.clone(), record.computed_ms);
+            if self.purged.get(&c) == Some(&record.frontier) {
+                continue;
+            }
+            let held = self.replica.collection(&c).await?.vv;
+            if !covers_all(&held, &record.frontier) {
+                tracing::debug!(collection = %c, "behind the stable frontier: no purge yet");
+                continue;
+            }
+            let mut after = None;
+            let mut purged = 0;
+            loop {
+                let step = self
+                    .replica
+                    .purge_step(&c, record.frontier.clone(), after, PURGE_STEP_KEYS)
+                    .await?;
+                purged += step.removed;
+                match step.next {
+                    Some(next) if !*stopped.borrow() => after = Some(next),
+                    Some(_) => return Ok(()),
+                    None => break,
+                }
+            }
+            self.purged.insert(c.clone(), record.frontier);
+            if purged > 0 {
+                tracing::info!(collection = %c, purged, "purged tombstones below the stable frontier");
+            }
+        }
+        Ok(())
+    }
+}
