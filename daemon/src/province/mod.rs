@@ -26,7 +26,9 @@ use view::HeldReport;
 
 /// How often the reporter looks at the peer table (connection changes, lag history) and at
 /// which reports arrived.
-const POLL: Duration = Duration::from_millis(250);
+/// (A second: reports are at least [`MIN_REPORT_GAP`] apart anyway, the lag history keeps a
+/// bucket a minute, and each look wakes an idle node.)
+const POLL: Duration = Duration::from_secs(1);
 /// Least time between two reports, however often connections change.
 pub const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
 /// Most reports read for one view (the vector of `_status` is bounded far below this anyway).

@@ -447,6 +447,9 @@ impl<'a> Driver<'a> {
         );
         if let Some((at, sent, received)) = self.report.last {
             if (sent, received) == moved && now < at + IDLE_STATUS_EVERY {
+                // Idle: look again when the idle refresh is due, not every tick (each look
+                // wakes the node).
+                self.report.next = at + IDLE_STATUS_EVERY;
                 return;
             }
         }
