@@ -1,5 +1,6 @@
 //! This node's compression dictionaries: one per collection, trained from a sample of the
-//! collection's own values once it holds enough of them, retrained rarely (when it has grown
+//! collection's own values once it holds enough of them (and is not in the middle of filling
+//! up), retrained rarely (when it has grown
 //! [`RETRAIN_GROWTH`] times and [`RETRAIN_AFTER`] has passed, [`RETRAIN_YOUNG_AFTER`] while it
 //! is younger than a full sample), and published to every session, which offers them to its
 //! peer (protocol 3).
@@ -30,7 +31,13 @@ pub(crate) const RETRAIN_AFTER: Duration = Duration::from_secs(3600);
 
 /// ... or this long, while the last training sampled fewer than a full sample's values (a
 /// young collection's first dictionaries improve quickly as it grows: at most a handful).
-pub(crate) const RETRAIN_YOUNG_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const RETRAIN_YOUNG_AFTER: Duration = Duration::from_secs(600);
+
+/// A collection that grew by more than this fraction since the last look is still filling
+/// up: it is trained once it settles or holds a full sample, so a bulk load gets one
+/// dictionary of its values rather than one of its first few (and a retrain, and a second
+/// offer to every peer, soon after).
+const FILLING_GROWTH: f64 = 0.1;
 
 /// Most values one training reads.
 const SAMPLE_VALUES: usize = 2_048;
@@ -63,6 +70,8 @@ pub(crate) async fn train_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut state: HashMap<String, Trained> = HashMap::new();
+    // Records of each collection at the last look.
+    let mut seen: HashMap<String, u64> = HashMap::new();
     let mut dicts: Vec<LocalDictionary> = Vec::new();
     loop {
         tokio::select! {
@@ -77,7 +86,10 @@ pub(crate) async fn train_loop(
         };
         for c in collections {
             let records = c.meta.records;
-            if !trainable(&c.name) || !due(state.get(&c.name), records, dicts.len()) {
+            let before = seen.insert(c.name.clone(), records).unwrap_or(0);
+            let filling = records < SAMPLE_VALUES as u64
+                && records as f64 > before as f64 * (1.0 + FILLING_GROWTH);
+            if !trainable(&c.name) || filling || !due(state.get(&c.name), records, dicts.len()) {
                 continue;
             }
             let samples = sample(&replica, &c.name).await;
@@ -172,9 +184,9 @@ mod tests {
             at: Instant::now(),
             ok: true,
         };
-        assert!(!due(Some(&fresh), 10_000, 0), "not within the minute");
+        assert!(!due(Some(&fresh), 10_000, 0), "not within ten minutes");
         let Some(at) = Instant::now().checked_sub(RETRAIN_YOUNG_AFTER) else {
-            return; // the clock started less than a minute ago
+            return; // the clock started less than ten minutes ago
         };
         let young = Trained {
             records: 100,

@@ -45,6 +45,11 @@ const READ_CHUNK: usize = 64 << 10;
 /// longer ones are compressed on their own.
 pub const STREAM_MAX_BYTES: usize = 16 << 10;
 
+/// A zstd stream that is not primed with a dictionary and has carried fewer payload bytes
+/// than this ends, and a primed one starts, when a frame of a collection with an agreed
+/// dictionary comes.
+pub const RESTART_UNPRIMED_BELOW: usize = 4 << 10;
+
 /// Window of the per-stream zstd stream: 2^17 = 128 KiB of history (hundreds of writes),
 /// about 1 MiB of compressor and 0.2 MiB of decompressor state per stream.
 pub const STREAM_WINDOW_LOG: u32 = 17;
@@ -109,6 +114,8 @@ pub struct FramedSend {
     zstream: Option<StreamEncoder>,
     /// The dictionaries the peer accepted, to prime a new zstd stream with.
     dicts: Option<SendDictionaries>,
+    /// The running zstd stream was primed with a dictionary, and the payload bytes it carried.
+    zstream_use: (bool, usize),
 }
 
 /// The compressor of a stream's zstd stream.
@@ -137,6 +144,7 @@ impl FramedSend {
             counters: TrafficCounters::new(),
             zstream: None,
             dicts: None,
+            zstream_use: (false, 0),
         }
     }
 
@@ -173,28 +181,27 @@ impl FramedSend {
         Ok(frame.len())
     }
 
-    /// The frame [`FramedSend::send`] would write for `msg`, to be written (possibly in
-    /// parts, e.g. paced) with [`FramedSend::write_encoded`], in order and before any other
-    /// frame: with `compress` it advances the stream's zstd stream.
+    /// The frame [`FramedSend::send`] would write for `msg` (preceded by the end of the
+    /// running zstd stream when a primed one replaces it), to be written (possibly in parts,
+    /// e.g. paced) with [`FramedSend::write_encoded`], in order and before any other frame:
+    /// with `compress` it advances the stream's zstd stream.
     pub fn encode(&mut self, msg: &Message, compress: bool) -> Result<Vec<u8>, TransportError> {
         if !compress {
             return encode_frame(msg, FrameFlags::NONE).map_err(TransportError::Encode);
         }
         let payload = encode_message(msg).map_err(TransportError::Encode)?;
         if payload.len() < STREAM_MAX_BYTES {
-            // A new zstd stream is primed with the collection's agreed dictionary, if any.
-            let dict = match &self.zstream {
-                Some(_) => None,
-                None => self
-                    .dicts
-                    .as_ref()
-                    .zip(msg.collection())
-                    .and_then(|(d, c)| d.get(c)),
-            };
-            if dict.is_some() {
+            let dict = self
+                .dicts
+                .as_ref()
+                .zip(msg.collection())
+                .and_then(|(d, c)| d.get(c));
+            let (out, primed) =
+                small_frames(&mut self.zstream, &mut self.zstream_use, dict, &payload)?;
+            if primed {
                 self.counters.primed.0.fetch_add(1, Ordering::Relaxed);
             }
-            return stream_frame(&mut self.zstream, dict, &payload);
+            return Ok(out);
         }
         let packed =
             zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| TransportError::Compress {
@@ -258,6 +265,40 @@ impl FramedSend {
     pub fn into_inner(self) -> SendStream {
         self.stream
     }
+}
+
+/// The frames of a small `payload` through the zstd stream `zstream` (`used`: whether it was
+/// primed, and the payload bytes it carried), and whether a primed stream started. A new
+/// stream is primed with `dict` (the agreed dictionary of the payload's collection) when
+/// given; a young stream that is not primed gives way to one that is — its end frame first
+/// — as it has little history to lose (it began, say, with a status report just before a
+/// burst of writes).
+fn small_frames(
+    zstream: &mut Option<StreamEncoder>,
+    used: &mut (bool, usize),
+    dict: Option<(DictionaryId, Arc<[u8]>)>,
+    payload: &[u8],
+) -> Result<(Vec<u8>, bool), TransportError> {
+    let mut out = Vec::new();
+    let dict = match dict {
+        Some(d) if zstream.is_none() => Some(d),
+        Some(d) if !used.0 && used.1 < RESTART_UNPRIMED_BELOW => {
+            if let Some(mut enc) = zstream.take() {
+                let end = enc.end()?;
+                out = encode_raw_frame(FrameFlags::ZSTD_STREAM, &end)
+                    .map_err(TransportError::Encode)?;
+            }
+            Some(d)
+        }
+        _ => None,
+    };
+    let primed = zstream.is_none() && dict.is_some();
+    if zstream.is_none() {
+        *used = (primed, 0);
+    }
+    used.1 = used.1.saturating_add(payload.len());
+    out.extend_from_slice(&stream_frame(zstream, dict, payload)?);
+    Ok((out, primed))
 }
 
 /// The [`FrameFlags::ZSTD_STREAM`] frame of `payload`, continuing `zstream` or starting it
@@ -875,6 +916,65 @@ mod tests {
         };
         let e = decode(frame, MAX_FRAME_BYTES, &mut None, &held).expect_err("refused");
         assert_eq!(e.code(), Some(ErrorCode::Malformed));
+    }
+
+    /// Every frame in `bytes`.
+    fn cut_all(bytes: &[u8]) -> Vec<Frame> {
+        let mut d = FrameDecoder::new();
+        d.push(bytes);
+        std::iter::from_fn(|| d.poll_frame().expect("valid")).collect()
+    }
+
+    #[test]
+    fn a_young_unprimed_stream_gives_way_to_a_primed_one() {
+        let (id, dict) = trained();
+        let accepted = RecvDictionaries::new();
+        accepted.insert(id, dict.to_vec());
+        let (mut enc, mut used, mut dec) = (None, (false, 0), None);
+        let receive = |bytes: &[u8], dec: &mut Option<StreamDecoder>| -> Vec<Message> {
+            cut_all(bytes)
+                .into_iter()
+                .filter_map(|f| decode(f, MAX_FRAME_BYTES, dec, &accepted).expect("decode"))
+                .collect()
+        };
+        let status: Message = officesync_protocol::wire::Heartbeat { now_ms: 1, seq: 1 }.into();
+        let payload = |m: &Message| encode_message(m).expect("encode");
+        // A frame of a collection without a dictionary starts a plain stream...
+        let (out, primed) = small_frames(&mut enc, &mut used, None, &payload(&status)).expect("f");
+        assert!(!primed);
+        assert_eq!(receive(&out, &mut dec), vec![status.clone()]);
+        // ... which ends when a write of a collection with one follows: a primed one starts.
+        let d = Some((id, dict.clone()));
+        let (out, primed) =
+            small_frames(&mut enc, &mut used, d, &payload(&json_write(1))).expect("frames");
+        assert!(primed);
+        let frames = cut_all(&out);
+        assert_eq!(
+            frames.len(),
+            2,
+            "the end of the plain stream, then the primed frame"
+        );
+        assert!(frames[1].flags.is_zstd_dict());
+        assert_eq!(receive(&out, &mut dec), vec![json_write(1)]);
+        // The primed stream goes on, whatever comes.
+        for m in [status.clone(), json_write(2)] {
+            let d = Some((id, dict.clone()));
+            let (out, primed) = small_frames(&mut enc, &mut used, d, &payload(&m)).expect("f");
+            assert!(!primed && cut_all(&out).len() == 1);
+            assert_eq!(receive(&out, &mut dec), vec![m]);
+        }
+        // A plain stream that carried enough keeps going.
+        let (mut enc, mut used, mut dec) = (None, (false, 0), None);
+        while used.1 < RESTART_UNPRIMED_BELOW {
+            let (out, _) =
+                small_frames(&mut enc, &mut used, None, &payload(&json_write(3))).expect("frames");
+            receive(&out, &mut dec);
+        }
+        let d = Some((id, dict.clone()));
+        let (out, primed) =
+            small_frames(&mut enc, &mut used, d, &payload(&json_write(4))).expect("frames");
+        assert!(!primed && cut_all(&out).len() == 1);
+        assert_eq!(receive(&out, &mut dec), vec![json_write(4)]);
     }
 
     #[test]
