@@ -29,7 +29,7 @@ fn report(who: &str, i: usize) -> Vec<u8> {
         8 + i % 9,
         i * 37 % 100,
         ["rising", "falling", "steady"][i % 3],
-        i % 2 == 0,
+        i.is_multiple_of(2),
     )
     .into_bytes()
 }

@@ -6,7 +6,8 @@
 //! peer (protocol 3).
 //!
 //! Training reads at most [`MAX_TRAINING_BYTES`] of values and runs on a blocking thread
-//! (tens of milliseconds for the largest sample); at most
+//! (a few hundred milliseconds for the largest sample in an optimised build); a dictionary that
+//! does not shrink the sample is dropped; at most
 //! [`MAX_DICTIONARY_COLLECTIONS`] collections get one.
 
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ pub(crate) const RETRAIN_YOUNG_AFTER: Duration = Duration::from_secs(600);
 const FILLING_GROWTH: f64 = 0.1;
 
 /// Most values one training reads.
-const SAMPLE_VALUES: usize = 2_048;
+const SAMPLE_VALUES: usize = 1_024;
 
 /// Records per scan page while sampling.
 const SAMPLE_PAGE: usize = 256;

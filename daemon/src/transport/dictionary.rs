@@ -13,9 +13,17 @@ use officesync_protocol::wire::{DictionaryId, MAX_DICTIONARY_BYTES, MAX_DICTIONA
 /// dictionary of a handful of values helps little).
 pub const MIN_TRAINING_SAMPLES: usize = 32;
 
-/// Most sample bytes one training reads (about 100 times the dictionary, as zstd advises),
-/// which bounds its CPU time to tens of milliseconds.
-pub const MAX_TRAINING_BYTES: usize = 1 << 20;
+/// Most sample bytes one training reads (16 times the largest dictionary), which bounds its
+/// CPU time (a few hundred milliseconds of zstd's builder in an optimised build).
+pub const MAX_TRAINING_BYTES: usize = 256 << 10;
+
+/// A trained dictionary is kept only if it shrinks sample values compressed alone to at most
+/// this fraction of their size without it: one that does not help would cost every peer its
+/// bytes for nothing (values of random bytes, or already compressed).
+pub const MIN_GAIN: f64 = 0.9;
+
+/// Sample values the gain is measured on.
+const GAIN_SAMPLES: usize = 64;
 
 /// Longest sample value used: longer values are cut to this many bytes.
 pub const MAX_SAMPLE_BYTES: usize = 4 << 10;
@@ -41,7 +49,28 @@ pub fn train(samples: &[Vec<u8>]) -> Option<Vec<u8>> {
     // A dictionary much larger than a quarter of the sample learns nothing more.
     let capacity = (total.min(MAX_TRAINING_BYTES) / 4).clamp(1 << 10, MAX_DICTIONARY_BYTES);
     let dict = zstd::dict::from_samples(&cut, capacity).ok()?;
-    (!dict.is_empty() && dict.len() <= MAX_DICTIONARY_BYTES).then_some(dict)
+    let fits = !dict.is_empty() && dict.len() <= MAX_DICTIONARY_BYTES;
+    (fits && helps(&dict, &cut)).then_some(dict)
+}
+
+/// Whether `dict` shrinks values like `samples` (each compressed alone, as the first write
+/// of a stream is) to at most [`MIN_GAIN`] of their compressed size without it.
+fn helps(dict: &[u8], samples: &[&[u8]]) -> bool {
+    let Ok(mut with) = zstd::bulk::Compressor::with_dictionary(3, dict) else {
+        return false;
+    };
+    let (mut primed, mut plain) = (0usize, 0usize);
+    let step = (samples.len() / GAIN_SAMPLES).max(1);
+    for s in samples.iter().step_by(step) {
+        match (with.compress(s), zstd::bulk::compress(s, 3)) {
+            (Ok(a), Ok(b)) => {
+                primed += a.len();
+                plain += b.len();
+            }
+            _ => return false,
+        }
+    }
+    plain > 0 && (primed as f64) <= (plain as f64) * MIN_GAIN
 }
 
 /// The peer's dictionaries a session accepted, by id: what its frames may be primed with.
@@ -90,10 +119,13 @@ impl RecvDictionaries {
     }
 }
 
+/// A dictionary's id and bytes.
+pub type IdentifiedDictionary = (DictionaryId, Arc<[u8]>);
+
 /// This node's dictionaries the peer accepted, by collection: what the writers may prime a
 /// new zstd stream with. Clones share the set.
 #[derive(Debug, Clone, Default)]
-pub struct SendDictionaries(Arc<RwLock<HashMap<String, (DictionaryId, Arc<[u8]>)>>>);
+pub struct SendDictionaries(Arc<RwLock<HashMap<String, IdentifiedDictionary>>>);
 
 impl SendDictionaries {
     /// An empty set.
@@ -111,7 +143,7 @@ impl SendDictionaries {
     }
 
     /// The dictionary agreed for `collection`, if any.
-    pub fn get(&self, collection: &str) -> Option<(DictionaryId, Arc<[u8]>)> {
+    pub fn get(&self, collection: &str) -> Option<IdentifiedDictionary> {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -133,7 +165,7 @@ mod tests {
                     10 + i % 7,
                     i * 13 % 100,
                     ["rising", "falling", "steady"][i % 3],
-                    i % 2 == 0
+                    i.is_multiple_of(2)
                 )
                 .into_bytes()
             })
@@ -156,6 +188,25 @@ mod tests {
             primed.len(),
             plain.len()
         );
+    }
+
+    #[test]
+    fn a_dictionary_that_does_not_help_is_not_kept() {
+        // Random bytes: nothing to learn.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let samples: Vec<Vec<u8>> = (0..500)
+            .map(|_| {
+                (0..256)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(train(&samples), None);
     }
 
     #[test]
