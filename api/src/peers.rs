@@ -124,6 +124,23 @@ pub struct PeerStatus {
     /// estimated before compression; 0 while disconnected.
     #[serde(default)]
     pub queued_bytes: u64,
+    /// Collections whose compression dictionary (this node's, trained from their values) the
+    /// peer accepted in the current (or last) session: the zstd streams of their frames to it
+    /// may start primed with it (protocol 3). Empty for peers of protocol 1 or 2.
+    #[serde(default)]
+    pub dictionaries_sent: Vec<String>,
+    /// Collections whose dictionary (the peer's) this node accepted in the current (or last)
+    /// session, to decode the peer's frames with.
+    #[serde(default)]
+    pub dictionaries_received: Vec<String>,
+    /// zstd streams to the peer that started primed with a dictionary, since this daemon
+    /// started (a stream starts with the first write after 5 s of quiet).
+    #[serde(default)]
+    pub primed_streams_sent: u64,
+    /// zstd streams from the peer that started primed with a dictionary, since this daemon
+    /// started.
+    #[serde(default)]
+    pub primed_streams_received: u64,
 }
 
 /// Replication state of one collection between this node and one peer.

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! where the payload is the bincode (standard configuration) of a [`Message`], zstd-compressed
-//! when [`FrameFlags::ZSTD`] is set. The codec only carries the flag: the daemon compresses
+//! when [`FrameFlags::ZSTD`] is set (or continuing a zstd stream, [`FrameFlags::ZSTD_STREAM`],
+//! possibly primed with an agreed dictionary, [`FrameFlags::ZSTD_DICT`]). The codec only carries the flag: the daemon compresses
 //! before [`encode_raw_frame`] and decompresses (bounded by [`MAX_FRAME_BYTES`]) before
 //! [`decode_message`].
 //!
@@ -20,12 +21,17 @@
 //! [`FrameDecoder`] cuts frames out of the byte stream, [`decode_message`] turns a payload into a
 //! [`Message`], and [`Message::validate`] checks names, counters, ordering and sizes.
 
+mod dictionary;
 mod error;
 mod frame;
 mod message;
 mod v1;
 mod validate;
 
+pub use dictionary::{
+    DictionaryId, DictionaryOffer, DictionaryReply, DICTIONARY_ID_LEN, MAX_DICTIONARY_BYTES,
+    MAX_DICTIONARY_COLLECTIONS,
+};
 pub(crate) use error::clip;
 pub use error::{ErrorCode, WireError};
 pub use frame::{
@@ -33,9 +39,10 @@ pub use frame::{
     FrameFlags, FRAME_HEADER_LEN,
 };
 pub use message::{
-    About, Ack, Batch, Complete, Compression, DigestReply, DigestRequest, ErrorFrame, FullRepair,
-    Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, RepairApplied,
-    RepairBatch, Restart, TreeReply, TreeRequest, MAX_RELEASE_BYTES, MAX_TREE_PARENTS,
+    About, Ack, Batch, BatchComplete, Complete, Compression, DigestReply, DigestRequest,
+    ErrorFrame, FullRepair, Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2,
+    RepairApplied, RepairBatch, Restart, TreeReply, TreeRequest, MAX_RELEASE_BYTES,
+    MAX_TREE_PARENTS,
 };
 pub use v1::{BatchV1, VersionV1};
 pub use validate::{
@@ -49,7 +56,8 @@ pub use validate::{
 /// Version 3 adds the hash-tree repair (its messages travel as [`Message::V2`] variants), and
 /// its senders may open a second unidirectional stream, the urgent stream, for the batches and
 /// completions of urgent collections (every `(collection, origin)` stream stays on one QUIC
-/// stream, so the receiver's order checks are unchanged).
+/// stream, so the receiver's order checks are unchanged). It also agrees per-collection
+/// compression dictionaries ([`DictionaryOffer`], [`DictionaryReply`], [`FrameFlags::ZSTD_DICT`]).
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build still speaks (with nodes of the previous release).

@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use officesync_protocol::names::NameError;
 use officesync_protocol::wire::{
-    decode_message, encode_frame, encode_message, encode_raw_frame, About, Ack, Batch, Complete,
-    Compression, DigestReply, DigestRequest, ErrorCode, ErrorFrame, Frame, FrameDecoder,
-    FrameFlags, FullRepair, Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2,
-    RepairApplied, RepairBatch, TreeReply, TreeRequest, WireError, DEFAULT_MAX_VALUE_BYTES,
-    FRAME_HEADER_LEN, MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode_message, encode_frame, encode_message, encode_raw_frame, About, Ack, Batch,
+    BatchComplete, Complete, Compression, DictionaryId, DictionaryOffer, DictionaryReply,
+    DigestReply, DigestRequest, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameFlags, FullRepair,
+    Heartbeat, Hello, HelloAck, HelloAckV2, Message, MessageV1, MessageV2, RepairApplied,
+    RepairBatch, TreeReply, TreeRequest, WireError, DEFAULT_MAX_VALUE_BYTES, FRAME_HEADER_LEN,
+    MAX_ERROR_DETAIL_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
 use proptest::prelude::*;
@@ -335,6 +336,23 @@ fn sample_messages() -> Vec<Message> {
             collection: "situation".into(),
         }
         .into(),
+        DictionaryOffer {
+            collection: "situation".into(),
+            id: DictionaryId::of(b"a dictionary"),
+            dictionary: b"a dictionary".to_vec(),
+        }
+        .into(),
+        DictionaryReply {
+            collection: "situation".into(),
+            id: DictionaryId::of(b"a dictionary"),
+            accepted: true,
+        }
+        .into(),
+        BatchComplete {
+            batch: batch_of(vec![ver(&r, 1), ver(&r, 3)]),
+            through: 4,
+        }
+        .into(),
     ]
 }
 
@@ -427,7 +445,7 @@ proptest! {
 fn sample_of_every_variant_round_trips_and_validates() {
     let msgs = sample_messages();
     let kinds: BTreeSet<&str> = msgs.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 16, "a sample of every kind");
+    assert_eq!(kinds.len(), 19, "a sample of every kind");
     let mut stream = Vec::new();
     for m in &msgs {
         assert_eq!(m.validate(DEFAULT_MAX_VALUE_BYTES), Ok(()), "{}", m.kind());
@@ -636,10 +654,10 @@ fn unknown_tags_are_refused() {
     let err = decode_message(&[2, 5, 1, 2]).expect_err("V3");
     assert_eq!(err, WireError::UnsupportedVersion { version: 3 });
     assert_eq!(
-        decode_message(&[1, 18, 1, 2]),
+        decode_message(&[1, 21, 1, 2]),
         Err(WireError::UnknownTag {
             type_name: "MessageV2",
-            found: 18
+            found: 21
         })
     );
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);

@@ -26,7 +26,10 @@ use super::peers::PeerTable;
 use super::{outcome_name, Command, SyncSettings, VerifyReport};
 use crate::replica::{now_ms, DurableState, Replica};
 use crate::time::rfc3339;
-use crate::transport::{self, FramedRecv, FramedSend, PeerConnection, TrafficCounters};
+use crate::transport::{
+    self, FramedRecv, FramedSend, PeerConnection, RecvDictionaries, SendDictionaries,
+    TrafficCounters,
+};
 use io::Input;
 use officesync_protocol::policy::Policy;
 
@@ -98,6 +101,8 @@ enum Wake {
     Durable(bool),
     /// The policy changed (`false`: its source is gone).
     Policy(bool),
+    /// This node's dictionaries changed (`false`: their source is gone).
+    Dictionaries(bool),
     /// The bulk (or urgent) channel has room again.
     BulkRoom,
     /// A command from the node (`None`: no more commands).
@@ -152,6 +157,8 @@ struct Driver<'a> {
     offered: Arc<DurableState>,
     policy_rx: watch::Receiver<Arc<Policy>>,
     policy_live: bool,
+    /// This node's compression dictionaries (`false` once their source is gone).
+    dicts_rx: (watch::Receiver<super::dictionary::Published>, bool),
     /// The node still sends commands (verify).
     commands_live: bool,
     observer: SessionObserver,
@@ -170,6 +177,8 @@ struct StatusReport {
     counters: TrafficCounters,
     /// Totals of earlier sessions (the table counts since the daemon started).
     base: (u64, u64),
+    /// Primed zstd streams of earlier sessions (sent, received).
+    primed_base: (u64, u64),
     remote: std::net::SocketAddr,
     last_heard: Option<SystemTime>,
     next: Instant,
@@ -211,8 +220,13 @@ impl<'a> Driver<'a> {
         let offered = durable.borrow_and_update().clone();
         let mut session = new_session(settings, replica, &peer, is_relay, role, &offered);
         session.handle_policy(policy);
-        let mut base = (0, 0);
-        peers.update(&peer.name, |p| base = (p.bytes_sent, p.bytes_received));
+        let mut dicts_rx = settings.dictionaries.clone();
+        session.handle_dictionaries(dicts_rx.borrow_and_update().to_vec());
+        let (mut base, mut primed_base) = ((0, 0), (0, 0));
+        peers.update(&peer.name, |p| {
+            base = (p.bytes_sent, p.bytes_received);
+            primed_base = (p.primed_streams_sent, p.primed_streams_received);
+        });
         tracing::info!(%remote, ?role, relay = is_relay, "session starting");
         let observer = SessionObserver::start(
             peers,
@@ -249,12 +263,14 @@ impl<'a> Driver<'a> {
             offered,
             policy_rx,
             policy_live: true,
+            dicts_rx: (dicts_rx, true),
             commands_live: true,
             observer,
             verifying: Vec::new(),
             report: StatusReport {
                 counters,
                 base,
+                primed_base,
                 remote,
                 last_heard: None,
                 next: Instant::now(),
@@ -299,6 +315,9 @@ impl<'a> Driver<'a> {
     /// Load while it has not. Control frames are few and small; a backlog past the bound means
     /// the peer does not read its control stream: its bad input.
     fn drive_transmit(&mut self) {
+        // Events first: a dictionary the session accepted is kept before its reply leaves, so
+        // the peer can never use it before the readers hold it.
+        self.drive_events();
         while let Some(msg) = self.session.poll_transmit_on(StreamKind::Control) {
             if let Err(mpsc::error::TrySendError::Full(_)) = self.io.ctrl_tx.try_send(msg) {
                 self.frame_fault = true;
@@ -392,6 +411,22 @@ impl<'a> Driver<'a> {
                     outcome,
                 } => self.verified(collection, outcome_name(outcome)),
                 Event::Acked { .. } => {}
+                Event::DictionaryAccepted {
+                    collection,
+                    id,
+                    dictionary,
+                } => {
+                    tracing::debug!(%collection, %id, bytes = dictionary.len(), "peer's dictionary accepted");
+                    self.io.recv_dicts.insert(id, dictionary);
+                }
+                Event::DictionaryAgreed { dictionary } => {
+                    tracing::debug!(collection = %dictionary.collection, id = %dictionary.id, "dictionary agreed");
+                    self.io.send_dicts.agree(
+                        &dictionary.collection,
+                        dictionary.id,
+                        dictionary.bytes,
+                    );
+                }
                 Event::Closed { code, reason } => self.session_closed(code, reason),
             }
         }
@@ -478,6 +513,24 @@ impl<'a> Driver<'a> {
             p.rtt_ms = st.rtt_ms;
             p.rejected = st.rejected;
         });
+        let sent: Vec<String> = self
+            .session
+            .agreed_dictionaries()
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        let received: Vec<String> = self
+            .session
+            .held_dictionaries()
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        self.peers.update(&st.peer_node, |p| {
+            p.dictionaries_sent = sent;
+            p.dictionaries_received = received;
+            p.primed_streams_sent = r.primed_base.0 + r.counters.primed_sent();
+            p.primed_streams_received = r.primed_base.1 + r.counters.primed_received();
+        });
         let rate = rate_now(&self.limits.0, &st.peer_node);
         let queued = if st.closed { 0 } else { self.limits.1.queued() };
         self.peers.update(&st.peer_node, |p| {
@@ -505,6 +558,7 @@ impl<'a> Driver<'a> {
             input = self.io.inputs.recv() => Wake::Input(input),
             changed = self.durable.changed() => Wake::Durable(changed.is_ok()),
             changed = self.policy_rx.changed(), if self.policy_live => Wake::Policy(changed.is_ok()),
+            changed = self.dicts_rx.0.changed(), if self.dicts_rx.1 => Wake::Dictionaries(changed.is_ok()),
             _ = self.io.bulk_tx.reserve(), if self.io.bulk_tx.capacity() == 0 => Wake::BulkRoom,
             _ = self.io.urgent_tx.reserve(), if self.io.urgent_tx.capacity() == 0 => Wake::BulkRoom,
             cmd = commands.recv(), if self.commands_live => Wake::Command(cmd),
@@ -529,6 +583,11 @@ impl<'a> Driver<'a> {
                 self.offered = state;
             }
             Wake::Policy(live) => self.policy_changed(live),
+            Wake::Dictionaries(false) => self.dicts_rx.1 = false,
+            Wake::Dictionaries(true) => {
+                let dicts = self.dicts_rx.0.borrow_and_update().to_vec();
+                self.session.handle_dictionaries(dicts);
+            }
             Wake::BulkRoom => {}
             Wake::Command(Some(Command::Verify { collections, reply })) => {
                 for c in &collections {
@@ -637,6 +696,11 @@ struct Io {
     compress: Arc<AtomicBool>,
     /// The bulk writer may end its zstd stream when idle (the peer speaks protocol 2).
     release_idle: Arc<AtomicBool>,
+    /// The peer's dictionaries the session accepted: the readers decode with them.
+    recv_dicts: RecvDictionaries,
+    /// This node's dictionaries the peer accepted: the writers prime new zstd streams with
+    /// them.
+    send_dicts: SendDictionaries,
 }
 
 impl Io {
@@ -661,9 +725,10 @@ impl Io {
             (max_value_bytes, None),
         ));
         let (protocol_tx, protocol_rx) = watch::channel(0);
+        let (recv_dicts, send_dicts) = (RecvDictionaries::new(), SendDictionaries::new());
         readers.spawn(io::accept_bulk(
             connection.clone(),
-            counters.clone(),
+            (counters.clone(), recv_dicts.clone()),
             input_tx,
             (max_value_bytes, Some(ahead)),
             protocol_rx,
@@ -680,14 +745,14 @@ impl Io {
         ));
         writers.spawn(io::write_bulk(
             connection.clone(),
-            counters.clone(),
+            (counters.clone(), send_dicts.clone()),
             bulk_rx,
             (compress.clone(), release_idle.clone()),
             Some(limiter),
         ));
         writers.spawn(io::write_bulk(
             connection.clone(),
-            counters.clone(),
+            (counters.clone(), send_dicts.clone()),
             urgent_rx,
             (compress.clone(), release_idle.clone()),
             None,
@@ -702,6 +767,8 @@ impl Io {
             writers,
             compress,
             release_idle,
+            recv_dicts,
+            send_dicts,
         }
     }
 }

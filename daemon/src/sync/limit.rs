@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, Timelike};
-use officesync_protocol::wire::{Message, MessageV1, MessageV2};
+use officesync_protocol::wire::{BatchComplete, Message, MessageV1, MessageV2};
 
 use crate::config::bandwidth::{Rate, Schedule};
 
@@ -63,7 +63,9 @@ pub(crate) fn approx_bytes(msg: &Message) -> u64 {
     const SMALL: u64 = 64;
     let versions = |n: usize, bytes: usize| (n as u64) * 48 + bytes as u64;
     match msg {
-        Message::V2(MessageV2::Batch(b)) => versions(
+        Message::V2(
+            MessageV2::Batch(b) | MessageV2::BatchComplete(BatchComplete { batch: b, .. }),
+        ) => versions(
             b.versions.len(),
             b.versions
                 .iter()

@@ -4,6 +4,7 @@
 //!
 //! [`transport`]: crate::transport
 
+mod dictionary;
 mod driver;
 mod limit;
 mod observe;
@@ -69,6 +70,8 @@ pub(crate) struct SyncSettings {
     pub policy: crate::policy::PolicyHandle,
     /// Verifies the origin signatures of received versions.
     pub keyring: Arc<crate::signing::Keyring>,
+    /// This node's compression dictionaries (one per collection), offered to peers.
+    pub dictionaries: watch::Receiver<dictionary::Published>,
 }
 
 /// Handles of the sessions running now, by connection id, and what is known of peers whose
@@ -163,6 +166,12 @@ impl SyncService {
         keyring: Arc<crate::signing::Keyring>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let (dicts_tx, dictionaries) = watch::channel(dictionary::Published::default());
+        tokio::spawn(dictionary::train_loop(
+            replica.clone(),
+            dicts_tx,
+            shutdown.clone(),
+        ));
         let settings = Arc::new(SyncSettings {
             node: config.node.name.clone(),
             cluster_id: transport.cluster_id().to_owned(),
@@ -176,6 +185,7 @@ impl SyncService {
                 && transport.identity().admin_cert,
             policy,
             keyring,
+            dictionaries,
         });
         for p in &config.sync.peers {
             peers.set(peers::PeerStatus {

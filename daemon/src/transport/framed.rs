@@ -11,17 +11,24 @@
 //! against the last [`STREAM_WINDOW_LOG`] bits' worth of earlier frames, so the repeated
 //! collection, origin and JSON field names of consecutive writes cost a few bytes instead of
 //! being sent whole every time. Its state is allocated on the first such frame.
+//!
+//! When the session agreed a dictionary for the collection of the frame that starts a zstd
+//! stream (protocol 3, [`SendDictionaries`]), the stream is primed with it
+//! ([`FrameFlags::ZSTD_DICT`], the dictionary's id ahead of the compressed bytes): the first
+//! writes after an idle period compress as well as later ones. The reader decodes only with a
+//! dictionary its session accepted ([`RecvDictionaries`]); any other id is refused.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use officesync_protocol::wire::{
-    decode_message, encode_frame, encode_message, encode_raw_frame, ErrorCode, Frame, FrameDecoder,
-    FrameFlags, Message, WireError, MAX_FRAME_BYTES,
+    decode_message, encode_frame, encode_message, encode_raw_frame, DictionaryId, ErrorCode, Frame,
+    FrameDecoder, FrameFlags, Message, WireError, DICTIONARY_ID_LEN, MAX_FRAME_BYTES,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 
+use super::dictionary::{RecvDictionaries, SendDictionaries};
 use super::error::TransportError;
 
 /// Kept for compatibility: payloads shorter than this were never compressed on their own
@@ -38,6 +45,11 @@ const READ_CHUNK: usize = 64 << 10;
 /// longer ones are compressed on their own.
 pub const STREAM_MAX_BYTES: usize = 16 << 10;
 
+/// A zstd stream that is not primed with a dictionary and has carried fewer payload bytes
+/// than this ends, and a primed one starts, when a frame of a collection with an agreed
+/// dictionary comes.
+pub const RESTART_UNPRIMED_BELOW: usize = 4 << 10;
+
 /// Window of the per-stream zstd stream: 2^17 = 128 KiB of history (hundreds of writes),
 /// about 1 MiB of compressor and 0.2 MiB of decompressor state per stream.
 pub const STREAM_WINDOW_LOG: u32 = 17;
@@ -52,6 +64,8 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 pub struct TrafficCounters {
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    /// zstd streams started primed with a dictionary: (sent, received).
+    primed: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl TrafficCounters {
@@ -68,6 +82,16 @@ impl TrafficCounters {
     /// Bytes read from streams (as received, before decompression).
     pub fn bytes_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// zstd streams this side started primed with a dictionary ([`FrameFlags::ZSTD_DICT`]).
+    pub fn primed_sent(&self) -> u64 {
+        self.primed.0.load(Ordering::Relaxed)
+    }
+
+    /// zstd streams the peer started primed with a dictionary, decoded.
+    pub fn primed_received(&self) -> u64 {
+        self.primed.1.load(Ordering::Relaxed)
     }
 
     fn add_sent(&self, n: usize) {
@@ -88,6 +112,10 @@ pub struct FramedSend {
     counters: TrafficCounters,
     /// The stream's zstd compressor, created on the first small compressed frame.
     zstream: Option<StreamEncoder>,
+    /// The dictionaries the peer accepted, to prime a new zstd stream with.
+    dicts: Option<SendDictionaries>,
+    /// The running zstd stream was primed with a dictionary, and the payload bytes it carried.
+    zstream_use: (bool, usize),
 }
 
 /// The compressor of a stream's zstd stream.
@@ -115,12 +143,21 @@ impl FramedSend {
             stream,
             counters: TrafficCounters::new(),
             zstream: None,
+            dicts: None,
+            zstream_use: (false, 0),
         }
     }
 
     /// Counts into `counters` (e.g. the peer's) instead.
     pub fn with_counters(mut self, counters: TrafficCounters) -> Self {
         self.counters = counters;
+        self
+    }
+
+    /// Primes each new zstd stream with the dictionary agreed for the collection of its first
+    /// frame, if any (only dictionaries the peer accepted may be in `dicts`).
+    pub fn with_dictionaries(mut self, dicts: SendDictionaries) -> Self {
+        self.dicts = Some(dicts);
         self
     }
 
@@ -144,33 +181,36 @@ impl FramedSend {
         Ok(frame.len())
     }
 
-    /// The frame [`FramedSend::send`] would write for `msg`, to be written (possibly in
-    /// parts, e.g. paced) with [`FramedSend::write_encoded`], in order and before any other
-    /// frame: with `compress` it advances the stream's zstd stream.
+    /// The frame [`FramedSend::send`] would write for `msg` (preceded by the end of the
+    /// running zstd stream when a primed one replaces it), to be written (possibly in parts,
+    /// e.g. paced) with [`FramedSend::write_encoded`], in order and before any other frame:
+    /// with `compress` it advances the stream's zstd stream.
     pub fn encode(&mut self, msg: &Message, compress: bool) -> Result<Vec<u8>, TransportError> {
-        if compress {
-            let payload = encode_message(msg).map_err(TransportError::Encode)?;
-            if payload.len() < STREAM_MAX_BYTES {
-                let enc = match &mut self.zstream {
-                    Some(enc) => enc,
-                    none => none.insert(StreamEncoder::new()?),
-                };
-                let packed = enc.compress(&payload)?;
-                encode_raw_frame(FrameFlags::ZSTD_STREAM, &packed)
-            } else {
-                let packed = zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| {
-                    TransportError::Compress {
-                        detail: e.to_string(),
-                    }
-                })?;
-                if packed.len() < payload.len() {
-                    encode_raw_frame(FrameFlags::ZSTD, &packed)
-                } else {
-                    encode_raw_frame(FrameFlags::NONE, &payload)
-                }
+        if !compress {
+            return encode_frame(msg, FrameFlags::NONE).map_err(TransportError::Encode);
+        }
+        let payload = encode_message(msg).map_err(TransportError::Encode)?;
+        if payload.len() < STREAM_MAX_BYTES {
+            let dict = self
+                .dicts
+                .as_ref()
+                .zip(msg.collection())
+                .and_then(|(d, c)| d.get(c));
+            let (out, primed) =
+                small_frames(&mut self.zstream, &mut self.zstream_use, dict, &payload)?;
+            if primed {
+                self.counters.primed.0.fetch_add(1, Ordering::Relaxed);
             }
+            return Ok(out);
+        }
+        let packed =
+            zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| TransportError::Compress {
+                detail: e.to_string(),
+            })?;
+        if packed.len() < payload.len() {
+            encode_raw_frame(FrameFlags::ZSTD, &packed)
         } else {
-            encode_frame(msg, FrameFlags::NONE)
+            encode_raw_frame(FrameFlags::NONE, &payload)
         }
         .map_err(TransportError::Encode)
     }
@@ -227,6 +267,66 @@ impl FramedSend {
     }
 }
 
+/// The frames of a small `payload` through the zstd stream `zstream` (`used`: whether it was
+/// primed, and the payload bytes it carried), and whether a primed stream started. A new
+/// stream is primed with `dict` (the agreed dictionary of the payload's collection) when
+/// given; a young stream that is not primed gives way to one that is — its end frame first
+/// — as it has little history to lose (it began, say, with a status report just before a
+/// burst of writes).
+fn small_frames(
+    zstream: &mut Option<StreamEncoder>,
+    used: &mut (bool, usize),
+    dict: Option<(DictionaryId, Arc<[u8]>)>,
+    payload: &[u8],
+) -> Result<(Vec<u8>, bool), TransportError> {
+    let mut out = Vec::new();
+    let dict = match dict {
+        Some(d) if zstream.is_none() => Some(d),
+        Some(d) if !used.0 && used.1 < RESTART_UNPRIMED_BELOW => {
+            if let Some(mut enc) = zstream.take() {
+                let end = enc.end()?;
+                out = encode_raw_frame(FrameFlags::ZSTD_STREAM, &end)
+                    .map_err(TransportError::Encode)?;
+            }
+            Some(d)
+        }
+        _ => None,
+    };
+    let primed = zstream.is_none() && dict.is_some();
+    if zstream.is_none() {
+        *used = (primed, 0);
+    }
+    used.1 = used.1.saturating_add(payload.len());
+    out.extend_from_slice(&stream_frame(zstream, dict, payload)?);
+    Ok((out, primed))
+}
+
+/// The [`FrameFlags::ZSTD_STREAM`] frame of `payload`, continuing `zstream` or starting it
+/// (primed with `dict` when given: [`FrameFlags::ZSTD_DICT`], the id ahead of the zstd bytes).
+fn stream_frame(
+    zstream: &mut Option<StreamEncoder>,
+    dict: Option<(DictionaryId, Arc<[u8]>)>,
+    payload: &[u8],
+) -> Result<Vec<u8>, TransportError> {
+    let dict = dict.filter(|_| zstream.is_none());
+    let (flags, mut packed) = match dict {
+        Some((id, bytes)) => {
+            *zstream = Some(StreamEncoder::with_dictionary(&bytes)?);
+            (
+                FrameFlags::ZSTD_STREAM.with(FrameFlags::ZSTD_DICT),
+                id.0.to_vec(),
+            )
+        }
+        None => (FrameFlags::ZSTD_STREAM, Vec::new()),
+    };
+    let enc = match zstream {
+        Some(enc) => enc,
+        none => none.insert(StreamEncoder::new()?),
+    };
+    packed.extend_from_slice(&enc.compress(payload)?);
+    encode_raw_frame(flags, &packed).map_err(TransportError::Encode)
+}
+
 /// Receives [`Message`]s from a QUIC receive stream, every size bounded.
 ///
 /// A frame longer than the limit is refused as soon as its header arrives, before its payload
@@ -242,6 +342,8 @@ pub struct FramedRecv {
     failed: bool,
     /// The stream's zstd decompressor, created on the first [`FrameFlags::ZSTD_STREAM`] frame.
     zstream: Option<StreamDecoder>,
+    /// The dictionaries the session accepted from the peer (none: a primed frame is refused).
+    dicts: RecvDictionaries,
 }
 
 impl FramedRecv {
@@ -254,7 +356,14 @@ impl FramedRecv {
             counters: TrafficCounters::new(),
             failed: false,
             zstream: None,
+            dicts: RecvDictionaries::new(),
         }
+    }
+
+    /// Decodes frames primed with the dictionaries in `dicts` (those the session accepted).
+    pub fn with_dictionaries(mut self, dicts: RecvDictionaries) -> Self {
+        self.dicts = dicts;
+        self
     }
 
     /// Accepts payloads of at most `limit` bytes (compressed or not; capped at
@@ -289,7 +398,10 @@ impl FramedRecv {
             match self.decoder.poll_frame() {
                 Ok(Some(frame)) => {
                     let limit = self.decoder.limit();
-                    match decode(frame, limit, &mut self.zstream) {
+                    if frame.flags.is_zstd_dict() {
+                        self.counters.primed.1.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match decode(frame, limit, &mut self.zstream, &self.dicts) {
                         Ok(Some(msg)) => return Ok(Some(msg)),
                         // The end of the peer's zstd stream: its decompressor is gone.
                         Ok(None) => continue,
@@ -340,23 +452,44 @@ impl FramedRecv {
 }
 
 /// Decompresses (if flagged) and decodes one frame's payload; `zstream` is the stream's zstd
-/// stream decompressor (created when first needed).
+/// stream decompressor (created when first needed, primed with one of `dicts` when the frame
+/// says so).
 fn decode(
     frame: Frame,
     limit: usize,
     zstream: &mut Option<StreamDecoder>,
+    dicts: &RecvDictionaries,
 ) -> Result<Option<Message>, TransportError> {
+    let refuse = |detail: String| TransportError::Decompress { detail };
+    if frame.flags.is_zstd_dict() && !frame.flags.is_zstd_stream() {
+        return Err(refuse("a dictionary flag without zstd-stream".into()));
+    }
     if frame.flags.is_zstd_stream() {
         if frame.flags.is_zstd() {
-            return Err(TransportError::Decompress {
-                detail: "frame flags both zstd and zstd-stream".into(),
-            });
+            return Err(refuse("frame flags both zstd and zstd-stream".into()));
+        }
+        let mut data = &frame.payload[..];
+        if frame.flags.is_zstd_dict() {
+            if zstream.is_some() {
+                return Err(refuse(
+                    "a dictionary frame inside a running zstd stream".into(),
+                ));
+            }
+            let Some((id, rest)) = data.split_first_chunk::<DICTIONARY_ID_LEN>() else {
+                return Err(refuse("a dictionary frame shorter than its id".into()));
+            };
+            let id = DictionaryId(*id);
+            let Some(dict) = dicts.get(&id) else {
+                return Err(refuse(format!("unknown dictionary {id}")));
+            };
+            *zstream = Some(StreamDecoder::with_dictionary(&dict)?);
+            data = rest;
         }
         if zstream.is_none() {
             *zstream = Some(StreamDecoder::new()?);
         }
         let payload = match zstream.as_mut() {
-            Some(dec) => dec.decompress(&frame.payload, limit)?,
+            Some(dec) => dec.decompress(data, limit)?,
             None => Vec::new(), // set just above
         };
         if payload.is_empty() {
@@ -376,11 +509,19 @@ fn decode(
 
 impl StreamEncoder {
     fn new() -> Result<Self, TransportError> {
+        Self::with_dictionary(&[])
+    }
+
+    /// A stream primed with `dict` (none when empty).
+    fn with_dictionary(dict: &[u8]) -> Result<Self, TransportError> {
         use zstd::stream::raw::CParameter;
         let err = |e: std::io::Error| TransportError::Compress {
             detail: e.to_string(),
         };
-        let mut enc = zstd::stream::raw::Encoder::new(ZSTD_LEVEL).map_err(err)?;
+        let mut enc = zstd::stream::raw::Encoder::with_dictionary(ZSTD_LEVEL, dict).map_err(err)?;
+        // The frame names its dictionary itself (ahead of the zstd bytes).
+        enc.set_parameter(CParameter::DictIdFlag(false))
+            .map_err(err)?;
         enc.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))
             .map_err(err)?;
         // No checksum or size per flush: the frame never ends, and QUIC already checks bytes.
@@ -436,10 +577,15 @@ impl StreamEncoder {
 
 impl StreamDecoder {
     fn new() -> Result<Self, TransportError> {
+        Self::with_dictionary(&[])
+    }
+
+    /// A decoder primed with `dict` (none when empty); a malformed dictionary is refused.
+    fn with_dictionary(dict: &[u8]) -> Result<Self, TransportError> {
         let bad = |e: std::io::Error| TransportError::Decompress {
             detail: e.to_string(),
         };
-        let mut dec = zstd::stream::raw::Decoder::new().map_err(bad)?;
+        let mut dec = zstd::stream::raw::Decoder::with_dictionary(dict).map_err(bad)?;
         // A peer's stream may not ask for more history than ours uses.
         dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
             STREAM_WINDOW_LOG,
@@ -525,6 +671,7 @@ pub(super) fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, Transport
 pub fn fuzz_recv(data: &[u8]) {
     let mut decoder = FrameDecoder::with_limit(MAX_FRAME_BYTES);
     let mut zstream = None;
+    let dicts = RecvDictionaries::new();
     // Chunk by the first byte, so frames straddle reads at every offset.
     let Some((&head, rest)) = data.split_first() else {
         return;
@@ -533,7 +680,7 @@ pub fn fuzz_recv(data: &[u8]) {
         decoder.push(piece);
         loop {
             match decoder.poll_frame() {
-                Ok(Some(frame)) => match decode(frame, MAX_FRAME_BYTES, &mut zstream) {
+                Ok(Some(frame)) => match decode(frame, MAX_FRAME_BYTES, &mut zstream, &dicts) {
                     Ok(None) => assert!(zstream.is_none(), "an ended zstd stream kept"),
                     Ok(Some(msg)) => {
                         let payload = encode_message(&msg).expect("a decoded message re-encodes");
@@ -561,6 +708,10 @@ pub fn fuzz_stream_parts(payloads: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Transport
 mod tests {
     use super::*;
 
+    fn none() -> RecvDictionaries {
+        RecvDictionaries::new()
+    }
+
     #[test]
     fn an_ended_stream_frees_both_sides_and_a_new_one_follows() {
         let mut zstream = None;
@@ -576,7 +727,8 @@ mod tests {
             let packed = enc
                 .compress(&encode_message(&msg(seq)).expect("encode"))
                 .expect("zstd");
-            let got = decode(frame_of(packed), MAX_FRAME_BYTES, &mut zstream).expect("decode");
+            let got =
+                decode(frame_of(packed), MAX_FRAME_BYTES, &mut zstream, &none()).expect("decode");
             assert_eq!(got, Some(msg(seq)));
         }
         assert!(zstream.is_some());
@@ -584,7 +736,8 @@ mod tests {
         // reader's decompressor.
         let end = enc.end().expect("end");
         assert!(!end.is_empty());
-        let got = decode(frame_of(end), MAX_FRAME_BYTES, &mut zstream).expect("decode end");
+        let got =
+            decode(frame_of(end), MAX_FRAME_BYTES, &mut zstream, &none()).expect("decode end");
         assert_eq!(got, None);
         assert!(zstream.is_none());
         // A new compressor's first frame decodes with a new decompressor.
@@ -592,7 +745,7 @@ mod tests {
         let packed = enc
             .compress(&encode_message(&msg(9)).expect("encode"))
             .expect("zstd");
-        let got = decode(frame_of(packed), MAX_FRAME_BYTES, &mut zstream).expect("decode");
+        let got = decode(frame_of(packed), MAX_FRAME_BYTES, &mut zstream, &none()).expect("decode");
         assert_eq!(got, Some(msg(9)));
     }
 
@@ -624,6 +777,218 @@ mod tests {
                 dec.decompress(&packed, 1 << 20).expect("decompress"),
                 payload
             );
+        }
+    }
+
+    /// A live write of a JSON value as the session sends it: a batch of one version.
+    fn json_write(i: u32) -> Message {
+        use officesync_protocol::{Dot, Hlc, ReplicaId, Version, VersionVector};
+        let origin = ReplicaId::new("general-office", 1).expect("replica id");
+        let value = format!(
+            r#"{{"office":"hefei","river":"Nanfei","station":"Hefei-{:02}","level_m":{}.{:02},"trend":"rising","reporter":"Zhang Wei","seq":{i}}}"#,
+            i % 40,
+            10 + i % 7,
+            i * 13 % 100
+        );
+        officesync_protocol::wire::Batch {
+            collection: "situation".into(),
+            origin: origin.clone(),
+            versions: vec![Version {
+                collection: "situation".into(),
+                key: format!("k{i:015}"),
+                dot: Dot::new(origin, u64::from(i) + 1),
+                hlc: Hlc {
+                    ms: 1_700_000_000_000 + u64::from(i),
+                    logical: 0,
+                },
+                context: VersionVector::new(),
+                value: Some(value.into_bytes()),
+                author: Some("general-office".into()),
+                signature: None,
+            }],
+        }
+        .into()
+    }
+
+    fn trained() -> (DictionaryId, Arc<[u8]>) {
+        let samples: Vec<Vec<u8>> = (1_000..3_000)
+            .map(|i| match json_write(i) {
+                Message::V2(officesync_protocol::wire::MessageV2::Batch(mut b)) => {
+                    b.versions.remove(0).value.unwrap_or_default()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        let dict = super::super::dictionary::train(&samples).expect("trained");
+        (DictionaryId::of(&dict), dict.into())
+    }
+
+    /// Cuts `frame` (header and payload) into a [`Frame`].
+    fn cut(frame: &[u8]) -> Frame {
+        let mut d = FrameDecoder::new();
+        d.push(frame);
+        d.poll_frame().expect("valid").expect("complete")
+    }
+
+    #[test]
+    fn a_primed_stream_decodes_with_the_accepted_dictionary_and_is_smaller() {
+        let (id, dict) = trained();
+        let payload = |i| encode_message(&json_write(i)).expect("encode");
+        // Without a dictionary: the first write after idle compresses with no context.
+        let plain = stream_frame(&mut None, None, &payload(0)).expect("frame");
+        let mut enc = None;
+        let primed = stream_frame(&mut enc, Some((id, dict.clone())), &payload(0)).expect("frame");
+        let f = cut(&primed);
+        assert!(f.flags.is_zstd_stream() && f.flags.is_zstd_dict());
+        assert_eq!(f.payload[..DICTIONARY_ID_LEN], id.0);
+        assert!(
+            primed.len() + 40 < plain.len(),
+            "primed {} vs plain {}",
+            primed.len(),
+            plain.len()
+        );
+        let accepted = RecvDictionaries::new();
+        accepted.insert(id, dict.to_vec());
+        let mut zstream = None;
+        let got = decode(f, MAX_FRAME_BYTES, &mut zstream, &accepted).expect("decode");
+        assert_eq!(got, Some(json_write(0)));
+        // The stream goes on without naming the dictionary again.
+        for i in 1..5 {
+            let next = cut(&stream_frame(&mut enc, None, &payload(i)).expect("frame"));
+            assert!(!next.flags.is_zstd_dict());
+            let got = decode(next, MAX_FRAME_BYTES, &mut zstream, &accepted).expect("decode");
+            assert_eq!(got, Some(json_write(i)));
+        }
+    }
+
+    #[test]
+    fn a_frame_primed_with_a_dictionary_not_accepted_is_refused() {
+        let (id, dict) = trained();
+        let primed = stream_frame(&mut None, Some((id, dict)), &[1, 2, 3]).expect("frame");
+        let other = RecvDictionaries::new();
+        other.insert(DictionaryId([7; 8]), vec![7; 100]);
+        for held in [RecvDictionaries::new(), other] {
+            let e = decode(cut(&primed), MAX_FRAME_BYTES, &mut None, &held).expect_err("refused");
+            assert!(e.to_string().contains("unknown dictionary"), "{e}");
+            assert_eq!(e.code(), Some(ErrorCode::Malformed));
+        }
+    }
+
+    #[test]
+    fn dictionary_flags_out_of_place_are_refused() {
+        let (id, dict) = trained();
+        let accepted = RecvDictionaries::new();
+        accepted.insert(id, dict.to_vec());
+        // Inside a running stream.
+        let mut zstream = None;
+        let first = stream_frame(&mut None, None, &[1]).expect("frame");
+        decode(cut(&first), MAX_FRAME_BYTES, &mut zstream, &accepted).ok();
+        let primed = stream_frame(&mut None, Some((id, dict)), &[1]).expect("frame");
+        assert!(decode(cut(&primed), MAX_FRAME_BYTES, &mut zstream, &accepted).is_err());
+        // Without the stream flag, or shorter than the id.
+        for (flags, payload) in [
+            (FrameFlags::ZSTD_DICT, id.0.to_vec()),
+            (FrameFlags::ZSTD.with(FrameFlags::ZSTD_DICT), id.0.to_vec()),
+            (
+                FrameFlags::ZSTD_STREAM.with(FrameFlags::ZSTD_DICT),
+                vec![1, 2],
+            ),
+        ] {
+            let frame = Frame { flags, payload };
+            let e = decode(frame, MAX_FRAME_BYTES, &mut None, &accepted).expect_err("refused");
+            assert_eq!(e.code(), Some(ErrorCode::Malformed));
+        }
+    }
+
+    #[test]
+    fn a_malformed_dictionary_is_an_error_not_a_panic() {
+        // zstd's dictionary magic, then garbage where its entropy tables belong.
+        let mut bad = vec![0x37, 0xa4, 0x30, 0xec, 1, 0, 0, 0];
+        bad.extend((0..600u32).map(|i| (i * 7919 % 251) as u8));
+        let id = DictionaryId::of(&bad);
+        let held = RecvDictionaries::new();
+        held.insert(id, bad);
+        let mut payload = id.0.to_vec();
+        payload.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0x58, 1, 2, 3, 4]);
+        let frame = Frame {
+            flags: FrameFlags::ZSTD_STREAM.with(FrameFlags::ZSTD_DICT),
+            payload,
+        };
+        let e = decode(frame, MAX_FRAME_BYTES, &mut None, &held).expect_err("refused");
+        assert_eq!(e.code(), Some(ErrorCode::Malformed));
+    }
+
+    /// Every frame in `bytes`.
+    fn cut_all(bytes: &[u8]) -> Vec<Frame> {
+        let mut d = FrameDecoder::new();
+        d.push(bytes);
+        std::iter::from_fn(|| d.poll_frame().expect("valid")).collect()
+    }
+
+    #[test]
+    fn a_young_unprimed_stream_gives_way_to_a_primed_one() {
+        let (id, dict) = trained();
+        let accepted = RecvDictionaries::new();
+        accepted.insert(id, dict.to_vec());
+        let (mut enc, mut used, mut dec) = (None, (false, 0), None);
+        let receive = |bytes: &[u8], dec: &mut Option<StreamDecoder>| -> Vec<Message> {
+            cut_all(bytes)
+                .into_iter()
+                .filter_map(|f| decode(f, MAX_FRAME_BYTES, dec, &accepted).expect("decode"))
+                .collect()
+        };
+        let status: Message = officesync_protocol::wire::Heartbeat { now_ms: 1, seq: 1 }.into();
+        let payload = |m: &Message| encode_message(m).expect("encode");
+        // A frame of a collection without a dictionary starts a plain stream...
+        let (out, primed) = small_frames(&mut enc, &mut used, None, &payload(&status)).expect("f");
+        assert!(!primed);
+        assert_eq!(receive(&out, &mut dec), vec![status.clone()]);
+        // ... which ends when a write of a collection with one follows: a primed one starts.
+        let d = Some((id, dict.clone()));
+        let (out, primed) =
+            small_frames(&mut enc, &mut used, d, &payload(&json_write(1))).expect("frames");
+        assert!(primed);
+        let frames = cut_all(&out);
+        assert_eq!(
+            frames.len(),
+            2,
+            "the end of the plain stream, then the primed frame"
+        );
+        assert!(frames[1].flags.is_zstd_dict());
+        assert_eq!(receive(&out, &mut dec), vec![json_write(1)]);
+        // The primed stream goes on, whatever comes.
+        for m in [status.clone(), json_write(2)] {
+            let d = Some((id, dict.clone()));
+            let (out, primed) = small_frames(&mut enc, &mut used, d, &payload(&m)).expect("f");
+            assert!(!primed && cut_all(&out).len() == 1);
+            assert_eq!(receive(&out, &mut dec), vec![m]);
+        }
+        // A plain stream that carried enough keeps going.
+        let (mut enc, mut used, mut dec) = (None, (false, 0), None);
+        while used.1 < RESTART_UNPRIMED_BELOW {
+            let (out, _) =
+                small_frames(&mut enc, &mut used, None, &payload(&json_write(3))).expect("frames");
+            receive(&out, &mut dec);
+        }
+        let d = Some((id, dict.clone()));
+        let (out, primed) =
+            small_frames(&mut enc, &mut used, d, &payload(&json_write(4))).expect("frames");
+        assert!(!primed && cut_all(&out).len() == 1);
+        assert_eq!(receive(&out, &mut dec), vec![json_write(4)]);
+    }
+
+    #[test]
+    fn without_an_agreed_dictionary_frames_are_plain_for_any_reader() {
+        // A sender whose peer accepted nothing starts plain streams, which a reader holding no
+        // dictionary (a peer of protocol 2) decodes.
+        let mut enc = None;
+        let mut zstream = None;
+        for i in 0..3 {
+            let payload = encode_message(&json_write(i)).expect("encode");
+            let f = cut(&stream_frame(&mut enc, None, &payload).expect("frame"));
+            assert_eq!(f.flags, FrameFlags::ZSTD_STREAM);
+            let got = decode(f, MAX_FRAME_BYTES, &mut zstream, &none()).expect("decode");
+            assert_eq!(got, Some(json_write(i)));
         }
     }
 

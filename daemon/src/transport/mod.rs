@@ -16,6 +16,7 @@
 
 mod accept;
 mod dial;
+mod dictionary;
 mod error;
 mod framed;
 mod limits;
@@ -34,6 +35,10 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, PeerConfig};
 
 pub use dial::{BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX, STABLE_AFTER};
+pub use dictionary::{
+    train as train_dictionary, RecvDictionaries, SendDictionaries, MAX_TRAINING_BYTES,
+    MIN_TRAINING_SAMPLES,
+};
 pub use error::TransportError;
 #[doc(hidden)]
 pub use framed::{fuzz_recv, fuzz_stream_parts};

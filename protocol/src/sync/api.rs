@@ -3,7 +3,9 @@
 
 use crate::dot::{ReplicaId, VersionVector};
 use crate::version::Version;
-use crate::wire::{Compression, ErrorCode};
+use crate::wire::{Compression, DictionaryId, ErrorCode};
+
+use super::dictionary::LocalDictionary;
 
 /// Work for the local store. Execute actions in the order they are polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +149,24 @@ pub enum Event {
         collection: String,
         /// What it found.
         outcome: VerifyOutcome,
+    },
+    /// The peer offered a compression dictionary and this session accepted it (protocol 3):
+    /// the driver keeps it, for the rest of the session, for decoding the peer's frames primed
+    /// with `id`. Drained before the accepting reply is transmitted, so the driver holds it
+    /// before the peer can use it.
+    DictionaryAccepted {
+        /// The collection it is for.
+        collection: String,
+        /// Its id (the hash of `dictionary`).
+        id: DictionaryId,
+        /// Its bytes (validated: at most [`MAX_DICTIONARY_BYTES`](crate::wire::MAX_DICTIONARY_BYTES)).
+        dictionary: Vec<u8>,
+    },
+    /// The peer accepted one of this node's dictionaries (protocol 3): the driver may prime
+    /// the zstd streams of the collection's frames with it from now on.
+    DictionaryAgreed {
+        /// The dictionary.
+        dictionary: LocalDictionary,
     },
     /// The session is over; the driver closes the connection with `code`.
     Closed {

@@ -121,11 +121,22 @@
 //! round then reports `Repaired`, or `StillDifferent` and a full reconciliation
 //! (`FullRepair`). A session of protocol 2 or 1 keeps the full reconciliation.
 //!
+//! **Compression dictionaries** (protocol 3, zstd sessions). The driver gives the session
+//! this node's per-collection dictionaries ([`Session::handle_dictionaries`]); it offers each
+//! to the peer (`DictionaryOffer`, control stream) for the collections the peer may read. The
+//! peer holds at most [`MAX_DICTIONARY_COLLECTIONS`](crate::wire::MAX_DICTIONARY_COLLECTIONS)
+//! collections' ([`MAX_HELD_PER_COLLECTION`] each, none dropped in the session, so no frame
+//! primed with one is ever refused; later offers are declined), tells its driver to keep the
+//! bytes ([`Event::DictionaryAccepted`]) and answers `DictionaryReply`; an accepting reply makes it
+//! agreed ([`Event::DictionaryAgreed`]), and only then may the driver prime a zstd stream of
+//! that collection's frames with it. A reply to an id never offered closes the session.
+//!
 //! Everything from the peer is validated ([`Message::validate`](crate::wire::Message::validate)
 //! plus the session's own rules) and bounded; nothing panics on any input.
 
 mod api;
 mod config;
+mod dictionary;
 mod error;
 mod handshake;
 mod heartbeat;
@@ -138,6 +149,7 @@ mod tree;
 
 pub use api::{Action, ApplyPart, CollectionStatus, Event, SessionStatus, VerifyOutcome};
 pub use config::{PeerIdentity, Role, SessionConfig, StreamKind};
+pub use dictionary::{LocalDictionary, MAX_DICTIONARY_OFFERS, MAX_HELD_PER_COLLECTION};
 pub use error::SyncError;
 pub use session::Session;
 pub use tree::MAX_ARMED_TREES;

@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::{Batch, Complete, Hello, Message, MessageV1, RepairBatch, Restart};
+use crate::wire::{
+    Batch, BatchComplete, Complete, Hello, Message, MessageV1, MessageV2, RepairBatch, Restart,
+};
 
 use super::api::{Action, Event, SessionStatus};
 
@@ -106,13 +108,13 @@ impl Outbox {
     }
 
     /// The next bulk frame.
-    pub(super) fn pop_bulk(&mut self) -> Option<Message> {
-        self.bulk.pop_front()
+    pub(super) fn pop_bulk(&mut self, merge: bool) -> Option<Message> {
+        pop_merged(&mut self.bulk, merge)
     }
 
-    /// The next urgent frame.
-    pub(super) fn pop_urgent(&mut self) -> Option<Message> {
-        self.urgent.pop_front()
+    /// The next urgent frame (with `merge`, as [`Outbox::pop_bulk`]).
+    pub(super) fn pop_urgent(&mut self, merge: bool) -> Option<Message> {
+        pop_merged(&mut self.urgent, merge)
     }
 
     /// The next action.
@@ -158,5 +160,29 @@ impl Outbox {
         status.batches_received = self.stats.batches_received;
         status.versions_received = self.stats.versions_received;
         status.rejected = self.stats.rejected;
+    }
+}
+
+/// The next frame of `queue`; with `merge`, a batch followed by the completion of the same
+/// `(collection, origin)` stream comes out as one [`BatchComplete`] (protocol 3).
+fn pop_merged(queue: &mut VecDeque<Message>, merge: bool) -> Option<Message> {
+    let m = queue.pop_front()?;
+    if !merge {
+        return Some(m);
+    }
+    match m {
+        Message::V2(MessageV2::Batch(batch)) => {
+            let through = match queue.front() {
+                Some(Message::V2(MessageV2::Complete(c)))
+                    if c.collection == batch.collection && c.origin == batch.origin =>
+                {
+                    c.through
+                }
+                _ => return Some(Message::V2(MessageV2::Batch(batch))),
+            };
+            queue.pop_front();
+            Some(BatchComplete { batch, through }.into())
+        }
+        other => Some(other),
     }
 }

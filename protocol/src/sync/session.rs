@@ -19,6 +19,7 @@ use crate::wire::{
 
 use super::api::{Action, CollectionStatus, Event, SessionStatus};
 use super::config::{PeerIdentity, Role, SessionConfig, StreamKind};
+use super::dictionary::{Dictionaries, LocalDictionary};
 use super::error::{clip, SyncError};
 use super::handshake;
 use super::heartbeat::Heartbeats;
@@ -68,6 +69,8 @@ pub struct Session {
     bulk_blocked: bool,
     /// Checks the origin signatures of received versions.
     signatures: Option<Arc<dyn SignatureCheck>>,
+    /// The compression dictionaries agreed with the peer (protocol 3).
+    dicts: Dictionaries,
 }
 
 /// Where the session is in its life.
@@ -118,6 +121,7 @@ impl Session {
             out: Outbox::default(),
             bulk_blocked: false,
             signatures: None,
+            dicts: Dictionaries::default(),
         };
         if role == Role::Dialer {
             let vvs = s.advertise();
@@ -144,6 +148,35 @@ impl Session {
             self.fail(e);
         }
         self.drive();
+    }
+
+    /// This node's compression dictionaries, one per collection (replacing the earlier set):
+    /// in a zstd session of protocol 3, each is offered to the peer if it may read the
+    /// collection and has not been offered this one yet.
+    pub fn handle_dictionaries(&mut self, dicts: Vec<LocalDictionary>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.dicts.set_local(dicts);
+        self.drive();
+    }
+
+    /// The dictionaries the peer accepted, by collection: what frames may be primed with.
+    pub fn agreed_dictionaries(&self) -> Vec<(String, crate::wire::DictionaryId)> {
+        self.dicts
+            .agreed()
+            .iter()
+            .map(|(c, id)| (c.clone(), *id))
+            .collect()
+    }
+
+    /// The peer's dictionaries this session holds, by collection (newest last).
+    pub fn held_dictionaries(&self) -> Vec<(String, Vec<crate::wire::DictionaryId>)> {
+        self.dicts
+            .held()
+            .iter()
+            .map(|(c, ids)| (c.clone(), ids.clone()))
+            .collect()
     }
 
     /// The local replica's vector of `collection` grew (a local write or applied relayed
@@ -234,13 +267,15 @@ impl Session {
         loop {
             let m = match stream {
                 StreamKind::Control => self.out.pop_control()?,
+                // From protocol 3 on, a batch and the completion queued right after it go as
+                // one frame.
                 StreamKind::Bulk => {
-                    let m = self.out.pop_bulk()?;
+                    let m = self.out.pop_bulk(self.protocol >= 3)?;
                     self.drive();
                     m
                 }
                 StreamKind::Urgent => {
-                    let m = self.out.pop_urgent()?;
+                    let m = self.out.pop_urgent(self.protocol >= 3)?;
                     self.drive();
                     m
                 }
@@ -762,7 +797,10 @@ impl Session {
         }
         let data = matches!(
             &m,
-            MessageV2::Batch(_) | MessageV2::Complete(_) | MessageV2::Restart(_)
+            MessageV2::Batch(_)
+                | MessageV2::BatchComplete(_)
+                | MessageV2::Complete(_)
+                | MessageV2::Restart(_)
         );
         // Tree repair's versions go on the bulk stream only.
         let repair = matches!(&m, MessageV2::RepairBatch(_));
@@ -811,6 +849,16 @@ impl Session {
                         self.rx
                             .on_complete(view, &mut self.out, &mut self.peer_vvs, c)
                     }
+                    MessageV2::BatchComplete(bc) => {
+                        // Exactly as the batch and then the completion.
+                        let c = bc.complete();
+                        let view = recv_view!(self);
+                        self.rx
+                            .on_batch(view, &mut self.out, &mut self.peer_vvs, bc.batch)?;
+                        let view = recv_view!(self);
+                        self.rx
+                            .on_complete(view, &mut self.out, &mut self.peer_vvs, c)
+                    }
                     MessageV2::Restart(r) => {
                         let view = recv_view!(self);
                         self.rx.on_restart(view, r)
@@ -854,6 +902,11 @@ impl Session {
                         self.start_tx_repair(&r.collection);
                         Ok(())
                     }
+                    MessageV2::DictionaryOffer(o) => {
+                        self.dicts.on_offer(&mut self.out, o);
+                        Ok(())
+                    }
+                    MessageV2::DictionaryReply(r) => self.dicts.on_reply(&mut self.out, r),
                     MessageV2::About(a) => {
                         // Once per session: a peer repeating it gets no more events (each
                         // would be a line in the log).
@@ -999,7 +1052,15 @@ impl Session {
 
     /// Moves the sending loop and the repair rounds forward after any input.
     fn drive(&mut self) {
-        if self.phase != Phase::Established || !self.peer_confirmed {
+        if self.phase != Phase::Established {
+            return;
+        }
+        if self.protocol >= 3 && self.compression == Compression::Zstd {
+            let (policy, peer, role) = (&self.policy, self.peer.node.as_str(), self.role);
+            self.dicts
+                .offer(&mut self.out, |c| sends(policy, peer, role, c));
+        }
+        if !self.peer_confirmed {
             return;
         }
         self.pump_loads();

@@ -293,6 +293,9 @@ pub enum WireError {
     /// A hash-tree message names a level, node or number of digests outside the tree.
     #[error("malformed tree message: {0}")]
     BadTree(String),
+    /// A dictionary offer's size is out of bounds or its id is not the hash of its bytes.
+    #[error("malformed dictionary offer: {0}")]
+    BadDictionary(String),
     /// An error frame's detail is longer than
     /// [`MAX_ERROR_DETAIL_BYTES`](super::MAX_ERROR_DETAIL_BYTES).
     #[error("error detail of {len} bytes is too long")]
@@ -332,6 +335,7 @@ impl WireError {
             | Self::WrongCollection { .. }
             | Self::SelfSuperseding { .. }
             | Self::BadTree(_)
+            | Self::BadDictionary(_)
             | Self::BadAuthor { .. }
             | Self::BadSignatureLength { .. }
             | Self::DuplicateCollection(_)

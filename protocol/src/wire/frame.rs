@@ -26,8 +26,13 @@ impl FrameFlags {
     /// Bit 3: the payload continues the zstd stream of this QUIC stream (one flushed block
     /// run; its bytes decode only after every earlier such frame of the stream, in order).
     pub const ZSTD_STREAM: Self = Self(8);
+    /// Bit 4, only with [`FrameFlags::ZSTD_STREAM`] (protocol 3): the payload starts a new zstd
+    /// stream primed with the dictionary whose [`DictionaryId`](super::DictionaryId) are the
+    /// payload's first [`DICTIONARY_ID_LEN`](super::DICTIONARY_ID_LEN) bytes. Sent only to a
+    /// peer that accepted that dictionary.
+    pub const ZSTD_DICT: Self = Self(16);
     /// Every bit this build knows.
-    pub const KNOWN_BITS: u8 = Self::ZSTD.0 | Self::ZSTD_STREAM.0;
+    pub const KNOWN_BITS: u8 = Self::ZSTD.0 | Self::ZSTD_STREAM.0 | Self::ZSTD_DICT.0;
 
     /// Flags from a received byte; [`WireError::UnknownFlags`] when an unknown bit is set.
     pub fn from_bits(bits: u8) -> Result<Self, WireError> {
@@ -51,6 +56,17 @@ impl FrameFlags {
     /// True when the payload continues the stream's zstd stream ([`FrameFlags::ZSTD_STREAM`]).
     pub fn is_zstd_stream(self) -> bool {
         self.0 & Self::ZSTD_STREAM.0 != 0
+    }
+
+    /// True when the payload starts a zstd stream primed with a dictionary
+    /// ([`FrameFlags::ZSTD_DICT`]).
+    pub fn is_zstd_dict(self) -> bool {
+        self.0 & Self::ZSTD_DICT.0 != 0
+    }
+
+    /// These flags and `other`'s.
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
     }
 }
 

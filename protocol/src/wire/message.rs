@@ -7,7 +7,8 @@
 //! versions carry an author and a signature) and added [`About`]. Version 3 only adds
 //! messages (appended to `MessageV2`, sent only in sessions that agreed version 3): the
 //! hash-tree repair's [`TreeRequest`], [`TreeReply`], [`RepairBatch`], [`RepairApplied`] and
-//! [`FullRepair`].
+//! [`FullRepair`]; the compression dictionaries' [`DictionaryOffer`] and
+//! [`DictionaryReply`]; and [`BatchComplete`], a batch with its completion in one frame.
 
 use bincode::{Decode, Encode};
 
@@ -15,6 +16,7 @@ use crate::digest::Digest;
 use crate::dot::{ReplicaId, VersionVector};
 use crate::version::Version;
 
+use super::dictionary::{DictionaryOffer, DictionaryReply};
 use super::error::ErrorCode;
 use super::v1::BatchV1;
 
@@ -102,6 +104,35 @@ pub enum MessageV2 {
     /// Protocol 3: the repair of a collection is a full reconciliation (both sides re-stream
     /// it, as protocol 2 does).
     FullRepair(FullRepair),
+    /// Protocol 3, on the control stream: a compression dictionary the sender would use for a
+    /// collection's data frames once the receiver accepts it.
+    DictionaryOffer(DictionaryOffer),
+    /// Protocol 3, on the control stream: the answer to a [`DictionaryOffer`].
+    DictionaryReply(DictionaryReply),
+    /// Protocol 3, on a data stream: a batch and the completion of its stream that follows it
+    /// (a live write's two frames in one, saving a frame and a zstd block).
+    BatchComplete(BatchComplete),
+}
+
+/// A [`Batch`] and, right after it, "complete through `through`" for the same `(collection,
+/// origin)` stream (protocol 3): received exactly as the two frames would be.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BatchComplete {
+    /// The batch.
+    pub batch: Batch,
+    /// The counter through which the batch's origin is then complete.
+    pub through: u64,
+}
+
+impl BatchComplete {
+    /// The completion it carries.
+    pub fn complete(&self) -> Complete {
+        Complete {
+            collection: self.batch.collection.clone(),
+            origin: self.batch.origin.clone(),
+            through: self.through,
+        }
+    }
 }
 
 /// The sender's digests of the children at `level` of each of `parents` (protocol 3).
@@ -244,6 +275,22 @@ impl Message {
         )
     }
 
+    /// The collection of a data frame (a batch, completion, restart or repair batch): the one
+    /// whose dictionary may prime the zstd stream it starts.
+    pub fn collection(&self) -> Option<&str> {
+        match self {
+            Self::V1(MessageV1::Batch(b)) => Some(&b.collection),
+            Self::V1(MessageV1::Complete(c)) | Self::V2(MessageV2::Complete(c)) => {
+                Some(&c.collection)
+            }
+            Self::V2(MessageV2::Batch(b)) => Some(&b.collection),
+            Self::V2(MessageV2::BatchComplete(b)) => Some(&b.batch.collection),
+            Self::V2(MessageV2::Restart(r)) => Some(&r.collection),
+            Self::V2(MessageV2::RepairBatch(b)) => Some(&b.collection),
+            _ => None,
+        }
+    }
+
     /// True for the messages of bulk streams (batches and completions).
     pub fn is_bulk(&self) -> bool {
         matches!(
@@ -251,6 +298,7 @@ impl Message {
             Self::V1(MessageV1::Batch(_) | MessageV1::Complete(_))
                 | Self::V2(
                     MessageV2::Batch(_)
+                        | MessageV2::BatchComplete(_)
                         | MessageV2::Complete(_)
                         | MessageV2::Restart(_)
                         | MessageV2::RepairBatch(_)
@@ -298,6 +346,9 @@ impl MessageV2 {
             Self::RepairBatch(_) => "repair_batch",
             Self::RepairApplied(_) => "repair_applied",
             Self::FullRepair(_) => "full_repair",
+            Self::DictionaryOffer(_) => "dictionary_offer",
+            Self::DictionaryReply(_) => "dictionary_reply",
+            Self::BatchComplete(_) => "batch_complete",
         }
     }
 
@@ -327,7 +378,10 @@ impl MessageV2 {
             | Self::TreeReply(_)
             | Self::RepairBatch(_)
             | Self::RepairApplied(_)
-            | Self::FullRepair(_) => return None,
+            | Self::FullRepair(_)
+            | Self::DictionaryOffer(_)
+            | Self::DictionaryReply(_)
+            | Self::BatchComplete(_) => return None,
         };
         Some(Message::V1(v1))
     }
@@ -339,7 +393,10 @@ impl MessageV2 {
             | Self::TreeReply(_)
             | Self::RepairBatch(_)
             | Self::RepairApplied(_)
-            | Self::FullRepair(_) => 3,
+            | Self::FullRepair(_)
+            | Self::DictionaryOffer(_)
+            | Self::DictionaryReply(_)
+            | Self::BatchComplete(_) => 3,
             _ => 1,
         }
     }
@@ -397,6 +454,9 @@ into_message!(
     RepairBatch => RepairBatch,
     RepairApplied => RepairApplied,
     FullRepair => FullRepair,
+    DictionaryOffer => DictionaryOffer,
+    DictionaryReply => DictionaryReply,
+    BatchComplete => BatchComplete,
 );
 
 /// Payload compression a node can use on bulk frames.

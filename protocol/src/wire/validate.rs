@@ -104,6 +104,12 @@ impl MessageV2 {
             Self::RepairBatch(m) => m.validate(max_value_bytes),
             Self::RepairApplied(m) => check_collection(&m.collection),
             Self::FullRepair(m) => check_collection(&m.collection),
+            Self::DictionaryOffer(m) => m.validate(),
+            Self::DictionaryReply(m) => m.validate(),
+            Self::BatchComplete(m) => {
+                m.batch.validate(max_value_bytes)?;
+                m.complete().validate()
+            }
         }
     }
 }
@@ -384,7 +390,7 @@ fn check_node(name: &str) -> Result<(), WireError> {
     Ok(validate_node_name(name)?)
 }
 
-fn check_collection(name: &str) -> Result<(), WireError> {
+pub(super) fn check_collection(name: &str) -> Result<(), WireError> {
     if name.len() > 65 {
         return Err(NameError::Collection(clip(name)).into());
     }

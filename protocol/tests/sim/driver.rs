@@ -197,7 +197,11 @@ impl World {
                 }
                 self.stats.rejected += count
             }
-            Event::Established { .. } | Event::Acked { .. } | Event::PeerAbout { .. } => {}
+            Event::Established { .. }
+            | Event::Acked { .. }
+            | Event::PeerAbout { .. }
+            | Event::DictionaryAccepted { .. }
+            | Event::DictionaryAgreed { .. } => {}
         }
     }
 

@@ -357,18 +357,25 @@ impl World {
         else {
             return msg;
         };
-        if msg.kind() != "batch" {
+        if !matches!(msg.kind(), "batch" | "batch_complete") {
             return msg;
         }
         let version = msg.protocol_version();
-        // Re-sent in the version the session speaks.
-        let wrap = |b: Batch| {
-            MessageV2::Batch(b)
-                .at(version)
-                .expect("a batch fits every version")
+        let (mut b, through) = match msg.into_v2() {
+            MessageV2::Batch(b) => (b, None),
+            MessageV2::BatchComplete(bc) => (bc.batch, Some(bc.through)),
+            _ => unreachable!("a batch"),
         };
-        let MessageV2::Batch(mut b) = msg.into_v2() else {
-            unreachable!("a batch");
+        // Re-sent in the version the session speaks (with its completion when it had one).
+        let wrap = |b: Batch| match through {
+            Some(through) => MessageV2::BatchComplete(officesync_protocol::wire::BatchComplete {
+                batch: b,
+                through,
+            })
+            .into(),
+            None => MessageV2::Batch(b)
+                .at(version)
+                .expect("a batch fits every version"),
         };
         if b.origin != self.nodes[node].replica.id || b.versions.is_empty() {
             return wrap(b);

@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::signing::Keyring;
 use crate::sync::limit::{approx_bytes, Limiter, PACE_CHUNK};
-use crate::transport::{FramedRecv, FramedSend, TrafficCounters};
+use crate::transport::{
+    FramedRecv, FramedSend, RecvDictionaries, SendDictionaries, TrafficCounters,
+};
 
 /// Largest value the wire can carry in one frame (see `config::MAX_VALUE_BYTES_LIMIT`).
 pub(super) const WIRE_VALUE_BOUND: usize = crate::config::MAX_VALUE_BYTES_LIMIT;
@@ -81,8 +83,12 @@ pub(super) async fn read_frames(
         let ended = match recv.recv().await {
             Ok(Some(msg)) => match msg.validate(max_value_bytes.max(WIRE_VALUE_BOUND)) {
                 Ok(()) => {
-                    if let (Some(ahead), Message::V2(MessageV2::Batch(b))) = (&mut ahead, &msg) {
-                        ahead.batch(b);
+                    if let Some(ahead) = &mut ahead {
+                        match &msg {
+                            Message::V2(MessageV2::Batch(b)) => ahead.batch(b),
+                            Message::V2(MessageV2::BatchComplete(bc)) => ahead.batch(&bc.batch),
+                            _ => {}
+                        }
                     }
                     if tx.send(Input::Frame(stream, msg)).await.is_err() {
                         return;
@@ -110,7 +116,7 @@ pub(super) async fn read_frames(
 /// or more; from a peer of an older protocol it is its bad input. A third is never accepted.
 pub(super) async fn accept_bulk(
     connection: quinn::Connection,
-    counters: TrafficCounters,
+    (counters, dicts): (TrafficCounters, RecvDictionaries),
     tx: mpsc::Sender<Input>,
     (max_value_bytes, ahead): (usize, Option<Ahead>),
     mut protocol: watch::Receiver<u16>,
@@ -119,6 +125,7 @@ pub(super) async fn accept_bulk(
         FramedRecv::new(stream)
             .with_limit(officesync_protocol::wire::MAX_FRAME_BYTES)
             .with_counters(counters.clone())
+            .with_dictionaries(dicts.clone())
     };
     let first = match connection.accept_uni().await {
         Ok(stream) => stream,
@@ -179,13 +186,14 @@ pub(super) async fn write_control(mut send: FramedSend, mut rx: mpsc::Receiver<M
 const BULK_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens a data stream (bulk or urgent) on the first frame and writes its frames (zstd when
-/// `compress` is set) until the channel closes, then finishes the stream. With `release_idle`
+/// `compress` is set; a new zstd stream primed with the dictionary agreed for its first frame's
+/// collection, if `dicts` has one) until the channel closes, then finishes the stream. With `release_idle`
 /// set, a stream quiet for [`BULK_IDLE`] ends its zstd stream, so an idle session holds no
 /// compressor. With a `limiter` (the bulk stream), frames go out paced at the rate in force,
 /// in [`PACE_CHUNK`]s, and leave its queued-bytes gauge as they are written.
 pub(super) async fn write_bulk(
     connection: quinn::Connection,
-    counters: TrafficCounters,
+    (counters, dicts): (TrafficCounters, SendDictionaries),
     mut rx: mpsc::Receiver<Message>,
     (compress, release_idle): (
         std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -214,7 +222,12 @@ pub(super) async fn write_bulk(
         let Some(msg) = next else { break };
         if send.is_none() {
             match connection.open_uni().await {
-                Ok(s) => send = Some(FramedSend::new(s).with_counters(counters.clone())),
+                Ok(s) => {
+                    let s = FramedSend::new(s)
+                        .with_counters(counters.clone())
+                        .with_dictionaries(dicts.clone());
+                    send = Some(s);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot open the bulk stream");
                     return;

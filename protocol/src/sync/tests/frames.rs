@@ -333,7 +333,7 @@ fn authored_batch(dialer_max: u16) -> (u16, Vec<Message>, Message) {
     acc.handle_loaded(COLL, &origin, vec![v], 1);
     let mut batch = None;
     for (_, m) in drain_tx(&mut acc) {
-        if m.kind() == "batch" {
+        if matches!(m.kind(), "batch" | "batch_complete") {
             batch = Some(m);
         } else {
             answered.push(m);
@@ -365,11 +365,13 @@ fn two_current_nodes_speak_the_newest_protocol_and_carry_authors() {
     let (protocol, answered, batch) = authored_batch(PROTOCOL_VERSION);
     assert_eq!(protocol, PROTOCOL_VERSION);
     assert!(answered.iter().any(|m| m.kind() == "about"));
-    // Version 3 kept version 2's message layout.
+    // Version 3 kept version 2's message layout; the batch goes with its completion.
     assert_eq!(batch.protocol_version(), 2);
-    let MessageV2::Batch(b) = batch.into_v2() else {
-        panic!("not a batch");
+    let MessageV2::BatchComplete(bc) = batch.into_v2() else {
+        panic!("not a batch with its completion");
     };
+    assert_eq!(bc.through, 1);
+    let b = bc.batch;
     assert_eq!(b.versions[0].author.as_deref(), Some("li@hub"));
 }
 

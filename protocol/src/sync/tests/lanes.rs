@@ -64,12 +64,14 @@ fn answer(s: &mut Session) -> Option<String> {
     Some(collection)
 }
 
-/// The collections of the data frames queued on `stream`.
+/// The collections of the data messages queued on `stream` (a batch with its completion in
+/// one frame counts as both).
 fn drain_data(s: &mut Session, stream: StreamKind) -> Vec<String> {
     std::iter::from_fn(|| s.poll_transmit_on(stream))
-        .map(|m| match m.into_v2() {
-            MessageV2::Batch(b) => b.collection,
-            MessageV2::Complete(c) => c.collection,
+        .flat_map(|m| match m.into_v2() {
+            MessageV2::Batch(b) => vec![b.collection],
+            MessageV2::Complete(c) => vec![c.collection],
+            MessageV2::BatchComplete(b) => vec![b.batch.collection.clone(), b.batch.collection],
             other => panic!("a {} on a data stream", other.kind()),
         })
         .collect()

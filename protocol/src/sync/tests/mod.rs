@@ -1,6 +1,8 @@
 //! Unit tests of the session: single sessions fed frames by hand ([`frames`]) and pairs of
-//! sessions over a tiny in-memory store ([`pair`]); the urgent lane ([`lanes`]).
+//! sessions over a tiny in-memory store ([`pair`]); the urgent lane ([`lanes`]); compression
+//! dictionaries ([`dictionary`]).
 
+mod dictionary;
 mod frames;
 mod hostile;
 mod lanes;

@@ -55,6 +55,8 @@ pub(crate) struct Sizes {
     pub(crate) wire_records: usize,
     /// Live single writes (and burst writes) of the wire-efficiency figure.
     pub(crate) wire_live: usize,
+    /// Writes of the wire-efficiency figure each after a quiet spell (a new zstd stream each).
+    pub(crate) wire_after_idle: usize,
     /// Longest any catch-up may take.
     pub(crate) catch_up_timeout: Duration,
 }
@@ -75,6 +77,7 @@ impl Sizes {
                 sustain_max_rate: 2_000,
                 wire_records: 5_000,
                 wire_live: 100,
+                wire_after_idle: 3,
                 catch_up_timeout: Duration::from_secs(60),
             }
         } else {
@@ -91,6 +94,7 @@ impl Sizes {
                 sustain_max_rate: 64_000,
                 wire_records: 20_000,
                 wire_live: 1_000,
+                wire_after_idle: 10,
                 catch_up_timeout: Duration::from_secs(900),
             }
         }
