@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_converged, hub_config, office_config, wait_connected, BEIJING, HEFEI, HUB};
+use common::{
+    assert_converged, hub_config, office_config, wait_connected, wait_star_connected, BEIJING,
+    HEFEI, HUB,
+};
 use officesync_tests::{Cluster, OutputExt, TestNode};
 
 /// Collection the writers use.
@@ -384,15 +387,7 @@ fn the_general_office_restored_from_a_backup_gets_back_what_it_wrote_after_the_c
     let hub = cluster.start(&hub_cfg);
     let hefei = cluster.start(&office_config(&cluster, HEFEI, hub_cfg.sync_listen));
     let beijing = cluster.start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
-    wait_connected(
-        &[
-            (&hefei, HUB),
-            (&beijing, HUB),
-            (&hub, HEFEI),
-            (&hub, BEIJING),
-        ],
-        Duration::from_secs(30),
-    );
+    wait_star_connected(&hub, &hefei, &beijing, Duration::from_secs(30));
     let old_replica = hub.status()["replica"]
         .as_str()
         .expect("replica")

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_converged, hub_config, office_config, peer_entry, try_status, wait_for};
-use common::{wait_connected, BEIJING, HEFEI, HUB};
+use common::{wait_connected, wait_star_connected, BEIJING, HEFEI, HUB};
 use officesync_tests::{Cluster, TestNode};
 use serde_json::Value;
 
@@ -140,15 +140,7 @@ fn a_protocol_2_office_gets_no_dictionary_and_still_syncs() {
     hefei.stop();
     hefei.restart();
     let beijing = cluster.start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
-    wait_connected(
-        &[
-            (&hefei, HUB),
-            (&beijing, HUB),
-            (&hub, HEFEI),
-            (&hub, BEIJING),
-        ],
-        TIMEOUT,
-    );
+    wait_star_connected(&hub, &hefei, &beijing, TIMEOUT);
     wait_for(
         "the hub's session with hefei at protocol 2",
         TIMEOUT,

@@ -12,8 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_converged, hub_config, office_config, start_with_lines, wait_connected};
-use common::{BEIJING, HEFEI, HUB};
+use common::{assert_converged, hub_config, office_config, start_with_lines, wait_star_connected};
+use common::{BEIJING, HEFEI};
 use officesync_tests::{Cluster, OutputExt, TestConfig, TestNode};
 
 const PIN: &str = "OFFICESYNC_MAX_PROTOCOL";
@@ -55,15 +55,7 @@ fn mixed(hub_old: bool, hefei_old: bool, beijing_old: bool) {
         &office_config(&cluster, BEIJING, hub_cfg.sync_listen),
         beijing_old,
     );
-    wait_connected(
-        &[
-            (&hefei, HUB),
-            (&beijing, HUB),
-            (&hub, HEFEI),
-            (&hub, BEIJING),
-        ],
-        TIMEOUT,
-    );
+    wait_star_connected(&hub, &hefei, &beijing, TIMEOUT);
     for (node, who) in [(&hub, "hub"), (&hefei, "hefei"), (&beijing, "beijing")] {
         for i in 0..20 {
             node.put(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{
     assert_converged, hub_config, office_config, siblings, start_with_lines, try_status,
-    wait_connected, wait_for, BEIJING, HEFEI, HUB,
+    wait_connected, wait_for, wait_star_connected, BEIJING, HEFEI, HUB,
 };
 use officesync_tests::{Cluster, TestNode};
 
@@ -52,15 +52,7 @@ fn deleted_keys_are_purged_everywhere_and_an_office_back_from_long_away_does_not
         "storage",
         OFFICE_LINES,
     );
-    wait_connected(
-        &[
-            (&hefei, HUB),
-            (&beijing, HUB),
-            (&hub, HEFEI),
-            (&hub, BEIJING),
-        ],
-        TIMEOUT,
-    );
+    wait_star_connected(&hub, &hefei, &beijing, TIMEOUT);
     for i in 0..20 {
         hefei.put(COLL, &format!("k{i}"), format!("value {i}").as_bytes());
     }

@@ -1001,17 +1001,8 @@ impl Replica {
         after: Option<String>,
         max_keys: usize,
     ) -> Result<PurgeStep, ReplicaError> {
-        names::validate_collection_name(collection)?;
-        let collection = collection.to_owned();
-        self.call(|reply| Request::Purge {
-            collection,
-            frontier,
-            rejoin: None,
-            after,
-            max_keys,
-            reply,
-        })
-        .await
+        self.purge_request(collection, frontier, None, after, max_keys)
+            .await
     }
 
     /// One rejoin step of `collection`, answering rejoin record `record` (this node was left
@@ -1026,12 +1017,25 @@ impl Replica {
         after: Option<String>,
         max_keys: usize,
     ) -> Result<PurgeStep, ReplicaError> {
+        self.purge_request(collection, frontier, Some(record), after, max_keys)
+            .await
+    }
+
+    /// A purge (`rejoin` `None`) or rejoin step, for the writer.
+    async fn purge_request(
+        &self,
+        collection: &str,
+        frontier: VersionVector,
+        rejoin: Option<String>,
+        after: Option<String>,
+        max_keys: usize,
+    ) -> Result<PurgeStep, ReplicaError> {
         names::validate_collection_name(collection)?;
         let collection = collection.to_owned();
         self.call(|reply| Request::Purge {
             collection,
             frontier,
-            rejoin: Some(record),
+            rejoin,
             after,
             max_keys,
             reply,

@@ -481,10 +481,8 @@ impl<'a> Driver<'a> {
             self.report.counters.bytes_received(),
         );
         if let Some((at, sent, received)) = self.report.last {
+            // (The look itself stays every tick, so bytes that start moving show within one.)
             if (sent, received) == moved && now < at + IDLE_STATUS_EVERY {
-                // Idle: look again when the idle refresh is due, not every tick (each look
-                // wakes the node).
-                self.report.next = at + IDLE_STATUS_EVERY;
                 return;
             }
         }

@@ -124,8 +124,12 @@ impl SessionObserver {
                 .filter(|(o, _)| policy.may_write(o.node_name(), collection))
                 .map(|(o, n)| (o.clone(), n))
                 .collect();
-            per_collection.entry(collection).or_default().1 =
-                behind(&allowed, ours.vvs.get(collection), &self.peer, self.peer_relays);
+            per_collection.entry(collection).or_default().1 = behind(
+                &allowed,
+                ours.vvs.get(collection),
+                &self.peer,
+                self.peer_relays,
+            );
         }
         let all_in = live && per_collection.values().all(|(_, b)| *b == 0);
         let newly_caught_up = all_in && !self.caught_up;

@@ -107,6 +107,19 @@ pub fn wait_connected(pairs: &[(&TestNode, &str)], timeout: Duration) {
     });
 }
 
+/// Waits until the general office and both offices of a star list each other as connected.
+pub fn wait_star_connected(
+    hub: &TestNode,
+    hefei: &TestNode,
+    beijing: &TestNode,
+    timeout: Duration,
+) {
+    wait_connected(
+        &[(hefei, HUB), (beijing, HUB), (hub, HEFEI), (hub, BEIJING)],
+        timeout,
+    );
+}
+
 /// Per collection: its digest, record count and version vector.
 type ReplicaState = BTreeMap<String, (Value, Value, Value)>;
 
@@ -260,15 +273,7 @@ impl Star {
             .map_or(hub_cfg.sync_listen, FaultProxy::listen_addr);
         let hefei = start(&office_config(&cluster, HEFEI, hefei_dials));
         let beijing = start(&office_config(&cluster, BEIJING, hub_cfg.sync_listen));
-        wait_connected(
-            &[
-                (&hefei, HUB),
-                (&beijing, HUB),
-                (&hub, HEFEI),
-                (&hub, BEIJING),
-            ],
-            timeout,
-        );
+        wait_star_connected(&hub, &hefei, &beijing, timeout);
         Star {
             hub,
             hefei,

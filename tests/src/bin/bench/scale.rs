@@ -76,7 +76,9 @@ async fn relay_catch_up(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
     let n = if quick { 20_000 } else { 1_000_000 };
     let pki = Pki::new()?;
     let dir = tempfile::tempdir()?;
-    progress(format_args!("scale: filling a general office with {n} records"));
+    progress(format_args!(
+        "scale: filling a general office with {n} records"
+    ));
     let (hub, target, fill_secs) =
         filled_hub_at(&pki, &dir.path().join("hub"), n, Kind::Random).await?;
     progress(format_args!(
@@ -121,7 +123,9 @@ async fn relay_catch_up(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
     let reached = wait_api_digest(&town.api(), &target.digest, timeout).await?;
     let secs = reached.unwrap_or_else(Instant::now).duration_since(t1);
     let peak = |node: &officesync_tests::node::TestNode| {
-        node.pid().and_then(procfs::peak_rss_mib).unwrap_or(f64::NAN)
+        node.pid()
+            .and_then(procfs::peak_rss_mib)
+            .unwrap_or(f64::NAN)
     };
     let (city_rss, county_rss, town_rss) = (peak(&city), peak(&county), peak(&town));
     drop((town, county, city));
@@ -147,7 +151,11 @@ async fn relay_catch_up(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
                 "township {:.1} s{}; peak RSS city {city_rss:.0}, county {county_rss:.0}, \
                  township {town_rss:.0} MiB",
                 secs.as_secs_f64(),
-                if reached.is_some() { "" } else { " (NOT converged)" }
+                if reached.is_some() {
+                    ""
+                } else {
+                    " (NOT converged)"
+                }
             ),
             baseline: "-".into(),
             ratio: None,

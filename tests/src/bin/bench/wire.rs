@@ -121,18 +121,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, kind: Kind, rows: &mut Vec<TableRo
     let live = s.wire_live;
     let mut live_payload = 0usize;
     for j in 0..live {
-        let i = n + j;
-        let value = kind.value(i as u64);
-        live_payload += 16 + value.len();
-        let ack = hub.replica().write(COLL, &rec_key(i), Some(value)).await?;
-        hub.replica().sync().await?;
-        wait_durable(
-            b.replica(),
-            &hub_origin,
-            ack.dot.counter,
-            Duration::from_secs(10),
-        )
-        .await?;
+        live_payload += write_one(hub.replica(), b.replica(), kind, n + j).await?;
     }
     let (single_bytes, single_udp) = settled_bytes(&api, &proxy).await?;
 
@@ -171,18 +160,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, kind: Kind, rows: &mut Vec<TableRo
     let mut idle_payload = 0usize;
     for j in 0..idle_writes {
         tokio::time::sleep(QUIET).await;
-        let i = next + j;
-        let value = kind.value(i as u64);
-        idle_payload += 16 + value.len();
-        let ack = hub.replica().write(COLL, &rec_key(i), Some(value)).await?;
-        hub.replica().sync().await?;
-        wait_durable(
-            b.replica(),
-            &hub_origin,
-            ack.dot.counter,
-            Duration::from_secs(10),
-        )
-        .await?;
+        idle_payload += write_one(hub.replica(), b.replica(), kind, next + j).await?;
     }
     let (idle_bytes, idle_udp) = settled_bytes(&api, &proxy).await?;
     let primed = status_peer_u64(&api, "primed_streams_received").await?;
@@ -229,7 +207,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, kind: Kind, rows: &mut Vec<TableRo
         let base = payload as f64 / records as f64;
         let udp_per = udp as f64 / records as f64;
         let ratio = per / base;
-        let met = ratio <= target_ratio;
+        let met = ratio > 0.0 && ratio <= target_ratio;
         issue_targets(kind, mode, ratio, udp_per / base, rows);
         println!(
             "{}",
@@ -289,7 +267,8 @@ fn issue_targets(
         ),
         Kind::Json => return,
     };
-    let met = value <= target;
+    // No byte counted is a failed measurement, never a met target.
+    let met = value > 0.0 && value <= target;
     crate::emit(
         rows,
         json!({
@@ -306,6 +285,22 @@ fn issue_targets(
             met: Some(met),
         },
     );
+}
+
+/// Writes record `i` of `kind` at `hub`, syncs, and waits until `b` holds it; returns its key
+/// + value bytes.
+async fn write_one(
+    hub: &officesync_daemon::replica::Replica,
+    b: &officesync_daemon::replica::Replica,
+    kind: Kind,
+    i: usize,
+) -> Result<usize> {
+    let value = kind.value(i as u64);
+    let payload = 16 + value.len();
+    let ack = hub.write(COLL, &rec_key(i), Some(value)).await?;
+    hub.sync().await?;
+    wait_durable(b, hub.id(), ack.dot.counter, Duration::from_secs(10)).await?;
+    Ok(payload)
 }
 
 /// A number field of the hub's entry in B's `/v1/status` peers (0 when absent).
