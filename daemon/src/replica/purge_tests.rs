@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
+use officesync_protocol::{Digest, ReplicaId, Version, VersionVector};
 
 use super::*;
 use crate::store::MemoryStore;
@@ -19,20 +19,16 @@ fn open(node: &str) -> (Arc<MemoryStore>, Replica) {
     (store, r)
 }
 
+/// An unsigned version of `situation` with no causal context (HLC 1,000 + `counter` ms).
 fn remote(origin: &ReplicaId, counter: u64, key: &str, value: Option<&[u8]>) -> Version {
-    Version {
-        collection: C.into(),
-        key: key.into(),
-        dot: Dot::new(origin.clone(), counter),
-        hlc: Hlc {
-            ms: 1_000 + counter,
-            logical: 0,
-        },
-        context: VersionVector::new(),
-        value: value.map(<[u8]>::to_vec),
-        author: None,
-        signature: None,
-    }
+    super::tests::remote(
+        origin,
+        counter,
+        key,
+        1_000 + counter,
+        VersionVector::new(),
+        value,
+    )
 }
 
 /// Every stored row of `coll` with `tag` (`K` records, `H` histories, `L` leaf entries).

@@ -26,7 +26,9 @@ async fn meta(r: &Replica, coll: &str) -> CollectionMeta {
         .unwrap_or_default()
 }
 
-fn remote(
+/// A version of `situation` from `origin` at `counter`, with HLC `ms`, causal context `ctx`
+/// and `value` (`None`: a tombstone), unsigned.
+pub(super) fn remote(
     origin: &ReplicaId,
     counter: u64,
     key: &str,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use officesync_protocol::tree::{leaf_of, nodes_at, FANOUT};
-use officesync_protocol::{Digest, Dot, Hlc, ReplicaId, Version, VersionVector};
+use officesync_protocol::{Digest, ReplicaId, Version, VersionVector};
 
 use super::*;
 use crate::store::{MemoryStore, WriteBatch};
@@ -34,20 +34,17 @@ async fn assert_folds(r: &Replica) {
     assert_eq!(all, root);
 }
 
+/// An unsigned version of `situation` holding `value`, with no causal context (HLC 1,000 +
+/// `counter` ms).
 fn remote(origin: &ReplicaId, counter: u64, key: &str, value: &[u8]) -> Version {
-    Version {
-        collection: "situation".into(),
-        key: key.into(),
-        dot: Dot::new(origin.clone(), counter),
-        hlc: Hlc {
-            ms: 1_000 + counter,
-            logical: 0,
-        },
-        context: VersionVector::new(),
-        value: Some(value.to_vec()),
-        author: None,
-        signature: None,
-    }
+    super::tests::remote(
+        origin,
+        counter,
+        key,
+        1_000 + counter,
+        VersionVector::new(),
+        Some(value),
+    )
 }
 
 #[tokio::test]
