@@ -18,8 +18,8 @@ use officesync_tests::ApiClient;
 use serde_json::{json, Value};
 
 use crate::replication::{
-    filled_hub, progress, rec_key, shutdown, start, wait_digest, wait_durable, Kind, Pki, Sizes,
-    COLL, HUB, OFFICE_B,
+    api_status, filled_hub, progress, rec_key, shutdown, start, wait_digest, wait_durable, Kind,
+    Pki, Sizes, COLL, HUB, OFFICE_B,
 };
 use crate::TableRow;
 
@@ -38,13 +38,7 @@ const BURST: usize = 100;
 
 /// `bytes_received` from the hub in B's `/v1/status`.
 async fn status_bytes_received(api: &ApiClient) -> Result<u64> {
-    let api = api.clone();
-    let status: Value = tokio::task::spawn_blocking(move || {
-        let reply = api.request("GET", "/v1/status", None)?;
-        ensure!(reply.status == 200, "/v1/status: HTTP {}", reply.status);
-        Ok(serde_json::from_slice::<Value>(&reply.body)?)
-    })
-    .await??;
+    let status = api_status(api).await?;
     status["peers"]
         .as_array()
         .and_then(|peers| peers.iter().find(|p| p["name"] == HUB))
@@ -310,13 +304,7 @@ async fn status_peer_u64(api: &ApiClient, field: &'static str) -> Result<u64> {
 
 /// A field of the hub's entry in B's `/v1/status` peers (null when absent).
 async fn status_peer_value(api: &ApiClient, field: &'static str) -> Result<Value> {
-    let api = api.clone();
-    let status: Value = tokio::task::spawn_blocking(move || {
-        let reply = api.request("GET", "/v1/status", None)?;
-        ensure!(reply.status == 200, "/v1/status: HTTP {}", reply.status);
-        Ok(serde_json::from_slice::<Value>(&reply.body)?)
-    })
-    .await??;
+    let status = api_status(api).await?;
     Ok(status["peers"]
         .as_array()
         .and_then(|peers| peers.iter().find(|p| p["name"] == HUB))
