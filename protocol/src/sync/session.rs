@@ -472,12 +472,8 @@ impl Session {
         let Some(cur) = self.local.get_mut(collection) else {
             return;
         };
-        let grown: Vec<ReplicaId> = vv
-            .iter()
-            .filter(|(o, n)| *n > cur.get(o))
-            .map(|(o, _)| o.clone())
-            .collect();
-        cur.merge(vv);
+        let mut grown: Vec<ReplicaId> = Vec::new();
+        cur.merge_grown(vv, |o| grown.push(o.clone()));
         if self.phase == Phase::Established && self.may_send(collection) {
             for origin in grown {
                 let peer = (self.peer.node.as_str(), self.rx.peer_replica());
