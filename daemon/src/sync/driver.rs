@@ -43,9 +43,8 @@ const URGENT_QUEUE: usize = 4;
 const CONTROL_QUEUE: usize = 1024;
 /// How often the peer table is refreshed from the session.
 const STATUS_EVERY: Duration = Duration::from_millis(250);
-/// How often the peer table is refreshed while no byte moved on the session since the last
-/// refresh: a refresh clones every collection's vectors (a thousand origins each at province
-/// scale), which at [`STATUS_EVERY`] was most of an idle node's CPU.
+/// How often an idle session (no byte moved since the last look) looks at the peer table: a
+/// thousand idle sessions on one machine each waking four times a second add up.
 const IDLE_STATUS_EVERY: Duration = Duration::from_secs(2);
 /// How long to wait for the peer to open its control stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -469,25 +468,41 @@ impl<'a> Driver<'a> {
     }
 
     /// Refreshes the peer table every [`STATUS_EVERY`] while bytes move on the session, and
-    /// every [`IDLE_STATUS_EVERY`] while none do.
+    /// every [`IDLE_STATUS_EVERY`] while none do. An idle session looks only that often too:
+    /// any other wake (input, a local change, a command) brings the next look within
+    /// [`STATUS_EVERY`], so the bytes that activity moves (counted by the stream tasks a
+    /// little later) still reach the table promptly.
     fn drive_status(&mut self) {
         let now = Instant::now();
         if now < self.report.next {
             return;
         }
-        self.report.next = now + STATUS_EVERY;
         let moved = (
             self.report.counters.bytes_sent(),
             self.report.counters.bytes_received(),
         );
-        if let Some((at, sent, received)) = self.report.last {
-            // (The look itself stays every tick, so bytes that start moving show within one.)
-            if (sent, received) == moved && now < at + IDLE_STATUS_EVERY {
-                return;
+        let (idle, due) = match self.report.last {
+            Some((at, sent, received)) => {
+                let idle = (sent, received) == moved;
+                (idle, !idle || now >= at + IDLE_STATUS_EVERY)
             }
+            None => (false, true),
+        };
+        self.report.next = now
+            + if idle {
+                IDLE_STATUS_EVERY
+            } else {
+                STATUS_EVERY
+            };
+        if due {
+            self.report_status();
+            self.report.last = Some((now, moved.0, moved.1));
         }
-        self.report_status();
-        self.report.last = Some((now, moved.0, moved.1));
+    }
+
+    /// Something happened on the session: look at the peer table within [`STATUS_EVERY`].
+    fn activity(&mut self) {
+        self.report.next = self.report.next.min(Instant::now() + STATUS_EVERY);
     }
 
     fn report_status(&mut self) {
@@ -564,6 +579,9 @@ impl<'a> Driver<'a> {
             _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
             closed = self.connection.closed() => Wake::ConnectionClosed(closed.to_string()),
         };
+        if !matches!(wake, Wake::Timer) {
+            self.activity();
+        }
         match wake {
             Wake::Input(Some(input)) => self.feed(input),
             Wake::Input(None) => self.session.close(ErrorCode::Internal, "streams ended"),
