@@ -320,6 +320,8 @@ pub struct ReplicaStats {
     pub rejoin_dropped: AtomicU64,
     /// What is applied, and what of it is durable (published to replication).
     pub(crate) durable: DurableCell,
+    /// Wakes the periodic flusher when a group is committed.
+    pub(crate) flush_signal: writer::FlushSignal,
     /// Versions superseded by local writes that are not durable yet.
     pub(crate) shadow: Shadow,
     /// The last durable change-log cursor.
@@ -374,6 +376,16 @@ impl Shadow {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, officesync_protocol::shadow::Shadow> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Stops the periodic flusher when dropped (the replica closes or goes away).
+#[derive(Debug)]
+struct StopFlusher(Arc<ReplicaStats>);
+
+impl Drop for StopFlusher {
+    fn drop(&mut self) {
+        self.0.flush_signal.stop();
     }
 }
 
@@ -631,7 +643,7 @@ struct Inner {
     stats: Arc<ReplicaStats>,
     indexes: Arc<IndexCatalog>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    stop_flusher: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    stop_flusher: Mutex<Option<StopFlusher>>,
 }
 
 /// Makes the node of the (stopped) store `store` a new incarnation, as a restore from a
@@ -735,13 +747,12 @@ impl Replica {
         );
         let mut stop_flusher = None;
         if let CommitMode::Periodic(every) = opts.commit {
-            let (stop, stopped) = std::sync::mpsc::channel();
-            stop_flusher = Some(stop);
+            stop_flusher = Some(StopFlusher(stats.clone()));
             let (store, stats) = (store.clone(), stats.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("officesync-flusher".into())
-                    .spawn(move || writer::periodic_flusher(store.as_ref(), &stats, every, stopped))
+                    .spawn(move || writer::periodic_flusher(store.as_ref(), &stats, every))
                     .map_err(|e| StoreError::Io(format!("cannot start flusher thread: {e}")))?,
             );
         }

@@ -465,13 +465,25 @@ async fn periodic_mode_acknowledges_and_flushes() {
     opts.commit = CommitMode::Periodic(std::time::Duration::from_millis(20));
     let r =
         Replica::open(Arc::new(SledStore::open(dir.path()).expect("open")), opts).expect("open");
+    let syncs = || r.stats().syncs.load(Ordering::Relaxed);
     r.write("c", "k", Some(b"v".to_vec())).await.expect("write");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(r.stats().syncs.load(Ordering::Relaxed) >= 1);
+    let first = syncs();
+    assert!(first >= 1);
+    // Idle: no sync without a write.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(syncs(), first);
+    // A write after the idle spell wakes the flusher again.
+    r.write("c", "k2", Some(b"v".to_vec()))
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(syncs() > first, "the write after an idle spell was synced");
     r.close().await.expect("close");
     drop(r);
     let r = sled_at(dir.path(), "hefei");
     assert!(r.get("c", "k").await.expect("get").is_some());
+    assert!(r.get("c", "k2").await.expect("get").is_some());
 }
 
 #[tokio::test]
