@@ -39,6 +39,8 @@ const TARGET_RELAY_CATCH_UP: Duration = Duration::from_secs(60);
 const TIERS: [&str; 4] = ["town-", "county-", "city-", "general-office"];
 /// Environment variable giving another tree shape (see [`shape_from_env`]).
 const SHAPE_ENV: &str = "OFFICESYNC_BENCH_SCALE_SHAPE";
+/// Environment variable: seconds to keep the started tree idle before measuring it.
+const HOLD_ENV: &str = "OFFICESYNC_BENCH_SCALE_HOLD";
 /// The relay chain's nodes below the general office (relays are `relay-…`: admin bundles).
 const CITY: &str = "relay-city";
 const COUNTY: &str = "relay-county";
@@ -206,6 +208,11 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
         .wait_linked(Duration::from_secs(600))
         .map_err(anyhow::Error::msg)?;
     eprintln!("scale: {n} nodes started in {start_time:?}, linked {linked:?} later");
+    if let Some(secs) = std::env::var(HOLD_ENV).ok().and_then(|s| s.parse().ok()) {
+        // For profiling an idle province by hand (perf, strace) before the figures are taken.
+        eprintln!("scale: holding the tree for {secs} s ({HOLD_ENV})");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     let mut out = Vec::new();
     let last_city = shape.cities - 1;
     let froms = [
