@@ -222,6 +222,12 @@ impl VersionVector {
         self.0.iter().all(|(o, &n)| n <= other.get(o))
     }
 
+    /// True when both are clones of one vector, unchanged since (so they are equal): a
+    /// constant-time check for "nothing moved".
+    pub fn shares(&self, other: &VersionVector) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Every `(origin, counter)` entry in origin order.
     pub fn iter(&self) -> impl Iterator<Item = (&ReplicaId, u64)> {
         self.0.iter().map(|(o, c)| (o, *c))

@@ -49,6 +49,17 @@ pub(crate) struct SessionObserver {
     /// what it can be behind by.
     node: String,
     policy: PolicyHandle,
+    /// Per collection, the last "behind" figure and what it was computed from.
+    behind_memo: HashMap<String, BehindMemo>,
+}
+
+/// A "behind" figure with the vectors and policy it was computed from.
+#[derive(Debug)]
+struct BehindMemo {
+    theirs: VersionVector,
+    ours: Option<VersionVector>,
+    policy: Arc<officesync_protocol::policy::Policy>,
+    behind: u64,
 }
 
 impl SessionObserver {
@@ -100,6 +111,7 @@ impl SessionObserver {
             caught_up: false,
             node: policy.0.to_owned(),
             policy: policy.1,
+            behind_memo: HashMap::new(),
         }
     }
 
@@ -119,17 +131,41 @@ impl SessionObserver {
             if !policy.may_read(&self.node, collection) || collection == STATUS_COLLECTION {
                 continue;
             }
-            let allowed: VersionVector = theirs
-                .iter()
-                .filter(|(o, _)| policy.may_write(o.node_name(), collection))
-                .map(|(o, n)| (o.clone(), n))
-                .collect();
-            per_collection.entry(collection).or_default().1 = behind(
-                &allowed,
-                ours.vvs.get(collection),
-                &self.peer,
-                self.peer_relays,
-            );
+            let mine = ours.vvs.get(collection);
+            let figure = match self.behind_memo.get(collection) {
+                // Neither vector nor the policy moved since the last report (an idle session):
+                // at province scale each walk is a thousand origins.
+                Some(m)
+                    if m.theirs.shares(theirs)
+                        && Arc::ptr_eq(&m.policy, &policy)
+                        && match (&m.ours, mine) {
+                            (Some(a), Some(b)) => a.shares(b),
+                            (None, None) => true,
+                            _ => false,
+                        } =>
+                {
+                    m.behind
+                }
+                _ => {
+                    let allowed: VersionVector = theirs
+                        .iter()
+                        .filter(|(o, _)| policy.may_write(o.node_name(), collection))
+                        .map(|(o, n)| (o.clone(), n))
+                        .collect();
+                    let figure = behind(&allowed, mine, &self.peer, self.peer_relays);
+                    self.behind_memo.insert(
+                        collection.clone(),
+                        BehindMemo {
+                            theirs: theirs.clone(),
+                            ours: mine.cloned(),
+                            policy: policy.clone(),
+                            behind: figure,
+                        },
+                    );
+                    figure
+                }
+            };
+            per_collection.entry(collection).or_default().1 = figure;
         }
         let all_in = live && per_collection.values().all(|(_, b)| *b == 0);
         let newly_caught_up = all_in && !self.caught_up;

@@ -71,6 +71,19 @@ pub struct Session {
     signatures: Option<Arc<dyn SignatureCheck>>,
     /// The compression dictionaries agreed with the peer (protocol 3).
     dicts: Dictionaries,
+    /// Per collection, the lag [`Session::status`] last computed and from what: an idle
+    /// session's status is read every few seconds, and at province scale each walk is a
+    /// thousand origins.
+    lag_memo: std::cell::RefCell<BTreeMap<String, LagMemo>>,
+}
+
+/// A lag figure with the vectors (and peer incarnation) it was computed from.
+#[derive(Debug)]
+struct LagMemo {
+    local: VersionVector,
+    peer: Option<VersionVector>,
+    peer_replica: Option<ReplicaId>,
+    lag: u64,
 }
 
 /// Where the session is in its life.
@@ -122,6 +135,7 @@ impl Session {
             bulk_blocked: false,
             signatures: None,
             dicts: Dictionaries::default(),
+            lag_memo: Default::default(),
         };
         if role == Role::Dialer {
             let vvs = s.advertise();
@@ -336,13 +350,40 @@ impl Session {
             .filter(|(c, _)| self.may_send(c))
             .map(|(c, vv)| {
                 let peer = self.peer_vvs.get(c);
-                let lag_versions = vv
-                    .iter()
-                    .filter(|(o, _)| {
-                        sends_origin(&self.cfg, (&self.peer.node, self.rx.peer_replica()), o)
-                    })
-                    .map(|(o, n)| n.saturating_sub(peer.map_or(0, |p| p.get(o))))
-                    .fold(0u64, u64::saturating_add);
+                let peer_replica = self.rx.peer_replica();
+                let mut memo = self.lag_memo.borrow_mut();
+                let lag_versions = match memo.get(c) {
+                    Some(m)
+                        if m.local.shares(vv)
+                            && m.peer_replica.as_ref() == peer_replica
+                            && match (&m.peer, peer) {
+                                (Some(a), Some(b)) => a.shares(b),
+                                (None, None) => true,
+                                _ => false,
+                            } =>
+                    {
+                        m.lag
+                    }
+                    _ => {
+                        let lag = vv
+                            .iter()
+                            .filter(|(o, _)| {
+                                sends_origin(&self.cfg, (&self.peer.node, peer_replica), o)
+                            })
+                            .map(|(o, n)| n.saturating_sub(peer.map_or(0, |p| p.get(o))))
+                            .fold(0u64, u64::saturating_add);
+                        memo.insert(
+                            c.clone(),
+                            LagMemo {
+                                local: vv.clone(),
+                                peer: peer.cloned(),
+                                peer_replica: peer_replica.cloned(),
+                                lag,
+                            },
+                        );
+                        lag
+                    }
+                };
                 CollectionStatus {
                     collection: c.clone(),
                     lag_versions,
