@@ -21,8 +21,14 @@ use tokio::sync::watch;
 use crate::replica::Replica;
 use crate::transport::{train_dictionary, MAX_TRAINING_BYTES, MIN_TRAINING_SAMPLES};
 
-/// How often collections are looked at (a read of each collection's record count).
+/// How often collections are looked at (a read of each collection's record count) while
+/// writes arrive or a collection is filling up.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How often collections are looked at on a node with no writes (whose last look found none
+/// filling up): time alone can make a retraining due. An idle node otherwise does not wake
+/// the trainer; at a thousand nodes on one machine every periodic wakeup counts.
+const IDLE_LOOK: Duration = Duration::from_secs(60);
 
 /// A collection is retrained once it holds this many times the records of its last training...
 pub(crate) const RETRAIN_GROWTH: u64 = 4;
@@ -74,22 +80,37 @@ pub(crate) async fn train_loop(
     // Records of each collection at the last look.
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut dicts: Vec<LocalDictionary> = Vec::new();
+    let mut durable = replica.durable();
+    // The last look found no collection filling up: the next waits for a write.
+    let mut settled = false;
     loop {
+        if settled {
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(IDLE_LOOK) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        durable.borrow_and_update();
         let Ok(collections) = replica.collections().await else {
             if !replica.is_open() {
                 return;
             }
             continue;
         };
+        settled = true;
         for c in collections {
             let records = c.meta.records;
             let before = seen.insert(c.name.clone(), records).unwrap_or(0);
             let filling = records < SAMPLE_VALUES as u64
                 && records as f64 > before as f64 * (1.0 + FILLING_GROWTH);
+            if filling {
+                settled = false;
+            }
             if !trainable(&c.name) || filling || !due(state.get(&c.name), records, dicts.len()) {
                 continue;
             }

@@ -374,6 +374,10 @@ async fn mark_dialled(
     }
 }
 
+/// How often the lag of absent peers is recomputed when this node's vectors do not move (a
+/// peer that just went away is picked up within this).
+const ABSENT_LAG_EVERY: Duration = Duration::from_secs(5);
+
 /// Keeps the lag of peers without a session current, from their last known vectors.
 async fn lag_of_absent_peers(
     registry: Arc<Registry>,
@@ -387,7 +391,7 @@ async fn lag_of_absent_peers(
     loop {
         tokio::select! {
             changed = durable.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            _ = tokio::time::sleep(ABSENT_LAG_EVERY) => {},
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let ours = durable.borrow_and_update().vvs.clone();
