@@ -464,7 +464,7 @@ pub(crate) async fn wait_digest(
 
 /// Checks `reached` every `every` until it holds; returns when it did (`None`: not within
 /// `timeout`).
-async fn poll_until<F, Fut>(
+pub(crate) async fn poll_until<F, Fut>(
     timeout: Duration,
     every: Duration,
     mut reached: F,

@@ -6,8 +6,10 @@
 //! shape (counties per city, townships per county), for profiling. Figures:
 //! * propagation: three writes, each at a township of another city, from just before the PUT
 //!   until every node holds it (p50 and max over the nodes; target max ≤ 1 s);
-//! * a relay's memory per idle session: a county's resident memory less a township's, over the
-//!   county's township sessions (target ≤ 200 KiB);
+//! * a relay's memory per idle session, at the margin: a relay's resident memory with 8 (full:
+//!   32) idle township sessions and with twice as many, the difference over the added
+//!   sessions (target ≤ 200 KiB); for context, a county's resident memory less a
+//!   township's over its township sessions (it also counts the admin data a county holds);
 //! * idle CPU per node: every node's CPU over a quiet window (target ≤ 0.1 % of a core);
 //! * catch-up through relays, on a chain of its own: a general office holding 1M × 256 B
 //!   records (`--quick`: 20k), a city relay and a county relay that start empty and catch up
@@ -21,8 +23,8 @@ use officesync_tests::tree::{quantile, Tree, TreeShape};
 use serde_json::json;
 
 use crate::replication::{
-    daemon_sync_addr, filled_hub_at, progress, shutdown, spawn_daemon_via, wait_api_digest, Kind,
-    Pki, HUB,
+    api_status, daemon_sync_addr, filled_hub_at, poll_until, progress, shutdown, spawn_daemon_via,
+    wait_api_digest, Kind, Pki, HUB,
 };
 use crate::servers::procfs;
 use crate::{emit, TableRow};
@@ -63,13 +65,99 @@ pub(crate) async fn run(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
             towns_per_county: 8,
         }
     };
+    if std::env::var_os(officesync_tests::node::START_TIMEOUT_ENV).is_none() {
+        // Under a thousand starting daemons a start can take longer than a test's 20 s.
+        std::env::set_var(officesync_tests::node::START_TIMEOUT_ENV, "180");
+    }
     let figures = tokio::task::spawn_blocking(move || measure(shape))
         .await
         .context("the scale run panicked")??;
     for row in figures {
         emit(rows, row.0, row.1);
     }
+    session_memory(quick, rows).await?;
     relay_catch_up(quick, rows).await
+}
+
+/// A relay's memory per idle session at the margin: its resident memory with `k` idle
+/// township sessions and again with `2k`, the difference over `k`. (The tree's "county less
+/// township" figure also counts what an admin relay holds that a township does not, such as
+/// its subtree's status reports, which grows with the province rather than with sessions.)
+async fn session_memory(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
+    let k = if quick { 8 } else { 32 };
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let admins = [HUB];
+    let relay = spawn_daemon_via(
+        &pki,
+        HUB,
+        &dir.path().join("relay"),
+        None,
+        &admins,
+        officesync_daemon::config::Durability::Sync,
+    )?;
+    let addr = daemon_sync_addr(&relay)?;
+    let mut leaves = Vec::new();
+    let mut rss = Vec::new();
+    for round in 0..2 {
+        for i in 0..k {
+            let name = format!("{TOWNSHIP}-{}", round * k + i);
+            leaves.push(spawn_daemon_via(
+                &pki,
+                &name,
+                &dir.path().join(&name),
+                Some((HUB, addr)),
+                &admins,
+                officesync_daemon::config::Durability::Periodic,
+            )?);
+        }
+        let want = (round + 1) * k;
+        let linked = poll_until(Duration::from_secs(120), Duration::from_millis(200), || {
+            let api = relay.api();
+            async move {
+                let status = api_status(&api).await?;
+                let connected = status["peers"].as_array().map_or(0, |peers| {
+                    peers.iter().filter(|p| p["connected"] == true).count()
+                });
+                Ok(connected >= want)
+            }
+        })
+        .await?;
+        anyhow::ensure!(
+            linked.is_some(),
+            "{want} townships did not all connect to the relay"
+        );
+        // Let the handshakes' and first reports' transient allocations settle.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        rss.push(relay.pid().and_then(procfs::rss_mib).unwrap_or(f64::NAN));
+    }
+    drop(leaves);
+    drop(relay);
+    let per_session_kib = (rss[1] - rss[0]) * 1024.0 / k as f64;
+    let met = per_session_kib <= TARGET_SESSION_KIB;
+    emit(
+        rows,
+        json!({
+            "figure": "scale_session_memory", "sessions": [k, 2 * k],
+            "relay_rss_mib": rss, "relay_kib_per_idle_session": per_session_kib,
+            "target_kib": TARGET_SESSION_KIB, "target_met": met,
+        }),
+        TableRow {
+            figure: "scale_session_memory".into(),
+            case: format!(
+                "relay RSS with {k} idle township sessions {:.1} MiB, with {} {:.1} MiB",
+                rss[0],
+                2 * k,
+                rss[1]
+            ),
+            result: format!("{per_session_kib:.0} KiB per idle session (at the margin)"),
+            baseline: "-".into(),
+            ratio: None,
+            target: format!("≤ {TARGET_SESSION_KIB:.0} KiB"),
+            met: Some(met),
+        },
+    );
+    Ok(())
 }
 
 /// The chain general office → city relay → county relay → new township: the relays catch up
@@ -270,13 +358,11 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
         mean_rss("general-office"),
     );
     let per_session_kib = (county - town) * 1024.0 / shape.towns_per_county as f64;
-    let met = per_session_kib <= TARGET_SESSION_KIB;
     out.push((
         json!({
             "figure": "scale_idle_memory", "nodes": n,
             "rss_mib": {"township": town, "county": county, "city": city, "general_office": root},
-            "relay_kib_per_idle_session": per_session_kib,
-            "target_kib": TARGET_SESSION_KIB, "target_met": met,
+            "county_less_township_kib_per_session": per_session_kib,
         }),
         TableRow {
             figure: "scale_idle_memory".into(),
@@ -284,11 +370,14 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
                 "{n} nodes; RSS township {town:.1}, county {county:.1}, city {city:.1}, \
                  general office {root:.1} MiB"
             ),
-            result: format!("{per_session_kib:.0} KiB per idle session (county less township)"),
+            result: format!(
+                "{per_session_kib:.0} KiB per township session (county less township, \
+                 admin data included; see scale_session_memory)"
+            ),
             baseline: "-".into(),
             ratio: None,
-            target: format!("≤ {TARGET_SESSION_KIB:.0} KiB"),
-            met: Some(met),
+            target: "-".into(),
+            met: None,
         },
     ));
     let window = Duration::from_secs(20);
