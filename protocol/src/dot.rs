@@ -228,6 +228,16 @@ impl VersionVector {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// True when both are absent, or both are clones of one unchanged vector
+    /// ([`Self::shares`]).
+    pub fn shares_option(a: Option<&VersionVector>, b: Option<&VersionVector>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => a.shares(b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// Every `(origin, counter)` entry in origin order.
     pub fn iter(&self) -> impl Iterator<Item = (&ReplicaId, u64)> {
         self.0.iter().map(|(o, c)| (o, *c))

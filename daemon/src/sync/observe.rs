@@ -138,11 +138,7 @@ impl SessionObserver {
                 Some(m)
                     if m.theirs.shares(theirs)
                         && Arc::ptr_eq(&m.policy, &policy)
-                        && match (&m.ours, mine) {
-                            (Some(a), Some(b)) => a.shares(b),
-                            (None, None) => true,
-                            _ => false,
-                        } =>
+                        && VersionVector::shares_option(m.ours.as_ref(), mine) =>
                 {
                     m.behind
                 }

@@ -356,11 +356,7 @@ impl Session {
                     Some(m)
                         if m.local.shares(vv)
                             && m.peer_replica.as_ref() == peer_replica
-                            && match (&m.peer, peer) {
-                                (Some(a), Some(b)) => a.shares(b),
-                                (None, None) => true,
-                                _ => false,
-                            } =>
+                            && VersionVector::shares_option(m.peer.as_ref(), peer) =>
                     {
                         m.lag
                     }
