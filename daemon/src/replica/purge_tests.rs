@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use officesync_protocol::{Digest, ReplicaId, Version, VersionVector};
+use officesync_protocol::{Digest, ReplicaId, VersionVector};
 
 use super::*;
 use crate::store::MemoryStore;
@@ -19,17 +19,7 @@ fn open(node: &str) -> (Arc<MemoryStore>, Replica) {
     (store, r)
 }
 
-/// An unsigned version of `situation` with no causal context (HLC 1,000 + `counter` ms).
-fn remote(origin: &ReplicaId, counter: u64, key: &str, value: Option<&[u8]>) -> Version {
-    super::tests::remote(
-        origin,
-        counter,
-        key,
-        1_000 + counter,
-        VersionVector::new(),
-        value,
-    )
-}
+use super::tests::remote_plain as remote;
 
 /// Every stored row of `coll` with `tag` (`K` records, `H` histories, `L` leaf entries).
 fn rows(store: &MemoryStore, tag: u8) -> usize {

@@ -48,6 +48,23 @@ pub(super) fn remote(
     }
 }
 
+/// [`remote`] with no causal context, stamped 1,000 + `counter` ms (the purge and tree tests).
+pub(super) fn remote_plain(
+    origin: &ReplicaId,
+    counter: u64,
+    key: &str,
+    value: Option<&[u8]>,
+) -> Version {
+    remote(
+        origin,
+        counter,
+        key,
+        1_000 + counter,
+        VersionVector::new(),
+        value,
+    )
+}
+
 #[tokio::test]
 async fn write_read_overwrite_delete() {
     let r = memory("hefei");

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use officesync_protocol::tree::{leaf_of, nodes_at, FANOUT};
-use officesync_protocol::{Digest, ReplicaId, Version, VersionVector};
+use officesync_protocol::{Digest, ReplicaId, Version};
 
 use super::*;
 use crate::store::{MemoryStore, WriteBatch};
@@ -37,14 +37,7 @@ async fn assert_folds(r: &Replica) {
 /// An unsigned version of `situation` holding `value`, with no causal context (HLC 1,000 +
 /// `counter` ms).
 fn remote(origin: &ReplicaId, counter: u64, key: &str, value: &[u8]) -> Version {
-    super::tests::remote(
-        origin,
-        counter,
-        key,
-        1_000 + counter,
-        VersionVector::new(),
-        Some(value),
-    )
+    super::tests::remote_plain(origin, counter, key, Some(value))
 }
 
 #[tokio::test]
