@@ -19,6 +19,11 @@ pub struct StatusReport {
     pub generated_ms: u64,
     /// The reporter's `[status] report_interval_ms`: when to expect the next report.
     pub interval_ms: u64,
+    /// The reporter's `[status] unchanged_report_ms`: while its report would say nothing new,
+    /// it re-sends it only this often (0 or `interval_ms`: every interval); meanwhile its
+    /// parent's word that its link is up stands for it.
+    #[serde(default)]
+    pub unchanged_ms: u64,
     /// What the reporter runs (`officesyncd 0.1.0`).
     #[serde(default)]
     pub release: String,

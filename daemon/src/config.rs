@@ -336,6 +336,11 @@ pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 10_000;
 /// Accepted range of `status.report_interval_ms`.
 pub const REPORT_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 200..=3_600_000;
 
+/// Default `status.unchanged_report_ms`.
+pub const DEFAULT_UNCHANGED_REPORT_MS: u64 = 60_000;
+/// Longest accepted `status.unchanged_report_ms`.
+pub const MAX_UNCHANGED_REPORT_MS: u64 = 3_600_000;
+
 /// `[status]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -344,12 +349,24 @@ pub struct StatusConfig {
     /// once, at most once a second, when a connection comes up or goes down). An admin shows
     /// a node as silent after three of its intervals without a report.
     pub report_interval_ms: u64,
+    /// While its report would say nothing new (same peers, links, lags, bad input), the node
+    /// re-sends it only this often; its parent's word that the link is up stands for it in
+    /// between. At most `report_interval_ms`: a report every interval.
+    pub unchanged_report_ms: u64,
+}
+
+impl StatusConfig {
+    /// The longest gap between two reports while nothing changes (never below the interval).
+    pub fn unchanged_ms(&self) -> u64 {
+        self.unchanged_report_ms.max(self.report_interval_ms)
+    }
 }
 
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
             report_interval_ms: DEFAULT_REPORT_INTERVAL_MS,
+            unchanged_report_ms: DEFAULT_UNCHANGED_REPORT_MS,
         }
     }
 }
@@ -625,6 +642,19 @@ impl Config {
                     "use {}..={} (default {DEFAULT_REPORT_INTERVAL_MS})",
                     REPORT_INTERVAL_RANGE_MS.start(),
                     REPORT_INTERVAL_RANGE_MS.end()
+                ),
+            ));
+        }
+        if self.status.unchanged_report_ms > MAX_UNCHANGED_REPORT_MS {
+            return Err(self.invalid(
+                "status.unchanged_report_ms",
+                format!(
+                    "status.unchanged_report_ms = {} is out of range",
+                    self.status.unchanged_report_ms
+                ),
+                &format!(
+                    "use at most {MAX_UNCHANGED_REPORT_MS} (default {DEFAULT_UNCHANGED_REPORT_MS}; \
+                     at most report_interval_ms for a report every interval)"
                 ),
             ));
         }
@@ -1087,6 +1117,11 @@ impl Config {
             "report_interval_ms = {}",
             self.status.report_interval_ms
         )?;
+        writeln!(
+            out,
+            "unchanged_report_ms = {}",
+            self.status.unchanged_report_ms
+        )?;
         if !self.indexes.is_empty() {
             writeln!(out)?;
             writeln!(out, "[indexes]")?;
@@ -1347,6 +1382,12 @@ impl ConfigBuilder {
             collection.to_owned(),
             pointers.iter().map(|p| (*p).to_owned()).collect(),
         );
+        self
+    }
+
+    /// Sets `status.unchanged_report_ms`.
+    pub fn unchanged_report_ms(mut self, ms: u64) -> Self {
+        self.config.status.unchanged_report_ms = ms;
         self
     }
 

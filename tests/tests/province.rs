@@ -228,6 +228,28 @@ fn the_general_office_sees_a_cut_township_as_silent_and_then_fresh_again() {
     );
     assert_eq!(status_keys(hub).len(), 9);
 
+    // Idle, a node skips reports that would say nothing new (`unchanged_report_ms`, 60 s by
+    // default): the cut township's last report stops changing although it reports every
+    // second; the cut below is still seen at once, by its parent's changed report.
+    let generated = |view: &Value| entry(view, CUT)["report_generated_at"].to_string();
+    let mut last = generated(&cluster_view(hub, false).expect("view"));
+    let mut same_since = Instant::now();
+    let took = wait_for(
+        "the cut township's report to stay unchanged for 5 intervals",
+        SETTLE,
+        || {
+            let now = generated(&cluster_view(hub, false)?);
+            if now != last {
+                last = now;
+                same_since = Instant::now();
+            }
+            (same_since.elapsed() >= Duration::from_secs(5))
+                .then_some(())
+                .ok_or_else(|| format!("report made at {last}"))
+        },
+    );
+    eprintln!("{CUT}'s report unchanged for 5 s, {took:?} after the check began");
+
     p.proxy.cut(Direction::Both);
     let cut_at = Instant::now();
     let took = wait_for(

@@ -10,7 +10,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use officesync_api::ClusterBody;
+use officesync_api::{ClusterBody, StatusReport};
 
 use super::error::ApiError;
 use super::gate::Who;
@@ -18,7 +18,7 @@ use super::params::{parse_flag, parse_query};
 use super::svg::tree;
 use super::web::escape;
 use super::ApiState;
-use crate::province::view::{cluster_view, not_fresh, silent_after_ms};
+use crate::province::view::{cluster_view, not_fresh, silent_after_ms, silent_after_report_ms};
 use crate::time::{rfc3339_ms, unix_ms_now};
 
 /// Seconds between the page's own reloads.
@@ -58,12 +58,16 @@ pub(crate) async fn page(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (body, behind) = view(&state, &who, &uri).await?;
-    let interval = state
-        .province
+    let own = state.province.as_ref().and_then(|p| p.latest());
+    let interval = own
         .as_ref()
-        .and_then(|p| p.latest())
         .map_or(crate::config::DEFAULT_REPORT_INTERVAL_MS, |r| r.interval_ms);
-    let html = render(&body, behind, interval);
+    let unchanged = own
+        .as_ref()
+        .map_or(crate::config::DEFAULT_UNCHANGED_REPORT_MS, |r| {
+            r.unchanged_ms
+        });
+    let html = render(&body, behind, interval, unchanged);
     Ok((
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -78,7 +82,7 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 a{color:#0645ad}small{color:#666}";
 
 /// The whole page.
-fn render(body: &ClusterBody, behind: bool, interval_ms: u64) -> String {
+fn render(body: &ClusterBody, behind: bool, interval_ms: u64, unchanged_ms: u64) -> String {
     let mut h = String::with_capacity(body.nodes.len() * 320 + 4096);
     let node = escape(&body.node);
     let _ = write!(
@@ -89,7 +93,9 @@ fn render(body: &ClusterBody, behind: bool, interval_ms: u64) -> String {
          <h1>The province as <span id=\"node\">{node}</span> sees it</h1>\n\
          <p><small>As of <span id=\"generated\">{}</span>; refreshes every {REFRESH_SECS} s. \
          Each node under the peer it dials. A node is <b>silent</b> when no report of it arrived \
-         here for three report intervals and {} s (e.g. {} s at {} s), <b>behind</b> when it \
+         here for three report intervals and {} s (e.g. {} s at {} s; while its parent says \
+         their link is up, {} s, as a node skips reports that would say nothing new for up to \
+         {} s), <b>behind</b> when it \
          reports its link up down or its data from there older than 30 s, <b>refusing</b> when \
          it met bad input in the 10 minutes before its last report. Hover over a node for its \
          details. <a href=\"/\">This node's status</a>.</small></p>\n",
@@ -97,6 +103,15 @@ fn render(body: &ClusterBody, behind: bool, interval_ms: u64) -> String {
         crate::province::view::SILENT_GRACE_MS / 1000,
         silent_after_ms(interval_ms) / 1000,
         interval_ms / 1000,
+        silent_after_report_ms(
+            &StatusReport {
+                interval_ms,
+                unchanged_ms,
+                ..StatusReport::default()
+            },
+            true
+        ) / 1000,
+        unchanged_ms / 1000,
     );
     h.push_str("<p id=\"filter\">");
     if behind {
@@ -165,13 +180,13 @@ mod tests {
                 },
             ],
         };
-        let all = render(&body, false, 1_000);
+        let all = render(&body, false, 1_000, 60_000);
         assert!(all.contains("<a href=\"/cluster?behind=true\">"), "{all}");
         assert!(all.contains("<svg id=\"province\""));
         assert!(all.contains("<p id=\"silent\">Silent: t4 (last report 12s ago).</p>"));
         assert!(all.contains("e.g. 8 s at 1 s"), "{all}");
         assert!(!all.contains("<script"));
-        let filtered = render(&body, true, 1_000);
+        let filtered = render(&body, true, 1_000, 60_000);
         assert!(filtered.contains("<a href=\"/cluster\">Show every node</a>"));
     }
 }

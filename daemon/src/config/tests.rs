@@ -704,6 +704,28 @@ fn the_report_interval_is_bounded() {
 }
 
 #[test]
+fn unchanged_reports_wait_at_least_an_interval_and_at_most_an_hour() {
+    let text = |lines: &str| {
+        format!(
+            "[node]\nname = \"hefei\"\ndata_dir = \"/d\"\n[tls]\nca = \"/c\"\ncert = \"/n\"\n\
+             key = \"/k\"\n[status]\n{lines}\n"
+        )
+    };
+    let default = Config::from_toml_str(&text(""), Path::new("x.toml")).unwrap();
+    assert_eq!(default.status.unchanged_ms(), 60_000);
+    let below = text("report_interval_ms = 120000\nunchanged_report_ms = 1000");
+    let below = Config::from_toml_str(&below, Path::new("x.toml")).unwrap();
+    assert_eq!(
+        below.status.unchanged_ms(),
+        120_000,
+        "never below the interval"
+    );
+    let err = Config::from_toml_str(&text("unchanged_report_ms = 3600001"), Path::new("x.toml"))
+        .unwrap_err();
+    assert_eq!(err.key(), Some("status.unchanged_report_ms"), "{err}");
+}
+
+#[test]
 fn bandwidth_limits_and_urgent_collections() {
     let text = format!(
         "{MINIMAL}[[sync.limit]]\npeers = [\"*\"]\nrate = \"2 Mbit/s\"\nwhen = \"Mon-Fri 08:00-18:00\"\n\

@@ -1,6 +1,8 @@
 //! The province view's node side: this node publishes its status report in `_status` (every
 //! `status.report_interval_ms`, and at once, at most once a second, when a connection comes up
-//! or goes down), notes when other nodes' reports arrive here, keeps each peer's lag history
+//! or goes down; a report that would say nothing new is skipped, up to
+//! `status.unchanged_report_ms`: every relay up the tree and the general office store and
+//! sync each report, so an idle province's reports are most of its idle work), notes when other nodes' reports arrive here, keeps each peer's lag history
 //! for the status page, and reads the reports it holds for `/v1/cluster` and `/cluster`.
 
 pub mod history;
@@ -24,10 +26,11 @@ use history::LagHistory;
 use report::{build_report, encode, BadInputWatch, ReportInputs};
 use view::HeldReport;
 
-/// How often the reporter looks at the peer table (connection changes, lag history) and at
-/// which reports arrived.
-/// (A second: reports are at least [`MIN_REPORT_GAP`] apart anyway, the lag history keeps a
-/// bucket a minute, and each look wakes an idle node.)
+/// How often the reporter looks at the peer table (lag history) and at which reports arrived
+/// while the store moves; a still node's reporter wakes only when a report is due, a link
+/// changes ([`PeerTable::links`]) or the store moves.
+/// (A second: reports are at least [`MIN_REPORT_GAP`] apart anyway, and the lag history keeps
+/// a bucket a minute.)
 const POLL: Duration = Duration::from_secs(1);
 /// Least time between two reports, however often connections change.
 pub const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
@@ -40,6 +43,7 @@ pub struct Province {
     node: String,
     dials: Vec<String>,
     interval_ms: u64,
+    unchanged_ms: u64,
     started: Instant,
     /// When each node's newest report arrived here (this node's clock, Unix ms).
     arrived: Mutex<HashMap<String, u64>>,
@@ -59,6 +63,7 @@ impl Province {
             node: config.node.name.clone(),
             dials: config.sync.peers.iter().map(|p| p.name.clone()).collect(),
             interval_ms: config.status.report_interval_ms,
+            unchanged_ms: config.status.unchanged_ms(),
             started: Instant::now(),
             arrived: Mutex::default(),
             history: Mutex::default(),
@@ -146,21 +151,45 @@ impl Province {
         let mut bad = BadInputWatch::default();
         let mut connected: Option<BTreeSet<String>> = None;
         let mut last_report: Option<Instant> = None;
+        // The last report written, and when: the next one is skipped if it says the same.
+        let mut written: Option<(StatusReport, Instant)> = None;
+        let unchanged = Duration::from_millis(self.unchanged_ms);
         let mut due = Instant::now();
         let interval = Duration::from_millis(self.interval_ms);
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut links = peers.links();
+        // While the store moves, look every POLL; once a look finds it still, sleep until the
+        // next report is due, a link changes or the store moves again.
+        let mut moving = true;
+        let mut first = true;
         loop {
+            let wake = if std::mem::take(&mut first) {
+                Instant::now()
+            } else if moving {
+                Instant::now() + POLL
+            } else {
+                due.max(Instant::now() + POLL)
+            };
+            let mut moved = false;
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                changed = links.changed() => if changed.is_err() { break },
+                changed = durable.changed(), if !moving => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    moved = true;
+                }
                 _ = stop.changed() => {}
             }
             if *stop.borrow() || stop.has_changed().is_err() {
                 break;
             }
+            links.borrow_and_update();
             let now_ms = unix_ms_now();
             // Only when the applied state moved: `_status` has an origin a node below.
-            if durable.has_changed().unwrap_or(false) {
+            moved |= durable.has_changed().unwrap_or(false);
+            moving = moved;
+            if moved {
                 self.note_arrivals(&durable.borrow_and_update(), &mut counters, Some(now_ms));
             }
             let snapshot = with_staleness(peers.snapshot(), now_ms);
@@ -186,8 +215,17 @@ impl Province {
             connected = Some(up);
             let now = Instant::now();
             if now >= due && last_report.is_none_or(|t| now.duration_since(t) >= MIN_REPORT_GAP) {
-                self.publish(&replica, &snapshot, bad.last().cloned(), now_ms)
+                let report = self
+                    .build(&replica, &snapshot, bad.last().cloned(), now_ms)
                     .await;
+                let quiet = written.as_ref().is_some_and(|(old, at)| {
+                    now.duration_since(*at) < unchanged && report::says_the_same(old, &report)
+                });
+                if quiet {
+                    *lock(&self.latest) = Some(report);
+                } else if self.write(&replica, &report).await {
+                    written = Some((report, now));
+                }
                 last_report = Some(now);
                 due = now + interval;
             }
@@ -219,14 +257,14 @@ impl Province {
         }
     }
 
-    /// Writes this node's report to `_status` (a failure is logged: the next one will do).
-    async fn publish(
+    /// This node's report now.
+    async fn build(
         &self,
         replica: &Replica,
         peers: &[PeerStatus],
         last_bad_input: Option<officesync_api::BadInput>,
         now_ms: u64,
-    ) {
+    ) -> StatusReport {
         let store = replica.store().clone();
         let store_bytes = tokio::task::spawn_blocking(move || store.size_on_disk())
             .await
@@ -235,18 +273,29 @@ impl Province {
             node: &self.node,
             dials: &self.dials,
             interval_ms: self.interval_ms,
+            unchanged_ms: self.unchanged_ms,
             uptime_secs: self.started.elapsed().as_secs(),
             store_bytes,
             last_bad_input,
             now_ms,
         };
-        let report = build_report(&inputs, peers);
+        build_report(&inputs, peers)
+    }
+
+    /// Writes `report` to `_status`; false when it could not (logged: the next one will do).
+    async fn write(&self, replica: &Replica, report: &StatusReport) -> bool {
         match replica
-            .write(STATUS_COLLECTION, &self.node, Some(encode(&report)))
+            .write(STATUS_COLLECTION, &self.node, Some(encode(report)))
             .await
         {
-            Ok(_) => *lock(&self.latest) = Some(report),
-            Err(e) => tracing::warn!(error = %e, "cannot publish this node's status report"),
+            Ok(_) => {
+                *lock(&self.latest) = Some(report.clone());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish this node's status report");
+                false
+            }
         }
     }
 }

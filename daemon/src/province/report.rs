@@ -22,6 +22,8 @@ pub struct ReportInputs<'a> {
     pub dials: &'a [String],
     /// `status.report_interval_ms`.
     pub interval_ms: u64,
+    /// `status.unchanged_report_ms` as in force (never below the interval).
+    pub unchanged_ms: u64,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
     /// The store's size on disk.
@@ -60,6 +62,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, peers: &[PeerStatus]) -> StatusRe
         parent: inputs.dials.first().cloned(),
         generated_ms: inputs.now_ms,
         interval_ms: inputs.interval_ms,
+        unchanged_ms: inputs.unchanged_ms,
         release: crate::RELEASE.to_owned(),
         uptime_secs: inputs.uptime_secs,
         store_bytes: inputs.store_bytes,
@@ -83,6 +86,35 @@ pub fn build_report(inputs: &ReportInputs<'_>, peers: &[PeerStatus]) -> StatusRe
 pub fn encode(report: &StatusReport) -> Vec<u8> {
     // Serialising a struct of strings and numbers into memory cannot fail.
     serde_json::to_vec(report).unwrap_or_default()
+}
+
+/// Staleness below this reads as "current" when two reports are compared ([`says_the_same`]):
+/// an idle peer's data-as-of time moves with every heartbeat.
+pub const CURRENT_STALENESS_MS: u64 = 10_000;
+
+/// True when `new` tells an admin nothing that `old` did not: the same parent, peers, links,
+/// lags and since-when, bad input and refusals, the same staleness where either is above
+/// [`CURRENT_STALENESS_MS`], and a store size within a tenth. Its time and uptime do not count.
+pub fn says_the_same(old: &StatusReport, new: &StatusReport) -> bool {
+    let same_size =
+        old.store_bytes.abs_diff(new.store_bytes) <= old.store_bytes.max(new.store_bytes) / 10;
+    same_size && comparable(old) == comparable(new)
+}
+
+/// `r` without what moves on its own while nothing happens (see [`says_the_same`]).
+fn comparable(r: &StatusReport) -> StatusReport {
+    let current = |s: Option<u64>| s.map(|s| if s < CURRENT_STALENESS_MS { 0 } else { s });
+    let mut r = r.clone();
+    r.generated_ms = 0;
+    r.uptime_secs = 0;
+    r.store_bytes = 0;
+    for p in &mut r.peers {
+        p.staleness_ms = current(p.staleness_ms);
+        for c in &mut p.collections {
+            c.staleness_ms = current(c.staleness_ms);
+        }
+    }
+    r
 }
 
 /// One peer of the report.
@@ -200,6 +232,7 @@ mod tests {
             node: "t1",
             dials: &dials,
             interval_ms: 10_000,
+            unchanged_ms: 60_000,
             uptime_secs: 5,
             store_bytes: 1234,
             last_bad_input: None,
@@ -226,6 +259,63 @@ mod tests {
         assert_eq!(up.collections.len(), 1);
         let back: StatusReport = serde_json::from_slice(&encode(&report)).expect("json");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn a_report_that_says_nothing_new_is_told_apart_from_one_that_does() {
+        let dials = vec!["county-a".to_owned()];
+        let inputs = ReportInputs {
+            node: "t1",
+            dials: &dials,
+            interval_ms: 10_000,
+            unchanged_ms: 60_000,
+            uptime_secs: 5,
+            store_bytes: 100_000,
+            last_bad_input: None,
+            now_ms: 50_000,
+        };
+        let first = build_report(&inputs, &[peer("county-a", true)]);
+        // Later, a little larger, data a few seconds old: nothing new.
+        let mut idle = peer("county-a", true);
+        idle.collections[0].staleness_ms = Some(9_000);
+        let later = ReportInputs {
+            uptime_secs: 65,
+            store_bytes: 104_000,
+            now_ms: 110_000,
+            ..inputs.clone()
+        };
+        let second = build_report(&later, std::slice::from_ref(&idle));
+        assert_ne!(first, second);
+        assert!(says_the_same(&first, &second));
+        // Each of these is news.
+        let mut stale = idle.clone();
+        stale.collections[0].staleness_ms = Some(12_000);
+        let mut lagging = idle.clone();
+        lagging.lag_versions = 3;
+        let down = peer("county-a", false);
+        for p in [stale, lagging, down] {
+            assert!(
+                !says_the_same(&first, &build_report(&later, std::slice::from_ref(&p))),
+                "{p:?}"
+            );
+        }
+        let grown = ReportInputs {
+            store_bytes: 120_000,
+            ..later.clone()
+        };
+        assert!(!says_the_same(
+            &first,
+            &build_report(&grown, &[idle.clone()])
+        ));
+        let bad = ReportInputs {
+            last_bad_input: Some(BadInput {
+                at_ms: Some(100_000),
+                peer: "county-a".into(),
+                what: "frame: too large".into(),
+            }),
+            ..later
+        };
+        assert!(!says_the_same(&first, &build_report(&bad, &[idle])));
     }
 
     #[test]

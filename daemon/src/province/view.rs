@@ -3,7 +3,9 @@
 //!
 //! Rules, in order (the first that holds is the node's state):
 //! * **silent**: its last report arrived here more than three of its report intervals plus
-//!   [`SILENT_GRACE_MS`] ago (or none did, for a node its parent lists). Arrival times are
+//!   [`SILENT_GRACE_MS`] ago (or none did, for a node its parent lists); while its parent,
+//!   itself not silent, says their link is up, its reports may be that much later than its
+//!   `unchanged_ms` (it skips reports that would say nothing new). Arrival times are
 //!   this node's clock, so an office whose clock is off (up to `max_clock_skew_ms`, far more
 //!   than an interval) is not mistaken for silent; a report relayed late is still judged by
 //!   when it arrived, and a relay only ever forwards the newest report of each node.
@@ -45,6 +47,61 @@ pub fn silent_after_ms(interval_ms: u64) -> u64 {
         .saturating_add(SILENT_GRACE_MS)
 }
 
+/// How long after its last report the node of `r` counts as silent: [`silent_after_ms`] of
+/// its interval, or, while its parent vouches for its link (`vouched`), its
+/// `unchanged_ms` plus two intervals and [`SILENT_GRACE_MS`] when that is longer.
+pub fn silent_after_report_ms(r: &StatusReport, vouched: bool) -> u64 {
+    let strict = silent_after_ms(r.interval_ms);
+    if !vouched {
+        return strict;
+    }
+    let interval = r.interval_ms.clamp(1, 24 * 3_600_000);
+    r.unchanged_ms
+        .min(24 * 3_600_000)
+        .saturating_add(interval.saturating_mul(2))
+        .saturating_add(SILENT_GRACE_MS)
+        .max(strict)
+}
+
+/// Deepest chain of parents followed when judging silence (a cycle stops there).
+const MAX_VOUCH_DEPTH: usize = 64;
+
+/// Whether `name` (held in `reports`) is silent at `now_ms`; memoised in `memo`. Its parent
+/// vouches for it when the parent's report lists it as connected and the parent is not
+/// silent itself.
+fn is_silent(
+    name: &str,
+    reports: &BTreeMap<String, HeldReport>,
+    memo: &mut HashMap<String, bool>,
+    now_ms: u64,
+    depth: usize,
+) -> bool {
+    if let Some(s) = memo.get(name) {
+        return *s;
+    }
+    let Some(h) = reports.get(name) else {
+        return true;
+    };
+    let age = now_ms.saturating_sub(h.received_ms);
+    let silent = age > silent_after_ms(h.report.interval_ms) && {
+        let vouched = depth < MAX_VOUCH_DEPTH
+            && h.report.parent.as_ref().is_some_and(|p| {
+                reports.get(p).is_some_and(|ph| {
+                    ph.report
+                        .peers
+                        .iter()
+                        .any(|x| x.name == name && x.connected)
+                }) && !is_silent(p, reports, memo, now_ms, depth + 1)
+            });
+        age > silent_after_report_ms(&h.report, vouched)
+    };
+    // Only a complete answer is kept: one cut short by the depth limit may differ.
+    if depth == 0 || !silent {
+        memo.insert(name.to_owned(), silent);
+    }
+    silent
+}
+
 /// The view of `observer` (its own live report in `held`, arrived now) at `now_ms`: every
 /// node in tree order.
 pub fn cluster_view(observer: &str, held: Vec<HeldReport>, now_ms: u64) -> ClusterBody {
@@ -64,14 +121,16 @@ pub fn cluster_view(observer: &str, held: Vec<HeldReport>, now_ms: u64) -> Clust
         }
     }
     let mut nodes: BTreeMap<String, ClusterNode> = BTreeMap::new();
+    let mut memo = HashMap::new();
     for (name, h) in &reports {
+        let silent = is_silent(name, &reports, &mut memo, now_ms, 0);
         let parent_report = h
             .report
             .parent
             .as_ref()
             .and_then(|p| reports.get(p))
             .map(|p| &p.report);
-        nodes.insert(name.clone(), node_of(h, parent_report, now_ms));
+        nodes.insert(name.clone(), node_of(h, parent_report, silent, now_ms));
     }
     for (name, parent) in unreported {
         nodes.insert(
@@ -102,11 +161,15 @@ pub fn cluster_view(observer: &str, held: Vec<HeldReport>, now_ms: u64) -> Clust
     }
 }
 
-/// The state of one reporting node.
-fn node_of(h: &HeldReport, parent: Option<&StatusReport>, now_ms: u64) -> ClusterNode {
+/// The state of one reporting node (`silent` as [`is_silent`] judged it).
+fn node_of(
+    h: &HeldReport,
+    parent: Option<&StatusReport>,
+    silent: bool,
+    now_ms: u64,
+) -> ClusterNode {
     let r = &h.report;
     let age = now_ms.saturating_sub(h.received_ms);
-    let silent = age > silent_after_ms(r.interval_ms);
     let up: Option<&ReportPeer> = r
         .parent
         .as_ref()
@@ -349,6 +412,64 @@ mod tests {
         let t1 = view.nodes.iter().find(|n| n.name == "t1").expect("t1");
         assert!(!t1.silent, "{t1:?}");
         assert_eq!(t1.state, "fresh");
+    }
+
+    #[test]
+    fn a_node_that_skips_unchanged_reports_is_silent_only_when_its_parent_stops_vouching() {
+        let quiet = |mut h: HeldReport| {
+            h.report.unchanged_ms = 60_000;
+            h
+        };
+        // t1's and the city's last reports are 40 s old: they said nothing new since.
+        let mut reports: Vec<HeldReport> = province().into_iter().map(quiet).collect();
+        reports[1].received_ms = NOW - 40_000;
+        reports[3].received_ms = NOW - 40_000;
+        let states = |reports: Vec<HeldReport>| -> Vec<(String, String)> {
+            cluster_view("hub", reports, NOW)
+                .nodes
+                .into_iter()
+                .filter(|n| n.name != "t3")
+                .map(|n| (n.name, n.state))
+                .collect()
+        };
+        let fresh = |n: &str| (n.to_owned(), "fresh".to_owned());
+        let silent = |n: &str| (n.to_owned(), "silent".to_owned());
+        assert_eq!(
+            states(reports.clone()),
+            [fresh("hub"), fresh("city"), fresh("t1"), fresh("t2")]
+        );
+        // The city says t1's link is down: t1 is judged by its interval again.
+        let mut down = reports.clone();
+        if let Some(p) = down[1].report.peers.iter_mut().find(|p| p.name == "t1") {
+            p.connected = false;
+        }
+        assert_eq!(
+            states(down),
+            [fresh("hub"), fresh("city"), silent("t1"), fresh("t2")]
+        );
+        // The hub no longer vouches for the city: the city is silent, and so is t1, whose
+        // parent's word no longer counts; t2 reported lately and stays fresh.
+        let mut cut = reports.clone();
+        cut[0].report.peers[0].connected = false;
+        assert_eq!(
+            states(cut),
+            [fresh("hub"), silent("city"), silent("t1"), fresh("t2")]
+        );
+        // Past its unchanged interval plus two intervals and the grace, even a vouched node
+        // is silent.
+        let mut late = reports;
+        late[3].received_ms = NOW - 67_001;
+        assert_eq!(
+            states(late),
+            [fresh("hub"), fresh("city"), silent("t1"), fresh("t2")]
+        );
+        let r = StatusReport {
+            interval_ms: 10_000,
+            unchanged_ms: 60_000,
+            ..StatusReport::default()
+        };
+        assert_eq!(silent_after_report_ms(&r, false), 35_000);
+        assert_eq!(silent_after_report_ms(&r, true), 85_000);
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn report_of(node: &str, parent: Option<&str>, children: &[String], now_ms: u64)
         node,
         dials: &dials,
         interval_ms: 10_000,
+        unchanged_ms: 60_000,
         uptime_secs: 86_400,
         store_bytes: 512 * 1024 * 1024,
         last_bad_input: None,

@@ -10,7 +10,8 @@
 //!   32) idle township sessions and with twice as many, the difference over the added
 //!   sessions (target ≤ 200 KiB); for context, a county's resident memory less a
 //!   township's over its township sessions (it also counts the admin data a county holds);
-//! * idle CPU per node: every node's CPU over a quiet window (target ≤ 0.1 % of a core);
+//! * idle CPU per node: every node's CPU over a quiet minute (one cycle of unchanged status
+//!   reports; target ≤ 0.1 % of a core);
 //! * catch-up through relays, on a chain of its own: a general office holding 1M × 256 B
 //!   records (`--quick`: 20k), a city relay and a county relay that start empty and catch up
 //!   through each other, then a new township dialing the county: its time until its digest
@@ -341,7 +342,7 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
         ));
     }
     // Quiet for a while, then memory and a CPU window.
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(20));
     let mean_rss = |prefix: &str| -> f64 {
         let v: Vec<f64> = tree
             .nodes
@@ -380,7 +381,9 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
             met: None,
         },
     ));
-    let window = Duration::from_secs(20);
+    // A whole cycle of unchanged reports (`status.unchanged_report_ms`, 60 s by default): a
+    // shorter window would count some nodes' reports and miss others'.
+    let window = Duration::from_millis(officesync_daemon::config::DEFAULT_UNCHANGED_REPORT_MS);
     let cpu = |tree: &Tree| -> f64 {
         tree.nodes
             .iter()
