@@ -4,11 +4,16 @@
 //! - **publish** (the general office: an admin that dials no peer, with
 //!   `[storage] tombstone_ttl_ms` set): for each data collection, the pointwise minimum of its
 //!   own vector and the vectors of every node that may read it (from `_nodes`), as its
-//!   sessions learnt them ([`crate::sync::peers::KnownVectors`]). A reader whose vector is not
-//!   known blocks that collection's frontier for the round, unless it has not been heard from
-//!   (session, or status report in `_status`, or since this daemon started) for longer than the
-//!   TTL: then it is left out, and if the frontier passes what it was last known to hold, it
-//!   is owed a rejoin record. The frontier never goes down; it is written only when it moves.
+//!   sessions learnt them ([`crate::sync::peers::KnownVectors`]). A reader no session told it
+//!   about (a township behind relays) stands by the meet of the narrowest fresh subtree
+//!   summary that covers it, from an admin relay's status report
+//!   ([`crate::province::subtree`], rules in [`officesync_protocol::subtree`]): a lower bound
+//!   of its vector. A reader with neither blocks that collection's frontier for the round,
+//!   unless it has not been heard from (session, or status report in `_status`, or since this
+//!   daemon started) for longer than the TTL: then it is left out, and if the frontier passes
+//!   what it was last known to hold, it is owed a rejoin record. The frontier never goes down;
+//!   it is written only when it moves (or carries no TTL yet: records say `ttl_ms`, which
+//!   relays judge the freshness of their summaries with).
 //! - **apply** (every node): answers a rejoin record addressed to it that it has not answered
 //!   yet (logged as a warning: this node was away too long), then purges, in steps of
 //!   [`PURGE_STEP_KEYS`] records, every collection whose frontier its own vector covers.
@@ -23,13 +28,14 @@ use officesync_protocol::frontier::{
 };
 use officesync_protocol::names::is_system_collection;
 use officesync_protocol::signing::NODES_COLLECTION;
-use officesync_protocol::status::STATUS_COLLECTION;
+use officesync_protocol::subtree::{choose_cover, Offered, Summary};
 use officesync_protocol::VersionVector;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::policy::PolicyHandle;
+use crate::province::subtree::{held_report, summaries_of, trusted_reporter};
 use crate::replica::{Replica, ReplicaError, WinnerRead};
 use crate::sync::peers::PeerTable;
 use crate::time::unix_ms_now;
@@ -142,7 +148,7 @@ async fn all_records(replica: &Replica, collection: &str) -> Result<Vec<WinnerRe
 }
 
 /// The frontier record held at `key` of `_frontier`, if any and readable.
-async fn record_at(replica: &Replica, key: &str) -> Result<Option<FrontierRecord>, ReplicaError> {
+pub(crate) async fn record_at(replica: &Replica, key: &str) -> Result<Option<FrontierRecord>, ReplicaError> {
     Ok(replica
         .winner(FRONTIER_COLLECTION, key)
         .await?
@@ -163,8 +169,9 @@ impl Collector {
             .collect();
         let known = self.peers.known_vectors();
         // Last sign of life of each node: an open session, the last one, its status report,
-        // or this start.
+        // or this start. And the subtree summaries in the admins' reports.
         let mut heard: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut summaries: Vec<(&str, u64, BTreeMap<String, Summary>)> = Vec::new();
         for n in &nodes {
             let mut t = self.started_ms;
             if let Some(k) = known.get(n) {
@@ -173,8 +180,11 @@ impl Collector {
             if self.peers.get(n).is_some_and(|p| p.connected) {
                 t = now; // a session is open: heard within a heartbeat
             }
-            if let Some(w) = self.replica.winner(STATUS_COLLECTION, n).await? {
-                t = t.max(w.sibling.hlc.ms);
+            if let Some((report, hlc_ms)) = held_report(&self.replica, n).await? {
+                t = t.max(hlc_ms);
+                if trusted_reporter(&policy, n) {
+                    summaries.push((n, report.generated_ms, summaries_of(&report)));
+                }
             }
             heard.insert(n, t);
         }
@@ -183,12 +193,27 @@ impl Collector {
             if is_system_collection(c) {
                 continue;
             }
+            let offered: Vec<Offered<'_>> = summaries
+                .iter()
+                .filter_map(|(n, generated_ms, s)| {
+                    Some(Offered {
+                        reporter: n,
+                        generated_ms: *generated_ms,
+                        summary: s.get(c)?,
+                    })
+                })
+                .collect();
+            // A reader no session of ours knows stands by the narrowest fresh summary of a
+            // relay above it (a lower bound of its vector).
             let readers: Vec<Reader<'_>> = nodes
                 .iter()
                 .filter(|n| policy.may_read(n, c))
                 .map(|n| Reader {
                     node: n,
-                    vv: known.get(n.as_str()).and_then(|k| k.vvs.get(c)),
+                    vv: known
+                        .get(n.as_str())
+                        .and_then(|k| k.vvs.get(c))
+                        .or_else(|| choose_cover(n, &offered, now, ttl_ms)),
                     heard_ms: heard.get(n.as_str()).copied().unwrap_or(0),
                 })
                 .collect();
@@ -210,11 +235,15 @@ impl Collector {
                     owed,
                 } => (frontier, excluded, owed),
             };
-            if frontier != previous.frontier || excluded != previous.excluded {
+            if frontier != previous.frontier
+                || excluded != previous.excluded
+                || previous.ttl_ms != Some(ttl_ms)
+            {
                 let record = FrontierRecord {
                     frontier: frontier.clone(),
                     computed_ms: now,
                     excluded: excluded.clone(),
+                    ttl_ms: Some(ttl_ms),
                 };
                 self.replica
                     .write(FRONTIER_COLLECTION, c, Some(record.encode()))
@@ -229,6 +258,7 @@ impl Collector {
                         frontier: frontier.clone(),
                         computed_ms: now,
                         excluded: Vec::new(),
+                        ttl_ms: Some(ttl_ms),
                     };
                     self.replica
                         .write(FRONTIER_COLLECTION, &key, Some(record.encode()))

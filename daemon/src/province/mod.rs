@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod report;
+pub mod subtree;
 pub mod view;
 
 use std::collections::{BTreeSet, HashMap};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::policy::PolicyHandle;
 use crate::replica::{DurableState, Replica, ReplicaError};
 use crate::sync::peers::PeerTable;
 use crate::time::unix_ms_now;
@@ -45,6 +47,9 @@ pub struct Province {
     arrived: Mutex<HashMap<String, u64>>,
     history: Mutex<LagHistory>,
     latest: Mutex<Option<StatusReport>>,
+    /// `Some` for an admin relay (an admin that dials a parent): its reports carry a subtree
+    /// summary, judged under this policy.
+    relay: Option<PolicyHandle>,
 }
 
 /// Locks `m`, taking over a lock poisoned by a panicked holder (the data is plain values).
@@ -63,7 +68,16 @@ impl Province {
             arrived: Mutex::default(),
             history: Mutex::default(),
             latest: Mutex::default(),
+            relay: None,
         }
+    }
+
+    /// Makes this node's reports carry a subtree summary ([`subtree`]) when it is an admin
+    /// (`is_admin`: named in `[cluster] admins` with an admin certificate) that dials a parent;
+    /// the general office's own report has no reader above it.
+    pub fn relaying(mut self, is_admin: bool, policy: PolicyHandle) -> Self {
+        self.relay = (is_admin && !self.dials.is_empty()).then_some(policy);
+        self
     }
 
     /// This node's name.
@@ -186,7 +200,7 @@ impl Province {
             connected = Some(up);
             let now = Instant::now();
             if now >= due && last_report.is_none_or(|t| now.duration_since(t) >= MIN_REPORT_GAP) {
-                self.publish(&replica, &snapshot, bad.last().cloned(), now_ms)
+                self.publish(&replica, &peers, &snapshot, bad.last().cloned(), now_ms)
                     .await;
                 last_report = Some(now);
                 due = now + interval;
@@ -223,6 +237,7 @@ impl Province {
     async fn publish(
         &self,
         replica: &Replica,
+        peers_table: &PeerTable,
         peers: &[PeerStatus],
         last_bad_input: Option<officesync_api::BadInput>,
         now_ms: u64,
@@ -231,6 +246,18 @@ impl Province {
         let store_bytes = tokio::task::spawn_blocking(move || store.size_on_disk())
             .await
             .unwrap_or(0);
+        let subtree = match &self.relay {
+            Some(policy) => {
+                let policy = policy.current();
+                subtree::build(&self.node, &self.dials, replica, peers_table, &policy, now_ms)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot summarise the readers below this relay");
+                        Default::default()
+                    })
+            }
+            None => Default::default(),
+        };
         let inputs = ReportInputs {
             node: &self.node,
             dials: &self.dials,
@@ -239,6 +266,7 @@ impl Province {
             store_bytes,
             last_bad_input,
             now_ms,
+            subtree,
         };
         let report = build_report(&inputs, peers);
         match replica
