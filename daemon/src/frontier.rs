@@ -148,7 +148,10 @@ async fn all_records(replica: &Replica, collection: &str) -> Result<Vec<WinnerRe
 }
 
 /// The frontier record held at `key` of `_frontier`, if any and readable.
-pub(crate) async fn record_at(replica: &Replica, key: &str) -> Result<Option<FrontierRecord>, ReplicaError> {
+pub(crate) async fn record_at(
+    replica: &Replica,
+    key: &str,
+) -> Result<Option<FrontierRecord>, ReplicaError> {
     Ok(replica
         .winner(FRONTIER_COLLECTION, key)
         .await?

@@ -239,9 +239,8 @@ impl Node {
             keyring,
             config.cluster.admins.clone(),
         ));
-        let province = Arc::new(
-            crate::province::Province::new(config).relaying(is_admin, policy.clone()),
-        );
+        let province =
+            Arc::new(crate::province::Province::new(config).relaying(is_admin, policy.clone()));
         let reporter = province.spawn(replica.clone(), peers.clone(), stopped.clone());
         let (frontiers, collector) = crate::frontier::spawn(
             config,

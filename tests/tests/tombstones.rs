@@ -241,7 +241,11 @@ fn a_delete_behind_a_relay_is_purged_at_every_tier() {
         let keys = try_status(node).expect("status")["collections"][COLL]["keys"].as_u64();
         assert_eq!(keys, Some(5), "{}: the 5 live keys", node.name());
         for i in 5..10 {
-            assert!(node.get(COLL, &format!("k{i}")).is_some(), "{}: k{i}", node.name());
+            assert!(
+                node.get(COLL, &format!("k{i}")).is_some(),
+                "{}: k{i}",
+                node.name()
+            );
         }
     }
     // No reader was left out as away: the township and the county counted through the relays.

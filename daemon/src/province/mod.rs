@@ -249,12 +249,19 @@ impl Province {
         let subtree = match &self.relay {
             Some(policy) => {
                 let policy = policy.current();
-                subtree::build(&self.node, &self.dials, replica, peers_table, &policy, now_ms)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot summarise the readers below this relay");
-                        Default::default()
-                    })
+                subtree::build(
+                    &self.node,
+                    &self.dials,
+                    replica,
+                    peers_table,
+                    &policy,
+                    now_ms,
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot summarise the readers below this relay");
+                    Default::default()
+                })
             }
             None => Default::default(),
         };

@@ -292,7 +292,11 @@ mod tests {
             &[peer("city-a", true)],
         );
         assert_eq!(small.subtree.len(), 2);
-        assert_eq!(small.peers[0].collections.len(), 1, "detail kept when it fits");
+        assert_eq!(
+            small.peers[0].collections.len(),
+            1,
+            "detail kept when it fits"
+        );
     }
 
     #[test]

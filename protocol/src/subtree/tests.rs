@@ -42,7 +42,11 @@ fn a_relay_meets_its_own_vector_its_fresh_readers_and_its_fresh_children() {
     ];
     let below = Summary {
         meet: vv(&[("t1", 6), ("hub", 4)]),
-        covers: covers(&[("county", NOW - 50), ("t3", NOW - 80), ("t4", NOW - TTL - 5)]),
+        covers: covers(&[
+            ("county", NOW - 50),
+            ("t3", NOW - 80),
+            ("t4", NOW - TTL - 5),
+        ]),
     };
     let stale = Summary {
         meet: VersionVector::new(),
@@ -73,7 +77,12 @@ fn a_relay_meets_its_own_vector_its_fresh_readers_and_its_fresh_children() {
     assert_eq!(s.meet, vv(&[("t1", 6), ("hub", 4)]));
     assert_eq!(
         s.covers,
-        covers(&[("city", NOW), ("county", NOW - 50), ("t1", NOW), ("t3", NOW - 80)])
+        covers(&[
+            ("city", NOW),
+            ("county", NOW - 50),
+            ("t1", NOW),
+            ("t3", NOW - 80)
+        ])
     );
     // Origins at or below the frontier the relay holds are left out of the meet.
     let frontier = vv(&[("hub", 4), ("t1", 2)]);
@@ -122,7 +131,10 @@ fn a_relay_with_more_readers_than_it_may_name_leaves_the_collection_out() {
         now_ms: NOW,
         ttl_ms: Some(TTL),
     };
-    assert_eq!(summarize(&inputs).map(|s| s.covers.len()), Some(MAX_COVERED));
+    assert_eq!(
+        summarize(&inputs).map(|s| s.covers.len()),
+        Some(MAX_COVERED)
+    );
     let inputs = SummaryInputs {
         direct: &direct,
         ..inputs
