@@ -22,12 +22,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use officesync_api::StatusReport;
 use officesync_protocol::frontier::{
     covers_all, decide, parse_rejoin_key, rejoin_key, Decision, FrontierRecord, Reader,
     FRONTIER_COLLECTION,
 };
 use officesync_protocol::names::is_system_collection;
 use officesync_protocol::signing::NODES_COLLECTION;
+use officesync_protocol::status::STATUS_COLLECTION;
 use officesync_protocol::subtree::{choose_cover, Offered, Summary};
 use officesync_protocol::VersionVector;
 use tokio::sync::watch;
@@ -35,7 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::policy::PolicyHandle;
-use crate::province::subtree::{held_report, summaries_of, trusted_reporter};
+use crate::province::subtree::{summaries_of, trusted_reporter};
 use crate::replica::{Replica, ReplicaError, WinnerRead};
 use crate::sync::peers::PeerTable;
 use crate::time::unix_ms_now;
@@ -183,9 +185,15 @@ impl Collector {
             if self.peers.get(n).is_some_and(|p| p.connected) {
                 t = now; // a session is open: heard within a heartbeat
             }
-            if let Some((report, hlc_ms)) = held_report(&self.replica, n).await? {
-                t = t.max(hlc_ms);
-                if trusted_reporter(&policy, n) {
+            if let Some(w) = self.replica.winner(STATUS_COLLECTION, n).await? {
+                t = t.max(w.sibling.hlc.ms);
+                // Only an admin's report is believed about others (an office's is not read).
+                let report = w
+                    .sibling
+                    .value
+                    .filter(|_| trusted_reporter(&policy, n))
+                    .and_then(|v| serde_json::from_slice::<StatusReport>(&v).ok());
+                if let Some(report) = report {
                     summaries.push((n, report.generated_ms, summaries_of(&report)));
                 }
             }
@@ -368,5 +376,94 @@ impl Collector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use officesync_api::SubtreeSummary;
+    use officesync_protocol::policy::Policy;
+
+    use super::*;
+    use crate::province::report::encode;
+    use crate::replica::ReplicaOptions;
+    use crate::store::MemoryStore;
+
+    const TTL: u64 = 60_000;
+
+    /// A report of `node` at `now` with a summary of `situation` covering `covers`.
+    fn report(node: &str, meet: &VersionVector, covers: &[&str], now: u64) -> Vec<u8> {
+        let summary = SubtreeSummary {
+            meet: meet.iter().map(|(o, n)| (o.to_string(), n)).collect(),
+            covers: covers.iter().map(|n| ((*n).to_owned(), now)).collect(),
+        };
+        encode(&StatusReport {
+            node: node.into(),
+            generated_ms: now,
+            interval_ms: 1_000,
+            subtree: BTreeMap::from([("situation".to_owned(), summary)]),
+            ..StatusReport::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_general_office_believes_an_admins_summary_and_not_an_offices() {
+        let replica = Replica::open(
+            Arc::new(MemoryStore::new()),
+            ReplicaOptions::new("general-office"),
+        )
+        .expect("open");
+        replica
+            .write("situation", "k", Some(b"v".to_vec()))
+            .await
+            .expect("write");
+        let own = replica.collection("situation").await.expect("meta").vv;
+        for n in ["county", "office", "town"] {
+            replica
+                .write(
+                    NODES_COLLECTION,
+                    &format!("{n}/key"),
+                    Some(b"cert".to_vec()),
+                )
+                .await
+                .expect("write");
+        }
+        let now = unix_ms_now();
+        // The county relay vouches for itself; an office (not an admin) for itself and a
+        // township: not believed, so the frontier waits.
+        for (n, covers) in [("county", &["county"][..]), ("office", &["office", "town"])] {
+            replica
+                .write(STATUS_COLLECTION, n, Some(report(n, &own, covers, now)))
+                .await
+                .expect("write");
+        }
+        let mut collector = Collector {
+            node: "general-office".into(),
+            replica: replica.clone(),
+            peers: PeerTable::new(),
+            policy: PolicyHandle::fixed(Policy::open(["general-office", "county"])),
+            publish_ttl_ms: Some(TTL),
+            started_ms: now,
+            state: Arc::default(),
+            purged: HashMap::new(),
+        };
+        collector.publish(TTL).await.expect("publish");
+        assert_eq!(record_at(&replica, "situation").await.expect("read"), None);
+        // The county relay (an admin) covers all three: the frontier moves, with the TTL.
+        replica
+            .write(
+                STATUS_COLLECTION,
+                "county",
+                Some(report("county", &own, &["county", "office", "town"], now)),
+            )
+            .await
+            .expect("write");
+        collector.publish(TTL).await.expect("publish");
+        let record = record_at(&replica, "situation")
+            .await
+            .expect("read")
+            .expect("a frontier");
+        assert_eq!(record.frontier, own);
+        assert_eq!((record.excluded, record.ttl_ms), (vec![], Some(TTL)));
     }
 }

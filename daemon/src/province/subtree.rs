@@ -36,18 +36,12 @@ pub fn summaries_of(report: &StatusReport) -> BTreeMap<String, Summary> {
 }
 
 /// The status report `node` published, as this node holds it (unreadable: none).
-pub async fn held_report(
-    replica: &Replica,
-    node: &str,
-) -> Result<Option<(StatusReport, u64)>, ReplicaError> {
-    let Some(w) = replica.winner(STATUS_COLLECTION, node).await? else {
-        return Ok(None);
-    };
-    let hlc_ms = w.sibling.hlc.ms;
-    Ok(w.sibling
-        .value
-        .and_then(|v| serde_json::from_slice::<StatusReport>(&v).ok())
-        .map(|r| (r, hlc_ms)))
+async fn held_report(replica: &Replica, node: &str) -> Result<Option<StatusReport>, ReplicaError> {
+    Ok(replica
+        .winner(STATUS_COLLECTION, node)
+        .await?
+        .and_then(|w| w.sibling.value)
+        .and_then(|v| serde_json::from_slice::<StatusReport>(&v).ok()))
 }
 
 /// This relay's summary of every data collection (empty when no peer dials it: a leaf).
@@ -71,7 +65,7 @@ pub async fn build(
     let known = peers.known_vectors();
     let mut children: Vec<(u64, u64, BTreeMap<String, Summary>)> = Vec::new();
     for (b, _) in below.iter().filter(|(b, _)| trusted_reporter(policy, b)) {
-        if let Some((report, _)) = held_report(replica, b).await? {
+        if let Some(report) = held_report(replica, b).await? {
             let s = summaries_of(&report);
             if !s.is_empty() {
                 children.push((report.generated_ms, report.interval_ms, s));
