@@ -1,7 +1,9 @@
 //! The province view's node side: this node publishes its status report in `_status` (every
 //! `status.report_interval_ms`, and at once, at most once a second, when a connection comes up
 //! or goes down), notes when other nodes' reports arrive here, keeps each peer's lag history
-//! for the status page, and reads the reports it holds for `/v1/cluster` and `/cluster`.
+//! for the status page, and reads the reports it holds for `/v1/cluster` and `/cluster`. An
+//! admin relay's report also carries its summary of the readers below it ([`subtree`]), which
+//! the general office computes tombstone frontiers with.
 
 pub mod history;
 pub mod report;
