@@ -42,6 +42,23 @@ pub struct StatusReport {
     /// The last bad input it met (a peer's session closed for it, or a refused version).
     #[serde(default)]
     pub last_bad_input: Option<BadInput>,
+    /// An admin relay's summary of the readers below it, per data collection (what the
+    /// general office computes tombstone frontiers with); empty for a leaf.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subtree: BTreeMap<String, SubtreeSummary>,
+}
+
+/// One collection of [`StatusReport::subtree`]: a lower bound of the vector of every reader
+/// it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeSummary {
+    /// Pointwise minimum of the relay's own vector and the covered readers' (replica id to
+    /// counter), origins above the frontier the relay holds only.
+    #[serde(default)]
+    pub meet: BTreeMap<String, u64>,
+    /// Per covered reader (node name), when it was last heard (Unix ms, the relay's clock).
+    #[serde(default)]
+    pub covers: BTreeMap<String, u64>,
 }
 
 /// One peer in a [`StatusReport`].

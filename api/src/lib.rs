@@ -28,7 +28,8 @@ pub use changes::{
     ChangeBody, ChangesPage, FeedEnd, FEED_CLOSING_EVENT, FEED_CUTOFF_EVENT, FEED_FORBIDDEN_EVENT,
 };
 pub use cluster::{
-    BadInput, ClusterBody, ClusterNode, ReportCollection, ReportPeer, StatusReport, NODE_STATES,
+    BadInput, ClusterBody, ClusterNode, ReportCollection, ReportPeer, StatusReport, SubtreeSummary,
+    NODE_STATES,
 };
 pub use node::{HealthBody, ReadyBody, VerifyReport, VerifyResults};
 pub use peers::{PeerCollectionStatus, PeerStatus};

@@ -4,11 +4,16 @@
 //! - **publish** (the general office: an admin that dials no peer, with
 //!   `[storage] tombstone_ttl_ms` set): for each data collection, the pointwise minimum of its
 //!   own vector and the vectors of every node that may read it (from `_nodes`), as its
-//!   sessions learnt them ([`crate::sync::peers::KnownVectors`]). A reader whose vector is not
-//!   known blocks that collection's frontier for the round, unless it has not been heard from
-//!   (session, or status report in `_status`, or since this daemon started) for longer than the
-//!   TTL: then it is left out, and if the frontier passes what it was last known to hold, it
-//!   is owed a rejoin record. The frontier never goes down; it is written only when it moves.
+//!   sessions learnt them ([`crate::sync::peers::KnownVectors`]). A reader no session told it
+//!   about (a township behind relays) stands by the meet of the narrowest fresh subtree
+//!   summary that covers it, from an admin relay's status report
+//!   ([`crate::province::subtree`], rules in [`officesync_protocol::subtree`]): a lower bound
+//!   of its vector. A reader with neither blocks that collection's frontier for the round,
+//!   unless it has not been heard from (session, or status report in `_status`, or since this
+//!   daemon started) for longer than the TTL: then it is left out, and if the frontier passes
+//!   what it was last known to hold, it is owed a rejoin record. The frontier never goes down;
+//!   it is written only when it moves (or carries no TTL yet: records say `ttl_ms`, which
+//!   relays judge the freshness of their summaries with).
 //! - **apply** (every node): answers a rejoin record addressed to it that it has not answered
 //!   yet (logged as a warning: this node was away too long), then purges, in steps of
 //!   [`PURGE_STEP_KEYS`] records, every collection whose frontier its own vector covers.
@@ -17,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use officesync_api::StatusReport;
 use officesync_protocol::frontier::{
     covers_all, decide, parse_rejoin_key, rejoin_key, Decision, FrontierRecord, Reader,
     FRONTIER_COLLECTION,
@@ -24,12 +30,16 @@ use officesync_protocol::frontier::{
 use officesync_protocol::names::is_system_collection;
 use officesync_protocol::signing::NODES_COLLECTION;
 use officesync_protocol::status::STATUS_COLLECTION;
+use officesync_protocol::subtree::{choose_cover, Offered, Summary};
 use officesync_protocol::VersionVector;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::policy::PolicyHandle;
+use crate::province::subtree::{summaries_of, trusted_reporter};
+use crate::province::view::cluster_view;
+use crate::province::Province;
 use crate::replica::{Replica, ReplicaError, WinnerRead};
 use crate::sync::peers::PeerTable;
 use crate::time::unix_ms_now;
@@ -71,6 +81,8 @@ struct Collector {
     state: Arc<FrontierState>,
     /// Per collection, the frontier whose purge went through every record.
     purged: HashMap<String, VersionVector>,
+    /// This node's province view: which nodes it does not count silent.
+    province: Option<Arc<Province>>,
 }
 
 /// Starts the collector of the node `config` describes (`is_admin`: its certificate and
@@ -81,6 +93,7 @@ pub fn spawn(
     replica: Replica,
     peers: PeerTable,
     policy: PolicyHandle,
+    province: Arc<Province>,
     mut stopped: watch::Receiver<bool>,
 ) -> (Arc<FrontierState>, JoinHandle<()>) {
     let publish_ttl_ms = config
@@ -103,6 +116,7 @@ pub fn spawn(
         started_ms: unix_ms_now(),
         state: state.clone(),
         purged: HashMap::new(),
+        province: Some(province),
     };
     let every = Duration::from_millis(config.storage.purge_interval_ms);
     let task = tokio::spawn(async move {
@@ -142,7 +156,10 @@ async fn all_records(replica: &Replica, collection: &str) -> Result<Vec<WinnerRe
 }
 
 /// The frontier record held at `key` of `_frontier`, if any and readable.
-async fn record_at(replica: &Replica, key: &str) -> Result<Option<FrontierRecord>, ReplicaError> {
+pub(crate) async fn record_at(
+    replica: &Replica,
+    key: &str,
+) -> Result<Option<FrontierRecord>, ReplicaError> {
     Ok(replica
         .winner(FRONTIER_COLLECTION, key)
         .await?
@@ -162,19 +179,59 @@ impl Collector {
             .filter(|n| *n != self.node)
             .collect();
         let known = self.peers.known_vectors();
-        // Last sign of life of each node: an open session, the last one, its status report,
-        // or this start.
+        // Nodes the province view does not count silent: heard now, as their reports may be
+        // skipped while unchanged (`status.unchanged_report_ms`) with their parents vouching.
+        let live: BTreeSet<String> = match &self.province {
+            Some(province) => {
+                let held = province.held_reports(&self.replica, now).await?;
+                cluster_view(&self.node, held, now)
+                    .nodes
+                    .into_iter()
+                    .filter(|n| !n.silent && n.last_report.is_some())
+                    .map(|n| n.name)
+                    .collect()
+            }
+            None => BTreeSet::new(),
+        };
+        // Last sign of life of each node: an open session, the last one, its status report
+        // (now, while the view does not count it silent), or this start. And the subtree
+        // summaries in the admins' reports.
         let mut heard: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut summaries: Vec<(&str, u64, BTreeMap<String, Summary>)> = Vec::new();
         for n in &nodes {
             let mut t = self.started_ms;
             if let Some(k) = known.get(n) {
                 t = t.max(k.heard_ms);
             }
-            if self.peers.get(n).is_some_and(|p| p.connected) {
-                t = now; // a session is open: heard within a heartbeat
+            if self.peers.get(n).is_some_and(|p| p.connected) || live.contains(n) {
+                t = now; // a session is open, or its reports are current
             }
             if let Some(w) = self.replica.winner(STATUS_COLLECTION, n).await? {
                 t = t.max(w.sibling.hlc.ms);
+                // Only an admin's report is believed about others (an office's is not read).
+                let report = w
+                    .sibling
+                    .value
+                    .filter(|_| trusted_reporter(&policy, n))
+                    .and_then(|v| serde_json::from_slice::<StatusReport>(&v).ok());
+                if let Some(report) = report {
+                    // A report the view counts current is as good as one made now, and so
+                    // are the names it covers that the view counts current.
+                    let mut of = summaries_of(&report);
+                    for summary in of.values_mut() {
+                        for (name, at) in summary.covers.iter_mut() {
+                            if live.contains(name) {
+                                *at = now;
+                            }
+                        }
+                    }
+                    let made = if live.contains(n) {
+                        now
+                    } else {
+                        report.generated_ms
+                    };
+                    summaries.push((n, made, of));
+                }
             }
             heard.insert(n, t);
         }
@@ -183,12 +240,27 @@ impl Collector {
             if is_system_collection(c) {
                 continue;
             }
+            let offered: Vec<Offered<'_>> = summaries
+                .iter()
+                .filter_map(|(n, generated_ms, s)| {
+                    Some(Offered {
+                        reporter: n,
+                        generated_ms: *generated_ms,
+                        summary: s.get(c)?,
+                    })
+                })
+                .collect();
+            // A reader no session of ours knows stands by the narrowest fresh summary of a
+            // relay above it (a lower bound of its vector).
             let readers: Vec<Reader<'_>> = nodes
                 .iter()
                 .filter(|n| policy.may_read(n, c))
                 .map(|n| Reader {
                     node: n,
-                    vv: known.get(n.as_str()).and_then(|k| k.vvs.get(c)),
+                    vv: known
+                        .get(n.as_str())
+                        .and_then(|k| k.vvs.get(c))
+                        .or_else(|| choose_cover(n, &offered, now, ttl_ms)),
                     heard_ms: heard.get(n.as_str()).copied().unwrap_or(0),
                 })
                 .collect();
@@ -210,11 +282,15 @@ impl Collector {
                     owed,
                 } => (frontier, excluded, owed),
             };
-            if frontier != previous.frontier || excluded != previous.excluded {
+            if frontier != previous.frontier
+                || excluded != previous.excluded
+                || previous.ttl_ms != Some(ttl_ms)
+            {
                 let record = FrontierRecord {
                     frontier: frontier.clone(),
                     computed_ms: now,
                     excluded: excluded.clone(),
+                    ttl_ms: Some(ttl_ms),
                 };
                 self.replica
                     .write(FRONTIER_COLLECTION, c, Some(record.encode()))
@@ -229,6 +305,7 @@ impl Collector {
                         frontier: frontier.clone(),
                         computed_ms: now,
                         excluded: Vec::new(),
+                        ttl_ms: Some(ttl_ms),
                     };
                     self.replica
                         .write(FRONTIER_COLLECTION, &key, Some(record.encode()))
@@ -335,5 +412,95 @@ impl Collector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use officesync_api::SubtreeSummary;
+    use officesync_protocol::policy::Policy;
+
+    use super::*;
+    use crate::province::report::encode;
+    use crate::replica::ReplicaOptions;
+    use crate::store::MemoryStore;
+
+    const TTL: u64 = 60_000;
+
+    /// A report of `node` at `now` with a summary of `situation` covering `covers`.
+    fn report(node: &str, meet: &VersionVector, covers: &[&str], now: u64) -> Vec<u8> {
+        let summary = SubtreeSummary {
+            meet: meet.iter().map(|(o, n)| (o.to_string(), n)).collect(),
+            covers: covers.iter().map(|n| ((*n).to_owned(), now)).collect(),
+        };
+        encode(&StatusReport {
+            node: node.into(),
+            generated_ms: now,
+            interval_ms: 1_000,
+            subtree: BTreeMap::from([("situation".to_owned(), summary)]),
+            ..StatusReport::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_general_office_believes_an_admins_summary_and_not_an_offices() {
+        let replica = Replica::open(
+            Arc::new(MemoryStore::new()),
+            ReplicaOptions::new("general-office"),
+        )
+        .expect("open");
+        replica
+            .write("situation", "k", Some(b"v".to_vec()))
+            .await
+            .expect("write");
+        let own = replica.collection("situation").await.expect("meta").vv;
+        for n in ["county", "office", "town"] {
+            replica
+                .write(
+                    NODES_COLLECTION,
+                    &format!("{n}/key"),
+                    Some(b"cert".to_vec()),
+                )
+                .await
+                .expect("write");
+        }
+        let now = unix_ms_now();
+        // The county relay vouches for itself; an office (not an admin) for itself and a
+        // township: not believed, so the frontier waits.
+        for (n, covers) in [("county", &["county"][..]), ("office", &["office", "town"])] {
+            replica
+                .write(STATUS_COLLECTION, n, Some(report(n, &own, covers, now)))
+                .await
+                .expect("write");
+        }
+        let mut collector = Collector {
+            node: "general-office".into(),
+            replica: replica.clone(),
+            peers: PeerTable::new(),
+            policy: PolicyHandle::fixed(Policy::open(["general-office", "county"])),
+            publish_ttl_ms: Some(TTL),
+            started_ms: now,
+            state: Arc::default(),
+            purged: HashMap::new(),
+            province: None,
+        };
+        collector.publish(TTL).await.expect("publish");
+        assert_eq!(record_at(&replica, "situation").await.expect("read"), None);
+        // The county relay (an admin) covers all three: the frontier moves, with the TTL.
+        replica
+            .write(
+                STATUS_COLLECTION,
+                "county",
+                Some(report("county", &own, &["county", "office", "town"], now)),
+            )
+            .await
+            .expect("write");
+        collector.publish(TTL).await.expect("publish");
+        let record = record_at(&replica, "situation")
+            .await
+            .expect("read")
+            .expect("a frontier");
+        assert_eq!(record.frontier, own);
+        assert_eq!((record.excluded, record.ttl_ms), (vec![], Some(TTL)));
     }
 }

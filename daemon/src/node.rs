@@ -239,7 +239,8 @@ impl Node {
             keyring,
             config.cluster.admins.clone(),
         ));
-        let province = Arc::new(crate::province::Province::new(config));
+        let province =
+            Arc::new(crate::province::Province::new(config).relaying(is_admin, policy.clone()));
         let reporter = province.spawn(replica.clone(), peers.clone(), stopped.clone());
         let (frontiers, collector) = crate::frontier::spawn(
             config,
@@ -247,6 +248,7 @@ impl Node {
             replica.clone(),
             peers.clone(),
             policy.clone(),
+            province.clone(),
             stopped.clone(),
         );
         let search = config

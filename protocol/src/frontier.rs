@@ -6,7 +6,10 @@
 //! ([`meet`]), never lower than the frontier it published before ([`VersionVector::merge`]),
 //! and writes it into the admin-only system collection [`FRONTIER_COLLECTION`] under the
 //! collection's name. Like `_policy` it replicates as data and is signed by its origin, so an
-//! office can neither forge nor alter it.
+//! office can neither forge nor alter it. A reader it has no session with (behind relays)
+//! counts with the meet of a relay's subtree summary that covers it ([`crate::subtree`]), a
+//! lower bound of its vector; the record carries the TTL ([`FrontierRecord::ttl_ms`]) that
+//! relays judge their readers' freshness with.
 //!
 //! Every node holding a frontier `F` for collection `c` whose own vector covers `F`
 //! ([`covers_all`]):
@@ -50,6 +53,10 @@ pub struct FrontierRecord {
     /// Readers left out as away longer than the TTL (names), for the log and status.
     #[serde(default)]
     pub excluded: Vec<String>,
+    /// The publisher's `tombstone_ttl_ms`: relays judge with it which readers below them are
+    /// fresh ([`crate::subtree`]). Absent in records of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// Why a frontier record cannot be read.
@@ -307,8 +314,12 @@ mod tests {
             frontier: vv(&[("hefei", 5)]),
             computed_ms: 42,
             excluded: vec!["beijing-office".into()],
+            ttl_ms: Some(3_000),
         };
         assert_eq!(FrontierRecord::decode(&r.encode()), Ok(r));
+        // A record of an earlier release has no TTL.
+        let old = FrontierRecord::decode(br#"{"frontier":{},"computed_ms":1}"#).expect("old");
+        assert_eq!(old.ttl_ms, None);
         assert!(FrontierRecord::decode(b"{not json").is_err());
         assert!(FrontierRecord::decode(&vec![b' '; MAX_FRONTIER_BYTES + 1]).is_err());
         assert_eq!(

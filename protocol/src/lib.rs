@@ -18,6 +18,7 @@ pub mod query;
 pub mod shadow;
 pub mod signing;
 pub mod status;
+pub mod subtree;
 pub mod sync;
 pub mod tree;
 pub mod version;

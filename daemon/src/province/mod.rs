@@ -2,11 +2,15 @@
 //! `status.report_interval_ms`, and at once, at most once a second, when a connection comes up
 //! or goes down; a report that would say nothing new is skipped, up to
 //! `status.unchanged_report_ms`: every relay up the tree and the general office store and
-//! sync each report, so an idle province's reports are most of its idle work), notes when other nodes' reports arrive here, keeps each peer's lag history
-//! for the status page, and reads the reports it holds for `/v1/cluster` and `/cluster`.
+//! sync each report, so an idle province's reports are most of its idle work), notes when
+//! other nodes' reports arrive here, keeps each peer's lag history for the status page, and
+//! reads the reports it holds for `/v1/cluster` and `/cluster`. An admin relay's report also
+//! carries its summary of the readers below it ([`subtree`]), which the general office
+//! computes tombstone frontiers with.
 
 pub mod history;
 pub mod report;
+pub mod subtree;
 pub mod view;
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::policy::PolicyHandle;
 use crate::replica::{DurableState, Replica, ReplicaError};
 use crate::sync::peers::PeerTable;
 use crate::time::unix_ms_now;
@@ -49,6 +54,9 @@ pub struct Province {
     arrived: Mutex<HashMap<String, u64>>,
     history: Mutex<LagHistory>,
     latest: Mutex<Option<StatusReport>>,
+    /// `Some` for an admin relay (an admin that dials a parent): its reports carry a subtree
+    /// summary, judged under this policy.
+    relay: Option<PolicyHandle>,
 }
 
 /// Locks `m`, taking over a lock poisoned by a panicked holder (the data is plain values).
@@ -68,7 +76,16 @@ impl Province {
             arrived: Mutex::default(),
             history: Mutex::default(),
             latest: Mutex::default(),
+            relay: None,
         }
+    }
+
+    /// Makes this node's reports carry a subtree summary ([`subtree`]) when it is an admin
+    /// (`is_admin`: named in `[cluster] admins` with an admin certificate) that dials a parent;
+    /// the general office's own report has no reader above it.
+    pub fn relaying(mut self, is_admin: bool, policy: PolicyHandle) -> Self {
+        self.relay = (is_admin && !self.dials.is_empty()).then_some(policy);
+        self
     }
 
     /// This node's name.
@@ -216,7 +233,7 @@ impl Province {
             let now = Instant::now();
             if now >= due && last_report.is_none_or(|t| now.duration_since(t) >= MIN_REPORT_GAP) {
                 let report = self
-                    .build(&replica, &snapshot, bad.last().cloned(), now_ms)
+                    .build(&replica, &peers, &snapshot, bad.last().cloned(), now_ms)
                     .await;
                 let quiet = written.as_ref().is_some_and(|(old, at)| {
                     now.duration_since(*at) < unchanged && report::says_the_same(old, &report)
@@ -261,6 +278,7 @@ impl Province {
     async fn build(
         &self,
         replica: &Replica,
+        peers_table: &PeerTable,
         peers: &[PeerStatus],
         last_bad_input: Option<officesync_api::BadInput>,
         now_ms: u64,
@@ -269,6 +287,25 @@ impl Province {
         let store_bytes = tokio::task::spawn_blocking(move || store.size_on_disk())
             .await
             .unwrap_or(0);
+        let subtree = match &self.relay {
+            Some(policy) => {
+                let policy = policy.current();
+                subtree::build(
+                    &self.node,
+                    &self.dials,
+                    replica,
+                    peers_table,
+                    &policy,
+                    now_ms,
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot summarise the readers below this relay");
+                    Default::default()
+                })
+            }
+            None => Default::default(),
+        };
         let inputs = ReportInputs {
             node: &self.node,
             dials: &self.dials,
@@ -278,6 +315,7 @@ impl Province {
             store_bytes,
             last_bad_input,
             now_ms,
+            subtree,
         };
         build_report(&inputs, peers)
     }

@@ -1,9 +1,11 @@
 //! This node's status report ([`StatusReport`]): built from the peer table, the config and the
 //! store's size, and the watch that notices new bad input from peers between two looks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use officesync_api::{BadInput, PeerStatus, ReportCollection, ReportPeer, StatusReport};
+use officesync_api::{
+    BadInput, PeerStatus, ReportCollection, ReportPeer, StatusReport, SubtreeSummary,
+};
 use officesync_protocol::status::{MAX_STATUS_VALUE_BYTES, STATUS_COLLECTION};
 
 use crate::time::parse_rfc3339_ms;
@@ -32,6 +34,8 @@ pub struct ReportInputs<'a> {
     pub last_bad_input: Option<BadInput>,
     /// Now, Unix ms.
     pub now_ms: u64,
+    /// An admin relay's summary of the readers below it ([`super::subtree`]); empty for a leaf.
+    pub subtree: BTreeMap<String, SubtreeSummary>,
 }
 
 /// The report of `inputs` and `peers` (a peer-table snapshot with staleness computed).
@@ -72,12 +76,27 @@ pub fn build_report(inputs: &ReportInputs<'_>, peers: &[PeerStatus]) -> StatusRe
             .map(|p| p.rejected)
             .fold(0, u64::saturating_add),
         last_bad_input: inputs.last_bad_input.clone(),
+        subtree: inputs.subtree.clone(),
     };
-    // A report must stay within what receivers accept: shed per-collection detail if not.
+    // A report must stay within what receivers accept: shed per-collection detail if not,
+    // then the subtree summaries covering the most names (the general office waits on those
+    // readers instead).
     if encode(&report).len() > MAX_STATUS_VALUE_BYTES {
         for p in &mut report.peers {
             p.collections.clear();
         }
+    }
+    while encode(&report).len() > MAX_STATUS_VALUE_BYTES {
+        let Some(widest) = report
+            .subtree
+            .iter()
+            .max_by_key(|(_, s)| s.covers.len() + s.meet.len())
+            .map(|(c, _)| c.clone())
+        else {
+            break;
+        };
+        report.subtree.remove(&widest);
+        tracing::debug!(collection = %widest, "subtree summary left out: the report is too large");
     }
     report
 }
@@ -93,8 +112,9 @@ pub fn encode(report: &StatusReport) -> Vec<u8> {
 pub const CURRENT_STALENESS_MS: u64 = 10_000;
 
 /// True when `new` tells an admin nothing that `old` did not: the same parent, peers, links,
-/// lags and since-when, bad input and refusals, the same staleness where either is above
-/// [`CURRENT_STALENESS_MS`], and a store size within a tenth. Its time and uptime do not count.
+/// lags and since-when, bad input and refusals, subtree names and meets, the same staleness
+/// where either is above [`CURRENT_STALENESS_MS`], and a store size within a tenth. Its time,
+/// uptime and when subtree readers were heard do not count.
 pub fn says_the_same(old: &StatusReport, new: &StatusReport) -> bool {
     let same_size =
         old.store_bytes.abs_diff(new.store_bytes) <= old.store_bytes.max(new.store_bytes) / 10;
@@ -108,6 +128,14 @@ fn comparable(r: &StatusReport) -> StatusReport {
     r.generated_ms = 0;
     r.uptime_secs = 0;
     r.store_bytes = 0;
+    // A relay's summaries: when each reader was heard moves with every report; the names
+    // and the meets are what is news (the general office counts a reader current while the
+    // view does not count it silent).
+    for summary in r.subtree.values_mut() {
+        for at in summary.covers.values_mut() {
+            *at = 0;
+        }
+    }
     for p in &mut r.peers {
         p.staleness_ms = current(p.staleness_ms);
         for c in &mut p.collections {
@@ -237,6 +265,7 @@ mod tests {
             store_bytes: 1234,
             last_bad_input: None,
             now_ms: 50_000,
+            subtree: BTreeMap::new(),
         };
         let report = build_report(&inputs, &[peer("county-a", true), peer("t9", false)]);
         assert_eq!(report.parent.as_deref(), Some("county-a"));
@@ -269,6 +298,7 @@ mod tests {
             dials: &dials,
             interval_ms: 10_000,
             unchanged_ms: 60_000,
+            subtree: BTreeMap::new(),
             uptime_secs: 5,
             store_bytes: 100_000,
             last_bad_input: None,
@@ -313,9 +343,94 @@ mod tests {
                 peer: "county-a".into(),
                 what: "frame: too large".into(),
             }),
-            ..later
+            ..later.clone()
         };
-        assert!(!says_the_same(&first, &build_report(&bad, &[idle])));
+        assert!(!says_the_same(
+            &first,
+            &build_report(&bad, std::slice::from_ref(&idle))
+        ));
+        // A relay's summary: when its readers were heard moves on its own; names and meets
+        // are news.
+        let summary = |heard: u64, counter: u64, names: &[&str]| {
+            BTreeMap::from([(
+                "situation".to_owned(),
+                SubtreeSummary {
+                    meet: BTreeMap::from([("t9@0000000a".to_owned(), counter)]),
+                    covers: names.iter().map(|n| ((*n).to_owned(), heard)).collect(),
+                },
+            )])
+        };
+        let relay = |subtree| {
+            build_report(
+                &ReportInputs {
+                    subtree,
+                    ..later.clone()
+                },
+                std::slice::from_ref(&idle),
+            )
+        };
+        let base = relay(summary(100_000, 4, &["t1", "t9"]));
+        assert!(says_the_same(
+            &base,
+            &relay(summary(160_000, 4, &["t1", "t9"]))
+        ));
+        assert!(!says_the_same(
+            &base,
+            &relay(summary(100_000, 5, &["t1", "t9"]))
+        ));
+        assert!(!says_the_same(&base, &relay(summary(100_000, 4, &["t1"]))));
+    }
+
+    #[test]
+    fn an_oversized_report_sheds_the_widest_subtree_summaries_to_fit() {
+        let covers: BTreeMap<String, u64> = (0..1024)
+            .map(|i| (format!("town-{i:04}"), 1_800_000_000_000 + i))
+            .collect();
+        let meet = BTreeMap::from([("county-a@0000000a".to_owned(), 42)]);
+        let subtree: BTreeMap<String, SubtreeSummary> = (0..12)
+            .map(|c| {
+                let covers = covers.iter().take(1000 + c).map(|(n, t)| (n.clone(), *t));
+                (
+                    format!("coll-{c:02}"),
+                    SubtreeSummary {
+                        meet: meet.clone(),
+                        covers: covers.collect(),
+                    },
+                )
+            })
+            .collect();
+        let dials = vec!["city-a".to_owned()];
+        let inputs = ReportInputs {
+            node: "county-a",
+            dials: &dials,
+            interval_ms: 10_000,
+            unchanged_ms: 10_000,
+            uptime_secs: 5,
+            store_bytes: 1,
+            last_bad_input: None,
+            now_ms: 50_000,
+            subtree: subtree.clone(),
+        };
+        let report = build_report(&inputs, &[peer("city-a", true)]);
+        let size = encode(&report).len();
+        assert!(size <= MAX_STATUS_VALUE_BYTES, "{size}");
+        assert!(!report.subtree.is_empty() && report.subtree.len() < subtree.len());
+        // The narrowest are kept.
+        assert!(report.subtree.contains_key("coll-00"));
+        assert!(!report.subtree.contains_key("coll-11"));
+        let small = build_report(
+            &ReportInputs {
+                subtree: subtree.into_iter().take(2).collect(),
+                ..inputs
+            },
+            &[peer("city-a", true)],
+        );
+        assert_eq!(small.subtree.len(), 2);
+        assert_eq!(
+            small.peers[0].collections.len(),
+            1,
+            "detail kept when it fits"
+        );
     }
 
     #[test]

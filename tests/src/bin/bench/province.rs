@@ -79,6 +79,7 @@ fn report_of(node: &str, parent: Option<&str>, children: &[String], now_ms: u64)
         store_bytes: 512 * 1024 * 1024,
         last_bad_input: None,
         now_ms,
+        subtree: Default::default(),
     };
     encode(&build_report(&inputs, &peers))
 }
