@@ -46,6 +46,9 @@ pub(super) struct Rx {
     /// The incarnation the peer announced (the `Hello`'s; for the dialer, the first one the
     /// acceptor sends).
     announced: Option<ReplicaId>,
+    /// The signature checker's generation at the last look for refusals to retry: only a
+    /// newer one can make any due (a look walks every stream, one per origin).
+    signer_generation_seen: u64,
 }
 
 /// Why a receive stream is refused for the rest of the session. Everything after the refused
@@ -481,6 +484,10 @@ impl Rx {
         let Some(generation) = view.signatures.map(|c| c.generation()) else {
             return false;
         };
+        if generation == self.signer_generation_seen {
+            return false;
+        }
+        self.signer_generation_seen = generation;
         let mut due = false;
         for col in self.collections.values_mut() {
             for s in col.streams.values_mut() {
@@ -942,4 +949,67 @@ fn incarnations_ok(local: &BTreeMap<String, VersionVector>, origin: &ReplicaId) 
         }
     }
     seen.len() < MAX_INCARNATIONS_PER_NODE
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::signing::SignatureRefusal;
+
+    /// A checker whose generation the test moves.
+    #[derive(Debug, Default)]
+    struct Learning(AtomicU64);
+
+    impl SignatureCheck for Learning {
+        fn first_bad(&self, _: &[Version]) -> Option<SignatureRefusal> {
+            None
+        }
+        fn generation(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_refusal_for_an_unknown_signer_is_retried_once_a_certificate_is_learnt() {
+        let origin = ReplicaId::new("wuhu", 1).expect("id");
+        let cfg = SessionConfig::new("hefei", ReplicaId::new("hefei", 1).expect("id"), "c");
+        let peer = PeerIdentity {
+            node: "hub".into(),
+            is_relay: true,
+        };
+        let policy = Policy::default();
+        let (local, advertised) = (BTreeMap::new(), BTreeMap::new());
+        let check = Learning::default();
+        let view = || {
+            RecvView::new(
+                &cfg,
+                0,
+                &peer,
+                &policy,
+                &local,
+                &advertised,
+                Some(&check),
+                3,
+            )
+        };
+        let mut rx = Rx::default();
+        let refuse = |rx: &mut Rx, at: u64| {
+            let col = rx.collection("situation").expect("collection");
+            col.streams.entry(origin.clone()).or_default().refused =
+                Some(Refusal::Signature(SignatureFault::UnknownSigner, at));
+        };
+        refuse(&mut rx, 0);
+        assert!(!rx.signer_retry_due(view()), "nothing learnt yet");
+        check.0.store(1, Ordering::Relaxed);
+        assert!(rx.signer_retry_due(view()), "a certificate was learnt");
+        assert!(!rx.signer_retry_due(view()), "once per refusal");
+        // Refused again at generation 1: due only when the checker learns more.
+        refuse(&mut rx, 1);
+        assert!(!rx.signer_retry_due(view()));
+        assert!(!rx.signer_retry_due(view()));
+        check.0.store(2, Ordering::Relaxed);
+        assert!(rx.signer_retry_due(view()));
+    }
 }
