@@ -64,12 +64,26 @@ pub async fn build(
     }
     let known = peers.known_vectors();
     let mut children: Vec<(u64, u64, BTreeMap<String, Summary>)> = Vec::new();
-    for (b, _) in below.iter().filter(|(b, _)| trusted_reporter(policy, b)) {
+    for (b, connected) in below.iter().filter(|(b, _)| trusted_reporter(policy, b)) {
         if let Some(report) = held_report(replica, b).await? {
-            let s = summaries_of(&report);
-            if !s.is_empty() {
-                children.push((report.generated_ms, report.interval_ms, s));
+            let mut s = summaries_of(&report);
+            if s.is_empty() {
+                continue;
             }
+            let mut generated_ms = report.generated_ms;
+            if *connected {
+                // A child with a session here re-sends its report as soon as it says something
+                // new (it skips unchanged ones, `status.unchanged_report_ms`): its summary is
+                // as good as made now, and its readers heard as much later.
+                let age = now_ms.saturating_sub(generated_ms);
+                for summary in s.values_mut() {
+                    for at in summary.covers.values_mut() {
+                        *at = at.saturating_add(age).min(now_ms);
+                    }
+                }
+                generated_ms = now_ms;
+            }
+            children.push((generated_ms, report.interval_ms, s));
         }
     }
     let mut held: Vec<(String, VersionVector, FrontierRecord)> = Vec::new();
@@ -220,7 +234,17 @@ mod tests {
             "not the hub above it, not the office's claim: {s:?}"
         );
         assert_eq!(s.covers["county"], NOW, "an open session counts as now");
+        assert_eq!(
+            s.covers["town-1"], NOW,
+            "a child with a session here re-sends what changes: its report counts as current"
+        );
         assert_eq!(s.meet, BTreeMap::from([(origin, 1)]));
+        // Without the session, the child's report is as old as it is.
+        peers.update("county", |p| p.connected = false);
+        let built = build("city", &dials, &city, &peers, &policy, NOW)
+            .await
+            .expect("built");
+        assert_eq!(built["situation"].covers["town-1"], NOW - 50);
         // A leaf (no peer dials it) sends none.
         let leaf = PeerTable::new();
         leaf.set(PeerStatus {
