@@ -322,21 +322,28 @@ fn summaries(nodes: &[Planned], truth: &[VersionVector]) -> Vec<Option<Summary>>
     out
 }
 
+/// What the general office is offered: each relay's summary (by index in `names`), made now.
+fn offered_by<'a>(names: &'a [String], built: &'a [Option<Summary>]) -> Vec<Offered<'a>> {
+    built
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            Some(Offered {
+                reporter: &names[i],
+                generated_ms: NOW,
+                summary: s.as_ref()?,
+            })
+        })
+        .collect()
+}
+
 proptest! {
     #[test]
     fn the_vector_standing_for_a_reader_never_passes_what_it_holds(nodes in plan()) {
         let truth: Vec<VersionVector> = nodes.iter().map(|p| vector(&p.truth)).collect();
         let built = summaries(&nodes, &truth);
         let names: Vec<String> = (0..nodes.len()).map(name).collect();
-        let offered: Vec<Offered<'_>> = built
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some(Offered {
-                reporter: &names[i],
-                generated_ms: NOW,
-                summary: s.as_ref()?,
-            }))
-            .collect();
+        let offered = offered_by(&names, &built);
         for i in 1..nodes.len() {
             if let Some(v) = choose_cover(&names[i], &offered, NOW, TTL) {
                 prop_assert!(below(v, &truth[i]), "{}: {v:?} above {:?}", names[i], truth[i]);
@@ -363,15 +370,7 @@ proptest! {
         let previous = vector(&scaled[0].frontier);
         let built = summaries(&scaled, &truth);
         let names: Vec<String> = (0..nodes.len()).map(name).collect();
-        let offered: Vec<Offered<'_>> = built
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some(Offered {
-                reporter: &names[i],
-                generated_ms: NOW,
-                summary: s.as_ref()?,
-            }))
-            .collect();
+        let offered = offered_by(&names, &built);
         // The general office's sessions know its children; the rest only by a cover.
         let known: Vec<VersionVector> = scaled
             .iter()
