@@ -88,6 +88,9 @@ where
 
 /// mimalloc: sled's page reads and the writer's batches allocate per record, and glibc's
 /// allocator showed as a large share of query and catch-up profiles.
+/// How long an idle blocking thread of the runtime lives.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -122,6 +125,10 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking threads (store reads) come in bursts, one per session at a catch-up; an
+        // idle one ends after this instead of tokio's 10 s, taking its stack and its
+        // allocator pages with it (a relay's memory per idle session).
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
     {
         Ok(rt) => rt,
