@@ -267,10 +267,9 @@ fn name(i: usize) -> String {
     format!("n{i}")
 }
 
-/// Every relay's summary of the one collection, built bottom up as the daemons would.
-fn summaries(nodes: &[Planned], truth: &[VersionVector]) -> Vec<Option<Summary>> {
-    let names: Vec<String> = (0..nodes.len()).map(name).collect();
-    let known: Vec<VersionVector> = nodes
+/// What a node's parent knows of each node: its true vector lowered by its planned lag.
+fn known_of(nodes: &[Planned], truth: &[VersionVector]) -> Vec<VersionVector> {
+    nodes
         .iter()
         .zip(truth)
         .map(|(p, t)| {
@@ -281,7 +280,13 @@ fn summaries(nodes: &[Planned], truth: &[VersionVector]) -> Vec<Option<Summary>>
                 .collect();
             vector(&lowered)
         })
-        .collect();
+        .collect()
+}
+
+/// Every relay's summary of the one collection, built bottom up as the daemons would.
+fn summaries(nodes: &[Planned], truth: &[VersionVector]) -> Vec<Option<Summary>> {
+    let names: Vec<String> = (0..nodes.len()).map(name).collect();
+    let known = known_of(nodes, truth);
     let mut out: Vec<Option<Summary>> = vec![None; nodes.len()];
     for i in (1..nodes.len()).rev() {
         let kids: Vec<usize> = (i + 1..nodes.len())
@@ -372,18 +377,7 @@ proptest! {
         let names: Vec<String> = (0..nodes.len()).map(name).collect();
         let offered = offered_by(&names, &built);
         // The general office's sessions know its children; the rest only by a cover.
-        let known: Vec<VersionVector> = scaled
-            .iter()
-            .zip(&truth)
-            .map(|(p, t)| {
-                let lowered: Vec<u64> = ORIGINS
-                    .iter()
-                    .zip(&p.lag)
-                    .map(|(o, l)| t.get(&rid(o)).saturating_sub(*l))
-                    .collect();
-                vector(&lowered)
-            })
-            .collect();
+        let known = known_of(&scaled, &truth);
         let readers: Vec<Reader<'_>> = (1..nodes.len())
             .map(|i| Reader {
                 node: &names[i],
