@@ -294,7 +294,7 @@ impl Province {
                     &self.node,
                     &self.dials,
                     replica,
-                    peers_table,
+                    (peers_table, peers),
                     &policy,
                     now_ms,
                 )

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use officesync_api::{StatusReport, SubtreeSummary};
+use officesync_api::{PeerStatus, StatusReport, SubtreeSummary};
 use officesync_protocol::frontier::FrontierRecord;
 use officesync_protocol::names::is_system_collection;
 use officesync_protocol::policy::{Policy, POLICY_COLLECTION};
@@ -44,20 +44,20 @@ async fn held_report(replica: &Replica, node: &str) -> Result<Option<StatusRepor
         .and_then(|v| serde_json::from_slice::<StatusReport>(&v).ok()))
 }
 
-/// This relay's summary of every data collection (empty when no peer dials it: a leaf).
+/// This relay's summary of every data collection (empty when no peer dials it: a leaf), from
+/// `snapshot`, the reporter's copy of the peer table, and the vectors `peers` learnt.
 pub async fn build(
     node: &str,
     dials: &[String],
     replica: &Replica,
-    peers: &PeerTable,
+    (peers, snapshot): (&PeerTable, &[PeerStatus]),
     policy: &Policy,
     now_ms: u64,
 ) -> Result<BTreeMap<String, SubtreeSummary>, ReplicaError> {
-    let below: Vec<(String, bool)> = peers
-        .snapshot()
-        .into_iter()
+    let below: Vec<(&str, bool)> = snapshot
+        .iter()
         .filter(|p| p.name != node && !dials.contains(&p.name))
-        .map(|p| (p.name, p.connected))
+        .map(|p| (p.name.as_str(), p.connected))
         .collect();
     if below.is_empty() {
         return Ok(BTreeMap::new());
@@ -106,7 +106,7 @@ pub async fn build(
             .iter()
             .filter(|(b, _)| policy.may_read(b, c))
             .filter_map(|(b, connected)| {
-                let k = known.get(b)?;
+                let k = known.get(*b)?;
                 Some(DirectReader {
                     node: b,
                     vv: k.vvs.get(c)?,
@@ -166,8 +166,6 @@ pub fn from_wire(s: &SubtreeSummary) -> Option<Summary> {
 mod tests {
     use std::sync::Arc;
 
-    use officesync_api::PeerStatus;
-
     use super::*;
     use crate::province::report::encode;
     use crate::replica::ReplicaOptions;
@@ -224,9 +222,16 @@ mod tests {
         }
         let policy = Policy::open(["hub", "city", "county"]);
         let dials = vec!["hub".to_owned()];
-        let built = build("city", &dials, &city, &peers, &policy, NOW)
-            .await
-            .expect("built");
+        let built = build(
+            "city",
+            &dials,
+            &city,
+            (&peers, &peers.snapshot()),
+            &policy,
+            NOW,
+        )
+        .await
+        .expect("built");
         let s = built.get("situation").expect("a summary");
         assert_eq!(
             s.covers.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -241,9 +246,16 @@ mod tests {
         assert_eq!(s.meet, BTreeMap::from([(origin, 1)]));
         // Without the session, the child's report is as old as it is.
         peers.update("county", |p| p.connected = false);
-        let built = build("city", &dials, &city, &peers, &policy, NOW)
-            .await
-            .expect("built");
+        let built = build(
+            "city",
+            &dials,
+            &city,
+            (&peers, &peers.snapshot()),
+            &policy,
+            NOW,
+        )
+        .await
+        .expect("built");
         assert_eq!(built["situation"].covers["town-1"], NOW - 50);
         // A leaf (no peer dials it) sends none.
         let leaf = PeerTable::new();
@@ -252,9 +264,16 @@ mod tests {
             connected: true,
             ..PeerStatus::default()
         });
-        let built = build("city", &dials, &city, &leaf, &policy, NOW)
-            .await
-            .expect("built");
+        let built = build(
+            "city",
+            &dials,
+            &city,
+            (&leaf, &leaf.snapshot()),
+            &policy,
+            NOW,
+        )
+        .await
+        .expect("built");
         assert!(built.is_empty());
         assert!(trusted_reporter(&policy, "county") && !trusted_reporter(&policy, "office"));
     }
