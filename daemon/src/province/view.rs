@@ -39,10 +39,14 @@ pub struct HeldReport {
     pub received_ms: u64,
 }
 
+/// Longest report interval (or unchanged interval) a report is judged by: a day, whatever a
+/// node claims.
+const MAX_JUDGED_INTERVAL_MS: u64 = 24 * 3_600_000;
+
 /// How long after its last report a node reporting every `interval_ms` counts as silent.
 pub fn silent_after_ms(interval_ms: u64) -> u64 {
     interval_ms
-        .clamp(1, 24 * 3_600_000)
+        .clamp(1, MAX_JUDGED_INTERVAL_MS)
         .saturating_mul(3)
         .saturating_add(SILENT_GRACE_MS)
 }
@@ -55,9 +59,9 @@ pub fn silent_after_report_ms(r: &StatusReport, vouched: bool) -> u64 {
     if !vouched {
         return strict;
     }
-    let interval = r.interval_ms.clamp(1, 24 * 3_600_000);
+    let interval = r.interval_ms.clamp(1, MAX_JUDGED_INTERVAL_MS);
     r.unchanged_ms
-        .min(24 * 3_600_000)
+        .min(MAX_JUDGED_INTERVAL_MS)
         .saturating_add(interval.saturating_mul(2))
         .saturating_add(SILENT_GRACE_MS)
         .max(strict)
@@ -470,6 +474,15 @@ mod tests {
         };
         assert_eq!(silent_after_report_ms(&r, false), 35_000);
         assert_eq!(silent_after_report_ms(&r, true), 85_000);
+        // A node claiming it may stay quiet for ever is judged by a day at most.
+        let claims = StatusReport {
+            unchanged_ms: u64::MAX,
+            ..r
+        };
+        assert_eq!(
+            silent_after_report_ms(&claims, true),
+            24 * 3_600_000 + 20_000 + SILENT_GRACE_MS
+        );
     }
 
     #[test]
