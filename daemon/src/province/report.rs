@@ -230,6 +230,22 @@ mod tests {
     use super::*;
     use officesync_api::PeerCollectionStatus;
 
+    /// The inputs of a report by `node` dialing `dials`, 5 s after its start at 50 s, every
+    /// 10 s and at least every minute, with nothing else to tell.
+    fn inputs<'a>(node: &'a str, dials: &'a [String]) -> ReportInputs<'a> {
+        ReportInputs {
+            node,
+            dials,
+            interval_ms: 10_000,
+            unchanged_ms: 60_000,
+            uptime_secs: 5,
+            store_bytes: 0,
+            last_bad_input: None,
+            now_ms: 50_000,
+            subtree: BTreeMap::new(),
+        }
+    }
+
     fn peer(name: &str, connected: bool) -> PeerStatus {
         PeerStatus {
             name: name.into(),
@@ -257,15 +273,8 @@ mod tests {
     fn a_report_names_the_parent_first_and_every_peer() {
         let dials = vec!["county-a".to_owned(), "city-a".to_owned()];
         let inputs = ReportInputs {
-            node: "t1",
-            dials: &dials,
-            interval_ms: 10_000,
-            unchanged_ms: 60_000,
-            uptime_secs: 5,
             store_bytes: 1234,
-            last_bad_input: None,
-            now_ms: 50_000,
-            subtree: BTreeMap::new(),
+            ..inputs("t1", &dials)
         };
         let report = build_report(&inputs, &[peer("county-a", true), peer("t9", false)]);
         assert_eq!(report.parent.as_deref(), Some("county-a"));
@@ -294,15 +303,8 @@ mod tests {
     fn a_report_that_says_nothing_new_is_told_apart_from_one_that_does() {
         let dials = vec!["county-a".to_owned()];
         let inputs = ReportInputs {
-            node: "t1",
-            dials: &dials,
-            interval_ms: 10_000,
-            unchanged_ms: 60_000,
-            subtree: BTreeMap::new(),
-            uptime_secs: 5,
             store_bytes: 100_000,
-            last_bad_input: None,
-            now_ms: 50_000,
+            ..inputs("t1", &dials)
         };
         let first = build_report(&inputs, &[peer("county-a", true)]);
         // Later, a little larger, data a few seconds old: nothing new.
@@ -401,15 +403,10 @@ mod tests {
             .collect();
         let dials = vec!["city-a".to_owned()];
         let inputs = ReportInputs {
-            node: "county-a",
-            dials: &dials,
-            interval_ms: 10_000,
             unchanged_ms: 10_000,
-            uptime_secs: 5,
             store_bytes: 1,
-            last_bad_input: None,
-            now_ms: 50_000,
             subtree: subtree.clone(),
+            ..inputs("county-a", &dials)
         };
         let report = build_report(&inputs, &[peer("city-a", true)]);
         let size = encode(&report).len();
