@@ -222,16 +222,17 @@ mod tests {
         }
         let policy = Policy::open(["hub", "city", "county"]);
         let dials = vec!["hub".to_owned()];
-        let built = build(
-            "city",
-            &dials,
-            &city,
-            (&peers, &peers.snapshot()),
-            &policy,
-            NOW,
-        )
-        .await
-        .expect("built");
+        // The city's summary with the peer table `table`.
+        let city_summary = |table: &PeerTable| {
+            let (table, snapshot) = (table.clone(), table.snapshot());
+            let (city, dials, policy) = (&city, &dials, &policy);
+            async move {
+                build("city", dials, city, (&table, &snapshot), policy, NOW)
+                    .await
+                    .expect("built")
+            }
+        };
+        let built = city_summary(&peers).await;
         let s = built.get("situation").expect("a summary");
         assert_eq!(
             s.covers.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -246,16 +247,7 @@ mod tests {
         assert_eq!(s.meet, BTreeMap::from([(origin, 1)]));
         // Without the session, the child's report is as old as it is.
         peers.update("county", |p| p.connected = false);
-        let built = build(
-            "city",
-            &dials,
-            &city,
-            (&peers, &peers.snapshot()),
-            &policy,
-            NOW,
-        )
-        .await
-        .expect("built");
+        let built = city_summary(&peers).await;
         assert_eq!(built["situation"].covers["town-1"], NOW - 50);
         // A leaf (no peer dials it) sends none.
         let leaf = PeerTable::new();
@@ -264,16 +256,7 @@ mod tests {
             connected: true,
             ..PeerStatus::default()
         });
-        let built = build(
-            "city",
-            &dials,
-            &city,
-            (&leaf, &leaf.snapshot()),
-            &policy,
-            NOW,
-        )
-        .await
-        .expect("built");
+        let built = city_summary(&leaf).await;
         assert!(built.is_empty());
         assert!(trusted_reporter(&policy, "county") && !trusted_reporter(&policy, "office"));
     }
