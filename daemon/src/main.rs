@@ -86,11 +86,11 @@ where
     }
 }
 
-/// mimalloc: sled's page reads and the writer's batches allocate per record, and glibc's
-/// allocator showed as a large share of query and catch-up profiles.
 /// How long an idle blocking thread of the runtime lives.
 const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// mimalloc: sled's page reads and the writer's batches allocate per record, and glibc's
+/// allocator showed as a large share of query and catch-up profiles.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -21,6 +21,8 @@ pub struct SseEvent {
     pub event: String,
     /// Its data (empty for the start event, which carries only the start cursor as its id).
     pub data: String,
+    /// When the reader thread had read it whole.
+    pub received: std::time::Instant,
 }
 
 impl SseEvent {
@@ -182,11 +184,13 @@ fn read_all(socket: TcpStream, head: &mpsc::Sender<(u16, String)>, items: &mpsc:
 }
 
 fn read_events(body: &mut impl BufRead, items: &mpsc::Sender<SseItem>) -> String {
-    let mut event = SseEvent {
+    let blank = || SseEvent {
         id: None,
         event: String::new(),
         data: String::new(),
+        received: std::time::Instant::now(),
     };
+    let mut event = blank();
     let mut has_fields = false;
     loop {
         let mut line = String::new();
@@ -198,14 +202,8 @@ fn read_events(body: &mut impl BufRead, items: &mpsc::Sender<SseItem>) -> String
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() {
             if has_fields {
-                let done = std::mem::replace(
-                    &mut event,
-                    SseEvent {
-                        id: None,
-                        event: String::new(),
-                        data: String::new(),
-                    },
-                );
+                let mut done = std::mem::replace(&mut event, blank());
+                done.received = std::time::Instant::now();
                 if items.send(SseItem::Event(done)).is_err() {
                     return "nobody listens".into();
                 }

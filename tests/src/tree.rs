@@ -6,7 +6,8 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{ApiClient, Cluster, TestConfig, TestNode};
+use crate::sse::{SseItem, SseRequest, SseStream};
+use crate::{Cluster, TestConfig, TestNode};
 
 /// The general office's name in a tree.
 pub const ROOT: &str = "general-office";
@@ -62,10 +63,23 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Starts every node of `shape`, tier by tier, each relay an admin; `extra_toml` is added
-    /// to every config and `tune` may change each one (for example its durability) before it
-    /// starts.
+    /// Starts every node of `shape`, one after another in plan order (parents first), each
+    /// relay an admin; `extra_toml` is added to every config and `tune` may change each one
+    /// (for example its durability) before it starts.
     pub fn start(shape: TreeShape, extra_toml: &str, tune: impl Fn(&mut TestConfig)) -> Tree {
+        Tree::start_parallel(shape, extra_toml, tune, 1)
+    }
+
+    /// Like [`Tree::start`], with up to `parallel` daemons starting at once (taken in plan
+    /// order, so a parent starts no later than its children): as offices of a province boot
+    /// on their own, rather than each waiting for the one before it to answer. A child that
+    /// starts before its parent listens dials again until it does.
+    pub fn start_parallel(
+        shape: TreeShape,
+        extra_toml: &str,
+        tune: impl Fn(&mut TestConfig),
+        parallel: usize,
+    ) -> Tree {
         let cluster = Cluster::new();
         let plan = shape.plan();
         let relays: Vec<String> = plan
@@ -73,7 +87,7 @@ impl Tree {
             .filter(|(n, _)| !n.starts_with("town-"))
             .map(|(n, _)| n.clone())
             .collect();
-        let mut nodes: Vec<TestNode> = Vec::with_capacity(plan.len());
+        let mut configs: Vec<TestConfig> = Vec::with_capacity(plan.len());
         let mut addrs: std::collections::HashMap<String, String> = Default::default();
         let mut parents = Vec::with_capacity(plan.len());
         for (name, parent) in plan {
@@ -81,15 +95,19 @@ impl Tree {
             let mut config = cluster.config(&name);
             config.admins = relays.clone();
             if let Some(p) = &parent {
-                let addr = addrs.get(p).expect("parents start first").clone();
+                let addr = addrs
+                    .get(p)
+                    .expect("parents come first in the plan")
+                    .clone();
                 config.peers = vec![(p.clone(), addr)];
             }
             config.extra_toml = extra_toml.to_owned();
             tune(&mut config);
             addrs.insert(name.clone(), config.sync_listen.to_string());
-            nodes.push(cluster.start(&config));
+            configs.push(config);
             parents.push(parent);
         }
+        let nodes = start_all(&cluster, &configs, parallel.max(1));
         Tree {
             nodes,
             parents,
@@ -136,73 +154,104 @@ impl Tree {
         }
     }
 
-    /// Writes `key` at node `from` and waits until every node holds it: each node's delay
-    /// from just before the PUT, in the order of `nodes`, polled by `pollers` threads.
+    /// Writes `key` at node `from` and waits until every node's change feed of `collection`
+    /// reports it: each node's delay from just before the PUT to the event's arrival at the
+    /// harness, in the order of `nodes`. A feed (one open stream per node, opened before the
+    /// write) costs a node nothing until the change comes, where polling every API would
+    /// load the machine while the write travels.
     pub fn propagation(
         &self,
         from: &str,
         collection: &str,
         key: &str,
-        pollers: usize,
         timeout: Duration,
     ) -> Result<Vec<Duration>, String> {
-        let apis: Vec<ApiClient> = self.nodes.iter().map(TestNode::api).collect();
+        let streams: Vec<SseStream> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let req = SseRequest {
+                    path: format!("/v1/collections/{collection}/changes?prefix={key}"),
+                    token: n.api().token().map(str::to_owned),
+                    ..SseRequest::default()
+                };
+                let s = SseStream::open(n.api_addr(), &req)
+                    .map_err(|e| format!("{}: cannot open its change feed: {e:#}", n.name()))?;
+                if s.status != 200 {
+                    return Err(format!(
+                        "{}: change feed answered {}: {}",
+                        n.name(),
+                        s.status,
+                        s.body
+                    ));
+                }
+                Ok(s)
+            })
+            .collect::<Result<_, String>>()?;
         let writer = self.node(from).api();
         let start = Instant::now();
         writer.put(collection, key, key.as_bytes());
-        let pollers = pollers.clamp(1, apis.len());
-        let chunks: Vec<Vec<(usize, ApiClient)>> = (0..pollers)
-            .map(|p| {
-                apis.iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % pollers == p)
-                    .map(|(i, a)| (i, a.clone()))
-                    .collect()
-            })
-            .collect();
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|mine| {
-                let (collection, key) = (collection.to_owned(), key.to_owned());
-                thread::spawn(move || {
-                    let mut arrived: Vec<(usize, Duration)> = Vec::new();
-                    let mut waiting = mine;
-                    while !waiting.is_empty() && start.elapsed() < timeout {
-                        waiting.retain(|(i, api)| match api.try_get(&collection, &key) {
-                            Ok(Some(_)) => {
-                                arrived.push((*i, start.elapsed()));
-                                false
-                            }
-                            _ => true,
-                        });
-                        thread::sleep(Duration::from_millis(5));
+        let mut delays: Vec<Option<Duration>> = vec![None; streams.len()];
+        while delays.iter().any(Option::is_none) && start.elapsed() < timeout {
+            for (i, s) in streams.iter().enumerate() {
+                while delays[i].is_none() {
+                    match s.next_item(Duration::ZERO) {
+                        // The start event carries a cursor only; a change carries data.
+                        Some(SseItem::Event(e)) if !e.data.is_empty() => {
+                            delays[i] = Some(e.received.saturating_duration_since(start));
+                        }
+                        Some(SseItem::Closed(why)) => {
+                            return Err(format!(
+                                "{}: change feed closed: {why}",
+                                self.nodes[i].name()
+                            ))
+                        }
+                        Some(_) => {}
+                        None => break,
                     }
-                    (
-                        arrived,
-                        waiting.into_iter().map(|(i, _)| i).collect::<Vec<_>>(),
-                    )
-                })
-            })
-            .collect();
-        let mut delays = vec![Duration::ZERO; apis.len()];
-        let mut missing = Vec::new();
-        for h in handles {
-            let (arrived, left) = h.join().map_err(|_| "a poller panicked".to_owned())?;
-            for (i, d) in arrived {
-                delays[i] = d;
+                }
             }
-            missing.extend(left);
+            thread::sleep(Duration::from_millis(2));
         }
+        let missing: Vec<&str> = delays
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(d, _)| d.is_none())
+            .map(|(_, n)| n.name())
+            .collect();
         if !missing.is_empty() {
-            let names: Vec<&str> = missing.iter().map(|&i| self.nodes[i].name()).collect();
             return Err(format!(
                 "{key} written at {from} did not reach {} nodes within {timeout:?}, e.g. {:?}",
-                names.len(),
-                &names[..names.len().min(5)]
+                missing.len(),
+                &missing[..missing.len().min(5)]
             ));
         }
-        Ok(delays)
+        Ok(delays.into_iter().flatten().collect())
     }
+}
+
+/// Starts the daemons of `configs` with `parallel` threads, each taking the next config in
+/// order; the nodes in the order of `configs`.
+fn start_all(cluster: &Cluster, configs: &[TestConfig], parallel: usize) -> Vec<TestNode> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started: std::sync::Mutex<Vec<Option<TestNode>>> =
+        std::sync::Mutex::new(configs.iter().map(|_| None).collect());
+    thread::scope(|s| {
+        for _ in 0..parallel.min(configs.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(config) = configs.get(i) else { break };
+                let node = cluster.start(config);
+                started.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(node);
+            });
+        }
+    });
+    started
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|n| n.expect("every start either ran or panicked the scope"))
+        .collect()
 }
 
 /// True when `node`'s status shows a connected session with `peer`.

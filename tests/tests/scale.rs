@@ -36,7 +36,7 @@ fn a_township_write_reaches_all_61_nodes_of_four_tiers() {
     {
         let key = format!("scale/{i}");
         let delays = tree
-            .propagation(from, "situation", &key, 8, Duration::from_secs(90))
+            .propagation(from, "situation", &key, Duration::from_secs(90))
             .unwrap_or_else(|e| panic!("{e}"));
         let far = tree
             .nodes

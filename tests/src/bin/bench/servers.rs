@@ -132,6 +132,21 @@ pub(crate) mod procfs {
         let stime: f64 = fields.get(12)?.parse().ok()?;
         Some((utime + stime) / 100.0)
     }
+
+    /// The whole machine's busy and total CPU time so far, in clock ticks (`/proc/stat`'s
+    /// `cpu` line; idle and I/O wait are not busy).
+    pub(crate) fn cpu_times() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        let total: u64 = ticks.iter().sum();
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some((total - idle, total))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
