@@ -108,10 +108,10 @@ fn run(log: &AuditLog, rx: &mpsc::Receiver<Box<Job>>) {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut group = vec![first];
+        let mut group = vec![*first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(job) => group.push(*job),
                 Err(_) => break,
             }
         }
@@ -124,12 +124,12 @@ fn run(log: &AuditLog, rx: &mpsc::Receiver<Box<Job>>) {
 
 /// Appends a group: refusals one by one (rate-limited), records in one batch; answers each
 /// waiting record with its sequence number or the error.
-fn append_group(log: &AuditLog, group: Vec<Box<Job>>) {
+fn append_group(log: &AuditLog, group: Vec<Job>) {
     let now = unix_ms_now();
     let mut records = Vec::new();
     let mut waiting = Vec::new();
     for job in group {
-        match *job {
+        match job {
             Job::Refused { addr, detail } => {
                 if let Err(e) = log.refused(&addr, &detail, now) {
                     tracing::error!(error = %e, "audit log: cannot record a refused authentication");
