@@ -306,6 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn ca_init_takes_the_ca_dir_flag_of_ca_issue() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        assert!(parse(&["officesync", "ca", "init", "--dir", "ca"]).is_ok());
+        assert!(parse(&["officesync", "ca", "init", "--ca-dir", "ca"]).is_ok());
+        assert!(parse(&["officesync", "ca", "init", "--ca", "ca"]).is_err());
+        assert!(parse(&[
+            "officesync",
+            "ca",
+            "issue",
+            "n",
+            "--ca-dir",
+            "ca",
+            "--out",
+            "o"
+        ])
+        .is_ok());
+    }
+
+    #[test]
     fn put_needs_exactly_one_value_source() {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
         assert!(parse(&["officesync", "put", "c", "k", "v"]).is_ok());

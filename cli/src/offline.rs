@@ -28,8 +28,9 @@ pub enum CaCommand {
 /// `ca init --dir DIR [--force]`.
 #[derive(Debug, Args)]
 pub struct CaInitArgs {
-    /// Directory for ca.pem and ca.key (created if missing).
-    #[arg(long, value_name = "DIR")]
+    /// Directory for ca.pem and ca.key (created if missing); `--ca-dir` too, as `ca issue`
+    /// names it.
+    #[arg(long, value_name = "DIR", visible_alias = "ca-dir")]
     pub dir: PathBuf,
     /// Replace an existing CA in DIR (every issued certificate stops working).
     #[arg(long)]
