@@ -6,6 +6,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::http::encode;
 use crate::sse::{SseItem, SseRequest, SseStream};
 use crate::{Cluster, TestConfig, TestNode};
 
@@ -171,7 +172,11 @@ impl Tree {
             .iter()
             .map(|n| {
                 let req = SseRequest {
-                    path: format!("/v1/collections/{collection}/changes?prefix={key}"),
+                    path: format!(
+                        "/v1/collections/{}/changes?prefix={}",
+                        encode(collection, false),
+                        encode(key, false)
+                    ),
                     token: n.api().token().map(str::to_owned),
                     ..SseRequest::default()
                 };
@@ -196,9 +201,19 @@ impl Tree {
             for (i, s) in streams.iter().enumerate() {
                 while delays[i].is_none() {
                     match s.next_item(Duration::ZERO) {
-                        // The start event carries a cursor only; a change carries data.
-                        Some(SseItem::Event(e)) if !e.data.is_empty() => {
+                        // The start event carries a cursor only; a change carries data and
+                        // no event name.
+                        Some(SseItem::Event(e)) if e.event.is_empty() && !e.data.is_empty() => {
                             delays[i] = Some(e.received.saturating_duration_since(start));
+                        }
+                        // A named event (cutoff, closing, forbidden) ends the stream.
+                        Some(SseItem::Event(e)) if !e.event.is_empty() => {
+                            return Err(format!(
+                                "{}: change feed ended with a {:?} event: {}",
+                                self.nodes[i].name(),
+                                e.event,
+                                e.data
+                            ))
                         }
                         Some(SseItem::Closed(why)) => {
                             return Err(format!(
