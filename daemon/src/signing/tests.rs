@@ -320,3 +320,132 @@ fn a_status_report_is_refused_unless_its_origin_reports_on_itself() {
     assert_eq!((r.index, r.fault), (1, SignatureFault::Invalid));
     assert!(r.detail.contains("reports only on itself"), "{}", r.detail);
 }
+
+/// `n` versions of `node`, signed as one group by `signer` (trees of [`TREE_LEAVES`]).
+fn tree_batch(signer: &NodeSigner, node: &str, n: u64) -> Vec<Version> {
+    let mut vs: Vec<Version> = (1..=n)
+        .map(|i| version(node, i, format!("value {i}").as_bytes()))
+        .collect();
+    let messages: Vec<Vec<u8>> = vs.iter().map(signed_message).collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    for (v, sig) in vs.iter_mut().zip(signer.sign_group(&refs)) {
+        v.signature = Some(sig);
+    }
+    vs
+}
+
+#[test]
+fn tree_signed_groups_verify_once_per_tree_and_any_alteration_or_swap_is_refused() {
+    let pki = Pki::new();
+    for key_type in [KeyType::Ed25519, KeyType::EcdsaP256] {
+        let signer = pki.signer("hefei", key_type);
+        let ring = pki.keyring(Policy::default());
+        ring.learn(signer.cert_der()).expect("learn");
+        // 70 versions: trees of 32, 32 and 6.
+        let good = tree_batch(&signer, "hefei", 70);
+        let framed = |v: &Version| {
+            VersionSignature::decode(v.signature.as_deref().expect("signed")).expect("framed")
+        };
+        assert!(good.iter().all(|v| framed(v).tree.is_some()));
+        assert_eq!(framed(&good[0]).bytes, framed(&good[31]).bytes);
+        assert_ne!(framed(&good[31]).bytes, framed(&good[32]).bytes);
+        assert_eq!(ring.check(&good), None, "{key_type:?}: an honest group");
+        assert_eq!(
+            ring.verified_len(),
+            3,
+            "{key_type:?}: one signature per tree"
+        );
+
+        let alterations: Vec<fn(&mut Version)> = vec![
+            |v| v.value = Some(b"forged".to_vec()),
+            |v| v.value = None,
+            |v| v.hlc.ms += 1,
+            |v| v.key.push('x'),
+            |v| v.author = Some("wang@hefei".into()),
+            |v| v.context.raise(&ReplicaId::new("gov", 1).expect("id"), 3),
+        ];
+        for (n, alter) in alterations.iter().enumerate() {
+            let mut b = good.clone();
+            alter(&mut b[40]);
+            let r = ring.check(&b).expect("an altered version is refused");
+            assert_eq!(
+                (r.index, r.fault),
+                (40, SignatureFault::Invalid),
+                "{key_type:?} alteration {n}: {}",
+                r.detail
+            );
+        }
+        // A path moved to another version of the same tree, or a sibling hash changed.
+        let mut swapped = good.clone();
+        swapped[5].signature = good[6].signature.clone();
+        assert_eq!(ring.check(&swapped).map(|r| r.index), Some(5));
+        let mut bent = good.clone();
+        let last = bent[50].signature.as_mut().expect("signed").len() - 1;
+        bent[50].signature.as_mut().expect("signed")[last] ^= 1;
+        assert_eq!(ring.check(&bent).map(|r| r.index), Some(50));
+    }
+}
+
+#[test]
+fn a_lone_version_and_a_single_signer_sign_plainly_and_both_verify() {
+    let pki = Pki::new();
+    let trees = pki.signer("hefei", KeyType::Ed25519);
+    let ring = pki.keyring(Policy::default());
+    ring.learn(trees.cert_der()).expect("learn");
+    let lone = tree_batch(&trees, "hefei", 1);
+    assert_eq!(
+        lone[0].signature.as_ref().map(Vec::len),
+        Some(officesync_protocol::signing::SIGNATURE_LEN)
+    );
+    let (cert, key) = pki.issue("beijing", KeyType::Ed25519);
+    let single = NodeSigner::new(cert, &key)
+        .expect("signer")
+        .with_trees(false);
+    ring.learn(single.cert_der()).expect("learn");
+    let group = tree_batch(&single, "beijing", 20);
+    assert!(group
+        .iter()
+        .all(|v| v.signature.as_ref().map(Vec::len)
+            == Some(officesync_protocol::signing::SIGNATURE_LEN)));
+    let mut both = lone;
+    both.extend(group);
+    assert_eq!(ring.check(&both), None);
+}
+
+#[test]
+fn a_tree_signed_by_one_node_does_not_pass_for_another_s_versions() {
+    let pki = Pki::new();
+    let hefei = pki.signer("hefei", KeyType::Ed25519);
+    let ring = pki.keyring(Policy::default());
+    ring.learn(hefei.cert_der()).expect("learn");
+    // Hefei signs a tree over versions that claim beijing as their origin.
+    let forged = tree_batch(&hefei, "beijing", 4);
+    let r = ring.check(&forged).expect("refused");
+    assert_eq!(
+        (r.index, r.fault),
+        (0, SignatureFault::Invalid),
+        "{}",
+        r.detail
+    );
+}
+
+#[test]
+fn a_tree_signature_is_never_a_detached_signature() {
+    const BUNDLE: Domain = Domain::new(b"officesync test bundle\0");
+    let pki = Pki::new();
+    let hefei = pki.signer("hefei", KeyType::Ed25519);
+    let ring = pki.keyring(Policy::default());
+    ring.learn(hefei.cert_der()).expect("learn");
+    let group = tree_batch(&hefei, "hefei", 2);
+    let sig = group[0].signature.clone().expect("signed");
+    assert!(matches!(
+        ring.verify_bytes(BUNDLE, b"bytes", &sig),
+        Err(DetachedError::Format(_))
+    ));
+}
+
+#[test]
+#[should_panic(expected = "taken")]
+fn the_tree_domain_cannot_be_a_detached_domain() {
+    let _ = Domain::new(officesync_protocol::signing::TREE_DOMAIN);
+}
