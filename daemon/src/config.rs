@@ -133,10 +133,6 @@ pub struct SyncConfig {
     /// received from a node of 0.1.0) instead of refusing them; signed ones are verified all
     /// the same. For a cluster upgrading from 0.1.0 only.
     pub accept_unsigned: bool,
-    /// How this node signs the versions it originates: one signature over a hash tree of
-    /// each group of writes (`"tree"`, the default; protocol 4), or one per version
-    /// (`"single"`, what releases before protocol 4 verify: for a cluster upgrading from them).
-    pub signatures: SignatureMode,
     /// `[[sync.limit]]`: bandwidth limits of the bulk data sent to peers, each in force in a
     /// local-time window; for each peer the first entry in force wins.
     pub limit: Vec<bandwidth::LimitConfig>,
@@ -161,7 +157,6 @@ impl Default for SyncConfig {
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             accept_unsigned: false,
-            signatures: SignatureMode::default(),
             limit: Vec::new(),
             urgent: Vec::new(),
         }
@@ -297,28 +292,6 @@ impl Default for StorageConfig {
             history: DEFAULT_HISTORY,
             tombstone_ttl_ms: None,
             purge_interval_ms: DEFAULT_PURGE_INTERVAL_MS,
-        }
-    }
-}
-
-/// `sync.signatures`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SignatureMode {
-    /// One signature over a hash tree of a group's versions, each version carrying its path
-    /// (`"tree"`, the default).
-    #[default]
-    Tree,
-    /// One signature per version (`"single"`).
-    Single,
-}
-
-impl SignatureMode {
-    /// The TOML spelling: `"tree"` or `"single"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignatureMode::Tree => "tree",
-            SignatureMode::Single => "single",
         }
     }
 }
@@ -1078,13 +1051,6 @@ impl Config {
         if self.sync.accept_unsigned {
             writeln!(out, "accept_unsigned = true")?;
         }
-        if self.sync.signatures != SignatureMode::default() {
-            writeln!(
-                out,
-                "signatures = {}",
-                toml_str(self.sync.signatures.as_str())
-            )?;
-        }
         if !self.sync.urgent.is_empty() {
             let list: Vec<String> = self.sync.urgent.iter().map(|c| toml_str(c)).collect();
             writeln!(out, "urgent = [{}]", list.join(", "))?;
@@ -1305,12 +1271,6 @@ impl ConfigBuilder {
             name: name.into(),
             addr: addr.into(),
         });
-        self
-    }
-
-    /// Sets `sync.signatures`.
-    pub fn signatures(mut self, mode: SignatureMode) -> Self {
-        self.config.sync.signatures = mode;
         self
     }
 
@@ -1624,7 +1584,6 @@ fn example(key: &str) -> &'static str {
         "sync.max_clock_skew_ms" => "max_clock_skew_ms = 300000",
         "sync.heartbeat_interval_ms" => "heartbeat_interval_ms = 5000",
         "sync.accept_unsigned" => "accept_unsigned = false (true only while upgrading from 0.1.0)",
-        "sync.signatures" => "signatures = \"tree\" (or \"single\" while nodes of protocol 2 or 3 remain)",
         "sync.limit" => "[[sync.limit]] with peers = [\"*\"], rate = \"2 Mbit/s\", when = \"Mon-Fri 08:00-18:00\"",
         "sync.limit.peers" => "peers = [\"*\"] (or node names)",
         "sync.limit.rate" => "rate = \"2 Mbit/s\"",

@@ -184,12 +184,7 @@ impl Node {
             tokio::task::spawn_blocking(move || open_store_for_backups(&opening))
                 .await
                 .map_err(|e| StoreError::Io(e.to_string()))??;
-        let trees = signs_in_trees(
-            config.sync.signatures,
-            crate::sync::pin::pinned_max_protocol(),
-        );
-        let signer =
-            Arc::new(NodeSigner::load(&config.tls.cert, &config.tls.key)?.with_trees(trees));
+        let signer = Arc::new(NodeSigner::load(&config.tls.cert, &config.tls.key)?);
         let mut opts = replica_options(config);
         opts.signer = Some(signer.clone());
         let replica = Replica::open(store, opts)?;
@@ -374,26 +369,5 @@ impl api::Verifier for VerifyVia {
     fn verify(&self) -> api::futures_boxed::BoxFuture<Vec<crate::sync::VerifyReport>> {
         let sync = self.0.clone();
         Box::pin(async move { sync.verify().await })
-    }
-}
-
-/// Whether this node signs its groups as hash trees: as configured, unless it is pinned
-/// (tests) below protocol 4, where it signs as the releases before it did.
-fn signs_in_trees(mode: crate::config::SignatureMode, pinned: Option<u16>) -> bool {
-    mode == crate::config::SignatureMode::Tree && pinned.is_none_or(|p| p >= 4)
-}
-
-#[cfg(test)]
-mod signature_mode_tests {
-    use super::signs_in_trees;
-    use crate::config::SignatureMode;
-
-    #[test]
-    fn trees_unless_configured_single_or_pinned_below_protocol_4() {
-        assert!(signs_in_trees(SignatureMode::Tree, None));
-        assert!(signs_in_trees(SignatureMode::Tree, Some(4)));
-        assert!(!signs_in_trees(SignatureMode::Tree, Some(3)));
-        assert!(!signs_in_trees(SignatureMode::Tree, Some(1)));
-        assert!(!signs_in_trees(SignatureMode::Single, None));
     }
 }

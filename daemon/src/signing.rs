@@ -62,14 +62,6 @@ impl Domain {
             j += 1;
         }
         assert!(!same, "the version signatures' domain is taken");
-        let tree = signing::TREE_DOMAIN;
-        let mut same = label.len() == tree.len();
-        let mut j = 0;
-        while same && j < label.len() {
-            same = label[j] == tree[j];
-            j += 1;
-        }
-        assert!(!same, "the version trees' domain is taken");
         Self(label)
     }
 
@@ -124,17 +116,7 @@ pub struct NodeSigner {
     key: SigningKey,
     key_id: KeyId,
     cert_der: Vec<u8>,
-    /// Groups of versions are signed as hash trees ([`NodeSigner::sign_group`]).
-    trees: bool,
 }
-
-/// Most versions under one tree signature: a tree of depth 5, so each version carries five
-/// sibling hashes (163 bytes beyond a plain signature) and a receiver verifies one signature
-/// for up to 32 versions.
-pub const TREE_LEAVES: usize = 32;
-
-/// Fewest versions for which plain signing is split over two threads.
-const PARALLEL_SIGNING_MIN: usize = 16;
 
 impl std::fmt::Debug for NodeSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,65 +163,6 @@ impl NodeSigner {
             key,
             key_id: KeyId::of_cert(&cert_der),
             cert_der,
-            trees: true,
-        })
-    }
-
-    /// This signer, signing groups as hash trees (`true`, the default) or one version at a
-    /// time (`sync.signatures = "single"`).
-    pub fn with_trees(mut self, trees: bool) -> Self {
-        self.trees = trees;
-        self
-    }
-
-    /// The framed signatures of a group of versions whose signed bytes are `messages`
-    /// ([`signing::signed_message_of`]), in order. With trees, every run of up to
-    /// [`TREE_LEAVES`] versions shares one signature over their hash tree (a lone version
-    /// gets a plain signature); otherwise each is signed alone, on two threads when there are
-    /// many.
-    pub fn sign_group(&self, messages: &[&[u8]]) -> Vec<Vec<u8>> {
-        if !self.trees {
-            return self.sign_each(messages);
-        }
-        let mut out = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(TREE_LEAVES) {
-            let leaves: Vec<[u8; 32]> = chunk.iter().map(|m| signing::leaf_hash(m)).collect();
-            let Some(tree) = signing::SignedTree::build(&leaves) else {
-                out.extend(chunk.iter().map(|m| self.sign_message(m)));
-                continue;
-            };
-            let root = self.signature_of(&signing::tree_message(&tree.root, tree.depth));
-            out.extend(tree.paths.into_iter().map(|path| {
-                VersionSignature {
-                    tree: Some(path),
-                    ..root.clone()
-                }
-                .encode()
-            }));
-        }
-        out
-    }
-
-    /// Each of `messages` signed alone, on two threads when there are many.
-    fn sign_each(&self, messages: &[&[u8]]) -> Vec<Vec<u8>> {
-        let sign_all = |part: &[&[u8]]| -> Vec<Vec<u8>> {
-            part.iter().map(|m| self.sign_message(m)).collect()
-        };
-        if messages.len() < PARALLEL_SIGNING_MIN {
-            return sign_all(messages);
-        }
-        let (first, second) = messages.split_at(messages.len() / 2);
-        std::thread::scope(|scope| {
-            let other = std::thread::Builder::new()
-                .name("officesync-signer".into())
-                .spawn_scoped(scope, || sign_all(second));
-            let mut sigs = sign_all(first);
-            match other.map(|h| h.join()) {
-                Ok(Ok(rest)) => sigs.extend(rest),
-                // No second thread (or it died): sign the rest here.
-                _ => sigs.extend(sign_all(second)),
-            }
-            sigs
         })
     }
 
@@ -284,11 +207,6 @@ impl NodeSigner {
     /// Signs `message` (already domain-separated by the caller, e.g.
     /// [`signing::signed_message_of`] for a version).
     pub(crate) fn sign_message(&self, message: &[u8]) -> Vec<u8> {
-        self.signature_of(message).encode()
-    }
-
-    /// The signature of `message`, unframed.
-    fn signature_of(&self, message: &[u8]) -> VersionSignature {
         let (scheme, bytes) = match &self.key {
             SigningKey::Ed25519(k) => {
                 use ed25519_dalek::Signer;
@@ -309,8 +227,8 @@ impl NodeSigner {
             scheme,
             key_id: self.key_id,
             bytes: fixed,
-            tree: None,
         }
+        .encode()
     }
 }
 
@@ -506,7 +424,6 @@ impl Keyring {
         let mut ed: Vec<(usize, Vec<u8>, EdSignature, VerifyingKey)> = Vec::new();
         let mut eds: Vec<[u8; 32]> = Vec::new();
         let mut first: Option<SignatureRefusal> = None;
-        let mut queued: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
         for (i, v) in versions.iter().enumerate() {
             let (sig, signer) = match self.signer_of(v, &signers, &policy) {
                 Ok(Some(found)) => found,
@@ -516,23 +433,15 @@ impl Keyring {
                     break;
                 }
             };
-            let mut message = signing::signed_message(v);
-            if let Some(path) = &sig.tree {
-                // What the origin signed is the tree's root, reached from this version's leaf.
-                let root = path.root(signing::leaf_hash(&message));
-                message = signing::tree_message(&root, path.depth());
-            }
+            let message = signing::signed_message(v);
             let seen = verified_key(&message, &sig.bytes);
-            if self.verified.contains(&seen) || queued.contains(&seen) {
-                // Verified before (by the stream's reader, ahead of the session), or the
-                // same tree signature is already in this batch's verification.
-                continue;
+            if self.verified.contains(&seen) {
+                continue; // verified before (by the stream's reader, ahead of the session)
             }
             let ok = match (&signer.public, sig.scheme) {
                 (PublicKey::Ed25519(k), Scheme::Ed25519) => {
                     ed.push((i, message, EdSignature::from_bytes(&sig.bytes), *k));
                     eds.push(seen);
-                    queued.insert(seen);
                     true
                 }
                 (PublicKey::EcdsaP256(k), Scheme::EcdsaP256) => {
@@ -623,12 +532,6 @@ impl Keyring {
         sig: &[u8],
     ) -> Result<(KeyId, String), DetachedError> {
         let sig = VersionSignature::decode(sig)?;
-        if sig.tree.is_some() {
-            // A detached signature is over its bytes alone, never over a tree of versions.
-            return Err(DetachedError::Format(
-                signing::SignatureFormatError::Length(sig.encode().len()),
-            ));
-        }
         let signer = self
             .read()
             .get(&sig.key_id)

@@ -88,10 +88,8 @@ pub struct Version {
 /// Longest author, in bytes: a 64-byte user name, `@`, a 63-byte node name.
 pub const MAX_AUTHOR_BYTES: usize = 128;
 
-/// Longest signature, in bytes: a tree signature of the greatest depth (protocol 4; plain
-/// signatures of protocols 2 and 3 are 73 bytes).
-pub const MAX_SIGNATURE_BYTES: usize =
-    crate::signing::tree_signature_len(crate::signing::MAX_TREE_DEPTH);
+/// Longest signature, in bytes.
+pub const MAX_SIGNATURE_BYTES: usize = 128;
 
 /// Why an author is not acceptable for a version of some origin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

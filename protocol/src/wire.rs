@@ -58,13 +58,7 @@ pub use validate::{
 /// completions of urgent collections (every `(collection, origin)` stream stays on one QUIC
 /// stream, so the receiver's order checks are unchanged). It also agrees per-collection
 /// compression dictionaries ([`DictionaryOffer`], [`DictionaryReply`], [`FrameFlags::ZSTD_DICT`]).
-///
-/// Version 4 adds tree signatures: a version's signature may be its origin's one signature
-/// over a hash tree of a group of versions, with the version's path to the root
-/// ([`crate::signing::TreePath`]), up to [`crate::version::MAX_SIGNATURE_BYTES`]. The messages
-/// are unchanged; a node of version 3 or older refuses such a signature as too long, so a
-/// cluster with such nodes signs singly (`sync.signatures = "single"`).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build still speaks (with nodes of the previous release).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

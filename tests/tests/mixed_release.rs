@@ -1,4 +1,4 @@
-//! A rolling upgrade caught halfway: nodes of this release (wire protocol 4) and nodes pinned
+//! A rolling upgrade caught halfway: nodes of this release (wire protocol 3) and nodes pinned
 //! to the previous release's protocol 1 (`OFFICESYNC_MAX_PROTOCOL=1`, the test-only pin; no
 //! earlier release is tagged in git to build from) sync in both directions and converge with
 //! equal digests, whichever side the general office is on; `officesync status` and `peers`
@@ -98,7 +98,7 @@ fn mixed(hub_old: bool, hefei_old: bool, beijing_old: bool) {
                 )),
                 "{r}"
             ),
-            (false, None) => panic!("a protocol 2+ peer did not tell its release"),
+            (false, None) => panic!("a protocol 3 peer did not tell its release"),
         }
     }
     let status = hub.cli(&["status"]);

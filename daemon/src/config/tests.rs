@@ -108,21 +108,6 @@ fn defaults_apply() {
     let config = parse(&format!("{MINIMAL}[storage]\ndurability = \"periodic\"\n")).unwrap();
     assert_eq!(config.storage.durability, Durability::Periodic);
     assert_eq!(config.storage.flush_interval_ms, 100);
-    assert_eq!(config.sync.signatures, crate::config::SignatureMode::Tree);
-}
-
-#[test]
-fn signatures_are_tree_or_single_and_round_trip() {
-    let config = parse(&format!("{MINIMAL}[sync]\nsignatures = \"single\"\n")).unwrap();
-    assert_eq!(config.sync.signatures, crate::config::SignatureMode::Single);
-    let again = parse(&config.to_toml_string()).unwrap();
-    assert_eq!(again.sync.signatures, crate::config::SignatureMode::Single);
-    let (msg, key) = parse_err(&format!("{MINIMAL}[sync]\nsignatures = \"merkle\"\n"));
-    assert!(
-        msg.contains("sync.signatures") && msg.contains("`tree`") && msg.contains("`single`"),
-        "{msg}"
-    );
-    assert_eq!(key.as_deref(), Some("sync.signatures"));
 }
 
 #[test]

@@ -133,6 +133,9 @@ struct Unsigned {
     message: Vec<u8>,
 }
 
+/// Fewest unsigned versions in a group for which signing is split over two threads.
+const PARALLEL_SIGNING_MIN: usize = 16;
+
 impl Writer {
     pub(crate) fn new(
         store: Arc<dyn Store>,
@@ -292,8 +295,8 @@ impl Writer {
         }
     }
 
-    /// Signs the group's local versions ([`crate::signing::NodeSigner::sign_group`]) and puts
-    /// each signature in its sibling record and in any copy of it the group superseded.
+    /// Signs the group's local versions (on two threads when there are many) and puts each
+    /// signature in its sibling record and in any copy of it the group superseded.
     fn sign_group(&self, g: &mut Group) {
         let Some(signer) = &self.signer else {
             return;
@@ -302,8 +305,28 @@ impl Writer {
         if unsigned.is_empty() {
             return;
         }
-        let messages: Vec<&[u8]> = unsigned.iter().map(|u| u.message.as_slice()).collect();
-        let signatures = signer.sign_group(&messages);
+        let sign_all = |part: &[Unsigned]| -> Vec<Vec<u8>> {
+            part.iter()
+                .map(|u| signer.sign_message(&u.message))
+                .collect()
+        };
+        let signatures = if unsigned.len() >= PARALLEL_SIGNING_MIN {
+            let (first, second) = unsigned.split_at(unsigned.len() / 2);
+            std::thread::scope(|scope| {
+                let other = std::thread::Builder::new()
+                    .name("officesync-signer".into())
+                    .spawn_scoped(scope, || sign_all(second));
+                let mut sigs = sign_all(first);
+                match other.map(|h| h.join()) {
+                    Ok(Ok(rest)) => sigs.extend(rest),
+                    // No second thread (or it died): sign the rest here.
+                    _ => sigs.extend(sign_all(second)),
+                }
+                sigs
+            })
+        } else {
+            sign_all(&unsigned)
+        };
         // Each signature goes to the version it signs: same collection, key and dot.
         let signed: HashMap<(&str, &str, &officesync_protocol::Dot), Vec<u8>> = unsigned
             .iter()

@@ -114,7 +114,6 @@ async fn one_size(
             "figure": "bulk_catch_up", "system": "officesync", "records": n, "key_bytes": 16,
             "value_bytes": vlen, "values": kind.name(), "hub_durability": "periodic",
             "office_durability": "sync", "office": "officesyncd process", "hub": "officesyncd process",
-            "signatures": crate::replication::signature_mode().as_str(),
             "hub_fill_secs": fill_secs, "converged": converged,
             "secs_until_digests_match": secs, "records_per_sec": rate.round(),
             "mb_per_sec": payload / secs / 1e6, "office_peak_rss_mib": rss,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use officesync_daemon::config::{Config, Durability, SignatureMode};
+use officesync_daemon::config::{Config, Durability};
 use officesync_daemon::node::Node;
 use officesync_daemon::pki::{self, init_ca, issue, IssueOptions};
 use officesync_daemon::replica::{CollectionMeta, Replica};
@@ -337,8 +337,7 @@ pub(crate) async fn start(
         .api_listen(loopback)
         .sync_listen(loopback)
         .admins([HUB])
-        .durability(durability)
-        .signatures(signature_mode());
+        .durability(durability);
     if let Some(addr) = dial {
         builder = builder.peer(HUB, addr.to_string());
     }
@@ -538,15 +537,6 @@ pub(crate) fn daemon_binary() -> Result<PathBuf> {
     })
 }
 
-/// How the benchmark's nodes sign: `OFFICESYNC_BENCH_SIGNATURES=single` measures the plain
-/// signatures of releases before protocol 4 against the default trees.
-pub(crate) fn signature_mode() -> SignatureMode {
-    match std::env::var("OFFICESYNC_BENCH_SIGNATURES").as_deref() {
-        Ok("single") => SignatureMode::Single,
-        _ => SignatureMode::Tree,
-    }
-}
-
 /// Starts `officesyncd` for node `name` as its own process (data, config and log in `dir`),
 /// dialing the hub at `dial` when given; killed on drop.
 pub(crate) fn spawn_daemon(
@@ -580,8 +570,7 @@ pub(crate) fn spawn_daemon_via(
             officesync_tests::process::free_udp_port(),
         )))
         .admins(admins.iter().copied())
-        .durability(durability)
-        .signatures(signature_mode());
+        .durability(durability);
     if let Some((peer, addr)) = dial {
         builder = builder.peer(peer, addr.to_string());
     }
