@@ -471,6 +471,11 @@ fn render_writes(x: &mut Exposition, stats: &crate::replica::ReplicaStats) {
             &stats.obsolete_dropped,
         ),
         (
+            "officesync_trees_built_total",
+            "Repair hash trees built after bulk catch-ups.",
+            &stats.trees_built,
+        ),
+        (
             "officesync_rejoin_dropped_versions_total",
             "Versions dropped by rejoins after this node was left out of a stable frontier while away.",
             &stats.rejoin_dropped,
@@ -479,6 +484,12 @@ fn render_writes(x: &mut Exposition, stats: &crate::replica::ReplicaStats) {
     for (name, help, counter) in counters {
         x.single(name, "counter", help, counter.load(Ordering::Relaxed));
     }
+    x.single(
+        "officesync_trees_building",
+        "gauge",
+        "Collections whose repair hash trees are being built after a bulk catch-up.",
+        stats.trees_building.load(Ordering::Relaxed),
+    );
 }
 
 /// Seconds (with milliseconds) of `ms`.

@@ -13,6 +13,7 @@ mod index;
 mod keys;
 mod read;
 mod tree;
+mod tree_build;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -326,6 +327,11 @@ pub struct ReplicaStats {
     pub(crate) shadow: Shadow,
     /// The last durable change-log cursor.
     pub(crate) cursor: changes::CursorCell,
+    /// Collections whose hash trees the writer is building ([`tree_build`]): repair reads of
+    /// those wait for it.
+    pub trees_building: AtomicU64,
+    /// Hash trees built after bulk applies.
+    pub trees_built: AtomicU64,
 }
 
 /// Versions superseded by local writes that are not yet durable, which Loads still serve:
@@ -615,6 +621,11 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<ApplyReport, ReplicaError>>,
     },
     Sync {
+        reply: oneshot::Sender<Result<(), ReplicaError>>,
+    },
+    /// Answered once `collection`'s hash tree is built (at once when it is not being built).
+    TreeReady {
+        collection: String,
         reply: oneshot::Sender<Result<(), ReplicaError>>,
     },
     /// One step of a purge (`rejoin: None`) or of a rejoin answering that record.
@@ -969,8 +980,20 @@ impl Replica {
         parents: Vec<u32>,
     ) -> Result<Vec<Digest>, ReplicaError> {
         names::validate_collection_name(collection)?;
+        self.tree_ready(collection).await?;
         let (store, c) = (self.inner.store.clone(), collection.to_owned());
         blocking(move || tree::child_digests(store.as_ref(), &c, level, &parents)).await
+    }
+
+    /// Returns once `collection`'s hash tree is built: at once unless a bulk apply left it to
+    /// be built ([`tree_build`]).
+    async fn tree_ready(&self, collection: &str) -> Result<(), ReplicaError> {
+        if self.inner.stats.trees_building.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let collection = collection.to_owned();
+        self.call(|reply| Request::TreeReady { collection, reply })
+            .await
     }
 
     /// The current versions of the keys of `collection` in the leaf buckets `leaves`
@@ -986,6 +1009,7 @@ impl Replica {
         max_bytes: usize,
     ) -> Result<officesync_protocol::tree::LeafPage, ReplicaError> {
         names::validate_collection_name(collection)?;
+        self.tree_ready(collection).await?;
         let (store, c) = (self.inner.store.clone(), collection.to_owned());
         blocking(move || {
             tree::load_leaves(

@@ -12,7 +12,7 @@
 //! record it answered, its frontier, and whether the walk finished).
 
 use bincode::{Decode, Encode};
-use officesync_protocol::{codec, tree, Dot, VersionVector};
+use officesync_protocol::{codec, Dot, VersionVector};
 
 use super::super::encoding::{decode_siblings, encode, Body, StoredSibling};
 use super::super::keys;
@@ -189,8 +189,7 @@ impl Writer {
         }
         if kept.is_empty() {
             meta.keys = meta.keys.saturating_sub(1);
-            g.batch
-                .remove(keys::leaf_entry(coll, tree::leaf_of(key), key));
+            g.tree.drop_key(coll, key, &mut g.batch);
             for old in &history {
                 delete_chunks(coll, old, &mut g.batch);
             }

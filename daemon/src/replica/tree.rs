@@ -16,6 +16,7 @@ use officesync_protocol::{Digest, Dot, ValueMeta, Version};
 use super::encoding::decode_siblings;
 use super::keys;
 use super::read::load_value;
+use super::tree_build::{Builds, Region};
 use super::ReplicaError;
 use crate::store::{prefix_end, Store, WriteBatch};
 
@@ -32,33 +33,66 @@ const TREE_FORMAT: u8 = 1;
 const BUILD_BATCH: usize = 4096;
 
 /// The tree changes of one group of writes: per `(collection, leaf)` the digest to XOR into
-/// the leaf's row, and the keys new to the collection (their leaf-index rows).
+/// the leaf's row; keys new to a collection and keys leaving it change their leaf-index rows
+/// in the group's batch. Collections whose trees are being built route their changes through
+/// `builds` ([`super::tree_build`]).
 #[derive(Default)]
 pub(crate) struct TreeEdits {
     leaves: HashMap<(String, u32), Digest>,
+    /// The builds under way, moved here by the writer for the group.
+    pub(crate) builds: Builds,
 }
 
 impl TreeEdits {
+    /// Edits routed through `builds`.
+    pub(crate) fn with(builds: Builds) -> Self {
+        Self {
+            leaves: HashMap::new(),
+            builds,
+        }
+    }
+
     /// Version `(key, dot, value)` of `coll` enters or leaves the collection's current set.
     pub(crate) fn toggle(&mut self, coll: &str, key: &str, dot: &Dot, value: &ValueMeta) -> Digest {
         let e = Digest::element(key, dot, value);
-        self.leaves
-            .entry((coll.to_owned(), tree::leaf_of(key)))
-            .or_default()
-            .xor(&e);
+        let leaf = tree::leaf_of(key);
+        match self.builds.region(coll, leaf, key) {
+            Region::Kept => self
+                .leaves
+                .entry((coll.to_owned(), leaf))
+                .or_default()
+                .xor(&e),
+            Region::Pass(pass) => pass.toggle(leaf, &e),
+            Region::Later => {}
+        }
         e
     }
 
     /// `key` gets its first version in `coll`: its leaf-index row.
     pub(crate) fn new_key(&mut self, coll: &str, key: &str, batch: &mut WriteBatch) {
-        batch.put(keys::leaf_entry(coll, tree::leaf_of(key), key), Vec::new());
+        let leaf = tree::leaf_of(key);
+        match self.builds.region(coll, leaf, key) {
+            Region::Kept => batch.put(keys::leaf_entry(coll, leaf, key), Vec::new()),
+            Region::Pass(pass) => pass.new_key(coll, leaf, key, batch),
+            Region::Later => {}
+        }
+    }
+
+    /// `key` leaves `coll` (its last version is forgotten): its leaf-index row goes, wherever
+    /// a build stands (a row never outlives its record).
+    pub(crate) fn drop_key(&mut self, coll: &str, key: &str, batch: &mut WriteBatch) {
+        let leaf = tree::leaf_of(key);
+        if let Region::Pass(pass) = self.builds.region(coll, leaf, key) {
+            pass.drop_key(leaf, key);
+        }
+        batch.remove(keys::leaf_entry(coll, leaf, key));
     }
 
     /// Queues the changed leaf rows into `batch` (read from `cache` or `store`, XOR-ed,
     /// written; a leaf back at zero loses its row). `cache` then holds what the batch writes:
     /// the caller clears it if the batch is not applied.
     pub(crate) fn write(
-        self,
+        &mut self,
         store: &dyn Store,
         cache: &mut LeafCache,
         batch: &mut WriteBatch,
@@ -66,7 +100,7 @@ impl TreeEdits {
         if cache.leaves.len() + self.leaves.len() > CACHED_LEAVES {
             cache.leaves.clear();
         }
-        for ((coll, leaf), delta) in self.leaves {
+        for ((coll, leaf), delta) in self.leaves.drain() {
             if delta.is_zero() {
                 continue;
             }
@@ -117,7 +151,7 @@ fn decode_digest(raw: &[u8], coll: &str, leaf: u32) -> Result<Digest, ReplicaErr
 }
 
 /// The leaf digests of `coll` in `range` (non-zero ones), in leaf order.
-fn leaf_rows(
+pub(super) fn leaf_rows(
     store: &dyn Store,
     coll: &str,
     range: std::ops::Range<u32>,
@@ -322,7 +356,7 @@ fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u6
 pub fn lose_keys(store: &dyn Store, coll: &str, lost_keys: &[String]) -> Result<u64, ReplicaError> {
     let mut meta = super::encoding::load_meta(store, coll)?;
     let mut batch = WriteBatch::default();
-    let mut edits = TreeEdits::default();
+    let mut edits = TreeEdits::with(Builds::load(store)?);
     let mut lost = 0;
     for key in lost_keys {
         let Some(raw) = store.get(&keys::record(coll, key))? else {
@@ -342,7 +376,7 @@ pub fn lose_keys(store: &dyn Store, coll: &str, lost_keys: &[String]) -> Result<
             meta.records = meta.records.saturating_sub(1);
         }
         batch.remove(keys::record(coll, key));
-        batch.remove(keys::leaf_entry(coll, tree::leaf_of(key), key));
+        edits.drop_key(coll, key, &mut batch);
     }
     edits.write(store, &mut LeafCache::default(), &mut batch)?;
     batch.put(keys::collection(coll), super::encoding::encode(&meta)?);

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use officesync_protocol::hlc::check_skew;
 use officesync_protocol::merge::{self, Applied};
@@ -19,6 +19,7 @@ use super::history::HistoryEdits;
 use super::index::{IndexCatalog, IndexEdits};
 use super::keys;
 use super::tree::{LeafCache, TreeEdits};
+use super::tree_build::{self, Builds, Step};
 use super::{
     now_ms, CollectionMeta, CommitMode, LocalWrite, ReplicaError, ReplicaOptions, ReplicaStats,
     Request, WriteAck, CHUNK_SIZE, INLINE_VALUE_MAX,
@@ -33,6 +34,21 @@ pub(crate) use purge::{rejoin_mark, RejoinMark};
 
 /// Most requests drained into one group commit.
 const MAX_GROUP: usize = 1024;
+
+/// How long the writer waits without a request before it takes a step of a tree build.
+#[cfg(not(test))]
+const BUILD_IDLE: Duration = Duration::from_millis(20);
+#[cfg(test)]
+const BUILD_IDLE: Duration = Duration::from_millis(2);
+
+/// A tree build takes a step at least this often, however busy the writer.
+#[cfg(not(test))]
+const BUILD_EVERY: Duration = Duration::from_secs(1);
+#[cfg(test)]
+const BUILD_EVERY: Duration = Duration::from_millis(10);
+
+/// How long tree builds wait after a step failed.
+const BUILD_RETRY: Duration = Duration::from_secs(1);
 
 /// Most siblings one key may hold: concurrent writes of that many replicas. A received
 /// version that would add one more is refused and counted (a local write replaces them all).
@@ -82,6 +98,16 @@ pub(crate) struct Writer {
     frontiers: HashMap<String, officesync_protocol::VersionVector>,
     /// Per collection, the last rejoin (see [`purge`]).
     rejoins: HashMap<String, RejoinMark>,
+    /// The hash trees being built ([`tree_build`]); moved into each group while it is applied.
+    builds: Builds,
+    /// When the last request was served (builds step when the writer is idle).
+    last_request: Instant,
+    /// When a build takes a step however busy the writer is.
+    build_due: Instant,
+    /// No build step before this (set after a failed step).
+    build_hold: Instant,
+    /// Runs the writer's waits for a request with a deadline (made on first use).
+    timer: Option<tokio::runtime::Runtime>,
 }
 
 enum Reply {
@@ -148,6 +174,10 @@ impl Writer {
         let store_ref = store.as_ref();
         let log = changes::load_state(store_ref)?;
         let (frontiers, rejoins) = purge::load(store_ref)?;
+        let builds = Builds::load(store_ref)?;
+        stats
+            .trees_building
+            .store(builds.len() as u64, Ordering::Release);
         let mut last = officesync_protocol::Hlc::default();
         for info in super::read::collections(store.as_ref())? {
             last = last.max(info.meta.max_hlc);
@@ -172,6 +202,11 @@ impl Writer {
             history: opts.history,
             frontiers,
             rejoins,
+            builds,
+            last_request: Instant::now(),
+            build_due: Instant::now(),
+            build_hold: Instant::now(),
+            timer: None,
         })
     }
 
@@ -195,11 +230,12 @@ impl Writer {
             }
         };
         let mut shutdown = None;
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(first) = self.next_request(&mut rx) {
             let mut replies = Vec::new();
             let mut next = Some(first);
             let mut group = Group {
                 history: HistoryEdits::new(self.history),
+                tree: TreeEdits::with(std::mem::take(&mut self.builds)),
                 ..Group::default()
             };
             while let Some(req) = next.take() {
@@ -249,6 +285,9 @@ impl Writer {
                         replies.push(Reply::Purge(reply, r));
                     }
                     Request::Sync { reply } => replies.push(Reply::Unit(reply)),
+                    Request::TreeReady { collection, reply } => {
+                        group.tree.builds.wait(&collection, reply);
+                    }
                     Request::Shutdown { reply } => {
                         shutdown = Some(reply);
                         break;
@@ -280,6 +319,7 @@ impl Writer {
             } else {
                 answer(&mut replies, Ok::<(), ReplicaError>(()));
             }
+            self.last_request = Instant::now();
             if shutdown.is_some() {
                 break;
             }
@@ -389,11 +429,8 @@ impl Writer {
             }
             g.changes.write(self.log.last, log.floor, &mut g.batch)?;
             g.history.write(self.store.as_ref(), &mut g.batch)?;
-            std::mem::take(&mut g.tree).write(
-                self.store.as_ref(),
-                &mut self.leaf_cache,
-                &mut g.batch,
-            )?;
+            g.tree
+                .write(self.store.as_ref(), &mut self.leaf_cache, &mut g.batch)?;
             if !g.batch.is_empty() {
                 g.batch.put(
                     keys::meta("generation"),
@@ -404,7 +441,16 @@ impl Writer {
             }
             Ok(())
         };
-        match write_back() {
+        let outcome = write_back();
+        self.builds = std::mem::take(&mut g.tree.builds);
+        match &outcome {
+            Ok(()) => self.builds.committed(),
+            Err(_) => self.builds.failed(),
+        }
+        self.stats
+            .trees_building
+            .store(self.builds.len() as u64, Ordering::Release);
+        match outcome {
             Ok(()) => {
                 self.log = log;
                 self.stats.cursor.committed(self.generation, log.last);
@@ -431,6 +477,132 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// A bulk apply: each collection of `versions` that has no key yet gets its tree built
+    /// once the writer is idle, rather than kept version by version ([`tree_build`]).
+    fn start_builds(
+        &mut self,
+        g: &mut Group,
+        versions: &[(Version, VersionHeader)],
+    ) -> Result<(), ReplicaError> {
+        let mut seen: Option<&str> = None;
+        for (v, _) in versions {
+            let coll = v.collection.as_str();
+            if seen == Some(coll) || g.tree.builds.contains(coll) {
+                continue;
+            }
+            seen = Some(coll);
+            if names::validate_collection_name(coll).is_err() {
+                continue; // refused on its own
+            }
+            if self.meta(g, coll)?.keys == 0 {
+                tracing::info!(
+                    collection = coll,
+                    versions = versions.len(),
+                    "bulk apply into an empty collection: its hash tree is built once the \
+                     writer is idle"
+                );
+                g.tree.builds.start(coll, &mut g.batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next request. While a hash tree is being built, the writer takes build steps when
+    /// no request came for [`BUILD_IDLE`], when a repair read waits for the tree, and at
+    /// least every [`BUILD_EVERY`].
+    fn next_request(&mut self, rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        loop {
+            if self.builds.len() == 0 {
+                return rx.blocking_recv();
+            }
+            let now = Instant::now();
+            if now >= self.build_hold && now >= self.build_due {
+                self.build_step();
+                continue;
+            }
+            match rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            let idle_at = (self.last_request + BUILD_IDLE).max(self.build_hold);
+            if now >= self.build_hold && (self.builds.urgent() || now >= idle_at) {
+                self.build_step();
+                continue;
+            }
+            let wake = idle_at.min(self.build_due.max(self.build_hold));
+            let timer = match &mut self.timer {
+                Some(t) => t,
+                None => match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(t) => self.timer.insert(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no timer for the writer; building now");
+                        self.build_step();
+                        continue;
+                    }
+                },
+            };
+            let wait = wake.saturating_duration_since(now);
+            if let Ok(r) = timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                return r;
+            }
+        }
+    }
+
+    /// One step of a tree build ([`Builds::step`]); a built tree is checked against its
+    /// collection's digest.
+    fn build_step(&mut self) {
+        let metas = &self.metas;
+        let step = self
+            .builds
+            .step(self.store.as_ref(), |c| metas.get(c).map_or(0, |m| m.keys));
+        let now = Instant::now();
+        self.build_due = now + BUILD_EVERY;
+        match step {
+            Ok(Step::Built(built)) => {
+                self.stats.trees_built.fetch_add(1, Ordering::Relaxed);
+                let coll = built.collection.as_str();
+                let keys = metas.get(coll).map_or(0, |m| m.keys);
+                match tree_build::folded(self.store.as_ref(), coll) {
+                    Ok(d) if metas.get(coll).is_some_and(|m| m.digest == d) => {
+                        tracing::info!(
+                            collection = coll,
+                            keys,
+                            seconds = built.took.as_secs_f64(),
+                            "hash tree built"
+                        );
+                    }
+                    Ok(d) => tracing::error!(
+                        collection = coll,
+                        tree = %d,
+                        "the hash tree built does not fold to the collection digest; repairs \
+                         of this collection will send more than the difference"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(collection = coll, error = %e, "cannot check the tree built")
+                    }
+                }
+                self.stats
+                    .trees_building
+                    .store(self.builds.len() as u64, Ordering::Release);
+                built.answer();
+            }
+            Ok(Step::Idle | Step::Progress) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a hash tree build step failed; retrying in a second");
+                self.builds.step_failed(&e);
+                self.build_hold = now + BUILD_RETRY;
+            }
+        }
+        self.stats
+            .trees_building
+            .store(self.builds.len() as u64, Ordering::Release);
     }
 
     /// The group's copy of a collection's state, taken from the cache or the store.
@@ -606,6 +778,9 @@ impl Writer {
         repair: bool,
     ) -> Result<ApplyReport, ReplicaError> {
         self.check_contexts(g, &versions, &complete)?;
+        if !repair && versions.len() >= tree_build::BULK_MIN {
+            self.start_builds(g, &versions)?;
+        }
         let mut report = ApplyReport::default();
         let now = now_ms();
         for (v, header) in versions {
