@@ -35,7 +35,7 @@ const SCAN_STEP: usize = 64;
 
 /// Leaf-index rows written per build step.
 #[cfg(not(test))]
-const FLUSH_STEP: usize = 16_384;
+const FLUSH_STEP: usize = 4096;
 #[cfg(test)]
 const FLUSH_STEP: usize = 100;
 

@@ -37,7 +37,7 @@ const MAX_GROUP: usize = 1024;
 
 /// How long the writer waits without a request before it takes a step of a tree build.
 #[cfg(not(test))]
-const BUILD_IDLE: Duration = Duration::from_millis(20);
+const BUILD_IDLE: Duration = Duration::from_millis(200);
 #[cfg(test)]
 const BUILD_IDLE: Duration = Duration::from_millis(2);
 

@@ -13,11 +13,12 @@ use officesync_daemon::transport::{PeerConnection, Transport};
 use serde_json::json;
 
 use crate::replication::{
-    daemon_sync_addr, failed, filled_hub_at, progress, rec_key, shutdown, spawn_daemon,
+    daemon_sync_addr, failed, filled_hub_at, poll_until, progress, rec_key, shutdown, spawn_daemon,
     wait_api_digest, with_server, Kind, Pki, Sizes, HUB, OFFICE_A,
 };
 use crate::servers::{self, procfs, NatsConn, NatsPair, BUCKET};
 use crate::{emit, TableRow};
+use officesync_tests::ApiClient;
 
 /// Target of the performance issue: catch-up of the small records at least 0.8 of raw sled
 /// ingest.
@@ -96,6 +97,14 @@ async fn one_size(
         .as_secs_f64();
     let rss = office.pid().and_then(procfs::peak_rss_mib);
     let hub_rss = hub.pid().and_then(procfs::peak_rss_mib);
+    // The office builds its repair tree once the catch-up is done: how long that takes, and
+    // the office's peak memory with it.
+    let built = match reached {
+        Some(_) => wait_trees_built(&office.api(), s.catch_up_timeout).await?,
+        None => None,
+    };
+    let tree_secs = built.map(|t| t.duration_since(t0).as_secs_f64());
+    let rss_with_tree = office.pid().and_then(procfs::peak_rss_mib);
     office.stop();
     hub.stop();
     drop((office, hub));
@@ -117,7 +126,8 @@ async fn one_size(
             "hub_fill_secs": fill_secs, "converged": converged,
             "secs_until_digests_match": secs, "records_per_sec": rate.round(),
             "mb_per_sec": payload / secs / 1e6, "office_peak_rss_mib": rss,
-            "hub_peak_rss_mib": hub_rss,
+            "hub_peak_rss_mib": hub_rss, "secs_until_tree_built": tree_secs,
+            "office_peak_rss_mib_with_tree": rss_with_tree,
             "baseline": "raw sled insert of the same records + one flush",
             "baseline_secs": sled_secs, "baseline_records_per_sec": sled_rate.round(),
             "ratio": ratio, "target_ratio": target_ratio, "target_met": met,
@@ -129,9 +139,12 @@ async fn one_size(
                 if converged { "" } else { " (NOT converged)" }
             ),
             result: format!(
-                "{rate:.0} rec/s, {:.1} MB/s, digests equal after {secs:.2} s, office peak RSS {}",
+                "{rate:.0} rec/s, {:.1} MB/s, digests equal after {secs:.2} s, office peak RSS \
+                 {}; repair tree built after {} (peak RSS {})",
                 payload / secs / 1e6,
-                mib(rss)
+                mib(rss),
+                tree_secs.map_or("-".into(), |t| format!("{t:.2} s")),
+                mib(rss_with_tree)
             ),
             baseline: format!(
                 "raw sled: {sled_rate:.0} rec/s, {:.1} MB/s",
@@ -222,6 +235,24 @@ async fn one_size(
         }
     }
     Ok(())
+}
+
+/// Waits until the daemon behind `api` builds no repair tree (its `/metrics` gauge
+/// `officesync_trees_building` is 0); returns when (`None`: not within `timeout`).
+async fn wait_trees_built(api: &ApiClient, timeout: Duration) -> Result<Option<Instant>> {
+    poll_until(timeout, Duration::from_millis(20), || async move {
+        let api = api.clone();
+        tokio::task::spawn_blocking(move || {
+            let reply = api.request("GET", "/metrics", None)?;
+            ensure!(reply.status == 200, "/metrics: HTTP {}", reply.status);
+            let text = String::from_utf8_lossy(&reply.body);
+            Ok(text
+                .lines()
+                .any(|l| l.trim() == "officesync_trees_building 0"))
+        })
+        .await?
+    })
+    .await
 }
 
 fn mib(v: Option<f64>) -> String {
