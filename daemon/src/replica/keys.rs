@@ -16,7 +16,8 @@
 //!   [`super::history`]); a superseded large value keeps its `V` chunks while it is in it.
 //! - `T` + len + collection + leaf: the digest of one leaf of the collection's hash tree
 //!   (32 bytes; no row for an empty leaf; see [`super::tree`]).
-//! - `L` + len + collection + leaf + key: the leaf index, one empty row per key.
+//! - `L` + len + collection + leaf: the leaf index, the keys of one non-empty leaf (see
+//!   [`super::tree::encode_keys`]).
 //!
 //! Lengths are one byte (collection names ≤ 65 bytes, replica ids ≤ 72 bytes); counters and
 //! chunk numbers are big-endian so they sort numerically.
@@ -133,23 +134,22 @@ pub(crate) fn tree_leaf(coll: &str, leaf: u32) -> Vec<u8> {
     k
 }
 
-/// The leaf at the end of a tree row's key.
+/// The leaf at the end of the key of a tree row or a leaf-index row.
 pub(crate) fn leaf_of_tree_key(k: &[u8]) -> Option<u32> {
     let at = k.len().checked_sub(4)?;
     Some(u32::from_be_bytes(k[at..].try_into().ok()?))
 }
 
-/// Prefix of the leaf-index rows of leaf `leaf` of `coll`.
-pub(crate) fn leaf_prefix(coll: &str, leaf: u32) -> Vec<u8> {
-    let mut k = with_coll(LEAF, coll);
-    k.extend_from_slice(&leaf.to_be_bytes());
-    k
+/// Prefix of every leaf-index row of `coll`.
+pub(crate) fn leaf_index_prefix(coll: &str) -> Vec<u8> {
+    with_coll(LEAF, coll)
 }
 
-/// The leaf-index row of `key` (in leaf `leaf`) of `coll`.
-pub(crate) fn leaf_entry(coll: &str, leaf: u32, key: &str) -> Vec<u8> {
-    let mut k = leaf_prefix(coll, leaf);
-    k.extend_from_slice(key.as_bytes());
+/// The leaf-index row of leaf `leaf` of `coll`: the keys of the leaf (see
+/// [`super::tree::encode_keys`]).
+pub(crate) fn leaf_keys(coll: &str, leaf: u32) -> Vec<u8> {
+    let mut k = leaf_index_prefix(coll);
+    k.extend_from_slice(&leaf.to_be_bytes());
     k
 }
 

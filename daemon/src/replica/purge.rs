@@ -189,7 +189,7 @@ impl Writer {
         }
         if kept.is_empty() {
             meta.keys = meta.keys.saturating_sub(1);
-            g.tree.drop_key(coll, key, &mut g.batch);
+            g.tree.drop_key(coll, key);
             for old in &history {
                 delete_chunks(coll, old, &mut g.batch);
             }

@@ -1,7 +1,9 @@
 //! The hash tree of each collection's key space ([`officesync_protocol::tree`]) as the store
 //! keeps it: one row per non-empty leaf holding its digest (the XOR of its current versions'
 //! digests, kept by the writer in the same batch as the records and the collection digest),
-//! and a leaf index of every key, so that a repair reads only the differing leaves.
+//! and a leaf index (one row per non-empty leaf listing its keys), so that a repair reads only
+//! the differing leaves. A row per leaf rather than per key keeps the store's item count, and
+//! sled's memory, close to the records' own.
 //!
 //! Inner nodes are folded from the leaf rows on demand (a level-1 request reads at most
 //! [`LEAVES`] rows of 32 bytes). Stores from before the tree get it built when the replica
@@ -26,19 +28,55 @@ const SCAN_BATCH: usize = 1024;
 /// The marker row of a store whose trees are built (its value: the tree format).
 const TREE_MARK: &str = "tree";
 
-/// The tree format this build keeps: [`tree::LEAF_BITS`] bits of SHA-256 of the key.
-const TREE_FORMAT: u8 = 1;
+/// The tree format this build keeps: [`tree::LEAF_BITS`] bits of SHA-256 of the key, and a
+/// leaf index of one row per leaf (format 1 had one row per key; it is rebuilt at open).
+const TREE_FORMAT: u8 = 2;
 
-/// Leaf-index rows written per batch while building the tree of an existing store.
+/// Rows removed or written per batch while building the tree of an existing store.
 const BUILD_BATCH: usize = 4096;
 
+/// A leaf's keys as its leaf-index row holds them: each key's length (2 bytes, big-endian)
+/// and bytes, in key order.
+pub(crate) fn encode_keys<'k>(keys: impl IntoIterator<Item = &'k str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in keys {
+        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        out.extend_from_slice(k.as_bytes());
+    }
+    out
+}
+
+/// The keys of a leaf-index row ([`encode_keys`]).
+pub(crate) fn decode_keys(raw: &[u8], coll: &str, leaf: u32) -> Result<Vec<String>, ReplicaError> {
+    let corrupt = |detail: &str| ReplicaError::Corrupt {
+        what: format!("{coll} leaf index {leaf}"),
+        detail: detail.to_owned(),
+    };
+    let mut keys = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_at_checked(2)
+            .ok_or_else(|| corrupt("a cut length"))?;
+        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        let (key, tail) = tail
+            .split_at_checked(len)
+            .ok_or_else(|| corrupt("a cut key"))?;
+        let key = std::str::from_utf8(key).map_err(|_| corrupt("a key that is not UTF-8"))?;
+        keys.push(key.to_owned());
+        rest = tail;
+    }
+    Ok(keys)
+}
+
 /// The tree changes of one group of writes: per `(collection, leaf)` the digest to XOR into
-/// the leaf's row; keys new to a collection and keys leaving it change their leaf-index rows
-/// in the group's batch. Collections whose trees are being built route their changes through
-/// `builds` ([`super::tree_build`]).
+/// the leaf's row, and the keys that join or leave the leaf's leaf-index row. Collections
+/// whose trees are being built route their changes through `builds` ([`super::tree_build`]).
 #[derive(Default)]
 pub(crate) struct TreeEdits {
     leaves: HashMap<(String, u32), Digest>,
+    /// Per `(collection, leaf)`, keys that join (`true`) or leave it, in order.
+    keys: HashMap<(String, u32), Vec<(String, bool)>>,
     /// The builds under way, moved here by the writer for the group.
     pub(crate) builds: Builds,
 }
@@ -47,8 +85,8 @@ impl TreeEdits {
     /// Edits routed through `builds`.
     pub(crate) fn with(builds: Builds) -> Self {
         Self {
-            leaves: HashMap::new(),
             builds,
+            ..Self::default()
         }
     }
 
@@ -68,24 +106,27 @@ impl TreeEdits {
         e
     }
 
-    /// `key` gets its first version in `coll`: its leaf-index row.
-    pub(crate) fn new_key(&mut self, coll: &str, key: &str, batch: &mut WriteBatch) {
-        let leaf = tree::leaf_of(key);
-        match self.builds.region(coll, leaf, key) {
-            Region::Kept => batch.put(keys::leaf_entry(coll, leaf, key), Vec::new()),
-            Region::Pass(pass) => pass.new_key(coll, leaf, key, batch),
-            Region::Later => {}
-        }
+    /// `key` gets its first version in `coll`: it joins its leaf's row.
+    pub(crate) fn new_key(&mut self, coll: &str, key: &str) {
+        self.key_change(coll, key, true);
     }
 
-    /// `key` leaves `coll` (its last version is forgotten): its leaf-index row goes, wherever
-    /// a build stands (a row never outlives its record).
-    pub(crate) fn drop_key(&mut self, coll: &str, key: &str, batch: &mut WriteBatch) {
+    /// `key` leaves `coll` (its last version is forgotten): it leaves its leaf's row.
+    pub(crate) fn drop_key(&mut self, coll: &str, key: &str) {
+        self.key_change(coll, key, false);
+    }
+
+    fn key_change(&mut self, coll: &str, key: &str, joins: bool) {
         let leaf = tree::leaf_of(key);
-        if let Region::Pass(pass) = self.builds.region(coll, leaf, key) {
-            pass.drop_key(leaf, key);
+        match self.builds.region(coll, leaf, key) {
+            Region::Pass(pass) if !pass.wrote(leaf) => pass.key_change(leaf, key, joins),
+            Region::Later => {}
+            _ => self
+                .keys
+                .entry((coll.to_owned(), leaf))
+                .or_default()
+                .push((key.to_owned(), joins)),
         }
-        batch.remove(keys::leaf_entry(coll, leaf, key));
     }
 
     /// Queues the changed leaf rows into `batch` (read from `cache` or `store`, XOR-ed,
@@ -120,6 +161,24 @@ impl TreeEdits {
                 batch.put(k, d.0.to_vec());
             }
             cache.leaves.insert(slot, d);
+        }
+        for ((coll, leaf), changes) in self.keys.drain() {
+            let k = keys::leaf_keys(&coll, leaf);
+            let mut held: std::collections::BTreeSet<String> = match store.get(&k)? {
+                None => Default::default(),
+                Some(raw) => decode_keys(&raw, &coll, leaf)?.into_iter().collect(),
+            };
+            for (key, joins) in changes {
+                match joins {
+                    true => held.insert(key),
+                    false => held.remove(&key),
+                };
+            }
+            if held.is_empty() {
+                batch.remove(k);
+            } else {
+                batch.put(k, encode_keys(held.iter().map(String::as_str)));
+            }
         }
         Ok(())
     }
@@ -214,54 +273,36 @@ pub(crate) fn load_leaves(
     let mut last: Option<(u32, String)> = None;
     let first = after.map_or(0, |(l, _)| *l);
     for &leaf in leaves.iter().filter(|l| **l >= first) {
-        let prefix = keys::leaf_prefix(coll, leaf);
-        let end = prefix_end(&prefix);
-        let mut start = match after {
-            Some((l, k)) if *l == leaf => {
-                let mut s = keys::leaf_entry(coll, leaf, k);
-                s.push(0);
-                s
-            }
-            _ => prefix.clone(),
+        let Some(raw) = store.get(&keys::leaf_keys(coll, leaf))? else {
+            continue;
         };
-        loop {
-            let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
-            for (k, _) in &rows {
-                let key = String::from_utf8(k[prefix.len()..].to_vec()).map_err(|_| {
-                    ReplicaError::Corrupt {
-                        what: format!("{coll} leaf index"),
-                        detail: "a key that is not UTF-8".into(),
-                    }
-                })?;
-                if last.is_some() && (out.len() >= max_versions || bytes >= max_bytes) {
-                    return Ok((out, last));
-                }
-                let Some(raw) = store.get(&keys::record(coll, &key))? else {
+        for key in decode_keys(&raw, coll, leaf)? {
+            if let Some((l, k)) = after {
+                if *l == leaf && key <= *k {
                     continue;
-                };
-                for s in decode_siblings(&raw, &format!("{coll}/{key}"))? {
-                    let value = load_value(store, coll, &s)?;
-                    bytes += value.as_ref().map_or(0, Vec::len);
-                    out.push(Version {
-                        collection: coll.to_owned(),
-                        key: key.clone(),
-                        dot: s.header.dot,
-                        hlc: s.header.hlc,
-                        context: s.header.context,
-                        value,
-                        author: s.author,
-                        signature: s.signature,
-                    });
                 }
-                last = Some((leaf, key));
             }
-            match rows.last() {
-                Some((k, _)) if rows.len() == SCAN_BATCH => {
-                    start = k.clone();
-                    start.push(0);
-                }
-                _ => break,
+            if last.is_some() && (out.len() >= max_versions || bytes >= max_bytes) {
+                return Ok((out, last));
             }
+            let Some(raw) = store.get(&keys::record(coll, &key))? else {
+                continue;
+            };
+            for s in decode_siblings(&raw, &format!("{coll}/{key}"))? {
+                let value = load_value(store, coll, &s)?;
+                bytes += value.as_ref().map_or(0, Vec::len);
+                out.push(Version {
+                    collection: coll.to_owned(),
+                    key: key.clone(),
+                    dot: s.header.dot,
+                    hlc: s.header.hlc,
+                    context: s.header.context,
+                    value,
+                    author: s.author,
+                    signature: s.signature,
+                });
+            }
+            last = Some((leaf, key));
         }
     }
     Ok((out, None))
@@ -272,11 +313,15 @@ pub(crate) fn load_leaves(
 /// A record that cannot be read, or a tree that does not fold to its collection's digest,
 /// refuses the store.
 pub(crate) fn build(store: &dyn Store) -> Result<u64, ReplicaError> {
-    if store.get(&keys::meta(TREE_MARK))?.is_some() {
+    if store.get(&keys::meta(TREE_MARK))?.as_deref() == Some(&[TREE_FORMAT][..]) {
         return Ok(0);
     }
+    // Rows of an earlier format or an interrupted build go; the trees are written whole.
+    super::tree_build::forget_markers(store)?;
     let mut indexed = 0;
     for info in super::read::collections(store)? {
+        remove_prefix(store, &keys::tree_prefix(&info.name))?;
+        remove_prefix(store, &keys::leaf_index_prefix(&info.name))?;
         indexed += build_collection(store, &info.name, &info.meta.digest)?;
     }
     let mut batch = WriteBatch::default();
@@ -286,9 +331,23 @@ pub(crate) fn build(store: &dyn Store) -> Result<u64, ReplicaError> {
     Ok(indexed)
 }
 
+/// Removes every row under `prefix`, in batches.
+pub(super) fn remove_prefix(store: &dyn Store, prefix: &[u8]) -> Result<(), ReplicaError> {
+    let end = prefix_end(prefix);
+    loop {
+        let rows = store.range(prefix, end.as_deref(), BUILD_BATCH)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        rows.into_iter().for_each(|(k, _)| batch.remove(k));
+        store.apply(batch)?;
+    }
+}
+
 fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u64, ReplicaError> {
     let mut leaves: BTreeMap<u32, Digest> = BTreeMap::new();
-    let mut batch = WriteBatch::default();
+    let mut keys_of: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut keys_seen = 0u64;
     let prefix = keys::record_prefix(coll);
     let end = prefix_end(&prefix);
@@ -309,11 +368,9 @@ fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u6
                     &s.header.value,
                 ));
             }
-            batch.put(keys::leaf_entry(coll, leaf, key), Vec::new());
+            // Records come in key order, so each leaf's list is sorted.
+            keys_of.entry(leaf).or_default().push(key.to_owned());
             keys_seen += 1;
-            if batch.ops.len() >= BUILD_BATCH {
-                store.apply(std::mem::take(&mut batch))?;
-            }
         }
         match rows.last() {
             Some((k, _)) if rows.len() == SCAN_BATCH => {
@@ -334,12 +391,15 @@ fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u6
             ),
         });
     }
-    // Rows of an earlier, interrupted build go; the leaves are written whole.
-    for (k, _) in leaf_rows(store, coll, 0..LEAVES)?
-        .into_iter()
-        .map(|(l, d)| (keys::tree_leaf(coll, l), d))
-    {
-        batch.remove(k);
+    let mut batch = WriteBatch::default();
+    for (leaf, list) in keys_of {
+        batch.put(
+            keys::leaf_keys(coll, leaf),
+            encode_keys(list.iter().map(String::as_str)),
+        );
+        if batch.ops.len() >= BUILD_BATCH {
+            store.apply(std::mem::take(&mut batch))?;
+        }
     }
     for (leaf, d) in leaves.into_iter().filter(|(_, d)| !d.is_zero()) {
         batch.put(keys::tree_leaf(coll, leaf), d.0.to_vec());
@@ -376,7 +436,7 @@ pub fn lose_keys(store: &dyn Store, coll: &str, lost_keys: &[String]) -> Result<
             meta.records = meta.records.saturating_sub(1);
         }
         batch.remove(keys::record(coll, key));
-        edits.drop_key(coll, key, &mut batch);
+        edits.drop_key(coll, key);
     }
     edits.write(store, &mut LeafCache::default(), &mut batch)?;
     batch.put(keys::collection(coll), super::encoding::encode(&meta)?);

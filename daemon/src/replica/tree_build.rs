@@ -3,14 +3,14 @@
 //! idle, in steps, from a scan of the records.
 //!
 //! The build goes through the leaves in passes: leaves below `built_below` are kept by every
-//! write as usual; a pass over `[built_below, hi)` scans the records in key order, holding
-//! the keys and leaf digests it found in memory, then writes the leaf-index rows sorted (so
-//! sled appends rather than inserts at random) and, in a last batch, the leaf digests with
-//! the new `built_below` (a marker row per collection). A write during a pass updates the
-//! pass's state when the scan has passed its key, and nothing when the scan will still read
-//! it. A crash loses at most the pass under way: the marker says where to resume, and
-//! leaf-index rows written by that pass are rewritten by the next (a key that leaves the
-//! collection always loses its row, so no row outlives its record).
+//! write as usual; a pass over `[built_below, hi)` first removes any leaf-index row at or
+//! above `built_below` (left by a pass a crash cut short), scans the records in key order,
+//! holding the keys and leaf digests it found in memory, then writes the leaf-index rows in
+//! leaf order and, in a last batch, the leaf digests with the new `built_below` (a marker row
+//! per collection). A write during a pass updates the pass's state when the scan has passed
+//! its key, and nothing when the scan will still read it; once the pass wrote a leaf's row,
+//! the write changes that row as usual. A crash loses at most the pass under way: the marker
+//! says where to resume.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,6 +71,8 @@ pub(crate) struct Pass {
     scanned: Option<String>,
     /// The scan is done: the pass writes its rows.
     flushing: bool,
+    /// Leaves below this one have their leaf-index rows written (while `flushing`).
+    written_below: u32,
     /// The keys found whose leaf-index rows are still to be written, by `(leaf, key)`.
     keys: BTreeSet<(u32, String)>,
     /// The digest of each non-empty leaf of the pass.
@@ -87,19 +89,17 @@ impl Pass {
         self.digests.entry(leaf).or_default().xor(element);
     }
 
-    /// `key` gets its first version: its row, now when the pass is writing rows, else with
-    /// the others.
-    pub(crate) fn new_key(&mut self, coll: &str, leaf: u32, key: &str, batch: &mut WriteBatch) {
-        if self.flushing {
-            batch.put(keys::leaf_entry(coll, leaf, key), Vec::new());
-        } else {
-            self.keys.insert((leaf, key.to_owned()));
-        }
+    /// Whether the pass wrote `leaf`'s leaf-index row: writes change the row itself.
+    pub(crate) fn wrote(&self, leaf: u32) -> bool {
+        self.flushing && leaf < self.written_below
     }
 
-    /// `key` leaves the collection (its row is removed by the caller).
-    pub(crate) fn drop_key(&mut self, leaf: u32, key: &str) {
-        self.keys.remove(&(leaf, key.to_owned()));
+    /// `key` joins (its first version) or leaves (its last is forgotten) the pass's keys.
+    pub(crate) fn key_change(&mut self, leaf: u32, key: &str, joins: bool) {
+        match joins {
+            true => self.keys.insert((leaf, key.to_owned())),
+            false => self.keys.remove(&(leaf, key.to_owned())),
+        };
     }
 }
 
@@ -273,12 +273,25 @@ impl Builds {
         };
         let lo = b.built_below;
         let Some(pass) = &mut b.pass else {
+            // Rows at or above `lo` are left by a pass a crash (or a failed commit) cut short.
+            let index = keys::leaf_index_prefix(&coll);
+            let mut stale = WriteBatch::default();
+            let end = prefix_end(&index);
+            loop {
+                let rows = store.range(&keys::leaf_keys(&coll, lo), end.as_deref(), FLUSH_STEP)?;
+                if rows.is_empty() {
+                    break;
+                }
+                rows.into_iter().for_each(|(k, _)| stale.remove(k));
+                store.apply(std::mem::take(&mut stale))?;
+            }
             let keys = keys_of(&coll).max(1);
             let span = (u64::from(LEAVES) * PASS_KEYS / keys).clamp(1, u64::from(LEAVES)) as u32;
             b.pass = Some(Pass {
                 hi: lo.saturating_add(span).min(LEAVES),
                 scanned: None,
                 flushing: false,
+                written_below: lo,
                 keys: BTreeSet::new(),
                 digests: BTreeMap::new(),
             });
@@ -294,11 +307,24 @@ impl Builds {
         }
         let mut batch = WriteBatch::default();
         if !pass.keys.is_empty() {
-            while batch.ops.len() < FLUSH_STEP {
-                let Some((leaf, key)) = pass.keys.pop_first() else {
+            // Whole leaves, in leaf order, about FLUSH_STEP keys.
+            let mut written = 0;
+            while written < FLUSH_STEP {
+                let Some(leaf) = pass.keys.first().map(|(l, _)| *l) else {
                     break;
                 };
-                batch.put(keys::leaf_entry(&coll, leaf, &key), Vec::new());
+                let mut list = Vec::new();
+                while pass.keys.first().is_some_and(|(l, _)| *l == leaf) {
+                    if let Some((_, key)) = pass.keys.pop_first() {
+                        list.push(key);
+                    }
+                }
+                written += list.len();
+                batch.put(
+                    keys::leaf_keys(&coll, leaf),
+                    super::tree::encode_keys(list.iter().map(String::as_str)),
+                );
+                pass.written_below = leaf + 1;
             }
             store.apply(batch)?;
             return Ok(Step::Progress);
@@ -403,6 +429,11 @@ fn scan(store: &dyn Store, coll: &str, lo: u32, pass: &mut Pass) -> Result<(), R
     Ok(())
 }
 
+/// Removes every build marker of a store whose trees are rebuilt whole at open.
+pub(crate) fn forget_markers(store: &dyn Store) -> Result<(), ReplicaError> {
+    super::tree::remove_prefix(store, &keys::meta(MARKER))
+}
+
 /// The digests of every leaf row of `coll`, folded (checked against the collection digest
 /// when a build ends).
 pub(crate) fn folded(store: &dyn Store, coll: &str) -> Result<Digest, ReplicaError> {
@@ -411,4 +442,110 @@ pub(crate) fn folded(store: &dyn Store, coll: &str) -> Result<Digest, ReplicaErr
         d.xor(&leaf);
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::tree::{decode_keys, TreeEdits};
+    use crate::store::MemoryStore;
+
+    /// A key of the same leaf as `key`, other than it.
+    fn neighbour(key: &str) -> String {
+        let leaf = tree::leaf_of(key);
+        (0..)
+            .map(|i| format!("n{i}"))
+            .find(|k| tree::leaf_of(k) == leaf)
+            .expect("a key of every leaf")
+    }
+
+    fn row(store: &MemoryStore, leaf: u32) -> Vec<String> {
+        store
+            .get(&keys::leaf_keys("c", leaf))
+            .expect("get")
+            .map(|raw| decode_keys(&raw, "c", leaf).expect("keys"))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn keys_that_join_or_leave_while_a_pass_writes_its_rows_land_in_them() {
+        let store = MemoryStore::new();
+        let (a, b) = ("alpha", "beta");
+        let (la, lb) = (tree::leaf_of(a), tree::leaf_of(b));
+        let first = la.min(lb);
+        let mut builds = Builds::default();
+        builds.colls.insert(
+            "c".into(),
+            Build {
+                built_below: 0,
+                pass: Some(Pass {
+                    hi: LEAVES,
+                    scanned: None,
+                    flushing: true,
+                    written_below: 0,
+                    keys: [(la, a.to_owned()), (lb, b.to_owned())].into(),
+                    digests: BTreeMap::new(),
+                }),
+                since: std::time::Instant::now(),
+                waiters: Vec::new(),
+            },
+        );
+        // One step writes both leaves' rows (the test's FLUSH_STEP is larger than 2).
+        assert!(matches!(
+            builds.step(&store, |_| 2).expect("step"),
+            Step::Progress
+        ));
+        assert_eq!(row(&store, first), [if first == la { a } else { b }]);
+        // A key joining a written leaf goes into its row; one leaving it goes out of it.
+        let mut edits = TreeEdits::with(builds);
+        let joins = neighbour(a);
+        edits.new_key("c", &joins);
+        edits.drop_key("c", b);
+        let mut batch = WriteBatch::default();
+        edits
+            .write(&store, &mut Default::default(), &mut batch)
+            .expect("edits");
+        store.apply(batch).expect("apply");
+        let mut builds = std::mem::take(&mut edits.builds);
+        let mut want = vec![a.to_owned(), joins.clone()];
+        want.sort();
+        assert_eq!(row(&store, la), want);
+        assert!(row(&store, lb).is_empty());
+        // The pass ends; its rows are as the edits left them.
+        let mut built = false;
+        for _ in 0..10 {
+            if let Step::Built(b) = builds.step(&store, |_| 2).expect("step") {
+                b.answer();
+                built = true;
+                break;
+            }
+        }
+        assert!(built);
+        assert_eq!(row(&store, la), want);
+        assert!(store.get(&marker("c")).expect("get").is_none());
+    }
+
+    #[test]
+    fn a_pass_removes_rows_a_cut_pass_left_above_the_built_leaves() {
+        let store = MemoryStore::new();
+        let mut batch = WriteBatch::default();
+        batch.put(
+            keys::leaf_keys("c", 9),
+            super::super::tree::encode_keys(["gone"]),
+        );
+        batch.put(marker("c"), 5u32.to_be_bytes().to_vec());
+        store.apply(batch).expect("apply");
+        let mut builds = Builds::load(&store).expect("load");
+        assert!(builds.contains("c"));
+        let mut steps = 0;
+        while !matches!(builds.step(&store, |_| 0).expect("step"), Step::Built(_)) {
+            steps += 1;
+            assert!(
+                steps < 10,
+                "a collection without records builds in a few steps"
+            );
+        }
+        assert!(row(&store, 9).is_empty(), "the stale row is gone");
+        assert!(!builds.contains("c"));
+    }
 }

@@ -279,24 +279,20 @@ async fn a_build_cut_short_resumes_from_its_marker_after_a_restart() {
     r.close().await.expect("close");
     let whole = tree_rows(&store);
     // As a crash mid-build leaves it: leaves below 30,000 built, a pass under way that wrote
-    // some leaf-index rows above, no digest row above.
+    // some leaf-index rows above (one of them naming a key that has since gone), no digest
+    // row above.
     let cut = 30_000u32;
     let mut batch = WriteBatch::default();
     let mut kept_above = 0;
     for (k, _) in &whole {
-        let leaf = match k.first() {
-            Some(&keys::TREE) => keys::leaf_of_tree_key(k),
-            _ => {
-                let prefix = keys::leaf_prefix("situation", 0);
-                let at = prefix.len() - 4;
-                k.get(at..at + 4)
-                    .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
-            }
-        };
-        let leaf = leaf.expect("leaf");
+        let leaf = keys::leaf_of_tree_key(k).expect("leaf");
         if leaf >= cut && !(k[0] == keys::LEAF && leaf < 40_000) {
             batch.remove(k.clone());
         } else if leaf >= cut {
+            if kept_above == 0 {
+                let raw = super::tree::encode_keys(["gone-since"]);
+                batch.put(k.clone(), raw);
+            }
             kept_above += 1;
         }
     }
@@ -314,6 +310,12 @@ async fn a_build_cut_short_resumes_from_its_marker_after_a_restart() {
 
     let r = open(&store).expect("reopen");
     assert_eq!(r.stats().trees_building.load(Ordering::Relaxed), 1);
+    // A key written while the build resumes lands in a built leaf, the pass or a later one.
+    for i in 0..50 {
+        r.write("situation", &format!("late{i}"), Some(vec![3; 4]))
+            .await
+            .expect("write");
+    }
     assert_folds(&r).await;
     assert_eq!(r.stats().trees_building.load(Ordering::Relaxed), 0);
     r.close().await.expect("close");
@@ -322,4 +324,55 @@ async fn a_build_cut_short_resumes_from_its_marker_after_a_restart() {
         .expect("get")
         .is_none());
     assert_eq!(tree_rows(&store), rows_built_from_scratch(&store));
+}
+
+#[tokio::test]
+async fn a_store_with_a_leaf_index_row_per_key_gets_one_row_per_leaf_at_open() {
+    let store = Arc::new(MemoryStore::new());
+    let r = open(&store).expect("open");
+    for i in 0..500 {
+        r.write("situation", &format!("k{i}"), Some(vec![4; 6]))
+            .await
+            .expect("write");
+    }
+    r.close().await.expect("close");
+    let kept = tree_rows(&store);
+    // As the first tree format kept it: one empty row per key, under its leaf.
+    let mut batch = WriteBatch::default();
+    for (k, raw) in &kept {
+        if k[0] != keys::LEAF {
+            continue;
+        }
+        batch.remove(k.clone());
+        let leaf = keys::leaf_of_tree_key(k).expect("leaf");
+        for key in super::tree::decode_keys(raw, "situation", leaf).expect("keys") {
+            let mut row = k.clone();
+            row.extend_from_slice(key.as_bytes());
+            batch.put(row, Vec::new());
+        }
+    }
+    batch.put(keys::meta("tree"), vec![1]);
+    store.apply(batch).expect("old format");
+    assert_ne!(tree_rows(&store), kept);
+    let r = open(&store).expect("reopen rebuilds");
+    assert_folds(&r).await;
+    r.close().await.expect("close");
+    assert_eq!(tree_rows(&store), kept);
+}
+
+#[test]
+fn leaf_index_rows_round_trip_and_refuse_damage() {
+    let keys = ["a", "bé", &"x".repeat(1024)];
+    let raw = super::tree::encode_keys(keys);
+    let back = super::tree::decode_keys(&raw, "c", 7).expect("decode");
+    assert_eq!(back, keys);
+    assert!(super::tree::decode_keys(&[], "c", 7)
+        .expect("empty")
+        .is_empty());
+    for bad in [&raw[..1], &raw[..raw.len() - 1], &[0, 2, 0xff, 0xfe][..]] {
+        assert!(matches!(
+            super::tree::decode_keys(bad, "c", 7),
+            Err(ReplicaError::Corrupt { .. })
+        ));
+    }
 }

@@ -1072,7 +1072,7 @@ fn merge_version(
     let element = g.tree.toggle(coll, key, &header.dot, &header.value);
     meta.digest.xor(&element);
     if was_empty {
-        g.tree.new_key(coll, key, batch);
+        g.tree.new_key(coll, key);
     }
     meta.max_hlc = meta.max_hlc.max(header.hlc);
     dots.insert(coll, &header.dot, key);
