@@ -2,7 +2,10 @@
 //! catching up) writes no tree rows, and the writer builds the collection's tree when it is
 //! idle, in steps, from a scan of the records.
 //!
-//! The build goes through the leaves in passes: leaves below `built_below` are kept by every
+//! A build started by a bulk apply into an empty collection takes the keys and leaf digests as
+//! they are applied, in memory (about 90 bytes a key, up to twice [`PASS_KEYS`]), and only
+//! writes its rows once idle. Otherwise, and after a restart,
+//! the build goes through the leaves in passes: leaves below `built_below` are kept by every
 //! write as usual; a pass over `[built_below, hi)` first removes any leaf-index row at or
 //! above `built_below` (left by a pass a crash cut short), scans the records in key order,
 //! holding the keys and leaf digests it found in memory, then writes the leaf-index rows in
@@ -42,7 +45,7 @@ const FLUSH_STEP: usize = 100;
 /// Keys a pass aims to hold in memory (about 70 bytes each); a pass that finds more than
 /// twice as many (the collection grew under it) starts again over fewer leaves.
 #[cfg(not(test))]
-const PASS_KEYS: u64 = 262_144;
+const PASS_KEYS: u64 = 1 << 20;
 #[cfg(test)]
 const PASS_KEYS: u64 = 512;
 
@@ -73,6 +76,9 @@ pub(crate) struct Pass {
     flushing: bool,
     /// Leaves below this one have their leaf-index rows written (while `flushing`).
     written_below: u32,
+    /// Started at an empty collection, it takes keys as they come: while the writer is busy
+    /// (a catch-up under way), its rows wait.
+    collecting: bool,
     /// The keys found whose leaf-index rows are still to be written, by `(leaf, key)`.
     keys: BTreeSet<(u32, String)>,
     /// The digest of each non-empty leaf of the pass.
@@ -204,11 +210,22 @@ impl Builds {
             return;
         }
         batch.put(marker(coll), 0u32.to_be_bytes().to_vec());
+        // With no record to scan, one pass over every leaf takes the keys as they come; it
+        // gives way to scanning passes if the collection outgrows it.
+        let collecting = Pass {
+            hi: LEAVES,
+            scanned: None,
+            flushing: true,
+            written_below: 0,
+            collecting: true,
+            keys: BTreeSet::new(),
+            digests: BTreeMap::new(),
+        };
         self.colls.insert(
             coll.to_owned(),
             Build {
                 built_below: 0,
-                pass: None,
+                pass: Some(collecting),
                 since: std::time::Instant::now(),
                 waiters: Vec::new(),
             },
@@ -224,9 +241,18 @@ impl Builds {
         }
     }
 
-    /// The group that went with these builds was committed.
+    /// The group that went with these builds was committed. A pass holding more than twice
+    /// the keys it aims at gives way to passes over fewer leaves.
     pub(crate) fn committed(&mut self) {
         self.started.clear();
+        for b in self.colls.values_mut() {
+            if b.pass
+                .as_ref()
+                .is_some_and(|p| p.keys.len() as u64 > 2 * PASS_KEYS)
+            {
+                b.pass = None;
+            }
+        }
     }
 
     /// The group's commit failed: the builds it started are forgotten, and every pass under
@@ -253,17 +279,23 @@ impl Builds {
 
     /// One step of one build (a collection with waiting reads first): starts a pass, scans
     /// [`SCAN_STEP`] records, or writes [`FLUSH_STEP`] rows or the pass's last batch.
-    /// `keys_of` gives a collection's key count (to size a pass).
+    /// `keys_of` gives a collection's key count (to size a pass). A `forced` step (the writer
+    /// is busy) leaves alone the passes that take keys as they come.
     pub(crate) fn step(
         &mut self,
         store: &dyn Store,
+        forced: bool,
         keys_of: impl Fn(&str) -> u64,
     ) -> Result<Step, ReplicaError> {
         let next = self
             .colls
             .iter()
             .find(|(_, b)| !b.waiters.is_empty())
-            .or_else(|| self.colls.iter().next())
+            .or_else(|| {
+                self.colls
+                    .iter()
+                    .find(|(_, b)| !forced || !b.pass.as_ref().is_some_and(|p| p.collecting))
+            })
             .map(|(c, _)| c.clone());
         let Some(coll) = next else {
             return Ok(Step::Idle);
@@ -292,6 +324,7 @@ impl Builds {
                 scanned: None,
                 flushing: false,
                 written_below: lo,
+                collecting: false,
                 keys: BTreeSet::new(),
                 digests: BTreeMap::new(),
             });
@@ -483,6 +516,7 @@ mod tests {
                     scanned: None,
                     flushing: true,
                     written_below: 0,
+                    collecting: false,
                     keys: [(la, a.to_owned()), (lb, b.to_owned())].into(),
                     digests: BTreeMap::new(),
                 }),
@@ -492,7 +526,7 @@ mod tests {
         );
         // One step writes both leaves' rows (the test's FLUSH_STEP is larger than 2).
         assert!(matches!(
-            builds.step(&store, |_| 2).expect("step"),
+            builds.step(&store, false, |_| 2).expect("step"),
             Step::Progress
         ));
         assert_eq!(row(&store, first), [if first == la { a } else { b }]);
@@ -514,7 +548,7 @@ mod tests {
         // The pass ends; its rows are as the edits left them.
         let mut built = false;
         for _ in 0..10 {
-            if let Step::Built(b) = builds.step(&store, |_| 2).expect("step") {
+            if let Step::Built(b) = builds.step(&store, false, |_| 2).expect("step") {
                 b.answer();
                 built = true;
                 break;
@@ -538,7 +572,10 @@ mod tests {
         let mut builds = Builds::load(&store).expect("load");
         assert!(builds.contains("c"));
         let mut steps = 0;
-        while !matches!(builds.step(&store, |_| 0).expect("step"), Step::Built(_)) {
+        while !matches!(
+            builds.step(&store, false, |_| 0).expect("step"),
+            Step::Built(_)
+        ) {
             steps += 1;
             assert!(
                 steps < 10,

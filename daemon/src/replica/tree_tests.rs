@@ -193,6 +193,42 @@ fn bulk(origin: &ReplicaId, n: u64) -> Vec<Version> {
         .collect()
 }
 
+/// A bulk apply of `n` versions into the empty `coll`, then 300 writes (local writes,
+/// deletes, versions of another office, some new keys) while its tree is built; then a repair
+/// read, which waits for the tree, and finds it folding to the collection digest.
+async fn bulk_then_writes(r: &Replica, hub: &ReplicaId, coll: &str, n: u64) {
+    let mut versions = bulk(hub, n);
+    versions.iter_mut().for_each(|v| v.collection = coll.into());
+    r.apply_remote(versions, vec![(coll.into(), hub.clone(), n)])
+        .await
+        .expect("bulk apply");
+    let other = ReplicaId::new("anqing", 2).expect("valid");
+    let base = r.collection(coll).await.expect("meta").vv.get(&other);
+    for i in 0..300u64 {
+        let key = format!("k{}", (i * 37) % (n + 200) + 1);
+        let done = match i % 3 {
+            0 => r.write(coll, &key, Some(vec![i as u8; 8])).await.map(drop),
+            1 => r.write(coll, &key, None).await.map(drop),
+            _ => {
+                let counter = base + i / 3 + 1;
+                let mut v = remote(&other, counter, &key, b"from anqing");
+                v.collection = coll.into();
+                r.apply_remote(vec![v], vec![(coll.into(), other.clone(), counter)])
+                    .await
+                    .map(drop)
+            }
+        };
+        done.expect("write during the build");
+        if i % 20 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    }
+    let level1 = r.tree_digests(coll, 1, vec![0]).await.expect("tree");
+    let mut folded = Digest::default();
+    level1.iter().for_each(|d| folded.xor(d));
+    assert_eq!(folded, r.collection(coll).await.expect("meta").digest);
+}
+
 #[tokio::test]
 async fn a_bulk_apply_builds_the_tree_afterwards_through_concurrent_writes() {
     let store = Arc::new(MemoryStore::new());
@@ -222,42 +258,11 @@ async fn a_bulk_apply_builds_the_tree_afterwards_through_concurrent_writes() {
     );
 
     // Into an empty collection, a bulk apply leaves the tree to be built; writes of every
-    // kind go on while it is.
-    let mut versions = bulk(&hub, 3_000);
-    versions
-        .iter_mut()
-        .for_each(|v| v.collection = "roads".into());
-    r.apply_remote(versions, vec![("roads".into(), hub.clone(), 3_000)])
-        .await
-        .expect("bulk apply");
-    let other = ReplicaId::new("anqing", 2).expect("valid");
-    for i in 0..300u64 {
-        let key = format!("k{}", (i * 37) % 3_200 + 1);
-        let done = match i % 3 {
-            0 => r
-                .write("roads", &key, Some(vec![i as u8; 8]))
-                .await
-                .map(drop),
-            1 => r.write("roads", &key, None).await.map(drop),
-            _ => {
-                let mut v = remote(&other, i / 3 + 1, &key, b"from anqing");
-                v.collection = "roads".into();
-                r.apply_remote(vec![v], vec![("roads".into(), other.clone(), i / 3 + 1)])
-                    .await
-                    .map(drop)
-            }
-        };
-        done.expect("write during the build");
-        if i % 20 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        }
-    }
-    // A repair read waits for the tree, which then folds to the collection digest.
-    let level1 = r.tree_digests("roads", 1, vec![0]).await.expect("tree");
-    let mut folded = Digest::default();
-    level1.iter().for_each(|d| folded.xor(d));
-    assert_eq!(folded, r.collection("roads").await.expect("meta").digest);
-    assert_eq!(r.stats().trees_built.load(Ordering::Relaxed), 2);
+    // kind go on while it is. 3,000 keys outgrow the pass that takes keys as they come (the
+    // tests' passes aim at 512), so scanning passes build it; 400 keys stay in that pass.
+    bulk_then_writes(&r, &hub, "roads", 3_000).await;
+    bulk_then_writes(&r, &hub, "bridges", 400).await;
+    assert_eq!(r.stats().trees_built.load(Ordering::Relaxed), 3);
     assert_eq!(r.stats().trees_building.load(Ordering::Relaxed), 0);
     r.close().await.expect("close");
     assert_eq!(

@@ -520,7 +520,7 @@ impl Writer {
             }
             let now = Instant::now();
             if now >= self.build_hold && now >= self.build_due {
-                self.build_step();
+                self.build_step(true);
                 continue;
             }
             match rx.try_recv() {
@@ -530,7 +530,7 @@ impl Writer {
             }
             let idle_at = (self.last_request + BUILD_IDLE).max(self.build_hold);
             if now >= self.build_hold && (self.builds.urgent() || now >= idle_at) {
-                self.build_step();
+                self.build_step(false);
                 continue;
             }
             let wake = idle_at.min(self.build_due.max(self.build_hold));
@@ -543,7 +543,7 @@ impl Writer {
                     Ok(t) => self.timer.insert(t),
                     Err(e) => {
                         tracing::warn!(error = %e, "no timer for the writer; building now");
-                        self.build_step();
+                        self.build_step(false);
                         continue;
                     }
                 },
@@ -555,13 +555,13 @@ impl Writer {
         }
     }
 
-    /// One step of a tree build ([`Builds::step`]); a built tree is checked against its
-    /// collection's digest.
-    fn build_step(&mut self) {
+    /// One step of a tree build ([`Builds::step`]; `forced`: taken while the writer is busy);
+    /// a built tree is checked against its collection's digest.
+    fn build_step(&mut self, forced: bool) {
         let metas = &self.metas;
-        let step = self
-            .builds
-            .step(self.store.as_ref(), |c| metas.get(c).map_or(0, |m| m.keys));
+        let step = self.builds.step(self.store.as_ref(), forced, |c| {
+            metas.get(c).map_or(0, |m| m.keys)
+        });
         let now = Instant::now();
         self.build_due = now + BUILD_EVERY;
         match step {
