@@ -79,8 +79,10 @@ pub(crate) struct Pass {
     /// Started at an empty collection, it takes keys as they come: while the writer is busy
     /// (a catch-up under way), its rows wait.
     collecting: bool,
-    /// The keys found whose leaf-index rows are still to be written, by `(leaf, key)`.
-    keys: BTreeSet<(u32, String)>,
+    /// The keys found whose leaf-index rows are still to be written, by leaf.
+    keys: BTreeMap<u32, BTreeSet<String>>,
+    /// The keys in `keys`.
+    count: usize,
     /// The digest of each non-empty leaf of the pass.
     digests: BTreeMap<u32, Digest>,
 }
@@ -102,10 +104,18 @@ impl Pass {
 
     /// `key` joins (its first version) or leaves (its last is forgotten) the pass's keys.
     pub(crate) fn key_change(&mut self, leaf: u32, key: &str, joins: bool) {
-        match joins {
-            true => self.keys.insert((leaf, key.to_owned())),
-            false => self.keys.remove(&(leaf, key.to_owned())),
-        };
+        if joins {
+            if self.keys.entry(leaf).or_default().insert(key.to_owned()) {
+                self.count += 1;
+            }
+        } else if let Some(set) = self.keys.get_mut(&leaf) {
+            if set.remove(key) {
+                self.count -= 1;
+            }
+            if set.is_empty() {
+                self.keys.remove(&leaf);
+            }
+        }
     }
 }
 
@@ -218,7 +228,8 @@ impl Builds {
             flushing: true,
             written_below: 0,
             collecting: true,
-            keys: BTreeSet::new(),
+            keys: BTreeMap::new(),
+            count: 0,
             digests: BTreeMap::new(),
         };
         self.colls.insert(
@@ -248,7 +259,7 @@ impl Builds {
         for b in self.colls.values_mut() {
             if b.pass
                 .as_ref()
-                .is_some_and(|p| p.keys.len() as u64 > 2 * PASS_KEYS)
+                .is_some_and(|p| p.count as u64 > 2 * PASS_KEYS)
             {
                 b.pass = None;
             }
@@ -325,14 +336,15 @@ impl Builds {
                 flushing: false,
                 written_below: lo,
                 collecting: false,
-                keys: BTreeSet::new(),
+                keys: BTreeMap::new(),
+                count: 0,
                 digests: BTreeMap::new(),
             });
             return Ok(Step::Progress);
         };
         if !pass.flushing {
             scan(store, &coll, lo, pass)?;
-            if pass.keys.len() as u64 > 2 * PASS_KEYS && pass.hi > lo + 1 {
+            if pass.count as u64 > 2 * PASS_KEYS && pass.hi > lo + 1 {
                 // The collection grew under the pass: start again over fewer leaves.
                 b.pass = None;
             }
@@ -343,15 +355,10 @@ impl Builds {
             // Whole leaves, in leaf order, about FLUSH_STEP keys.
             let mut written = 0;
             while written < FLUSH_STEP {
-                let Some(leaf) = pass.keys.first().map(|(l, _)| *l) else {
+                let Some((leaf, list)) = pass.keys.pop_first() else {
                     break;
                 };
-                let mut list = Vec::new();
-                while pass.keys.first().is_some_and(|(l, _)| *l == leaf) {
-                    if let Some((_, key)) = pass.keys.pop_first() {
-                        list.push(key);
-                    }
-                }
+                pass.count -= list.len();
                 written += list.len();
                 batch.put(
                     keys::leaf_keys(&coll, leaf),
@@ -446,7 +453,7 @@ fn scan(store: &dyn Store, coll: &str, lo: u32, pass: &mut Pass) -> Result<(), R
         for s in decode_siblings(raw, &format!("{coll}/{key}"))? {
             pass.toggle(leaf, &Digest::element(key, &s.header.dot, &s.header.value));
         }
-        pass.keys.insert((leaf, key.to_owned()));
+        pass.key_change(leaf, key, true);
     }
     if let Some((k, _)) = rows.last() {
         let key =
@@ -517,7 +524,8 @@ mod tests {
                     flushing: true,
                     written_below: 0,
                     collecting: false,
-                    keys: [(la, a.to_owned()), (lb, b.to_owned())].into(),
+                    keys: [(la, [a.to_owned()].into()), (lb, [b.to_owned()].into())].into(),
+                    count: 2,
                     digests: BTreeMap::new(),
                 }),
                 since: std::time::Instant::now(),
