@@ -193,6 +193,21 @@ fn bulk(origin: &ReplicaId, n: u64) -> Vec<Version> {
         .collect()
 }
 
+/// A store holding `n` keys of `situation` written here (`k0`, `k1`, ...), its replica
+/// closed; with its tree rows.
+async fn closed_store(n: usize) -> (Arc<MemoryStore>, Vec<(Vec<u8>, Vec<u8>)>) {
+    let store = Arc::new(MemoryStore::new());
+    let r = open(&store).expect("open");
+    for i in 0..n {
+        r.write("situation", &format!("k{i}"), Some(vec![2; 10]))
+            .await
+            .expect("write");
+    }
+    r.close().await.expect("close");
+    let rows = tree_rows(&store);
+    (store, rows)
+}
+
 /// A bulk apply of `n` versions into the empty `coll`, then 300 writes (local writes,
 /// deletes, versions of another office, some new keys) while its tree is built; then a repair
 /// read, which waits for the tree, and finds it folding to the collection digest.
@@ -274,15 +289,7 @@ async fn a_bulk_apply_builds_the_tree_afterwards_through_concurrent_writes() {
 
 #[tokio::test]
 async fn a_build_cut_short_resumes_from_its_marker_after_a_restart() {
-    let store = Arc::new(MemoryStore::new());
-    let r = open(&store).expect("open");
-    for i in 0..2_000 {
-        r.write("situation", &format!("k{i}"), Some(vec![2; 10]))
-            .await
-            .expect("write");
-    }
-    r.close().await.expect("close");
-    let whole = tree_rows(&store);
+    let (store, whole) = closed_store(2_000).await;
     // As a crash mid-build leaves it: leaves below 30,000 built, a pass under way that wrote
     // some leaf-index rows above (one of them naming a key that has since gone), no digest
     // row above.
@@ -333,15 +340,7 @@ async fn a_build_cut_short_resumes_from_its_marker_after_a_restart() {
 
 #[tokio::test]
 async fn a_store_with_a_leaf_index_row_per_key_gets_one_row_per_leaf_at_open() {
-    let store = Arc::new(MemoryStore::new());
-    let r = open(&store).expect("open");
-    for i in 0..500 {
-        r.write("situation", &format!("k{i}"), Some(vec![4; 6]))
-            .await
-            .expect("write");
-    }
-    r.close().await.expect("close");
-    let kept = tree_rows(&store);
+    let (store, kept) = closed_store(500).await;
     // As the first tree format kept it: one empty row per key, under its leaf.
     let mut batch = WriteBatch::default();
     for (k, raw) in &kept {
