@@ -139,6 +139,19 @@ pub(crate) struct Builds {
     started: Vec<String>,
 }
 
+/// Which builds a step may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// Any (the writer is idle, or a repair read waits).
+    Any,
+    /// Not the passes that take keys as they come (the writer is busy: a catch-up may be
+    /// under way, and their rows wait for it).
+    Busy,
+    /// Only those passes (the daemon stops: their keys are in memory, and would otherwise be
+    /// found again by scanning every record).
+    Collecting,
+}
+
 /// What one build step did.
 pub(crate) enum Step {
     /// Nothing to build.
@@ -288,25 +301,28 @@ impl Builds {
         }
     }
 
-    /// One step of one build (a collection with waiting reads first): starts a pass, scans
-    /// [`SCAN_STEP`] records, or writes [`FLUSH_STEP`] rows or the pass's last batch.
-    /// `keys_of` gives a collection's key count (to size a pass). A `forced` step (the writer
-    /// is busy) leaves alone the passes that take keys as they come.
+    /// One step of one build of those `which` names (a collection with waiting reads first):
+    /// starts a pass, scans [`SCAN_STEP`] records, or writes [`FLUSH_STEP`] rows or the pass's
+    /// last batch. `keys_of` gives a collection's key count (to size a pass).
     pub(crate) fn step(
         &mut self,
         store: &dyn Store,
-        forced: bool,
+        which: Which,
         keys_of: impl Fn(&str) -> u64,
     ) -> Result<Step, ReplicaError> {
+        let takes = |b: &Build| {
+            let collecting = b.pass.as_ref().is_some_and(|p| p.collecting);
+            match which {
+                Which::Any => true,
+                Which::Busy => !collecting,
+                Which::Collecting => collecting,
+            }
+        };
         let next = self
             .colls
             .iter()
-            .find(|(_, b)| !b.waiters.is_empty())
-            .or_else(|| {
-                self.colls
-                    .iter()
-                    .find(|(_, b)| !forced || !b.pass.as_ref().is_some_and(|p| p.collecting))
-            })
+            .find(|(_, b)| takes(b) && !b.waiters.is_empty())
+            .or_else(|| self.colls.iter().find(|(_, b)| takes(b)))
             .map(|(c, _)| c.clone());
         let Some(coll) = next else {
             return Ok(Step::Idle);
@@ -534,7 +550,7 @@ mod tests {
         );
         // One step writes both leaves' rows (the test's FLUSH_STEP is larger than 2).
         assert!(matches!(
-            builds.step(&store, false, |_| 2).expect("step"),
+            builds.step(&store, Which::Any, |_| 2).expect("step"),
             Step::Progress
         ));
         assert_eq!(row(&store, first), [if first == la { a } else { b }]);
@@ -556,7 +572,7 @@ mod tests {
         // The pass ends; its rows are as the edits left them.
         let mut built = false;
         for _ in 0..10 {
-            if let Step::Built(b) = builds.step(&store, false, |_| 2).expect("step") {
+            if let Step::Built(b) = builds.step(&store, Which::Any, |_| 2).expect("step") {
                 b.answer();
                 built = true;
                 break;
@@ -581,7 +597,7 @@ mod tests {
         assert!(builds.contains("c"));
         let mut steps = 0;
         while !matches!(
-            builds.step(&store, false, |_| 0).expect("step"),
+            builds.step(&store, Which::Any, |_| 0).expect("step"),
             Step::Built(_)
         ) {
             steps += 1;

@@ -380,3 +380,26 @@ fn leaf_index_rows_round_trip_and_refuse_damage() {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_tree_whose_keys_are_in_memory_is_written_when_the_replica_closes() {
+    let store = Arc::new(MemoryStore::new());
+    let r = open(&store).expect("open");
+    let hub = ReplicaId::new("hub", 3).expect("valid");
+    r.apply_remote(
+        bulk(&hub, 300),
+        vec![("situation".into(), hub.clone(), 300)],
+    )
+    .await
+    .expect("bulk apply");
+    r.close().await.expect("close");
+    assert!(
+        store
+            .get(&keys::meta("tree_build/situation"))
+            .expect("get")
+            .is_none(),
+        "built at close, not left to a scan at the next start"
+    );
+    assert!(!tree_rows(&store).is_empty());
+    assert_eq!(tree_rows(&store), rows_built_from_scratch(&store));
+}

@@ -19,7 +19,7 @@ use super::history::HistoryEdits;
 use super::index::{IndexCatalog, IndexEdits};
 use super::keys;
 use super::tree::{LeafCache, TreeEdits};
-use super::tree_build::{self, Builds, Step};
+use super::tree_build::{self, Builds, Step, Which};
 use super::{
     now_ms, CollectionMeta, CommitMode, LocalWrite, ReplicaError, ReplicaOptions, ReplicaStats,
     Request, WriteAck, CHUNK_SIZE, INLINE_VALUE_MAX,
@@ -324,6 +324,9 @@ impl Writer {
                 break;
             }
         }
+        // Trees whose keys are only in memory are written now (a scan of every record would
+        // find them again at the next start).
+        while self.build_step(Which::Collecting) {}
         // Let the syncer drain and make everything durable before answering shutdown.
         drop(to_syncer);
         if let Some(handle) = syncer {
@@ -520,7 +523,7 @@ impl Writer {
             }
             let now = Instant::now();
             if now >= self.build_hold && now >= self.build_due {
-                self.build_step(true);
+                self.build_step(Which::Busy);
                 continue;
             }
             match rx.try_recv() {
@@ -530,7 +533,7 @@ impl Writer {
             }
             let idle_at = (self.last_request + BUILD_IDLE).max(self.build_hold);
             if now >= self.build_hold && (self.builds.urgent() || now >= idle_at) {
-                self.build_step(false);
+                self.build_step(Which::Any);
                 continue;
             }
             let wake = idle_at.min(self.build_due.max(self.build_hold));
@@ -543,7 +546,7 @@ impl Writer {
                     Ok(t) => self.timer.insert(t),
                     Err(e) => {
                         tracing::warn!(error = %e, "no timer for the writer; building now");
-                        self.build_step(false);
+                        self.build_step(Which::Any);
                         continue;
                     }
                 },
@@ -555,11 +558,11 @@ impl Writer {
         }
     }
 
-    /// One step of a tree build ([`Builds::step`]; `forced`: taken while the writer is busy);
-    /// a built tree is checked against its collection's digest.
-    fn build_step(&mut self, forced: bool) {
+    /// One step of a tree build of those `which` names ([`Builds::step`]); a built tree is
+    /// checked against its collection's digest. Returns whether there was anything to do.
+    fn build_step(&mut self, which: Which) -> bool {
         let metas = &self.metas;
-        let step = self.builds.step(self.store.as_ref(), forced, |c| {
+        let step = self.builds.step(self.store.as_ref(), which, |c| {
             metas.get(c).map_or(0, |m| m.keys)
         });
         let now = Instant::now();
@@ -593,16 +596,19 @@ impl Writer {
                     .store(self.builds.len() as u64, Ordering::Release);
                 built.answer();
             }
-            Ok(Step::Idle | Step::Progress) => {}
+            Ok(Step::Idle) => return false,
+            Ok(Step::Progress) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "a hash tree build step failed; retrying in a second");
                 self.builds.step_failed(&e);
                 self.build_hold = now + BUILD_RETRY;
+                return false;
             }
         }
         self.stats
             .trees_building
             .store(self.builds.len() as u64, Ordering::Release);
+        true
     }
 
     /// The group's copy of a collection's state, taken from the cache or the store.
