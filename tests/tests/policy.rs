@@ -415,8 +415,19 @@ fn revoked_node_is_refused_during_and_before_a_session() {
     );
     let took = wait_disconnected(&star.hub, BEIJING);
     eprintln!("session closed {took:?} after the revocation");
-    // Before a session: it stays refused at the handshake while it keeps redialing.
-    star.beijing.put("situation", "beijing/after", b"revoked");
+    // Before a session: it stays refused at the handshake while it keeps redialing. When the
+    // revocation reached beijing before the session closed, beijing refuses the write itself.
+    let reply = star.beijing.api().call(
+        "PUT",
+        &record_path("situation", "beijing/after"),
+        Some(b"revoked"),
+    );
+    let accepted = match reply.status {
+        200..=299 => true,
+        403 => false,
+        other => panic!("PUT at beijing: HTTP {other}"),
+    };
+    eprintln!("beijing accepted its own write after the revocation: {accepted}");
     std::thread::sleep(Duration::from_secs(3));
     assert!(!is_connected(&star.hub, BEIJING));
     assert!(star.hub.get("situation", "beijing/after").is_none());
@@ -436,7 +447,9 @@ fn revoked_node_is_refused_during_and_before_a_session() {
     cli_ok(&star.hub, &["policy", "unrevoke-node", BEIJING]);
     wait_connected(&[(&star.hub, BEIJING)], CONNECT_TIMEOUT);
     assert_converged(&star.all(), CONVERGE_TIMEOUT);
-    assert!(star.hefei.get("situation", "beijing/after").is_some());
+    if accepted {
+        assert!(star.hefei.get("situation", "beijing/after").is_some());
+    }
 }
 
 #[test]
