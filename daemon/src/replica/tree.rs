@@ -333,9 +333,18 @@ pub(crate) fn build(store: &dyn Store) -> Result<u64, ReplicaError> {
 
 /// Removes every row under `prefix`, in batches.
 pub(super) fn remove_prefix(store: &dyn Store, prefix: &[u8]) -> Result<(), ReplicaError> {
-    let end = prefix_end(prefix);
+    remove_range(store, prefix, prefix_end(prefix).as_deref())
+}
+
+/// Removes every row from `start` up to `end` (excluded; `None`: the end of the store), in
+/// batches.
+pub(super) fn remove_range(
+    store: &dyn Store,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<(), ReplicaError> {
     loop {
-        let rows = store.range(prefix, end.as_deref(), BUILD_BATCH)?;
+        let rows = store.range(start, end, BUILD_BATCH)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -343,6 +352,24 @@ pub(super) fn remove_prefix(store: &dyn Store, prefix: &[u8]) -> Result<(), Repl
         rows.into_iter().for_each(|(k, _)| batch.remove(k));
         store.apply(batch)?;
     }
+}
+
+/// The key of a record row, from the bytes after its collection's record prefix.
+pub(super) fn record_key<'k>(coll: &str, bytes: &'k [u8]) -> Result<&'k str, ReplicaError> {
+    std::str::from_utf8(bytes).map_err(|_| ReplicaError::Corrupt {
+        what: format!("{coll} record key"),
+        detail: "not UTF-8".into(),
+    })
+}
+
+/// What the stored record `raw` of `key` adds to its leaf's digest: the XOR of its versions'
+/// elements.
+pub(super) fn record_digest(coll: &str, key: &str, raw: &[u8]) -> Result<Digest, ReplicaError> {
+    let mut d = Digest::default();
+    for s in decode_siblings(raw, &format!("{coll}/{key}"))? {
+        d.xor(&Digest::element(key, &s.header.dot, &s.header.value));
+    }
+    Ok(d)
 }
 
 fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u64, ReplicaError> {
@@ -355,19 +382,12 @@ fn build_collection(store: &dyn Store, coll: &str, digest: &Digest) -> Result<u6
     loop {
         let rows = store.range(&start, end.as_deref(), SCAN_BATCH)?;
         for (k, raw) in &rows {
-            let key =
-                std::str::from_utf8(&k[prefix.len()..]).map_err(|_| ReplicaError::Corrupt {
-                    what: format!("{coll} record key"),
-                    detail: "not UTF-8".into(),
-                })?;
+            let key = record_key(coll, &k[prefix.len()..])?;
             let leaf = tree::leaf_of(key);
-            for s in decode_siblings(raw, &format!("{coll}/{key}"))? {
-                leaves.entry(leaf).or_default().xor(&Digest::element(
-                    key,
-                    &s.header.dot,
-                    &s.header.value,
-                ));
-            }
+            leaves
+                .entry(leaf)
+                .or_default()
+                .xor(&record_digest(coll, key, raw)?);
             // Records come in key order, so each leaf's list is sorted.
             keys_of.entry(leaf).or_default().push(key.to_owned());
             keys_seen += 1;

@@ -21,7 +21,6 @@ use officesync_protocol::tree::{self, LEAVES};
 use officesync_protocol::Digest;
 use tokio::sync::oneshot;
 
-use super::encoding::decode_siblings;
 use super::keys;
 use super::ReplicaError;
 use crate::store::{prefix_end, Store, WriteBatch};
@@ -88,6 +87,21 @@ pub(crate) struct Pass {
 }
 
 impl Pass {
+    /// A pass over the leaves `[lo, hi)`, with nothing found yet. A `collecting` pass has no
+    /// record to scan (its collection was empty): it takes the keys as they come.
+    fn new(lo: u32, hi: u32, collecting: bool) -> Self {
+        Self {
+            hi,
+            scanned: None,
+            flushing: collecting,
+            written_below: lo,
+            collecting,
+            keys: BTreeMap::new(),
+            count: 0,
+            digests: BTreeMap::new(),
+        }
+    }
+
     fn covers(&self, key: &str) -> bool {
         self.flushing || self.scanned.as_deref().is_some_and(|s| key <= s)
     }
@@ -235,21 +249,11 @@ impl Builds {
         batch.put(marker(coll), 0u32.to_be_bytes().to_vec());
         // With no record to scan, one pass over every leaf takes the keys as they come; it
         // gives way to scanning passes if the collection outgrows it.
-        let collecting = Pass {
-            hi: LEAVES,
-            scanned: None,
-            flushing: true,
-            written_below: 0,
-            collecting: true,
-            keys: BTreeMap::new(),
-            count: 0,
-            digests: BTreeMap::new(),
-        };
         self.colls.insert(
             coll.to_owned(),
             Build {
                 built_below: 0,
-                pass: Some(collecting),
+                pass: Some(Pass::new(0, LEAVES, true)),
                 since: std::time::Instant::now(),
                 waiters: Vec::new(),
             },
@@ -333,29 +337,11 @@ impl Builds {
         let lo = b.built_below;
         let Some(pass) = &mut b.pass else {
             // Rows at or above `lo` are left by a pass a crash (or a failed commit) cut short.
-            let index = keys::leaf_index_prefix(&coll);
-            let mut stale = WriteBatch::default();
-            let end = prefix_end(&index);
-            loop {
-                let rows = store.range(&keys::leaf_keys(&coll, lo), end.as_deref(), FLUSH_STEP)?;
-                if rows.is_empty() {
-                    break;
-                }
-                rows.into_iter().for_each(|(k, _)| stale.remove(k));
-                store.apply(std::mem::take(&mut stale))?;
-            }
+            let end = prefix_end(&keys::leaf_index_prefix(&coll));
+            super::tree::remove_range(store, &keys::leaf_keys(&coll, lo), end.as_deref())?;
             let keys = keys_of(&coll).max(1);
             let span = (u64::from(LEAVES) * PASS_KEYS / keys).clamp(1, u64::from(LEAVES)) as u32;
-            b.pass = Some(Pass {
-                hi: lo.saturating_add(span).min(LEAVES),
-                scanned: None,
-                flushing: false,
-                written_below: lo,
-                collecting: false,
-                keys: BTreeMap::new(),
-                count: 0,
-                digests: BTreeMap::new(),
-            });
+            b.pass = Some(Pass::new(lo, lo.saturating_add(span).min(LEAVES), false));
             return Ok(Step::Progress);
         };
         if !pass.flushing {
@@ -457,27 +443,19 @@ fn scan(store: &dyn Store, coll: &str, lo: u32, pass: &mut Pass) -> Result<(), R
         None => prefix.clone(),
     };
     let rows = store.range(&start, end.as_deref(), SCAN_STEP)?;
+    let mut last = None;
     for (k, raw) in &rows {
-        let key = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| ReplicaError::Corrupt {
-            what: format!("{coll} record key"),
-            detail: "not UTF-8".into(),
-        })?;
+        let key = super::tree::record_key(coll, &k[prefix.len()..])?;
+        last = Some(key);
         let leaf = tree::leaf_of(key);
         if leaf < lo || leaf >= pass.hi {
             continue;
         }
-        for s in decode_siblings(raw, &format!("{coll}/{key}"))? {
-            pass.toggle(leaf, &Digest::element(key, &s.header.dot, &s.header.value));
-        }
+        pass.toggle(leaf, &super::tree::record_digest(coll, key, raw)?);
         pass.key_change(leaf, key, true);
     }
-    if let Some((k, _)) = rows.last() {
-        let key =
-            String::from_utf8(k[prefix.len()..].to_vec()).map_err(|_| ReplicaError::Corrupt {
-                what: format!("{coll} record key"),
-                detail: "not UTF-8".into(),
-            })?;
-        pass.scanned = Some(key);
+    if let Some(key) = last {
+        pass.scanned = Some(key.to_owned());
     }
     if rows.len() < SCAN_STEP {
         pass.flushing = true;

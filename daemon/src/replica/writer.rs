@@ -175,15 +175,12 @@ impl Writer {
         let log = changes::load_state(store_ref)?;
         let (frontiers, rejoins) = purge::load(store_ref)?;
         let builds = Builds::load(store_ref)?;
-        stats
-            .trees_building
-            .store(builds.len() as u64, Ordering::Release);
         let mut last = officesync_protocol::Hlc::default();
         for info in super::read::collections(store.as_ref())? {
             last = last.max(info.meta.max_hlc);
             metas.insert(info.name, info.meta);
         }
-        Ok(Self {
+        let writer = Self {
             store,
             id,
             clock: HlcClock::resume(last),
@@ -207,7 +204,9 @@ impl Writer {
             build_due: Instant::now(),
             build_hold: Instant::now(),
             timer: None,
-        })
+        };
+        writer.publish_builds();
+        Ok(writer)
     }
 
     /// Serves requests until shutdown or until every handle is gone.
@@ -450,9 +449,7 @@ impl Writer {
             Ok(()) => self.builds.committed(),
             Err(_) => self.builds.failed(),
         }
-        self.stats
-            .trees_building
-            .store(self.builds.len() as u64, Ordering::Release);
+        self.publish_builds();
         match outcome {
             Ok(()) => {
                 self.log = log;
@@ -558,6 +555,13 @@ impl Writer {
         }
     }
 
+    /// Tells readers how many trees are being built (their repair reads wait while any is).
+    fn publish_builds(&self) {
+        self.stats
+            .trees_building
+            .store(self.builds.len() as u64, Ordering::Release);
+    }
+
     /// One step of a tree build of those `which` names ([`Builds::step`]); a built tree is
     /// checked against its collection's digest. Returns whether there was anything to do.
     fn build_step(&mut self, which: Which) -> bool {
@@ -591,9 +595,7 @@ impl Writer {
                         tracing::warn!(collection = coll, error = %e, "cannot check the tree built")
                     }
                 }
-                self.stats
-                    .trees_building
-                    .store(self.builds.len() as u64, Ordering::Release);
+                self.publish_builds();
                 built.answer();
             }
             Ok(Step::Idle) => return false,
@@ -605,9 +607,7 @@ impl Writer {
                 return false;
             }
         }
-        self.stats
-            .trees_building
-            .store(self.builds.len() as u64, Ordering::Release);
+        self.publish_builds();
         true
     }
 
