@@ -82,6 +82,7 @@ async fn one_size(
     progress(format_args!(
         "bulk_catch_up: hub filled in {fill_secs:.1} s; empty office process catching up"
     ));
+    let hub_cpu_at_start = hub.pid().and_then(procfs::cpu_secs);
     let t0 = Instant::now();
     let office = spawn_daemon(
         pki,
@@ -97,6 +98,19 @@ async fn one_size(
         .as_secs_f64();
     let rss = office.pid().and_then(procfs::peak_rss_mib);
     let hub_rss = hub.pid().and_then(procfs::peak_rss_mib);
+    // Where the CPU went until the digests matched (the office's whole life, the hub's since
+    // the office started), per record.
+    let cpu = CatchUpCpu {
+        office: office.pid().and_then(procfs::cpu_secs),
+        writer: office
+            .pid()
+            .and_then(|p| procfs::thread_cpu_secs(p, WRITER_THREAD)),
+        hub: hub
+            .pid()
+            .and_then(procfs::cpu_secs)
+            .zip(hub_cpu_at_start)
+            .map(|(now, then)| now - then),
+    };
     // The office builds its repair tree once the catch-up is done: how long that takes, and
     // the office's peak memory with it.
     let built = match reached {
@@ -128,6 +142,8 @@ async fn one_size(
             "mb_per_sec": payload / secs / 1e6, "office_peak_rss_mib": rss,
             "hub_peak_rss_mib": hub_rss, "secs_until_tree_built": tree_secs,
             "office_peak_rss_mib_with_tree": rss_with_tree,
+            "office_cpu_secs": cpu.office, "office_writer_cpu_secs": cpu.writer,
+            "hub_cpu_secs": cpu.hub,
             "baseline": "raw sled insert of the same records + one flush",
             "baseline_secs": sled_secs, "baseline_records_per_sec": sled_rate.round(),
             "ratio": ratio, "target_ratio": target_ratio, "target_met": met,
@@ -140,11 +156,12 @@ async fn one_size(
             ),
             result: format!(
                 "{rate:.0} rec/s, {:.1} MB/s, digests equal after {secs:.2} s, office peak RSS \
-                 {}; repair tree built after {} (peak RSS {})",
+                 {}; repair tree built after {} (peak RSS {}); {}",
                 payload / secs / 1e6,
                 mib(rss),
                 tree_secs.map_or("-".into(), |t| format!("{t:.2} s")),
-                mib(rss_with_tree)
+                mib(rss_with_tree),
+                cpu.per_record(n)
             ),
             baseline: format!(
                 "raw sled: {sled_rate:.0} rec/s, {:.1} MB/s",
@@ -239,6 +256,32 @@ async fn one_size(
 
 /// Waits until the daemon behind `api` builds no repair tree (its `/metrics` gauge
 /// `officesync_trees_building` is 0); returns when (`None`: not within `timeout`).
+/// The office's store writer thread (its name as Linux keeps it: 15 bytes).
+const WRITER_THREAD: &str = "officesync-writ";
+
+/// CPU seconds (user + system) spent on a catch-up until the digests matched.
+struct CatchUpCpu {
+    /// The office process, all threads.
+    office: Option<f64>,
+    /// The office's store writer thread alone.
+    writer: Option<f64>,
+    /// The hub process, from the office's start.
+    hub: Option<f64>,
+}
+
+impl CatchUpCpu {
+    /// The table's words: CPU per record in µs, or `-` where unreadable.
+    fn per_record(&self, n: usize) -> String {
+        let us = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.1} µs", s * 1e6 / n as f64));
+        format!(
+            "CPU per record: office {} (writer {}), hub {}",
+            us(self.office),
+            us(self.writer),
+            us(self.hub)
+        )
+    }
+}
+
 async fn wait_trees_built(api: &ApiClient, timeout: Duration) -> Result<Option<Instant>> {
     poll_until(timeout, Duration::from_millis(20), || async move {
         let api = api.clone();

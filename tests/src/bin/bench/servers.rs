@@ -123,7 +123,30 @@ pub(crate) mod procfs {
 
     /// User + system CPU seconds so far (clock ticks of 1/100 s, Linux's fixed USER_HZ).
     pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// User + system CPU seconds so far of the threads of `pid` named `comm` (Linux keeps 15
+    /// bytes of a thread's name), e.g. the store writer's.
+    pub(crate) fn thread_cpu_secs(pid: u32, comm: &str) -> Option<f64> {
+        let mut total = None;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.trim_end() != comm {
+                continue;
+            }
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+                *total.get_or_insert(0.0) += stat_cpu_secs(&stat).unwrap_or(0.0);
+            }
+        }
+        total
+    }
+
+    /// utime + stime of a `/proc/…/stat` line, seconds.
+    fn stat_cpu_secs(stat: &str) -> Option<f64> {
         // Fields after the command name (which may hold spaces) start after the last ')'.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
