@@ -5,7 +5,9 @@
 //! Compression and decompression run inline on the calling task: at most one
 //! [`MAX_FRAME_BYTES`] payload at zstd level 3, a few milliseconds of CPU.
 //!
-//! Large payloads (catch-up batches) are compressed one by one ([`FrameFlags::ZSTD`]). Small
+//! Large payloads (catch-up batches) are compressed one by one ([`FrameFlags::ZSTD`]); after a
+//! collection's large payload does not compress, its next ones skip zstd for a while
+//! ([`IncompressibleBackoff`]). Small
 //! ones (live pushes: one write and its completion) go through one zstd stream per QUIC
 //! stream, flushed after each frame ([`FrameFlags::ZSTD_STREAM`]): each frame is compressed
 //! against the last [`STREAM_WINDOW_LOG`] bits' worth of earlier frames, so the repeated
@@ -53,6 +55,50 @@ pub const RESTART_UNPRIMED_BELOW: usize = 4 << 10;
 /// Window of the per-stream zstd stream: 2^17 = 128 KiB of history (hundreds of writes),
 /// about 1 MiB of compressor and 0.2 MiB of decompressor state per stream.
 pub const STREAM_WINDOW_LOG: u32 = 17;
+
+/// A large payload counts as incompressible when zstd saves less than 1/this of it.
+const INCOMPRESSIBLE_SAVING: usize = 32;
+
+/// Most large payloads of a collection sent as they are, without trying zstd, after its
+/// payloads came out incompressible again and again.
+const MAX_SKIPPED: u32 = 16;
+
+/// Large payloads of a collection whose values do not compress (images, archives, ciphertext)
+/// are not compressed again and again: after each incompressible one, the next 1, 2, 4, …
+/// [`MAX_SKIPPED`] go as they are, and one that compresses ends the backoff. Per collection,
+/// since one bulk stream interleaves the batches of several.
+#[derive(Debug, Default)]
+pub(crate) struct IncompressibleBackoff {
+    /// Collection → (large payloads still to send as they are, the next skip after a miss).
+    skips: std::collections::HashMap<String, (u32, u32)>,
+}
+
+impl IncompressibleBackoff {
+    /// Whether to try zstd on the next large payload of `collection` (always for a message
+    /// of no collection).
+    pub(crate) fn should_try(&mut self, collection: Option<&str>) -> bool {
+        let Some((left, _)) = collection.and_then(|c| self.skips.get_mut(c)) else {
+            return true;
+        };
+        if *left == 0 {
+            return true;
+        }
+        *left -= 1;
+        false
+    }
+
+    /// zstd made `packed` bytes of a large payload of `plain` bytes of `collection`.
+    pub(crate) fn observed(&mut self, collection: Option<&str>, plain: usize, packed: usize) {
+        let Some(c) = collection else { return };
+        if packed + plain / INCOMPRESSIBLE_SAVING < plain {
+            self.skips.remove(c);
+            return;
+        }
+        let (left, next) = self.skips.entry(c.to_owned()).or_insert((0, 1));
+        *left = *next;
+        *next = (*next * 2).min(MAX_SKIPPED);
+    }
+}
 
 /// Largest zstd window (2^23 = 8 MiB, one [`MAX_FRAME_BYTES`] payload) a peer's compressed
 /// payload may ask the decoder to allocate. Level 3 on our payloads uses at most 2^21.
@@ -116,6 +162,8 @@ pub struct FramedSend {
     dicts: Option<SendDictionaries>,
     /// The running zstd stream was primed with a dictionary, and the payload bytes it carried.
     zstream_use: (bool, usize),
+    /// Collections whose large payloads lately did not compress.
+    incompressible: IncompressibleBackoff,
 }
 
 /// The compressor of a stream's zstd stream.
@@ -145,6 +193,7 @@ impl FramedSend {
             zstream: None,
             dicts: None,
             zstream_use: (false, 0),
+            incompressible: IncompressibleBackoff::default(),
         }
     }
 
@@ -171,7 +220,7 @@ impl FramedSend {
     /// With `compress`, a payload shorter than [`STREAM_MAX_BYTES`] goes through the stream's
     /// zstd stream ([`FrameFlags::ZSTD_STREAM`]); a longer one is zstd-compressed on its own
     /// (level [`ZSTD_LEVEL`], flag [`FrameFlags::ZSTD`]) when that makes it smaller, otherwise
-    /// it goes as it is. A message whose payload exceeds [`MAX_FRAME_BYTES`] is refused with
+    /// it goes as it is (and the collection's next few go as they are without trying). A message whose payload exceeds [`MAX_FRAME_BYTES`] is refused with
     /// [`TransportError::Encode`] before anything is written. Waits for flow-control credit,
     /// which is the backpressure of a slow peer. Not cancel-safe (nor is a half-written
     /// frame): the stream is only usable if every call runs to completion.
@@ -203,10 +252,15 @@ impl FramedSend {
             }
             return Ok(out);
         }
+        if !self.incompressible.should_try(msg.collection()) {
+            return encode_raw_frame(FrameFlags::NONE, &payload).map_err(TransportError::Encode);
+        }
         let packed =
             zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| TransportError::Compress {
                 detail: e.to_string(),
             })?;
+        self.incompressible
+            .observed(msg.collection(), payload.len(), packed.len());
         if packed.len() < payload.len() {
             encode_raw_frame(FrameFlags::ZSTD, &packed)
         } else {

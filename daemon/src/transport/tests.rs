@@ -819,3 +819,36 @@ async fn one_address_stalling_handshakes_does_not_lock_out_the_others() {
     spoke.stop().await;
     hub.stop().await;
 }
+
+#[test]
+fn incompressible_collections_skip_zstd_for_a_doubling_while_and_a_compressible_payload_ends_it() {
+    use super::framed::IncompressibleBackoff;
+    let mut b = IncompressibleBackoff::default();
+    let tries = |b: &mut IncompressibleBackoff, c: &str, n: usize| {
+        (0..n).filter(|_| b.should_try(Some(c))).count()
+    };
+    // Compressible payloads never skip.
+    assert!(b.should_try(Some("docs")));
+    b.observed(Some("docs"), 1 << 20, 300 << 10);
+    assert_eq!(tries(&mut b, "docs", 10), 10);
+    // Each incompressible payload doubles the skip: 1, 2, 4, 8, 16, 16.
+    for skip in [1, 2, 4, 8, 16, 16] {
+        assert!(b.should_try(Some("images")), "tried after {skip} skips");
+        b.observed(Some("images"), 1 << 20, (1 << 20) + 40);
+        assert_eq!(tries(&mut b, "images", skip), 0, "skip {skip}");
+    }
+    // A saving under 1/32 still counts as incompressible.
+    assert!(b.should_try(Some("images")));
+    b.observed(Some("images"), 1 << 20, (1 << 20) - 1000);
+    assert!(!b.should_try(Some("images")));
+    // Another collection on the same stream is not held back by it.
+    assert!(b.should_try(Some("docs")));
+    // One that compresses ends the backoff.
+    let left = tries(&mut b, "images", 32);
+    assert!(left > 0);
+    b.observed(Some("images"), 1 << 20, 400 << 10);
+    assert_eq!(tries(&mut b, "images", 5), 5);
+    // A message of no collection is always tried and changes nothing.
+    b.observed(None, 1 << 20, 1 << 20);
+    assert!(b.should_try(None));
+}
