@@ -7,12 +7,12 @@
 //!
 //! Large payloads (catch-up batches) are compressed one by one ([`FrameFlags::ZSTD`]); after a
 //! collection's large payload does not compress, its next ones skip zstd for a while
-//! ([`IncompressibleBackoff`]). Small
-//! ones (live pushes: one write and its completion) go through one zstd stream per QUIC
-//! stream, flushed after each frame ([`FrameFlags::ZSTD_STREAM`]): each frame is compressed
-//! against the last [`STREAM_WINDOW_LOG`] bits' worth of earlier frames, so the repeated
-//! collection, origin and JSON field names of consecutive writes cost a few bytes instead of
-//! being sent whole every time. Its state is allocated on the first such frame.
+//! ([`IncompressibleBackoff`]). Small ones (live pushes: one write and its completion) go
+//! through one zstd stream per QUIC stream, flushed after each frame
+//! ([`FrameFlags::ZSTD_STREAM`]): each frame is compressed against the last
+//! [`STREAM_WINDOW_LOG`] bits' worth of earlier frames, so the repeated collection, origin and
+//! JSON field names of consecutive writes cost a few bytes instead of being sent whole every
+//! time. Its state is allocated on the first such frame.
 //!
 //! When the session agreed a dictionary for the collection of the frame that starts a zstd
 //! stream (protocol 3, [`SendDictionaries`]), the stream is primed with it
@@ -220,7 +220,8 @@ impl FramedSend {
     /// With `compress`, a payload shorter than [`STREAM_MAX_BYTES`] goes through the stream's
     /// zstd stream ([`FrameFlags::ZSTD_STREAM`]); a longer one is zstd-compressed on its own
     /// (level [`ZSTD_LEVEL`], flag [`FrameFlags::ZSTD`]) when that makes it smaller, otherwise
-    /// it goes as it is (and the collection's next few go as they are without trying). A message whose payload exceeds [`MAX_FRAME_BYTES`] is refused with
+    /// it goes as it is (and the collection's next few go as they are without trying). A
+    /// message whose payload exceeds [`MAX_FRAME_BYTES`] is refused with
     /// [`TransportError::Encode`] before anything is written. Waits for flow-control credit,
     /// which is the backpressure of a slow peer. Not cancel-safe (nor is a half-written
     /// frame): the stream is only usable if every call runs to completion.
@@ -252,19 +253,22 @@ impl FramedSend {
             }
             return Ok(out);
         }
-        if !self.incompressible.should_try(msg.collection()) {
-            return encode_raw_frame(FrameFlags::NONE, &payload).map_err(TransportError::Encode);
-        }
-        let packed =
-            zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| TransportError::Compress {
-                detail: e.to_string(),
+        let collection = msg.collection();
+        // Compressed only when zstd is tried (see `IncompressibleBackoff`) and makes it smaller.
+        let mut packed = None;
+        if self.incompressible.should_try(collection) {
+            let p = zstd::bulk::compress(&payload, ZSTD_LEVEL).map_err(|e| {
+                TransportError::Compress {
+                    detail: e.to_string(),
+                }
             })?;
-        self.incompressible
-            .observed(msg.collection(), payload.len(), packed.len());
-        if packed.len() < payload.len() {
-            encode_raw_frame(FrameFlags::ZSTD, &packed)
-        } else {
-            encode_raw_frame(FrameFlags::NONE, &payload)
+            self.incompressible
+                .observed(collection, payload.len(), p.len());
+            packed = Some(p).filter(|p| p.len() < payload.len());
+        }
+        match &packed {
+            Some(p) => encode_raw_frame(FrameFlags::ZSTD, p),
+            None => encode_raw_frame(FrameFlags::NONE, &payload),
         }
         .map_err(TransportError::Encode)
     }
