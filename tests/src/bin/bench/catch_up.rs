@@ -254,8 +254,6 @@ async fn one_size(
     Ok(())
 }
 
-/// Waits until the daemon behind `api` builds no repair tree (its `/metrics` gauge
-/// `officesync_trees_building` is 0); returns when (`None`: not within `timeout`).
 /// The office's store writer thread (its name as Linux keeps it: 15 bytes).
 const WRITER_THREAD: &str = "officesync-writ";
 
@@ -282,6 +280,8 @@ impl CatchUpCpu {
     }
 }
 
+/// Waits until the daemon behind `api` builds no repair tree (its `/metrics` gauge
+/// `officesync_trees_building` is 0); returns when (`None`: not within `timeout`).
 async fn wait_trees_built(api: &ApiClient, timeout: Duration) -> Result<Option<Instant>> {
     poll_until(timeout, Duration::from_millis(20), || async move {
         let api = api.clone();

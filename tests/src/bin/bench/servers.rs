@@ -138,8 +138,10 @@ pub(crate) mod procfs {
             if name.trim_end() != comm {
                 continue;
             }
+            // A thread gone since the listing is skipped; one whose line does not parse makes
+            // the figure unreadable rather than too low.
             if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
-                *total.get_or_insert(0.0) += stat_cpu_secs(&stat).unwrap_or(0.0);
+                *total.get_or_insert(0.0) += stat_cpu_secs(&stat)?;
             }
         }
         total
