@@ -3,6 +3,7 @@
 //! wraps either to encrypt every value at rest. Everything above this trait (the replica's
 //! record layout, merge and digests) is engine-independent.
 
+mod gate;
 mod memory;
 pub mod sealed;
 mod sled;
