@@ -123,12 +123,7 @@ impl SledStore {
         let dir = data_dir.join(SLED_DIR);
         create_private_dir(&dir)
             .map_err(|e| io(format!("cannot create {}: {e}", dir.display())))?;
-        let config = sled::Config::new()
-            .path(&dir)
-            .segment_size(SEGMENT_SIZE)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput);
+        let config = sled_config(&dir);
         // sled 0.34 can panic instead of returning an error on some damaged logs.
         let mut opened = catch_unwind(AssertUnwindSafe(|| config.open()));
         // Our LOCK is held, so a conflict on sled's own lock can only be an instance of this
@@ -220,6 +215,16 @@ impl SledStore {
             other => io(other),
         }
     }
+}
+
+/// sled's settings for the log in `dir`.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .segment_size(SEGMENT_SIZE)
+        .cache_capacity(CACHE_BYTES)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
 }
 
 /// Applies `ops` to `db` as plain inserts and removes, in order.
@@ -587,6 +592,128 @@ mod tests {
             s.apply(pair(i)).expect("apply");
         }
         reader.join().expect("reader");
+    }
+
+    /// Set to a data dir, makes [`kill_9_child`] write batches into it until it is killed.
+    const CHILD_ENV: &str = "OFFICESYNC_SLED_KILL_CHILD";
+    /// Keys every batch writes (a small batch: the write-ahead path).
+    const SMALL: usize = 8;
+    /// Keys a large batch writes: over [`WAL_MAX_BYTES`], so sled's own batch.
+    const LARGE: usize = 600;
+    /// Every this many batches is large.
+    const LARGE_EVERY: u64 = 7;
+
+    fn pair_key(k: usize) -> Vec<u8> {
+        format!("p/{k:04}").into_bytes()
+    }
+
+    /// The child of [`batches_stay_whole_across_kill_9`]: batches numbered from the last one
+    /// the store holds, each putting its number in `counter` and in [`SMALL`] keys (in
+    /// [`LARGE`] keys every [`LARGE_EVERY`]th), while another thread syncs, until killed.
+    #[test]
+    fn kill_9_child() {
+        let Some(dir) = std::env::var_os(CHILD_ENV) else {
+            return;
+        };
+        let s = std::sync::Arc::new(SledStore::open(Path::new(&dir)).expect("open"));
+        // As the daemon's syncer does: flushes land in the middle of batches being applied.
+        let syncer = s.clone();
+        std::thread::spawn(move || loop {
+            syncer.sync().expect("sync");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        });
+        let mut i = s
+            .get(b"counter")
+            .expect("get")
+            .map_or(0, |v| u64::from_be_bytes(v.try_into().expect("counter")));
+        loop {
+            i += 1;
+            let keys = if i.is_multiple_of(LARGE_EVERY) {
+                LARGE
+            } else {
+                SMALL
+            };
+            let mut b = WriteBatch::default();
+            for k in 0..keys {
+                let mut v = i.to_be_bytes().to_vec();
+                v.resize(200, k as u8);
+                b.put(pair_key(k), v);
+            }
+            b.put(b"counter".to_vec(), i.to_be_bytes().to_vec());
+            s.apply(b).expect("apply");
+        }
+    }
+
+    /// A process writing batches (both paths) is killed with SIGKILL at varied points, again
+    /// and again on one store: after each kill the store opens, every batch is whole (the last
+    /// one's keys all hold the counter it wrote), and no write-ahead record is left.
+    #[test]
+    fn batches_stay_whole_across_kill_9() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = std::env::current_exe().expect("test binary");
+        let (mut cut_records, mut last) = (0, 0);
+        for round in 0..12u64 {
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "store::sled::tests::kill_9_child",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn the writer");
+            std::thread::sleep(std::time::Duration::from_millis(150 + round * 53 % 250));
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            // What the kill left, before the store applies it.
+            {
+                let db = sled_config(&dir.path().join(SLED_DIR))
+                    .open()
+                    .expect("raw open");
+                cut_records += db.open_tree(WAL_TREE).expect("wal tree").len();
+            }
+            let s = SledStore::open(dir.path()).expect("open after kill -9");
+            assert_eq!(s.wal.len(), 0, "round {round}: a record is left");
+            let Some(counter) = s.get(b"counter").expect("get") else {
+                continue;
+            };
+            let counter = u64::from_be_bytes(counter.try_into().expect("counter"));
+            let held = |k: usize| {
+                s.get(&pair_key(k))
+                    .expect("get")
+                    .map(|v| u64::from_be_bytes(v[..8].try_into().expect("number")))
+            };
+            for k in 0..SMALL {
+                assert_eq!(
+                    held(k),
+                    Some(counter),
+                    "round {round}: key {k} of the last batch"
+                );
+            }
+            let large = held(SMALL);
+            for k in SMALL..LARGE {
+                assert_eq!(
+                    held(k),
+                    large,
+                    "round {round}: key {k} of the last large batch"
+                );
+            }
+            if let Some(large) = large {
+                assert!(
+                    large % LARGE_EVERY == 0 && large <= counter,
+                    "round {round}"
+                );
+            }
+            assert!(counter >= last, "round {round}: batches lost after a sync");
+            last = counter;
+        }
+        assert!(last > 0, "the writer never committed a batch");
+        eprintln!("{last} batches; kills left {cut_records} write-ahead records to apply again");
     }
 
     #[test]
