@@ -72,6 +72,9 @@ pub struct SledStore {
     db: sled::Db,
     wal: sled::Tree,
     gate: Gate<WalState>,
+    /// Tests: the next batch's items fail after this many are applied.
+    #[cfg(test)]
+    fail_items_after: std::sync::Mutex<Option<usize>>,
     dir: PathBuf,
     mark: File,
     mark_at_open: Option<u64>,
@@ -184,6 +187,8 @@ impl SledStore {
                 next,
                 broken: false,
             }),
+            #[cfg(test)]
+            fail_items_after: std::sync::Mutex::new(None),
             dir,
             mark,
             mark_at_open,
@@ -203,6 +208,11 @@ impl SledStore {
 
     /// Applies `ops` as plain inserts and removes, each atomic on its own.
     fn apply_items(&self, ops: Ops) -> Result<(), sled::Error> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_items_after.lock().expect("lock").take() {
+            apply_items(&self.db, ops.into_iter().take(n).collect())?;
+            return Err(sled::Error::Unsupported("injected failure".into()));
+        }
         apply_items(&self.db, ops)
     }
 
@@ -388,14 +398,15 @@ impl Store for SledStore {
             return self.db.apply_batch(b).map_err(|e| self.map_err(e));
         }
         let key = gate.next.to_be_bytes();
-        self.wal
-            .insert(key, encode_wal(&ops))
-            .map_err(|e| self.map_err(e))?;
         gate.next = gate.next.wrapping_add(1);
-        // From here on a failure leaves the batch half applied: only a restart (which applies
-        // the record again) may let another batch run.
+        // From here on a failure may leave the record in the log and the batch half applied:
+        // only a restart (which applies the record again) may let another batch run. Even a
+        // failed insert of the record counts, since it may still reach the log.
+        let record = encode_wal(&ops);
         let applied = self
-            .apply_items(ops)
+            .wal
+            .insert(key, record)
+            .and_then(|_| self.apply_items(ops))
             .and_then(|()| self.wal.remove(key).map(drop));
         if let Err(e) = applied {
             gate.broken = true;
@@ -551,6 +562,36 @@ mod tests {
         let s = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(s.get(b"a").expect("get"), Some(b"4".to_vec()));
         assert_eq!(s.wal.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_that_fails_half_applied_stops_later_batches_until_a_restart_completes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let batch = |v: &[u8]| {
+            let mut b = WriteBatch::default();
+            for k in [b"x", b"y", b"z"] {
+                b.put(k.to_vec(), v.to_vec());
+            }
+            b
+        };
+        {
+            let s = SledStore::open(dir.path()).expect("open");
+            *s.fail_items_after.lock().expect("lock") = Some(1);
+            s.apply(batch(b"1")).expect_err("injected failure");
+            let err = s.apply(batch(b"2")).expect_err("broken");
+            assert!(err.to_string().contains("restart"), "{err}");
+            assert_eq!(
+                s.get(b"z").expect("get"),
+                None,
+                "half applied until the restart"
+            );
+        }
+        let s = SledStore::open(dir.path()).expect("reopen");
+        for k in [b"x", b"y", b"z"] {
+            assert_eq!(s.get(k).expect("get"), Some(b"1".to_vec()));
+        }
+        s.apply(batch(b"3")).expect("apply after the restart");
+        assert_eq!(s.get(b"y").expect("get"), Some(b"3".to_vec()));
     }
 
     #[test]
