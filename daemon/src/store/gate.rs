@@ -48,7 +48,8 @@ impl<T> Gate<T> {
 
     /// Holds off writers until the hold is dropped.
     pub(crate) fn read(&self) -> ReadHold<'_> {
-        let shard = MY_SHARD.with(|s| *s);
+        // A thread whose locals are being torn down reads through the first shard.
+        let shard = MY_SHARD.try_with(|s| *s).unwrap_or(0);
         let lock = &self.shards[shard].0;
         ReadHold {
             _guard: lock.read().unwrap_or_else(|p| p.into_inner()),
