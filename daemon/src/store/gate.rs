@@ -34,7 +34,7 @@ pub(crate) struct ReadHold<'a> {
 /// A writer's hold on the gate: every shard, and the writer state.
 pub(crate) struct WriteHold<'a, T> {
     state: MutexGuard<'a, T>,
-    _shards: Vec<RwLockWriteGuard<'a, ()>>,
+    _shards: [RwLockWriteGuard<'a, ()>; SHARDS],
 }
 
 impl<T> Gate<T> {
@@ -60,11 +60,11 @@ impl<T> Gate<T> {
     pub(crate) fn write(&self) -> WriteHold<'_, T> {
         // Writers queue on the state first, so they take the shards one at a time.
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // In index order (`map` runs front to back), with no allocation.
         let shards = self
             .shards
-            .iter()
-            .map(|s| s.0.write().unwrap_or_else(|p| p.into_inner()))
-            .collect();
+            .each_ref()
+            .map(|s| s.0.write().unwrap_or_else(|p| p.into_inner()));
         WriteHold {
             state,
             _shards: shards,

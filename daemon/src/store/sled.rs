@@ -19,7 +19,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use super::gate::{Gate, ReadHold, WriteHold};
+use officesync_protocol::codec;
+
+use super::gate::Gate;
 use super::{Store, StoreError, WriteBatch};
 
 /// Name of sled's directory inside the data dir.
@@ -49,7 +51,7 @@ const MARK_MAGIC: u64 = 0x6f66_6669_6365_7379;
 /// Name of the sled tree that holds the write-ahead record of the batch being applied.
 const WAL_TREE: &str = "wal";
 
-/// Largest encoded batch written through the write-ahead record; a larger one goes through
+/// Largest encoded batch ([`codec`]) written through the write-ahead record; a larger one goes through
 /// sled's own batch, whose fixed cost it amortises. Far below sled's blob threshold (a
 /// quarter segment), so the record always stays in the fsynced log.
 const WAL_MAX_BYTES: usize = 64 << 10;
@@ -196,16 +198,6 @@ impl SledStore {
         })
     }
 
-    /// Shared access for a reader: no batch is half applied while it is held.
-    fn read_gate(&self) -> ReadHold<'_> {
-        self.gate.read()
-    }
-
-    /// Exclusive access for a batch, with the write-ahead state.
-    fn write_gate(&self) -> WriteHold<'_, WalState> {
-        self.gate.write()
-    }
-
     /// Applies `ops` as plain inserts and removes, each atomic on its own.
     fn apply_items(&self, ops: Ops) -> Result<(), sled::Error> {
         #[cfg(test)]
@@ -250,7 +242,8 @@ fn apply_items(db: &sled::Db, ops: Ops) -> Result<(), sled::Error> {
 
 /// Applies again, in order, every write-ahead record a crash left behind, removing each once
 /// its items are in; returns the key for the next record and how many were applied. A record
-/// that does not decode is corruption (sled checksums its log, so it was not torn).
+/// that does not decode ([`codec::decode`], bounded) is corruption (sled checksums its log, so
+/// it was not torn).
 fn replay_wal(db: &sled::Db, wal: &sled::Tree) -> Result<(u64, usize), String> {
     let (mut next, mut replayed) = (0, 0);
     for item in wal.iter() {
@@ -258,8 +251,8 @@ fn replay_wal(db: &sled::Db, wal: &sled::Tree) -> Result<(u64, usize), String> {
         let seq = <[u8; 8]>::try_from(key.as_ref())
             .map(u64::from_be_bytes)
             .map_err(|_| format!("write-ahead record with a key of {} bytes", key.len()))?;
-        let ops = decode_wal(&value)
-            .ok_or_else(|| format!("write-ahead record {seq} does not decode"))?;
+        let ops: Ops = codec::decode(&value)
+            .map_err(|e| format!("write-ahead record {seq} does not decode: {e}"))?;
         apply_items(db, ops).map_err(|e| format!("cannot apply write-ahead record {seq}: {e}"))?;
         wal.remove(&key)
             .map_err(|e| format!("cannot remove write-ahead record {seq}: {e}"))?;
@@ -267,57 +260,6 @@ fn replay_wal(db: &sled::Db, wal: &sled::Tree) -> Result<(u64, usize), String> {
         replayed += 1;
     }
     Ok((next, replayed))
-}
-
-/// Encodes a batch for its write-ahead record: per op, a tag (1 insert, 0 remove), the key's
-/// length (u32 LE) and key, then for an insert the value's length and value.
-fn encode_wal(ops: &Ops) -> Vec<u8> {
-    let mut out = Vec::with_capacity(wal_len(ops));
-    for (k, v) in ops {
-        out.push(u8::from(v.is_some()));
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(k);
-        if let Some(v) = v {
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            out.extend_from_slice(v);
-        }
-    }
-    out
-}
-
-/// The size of [`encode_wal`]'s output for `ops`.
-fn wal_len(ops: &Ops) -> usize {
-    ops.iter()
-        .map(|(k, v)| 5 + k.len() + v.as_ref().map_or(0, |v| 4 + v.len()))
-        .sum()
-}
-
-/// Decodes [`encode_wal`]'s output; `None` when it is malformed.
-fn decode_wal(mut bytes: &[u8]) -> Option<Ops> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = bytes.split_at(n);
-        *bytes = rest;
-        Some(head)
-    }
-    fn field(bytes: &mut &[u8]) -> Option<Vec<u8>> {
-        let len = u32::from_le_bytes(take(bytes, 4)?.try_into().ok()?) as usize;
-        take(bytes, len).map(<[u8]>::to_vec)
-    }
-    let mut ops = Vec::new();
-    while !bytes.is_empty() {
-        let tag = take(&mut bytes, 1)?[0];
-        let key = field(&mut bytes)?;
-        let value = match tag {
-            0 => None,
-            1 => Some(field(&mut bytes)?),
-            _ => return None,
-        };
-        ops.push((key, value));
-    }
-    Some(ops)
 }
 
 /// The generation in a mark file: 8 bytes little-endian, then the same XOR [`MARK_MAGIC`].
@@ -348,7 +290,7 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl Store for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let _gate = self.read_gate();
+        let _gate = self.gate.read();
         Ok(self
             .db
             .get(key)
@@ -362,7 +304,7 @@ impl Store for SledStore {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<super::Rows, StoreError> {
-        let _gate = self.read_gate();
+        let _gate = self.gate.read();
         let iter = match end {
             Some(end) => self.db.range(start..end),
             None => self.db.range(start..),
@@ -376,7 +318,7 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut gate = self.write_gate();
+        let mut gate = self.gate.write();
         if gate.broken {
             return Err(io(
                 "an earlier batch failed half applied; restart officesyncd to apply it again",
@@ -387,7 +329,9 @@ impl Store for SledStore {
             // One insert or removal is atomic by itself.
             return self.apply_items(ops).map_err(|e| self.map_err(e));
         }
-        if wal_len(&ops) > WAL_MAX_BYTES {
+        // A batch of byte strings always encodes (the codec's limit is far above any batch).
+        let len = codec::encoded_len(&ops).map_err(io)?;
+        if len > WAL_MAX_BYTES {
             let mut b = sled::Batch::default();
             for (k, v) in ops {
                 match v {
@@ -397,12 +341,12 @@ impl Store for SledStore {
             }
             return self.db.apply_batch(b).map_err(|e| self.map_err(e));
         }
+        let record = codec::encode(&ops).map_err(io)?;
         let key = gate.next.to_be_bytes();
         gate.next = gate.next.wrapping_add(1);
         // From here on a failure may leave the record in the log and the batch half applied:
         // only a restart (which applies the record again) may let another batch run. Even a
         // failed insert of the record counts, since it may still reach the log.
-        let record = encode_wal(&ops);
         let applied = self
             .wal
             .insert(key, record)
@@ -495,21 +439,6 @@ mod tests {
         SledStore::open(dir.path()).expect("reopen after release");
     }
 
-    /// Writes `batch`'s write-ahead record and only its first `n` items, as a crash in the
-    /// middle of [`Store::apply`] leaves them.
-    fn apply_cut(store: &SledStore, batch: WriteBatch, n: usize) {
-        let mut gate = store.write_gate();
-        let key = gate.next.to_be_bytes();
-        gate.next += 1;
-        store
-            .wal
-            .insert(key, encode_wal(&batch.ops))
-            .expect("record");
-        store
-            .apply_items(batch.ops.into_iter().take(n).collect())
-            .expect("items");
-    }
-
     #[test]
     fn wal_records_decode_and_refuse_garbage() {
         let ops = vec![
@@ -517,13 +446,17 @@ mod tests {
             (b"".to_vec(), Some(Vec::new())),
             (b"gone".to_vec(), None),
         ];
-        let bytes = encode_wal(&ops);
-        assert_eq!(bytes.len(), wal_len(&ops));
-        assert_eq!(decode_wal(&bytes), Some(ops));
-        assert_eq!(decode_wal(&bytes[..bytes.len() - 1]), None, "truncated");
-        assert_eq!(decode_wal(&[7, 0, 0, 0, 0]), None, "unknown tag");
+        let decodes = |bytes: &[u8]| codec::decode::<Ops>(bytes).ok();
+        let bytes = codec::encode(&ops).expect("encode");
+        assert_eq!(bytes.len(), codec::encoded_len(&ops).expect("len"));
+        assert_eq!(decodes(&bytes), Some(ops));
+        assert_eq!(decodes(&bytes[..bytes.len() - 1]), None, "truncated");
+        let f = codec::FORMAT_VERSION;
+        // One op, key "a", then an option tag that is neither 0 nor 1.
+        assert_eq!(decodes(&[f, 1, 1, b'a', 7]), None, "unknown tag");
+        // One op whose key claims u32::MAX bytes.
         assert_eq!(
-            decode_wal(&[1, 255, 255, 255, 255]),
+            decodes(&[f, 1, 252, 255, 255, 255, 255]),
             None,
             "length past the end"
         );
@@ -543,7 +476,9 @@ mod tests {
             cut.remove(b"old".to_vec());
             cut.put(b"b".to_vec(), b"2".to_vec());
             cut.put(b"a".to_vec(), b"3".to_vec());
-            apply_cut(&s, cut, 1);
+            // Cut after its first item, as a crash in the middle of `apply` leaves it.
+            *s.fail_items_after.lock().expect("lock") = Some(1);
+            s.apply(cut).expect_err("cut");
             assert_eq!(s.get(b"b").expect("get"), None, "cut before b");
             s.sync().expect("sync");
         }

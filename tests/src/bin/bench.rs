@@ -168,7 +168,7 @@ struct WriteRun {
     ops_per_sec: f64,
     /// Writes per fsync (sync mode).
     mean_group: f64,
-    /// Writes per store commit (one atomic sled batch each).
+    /// Writes per store commit (one atomic group each).
     per_commit: f64,
 }
 
