@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use officesync_daemon::config::Durability;
+use officesync_daemon::replica::Replica;
+use officesync_protocol::ReplicaId;
 use serde_json::json;
 
 use crate::replication::{
@@ -69,10 +71,9 @@ fn paced(
     Ok((sent, n as f64 / secs))
 }
 
-/// Collects arrivals `(index, at)` until all `n` are in or [`DRAIN`] passed after `sent_done`
-/// resolves; pairs them with the send times.
-fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec<f64> {
-    let n = sent.len();
+/// Collects arrivals `(index, at)` of `n` writes until all are in or [`DRAIN`] passed: each
+/// write's arrival time, if it arrived.
+fn collect_at(arrivals: &mpsc::Receiver<(usize, Instant)>, n: usize) -> Vec<Option<Instant>> {
     let mut at: Vec<Option<Instant>> = vec![None; n];
     let mut got = 0;
     let deadline = Instant::now() + DRAIN;
@@ -87,9 +88,21 @@ fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec
             Err(_) => break,
         }
     }
-    at.iter()
+    at
+}
+
+/// Milliseconds from `from` to `to`, saturating at zero.
+fn ms(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+/// Collects arrivals as [`collect_at`] does and pairs them with the send times: the latency
+/// of each write that arrived, ms.
+fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec<f64> {
+    collect_at(arrivals, sent.len())
+        .iter()
         .zip(sent)
-        .filter_map(|(a, s)| a.map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3))
+        .filter_map(|(a, s)| a.map(|a| ms(*s, a)))
         .collect()
 }
 
@@ -123,6 +136,115 @@ fn collect_keys(
         lat: collect(&irx, sent),
         achieved_rate,
     }
+}
+
+/// Set to `1`: also time each write's arrival at A and at the hub (durable there), and print
+/// where the time of the slowest writes went. The extra watchers load the nodes, so the main
+/// figures of such a run are not comparable with one without.
+const HOPS_ENV: &str = "OFFICESYNC_BENCH_LIVE_HOPS";
+
+/// A task on `replica`'s durable-state watch that reads `origin`'s new versions of run
+/// `run_id` as they become durable, and sends `(index, when)` for each.
+fn arrivals(
+    replica: &Replica,
+    origin: &ReplicaId,
+    run_id: u64,
+) -> (
+    tokio::task::JoinHandle<Result<()>>,
+    mpsc::Receiver<(usize, Instant)>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let mut durable = replica.durable();
+    let mut after = durable
+        .borrow_and_update()
+        .vvs
+        .get(COLL)
+        .map_or(0, |vv| vv.get(origin));
+    let (r, origin) = (replica.clone(), origin.clone());
+    let task = tokio::spawn(async move {
+        while durable.changed().await.is_ok() {
+            let at = Instant::now();
+            let through = durable
+                .borrow_and_update()
+                .vvs
+                .get(COLL)
+                .map_or(0, |vv| vv.get(&origin));
+            while after < through {
+                let (versions, scanned) = r
+                    .versions_since(COLL, &origin, after, through, 4_096, 8 << 20)
+                    .await?;
+                for v in versions {
+                    if let Some(i) = parse_live_key(run_id, &v.key) {
+                        let _ = tx.send((i, at));
+                    }
+                }
+                if scanned <= after {
+                    break;
+                }
+                after = scanned;
+            }
+        }
+        anyhow::Ok(())
+    });
+    (task, rx)
+}
+
+/// Prints, for one rate, each hop's p50 / p99 / max (sent → durable at A → durable at the hub
+/// → durable at B) and, for the writes at or above the end-to-end p99, the mean of each hop.
+fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3]) {
+    let mut rows: Vec<[f64; 4]> = Vec::new();
+    for (i, s) in sent.iter().enumerate() {
+        if let (Some(a), Some(h), Some(b)) = (at[0][i], at[1][i], at[2][i]) {
+            rows.push([ms(*s, a), ms(a, h), ms(h, b), ms(*s, b)]);
+        }
+    }
+    if rows.is_empty() {
+        eprintln!("live hops {rate}/s: no write arrived at every node");
+        return;
+    }
+    let names = [
+        "write → durable at A",
+        "A → durable at hub",
+        "hub → durable at B",
+        "end to end",
+    ];
+    for (h, name) in names.iter().enumerate() {
+        let mut v: Vec<f64> = rows.iter().map(|r| r[h]).collect();
+        let (p50, p99) = (pct(&mut v, 0.5), pct(&mut v, 0.99));
+        let max = v.last().copied().unwrap_or(f64::NAN);
+        eprintln!("live hops {rate}/s: {name}: p50 {p50:.2} / p99 {p99:.2} / max {max:.2} ms");
+    }
+    if std::env::var(HOPS_ENV).is_ok_and(|v| v == "2") {
+        let t0 = sent[0];
+        let mut all: Vec<(usize, [f64; 4])> = Vec::new();
+        for (i, s) in sent.iter().enumerate() {
+            if let (Some(a), Some(h), Some(b)) = (at[0][i], at[1][i], at[2][i]) {
+                all.push((i, [ms(*s, a), ms(a, h), ms(h, b), ms(*s, b)]));
+            }
+        }
+        all.sort_by(|x, y| y.1[3].total_cmp(&x.1[3]));
+        for (i, r) in all.iter().take(40) {
+            eprintln!(
+                "live slow {rate}/s: #{i} at {:.1} ms: {:.2} / {:.2} / {:.2} = {:.2}",
+                ms(t0, sent[*i]),
+                r[0],
+                r[1],
+                r[2],
+                r[3]
+            );
+        }
+    }
+    let mut ends: Vec<f64> = rows.iter().map(|r| r[3]).collect();
+    let p99 = pct(&mut ends, 0.99);
+    let slow: Vec<&[f64; 4]> = rows.iter().filter(|r| r[3] >= p99).collect();
+    let mean = |h: usize| slow.iter().map(|r| r[h]).sum::<f64>() / slow.len() as f64;
+    eprintln!(
+        "live hops {rate}/s: the {} writes at or over p99 ({p99:.2} ms) spent on average {:.2} / {:.2} / {:.2} ms at A / hub / B",
+        slow.len(),
+        mean(0),
+        mean(1),
+        mean(2)
+    );
 }
 
 /// Writes per rate.
@@ -261,47 +383,17 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
     )
     .await?;
 
+    let hops = std::env::var(HOPS_ENV).is_ok_and(|v| v == "1" || v == "2");
     let mut runs = Vec::new();
     for (run_id, rate) in RATES.into_iter().enumerate() {
         let run_id = run_id as u64;
         let n = writes_at(s, rate);
         progress(format_args!("live_propagation: officesync {rate}/s × {n}"));
-        // Receiver: a task on B's durable-state watch reads A's new versions as they land.
-        let (tx, rx) = mpsc::channel();
-        let mut durable = b.replica().durable();
-        let mut after = durable
-            .borrow_and_update()
-            .vvs
-            .get(COLL)
-            .map_or(0, |vv| vv.get(&origin));
-        let watcher = {
-            let (r, origin) = (b.replica().clone(), origin.clone());
-            tokio::spawn(async move {
-                while durable.changed().await.is_ok() {
-                    let at = Instant::now();
-                    let through = durable
-                        .borrow_and_update()
-                        .vvs
-                        .get(COLL)
-                        .map_or(0, |vv| vv.get(&origin));
-                    while after < through {
-                        let (versions, scanned) = r
-                            .versions_since(COLL, &origin, after, through, 4_096, 8 << 20)
-                            .await?;
-                        for v in versions {
-                            if let Some(i) = parse_live_key(run_id, &v.key) {
-                                let _ = tx.send((i, at));
-                            }
-                        }
-                        if scanned <= after {
-                            break;
-                        }
-                        after = scanned;
-                    }
-                }
-                anyhow::Ok(())
-            })
-        };
+        // Receiver: a task on B's durable-state watch reads A's new versions as they land;
+        // with per-hop timing, tasks on A's and the hub's too.
+        let (watcher, rx) = arrivals(b.replica(), &origin, run_id);
+        let hop_watch =
+            hops.then(|| [a.replica(), hub.replica()].map(|r| arrivals(r, &origin, run_id)));
         let rt = tokio::runtime::Handle::current();
         let writer = a.replica().clone();
         let sender = std::thread::spawn(move || {
@@ -322,9 +414,30 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
         for t in tasks {
             t.await??;
         }
-        let lat = tokio::task::spawn_blocking(move || collect(&rx, &sent)).await?;
+        let at_b = tokio::task::spawn_blocking(move || {
+            let at = collect_at(&rx, sent.len());
+            (at, sent)
+        })
+        .await?;
+        let (at_b, sent) = at_b;
         watcher.abort();
         let _ = watcher.await;
+        if let Some([(wa, rxa), (wh, rxh)]) = hop_watch {
+            let n = sent.len();
+            let (at_a, at_h) =
+                tokio::task::spawn_blocking(move || (collect_at(&rxa, n), collect_at(&rxh, n)))
+                    .await?;
+            for w in [wa, wh] {
+                w.abort();
+                let _ = w.await;
+            }
+            print_hops(rate, &sent, [&at_a, &at_h, &at_b]);
+        }
+        let lat = at_b
+            .iter()
+            .zip(&sent)
+            .filter_map(|(a, s)| a.map(|a| ms(*s, a)))
+            .collect();
         runs.push((
             rate,
             Run {
