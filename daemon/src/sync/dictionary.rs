@@ -5,8 +5,9 @@
 //! is younger than a full sample), and published to every session, which offers them to its
 //! peer (protocol 3).
 //!
-//! Training reads at most [`MAX_TRAINING_BYTES`] of values and runs on a blocking thread
-//! (a few hundred milliseconds for the largest sample in an optimised build); a dictionary that
+//! Training reads at most [`MAX_TRAINING_BYTES`] of values and runs on a thread of its own at
+//! the lowest priority (a few hundred milliseconds for the largest sample in an optimised
+//! build); a dictionary that
 //! does not shrink the sample is dropped; at most
 //! [`MAX_DICTIONARY_COLLECTIONS`] collections get one.
 
@@ -115,10 +116,7 @@ pub(crate) async fn train_loop(
                 continue;
             }
             let samples = sample(&replica, &c.name).await;
-            let trained = tokio::task::spawn_blocking(move || train_dictionary(&samples))
-                .await
-                .ok()
-                .flatten();
+            let trained = train_in_background(samples).await;
             let ok = trained.is_some();
             state.insert(
                 c.name.clone(),
@@ -137,6 +135,42 @@ pub(crate) async fn train_loop(
             }
         }
     }
+}
+
+/// Nice value of the trainer's thread: the lowest priority, so that a training (tens to
+/// hundreds of milliseconds of CPU) runs on the time that replication leaves idle and never
+/// delays a live write's hop.
+const TRAINER_NICE: i32 = 19;
+
+/// Trains a dictionary from `samples` on a thread of its own at [`TRAINER_NICE`]; `None` if
+/// it trains none (or the thread cannot start).
+async fn train_in_background(samples: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    at_low_priority("officesync-train", move || train_dictionary(&samples))
+        .await
+        .flatten()
+}
+
+/// Runs `work` on a new thread named `name` whose nice value is [`TRAINER_NICE`] (Linux sets
+/// it per thread); `None` if the thread cannot start or dies.
+async fn at_low_priority<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let me = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(me), TRAINER_NICE) {
+                tracing::debug!(error = %e, "cannot lower a background thread's priority");
+            }
+            let _ = tx.send(work());
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, thread = name, "cannot start a background thread");
+        return None;
+    }
+    rx.await.ok()
 }
 
 /// Whether a collection of `records` records is due a training: never tried and big enough
@@ -187,6 +221,19 @@ async fn sample(replica: &Replica, collection: &str) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn background_work_runs_at_the_lowest_priority_and_the_caller_keeps_its_own() {
+        let nice_of_this_thread =
+            || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let before = nice_of_this_thread().expect("own nice value");
+        let seen = at_low_priority("officesync-test", nice_of_this_thread)
+            .await
+            .expect("the thread ran")
+            .expect("its nice value");
+        assert_eq!(seen, TRAINER_NICE);
+        assert_eq!(nice_of_this_thread().expect("own nice value"), before);
+    }
 
     #[test]
     fn training_is_due_rarely() {
