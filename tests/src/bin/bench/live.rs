@@ -96,14 +96,18 @@ fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1e3
 }
 
-/// Collects arrivals as [`collect_at`] does and pairs them with the send times: the latency
-/// of each write that arrived, ms.
-fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec<f64> {
-    collect_at(arrivals, sent.len())
-        .iter()
+/// The latency of each write that arrived (`at`, by index), from its send time, ms.
+fn latencies(at: &[Option<Instant>], sent: &[Instant]) -> Vec<f64> {
+    at.iter()
         .zip(sent)
         .filter_map(|(a, s)| a.map(|a| ms(*s, a)))
         .collect()
+}
+
+/// Collects arrivals as [`collect_at`] does and pairs them with the send times: the latency
+/// of each write that arrived, ms.
+fn collect(arrivals: &mpsc::Receiver<(usize, Instant)>, sent: &[Instant]) -> Vec<f64> {
+    latencies(&collect_at(arrivals, sent.len()), sent)
 }
 
 /// Reads arrivals `(key, at)` of run `run_id` until all `sent.len()` writes are in or
@@ -139,7 +143,8 @@ fn collect_keys(
 }
 
 /// Set to `1`: also time each write's arrival at A and at the hub (durable there), and print
-/// where the time of the slowest writes went. The extra watchers load the nodes, so the main
+/// where the time of the slowest writes went; `2`: also list the slowest writes with their
+/// send times (a stall shows as a run of them). The extra watchers load the nodes, so the main
 /// figures of such a run are not comparable with one without.
 const HOPS_ENV: &str = "OFFICESYNC_BENCH_LIVE_HOPS";
 
@@ -192,10 +197,11 @@ fn arrivals(
 /// Prints, for one rate, each hop's p50 / p99 / max (sent → durable at A → durable at the hub
 /// → durable at B) and, for the writes at or above the end-to-end p99, the mean of each hop.
 fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3]) {
-    let mut rows: Vec<[f64; 4]> = Vec::new();
+    // Per write that arrived everywhere: its index and [A, hub, B, end to end] in ms.
+    let mut rows: Vec<(usize, [f64; 4])> = Vec::new();
     for (i, s) in sent.iter().enumerate() {
         if let (Some(a), Some(h), Some(b)) = (at[0][i], at[1][i], at[2][i]) {
-            rows.push([ms(*s, a), ms(a, h), ms(h, b), ms(*s, b)]);
+            rows.push((i, [ms(*s, a), ms(a, h), ms(h, b), ms(*s, b)]));
         }
     }
     if rows.is_empty() {
@@ -209,34 +215,18 @@ fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3]) {
         "end to end",
     ];
     for (h, name) in names.iter().enumerate() {
-        let mut v: Vec<f64> = rows.iter().map(|r| r[h]).collect();
+        let mut v: Vec<f64> = rows.iter().map(|(_, r)| r[h]).collect();
         let (p50, p99) = (pct(&mut v, 0.5), pct(&mut v, 0.99));
         let max = v.last().copied().unwrap_or(f64::NAN);
         eprintln!("live hops {rate}/s: {name}: p50 {p50:.2} / p99 {p99:.2} / max {max:.2} ms");
     }
-    if std::env::var(HOPS_ENV).is_ok_and(|v| v == "2") {
-        let t0 = sent[0];
-        let mut all: Vec<(usize, [f64; 4])> = Vec::new();
-        for (i, s) in sent.iter().enumerate() {
-            if let (Some(a), Some(h), Some(b)) = (at[0][i], at[1][i], at[2][i]) {
-                all.push((i, [ms(*s, a), ms(a, h), ms(h, b), ms(*s, b)]));
-            }
-        }
-        all.sort_by(|x, y| y.1[3].total_cmp(&x.1[3]));
-        for (i, r) in all.iter().take(40) {
-            eprintln!(
-                "live slow {rate}/s: #{i} at {:.1} ms: {:.2} / {:.2} / {:.2} = {:.2}",
-                ms(t0, sent[*i]),
-                r[0],
-                r[1],
-                r[2],
-                r[3]
-            );
-        }
-    }
-    let mut ends: Vec<f64> = rows.iter().map(|r| r[3]).collect();
+    let mut ends: Vec<f64> = rows.iter().map(|(_, r)| r[3]).collect();
     let p99 = pct(&mut ends, 0.99);
-    let slow: Vec<&[f64; 4]> = rows.iter().filter(|r| r[3] >= p99).collect();
+    let slow: Vec<&[f64; 4]> = rows
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r[3] >= p99)
+        .collect();
     let mean = |h: usize| slow.iter().map(|r| r[h]).sum::<f64>() / slow.len() as f64;
     eprintln!(
         "live hops {rate}/s: the {} writes at or over p99 ({p99:.2} ms) spent on average {:.2} / {:.2} / {:.2} ms at A / hub / B",
@@ -245,6 +235,19 @@ fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3]) {
         mean(1),
         mean(2)
     );
+    if std::env::var(HOPS_ENV).is_ok_and(|v| v == "2") {
+        rows.sort_by(|x, y| y.1[3].total_cmp(&x.1[3]));
+        for (i, r) in rows.iter().take(40) {
+            eprintln!(
+                "live slow {rate}/s: #{i} sent at {:.1} ms: {:.2} / {:.2} / {:.2} = {:.2} ms",
+                ms(sent[0], sent[*i]),
+                r[0],
+                r[1],
+                r[2],
+                r[3]
+            );
+        }
+    }
 }
 
 /// Writes per rate.
@@ -433,11 +436,7 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
             }
             print_hops(rate, &sent, [&at_a, &at_h, &at_b]);
         }
-        let lat = at_b
-            .iter()
-            .zip(&sent)
-            .filter_map(|(a, s)| a.map(|a| ms(*s, a)))
-            .collect();
+        let lat = latencies(&at_b, &sent);
         runs.push((
             rate,
             Run {
