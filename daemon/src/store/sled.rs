@@ -51,9 +51,9 @@ const MARK_MAGIC: u64 = 0x6f66_6669_6365_7379;
 /// Name of the sled tree that holds the write-ahead record of the batch being applied.
 const WAL_TREE: &str = "wal";
 
-/// Largest encoded batch ([`codec`]) written through the write-ahead record; a larger one goes through
-/// sled's own batch, whose fixed cost it amortises. Far below sled's blob threshold (a
-/// quarter segment), so the record always stays in the fsynced log.
+/// Largest encoded batch ([`codec`]) written through the write-ahead record; a larger one
+/// goes through sled's own batch, whose fixed cost it amortises. Far below sled's blob
+/// threshold (a quarter segment), so the record always stays in the fsynced log.
 const WAL_MAX_BYTES: usize = 64 << 10;
 
 /// A batch's operations: `(key, Some(value))` inserts, `(key, None)` removes.

@@ -7,8 +7,7 @@
 //!
 //! Training reads at most [`MAX_TRAINING_BYTES`] of values and runs on a thread of its own at
 //! the lowest priority (a few hundred milliseconds for the largest sample in an optimised
-//! build); a dictionary that
-//! does not shrink the sample is dropped; at most
+//! build); a dictionary that does not shrink the sample is dropped; at most
 //! [`MAX_DICTIONARY_COLLECTIONS`] collections get one.
 
 use std::collections::HashMap;

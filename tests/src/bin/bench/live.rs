@@ -417,24 +417,20 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
         for t in tasks {
             t.await??;
         }
-        let at_b = tokio::task::spawn_blocking(move || {
-            let at = collect_at(&rx, sent.len());
-            (at, sent)
-        })
-        .await?;
-        let (at_b, sent) = at_b;
-        watcher.abort();
-        let _ = watcher.await;
+        let (at_b, sent) =
+            tokio::task::spawn_blocking(move || (collect_at(&rx, sent.len()), sent)).await?;
+        let mut watchers = vec![watcher];
         if let Some([(wa, rxa), (wh, rxh)]) = hop_watch {
+            watchers.extend([wa, wh]);
             let n = sent.len();
             let (at_a, at_h) =
                 tokio::task::spawn_blocking(move || (collect_at(&rxa, n), collect_at(&rxh, n)))
                     .await?;
-            for w in [wa, wh] {
-                w.abort();
-                let _ = w.await;
-            }
             print_hops(rate, &sent, [&at_a, &at_h, &at_b]);
+        }
+        for w in watchers {
+            w.abort();
+            let _ = w.await;
         }
         let lat = latencies(&at_b, &sent);
         runs.push((
