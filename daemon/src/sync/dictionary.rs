@@ -114,8 +114,10 @@ pub(crate) async fn train_loop(
             if !trainable(&c.name) || filling || !due(state.get(&c.name), records, dicts.len()) {
                 continue;
             }
+            let started = Instant::now();
             let samples = sample(&replica, &c.name).await;
             let trained = train_in_background(samples).await;
+            let ms = started.elapsed().as_millis() as u64;
             let ok = trained.is_some();
             state.insert(
                 c.name.clone(),
@@ -127,10 +129,12 @@ pub(crate) async fn train_loop(
             );
             if let Some(bytes) = trained {
                 let d = LocalDictionary::new(&c.name, bytes.into());
-                tracing::info!(collection = %c.name, id = %d.id, bytes = d.bytes.len(), records, "compression dictionary trained");
+                tracing::info!(collection = %c.name, id = %d.id, bytes = d.bytes.len(), records, ms, "compression dictionary trained");
                 dicts.retain(|old| old.collection != c.name);
                 dicts.push(d);
                 publish.send_replace(Arc::new(dicts.clone()));
+            } else {
+                tracing::debug!(collection = %c.name, records, ms, "no compression dictionary worth keeping");
             }
         }
     }

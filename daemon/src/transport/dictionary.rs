@@ -43,7 +43,7 @@ pub fn train(samples: &[Vec<u8>]) -> Option<Vec<u8>> {
             total <= MAX_TRAINING_BYTES
         })
         .collect();
-    if cut.len() < MIN_TRAINING_SAMPLES {
+    if cut.len() < MIN_TRAINING_SAMPLES || !shares_content(&cut) {
         return None;
     }
     // A dictionary much larger than a quarter of the sample learns nothing more.
@@ -51,6 +51,28 @@ pub fn train(samples: &[Vec<u8>]) -> Option<Vec<u8>> {
     let dict = zstd::dict::from_samples(&cut, capacity).ok()?;
     let fits = !dict.is_empty() && dict.len() <= MAX_DICTIONARY_BYTES;
     (fits && helps(&dict, &cut)).then_some(dict)
+}
+
+/// Whether values like `samples` have content in common: a few of them compressed as one
+/// frame come to at most [`MIN_GAIN`] of the same values sent alone (each compressed, or as
+/// they are when that is smaller). A dictionary is built from pieces of the sample, so it
+/// cannot prime a value with more than the other values would; when they share nothing
+/// (random bytes, encrypted or already compressed values) no dictionary is worth zstd's
+/// builder, whose few hundred milliseconds of CPU this check (microseconds) saves.
+fn shares_content(samples: &[&[u8]]) -> bool {
+    let step = (samples.len() / GAIN_SAMPLES).max(1);
+    let (mut joined, mut alone) = (Vec::new(), 0usize);
+    for s in samples.iter().step_by(step) {
+        let Ok(c) = zstd::bulk::compress(s, 1) else {
+            return false;
+        };
+        alone += c.len().min(s.len());
+        joined.extend_from_slice(s);
+    }
+    match zstd::bulk::compress(&joined, 1) {
+        Ok(c) => alone > 0 && (c.len() as f64) <= (alone as f64) * MIN_GAIN,
+        Err(_) => false,
+    }
 }
 
 /// Whether `dict` shrinks values like `samples` (each compressed alone, as the first write
@@ -193,10 +215,22 @@ mod tests {
     #[test]
     fn a_dictionary_that_does_not_help_is_not_kept() {
         // Random bytes: nothing to learn.
+        assert_eq!(train(&random_samples(500, 256)), None);
+        // A dictionary of other values does not help them either.
+        let dict = train(&json_samples(1_000)).expect("a dictionary");
+        let (random, json) = (random_samples(500, 256), json_samples(500));
+        let random: Vec<&[u8]> = random.iter().map(Vec::as_slice).collect();
+        let json: Vec<&[u8]> = json.iter().map(Vec::as_slice).collect();
+        assert!(!helps(&dict, &random));
+        assert!(helps(&dict, &json));
+    }
+
+    /// `n` values of `len` random bytes (a fixed xorshift sequence).
+    fn random_samples(n: usize, len: usize) -> Vec<Vec<u8>> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let samples: Vec<Vec<u8>> = (0..500)
+        (0..n)
             .map(|_| {
-                (0..256)
+                (0..len)
                     .map(|_| {
                         x ^= x << 13;
                         x ^= x >> 7;
@@ -205,8 +239,23 @@ mod tests {
                     })
                     .collect()
             })
-            .collect();
-        assert_eq!(train(&samples), None);
+            .collect()
+    }
+
+    #[test]
+    fn only_values_with_content_in_common_are_worth_training() {
+        let check = |samples: &[Vec<u8>]| {
+            let cut: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+            shares_content(&cut)
+        };
+        assert!(check(&json_samples(1_024)));
+        // Random values, short (where a frame's own bytes outweigh the value) and long.
+        assert!(!check(&random_samples(1_024, 16)));
+        assert!(!check(&random_samples(1_024, 256)));
+        assert!(!check(&random_samples(64, 4_096)));
+        // The same random value over and over: a dictionary would hold it.
+        let same = vec![random_samples(1, 256).remove(0); 1_024];
+        assert!(check(&same));
     }
 
     #[test]
