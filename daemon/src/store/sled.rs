@@ -78,6 +78,9 @@ pub struct SledStore {
     #[cfg(test)]
     fail_items_after: std::sync::Mutex<Option<usize>>,
     dir: PathBuf,
+    /// sled's log file (`db`, which sled opens once and never replaces), kept open for the
+    /// fsync after every flush.
+    log: File,
     mark: File,
     mark_at_open: Option<u64>,
     _lock: File,
@@ -182,6 +185,9 @@ impl SledStore {
             .map_err(|e| io(format!("cannot fsync {}: {e}", conf.display())))?;
         fsync_dir(&dir)?;
         fsync_dir(data_dir)?;
+        let log_path = dir.join("db");
+        let log = File::open(&log_path)
+            .map_err(|e| io(format!("cannot open {}: {e}", log_path.display())))?;
         Ok(Self {
             db,
             wal,
@@ -192,6 +198,7 @@ impl SledStore {
             #[cfg(test)]
             fail_items_after: std::sync::Mutex::new(None),
             dir,
+            log,
             mark,
             mark_at_open,
             _lock: lock,
@@ -363,10 +370,10 @@ impl Store for SledStore {
         self.db.flush().map_err(|e| self.map_err(e))?;
         // sled's flush uses sync_file_range, which neither writes file metadata nor flushes
         // the device cache: fsync the log file itself before anything is acknowledged.
-        let log = self.dir.join("db");
-        File::open(&log)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(format!("cannot fsync {}: {e}", log.display())))
+        self.log.sync_all().map_err(|e| {
+            let log = self.dir.join("db");
+            io(format!("cannot fsync {}: {e}", log.display()))
+        })
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -878,7 +878,14 @@ pub(in crate::pagecache) fn make_stable(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
 ) -> Result<usize> {
-    make_stable_inner(iobufs, lsn, false)
+    make_stable_inner(iobufs, lsn, false, false)
+}
+
+/// officesync: `make_stable` for an explicit flush, which writes a buffer
+/// it seals on the calling thread (that thread would only wait for an I/O
+/// thread to do it).
+fn make_stable_here(iobufs: &Arc<IoBufs>, lsn: Lsn) -> Result<usize> {
+    make_stable_inner(iobufs, lsn, false, true)
 }
 
 /// Blocks until the specified log sequence number
@@ -894,13 +901,15 @@ pub(in crate::pagecache) fn make_durable(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
 ) -> Result<usize> {
-    make_stable_inner(iobufs, lsn, true)
+    make_stable_inner(iobufs, lsn, true, false)
 }
 
 pub(in crate::pagecache) fn make_stable_inner(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
     partial_durability: bool,
+    // officesync: passed on to `seal_and_write`.
+    write_here: bool,
 ) -> Result<usize> {
     let _measure = Measure::new(&M.make_stable);
 
@@ -933,7 +942,7 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            seal_and_write(iobufs, &iobuf, header, false, write_here)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1011,7 +1020,7 @@ pub(in crate::pagecache) fn make_stable_inner(
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     let _cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
-    make_stable(iobufs, max_reserved_lsn)
+    make_stable_here(iobufs, max_reserved_lsn)
 }
 
 /// Attempt to seal the current IO buffer, possibly
@@ -1022,6 +1031,18 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+) -> Result<()> {
+    seal_and_write(iobufs, iobuf, header, from_reserve, false)
+}
+
+/// officesync: `maybe_seal_and_write_iobuf`, which with `write_here` writes
+/// the sealed buffer on the calling thread instead of an I/O thread's.
+fn seal_and_write(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    header: Header,
+    from_reserve: bool,
+    write_here: bool,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1178,28 +1199,38 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
-        let iobufs = iobufs.clone();
-        let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
-                error!(
-                    "hit error while writing iobuf with lsn {}: {:?}",
-                    lsn, e
-                );
+        let write = {
+            let iobufs = iobufs.clone();
+            let iobuf = iobuf.clone();
+            move || {
+                if let Err(e) = iobufs.write_to_log(&iobuf) {
+                    error!(
+                        "hit error while writing iobuf with lsn {}: {:?}",
+                        lsn, e
+                    );
 
-                // store error before notifying so that waiting threads will see
-                // it
-                iobufs.config.set_global_error(e);
+                    // store error before notifying so that waiting threads will see
+                    // it
+                    iobufs.config.set_global_error(e);
 
-                let intervals = iobufs.intervals.lock();
+                    let intervals = iobufs.intervals.lock();
 
-                // having held the mutex makes this linearized
-                // with the notify below.
-                drop(intervals);
+                    // having held the mutex makes this linearized
+                    // with the notify below.
+                    drop(intervals);
 
-                let _notified = iobufs.interval_updated.notify_all();
+                    let _notified = iobufs.interval_updated.notify_all();
+                }
             }
-        })?;
+        };
+        if write_here {
+            // officesync: the caller is an explicit flush, which would
+            // wait for this write anyway; an error is reported as above,
+            // and the caller's loop sees it as the global error.
+            write();
+            return iobufs.config.global_error();
+        }
+        let _result = threadpool::spawn(write)?;
 
         #[cfg(feature = "event_log")]
         _result.wait();
