@@ -384,6 +384,13 @@ async fn main() -> Result<()> {
             std::process::exit(2);
         }
     };
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The nodes this process runs log to stderr, filtered by RUST_LOG (off without it).
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut rows = Vec::new();
     if args.wants("local") {
         local_figures(args.quick, &mut rows).await?;

@@ -2,10 +2,11 @@
 //! office, timestamped on arrival at another office through the hub (all three nodes in this
 //! process, `sync` durability); latency = arrival at the receiver − the write's send time,
 //! on one clock. Arrival is when B's replica publishes the version as applied (readable;
-//! another origin's version is offered once applied), seen by a task on B's state watch. Beside it, at the same rates: Redis chained replication (primary → replica
-//! → replica, arrival seen as a keyspace notification on the last replica) and a NATS
-//! JetStream KV bucket mirrored over a leaf node (arrival seen by a push consumer on the
-//! mirror).
+//! another origin's version is offered once applied), seen by a task on B's state watch.
+//! Beside it, at the same rates: Redis chained replication (primary → replica → replica,
+//! arrival seen as a keyspace notification on the last replica) and a NATS JetStream KV
+//! bucket mirrored over a leaf node (arrival seen by a push consumer on the mirror). Values
+//! are 256 random bytes, or JSON with [`VALUES_ENV`].
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -147,6 +148,19 @@ fn collect_keys(
 /// send times (a stall shows as a run of them). The extra watchers load the nodes, so the main
 /// figures of such a run are not comparable with one without.
 const HOPS_ENV: &str = "OFFICESYNC_BENCH_LIVE_HOPS";
+
+/// Set to `json`: every system writes about 256 bytes of JSON (which the offices train a
+/// compression dictionary for, once the collection holds enough) instead of 256 random bytes
+/// (for which they train none).
+const VALUES_ENV: &str = "OFFICESYNC_BENCH_LIVE_VALUES";
+
+/// The values of this run's writes: [`VALUES_ENV`], or random.
+fn live_values() -> Kind {
+    match std::env::var(VALUES_ENV) {
+        Ok(v) if v == "json" => Kind::Json,
+        _ => Kind::Random,
+    }
+}
 
 /// A task on `replica`'s durable-state watch that reads `origin`'s new versions of run
 /// `run_id` as they become durable, and sends `(index, when)` for each.
@@ -346,6 +360,7 @@ fn report(
         rows,
         json!({
             "figure": "live_propagation", "system": system, "path": path,
+            "values": live_values().name(),
             "rate_per_sec": rate, "achieved_rate_per_sec": run.achieved_rate.round(),
             "written": run.written, "received": received,
             "latency_ms": { "p50": p50, "p99": p99, "p999": p999, "max": max },
@@ -357,7 +372,8 @@ fn report(
         TableRow {
             figure: "live_propagation".into(),
             case: format!(
-                "{system}: {path}, {rate}/s, received {received}/{}",
+                "{system}: {path}, {rate}/s, {} values, received {received}/{}",
+                live_values().name(),
                 run.written
             ),
             result: format!("p50 {p50:.2} / p99 {p99:.2} / p999 {p999:.2} ms"),
@@ -371,6 +387,7 @@ fn report(
 
 /// officesync: hub and two offices in this process; writes at A, arrivals at B.
 async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
+    let values = live_values();
     let dir = tempfile::tempdir()?;
     let (hub, a, b) = start_trio(pki, dir.path(), Durability::Sync).await?;
     let origin = a.replica().id().clone();
@@ -404,7 +421,7 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
             let out = paced(rate, n, |i| {
                 let r = writer.clone();
                 let key = live_key(run_id, i);
-                let value = Kind::Random.value(u64::MAX - i as u64);
+                let value = values.value(u64::MAX - i as u64);
                 tasks.push(rt.spawn(async move { r.write(COLL, &key, Some(value)).await }));
                 Ok(())
             });
@@ -449,6 +466,7 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
 /// Redis: primary → replica → replica; writes (pipelined `SET`s) at the primary, arrivals
 /// as keyspace notifications on the last replica.
 fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64, Run)>> {
+    let values = live_values();
     let primary = servers::redis(bin, None)?;
     let mid = servers::redis(bin, Some(primary.port))?;
     let last = servers::redis(bin, Some(mid.port))?;
@@ -492,7 +510,7 @@ fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64
             Ok(())
         });
         let (sent, achieved_rate) = paced(rate, n, |i| {
-            let value = Kind::Random.value(u64::MAX - i as u64);
+            let value = values.value(u64::MAX - i as u64);
             servers::write_command(&mut out, &[b"SET", live_key(run_id, i).as_bytes(), &value])?;
             std::io::Write::flush(&mut out)?;
             Ok(())
@@ -507,6 +525,7 @@ fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64
 
 /// NATS: KV puts at the hub server; arrivals through a push consumer on the leaf's mirror.
 fn nats_mirror(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64, Run)>> {
+    let values = live_values();
     let pair = NatsPair::start(bin)?;
     pair.create_bucket()?;
     pair.create_mirror()?;
@@ -558,7 +577,7 @@ fn nats_mirror(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64
         progress(format_args!("live_propagation: NATS {rate}/s × {n}"));
         let mut out = w.writer_handle()?;
         let (sent, achieved_rate) = paced(rate, n, |i| {
-            let value = Kind::Random.value(u64::MAX - i as u64);
+            let value = values.value(u64::MAX - i as u64);
             servers::nats_pub(&mut out, &subject(&live_key(run_id, i)), &value)?;
             std::io::Write::flush(&mut out)?;
             Ok(())
