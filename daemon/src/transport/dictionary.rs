@@ -19,7 +19,8 @@ pub const MAX_TRAINING_BYTES: usize = 256 << 10;
 
 /// A trained dictionary is kept only if it shrinks sample values compressed alone to at most
 /// this fraction of their size without it: one that does not help would cost every peer its
-/// bytes for nothing (values of random bytes, or already compressed).
+/// bytes for nothing (values of random bytes, or already compressed). The same bar decides,
+/// before any training, whether the values share content at all.
 pub const MIN_GAIN: f64 = 0.9;
 
 /// Sample values the gain is measured on.

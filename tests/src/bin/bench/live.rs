@@ -343,6 +343,7 @@ fn report(
     ours_p99: Option<f64>,
 ) {
     let ours = system == "officesync";
+    let values = live_values().name();
     let mut lat = run.lat.clone();
     let received = lat.len();
     let (p50, p99, p999) = (
@@ -360,7 +361,7 @@ fn report(
         rows,
         json!({
             "figure": "live_propagation", "system": system, "path": path,
-            "values": live_values().name(),
+            "values": values,
             "rate_per_sec": rate, "achieved_rate_per_sec": run.achieved_rate.round(),
             "written": run.written, "received": received,
             "latency_ms": { "p50": p50, "p99": p99, "p999": p999, "max": max },
@@ -372,8 +373,7 @@ fn report(
         TableRow {
             figure: "live_propagation".into(),
             case: format!(
-                "{system}: {path}, {rate}/s, {} values, received {received}/{}",
-                live_values().name(),
+                "{system}: {path}, {rate}/s, {values} values, received {received}/{}",
                 run.written
             ),
             result: format!("p50 {p50:.2} / p99 {p99:.2} / p999 {p999:.2} ms"),
