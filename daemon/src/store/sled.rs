@@ -27,6 +27,9 @@ use super::{Store, StoreError, WriteBatch};
 /// Name of sled's directory inside the data dir.
 pub const SLED_DIR: &str = "sled";
 
+/// sled's log file inside [`SLED_DIR`], which sled opens once and never replaces.
+const SLED_LOG: &str = "db";
+
 /// sled segment size. sled writes any log item larger than a quarter segment as a separate
 /// blob file that it never fsyncs; with 4 MiB segments that is 1 MiB, far above the largest
 /// node the replica writes (values are chunked into small pieces above this layer).
@@ -78,8 +81,7 @@ pub struct SledStore {
     #[cfg(test)]
     fail_items_after: std::sync::Mutex<Option<usize>>,
     dir: PathBuf,
-    /// sled's log file (`db`, which sled opens once and never replaces), kept open for the
-    /// fsync after every flush.
+    /// sled's log file ([`SLED_LOG`]), kept open for the fsync after every flush.
     log: File,
     mark: File,
     mark_at_open: Option<u64>,
@@ -185,7 +187,7 @@ impl SledStore {
             .map_err(|e| io(format!("cannot fsync {}: {e}", conf.display())))?;
         fsync_dir(&dir)?;
         fsync_dir(data_dir)?;
-        let log_path = dir.join("db");
+        let log_path = dir.join(SLED_LOG);
         let log = File::open(&log_path)
             .map_err(|e| io(format!("cannot open {}: {e}", log_path.display())))?;
         Ok(Self {
@@ -371,7 +373,7 @@ impl Store for SledStore {
         // sled's flush uses sync_file_range, which neither writes file metadata nor flushes
         // the device cache: fsync the log file itself before anything is acknowledged.
         self.log.sync_all().map_err(|e| {
-            let log = self.dir.join("db");
+            let log = self.dir.join(SLED_LOG);
             io(format!("cannot fsync {}: {e}", log.display()))
         })
     }

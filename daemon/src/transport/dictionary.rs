@@ -26,6 +26,12 @@ pub const MIN_GAIN: f64 = 0.9;
 /// Sample values the gain is measured on.
 const GAIN_SAMPLES: usize = 64;
 
+/// The [`GAIN_SAMPLES`] values, spread over `samples`, that both gain checks measure.
+fn gain_samples<'a>(samples: &'a [&'a [u8]]) -> impl Iterator<Item = &'a [u8]> {
+    let step = (samples.len() / GAIN_SAMPLES).max(1);
+    samples.iter().step_by(step).copied()
+}
+
 /// Longest sample value used: longer values are cut to this many bytes.
 pub const MAX_SAMPLE_BYTES: usize = 4 << 10;
 
@@ -61,9 +67,8 @@ pub fn train(samples: &[Vec<u8>]) -> Option<Vec<u8>> {
 /// (random bytes, encrypted or already compressed values) no dictionary is worth zstd's
 /// builder, whose few hundred milliseconds of CPU this check (microseconds) saves.
 fn shares_content(samples: &[&[u8]]) -> bool {
-    let step = (samples.len() / GAIN_SAMPLES).max(1);
     let (mut joined, mut alone) = (Vec::new(), 0usize);
-    for s in samples.iter().step_by(step) {
+    for s in gain_samples(samples) {
         let Ok(c) = zstd::bulk::compress(s, 1) else {
             return false;
         };
@@ -83,8 +88,7 @@ fn helps(dict: &[u8], samples: &[&[u8]]) -> bool {
         return false;
     };
     let (mut primed, mut plain) = (0usize, 0usize);
-    let step = (samples.len() / GAIN_SAMPLES).max(1);
-    for s in samples.iter().step_by(step) {
+    for s in gain_samples(samples) {
         match (with.compress(s), zstd::bulk::compress(s, 3)) {
             (Ok(a), Ok(b)) => {
                 primed += a.len();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use officesync_daemon::config::Durability;
-use officesync_daemon::replica::Replica;
+use officesync_daemon::replica::{DurableState, Replica};
 use officesync_protocol::ReplicaId;
 use serde_json::json;
 
@@ -162,6 +162,11 @@ fn live_values() -> Kind {
     }
 }
 
+/// How far `state` holds `origin`'s versions of the workload's collection.
+fn through(state: &DurableState, origin: &ReplicaId) -> u64 {
+    state.vvs.get(COLL).map_or(0, |vv| vv.get(origin))
+}
+
 /// A task on `replica`'s durable-state watch that reads `origin`'s new versions of run
 /// `run_id` as they become durable, and sends `(index, when)` for each.
 fn arrivals(
@@ -174,23 +179,15 @@ fn arrivals(
 ) {
     let (tx, rx) = mpsc::channel();
     let mut durable = replica.durable();
-    let mut after = durable
-        .borrow_and_update()
-        .vvs
-        .get(COLL)
-        .map_or(0, |vv| vv.get(origin));
+    let mut after = through(&durable.borrow_and_update(), origin);
     let (r, origin) = (replica.clone(), origin.clone());
     let task = tokio::spawn(async move {
         while durable.changed().await.is_ok() {
             let at = Instant::now();
-            let through = durable
-                .borrow_and_update()
-                .vvs
-                .get(COLL)
-                .map_or(0, |vv| vv.get(&origin));
-            while after < through {
+            let upto = through(&durable.borrow_and_update(), &origin);
+            while after < upto {
                 let (versions, scanned) = r
-                    .versions_since(COLL, &origin, after, through, 4_096, 8 << 20)
+                    .versions_since(COLL, &origin, after, upto, 4_096, 8 << 20)
                     .await?;
                 for v in versions {
                     if let Some(i) = parse_live_key(run_id, &v.key) {
@@ -209,8 +206,9 @@ fn arrivals(
 }
 
 /// Prints, for one rate, each hop's p50 / p99 / max (sent → durable at A → durable at the hub
-/// → durable at B) and, for the writes at or above the end-to-end p99, the mean of each hop.
-fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3]) {
+/// → durable at B) and, for the writes at or above the end-to-end p99, the mean of each hop;
+/// with `list_slow`, also the slowest writes with their send times.
+fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3], list_slow: bool) {
     // Per write that arrived everywhere: its index and [A, hub, B, end to end] in ms.
     let mut rows: Vec<(usize, [f64; 4])> = Vec::new();
     for (i, s) in sent.iter().enumerate() {
@@ -249,7 +247,7 @@ fn print_hops(rate: u64, sent: &[Instant], at: [&[Option<Instant>]; 3]) {
         mean(1),
         mean(2)
     );
-    if std::env::var(HOPS_ENV).is_ok_and(|v| v == "2") {
+    if list_slow {
         rows.sort_by(|x, y| y.1[3].total_cmp(&x.1[3]));
         for (i, r) in rows.iter().take(40) {
             eprintln!(
@@ -276,8 +274,9 @@ fn writes_at(s: &Sizes, rate: u64) -> usize {
 
 /// Runs officesync and both baselines at every rate.
 pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
+    let values = live_values();
     let mut ours_p99: Vec<(u64, f64)> = Vec::new();
-    match officesync(pki, s).await {
+    match officesync(pki, s, values).await {
         Ok(runs) => {
             for (rate, run) in runs {
                 let mut lat = run.lat.clone();
@@ -287,6 +286,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
                     "officesync",
                     "office A → hub → office B (QUIC, mTLS, sync durability)",
                     rate,
+                    values,
                     &run,
                     None,
                 );
@@ -295,7 +295,7 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
         Err(e) => failed(rows, "live_propagation", "officesync", &e),
     }
     let sizes: Vec<(u64, usize)> = RATES.iter().map(|&r| (r, writes_at(s, r))).collect();
-    type Baseline = fn(&std::path::Path, &[(u64, usize)]) -> Result<Vec<(u64, Run)>>;
+    type Baseline = fn(&std::path::Path, &[(u64, usize)], Kind) -> Result<Vec<(u64, Run)>>;
     let baselines: [(&str, &str, &str, &str, Baseline); 2] = [
         (
             "redis-server",
@@ -314,12 +314,13 @@ pub(crate) async fn run(pki: &Pki, s: &Sizes, rows: &mut Vec<TableRow>) {
     ];
     for (server, case, system, path, measure) in baselines {
         let sizes = sizes.clone();
-        let work = move |bin: std::path::PathBuf| measure(&bin, &sizes);
+        let work = move |bin: std::path::PathBuf| measure(&bin, &sizes, values);
         match with_server(rows, "live_propagation", case, server, work).await {
             None => {}
             Some(Ok(runs)) => {
                 for (rate, run) in runs {
-                    report(rows, system, path, rate, &run, ours_at(&ours_p99, rate));
+                    let ours = ours_at(&ours_p99, rate);
+                    report(rows, system, path, rate, values, &run, ours);
                 }
             }
             Some(Err(e)) => failed(rows, "live_propagation", case, &e),
@@ -332,18 +333,19 @@ fn ours_at(ours: &[(u64, f64)], rate: u64) -> Option<f64> {
     ours.iter().find(|(r, _)| *r == rate).map(|(_, p)| *p)
 }
 
-/// Emits one system's figure at one rate; `ours_p99` (for a baseline) is officesync's p99 at
+/// Emits one system's figure at one rate, written with `values`; `ours_p99` (for a baseline) is officesync's p99 at
 /// the same rate, and the ratio is baseline p99 / officesync p99 (> 1: officesync faster).
 fn report(
     rows: &mut Vec<TableRow>,
     system: &str,
     path: &str,
     rate: u64,
+    values: Kind,
     run: &Run,
     ours_p99: Option<f64>,
 ) {
     let ours = system == "officesync";
-    let values = live_values().name();
+    let values = values.name();
     let mut lat = run.lat.clone();
     let received = lat.len();
     let (p50, p99, p999) = (
@@ -386,8 +388,7 @@ fn report(
 }
 
 /// officesync: hub and two offices in this process; writes at A, arrivals at B.
-async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
-    let values = live_values();
+async fn officesync(pki: &Pki, s: &Sizes, values: Kind) -> Result<Vec<(u64, Run)>> {
     let dir = tempfile::tempdir()?;
     let (hub, a, b) = start_trio(pki, dir.path(), Durability::Sync).await?;
     let origin = a.replica().id().clone();
@@ -403,7 +404,12 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
     )
     .await?;
 
-    let hops = std::env::var(HOPS_ENV).is_ok_and(|v| v == "1" || v == "2");
+    let hops = std::env::var(HOPS_ENV).ok();
+    let (timed, list_slow) = match hops.as_deref() {
+        Some("1") => (true, false),
+        Some("2") => (true, true),
+        _ => (false, false),
+    };
     let mut runs = Vec::new();
     for (run_id, rate) in RATES.into_iter().enumerate() {
         let run_id = run_id as u64;
@@ -413,7 +419,7 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
         // with per-hop timing, tasks on A's and the hub's too.
         let (watcher, rx) = arrivals(b.replica(), &origin, run_id);
         let hop_watch =
-            hops.then(|| [a.replica(), hub.replica()].map(|r| arrivals(r, &origin, run_id)));
+            timed.then(|| [a.replica(), hub.replica()].map(|r| arrivals(r, &origin, run_id)));
         let rt = tokio::runtime::Handle::current();
         let writer = a.replica().clone();
         let sender = std::thread::spawn(move || {
@@ -443,7 +449,7 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
             let (at_a, at_h) =
                 tokio::task::spawn_blocking(move || (collect_at(&rxa, n), collect_at(&rxh, n)))
                     .await?;
-            print_hops(rate, &sent, [&at_a, &at_h, &at_b]);
+            print_hops(rate, &sent, [&at_a, &at_h, &at_b], list_slow);
         }
         for w in watchers {
             w.abort();
@@ -465,8 +471,11 @@ async fn officesync(pki: &Pki, s: &Sizes) -> Result<Vec<(u64, Run)>> {
 
 /// Redis: primary → replica → replica; writes (pipelined `SET`s) at the primary, arrivals
 /// as keyspace notifications on the last replica.
-fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64, Run)>> {
-    let values = live_values();
+fn redis_chain(
+    bin: &std::path::Path,
+    sizes: &[(u64, usize)],
+    values: Kind,
+) -> Result<Vec<(u64, Run)>> {
     let primary = servers::redis(bin, None)?;
     let mid = servers::redis(bin, Some(primary.port))?;
     let last = servers::redis(bin, Some(mid.port))?;
@@ -524,8 +533,11 @@ fn redis_chain(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64
 }
 
 /// NATS: KV puts at the hub server; arrivals through a push consumer on the leaf's mirror.
-fn nats_mirror(bin: &std::path::Path, sizes: &[(u64, usize)]) -> Result<Vec<(u64, Run)>> {
-    let values = live_values();
+fn nats_mirror(
+    bin: &std::path::Path,
+    sizes: &[(u64, usize)],
+    values: Kind,
+) -> Result<Vec<(u64, Run)>> {
     let pair = NatsPair::start(bin)?;
     pair.create_bucket()?;
     pair.create_mirror()?;
