@@ -724,14 +724,16 @@ mod tests {
         let expected = root.join("report.txt");
         assert_eq!(read_listed(&listed, &expected).expect("read"), b"report");
 
-        // Swapped for a link to the secret between the listing and the open.
-        fs::remove_file(&file).expect("remove");
+        // Swapped for a link to the secret between the listing and the open. The listed
+        // file moves aside rather than being deleted: a deleted file's inode number is
+        // free for the file system to hand to the next file made, and the replacement
+        // below would then carry the listed identity.
+        fs::rename(&file, dir.path().join("kept")).expect("move aside");
         std::os::unix::fs::symlink(&secret, &file).expect("symlink");
         let error = read_listed(&listed, &expected).expect_err("link followed");
         assert!(error.contains("symbolic link"), "{error}");
 
         // Swapped for another regular file (a copy, or a hard link to the secret).
-        // (Written beside it first, so it cannot reuse the listed inode.)
         let other = dir.path().join("other");
         fs::write(&other, b"PRIVATE KEY").expect("write");
         fs::rename(&other, &file).expect("rename");

@@ -90,7 +90,9 @@ where
 const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// mimalloc: sled's page reads and the writer's batches allocate per record, and glibc's
-/// allocator showed as a large share of query and catch-up profiles.
+/// allocator showed as a large share of query and catch-up profiles. The `system-allocator`
+/// feature leaves it out, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
