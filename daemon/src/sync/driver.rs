@@ -318,7 +318,7 @@ impl<'a> Driver<'a> {
         // the peer can never use it before the readers hold it.
         self.drive_events();
         while let Some(msg) = self.session.poll_transmit_on(StreamKind::Control) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = self.io.ctrl_tx.try_send(msg) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = self.io.ctrl_tx.try_send(Box::new(msg)) {
                 self.frame_fault = true;
                 self.session.close(
                     ErrorCode::FrameTooLarge,
@@ -331,7 +331,7 @@ impl<'a> Driver<'a> {
                 break;
             };
             // Room was checked just above, and this driver is the only sender.
-            if self.io.urgent_tx.try_send(msg).is_err() {
+            if self.io.urgent_tx.try_send(Box::new(msg)).is_err() {
                 break;
             }
         }
@@ -341,7 +341,7 @@ impl<'a> Driver<'a> {
             };
             let bytes = approx_bytes(&msg);
             // Room was checked just above, and this driver is the only sender.
-            if self.io.bulk_tx.try_send(msg).is_err() {
+            if self.io.bulk_tx.try_send(Box::new(msg)).is_err() {
                 break;
             }
             self.limits.1.queue(bytes);
@@ -652,7 +652,7 @@ impl<'a> Driver<'a> {
                 tracing::debug!(?stream, kind = msg.kind(), "frame received");
                 let peer_closing = msg.is_error();
                 let was_closed = self.session.is_closed();
-                self.session.handle_frame(stream, msg, now_ms());
+                self.session.handle_frame(stream, *msg, now_ms());
                 // A frame (other than the peer's own error frame) that made the session fail
                 // is the peer's bad input; it is reported when the Closed event is drained.
                 if !was_closed && self.session.is_closed() && !peer_closing {
@@ -701,10 +701,10 @@ impl<'a> Driver<'a> {
 /// The byte-moving tasks of a session and the channels to them.
 struct Io {
     inputs: mpsc::Receiver<Input>,
-    ctrl_tx: mpsc::Sender<Message>,
-    bulk_tx: mpsc::Sender<Message>,
+    ctrl_tx: mpsc::Sender<Box<Message>>,
+    bulk_tx: mpsc::Sender<Box<Message>>,
     /// Frames of urgent collections (protocol 3): their own stream, never throttled.
-    urgent_tx: mpsc::Sender<Message>,
+    urgent_tx: mpsc::Sender<Box<Message>>,
     /// The protocol agreed (0 until then): a peer's second data stream is read from 3 on.
     protocol: watch::Sender<u16>,
     readers: JoinSet<()>,
