@@ -318,7 +318,8 @@ impl<'a> Driver<'a> {
         // the peer can never use it before the readers hold it.
         self.drive_events();
         while let Some(msg) = self.session.poll_transmit_on(StreamKind::Control) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = self.io.ctrl_tx.try_send(Box::new(msg)) {
+            let sent = self.io.ctrl_tx.try_send(Box::new(msg));
+            if let Err(mpsc::error::TrySendError::Full(_)) = sent {
                 self.frame_fault = true;
                 self.session.close(
                     ErrorCode::FrameTooLarge,

@@ -53,8 +53,17 @@ pub const STREAM_MAX_BYTES: usize = 16 << 10;
 pub const RESTART_UNPRIMED_BELOW: usize = 4 << 10;
 
 /// Window of the per-stream zstd stream: 2^17 = 128 KiB of history (hundreds of writes),
-/// about 1 MiB of compressor and 0.2 MiB of decompressor state per stream.
+/// about 1.3 MB of compressor (with the tables below) and 0.2 MiB of decompressor state per
+/// stream.
 pub const STREAM_WINDOW_LOG: u32 = 17;
+
+/// Match-finder tables of the per-stream zstd stream, log2 of their entries: what zstd itself
+/// picks at [`ZSTD_LEVEL`] for 128 KiB of input. Level 3's defaults (17 and 16) are sized for
+/// a 2 MiB window and would hold 384 KiB more per compressor; a relay opens one for every
+/// township whose session starts, all at once when a province starts.
+const STREAM_HASH_LOG: u32 = 16;
+/// See [`STREAM_HASH_LOG`].
+const STREAM_CHAIN_LOG: u32 = 15;
 
 /// A large payload counts as incompressible when zstd saves less than 1/this of it.
 const INCOMPRESSIBLE_SAVING: usize = 32;
@@ -572,20 +581,29 @@ impl StreamEncoder {
 
     /// A stream primed with `dict` (none when empty).
     fn with_dictionary(dict: &[u8]) -> Result<Self, TransportError> {
-        use zstd::stream::raw::CParameter;
         let err = |e: std::io::Error| TransportError::Compress {
             detail: e.to_string(),
         };
         let mut enc = zstd::stream::raw::Encoder::with_dictionary(ZSTD_LEVEL, dict).map_err(err)?;
-        // The frame names its dictionary itself (ahead of the zstd bytes).
-        enc.set_parameter(CParameter::DictIdFlag(false))
-            .map_err(err)?;
-        enc.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))
-            .map_err(err)?;
-        // No checksum or size per flush: the frame never ends, and QUIC already checks bytes.
-        enc.set_parameter(CParameter::ChecksumFlag(false))
-            .map_err(err)?;
+        for parameter in Self::parameters() {
+            enc.set_parameter(parameter).map_err(err)?;
+        }
         Ok(Self(enc))
+    }
+
+    /// The zstd parameters of every stream, on top of [`ZSTD_LEVEL`].
+    fn parameters() -> [zstd::stream::raw::CParameter; 5] {
+        use zstd::stream::raw::CParameter;
+        [
+            // The frame names its dictionary itself (ahead of the zstd bytes).
+            CParameter::DictIdFlag(false),
+            CParameter::WindowLog(STREAM_WINDOW_LOG),
+            CParameter::HashLog(STREAM_HASH_LOG),
+            CParameter::ChainLog(STREAM_CHAIN_LOG),
+            // No checksum or size per flush: the frame never ends, and QUIC already checks
+            // bytes.
+            CParameter::ChecksumFlag(false),
+        ]
     }
 
     /// Compresses `payload` as the next part of the stream and flushes it, so the returned
@@ -768,6 +786,43 @@ mod tests {
 
     fn none() -> RecvDictionaries {
         RecvDictionaries::new()
+    }
+
+    /// Bytes a zstd context holds after compressing a few small payloads as one stream
+    /// flushed after each, with `parameters` on top of [`ZSTD_LEVEL`].
+    fn compressor_bytes(parameters: &[zstd::stream::raw::CParameter]) -> usize {
+        use zstd::zstd_safe::{CCtx, InBuffer, OutBuffer};
+        let mut cctx = CCtx::create();
+        cctx.set_parameter(zstd::stream::raw::CParameter::CompressionLevel(ZSTD_LEVEL))
+            .expect("level");
+        for p in parameters {
+            cctx.set_parameter(*p).expect("parameter");
+        }
+        let mut out = vec![0u8; 4096];
+        for i in 0..8u32 {
+            let payload = format!("{{\"office\":\"hefei\",\"seq\":{i},\"note\":\"all clear\"}}");
+            let mut input = InBuffer::around(payload.as_bytes());
+            let mut output = OutBuffer::around(&mut out[..]);
+            cctx.compress_stream2(
+                &mut output,
+                &mut input,
+                zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+            )
+            .expect("compress");
+        }
+        cctx.sizeof()
+    }
+
+    #[test]
+    fn a_stream_compressor_is_sized_for_its_window() {
+        use zstd::stream::raw::CParameter;
+        let ours = compressor_bytes(&StreamEncoder::parameters());
+        // The level's own tables with the same window: what the stream held before.
+        let level_tables = compressor_bytes(&[CParameter::WindowLog(STREAM_WINDOW_LOG)]);
+        assert!(
+            ours + (300 << 10) < level_tables,
+            "ours {ours} B, the level's tables {level_tables} B"
+        );
     }
 
     #[test]

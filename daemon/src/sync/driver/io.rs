@@ -187,7 +187,7 @@ pub(super) async fn write_control(mut send: FramedSend, mut rx: Frames) {
 }
 
 /// How long the bulk stream stays quiet before its zstd stream ends and the compressor (about
-/// 1 MiB) is freed; the next frame starts a new one.
+/// 1.3 MB) is freed; the next frame starts a new one.
 const BULK_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens a data stream (bulk or urgent) on the first frame and writes its frames (zstd when
