@@ -129,12 +129,18 @@ pub(crate) async fn train_loop(
             );
             if let Some(bytes) = trained {
                 let d = LocalDictionary::new(&c.name, bytes.into());
-                tracing::info!(collection = %c.name, id = %d.id, bytes = d.bytes.len(), records, ms, "compression dictionary trained");
+                tracing::info!(
+                    collection = %c.name, id = %d.id, bytes = d.bytes.len(), records, ms,
+                    "compression dictionary trained"
+                );
                 dicts.retain(|old| old.collection != c.name);
                 dicts.push(d);
                 publish.send_replace(Arc::new(dicts.clone()));
             } else {
-                tracing::debug!(collection = %c.name, records, ms, "no compression dictionary worth keeping");
+                tracing::debug!(
+                    collection = %c.name, records, ms,
+                    "no compression dictionary worth keeping"
+                );
             }
         }
     }

@@ -333,8 +333,9 @@ fn ours_at(ours: &[(u64, f64)], rate: u64) -> Option<f64> {
     ours.iter().find(|(r, _)| *r == rate).map(|(_, p)| *p)
 }
 
-/// Emits one system's figure at one rate, written with `values`; `ours_p99` (for a baseline) is officesync's p99 at
-/// the same rate, and the ratio is baseline p99 / officesync p99 (> 1: officesync faster).
+/// Emits one system's figure at one rate, written with `values`; `ours_p99` (for a baseline)
+/// is officesync's p99 at the same rate, and the ratio is baseline p99 / officesync p99
+/// (> 1: officesync faster).
 fn report(
     rows: &mut Vec<TableRow>,
     system: &str,
