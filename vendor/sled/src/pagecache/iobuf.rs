@@ -1,8 +1,12 @@
 use std::{
     alloc::{alloc, dealloc, Layout},
     cell::UnsafeCell,
-    sync::atomic::AtomicPtr,
+    sync::atomic::{AtomicPtr, AtomicUsize},
 };
+
+/// officesync: the written part of a segment's buffer is handed back to the kernel in steps of
+/// this many bytes (a multiple of the page size; the buffer is 8 KiB aligned).
+const RELEASE_STEP: usize = 128 << 10;
 
 use crate::{pagecache::*, *};
 
@@ -27,7 +31,9 @@ macro_rules! io_fail {
     };
 }
 
-struct AlignedBuf(*mut u8, usize);
+// officesync: the third field is how many bytes from the start of the buffer have been
+// handed back to the kernel (see `IoBuf::release_written`).
+struct AlignedBuf(*mut u8, usize, AtomicUsize);
 
 #[allow(unsafe_code)]
 unsafe impl Send for AlignedBuf {}
@@ -42,7 +48,7 @@ impl AlignedBuf {
 
         assert!(!ptr.is_null(), "failed to allocate critical IO buffer");
 
-        AlignedBuf(ptr, len)
+        AlignedBuf(ptr, len, AtomicUsize::new(0))
     }
 }
 
@@ -109,6 +115,39 @@ impl IoBuf {
             )
         }
     }
+
+    /// officesync: hands the pages of this segment's buffer that lie wholly below `upto` (an
+    /// offset into the segment, all of whose bytes before it are on disk) back to the kernel.
+    ///
+    /// A segment's buffer is allocated at its full size (`segment_size`) and filled front to
+    /// back, one sealed piece after another, each written to the log and never read from the
+    /// buffer again (reads go to the file). Without this, every byte of the segment written so
+    /// far stays resident until the segment is full and the buffer freed, so each idle node
+    /// kept up to `segment_size` of written log in memory. Only whole `RELEASE_STEP`s are
+    /// released, so this costs one `madvise` per step of log, and the bytes released are
+    /// never written again (writers reserve past the stable point), so the zero pages the
+    /// kernel would give back are never seen.
+    #[cfg(target_os = "linux")]
+    fn release_written(&self, upto: usize) {
+        let buf_ptr = self.buf.get();
+        #[allow(unsafe_code)]
+        unsafe {
+            let buf = &*buf_ptr;
+            let end = upto.min(buf.1) / RELEASE_STEP * RELEASE_STEP;
+            let start = buf.2.fetch_max(end, SeqCst);
+            if start < end {
+                // Advice only: a failure leaves the pages resident, as before this change.
+                let _ = libc::madvise(
+                    buf.0.add(start).cast(),
+                    end - start,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn release_written(&self, _upto: usize) {}
 
     // This is called upon the initialization of a fresh segment.
     // We write a new segment header to the beginning of the buffer
@@ -777,6 +816,16 @@ impl IoBufs {
                 complete_len
             );
             self.mark_interval(base_lsn, complete_len);
+
+            // officesync: the bytes of this segment below the stable point are on disk and
+            // never read from the buffer again. A full segment's buffer is freed whole.
+            if !maxed {
+                let seg = segment_size as Lsn;
+                let next = self.stable() + 1;
+                if next / seg == base_lsn / seg {
+                    iobuf.release_written(assert_usize(next % seg));
+                }
+            }
         }
 
         M.written_bytes.measure(total_len as u64);
