@@ -116,6 +116,13 @@ pub(crate) mod procfs {
         status_mib(pid, "VmRSS:")
     }
 
+    /// Resident anonymous memory now (the process's own heap, stacks and buffers, without
+    /// the pages of its executable and libraries that every process of the binary shares),
+    /// MiB.
+    pub(crate) fn anon_mib(pid: u32) -> Option<f64> {
+        status_mib(pid, "RssAnon:")
+    }
+
     /// Peak resident memory since start (or the last reset), MiB.
     pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
         status_mib(pid, "VmHWM:")
