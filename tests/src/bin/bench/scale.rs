@@ -10,8 +10,9 @@
 //!   until every node holds it (p50 and max over the nodes; target max ≤ 1 s);
 //! * a relay's memory per idle session, at the margin: a relay's resident anonymous memory
 //!   with 8 (full: 32) idle township sessions and with twice as many, the difference over the
-//!   added sessions (target ≤ 200 KiB; its RSS beside it); for context, a county's resident memory less a
-//!   township's over its township sessions (it also counts the admin data a county holds);
+//!   added sessions (target ≤ 200 KiB; its RSS beside it); for context, a county's resident
+//!   memory less a township's over its township sessions (it also counts the admin data a
+//!   county holds);
 //! * idle CPU per node: every node's CPU over a quiet minute (one cycle of unchanged status
 //!   reports; target ≤ 0.1 % of a core);
 //! * catch-up through relays, on a chain of its own: a general office holding 1M × 256 B
