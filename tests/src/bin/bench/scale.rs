@@ -99,10 +99,8 @@ pub(crate) async fn run(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
 /// township" figure also counts what an admin relay holds that a township does not, such as
 /// its subtree's status reports, which grows with the province rather than with sessions.)
 async fn session_memory(quick: bool, rows: &mut Vec<TableRow>) -> Result<()> {
-    let k = std::env::var(SESSIONS_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&k: &usize| k > 0)
+    let k: usize = env_number(SESSIONS_ENV)
+        .filter(|&k| k > 0)
         .unwrap_or(if quick { 8 } else { 32 });
     let pki = Pki::new()?;
     let dir = tempfile::tempdir()?;
@@ -311,13 +309,15 @@ fn shape_from_env() -> Result<Option<TreeShape>> {
     }
 }
 
+/// A number from the environment variable `name`; none when unset or not a number.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 /// Starts the tree, measures, and returns the figures (the tree stops when dropped).
 fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
     let n = shape.nodes();
-    let parallel = std::env::var(PARALLEL_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(START_PARALLEL);
+    let parallel = env_number(PARALLEL_ENV).unwrap_or(START_PARALLEL);
     let started = Instant::now();
     let tree = Tree::start_parallel(
         shape,
@@ -337,7 +337,7 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
     eprintln!(
         "scale: {n} nodes started in {start_time:?} ({parallel} at once), linked {linked:?} later"
     );
-    if let Some(secs) = std::env::var(HOLD_ENV).ok().and_then(|s| s.parse().ok()) {
+    if let Some(secs) = env_number(HOLD_ENV) {
         // For profiling an idle province by hand (perf, strace) before the figures are taken.
         eprintln!("scale: holding the tree for {secs} s ({HOLD_ENV})");
         std::thread::sleep(Duration::from_secs(secs));
