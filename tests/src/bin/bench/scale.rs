@@ -365,10 +365,27 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
             .map_err(anyhow::Error::msg)?;
         let (p50, max) = (quantile(&delays, 0.5), quantile(&delays, 1.0));
         let met = max <= TARGET_PROPAGATION;
+        // When each tier heard of it (p50 and max, ms): where along the six hops time goes.
+        let by_tier: serde_json::Map<String, serde_json::Value> = TIERS
+            .iter()
+            .map(|tier| {
+                let d: Vec<Duration> = tree
+                    .nodes
+                    .iter()
+                    .zip(&delays)
+                    .filter(|(node, _)| node.name().starts_with(tier))
+                    .map(|(_, d)| *d)
+                    .collect();
+                let ms = |q| quantile(&d, q).as_secs_f64() * 1e3;
+                let name = tier.trim_end_matches('-').replace('-', "_");
+                (name, json!([ms(0.5), ms(1.0)]))
+            })
+            .collect();
         out.push((
             json!({
                 "figure": "scale_propagation", "nodes": n, "from": from,
                 "p50_ms": p50.as_secs_f64() * 1e3, "max_ms": max.as_secs_f64() * 1e3,
+                "p50_max_ms_by_tier": by_tier,
                 "target_max_ms": TARGET_PROPAGATION.as_millis(), "target_met": met,
             }),
             TableRow {
