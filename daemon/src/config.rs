@@ -303,7 +303,8 @@ pub enum Durability {
     /// Flush to disk before acknowledging each write (`"sync"`, the default).
     #[default]
     Sync,
-    /// Flush every `flush_interval_ms`; a crash may lose acknowledged writes (`"periodic"`).
+    /// Flush at most once every `flush_interval_ms` (at once after a quiet interval); a crash
+    /// may lose acknowledged writes of the last interval (`"periodic"`).
     Periodic,
 }
 
