@@ -1199,11 +1199,11 @@ pub(crate) fn periodic_flusher(store: &dyn Store, stats: &ReplicaStats, every: D
     // As if a sync had just run: the first interval after opening counts as a busy one.
     let mut last = Instant::now();
     while signal.wait_dirty() && signal.wait_until(last + every) {
-        last = Instant::now();
         let generation = stats.committed_generation.load(Ordering::Acquire);
         if synced == Some(generation) && stats.pending_sync_writes.load(Ordering::Relaxed) == 0 {
             continue;
         }
+        last = Instant::now();
         // Failures are logged inside and retried an interval later; writes were acknowledged
         // already in this mode.
         if sync_store(store, stats).is_ok() {

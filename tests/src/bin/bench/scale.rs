@@ -7,7 +7,8 @@
 //! `OFFICESYNC_BENCH_SCALE_SESSIONS=K` gives the session-memory relay K, then 2K townships.
 //! Figures:
 //! * propagation: three writes, each at a township of another city, from just before the PUT
-//!   until every node holds it (p50 and max over the nodes; target max ≤ 1 s);
+//!   until every node holds it (p50 and max over the nodes; target max ≤ 1 s), and the p50
+//!   and max of each tier, to see where along the six hops the time goes;
 //! * a relay's memory per idle session, at the margin: a relay's resident anonymous memory
 //!   with 8 (full: 32) idle township sessions and with twice as many, the difference over the
 //!   added sessions (target ≤ 200 KiB; its RSS beside it); for context, a county's resident
