@@ -24,6 +24,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use officesync_tests::node::TestNode;
 use officesync_tests::tree::{quantile, Tree, TreeShape};
 use serde_json::json;
 
@@ -44,6 +45,8 @@ const TARGET_IDLE_CPU_PCT: f64 = 0.1;
 const TARGET_RELAY_CATCH_UP: Duration = Duration::from_secs(60);
 /// Name prefixes of the tiers, leaves first.
 const TIERS: [&str; 4] = ["town-", "county-", "city-", "general-office"];
+/// The tiers' names in the figures' JSON, in the order of [`TIERS`].
+const TIER_KEYS: [&str; 4] = ["township", "county", "city", "general_office"];
 /// Environment variable giving another tree shape (see [`shape_from_env`]).
 const SHAPE_ENV: &str = "OFFICESYNC_BENCH_SCALE_SHAPE";
 /// Environment variable: seconds to keep the started tree idle before measuring it.
@@ -315,6 +318,18 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
+/// The nodes of the tier named by `prefix` (one of [`TIERS`]), each with its place in
+/// `tree.nodes`.
+fn tier_nodes<'a>(
+    tree: &'a Tree,
+    prefix: &'a str,
+) -> impl Iterator<Item = (usize, &'a TestNode)> + 'a {
+    tree.nodes
+        .iter()
+        .enumerate()
+        .filter(move |(_, node)| node.name().starts_with(prefix))
+}
+
 /// Starts the tree, measures, and returns the figures (the tree stops when dropped).
 fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
     let n = shape.nodes();
@@ -369,17 +384,11 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
         // When each tier heard of it (p50 and max, ms): where along the six hops time goes.
         let by_tier: serde_json::Map<String, serde_json::Value> = TIERS
             .iter()
-            .map(|tier| {
-                let d: Vec<Duration> = tree
-                    .nodes
-                    .iter()
-                    .zip(&delays)
-                    .filter(|(node, _)| node.name().starts_with(tier))
-                    .map(|(_, d)| *d)
-                    .collect();
+            .zip(TIER_KEYS)
+            .map(|(tier, key)| {
+                let d: Vec<Duration> = tier_nodes(&tree, tier).map(|(i, _)| delays[i]).collect();
                 let ms = |q| quantile(&d, q).as_secs_f64() * 1e3;
-                let name = tier.trim_end_matches('-').replace('-', "_");
-                (name, json!([ms(0.5), ms(1.0)]))
+                (key.to_owned(), json!([ms(0.5), ms(1.0)]))
             })
             .collect();
         out.push((
@@ -407,11 +416,8 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
     // Quiet for a while, then memory and a CPU window.
     std::thread::sleep(Duration::from_secs(20));
     let mean_rss = |prefix: &str| -> f64 {
-        let v: Vec<f64> = tree
-            .nodes
-            .iter()
-            .filter(|node| node.name().starts_with(prefix))
-            .filter_map(|node| node.pid().and_then(procfs::rss_mib))
+        let v: Vec<f64> = tier_nodes(&tree, prefix)
+            .filter_map(|(_, node)| node.pid().and_then(procfs::rss_mib))
             .collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
@@ -458,22 +464,15 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
         TIERS
             .iter()
             .map(|prefix| {
-                tree.nodes
-                    .iter()
-                    .filter(|node| node.name().starts_with(prefix))
-                    .filter_map(|node| node.pid().and_then(procfs::cpu_secs))
+                tier_nodes(tree, prefix)
+                    .filter_map(|(_, node)| node.pid().and_then(procfs::cpu_secs))
                     .sum()
             })
             .collect()
     };
     let tier_counts: Vec<usize> = TIERS
         .iter()
-        .map(|prefix| {
-            tree.nodes
-                .iter()
-                .filter(|node| node.name().starts_with(prefix))
-                .count()
-        })
+        .map(|prefix| tier_nodes(&tree, prefix).count())
         .collect();
     let before = cpu(&tree);
     let tiers_before = tier_cpu(&tree);
@@ -499,10 +498,11 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
         json!({
             "figure": "scale_idle_cpu", "nodes": n, "window_s": window.as_secs(),
             "cpu_seconds": spent, "pct_core_per_node": pct,
-            "pct_core_per_node_by_tier": {
-                "township": tier_pct[0], "county": tier_pct[1], "city": tier_pct[2],
-                "general_office": tier_pct[3],
-            },
+            "pct_core_per_node_by_tier": TIER_KEYS
+                .iter()
+                .zip(&tier_pct)
+                .map(|(k, p)| ((*k).to_owned(), json!(p)))
+                .collect::<serde_json::Map<_, _>>(),
             "target_pct": TARGET_IDLE_CPU_PCT, "target_met": met,
         }),
         TableRow {
