@@ -93,6 +93,10 @@ struct State {
     lost_files: u64,
     /// fsync calls served.
     fsyncs: u64,
+    /// How long each fsync takes before it answers (a stalled disk).
+    fsync_delay: Duration,
+    /// fsync calls that were held by [`State::fsync_delay`].
+    stalled_fsyncs: u64,
 }
 
 impl State {
@@ -113,6 +117,8 @@ impl State {
             lost_bytes: 0,
             lost_files: 0,
             fsyncs: 0,
+            fsync_delay: Duration::ZERO,
+            stalled_fsyncs: 0,
         }
     }
 
@@ -545,6 +551,17 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // A stalled disk: the call waits outside the lock, so other operations go on.
+        let delay = {
+            let mut state = self.lock();
+            if !state.fsync_delay.is_zero() {
+                state.stalled_fsyncs += 1;
+            }
+            state.fsync_delay
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut state = self.lock();
         state.fsyncs += 1;
         match state.file_mut(ino.0) {
@@ -726,6 +743,21 @@ impl PowerFs {
     /// fsync calls served so far.
     pub fn fsyncs(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).fsyncs
+    }
+
+    /// From now on every fsync takes `delay` before it answers (zero: at once again); one
+    /// already waiting keeps its delay. The mount serves two calls at a time, so a second
+    /// stalled fsync holds up everything else.
+    pub fn set_fsync_delay(&self, delay: Duration) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).fsync_delay = delay;
+    }
+
+    /// fsync calls so far that [`PowerFs::set_fsync_delay`] held (counted as they start).
+    pub fn stalled_fsyncs(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stalled_fsyncs
     }
 }
 

@@ -260,3 +260,67 @@ fn sled_flush_alone_is_not_durable() {
     );
     drop(db);
 }
+
+/// Starts `config` with `heartbeat_interval_ms = 200` (so its sessions' idle timeout is the
+/// 10 s floor).
+fn start_with_fast_heartbeats(config: &officesync_tests::TestConfig) -> TestNode {
+    config.write();
+    let toml = config
+        .to_toml()
+        .replacen("[sync]\n", "[sync]\nheartbeat_interval_ms = 200\n", 1);
+    std::fs::write(config.config_path(), toml).expect("write the config");
+    TestNode::start(config.spec())
+}
+
+/// A general office whose disk stalls for longer than a session's idle timeout (every fsync
+/// takes 13 s; the timeout is 10 s) keeps its session with the office: its session driver
+/// goes on answering heartbeats while the store waits, so the office does not take a slow
+/// disk for a dead link, and the write lands once the disk is back. Before, the driver sent
+/// nothing while a store action ran, and under a thousand daemons on two cores the busiest
+/// relays' sessions closed on idle timeouts and redialed.
+#[test]
+fn a_stalled_disk_does_not_end_sessions() {
+    let cluster = Cluster::new();
+    let fs = match PowerFs::mount(&cluster.dir().join("powerfs")) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("a_stalled_disk_does_not_end_sessions: skipped, FUSE unusable here: {e:#}");
+            return;
+        }
+    };
+    cluster.issue("general-office", true);
+    let mut hub_config = cluster.config("general-office");
+    hub_config.admins = vec!["general-office".into()];
+    hub_config.data_dir = fs.mountpoint().join("hub");
+    let hub = start_with_fast_heartbeats(&hub_config);
+    let mut office_config = cluster.config("office-a");
+    office_config.admins = vec!["general-office".into()];
+    office_config.peers = vec![("general-office".into(), hub_config.sync_listen.to_string())];
+    let office = start_with_fast_heartbeats(&office_config);
+    office.put("c", "before", b"while the disk is fine");
+    let linked = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        hub.get("c", "before").is_some()
+    });
+    assert!(linked, "the office's first write did not reach the hub");
+    fs.set_fsync_delay(Duration::from_secs(13));
+    office.put("c", "stalled", b"while the hub's disk stalls");
+    // Only the fsyncs that start in this second stall; the write needs one of them.
+    std::thread::sleep(Duration::from_secs(1));
+    fs.set_fsync_delay(Duration::ZERO);
+    assert!(
+        fs.stalled_fsyncs() > 0,
+        "no fsync of the hub stalled: the test proves nothing"
+    );
+    let landed = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        hub.get("c", "stalled").is_some()
+    });
+    assert!(landed, "the write did not reach the hub after its disk came back");
+    // The stalled sync holds every later one: past the office's idle timeout.
+    std::thread::sleep(Duration::from_secs(13));
+    for (node, log) in [("office", office.current_log()), ("hub", hub.current_log())] {
+        assert!(
+            !log.contains("idle timeout") && !log.contains("session ended"),
+            "the {node} ended the session while the hub's disk stalled:\n{log}"
+        );
+    }
+}

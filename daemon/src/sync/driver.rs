@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use officesync_protocol::sync::{
-    Action, Event, PeerIdentity, Role, Session, SessionConfig, StreamKind,
+    Event, PeerIdentity, Role, Session, SessionConfig, StreamKind,
 };
 use officesync_protocol::wire::{Compression, ErrorCode, Message};
 use officesync_protocol::VersionVector;
@@ -33,8 +33,11 @@ use crate::transport::{
 use io::Input;
 use officesync_protocol::policy::Policy;
 
-/// Frames from the peer waiting for the session (bounded: backpressure to the peer).
+/// Frames from the peer waiting for the session, per channel (control, data; bounded:
+/// backpressure to the peer).
 const INPUT_QUEUE: usize = 16;
+/// While a store action runs, the session's timer is looked at no more often than this.
+const MIN_LIVE_TICK: Duration = Duration::from_millis(100);
 /// Bulk frames waiting for the bulk stream writer (bounded: backpressure to loads).
 const BULK_QUEUE: usize = 4;
 /// Urgent frames waiting for the urgent stream writer (bounded: backpressure to urgent loads).
@@ -352,29 +355,62 @@ impl<'a> Driver<'a> {
     }
 
     /// Takes in the frames already received (so the session sees every completed stream and
-    /// merges their Applies), then runs the next store action, in the session's order.
-    /// Returns whether one ran.
+    /// merges their Applies), then runs the next store action, in the session's order. While
+    /// the store works, the session stays live: the peer's control frames (heartbeats, echoes,
+    /// acknowledgements) are handed to it and its timer runs, so a slow store (a busy disk, a
+    /// starved machine) is not mistaken for a dead link on either side. The peer's data waits
+    /// in its bounded channel meanwhile, which keeps the backpressure on it. Returns whether
+    /// an action ran.
     async fn drive_action(&mut self) -> bool {
-        while let Ok(input) = self.io.inputs.try_recv() {
-            self.feed(input);
-        }
+        self.take_inputs();
         let Some(action) = self.session.poll_action() else {
             return false;
         };
-        match action {
-            Action::Apply { parts, repair } => {
-                store::apply(
-                    &mut self.session,
-                    self.replica,
-                    parts,
-                    repair,
-                    &self.observer,
-                )
-                .await;
+        let work = store::prepare(action, &self.observer);
+        let replica = self.replica;
+        let run = store::run(replica, work);
+        tokio::pin!(run);
+        let mut control_open = true;
+        let done = loop {
+            let tick = self.session_deadline().max(Instant::now() + MIN_LIVE_TICK);
+            tokio::select! {
+                done = &mut run => break done,
+                input = self.io.control_in.recv(), if control_open => {
+                    match input {
+                        Some(input) => self.feed(input),
+                        None => {
+                            control_open = false;
+                            self.session.close(ErrorCode::Internal, "streams ended");
+                        }
+                    }
+                    self.drive_transmit();
+                }
+                _ = tokio::time::sleep_until(tick.into()) => {
+                    self.session.handle_timeout(now_ms());
+                    self.drive_transmit();
+                }
             }
-            other => store::run_action(&mut self.session, self.replica, other).await,
-        }
+        };
+        store::answer(&mut self.session, &self.observer, done);
         true
+    }
+
+    /// Hands the session every frame already received, control frames first.
+    fn take_inputs(&mut self) {
+        while let Ok(input) = self.io.control_in.try_recv() {
+            self.feed(input);
+        }
+        while let Ok(input) = self.io.data_in.try_recv() {
+            self.feed(input);
+        }
+    }
+
+    /// When the session's timer is due next (an hour ahead if it has none).
+    fn session_deadline(&self) -> Instant {
+        self.session
+            .poll_timeout()
+            .map(|t| Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
     /// Reports and acts on the session's events.
@@ -562,14 +598,10 @@ impl<'a> Driver<'a> {
         commands: &mut mpsc::Receiver<Command>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<SessionEnd> {
-        let deadline = self
-            .session
-            .poll_timeout()
-            .map(|t| Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())))
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-            .min(self.report.next);
+        let deadline = self.session_deadline().min(self.report.next);
         let wake = tokio::select! {
-            input = self.io.inputs.recv() => Wake::Input(input),
+            input = self.io.control_in.recv() => Wake::Input(input),
+            input = self.io.data_in.recv() => Wake::Input(input),
             changed = self.durable.changed() => Wake::Durable(changed.is_ok()),
             changed = self.policy_rx.changed(), if self.policy_live => Wake::Policy(changed.is_ok()),
             changed = self.dicts_rx.0.changed(), if self.dicts_rx.1 => Wake::Dictionaries(changed.is_ok()),
@@ -701,7 +733,10 @@ impl<'a> Driver<'a> {
 
 /// The byte-moving tasks of a session and the channels to them.
 struct Io {
-    inputs: mpsc::Receiver<Input>,
+    /// Frames from the peer's control stream.
+    control_in: mpsc::Receiver<Input>,
+    /// Frames from the peer's data (bulk and urgent) streams.
+    data_in: mpsc::Receiver<Input>,
     ctrl_tx: mpsc::Sender<Box<Message>>,
     bulk_tx: mpsc::Sender<Box<Message>>,
     /// Frames of urgent collections (protocol 3): their own stream, never throttled.
@@ -730,7 +765,8 @@ impl Io {
         (max_value_bytes, ahead): (usize, io::Ahead),
         limiter: Limiter,
     ) -> Io {
-        let (input_tx, inputs) = mpsc::channel(INPUT_QUEUE);
+        let (control_tx, control_in) = mpsc::channel(INPUT_QUEUE);
+        let (data_tx, data_in) = mpsc::channel(INPUT_QUEUE);
         let mut readers = JoinSet::new();
         let limit = officesync_protocol::wire::MAX_FRAME_BYTES;
         readers.spawn(io::read_frames(
@@ -738,7 +774,7 @@ impl Io {
                 .with_limit(limit)
                 .with_counters(counters.clone()),
             StreamKind::Control,
-            input_tx.clone(),
+            control_tx,
             (max_value_bytes, None),
         ));
         let (protocol_tx, protocol_rx) = watch::channel(0);
@@ -746,7 +782,7 @@ impl Io {
         readers.spawn(io::accept_bulk(
             connection.clone(),
             (counters.clone(), recv_dicts.clone()),
-            input_tx,
+            data_tx,
             (max_value_bytes, Some(ahead)),
             protocol_rx,
         ));
@@ -775,7 +811,8 @@ impl Io {
             None,
         ));
         Io {
-            inputs,
+            control_in,
+            data_in,
             ctrl_tx,
             bulk_tx,
             urgent_tx,

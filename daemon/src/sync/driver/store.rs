@@ -1,29 +1,118 @@
 //! The session's store actions run against the replica: loads, digests, and applies (several
-//! received batches in one atomic commit), each answered back to the session.
+//! received batches in one atomic commit). Each runs in three steps, so that the driver can
+//! keep the session live (heartbeats, echoes, the peer's control frames) while the store works:
+//! [`prepare`] takes what it needs from the action, [`run`] does the store work without the
+//! session, and [`answer`] tells the session how it went.
 
-use officesync_protocol::sync::{Action, ApplyPart, Session};
+use std::collections::HashMap;
+
+use officesync_protocol::sync::{Action, Session};
 use officesync_protocol::wire::ErrorCode;
+use officesync_protocol::{Digest, Hlc, ReplicaId, Version, VersionVector};
 
 use super::super::observe::SessionObserver;
-use crate::replica::Replica;
+use crate::replica::{ApplyReport, Replica};
 
-/// Runs one Apply: every part's versions and vector advance in one atomic store commit, then
-/// tells the session about each part in order. `repair`: merge even versions the vectors
-/// cover (a full reconciliation).
-pub(super) async fn apply(
-    session: &mut Session,
-    replica: &Replica,
-    parts: Vec<ApplyPart>,
-    repair: bool,
-    observer: &SessionObserver,
-) {
-    let mut versions = Vec::new();
-    let mut complete = Vec::new();
-    for p in parts {
-        versions.extend(p.versions);
-        complete.push((p.collection, p.origin, p.through));
+/// A store action, detached from the session.
+pub(super) enum Work {
+    /// Received versions, applied in one atomic commit with every part's vector advance.
+    Apply {
+        versions: Vec<Version>,
+        /// Each part's `(collection, origin, through)`, in order.
+        complete: Vec<(String, ReplicaId, u64)>,
+        /// Merge even versions the vectors cover (a full reconciliation).
+        repair: bool,
+        /// The newest version of the peer's own node per collection, for its status.
+        newest: Vec<(String, Hlc, String)>,
+    },
+    /// Any other action: loads, digests and a repair's tree reads.
+    Read(Action),
+}
+
+/// What a store action found, for [`answer`].
+pub(super) enum Done {
+    /// The versions are applied; with each touched collection's vector after the commit (or
+    /// why it could not be read).
+    Applied {
+        report: ApplyReport,
+        newest: Vec<(String, Hlc, String)>,
+        complete: Vec<(String, ReplicaId, u64)>,
+        vvs: Result<HashMap<String, VersionVector>, String>,
+    },
+    /// Versions to send.
+    Loaded {
+        collection: String,
+        origin: ReplicaId,
+        versions: Vec<Version>,
+        scanned: u64,
+    },
+    /// A collection's digest and vector.
+    Digest {
+        collection: String,
+        digest: Digest,
+        vv: VersionVector,
+    },
+    /// Hash-tree digests of a repair.
+    TreeDigests {
+        collection: String,
+        level: u8,
+        parents: Vec<u32>,
+        digests: Vec<Digest>,
+    },
+    /// Versions of a repair's leaves.
+    Leaves {
+        collection: String,
+        versions: Vec<Version>,
+        next: Option<(u32, String)>,
+    },
+    /// The store failed: the session closes with this reason.
+    Failed(String),
+}
+
+/// Takes what the store needs out of `action` (an Apply's parts become one commit).
+pub(super) fn prepare(action: Action, observer: &SessionObserver) -> Work {
+    match action {
+        Action::Apply { parts, repair } => {
+            let mut versions = Vec::new();
+            let mut complete = Vec::new();
+            for p in parts {
+                versions.extend(p.versions);
+                complete.push((p.collection, p.origin, p.through));
+            }
+            let newest = observer.newest_of(&versions);
+            Work::Apply {
+                versions,
+                complete,
+                repair,
+                newest,
+            }
+        }
+        other => Work::Read(other),
     }
-    let newest = observer.newest_of(&versions);
+}
+
+/// Does the store work of `work`; needs no session.
+pub(super) async fn run(replica: &Replica, work: Work) -> Done {
+    match work {
+        Work::Apply {
+            versions,
+            complete,
+            repair,
+            newest,
+        } => apply(replica, versions, complete, repair, newest).await,
+        Work::Read(action) => read(replica, action).await,
+    }
+}
+
+/// One Apply: every part's versions and vector advance in one atomic store commit, then the
+/// vector of each collection it touched.
+async fn apply(
+    replica: &Replica,
+    versions: Vec<Version>,
+    complete: Vec<(String, ReplicaId, u64)>,
+    repair: bool,
+    newest: Vec<(String, Hlc, String)>,
+) -> Done {
     let applied = if repair {
         // Two commits: the merge may not skip covered dots, the vector advance is ordinary.
         match replica.apply_repair(versions).await {
@@ -42,61 +131,40 @@ pub(super) async fn apply(
     };
     let report = match applied {
         Ok(r) => r,
-        Err(e) => {
-            let reason = format!("cannot apply received versions: {e}");
-            tracing::error!(%reason, "closing session");
-            session.close(ErrorCode::Internal, &reason);
-            return;
-        }
+        Err(e) => return Done::Failed(format!("cannot apply received versions: {e}")),
     };
-    observer.applied(&report, newest);
-    if !report.rejected.is_empty() {
-        tracing::warn!(
-            rejected = report.rejected.len(),
-            first = ?report.rejected.first(),
-            "refused versions from peer"
-        );
-    }
-    tracing::debug!(
-        batches = complete.len(),
-        applied = report.applied,
-        "applied batches"
-    );
-    answer_applied(session, replica, complete).await;
-}
-
-/// Tells the session each batch is applied, with its collection's vector after the commit.
-async fn answer_applied(
-    session: &mut Session,
-    replica: &Replica,
-    complete: Vec<(String, officesync_protocol::ReplicaId, u64)>,
-) {
-    let mut vvs = std::collections::HashMap::new();
-    for (collection, origin, through) in complete {
-        if !vvs.contains_key(&collection) {
-            match replica.collection(&collection).await {
-                Ok(meta) => {
-                    vvs.insert(collection.clone(), meta.vv);
-                }
-                Err(e) => {
-                    session.close(
-                        ErrorCode::Internal,
-                        &format!("cannot read collection state: {e}"),
-                    );
-                    return;
-                }
+    let mut vvs = HashMap::new();
+    for (collection, _, _) in &complete {
+        if vvs.contains_key(collection) {
+            continue;
+        }
+        match replica.collection(collection).await {
+            Ok(meta) => {
+                vvs.insert(collection.clone(), meta.vv);
+            }
+            Err(e) => {
+                let vvs = Err(format!("cannot read collection state: {e}"));
+                return Done::Applied {
+                    report,
+                    newest,
+                    complete,
+                    vvs,
+                };
             }
         }
-        if let Some(vv) = vvs.get(&collection) {
-            session.handle_applied(&collection, &origin, through, vv.clone());
-        }
+    }
+    Done::Applied {
+        report,
+        newest,
+        complete,
+        vvs: Ok(vvs),
     }
 }
 
-/// Runs a Load, a Digest or a repair's tree read and answers the session (Applies go through
-/// [`apply`]).
-pub(super) async fn run_action(session: &mut Session, replica: &Replica, action: Action) {
-    let failed = match action {
+/// A Load, a Digest or a repair's tree read (Applies go through [`apply`]).
+async fn read(replica: &Replica, action: Action) -> Done {
+    let failed = |what: &str, e: crate::replica::ReplicaError| Done::Failed(format!("{what}: {e}"));
+    match action {
         Action::Load {
             collection,
             origin,
@@ -105,32 +173,33 @@ pub(super) async fn run_action(session: &mut Session, replica: &Replica, action:
             max_versions,
             max_bytes,
             ..
-        } => {
-            match replica
-                .versions_since(
-                    &collection,
-                    &origin,
-                    after,
-                    through,
-                    max_versions,
-                    max_bytes,
-                )
-                .await
-            {
-                Ok((versions, scanned)) => {
-                    session.handle_loaded(&collection, &origin, versions, scanned);
-                    None
-                }
-                Err(e) => Some(format!("cannot read versions to send: {e}")),
-            }
-        }
-        Action::Apply { .. } => None,
+        } => match replica
+            .versions_since(
+                &collection,
+                &origin,
+                after,
+                through,
+                max_versions,
+                max_bytes,
+            )
+            .await
+        {
+            Ok((versions, scanned)) => Done::Loaded {
+                collection,
+                origin,
+                versions,
+                scanned,
+            },
+            Err(e) => failed("cannot read versions to send", e),
+        },
+        Action::Apply { .. } => Done::Failed("an Apply reached the read path".to_owned()),
         Action::Digest { collection } => match replica.collection(&collection).await {
-            Ok(meta) => {
-                session.handle_local_digest(&collection, meta.digest, meta.vv);
-                None
-            }
-            Err(e) => Some(format!("cannot read the digest: {e}")),
+            Ok(meta) => Done::Digest {
+                collection,
+                digest: meta.digest,
+                vv: meta.vv,
+            },
+            Err(e) => failed("cannot read the digest", e),
         },
         Action::TreeDigests {
             collection,
@@ -140,11 +209,13 @@ pub(super) async fn run_action(session: &mut Session, replica: &Replica, action:
             .tree_digests(&collection, level, parents.clone())
             .await
         {
-            Ok(digests) => {
-                session.handle_tree_digests(&collection, level, &parents, digests);
-                None
-            }
-            Err(e) => Some(format!("cannot read the hash tree: {e}")),
+            Ok(digests) => Done::TreeDigests {
+                collection,
+                level,
+                parents,
+                digests,
+            },
+            Err(e) => failed("cannot read the hash tree", e),
         },
         Action::LoadLeaves {
             collection,
@@ -156,15 +227,74 @@ pub(super) async fn run_action(session: &mut Session, replica: &Replica, action:
             .leaf_versions(&collection, leaves, after, max_versions, max_bytes)
             .await
         {
-            Ok((versions, next)) => {
-                session.handle_leaves_loaded(&collection, versions, next);
-                None
-            }
-            Err(e) => Some(format!("cannot read versions to repair: {e}")),
+            Ok((versions, next)) => Done::Leaves {
+                collection,
+                versions,
+                next,
+            },
+            Err(e) => failed("cannot read versions to repair", e),
         },
-    };
-    if let Some(reason) = failed {
-        tracing::error!(%reason, "closing session");
-        session.close(ErrorCode::Internal, &reason);
+    }
+}
+
+/// Tells the session how a store action went (a failure closes it).
+pub(super) fn answer(session: &mut Session, observer: &SessionObserver, done: Done) {
+    match done {
+        Done::Applied {
+            report,
+            newest,
+            complete,
+            vvs,
+        } => {
+            observer.applied(&report, newest);
+            if !report.rejected.is_empty() {
+                tracing::warn!(
+                    rejected = report.rejected.len(),
+                    first = ?report.rejected.first(),
+                    "refused versions from peer"
+                );
+            }
+            tracing::debug!(
+                batches = complete.len(),
+                applied = report.applied,
+                "applied batches"
+            );
+            match vvs {
+                Ok(vvs) => {
+                    for (collection, origin, through) in complete {
+                        if let Some(vv) = vvs.get(&collection) {
+                            session.handle_applied(&collection, &origin, through, vv.clone());
+                        }
+                    }
+                }
+                Err(reason) => session.close(ErrorCode::Internal, &reason),
+            }
+        }
+        Done::Loaded {
+            collection,
+            origin,
+            versions,
+            scanned,
+        } => session.handle_loaded(&collection, &origin, versions, scanned),
+        Done::Digest {
+            collection,
+            digest,
+            vv,
+        } => session.handle_local_digest(&collection, digest, vv),
+        Done::TreeDigests {
+            collection,
+            level,
+            parents,
+            digests,
+        } => session.handle_tree_digests(&collection, level, &parents, digests),
+        Done::Leaves {
+            collection,
+            versions,
+            next,
+        } => session.handle_leaves_loaded(&collection, versions, next),
+        Done::Failed(reason) => {
+            tracing::error!(%reason, "closing session");
+            session.close(ErrorCode::Internal, &reason);
+        }
     }
 }
