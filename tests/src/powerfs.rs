@@ -749,7 +749,10 @@ impl PowerFs {
     /// already waiting keeps its delay. The mount serves two calls at a time, so a second
     /// stalled fsync holds up everything else.
     pub fn set_fsync_delay(&self, delay: Duration) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).fsync_delay = delay;
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fsync_delay = delay;
     }
 
     /// fsync calls so far that [`PowerFs::set_fsync_delay`] held (counted as they start).

@@ -314,7 +314,10 @@ fn a_stalled_disk_does_not_end_sessions() {
     let landed = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
         hub.get("c", "stalled").is_some()
     });
-    assert!(landed, "the write did not reach the hub after its disk came back");
+    assert!(
+        landed,
+        "the write did not reach the hub after its disk came back"
+    );
     // The stalled sync holds every later one: past the office's idle timeout.
     std::thread::sleep(Duration::from_secs(13));
     for (node, log) in [("office", office.current_log()), ("hub", hub.current_log())] {

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use officesync_protocol::sync::{
-    Event, PeerIdentity, Role, Session, SessionConfig, StreamKind,
-};
+use officesync_protocol::sync::{Event, PeerIdentity, Role, Session, SessionConfig, StreamKind};
 use officesync_protocol::wire::{Compression, ErrorCode, Message};
 use officesync_protocol::VersionVector;
 use tokio::sync::{mpsc, oneshot, watch};
