@@ -114,12 +114,8 @@ fn acked_lost_after_power_loss(node: &TestNode, fs: &PowerFs, n: usize) -> (usiz
 #[test]
 fn power_loss_drops_only_unsynced_writes() {
     let cluster = Cluster::new();
-    let fs = match PowerFs::mount(&cluster.dir().join("powerfs")) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("power_loss_drops_only_unsynced_writes: skipped, FUSE unusable here: {e:#}");
-            return;
-        }
+    let Some(fs) = mount_or_skip(&cluster, "power_loss_drops_only_unsynced_writes") else {
+        return;
     };
     for (durability, flush) in [("sync", None), ("periodic", Some(60_000))] {
         let mut config = cluster.config("office-p");
@@ -218,12 +214,8 @@ fn clock_fixed_office_receives_again() {
 #[test]
 fn sled_flush_alone_is_not_durable() {
     let cluster = Cluster::new();
-    let fs = match PowerFs::mount(&cluster.dir().join("powerfs")) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("sled_flush_alone_is_not_durable: skipped, FUSE unusable here: {e:#}");
-            return;
-        }
+    let Some(fs) = mount_or_skip(&cluster, "sled_flush_alone_is_not_durable") else {
+        return;
     };
     let dir = fs.mountpoint().join("raw");
     let db = sled::Config::new()
@@ -261,6 +253,18 @@ fn sled_flush_alone_is_not_durable() {
     drop(db);
 }
 
+/// The power-loss filesystem mounted in `cluster`'s directory, or `None` (and a note that
+/// `test` is skipped) where FUSE is unusable.
+fn mount_or_skip(cluster: &Cluster, test: &str) -> Option<PowerFs> {
+    match PowerFs::mount(&cluster.dir().join("powerfs")) {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            eprintln!("{test}: skipped, FUSE unusable here: {e:#}");
+            None
+        }
+    }
+}
+
 /// Starts `config` with `heartbeat_interval_ms = 200` (so its sessions' idle timeout is the
 /// 10 s floor).
 fn start_with_fast_heartbeats(config: &officesync_tests::TestConfig) -> TestNode {
@@ -281,12 +285,8 @@ fn start_with_fast_heartbeats(config: &officesync_tests::TestConfig) -> TestNode
 #[test]
 fn a_stalled_disk_does_not_end_sessions() {
     let cluster = Cluster::new();
-    let fs = match PowerFs::mount(&cluster.dir().join("powerfs")) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("a_stalled_disk_does_not_end_sessions: skipped, FUSE unusable here: {e:#}");
-            return;
-        }
+    let Some(fs) = mount_or_skip(&cluster, "a_stalled_disk_does_not_end_sessions") else {
+        return;
     };
     cluster.issue("general-office", true);
     let mut hub_config = cluster.config("general-office");
