@@ -16,6 +16,10 @@
 
 use std::time::Duration;
 
+#[allow(dead_code)] // not every suite uses every helper
+mod common;
+
+use common::{hub_config, office_config, start_with_lines};
 use officesync_tests::chaos::nemesis::{Action, CLOCK_ENV};
 use officesync_tests::chaos::{self, ChaosOptions, LONG_ENV};
 use officesync_tests::powerfs::{PowerFs, PowerLoss};
@@ -143,14 +147,9 @@ fn power_loss_drops_only_unsynced_writes() {
 /// Starts the general office and `office-a` (dialing it directly), then restarts the office
 /// with its clock 3 h fast and writes at both while it is.
 fn office_three_hours_ahead(cluster: &Cluster) -> (TestNode, TestNode) {
-    cluster.issue("general-office", true);
-    let mut hub_config = cluster.config("general-office");
-    hub_config.admins = vec!["general-office".into()];
+    let hub_config = hub_config(cluster);
     let hub = cluster.start(&hub_config);
-    let mut office = cluster.config("office-a");
-    office.admins = vec!["general-office".into()];
-    office.peers = vec![("general-office".into(), hub_config.sync_listen.to_string())];
-    let office = cluster.start(&office);
+    let office = cluster.start(&office_config(cluster, "office-a", hub_config.sync_listen));
     office.set_env(CLOCK_ENV, Some(&(3 * 3600 * 1000).to_string()));
     office.kill9();
     office.restart();
@@ -265,17 +264,6 @@ fn mount_or_skip(cluster: &Cluster, test: &str) -> Option<PowerFs> {
     }
 }
 
-/// Starts `config` with `heartbeat_interval_ms = 200` (so its sessions' idle timeout is the
-/// 10 s floor).
-fn start_with_fast_heartbeats(config: &officesync_tests::TestConfig) -> TestNode {
-    config.write();
-    let toml = config
-        .to_toml()
-        .replacen("[sync]\n", "[sync]\nheartbeat_interval_ms = 200\n", 1);
-    std::fs::write(config.config_path(), toml).expect("write the config");
-    TestNode::start(config.spec())
-}
-
 /// A general office whose disk stalls for longer than a session's idle timeout (every fsync
 /// takes 13 s; the timeout is 10 s) keeps its session with the office: its session driver
 /// goes on answering heartbeats while the store waits, so the office does not take a slow
@@ -288,15 +276,13 @@ fn a_stalled_disk_does_not_end_sessions() {
     let Some(fs) = mount_or_skip(&cluster, "a_stalled_disk_does_not_end_sessions") else {
         return;
     };
-    cluster.issue("general-office", true);
-    let mut hub_config = cluster.config("general-office");
-    hub_config.admins = vec!["general-office".into()];
+    // Heartbeats every 200 ms: the sessions' idle timeout is its 10 s floor.
+    let fast = "heartbeat_interval_ms = 200";
+    let mut hub_config = hub_config(&cluster);
     hub_config.data_dir = fs.mountpoint().join("hub");
-    let hub = start_with_fast_heartbeats(&hub_config);
-    let mut office_config = cluster.config("office-a");
-    office_config.admins = vec!["general-office".into()];
-    office_config.peers = vec![("general-office".into(), hub_config.sync_listen.to_string())];
-    let office = start_with_fast_heartbeats(&office_config);
+    let hub = start_with_lines(&hub_config, "sync", fast);
+    let office_config = office_config(&cluster, "office-a", hub_config.sync_listen);
+    let office = start_with_lines(&office_config, "sync", fast);
     office.put("c", "before", b"while the disk is fine");
     let linked = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         hub.get("c", "before").is_some()

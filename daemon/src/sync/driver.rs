@@ -364,9 +364,8 @@ impl<'a> Driver<'a> {
         let Some(action) = self.session.poll_action() else {
             return false;
         };
-        let work = store::prepare(action, &self.observer);
-        let replica = self.replica;
-        let run = store::run(replica, work);
+        let newest = store::newest(&action, &self.observer);
+        let run = store::run(self.replica, action);
         tokio::pin!(run);
         let mut control_open = true;
         let done = loop {
@@ -389,7 +388,7 @@ impl<'a> Driver<'a> {
                 }
             }
         };
-        store::answer(&mut self.session, &self.observer, done);
+        store::answer(&mut self.session, &self.observer, done, newest);
         true
     }
 

@@ -235,10 +235,13 @@ impl SessionObserver {
 
     /// The newest HLC per collection among `versions` whose origin is the peer, with their
     /// dots, to pass to [`SessionObserver::applied`] once they are applied.
-    pub(crate) fn newest_of(&self, versions: &[Version]) -> Vec<(String, Hlc, String)> {
+    pub(crate) fn newest_of<'v>(
+        &self,
+        versions: impl IntoIterator<Item = &'v Version>,
+    ) -> Vec<(String, Hlc, String)> {
         let mut newest: HashMap<&str, &Version> = HashMap::new();
         for v in versions
-            .iter()
+            .into_iter()
             .filter(|v| v.dot.origin.node_name() == self.peer)
         {
             let slot = newest.entry(&v.collection).or_insert(v);

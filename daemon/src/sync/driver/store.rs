@@ -1,41 +1,24 @@
 //! The session's store actions run against the replica: loads, digests, and applies (several
 //! received batches in one atomic commit). Each runs in three steps, so that the driver can
 //! keep the session live (heartbeats, echoes, the peer's control frames) while the store works:
-//! [`prepare`] takes what it needs from the action, [`run`] does the store work without the
-//! session, and [`answer`] tells the session how it went.
+//! [`newest`] takes what the peer's status needs from the action, [`run`] does the store
+//! work without the session, and [`answer`] tells the session how it went.
 
 use std::collections::HashMap;
 
-use officesync_protocol::sync::{Action, Session};
+use officesync_protocol::sync::{Action, ApplyPart, Session};
 use officesync_protocol::wire::ErrorCode;
 use officesync_protocol::{Digest, Hlc, ReplicaId, Version, VersionVector};
 
 use super::super::observe::SessionObserver;
 use crate::replica::{ApplyReport, Replica};
 
-/// A store action, detached from the session.
-pub(super) enum Work {
-    /// Received versions, applied in one atomic commit with every part's vector advance.
-    Apply {
-        versions: Vec<Version>,
-        /// Each part's `(collection, origin, through)`, in order.
-        complete: Vec<(String, ReplicaId, u64)>,
-        /// Merge even versions the vectors cover (a full reconciliation).
-        repair: bool,
-        /// The newest version of the peer's own node per collection, for its status.
-        newest: Vec<(String, Hlc, String)>,
-    },
-    /// Any other action: loads, digests and a repair's tree reads.
-    Read(Action),
-}
-
 /// What a store action found, for [`answer`].
 pub(super) enum Done {
-    /// The versions are applied; with each touched collection's vector after the commit (or
-    /// why it could not be read).
+    /// The versions are applied; with each part's `(collection, origin, through)` and each
+    /// touched collection's vector after the commit (or why it could not be read).
     Applied {
         report: ApplyReport,
-        newest: Vec<(String, Hlc, String)>,
         complete: Vec<(String, ReplicaId, u64)>,
         vvs: Result<HashMap<String, VersionVector>, String>,
     },
@@ -69,50 +52,25 @@ pub(super) enum Done {
     Failed(String),
 }
 
-/// Takes what the store needs out of `action` (an Apply's parts become one commit).
-pub(super) fn prepare(action: Action, observer: &SessionObserver) -> Work {
+/// What the peer's status needs from `action` before the store takes it: for an Apply, the
+/// newest version of the peer's own node per collection (empty for any other action).
+pub(super) fn newest(action: &Action, observer: &SessionObserver) -> Vec<(String, Hlc, String)> {
     match action {
-        Action::Apply { parts, repair } => {
-            let mut versions = Vec::new();
-            let mut complete = Vec::new();
-            for p in parts {
-                versions.extend(p.versions);
-                complete.push((p.collection, p.origin, p.through));
-            }
-            let newest = observer.newest_of(&versions);
-            Work::Apply {
-                versions,
-                complete,
-                repair,
-                newest,
-            }
-        }
-        other => Work::Read(other),
-    }
-}
-
-/// Does the store work of `work`; needs no session.
-pub(super) async fn run(replica: &Replica, work: Work) -> Done {
-    match work {
-        Work::Apply {
-            versions,
-            complete,
-            repair,
-            newest,
-        } => apply(replica, versions, complete, repair, newest).await,
-        Work::Read(action) => read(replica, action).await,
+        Action::Apply { parts, .. } => observer.newest_of(parts.iter().flat_map(|p| &p.versions)),
+        _ => Vec::new(),
     }
 }
 
 /// One Apply: every part's versions and vector advance in one atomic store commit, then the
-/// vector of each collection it touched.
-async fn apply(
-    replica: &Replica,
-    versions: Vec<Version>,
-    complete: Vec<(String, ReplicaId, u64)>,
-    repair: bool,
-    newest: Vec<(String, Hlc, String)>,
-) -> Done {
+/// vector of each collection it touched. `repair`: merge even versions the vectors cover (a
+/// full reconciliation).
+async fn apply(replica: &Replica, parts: Vec<ApplyPart>, repair: bool) -> Done {
+    let mut versions = Vec::new();
+    let mut complete = Vec::new();
+    for p in parts {
+        versions.extend(p.versions);
+        complete.push((p.collection, p.origin, p.through));
+    }
     let applied = if repair {
         // Two commits: the merge may not skip covered dots, the vector advance is ordinary.
         match replica.apply_repair(versions).await {
@@ -133,38 +91,37 @@ async fn apply(
         Ok(r) => r,
         Err(e) => return Done::Failed(format!("cannot apply received versions: {e}")),
     };
-    let mut vvs = HashMap::new();
-    for (collection, _, _) in &complete {
-        if vvs.contains_key(collection) {
-            continue;
-        }
-        match replica.collection(collection).await {
-            Ok(meta) => {
-                vvs.insert(collection.clone(), meta.vv);
-            }
-            Err(e) => {
-                let vvs = Err(format!("cannot read collection state: {e}"));
-                return Done::Applied {
-                    report,
-                    newest,
-                    complete,
-                    vvs,
-                };
-            }
-        }
-    }
+    let vvs = vectors(replica, &complete).await;
     Done::Applied {
         report,
-        newest,
         complete,
-        vvs: Ok(vvs),
+        vvs,
     }
 }
 
-/// A Load, a Digest or a repair's tree read (Applies go through [`apply`]).
-async fn read(replica: &Replica, action: Action) -> Done {
+/// The vector of every collection in `complete`, read once each.
+async fn vectors(
+    replica: &Replica,
+    complete: &[(String, ReplicaId, u64)],
+) -> Result<HashMap<String, VersionVector>, String> {
+    let mut vvs = HashMap::new();
+    for (collection, _, _) in complete {
+        if !vvs.contains_key(collection) {
+            let meta = replica
+                .collection(collection)
+                .await
+                .map_err(|e| format!("cannot read collection state: {e}"))?;
+            vvs.insert(collection.clone(), meta.vv);
+        }
+    }
+    Ok(vvs)
+}
+
+/// Does the store work of `action`; needs no session.
+pub(super) async fn run(replica: &Replica, action: Action) -> Done {
     let failed = |what: &str, e: crate::replica::ReplicaError| Done::Failed(format!("{what}: {e}"));
     match action {
+        Action::Apply { parts, repair } => apply(replica, parts, repair).await,
         Action::Load {
             collection,
             origin,
@@ -192,7 +149,6 @@ async fn read(replica: &Replica, action: Action) -> Done {
             },
             Err(e) => failed("cannot read versions to send", e),
         },
-        Action::Apply { .. } => Done::Failed("an Apply reached the read path".to_owned()),
         Action::Digest { collection } => match replica.collection(&collection).await {
             Ok(meta) => Done::Digest {
                 collection,
@@ -237,12 +193,17 @@ async fn read(replica: &Replica, action: Action) -> Done {
     }
 }
 
-/// Tells the session how a store action went (a failure closes it).
-pub(super) fn answer(session: &mut Session, observer: &SessionObserver, done: Done) {
+/// Tells the session how a store action went (a failure closes it); `newest` is what
+/// [`newest`] took from the action.
+pub(super) fn answer(
+    session: &mut Session,
+    observer: &SessionObserver,
+    done: Done,
+    newest: Vec<(String, Hlc, String)>,
+) {
     match done {
         Done::Applied {
             report,
-            newest,
             complete,
             vvs,
         } => {
