@@ -177,6 +177,7 @@ async fn deliver(
     shared: &Shared,
 ) -> bool {
     tracing::info!(%remote, conn = connection.stable_id(), serial = %peer.serial_hex, "connected");
+    let peer_name = peer.name.clone();
     tls::close_at_expiry(&connection, &peer, &shared.counters);
     let (notify_tx, mut notify_rx) = oneshot::channel();
     let delivered = PeerConnection::new(
@@ -204,9 +205,21 @@ async fn deliver(
             tracing::info!(%remote, reason = %reason, "connection closed");
         }
         _ = &mut notify_rx => {
-            connection.close(VarInt::from_u32(0), b"session ended");
+            if connection.close_reason().is_none() {
+                connection.close(VarInt::from_u32(0), b"session ended");
+            }
             tracing::info!(%remote, "session ended; connection closed");
         }
+    }
+    // A peer that refuses this node once the handshake is done (revoked by its `_policy`, in
+    // backoff) closes a connection that counted as dialed: that is why the peer is down.
+    if let Some(refusal) = connection
+        .close_reason()
+        .and_then(|reason| TransportError::refused_by_peer(remote, &reason))
+    {
+        shared
+            .counters
+            .dial_failed(&peer_name, &refusal.to_string());
     }
     true
 }

@@ -100,6 +100,17 @@ pub enum TransportError {
         /// Why the identity could not be read.
         detail: String,
     },
+    /// The peer closed the connection with one of the protocol's refusals: this node is revoked
+    /// there, in backoff after bad input, of another cluster or too old for it.
+    #[error("peer at {remote} refused this node: {code}{detail}")]
+    RefusedByPeer {
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The refusal's code.
+        code: ErrorCode,
+        /// The reason the peer gave, quoted.
+        detail: String,
+    },
     /// The QUIC/TLS handshake failed for another reason (timeout, protocol error, peer gone).
     #[error("handshake with {remote} failed: {detail}")]
     Handshake {
@@ -184,11 +195,34 @@ impl TransportError {
                 detail: "timed out (is the peer running and is UDP reachable?)".to_owned(),
             },
             ConnectionError::LocallyClosed => Self::Closed,
-            other => Self::Handshake {
+            other => Self::refused_by_peer(remote, other).unwrap_or_else(|| Self::Handshake {
                 remote,
                 detail: other.to_string(),
-            },
+            }),
         }
+    }
+
+    /// The refusal in a connection the peer closed (before or after the handshake), if it
+    /// closed it with one: a dialer records it as why the peer is down, whenever it came.
+    pub(crate) fn refused_by_peer(remote: SocketAddr, err: &ConnectionError) -> Option<Self> {
+        let ConnectionError::ApplicationClosed(close) = err else {
+            return None;
+        };
+        let code = u32::try_from(close.error_code.into_inner())
+            .ok()
+            .and_then(ErrorCode::from_u32)?;
+        matches!(
+            code,
+            ErrorCode::Revoked
+                | ErrorCode::Backoff
+                | ErrorCode::WrongCluster
+                | ErrorCode::UnsupportedVersion
+        )
+        .then(|| Self::RefusedByPeer {
+            remote,
+            code,
+            detail: peer_reason(&close.reason),
+        })
     }
 
     /// This node's verifier refused the peer's certificate with the TLS alert in `code` and
@@ -351,5 +385,38 @@ mod tests {
                 .contains("(TLS alert certificate_unknown); fix:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_peer_that_closes_with_a_refusal_says_why_before_or_after_the_handshake() {
+        let closed = |code: u32, reason: &str| {
+            ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: reason.as_bytes().to_vec().into(),
+            })
+        };
+        let revoked = closed(ErrorCode::Revoked.as_u32(), "revoked by _policy");
+        let err = TransportError::refused_by_peer(remote(), &revoked).expect("a refusal");
+        assert_eq!(
+            err.to_string(),
+            "peer at 192.0.2.7:7400 refused this node: revoked; it says \"revoked by _policy\""
+        );
+        // The same words when the refusal ends the handshake itself.
+        assert_eq!(
+            TransportError::from_handshake(remote(), &revoked).to_string(),
+            err.to_string()
+        );
+        // A normal close, a fault of ours or a code this build does not know is no refusal.
+        for code in [
+            0,
+            ErrorCode::Internal.as_u32(),
+            ErrorCode::Malformed.as_u32(),
+            4_000,
+        ] {
+            assert!(
+                TransportError::refused_by_peer(remote(), &closed(code, "bye")).is_none(),
+                "code {code}"
+            );
+        }
     }
 }
