@@ -255,6 +255,7 @@ impl Tx {
         let (found, idle) = self.next_load(view, free);
         for k in idle {
             self.ready.remove(&k);
+            self.forget_at_rest(&k);
         }
         let Some((key, plan)) = found else {
             return;
@@ -343,10 +344,11 @@ impl Tx {
     }
 
     /// The peer acknowledged applying what we sent; it may not acknowledge beyond what we
-    /// completed.
-    pub(super) fn on_ack(&mut self, a: &Ack) -> Result<(), SyncError> {
+    /// completed, or beyond what it told us it holds (`known`: a stream at rest is
+    /// forgotten, see [`Tx::forget_at_rest`]).
+    pub(super) fn on_ack(&mut self, a: &Ack, known: u64) -> Result<(), SyncError> {
         let key = (a.collection.clone(), a.origin.clone());
-        let sent = self.streams.get(&key).map_or(0, |s| s.completed);
+        let sent = self.streams.get(&key).map_or(0, |s| s.completed).max(known);
         if a.through > sent {
             return Err(SyncError::OutOfOrder {
                 collection: clip(&key.0),
@@ -357,7 +359,33 @@ impl Tx {
         if let Some(s) = self.streams.get_mut(&key) {
             s.acked = s.acked.max(a.through);
         }
+        self.forget_at_rest(&key);
         Ok(())
+    }
+
+    /// The streams held (test only: those at rest are forgotten).
+    #[cfg(test)]
+    pub(super) fn streams_held(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Forgets the stream of `key` when it is at rest: not ready, not loading, everything
+    /// sent acknowledged, no repair, hold or wait pending. Its state is then what the peer's
+    /// vector says (acknowledgements raise it), so a stream made again when its origin grows
+    /// starts where this one stopped. A relay keeps a stream per origin per session only
+    /// while it has something in flight, not for every origin of the province.
+    fn forget_at_rest(&mut self, key: &StreamKey) {
+        let busy = self.ready.contains(key) || self.loading.as_ref().is_some_and(|l| l.key == *key);
+        let at_rest = self.streams.get(key).is_some_and(|s| {
+            s.repair.is_none()
+                && s.waiting_for.is_none()
+                && s.held_until == 0
+                && s.completed <= s.acked
+                && s.sent_through <= s.acked
+        });
+        if at_rest && !busy {
+            self.streams.remove(key);
+        }
     }
 
     /// When the pending dependency round is due.

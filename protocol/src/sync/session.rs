@@ -342,6 +342,12 @@ impl Session {
         t
     }
 
+    /// The sending streams the session holds (test only).
+    #[cfg(test)]
+    pub(crate) fn send_streams_held(&self) -> usize {
+        self.tx.streams_held()
+    }
+
     /// The observable state of the session.
     pub fn status(&self) -> SessionStatus {
         let collections = self
@@ -554,7 +560,11 @@ impl Session {
 
     /// The peer acknowledged applying what we sent.
     fn on_ack(&mut self, a: Ack) -> Result<(), SyncError> {
-        self.tx.on_ack(&a)?;
+        let known = self
+            .peer_vvs
+            .get(&a.collection)
+            .map_or(0, |vv| vv.get(&a.origin));
+        self.tx.on_ack(&a, known)?;
         let key = (a.collection, a.origin);
         if let Some(vv) = self.peer_vvs.get_mut(&key.0) {
             vv.raise(&key.1, a.through);

@@ -286,6 +286,36 @@ fn a_version_stamped_beyond_the_skew_bound_is_held_not_sent() {
 }
 
 #[test]
+fn a_relay_forgets_the_streams_it_has_nothing_in_flight_on() {
+    // The hub holds 40 offices' versions; the spoke catches up on them all.
+    let mut hub = Store::default();
+    for o in 0..40 {
+        for c in 1..=3 {
+            hub.write(&format!("office-{o}"), c);
+        }
+    }
+    let mut p = Pair::new([Store::default(), hub], [false, true]);
+    p.run();
+    assert_eq!(p.store[0].versions, p.store[1].versions);
+    assert!(!p.s[0].is_closed() && !p.s[1].is_closed());
+    // Everything sent is acknowledged: the hub keeps no stream for the 40 origins.
+    assert_eq!(p.s[1].send_streams_held(), 0);
+    // An origin that grows gets a stream again, which starts where the forgotten one
+    // stopped: only the new versions go, each applied once.
+    p.store[1].write("office-7", 4);
+    p.store[1].write("office-7", 5);
+    let vv = p.store[1].vv.clone();
+    p.s[1].handle_local_vv(COLL, vv);
+    let sent_before = p.s[1].status().versions_sent;
+    p.run();
+    assert_eq!(p.store[0].versions, p.store[1].versions);
+    assert_eq!(p.s[1].status().versions_sent, sent_before + 2);
+    assert!(p.store[0].applied.values().all(|n| *n == 1), "double apply");
+    assert_eq!(p.s[1].send_streams_held(), 0);
+    assert!(!p.s[0].is_closed() && !p.s[1].is_closed());
+}
+
+#[test]
 fn live_push_and_no_echo_of_what_the_peer_sent() {
     let mut p = Pair::new([Store::default(), Store::default()], [false, true]);
     p.run();
