@@ -180,6 +180,9 @@ impl VersionVector {
 
     /// Pointwise maximum with `other`, calling `grown` with each origin it raised. Costs one
     /// walk of both vectors in origin order, and copies nothing when `other` adds nothing.
+    /// When `other` covers this vector entirely (the usual case: a session's copy of the
+    /// node's vector, given the node's newer one) the result shares `other`'s entries rather
+    /// than copying them, so the sessions of a relay do not each hold a copy of every origin.
     pub fn merge_grown(&mut self, other: &VersionVector, mut grown: impl FnMut(&ReplicaId)) {
         if Arc::ptr_eq(&self.0, &other.0) || other.0.is_empty() {
             return;
@@ -190,6 +193,8 @@ impl VersionVector {
             return;
         }
         let mut raised: Vec<(&ReplicaId, u64)> = Vec::new();
+        // Entries of this vector that `other` has at the same counter or higher.
+        let mut covered = 0;
         let mut mine = self.0.iter().peekable();
         for (o, &n) in other.0.iter() {
             while mine.next_if(|(m, _)| *m < o).is_some() {}
@@ -197,6 +202,9 @@ impl VersionVector {
                 Some((m, &c)) if *m == o => c,
                 _ => 0,
             };
+            if have > 0 && n >= have {
+                covered += 1;
+            }
             if n > have {
                 raised.push((o, n));
             }
@@ -204,8 +212,8 @@ impl VersionVector {
         if raised.is_empty() {
             return;
         }
-        if raised.len() == other.0.len() && self.dominated_by(other) {
-            // Every origin of this vector is in `other` at a higher counter: share its entries.
+        if covered == self.0.len() {
+            // Every entry of this vector is in `other`, as high or higher: share its entries.
             raised.iter().for_each(|(o, _)| grown(o));
             self.0 = other.0.clone();
             return;
@@ -215,11 +223,6 @@ impl VersionVector {
             map.insert(o.clone(), n);
             grown(o);
         }
-    }
-
-    /// True when every entry of this vector is at most `other`'s.
-    fn dominated_by(&self, other: &VersionVector) -> bool {
-        self.0.iter().all(|(o, &n)| n <= other.get(o))
     }
 
     /// True when both are clones of one vector, unchanged since (so they are equal): a
@@ -338,6 +341,13 @@ mod tests {
                     assert_eq!(v.get(o), before.get(o).max(w.get(o)), "{x} {y} {o}");
                     assert_eq!(grown.contains(o), w.get(o) > before.get(o), "{x} {y} {o}");
                 }
+                // A vector that `w` covers takes `w`'s entries rather than a copy of them.
+                let covered = ids.iter().all(|o| before.get(o) <= w.get(o));
+                assert_eq!(
+                    v.shares(&w),
+                    covered && !grown.is_empty(),
+                    "{x} {y} shares"
+                );
                 assert_eq!(w, vector(y));
                 assert_eq!(before, vector(x));
                 assert!(v.iter().all(|(_, n)| n > 0));
