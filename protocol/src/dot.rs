@@ -343,11 +343,7 @@ mod tests {
                 }
                 // A vector that `w` covers takes `w`'s entries rather than a copy of them.
                 let covered = ids.iter().all(|o| before.get(o) <= w.get(o));
-                assert_eq!(
-                    v.shares(&w),
-                    covered && !grown.is_empty(),
-                    "{x} {y} shares"
-                );
+                assert_eq!(v.shares(&w), covered && !grown.is_empty(), "{x} {y} shares");
                 assert_eq!(w, vector(y));
                 assert_eq!(before, vector(x));
                 assert!(v.iter().all(|(_, n)| n > 0));
