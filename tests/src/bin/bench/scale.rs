@@ -372,7 +372,12 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
             shape.counties_per_city - 1,
             shape.towns_per_county - 1
         ),
-        format!("town-{}-0-1", shape.cities / 2),
+        // The second township of a middle city's first county (the first, with one a county).
+        format!(
+            "town-{}-0-{}",
+            shape.cities / 2,
+            1.min(shape.towns_per_county - 1)
+        ),
     ];
     for (i, from) in froms.iter().enumerate() {
         let key = format!("scale/{i}");
