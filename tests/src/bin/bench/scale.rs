@@ -372,7 +372,7 @@ fn measure(shape: TreeShape) -> Result<Vec<(serde_json::Value, TableRow)>> {
             shape.counties_per_city - 1,
             shape.towns_per_county - 1
         ),
-        // The second township of a middle city's first county (the first, with one a county).
+        // The second township of a middle city's first county (the first when it has only one).
         format!(
             "town-{}-0-{}",
             shape.cities / 2,
